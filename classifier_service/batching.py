@@ -1,0 +1,113 @@
+"""Adaptive, length-bucketed micro-batching in front of the encoder.
+
+Idle service: a request is embedded alone at once (no waiting window, so no added latency).
+Busy service: requests queue while every worker runs; a freed worker takes everything queued (up to
+`max_batch`), tokenises it, sorts it by length and runs it as buckets of similar length, so padding
+stays small. Requests whose caller already gave up (deadline, cancel) are dropped before any work.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoder import Encoder, Tokens
+
+
+@dataclass
+class Embedded:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+
+
+@dataclass
+class _Pending:
+    text: str
+    future: asyncio.Future
+
+
+def buckets(lengths: list[int], max_pad_ratio: float, max_size: int) -> list[list[int]]:
+    """Split indices into runs of similar length: padded tokens stay within max_pad_ratio of real ones."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        grown_real = real + lengths[i]
+        padded = lengths[i] * (len(current) + 1)  # sorted ascending: lengths[i] is the new width
+        if current and (len(current) >= max_size or padded > max_pad_ratio * grown_real):
+            groups.append(current)
+            current, grown_real = [], lengths[i]
+        current.append(i)
+        real = grown_real
+    if current:
+        groups.append(current)
+    return groups
+
+
+class MicroBatcher:
+    def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25):
+        self.encoder = encoder
+        self.workers = workers
+        self.max_batch = max_batch
+        self.max_pad_ratio = max_pad_ratio
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
+        self._queue: list[_Pending] = []
+        self._idle = workers
+        self.batches = 0
+        self.dropped = 0
+
+    async def embed(self, texts: list[str]) -> list[Embedded]:
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(t, loop.create_future()) for t in texts]
+        self._queue.extend(pending)
+        self._dispatch()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except asyncio.CancelledError:
+            for p in pending:
+                p.future.cancel()
+            raise
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            take = [p for p in self._queue[: self.max_batch] if not p.future.done()]
+            self.dropped += min(len(self._queue), self.max_batch) - len(take)
+            del self._queue[: self.max_batch]
+            if not take:
+                continue
+            self._idle -= 1
+            task = asyncio.get_running_loop().run_in_executor(self._executor, self._run, [p.text for p in take])
+            task.add_done_callback(lambda fut, take=take: self._finish(take, fut))
+
+    def _run(self, texts: list[str]) -> list[Embedded]:
+        tokens: list[Tokens] = self.encoder.tokenize(texts)
+        out: list[Embedded | None] = [None] * len(texts)
+        for group in buckets([len(t) for t in tokens], self.max_pad_ratio, self.max_batch):
+            vectors = self.encoder.embed_tokens([tokens[i] for i in group])
+            for row, i in enumerate(group):
+                out[i] = Embedded(vectors[row], len(tokens[i]), tokens[i].truncated)
+        self.batches += 1
+        return out  # type: ignore[return-value]
+
+    def _finish(self, take: list[_Pending], fut: asyncio.Future) -> None:
+        self._idle += 1
+        error = fut.exception()
+        for i, p in enumerate(take):
+            if p.future.done():
+                continue
+            if error is not None:
+                p.future.set_exception(error)
+            else:
+                p.future.set_result(fut.result()[i])
+        self._dispatch()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,66 @@
+"""Classifier service settings: command-line flags, each defaulting from a TIERWISE_CLASSIFIER_* variable."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    encoder_dir: Path = ROOT / "build" / "encoder"
+    heads_dir: Path = ROOT / "models" / "heads"
+    default_head: str = "default"
+    precision: str = "int8"
+    workers: int = 2
+    ort_threads: int = 1
+    micro_batch: int = 32
+    max_batch: int = 256
+    max_text_bytes: int = 32 * 1024
+    max_inflight: int = 256
+    cache_size: int = 20_000
+    warmup_rounds: int = 8
+
+    @property
+    def max_message_bytes(self) -> int:
+        # Room for a full batch of maximal texts plus framing, so oversize texts get our own clear error.
+        return self.max_batch * (self.max_text_bytes + 64) + 65_536
+
+
+HELP = {
+    "listen": "host:port to serve on (port 0 picks a free port)",
+    "encoder_dir": "directory with the exported ONNX encoder (manifest.json)",
+    "heads_dir": "directory of <name>/head.json tier heads; all are loaded",
+    "default_head": "head used when a request names none",
+    "precision": "encoder weights: int8 (per-channel, default) or fp32",
+    "workers": "encoder runs in parallel",
+    "ort_threads": "onnxruntime intra-op threads per run",
+    "micro_batch": "most texts one encoder run takes from the queue",
+    "max_batch": "most texts in one ClassifyBatch call",
+    "max_text_bytes": "largest text accepted, in UTF-8 bytes",
+    "max_inflight": "texts queued or running before calls get RESOURCE_EXHAUSTED",
+    "cache_size": "decision cache entries (0 disables)",
+    "warmup_rounds": "encoder runs at start-up before reporting SERVING",
+}
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    ap = argparse.ArgumentParser(prog="python -m classifier_service", description="Tierwise classifier service")
+    for f in fields(Config):
+        env = f"TIERWISE_CLASSIFIER_{f.name.upper()}"
+        kind = f.type if isinstance(f.type, type) else {"int": int, "Path": Path, "str": str}[f.type]
+        default = kind(os.environ[env]) if env in os.environ else f.default
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                        help=f"{HELP[f.name]} (env {env}; default {f.default})")
+    args = ap.parse_args(argv)
+    cfg = Config(**vars(args))
+    if cfg.precision not in ("int8", "fp32"):
+        ap.error("--precision must be int8 or fp32")
+    for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
+        if getattr(cfg, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    return cfg

@@ -1,0 +1,229 @@
+"""The gRPC classifier server: validation, admission control, cache, heads, health and reflection."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import asynccontextmanager
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+
+from tierwise.telemetry import context_from_grpc, setup_tracing
+from tierwise.v1 import classifier_pb2 as pb
+from tierwise.v1 import classifier_pb2_grpc as pb_grpc
+
+from .batching import MicroBatcher
+from .cache import DecisionCache
+from .config import Config
+from .encoder import Encoder
+from .heads import HeadRegistry, TierHead
+
+log = logging.getLogger("tierwise.classifier")
+SERVICE = pb.DESCRIPTOR.services_by_name["ClassifierService"].full_name
+WARMUP_TEXTS = ["hi", "What is the capital of France?",
+                "Write a function that parses ISO-8601 durations and explain its edge cases. " * 6]
+
+
+class Rejected(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
+    def __init__(self, cfg: Config, heads: HeadRegistry):
+        self.cfg = cfg
+        self.heads = heads
+        self.encoder: Encoder | None = None
+        self.batcher: MicroBatcher | None = None
+        self.cache: DecisionCache[tuple] = DecisionCache(cfg.cache_size)
+        self.inflight = 0
+        self.tracer = trace.get_tracer("tierwise.classifier")
+
+    def load(self) -> None:
+        """Load the encoder and run it a few times so the first real call is not the slow one."""
+        encoder = Encoder(self.cfg.encoder_dir, self.cfg.precision, self.cfg.ort_threads)
+        for head in self.heads:
+            if head.dimension != encoder.dimension:
+                raise ValueError(f"head {head.name} expects {head.dimension}-d embeddings, encoder gives {encoder.dimension}")
+        tokens = encoder.tokenize(WARMUP_TEXTS)
+        for _ in range(self.cfg.warmup_rounds):
+            for t in tokens:
+                encoder.embed_tokens([t])
+        self.encoder = encoder
+        self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch)
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        async with self._rpc("Classify", context) as span:
+            head = self._head(request.head)
+            self._check_text(request.text, "text")
+            result = (await self._classify([request.text], head, span))[0]
+            span.set_attribute("tierwise.tier", result.tier)
+            span.set_attribute("tierwise.top_probability", result.confidence)
+            span.set_attribute("tierwise.cache_hit", result.cache_hit)
+            return result
+
+    async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
+        async with self._rpc("ClassifyBatch", context) as span:
+            head = self._head(request.head)
+            texts = list(request.texts)
+            if not texts:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "texts: must hold at least one text")
+            if len(texts) > self.cfg.max_batch:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
+            for i, text in enumerate(texts):
+                self._check_text(text, f"texts[{i}]")
+            results = await self._classify(texts, head, span)
+            span.set_attribute("tierwise.tiers", [r.tier for r in results])
+            span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
+            span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
+            return pb.ClassifyBatchResponse(results=results)
+
+    async def ListHeads(self, request: pb.ListHeadsRequest, context) -> pb.ListHeadsResponse:
+        async with self._rpc("ListHeads", context):
+            encoder = self._ready_encoder()
+            return pb.ListHeadsResponse(
+                heads=[pb.HeadInfo(name=h.name, version=h.version, is_default=h.name == self.heads.default,
+                                   tiers=[1, 2, 3], thresholds=list(h.thresholds), target_quality=h.target_quality,
+                                   card=h.card) for h in self.heads],
+                encoder=pb.EncoderInfo(name=encoder.name, version=encoder.version,
+                                       dimension=encoder.dimension, max_tokens=encoder.max_tokens),
+                default_head=self.heads.default,
+                max_batch=self.cfg.max_batch,
+                max_text_bytes=self.cfg.max_text_bytes,
+            )
+
+    # -- the work -------------------------------------------------------------------------------
+
+    async def _classify(self, texts: list[str], head: TierHead, span) -> list[pb.ClassifyResponse]:
+        encoder = self._ready_encoder()
+        version = f"{head.version}|{encoder.version}"
+        keys = [self.cache.key(version, t) for t in texts]
+        cached = [self.cache.get(k) for k in keys]
+        misses = [i for i, c in enumerate(cached) if c is None]
+        span.set_attribute("tierwise.head", head.name)
+        span.set_attribute("tierwise.head_version", head.version)
+        span.set_attribute("tierwise.encoder_version", encoder.version)
+        span.set_attribute("tierwise.batch_size", len(texts))
+        if misses:
+            if self.inflight + len(misses) > self.cfg.max_inflight:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"overloaded: {self.inflight} texts in flight, limit {self.cfg.max_inflight}; retry with backoff")
+            self.inflight += len(misses)
+            try:
+                embedded = await self.batcher.embed([texts[i] for i in misses])
+            finally:
+                self.inflight -= len(misses)
+            probs = head.probabilities(np.stack([e.vector for e in embedded]))
+            tiers = head.decide(probs)
+            for row, i in enumerate(misses):
+                cached[i] = (int(tiers[row]), tuple(float(p) for p in probs[row]), embedded[row].tokens, embedded[row].truncated)
+                self.cache.put(keys[i], cached[i])
+        miss_set = set(misses)
+        return [
+            pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
+                                encoder_version=encoder.version, confidence=probs[tier - 1],
+                                thresholds=list(head.thresholds), cache_hit=i not in miss_set,
+                                input_tokens=tokens, truncated=truncated)
+            for i, (tier, probs, tokens, truncated) in enumerate(cached)
+        ]
+
+    def _ready_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise Rejected(grpc.StatusCode.UNAVAILABLE, "model is loading; health reports SERVING when ready")
+        return self.encoder
+
+    def _head(self, name: str) -> TierHead:
+        head = self.heads.get(name)
+        if head is None:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"head: unknown head {name!r}; loaded heads: {', '.join(self.heads.names)}")
+        return head
+
+    def _check_text(self, text: str, field: str) -> None:
+        if not text.strip():
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty or whitespace only")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.cfg.max_text_bytes:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{field}: {size} bytes exceed the limit of {self.cfg.max_text_bytes} bytes")
+
+    @asynccontextmanager
+    async def _rpc(self, method: str, context):
+        """A server span per call (parented by the caller's trace context) and error mapping."""
+        with self.tracer.start_as_current_span(
+            f"{SERVICE}/{method}", context=context_from_grpc(context), kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Rejected as err:
+                span.set_attribute("rpc.grpc.status_code", err.code.value[0])
+                if err.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
+                await context.abort(err.code, str(err))
+            except Exception:
+                log.exception("unexpected error in %s", method)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the classifier log")
+
+
+async def serve(cfg: Config, version: str = "0.1.0") -> int:
+    provider = setup_tracing("tierwise-classifier", version)
+    heads = HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head)
+    servicer = ClassifierServicer(cfg, heads)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    host = cfg.listen.rsplit(":", 1)[0]
+    port = server.add_insecure_port(cfg.listen)
+    if not port:
+        print(f"tierwise-classifier: cannot listen on {cfg.listen}", flush=True)
+        return 2
+    await server.start()
+    print(f"tierwise-classifier listening on {host}:{port} (NOT_SERVING while the model loads)", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await loop.run_in_executor(None, servicer.load)
+    except Exception:
+        log.exception("model failed to load")
+        await server.stop(0)
+        return 1
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"tierwise-classifier ready on {host}:{port} encoder={servicer.encoder.version} "
+          f"heads={','.join(heads.names)} default={heads.default}", flush=True)
+    log.info("serving", extra={"fields": {"listen": f"{host}:{port}", "workers": cfg.workers,
+                                          "ort_threads": cfg.ort_threads, "precision": cfg.precision}})
+
+    await stop.wait()
+    log.info("shutting down")
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=5)
+    servicer.batcher.close()
+    if provider is not None:
+        provider.shutdown()
+    print("tierwise-classifier stopped", flush=True)
+    return 0

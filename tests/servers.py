@@ -1,0 +1,70 @@
+"""Start the real services as subprocesses on 127.0.0.1 for integration tests (bounded waits)."""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceProcess:
+    proc: subprocess.Popen
+    lines: "queue.Queue[str]" = field(default_factory=queue.Queue)
+    output: list[str] = field(default_factory=list)
+    address: str = ""
+
+    def wait_for(self, marker: str, timeout: float = 60.0) -> str:
+        """The first stdout line containing `marker`; fails with the output so far after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if marker in line:
+                return line
+        raise AssertionError(f"no line with {marker!r} within {timeout}s; output:\n" + "".join(self.output))
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start(module: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    service = ServiceProcess(proc)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            service.output.append(line)
+            service.lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return service
+
+
+def start_classifier(*args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> ServiceProcess:
+    service = start("classifier_service", "--listen", "127.0.0.1:0", *args, env=env)
+    line = service.wait_for("listening on")
+    service.address = line.split("listening on ")[1].split()[0]
+    if wait_ready:
+        service.wait_for("ready on")
+    return service

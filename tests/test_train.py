@@ -1,0 +1,39 @@
+"""`tierwise train` on a slice of the shared routing data: a loadable head with an honest model card."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from classifier_service.heads import TierHead
+from tierwise.cli import main
+from tierwise.data import is_held_out, load, shared_files, split
+
+pytestmark = pytest.mark.data
+
+
+def test_held_out_split_is_stable_and_disjoint():
+    records = load(shared_files())
+    dev, test = split(records)
+    assert {r.id for r in dev}.isdisjoint({r.id for r in test})
+    assert 0.15 < len(test) / len(records) < 0.25
+    assert all(is_held_out(r.id) for r in test)
+
+
+def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
+    subset = tmp_path / "subset.jsonl"
+    with subset.open("w") as out:
+        for path in shared_files():
+            with open(path) as f:
+                for _, line in zip(range(150), f):
+                    out.write(line)
+    assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "slice"]) == 0
+    head = TierHead.load(tmp_path / "heads" / "slice" / "head.json")
+    assert head.name == "slice" and head.dimension == 384 and head.target_quality == 0.95
+    for key in ("data", "trained", "encoder", "cv_accuracy", "held_out_accuracy", "held_out_quality_vs_frontier"):
+        assert key in head.card, key
+    assert 0 <= float(head.card["held_out_accuracy"]) <= 1
+    assert int(head.card["n_held_out"]) + int(head.card["n_dev"]) == 450
+    assert (tmp_path / "heads" / "slice" / "MODEL_CARD.md").read_text().startswith("# Tier head `slice`")
+    assert json.loads((tmp_path / "heads" / "slice" / "head.json").read_text())["format"] == "tierwise.head/v1"
+    assert "held_out_accuracy" in capsys.readouterr().out

@@ -1,0 +1,98 @@
+"""Unit tests of the pieces behind the classifier: heads, decisions, cache, bucketing, metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classifier_service.batching import buckets
+from classifier_service.cache import DecisionCache, normalise
+from classifier_service.heads import HeadRegistry, TierHead, decide
+from tierwise.data import Record
+from tierwise.metrics import routing_metrics
+
+
+def make_head(name="h", thresholds=(0.5, 0.5)) -> TierHead:
+    rng = np.random.default_rng(0)
+    return TierHead(name=name, version=f"{name}-1", coef=rng.normal(size=(3, 8)).astype(np.float32),
+                    intercept=np.zeros(3, np.float32), thresholds=thresholds)
+
+
+def test_probabilities_are_a_distribution():
+    head = make_head()
+    p = head.probabilities(np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32))
+    assert p.shape == (5, 3)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-6)
+    assert (p >= 0).all()
+
+
+def test_decide_applies_ordinal_thresholds():
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]])
+    assert decide(probs, (0.5, 0.5)).tolist() == [1, 2, 3, 2]
+    assert decide(probs, (0.9, 0.35)).tolist() == [1, 1, 3, 3]
+
+
+def test_head_round_trips_through_json(tmp_path):
+    head = make_head(thresholds=(0.3, 0.6))
+    head.save(tmp_path / "h" / "head.json")
+    loaded = TierHead.load(tmp_path / "h" / "head.json")
+    assert loaded.version == head.version and loaded.thresholds == (0.3, 0.6)
+    np.testing.assert_allclose(loaded.coef, head.coef, atol=1e-5)
+    registry = HeadRegistry.from_dir(tmp_path)
+    assert registry.names == ["h"] and registry.get("").name == "h" and registry.get("other") is None
+
+
+def test_registry_rejects_bad_defaults_and_names():
+    with pytest.raises(ValueError, match="default head"):
+        HeadRegistry([make_head("a")], default="b")
+    with pytest.raises(ValueError, match="must match"):
+        make_head("Bad Name")
+
+
+def test_shipped_default_head_loads():
+    from classifier_service.config import Config
+
+    registry = HeadRegistry.from_dir(Config().heads_dir)
+    head = registry.get("")
+    assert head.name == "default" and head.dimension == 384
+    assert "held_out_quality_vs_frontier" in head.card
+
+
+def test_cache_is_bounded_lru_and_folds_case_and_whitespace():
+    cache: DecisionCache[int] = DecisionCache(2)
+    assert normalise("  Hello \n  World ") == "hello world"
+    cache.put(cache.key("v1", "a"), 1)
+    cache.put(cache.key("v1", "b"), 2)
+    assert cache.get(cache.key("v1", " A ")) == 1  # touch a: b is now the oldest
+    cache.put(cache.key("v1", "c"), 3)
+    assert cache.get(cache.key("v1", "b")) is None
+    assert cache.get(cache.key("v2", "a")) is None, "another head version must miss"
+    assert len(cache) == 2 and cache.hits == 1 and cache.misses == 2
+    off: DecisionCache[int] = DecisionCache(0)
+    off.put(off.key("v", "x"), 1)
+    assert len(off) == 0
+
+
+def test_buckets_group_similar_lengths_and_cover_everything():
+    lengths = [5, 200, 6, 7, 190, 50, 5, 256]
+    groups = buckets(lengths, max_pad_ratio=1.25, max_size=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) <= 3
+        widths = [lengths[i] for i in g]
+        assert max(widths) * len(widths) <= 1.25 * sum(widths) or len(g) == 1
+
+
+def rec(i, scores, costs=(1.0, 10.0, 100.0)) -> Record:
+    return Record(id=str(i), source="t", task="t", query=f"q{i}", scores=scores, costs=costs, responses=(None,) * 3)
+
+
+def test_routing_metrics_against_hand_computed_values():
+    records = [rec(0, (1, 1, 1)), rec(1, (0, 1, 1)), rec(2, (0, 0, 1)), rec(3, (0, 0, 0))]
+    # oracle tiers: 1, 2, 3, 1 (unsolvable counts as 1)
+    m = routing_metrics(records, np.array([1, 1, 3, 2]))
+    assert m["accuracy"] == pytest.approx(2 / 4)  # records 0 and 2
+    assert m["quality_preserved"] == pytest.approx(3 / 4)  # all but record 1
+    assert m["cost_savings"] == pytest.approx(1 - (1 + 1 + 100 + 10) / 400)
+    assert m["answer_quality"] == pytest.approx(2 / 4)  # records 0 and 2 answered acceptably
+    assert m["quality_vs_frontier"] == pytest.approx((2 / 4) / (3 / 4))
+    assert m["tier_mix"] == pytest.approx([0.5, 0.25, 0.25])
