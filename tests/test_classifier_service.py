@@ -162,3 +162,29 @@ def test_expired_deadline_is_reported_and_the_server_carries_on(stub):
         stub.Classify(pb.ClassifyRequest(text="deadline test " * 100), timeout=0.0005)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert stub.Classify(pb.ClassifyRequest(text="still alive?"), timeout=10).tier in (1, 2, 3)
+
+
+def test_several_heads_share_one_encoder(tmp_path):
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    strict = TierHead(name="strict", version="strict-1", coef=default.coef, intercept=default.intercept,
+                      thresholds=(0.99, 0.99))
+    default.save(tmp_path / "default" / "head.json")
+    strict.save(tmp_path / "strict" / "head.json")
+    service = start_classifier("--heads-dir", str(tmp_path))
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            assert [h.name for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads] == ["default", "strict"]
+            text = "Derive the closed form of the sum of the first n cubes."
+            a = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+            b = stub.Classify(pb.ClassifyRequest(text=text, head="strict"), timeout=10)
+            assert (a.head, b.head) == ("default", "strict") and b.head_version == "strict-1"
+            assert not b.cache_hit, "the cache is keyed by head version"
+            # Same weights, stricter thresholds: same probabilities, never a higher tier.
+            assert list(a.probabilities) == pytest.approx(list(b.probabilities), abs=1e-6)
+            assert b.tier <= a.tier and list(b.thresholds) == pytest.approx([0.99, 0.99])
+    finally:
+        assert service.stop() == 0
