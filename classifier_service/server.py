@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from contextlib import asynccontextmanager
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from tierwise import serving
 from tierwise.telemetry import context_from_grpc, setup_tracing
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
@@ -178,52 +176,19 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-classifier", version)
-    heads = HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head)
-    servicer = ClassifierServicer(cfg, heads)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", cfg.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
+    servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                                      ("grpc.so_reuseport", 0)])
     pb_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
-    for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    host = cfg.listen.rsplit(":", 1)[0]
-    port = server.add_insecure_port(cfg.listen)
-    if not port:
-        print(f"tierwise-classifier: cannot listen on {cfg.listen}", flush=True)
-        return 2
-    await server.start()
-    print(f"tierwise-classifier listening on {host}:{port} (NOT_SERVING while the model loads)", flush=True)
+    async def load() -> str:
+        await asyncio.get_running_loop().run_in_executor(None, servicer.load)
+        return (f"encoder={servicer.encoder.version} heads={','.join(servicer.heads.names)} "
+                f"default={servicer.heads.default} workers={cfg.workers} ort_threads={cfg.ort_threads}")
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await loop.run_in_executor(None, servicer.load)
-    except Exception:
-        log.exception("model failed to load")
-        await server.stop(0)
-        return 1
-    for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    print(f"tierwise-classifier ready on {host}:{port} encoder={servicer.encoder.version} "
-          f"heads={','.join(heads.names)} default={heads.default}", flush=True)
-    log.info("serving", extra={"fields": {"listen": f"{host}:{port}", "workers": cfg.workers,
-                                          "ort_threads": cfg.ort_threads, "precision": cfg.precision}})
+    async def close() -> None:
+        servicer.batcher.close()
+        if provider is not None:
+            provider.shutdown()
 
-    await stop.wait()
-    log.info("shutting down")
-    for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(grace=5)
-    servicer.batcher.close()
-    if provider is not None:
-        provider.shutdown()
-    print("tierwise-classifier stopped", flush=True)
-    return 0
+    return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close)

@@ -68,3 +68,13 @@ def start_classifier(*args: str, env: dict[str, str] | None = None, wait_ready: 
     if wait_ready:
         service.wait_for("ready on")
     return service
+
+
+def start_router(config: Path | str, classifier_address: str, *args: str,
+                 env: dict[str, str] | None = None) -> ServiceProcess:
+    service = start("router_service", "--listen", "127.0.0.1:0", "--config", str(config),
+                    "--classifier", classifier_address, *args, env=env)
+    line = service.wait_for("listening on")
+    service.address = line.split("listening on ")[1].split()[0]
+    service.wait_for("ready on")
+    return service

@@ -1,0 +1,26 @@
+"""Async client for the classifier service, with the router's deadline budget and trace propagation."""
+from __future__ import annotations
+
+import grpc
+from opentelemetry import propagate
+
+from tierwise.v1 import classifier_pb2 as pb
+from tierwise.v1 import classifier_pb2_grpc
+
+
+class ClassifierClient:
+    def __init__(self, address: str, timeout_ms: float):
+        self.address = address
+        self.timeout_s = timeout_ms / 1000
+        self._channel = grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
+
+    async def classify(self, text: str, head: str = "", timeout_s: float | None = None) -> pb.ClassifyResponse:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head),
+                                         timeout=min(self.timeout_s, timeout_s or self.timeout_s),
+                                         metadata=tuple(carrier.items()))
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,219 @@
+"""Router configuration: one YAML file, validated at start-up with errors that name the key.
+
+Secrets never live in the file: a provider names the environment variable holding its key
+(`api_key_env`), read when a call is made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TIERS = (1, 2, 3)
+
+
+class ConfigError(ValueError):
+    """A problem in the config file; the message starts with the key path."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    timeout_s: float = 30.0
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    tier: int
+    input_per_mtok: float
+    output_per_mtok: float
+    providers: tuple[ProviderConfig, ...]
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    address: str = "127.0.0.1:50051"
+    timeout_ms: float = 50.0
+    head: str = ""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    tier: int = 1
+    timeout_ms: float = 3000.0
+    fallback: str = "heuristic"
+    # Tiers added to the judge's verdict (capped at 3): a deliberate bias toward quality.
+    bias: int = 0
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    start: str = "heuristic"
+    gate: str = "heuristic"
+    max_tier: int = 3
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    strategy: str
+    tiers: dict[int, TierConfig]
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    # Expected output tokens for Route's cost estimate.
+    expected_output_tokens: int = 300
+    record_content: bool = False
+
+    def model_for(self, tier: int) -> str:
+        return self.tiers[tier].providers[0].model
+
+
+def load(path: str | Path) -> RouterConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse(raw)
+
+
+def parse(raw: Any) -> RouterConfig:
+    doc = _mapping(raw, "(top level)")
+    _known(doc, "", {"strategy", "tiers", "classifier", "judge", "cascade", "expected_output_tokens", "telemetry"})
+    tiers_raw = doc.get("tiers")
+    if not isinstance(tiers_raw, list) or not tiers_raw:
+        raise ConfigError("tiers: required, a list of tiers 1..3")
+    tiers: dict[int, TierConfig] = {}
+    for i, t in enumerate(tiers_raw):
+        tier = _tier(t, f"tiers[{i}]")
+        if tier.tier in tiers:
+            raise ConfigError(f"tiers[{i}].tier: tier {tier.tier} is defined twice")
+        tiers[tier.tier] = tier
+    missing = [t for t in TIERS if t not in tiers]
+    if missing:
+        raise ConfigError(f"tiers: tier(s) {missing} missing; define tiers 1, 2 and 3")
+    telemetry = _mapping(doc.get("telemetry", {}), "telemetry")
+    _known(telemetry, "telemetry", {"record_content"})
+    judge = JudgeConfig(**_section(doc, "judge", JudgeConfig))
+    cascade = CascadeConfig(**_section(doc, "cascade", CascadeConfig))
+    if judge.tier not in TIERS:
+        raise ConfigError(f"judge.tier: must be 1, 2 or 3, not {judge.tier}")
+    if cascade.max_tier not in TIERS:
+        raise ConfigError(f"cascade.max_tier: must be 1, 2 or 3, not {cascade.max_tier}")
+    return RouterConfig(
+        strategy=_str(doc.get("strategy", "embedding"), "strategy"),
+        tiers=tiers,
+        classifier=ClassifierConfig(**_section(doc, "classifier", ClassifierConfig)),
+        judge=judge,
+        cascade=cascade,
+        expected_output_tokens=_int(doc.get("expected_output_tokens", 300), "expected_output_tokens"),
+        record_content=_bool(telemetry.get("record_content", False), "telemetry.record_content"),
+    )
+
+
+def _tier(raw: Any, at: str) -> TierConfig:
+    t = _mapping(raw, at)
+    _known(t, at, {"tier", "price_per_mtok", "providers"})
+    tier = _int(t.get("tier"), f"{at}.tier")
+    if tier not in TIERS:
+        raise ConfigError(f"{at}.tier: must be 1, 2 or 3, not {tier}")
+    price = _mapping(t.get("price_per_mtok"), f"{at}.price_per_mtok")
+    _known(price, f"{at}.price_per_mtok", {"input", "output"})
+    providers = t.get("providers")
+    if not isinstance(providers, list) or not providers:
+        raise ConfigError(f"{at}.providers: required, a non-empty list (the tier's fallback chain in order)")
+    return TierConfig(
+        tier=tier,
+        input_per_mtok=_price(price.get("input"), f"{at}.price_per_mtok.input"),
+        output_per_mtok=_price(price.get("output"), f"{at}.price_per_mtok.output"),
+        providers=tuple(_provider(p, f"{at}.providers[{j}]") for j, p in enumerate(providers)),
+    )
+
+
+def _provider(raw: Any, at: str) -> ProviderConfig:
+    p = _mapping(raw, at)
+    _known(p, at, {"name", "base_url", "model", "api_key_env", "timeout_s", "max_retries", "api_key"})
+    if "api_key" in p:
+        raise ConfigError(f"{at}.api_key: secrets do not belong in the file; set api_key_env to the name of "
+                          "an environment variable holding the key")
+    base_url = _str(p.get("base_url"), f"{at}.base_url")
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.base_url: must start with http:// or https://, got {base_url!r}")
+    timeout = _number(p.get("timeout_s", 30.0), f"{at}.timeout_s")
+    if timeout <= 0:
+        raise ConfigError(f"{at}.timeout_s: must be positive")
+    retries = _int(p.get("max_retries", 2), f"{at}.max_retries")
+    if retries < 0:
+        raise ConfigError(f"{at}.max_retries: must be 0 or more")
+    return ProviderConfig(name=_str(p.get("name"), f"{at}.name"), base_url=base_url,
+                          model=_str(p.get("model"), f"{at}.model"),
+                          api_key_env=_str(p.get("api_key_env", ""), f"{at}.api_key_env", required=False),
+                          timeout_s=timeout, max_retries=retries)
+
+
+def _section(doc: dict, key: str, cls) -> dict:
+    section = _mapping(doc.get(key, {}), key)
+    defaults = cls()
+    _known(section, key, set(vars(defaults)))
+    out = {}
+    for name, value in section.items():
+        default = getattr(defaults, name)
+        if isinstance(default, str):
+            out[name] = _str(value, f"{key}.{name}", required=bool(default))
+        else:
+            out[name] = (_int if isinstance(default, int) else _number)(value, f"{key}.{name}")
+    return out
+
+
+def _known(mapping: dict, at: str, allowed: set[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            where = f"{at}.{key}" if at else str(key)
+            raise ConfigError(f"{where}: unknown key; expected one of {sorted(allowed)}")
+
+
+def _mapping(value: Any, at: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{at}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, at: str, required: bool = True) -> str:
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ConfigError(f"{at}: required, a non-empty string")
+    return value
+
+
+def _int(value: Any, at: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{at}: expected an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, at: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{at}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _price(value: Any, at: str) -> float:
+    price = _number(value, at)
+    if price < 0:
+        raise ConfigError(f"{at}: must not be negative")
+    return price
+
+
+def _bool(value: Any, at: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{at}: expected true or false, got {value!r}")
+    return value

@@ -1,0 +1,72 @@
+"""The one interface every routing strategy implements, and the registry that builds them by name."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: int
+    strategy: str
+    reason: str
+    probabilities: tuple[float, ...] = ()
+    degraded: bool = False
+    head_version: str = ""
+    thresholds: tuple[float, ...] = ()
+
+    def degrade(self, strategy: str, why: str) -> "Decision":
+        """This decision, reported as the fallback that stood in for `strategy`."""
+        return replace(self, strategy=strategy, degraded=True, reason=f"{why}; fell back to {self.strategy}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class RouteInput:
+    query: str
+    head: str = ""
+    # Monotonic time by which the caller needs the answer (None: no deadline).
+    deadline: float | None = None
+
+
+class Strategy(ABC):
+    """Decides the cheapest adequate tier for a query."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def decide(self, request: RouteInput) -> Decision: ...
+
+
+Factory = Callable[..., Strategy]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    def add(factory: Factory) -> Factory:
+        _REGISTRY[name] = factory
+        return factory
+    return add
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def factory(name: str) -> Factory | None:
+    return _REGISTRY.get(name)
+
+
+@dataclass
+class Strategies:
+    """Builds each named strategy once, on first use, from the shared dependencies."""
+    deps: dict = field(default_factory=dict)
+    _built: dict[str, Strategy] = field(default_factory=dict)
+
+    def get(self, name: str) -> Strategy:
+        if name not in self._built:
+            make = factory(name)
+            if make is None:
+                raise KeyError(name)
+            self._built[name] = make(self)
+        return self._built[name]

@@ -1,0 +1,33 @@
+"""Ask the classifier service; its head's calibrated thresholds decide. Degrades to the heuristic."""
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from .base import Decision, RouteInput, Strategy, register
+
+
+@register("embedding")
+class EmbeddingStrategy(Strategy):
+    name = "embedding"
+
+    def __init__(self, strategies):
+        self.classifier = strategies.deps["classifier"]
+        self.fallback = strategies.get("heuristic")
+        self.head = strategies.deps["config"].classifier.head
+
+    async def decide(self, request: RouteInput) -> Decision:
+        left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
+        try:
+            reply = await self.classifier.classify(request.query, request.head or self.head, left)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("head:"):
+                raise
+            why = f"classifier {err.code().name.lower()}"
+            return (await self.fallback.decide(request)).degrade(self.name, why)
+        p = tuple(reply.probabilities)
+        return Decision(tier=reply.tier, strategy=self.name, probabilities=p, head_version=reply.head_version,
+                        thresholds=tuple(reply.thresholds),
+                        reason=f"P(tier>=2)={p[1] + p[2]:.2f} vs {reply.thresholds[0]:.2f}, "
+                               f"P(tier 3)={p[2]:.2f} vs {reply.thresholds[1]:.2f}")

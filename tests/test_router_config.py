@@ -1,0 +1,68 @@
+"""Router config validation: every problem is reported with the key that holds it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from router_service.config import ConfigError, load, parse
+
+from .servers import ROOT
+
+EXAMPLE = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
+
+
+def test_example_config_is_valid_and_has_three_tiers():
+    cfg = load(ROOT / "tierwise.example.yaml")
+    assert sorted(cfg.tiers) == [1, 2, 3]
+    assert cfg.tiers[1].cost(1_000_000, 1_000_000) == pytest.approx(0.25 + 1.25)
+    assert all(p.api_key_env for t in cfg.tiers.values() for p in t.providers)
+
+
+def broken(path: str, value) -> dict:
+    doc = copy.deepcopy(EXAMPLE)
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return doc
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("tiers", [], "tiers: required"),
+    ("tiers.0.tier", 7, "tiers[0].tier: must be 1, 2 or 3"),
+    ("tiers.1.tier", 1, "tiers[1].tier: tier 1 is defined twice"),
+    ("tiers.0.price_per_mtok.input", -1, "tiers[0].price_per_mtok.input: must not be negative"),
+    ("tiers.0.price_per_mtok.output", "cheap", "tiers[0].price_per_mtok.output: expected a number"),
+    ("tiers.0.providers", [], "tiers[0].providers: required"),
+    ("tiers.2.providers.0.base_url", "api.example.com", "tiers[2].providers[0].base_url: must start with http"),
+    ("tiers.2.providers.0.model", KeyError, "tiers[2].providers[0].model: required"),
+    ("tiers.0.providers.0.api_key", "sk-123", "tiers[0].providers[0].api_key: secrets do not belong"),
+    ("tiers.0.providers.0.timeout_s", 0, "tiers[0].providers[0].timeout_s: must be positive"),
+    ("classifier.timeout_ms", "fast", "classifier.timeout_ms: expected a number"),
+    ("judge.tier", 5, "judge.tier: must be 1, 2 or 3"),
+    ("telemetry.record_content", "yes", "telemetry.record_content: expected true or false"),
+    ("surprise", 1, "surprise: unknown key"),
+])
+def test_invalid_config_names_the_key(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        parse(broken(path, value))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_missing_tier_and_unreadable_file(tmp_path):
+    doc = copy.deepcopy(EXAMPLE)
+    doc["tiers"] = doc["tiers"][:2]
+    with pytest.raises(ConfigError, match=r"tiers: tier\(s\) \[3\] missing"):
+        parse(doc)
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)

@@ -1,0 +1,80 @@
+"""RouterService.Route against a real classifier and a real router, both on 127.0.0.1."""
+from __future__ import annotations
+
+import grpc
+import pytest
+import yaml
+
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .servers import ROOT, start_classifier, start_router
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    classifier = start_classifier()
+    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
+    path = tmp_path_factory.mktemp("router") / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(config))
+    router = start_router(path, classifier.address)
+    yield classifier, router
+    assert router.stop() == 0, "".join(router.output)
+    classifier.stop()
+
+
+@pytest.fixture
+def route(services):
+    with grpc.insecure_channel(services[1].address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel).Route
+
+
+def test_embedding_route_uses_the_classifier_and_its_calibration(route):
+    reply = route(pb.RouteRequest(query="What is the capital of France?"), timeout=5)
+    assert reply.strategy == "embedding" and not reply.degraded
+    assert len(reply.probabilities) == 3 and reply.head_version.startswith("default-")
+    assert len(reply.thresholds) == 2 and reply.tier in (1, 2, 3)
+    assert reply.model == {1: "gpt-4o-mini", 2: "gpt-4o", 3: "o1"}[reply.tier]
+    assert reply.estimated_cost_usd > 0 and reply.decision_ms > 0
+
+
+def test_heuristic_route_explains_itself(route):
+    easy = route(pb.RouteRequest(query="hi there", strategy="heuristic"), timeout=5)
+    hard = route(pb.RouteRequest(query="Prove the theorem step by step, then analyze the algorithm's complexity. "
+                                       "Why does it hold? What breaks without it?", strategy="heuristic"), timeout=5)
+    assert (easy.tier, hard.tier) == (1, 3)
+    assert "keyword" in hard.reason and not hard.probabilities
+    assert hard.estimated_cost_usd > easy.estimated_cost_usd
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.RouteRequest(query=""), "query"),
+    (pb.RouteRequest(query="   "), "query"),
+    (pb.RouteRequest(query="hi", strategy="telepathy"), "strategy"),
+    (pb.RouteRequest(query="hi", head="no-such-head"), "head"),
+])
+def test_bad_route_input_is_invalid_argument(route, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        route(request_, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
+    classifier = start_classifier()
+    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(config))
+    router = start_router(path, classifier.address)
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            route = router_pb2_grpc.RouterServiceStub(channel).Route
+            assert not route(pb.RouteRequest(query="Is water wet?"), timeout=5).degraded
+            assert classifier.stop() == 0
+            replies = [route(pb.RouteRequest(query=f"Is water wet? ({i})"), timeout=5) for i in range(3)]
+            for reply in replies:
+                assert reply.degraded and reply.strategy == "embedding"
+                assert "fell back to heuristic" in reply.reason and reply.tier in (1, 2, 3)
+    finally:
+        classifier.stop()
+        assert router.stop() == 0
