@@ -15,6 +15,8 @@ ap.add_argument("--classifier", default=os.environ.get("TIERWISE_CLASSIFIER_ADDR
                 help="classifier host:port (env TIERWISE_CLASSIFIER_ADDRESS; default: the config's classifier.address)")
 ap.add_argument("--config", default=os.environ.get("TIERWISE_CONFIG", "tierwise.example.yaml"),
                 help="router YAML config (env TIERWISE_CONFIG)")
+ap.add_argument("--metrics-port", type=int, default=os.environ.get("TIERWISE_ROUTER_METRICS_PORT"),
+                help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (env TIERWISE_ROUTER_METRICS_PORT)")
 args = ap.parse_args()
 configure_logging()
 try:
@@ -22,4 +24,4 @@ try:
 except ConfigError as err:
     print(f"tierwise-router: invalid config: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
-sys.exit(asyncio.run(serve(cfg, args.listen, args.classifier or cfg.classifier.address)))
+sys.exit(asyncio.run(serve(cfg, args.listen, args.classifier or cfg.classifier.address, args.metrics_port)))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import grpc
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
@@ -14,13 +14,23 @@ class ClassifierClient:
         self.timeout_s = timeout_ms / 1000
         self._channel = grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
+        self._tracer = trace.get_tracer("tierwise.router")
 
     async def classify(self, text: str, head: str = "", timeout_s: float | None = None) -> pb.ClassifyResponse:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head),
-                                         timeout=min(self.timeout_s, timeout_s or self.timeout_s),
-                                         metadata=tuple(carrier.items()))
+        with self._tracer.start_as_current_span(
+            "tierwise.v1.ClassifierService/Classify", kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
+                        "rpc.method": "Classify", "server.address": self.address}) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            try:
+                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head),
+                                                 timeout=min(self.timeout_s, timeout_s or self.timeout_s),
+                                                 metadata=tuple(carrier.items()))
+            except grpc.aio.AioRpcError as err:
+                span.set_attribute("rpc.grpc.status_code", err.code().value[0])
+                span.set_status(trace.Status(trace.StatusCode.ERROR, err.code().name))
+                raise
 
     async def close(self) -> None:
         await self._channel.close()

@@ -26,6 +26,9 @@ class ProviderConfig:
     api_key_env: str = ""
     timeout_s: float = 30.0
     max_retries: int = 2
+    # Open the breaker after this many consecutive failures; probe again after the cooldown.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def _tier(raw: Any, at: str) -> TierConfig:
 
 def _provider(raw: Any, at: str) -> ProviderConfig:
     p = _mapping(raw, at)
-    _known(p, at, {"name", "base_url", "model", "api_key_env", "timeout_s", "max_retries", "api_key"})
+    _known(p, at, {"name", "base_url", "model", "api_key_env", "timeout_s", "max_retries", "api_key",
+                   "breaker_failures", "breaker_cooldown_s"})
     if "api_key" in p:
         raise ConfigError(f"{at}.api_key: secrets do not belong in the file; set api_key_env to the name of "
                           "an environment variable holding the key")
@@ -155,10 +159,17 @@ def _provider(raw: Any, at: str) -> ProviderConfig:
     retries = _int(p.get("max_retries", 2), f"{at}.max_retries")
     if retries < 0:
         raise ConfigError(f"{at}.max_retries: must be 0 or more")
+    failures = _int(p.get("breaker_failures", 5), f"{at}.breaker_failures")
+    if failures < 1:
+        raise ConfigError(f"{at}.breaker_failures: must be at least 1")
+    cooldown = _number(p.get("breaker_cooldown_s", 30.0), f"{at}.breaker_cooldown_s")
+    if cooldown < 0:
+        raise ConfigError(f"{at}.breaker_cooldown_s: must be 0 or more")
     return ProviderConfig(name=_str(p.get("name"), f"{at}.name"), base_url=base_url,
                           model=_str(p.get("model"), f"{at}.model"),
                           api_key_env=_str(p.get("api_key_env", ""), f"{at}.api_key_env", required=False),
-                          timeout_s=timeout, max_retries=retries)
+                          timeout_s=timeout, max_retries=retries, breaker_failures=failures,
+                          breaker_cooldown_s=cooldown)
 
 
 def _section(doc: dict, key: str, cls) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import grpc
 from opentelemetry import trace
@@ -15,11 +15,16 @@ from tierwise.v1 import router_pb2_grpc as pb_grpc
 
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
-from .strategies import Decision, RouteInput, Strategies, registered
+from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
+from .providers import Attempt, Outcome, Provider, ProviderSpec, StreamInterrupted, TierChain
+from .strategies import Decision, RouteInput, Strategies, Strategy, registered
+from .strategies.cascade import CascadeStrategy
+from .telemetry import RouterMetrics, attempt_span, setup_metrics
 
 log = logging.getLogger("tierwise.router")
 SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 MAX_QUERY_BYTES = 256 * 1024
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class Rejected(Exception):
@@ -29,29 +34,150 @@ class Rejected(Exception):
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, cfg: RouterConfig, strategies: Strategies):
+    def __init__(self, cfg: RouterConfig, strategies: Strategies, dispatcher: Dispatcher, metrics: RouterMetrics):
         self.cfg = cfg
         self.strategies = strategies
+        self.dispatcher = dispatcher
+        self.metrics = metrics
         self.tracer = trace.get_tracer("tierwise.router")
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
         async with self._rpc("Route", context) as span:
             started = time.perf_counter()
             self._check_text(request.query, "query")
-            decision = await self._decide(request.query, request.strategy, request.head, context, span)
+            decision, _ = await self._decide(request.query, request.strategy, request.head, context, span)
+            self._count("Route", decision)
             return self._route_response(decision, request.query, started)
 
-    async def _decide(self, query: str, strategy_name: str, head: str, context, span) -> Decision:
+    async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
+        async with self._rpc("Complete", context) as span:
+            started = time.perf_counter()
+            messages, query = self._messages(request)
+            decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
+            route = self._route_response(decision, query, started)
+            gate, max_tier = _gate_of(strategy)
+            with self._dispatch_errors():
+                result = await self.dispatcher.complete(
+                    messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
+                    **self._call_options(request))
+            return self._finish("Complete", span, decision, route, result, started)
+
+    async def CompleteStream(self, request: pb.CompleteRequest, context):
+        async with self._rpc("CompleteStream", context) as span:
+            started = time.perf_counter()
+            messages, query = self._messages(request)
+            decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
+            route = self._route_response(decision, query, started)
+            yield pb.CompleteStreamResponse(decision=route)
+            gate, max_tier = _gate_of(strategy)
+            with self._dispatch_errors():
+                if gate is not None:
+                    # A cascade must see the whole answer before the gate lets it out.
+                    result = await self.dispatcher.complete(
+                        messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
+                        **self._call_options(request))
+                    yield pb.CompleteStreamResponse(delta=result.completion.content)
+                else:
+                    async for event in self.dispatcher.stream(messages, decision.tier, deadline=_deadline(context),
+                                                              **self._call_options(request)):
+                        if isinstance(event, Result):
+                            result = event
+                        else:
+                            yield pb.CompleteStreamResponse(delta=event)
+            yield pb.CompleteStreamResponse(summary=self._finish("CompleteStream", span, decision, route, result, started))
+
+    # -- shared steps -------------------------------------------------------------------------------
+
+    def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
+        if not request.messages:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message")
+        for i, m in enumerate(request.messages):
+            if m.role not in ROLES:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"messages[{i}].role: {m.role!r} is not one of {', '.join(ROLES)}")
+        users = [i for i, m in enumerate(request.messages) if m.role == "user"]
+        if not users:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
+        self._check_text(request.messages[users[-1]].content, f"messages[{users[-1]}].content")
+        if request.max_tokens < 0:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be 0 (provider default) or more")
+        if request.HasField("temperature") and not 0 <= request.temperature <= 2:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "temperature: must be between 0 and 2")
+        return [{"role": m.role, "content": m.content} for m in request.messages], request.messages[users[-1]].content
+
+    def _call_options(self, request: pb.CompleteRequest) -> dict:
+        return {"max_tokens": request.max_tokens or None,
+                "temperature": request.temperature if request.HasField("temperature") else None,
+                "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
+
+    def _on_attempt(self, tier: int, attempt: Attempt) -> None:
+        attempt_span(self.tracer, tier, attempt)
+        if attempt.outcome is not Outcome.OK:
+            self.metrics.fallbacks.add(1, {"provider": attempt.provider, "outcome": str(attempt.outcome)})
+
+    def _on_escalate(self, from_tier: int, to_tier: int, why: str) -> None:
+        self.tracer.start_span("tierwise.escalate", attributes={
+            "tierwise.from_tier": from_tier, "tierwise.to_tier": to_tier, "tierwise.reason": why}).end()
+        self.metrics.escalations.add(1, {"from_tier": from_tier, "to_tier": to_tier})
+
+    @contextmanager
+    def _dispatch_errors(self):
+        try:
+            yield
+        except Unavailable as err:
+            code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
+            raise Rejected(code, str(err)) from None
+        except DeadlinePassed as err:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None
+        except StreamInterrupted as err:
+            raise Rejected(grpc.StatusCode.ABORTED,
+                           f"stream interrupted after {err.tokens_sent} chunks from provider {err.provider!r}; the "
+                           "partial answer is incomplete and will not be continued: retry the request") from None
+
+    def _finish(self, method: str, span, decision: Decision, route: pb.RouteResponse, result: Result,
+                started: float) -> pb.CompleteResponse:
+        c = result.completion
+        span.set_attribute("gen_ai.request.model", c.model)
+        span.set_attribute("gen_ai.response.model", c.model)
+        span.set_attribute("gen_ai.usage.input_tokens", c.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", c.output_tokens)
+        span.set_attribute("tierwise.final_tier", result.tier)
+        span.set_attribute("tierwise.escalations", result.escalations)
+        span.set_attribute("tierwise.cost_usd", result.cost_usd)
+        if self.cfg.record_content:
+            span.set_attribute("tierwise.answer", c.content)
+        self._count(method, decision, result)
+        self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
+        return pb.CompleteResponse(
+            content=c.content, tier=result.tier, model=c.model, provider=c.provider,
+            usage=pb.Usage(input_tokens=c.input_tokens, output_tokens=c.output_tokens), cost_usd=result.cost_usd,
+            strategy=decision.strategy, degraded=decision.degraded, escalations=result.escalations,
+            attempts=[pb.Attempt(tier=a.tier, provider=a.attempt.provider, model=a.attempt.model,
+                                 outcome=str(a.attempt.outcome), error=a.attempt.error,
+                                 latency_ms=a.attempt.latency_ms) for a in result.attempts]
+                     + [pb.Attempt(tier=tier, outcome="gate_rejected", error=why) for tier, why in result.gate_rejections],
+            decision=route)
+
+    def _count(self, method: str, decision: Decision, result: Result | None = None) -> None:
+        tier = result.tier if result else decision.tier
+        self.metrics.requests.add(1, {"method": method, "tier": tier, "strategy": decision.strategy})
+        if decision.degraded:
+            self.metrics.degraded.add(1, {"strategy": decision.strategy})
+        if result is not None:
+            self.metrics.cost.add(result.cost_usd, {"tier": tier})
+
+    async def _decide(self, query: str, strategy_name: str, head: str, context, span) -> tuple[Decision, Strategy]:
         name = strategy_name or self.cfg.strategy
         try:
             strategy = self.strategies.get(name)
         except KeyError:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"strategy: unknown strategy {name!r}; available: {', '.join(registered())}") from None
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+                           f"strategy: unknown strategy {name!r}; available: {', '.join(registered())} "
+                           "(compose as <start>+cascade)") from None
+        if self.cfg.record_content:
+            span.set_attribute("tierwise.query", query)
         try:
-            decision = await strategy.decide(RouteInput(query=query, head=head, deadline=deadline))
+            decision = await strategy.decide(RouteInput(query=query, head=head, deadline=_deadline(context)))
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise Rejected(err.code(), err.details()) from None
@@ -63,7 +189,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             span.set_attribute("tierwise.probabilities", list(decision.probabilities))
             span.set_attribute("tierwise.thresholds", list(decision.thresholds))
             span.set_attribute("tierwise.head_version", decision.head_version)
-        return decision
+        return decision, strategy
 
     def _route_response(self, decision: Decision, query: str, started: float) -> pb.RouteResponse:
         tier = self.cfg.tiers[decision.tier]
@@ -102,12 +228,45 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-async def serve(cfg: RouterConfig, listen: str, classifier_address: str, version: str = "0.1.0") -> int:
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _gate_of(strategy: Strategy):
+    return (strategy.gate, strategy.max_tier) if isinstance(strategy, CascadeStrategy) else (None, 3)
+
+
+def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
+    return {tier: TierChain([Provider(ProviderSpec(name=p.name, base_url=p.base_url, model=p.model,
+                                                   api_key_env=p.api_key_env, timeout_s=p.timeout_s,
+                                                   max_retries=p.max_retries,
+                                                   breaker_failure_threshold=p.breaker_failures,
+                                                   breaker_cooldown_s=p.breaker_cooldown_s),
+                                      on_breaker_change=_log_breaker(metrics))
+                             for p in t.providers])
+            for tier, t in cfg.tiers.items()}
+
+
+def _log_breaker(metrics: RouterMetrics):
+    def changed(name, old, new) -> None:
+        log.warning("circuit breaker %s: %s -> %s", name, old, new,
+                    extra={"fields": {"provider": name, "from": str(old), "to": str(new)}})
+        metrics.breaker_changed(name, old, new)
+    return changed
+
+
+async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_port: int | None = None,
+                version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-router", version)
+    meter_provider = setup_metrics("tierwise-router", metrics_port)
+    metrics = RouterMetrics()
     classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms)
-    strategies = Strategies(deps={"config": cfg, "classifier": classifier})
+    chains = build_chains(cfg, metrics)
+    strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains})
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_RouterServiceServicer_to_server(RouterServicer(cfg, strategies), server)
+    pb_grpc.add_RouterServiceServicer_to_server(
+        RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics), server)
 
     async def load() -> str:
         strategies.get(cfg.strategy)
@@ -115,7 +274,10 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, version
 
     async def close() -> None:
         await classifier.close()
-        if provider is not None:
-            provider.shutdown()
+        for chain in chains.values():
+            await chain.aclose()
+        for p in (provider, meter_provider):
+            if p is not None:
+                p.shutdown()
 
     return await serving.run("tierwise-router", listen, [SERVICE], server, load, close)

@@ -33,6 +33,8 @@ class Strategy(ABC):
     """Decides the cheapest adequate tier for a query."""
 
     name: ClassVar[str]
+    # True for strategies built on a starting strategy (`start+name`), like cascade.
+    composable: ClassVar[bool] = False
 
     @abstractmethod
     async def decide(self, request: RouteInput) -> Decision: ...
@@ -64,9 +66,11 @@ class Strategies:
     _built: dict[str, Strategy] = field(default_factory=dict)
 
     def get(self, name: str) -> Strategy:
+        """A strategy by name; `X+Y` composes: Y built with X as its starting strategy."""
         if name not in self._built:
-            make = factory(name)
-            if make is None:
+            start, _, outer = name.rpartition("+")
+            make = factory(outer)
+            if make is None or (start and (factory(start) is None or not getattr(make, "composable", False))):
                 raise KeyError(name)
-            self._built[name] = make(self)
+            self._built[name] = make(self, start=start) if start else make(self)
         return self._built[name]

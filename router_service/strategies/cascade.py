@@ -1,0 +1,31 @@
+"""Cascade: start cheap (at the tier another strategy picks), gate each answer, escalate on failure.
+
+Route returns the starting tier; Complete runs the gate loop (see dispatch.py). `X+cascade` starts at
+strategy X's tier; plain `cascade` starts where the configured `cascade.start` strategy says.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..gates import gate
+from .base import Decision, RouteInput, Strategy, register
+
+
+@register("cascade")
+class CascadeStrategy(Strategy):
+    name = "cascade"
+    composable = True
+
+    def __init__(self, strategies, start: str | None = None):
+        cfg = strategies.deps["config"].cascade
+        self.start_name = start or cfg.start
+        self.start = strategies.get(self.start_name)
+        self.gate = gate(cfg.gate)
+        self.max_tier = cfg.max_tier
+        self.label = f"{start}+cascade" if start else self.name
+
+    async def decide(self, request: RouteInput) -> Decision:
+        first = await self.start.decide(request)
+        return replace(first, tier=min(first.tier, self.max_tier), strategy=self.label,
+                       reason=f"start at tier {first.tier} ({self.start_name}: {first.reason}); "
+                              f"escalate while the {self.gate.name} gate rejects, up to tier {self.max_tier}")

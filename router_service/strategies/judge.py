@@ -1,0 +1,57 @@
+"""LLM-as-judge: a cheap model rates how strong a model the query needs, answering in JSON."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from ..providers import ProviderError
+from .base import Decision, RouteInput, Strategy, register
+
+PROMPT = (
+    "You route user queries to language models of three strengths. Rate the query below.\n"
+    "tier 1: simple facts, small talk, short rewrites, easy arithmetic.\n"
+    "tier 2: multi-step reasoning, ordinary code, explanations that need care.\n"
+    "tier 3: hard math or proofs, complex code or system design, expert knowledge, long careful analysis.\n"
+    'Answer with JSON only, exactly like {"tier": 2}.'
+)
+_OBJECT = re.compile(r"\{[^{}]*\}")
+
+
+def parse_tier(content: str) -> int:
+    """The tier from the judge's reply; ValueError if it is not a JSON object with tier 1..3."""
+    for match in _OBJECT.finditer(content):
+        try:
+            tier = json.loads(match.group(0)).get("tier")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(tier, int) and not isinstance(tier, bool) and 1 <= tier <= 3:
+            return tier
+    raise ValueError(f"no {{\"tier\": 1..3}} object in the judge's reply ({len(content)} chars)")
+
+
+@register("judge")
+class JudgeStrategy(Strategy):
+    name = "judge"
+
+    def __init__(self, strategies):
+        cfg = strategies.deps["config"].judge
+        self.chain = strategies.deps["chains"][cfg.tier]
+        self.timeout_s = cfg.timeout_ms / 1000
+        self.bias = cfg.bias
+        self.fallback = strategies.get(cfg.fallback)
+
+    async def decide(self, request: RouteInput) -> Decision:
+        deadline = time.monotonic() + self.timeout_s
+        if request.deadline is not None:
+            deadline = min(deadline, request.deadline)
+        messages = [{"role": "system", "content": PROMPT}, {"role": "user", "content": request.query}]
+        try:
+            reply = await self.chain.complete(messages, max_tokens=16, temperature=0.0, deadline=deadline)
+            verdict = parse_tier(reply.content)
+        except (ProviderError, ValueError) as err:
+            why = f"judge failed ({type(err).__name__})"
+            return (await self.fallback.decide(request)).degrade(self.name, why)
+        tier = min(3, verdict + self.bias)
+        bias = f" + bias {self.bias}" if self.bias else ""
+        return Decision(tier=tier, strategy=self.name, reason=f"{reply.model} rated tier {verdict}{bias}")

@@ -1,0 +1,72 @@
+"""Router metrics (OpenTelemetry; exported over OTLP and, optionally, to Prometheus) and span helpers."""
+from __future__ import annotations
+
+import os
+import time
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from .breaker import BreakerState
+from .providers import Attempt
+
+BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def setup_metrics(service_name: str, prometheus_port: int | None) -> MeterProvider | None:
+    readers: list[MetricReader] = []
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if prometheus_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+        start_http_server(prometheus_port, addr="127.0.0.1")
+        readers.append(PrometheusMetricReader())
+    if not readers:
+        return None
+    provider = MeterProvider(resource=Resource.create({"service.name": service_name}), metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+class RouterMetrics:
+    def __init__(self):
+        meter = metrics.get_meter("tierwise.router")
+        self.requests = meter.create_counter("tierwise.router.requests", description="requests by tier, strategy, method")
+        self.escalations = meter.create_counter("tierwise.router.escalations", description="moves to a higher tier")
+        self.fallbacks = meter.create_counter("tierwise.router.fallbacks",
+                                              description="provider attempts that failed over or were skipped")
+        self.degraded = meter.create_counter("tierwise.router.degraded", description="decisions made by a fallback strategy")
+        self.cost = meter.create_counter("tierwise.router.cost", unit="USD", description="provider cost")
+        self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
+        self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
+                                                        description="circuit breaker state changes")
+        self._breakers: dict[str, BreakerState] = {}
+        meter.create_observable_gauge("tierwise.router.breaker.state", callbacks=[self._observe_breakers],
+                                      description="0 closed, 1 half-open, 2 open")
+
+    def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
+        self._breakers[provider] = new
+        self.breaker_transitions.add(1, {"provider": provider, "to": str(new)})
+
+    def _observe_breakers(self, options):
+        return [metrics.Observation(BREAKER_VALUE[state], {"provider": name}) for name, state in self._breakers.items()]
+
+
+def attempt_span(tracer: trace.Tracer, tier: int, attempt: Attempt) -> None:
+    """A child span for one finished provider attempt, placed at the time it ran."""
+    end = time.time_ns()
+    start = end - int(attempt.latency_ms * 1e6)
+    span = tracer.start_span(f"chat {attempt.model}", kind=trace.SpanKind.CLIENT, start_time=start, attributes={
+        "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": attempt.model,
+        "tierwise.provider": attempt.provider, "tierwise.tier": tier, "tierwise.outcome": str(attempt.outcome),
+    })
+    if attempt.status_code is not None:
+        span.set_attribute("http.response.status_code", attempt.status_code)
+    if attempt.error:
+        span.set_attribute("error.type", attempt.error.split(":")[0][:64])
+        span.set_status(trace.Status(trace.StatusCode.ERROR))
+    span.end(end_time=end)

@@ -1,0 +1,378 @@
+"""An OpenAI-compatible HTTP TEST DOUBLE for the provider layer: real HTTP on 127.0.0.1, scripted faults.
+
+It serves POST /v1/chat/completions (JSON, or SSE with `stream: true`) and GET /v1/models from a
+background ThreadingHTTPServer on an ephemeral port. Answers are deterministic and name the model that
+produced them ("answer from <model>: <n> words"), so a test can tell which provider answered.
+
+Faults are scripted per model: `script(model, *faults)` queues faults consumed one per request (FIFO);
+`set_persistent(model, fault)` applies one to every request once the queue is empty. `set_reply(model,
+text)` replaces a model's answer (e.g. a judge's verdict); `reset()` forgets all of that. Every request is
+recorded (model, stream flag, headers, body, fault applied) so tests can assert none was lost or repeated.
+Every wait inside the double is bounded and released at once when the double shuts down.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+
+HOST = "127.0.0.1"
+MAX_WAIT_S = 5.0
+
+
+class FaultKind(Enum):
+    DELAY = "delay"                  # answer normally after delay_s
+    HTTP_ERROR = "http_error"        # status with an OpenAI-style error body
+    HANG = "hang"                    # send nothing for delay_s (longer than the client's timeout)
+    MALFORMED_JSON = "malformed_json"
+    DROP_CONNECTION = "drop_connection"  # close the socket without answering
+    DISCONNECT_MID_STREAM = "disconnect_mid_stream"  # stream after_chunks text chunks, then close
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    delay_s: float = 0.0
+    status: int = 0
+    retry_after: str | None = None
+    after_chunks: int = 0
+
+    @classmethod
+    def delay(cls, delay_s: float) -> Fault:
+        return cls(FaultKind.DELAY, delay_s=delay_s)
+
+    @classmethod
+    def http_error(cls, status: int = 500, retry_after: float | str | None = None) -> Fault:
+        return cls(FaultKind.HTTP_ERROR, status=status, retry_after=None if retry_after is None else str(retry_after))
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | str | None = None) -> Fault:
+        return cls.http_error(429, retry_after)
+
+    @classmethod
+    def hang(cls, delay_s: float = MAX_WAIT_S) -> Fault:
+        return cls(FaultKind.HANG, delay_s=delay_s)
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        return cls(FaultKind.MALFORMED_JSON)
+
+    @classmethod
+    def drop_connection(cls) -> Fault:
+        return cls(FaultKind.DROP_CONNECTION)
+
+    @classmethod
+    def disconnect_mid_stream(cls, after_chunks: int) -> Fault:
+        return cls(FaultKind.DISCONNECT_MID_STREAM, after_chunks=after_chunks)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: dict[str, Any] | None
+    fault: Fault | None
+
+    @property
+    def model(self) -> str | None:
+        return (self.body or {}).get("model")
+
+    @property
+    def stream(self) -> bool:
+        return bool((self.body or {}).get("stream"))
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
+
+def answer_for(model: str, messages: list[dict[str, Any]]) -> str:
+    """The double's deterministic answer: which model answered, and how many words the last message had."""
+    last = str(messages[-1].get("content", "")) if messages else ""
+    return f"answer from {model}: {len(last.split())} words"
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound then released), for connection-refused tests."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def refused_base_url() -> str:
+    return f"http://{HOST}:{unused_port()}/v1"
+
+
+@dataclass
+class _Script:
+    queued: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
+    persistent: dict[str, Fault] = field(default_factory=dict)
+    replies: dict[str, str] = field(default_factory=dict)
+
+    def next_fault(self, model: str) -> Fault | None:
+        queue = self.queued.get(model)
+        if queue:
+            return queue.popleft()
+        return self.persistent.get(model)
+
+
+class ProviderDouble:
+    """The TEST DOUBLE server. `with ProviderDouble() as double: ... double.base_url ...`."""
+
+    def __init__(self, models: Iterable[str] = ()) -> None:
+        self.models = tuple(models)
+        self._lock = threading.Lock()
+        self._script = _Script()
+        self._requests: list[RecordedRequest] = []
+        self._closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server = _Server(self)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="provider-double", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self._server.server_port}/v1"
+
+    def script(self, model: str, *faults: Fault) -> None:
+        with self._lock:
+            self._script.queued[model].extend(faults)
+
+    def set_persistent(self, model: str, fault: Fault | None) -> None:
+        with self._lock:
+            if fault is None:
+                self._script.persistent.pop(model, None)
+            else:
+                self._script.persistent[model] = fault
+
+    def set_reply(self, model: str, content: str | None) -> None:
+        """Answer `model`'s requests with `content` (None: the default answer_for text)."""
+        with self._lock:
+            if content is None:
+                self._script.replies.pop(model, None)
+            else:
+                self._script.replies[model] = content
+
+    def reset(self) -> None:
+        """Forget scripted faults, replies and recorded requests (for a double shared across tests)."""
+        with self._lock:
+            self._script = _Script()
+            self._requests.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, model: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.model == model]
+
+    def start(self) -> ProviderDouble:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop that never ran
+            self._server.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            _hard_close(conn)
+        self._server.server_close()
+        self._thread.join(MAX_WAIT_S)
+
+    def __enter__(self) -> ProviderDouble:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- used by the handler threads --
+
+    def _record(self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None) -> Fault | None:
+        with self._lock:
+            fault = self._script.next_fault(body.get("model", "")) if body else None
+            self._requests.append(RecordedRequest(method, path, headers, body, fault))
+            return fault
+
+    def _answer(self, model: str, messages: list[dict[str, Any]]) -> str:
+        with self._lock:
+            reply = self._script.replies.get(model)
+        return reply if reply is not None else answer_for(model, messages)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds` (never past MAX_WAIT_S); False if the double shut down meanwhile."""
+        return not self._closing.wait(min(seconds, MAX_WAIT_S))
+
+    def _track(self, conn: socket.socket, open_: bool) -> None:
+        with self._lock:
+            (self._connections.add if open_ else self._connections.discard)(conn)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, double: ProviderDouble) -> None:
+        self.double = double
+        super().__init__((HOST, 0), _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        self.double._track(request, True)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        self.double._track(request, False)
+        super().shutdown_request(request)
+
+
+def _hard_close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real providers: the SDK reuses pooled connections
+    timeout = MAX_WAIT_S  # idle keep-alive connections end on their own
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep pytest output clean
+
+    @property
+    def double(self) -> ProviderDouble:
+        return self.server.double
+
+    def do_GET(self) -> None:
+        self.double._record("GET", self.path, self._headers(), None)
+        if self.path.rstrip("/") != "/v1/models":
+            return self._send_error(404, f"no route GET {self.path}", "not_found")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "provider-double"} for m in self.double.models]
+        self._send_json(200, {"object": "list", "data": data})
+
+    def do_POST(self) -> None:
+        body = self._read_json()
+        fault = self.double._record("POST", self.path, self._headers(), body)
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            return self._send_error(404, f"no route POST {self.path}", "not_found")
+        if body is None or not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            return self._send_error(400, "body must be JSON with a string 'model' and a list 'messages'",
+                                    "invalid_request_error")
+        if self.double.models and body["model"] not in self.double.models:
+            return self._send_error(404, f"model {body['model']!r} not found", "model_not_found")
+        if fault is not None and not self._apply_fault_before_answer(fault):
+            return
+        answer = self.double._answer(body["model"], body["messages"])
+        if body.get("stream"):
+            self._send_stream(body, answer, fault)
+        else:
+            self._send_json(200, _completion(body, answer))
+
+    def _apply_fault_before_answer(self, fault: Fault) -> bool:
+        """Play the fault; True if a normal answer should follow."""
+        if fault.kind is FaultKind.DELAY:
+            return self.double._wait(fault.delay_s)
+        if fault.kind is FaultKind.HANG:
+            self.double._wait(fault.delay_s)
+            self._drop()
+        elif fault.kind is FaultKind.HTTP_ERROR:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            self._send_error(fault.status, f"injected HTTP {fault.status}", "injected_fault", headers)
+        elif fault.kind is FaultKind.MALFORMED_JSON:
+            self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
+        elif fault.kind is FaultKind.DROP_CONNECTION:
+            self._drop()
+        return fault.kind is FaultKind.DISCONNECT_MID_STREAM
+
+    def _send_stream(self, body: dict[str, Any], answer: str, fault: Fault | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        disconnect_after = fault.after_chunks if fault and fault.kind is FaultKind.DISCONNECT_MID_STREAM else None
+        model = body["model"]
+        self._send_event(_chunk(model, {"role": "assistant", "content": ""}))
+        for sent, piece in enumerate(_pieces(answer)):
+            if sent == disconnect_after:
+                return self._drop()
+            self._send_event(_chunk(model, {"content": piece}))
+        self._send_event(_chunk(model, {}, finish_reason="stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
+        self._send_chunk(b"data: [DONE]\n\n")
+        self._send_chunk(b"")
+
+    def _send_event(self, payload: dict[str, Any]) -> None:
+        self._send_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _send_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_error(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": code, "code": code}}, headers)
+
+    def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        _hard_close(self.connection)
+
+    def _headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
+    def _read_json(self) -> dict[str, Any] | None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+
+def _pieces(answer: str) -> list[str]:
+    """The answer split into word-sized stream chunks whose concatenation is the answer."""
+    words = answer.split(" ")
+    return [w + " " for w in words[:-1]] + [words[-1]]
+
+
+def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
+    prompt = estimate_tokens("".join(str(m.get("content", "")) for m in body["messages"]))
+    completion = estimate_tokens(answer)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _completion(body: dict[str, Any], answer: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+        "usage": _usage(body, answer),
+    }
+
+
+def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}

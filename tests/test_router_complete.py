@@ -1,0 +1,285 @@
+"""RouterService.Complete / CompleteStream end to end: real classifier, real router, providers replaced
+by the OpenAI-compatible test double (tests/provider_double.py) on 127.0.0.1 with scripted faults."""
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+import pytest
+import yaml
+
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .provider_double import Fault, ProviderDouble, refused_base_url
+from .servers import start_classifier, start_router
+
+KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
+
+
+def router_config(base_url: str, **overrides) -> dict:
+    def provider(name: str, **extra) -> dict:
+        return {"name": name, "base_url": base_url, "model": name, "api_key_env": KEY_ENV,
+                "timeout_s": 1.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
+    tiers = [{"tier": 1, "price_per_mtok": {"input": 0.25, "output": 1.25},
+              "providers": [provider("t1-a"), provider("t1-b")]},
+             {"tier": 2, "price_per_mtok": {"input": 3.0, "output": 15.0}, "providers": [provider("t2-a")]},
+             {"tier": 3, "price_per_mtok": {"input": 15.0, "output": 75.0}, "providers": [provider("t3-a")]}]
+    doc = {"strategy": "heuristic", "classifier": {"timeout_ms": 500}, "tiers": tiers,
+           "judge": {"tier": 1, "timeout_ms": 2000, "fallback": "heuristic"},
+           "cascade": {"start": "heuristic", "gate": "heuristic", "max_tier": 3}}
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def double():
+    with ProviderDouble() as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    service = start_classifier()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def router(double, classifier, tmp_path_factory):
+    path = tmp_path_factory.mktemp("router") / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url)))
+    service = start_router(path, classifier.address, env={KEY_ENV: "test-key"})
+    yield service
+    assert service.stop() == 0, "".join(service.output)
+
+
+@pytest.fixture
+def stub(router, double):
+    """A client of the shared router, for tests that leave every provider healthy."""
+    double.reset()
+    with grpc.insecure_channel(router.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+@pytest.fixture
+def fresh(double, classifier, tmp_path):
+    """A router of its own (fresh breakers), for tests that inject provider faults."""
+    double.reset()
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url)))
+    service = start_router(path, classifier.address, env={KEY_ENV: "test-key"})
+    with grpc.insecure_channel(service.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel), service
+    assert service.stop() == 0, "".join(service.output)
+    double.reset()
+
+
+def ask(text: str, strategy: str = "", **kw) -> pb.CompleteRequest:
+    return pb.CompleteRequest(messages=[pb.Message(role="user", content=text)], strategy=strategy, **kw)
+
+
+def stream(stub, request, timeout=20):
+    """(decision, text, summary) of a CompleteStream call."""
+    decision, pieces, summary = None, [], None
+    for event in stub.CompleteStream(request, timeout=timeout):
+        kind = event.WhichOneof("event")
+        if kind == "decision":
+            assert decision is None and not pieces, "decision must come first, once"
+            decision = event.decision
+        elif kind == "delta":
+            pieces.append(event.delta)
+        else:
+            summary = event.summary
+    return decision, "".join(pieces), summary
+
+
+def test_complete_answers_at_the_decided_tier_and_prices_the_usage(stub, double):
+    reply = stub.Complete(ask("What is the capital of France?", "heuristic"), timeout=10)
+    assert (reply.tier, reply.model, reply.provider) == (1, "t1-a", "t1-a")
+    assert reply.content == "answer from t1-a: 6 words"
+    assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
+    expected = (reply.usage.input_tokens * 0.25 + reply.usage.output_tokens * 1.25) / 1e6
+    assert reply.cost_usd == pytest.approx(expected)
+    assert [a.outcome for a in reply.attempts] == ["ok"] and reply.escalations == 0
+    assert len(double.requests_for("t1-a")) == 1 and double.requests_for("t1-a")[0].authorization == "Bearer test-key"
+
+
+@pytest.mark.parametrize("strategy", ["heuristic", "embedding", "judge", "cascade", "embedding+cascade"])
+def test_every_strategy_completes_and_streams(stub, double, strategy):
+    double.set_reply("t1-a", '{"tier": 1}')  # the judge's verdict; other strategies just get this answer
+    reply = stub.Complete(ask("Name a primary colour.", strategy), timeout=15)
+    assert reply.strategy == strategy and reply.content and reply.tier in (1, 2, 3)
+    assert reply.decision.strategy == strategy and not reply.degraded
+    decision, text, summary = stream(stub, ask("Name a primary colour.", strategy))
+    assert decision.strategy == strategy and text == summary.content and summary.tier == reply.tier
+
+
+def test_judge_verdict_picks_the_tier(stub, double):
+    double.set_reply("t1-a", 'Sure. {"tier": 3}')
+    reply = stub.Route(pb.RouteRequest(query="hi", strategy="judge"), timeout=10)
+    assert reply.tier == 3 and "rated tier 3" in reply.reason
+
+
+def test_judge_parse_failure_falls_back_to_heuristic(stub, double):
+    double.set_reply("t1-a", "I think this is a medium one.")
+    double.set_reply("t1-b", "no json here either")
+    reply = stub.Route(pb.RouteRequest(query="hi", strategy="judge"), timeout=10)
+    assert reply.degraded and reply.strategy == "judge" and "fell back to heuristic" in reply.reason
+
+
+def test_cascade_gate_rejects_a_refusal_and_escalates(fresh, double):
+    stub, _ = fresh
+    double.set_reply("t1-a", "I cannot help with that.")
+    reply = stub.Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
+    assert reply.tier == 2 and reply.escalations == 1 and reply.content.startswith("answer from t2-a")
+    assert "gate_rejected" in [a.outcome for a in reply.attempts]
+    assert reply.cost_usd > (reply.usage.input_tokens * 3.0 + reply.usage.output_tokens * 15.0) / 1e6, \
+        "a cascade pays for every tier it tried"
+
+
+def test_500_is_retried_on_the_same_provider(fresh, double):
+    stub, _ = fresh
+    double.script("t1-a", Fault.http_error(500))
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
+    assert reply.provider == "t1-a"
+    assert [a.outcome for a in reply.attempts] == ["error", "ok"]
+    assert len(double.requests_for("t1-a")) == 2 and not double.requests_for("t1-b")
+
+
+def test_429_retry_after_is_honoured(fresh, double):
+    stub, _ = fresh
+    double.script("t1-a", Fault.rate_limited(retry_after=0.6))
+    started = time.monotonic()
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
+    assert time.monotonic() - started >= 0.6 and reply.provider == "t1-a"
+    assert reply.attempts[0].error.startswith("http 429") or "429" in reply.attempts[0].error
+
+
+@pytest.mark.parametrize("fault", [Fault.hang(3.0), Fault.malformed_json(), Fault.drop_connection()],
+                         ids=["timeout", "malformed-json", "dropped-connection"])
+def test_a_failing_provider_fails_over_to_the_next_in_the_chain(fresh, double, fault):
+    stub, _ = fresh
+    double.set_persistent("t1-a", fault)
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=20)
+    assert reply.provider == "t1-b" and reply.tier == 1 and reply.escalations == 0
+    assert [a.provider for a in reply.attempts][-1] == "t1-b"
+    assert len(double.requests_for("t1-b")) == 1, "answered exactly once"
+
+
+def test_exhausted_tier_escalates_then_unavailable_names_every_attempt(fresh, double):
+    stub, _ = fresh
+    for model in ("t1-a", "t1-b"):
+        double.set_persistent(model, Fault.http_error(503))
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=20)
+    assert reply.tier == 2 and reply.escalations == 1 and reply.provider == "t2-a"
+    for model in ("t2-a", "t3-a"):
+        double.set_persistent(model, Fault.http_error(500))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(ask("hello again", "heuristic"), timeout=20)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    for model in ("t1-a", "t1-b", "t2-a", "t3-a"):
+        assert model in err.value.details()
+
+
+def test_stream_fails_over_before_the_first_token(fresh, double):
+    stub, _ = fresh
+    double.set_persistent("t1-a", Fault.http_error(500))
+    decision, text, summary = stream(stub, ask("hello there", "heuristic"))
+    assert summary.provider == "t1-b" and text == summary.content == "answer from t1-b: 2 words"
+
+
+def test_mid_stream_disconnect_ends_with_a_clear_error_and_no_mixed_answer(fresh, double):
+    stub, _ = fresh
+    double.script("t1-a", Fault.disconnect_mid_stream(after_chunks=2))
+    pieces = []
+    with pytest.raises(grpc.RpcError) as err:
+        for event in stub.CompleteStream(ask("hello there", "heuristic"), timeout=20):
+            if event.WhichOneof("event") == "delta":
+                pieces.append(event.delta)
+    assert err.value.code() == grpc.StatusCode.ABORTED and "retry the request" in err.value.details()
+    full = "answer from t1-a: 2 words"
+    assert pieces and full.startswith("".join(pieces)) and "".join(pieces) != full
+    assert not double.requests_for("t1-b"), "after tokens were sent no other provider may answer"
+
+
+def test_breaker_opens_half_opens_and_closes(fresh, double):
+    stub, router = fresh
+    double.set_persistent("t1-a", Fault.http_error(500))
+    for _ in range(2):  # 2 calls x (1 try + 1 retry) = 4 failures >= breaker_failures 3
+        assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-b"
+    before = len(double.requests_for("t1-a"))
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
+    assert reply.attempts[0].outcome == "skipped_breaker_open" and reply.provider == "t1-b"
+    assert len(double.requests_for("t1-a")) == before, "an open breaker sends nothing"
+    double.set_persistent("t1-a", None)
+    time.sleep(1.1)  # the configured cooldown
+    assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-a"  # the probe
+    log = "".join(router.output)
+    assert re.search(r"t1-a: closed -> open", log) and re.search(r"t1-a: (open|half_open) -> closed", log)
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.CompleteRequest(), "messages"),
+    (pb.CompleteRequest(messages=[pb.Message(role="robot", content="hi")]), "messages[0].role"),
+    (pb.CompleteRequest(messages=[pb.Message(role="system", content="be nice")]), "messages"),
+    (pb.CompleteRequest(messages=[pb.Message(role="user", content="  ")]), "messages[0].content"),
+    (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], max_tokens=-1), "max_tokens"),
+    (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], temperature=7), "temperature"),
+    (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], strategy="nope"), "strategy"),
+])
+def test_bad_complete_input_is_invalid_argument(stub, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(request_, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+def test_without_keys_route_works_and_complete_is_failed_precondition(double, classifier, tmp_path):
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url)))
+    service = start_router(path, classifier.address, env={KEY_ENV: ""})
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            assert stub.Route(pb.RouteRequest(query="hi"), timeout=10).tier in (1, 2, 3)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Complete(ask("hi"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert KEY_ENV in err.value.details()
+    finally:
+        assert service.stop() == 0
+
+
+def test_connection_refused_provider_is_skipped(double, classifier, tmp_path):
+    doc = router_config(double.base_url)
+    doc["tiers"][0]["providers"][0]["base_url"] = refused_base_url()
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("hi", "heuristic"), timeout=10)
+        assert reply.provider == "t1-b" and reply.attempts[0].outcome == "error"
+    finally:
+        assert service.stop() == 0
+
+
+def test_classifier_killed_mid_test_gives_degraded_answers(double, tmp_path):
+    classifier = start_classifier()
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="embedding")))
+    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            assert not stub.Complete(ask("hi"), timeout=10).degraded
+            classifier.stop()
+            reply = stub.Complete(ask("hi"), timeout=10)
+            assert reply.degraded and reply.content and "fell back to heuristic" in reply.decision.reason
+            decision, text, summary = stream(stub, ask("hi"))
+            assert decision.degraded and summary.degraded and text
+    finally:
+        classifier.stop()
+        assert service.stop() == 0
