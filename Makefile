@@ -6,12 +6,13 @@ XVENV := .venv-export
 BIN := $(VENV)/bin
 ENCODER := build/encoder
 LISTEN ?= 127.0.0.1:50051
+ROUTER_LISTEN ?= 127.0.0.1:50052
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test bench protos protos-check train clean help
 
 help:
-	@echo "make run     set up and serve the classifier on $(LISTEN)"
+	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) and the classifier on $(LISTEN)"
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make protos  regenerate the gRPC stubs from protos/"
@@ -38,7 +39,7 @@ protos: $(VENV)/.stamp
 	$(BIN)/python -m tierwise.protogen
 
 run: setup
-	$(BIN)/python -m classifier_service --listen $(LISTEN)
+	$(BIN)/python -m tierwise.run --classifier-listen $(LISTEN) --router-listen $(ROUTER_LISTEN)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -66,12 +66,25 @@ class CascadeConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    # Share of answered requests below `tier` that are also asked at `tier` in the background.
+    share: float = 0.0
+    tier: int = 3
+    judge_tier: int = 1
+    timeout_s: float = 60.0
+    max_in_flight: int = 16
+    # JSONL file of comparisons ("" = metrics and spans only).
+    log: str = ""
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     strategy: str
     tiers: dict[int, TierConfig]
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     # Expected output tokens for Route's cost estimate.
     expected_output_tokens: int = 300
     record_content: bool = False
@@ -92,7 +105,8 @@ def load(path: str | Path) -> RouterConfig:
 
 def parse(raw: Any) -> RouterConfig:
     doc = _mapping(raw, "(top level)")
-    _known(doc, "", {"strategy", "tiers", "classifier", "judge", "cascade", "expected_output_tokens", "telemetry"})
+    _known(doc, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
+                     "telemetry"})
     tiers_raw = doc.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise ConfigError("tiers: required, a list of tiers 1..3")
@@ -113,12 +127,22 @@ def parse(raw: Any) -> RouterConfig:
         raise ConfigError(f"judge.tier: must be 1, 2 or 3, not {judge.tier}")
     if cascade.max_tier not in TIERS:
         raise ConfigError(f"cascade.max_tier: must be 1, 2 or 3, not {cascade.max_tier}")
+    shadow = ShadowConfig(**_section(doc, "shadow", ShadowConfig))
+    if not 0 <= shadow.share <= 1:
+        raise ConfigError(f"shadow.share: must be between 0 and 1, not {shadow.share}")
+    for key in ("tier", "judge_tier"):
+        if getattr(shadow, key) not in TIERS:
+            raise ConfigError(f"shadow.{key}: must be 1, 2 or 3, not {getattr(shadow, key)}")
+    if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
+        raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
+                          else "shadow.timeout_s: must be positive")
     return RouterConfig(
         strategy=_str(doc.get("strategy", "embedding"), "strategy"),
         tiers=tiers,
         classifier=ClassifierConfig(**_section(doc, "classifier", ClassifierConfig)),
         judge=judge,
         cascade=cascade,
+        shadow=shadow,
         expected_output_tokens=_int(doc.get("expected_output_tokens", 300), "expected_output_tokens"),
         record_content=_bool(telemetry.get("record_content", False), "telemetry.record_content"),
     )

@@ -17,6 +17,7 @@ from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .providers import Attempt, Outcome, Provider, ProviderSpec, StreamInterrupted, TierChain
+from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .strategies.cascade import CascadeStrategy
 from .telemetry import RouterMetrics, attempt_span, setup_metrics
@@ -34,11 +35,13 @@ class Rejected(Exception):
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, cfg: RouterConfig, strategies: Strategies, dispatcher: Dispatcher, metrics: RouterMetrics):
+    def __init__(self, cfg: RouterConfig, strategies: Strategies, dispatcher: Dispatcher, metrics: RouterMetrics,
+                 shadow: Shadow):
         self.cfg = cfg
         self.strategies = strategies
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.shadow = shadow
         self.tracer = trace.get_tracer("tierwise.router")
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
@@ -60,7 +63,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 result = await self.dispatcher.complete(
                     messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
                     **self._call_options(request))
-            return self._finish("Complete", span, decision, route, result, started)
+            return self._finish("Complete", span, decision, route, result, started, messages)
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
         async with self._rpc("CompleteStream", context) as span:
@@ -84,7 +87,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                             result = event
                         else:
                             yield pb.CompleteStreamResponse(delta=event)
-            yield pb.CompleteStreamResponse(summary=self._finish("CompleteStream", span, decision, route, result, started))
+            summary = self._finish("CompleteStream", span, decision, route, result, started, messages)
+            yield pb.CompleteStreamResponse(summary=summary)
 
     # -- shared steps -------------------------------------------------------------------------------
 
@@ -135,8 +139,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                            "partial answer is incomplete and will not be continued: retry the request") from None
 
     def _finish(self, method: str, span, decision: Decision, route: pb.RouteResponse, result: Result,
-                started: float) -> pb.CompleteResponse:
+                started: float, messages: list[dict[str, str]]) -> pb.CompleteResponse:
         c = result.completion
+        span.set_attribute("tierwise.shadow_sampled", self.shadow.maybe_start(messages, decision.strategy, result))
         span.set_attribute("gen_ai.request.model", c.model)
         span.set_attribute("gen_ai.response.model", c.model)
         span.set_attribute("gen_ai.usage.input_tokens", c.input_tokens)
@@ -238,6 +243,7 @@ def _gate_of(strategy: Strategy):
 
 
 def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
+    metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
     return {tier: TierChain([Provider(ProviderSpec(name=p.name, base_url=p.base_url, model=p.model,
                                                    api_key_env=p.api_key_env, timeout_s=p.timeout_s,
                                                    max_retries=p.max_retries,
@@ -265,14 +271,16 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     chains = build_chains(cfg, metrics)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains})
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    shadow = Shadow(cfg, chains, metrics)
     pb_grpc.add_RouterServiceServicer_to_server(
-        RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics), server)
+        RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)
 
     async def load() -> str:
         strategies.get(cfg.strategy)
         return f"strategy={cfg.strategy} classifier={classifier_address}"
 
     async def close() -> None:
+        await shadow.drain()
         await classifier.close()
         for chain in chains.values():
             await chain.aclose()

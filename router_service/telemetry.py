@@ -42,11 +42,16 @@ class RouterMetrics:
         self.degraded = meter.create_counter("tierwise.router.degraded", description="decisions made by a fallback strategy")
         self.cost = meter.create_counter("tierwise.router.cost", unit="USD", description="provider cost")
         self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
+        self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
         self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
                                                         description="circuit breaker state changes")
         self._breakers: dict[str, BreakerState] = {}
         meter.create_observable_gauge("tierwise.router.breaker.state", callbacks=[self._observe_breakers],
                                       description="0 closed, 1 half-open, 2 open")
+
+    def track_breakers(self, providers: list[str]) -> None:
+        for name in providers:
+            self._breakers.setdefault(name, BreakerState.CLOSED)
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
         self._breakers[provider] = new

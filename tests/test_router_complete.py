@@ -2,8 +2,10 @@
 by the OpenAI-compatible test double (tests/provider_double.py) on 127.0.0.1 with scripted faults."""
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -12,7 +14,7 @@ import yaml
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .provider_double import Fault, ProviderDouble, refused_base_url
+from .provider_double import Fault, ProviderDouble, refused_base_url, unused_port
 from .servers import start_classifier, start_router
 
 KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
@@ -283,3 +285,61 @@ def test_classifier_killed_mid_test_gives_degraded_answers(double, tmp_path):
     finally:
         classifier.stop()
         assert service.stop() == 0
+
+
+def test_shadow_ab_compares_in_the_background_without_delaying_the_reply(double, classifier, tmp_path):
+    double.reset()
+    log = tmp_path / "shadow.jsonl"
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url, shadow={"share": 1.0, "log": str(log)})))
+    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    try:
+        double.set_reply("t1-a", '{"agree": true}')  # the primary answer, and the judge's verdict
+        double.set_persistent("t3-a", Fault.delay(0.6))  # a slow frontier must not slow the reply
+        with grpc.insecure_channel(service.address) as channel:
+            started = time.monotonic()
+            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("hi there", "heuristic"), timeout=10)
+            assert time.monotonic() - started < 0.5 and reply.tier == 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.05)
+        record = json.loads(log.read_text().splitlines()[0])
+        assert record["agree"] is True and record["tier"] == 1 and record["shadow_model"] == "t3-a"
+        assert record["shadow_cost_usd"] > record["cost_usd"] > 0 and record["judge_cost_usd"] > 0
+        assert "hi there" not in log.read_text(), "no prompt text in the shadow log"
+        assert len(double.requests_for("t3-a")) == 1
+    finally:
+        assert service.stop() == 0
+
+
+def test_prometheus_metrics_show_requests_cost_escalations_and_breaker_state(double, classifier, tmp_path):
+    double.reset()
+    port = unused_port()
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(router_config(double.base_url)))
+    service = start_router(path, classifier.address, "--metrics-port", str(port), env={KEY_ENV: "k"})
+    try:
+        for model in ("t1-a", "t1-b"):
+            double.set_persistent(model, Fault.http_error(500))
+        with grpc.insecure_channel(service.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            for _ in range(2):
+                assert stub.Complete(ask("hello", "heuristic"), timeout=10).tier == 2
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        assert service.stop() == 0
+    assert metric(text, "tierwise_router_requests_total", method="Complete", tier="2", strategy="heuristic") == 2
+    assert metric(text, "tierwise_router_escalations_total", from_tier="1", to_tier="2") == 2
+    assert metric(text, "tierwise_router_breaker_state", provider="t1-a") == 2, "t1-a's breaker is open"
+    assert metric(text, "tierwise_router_breaker_state", provider="t2-a") == 0
+    assert metric(text, "tierwise_router_cost_USD_total", tier="2") > 0
+    assert "tierwise_router_duration_milliseconds_bucket" in text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the Prometheus sample `name` whose labels include `labels`."""
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1).split(",") for k, v in labels.items()):
+            return float(match.group(2))
+    raise AssertionError(f"no sample {name}{labels} in:\n{text}")

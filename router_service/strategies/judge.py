@@ -18,16 +18,21 @@ PROMPT = (
 _OBJECT = re.compile(r"\{[^{}]*\}")
 
 
-def parse_tier(content: str) -> int:
-    """The tier from the judge's reply; ValueError if it is not a JSON object with tier 1..3."""
+def parse_json_field(content: str, key: str, kind: type, valid=lambda v: True):
+    """The first `{"key": value}` in a model's reply with a value of `kind` that is `valid`; else ValueError."""
     for match in _OBJECT.finditer(content):
         try:
-            tier = json.loads(match.group(0)).get("tier")
+            value = json.loads(match.group(0)).get(key)
         except (json.JSONDecodeError, AttributeError):
             continue
-        if isinstance(tier, int) and not isinstance(tier, bool) and 1 <= tier <= 3:
-            return tier
-    raise ValueError(f"no {{\"tier\": 1..3}} object in the judge's reply ({len(content)} chars)")
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and valid(value):
+            return value
+    raise ValueError(f"no {{\"{key}\": ...}} object in the reply ({len(content)} chars)")
+
+
+def parse_tier(content: str) -> int:
+    """The tier from the judge's reply; ValueError if it is not a JSON object with tier 1..3."""
+    return parse_json_field(content, "tier", int, lambda t: 1 <= t <= 3)
 
 
 @register("judge")

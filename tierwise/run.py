@@ -1,0 +1,77 @@
+"""`make run`: start the classifier, then the router pointed at it, both on 127.0.0.1; Ctrl-C stops both."""
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(args: list[str], name: str, ready: threading.Event, lines: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # Ctrl-C reaches us once; we stop the children in order
+
+    def pump() -> None:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if " ready on " in line:
+                lines.append(line)
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True, name=name).start()
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m tierwise.run", description=__doc__)
+    ap.add_argument("--classifier-listen", default="127.0.0.1:50051")
+    ap.add_argument("--router-listen", default="127.0.0.1:50052")
+    default_config = ROOT / "tierwise.yaml"
+    ap.add_argument("--config", default=str(default_config if default_config.exists() else ROOT / "tierwise.example.yaml"))
+    args = ap.parse_args()
+
+    procs: list[subprocess.Popen] = []
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        for module, extra in (("classifier_service", ["--listen", args.classifier_listen]),
+                              ("router_service", ["--listen", args.router_listen, "--config", args.config,
+                                                  "--classifier", args.classifier_listen])):
+            ready, lines = threading.Event(), []
+            procs.append(start([module, *extra], module, ready, lines))
+            while not ready.wait(0.2):
+                if stopping.is_set():
+                    return 130
+            if not lines:
+                print(f"tierwise: {module} exited before it was ready (code {procs[-1].wait()})", flush=True)
+                return 1
+        print(f"tierwise: router on {args.router_listen} (config {args.config}), classifier on "
+              f"{args.classifier_listen}. Ctrl-C stops both.", flush=True)
+        while not stopping.wait(0.5):
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"tierwise: {proc.args[2]} exited with code {proc.returncode}", flush=True)
+                    return 1
+        return 0
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
