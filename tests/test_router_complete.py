@@ -206,18 +206,28 @@ def test_mid_stream_disconnect_ends_with_a_clear_error_and_no_mixed_answer(fresh
     assert not double.requests_for("t1-b"), "after tokens were sent no other provider may answer"
 
 
-def test_breaker_opens_half_opens_and_closes(fresh, double):
-    stub, router = fresh
-    double.set_persistent("t1-a", Fault.http_error(500))
-    for _ in range(2):  # 2 calls x (1 try + 1 retry) = 4 failures >= breaker_failures 3
-        assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-b"
-    before = len(double.requests_for("t1-a"))
-    reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
-    assert reply.attempts[0].outcome == "skipped_breaker_open" and reply.provider == "t1-b"
-    assert len(double.requests_for("t1-a")) == before, "an open breaker sends nothing"
-    double.set_persistent("t1-a", None)
-    time.sleep(1.1)  # the configured cooldown
-    assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-a"  # the probe
+def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
+    double.reset()
+    doc = router_config(double.base_url)
+    doc["tiers"][0]["providers"][0]["breaker_cooldown_s"] = 2.5  # long enough to see it open on a busy machine
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    router = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            double.set_persistent("t1-a", Fault.http_error(500))
+            for _ in range(2):  # 2 calls x (1 try + 1 retry) = 4 failures >= breaker_failures 3
+                assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-b"
+            before = len(double.requests_for("t1-a"))
+            reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
+            assert reply.attempts[0].outcome == "skipped_breaker_open" and reply.provider == "t1-b"
+            assert len(double.requests_for("t1-a")) == before, "an open breaker sends nothing"
+            double.set_persistent("t1-a", None)
+            time.sleep(2.6)  # the configured cooldown
+            assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-a"  # the probe
+    finally:
+        assert router.stop() == 0
     log = "".join(router.output)
     assert re.search(r"t1-a: closed -> open", log) and re.search(r"t1-a: (open|half_open) -> closed", log)
 

@@ -78,3 +78,30 @@ def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
     finally:
         classifier.stop()
         assert router.stop() == 0
+
+
+def test_router_health_and_reflection(services):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(services[1].address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tierwise.v1.RouterService"), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert "tierwise.v1.RouterService" in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+
+def test_classifier_slower_than_its_budget_degrades(tmp_path):
+    classifier = start_classifier()
+    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
+    config["classifier"]["timeout_ms"] = 0.01  # no real classifier answers in 10 microseconds
+    path = tmp_path / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(config))
+    router = start_router(path, classifier.address)
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="Is water wet?"), timeout=5)
+        assert reply.degraded and "classifier deadline_exceeded" in reply.reason
+    finally:
+        classifier.stop()
+        assert router.stop() == 0

@@ -1,0 +1,68 @@
+"""Strategies in-process: the judge against real providers (the HTTP test double), composition, gates."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import yaml
+
+from router_service.config import parse
+from router_service.gates import HeuristicGate
+from router_service.server import build_chains
+from router_service.strategies import RouteInput, Strategies
+from router_service.strategies.heuristic import heuristic_score
+from router_service.strategies.judge import parse_tier
+from router_service.telemetry import RouterMetrics
+
+from .provider_double import ProviderDouble
+from .test_router_complete import KEY_ENV, router_config
+
+
+def strategies_for(doc: dict) -> Strategies:
+    cfg = parse(yaml.safe_load(yaml.safe_dump(doc)))
+    return Strategies(deps={"config": cfg, "classifier": None, "chains": build_chains(cfg, RouterMetrics())})
+
+
+@pytest.mark.parametrize("bias, expected", [(0, 2), (1, 3), (2, 3)])
+def test_judge_bias_moves_toward_the_higher_tier(monkeypatch, bias, expected):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"tier": 2}')
+        judge = strategies_for(router_config(double.base_url, judge={"tier": 1, "bias": bias})).get("judge")
+        decision = asyncio.run(judge.decide(RouteInput("hi")))
+    assert decision.tier == expected and not decision.degraded
+
+
+@pytest.mark.parametrize("reply, tier", [('{"tier": 1}', 1), ('Verdict: {"tier": 3}.', 3), ('{"tier": 2, "why": "x"}', 2)])
+def test_parse_tier_accepts_json_verdicts(reply, tier):
+    assert parse_tier(reply) == tier
+
+
+@pytest.mark.parametrize("reply", ["2", '{"tier": 4}', '{"tier": "2"}', '{"tier": true}', "{not json}", ""])
+def test_parse_tier_rejects_everything_else(reply):
+    with pytest.raises(ValueError):
+        parse_tier(reply)
+
+
+def test_composition_names_resolve_and_unknown_compositions_do_not(monkeypatch):
+    with ProviderDouble() as double:
+        strategies = strategies_for(router_config(double.base_url))
+        assert strategies.get("heuristic+cascade").label == "heuristic+cascade"
+        assert strategies.get("judge+cascade").start_name == "judge"
+        for bad in ("heuristic+embedding", "nope+cascade", "cascade+"):
+            with pytest.raises(KeyError):
+                strategies.get(bad)
+
+
+def test_heuristic_rules():
+    assert heuristic_score("What is the capital of France?")[0] == 0
+    score, fired = heuristic_score("```python\ndef f(x):\n    return x\n```\nOptimize this algorithm. Why? How?")
+    assert score >= 3 and "code" in fired
+
+
+@pytest.mark.parametrize("answer, accept", [
+    ("Paris.", True), ("", False), ("I cannot help with that request.", False),
+    ("As an AI, I am not sure.", False), ("The answer is 42 because of the reasons below.", True)])
+def test_heuristic_gate(answer, accept):
+    assert HeuristicGate().check("What is the capital of France?", answer).accept is accept
+    assert not HeuristicGate().check("q", "Paris", finish_reason="length").accept
