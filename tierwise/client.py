@@ -1,0 +1,198 @@
+"""A small typed client for the Tierwise router, sync and async, over the generated stubs.
+
+    from tierwise.client import RouterClient
+    with RouterClient("127.0.0.1:50052") as tw:
+        print(tw.route("What is 2 + 2?").tier)
+        print(tw.complete("Write a haiku").content)
+        for piece in tw.stream("Tell me a story"):
+            print(piece, end="")
+
+Deadlines on every call; `UNAVAILABLE` (a restarting router, a dropped connection) is retried with
+exponential backoff before anything was streamed; TLS and an API key (sent as `authorization:
+Bearer <key>` metadata) when configured.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterator, Sequence, TypeVar
+
+import grpc
+
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+T = TypeVar("T")
+Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 0.2
+    api_key: str | None = None
+    # PEM root certificates for TLS; None with tls=True uses the system roots.
+    tls: bool = False
+    root_certificates: bytes | None = None
+
+
+def _messages(messages: Messages) -> list[pb.Message]:
+    if isinstance(messages, str):
+        return [pb.Message(role="user", content=messages)]
+    return [m if isinstance(m, pb.Message) else pb.Message(role=m[0], content=m[1]) for m in messages]
+
+
+def _request(messages: Messages, strategy: str, max_tokens: int, temperature: float | None,
+             head: str) -> pb.CompleteRequest:
+    request = pb.CompleteRequest(messages=_messages(messages), strategy=strategy, max_tokens=max_tokens, head=head)
+    if temperature is not None:
+        request.temperature = temperature
+    return request
+
+
+def _credentials(options: ClientOptions) -> grpc.ChannelCredentials | None:
+    return grpc.ssl_channel_credentials(options.root_certificates) if options.tls else None
+
+
+def _metadata(options: ClientOptions) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {options.api_key}"),) if options.api_key else ()
+
+
+def _retryable(err: grpc.RpcError) -> bool:
+    return err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _delay(options: ClientOptions, attempt: int) -> float:
+    return random.uniform(0, options.backoff_s * 2 ** attempt)
+
+
+class RouterClient:
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None):
+        self.options = options or ClientOptions()
+        creds = _credentials(self.options)
+        self._channel = grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+
+    def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
+        return self._retry(lambda t: self._stub.Route(pb.RouteRequest(query=query, strategy=strategy, head=head),
+                                                      timeout=t, metadata=_metadata(self.options)), timeout_s)
+
+    def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                 temperature: float | None = None, head: str = "", timeout_s: float | None = None) -> pb.CompleteResponse:
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        return self._retry(lambda t: self._stub.Complete(request, timeout=t, metadata=_metadata(self.options)),
+                           timeout_s)
+
+    def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0, temperature: float | None = None,
+               head: str = "", timeout_s: float | None = None) -> Iterator[str]:
+        """Text pieces as they arrive; `last_summary` holds the totals once the stream ended."""
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        for attempt in range(self.options.retries + 1):
+            started = False
+            try:
+                for event in self._stub.CompleteStream(request, timeout=max(deadline - time.monotonic(), 0.001),
+                                                       metadata=_metadata(self.options)):
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
+                        started = True
+                        yield event.delta
+                    elif kind == "summary":
+                        self.last_summary = event.summary
+                return
+            except grpc.RpcError as err:
+                # Never retry once text was yielded: the caller would see the answer twice.
+                if started or not _retryable(err) or attempt == self.options.retries:
+                    raise
+                time.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+
+    last_summary: pb.CompleteResponse | None = None
+
+    def _retry(self, call: Callable[[float], T], timeout_s: float | None) -> T:
+        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        for attempt in range(self.options.retries + 1):
+            try:
+                return call(max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as err:
+                if not _retryable(err) or attempt == self.options.retries or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RouterClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRouterClient:
+    """asyncio client with the same API (`await route(...)`, `async for piece in stream(...)`)."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None):
+        self.options = options or ClientOptions()
+        creds = _credentials(self.options)
+        self._channel = grpc.aio.secure_channel(address, creds) if creds else grpc.aio.insecure_channel(address)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self.last_summary: pb.CompleteResponse | None = None
+
+    async def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
+        request = pb.RouteRequest(query=query, strategy=strategy, head=head)
+        return await self._retry(lambda t: self._stub.Route(request, timeout=t, metadata=_metadata(self.options)),
+                                 timeout_s)
+
+    async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                       temperature: float | None = None, head: str = "",
+                       timeout_s: float | None = None) -> pb.CompleteResponse:
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        return await self._retry(lambda t: self._stub.Complete(request, timeout=t, metadata=_metadata(self.options)),
+                                 timeout_s)
+
+    async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                     temperature: float | None = None, head: str = "", timeout_s: float | None = None) -> AsyncIterator[str]:
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        for attempt in range(self.options.retries + 1):
+            started = False
+            try:
+                call = self._stub.CompleteStream(request, timeout=max(deadline - time.monotonic(), 0.001),
+                                                 metadata=_metadata(self.options))
+                async for event in call:
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
+                        started = True
+                        yield event.delta
+                    elif kind == "summary":
+                        self.last_summary = event.summary
+                return
+            except grpc.aio.AioRpcError as err:
+                if started or not _retryable(err) or attempt == self.options.retries:
+                    raise
+                await asyncio.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+
+    async def _retry(self, call, timeout_s: float | None):
+        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        for attempt in range(self.options.retries + 1):
+            try:
+                return await call(max(deadline - time.monotonic(), 0.001))
+            except grpc.aio.AioRpcError as err:
+                if not _retryable(err) or attempt == self.options.retries or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncRouterClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
