@@ -5,7 +5,9 @@ Secrets never live in the file: a provider names the environment variable holdin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import sys
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +20,34 @@ class ConfigError(ValueError):
     """A problem in the config file; the message starts with the key path."""
 
 
+def doc(text: str, default: Any = MISSING, *, key: str | None = None, nested: type | None = None,
+        many: bool = False, factory: Any = MISSING) -> Any:
+    """A config field with its documentation (the configuration reference is generated from these)."""
+    meta = {"doc": text, "key": key, "nested": nested, "many": many}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str = ""
-    timeout_s: float = 30.0
-    max_retries: int = 2
-    # Open the breaker after this many consecutive failures; probe again after the cooldown.
-    breaker_failures: int = 5
-    breaker_cooldown_s: float = 30.0
+    name: str = doc("provider name, shown in attempts, metrics and logs")
+    base_url: str = doc("OpenAI-compatible base URL (http:// or https://)")
+    model: str = doc("model name sent to the provider")
+    api_key_env: str = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
+    timeout_s: float = doc("per-call timeout, capped by the caller's deadline", 30.0)
+    max_retries: int = doc("retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
+    breaker_failures: int = doc("consecutive failures that open the circuit breaker", 5)
+    breaker_cooldown_s: float = doc("seconds an open breaker waits before one half-open probe", 30.0)
 
 
 @dataclass(frozen=True)
 class TierConfig:
-    tier: int
-    input_per_mtok: float
-    output_per_mtok: float
-    providers: tuple[ProviderConfig, ...]
+    tier: int = doc("1 (cheap), 2 (mid) or 3 (frontier); each exactly once")
+    input_per_mtok: float = doc("USD per million input tokens", key="price_per_mtok.input")
+    output_per_mtok: float = doc("USD per million output tokens", key="price_per_mtok.output")
+    providers: tuple[ProviderConfig, ...] = doc("the tier's fallback chain, tried in order",
+                                                nested=ProviderConfig, many=True)
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
@@ -44,53 +55,68 @@ class TierConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    address: str = "127.0.0.1:50051"
-    timeout_ms: float = 50.0
-    head: str = ""
+    address: str = doc("classifier service host:port (--classifier overrides)", "127.0.0.1:50051")
+    timeout_ms: float = doc("budget for the classifier hop; past it the router degrades to heuristic", 50.0)
+    head: str = doc("classifier head (\"\" = the classifier's default)", "")
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    tier: int = 1
-    timeout_ms: float = 3000.0
-    fallback: str = "heuristic"
-    # Tiers added to the judge's verdict (capped at 3): a deliberate bias toward quality.
-    bias: int = 0
+    tier: int = doc("tier whose chain answers the judge prompt", 1)
+    timeout_ms: float = doc("judge budget; past it the fallback strategy decides", 3000.0)
+    fallback: str = doc("strategy used when the judge fails or times out", "heuristic")
+    bias: int = doc("tiers added to the judge's verdict (capped at 3), toward quality", 0)
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    start: str = "heuristic"
-    gate: str = "heuristic"
-    max_tier: int = 3
+    start: str = doc("strategy choosing the first tier for plain `cascade`", "heuristic")
+    gate: str = doc("quality gate run on each answer", "heuristic")
+    max_tier: int = doc("highest tier the gate may escalate to", 3)
 
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    # Share of answered requests below `tier` that are also asked at `tier` in the background.
-    share: float = 0.0
-    tier: int = 3
-    judge_tier: int = 1
-    timeout_s: float = 60.0
-    max_in_flight: int = 16
-    # JSONL file of comparisons ("" = metrics and spans only).
-    log: str = ""
+    share: float = doc("share (0..1) of answered requests below `tier` also asked at `tier` in the background", 0.0)
+    tier: int = doc("tier of the shadow (reference) answer", 3)
+    judge_tier: int = doc("tier whose chain compares the two answers", 1)
+    timeout_s: float = doc("budget for one shadow comparison", 60.0)
+    max_in_flight: int = doc("shadows running at once; more are dropped and counted", 16)
+    log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only)", "")
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    strategy: str
-    tiers: dict[int, TierConfig]
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    cascade: CascadeConfig = field(default_factory=CascadeConfig)
-    shadow: ShadowConfig = field(default_factory=ShadowConfig)
-    # Expected output tokens for Route's cost estimate.
-    expected_output_tokens: int = 300
-    record_content: bool = False
+    tiers: dict[int, TierConfig] = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
+    strategy: str = doc("default strategy: heuristic, embedding, judge, cascade or START+cascade", "embedding")
+    classifier: ClassifierConfig = doc("the classifier hop", factory=ClassifierConfig, nested=ClassifierConfig)
+    judge: JudgeConfig = doc("LLM-as-judge strategy", factory=JudgeConfig, nested=JudgeConfig)
+    cascade: CascadeConfig = doc("cascade strategy", factory=CascadeConfig, nested=CascadeConfig)
+    shadow: ShadowConfig = doc("shadow A/B", factory=ShadowConfig, nested=ShadowConfig)
+    expected_output_tokens: int = doc("output tokens assumed by Route's cost estimate", 300)
+    record_content: bool = doc("record prompt and answer text in spans (never, unless true)", False,
+                               key="telemetry.record_content")
 
     def model_for(self, tier: int) -> str:
         return self.tiers[tier].providers[0].model
+
+
+def reference() -> str:
+    """The configuration reference as a Markdown table, generated from the dataclasses above."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in fields(cls):
+            key = prefix + (f.metadata.get("key") or f.name)
+            nested = f.metadata.get("nested")
+            if nested is not None:
+                walk(nested, key + ("[]." if f.metadata["many"] else "."))
+                continue
+            default = "required" if f.default is MISSING else f"`{json.dumps(f.default)}`"
+            rows.append(f"| `{key}` | {default} | {f.metadata['doc']} |")
+
+    walk(RouterConfig, "")
+    return "\n".join(rows) + "\n"
 
 
 def load(path: str | Path) -> RouterConfig:
@@ -104,10 +130,10 @@ def load(path: str | Path) -> RouterConfig:
 
 
 def parse(raw: Any) -> RouterConfig:
-    doc = _mapping(raw, "(top level)")
-    _known(doc, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
+    top = _mapping(raw, "(top level)")
+    _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
                      "telemetry"})
-    tiers_raw = doc.get("tiers")
+    tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise ConfigError("tiers: required, a list of tiers 1..3")
     tiers: dict[int, TierConfig] = {}
@@ -119,15 +145,15 @@ def parse(raw: Any) -> RouterConfig:
     missing = [t for t in TIERS if t not in tiers]
     if missing:
         raise ConfigError(f"tiers: tier(s) {missing} missing; define tiers 1, 2 and 3")
-    telemetry = _mapping(doc.get("telemetry", {}), "telemetry")
+    telemetry = _mapping(top.get("telemetry", {}), "telemetry")
     _known(telemetry, "telemetry", {"record_content"})
-    judge = JudgeConfig(**_section(doc, "judge", JudgeConfig))
-    cascade = CascadeConfig(**_section(doc, "cascade", CascadeConfig))
+    judge = JudgeConfig(**_section(top, "judge", JudgeConfig))
+    cascade = CascadeConfig(**_section(top, "cascade", CascadeConfig))
     if judge.tier not in TIERS:
         raise ConfigError(f"judge.tier: must be 1, 2 or 3, not {judge.tier}")
     if cascade.max_tier not in TIERS:
         raise ConfigError(f"cascade.max_tier: must be 1, 2 or 3, not {cascade.max_tier}")
-    shadow = ShadowConfig(**_section(doc, "shadow", ShadowConfig))
+    shadow = ShadowConfig(**_section(top, "shadow", ShadowConfig))
     if not 0 <= shadow.share <= 1:
         raise ConfigError(f"shadow.share: must be between 0 and 1, not {shadow.share}")
     for key in ("tier", "judge_tier"):
@@ -137,14 +163,14 @@ def parse(raw: Any) -> RouterConfig:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")
     return RouterConfig(
-        strategy=_str(doc.get("strategy", "embedding"), "strategy"),
+        strategy=_str(top.get("strategy", RouterConfig.strategy), "strategy"),
         tiers=tiers,
-        classifier=ClassifierConfig(**_section(doc, "classifier", ClassifierConfig)),
+        classifier=ClassifierConfig(**_section(top, "classifier", ClassifierConfig)),
         judge=judge,
         cascade=cascade,
         shadow=shadow,
-        expected_output_tokens=_int(doc.get("expected_output_tokens", 300), "expected_output_tokens"),
-        record_content=_bool(telemetry.get("record_content", False), "telemetry.record_content"),
+        expected_output_tokens=_int(top.get("expected_output_tokens", RouterConfig.expected_output_tokens), "expected_output_tokens"),
+        record_content=_bool(telemetry.get("record_content", RouterConfig.record_content), "telemetry.record_content"),
     )
 
 
@@ -177,16 +203,16 @@ def _provider(raw: Any, at: str) -> ProviderConfig:
     base_url = _str(p.get("base_url"), f"{at}.base_url")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{at}.base_url: must start with http:// or https://, got {base_url!r}")
-    timeout = _number(p.get("timeout_s", 30.0), f"{at}.timeout_s")
+    timeout = _number(p.get("timeout_s", ProviderConfig.timeout_s), f"{at}.timeout_s")
     if timeout <= 0:
         raise ConfigError(f"{at}.timeout_s: must be positive")
-    retries = _int(p.get("max_retries", 2), f"{at}.max_retries")
+    retries = _int(p.get("max_retries", ProviderConfig.max_retries), f"{at}.max_retries")
     if retries < 0:
         raise ConfigError(f"{at}.max_retries: must be 0 or more")
-    failures = _int(p.get("breaker_failures", 5), f"{at}.breaker_failures")
+    failures = _int(p.get("breaker_failures", ProviderConfig.breaker_failures), f"{at}.breaker_failures")
     if failures < 1:
         raise ConfigError(f"{at}.breaker_failures: must be at least 1")
-    cooldown = _number(p.get("breaker_cooldown_s", 30.0), f"{at}.breaker_cooldown_s")
+    cooldown = _number(p.get("breaker_cooldown_s", ProviderConfig.breaker_cooldown_s), f"{at}.breaker_cooldown_s")
     if cooldown < 0:
         raise ConfigError(f"{at}.breaker_cooldown_s: must be 0 or more")
     return ProviderConfig(name=_str(p.get("name"), f"{at}.name"), base_url=base_url,
@@ -252,3 +278,7 @@ def _bool(value: Any, at: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{at}: expected true or false, got {value!r}")
     return value
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())

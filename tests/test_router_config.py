@@ -66,3 +66,24 @@ def test_missing_tier_and_unreadable_file(tmp_path):
     bad.write_text("tiers: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(bad)
+
+
+def test_readme_configuration_reference_is_generated_from_the_schema():
+    from router_service.config import reference
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start")
+    body = readme[readme.index("\n", start) + 1: readme.index("<!-- config-reference:end -->")]
+    assert body == reference(), "README's configuration reference is stale: paste `python -m router_service.config`"
+
+
+def test_every_documented_default_is_what_parse_applies():
+    from router_service.config import RouterConfig
+
+    minimal = {"tiers": [{"tier": t, "price_per_mtok": {"input": 1, "output": 1},
+                          "providers": [{"name": "p", "base_url": "http://127.0.0.1:1/v1", "model": "m"}]}
+                         for t in (1, 2, 3)]}
+    cfg = parse(minimal)
+    assert cfg.strategy == RouterConfig.strategy and cfg.expected_output_tokens == RouterConfig.expected_output_tokens
+    p = cfg.tiers[1].providers[0]
+    assert (p.timeout_s, p.max_retries, p.breaker_failures, p.api_key_env) == (30.0, 2, 5, "")
