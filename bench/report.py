@@ -1,0 +1,147 @@
+"""The issue's targets, judged from bench.json, and the Markdown report."""
+from __future__ import annotations
+
+SHORT_P50_MS = 2.0
+SPEEDUP = 4.0
+QPS = 800.0
+RSS_MB = 250.0
+CONTENTION_SHARE = 0.10
+SETS = (("short", "short"), ("mixed", "mixed-length"))  # result key, label
+
+
+def targets(tw: dict, seed: dict) -> list[dict]:
+    rows = [(f"short-query p50 over gRPC <= {SHORT_P50_MS:g} ms", f"{tw['short']['p50_ms']:.2f} ms",
+             tw["short"]["p50_ms"] <= SHORT_P50_MS)]
+    for name, label in SETS:
+        speedup = seed[name]["p50_ms"] / tw[name]["p50_ms"]
+        rows.append((f">= {SPEEDUP:g}x faster than the seed, {label} p50 (seed in-process / Tierwise gRPC)",
+                     f"{speedup:.2f}x", speedup >= SPEEDUP))
+    for name, label in SETS:
+        run = tw[f"load_{name}"]
+        rows.append((f">= {QPS:g} unique queries/s with {run['clients']} concurrent clients, {label} queries",
+                     f"{run['qps']:.0f} q/s", run["qps"] >= QPS))
+    peak = tw["memory_after_load"]["vmhwm_mb"]
+    rows.append((f"server RSS <= {RSS_MB:g} MB (peak VmHWM after load)", f"{peak:.0f} MiB", peak <= RSS_MB))
+    return [{"target": t, "measured": m, "pass": bool(ok)} for t, m, ok in rows]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _ratio(seed: float, tw: float) -> str:
+    return f"{seed / tw:.2f}"
+
+
+def _comparison(tw: dict, seed: dict, floor: dict) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for name, label in SETS:
+        for stat in ("p50_ms", "p99_ms"):
+            rows.append([f"{label} single-query {stat[:3]} (ms, n={tw[name]['n']})",
+                         f"{tw[name][stat]:.2f}", f"{seed[name][stat]:.2f}", _ratio(seed[name][stat], tw[name][stat])])
+        rows.append([f"{label}: Tierwise encoder alone (tokenise + ONNX run in the bench process, no gRPC) p50 (ms)",
+                     f"{floor[name]['p50_ms']:.2f}", "—", _ratio(seed[name]["p50_ms"], floor[name]["p50_ms"])])
+    rows.append(["cache-hit p50 (ms, same text repeated)", f"{tw['cache_hit']['p50_ms']:.2f}", "— (no cache)", "—"])
+    for name, label in SETS:
+        run = tw[f"load_{name}"]
+        rows.append([f"{label} throughput (q/s): Tierwise {run['clients']} clients vs seed sequential",
+                     f"{run['qps']:.0f}", f"{seed[name]['qps']:.0f}", _ratio(seed[name]["qps"], run["qps"])])
+    batched = seed["batched_mixed"]
+    rows.append([f"mixed-length throughput (q/s): seed batched encode (batch {batched['batch_size']}, n={batched['n']})",
+                 f"{tw['load_mixed']['qps']:.0f}", f"{batched['qps']:.0f}", _ratio(batched["qps"], tw["load_mixed"]["qps"])])
+    for key, label in (("vmrss_mb", "VmRSS after load (MiB)"), ("vmhwm_mb", "VmHWM peak (MiB)")):
+        rows.append([label, f"{tw['memory_after_load'][key]:.0f}", f"{seed['memory'][key]:.0f}",
+                     _ratio(seed["memory"][key], tw["memory_after_load"][key])])
+    return rows
+
+
+def _load_notes(tw: dict) -> list[str]:
+    notes = []
+    for name in ("load_short", "load_mixed"):
+        run = tw[name]
+        cap = "stopped at the time cap" if run["hit_time_cap"] else "all texts sent"
+        lat = run["latency_under_load"]
+        notes.append(f"- {name}: {run['completed']} calls in {run['seconds']:.1f} s ({cap}), {run['errors']} errors, "
+                     f"{run['cache_hits']} cache hits; per-call latency under load p50 {lat['p50_ms']:.1f} ms, "
+                     f"p99 {lat['p99_ms']:.1f} ms.")
+    return notes
+
+
+def _cpu_accounts(tw: dict, seed: dict) -> dict[str, dict]:
+    accounts = {f"tierwise {name}": tw[name]["cpu"] for name in ("short", "mixed", "cache_hit", "load_mixed", "load_short")}
+    accounts.update({f"seed {name}": seed[name]["cpu"] for name in ("short", "mixed", "batched_mixed")})
+    return accounts
+
+
+def _cpu_rows(accounts: dict[str, dict]) -> list[list[str]]:
+    return [[name, *(f"{cpu[k]:.2f}" for k in ("wall_s", "measured_s", "client_s", "other_s"))]
+            for name, cpu in accounts.items()]
+
+
+def _contention_warning(accounts: dict[str, dict], nproc: int) -> list[str]:
+    """A warning when unrelated processes took a noticeable share of the machine while we measured."""
+    # /proc/stat counts in clock ticks, so shares over steps shorter than a second are too coarse to judge.
+    busy = {name: cpu["other_s"] / (cpu["wall_s"] * nproc) for name, cpu in accounts.items() if cpu["wall_s"] >= 1}
+    busy = {name: share for name, share in busy.items() if share > CONTENTION_SHARE}
+    if not busy:
+        return []
+    listed = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+    return [f"- **Warning: the machine was shared.** Unrelated processes used this share of all cores during: "
+            f"{listed}. Those numbers are slower than on an idle machine."]
+
+
+def render(result: dict) -> str:
+    machine, tw, seed, queries = result["machine"], result["tierwise"], result["seed"], result["queries"]
+    cfg = tw["server_config"]
+    accounts = _cpu_accounts(tw, seed)
+    lines = [
+        f"# Tierwise classifier benchmark ({result['mode']} run, {result['started_at']})",
+        "",
+        f"Machine: nproc {machine['nproc']}, CPU \"{machine['cpu_model']}\", Python {machine['python']}, "
+        f"grpcio {machine['grpcio']}, onnxruntime {machine['onnxruntime']}.",
+        f"Tierwise: `python -m classifier_service` child process, precision {cfg['precision']}, workers {cfg['workers']}, "
+        f"ort-threads {cfg['ort_threads']}, cache {cfg['cache_size']} entries; the client is the bench process on the same "
+        "machine (sync stub for sequential calls, grpc.aio with one channel and connection per client for load).",
+        f"Seed: one `{seed['python']}` process, SentenceTransformer(device='cpu').encode([text]) + "
+        f"LogisticRegression.predict per query, torch threads {seed['torch_threads']}, max_seq_length "
+        f"{seed['max_seq_length']}; torch {seed['versions']['torch']}, sentence-transformers "
+        f"{seed['versions']['sentence_transformers']}, scikit-learn {seed['versions']['scikit_learn']}.",
+        "",
+        "## Queries",
+        "",
+        f"Mixed-length texts: {queries['source']}. Short texts: \"What is the capital of <word> number <i>?\". "
+        "Every set is unique and disjoint from the others. Tokens counted with the service tokenizer "
+        "(with [CLS]/[SEP], truncated at 256).",
+        "",
+        *_table(["set", "n", "min", "p10", "p50", "p90", "max", "mean", "truncated"],
+                [[name, str(d["n"]), *(f"{d[k]:.0f}" for k in ("min", "p10", "p50", "p90", "max")), f"{d['mean']:.1f}",
+                  str(d["truncated"])] for name, d in queries["tokens"].items()]),
+        "",
+        "## Tierwise vs seed",
+        "",
+        "Latencies are client-side wall times per call, one call at a time; Tierwise's include the gRPC round trip. "
+        "Ratio is seed / Tierwise: above 1 favours Tierwise for latency and memory, below 1 favours it for throughput.",
+        "",
+        *_table(["metric", "Tierwise (gRPC)", "seed (in-process)", "seed/Tierwise"],
+                _comparison(tw, seed, result["encoder_alone"])),
+        "",
+        "## Targets",
+        "",
+        *_table(["target", "measured", "result"],
+                [[t["target"], t["measured"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]]),
+        "",
+        "## Notes",
+        "",
+        *_contention_warning(accounts, machine["nproc"]),
+        f"- Cache hits during the unique-text latency runs: short {tw['short']['cache_hits']}, mixed {tw['mixed']['cache_hits']}.",
+        *_load_notes(tw),
+        f"- Server memory when ready, before any query: VmRSS {tw['memory_ready']['vmrss_mb']:.0f} MiB, "
+        f"VmHWM {tw['memory_ready']['vmhwm_mb']:.0f} MiB. Seed model load (after imports): {seed['load_seconds']:.1f} s.",
+        f"- Load average (1 min): {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end.",
+        "",
+        f"CPU seconds per step (the machine has {machine['nproc']} cores; the bench client shares them with the "
+        "server; the seed is its own client; \"other\" is CPU taken by unrelated processes while measuring):",
+        "",
+        *_table(["step", "wall", "measured process", "bench client", "other"], _cpu_rows(accounts)),
+    ]
+    return "\n".join(lines) + "\n"
