@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
 
 import grpc
 import numpy as np
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.telemetry import context_from_grpc, setup_tracing
+from tierwise.serving import Rejected, check_text, rpc_span
+from tierwise.telemetry import setup_tracing
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -24,12 +24,6 @@ log = logging.getLogger("tierwise.classifier")
 SERVICE = pb.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 WARMUP_TEXTS = ["hi", "What is the capital of France?",
                 "Write a function that parses ISO-8601 durations and explain its edge cases. " * 6]
-
-
-class Rejected(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
@@ -58,9 +52,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        async with self._rpc("Classify", context) as span:
+        async with rpc_span(self.tracer, SERVICE, "Classify", context, log) as span:
             head = self._head(request.head)
-            self._check_text(request.text, "text")
+            check_text(request.text, "text", self.cfg.max_text_bytes)
             result = (await self._classify([request.text], head, span))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
@@ -68,7 +62,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             return result
 
     async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
-        async with self._rpc("ClassifyBatch", context) as span:
+        async with rpc_span(self.tracer, SERVICE, "ClassifyBatch", context, log) as span:
             head = self._head(request.head)
             texts = list(request.texts)
             if not texts:
@@ -77,7 +71,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
-                self._check_text(text, f"texts[{i}]")
+                check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
             results = await self._classify(texts, head, span)
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
@@ -85,7 +79,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             return pb.ClassifyBatchResponse(results=results)
 
     async def ListHeads(self, request: pb.ListHeadsRequest, context) -> pb.ListHeadsResponse:
-        async with self._rpc("ListHeads", context):
+        async with rpc_span(self.tracer, SERVICE, "ListHeads", context, log):
             encoder = self._ready_encoder()
             return pb.ListHeadsResponse(
                 heads=[pb.HeadInfo(name=h.name, version=h.version, is_default=h.name == self.heads.default,
@@ -145,33 +139,6 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                            f"head: unknown head {name!r}; loaded heads: {', '.join(self.heads.names)}")
         return head
 
-    def _check_text(self, text: str, field: str) -> None:
-        if not text.strip():
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty or whitespace only")
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > self.cfg.max_text_bytes:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{field}: {size} bytes exceed the limit of {self.cfg.max_text_bytes} bytes")
-
-    @asynccontextmanager
-    async def _rpc(self, method: str, context):
-        """A server span per call (parented by the caller's trace context) and error mapping."""
-        with self.tracer.start_as_current_span(
-            f"{SERVICE}/{method}", context=context_from_grpc(context), kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except Rejected as err:
-                span.set_attribute("rpc.grpc.status_code", err.code.value[0])
-                if err.code != grpc.StatusCode.INVALID_ARGUMENT:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
-                await context.abort(err.code, str(err))
-            except Exception:
-                log.exception("unexpected error in %s", method)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the classifier log")
 
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 
 import grpc
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.telemetry import context_from_grpc, setup_tracing
+from tierwise.serving import Rejected, check_text, rpc_span
+from tierwise.telemetry import setup_tracing
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
@@ -28,12 +29,6 @@ MAX_QUERY_BYTES = 256 * 1024
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class Rejected(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-
-
 class RouterServicer(pb_grpc.RouterServiceServicer):
     def __init__(self, cfg: RouterConfig, strategies: Strategies, dispatcher: Dispatcher, metrics: RouterMetrics,
                  shadow: Shadow):
@@ -45,15 +40,15 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self.tracer = trace.get_tracer("tierwise.router")
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
-        async with self._rpc("Route", context) as span:
+        async with rpc_span(self.tracer, SERVICE, "Route", context, log) as span:
             started = time.perf_counter()
-            self._check_text(request.query, "query")
+            check_text(request.query, "query", MAX_QUERY_BYTES)
             decision, _ = await self._decide(request.query, request.strategy, request.head, context, span)
             self._count("Route", decision)
             return self._route_response(decision, request.query, started)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
-        async with self._rpc("Complete", context) as span:
+        async with rpc_span(self.tracer, SERVICE, "Complete", context, log) as span:
             started = time.perf_counter()
             messages, query = self._messages(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
@@ -66,7 +61,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             return self._finish("Complete", span, decision, route, result, started, messages)
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
-        async with self._rpc("CompleteStream", context) as span:
+        async with rpc_span(self.tracer, SERVICE, "CompleteStream", context, log) as span:
             started = time.perf_counter()
             messages, query = self._messages(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
@@ -102,7 +97,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         users = [i for i, m in enumerate(request.messages) if m.role == "user"]
         if not users:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
-        self._check_text(request.messages[users[-1]].content, f"messages[{users[-1]}].content")
+        check_text(request.messages[users[-1]].content, f"messages[{users[-1]}].content", MAX_QUERY_BYTES)
         if request.max_tokens < 0:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be 0 (provider default) or more")
         if request.HasField("temperature") and not 0 <= request.temperature <= 2:
@@ -205,28 +200,6 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             head_version=decision.head_version, thresholds=decision.thresholds,
             decision_ms=(time.perf_counter() - started) * 1e3)
 
-    def _check_text(self, text: str, field: str) -> None:
-        if not text.strip():
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty or whitespace only")
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_QUERY_BYTES:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: exceeds {MAX_QUERY_BYTES} bytes")
-
-    @asynccontextmanager
-    async def _rpc(self, method: str, context):
-        with self.tracer.start_as_current_span(
-            f"{SERVICE}/{method}", context=context_from_grpc(context), kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except Rejected as err:
-                span.set_attribute("rpc.grpc.status_code", err.code.value[0])
-                await context.abort(err.code, str(err))
-            except Exception:
-                log.exception("unexpected error in %s", method)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the router log")
 
 
 def estimate_tokens(text: str) -> int:

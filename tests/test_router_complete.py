@@ -150,6 +150,14 @@ def test_500_is_retried_on_the_same_provider(fresh, double):
     assert len(double.requests_for("t1-a")) == 2 and not double.requests_for("t1-b")
 
 
+def test_a_slow_provider_within_its_timeout_just_answers(fresh, double):
+    stub, _ = fresh
+    double.script("t1-a", Fault.delay(0.4))
+    reply = stub.Complete(ask("hello there", "heuristic"), timeout=10)
+    assert reply.provider == "t1-a" and [a.outcome for a in reply.attempts] == ["ok"]
+    assert reply.attempts[0].latency_ms >= 400 and len(double.requests_for("t1-a")) == 1
+
+
 def test_429_retry_after_is_honoured(fresh, double):
     stub, _ = fresh
     double.script("t1-a", Fault.rate_limited(retry_after=0.6))
