@@ -9,7 +9,7 @@ LISTEN ?= 127.0.0.1:50051
 ROUTER_LISTEN ?= 127.0.0.1:50052
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test bench protos protos-check train clean help
+.PHONY: setup run test bench protos train clean help clients
 
 help:
 	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) and the classifier on $(LISTEN)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make protos  regenerate the gRPC stubs from protos/"
 	@echo "make train   retrain the default head from ../shared/data/routing"
+	@echo "make clients build the Node, Go and Java example clients (installs their toolchains; clients/README.md)"
 
 setup: $(VENV)/.stamp $(ENCODER)/manifest.json
 
@@ -50,5 +51,8 @@ bench: setup
 train: setup
 	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl
 
+clients:
+	bash clients/build.sh
+
 clean:
-	rm -rf $(VENV) $(XVENV) build
+	rm -rf $(VENV) $(XVENV) build clients/*/build clients/node/gen clients/node/node_modules
