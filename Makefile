@@ -9,7 +9,7 @@ LISTEN ?= 127.0.0.1:50051
 ROUTER_LISTEN ?= 127.0.0.1:50052
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test bench protos train clean help clients
+.PHONY: setup run test bench protos train clean help clients tools images
 
 help:
 	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) and the classifier on $(LISTEN)"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make protos  regenerate the gRPC stubs from protos/"
 	@echo "make train   retrain the default head from ../shared/data/routing"
+	@echo "make tools   install helm, kubernetes-validate and checkov into .tools/ (deploy/tools.sh)"
+	@echo "make images  build the container images (needs Docker with BuildKit)"
 	@echo "make clients build the Node, Go and Java example clients (installs their toolchains; clients/README.md)"
 
 setup: $(VENV)/.stamp $(ENCODER)/manifest.json
@@ -42,8 +44,16 @@ protos: $(VENV)/.stamp
 run: setup
 	$(BIN)/python -m tierwise.run --classifier-listen $(LISTEN) --router-listen $(ROUTER_LISTEN)
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# deploy/tools.sh keeps its own stamps and returns in about a second once everything is installed.
+tools:
+	PY=$(PY) bash deploy/tools.sh
+
+images:
+	docker build -f deploy/classifier.Dockerfile -t tierwise-classifier:dev .
+	docker build -f deploy/router.Dockerfile -t tierwise-router:dev .
 
 bench: setup
 	$(BIN)/python -m bench --seed-python $(XVENV)/bin/python
@@ -55,4 +65,4 @@ clients:
 	bash clients/build.sh
 
 clean:
-	rm -rf $(VENV) $(XVENV) build clients/*/build clients/node/gen clients/node/node_modules
+	rm -rf $(VENV) $(XVENV) build .tools clients/*/build clients/node/gen clients/node/node_modules

@@ -144,8 +144,14 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 async def serve(cfg: Config, version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-classifier", version)
     servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # Clients re-resolve DNS only when a connection ends: ageing connections out lets routers
+        # find classifier replicas added by the autoscaler.
+        ("grpc.max_connection_age_ms", 60_000),
+        ("grpc.max_connection_age_grace_ms", 10_000),
+    ])
     pb_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
 
     async def load() -> str:

@@ -12,7 +12,10 @@ class ClassifierClient:
     def __init__(self, address: str, timeout_ms: float):
         self.address = address
         self.timeout_s = timeout_ms / 1000
-        self._channel = grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+        # round_robin spreads calls over every address a `dns:///` target resolves to (the Helm chart's
+        # headless classifier Service); a plain host:port has one address and is unaffected.
+        self._channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.enable_retries", 0), ("grpc.lb_policy_name", "round_robin")])
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
         self._tracer = trace.get_tracer("tierwise.router")
 

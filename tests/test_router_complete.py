@@ -23,7 +23,7 @@ KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
 def router_config(base_url: str, **overrides) -> dict:
     def provider(name: str, **extra) -> dict:
         return {"name": name, "base_url": base_url, "model": name, "api_key_env": KEY_ENV,
-                "timeout_s": 1.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
+                "timeout_s": 2.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
     tiers = [{"tier": 1, "price_per_mtok": {"input": 0.25, "output": 1.25},
               "providers": [provider("t1-a"), provider("t1-b")]},
              {"tier": 2, "price_per_mtok": {"input": 3.0, "output": 15.0}, "providers": [provider("t2-a")]},
@@ -167,7 +167,7 @@ def test_429_retry_after_is_honoured(fresh, double):
     assert reply.attempts[0].error.startswith("http 429") or "429" in reply.attempts[0].error
 
 
-@pytest.mark.parametrize("fault", [Fault.hang(3.0), Fault.malformed_json(), Fault.drop_connection()],
+@pytest.mark.parametrize("fault", [Fault.hang(4.0), Fault.malformed_json(), Fault.drop_connection()],
                          ids=["timeout", "malformed-json", "dropped-connection"])
 def test_a_failing_provider_fails_over_to_the_next_in_the_chain(fresh, double, fault):
     stub, _ = fresh
