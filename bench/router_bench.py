@@ -27,7 +27,7 @@ import openai
 import yaml
 
 from tests.servers import ServiceProcess, start
-from tests.test_router_complete import KEY_ENV, router_config
+from tests.servers import KEY_ENV, router_config
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +81,41 @@ def start_router(config: Path | str, classifier_address: str, *args: str,
     service.address = line.split("listening on ")[1].split()[0]
     service.wait_for("ready on")
     return service
+
+
+KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
+
+
+def router_config(base_url: str, **overrides) -> dict:
+    def provider(name: str, **extra) -> dict:
+        return {"name": name, "base_url": base_url, "model": name, "api_key_env": KEY_ENV,
+                "timeout_s": 2.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
+    tiers = [{"tier": 1, "price_per_mtok": {"input": 0.25, "output": 1.25},
+              "providers": [provider("t1-a"), provider("t1-b")]},
+             {"tier": 2, "price_per_mtok": {"input": 3.0, "output": 15.0}, "providers": [provider("t2-a")]},
+             {"tier": 3, "price_per_mtok": {"input": 15.0, "output": 75.0}, "providers": [provider("t3-a")]}]
+    doc = {"strategy": "heuristic", "classifier": {"timeout_ms": 500}, "tiers": tiers,
+           "judge": {"tier": 1, "timeout_ms": 2000, "fallback": "heuristic"},
+           "cascade": {"start": "heuristic", "gate": "heuristic", "max_tier": 3}}
+    doc.update(overrides)
+    return doc
+
+
+@contextmanager
+def router_stack(config_dir: Path, strategy: str, env: dict[str, str] | None = None):
+    """The provider test double, a classifier and a router wired to both: yields (double, classifier, router)."""
+    from .provider_double import ProviderDouble
+
+    env = {KEY_ENV: "k", **(env or {})}
+    with ProviderDouble() as double:
+        classifier = start_classifier(env=env)
+        try:
+            path = Path(config_dir) / "tierwise.yaml"
+            path.write_text(yaml.safe_dump(router_config(double.base_url, strategy=strategy)))
+            router = start_router(path, classifier.address, env=env)
+            try:
+                yield double, classifier, router
+            finally:
+                router.stop()
+        finally:
+            classifier.stop()

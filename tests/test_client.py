@@ -8,25 +8,17 @@ import sys
 
 import grpc
 import pytest
-import yaml
 
 from tierwise.client import AsyncRouterClient, ClientOptions, RouterClient
 
-from .provider_double import Fault, ProviderDouble
-from .servers import start_classifier, start_router
-from .test_router_complete import KEY_ENV, router_config
+from .provider_double import Fault, unused_port
+from .servers import router_stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with ProviderDouble() as double:
-        classifier = start_classifier()
-        path = tmp_path_factory.mktemp("client") / "tierwise.yaml"
-        path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="heuristic")))
-        router = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    with router_stack(tmp_path_factory.mktemp("client"), "heuristic") as (double, _, router):
         yield double, router
-        router.stop()
-        classifier.stop()
 
 
 def test_sync_client_routes_completes_and_streams(stack):
@@ -52,8 +44,6 @@ def test_async_client(stack):
 
 
 def test_client_retries_unavailable_then_gives_up_with_the_status():
-    from .provider_double import unused_port
-
     with RouterClient(f"127.0.0.1:{unused_port()}", ClientOptions(retries=2, backoff_s=0.01, timeout_s=3)) as tw:
         with pytest.raises(grpc.RpcError) as err:
             tw.route("hi")

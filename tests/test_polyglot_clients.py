@@ -12,12 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from .otlp_receiver import OtlpReceiver
-from .provider_double import ProviderDouble
-from .servers import ROOT, start_classifier, start_router
-from .test_router_complete import KEY_ENV, router_config
+from .servers import ROOT, router_stack
 
 LANGS = ("node", "go", "java")
 BUILD_SCRIPT = ROOT / "clients" / "build.sh"
@@ -87,14 +84,8 @@ def run_client(run: Path, address: str, *args: str, env: dict[str, str] | None =
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, builds):
-    with ProviderDouble() as double:
-        classifier = start_classifier()
-        path = tmp_path_factory.mktemp("polyglot") / "tierwise.yaml"
-        path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="heuristic")))
-        router = start_router(path, classifier.address, env={KEY_ENV: "k"})
+    with router_stack(tmp_path_factory.mktemp("polyglot"), "heuristic") as (double, _, router):
         yield double, router
-        router.stop()
-        classifier.stop()
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -137,17 +128,10 @@ def test_example_client_reports_the_grpc_status(lang, builds, stack):
 def traced_stack(tmp_path_factory, builds):
     """Router and classifier exporting spans to a real OTLP receiver; the embedding strategy, so every
     decision calls the classifier."""
-    with OtlpReceiver() as receiver, ProviderDouble() as double:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200", KEY_ENV: "k"}
-        classifier = start_classifier(env=env)
-        path = tmp_path_factory.mktemp("polyglot-traced") / "tierwise.yaml"
-        path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="embedding")))
-        router = start_router(path, classifier.address, env=env)
-        try:
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with router_stack(tmp_path_factory.mktemp("polyglot-traced"), "embedding", env) as (_, _, router):
             yield receiver, router
-        finally:
-            router.stop()
-            classifier.stop()
 
 
 @pytest.mark.parametrize("lang", LANGS)

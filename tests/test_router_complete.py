@@ -15,25 +15,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault, ProviderDouble, refused_base_url, unused_port
-from .servers import start_classifier, start_router
-
-KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
-
-
-def router_config(base_url: str, **overrides) -> dict:
-    def provider(name: str, **extra) -> dict:
-        return {"name": name, "base_url": base_url, "model": name, "api_key_env": KEY_ENV,
-                "timeout_s": 2.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
-    tiers = [{"tier": 1, "price_per_mtok": {"input": 0.25, "output": 1.25},
-              "providers": [provider("t1-a"), provider("t1-b")]},
-             {"tier": 2, "price_per_mtok": {"input": 3.0, "output": 15.0}, "providers": [provider("t2-a")]},
-             {"tier": 3, "price_per_mtok": {"input": 15.0, "output": 75.0}, "providers": [provider("t3-a")]}]
-    doc = {"strategy": "heuristic", "classifier": {"timeout_ms": 500}, "tiers": tiers,
-           "judge": {"tier": 1, "timeout_ms": 2000, "fallback": "heuristic"},
-           "cascade": {"start": "heuristic", "gate": "heuristic", "max_tier": 3}}
-    doc.update(overrides)
-    return doc
-
+from .servers import KEY_ENV, router_config, start_classifier, start_router
 
 @pytest.fixture(scope="module")
 def double():

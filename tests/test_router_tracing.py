@@ -3,29 +3,23 @@ prompt or answer text."""
 from __future__ import annotations
 
 import grpc
-import yaml
 
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .otlp_receiver import OtlpReceiver, attributes
-from .provider_double import Fault, ProviderDouble
-from .servers import start_classifier, start_router
-from .test_router_complete import KEY_ENV, router_config
+from .provider_double import Fault
+from .servers import router_stack
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PROMPT = "Summarise the secret plan codenamed BLUE HERON in two sentences."
 
 
 def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
-    with OtlpReceiver() as receiver, ProviderDouble() as double:
+    with OtlpReceiver() as receiver:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
-               "OTEL_METRIC_EXPORT_INTERVAL": "500", KEY_ENV: "k"}
-        classifier = start_classifier(env=env)
-        path = tmp_path / "tierwise.yaml"
-        path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="embedding")))
-        router = start_router(path, classifier.address, env=env)
-        try:
+               "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+        with router_stack(tmp_path, "embedding", env) as (double, _, router):
             # The chosen tier's first provider fails once: its attempt must show up as its own span.
             for model in ("t1-a", "t2-a", "t3-a"):
                 double.script(model, Fault.http_error(500))
@@ -33,12 +27,9 @@ def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
                 reply = router_pb2_grpc.RouterServiceStub(channel).Complete(
                     pb.CompleteRequest(messages=[pb.Message(role="user", content=PROMPT)]), timeout=20,
                     metadata=[("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01")])
-            spans = receiver.wait_for_spans(
+            receiver.wait_for_spans(
                 lambda r, s: s.trace_id.hex() == TRACE_ID and r.get("service.name") == "tierwise-classifier")
             receiver.wait_for_spans(lambda r, s: s.trace_id.hex() == TRACE_ID and s.name.endswith("/Complete"))
-        finally:
-            router.stop()
-            classifier.stop()
         spans = [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == TRACE_ID]
         by_name = {s.name: (r, s) for r, s in spans}
         services = {r["service.name"] for r, _ in spans}

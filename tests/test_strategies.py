@@ -15,7 +15,7 @@ from router_service.strategies.judge import parse_tier
 from router_service.telemetry import RouterMetrics
 
 from .provider_double import ProviderDouble
-from .test_router_complete import KEY_ENV, router_config
+from .servers import KEY_ENV, router_config
 
 
 def strategies_for(doc: dict) -> Strategies:

@@ -61,12 +61,14 @@ def _metadata(options: ClientOptions) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {options.api_key}"),) if options.api_key else ()
 
 
-def _retryable(err: grpc.RpcError) -> bool:
-    return err.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def _delay(options: ClientOptions, attempt: int) -> float:
-    return random.uniform(0, options.backoff_s * 2 ** attempt)
+def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline: float,
+             streamed: bool = False) -> float | None:
+    """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, and never once
+    text was streamed (the caller would see the answer twice)."""
+    left = deadline - time.monotonic()
+    if streamed or err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= options.retries or left <= 0:
+        return None
+    return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
 
 
 class RouterClient:
@@ -106,10 +108,10 @@ class RouterClient:
                         self.last_summary = event.summary
                 return
             except grpc.RpcError as err:
-                # Never retry once text was yielded: the caller would see the answer twice.
-                if started or not _retryable(err) or attempt == self.options.retries:
+                wait = _backoff(err, attempt, self.options, deadline, streamed=started)
+                if wait is None:
                     raise
-                time.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+                time.sleep(wait)
 
     last_summary: pb.CompleteResponse | None = None
 
@@ -119,9 +121,10 @@ class RouterClient:
             try:
                 return call(max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as err:
-                if not _retryable(err) or attempt == self.options.retries or time.monotonic() >= deadline:
+                wait = _backoff(err, attempt, self.options, deadline)
+                if wait is None:
                     raise
-                time.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+                time.sleep(wait)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -174,9 +177,10 @@ class AsyncRouterClient:
                         self.last_summary = event.summary
                 return
             except grpc.aio.AioRpcError as err:
-                if started or not _retryable(err) or attempt == self.options.retries:
+                wait = _backoff(err, attempt, self.options, deadline, streamed=started)
+                if wait is None:
                     raise
-                await asyncio.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+                await asyncio.sleep(wait)
 
     async def _retry(self, call, timeout_s: float | None):
         deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
@@ -184,9 +188,10 @@ class AsyncRouterClient:
             try:
                 return await call(max(deadline - time.monotonic(), 0.001))
             except grpc.aio.AioRpcError as err:
-                if not _retryable(err) or attempt == self.options.retries or time.monotonic() >= deadline:
+                wait = _backoff(err, attempt, self.options, deadline)
+                if wait is None:
                     raise
-                await asyncio.sleep(min(_delay(self.options, attempt), max(deadline - time.monotonic(), 0)))
+                await asyncio.sleep(wait)
 
     async def close(self) -> None:
         await self._channel.close()
