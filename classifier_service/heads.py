@@ -28,6 +28,8 @@ class TierHead:
     target_quality: float = 0.0
     encoder: str = ""
     card: dict[str, str] = field(default_factory=dict)
+    # Thresholds calibrated per quality target ("0.95" -> (t2, t3)); `thresholds` is the default target's.
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -50,6 +52,17 @@ class TierHead:
         """Cheapest tier allowed by the thresholds, per row."""
         return decide(probabilities, self.thresholds)
 
+    def thresholds_for(self, target: float) -> tuple[float, float]:
+        """The thresholds calibrated for `target` quality vs frontier; KeyError if none were."""
+        key = f"{target:g}"
+        if key in self.calibration:
+            return self.calibration[key]
+        if self.calibration or target != self.target_quality:
+            raise KeyError(f"head {self.name} has no thresholds calibrated for quality {key} "
+                           f"(it has: {', '.join(sorted(self.calibration)) or self.target_quality}); "
+                           "run `tierwise calibrate`")
+        return self.thresholds
+
     def to_json(self) -> dict:
         return {
             "format": FORMAT,
@@ -59,6 +72,7 @@ class TierHead:
             "encoder": self.encoder,
             "thresholds": [round(float(t), 6) for t in self.thresholds],
             "target_quality": self.target_quality,
+            "calibration": {k: [round(float(t), 6) for t in v] for k, v in sorted(self.calibration.items())},
             "card": self.card,
             "intercept": [round(float(v), 6) for v in self.intercept],
             "coef": [[round(float(v), 6) for v in row] for row in self.coef],
@@ -86,6 +100,7 @@ class TierHead:
             target_quality=float(data.get("target_quality", 0.0)),
             encoder=data.get("encoder", ""),
             card={str(k): str(v) for k, v in data.get("card", {}).items()},
+            calibration={str(k): (float(v[0]), float(v[1])) for k, v in data.get("calibration", {}).items()},
         )
 
 

@@ -17,13 +17,13 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from tierwise.data import Record, load, split
-from tierwise.metrics import routing_metrics
+from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
+from .calibration import calibrate
 from .encoder import Encoder
 from .heads import TierHead, decide
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = np.round(np.linspace(0.05, 0.95, 19), 2)
 
 
 def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
@@ -45,18 +45,6 @@ def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> n
     return out
 
 
-def calibrate(records: list[Record], probs: np.ndarray, target: float) -> tuple[float, float]:
-    """Cheapest thresholds whose quality vs frontier on these (out-of-fold) predictions meets target."""
-    best, best_cost = (0.05, 0.05), float("inf")
-    for t2 in GRID:
-        for t3 in GRID:
-            m = routing_metrics(records, decide(probs, (t2, t3)))
-            cost = 1 - m["cost_savings"]
-            if m["quality_vs_frontier"] >= target and cost < best_cost:
-                best, best_cost = (float(t2), float(t3)), cost
-    return best
-
-
 def fit(x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
     return LogisticRegression(C=c, max_iter=2000).fit(x, y)
 
@@ -75,21 +63,26 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     for tr, va in tqdm(list(folds.split(x_dev, y_dev)), desc="cross-validation", unit="fold"):
         oof[va] = fit(x_dev[tr], y_dev[tr], c).predict_proba(x_dev[va])
-    thresholds = calibrate(dev, oof, target_quality)
+    targets = sorted({*QUALITY_TARGETS, target_quality})
+    calibration = {f"{t:g}": calibrate(dev, oof, t)[0] for t in tqdm(targets, desc="calibration", unit="target")}
+    thresholds = calibration[f"{target_quality:g}"]
     model = fit(x_dev, y_dev, c)
     cv = routing_metrics(dev, decide(oof, thresholds))
     held = routing_metrics(test, decide(model.predict_proba(x_test), thresholds))
     held_argmax = routing_metrics(test, model.predict_proba(x_test).argmax(1) + 1)
 
     when = time.strftime("%Y-%m-%d")
-    version = f"{name}-{when}-{hashlib.sha256(model.coef_.tobytes()).hexdigest()[:8]}"
+    # The version changes whenever the weights or any calibrated threshold does.
+    fingerprint = model.coef_.tobytes() + model.intercept_.tobytes() + json.dumps(sorted(calibration.items())).encode()
+    version = f"{name}-{when}-{hashlib.sha256(fingerprint).hexdigest()[:8]}"
     card = {
         "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
         "split": "sha256(id) % 5 == 0 held out; train and calibrate on the rest",
         "trained": when,
         "encoder": encoder.version,
         "model": f"multinomial logistic regression, C={c}, label = oracle tier (unsolvable -> 1)",
-        "calibration": f"thresholds for quality vs frontier >= {target_quality} on 5-fold out-of-fold predictions (point estimate)",
+        "calibration": (f"per target {', '.join(calibration)}: cheapest thresholds whose 95% lower bootstrap bound of "
+                        "quality vs frontier meets the target, on 5-fold out-of-fold predictions of the dev part"),
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
@@ -98,7 +91,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     }
     head = TierHead(name=name, version=version, coef=model.coef_.astype(np.float32),
                     intercept=model.intercept_.astype(np.float32), thresholds=thresholds,
-                    target_quality=target_quality, encoder=encoder.version, card=card)
+                    target_quality=target_quality, encoder=encoder.version, card=card, calibration=calibration)
     head.save(out / "head.json")
     (out / "MODEL_CARD.md").write_text(model_card(head))
     return head

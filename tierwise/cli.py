@@ -26,6 +26,100 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(args: argparse.Namespace, command: str):
+    data = args.data or shared_files()
+    if not data:
+        raise SystemExit(f"tierwise {command}: no --data given and ../shared/data/routing is absent")
+    return [Path(p) for p in data], _records(data, getattr(args, "split", "all"))
+
+
+def _records(paths, part: str):
+    from .data import load, split
+
+    records = load(paths)
+    return records if part == "all" else split(records)[part == "held-out"]
+
+
+def _replay(name: str, records, args: argparse.Namespace):
+    from . import evaluate
+
+    if name in evaluate.BASELINES:
+        return evaluate.baseline(name, records)
+    if name == "embedding":
+        return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head)
+    return getattr(evaluate, name)(records)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    paths, records = _load_data(args, "eval")
+    known = (*evaluate.STRATEGIES, *evaluate.BASELINES)
+    if args.strategy not in known:
+        print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
+        return 2
+    try:
+        result = _replay(args.strategy, records, args).result(args.target_quality)
+    except KeyError as err:
+        print(f"tierwise eval: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.report:
+        per_file = {str(p): {name: _replay(name, _records([p], args.split), args).result(args.target_quality)
+                             for name in known} for p in paths}
+        print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
+    if args.json:
+        if result["curve"] is not None:
+            result["curve"].pop("points")
+        print(json.dumps(result))
+    elif result["operating_point"] is None:
+        print(f"{result['strategy']}: none of the {result['not_replayable']} records is replayable (no responses)")
+    else:
+        op, curve = result["operating_point"], result["curve"]
+        print(f"{result['strategy']} on {result['n']} records ({result['not_replayable']} not replayable)")
+        for key in ("accuracy", "cost_savings", "quality_preserved", "answer_quality", "quality_vs_frontier"):
+            print(f"  {key:22} {op[key]:.4f}")
+        print(f"  {'tier_mix':22} {' / '.join(f'{t:.3f}' for t in op['tier_mix'])}")
+        for q, v in curve["savings_at_quality"].items():
+            print(f"  savings@{q}Q (curve)   {'none' if v is None else f'{v:.4f}'}")
+        print(f"  {'aiq':22} {curve['aiq']:.4f}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import hashlib
+    import time
+
+    from classifier_service.calibration import calibrate
+    from classifier_service.encoder import Encoder
+    from classifier_service.heads import HeadRegistry
+    from classifier_service.train import embed_records
+
+    from .data import split
+
+    _, records = _load_data(args, "calibrate")
+    if not args.include_held_out:
+        records = split(records)[0]
+    head = HeadRegistry.from_dir(args.heads_dir).get(args.head)
+    if head is None:
+        print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
+        return 2
+    encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
+    probs = head.probabilities(embed_records(encoder, records, ROOT / "build" / "embeddings"))
+    thresholds, facts = calibrate(records, probs, args.target_quality)
+    key = f"{args.target_quality:g}"
+    calibration = {**head.calibration, key: thresholds}
+    digest = hashlib.sha256(json.dumps(sorted(calibration.items())).encode()).hexdigest()[:8]
+    card = {**head.card, f"calibration_{key}": f"{thresholds} on {len(records)} records, {time.strftime('%Y-%m-%d')}: "
+            + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())}
+    updated = dataclasses.replace(
+        head, version=f"{head.name}-{time.strftime('%Y-%m-%d')}-cal{digest}", calibration=calibration, card=card,
+        thresholds=thresholds if args.target_quality == head.target_quality else head.thresholds)
+    updated.save(args.heads_dir / head.name / "head.json")
+    print(f"{head.name}: quality {key} -> thresholds {thresholds} ({facts}); version {updated.version}")
+    return 0
+
+
 def _client(args: argparse.Namespace):
     from .client import ClientOptions, RouterClient
 
@@ -82,6 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--target-quality", type=float, default=0.95)
     tr.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     tr.set_defaults(run=_train)
+    ev = sub.add_parser("eval", help="replay strategies offline on benchmark records")
+    ev.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
+    ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, or a baseline")
+    ev.add_argument("--target-quality", type=float, default=0.95)
+    ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    ev.add_argument("--report", type=Path, help="write Markdown + PNG curves for every strategy and baseline here")
+    ev.add_argument("--split", choices=("all", "held-out", "dev"), default="all",
+                    help="held-out: only the fifth of each file (by id hash) that training never sees")
+    ev.add_argument("--head", default="", help="classifier head (default: the default head)")
+    ev.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
+    ev.set_defaults(run=_eval)
+    ca = sub.add_parser("calibrate", help="choose a head's thresholds for a quality target, with a confidence bound")
+    ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
+    ca.add_argument("--target-quality", type=float, default=0.95)
+    ca.add_argument("--head", default="default")
+    ca.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
+    ca.add_argument("--include-held-out", action="store_true",
+                    help="also use the held-out fifth (by default it is never calibrated on)")
+    ca.set_defaults(run=_calibrate)
     args = ap.parse_args(argv)
     try:
         return args.run(args)

@@ -73,8 +73,8 @@ def split(records: list[Record]) -> tuple[list[Record], list[Record]]:
 
 def arrays(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
     """Per-record acceptable-answer matrix (n, 3) and cost matrix (n, 3)."""
-    ok = np.array([[s >= ACCEPTABLE for s in r.scores] for r in records], dtype=bool)
-    cost = np.array([r.costs for r in records], dtype=np.float64)
+    ok = np.array([[s >= ACCEPTABLE for s in r.scores] for r in records], dtype=bool).reshape(-1, 3)
+    cost = np.array([r.costs for r in records], dtype=np.float64).reshape(-1, 3)
     return ok, cost
 
 

@@ -1,24 +1,60 @@
-"""Routing metrics as defined in ../shared/data/README.md, for routers that pick one tier per query."""
+"""Routing metrics as defined in ../shared/data/README.md.
+
+A router's outcome on a set of records is its final tier per record and what it paid per record (a
+cascade pays every tier it tried; a one-shot router pays the final tier only).
+"""
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 
 from .data import Record, arrays
 
+QUALITY_TARGETS = (0.9, 0.95, 0.99)
 
-def routing_metrics(records: list[Record], tiers: np.ndarray) -> dict[str, float]:
+
+def routing_metrics(records: list[Record], tiers: np.ndarray, paid: np.ndarray | None = None) -> dict:
     """accuracy, quality_preserved, cost_savings, answer_quality, quality_vs_frontier, tier_mix."""
     tiers = np.asarray(tiers, dtype=int)
     ok, cost = arrays(records)
     oracle = np.array([r.oracle_tier for r in records])
     rows = np.arange(len(records))
+    spent = cost[rows, tiers - 1] if paid is None else np.asarray(paid, dtype=float)
     frontier_quality = ok[:, 2].mean()
     answer_quality = ok[rows, tiers - 1].mean()
     return {
         "accuracy": float((tiers == oracle).mean()),
         "quality_preserved": float((tiers >= oracle).mean()),
-        "cost_savings": float(1 - cost[rows, tiers - 1].sum() / cost[:, 2].sum()),
+        "cost_savings": float(1 - spent.sum() / cost[:, 2].sum()),
         "answer_quality": float(answer_quality),
         "quality_vs_frontier": float(answer_quality / frontier_quality) if frontier_quality else float("nan"),
         "tier_mix": [float((tiers == t).mean()) for t in (1, 2, 3)],
     }
+
+
+def savings_at_quality(points: Iterable[tuple[float, float]], target: float) -> float | None:
+    """Largest cost savings among (quality_vs_frontier, cost_savings) points meeting `target`; None if none does."""
+    meeting = [savings for quality, savings in points if quality >= target - 1e-12]
+    return max(meeting) if meeting else None
+
+
+def aiq(points: Iterable[tuple[float, float]]) -> float:
+    """RouterBench's AIQ: area under the non-decreasing upper convex hull of quality over cost, divided by
+    the cost range covered. Points are (cost, quality) with cost as a fraction of always-frontier."""
+    pts = sorted(set(points))
+    if len(pts) == 1:
+        return pts[0][1]
+    hull: list[tuple[float, float]] = []
+    for p in pts:  # upper hull, left to right (monotone chain)
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
+            hull.pop()
+        hull.append(p)
+    xs = np.array([h[0] for h in hull])
+    ys = np.maximum.accumulate(np.array([h[1] for h in hull]))
+    width = xs[-1] - xs[0]
+    return float(np.trapezoid(ys, xs) / width) if width > 0 else float(ys.max())
+
+
+def _cross(o, a, b) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])

@@ -1,0 +1,105 @@
+"""`tierwise eval` and calibration: hand-computed metrics on a tiny fixture, a stable JSON shape, and a
+calibration that meets its target on new data drawn from known probabilities."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classifier_service.calibration import calibrate
+from classifier_service.heads import decide
+from tierwise import evaluate
+from tierwise.cli import main
+from tierwise.data import Record
+from tierwise.metrics import aiq, routing_metrics
+
+COSTS = (1.0, 10.0, 100.0)
+
+
+def record(i: int, scores, responses=("ok", "ok", "ok"), query="What is 2 + 2?") -> Record:
+    return Record(id=f"t/{i}", source="t", task="t", query=query, scores=tuple(scores), costs=COSTS,
+                  responses=tuple(responses))
+
+
+def fixture_records() -> list[Record]:
+    return [record(0, (1, 1, 1), ("Four.", "4", "4")),
+            record(1, (0, 1, 1), ("I cannot help with that.", "It is 4.", "4")),
+            record(2, (0, 0, 1), ("", "I am not sure.", "4")),
+            record(3, (0, 0, 0), (None, None, "5"))]
+
+
+def test_cascade_replay_pays_every_tier_it_tried():
+    replay = evaluate.cascade(fixture_records())
+    assert replay.not_replayable == 1 and len(replay.records) == 3
+    # record 0: tier 1 accepted (paid 1); record 1: tier 1 refusal -> tier 2 accepted (1 + 10);
+    # record 2: tier 1 empty -> tier 2 hedges -> tier 3 (1 + 10 + 100)
+    assert replay.operating_point.tiers.tolist() == [1, 2, 3]
+    assert replay.operating_point.paid.tolist() == [1, 11, 111]
+    m = routing_metrics(replay.records, replay.operating_point.tiers, replay.operating_point.paid)
+    assert m["cost_savings"] == pytest.approx(1 - 123 / 300)
+    assert m["quality_vs_frontier"] == pytest.approx(1.0) and m["accuracy"] == pytest.approx(1.0)
+
+
+def test_baselines_match_their_definitions():
+    records = fixture_records()
+    oracle = evaluate.baseline("oracle", records).result(0.95)["operating_point"]
+    assert oracle["accuracy"] == 1.0 and oracle["quality_vs_frontier"] == pytest.approx(1.0)
+    assert oracle["cost_savings"] == pytest.approx(1 - (1 + 10 + 100 + 1) / 400)
+    cheap = evaluate.baseline("always-1", records).result(0.95)["operating_point"]
+    assert cheap["quality_vs_frontier"] == pytest.approx(1 / 3) and cheap["cost_savings"] == pytest.approx(0.99)
+    assert evaluate.baseline("always-3", records).result(0.95)["curve"]["savings_at_quality"]["0.95"] == 0.0
+
+
+def test_aiq_is_the_area_under_the_upper_hull():
+    assert aiq([(0.1, 0.5), (0.5, 0.9), (1.0, 1.0), (0.3, 0.4)]) == pytest.approx((0.28 + 0.475) / 0.9)
+    assert aiq([(1.0, 0.7)]) == 0.7
+
+
+def test_eval_json_shape_is_stable(tmp_path, capsys):
+    data = tmp_path / "fixture.jsonl"
+    with data.open("w") as f:
+        for r in fixture_records():
+            f.write(json.dumps({"id": r.id, "source": r.source, "task": r.task, "query": r.query, "outcomes": [
+                {"tier": t + 1, "model": f"m{t}", "score": r.scores[t], "cost_usd": r.costs[t],
+                 "cost_estimated": True, "response": r.responses[t]} for t in range(3)]}) + "\n")
+    for strategy in ("heuristic", "cascade", "oracle"):
+        assert main(["eval", "--data", str(data), "--strategy", strategy, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert set(out) == {"strategy", "n", "target_quality", "not_replayable", "operating_point", "curve"}
+        assert set(out["operating_point"]) == {"accuracy", "cost_savings", "quality_preserved", "answer_quality",
+                                               "quality_vs_frontier", "tier_mix", "avg_latency_overhead_ms"}
+        assert set(out["curve"]) == {"savings_at_quality", "aiq"}
+        assert set(out["curve"]["savings_at_quality"]) == {"0.9", "0.95", "0.99"}
+        assert out["strategy"] == strategy and out["target_quality"] == 0.95
+    assert main(["eval", "--data", str(data), "--strategy", "nope", "--json"]) == 2
+    assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "REPORT.md").read_text()
+    assert "| oracle |" in report and "| cascade |" in report and (tmp_path / "r" / "fixture.png").stat().st_size > 0
+
+
+def synthetic(n: int, seed: int) -> tuple[list[Record], np.ndarray]:
+    """Records whose oracle tier is drawn from known probabilities (the 'head' is exact)."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet((2.0, 1.0, 0.6), size=n)
+    oracle = np.array([rng.choice(3, p=p) for p in probs]) + 1
+    records = [record(i, tuple(float(t >= o) for t in (1, 2, 3))) for i, o in enumerate(oracle)]
+    return records, probs
+
+
+def test_calibration_meets_its_target_on_new_data():
+    calib, calib_probs = synthetic(3000, seed=1)
+    thresholds, facts = calibrate(calib, calib_probs, target=0.95)
+    assert facts["quality_vs_frontier_lower_bound"] >= 0.95
+    assert facts["cost_savings"] > 0.3, "a calibrated router must still save money here"
+    for seed in (2, 3, 4):
+        fresh, fresh_probs = synthetic(3000, seed)
+        m = routing_metrics(fresh, decide(fresh_probs, thresholds))
+        assert m["quality_vs_frontier"] >= 0.95, (seed, thresholds, m)
+
+
+def test_records_without_responses_are_reported_not_replayable():
+    records = [record(0, (1, 1, 1), (None, None, None)), record(1, (0, 1, 1), (None, None, None))]
+    result = evaluate.cascade(records).result(0.95)
+    assert result["n"] == 0 and result["not_replayable"] == 2
+    assert result["operating_point"] is None and result["curve"] is None

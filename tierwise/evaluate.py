@@ -1,0 +1,193 @@
+"""`tierwise eval`: replay routing strategies offline on benchmark records.
+
+Each strategy is replayed at its shipped operating point (thresholds calibrated on other data, never
+on the evaluated file) and swept over its thresholds on the evaluated file (the cost-quality curve).
+`heuristic` and `embedding` decide from the query; `cascade` runs its quality gate on each tier's
+recorded response and pays for every tier tried, so records without responses are not replayable.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Record, arrays
+from .metrics import QUALITY_TARGETS, aiq, routing_metrics, savings_at_quality
+
+STRATEGIES = ("heuristic", "embedding", "cascade")
+BASELINES = ("always-1", "always-3", "oracle", "random")
+
+
+@dataclass
+class Outcome:
+    """Final tier and money paid per record, for one setting of a strategy."""
+    tiers: np.ndarray
+    paid: np.ndarray
+
+
+@dataclass
+class Replay:
+    name: str
+    records: list[Record]
+    operating_point: Outcome
+    sweep: list[Outcome]
+    latency_ms: float
+    not_replayable: int = 0
+
+    def result(self, target_quality: float) -> dict:
+        head = {"strategy": self.name, "n": len(self.records), "target_quality": target_quality,
+                "not_replayable": self.not_replayable}
+        if not self.records:
+            return {**head, "operating_point": None, "curve": None}
+        op = routing_metrics(self.records, self.operating_point.tiers, self.operating_point.paid)
+        op["avg_latency_overhead_ms"] = self.latency_ms
+        points = [self._point(o) for o in self.sweep]
+        return {
+            **head,
+            "operating_point": op,
+            "curve": {"savings_at_quality": {f"{q:g}": savings_at_quality(points, q) for q in QUALITY_TARGETS},
+                      "aiq": aiq([(1 - s, q * self._frontier_quality()) for q, s in points]),
+                      "points": [[round(q, 5), round(s, 5)] for q, s in points]},
+        }
+
+    def _point(self, o: Outcome) -> tuple[float, float]:
+        m = routing_metrics(self.records, o.tiers, o.paid)
+        return m["quality_vs_frontier"], m["cost_savings"]
+
+    def _frontier_quality(self) -> float:
+        return float(arrays(self.records)[0][:, 2].mean())
+
+
+def _one_shot(records: list[Record], tiers: np.ndarray) -> Outcome:
+    cost = arrays(records)[1]
+    tiers = np.asarray(tiers, dtype=int)
+    return Outcome(tiers, cost[np.arange(len(records)), tiers - 1])
+
+
+def baseline(name: str, records: list[Record], seed: int = 0) -> Replay:
+    n = len(records)
+    if name == "oracle":
+        tiers = np.array([r.oracle_tier for r in records])
+        return Replay(name, records, _one_shot(records, tiers), [_one_shot(records, tiers)], 0.0)
+    if name == "random":
+        rng = np.random.default_rng(seed)
+        op = _one_shot(records, rng.integers(1, 4, n))
+        # The curve of random routing: send a share p of traffic to tier 3, the rest to tier 1.
+        sweep = [_one_shot(records, np.where(rng.random(n) < p, 3, 1)) for p in np.linspace(0, 1, 21)]
+        return Replay(name, records, op, sweep, 0.0)
+    tier = {"always-1": 1, "always-3": 3}[name]
+    outcome = _one_shot(records, np.full(n, tier))
+    return Replay(name, records, outcome, [outcome], 0.0)
+
+
+def heuristic(records: list[Record]) -> Replay:
+    from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
+
+    strategy = HeuristicStrategy()
+    started = time.perf_counter()
+    op = _one_shot(records, np.array([strategy.decide_now(r.query).tier for r in records]))
+    latency = (time.perf_counter() - started) * 1e3 / max(len(records), 1)
+    scores = np.array([heuristic_score(r.query)[0] for r in records])
+    sweep = [_one_shot(records, np.where(scores < a, 1, np.where(scores < b, 2, 3)))
+             for a in range(0, 7) for b in range(a, 8)]
+    return Replay("heuristic", records, op, sweep, latency)
+
+
+def embedding(records: list[Record], target_quality: float, encoder_dir: Path, heads_dir: Path,
+              head_name: str = "", cache_dir: Path | None = None) -> Replay:
+    from classifier_service.calibration import GRID
+    from classifier_service.encoder import Encoder
+    from classifier_service.heads import HeadRegistry, decide
+    from classifier_service.train import embed_records
+
+    head = HeadRegistry.from_dir(heads_dir).get(head_name)
+    encoder = Encoder(encoder_dir, "int8", threads=1)
+    started = time.perf_counter()
+    sample = [r.query for r in records[:50]]
+    for text in sample:
+        encoder.embed_tokens(encoder.tokenize([text]))
+    latency = (time.perf_counter() - started) * 1e3 / max(len(sample), 1)
+    probs = head.probabilities(embed_records(encoder, records, cache_dir or encoder_dir.parent / "embeddings"))
+    op = _one_shot(records, decide(probs, head.thresholds_for(target_quality)))
+    sweep = [_one_shot(records, decide(probs, (a, b))) for a in GRID for b in GRID]
+    return Replay("embedding", records, op, sweep, latency)
+
+
+def cascade(records: list[Record]) -> Replay:
+    """The seed's cascade: tier 1 first, the heuristic gate on each recorded answer, escalate on rejection."""
+    from router_service.gates import HeuristicGate
+
+    gate = HeuristicGate()
+    replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
+    cost = arrays(replayable)[1]
+    started = time.perf_counter()
+    accepts = np.array([[gate.check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable],
+                       dtype=bool).reshape(-1, 2)
+    latency = (time.perf_counter() - started) * 1e3 / max(len(replayable), 1)
+
+    def run(start: int, max_tier: int) -> Outcome:
+        tiers = np.full(len(replayable), max_tier)
+        paid = np.zeros(len(replayable))
+        for i in range(len(replayable)):
+            for tier in range(start, max_tier + 1):
+                paid[i] += cost[i, tier - 1]
+                if tier == max_tier or accepts[i, tier - 1]:
+                    tiers[i] = tier
+                    break
+        return Outcome(tiers, paid)
+
+    sweep = [run(start, top) for start in (1, 2, 3) for top in (1, 2, 3) if top >= start]
+    return Replay("cascade", replayable, run(1, 3), sweep, latency, not_replayable=len(records) - len(replayable))
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(cost, quality) points no other point beats on both: the best quality each cost buys."""
+    frontier: list[tuple[float, float]] = []
+    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or quality > frontier[-1][1]:
+            frontier.append((cost, quality))
+    return frontier
+
+
+def report(results: dict[str, dict[str, dict]], out: Path) -> Path:
+    """Markdown with the seed's table per file, plus a PNG cost-quality curve per file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Tierwise routing evaluation", ""]
+    for file, by_strategy in results.items():
+        lines += [f"## {file}", "", f"![cost-quality curve]({Path(file).stem}.png)", "",
+                  "| strategy | n | accuracy | cost savings | quality preserved | quality vs frontier | "
+                  "savings@95%Q (curve) | AIQ | latency overhead ms | not replayable |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for name, r in by_strategy.items():
+            op, curve = r["operating_point"], r["curve"]
+            if op is None:
+                lines.append(f"| {name} | 0 | not replayable: no recorded responses | | | | | | | {r['not_replayable']} |")
+                continue
+            s95 = curve["savings_at_quality"]["0.95"]
+            lines.append(f"| {name} | {r['n']} | {op['accuracy']:.3f} | {op['cost_savings']:.1%} | "
+                         f"{op['quality_preserved']:.3f} | {op['quality_vs_frontier']:.3f} | "
+                         f"{'—' if s95 is None else f'{s95:.1%}'} | {curve['aiq']:.3f} | "
+                         f"{op['avg_latency_overhead_ms']:.2f} | {r['not_replayable']} |")
+            frontier = pareto([(1 - s, q) for q, s in curve["points"]])
+            ax.plot([p[0] for p in frontier], [p[1] for p in frontier], marker="." if len(frontier) > 1 else "o",
+                    linestyle="-" if len(frontier) > 1 else "", label=name)
+        ax.axhline(0.95, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("cost (fraction of always tier 3)")
+        ax.set_ylabel("quality vs frontier")
+        ax.set_title(Path(file).name)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{Path(file).stem}.png", dpi=110)
+        plt.close(fig)
+        lines.append("")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
