@@ -37,3 +37,25 @@ def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
     assert (tmp_path / "heads" / "slice" / "MODEL_CARD.md").read_text().startswith("# Tier head `slice`")
     assert json.loads((tmp_path / "heads" / "slice" / "head.json").read_text())["format"] == "tierwise.head/v1"
     assert "held_out_accuracy" in capsys.readouterr().out
+
+
+def test_calibrate_stores_versioned_thresholds_with_the_head(tmp_path, capsys):
+    import shutil
+
+    from classifier_service.config import Config
+
+    heads = tmp_path / "heads"
+    shutil.copytree(Config().heads_dir / "default", heads / "default")
+    before = TierHead.load(heads / "default" / "head.json")
+    subset = tmp_path / "subset.jsonl"
+    with subset.open("w") as out:
+        for path in shared_files():
+            with open(path) as f:
+                for _, line in zip(range(150), f):
+                    out.write(line)
+    assert main(["calibrate", "--data", str(subset), "--target-quality", "0.9", "--heads-dir", str(heads)]) == 0
+    after = TierHead.load(heads / "default" / "head.json")
+    assert after.version != before.version and "0.9" in after.calibration
+    assert after.thresholds == before.thresholds, "the default target's thresholds are untouched"
+    assert "calibration_0.9" in after.card and "records" in after.card["calibration_0.9"]
+    assert "quality 0.9 -> thresholds" in capsys.readouterr().out
