@@ -103,3 +103,18 @@ def test_records_without_responses_are_reported_not_replayable():
     result = evaluate.cascade(records).result(0.95)
     assert result["n"] == 0 and result["not_replayable"] == 2
     assert result["operating_point"] is None and result["curve"] is None
+
+
+def test_costs_table_prices_each_mix(tmp_path, capsys):
+    eval_json = tmp_path / "cascade.json"
+    eval_json.write_text(json.dumps({"strategy": "cascade", "operating_point": {
+        "tier_mix": [0.5, 0.3, 0.2], "cost_savings": 0.6}}))
+    assert main(["costs", "--queries-per-month", "1000000", "--mix", "60/25/15", "--from-eval", str(eval_json),
+                 "--input-tokens", "1000", "--output-tokens", "1000"]) == 0
+    out = capsys.readouterr().out
+    # example prices per million tokens: tier 1 0.25 + 1.25, tier 2 3 + 15, tier 3 15 + 75 (in + out)
+    assert "| always tier 1 | 100% / 0% / 0% | $0.001500 | $1,500.00 | 98.3% |" in out
+    assert "| always tier 3 | 0% / 0% / 100% | $0.090000 | $90,000.00 | 0.0% |" in out
+    mix = 0.6 * 0.0015 + 0.25 * 0.018 + 0.15 * 0.09
+    assert f"${mix:.6f}" in out and "$36,000.00" in out  # the cascade pays 40% of always tier 3
+    assert main(["costs", "--queries-per-month", "10", "--mix", "50/50"]) == 2

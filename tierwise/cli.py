@@ -120,6 +120,23 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _costs(args: argparse.Namespace) -> int:
+    from router_service.config import ConfigError, load
+
+    from . import costs
+
+    try:
+        cfg = load(args.config)
+        rows = [(f"mix {args.mix}", costs.parse_mix(args.mix), None)] if args.mix else []
+        rows += [costs.from_eval(p) for p in args.from_eval or ()]
+    except (ConfigError, ValueError, OSError, KeyError) as err:
+        print(f"tierwise costs: {err}", file=sys.stderr)
+        return 2
+    print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens,
+                      args.output_tokens or cfg.expected_output_tokens), end="")
+    return 0
+
+
 def _client(args: argparse.Namespace):
     from .client import ClientOptions, RouterClient
 
@@ -195,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--include-held-out", action="store_true",
                     help="also use the held-out fifth (by default it is never calibrated on)")
     ca.set_defaults(run=_calibrate)
+    cs = sub.add_parser("costs", help="monthly cost table at the configured prices")
+    cs.add_argument("--queries-per-month", type=int, required=True)
+    cs.add_argument("--mix", help="a tier mix in percent, e.g. 60/25/15")
+    cs.add_argument("--from-eval", nargs="+", type=Path, help="JSON written by `tierwise eval --json`")
+    cs.add_argument("--config", default=str(ROOT / "tierwise.example.yaml"))
+    cs.add_argument("--input-tokens", type=int, default=400)
+    cs.add_argument("--output-tokens", type=int, default=0, help="default: the config's expected_output_tokens")
+    cs.set_defaults(run=_costs)
     args = ap.parse_args(argv)
     try:
         return args.run(args)
