@@ -137,6 +137,27 @@ def _costs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from router_service.config import ConfigError, load
+
+    from .label import label, read_queries
+
+    try:
+        cfg = load(args.config)
+        queries = read_queries(args.queries, args.source)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"tierwise label: {err}", file=sys.stderr)
+        return 2
+    summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate, args.concurrency))
+    for failure in summary["failed"]:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(f"{summary['labelled']} labelled, {summary['already_done']} already in {args.out}, "
+          f"{len(summary['failed'])} failed (re-run to retry them)")
+    return 1 if summary["failed"] else 0
+
+
 def _client(args: argparse.Namespace):
     from .client import ClientOptions, RouterClient
 
@@ -220,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     cs.add_argument("--input-tokens", type=int, default=400)
     cs.add_argument("--output-tokens", type=int, default=0, help="default: the config's expected_output_tokens")
     cs.set_defaults(run=_costs)
+    la = sub.add_parser("label", help="label queries by asking every tier and judging against tier 3")
+    la.add_argument("--queries", type=Path, required=True, help="JSON lines with \"query\" (or plain lines)")
+    la.add_argument("--config", required=True, help="router YAML: the tiers' providers and prices")
+    la.add_argument("--out", type=Path, default=Path("labelled.jsonl"), help="records are appended here (resumable)")
+    la.add_argument("--source", default="label", help="the records' source name")
+    la.add_argument("--judge-tier", type=int, default=1, choices=(1, 2, 3))
+    la.add_argument("--rate", type=float, default=2.0, help="provider calls started per second, at most")
+    la.add_argument("--concurrency", type=int, default=4, help="queries in flight")
+    la.set_defaults(run=_label)
     args = ap.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,61 @@
+"""`tierwise label` against the provider test double: every tier asked, judged, written, resumable."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tierwise.cli import main
+from tierwise.data import load
+
+from .provider_double import Fault, ProviderDouble
+from .servers import KEY_ENV, router_config
+
+QUERIES = ["What is 2 + 2?", "Name a prime larger than 10.", "Explain recursion in one sentence."]
+
+
+def setup(tmp_path, double):
+    config = tmp_path / "tierwise.yaml"
+    config.write_text(yaml.safe_dump(router_config(double.base_url)))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"query": q}) + "\n" for q in QUERIES) + "plain text query\n")
+    return config, queries
+
+
+def test_label_writes_shared_format_records_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, queries = setup(tmp_path, double)
+        double.set_reply("t1-a", '{"score": 0.25}')  # t1-a answers tier 1 and is also the judge
+        args = ["label", "--queries", str(queries), "--config", str(config), "--out", str(out), "--rate", "200"]
+        assert main(args) == 0
+        records = load([out])  # the shared format's own loader reads them back
+        assert sorted(r.query for r in records) == sorted([*QUERIES, "plain text query"])
+        for r in records:
+            assert r.scores == (0.25, 0.25, 1.0) and r.responses[1].startswith("answer from t2-a")
+            assert all(c > 0 for c in r.costs) and r.costs[0] < r.costs[2]
+        asked = len(double.requests)
+        assert asked == 4 * (3 + 2)  # per query: three tiers and two judgements
+
+        assert main(args) == 0, "a second run has nothing left to do"
+        assert len(double.requests) == asked
+        lines = out.read_text().splitlines()
+        out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # an interrupted last write
+        assert main(args) == 0
+        assert len(double.requests) == asked + 5 and len(load([out])) == 4
+        assert "1 labelled, 3 already in" in capsys.readouterr().out
+
+
+def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, queries = setup(tmp_path, double)
+        double.set_reply("t1-a", "not json at all")  # the judge never answers in JSON
+        double.set_reply("t1-b", "still not json")
+        for model in ("t1-a", "t1-b"):
+            double.script(model, Fault.http_error(400))  # and one tier-1 call is refused outright
+        assert main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out),
+                     "--rate", "200"]) == 1
+        assert not out.exists() or out.read_text() == ""

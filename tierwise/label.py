@@ -1,0 +1,139 @@
+"""`tierwise label`: the seed's cold-start recipe as a tool.
+
+Every query goes through every tier (the configured providers, live), a judge model scores the tier 1
+and tier 2 answers against the tier 3 answer (the reference, scored 1), and each finished query is
+appended at once as a record in the shared routing format. Re-running skips the ids already written,
+so an interrupted run resumes where it stopped and loses nothing but the queries in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from router_service.config import RouterConfig
+from router_service.providers import ProviderError, TierChain
+from router_service.server import build_chains
+from router_service.strategies.judge import parse_json_field
+from router_service.telemetry import RouterMetrics
+
+JUDGE = (
+    "You grade an answer against a reference answer to the same user message. Score how correct and "
+    "complete the answer is compared with the reference, from 0 (wrong or useless) to 1 (as good). "
+    'Reply with JSON only, exactly like {"score": 0.8}.'
+)
+
+
+def read_queries(path: Path, source: str) -> list[dict]:
+    """JSON lines with "query" (and optionally "id", "task"), or plain text, one query per line."""
+    queries = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = json.loads(line) if line.lstrip().startswith("{") else {"query": line.strip()}
+        if not isinstance(item.get("query"), str) or not item["query"].strip():
+            raise ValueError(f"{path}:{n}: no non-empty \"query\"")
+        item.setdefault("id", f"{source}/{hashlib.sha256(item['query'].encode()).hexdigest()[:16]}")
+        queries.append(item)
+    return queries
+
+
+def resume(out: Path) -> set[str]:
+    """Ids already labelled in `out`. A last line cut short by an interruption is removed (its query is
+    labelled again); a broken line anywhere else is an error, never silently dropped."""
+    if not out.exists():
+        return set()
+    text = out.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    ids = set()
+    for n, line in enumerate(lines, start=1):
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if n < len(lines):
+                raise ValueError(f"{out}:{n}: not a labelled record; fix or remove it before resuming") from None
+            out.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+            return ids
+    if text and not text.endswith("\n"):
+        out.write_text(text + "\n", encoding="utf-8")
+    return ids
+
+
+class RateLimiter:
+    """At most `rate` starts per second, spaced evenly."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self.next = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            delay = self.next - now
+            self.next = max(now, self.next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Labeler:
+    def __init__(self, cfg: RouterConfig, chains: dict[int, TierChain], judge_tier: int, limiter: RateLimiter):
+        self.cfg = cfg
+        self.chains = chains
+        self.judge = chains[judge_tier]
+        self.limiter = limiter
+
+    async def ask(self, chain: TierChain, messages: list[dict]):
+        await self.limiter.wait()
+        return await chain.complete(messages, deadline=time.monotonic() + 300)
+
+    async def record(self, item: dict, source: str) -> dict:
+        user = [{"role": "user", "content": item["query"]}]
+        answers = await asyncio.gather(*(self.ask(self.chains[t], user) for t in (1, 2, 3)))
+        reference = answers[2].content
+        scores = [await self.grade(item["query"], answers[t].content, reference) for t in (0, 1)] + [1.0]
+        return {"id": item["id"], "source": source, "task": item.get("task", source), "query": item["query"],
+                "outcomes": [{"tier": t, "model": a.model, "score": s,
+                              "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens),
+                              "cost_estimated": a.usage_estimated, "response": a.content}
+                             for t, a, s in zip((1, 2, 3), answers, scores)]}
+
+    async def grade(self, query: str, answer: str, reference: str) -> float:
+        verdict = await self.ask(self.judge, [
+            {"role": "system", "content": JUDGE},
+            {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}])
+        return float(parse_json_field(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
+
+
+async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, judge_tier: int, rate: float,
+                concurrency: int) -> dict:
+    done = resume(out)
+    todo = [q for q in queries if q["id"] not in done]
+    chains = build_chains(cfg, RouterMetrics())
+    labeler = Labeler(cfg, chains, judge_tier, RateLimiter(rate))
+    slots = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="labelling", unit="query") as bar:
+        async def one(item: dict) -> None:
+            async with slots:
+                try:
+                    rec = await labeler.record(item, source)
+                except (ProviderError, ValueError) as err:
+                    failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
+                else:
+                    sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    sink.flush()
+                bar.update()
+
+        try:
+            await asyncio.gather(*(one(q) for q in todo))
+        finally:
+            for chain in chains.values():
+                await chain.aclose()
+    return {"queries": len(queries), "already_done": len(queries) - len(todo),
+            "labelled": len(todo) - len(failures), "failed": failures}
