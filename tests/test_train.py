@@ -20,13 +20,19 @@ def test_held_out_split_is_stable_and_disjoint():
     assert all(is_held_out(r.id) for r in test)
 
 
-def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
+def data_slice(tmp_path, per_file: int = 150):
+    """The first records of each shared file, written to one file."""
     subset = tmp_path / "subset.jsonl"
     with subset.open("w") as out:
         for path in shared_files():
             with open(path) as f:
-                for _, line in zip(range(150), f):
+                for _, line in zip(range(per_file), f):
                     out.write(line)
+    return subset
+
+
+def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
+    subset = data_slice(tmp_path)
     assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "slice"]) == 0
     head = TierHead.load(tmp_path / "heads" / "slice" / "head.json")
     assert head.name == "slice" and head.dimension == 384 and head.target_quality == 0.95
@@ -47,12 +53,7 @@ def test_calibrate_stores_versioned_thresholds_with_the_head(tmp_path, capsys):
     heads = tmp_path / "heads"
     shutil.copytree(Config().heads_dir / "default", heads / "default")
     before = TierHead.load(heads / "default" / "head.json")
-    subset = tmp_path / "subset.jsonl"
-    with subset.open("w") as out:
-        for path in shared_files():
-            with open(path) as f:
-                for _, line in zip(range(150), f):
-                    out.write(line)
+    subset = data_slice(tmp_path)
     assert main(["calibrate", "--data", str(subset), "--target-quality", "0.9", "--heads-dir", str(heads)]) == 0
     after = TierHead.load(heads / "default" / "head.json")
     assert after.version != before.version and "0.9" in after.calibration
