@@ -63,7 +63,7 @@ class Dispatcher:
                        max_tier: int = 3, max_tokens: int | None = None, temperature: float | None = None,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
                        on_escalate: OnEscalate | None = None) -> Result:
-        result = _Progress(start_tier)
+        result = _Progress()
         query = last_user_text(messages)
         for tier in range(start_tier, 4):
             try:
@@ -94,7 +94,7 @@ class Dispatcher:
                      on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates) only before its
         first delta; a break after that raises `StreamInterrupted` from providers.py."""
-        result = _Progress(start_tier)
+        result = _Progress()
         for tier in range(start_tier, 4):
             events = self.chains[tier].stream(messages, max_tokens=max_tokens, temperature=temperature,
                                               deadline=deadline, on_attempt=_bind(on_attempt, tier))
@@ -119,8 +119,7 @@ class Dispatcher:
 class _Progress:
     """What a dispatch has done so far: attempts, money spent, escalations."""
 
-    def __init__(self, start_tier: int):
-        self.start_tier = start_tier
+    def __init__(self):
         self.attempts: list[TierAttempt] = []
         self.cost = 0.0
         self.escalations = 0
