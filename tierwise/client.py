@@ -71,14 +71,38 @@ def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline:
     return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
 
 
-class RouterClient:
+class _ClientBase:
+    """What both clients share: options, the channel, and reading stream events."""
+
+    def __init__(self, address: str, options: ClientOptions | None, grpc_module):
+        self.options = options or ClientOptions()
+        # Totals of the last stream, once its summary event arrived.
+        self.last_summary: pb.CompleteResponse | None = None
+        creds = _credentials(self.options)
+        self._channel = (grpc_module.secure_channel(address, creds) if creds
+                         else grpc_module.insecure_channel(address))
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+
+    def _piece(self, event: pb.CompleteStreamResponse) -> str | None:
+        """The text of a delta event; records the summary event; None for anything but a delta."""
+        kind = event.WhichOneof("event")
+        if kind == "summary":
+            self.last_summary = event.summary
+        return event.delta if kind == "delta" else None
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return time.monotonic() + (timeout_s or self.options.timeout_s)
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
+
+
+class RouterClient(_ClientBase):
     """Blocking client. Use as a context manager, or call close()."""
 
     def __init__(self, address: str, options: ClientOptions | None = None):
-        self.options = options or ClientOptions()
-        creds = _credentials(self.options)
-        self._channel = grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)
-        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        super().__init__(address, options, grpc)
 
     def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
         return self._retry(lambda t: self._stub.Route(pb.RouteRequest(query=query, strategy=strategy, head=head),
@@ -94,18 +118,16 @@ class RouterClient:
                head: str = "", timeout_s: float | None = None) -> Iterator[str]:
         """Text pieces as they arrive; `last_summary` holds the totals once the stream ended."""
         request = _request(messages, strategy, max_tokens, temperature, head)
-        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
             started = False
             try:
-                for event in self._stub.CompleteStream(request, timeout=max(deadline - time.monotonic(), 0.001),
+                for event in self._stub.CompleteStream(request, timeout=_left(deadline),
                                                        metadata=_metadata(self.options)):
-                    kind = event.WhichOneof("event")
-                    if kind == "delta":
+                    piece = self._piece(event)
+                    if piece is not None:
                         started = True
-                        yield event.delta
-                    elif kind == "summary":
-                        self.last_summary = event.summary
+                        yield piece
                 return
             except grpc.RpcError as err:
                 wait = _backoff(err, attempt, self.options, deadline, streamed=started)
@@ -113,13 +135,11 @@ class RouterClient:
                     raise
                 time.sleep(wait)
 
-    last_summary: pb.CompleteResponse | None = None
-
     def _retry(self, call: Callable[[float], T], timeout_s: float | None) -> T:
-        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
             try:
-                return call(max(deadline - time.monotonic(), 0.001))
+                return call(_left(deadline))
             except grpc.RpcError as err:
                 wait = _backoff(err, attempt, self.options, deadline)
                 if wait is None:
@@ -137,15 +157,11 @@ class RouterClient:
         self.close()
 
 
-class AsyncRouterClient:
+class AsyncRouterClient(_ClientBase):
     """asyncio client with the same API (`await route(...)`, `async for piece in stream(...)`)."""
 
     def __init__(self, address: str, options: ClientOptions | None = None):
-        self.options = options or ClientOptions()
-        creds = _credentials(self.options)
-        self._channel = grpc.aio.secure_channel(address, creds) if creds else grpc.aio.insecure_channel(address)
-        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-        self.last_summary: pb.CompleteResponse | None = None
+        super().__init__(address, options, grpc.aio)
 
     async def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
         request = pb.RouteRequest(query=query, strategy=strategy, head=head)
@@ -162,19 +178,16 @@ class AsyncRouterClient:
     async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                      temperature: float | None = None, head: str = "", timeout_s: float | None = None) -> AsyncIterator[str]:
         request = _request(messages, strategy, max_tokens, temperature, head)
-        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
             started = False
             try:
-                call = self._stub.CompleteStream(request, timeout=max(deadline - time.monotonic(), 0.001),
-                                                 metadata=_metadata(self.options))
-                async for event in call:
-                    kind = event.WhichOneof("event")
-                    if kind == "delta":
+                async for event in self._stub.CompleteStream(request, timeout=_left(deadline),
+                                                             metadata=_metadata(self.options)):
+                    piece = self._piece(event)
+                    if piece is not None:
                         started = True
-                        yield event.delta
-                    elif kind == "summary":
-                        self.last_summary = event.summary
+                        yield piece
                 return
             except grpc.aio.AioRpcError as err:
                 wait = _backoff(err, attempt, self.options, deadline, streamed=started)
@@ -183,10 +196,10 @@ class AsyncRouterClient:
                 await asyncio.sleep(wait)
 
     async def _retry(self, call, timeout_s: float | None):
-        deadline = time.monotonic() + (timeout_s or self.options.timeout_s)
+        deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
             try:
-                return await call(max(deadline - time.monotonic(), 0.001))
+                return await call(_left(deadline))
             except grpc.aio.AioRpcError as err:
                 wait = _backoff(err, attempt, self.options, deadline)
                 if wait is None:
