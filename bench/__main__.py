@@ -88,10 +88,7 @@ def main() -> int:
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["targets"] = report.targets(result["tierwise"], result["seed"])
 
-    (args.out / "bench.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    markdown = report.render(result)
-    (args.out / "REPORT.md").write_text(markdown)
-    print(markdown)
+    report.publish(args.out, "bench.json", "REPORT.md", result, report.render(result))
     return 0
 
 

@@ -1,6 +1,9 @@
 """The issue's targets, judged from bench.json, and the Markdown report."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 SHORT_P50_MS = 2.0
 SPEEDUP = 4.0
 QPS = 800.0
@@ -25,7 +28,14 @@ def targets(tw: dict, seed: dict) -> list[dict]:
     return [{"target": t, "measured": m, "pass": bool(ok)} for t, m, ok in rows]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def publish(out: Path, json_name: str, markdown_name: str, result: dict, markdown: str) -> None:
+    """Write the raw results and the Markdown report to `out`, and print the report."""
+    (out / json_name).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / markdown_name).write_text(markdown)
+    print(markdown)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -113,7 +123,7 @@ def render(result: dict) -> str:
         "Every set is unique and disjoint from the others. Tokens counted with the service tokenizer "
         "(with [CLS]/[SEP], truncated at 256).",
         "",
-        *_table(["set", "n", "min", "p10", "p50", "p90", "max", "mean", "truncated"],
+        *table(["set", "n", "min", "p10", "p50", "p90", "max", "mean", "truncated"],
                 [[name, str(d["n"]), *(f"{d[k]:.0f}" for k in ("min", "p10", "p50", "p90", "max")), f"{d['mean']:.1f}",
                   str(d["truncated"])] for name, d in queries["tokens"].items()]),
         "",
@@ -122,12 +132,12 @@ def render(result: dict) -> str:
         "Latencies are client-side wall times per call, one call at a time; Tierwise's include the gRPC round trip. "
         "Ratio is seed / Tierwise: above 1 favours Tierwise for latency and memory, below 1 favours it for throughput.",
         "",
-        *_table(["metric", "Tierwise (gRPC)", "seed (in-process)", "seed/Tierwise"],
+        *table(["metric", "Tierwise (gRPC)", "seed (in-process)", "seed/Tierwise"],
                 _comparison(tw, seed, result["encoder_alone"])),
         "",
         "## Targets",
         "",
-        *_table(["target", "measured", "result"],
+        *table(["target", "measured", "result"],
                 [[t["target"], t["measured"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]]),
         "",
         "## Notes",
@@ -142,6 +152,6 @@ def render(result: dict) -> str:
         f"CPU seconds per step (the machine has {machine['nproc']} cores; the bench client shares them with the "
         "server; the seed is its own client; \"other\" is CPU taken by unrelated processes while measuring):",
         "",
-        *_table(["step", "wall", "measured process", "bench client", "other"], _cpu_rows(accounts)),
+        *table(["step", "wall", "measured process", "bench client", "other"], _cpu_rows(accounts)),
     ]
     return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from tests.servers import KEY_ENV, router_config
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
-from . import router_report
+from . import report, router_report
 from .__main__ import machine
 from .router_timing import KEY, interleaved, sdk_call, summary, texts, user
 from .stats import cpu_seconds, distribution, own_cpu_seconds, percentile, system_busy_seconds
@@ -216,10 +216,7 @@ def main() -> int:
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["targets"] = router_report.targets(result)
 
-    (args.out / "router_bench.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    markdown = router_report.render(result)
-    (args.out / "ROUTER_REPORT.md").write_text(markdown)
-    print(markdown)
+    report.publish(args.out, "router_bench.json", "ROUTER_REPORT.md", result, router_report.render(result))
     return 0
 
 

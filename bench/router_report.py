@@ -1,7 +1,7 @@
 """The router bench's targets, judged from router_bench.json, and its Markdown report."""
 from __future__ import annotations
 
-from .report import _table
+from .report import table
 
 ROUTE_P50_MS = 4.0
 ROUTE_P99_MS = 10.0
@@ -91,20 +91,20 @@ def render(result: dict) -> str:
     n = result["complete"]["direct_sdk"]["n"]
     lines = [f"# Tierwise router bench ({result['mode']} run, {result['started_at']})", "",
              "## Targets", ""]
-    lines += _table(["target", "measured (median unless stated)", "result"],
+    lines += table(["target", "measured (median unless stated)", "result"],
                     [[t["target"], t["measured"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]])
     lines += [*_contention(result), "", f"## Route decision latency: open loop at {sizes['rate']:g} req/s over gRPC, "
               f"{sizes['route_seconds']:g} s per unique-query run, {sizes['cache_seconds']:g} s repeated", "",
               f"Queries: {_words(result['route'])}. Latency is client-side from each call's scheduled send time. "
               "Errors: failed RPCs / degraded (classifier hop failed, heuristic answered); both are left out of the "
               "percentiles.", ""]
-    lines += _table(["run", "sent", "achieved req/s", "errors / degraded", "p50 ms", "p99 ms",
+    lines += table(["run", "sent", "achieved req/s", "errors / degraded", "p50 ms", "p99 ms",
                      "router-internal decision p50 ms", "client send lag p99 ms",
                      "cores used: " + " / ".join(CORES)], _route_rows(result["route"]))
     lines += ["", f"## Complete overhead: {n} sequential calls per path, paths interleaved round-robin", "",
               "Added = p50(path) - p50(direct SDK in the same process). Every call carries a unique query, "
               "so no cache answers it.", ""]
-    lines += _table(["path", "process", "p50 ms", "p99 ms", "added p50 ms", "errors (incl. warm-up)"],
+    lines += table(["path", "process", "p50 ms", "p99 ms", "added p50 ms", "errors (incl. warm-up)"],
                     _complete_rows(result))
     errors = [f"- {name}: {s['errors']} errors, first: {s['first_error']}" for part in (result["complete"], lite)
               for name, s in part.items() if isinstance(s, dict) and s.get("errors")]
