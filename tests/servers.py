@@ -102,6 +102,21 @@ def router_config(base_url: str, **overrides) -> dict:
 
 
 @contextmanager
+def running_router(doc: dict, classifier_address: str, config_dir: Path, *args: str,
+                   env: dict[str, str] | None = None, check_exit: bool = True):
+    """A router with config `doc` (written to config_dir), stopped on exit; by default it must exit cleanly."""
+    path = Path(config_dir) / "tierwise.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    router = start_router(path, classifier_address, *args, env=env)
+    try:
+        yield router
+    finally:
+        code = router.stop()
+    if check_exit:
+        assert code == 0, "".join(router.output)
+
+
+@contextmanager
 def router_stack(config_dir: Path, strategy: str, env: dict[str, str] | None = None):
     """The provider test double, a classifier and a router wired to both: yields (double, classifier, router)."""
     from .provider_double import ProviderDouble
@@ -110,12 +125,8 @@ def router_stack(config_dir: Path, strategy: str, env: dict[str, str] | None = N
     with ProviderDouble() as double:
         classifier = start_classifier(env=env)
         try:
-            path = Path(config_dir) / "tierwise.yaml"
-            path.write_text(yaml.safe_dump(router_config(double.base_url, strategy=strategy)))
-            router = start_router(path, classifier.address, env=env)
-            try:
+            with running_router(router_config(double.base_url, strategy=strategy), classifier.address, config_dir,
+                                env=env, check_exit=False) as router:
                 yield double, classifier, router
-            finally:
-                router.stop()
         finally:
             classifier.stop()

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .servers import start_router
+from .servers import running_router
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -364,11 +364,8 @@ def test_router_serves_with_the_charts_config_and_a_dns_classifier_target(classi
     # This checks the target form, not latency: a generous budget keeps a busy CI machine from degrading the call
     # (the first call also resolves the name and connects).
     config = {**config, "classifier": {**config["classifier"], "timeout_ms": 5000}}
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(config))
     port = classifier.address.rsplit(":", 1)[1]
-    router = start_router(path, f"dns:///localhost:{port}")
-    try:
+    with running_router(config, f"dns:///localhost:{port}", tmp_path) as router:
         from tierwise.v1 import router_pb2 as pb
         from tierwise.v1 import router_pb2_grpc
         with grpc.insecure_channel(router.address) as channel:
@@ -376,8 +373,6 @@ def test_router_serves_with_the_charts_config_and_a_dns_classifier_target(classi
                 pb.RouteRequest(query="Prove that sqrt(2) is irrational."), timeout=10)
         assert reply.strategy == "embedding" and not reply.degraded, reply.reason
         assert len(reply.probabilities) == 3
-    finally:
-        assert router.stop() == 0, "".join(router.output)
 
 
 # ----------------------------------------------------------------------------------------------------- helm

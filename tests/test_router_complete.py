@@ -9,13 +9,12 @@ import urllib.request
 
 import grpc
 import pytest
-import yaml
 
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault, ProviderDouble, refused_base_url, unused_port
-from .servers import KEY_ENV, router_config, start_classifier, start_router
+from .servers import KEY_ENV, router_config, running_router, start_classifier
 
 @pytest.fixture(scope="module")
 def double():
@@ -32,11 +31,9 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def router(double, classifier, tmp_path_factory):
-    path = tmp_path_factory.mktemp("router") / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url)))
-    service = start_router(path, classifier.address, env={KEY_ENV: "test-key"})
-    yield service
-    assert service.stop() == 0, "".join(service.output)
+    with running_router(router_config(double.base_url), classifier.address, tmp_path_factory.mktemp("router"),
+                        env={KEY_ENV: "test-key"}) as service:
+        yield service
 
 
 @pytest.fixture
@@ -51,12 +48,10 @@ def stub(router, double):
 def fresh(double, classifier, tmp_path):
     """A router of its own (fresh breakers), for tests that inject provider faults."""
     double.reset()
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url)))
-    service = start_router(path, classifier.address, env={KEY_ENV: "test-key"})
-    with grpc.insecure_channel(service.address) as channel:
-        yield router_pb2_grpc.RouterServiceStub(channel), service
-    assert service.stop() == 0, "".join(service.output)
+    with running_router(router_config(double.base_url), classifier.address, tmp_path,
+                        env={KEY_ENV: "test-key"}) as service:
+        with grpc.insecure_channel(service.address) as channel:
+            yield router_pb2_grpc.RouterServiceStub(channel), service
     double.reset()
 
 
@@ -200,10 +195,7 @@ def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
     double.reset()
     doc = router_config(double.base_url)
     doc["tiers"][0]["providers"][0]["breaker_cooldown_s"] = 2.5  # long enough to see it open on a busy machine
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    router = start_router(path, classifier.address, env={KEY_ENV: "k"})
-    try:
+    with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as router:
         with grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             double.set_persistent("t1-a", Fault.http_error(500))
@@ -216,8 +208,6 @@ def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
             double.set_persistent("t1-a", None)
             time.sleep(2.6)  # the configured cooldown
             assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-a"  # the probe
-    finally:
-        assert router.stop() == 0
     log = "".join(router.output)
     assert re.search(r"t1-a: closed -> open", log) and re.search(r"t1-a: (open|half_open) -> closed", log)
 
@@ -239,10 +229,7 @@ def test_bad_complete_input_is_invalid_argument(stub, request_, field):
 
 
 def test_without_keys_route_works_and_complete_is_failed_precondition(double, classifier, tmp_path):
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url)))
-    service = start_router(path, classifier.address, env={KEY_ENV: ""})
-    try:
+    with running_router(router_config(double.base_url), classifier.address, tmp_path, env={KEY_ENV: ""}) as service:
         with grpc.insecure_channel(service.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             assert stub.Route(pb.RouteRequest(query="hi"), timeout=10).tier in (1, 2, 3)
@@ -250,31 +237,22 @@ def test_without_keys_route_works_and_complete_is_failed_precondition(double, cl
                 stub.Complete(ask("hi"), timeout=10)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert KEY_ENV in err.value.details()
-    finally:
-        assert service.stop() == 0
 
 
 def test_connection_refused_provider_is_skipped(double, classifier, tmp_path):
     doc = router_config(double.base_url)
     doc["tiers"][0]["providers"][0]["base_url"] = refused_base_url()
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
-    try:
+    with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
         with grpc.insecure_channel(service.address) as channel:
             reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("hi", "heuristic"), timeout=10)
         assert reply.provider == "t1-b" and reply.attempts[0].outcome == "error"
-    finally:
-        assert service.stop() == 0
 
 
 def test_classifier_killed_mid_test_gives_degraded_answers(double, tmp_path):
     classifier = start_classifier()
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url, strategy="embedding")))
-    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
     try:
-        with grpc.insecure_channel(service.address) as channel:
+        with running_router(router_config(double.base_url, strategy="embedding"), classifier.address, tmp_path,
+                            env={KEY_ENV: "k"}) as service, grpc.insecure_channel(service.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             assert not stub.Complete(ask("hi"), timeout=10).degraded
             classifier.stop()
@@ -284,16 +262,13 @@ def test_classifier_killed_mid_test_gives_degraded_answers(double, tmp_path):
             assert decision.degraded and summary.degraded and text
     finally:
         classifier.stop()
-        assert service.stop() == 0
 
 
 def test_shadow_ab_compares_in_the_background_without_delaying_the_reply(double, classifier, tmp_path):
     double.reset()
     log = tmp_path / "shadow.jsonl"
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url, shadow={"share": 1.0, "log": str(log)})))
-    service = start_router(path, classifier.address, env={KEY_ENV: "k"})
-    try:
+    doc = router_config(double.base_url, shadow={"share": 1.0, "log": str(log)})
+    with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
         double.set_reply("t1-a", '{"agree": true}')  # the primary answer, and the judge's verdict
         double.set_persistent("t3-a", Fault.delay(0.6))  # a slow frontier must not slow the reply
         with grpc.insecure_channel(service.address) as channel:
@@ -308,17 +283,13 @@ def test_shadow_ab_compares_in_the_background_without_delaying_the_reply(double,
         assert record["shadow_cost_usd"] > record["cost_usd"] > 0 and record["judge_cost_usd"] > 0
         assert "hi there" not in log.read_text(), "no prompt text in the shadow log"
         assert len(double.requests_for("t3-a")) == 1
-    finally:
-        assert service.stop() == 0
 
 
 def test_prometheus_metrics_show_requests_cost_escalations_and_breaker_state(double, classifier, tmp_path):
     double.reset()
     port = unused_port()
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(router_config(double.base_url)))
-    service = start_router(path, classifier.address, "--metrics-port", str(port), env={KEY_ENV: "k"})
-    try:
+    with running_router(router_config(double.base_url), classifier.address, tmp_path, "--metrics-port", str(port),
+                        env={KEY_ENV: "k"}) as service:
         for model in ("t1-a", "t1-b"):
             double.set_persistent(model, Fault.http_error(500))
         with grpc.insecure_channel(service.address) as channel:
@@ -326,8 +297,6 @@ def test_prometheus_metrics_show_requests_cost_escalations_and_breaker_state(dou
             for _ in range(2):
                 assert stub.Complete(ask("hello", "heuristic"), timeout=10).tier == 2
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    finally:
-        assert service.stop() == 0
     assert metric(text, "tierwise_router_requests_total", method="Complete", tier="2", strategy="heuristic") == 2
     assert metric(text, "tierwise_router_escalations_total", from_tier="1", to_tier="2") == 2
     assert metric(text, "tierwise_router_breaker_state", provider="t1-a") == 2, "t1-a's breaker is open"

@@ -8,18 +8,18 @@ import yaml
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import ROOT, start_classifier, start_router
+from .servers import ROOT, running_router, start_classifier
+
+
+def example_config() -> dict:
+    return yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     classifier = start_classifier()
-    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
-    path = tmp_path_factory.mktemp("router") / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(config))
-    router = start_router(path, classifier.address)
-    yield classifier, router
-    assert router.stop() == 0, "".join(router.output)
+    with running_router(example_config(), classifier.address, tmp_path_factory.mktemp("router")) as router:
+        yield classifier, router
     classifier.stop()
 
 
@@ -62,12 +62,9 @@ def test_bad_route_input_is_invalid_argument(route, request_, field):
 
 def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
     classifier = start_classifier()
-    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(config))
-    router = start_router(path, classifier.address)
     try:
-        with grpc.insecure_channel(router.address) as channel:
+        with running_router(example_config(), classifier.address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel:
             route = router_pb2_grpc.RouterServiceStub(channel).Route
             assert not route(pb.RouteRequest(query="Is water wet?"), timeout=5).degraded
             assert classifier.stop() == 0
@@ -77,7 +74,6 @@ def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
                 assert "fell back to heuristic" in reply.reason and reply.tier in (1, 2, 3)
     finally:
         classifier.stop()
-        assert router.stop() == 0
 
 
 def test_router_health_and_reflection(services):
@@ -93,15 +89,13 @@ def test_router_health_and_reflection(services):
 
 def test_classifier_slower_than_its_budget_degrades(tmp_path):
     classifier = start_classifier()
-    config = yaml.safe_load((ROOT / "tierwise.example.yaml").read_text())
+    config = example_config()
     config["classifier"]["timeout_ms"] = 0.01  # no real classifier answers in 10 microseconds
-    path = tmp_path / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(config))
-    router = start_router(path, classifier.address)
     try:
-        with grpc.insecure_channel(router.address) as channel:
-            reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="Is water wet?"), timeout=5)
-        assert reply.degraded and "classifier deadline_exceeded" in reply.reason
+        with running_router(config, classifier.address, tmp_path) as router:
+            with grpc.insecure_channel(router.address) as channel:
+                reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="Is water wet?"),
+                                                                         timeout=5)
+            assert reply.degraded and "classifier deadline_exceeded" in reply.reason
     finally:
         classifier.stop()
-        assert router.stop() == 0
