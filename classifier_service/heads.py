@@ -5,9 +5,10 @@ calibrated decision thresholds and a model card. Many heads share one encoder pa
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,25 @@ class TierHead:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
         tmp.replace(path)
+
+    def versioned(self, when: str) -> "TierHead":
+        """This head under a version derived from its content, so any change of weights or thresholds shows."""
+        content = self.coef.tobytes() + self.intercept.tobytes() + json.dumps(
+            [list(self.thresholds), sorted(self.calibration.items())]).encode()
+        return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
+
+    def publish(self, directory: Path) -> None:
+        """Write head.json and its MODEL_CARD.md into `directory`."""
+        self.save(Path(directory) / "head.json")
+        (Path(directory) / "MODEL_CARD.md").write_text(self.model_card())
+
+    def model_card(self) -> str:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in self.card.items())
+        return (f"# Tier head `{self.name}`\n\nVersion `{self.version}`; thresholds "
+                f"P(tier>=2) >= {self.thresholds[0]}, P(tier 3) >= {self.thresholds[1]} "
+                f"(target quality vs frontier {self.target_quality}).\n\n"
+                "Held-out numbers are measured on the records whose id hash puts them in the test fifth; "
+                "those records were never used to fit or calibrate.\n\n| fact | value |\n|---|---|\n" + rows + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "TierHead":

@@ -72,9 +72,6 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     held_argmax = routing_metrics(test, model.predict_proba(x_test).argmax(1) + 1)
 
     when = time.strftime("%Y-%m-%d")
-    # The version changes whenever the weights or any calibrated threshold does.
-    fingerprint = model.coef_.tobytes() + model.intercept_.tobytes() + json.dumps(sorted(calibration.items())).encode()
-    version = f"{name}-{when}-{hashlib.sha256(fingerprint).hexdigest()[:8]}"
     card = {
         "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
         "split": "sha256(id) % 5 == 0 held out; train and calibrate on the rest",
@@ -89,22 +86,13 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         **{f"held_out_{k}": _fmt(v) for k, v in held.items()},
         "held_out_argmax_accuracy": _fmt(held_argmax["accuracy"]),
     }
-    head = TierHead(name=name, version=version, coef=model.coef_.astype(np.float32),
+    head = TierHead(name=name, version="", coef=model.coef_.astype(np.float32),
                     intercept=model.intercept_.astype(np.float32), thresholds=thresholds,
-                    target_quality=target_quality, encoder=encoder.version, card=card, calibration=calibration)
-    head.save(out / "head.json")
-    (out / "MODEL_CARD.md").write_text(model_card(head))
+                    target_quality=target_quality, encoder=encoder.version, card=card,
+                    calibration=calibration).versioned(when)
+    head.publish(out)
     return head
 
 
 def _fmt(v) -> str:
     return json.dumps([round(x, 4) for x in v]) if isinstance(v, list) else f"{v:.4f}"
-
-
-def model_card(head: TierHead) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in head.card.items())
-    return (f"# Tier head `{head.name}`\n\nVersion `{head.version}`; thresholds "
-            f"P(tier>=2) >= {head.thresholds[0]}, P(tier 3) >= {head.thresholds[1]} "
-            f"(target quality vs frontier {head.target_quality}).\n\n"
-            "Held-out numbers are measured on the records whose id hash puts them in the test fifth; "
-            "those records were never used to fit or calibrate.\n\n| fact | value |\n|---|---|\n" + rows + "\n")

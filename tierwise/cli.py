@@ -87,7 +87,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     import dataclasses
-    import hashlib
     import time
 
     from classifier_service.calibration import calibrate
@@ -109,13 +108,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     thresholds, facts = calibrate(records, probs, args.target_quality)
     key = f"{args.target_quality:g}"
     calibration = {**head.calibration, key: thresholds}
-    digest = hashlib.sha256(json.dumps(sorted(calibration.items())).encode()).hexdigest()[:8]
     card = {**head.card, f"calibration_{key}": f"{thresholds} on {len(records)} records, {time.strftime('%Y-%m-%d')}: "
             + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())}
     updated = dataclasses.replace(
-        head, version=f"{head.name}-{time.strftime('%Y-%m-%d')}-cal{digest}", calibration=calibration, card=card,
-        thresholds=thresholds if args.target_quality == head.target_quality else head.thresholds)
-    updated.save(args.heads_dir / head.name / "head.json")
+        head, calibration=calibration, card=card,
+        thresholds=thresholds if args.target_quality == head.target_quality else head.thresholds,
+    ).versioned(time.strftime("%Y-%m-%d"))
+    updated.publish(args.heads_dir / head.name)
     print(f"{head.name}: quality {key} -> thresholds {thresholds} ({facts}); version {updated.version}")
     return 0
 
