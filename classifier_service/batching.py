@@ -57,8 +57,6 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
         self._queue: list[_Pending] = []
         self._idle = workers
-        self.batches = 0
-        self.dropped = 0
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
         loop = asyncio.get_running_loop()
@@ -72,14 +70,9 @@ class MicroBatcher:
                 p.future.cancel()
             raise
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     def _dispatch(self) -> None:
         while self._idle and self._queue:
             take = [p for p in self._queue[: self.max_batch] if not p.future.done()]
-            self.dropped += min(len(self._queue), self.max_batch) - len(take)
             del self._queue[: self.max_batch]
             if not take:
                 continue
@@ -94,7 +87,6 @@ class MicroBatcher:
             vectors = self.encoder.embed_tokens([tokens[i] for i in group])
             for row, i in enumerate(group):
                 out[i] = Embedded(vectors[row], len(tokens[i]), tokens[i].truncated)
-        self.batches += 1
         return out  # type: ignore[return-value]
 
     def _finish(self, take: list[_Pending], fut: asyncio.Future) -> None:

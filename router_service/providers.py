@@ -180,10 +180,6 @@ class Provider:
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def configured(self) -> bool:
-        return self._api_key() is not None
-
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()

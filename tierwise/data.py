@@ -32,10 +32,6 @@ class Record:
         return 1
 
     @property
-    def solvable(self) -> bool:
-        return max(self.scores) >= ACCEPTABLE
-
-    @property
     def held_out(self) -> bool:
         return is_held_out(self.id)
 
