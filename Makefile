@@ -17,7 +17,7 @@ help:
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make protos  regenerate the gRPC stubs from protos/"
-	@echo "make train   retrain the default head from ../shared/data/routing"
+	@echo "make train   retrain the default head and one head per tier lineup from ../shared/data/routing"
 	@echo "make tools   install helm, kubernetes-validate and checkov into .tools/ (deploy/tools.sh)"
 	@echo "make images  build the container images (needs Docker with BuildKit)"
 	@echo "make clients build the Node, Go and Java example clients (installs their toolchains; clients/README.md)"
@@ -66,7 +66,10 @@ bench: setup $(BVENV)/.stamp
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m bench.router_bench --baseline-python $(BVENV)/bin/python
 
 train: setup
-	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl
+	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl --name default
+	$(BIN)/tierwise train --data ../shared/data/routing/routerbench.dev.jsonl --name mistral7b-gpt35-gpt4
+	$(BIN)/tierwise train --data ../shared/data/routing/llmrouter.dev.jsonl --name mistral7b-llama8b-nemotron51b
+	$(BIN)/tierwise train --data ../shared/data/routing/zeroeval.dev.jsonl --name gpt4omini-gpt4o-o1mini
 
 clients:
 	bash clients/build.sh

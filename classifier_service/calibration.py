@@ -1,8 +1,11 @@
-"""Choose a head's thresholds for a quality target at the least cost, with a confidence bound.
+"""Choose a head's tradeoff for a quality target at the least cost, with a confidence bound.
 
-Quality vs frontier is a ratio estimated from a finite sample; thresholds picked on the point estimate
-miss the target on new traffic about half the time. We keep only thresholds whose *lower* bootstrap
-confidence bound meets the target, then take the cheapest of those.
+Quality vs frontier is a ratio estimated from a finite sample; a tradeoff picked on the point estimate
+misses the target on new traffic about half the time. We keep only tradeoffs whose *lower* bootstrap
+bound meets the target, then take the cheapest of those. The bound is for a window of `window` new
+queries, not for the long-run mean: quality measured over a few hundred queries varies with the
+sample too, so the bootstrap draws samples of the size whose variance is the calibration set's plus
+the window's (1/m = 1/n + 1/window).
 """
 from __future__ import annotations
 
@@ -12,29 +15,38 @@ from tierwise.data import Record, arrays
 
 from .heads import decide
 
-GRID = np.round(np.linspace(0.0, 1.0, 41), 3)
+# 0 buys the best expected quality; past ~1/min(cost gap) every query goes to tier 1. A large negative
+# tradeoff pays for cost instead: every query goes to tier 3, the fallback when nothing else is safe.
+ALWAYS_TIER_3 = -1e3
+TRADEOFFS = np.concatenate([[0.0], np.geomspace(1e-3, 1e2, 201)])
 
 
-def calibrate(records: list[Record], probabilities: np.ndarray, target: float, confidence: float = 0.95,
-              resamples: int = 300, seed: int = 0) -> tuple[tuple[float, float], dict]:
-    """(thresholds, facts) for `target` quality vs frontier at `confidence`; falls back to always tier 3."""
+WINDOW = 500
+
+
+def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, target: float,
+              confidence: float = 0.95, window: int = WINDOW, resamples: int = 300,
+              seed: int = 0) -> tuple[float, dict]:
+    """(tradeoff, facts) for `target` quality vs frontier on `window` new queries at `confidence`;
+    falls back to always tier 3."""
     ok, cost = arrays(records)
     rows = np.arange(len(records))
-    # Poisson(1) weights: a bootstrap that vectorises over all resamples at once.
-    weights = np.random.default_rng(seed).poisson(1.0, size=(resamples, len(records))).astype(np.float64)
+    n = len(records)
+    sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
+    # Poisson weights: a bootstrap of expected size `sample` that vectorises over all resamples at once.
+    weights = np.random.default_rng(seed).poisson(sample / n, size=(resamples, n)).astype(np.float64)
     frontier = weights @ ok[:, 2]
-    best, best_cost, best_facts = (0.0, 0.0), float("inf"), {}
-    for escalate_2 in GRID:
-        for escalate_3 in GRID:
-            tiers = decide(probabilities, (escalate_2, escalate_3))
-            chosen_cost = cost[rows, tiers - 1].sum()
-            if chosen_cost >= best_cost:
-                continue
-            quality = (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12)
-            lower = float(np.quantile(quality, 1 - confidence))
-            if lower >= target:
-                best, best_cost = (float(escalate_2), float(escalate_3)), chosen_cost
-                best_facts = {"quality_vs_frontier_lower_bound": lower,
-                              "quality_vs_frontier": float(ok[rows, tiers - 1].mean() / ok[:, 2].mean()),
-                              "cost_savings": float(1 - chosen_cost / cost[:, 2].sum())}
-    return best, best_facts or {"fallback": "no thresholds met the bound: always tier 3"}
+    best, best_cost, best_facts = ALWAYS_TIER_3, float("inf"), {}
+    for tradeoff in TRADEOFFS:
+        tiers = decide(probabilities, relative_cost, tradeoff)
+        chosen_cost = cost[rows, tiers - 1].sum()
+        if chosen_cost >= best_cost:
+            continue
+        quality = (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12)
+        lower = float(np.quantile(quality, 1 - confidence))
+        if lower >= target:
+            best, best_cost = float(tradeoff), chosen_cost
+            best_facts = {"quality_vs_frontier_lower_bound": lower,
+                          "quality_vs_frontier": float(ok[rows, tiers - 1].mean() / ok[:, 2].mean()),
+                          "cost_savings": float(1 - chosen_cost / cost[:, 2].sum())}
+    return best, best_facts or {"fallback": "no tradeoff met the bound: always tier 3"}

@@ -1,7 +1,13 @@
-"""Tier heads: small logistic-regression models over the sentence embedding, applied with numpy.
+"""Tier heads: per-tier success models over the sentence embedding, applied with numpy.
 
-A head file (JSON, format "tierwise.head/v1") holds the weights, the tier of each output column, the
-calibrated decision thresholds and a model card. Many heads share one encoder pass.
+A head predicts, for each tier t, P(tier t answers acceptably) with an independent logistic model, and
+routes to the tier with the best expected quality net of cost: argmax_t P_t - tradeoff * relative_cost_t
+(ties go to the cheaper tier). `tradeoff` is the one operating knob; it is calibrated per quality target.
+Queries no tier solves get low P_t everywhere, so the rule sends them to the cheapest tier by itself.
+
+A head file (JSON, format "tierwise.head/v2") holds the weights, the relative cost of each tier for the
+model lineup it was trained on, the calibrated tradeoffs and a model card. Many heads share one encoder
+pass. Why per-tier success heads instead of one oracle-tier label: docs/decisions/0007.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "tierwise.head/v1"
+FORMAT = "tierwise.head/v2"
 TIERS = (1, 2, 3)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -22,47 +28,52 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 class TierHead:
     name: str
     version: str
-    coef: np.ndarray  # (3, dimension)
+    coef: np.ndarray  # (3, dimension): one logistic model per tier
     intercept: np.ndarray  # (3,)
-    # Escalate to tier 2 when P(tier >= 2) >= thresholds[0]; to tier 3 when P(tier 3) >= thresholds[1].
-    thresholds: tuple[float, float] = (0.5, 0.5)
+    relative_cost: tuple[float, float, float] = (0.02, 0.2, 1.0)  # mean cost of each tier / tier 3's
+    tradeoff: float = 0.0  # the default target's; 0 = best expected quality regardless of cost
     target_quality: float = 0.0
     encoder: str = ""
+    models: tuple[str, ...] = ()  # the tier lineup the head was trained on; () = any lineup
     card: dict[str, str] = field(default_factory=dict)
-    # Thresholds calibrated per quality target ("0.95" -> (t2, t3)); `thresholds` is the default target's.
-    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)  # quality target ("0.95") -> tradeoff
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"head name {self.name!r} must match {_NAME.pattern}")
         if self.coef.ndim != 2 or self.coef.shape[0] != len(TIERS) or self.intercept.shape != (len(TIERS),):
             raise ValueError(f"head {self.name}: coef must be (3, d) and intercept (3,)")
+        if len(self.relative_cost) != len(TIERS) or min(self.relative_cost) < 0:
+            raise ValueError(f"head {self.name}: relative_cost must be 3 non-negative numbers")
+        if self.models and len(self.models) != len(TIERS):
+            raise ValueError(f"head {self.name}: models must name one model per tier, or none")
 
     @property
     def dimension(self) -> int:
         return self.coef.shape[1]
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """Softmax over tiers: (n, 3), columns P(tier 1), P(tier 2), P(tier 3)."""
+        """(n, 3): P(tier 1 acceptable), P(tier 2 acceptable), P(tier 3 acceptable); independent, no sum rule."""
         logits = embeddings @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
 
-    def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        """Cheapest tier allowed by the thresholds, per row."""
-        return decide(probabilities, self.thresholds)
+    def decide(self, probabilities: np.ndarray, tradeoff: float | None = None) -> np.ndarray:
+        """The chosen tier per row at `tradeoff` (default: the head's own)."""
+        return decide(probabilities, self.relative_cost, self.tradeoff if tradeoff is None else tradeoff)
 
-    def thresholds_for(self, target: float) -> tuple[float, float]:
-        """The thresholds calibrated for `target` quality vs frontier; KeyError if none were."""
+    def tradeoff_for(self, target: float) -> float:
+        """The tradeoff calibrated for `target` quality vs frontier; KeyError if none was."""
         key = f"{target:g}"
         if key in self.calibration:
             return self.calibration[key]
         if self.calibration or target != self.target_quality:
-            raise KeyError(f"head {self.name} has no thresholds calibrated for quality {key} "
+            raise KeyError(f"head {self.name} has no tradeoff calibrated for quality {key} "
                            f"(it has: {', '.join(sorted(self.calibration)) or self.target_quality}); "
                            "run `tierwise calibrate`")
-        return self.thresholds
+        return self.tradeoff
+
+    def serves(self, models: tuple[str, ...]) -> bool:
+        return tuple(self.models) == tuple(models)
 
     def to_json(self) -> dict:
         return {
@@ -71,9 +82,11 @@ class TierHead:
             "version": self.version,
             "tiers": list(TIERS),
             "encoder": self.encoder,
-            "thresholds": [round(float(t), 6) for t in self.thresholds],
+            "models": list(self.models),
+            "relative_cost": [round(float(c), 6) for c in self.relative_cost],
+            "tradeoff": round(float(self.tradeoff), 6),
             "target_quality": self.target_quality,
-            "calibration": {k: [round(float(t), 6) for t in v] for k, v in sorted(self.calibration.items())},
+            "calibration": {k: round(float(v), 6) for k, v in sorted(self.calibration.items())},
             "card": self.card,
             "intercept": [round(float(v), 6) for v in self.intercept],
             "coef": [[round(float(v), 6) for v in row] for row in self.coef],
@@ -86,9 +99,9 @@ class TierHead:
         tmp.replace(path)
 
     def versioned(self, when: str) -> "TierHead":
-        """This head under a version derived from its content, so any change of weights or thresholds shows."""
+        """This head under a version derived from its content, so any change of weights or tradeoffs shows."""
         content = self.coef.tobytes() + self.intercept.tobytes() + json.dumps(
-            [list(self.thresholds), sorted(self.calibration.items())]).encode()
+            [self.tradeoff, list(self.relative_cost), sorted(self.calibration.items())]).encode()
         return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
 
     def publish(self, directory: Path) -> None:
@@ -98,17 +111,19 @@ class TierHead:
 
     def model_card(self) -> str:
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.card.items())
-        return (f"# Tier head `{self.name}`\n\nVersion `{self.version}`; thresholds "
-                f"P(tier>=2) >= {self.thresholds[0]}, P(tier 3) >= {self.thresholds[1]} "
-                f"(target quality vs frontier {self.target_quality}).\n\n"
+        lineup = " / ".join(self.models) if self.models else "any (pooled lineups)"
+        return (f"# Tier head `{self.name}`\n\nVersion `{self.version}`. Lineup (tiers 1/2/3): {lineup}. "
+                f"Routes to argmax_t P(tier t acceptable) - {self.tradeoff:g} x relative cost "
+                f"{list(self.relative_cost)} (target quality vs frontier {self.target_quality}).\n\n"
                 "Held-out numbers are measured on the records whose id hash puts them in the test fifth; "
-                "those records were never used to fit or calibrate.\n\n| fact | value |\n|---|---|\n" + rows + "\n")
+                "those records were never used to fit, select or calibrate.\n\n| fact | value |\n|---|---|\n"
+                + rows + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "TierHead":
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+            raise ValueError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}; retrain it with `tierwise train`")
         if list(data["tiers"]) != list(TIERS):
             raise ValueError(f"{path}: tiers must be {list(TIERS)}")
         return cls(
@@ -116,20 +131,19 @@ class TierHead:
             version=data["version"],
             coef=np.asarray(data["coef"], dtype=np.float32),
             intercept=np.asarray(data["intercept"], dtype=np.float32),
-            thresholds=tuple(float(t) for t in data["thresholds"]),
+            relative_cost=tuple(float(c) for c in data["relative_cost"]),
+            tradeoff=float(data["tradeoff"]),
             target_quality=float(data.get("target_quality", 0.0)),
             encoder=data.get("encoder", ""),
+            models=tuple(str(m) for m in data.get("models", [])),
             card={str(k): str(v) for k, v in data.get("card", {}).items()},
-            calibration={str(k): (float(v[0]), float(v[1])) for k, v in data.get("calibration", {}).items()},
+            calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
         )
 
 
-def decide(probabilities: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
-    escalate_2, escalate_3 = thresholds
-    tiers = np.ones(len(probabilities), dtype=np.int32)
-    tiers[probabilities[:, 1] + probabilities[:, 2] >= escalate_2] = 2
-    tiers[probabilities[:, 2] >= escalate_3] = 3
-    return tiers
+def decide(probabilities: np.ndarray, relative_cost, tradeoff: float) -> np.ndarray:
+    """Tier (1..3) per row maximising P(acceptable) - tradeoff * relative cost; argmax keeps the cheaper on ties."""
+    return np.argmax(probabilities - tradeoff * np.asarray(relative_cost), axis=1).astype(np.int32) + 1
 
 
 class HeadRegistry:
@@ -147,11 +161,14 @@ class HeadRegistry:
 
     @classmethod
     def from_dir(cls, directory: Path, default: str | None = None) -> "HeadRegistry":
-        """Load every <name>/head.json below `directory`."""
+        """Load every <name>/head.json below `directory`; "default" is the default head when present."""
         paths = sorted(Path(directory).glob("*/head.json"))
         if not paths:
             raise FileNotFoundError(f"no */head.json under {directory}")
-        return cls([TierHead.load(p) for p in paths], default)
+        heads = [TierHead.load(p) for p in paths]
+        if default is None and any(h.name == "default" for h in heads):
+            default = "default"
+        return cls(heads, default)
 
     @property
     def names(self) -> list[str]:
@@ -159,6 +176,10 @@ class HeadRegistry:
 
     def get(self, name: str) -> TierHead | None:
         return self._heads.get(name or self.default)
+
+    def for_lineup(self, models: tuple[str, ...]) -> TierHead:
+        """The head trained on exactly this tier lineup, else the default head."""
+        return next((h for h in self if h.models and h.serves(models)), self._heads[self.default])
 
     def __iter__(self):
         return iter(self._heads[n] for n in self.names)

@@ -83,8 +83,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             encoder = self._ready_encoder()
             return pb.ListHeadsResponse(
                 heads=[pb.HeadInfo(name=h.name, version=h.version, is_default=h.name == self.heads.default,
-                                   tiers=[1, 2, 3], thresholds=list(h.thresholds), target_quality=h.target_quality,
-                                   card=h.card) for h in self.heads],
+                                   tiers=[1, 2, 3], target_quality=h.target_quality, card=h.card,
+                                   tradeoff=h.tradeoff, relative_cost=h.relative_cost, models=h.models,
+                                   calibration=h.calibration) for h in self.heads],
                 encoder=pb.EncoderInfo(name=encoder.name, version=encoder.version,
                                        dimension=encoder.dimension, max_tokens=encoder.max_tokens),
                 default_head=self.heads.default,
@@ -122,7 +123,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         return [
             pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
                                 encoder_version=encoder.version, confidence=probs[tier - 1],
-                                thresholds=list(head.thresholds), cache_hit=i not in miss_set,
+                                tradeoff=head.tradeoff, relative_cost=head.relative_cost, cache_hit=i not in miss_set,
                                 input_tokens=tokens, truncated=truncated)
             for i, (tier, probs, tokens, truncated) in enumerate(cached)
         ]

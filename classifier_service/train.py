@@ -1,29 +1,31 @@
-"""Fit the tier head served by the classifier: logistic regression on sentence embeddings.
+"""Fit the tier head served by the classifier: one logistic model per tier over sentence embeddings.
 
-Label = oracle tier (cheapest acceptable tier; unsolvable queries count as tier 1). One record in five,
-chosen by id hash, is held out and only ever scored. Thresholds are calibrated on out-of-fold
-predictions of the development part, never on the held-out part.
+Label of tier t's model = "tier t's recorded answer was acceptable". One record in five, chosen by id
+hash, is held out and only ever scored. The regularisation strength is chosen, and the tradeoff
+calibrated, on out-of-fold predictions of the development part, never on the held-out part.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold
 from tqdm import tqdm
 
-from tierwise.data import Record, load, split
-from tierwise.metrics import QUALITY_TARGETS, routing_metrics
+from tierwise.data import Record, arrays, load, split
+from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality
 
-from .calibration import calibrate
+from .calibration import TRADEOFFS, WINDOW, calibrate
 from .encoder import Encoder
 from .heads import TierHead, decide
 
 ROOT = Path(__file__).resolve().parent.parent
+C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
@@ -45,11 +47,50 @@ def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> n
     return out
 
 
-def fit(x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, max_iter=2000).fit(x, y)
+def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (3, d), intercept (3,)) of one logistic model per tier; a tier that always (or never) succeeds
+    in the data gets a constant model at its smoothed success rate."""
+    coef = np.zeros((3, x.shape[1]), dtype=np.float32)
+    intercept = np.zeros(3, dtype=np.float32)
+    for t in range(3):
+        if ok[:, t].min() == ok[:, t].max():
+            rate = (ok[:, t].sum() + 0.5) / (len(ok) + 1.0)
+            intercept[t] = np.log(rate / (1 - rate))
+            continue
+        model = LogisticRegression(C=c, max_iter=3000).fit(x, ok[:, t])
+        coef[t], intercept[t] = model.coef_[0], model.intercept_[0]
+    return coef, intercept
 
 
-def train(data: list[Path], out: Path, name: str, target_quality: float, c: float, seed: int = 0) -> TierHead:
+def success(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x @ coef.T + intercept, -40, 40)))
+
+
+def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int) -> np.ndarray:
+    oof = np.zeros(ok.shape)
+    for tr, va in KFold(5, shuffle=True, random_state=seed).split(x):
+        oof[va] = success(x[va], *fit(x[tr], ok[tr], c))
+    return oof
+
+
+def log_loss(p: np.ndarray, ok: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(ok * np.log(p) + (1 - ok) * np.log(1 - p)))
+
+
+def relative_cost(records: list[Record]) -> tuple[float, float, float]:
+    cost = arrays(records)[1].mean(axis=0)
+    return tuple(float(c / cost[2]) for c in cost)
+
+
+def lineup(records: list[Record]) -> tuple[str, ...]:
+    """The records' tier models when they all share one lineup; () for a pool of lineups."""
+    lineups = Counter(r.models for r in records)
+    return next(iter(lineups)) if len(lineups) == 1 and all(next(iter(lineups))) else ()
+
+
+def train(data: list[Path], out: Path, name: str, target_quality: float, c: float | None = None,
+          seed: int = 0) -> TierHead:
     records = load(data)
     dev, test = split(records)
     encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
@@ -57,42 +98,54 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     index = {id(r): i for i, r in enumerate(records)}
     x_dev = x_all[[index[id(r)] for r in dev]]
     x_test = x_all[[index[id(r)] for r in test]]
-    y_dev = np.array([r.oracle_tier for r in dev])
+    ok_dev = arrays(dev)[0].astype(np.float64)
+    costs = relative_cost(dev)
 
-    oof = np.zeros((len(dev), 3))
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    for tr, va in tqdm(list(folds.split(x_dev, y_dev)), desc="cross-validation", unit="fold"):
-        oof[va] = fit(x_dev[tr], y_dev[tr], c).predict_proba(x_dev[va])
+    grid = C_GRID if c is None else (c,)
+    losses, oofs = {}, {}
+    for value in tqdm(grid, desc="cross-validation", unit="C"):
+        oofs[value] = out_of_fold(x_dev, ok_dev, value, seed)
+        losses[value] = log_loss(oofs[value], ok_dev)
+    c = min(grid, key=losses.get)
+    oof = oofs[c]
     targets = sorted({*QUALITY_TARGETS, target_quality})
-    calibration = {f"{t:g}": calibrate(dev, oof, t)[0] for t in tqdm(targets, desc="calibration", unit="target")}
-    thresholds = calibration[f"{target_quality:g}"]
-    model = fit(x_dev, y_dev, c)
-    cv = routing_metrics(dev, decide(oof, thresholds))
-    held = routing_metrics(test, decide(model.predict_proba(x_test), thresholds))
-    held_argmax = routing_metrics(test, model.predict_proba(x_test).argmax(1) + 1)
+    calibration = {f"{t:g}": calibrate(dev, oof, costs, t)[0] for t in tqdm(targets, desc="calibration", unit="target")}
+    tradeoff = calibration[f"{target_quality:g}"]
+    coef, intercept = fit(x_dev, ok_dev, c)
+    p_test = success(x_test, coef, intercept)
+    cv = routing_metrics(dev, decide(oof, costs, tradeoff))
+    held = routing_metrics(test, decide(p_test, costs, tradeoff))
+    points = [(m["quality_vs_frontier"], m["cost_savings"])
+              for m in (routing_metrics(test, decide(p_test, costs, t)) for t in TRADEOFFS)]
 
     when = time.strftime("%Y-%m-%d")
+    models = lineup(records)
     card = {
         "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
-        "split": "sha256(id) % 5 == 0 held out; train and calibrate on the rest",
+        "lineup": " / ".join(models) if models else "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})),
+        "split": "sha256(id) % 5 == 0 held out; fit, select and calibrate on the rest",
         "trained": when,
         "encoder": encoder.version,
-        "model": f"multinomial logistic regression, C={c}, label = oracle tier (unsolvable -> 1)",
-        "calibration": (f"per target {', '.join(calibration)}: cheapest thresholds whose 95% lower bootstrap bound of "
-                        "quality vs frontier meets the target, on 5-fold out-of-fold predictions of the dev part"),
+        "model": f"per-tier logistic regression P(tier t acceptable), C={c:g} chosen by 5-fold out-of-fold log loss "
+                 f"({', '.join(f'{k:g}: {v:.4f}' for k, v in losses.items())})",
+        "rule": "tier = argmax_t P_t - tradeoff x relative_cost_t",
+        "calibration": (f"per target {', '.join(calibration)}: the cheapest tradeoff whose 95% lower bootstrap bound "
+                        f"of quality vs frontier over a window of {WINDOW} new queries meets the target, on out-of-fold "
+                        "predictions of the dev part"),
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
         **{f"held_out_{k}": _fmt(v) for k, v in held.items()},
-        "held_out_argmax_accuracy": _fmt(held_argmax["accuracy"]),
+        **{f"held_out_savings_at_{q:g}_curve": _fmt(savings_at_quality(points, q)) for q in QUALITY_TARGETS},
     }
-    head = TierHead(name=name, version="", coef=model.coef_.astype(np.float32),
-                    intercept=model.intercept_.astype(np.float32), thresholds=thresholds,
-                    target_quality=target_quality, encoder=encoder.version, card=card,
+    head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
+                    target_quality=target_quality, encoder=encoder.version, models=models, card=card,
                     calibration=calibration).versioned(when)
     head.publish(out)
     return head
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "none"
     return json.dumps([round(x, 4) for x in v]) if isinstance(v, list) else f"{v:.4f}"

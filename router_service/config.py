@@ -57,7 +57,7 @@ class TierConfig:
 class ClassifierConfig:
     address: str = doc("classifier service host:port (--classifier overrides)", "127.0.0.1:50051")
     timeout_ms: float = doc("budget for the classifier hop; past it the router degrades to heuristic", 50.0)
-    head: str = doc("classifier head (\"\" = the classifier's default)", "")
+    head: str = doc("classifier head, ideally the one trained on this tier lineup (\"\" = the classifier's default)", "")
 
 
 @dataclass(frozen=True)

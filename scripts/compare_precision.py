@@ -50,7 +50,6 @@ def main() -> None:
         emb = encoder.embed(queries)
         tiers[precision] = head.decide(head.probabilities(emb))
         m = routing_metrics(test, tiers[precision])
-        m["argmax_accuracy"] = routing_metrics(test, head.probabilities(emb).argmax(1) + 1)["accuracy"]
         solo = Encoder(cfg.encoder_dir, precision, threads=1)
         m["p50_ms_short_1thread"] = single_query_ms(solo, [f"What is the capital of country {i}?" for i in range(100)])
         m["p50_ms_heldout_1thread"] = single_query_ms(solo, queries[:100])

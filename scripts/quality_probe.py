@@ -1,12 +1,15 @@
-"""First measurements for the routing-quality issue: savings at quality targets on the held-out part.
+"""Reproduce the head comparison of docs/decisions/0007 on each dev file's held-out fifth.
 
-Compares, on each dev file's held-out fifth (sha256(id) % 5 == 0), using the int8 embeddings cached by
-`tierwise train` (run `make train` first):
-  - multiclass: the shipped kind of head (oracle-tier logistic regression), both thresholds swept;
-  - utility: per-tier success heads P(tier t acceptable), choose argmax_t P_t - lambda * relative cost_t,
-    lambda swept;
-  - bar: cheapest tier whose success probability clears one bar, bar swept.
-Prints savings@{90,95,99}% quality vs frontier. Usage: .venv/bin/python scripts/quality_probe.py
+Heads are fitted on the development part only (sha256(id) % 5 != 0) from the int8 embeddings cached by
+`tierwise train` (run `make train` first), then swept over the held-out part:
+  - multiclass: the previous kind of head, softmax over the oracle tier, ordinal thresholds (t2, t3);
+  - success (pooled): one logistic model per tier, fitted on all lineups, argmax_t P_t - tradeoff*cost_t;
+  - success (per lineup): the same, fitted on the evaluated file's lineup only (what ships).
+Prints savings@{90,95,99}% quality vs frontier (the `curve` figure of `tierwise eval`).
+With --calibration-check: a dev-only check of the calibration bound instead. The tradeoff is
+calibrated on out-of-fold predictions of 4/5 of each file's dev part and scored on the last fifth,
+with the plain bound (window 0) and the 500-query window bound.
+Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check]
 """
 from __future__ import annotations
 
@@ -19,44 +22,64 @@ from sklearn.linear_model import LogisticRegression
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from classifier_service.calibration import TRADEOFFS, calibrate  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide  # noqa: E402
+from classifier_service.train import fit, out_of_fold, relative_cost, success  # noqa: E402
 from classifier_service.train import embed_records  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
+from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality  # noqa: E402
 
-TARGETS = (0.90, 0.95, 0.99)
+
+def curve(records, choices) -> str:
+    points = [(m["quality_vs_frontier"], m["cost_savings"]) for m in (routing_metrics(records, t) for t in choices)]
+    return "/".join(f"{s:.0%}" if s is not None else "none" for s in (savings_at_quality(points, q) for q in QUALITY_TARGETS))
 
 
-def savings_at(ok: np.ndarray, cost: np.ndarray, choices: list[np.ndarray]) -> list[float]:
-    rows = np.arange(len(ok))
-    points = [(ok[rows, t].mean() / ok[:, 2].mean(), 1 - cost[rows, t].sum() / cost[:, 2].sum()) for t in choices]
-    return [max((s for q, s in points if q >= target), default=float("nan")) for target in TARGETS]
+def ordinal(p: np.ndarray, t2: float, t3: float) -> np.ndarray:
+    return np.where(p[:, 2] >= t3, 3, np.where(p[:, 1] + p[:, 2] >= t2, 2, 1))
+
+
+def calibration_check(records, x, ok, source, dev) -> None:
+    from sklearn.model_selection import KFold
+
+    for name in sorted(set(source)):
+        idx = np.where(dev & (source == name))[0]
+        part = [records[i] for i in idx]
+        oof, cost = out_of_fold(x[idx], ok[idx], 0.5, 0), relative_cost(part)
+        for window in (0, 500):
+            cells = []
+            for tr, va in KFold(5, shuffle=True, random_state=1).split(idx):
+                tradeoff, _ = calibrate([part[i] for i in tr], oof[tr], cost, 0.95, window=window)
+                m = routing_metrics([part[i] for i in va], decide(oof[va], cost, tradeoff))
+                cells.append(f"{m['quality_vs_frontier']:.3f}/{m['cost_savings']:.0%}")
+            print(f"{name} window {window}: quality vs frontier / savings per unseen dev fold: {', '.join(cells)}",
+                  flush=True)
 
 
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
-    ok, cost = arrays(records)
+    ok = arrays(records)[0].astype(float)
     source = np.array([r.source for r in records])
     held = np.array([r.held_out for r in records])
     dev = ~held
-    success = np.column_stack([LogisticRegression(max_iter=2000).fit(x[dev], ok[dev, t]).predict_proba(x)[:, 1]
-                               for t in range(3)])
+    if "--calibration-check" in sys.argv:
+        return calibration_check(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
-    multiclass = LogisticRegression(max_iter=2000).fit(x[dev], oracle[dev]).predict_proba(x)
-    relative_cost = cost[dev].mean(0) / cost[dev, 2].mean()
+    multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
+    pooled = success(x, *fit(x[dev], ok[dev], 0.5))
     grid = np.linspace(0, 1, 41)
     for name in sorted(set(source)):
-        idx = held & (source == name)
-        o, c, p, m = ok[idx], cost[idx], success[idx], multiclass[idx]
-        methods = {
-            "multiclass": [decide(m, (a, b)) - 1 for a in grid for b in grid],
-            "utility": [np.argmax(p - lam * relative_cost, axis=1)
-                        for lam in np.concatenate([[0], np.geomspace(1e-3, 100, 400)])],
-            "bar": [np.where(p[:, 0] >= b, 0, np.where(p[:, 1] >= b, 1, 2)) for b in np.linspace(0, 1, 201)],
-        }
-        cells = ", ".join(f"{k} {'/'.join(f'{s:.0%}' for s in savings_at(o, c, v))}" for k, v in methods.items())
-        print(f"{name} (n={idx.sum()} held out) savings@90/95/99: {cells}")
+        part = dev & (source == name)
+        idx = np.where(held & (source == name))[0]
+        test = [records[i] for i in idx]
+        cost = relative_cost([records[i] for i in np.where(part)[0]])
+        own = success(x[idx], *fit(x[part], ok[part], 0.5))
+        print(f"{name} (n={len(idx)} held out) savings@90/95/99: "
+              f"multiclass {curve(test, [ordinal(multiclass[idx], a, b) for a in grid for b in grid])}, "
+              f"success pooled {curve(test, [decide(pooled[idx], cost, t) for t in TRADEOFFS])}, "
+              f"success per lineup {curve(test, [decide(own, cost, t) for t in TRADEOFFS])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,16 @@ def test_health_goes_not_serving_then_serving():
         assert service.stop() == 0
 
 
-def test_classify_answers_with_a_tier_and_a_distribution(stub):
+def test_classify_answers_with_a_tier_and_per_tier_success_probabilities(stub):
     reply = stub.Classify(pb.ClassifyRequest(text="What is the capital of France?"), timeout=10)
     assert reply.tier in (1, 2, 3)
-    assert len(reply.probabilities) == 3 and sum(reply.probabilities) == pytest.approx(1, abs=1e-5)
+    assert len(reply.probabilities) == 3 and all(0 < p < 1 for p in reply.probabilities)
     assert reply.confidence == pytest.approx(reply.probabilities[reply.tier - 1])
+    net = [p - reply.tradeoff * c for p, c in zip(reply.probabilities, reply.relative_cost)]
+    assert reply.tier == 1 + net.index(max(net)), "the tier maximises success net of cost"
     assert reply.head == "default" and reply.head_version.startswith("default-")
     assert reply.encoder_version.startswith("all-MiniLM-L6-v2/onnx-int8@")
-    assert reply.input_tokens > 2 and not reply.truncated and len(reply.thresholds) == 2
+    assert reply.input_tokens > 2 and not reply.truncated and len(reply.relative_cost) == 3
 
 
 def test_classify_and_classify_batch_agree(stub):
@@ -108,9 +110,14 @@ def test_server_survives_bad_input_and_still_answers(stub):
 def test_list_heads_describes_heads_encoder_and_limits(stub):
     reply = stub.ListHeads(pb.ListHeadsRequest(), timeout=10)
     assert reply.default_head == "default"
-    assert [h.name for h in reply.heads] == ["default"]
-    assert reply.heads[0].is_default and list(reply.heads[0].tiers) == [1, 2, 3]
-    assert "held_out_accuracy" in reply.heads[0].card
+    heads = {h.name: h for h in reply.heads}
+    assert "default" in heads and [h.name for h in reply.heads if h.is_default] == ["default"]
+    assert list(heads["default"].tiers) == [1, 2, 3] and not heads["default"].models, "default serves any lineup"
+    for head in reply.heads:
+        assert "held_out_quality_vs_frontier" in head.card and len(head.relative_cost) == 3
+        assert head.relative_cost[2] == pytest.approx(1.0) and "0.95" in head.calibration
+        assert head.tradeoff == pytest.approx(head.calibration["0.95"])
+    assert any(len(h.models) == 3 for h in reply.heads), "the committed lineup heads name their models"
     assert reply.encoder.dimension == 384 and reply.encoder.max_tokens == 256
     assert reply.max_batch == 256 and reply.max_text_bytes == 32 * 1024
 
@@ -170,7 +177,7 @@ def test_several_heads_share_one_encoder(tmp_path):
 
     default = TierHead.load(Config().heads_dir / "default" / "head.json")
     strict = TierHead(name="strict", version="strict-1", coef=default.coef, intercept=default.intercept,
-                      thresholds=(0.99, 0.99))
+                      relative_cost=default.relative_cost, tradeoff=100.0)
     default.save(tmp_path / "default" / "head.json")
     strict.save(tmp_path / "strict" / "head.json")
     service = start_classifier("--heads-dir", str(tmp_path))
@@ -183,8 +190,8 @@ def test_several_heads_share_one_encoder(tmp_path):
             b = stub.Classify(pb.ClassifyRequest(text=text, head="strict"), timeout=10)
             assert (a.head, b.head) == ("default", "strict") and b.head_version == "strict-1"
             assert not b.cache_hit, "the cache is keyed by head version"
-            # Same weights, stricter thresholds: same probabilities, never a higher tier.
+            # Same weights, a tradeoff that prices cost far above quality: same probabilities, tier 1.
             assert list(a.probabilities) == pytest.approx(list(b.probabilities), abs=1e-6)
-            assert b.tier <= a.tier and list(b.thresholds) == pytest.approx([0.99, 0.99])
+            assert b.tier == 1 and b.tradeoff == pytest.approx(100.0)
     finally:
         assert service.stop() == 0

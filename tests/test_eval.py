@@ -63,10 +63,11 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
             f.write(json.dumps({"id": r.id, "source": r.source, "task": r.task, "query": r.query, "outcomes": [
                 {"tier": t + 1, "model": f"m{t}", "score": r.scores[t], "cost_usd": r.costs[t],
                  "cost_estimated": True, "response": r.responses[t]} for t in range(3)]}) + "\n")
-    for strategy in ("heuristic", "cascade", "oracle"):
+    for strategy in ("heuristic", "embedding", "cascade", "oracle"):
         assert main(["eval", "--data", str(data), "--strategy", strategy, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert set(out) == {"strategy", "n", "target_quality", "not_replayable", "operating_point", "curve"}
+        extra = {"heads"} if strategy == "embedding" else set()
+        assert set(out) == {"strategy", "n", "target_quality", "not_replayable", "operating_point", "curve", *extra}
         assert set(out["operating_point"]) == {"accuracy", "cost_savings", "quality_preserved", "answer_quality",
                                                "quality_vs_frontier", "tier_mix", "avg_latency_overhead_ms"}
         assert set(out["curve"]) == {"savings_at_quality", "aiq"}
@@ -79,23 +80,29 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Record], np.ndarray]:
-    """Records whose oracle tier is drawn from known probabilities (the 'head' is exact)."""
+    """Records whose per-tier success is drawn from known probabilities (the 'head' is exact)."""
     rng = np.random.default_rng(seed)
-    probs = rng.dirichlet((2.0, 1.0, 0.6), size=n)
-    oracle = np.array([rng.choice(3, p=p) for p in probs]) + 1
-    records = [record(i, tuple(float(t >= o) for t in (1, 2, 3))) for i, o in enumerate(oracle)]
-    return records, probs
+    probs = np.sort(rng.beta(2.0, 1.2, size=(n, 3)), axis=1)  # better tiers succeed more often
+    ok = rng.random((n, 3)) < probs
+    return [record(i, tuple(float(v) for v in row)) for i, row in enumerate(ok)], probs
 
 
 def test_calibration_meets_its_target_on_new_data():
+    relative_cost = (0.01, 0.1, 1.0)
     calib, calib_probs = synthetic(3000, seed=1)
-    thresholds, facts = calibrate(calib, calib_probs, target=0.95)
+    tradeoff, facts = calibrate(calib, calib_probs, relative_cost, target=0.95)
     assert facts["quality_vs_frontier_lower_bound"] >= 0.95
     assert facts["cost_savings"] > 0.3, "a calibrated router must still save money here"
     for seed in (2, 3, 4):
         fresh, fresh_probs = synthetic(3000, seed)
-        m = routing_metrics(fresh, decide(fresh_probs, thresholds))
-        assert m["quality_vs_frontier"] >= 0.95, (seed, thresholds, m)
+        m = routing_metrics(fresh, decide(fresh_probs, relative_cost, tradeoff))
+        assert m["quality_vs_frontier"] >= 0.95, (seed, tradeoff, m)
+
+
+def test_calibration_falls_back_to_always_tier_3_when_nothing_meets_the_target():
+    calib, calib_probs = synthetic(300, seed=1)
+    tradeoff, facts = calibrate(calib, calib_probs, (0.01, 0.1, 1.0), target=1.2)
+    assert decide(calib_probs, (0.01, 0.1, 1.0), tradeoff).tolist() == [3] * 300 and "fallback" in facts
 
 
 def test_records_without_responses_are_reported_not_replayable():

@@ -44,7 +44,7 @@ def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
 
         attrs = attributes(root)
         assert attrs["tierwise.strategy"] == "embedding" and attrs["tierwise.tier"] == reply.decision.tier
-        assert len(attrs["tierwise.probabilities"]) == 3 and len(attrs["tierwise.thresholds"]) == 2
+        assert len(attrs["tierwise.probabilities"]) == 3 and len(attrs["tierwise.thresholds"]) == 1
         assert attrs["tierwise.head_version"] == reply.decision.head_version
         assert attrs["gen_ai.request.model"] == reply.model
         assert attrs["gen_ai.usage.input_tokens"] == reply.usage.input_tokens

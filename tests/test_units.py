@@ -11,34 +11,53 @@ from tierwise.data import Record
 from tierwise.metrics import routing_metrics
 
 
-def make_head(name="h", thresholds=(0.5, 0.5)) -> TierHead:
+def make_head(name="h", tradeoff=0.5, models=()) -> TierHead:
     rng = np.random.default_rng(0)
     return TierHead(name=name, version=f"{name}-1", coef=rng.normal(size=(3, 8)).astype(np.float32),
-                    intercept=np.zeros(3, np.float32), thresholds=thresholds)
+                    intercept=np.zeros(3, np.float32), relative_cost=(0.01, 0.1, 1.0), tradeoff=tradeoff,
+                    models=models)
 
 
-def test_probabilities_are_a_distribution():
+def test_probabilities_are_per_tier_success_probabilities():
     head = make_head()
-    p = head.probabilities(np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32))
-    assert p.shape == (5, 3)
-    np.testing.assert_allclose(p.sum(1), 1, atol=1e-6)
-    assert (p >= 0).all()
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    p = head.probabilities(x)
+    assert p.shape == (5, 3) and ((p > 0) & (p < 1)).all()
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(x @ head.coef.T))), rtol=1e-5)
 
 
-def test_decide_applies_ordinal_thresholds():
-    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]])
-    assert decide(probs, (0.5, 0.5)).tolist() == [1, 2, 3, 2]
-    assert decide(probs, (0.9, 0.35)).tolist() == [1, 1, 3, 3]
+def test_decide_maximises_success_net_of_cost():
+    probs = np.array([[0.9, 0.9, 0.9], [0.2, 0.8, 0.85], [0.1, 0.2, 0.9], [0.1, 0.1, 0.1]])
+    cost = (0.01, 0.1, 1.0)
+    # tradeoff 0: best expected quality, cheaper tier on ties; unsolvable rows go to tier 1
+    assert decide(probs, cost, 0.0).tolist() == [1, 3, 3, 1]
+    # 0.1: row 1 gives up 0.05 of P to save 0.09 of cost (worth 0.009) -> tier 2; row 2 keeps tier 3
+    assert decide(probs, cost, 0.1).tolist() == [1, 2, 3, 1]
+    assert decide(probs, cost, 20.0).tolist() == [1, 1, 1, 1]
+    assert decide(probs, cost, -1e3).tolist() == [3, 3, 3, 3], "a large negative tradeoff means always tier 3"
 
 
 def test_head_round_trips_through_json(tmp_path):
-    head = make_head(thresholds=(0.3, 0.6))
+    head = make_head(tradeoff=0.3, models=("a", "b", "c"))
     head.save(tmp_path / "h" / "head.json")
     loaded = TierHead.load(tmp_path / "h" / "head.json")
-    assert loaded.version == head.version and loaded.thresholds == (0.3, 0.6)
+    assert loaded.version == head.version and loaded.tradeoff == 0.3 and loaded.models == ("a", "b", "c")
+    assert loaded.relative_cost == (0.01, 0.1, 1.0)
     np.testing.assert_allclose(loaded.coef, head.coef, atol=1e-5)
     registry = HeadRegistry.from_dir(tmp_path)
     assert registry.names == ["h"] and registry.get("").name == "h" and registry.get("other") is None
+
+
+def test_registry_picks_the_head_trained_on_a_lineup():
+    registry = HeadRegistry([make_head("default"), make_head("abc", models=("a", "b", "c"))], "default")
+    assert registry.for_lineup(("a", "b", "c")).name == "abc"
+    assert registry.for_lineup(("a", "b", "x")).name == "default"
+
+
+def test_old_head_format_is_refused_with_a_way_out(tmp_path):
+    (tmp_path / "head.json").write_text('{"format": "tierwise.head/v1", "tiers": [1, 2, 3]}')
+    with pytest.raises(ValueError, match="retrain it with `tierwise train`"):
+        TierHead.load(tmp_path / "head.json")
 
 
 def test_registry_rejects_bad_defaults_and_names():

@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
         print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
         return 2
     head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c)
-    print(f"wrote {args.out / args.name / 'head.json'} version={head.version} thresholds={head.thresholds}")
+    print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out_")):
         print(f"  {key}: {head.card[key]}")
     return 0
@@ -105,17 +105,17 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
     probs = head.probabilities(embed_records(encoder, records, ROOT / "build" / "embeddings"))
-    thresholds, facts = calibrate(records, probs, args.target_quality)
+    tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
     key = f"{args.target_quality:g}"
-    calibration = {**head.calibration, key: thresholds}
-    card = {**head.card, f"calibration_{key}": f"{thresholds} on {len(records)} records, {time.strftime('%Y-%m-%d')}: "
+    calibration = {**head.calibration, key: tradeoff}
+    card = {**head.card, f"calibration_{key}": f"{tradeoff:g} on {len(records)} records, {time.strftime('%Y-%m-%d')}: "
             + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())}
     updated = dataclasses.replace(
         head, calibration=calibration, card=card,
-        thresholds=thresholds if args.target_quality == head.target_quality else head.thresholds,
+        tradeoff=tradeoff if args.target_quality == head.target_quality else head.tradeoff,
     ).versioned(time.strftime("%Y-%m-%d"))
     updated.publish(args.heads_dir / head.name)
-    print(f"{head.name}: quality {key} -> thresholds {thresholds} ({facts}); version {updated.version}")
+    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); version {updated.version}")
     return 0
 
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--out", type=Path, default=ROOT / "models" / "heads")
     tr.add_argument("--name", default="default")
     tr.add_argument("--target-quality", type=float, default=0.95)
-    tr.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
+    tr.add_argument("--c", type=float, help="inverse L2 regularisation strength (default: chosen by cross-validation)")
     tr.set_defaults(run=_train)
     ev = sub.add_parser("eval", help="replay strategies offline on benchmark records")
     ev.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
@@ -221,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--report", type=Path, help="write Markdown + PNG curves for every strategy and baseline here")
     ev.add_argument("--split", choices=("all", "held-out", "dev"), default="all",
                     help="held-out: only the fifth of each file (by id hash) that training never sees")
-    ev.add_argument("--head", default="", help="classifier head (default: the default head)")
+    ev.add_argument("--head", default="",
+                    help="classifier head (default: the head trained on the records' tier lineup, else the default head)")
     ev.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
     ev.set_defaults(run=_eval)
-    ca = sub.add_parser("calibrate", help="choose a head's thresholds for a quality target, with a confidence bound")
+    ca = sub.add_parser("calibrate", help="choose a head's tradeoff for a quality target, with a confidence bound")
     ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
     ca.add_argument("--target-quality", type=float, default=0.95)
     ca.add_argument("--head", default="default")

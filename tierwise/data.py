@@ -22,6 +22,7 @@ class Record:
     scores: tuple[float, float, float]  # per tier 1..3
     costs: tuple[float, float, float]
     responses: tuple[str | None, str | None, str | None]
+    models: tuple[str, str, str] = ("", "", "")  # the tier lineup that produced the outcomes
 
     @property
     def oracle_tier(self) -> int:
@@ -56,6 +57,7 @@ def load(paths: list[str | Path]) -> list[Record]:
                         scores=tuple(float(o["score"]) for o in tiers),
                         costs=tuple(float(o["cost_usd"]) for o in tiers),
                         responses=tuple(o.get("response") for o in tiers),
+                        models=tuple(str(o.get("model", "")) for o in tiers),
                     ))
                 except (KeyError, TypeError, ValueError) as err:
                     raise ValueError(f"{path}:{n}: not a routing record ({err!r})") from None

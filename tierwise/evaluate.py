@@ -8,7 +8,7 @@ recorded response and pays for every tier tried, so records without responses ar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,11 @@ class Replay:
     sweep: list[Outcome]
     latency_ms: float
     not_replayable: int = 0
+    detail: dict = field(default_factory=dict)  # e.g. which heads decided
 
     def result(self, target_quality: float) -> dict:
         head = {"strategy": self.name, "n": len(self.records), "target_quality": target_quality,
-                "not_replayable": self.not_replayable}
+                "not_replayable": self.not_replayable, **self.detail}
         if not self.records:
             return {**head, "operating_point": None, "curve": None}
         op = routing_metrics(self.records, self.operating_point.tiers, self.operating_point.paid)
@@ -97,22 +98,39 @@ def heuristic(records: list[Record]) -> Replay:
 
 def embedding(records: list[Record], target_quality: float, encoder_dir: Path, heads_dir: Path,
               head_name: str = "", cache_dir: Path | None = None) -> Replay:
-    from classifier_service.calibration import GRID
+    """Each record is routed by `head_name`, or by default by the head trained on its tier lineup (the
+    default head where none was)."""
+    from classifier_service.calibration import TRADEOFFS
     from classifier_service.encoder import Encoder
-    from classifier_service.heads import HeadRegistry, decide
+    from classifier_service.heads import HeadRegistry
     from classifier_service.train import embed_records
 
-    head = HeadRegistry.from_dir(heads_dir).get(head_name)
+    registry = HeadRegistry.from_dir(heads_dir)
+    if head_name and registry.get(head_name) is None:
+        raise KeyError(f"head: unknown head {head_name!r}; loaded heads: {', '.join(registry.names)}")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((registry.get(head_name) if head_name else registry.for_lineup(r.models)).name, []).append(i)
+    heads = {name: registry.get(name) for name in groups}
     encoder = Encoder(encoder_dir, "int8", threads=1)
     started = time.perf_counter()
     sample = [r.query for r in records[:50]]
     for text in sample:
         encoder.embed_tokens(encoder.tokenize([text]))
     latency = (time.perf_counter() - started) * 1e3 / max(len(sample), 1)
-    probs = head.probabilities(embed_records(encoder, records, cache_dir or encoder_dir.parent / "embeddings"))
-    op = _one_shot(records, decide(probs, head.thresholds_for(target_quality)))
-    sweep = [_one_shot(records, decide(probs, (a, b))) for a in GRID for b in GRID]
-    return Replay("embedding", records, op, sweep, latency)
+    x = embed_records(encoder, records, cache_dir or encoder_dir.parent / "embeddings")
+    probs = {name: heads[name].probabilities(x[idx]) for name, idx in groups.items()}
+
+    def route(tradeoff_of) -> Outcome:
+        tiers = np.ones(len(records), dtype=int)
+        for name, idx in groups.items():
+            tiers[idx] = heads[name].decide(probs[name], tradeoff_of(heads[name]))
+        return _one_shot(records, tiers)
+
+    op = route(lambda head: head.tradeoff_for(target_quality))
+    sweep = [route(lambda head, t=t: t) for t in TRADEOFFS]
+    used = {name: {"version": heads[name].version, "records": len(idx)} for name, idx in groups.items()}
+    return Replay("embedding", records, op, sweep, latency, detail={"heads": used})
 
 
 def cascade(records: list[Record]) -> Replay:

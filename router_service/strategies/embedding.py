@@ -1,4 +1,4 @@
-"""Ask the classifier service; its head's calibrated thresholds decide. Degrades to the heuristic."""
+"""Ask the classifier service; its head's calibrated tradeoff decides. Degrades to the heuristic."""
 from __future__ import annotations
 
 import time
@@ -28,6 +28,7 @@ class EmbeddingStrategy(Strategy):
             return (await self.fallback.decide(request)).degrade(self.name, why)
         p = tuple(reply.probabilities)
         return Decision(tier=reply.tier, strategy=self.name, probabilities=p, head_version=reply.head_version,
-                        thresholds=tuple(reply.thresholds),
-                        reason=f"P(tier>=2)={p[1] + p[2]:.2f} vs {reply.thresholds[0]:.2f}, "
-                               f"P(tier 3)={p[2]:.2f} vs {reply.thresholds[1]:.2f}")
+                        thresholds=(reply.tradeoff,),
+                        reason="P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p)
+                               + f" less {reply.tradeoff:.3g} x relative cost "
+                               + "/".join(f"{c:.3g}" for c in reply.relative_cost))

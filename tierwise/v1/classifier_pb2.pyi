@@ -15,28 +15,30 @@ class ClassifyRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "thresholds", "cache_hit", "input_tokens", "truncated")
+    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost")
     TIER_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
-    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TRADEOFF_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_COST_FIELD_NUMBER: _ClassVar[int]
     tier: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     head: str
     head_version: str
     encoder_version: str
     confidence: float
-    thresholds: _containers.RepeatedScalarFieldContainer[float]
     cache_hit: bool
     input_tokens: int
     truncated: bool
-    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., thresholds: _Optional[_Iterable[float]] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    tradeoff: float
+    relative_cost: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("texts", "head")
@@ -57,7 +59,7 @@ class ListHeadsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HeadInfo(_message.Message):
-    __slots__ = ("name", "version", "is_default", "tiers", "thresholds", "target_quality", "card")
+    __slots__ = ("name", "version", "is_default", "tiers", "target_quality", "card", "tradeoff", "relative_cost", "models", "calibration")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,21 +67,34 @@ class HeadInfo(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CalibrationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
-    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     TARGET_QUALITY_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
+    TRADEOFF_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_COST_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     is_default: bool
     tiers: _containers.RepeatedScalarFieldContainer[int]
-    thresholds: _containers.RepeatedScalarFieldContainer[float]
     target_quality: float
     card: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tiers: _Optional[_Iterable[int]] = ..., thresholds: _Optional[_Iterable[float]] = ..., target_quality: _Optional[float] = ..., card: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tradeoff: float
+    relative_cost: _containers.RepeatedScalarFieldContainer[float]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    calibration: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tiers: _Optional[_Iterable[int]] = ..., target_quality: _Optional[float] = ..., card: _Optional[_Mapping[str, str]] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., models: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class EncoderInfo(_message.Message):
     __slots__ = ("name", "version", "dimension", "max_tokens")
