@@ -54,8 +54,7 @@ class TierHead:
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, 3): P(tier 1 acceptable), P(tier 2 acceptable), P(tier 3 acceptable); independent, no sum rule."""
-        logits = embeddings @ self.coef.T + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
+        return success(embeddings, self.coef, self.intercept)
 
     def decide(self, probabilities: np.ndarray, tradeoff: float | None = None) -> np.ndarray:
         """The chosen tier per row at `tradeoff` (default: the head's own)."""
@@ -139,6 +138,11 @@ class TierHead:
             card={str(k): str(v) for k, v in data.get("card", {}).items()},
             calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
         )
+
+
+def success(embeddings: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Per-tier logistic models applied to embeddings: (n, 3) success probabilities."""
+    return 1.0 / (1.0 + np.exp(-np.clip(embeddings @ coef.T + intercept, -40, 40)))
 
 
 def decide(probabilities: np.ndarray, relative_cost, tradeoff: float) -> np.ndarray:

@@ -22,7 +22,7 @@ from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_qualit
 
 from .calibration import TRADEOFFS, WINDOW, calibrate
 from .encoder import Encoder
-from .heads import TierHead, decide
+from .heads import TierHead, decide, success
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -60,10 +60,6 @@ def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray
         model = LogisticRegression(C=c, max_iter=3000).fit(x, ok[:, t])
         coef[t], intercept[t] = model.coef_[0], model.intercept_[0]
     return coef, intercept
-
-
-def success(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x @ coef.T + intercept, -40, 40)))
 
 
 def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int) -> np.ndarray:

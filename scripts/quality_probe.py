@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from classifier_service.calibration import TRADEOFFS, calibrate  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
-from classifier_service.heads import decide  # noqa: E402
-from classifier_service.train import fit, out_of_fold, relative_cost, success  # noqa: E402
+from classifier_service.heads import decide, success  # noqa: E402
+from classifier_service.train import fit, out_of_fold, relative_cost  # noqa: E402
 from classifier_service.train import embed_records  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality  # noqa: E402
