@@ -71,9 +71,6 @@ class TierHead:
                            "run `tierwise calibrate`")
         return self.tradeoff
 
-    def serves(self, models: tuple[str, ...]) -> bool:
-        return tuple(self.models) == tuple(models)
-
     def to_json(self) -> dict:
         return {
             "format": FORMAT,
@@ -183,7 +180,7 @@ class HeadRegistry:
 
     def for_lineup(self, models: tuple[str, ...]) -> TierHead:
         """The head trained on exactly this tier lineup, else the default head."""
-        return next((h for h in self if h.models and h.serves(models)), self._heads[self.default])
+        return next((h for h in self if h.models and h.models == tuple(models)), self._heads[self.default])
 
     def __iter__(self):
         return iter(self._heads[n] for n in self.names)

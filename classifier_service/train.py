@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,10 @@ from sklearn.model_selection import KFold
 from tqdm import tqdm
 
 from tierwise.data import Record, arrays, load, split
-from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality
+from tierwise.evaluate import tradeoff_replay
+from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
-from .calibration import TRADEOFFS, WINDOW, calibrate
+from .calibration import WINDOW, calibrate
 from .encoder import Encoder
 from .heads import TierHead, decide, success
 
@@ -81,8 +81,9 @@ def relative_cost(records: list[Record]) -> tuple[float, float, float]:
 
 def lineup(records: list[Record]) -> tuple[str, ...]:
     """The records' tier models when they all share one lineup; () for a pool of lineups."""
-    lineups = Counter(r.models for r in records)
-    return next(iter(lineups)) if len(lineups) == 1 and all(next(iter(lineups))) else ()
+    lineups = {r.models for r in records}
+    only = next(iter(lineups))
+    return only if len(lineups) == 1 and all(only) else ()
 
 
 def train(data: list[Path], out: Path, name: str, target_quality: float, c: float | None = None,
@@ -110,9 +111,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     coef, intercept = fit(x_dev, ok_dev, c)
     p_test = success(x_test, coef, intercept)
     cv = routing_metrics(dev, decide(oof, costs, tradeoff))
-    held = routing_metrics(test, decide(p_test, costs, tradeoff))
-    points = [(m["quality_vs_frontier"], m["cost_savings"])
-              for m in (routing_metrics(test, decide(p_test, costs, t)) for t in TRADEOFFS)]
+    held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff)]).result(target_quality)
 
     when = time.strftime("%Y-%m-%d")
     models = lineup(records)
@@ -131,8 +130,8 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
-        **{f"held_out_{k}": _fmt(v) for k, v in held.items()},
-        **{f"held_out_savings_at_{q:g}_curve": _fmt(savings_at_quality(points, q)) for q in QUALITY_TARGETS},
+        **{f"held_out_{k}": _fmt(v) for k, v in held["operating_point"].items() if k != "avg_latency_overhead_ms"},
+        **{f"held_out_savings_at_{q}_curve": _fmt(v) for q, v in held["curve"]["savings_at_quality"].items()},
     }
     head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
                     target_quality=target_quality, encoder=encoder.version, models=models, card=card,

@@ -100,7 +100,6 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
               head_name: str = "", cache_dir: Path | None = None) -> Replay:
     """Each record is routed by `head_name`, or by default by the head trained on its tier lineup (the
     default head where none was)."""
-    from classifier_service.calibration import TRADEOFFS
     from classifier_service.encoder import Encoder
     from classifier_service.heads import HeadRegistry
     from classifier_service.train import embed_records
@@ -119,18 +118,26 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
         encoder.embed_tokens(encoder.tokenize([text]))
     latency = (time.perf_counter() - started) * 1e3 / max(len(sample), 1)
     x = embed_records(encoder, records, cache_dir or encoder_dir.parent / "embeddings")
-    probs = {name: heads[name].probabilities(x[idx]) for name, idx in groups.items()}
+    routed = [(np.asarray(idx), heads[name].probabilities(x[idx]), heads[name].relative_cost,
+               heads[name].tradeoff_for(target_quality)) for name, idx in groups.items()]
+    used = {name: {"version": heads[name].version, "records": len(idx)} for name, idx in groups.items()}
+    return tradeoff_replay("embedding", records, routed, latency, detail={"heads": used})
 
-    def route(tradeoff_of) -> Outcome:
+
+def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], latency_ms: float = 0.0,
+                    detail: dict | None = None) -> Replay:
+    """Replay success heads: each (row indices, success probabilities, relative cost, shipped tradeoff) in
+    `routed` decides its rows; the operating point uses the shipped tradeoffs, the sweep every tradeoff."""
+    from classifier_service.calibration import TRADEOFFS
+    from classifier_service.heads import decide
+
+    def route(tradeoff: float | None) -> Outcome:
         tiers = np.ones(len(records), dtype=int)
-        for name, idx in groups.items():
-            tiers[idx] = heads[name].decide(probs[name], tradeoff_of(heads[name]))
+        for idx, probs, relative_cost, shipped in routed:
+            tiers[idx] = decide(probs, relative_cost, shipped if tradeoff is None else tradeoff)
         return _one_shot(records, tiers)
 
-    op = route(lambda head: head.tradeoff_for(target_quality))
-    sweep = [route(lambda head, t=t: t) for t in TRADEOFFS]
-    used = {name: {"version": heads[name].version, "records": len(idx)} for name, idx in groups.items()}
-    return Replay("embedding", records, op, sweep, latency, detail={"heads": used})
+    return Replay(name, records, route(None), [route(t) for t in TRADEOFFS], latency_ms, detail=detail or {})
 
 
 def cascade(records: list[Record]) -> Replay:
