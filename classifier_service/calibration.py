@@ -28,7 +28,8 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
               confidence: float = 0.95, window: int = WINDOW, resamples: int = 300,
               seed: int = 0) -> tuple[float, dict]:
     """(tradeoff, facts) for `target` quality vs frontier on `window` new queries at `confidence`;
-    falls back to always tier 3."""
+    falls back to always tier 3. Calibrated without the support check: the check is a safety net on top,
+    not quality headroom for the tradeoff to spend (decision 0008)."""
     ok, cost = arrays(records)
     rows = np.arange(len(records))
     n = len(records)

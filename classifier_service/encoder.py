@@ -63,7 +63,10 @@ class Encoder:
         return [Tokens(np.asarray(e.ids, dtype=np.int64), bool(e.overflowing)) for e in encodings]
 
     def embed_tokens(self, batch: list[Tokens]) -> np.ndarray:
-        """Embed pre-tokenised texts, padded to the longest of this batch: (n, dimension) float32."""
+        """Embed pre-tokenised texts in one run, padded to the longest: (n, dimension) float32.
+
+        int8 activations are scaled per run, so a text's embedding moves slightly with its batch mates;
+        the server batches only what queues up under load (decision 0009)."""
         width = max(len(t) for t in batch)
         ids = np.zeros((len(batch), width), dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -74,12 +77,11 @@ class Encoder:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embed any number of texts, length-sorted into batches (offline use: training, eval)."""
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed texts one run each, as an idle server does (offline use: training, eval), so the
+        embeddings heads learn from do not depend on which texts happened to share a batch."""
         tokens = self.tokenize(texts)
-        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.embed_tokens([tokens[i] for i in idx])
+        for row, t in enumerate(tokens):
+            out[row] = self.embed_tokens([t])[0]
         return out

@@ -4,13 +4,18 @@ A head predicts, for each tier t, P(tier t answers acceptably) with an independe
 routes to the tier with the best expected quality net of cost: argmax_t P_t - tradeoff * relative_cost_t
 (ties go to the cheaper tier). `tradeoff` is the one operating knob; it is calibrated per quality target.
 Queries no tier solves get low P_t everywhere, so the rule sends them to the cheapest tier by itself.
+A query unlike anything the head was trained on (outside its support: not as close to any centroid of
+its training queries as most of that centroid's own queries are) goes to tier 3: the head's
+probabilities say nothing there.
 
 A head file (JSON, format "tierwise.head/v2") holds the weights, the relative cost of each tier for the
 model lineup it was trained on, the calibrated tradeoffs and a model card. Many heads share one encoder
-pass. Why per-tier success heads instead of one oracle-tier label: docs/decisions/0007.
+pass. Why per-tier success heads instead of one oracle-tier label: docs/decisions/0007; why the support
+check: docs/decisions/0008.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -37,6 +42,7 @@ class TierHead:
     models: tuple[str, ...] = ()  # the tier lineup the head was trained on; () = any lineup
     card: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)  # quality target ("0.95") -> tradeoff
+    support: "Support | None" = None  # where the training queries lie; None = no check
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -47,6 +53,8 @@ class TierHead:
             raise ValueError(f"head {self.name}: relative_cost must be 3 non-negative numbers")
         if self.models and len(self.models) != len(TIERS):
             raise ValueError(f"head {self.name}: models must name one model per tier, or none")
+        if self.support is not None and self.support.centroids.shape[1] != self.coef.shape[1]:
+            raise ValueError(f"head {self.name}: support centroids must be {self.coef.shape[1]}-d")
 
     @property
     def dimension(self) -> int:
@@ -56,9 +64,18 @@ class TierHead:
         """(n, 3): P(tier 1 acceptable), P(tier 2 acceptable), P(tier 3 acceptable); independent, no sum rule."""
         return success(embeddings, self.coef, self.intercept)
 
-    def decide(self, probabilities: np.ndarray, tradeoff: float | None = None) -> np.ndarray:
-        """The chosen tier per row at `tradeoff` (default: the head's own)."""
-        return decide(probabilities, self.relative_cost, self.tradeoff if tradeoff is None else tradeoff)
+    def support_margin(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n,): how far inside the support each embedding is; negative = outside (1 without support)."""
+        return np.ones(len(embeddings)) if self.support is None else self.support.margin(embeddings)
+
+    def outside(self, embeddings: np.ndarray) -> np.ndarray:
+        """Rows whose query is unlike the training queries."""
+        return self.support_margin(embeddings) < 0
+
+    def decide(self, probabilities: np.ndarray, tradeoff: float | None = None,
+               outside: np.ndarray | None = None) -> np.ndarray:
+        """The chosen tier per row at `tradeoff` (default: the head's own); rows `outside` the support get tier 3."""
+        return decide(probabilities, self.relative_cost, self.tradeoff if tradeoff is None else tradeoff, outside)
 
     def tradeoff_for(self, target: float) -> float:
         """The tradeoff calibrated for `target` quality vs frontier; KeyError if none was."""
@@ -86,6 +103,7 @@ class TierHead:
             "card": self.card,
             "intercept": [round(float(v), 6) for v in self.intercept],
             "coef": [[round(float(v), 6) for v in row] for row in self.coef],
+            **({} if self.support is None else {"support": self.support.to_json()}),
         }
 
     def save(self, path: Path) -> None:
@@ -97,7 +115,8 @@ class TierHead:
     def versioned(self, when: str) -> "TierHead":
         """This head under a version derived from its content, so any change of weights or tradeoffs shows."""
         content = self.coef.tobytes() + self.intercept.tobytes() + json.dumps(
-            [self.tradeoff, list(self.relative_cost), sorted(self.calibration.items())]).encode()
+            [self.tradeoff, list(self.relative_cost), sorted(self.calibration.items()),
+             self.support and self.support.to_json()]).encode()
         return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
 
     def publish(self, directory: Path) -> None:
@@ -110,10 +129,16 @@ class TierHead:
         lineup = " / ".join(self.models) if self.models else "any (pooled lineups)"
         return (f"# Tier head `{self.name}`\n\nVersion `{self.version}`. Lineup (tiers 1/2/3): {lineup}. "
                 f"Routes to argmax_t P(tier t acceptable) - {self.tradeoff:g} x relative cost "
-                f"{list(self.relative_cost)} (target quality vs frontier {self.target_quality}).\n\n"
+                f"{list(self.relative_cost)} (target quality vs frontier {self.target_quality}).{self._support_sentence()}\n\n"
                 "Held-out numbers are measured on the records whose id hash puts them in the test fifth; "
                 "those records were never used to fit, select or calibrate.\n\n| fact | value |\n|---|---|\n"
                 + rows + "\n")
+
+    def _support_sentence(self) -> str:
+        if self.support is None:
+            return ""
+        return (f" Queries outside its support ({len(self.support.bars)} centroids of its training queries, each with "
+                "its own similarity bar) go to tier 3.")
 
     @classmethod
     def load(cls, path: Path) -> "TierHead":
@@ -134,6 +159,7 @@ class TierHead:
             models=tuple(str(m) for m in data.get("models", [])),
             card={str(k): str(v) for k, v in data.get("card", {}).items()},
             calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
+            support=Support.from_json(data["support"]) if "support" in data else None,
         )
 
 
@@ -142,9 +168,44 @@ def success(embeddings: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> 
     return 1.0 / (1.0 + np.exp(-np.clip(embeddings @ coef.T + intercept, -40, 40)))
 
 
-def decide(probabilities: np.ndarray, relative_cost, tradeoff: float) -> np.ndarray:
-    """Tier (1..3) per row maximising P(acceptable) - tradeoff * relative cost; argmax keeps the cheaper on ties."""
-    return np.argmax(probabilities - tradeoff * np.asarray(relative_cost), axis=1).astype(np.int32) + 1
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Support:
+    """Where a head's training queries lie: unit centroids (k-means) and, per centroid, the cosine
+    similarity that most of its own queries reach (a low quantile). A query that reaches no centroid's
+    bar is outside the support. Per-centroid bars, because a tight cluster of short math questions and a
+    diffuse cluster of trivia need different bars."""
+    centroids: np.ndarray  # (k, d), unit rows
+    bars: np.ndarray  # (k,)
+
+    def margin(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n,): max over centroids of (cosine similarity - that centroid's bar)."""
+        return (unit(embeddings) @ self.centroids.T - self.bars).max(axis=1)
+
+    def to_json(self) -> dict:
+        # float16 is ample for cosines and keeps a head file small; base64 keeps it one JSON string.
+        return {"bars": [round(float(b), 5) for b in self.bars], "dimension": int(self.centroids.shape[1]),
+                "centroids_f16": base64.b64encode(self.centroids.astype("<f2").tobytes()).decode()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Support":
+        bars = np.asarray(data["bars"], dtype=np.float32)
+        flat = np.frombuffer(base64.b64decode(data["centroids_f16"]), dtype="<f2").astype(np.float32)
+        if flat.size != len(bars) * int(data["dimension"]):
+            raise ValueError("support: centroids do not match bars x dimension")
+        return cls(unit(flat.reshape(len(bars), int(data["dimension"]))), bars)
+
+
+def decide(probabilities: np.ndarray, relative_cost, tradeoff: float, outside: np.ndarray | None = None) -> np.ndarray:
+    """Tier (1..3) per row maximising P(acceptable) - tradeoff * relative cost; argmax keeps the cheaper on ties.
+    Rows marked `outside` the head's support go to tier 3."""
+    tiers = np.argmax(probabilities - tradeoff * np.asarray(relative_cost), axis=1).astype(np.int32) + 1
+    if outside is not None:
+        tiers[np.asarray(outside, dtype=bool)] = 3
+    return tiers
 
 
 class HeadRegistry:

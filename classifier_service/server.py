@@ -58,6 +58,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             result = (await self._classify([request.text], head, span))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
+            span.set_attribute("tierwise.outside_support", result.outside_support)
             span.set_attribute("tierwise.cache_hit", result.cache_hit)
             return result
 
@@ -85,7 +86,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                 heads=[pb.HeadInfo(name=h.name, version=h.version, is_default=h.name == self.heads.default,
                                    tiers=[1, 2, 3], target_quality=h.target_quality, card=h.card,
                                    tradeoff=h.tradeoff, relative_cost=h.relative_cost, models=h.models,
-                                   calibration=h.calibration) for h in self.heads],
+                                   calibration=h.calibration,
+                                   support_centroids=0 if h.support is None else len(h.support.bars))
+                       for h in self.heads],
                 encoder=pb.EncoderInfo(name=encoder.name, version=encoder.version,
                                        dimension=encoder.dimension, max_tokens=encoder.max_tokens),
                 default_head=self.heads.default,
@@ -114,18 +117,22 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                 embedded = await self.batcher.embed([texts[i] for i in misses])
             finally:
                 self.inflight -= len(misses)
-            probs = head.probabilities(np.stack([e.vector for e in embedded]))
-            tiers = head.decide(probs)
+            vectors = np.stack([e.vector for e in embedded])
+            probs = head.probabilities(vectors)
+            margin, outside = head.support_margin(vectors), head.outside(vectors)
+            tiers = head.decide(probs, outside=outside)
             for row, i in enumerate(misses):
-                cached[i] = (int(tiers[row]), tuple(float(p) for p in probs[row]), embedded[row].tokens, embedded[row].truncated)
+                cached[i] = (int(tiers[row]), tuple(float(p) for p in probs[row]), embedded[row].tokens,
+                             embedded[row].truncated, float(margin[row]), bool(outside[row]))
                 self.cache.put(keys[i], cached[i])
         miss_set = set(misses)
         return [
             pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
                                 encoder_version=encoder.version, confidence=probs[tier - 1],
                                 tradeoff=head.tradeoff, relative_cost=head.relative_cost, cache_hit=i not in miss_set,
-                                input_tokens=tokens, truncated=truncated)
-            for i, (tier, probs, tokens, truncated) in enumerate(cached)
+                                input_tokens=tokens, truncated=truncated, support_margin=margin,
+                                outside_support=outside)
+            for i, (tier, probs, tokens, truncated, margin, outside) in enumerate(cached)
         ]
 
     def _ready_encoder(self) -> Encoder:

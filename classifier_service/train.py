@@ -3,15 +3,19 @@
 Label of tier t's model = "tier t's recorded answer was acceptable". One record in five, chosen by id
 hash, is held out and only ever scored. The regularisation strength is chosen, and the tradeoff
 calibrated, on out-of-fold predictions of the development part, never on the held-out part.
+The head's support (k-means centroids of the dev queries, one per ~100, each with a similarity bar) is
+fitted on the dev part too. The tradeoff is calibrated without the check, which only ever adds tier 3.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from tqdm import tqdm
@@ -22,26 +26,26 @@ from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
 from .calibration import WINDOW, calibrate
 from .encoder import Encoder
-from .heads import TierHead, decide, success
+from .heads import Support, TierHead, decide, success, unit
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
+QUERIES_PER_CENTROID = 100
+SUPPORT_QUANTILE = 0.05  # share of each centroid's own queries below its bar
 
 
 def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
     """Embeddings of the records' queries, cached on disk per (queries, encoder version)."""
-    digest = hashlib.sha256(encoder.version.encode())
+    digest = hashlib.sha256(encoder.version.encode() + b"|one run per text")
     for r in records:
         digest.update(r.query.encode() + b"\0")
     path = cache_dir / f"{digest.hexdigest()[:20]}.npy"
     if path.exists():
         return np.load(path)
     out = np.empty((len(records), encoder.dimension), dtype=np.float32)
-    order = sorted(range(len(records)), key=lambda i: len(records[i].query))
-    step = 32
-    for start in tqdm(range(0, len(order), step), desc="embedding", unit="batch"):
-        idx = order[start : start + step]
-        out[idx] = encoder.embed([records[i].query for i in idx], batch_size=step)
+    step = 64
+    for start in tqdm(range(0, len(records), step), desc="embedding", unit="chunk"):
+        out[start : start + step] = encoder.embed([r.query for r in records[start : start + step]])
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
@@ -62,11 +66,28 @@ def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray
     return coef, intercept
 
 
-def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int) -> np.ndarray:
+def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Success probabilities of each row from a model fitted without it: 5 random folds, or with `groups`,
+    one fold per group (each group predicted by a model that never saw any of it)."""
     oof = np.zeros(ok.shape)
-    for tr, va in KFold(5, shuffle=True, random_state=seed).split(x):
+    folds = (KFold(5, shuffle=True, random_state=seed).split(x) if groups is None else
+             ((np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups)))
+    for tr, va in folds:
         oof[va] = success(x[va], *fit(x[tr], ok[tr], c))
     return oof
+
+
+def fit_support(x: np.ndarray, seed: int = 0) -> Support:
+    """k-means over the unit embeddings, one centroid per QUERIES_PER_CENTROID queries (16 to 128); each
+    centroid's bar is the SUPPORT_QUANTILE of its own queries' similarity to it."""
+    k = int(np.clip(len(x) // QUERIES_PER_CENTROID, 16, 128))
+    rows = unit(x)
+    km = KMeans(min(k, len(x)), n_init=3, random_state=seed).fit(rows)
+    centroids = unit(km.cluster_centers_).astype(np.float32)
+    near = rows @ centroids.T
+    bars = np.array([np.quantile(near[km.labels_ == j, j], SUPPORT_QUANTILE) if (km.labels_ == j).sum() else 1.0
+                     for j in range(len(centroids))], dtype=np.float32)
+    return Support(centroids, bars)
 
 
 def log_loss(p: np.ndarray, ok: np.ndarray) -> float:
@@ -84,6 +105,30 @@ def lineup(records: list[Record]) -> tuple[str, ...]:
     lineups = {r.models for r in records}
     only = next(iter(lineups))
     return only if len(lineups) == 1 and all(only) else ()
+
+
+def calibration_predictions(records: list[Record], x: np.ndarray, ok: np.ndarray, c: float, seed: int,
+                            oof: np.ndarray | None = None, by_lineup: bool = True) -> tuple[np.ndarray, bool]:
+    """(predictions to calibrate on, whether they are leave-one-lineup-out). A head pooled over lineups
+    serves lineups it has no outcomes for, so it is calibrated the way it is used: each lineup predicted
+    by a model fitted on the others only (decision 0008). Otherwise: 5-fold out-of-fold predictions."""
+    lineups = np.array([" / ".join(r.models) for r in records])
+    if by_lineup and len(set(lineups)) > 1:
+        return out_of_fold(x, ok, c, seed, groups=lineups), True
+    return (out_of_fold(x, ok, c, seed) if oof is None else oof), False
+
+
+def route_unseen(records: list[Record], x: np.ndarray, x_new: np.ndarray, target: float = 0.95, c: float = 0.5,
+                 seed: int = 0, by_lineup: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit and calibrate a head on `records` (embedded as `x`) as `train` does, route `x_new` with it:
+    (tiers without the support check, tiers with it, rows outside the support)."""
+    ok = arrays(records)[0].astype(np.float64)
+    costs = relative_cost(records)
+    tradeoff = calibrate(records, calibration_predictions(records, x, ok, c, seed, by_lineup=by_lineup)[0],
+                         costs, target)[0]
+    p = success(x_new, *fit(x, ok, c))
+    outside = fit_support(x, seed).margin(x_new) < 0
+    return decide(p, costs, tradeoff), decide(p, costs, tradeoff, outside), outside
 
 
 def train(data: list[Path], out: Path, name: str, target_quality: float, c: float | None = None,
@@ -105,13 +150,19 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         losses[value] = log_loss(oofs[value], ok_dev)
     c = min(grid, key=losses.get)
     oof = oofs[c]
+    calibration_oof, pooled = calibration_predictions(dev, x_dev, ok_dev, c, seed, oof)
     targets = sorted({*QUALITY_TARGETS, target_quality})
-    calibration = {f"{t:g}": calibrate(dev, oof, costs, t)[0] for t in tqdm(targets, desc="calibration", unit="target")}
+    calibration = {f"{t:g}": calibrate(dev, calibration_oof, costs, t)[0]
+                   for t in tqdm(targets, desc="calibration", unit="target")}
     tradeoff = calibration[f"{target_quality:g}"]
     coef, intercept = fit(x_dev, ok_dev, c)
+    support = fit_support(x_dev, seed)
+    fitted = TierHead(name=name, version="", coef=coef, intercept=intercept, support=support)
     p_test = success(x_test, coef, intercept)
+    outside_test = fitted.outside(x_test)
     cv = routing_metrics(dev, decide(oof, costs, tradeoff))
-    held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff)]).result(target_quality)
+    held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff, outside_test)]
+                           ).result(target_quality)
 
     when = time.strftime("%Y-%m-%d")
     models = lineup(records)
@@ -125,17 +176,20 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
                  f"({', '.join(f'{k:g}: {v:.4f}' for k, v in losses.items())})",
         "rule": "tier = argmax_t P_t - tradeoff x relative_cost_t",
         "calibration": (f"per target {', '.join(calibration)}: the cheapest tradeoff whose 95% lower bootstrap bound "
-                        f"of quality vs frontier over a window of {WINDOW} new queries meets the target, on out-of-fold "
-                        "predictions of the dev part"),
+                        f"of quality vs frontier over a window of {WINDOW} new queries meets the target, on "
+                        + ("leave-one-lineup-out predictions of the dev part (each lineup predicted by a model fitted "
+                           "on the others)" if pooled else "out-of-fold predictions of the dev part")),
+        "support": (f"{len(support.bars)} k-means centroids of the dev queries, each with a bar at the "
+                    f"{SUPPORT_QUANTILE:.0%} quantile of its own queries' similarity; held out records outside: "
+                    f"{outside_test.mean():.1%}"),
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
         **{f"held_out_{k}": _fmt(v) for k, v in held["operating_point"].items() if k != "avg_latency_overhead_ms"},
         **{f"held_out_savings_at_{q}_curve": _fmt(v) for q, v in held["curve"]["savings_at_quality"].items()},
     }
-    head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
-                    target_quality=target_quality, encoder=encoder.version, models=models, card=card,
-                    calibration=calibration).versioned(when)
+    head = replace(fitted, relative_cost=costs, tradeoff=tradeoff, target_quality=target_quality,
+                   encoder=encoder.version, models=models, card=card, calibration=calibration).versioned(when)
     head.publish(out)
     return head
 

@@ -4,12 +4,18 @@ Heads are fitted on the development part only (sha256(id) % 5 != 0) from the int
 `tierwise train` (run `make train` first), then swept over the held-out part:
   - multiclass: the previous kind of head, softmax over the oracle tier, ordinal thresholds (t2, t3);
   - success (pooled): one logistic model per tier, fitted on all lineups, argmax_t P_t - tradeoff*cost_t;
-  - success (per lineup): the same, fitted on the evaluated file's lineup only (what ships).
+  - success (per lineup): the same, fitted on the evaluated file's lineup only;
+  - the same with the support check (what ships): queries unlike the training queries go to tier 3.
 Prints savings@{90,95,99}% quality vs frontier (the `curve` figure of `tierwise eval`).
 With --calibration-check: a dev-only check of the calibration bound instead. The tradeoff is
 calibrated on out-of-fold predictions of 4/5 of each file's dev part and scored on the last fifth,
 with the plain bound (window 0) and the 500-query window bound.
-Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check]
+With --generalisation: how a head does on what it never saw (decision 0008). For each task of a file,
+a head is trained and calibrated (as `tierwise train` does) on the dev part of the file's other tasks
+and routes every record of the left-out task, with and without the support check. Then, for each
+file, a head pooled over the other files' lineups routes its held-out part (an unseen lineup), with
+5-fold and with leave-one-lineup-out calibration.
+Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation]
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from classifier_service.calibration import TRADEOFFS, calibrate  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
-from classifier_service.train import fit, out_of_fold, relative_cost  # noqa: E402
+from classifier_service.train import fit, fit_support, out_of_fold, relative_cost, route_unseen  # noqa: E402
 from classifier_service.train import embed_records  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality  # noqa: E402
@@ -57,6 +63,39 @@ def calibration_check(records, x, ok, source, dev) -> None:
                   flush=True)
 
 
+def generalisation(records, x, source, dev) -> None:
+    task = np.array([r.task for r in records])
+    for name in sorted(set(source)):
+        rows = np.where(source == name)[0]
+        every, plain, checked = [], [], []
+        for left_out in sorted(set(task[rows])):
+            train = rows[dev[rows] & (task[rows] != left_out)]
+            test = rows[task[rows] == left_out]
+            a, b, outside = route_unseen([records[i] for i in train], x[train], x[test])
+            every += list(test)
+            plain += list(a)
+            checked += list(b)
+            part = [records[i] for i in test]
+            a, b = routing_metrics(part, a), routing_metrics(part, b)
+            print(f"  {name}/{left_out} (n={len(test)}): outside support {outside.mean():.0%}; quality vs frontier / "
+                  f"savings without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.0%}, "
+                  f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.0%}", flush=True)
+        test = [records[i] for i in every]
+        a, b = routing_metrics(test, np.array(plain)), routing_metrics(test, np.array(checked))
+        print(f"{name}, every task unseen (n={len(test)}): without check {a['quality_vs_frontier']:.3f}/"
+              f"{a['cost_savings']:.1%}, with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.1%}", flush=True)
+    for name in sorted(set(source)):
+        train, test = np.where(dev & (source != name))[0], np.where(~dev & (source == name))[0]
+        part = [records[i] for i in test]
+        for by_lineup in (False, True):
+            a, b, outside = route_unseen([records[i] for i in train], x[train], x[test], by_lineup=by_lineup)
+            a, b = routing_metrics(part, a), routing_metrics(part, b)
+            how = "leave-one-lineup-out" if by_lineup else "5-fold"
+            print(f"{name} held out, lineup unseen, {how} calibration: outside support {outside.mean():.0%}; "
+                  f"without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.1%}, "
+                  f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.1%}", flush=True)
+
+
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
@@ -66,6 +105,8 @@ def main() -> None:
     dev = ~held
     if "--calibration-check" in sys.argv:
         return calibration_check(records, x, ok, source, dev)
+    if "--generalisation" in sys.argv:
+        return generalisation(records, x, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))
@@ -76,10 +117,13 @@ def main() -> None:
         test = [records[i] for i in idx]
         cost = relative_cost([records[i] for i in np.where(part)[0]])
         own = success(x[idx], *fit(x[part], ok[part], 0.5))
+        outside = fit_support(x[part]).margin(x[idx]) < 0
         print(f"{name} (n={len(idx)} held out) savings@90/95/99: "
               f"multiclass {curve(test, [ordinal(multiclass[idx], a, b) for a in grid for b in grid])}, "
               f"success pooled {curve(test, [decide(pooled[idx], cost, t) for t in TRADEOFFS])}, "
-              f"success per lineup {curve(test, [decide(own, cost, t) for t in TRADEOFFS])}", flush=True)
+              f"success per lineup {curve(test, [decide(own, cost, t) for t in TRADEOFFS])}, "
+              f"the same with the support check {curve(test, [decide(own, cost, t, outside) for t in TRADEOFFS])}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -48,6 +49,7 @@ def test_classify_answers_with_a_tier_and_per_tier_success_probabilities(stub):
     assert len(reply.probabilities) == 3 and all(0 < p < 1 for p in reply.probabilities)
     assert reply.confidence == pytest.approx(reply.probabilities[reply.tier - 1])
     net = [p - reply.tradeoff * c for p, c in zip(reply.probabilities, reply.relative_cost)]
+    assert not reply.outside_support and reply.support_margin > 0, "a plain question lies inside the default head's support"
     assert reply.tier == 1 + net.index(max(net)), "the tier maximises success net of cost"
     assert reply.head == "default" and reply.head_version.startswith("default-")
     assert reply.encoder_version.startswith("all-MiniLM-L6-v2/onnx-int8@")
@@ -117,6 +119,7 @@ def test_list_heads_describes_heads_encoder_and_limits(stub):
         assert "held_out_quality_vs_frontier" in head.card and len(head.relative_cost) == 3
         assert head.relative_cost[2] == pytest.approx(1.0) and "0.95" in head.calibration
         assert head.tradeoff == pytest.approx(head.calibration["0.95"])
+        assert head.support_centroids >= 16, "every committed head checks that a query is like its training queries"
     assert any(len(h.models) == 3 for h in reply.heads), "the committed lineup heads name their models"
     assert reply.encoder.dimension == 384 and reply.encoder.max_tokens == 256
     assert reply.max_batch == 256 and reply.max_text_bytes == 32 * 1024
@@ -164,6 +167,37 @@ def test_overload_is_resource_exhausted_not_an_endless_queue():
         assert service.stop() == 0
 
 
+def test_a_text_outside_the_heads_support_goes_to_tier_3(tmp_path):
+    import dataclasses
+
+    from classifier_service.config import Config
+    from classifier_service.encoder import Encoder
+    from classifier_service.heads import Support, TierHead
+
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    known = "Write a function to reverse a linked list in place."
+    centre = Encoder(Config().encoder_dir, "int8", threads=1).embed([known])[0]
+    # A head that only knows one query: its support is one centroid with a tight bar, and a tradeoff
+    # that prices cost far above quality, so anything it routes by probabilities goes to tier 1.
+    narrow = dataclasses.replace(default, name="narrow", version="narrow-1", tradeoff=100.0,
+                                 support=Support(centre[None, :] / np.linalg.norm(centre), np.array([0.9], np.float32)))
+    narrow.save(tmp_path / "narrow" / "head.json")
+    service = start_classifier("--heads-dir", str(tmp_path), "--default-head", "narrow")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            inside = stub.Classify(pb.ClassifyRequest(text=known), timeout=10)
+            assert not inside.outside_support and inside.support_margin > 0 and inside.tier == 1
+            far = stub.Classify(pb.ClassifyRequest(text="Compose a sonnet about autumn rain in Kyoto."), timeout=10)
+            assert far.outside_support and far.support_margin < 0 and far.tier == 3
+            net = [p - far.tradeoff * c for p, c in zip(far.probabilities, far.relative_cost)]
+            assert net.index(max(net)) == 0, "by its probabilities alone the head would have said tier 1"
+            info = stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads[0]
+            assert info.name == "narrow" and info.support_centroids == 1
+    finally:
+        assert service.stop() == 0
+
+
 def test_expired_deadline_is_reported_and_the_server_carries_on(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.Classify(pb.ClassifyRequest(text="deadline test " * 100), timeout=0.0005)
@@ -195,3 +229,17 @@ def test_several_heads_share_one_encoder(tmp_path):
             assert b.tier == 1 and b.tradeoff == pytest.approx(100.0)
     finally:
         assert service.stop() == 0
+
+
+def test_offline_embeddings_do_not_depend_on_batch_mates_and_match_an_idle_server():
+    from classifier_service.config import Config
+    from classifier_service.encoder import Encoder
+
+    encoder = Encoder(Config().encoder_dir, "int8", threads=1)
+    alone = encoder.embed([TEXTS[2]])[0]
+    # Offline embeddings (what heads are trained and evaluated on) are one run per text, like an idle
+    # server's; int8 activations are scaled per run, so a shared padded run would move them (decision 0009).
+    assert np.array_equal(alone, encoder.embed(TEXTS)[2])
+    assert np.array_equal(alone, encoder.embed([TEXTS[2], "x " * 200])[0])
+    tokens = encoder.tokenize([TEXTS[2]])
+    assert np.array_equal(alone, encoder.embed_tokens(tokens)[0]), "an idle server embeds exactly what heads learned from"

@@ -79,3 +79,27 @@ def test_each_shared_lineup_has_a_head_that_holds_quality_on_its_held_out_part()
         replay = evaluate.embedding(test, 0.95, Config().encoder_dir, Config().heads_dir)
         op = replay.result(0.95)["operating_point"]
         assert op["quality_vs_frontier"] >= 0.95 and op["cost_savings"] > 0.3, (path.name, op)
+
+
+def test_the_support_check_keeps_quality_on_a_kind_of_query_the_head_never_saw():
+    """Train on zeroeval's GSM and CRUX questions only, then route its MATH level-5 questions: without the
+    support check the head sends hard maths it never saw to the cheap tiers and quality collapses; with
+    it, those queries go to tier 3 (decision 0008; scripts/quality_probe.py --generalisation)."""
+    import numpy as np
+
+    from classifier_service.config import Config
+    from classifier_service.encoder import Encoder
+    from classifier_service.train import embed_records, route_unseen
+    from tierwise.metrics import routing_metrics
+
+    records = load([p for p in shared_files() if p.name.startswith("zeroeval")])
+    x = embed_records(Encoder(Config().encoder_dir, "int8", threads=2), records, Config().encoder_dir.parent / "embeddings")
+    unseen = np.array([r.task == "math-l5" for r in records])
+    train = ~unseen & ~np.array([r.held_out for r in records])
+    assert unseen.sum() > 400 and train.sum() > 1000
+    plain, checked, outside = route_unseen([r for r, t in zip(records, train) if t], x[train], x[unseen])
+    new = [r for r, u in zip(records, unseen) if u]
+    without, with_check = routing_metrics(new, plain), routing_metrics(new, checked)
+    assert outside.mean() > 0.8
+    assert without["quality_vs_frontier"] < 0.9, without
+    assert with_check["quality_vs_frontier"] >= 0.95, with_check

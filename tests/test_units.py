@@ -1,12 +1,14 @@
 """Unit tests of the pieces behind the classifier: heads, decisions, cache, bucketing, metrics."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from classifier_service.batching import buckets
 from classifier_service.cache import DecisionCache, normalise
-from classifier_service.heads import HeadRegistry, TierHead, decide
+from classifier_service.heads import HeadRegistry, Support, TierHead, decide
 from tierwise.data import Record
 from tierwise.metrics import routing_metrics
 
@@ -37,6 +39,40 @@ def test_decide_maximises_success_net_of_cost():
     assert decide(probs, cost, -1e3).tolist() == [3, 3, 3, 3], "a large negative tradeoff means always tier 3"
 
 
+def test_rows_outside_the_support_go_to_tier_3_whatever_the_probabilities():
+    probs = np.array([[0.9, 0.9, 0.9], [0.1, 0.1, 0.1]])
+    assert decide(probs, (0.01, 0.1, 1.0), 0.5, outside=np.array([True, True])).tolist() == [3, 3]
+    assert decide(probs, (0.01, 0.1, 1.0), 0.5, outside=np.array([False, True])).tolist() == [1, 3]
+
+
+def test_support_margin_is_the_best_similarity_over_each_centroids_own_bar():
+    centroids = np.eye(3, 8, dtype=np.float32)  # unit vectors along axes 0, 1, 2
+    support = Support(centroids, np.array([0.9, 0.5, 0.99], np.float32))
+    x = np.array([[2, 0, 0, 0, 0, 0, 0, 0],  # on centroid 0: cos 1 - 0.9
+                  [0, 1, 0, 1, 0, 0, 0, 0],  # cos 0.707 to centroid 1, bar 0.5
+                  [0, 0, 1, 1, 0, 0, 0, 0],  # cos 0.707 to centroid 2, bar 0.99: short of it
+                  [0, 0, 0, 0, 0, 0, 0, 1]], np.float32)  # orthogonal to all
+    np.testing.assert_allclose(support.margin(x), [0.1, 0.7071 - 0.5, 0.7071 - 0.99, -0.5], atol=1e-3)
+    head = replace(make_head(), support=support)
+    assert head.outside(x).tolist() == [False, False, True, True]
+    assert make_head().outside(x).tolist() == [False] * 4, "a head without support checks nothing"
+
+
+def test_fitted_support_holds_its_training_clusters_and_not_a_new_one():
+    from classifier_service.train import fit_support
+
+    rng = np.random.default_rng(0)
+    axes = np.eye(16, 32)
+    def cluster(axis, n):
+        return axes[axis] + 0.15 * rng.normal(size=(n, 32))
+    train = np.vstack([cluster(a, 400) for a in range(8)])
+    support = fit_support(train)
+    assert len(support.bars) == 32, "one centroid per 100 training queries"
+    seen = np.vstack([cluster(a, 100) for a in range(8)])
+    assert (support.margin(seen) < 0).mean() < 0.12, "new queries like the training ones stay inside"
+    assert (support.margin(cluster(12, 200)) < 0).all(), "a kind of query never trained on is outside"
+
+
 def test_head_round_trips_through_json(tmp_path):
     head = make_head(tradeoff=0.3, models=("a", "b", "c"))
     head.save(tmp_path / "h" / "head.json")
@@ -44,6 +80,14 @@ def test_head_round_trips_through_json(tmp_path):
     assert loaded.version == head.version and loaded.tradeoff == 0.3 and loaded.models == ("a", "b", "c")
     assert loaded.relative_cost == (0.01, 0.1, 1.0)
     np.testing.assert_allclose(loaded.coef, head.coef, atol=1e-5)
+    assert loaded.support is None
+    centroids = np.eye(2, 8, dtype=np.float32)
+    supported = replace(head, support=Support(centroids, np.array([0.5, 0.25], np.float32))).versioned("2026-01-01")
+    assert supported.version != head.versioned("2026-01-01").version, "the version covers the support"
+    supported.save(tmp_path / "supported.json")
+    back = TierHead.load(tmp_path / "supported.json")
+    np.testing.assert_allclose(back.support.centroids, centroids, atol=1e-3)
+    assert back.support.bars.tolist() == [0.5, 0.25] and back.version == supported.version
     registry = HeadRegistry.from_dir(tmp_path)
     assert registry.names == ["h"] and registry.get("").name == "h" and registry.get("other") is None
 

@@ -118,23 +118,28 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
         encoder.embed_tokens(encoder.tokenize([text]))
     latency = (time.perf_counter() - started) * 1e3 / max(len(sample), 1)
     x = embed_records(encoder, records, cache_dir or encoder_dir.parent / "embeddings")
-    routed = [(np.asarray(idx), heads[name].probabilities(x[idx]), heads[name].relative_cost,
-               heads[name].tradeoff_for(target_quality)) for name, idx in groups.items()]
-    used = {name: {"version": heads[name].version, "records": len(idx)} for name, idx in groups.items()}
+    routed = []
+    used = {}
+    for name, idx in groups.items():
+        head, rows = heads[name], np.asarray(idx)
+        outside = head.outside(x[rows])
+        routed.append((rows, head.probabilities(x[rows]), head.relative_cost, head.tradeoff_for(target_quality), outside))
+        used[name] = {"version": head.version, "records": len(idx), "outside_support": int(outside.sum())}
     return tradeoff_replay("embedding", records, routed, latency, detail={"heads": used})
 
 
 def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], latency_ms: float = 0.0,
                     detail: dict | None = None) -> Replay:
-    """Replay success heads: each (row indices, success probabilities, relative cost, shipped tradeoff) in
-    `routed` decides its rows; the operating point uses the shipped tradeoffs, the sweep every tradeoff."""
+    """Replay success heads: each (row indices, success probabilities, relative cost, shipped tradeoff, rows
+    outside the head's support) in `routed` decides its rows; the operating point uses the shipped
+    tradeoffs, the sweep every tradeoff."""
     from classifier_service.calibration import TRADEOFFS
     from classifier_service.heads import decide
 
     def route(tradeoff: float | None) -> Outcome:
         tiers = np.ones(len(records), dtype=int)
-        for idx, probs, relative_cost, shipped in routed:
-            tiers[idx] = decide(probs, relative_cost, shipped if tradeoff is None else tradeoff)
+        for idx, probs, relative_cost, shipped, outside in routed:
+            tiers[idx] = decide(probs, relative_cost, shipped if tradeoff is None else tradeoff, outside)
         return _one_shot(records, tiers)
 
     return Replay(name, records, route(None), [route(t) for t in TRADEOFFS], latency_ms, detail=detail or {})

@@ -27,8 +27,10 @@ class EmbeddingStrategy(Strategy):
             why = f"classifier {err.code().name.lower()}"
             return (await self.fallback.decide(request)).degrade(self.name, why)
         p = tuple(reply.probabilities)
+        reason = ("P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p) + f" less {reply.tradeoff:.3g} x relative cost "
+                  + "/".join(f"{c:.3g}" for c in reply.relative_cost))
+        if reply.outside_support:
+            reason = (f"query unlike the head's training queries (support margin {reply.support_margin:.2f}), "
+                      f"so tier 3; {reason}")
         return Decision(tier=reply.tier, strategy=self.name, probabilities=p, head_version=reply.head_version,
-                        thresholds=(reply.tradeoff,),
-                        reason="P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p)
-                               + f" less {reply.tradeoff:.3g} x relative cost "
-                               + "/".join(f"{c:.3g}" for c in reply.relative_cost))
+                        thresholds=(reply.tradeoff,), reason=reason)

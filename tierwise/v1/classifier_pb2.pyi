@@ -15,7 +15,7 @@ class ClassifyRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost")
+    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost", "support_margin", "outside_support")
     TIER_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class ClassifyResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     TRADEOFF_FIELD_NUMBER: _ClassVar[int]
     RELATIVE_COST_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_SUPPORT_FIELD_NUMBER: _ClassVar[int]
     tier: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     head: str
@@ -38,7 +40,9 @@ class ClassifyResponse(_message.Message):
     truncated: bool
     tradeoff: float
     relative_cost: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ...) -> None: ...
+    support_margin: float
+    outside_support: bool
+    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., support_margin: _Optional[float] = ..., outside_support: _Optional[bool] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("texts", "head")
@@ -59,7 +63,7 @@ class ListHeadsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HeadInfo(_message.Message):
-    __slots__ = ("name", "version", "is_default", "tiers", "target_quality", "card", "tradeoff", "relative_cost", "models", "calibration")
+    __slots__ = ("name", "version", "is_default", "tiers", "target_quality", "card", "tradeoff", "relative_cost", "models", "calibration", "support_centroids")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +88,7 @@ class HeadInfo(_message.Message):
     RELATIVE_COST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_CENTROIDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     is_default: bool
@@ -94,7 +99,8 @@ class HeadInfo(_message.Message):
     relative_cost: _containers.RepeatedScalarFieldContainer[float]
     models: _containers.RepeatedScalarFieldContainer[str]
     calibration: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tiers: _Optional[_Iterable[int]] = ..., target_quality: _Optional[float] = ..., card: _Optional[_Mapping[str, str]] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., models: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    support_centroids: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tiers: _Optional[_Iterable[int]] = ..., target_quality: _Optional[float] = ..., card: _Optional[_Mapping[str, str]] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., models: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Mapping[str, float]] = ..., support_centroids: _Optional[int] = ...) -> None: ...
 
 class EncoderInfo(_message.Message):
     __slots__ = ("name", "version", "dimension", "max_tokens")
