@@ -68,9 +68,14 @@ class TierHead:
         """(n,): how far inside the support each embedding is; negative = outside (1 without support)."""
         return np.ones(len(embeddings)) if self.support is None else self.support.margin(embeddings)
 
+    def check_support(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(support margin, outside) per row: a query is outside when its margin is negative."""
+        margin = self.support_margin(embeddings)
+        return margin, margin < 0
+
     def outside(self, embeddings: np.ndarray) -> np.ndarray:
         """Rows whose query is unlike the training queries."""
-        return self.support_margin(embeddings) < 0
+        return self.check_support(embeddings)[1]
 
     def decide(self, probabilities: np.ndarray, tradeoff: float | None = None,
                outside: np.ndarray | None = None) -> np.ndarray:

@@ -119,7 +119,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                 self.inflight -= len(misses)
             vectors = np.stack([e.vector for e in embedded])
             probs = head.probabilities(vectors)
-            margin, outside = head.support_margin(vectors), head.outside(vectors)
+            margin, outside = head.check_support(vectors)
             tiers = head.decide(probs, outside=outside)
             for row, i in enumerate(misses):
                 cached[i] = (int(tiers[row]), tuple(float(p) for p in probs[row]), embedded[row].tokens,
