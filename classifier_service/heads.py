@@ -64,14 +64,11 @@ class TierHead:
         """(n, 3): P(tier 1 acceptable), P(tier 2 acceptable), P(tier 3 acceptable); independent, no sum rule."""
         return success(embeddings, self.coef, self.intercept)
 
-    def support_margin(self, embeddings: np.ndarray) -> np.ndarray:
-        """(n,): how far inside the support each embedding is; negative = outside (1 without support)."""
-        return np.ones(len(embeddings)) if self.support is None else self.support.margin(embeddings)
-
     def check_support(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(support margin, outside) per row: a query is outside when its margin is negative."""
-        margin = self.support_margin(embeddings)
-        return margin, margin < 0
+        """(support margin, outside) per row; without support every row is inside with margin 1."""
+        if self.support is None:
+            return np.ones(len(embeddings)), np.zeros(len(embeddings), dtype=bool)
+        return self.support.check(embeddings)
 
     def outside(self, embeddings: np.ndarray) -> np.ndarray:
         """Rows whose query is unlike the training queries."""
@@ -189,6 +186,14 @@ class Support:
     def margin(self, embeddings: np.ndarray) -> np.ndarray:
         """(n,): max over centroids of (cosine similarity - that centroid's bar)."""
         return (unit(embeddings) @ self.centroids.T - self.bars).max(axis=1)
+
+    def check(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(margin, outside) per row: a row is outside when it reaches no centroid's bar (margin < 0)."""
+        margin = self.margin(embeddings)
+        return margin, margin < 0
+
+    def outside(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.check(embeddings)[1]
 
     def to_json(self) -> dict:
         # float16 is ample for cosines and keeps a head file small; base64 keeps it one JSON string.

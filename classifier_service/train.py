@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +126,7 @@ def route_unseen(records: list[Record], x: np.ndarray, x_new: np.ndarray, target
     tradeoff = calibrate(records, calibration_predictions(records, x, ok, c, seed, by_lineup=by_lineup)[0],
                          costs, target)[0]
     p = success(x_new, *fit(x, ok, c))
-    outside = fit_support(x, seed).margin(x_new) < 0
+    outside = fit_support(x, seed).outside(x_new)
     return decide(p, costs, tradeoff), decide(p, costs, tradeoff, outside), outside
 
 
@@ -157,9 +156,8 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     tradeoff = calibration[f"{target_quality:g}"]
     coef, intercept = fit(x_dev, ok_dev, c)
     support = fit_support(x_dev, seed)
-    fitted = TierHead(name=name, version="", coef=coef, intercept=intercept, support=support)
     p_test = success(x_test, coef, intercept)
-    outside_test = fitted.outside(x_test)
+    outside_test = support.outside(x_test)
     cv = routing_metrics(dev, decide(oof, costs, tradeoff))
     held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff, outside_test)]
                            ).result(target_quality)
@@ -188,8 +186,9 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         **{f"held_out_{k}": _fmt(v) for k, v in held["operating_point"].items() if k != "avg_latency_overhead_ms"},
         **{f"held_out_savings_at_{q}_curve": _fmt(v) for q, v in held["curve"]["savings_at_quality"].items()},
     }
-    head = replace(fitted, relative_cost=costs, tradeoff=tradeoff, target_quality=target_quality,
-                   encoder=encoder.version, models=models, card=card, calibration=calibration).versioned(when)
+    head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
+                    target_quality=target_quality, encoder=encoder.version, models=models, card=card,
+                    calibration=calibration, support=support).versioned(when)
     head.publish(out)
     return head
 

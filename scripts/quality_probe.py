@@ -63,6 +63,13 @@ def calibration_check(records, x, ok, source, dev) -> None:
                   flush=True)
 
 
+def with_and_without(records, plain, checked, digits: int = 0) -> str:
+    """'without check Q/S, with Q/S': quality vs frontier and savings of both routings of `records`."""
+    a, b = routing_metrics(records, np.asarray(plain)), routing_metrics(records, np.asarray(checked))
+    return (f"without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.{digits}%}, "
+            f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.{digits}%}")
+
+
 def generalisation(records, x, source, dev) -> None:
     task = np.array([r.task for r in records])
     for name in sorted(set(source)):
@@ -75,25 +82,18 @@ def generalisation(records, x, source, dev) -> None:
             every += list(test)
             plain += list(a)
             checked += list(b)
-            part = [records[i] for i in test]
-            a, b = routing_metrics(part, a), routing_metrics(part, b)
             print(f"  {name}/{left_out} (n={len(test)}): outside support {outside.mean():.0%}; quality vs frontier / "
-                  f"savings without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.0%}, "
-                  f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.0%}", flush=True)
-        test = [records[i] for i in every]
-        a, b = routing_metrics(test, np.array(plain)), routing_metrics(test, np.array(checked))
-        print(f"{name}, every task unseen (n={len(test)}): without check {a['quality_vs_frontier']:.3f}/"
-              f"{a['cost_savings']:.1%}, with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.1%}", flush=True)
+                  f"savings {with_and_without([records[i] for i in test], a, b)}", flush=True)
+        print(f"{name}, every task unseen (n={len(every)}): "
+              f"{with_and_without([records[i] for i in every], plain, checked, 1)}", flush=True)
     for name in sorted(set(source)):
         train, test = np.where(dev & (source != name))[0], np.where(~dev & (source == name))[0]
         part = [records[i] for i in test]
         for by_lineup in (False, True):
             a, b, outside = route_unseen([records[i] for i in train], x[train], x[test], by_lineup=by_lineup)
-            a, b = routing_metrics(part, a), routing_metrics(part, b)
             how = "leave-one-lineup-out" if by_lineup else "5-fold"
             print(f"{name} held out, lineup unseen, {how} calibration: outside support {outside.mean():.0%}; "
-                  f"without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.1%}, "
-                  f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.1%}", flush=True)
+                  f"{with_and_without(part, a, b, 1)}", flush=True)
 
 
 def main() -> None:
@@ -117,7 +117,7 @@ def main() -> None:
         test = [records[i] for i in idx]
         cost = relative_cost([records[i] for i in np.where(part)[0]])
         own = success(x[idx], *fit(x[part], ok[part], 0.5))
-        outside = fit_support(x[part]).margin(x[idx]) < 0
+        outside = fit_support(x[part]).outside(x[idx])
         print(f"{name} (n={len(idx)} held out) savings@90/95/99: "
               f"multiclass {curve(test, [ordinal(multiclass[idx], a, b) for a in grid for b in grid])}, "
               f"success pooled {curve(test, [decide(pooled[idx], cost, t) for t in TRADEOFFS])}, "
