@@ -176,27 +176,23 @@ def main() -> None:
                 auc = ", ".join(f"tier {t + 1} gate {roc_auc_score(ok[h, t], g[:, t]):.3f} query {roc_auc_score(ok[h, t], p[:, t]):.3f}"
                                 for t in (0, 1))
                 print(f"epoch {epoch} {name}: held-out AUC {auc}; savings@95 one-shot "
-                      f"{gated(part, p, g, cost, None):.1%}, with the gate on tier 1 {gated(part, p, g, cost, 0):.1%}", flush=True)
+                      f"{gated(part, p, g, cost, False):.1%}, with the gate on tier 1 {gated(part, p, g, cost, True):.1%}", flush=True)
 
     train(model, examples, tokens, target, lineup, args.epochs, evaluate)
 
 
-def gated(part, p, g, cost, gate_tier) -> float:
-    """savings@95 of the head's choice; with `gate_tier`, queries it sends to tier 1 escalate to tier 3 when
-    the gate rejects tier 1's answer (paying both). Sweeps the tradeoff and the gate's bar."""
+def gated(part, p, g, cost, with_gate: bool) -> float:
+    """savings@95 of the head's choice; `with_gate`: queries it sends to tier 1 escalate to tier 3 when the
+    gate rejects tier 1's answer (paying both). Sweeps the tradeoff and the gate's bar."""
     _, spend = arrays(part)
     rows = np.arange(len(part))
-    bars = [None] if gate_tier is None else np.quantile(g[:, 0], np.linspace(0, 1, 41))
+    bars = np.quantile(g[:, 0], np.linspace(0, 1, 41)) if with_gate else [-np.inf]
     points = []
     for t in TRADEOFFS:
-        tiers = decide(p, cost, t)
+        chosen = decide(p, cost, t)
         for bar in bars:
-            paid = spend[rows, tiers - 1]
-            if bar is not None:
-                rejected = (tiers == 1) & (g[:, 0] < bar)
-                paid = paid + np.where(rejected, spend[:, 2], 0)
-                tiers = np.where(rejected, 3, tiers)
-            m = routing_metrics(part, tiers, paid)
+            rejected = (chosen == 1) & (g[:, 0] < bar)
+            m = routing_metrics(part, np.where(rejected, 3, chosen), spend[rows, chosen - 1] + np.where(rejected, spend[:, 2], 0))
             points.append((m["quality_vs_frontier"], m["cost_savings"]))
     return savings_at_quality(points, 0.95) or float("nan")
 
