@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from classifier_service.calibration import TRADEOFFS  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
 from classifier_service.train import embed_records, fit, relative_cost  # noqa: E402
@@ -36,7 +37,6 @@ from tierwise.metrics import routing_metrics, savings_at_quality  # noqa: E402
 
 BATCH, LR, HEAD_LR = 32, 3e-5, 1e-3
 QUERY_TOKENS, ANSWER_TOKENS = 64, 128  # gate input: the query's head and the answer's tail (where it concludes)
-TRADEOFFS = np.r_[0, np.geomspace(1e-3, 1e2, 201)]
 
 
 class Model(torch.nn.Module):
@@ -168,9 +168,9 @@ def main() -> None:
             part, cost = [records[i] for i in h], relative_cost([records[i] for i in d])
             if args.query:
                 tuned = predict(model, [(i, None) for i in h], tokens, lineup)
-                print(f"epoch {epoch} {name}: savings@90/95/99 frozen {curve(part, [decide(p, cost, t) for t in TRADEOFFS])}, "
-                      f"fine-tuned {curve(part, [decide(tuned, cost, t) for t in TRADEOFFS])}, "
-                      f"mean of both {curve(part, [decide((p + tuned) / 2, cost, t) for t in TRADEOFFS])}", flush=True)
+                sweep = lambda q: curve(part, [decide(q, cost, t) for t in TRADEOFFS])  # noqa: E731
+                print(f"epoch {epoch} {name}: savings@90/95/99 frozen {sweep(p)}, fine-tuned {sweep(tuned)}, "
+                      f"mean of both {sweep((p + tuned) / 2)}", flush=True)
             else:
                 g = np.stack([predict(model, [(i, t) for i in h], tokens, lineup) for t in (0, 1)], 1)
                 auc = ", ".join(f"tier {t + 1} gate {roc_auc_score(ok[h, t], g[:, t]):.3f} query {roc_auc_score(ok[h, t], p[:, t]):.3f}"
