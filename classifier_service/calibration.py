@@ -9,6 +9,8 @@ the window's (1/m = 1/n + 1/window).
 """
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import numpy as np
 
 from tierwise.data import Record, arrays
@@ -30,6 +32,16 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     """(tradeoff, facts) for `target` quality vs frontier on `window` new queries at `confidence`;
     falls back to always tier 3. Calibrated without the support check: the check is a safety net on top,
     not quality headroom for the tradeoff to spend (decision 0008)."""
+    candidates = ((float(t), decide(probabilities, relative_cost, t)) for t in TRADEOFFS)
+    tradeoff, facts = cheapest_meeting(records, candidates, target, ALWAYS_TIER_3, confidence, window, resamples, seed)
+    return tradeoff, facts if tradeoff != ALWAYS_TIER_3 else {"fallback": "no tradeoff met the bound: always tier 3"}
+
+
+def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.ndarray]], target: float,
+                     fallback: Any, confidence: float = 0.95, window: int = WINDOW, resamples: int = 300,
+                     seed: int = 0) -> tuple[Any, dict]:
+    """(setting, facts) of the cheapest (setting, tiers per record) candidate whose lower bootstrap bound
+    of quality vs frontier meets `target`; (`fallback`, why) when none does."""
     ok, cost = arrays(records)
     rows = np.arange(len(records))
     n = len(records)
@@ -37,17 +49,16 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     # Poisson weights: a bootstrap of expected size `sample` that vectorises over all resamples at once.
     weights = np.random.default_rng(seed).poisson(sample / n, size=(resamples, n)).astype(np.float64)
     frontier = weights @ ok[:, 2]
-    best, best_cost, best_facts = ALWAYS_TIER_3, float("inf"), {}
-    for tradeoff in TRADEOFFS:
-        tiers = decide(probabilities, relative_cost, tradeoff)
+    best, best_cost, best_facts = fallback, float("inf"), {}
+    for setting, tiers in candidates:
         chosen_cost = cost[rows, tiers - 1].sum()
         if chosen_cost >= best_cost:
             continue
         quality = (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12)
         lower = float(np.quantile(quality, 1 - confidence))
         if lower >= target:
-            best, best_cost = float(tradeoff), chosen_cost
+            best, best_cost = setting, chosen_cost
             best_facts = {"quality_vs_frontier_lower_bound": lower,
                           "quality_vs_frontier": float(ok[rows, tiers - 1].mean() / ok[:, 2].mean()),
                           "cost_savings": float(1 - chosen_cost / cost[:, 2].sum())}
-    return best, best_facts or {"fallback": "no tradeoff met the bound: always tier 3"}
+    return best, best_facts or {"fallback": "no candidate met the bound"}

@@ -5,7 +5,12 @@ Heads are fitted on the development part only (sha256(id) % 5 != 0) from the int
   - multiclass: the previous kind of head, softmax over the oracle tier, ordinal thresholds (t2, t3);
   - success (pooled): one logistic model per tier, fitted on all lineups, argmax_t P_t - tradeoff*cost_t;
   - success (per lineup): the same, fitted on the evaluated file's lineup only;
-  - the same with the support check (what ships): queries unlike the training queries go to tier 3.
+  - the same with the support check (what ships): queries unlike the training queries go to tier 3;
+  - two knobs instead of the one tradeoff: a free bias for tier 2 on top of the tradeoff (bias 0 is the
+    shipped rule). Both knobs are also calibrated for 95% on the dev part's out-of-fold predictions, as
+    `train` calibrates the one knob, and scored on the held-out part.
+Also prints the bootstrap interval of the per-lineup head's savings@95: how precisely each held-out part
+measures the curve figure.
 Prints savings@{90,95,99}% quality vs frontier (the `curve` figure of `tierwise eval`).
 With --calibration-check: a dev-only check of the calibration bound instead. The tradeoff is
 calibrated on out-of-fold predictions of 4/5 of each file's dev part and scored on the last fifth,
@@ -15,7 +20,10 @@ a head is trained and calibrated (as `tierwise train` does) on the dev part of t
 and routes every record of the left-out task, with and without the support check. Then, for each
 file, a head pooled over the other files' lineups routes its held-out part (an unseen lineup), with
 5-fold and with leave-one-lineup-out calibration.
-Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation]
+With --whole-file: the protocol the issue's seed numbers were measured with, 5-fold cross-validation over
+each whole dev file (held-out part included), for the previous multiclass head, the success heads and
+their two-knob sweep; three fold seeds.
+Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file]
 """
 from __future__ import annotations
 
@@ -24,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier_service.calibration import TRADEOFFS, calibrate  # noqa: E402
+from classifier_service.calibration import ALWAYS_TIER_3, TRADEOFFS, calibrate, cheapest_meeting  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
 from classifier_service.train import fit, fit_support, out_of_fold, relative_cost, route_unseen  # noqa: E402
@@ -46,9 +55,68 @@ def ordinal(p: np.ndarray, t2: float, t3: float) -> np.ndarray:
     return np.where(p[:, 2] >= t3, 3, np.where(p[:, 1] + p[:, 2] >= t2, 2, 1))
 
 
-def calibration_check(records, x, ok, source, dev) -> None:
-    from sklearn.model_selection import KFold
+def multiclass_sweep(p: np.ndarray) -> list[np.ndarray]:
+    grid = np.linspace(0, 1, 41)
+    return [ordinal(p, a, b) for a in grid for b in grid]
 
+
+TIER_2_BIASES = np.concatenate([-np.geomspace(0.01, 0.3, 7)[::-1], [0.0], np.geomspace(0.01, 0.3, 7)])
+
+
+def two_knobs(p: np.ndarray, cost):
+    """((tradeoff, bias), tiers) for every pair: tier = argmax_t P_t - tradeoff x cost_t + bias x [t = 2].
+    Bias 0 is the shipped rule, so this sweep contains the one-knob sweep."""
+    for tradeoff in TRADEOFFS:
+        for bias in TIER_2_BIASES:
+            yield (tradeoff, bias), np.argmax(p - tradeoff * np.asarray(cost) + [0.0, bias, 0.0], axis=1) + 1
+
+
+def interval(records, sweep: list[np.ndarray], target: float = 0.95, resamples: int = 300) -> str:
+    """5-95% bootstrap interval of savings@target over `sweep`: how precisely `records` measure the curve."""
+    ok, cost = arrays(records)
+    rows = np.arange(len(records))
+    chosen_ok = np.array([ok[rows, t - 1] for t in sweep]).T
+    chosen_cost = np.array([cost[rows, t - 1] for t in sweep]).T
+    weights = np.random.default_rng(0).poisson(1.0, size=(resamples, len(records))).astype(np.float64)
+    quality = (weights @ chosen_ok) / (weights @ ok[:, 2])[:, None]
+    savings = 1 - (weights @ chosen_cost) / (weights @ cost[:, 2])[:, None]
+    best = np.where(quality >= target - 1e-12, savings, -np.inf).max(axis=1)
+    low, high = np.quantile(best, [0.05, 0.95])
+    return f"{low:.0%}..{high:.0%}"
+
+
+def op(records, tiers) -> str:
+    m = routing_metrics(records, tiers)
+    return f"{m['quality_vs_frontier']:.3f}/{m['cost_savings']:.1%}"
+
+
+def one_or_two_knobs(dev_records, oof, p, cost, test) -> str:
+    """Held-out quality vs frontier / savings of one knob and of two knobs, each calibrated for 95% on `oof`."""
+    tradeoff = calibrate(dev_records, oof, cost, 0.95)[0]
+    (both, bias), _ = cheapest_meeting(dev_records, two_knobs(oof, cost), 0.95, (ALWAYS_TIER_3, 0.0))
+    two = np.argmax(p - both * np.asarray(cost) + [0.0, bias, 0.0], axis=1) + 1
+    return f"one knob {op(test, decide(p, cost, tradeoff))}, two knobs {op(test, two)} (bias {bias:+.3f})"
+
+
+def whole_file(records, x, ok, source) -> None:
+    oracle = np.array([r.oracle_tier for r in records])
+    for name in sorted(set(source)):
+        idx = np.where(source == name)[0]
+        part = [records[i] for i in idx]
+        cost = relative_cost(part)
+        for seed in (0, 1, 2):
+            multiclass = np.zeros((len(idx), 3))
+            for tr, va in KFold(5, shuffle=True, random_state=seed).split(idx):
+                model = LogisticRegression(C=1.0, max_iter=3000).fit(x[idx[tr]], oracle[idx[tr]])
+                multiclass[va] = model.predict_proba(x[idx[va]])
+            own = out_of_fold(x[idx], ok[idx], 0.5, seed)
+            print(f"{name} (n={len(idx)}, 5-fold, seed {seed}) savings@90/95/99: "
+                  f"multiclass {curve(part, multiclass_sweep(multiclass))}, "
+                  f"success {curve(part, [decide(own, cost, t) for t in TRADEOFFS])}, "
+                  f"two knobs {curve(part, [t for _, t in two_knobs(own, cost)])}", flush=True)
+
+
+def calibration_check(records, x, ok, source, dev) -> None:
     for name in sorted(set(source)):
         idx = np.where(dev & (source == name))[0]
         part = [records[i] for i in idx]
@@ -107,23 +175,29 @@ def main() -> None:
         return calibration_check(records, x, ok, source, dev)
     if "--generalisation" in sys.argv:
         return generalisation(records, x, source, dev)
+    if "--whole-file" in sys.argv:
+        return whole_file(records, x, ok, source)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))
-    grid = np.linspace(0, 1, 41)
     for name in sorted(set(source)):
         part = dev & (source == name)
         idx = np.where(held & (source == name))[0]
         test = [records[i] for i in idx]
-        cost = relative_cost([records[i] for i in np.where(part)[0]])
+        dev_records = [records[i] for i in np.where(part)[0]]
+        cost = relative_cost(dev_records)
         own = success(x[idx], *fit(x[part], ok[part], 0.5))
         outside = fit_support(x[part]).outside(x[idx])
         print(f"{name} (n={len(idx)} held out) savings@90/95/99: "
-              f"multiclass {curve(test, [ordinal(multiclass[idx], a, b) for a in grid for b in grid])}, "
+              f"multiclass {curve(test, multiclass_sweep(multiclass[idx]))}, "
               f"success pooled {curve(test, [decide(pooled[idx], cost, t) for t in TRADEOFFS])}, "
               f"success per lineup {curve(test, [decide(own, cost, t) for t in TRADEOFFS])}, "
-              f"the same with the support check {curve(test, [decide(own, cost, t, outside) for t in TRADEOFFS])}",
-              flush=True)
+              f"the same with the support check {curve(test, [decide(own, cost, t, outside) for t in TRADEOFFS])}, "
+              f"two knobs {curve(test, [t for _, t in two_knobs(own, cost)])}", flush=True)
+        oof = out_of_fold(x[part], ok[part], 0.5, 0)
+        print(f"{name} calibrated for 95% on the dev part, held-out quality vs frontier/savings: "
+              f"{one_or_two_knobs(dev_records, oof, own, cost, test)}; 5-95% bootstrap interval of the "
+              f"per-lineup savings@95: {interval(test, [decide(own, cost, t) for t in TRADEOFFS])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from classifier_service.calibration import calibrate
+from classifier_service.calibration import calibrate, cheapest_meeting
 from classifier_service.heads import decide
 from tierwise import evaluate
 from tierwise.cli import main
@@ -103,6 +103,20 @@ def test_calibration_falls_back_to_always_tier_3_when_nothing_meets_the_target()
     calib, calib_probs = synthetic(300, seed=1)
     tradeoff, facts = calibrate(calib, calib_probs, (0.01, 0.1, 1.0), target=1.2)
     assert decide(calib_probs, (0.01, 0.1, 1.0), tradeoff).tolist() == [3] * 300 and "fallback" in facts
+
+
+def test_cheapest_meeting_picks_the_cheapest_candidate_whose_bound_meets_the_target():
+    calib, probs = synthetic(2000, seed=1)
+    always = {t: np.full(len(calib), t) for t in (1, 2, 3)}
+    # Tier 3 where tier 1 is unlikely to succeed, else tier 1: better than always-2, cheaper than always-3.
+    mixed = np.where(probs[:, 0] < 0.5, 3, 1)
+    candidates = [("always-3", always[3]), ("always-2", always[2]), ("mixed", mixed), ("always-1", always[1])]
+    quality = {name: routing_metrics(calib, tiers)["quality_vs_frontier"] for name, tiers in candidates}
+    target = (quality["mixed"] + quality["always-2"]) / 2
+    assert quality["mixed"] - quality["always-2"] > 0.05, "fixture: only always-3 and mixed may meet the target"
+    setting, facts = cheapest_meeting(calib, candidates, target, "fallback")
+    assert setting == "mixed" and facts["quality_vs_frontier_lower_bound"] >= target
+    assert cheapest_meeting(calib, candidates, 1.5, "fallback")[0] == "fallback"
 
 
 def test_records_without_responses_are_reported_not_replayable():
