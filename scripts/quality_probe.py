@@ -20,9 +20,9 @@ a head is trained and calibrated (as `tierwise train` does) on the dev part of t
 and routes every record of the left-out task, with and without the support check. Then, for each
 file, a head pooled over the other files' lineups routes its held-out part (an unseen lineup), with
 5-fold and with leave-one-lineup-out calibration.
-With --whole-file: the protocol the issue's seed numbers were measured with, 5-fold cross-validation over
-each whole dev file (held-out part included), for the previous multiclass head, the success heads and
-their two-knob sweep; three fold seeds.
+With --whole-file: 5-fold cross-validation over each whole dev file (held-out part included), most likely
+the protocol of the issue's seed figures (decision 0011), for the previous multiclass head, the success
+heads and their two-knob sweep; three fold seeds.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file]
 """
 from __future__ import annotations
@@ -63,12 +63,16 @@ def multiclass_sweep(p: np.ndarray) -> list[np.ndarray]:
 TIER_2_BIASES = np.concatenate([-np.geomspace(0.01, 0.3, 7)[::-1], [0.0], np.geomspace(0.01, 0.3, 7)])
 
 
+def biased(p: np.ndarray, cost, tradeoff: float, bias: float) -> np.ndarray:
+    """tier = argmax_t P_t - tradeoff x cost_t + bias x [t = 2]; bias 0 is the shipped rule."""
+    return np.argmax(p - tradeoff * np.asarray(cost) + [0.0, bias, 0.0], axis=1) + 1
+
+
 def two_knobs(p: np.ndarray, cost):
-    """((tradeoff, bias), tiers) for every pair: tier = argmax_t P_t - tradeoff x cost_t + bias x [t = 2].
-    Bias 0 is the shipped rule, so this sweep contains the one-knob sweep."""
+    """((tradeoff, bias), tiers) for every pair; it contains the one-knob sweep (bias 0)."""
     for tradeoff in TRADEOFFS:
         for bias in TIER_2_BIASES:
-            yield (tradeoff, bias), np.argmax(p - tradeoff * np.asarray(cost) + [0.0, bias, 0.0], axis=1) + 1
+            yield (tradeoff, bias), biased(p, cost, tradeoff, bias)
 
 
 def interval(records, sweep: list[np.ndarray], target: float = 0.95, resamples: int = 300) -> str:
@@ -94,8 +98,8 @@ def one_or_two_knobs(dev_records, oof, p, cost, test) -> str:
     """Held-out quality vs frontier / savings of one knob and of two knobs, each calibrated for 95% on `oof`."""
     tradeoff = calibrate(dev_records, oof, cost, 0.95)[0]
     (both, bias), _ = cheapest_meeting(dev_records, two_knobs(oof, cost), 0.95, (ALWAYS_TIER_3, 0.0))
-    two = np.argmax(p - both * np.asarray(cost) + [0.0, bias, 0.0], axis=1) + 1
-    return f"one knob {op(test, decide(p, cost, tradeoff))}, two knobs {op(test, two)} (bias {bias:+.3f})"
+    return (f"one knob {op(test, decide(p, cost, tradeoff))}, "
+            f"two knobs {op(test, biased(p, cost, both, bias))} (bias {bias:+.3f})")
 
 
 def whole_file(records, x, ok, source) -> None:
