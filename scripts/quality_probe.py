@@ -89,9 +89,10 @@ def interval(records, sweep: list[np.ndarray], target: float = 0.95, resamples: 
     return f"{low:.0%}..{high:.0%}"
 
 
-def op(records, tiers) -> str:
-    m = routing_metrics(records, tiers)
-    return f"{m['quality_vs_frontier']:.3f}/{m['cost_savings']:.1%}"
+def op(records, tiers, digits: int = 1) -> str:
+    """'Q/S': quality vs frontier and savings of routing `records` to `tiers`."""
+    m = routing_metrics(records, np.asarray(tiers))
+    return f"{m['quality_vs_frontier']:.3f}/{m['cost_savings']:.{digits}%}"
 
 
 def one_or_two_knobs(dev_records, oof, p, cost, test) -> str:
@@ -136,10 +137,8 @@ def calibration_check(records, x, ok, source, dev) -> None:
 
 
 def with_and_without(records, plain, checked, digits: int = 0) -> str:
-    """'without check Q/S, with Q/S': quality vs frontier and savings of both routings of `records`."""
-    a, b = routing_metrics(records, np.asarray(plain)), routing_metrics(records, np.asarray(checked))
-    return (f"without check {a['quality_vs_frontier']:.3f}/{a['cost_savings']:.{digits}%}, "
-            f"with {b['quality_vs_frontier']:.3f}/{b['cost_savings']:.{digits}%}")
+    """'without check Q/S, with Q/S' for both routings of `records`."""
+    return f"without check {op(records, plain, digits)}, with {op(records, checked, digits)}"
 
 
 def generalisation(records, x, source, dev) -> None:
