@@ -24,12 +24,11 @@ REFUSAL = re.compile(r"\b(i (cannot|can't|am unable to|'m unable to)|as an ai\b|
                      r"i don't know|not sure|i apologi[sz]e)", re.I)
 
 
-class HeuristicGate(QualityGate):
-    """The seed's gate: reject empty, cut-off, refusing or hedging answers, and answers far too short
-    for a long question. Known weakness (measured in the quality issue): it rejects short correct
-    answers and accepts long wrong ones."""
+class SurfaceGate(QualityGate):
+    """Reject answers that fail on their face: empty, cut off at max_tokens, refusing or hedging. It cannot
+    tell a right answer from a wrong one; it catches the failures a provider returns as success."""
 
-    name = "heuristic"
+    name = "surface"
 
     def check(self, query: str, answer: str, finish_reason: str = "stop") -> Verdict:
         text = answer.strip()
@@ -39,12 +38,25 @@ class HeuristicGate(QualityGate):
             return Verdict(False, "answer cut off at max_tokens")
         if REFUSAL.search(text[:400]):
             return Verdict(False, "refusal or uncertainty")
-        if len(query.split()) > 60 and len(text.split()) < 10:
-            return Verdict(False, f"{len(text.split())}-word answer to a {len(query.split())}-word question")
         return Verdict(True, "passed surface checks")
 
 
-GATES: dict[str, type[QualityGate]] = {HeuristicGate.name: HeuristicGate}
+class HeuristicGate(SurfaceGate):
+    """The seed's gate: the surface checks, plus rejecting answers far too short for a long question. That
+    rule rejects short correct answers: on routerbench's dev part, the answers it rejects are acceptable
+    more often than those it passes (decision 0012). Kept for comparison; `surface` is the default."""
+
+    name = "heuristic"
+
+    def check(self, query: str, answer: str, finish_reason: str = "stop") -> Verdict:
+        verdict = super().check(query, answer, finish_reason)
+        words = len(answer.split())
+        if verdict.accept and len(query.split()) > 60 and words < 10:
+            return Verdict(False, f"{words}-word answer to a {len(query.split())}-word question")
+        return verdict
+
+
+GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate)}
 
 
 def gate(name: str) -> QualityGate:

@@ -29,8 +29,12 @@ def fixture_records() -> list[Record]:
             record(3, (0, 0, 0), (None, None, "5"))]
 
 
+def tier_1_first(records):
+    return evaluate.baseline("always-1", records)
+
+
 def test_cascade_replay_pays_every_tier_it_tried():
-    replay = evaluate.cascade(fixture_records())
+    replay = evaluate.cascade(fixture_records(), tier_1_first, "surface")
     assert replay.not_replayable == 1 and len(replay.records) == 3
     # record 0: tier 1 accepted (paid 1); record 1: tier 1 refusal -> tier 2 accepted (1 + 10);
     # record 2: tier 1 empty -> tier 2 hedges -> tier 3 (1 + 10 + 100)
@@ -39,6 +43,17 @@ def test_cascade_replay_pays_every_tier_it_tried():
     m = routing_metrics(replay.records, replay.operating_point.tiers, replay.operating_point.paid)
     assert m["cost_savings"] == pytest.approx(1 - 123 / 300)
     assert m["quality_vs_frontier"] == pytest.approx(1.0) and m["accuracy"] == pytest.approx(1.0)
+
+
+def test_composed_cascade_starts_at_each_tier_the_start_strategy_chose():
+    records = fixture_records()[:3]
+    start = evaluate.Replay("x", records, evaluate.Outcome(np.array([2, 1, 3]), np.zeros(3)),
+                            [evaluate.Outcome(np.array([1, 1, 1]), np.zeros(3))], 5.0, detail={"heads": "h"})
+    replay = evaluate.cascade(records, lambda replayable: start, "surface", "x+cascade")
+    # record 0 starts at tier 2 ("4" passes: 10); record 1 at tier 1, refusal -> tier 2 (1 + 10); record 2 at 3 (100)
+    assert replay.operating_point.tiers.tolist() == [2, 2, 3] and replay.operating_point.paid.tolist() == [10, 11, 100]
+    assert [o.tiers.tolist() for o in replay.sweep] == [[1, 2, 3]] and replay.sweep[0].paid.tolist() == [1, 11, 111]
+    assert replay.name == "x+cascade" and replay.latency_ms >= 5.0 and replay.detail == {"heads": "h"}
 
 
 def test_baselines_match_their_definitions():
@@ -63,10 +78,10 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
             f.write(json.dumps({"id": r.id, "source": r.source, "task": r.task, "query": r.query, "outcomes": [
                 {"tier": t + 1, "model": f"m{t}", "score": r.scores[t], "cost_usd": r.costs[t],
                  "cost_estimated": True, "response": r.responses[t]} for t in range(3)]}) + "\n")
-    for strategy in ("heuristic", "embedding", "cascade", "oracle"):
+    for strategy in ("heuristic", "embedding", "cascade", "embedding+cascade", "oracle"):
         assert main(["eval", "--data", str(data), "--strategy", strategy, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        extra = {"heads"} if strategy == "embedding" else set()
+        extra = {"heads"} if "embedding" in strategy else set()
         assert set(out) == {"strategy", "n", "target_quality", "not_replayable", "operating_point", "curve", *extra}
         assert set(out["operating_point"]) == {"accuracy", "cost_savings", "quality_preserved", "answer_quality",
                                                "quality_vs_frontier", "tier_mix", "avg_latency_overhead_ms"}
@@ -76,7 +91,7 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
     assert main(["eval", "--data", str(data), "--strategy", "nope", "--json"]) == 2
     assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r")]) == 0
     report = (tmp_path / "r" / "REPORT.md").read_text()
-    assert "| oracle |" in report and "| cascade |" in report and (tmp_path / "r" / "fixture.png").stat().st_size > 0
+    assert "| oracle |" in report and "| cascade |" in report and "| embedding+cascade |" in report and (tmp_path / "r" / "fixture.png").stat().st_size > 0
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Record], np.ndarray]:
@@ -121,7 +136,7 @@ def test_cheapest_meeting_picks_the_cheapest_candidate_whose_bound_meets_the_tar
 
 def test_records_without_responses_are_reported_not_replayable():
     records = [record(0, (1, 1, 1), (None, None, None)), record(1, (0, 1, 1), (None, None, None))]
-    result = evaluate.cascade(records).result(0.95)
+    result = evaluate.cascade(records, tier_1_first, "surface").result(0.95)
     assert result["n"] == 0 and result["not_replayable"] == 2
     assert result["operating_point"] is None and result["curve"] is None
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from router_service.config import parse
-from router_service.gates import HeuristicGate
+from router_service.gates import HeuristicGate, SurfaceGate
 from router_service.server import build_chains
 from router_service.strategies import RouteInput, Strategies
 from router_service.strategies.heuristic import heuristic_score
@@ -63,6 +63,14 @@ def test_heuristic_rules():
 @pytest.mark.parametrize("answer, accept", [
     ("Paris.", True), ("", False), ("I cannot help with that request.", False),
     ("As an AI, I am not sure.", False), ("The answer is 42 because of the reasons below.", True)])
-def test_heuristic_gate(answer, accept):
-    assert HeuristicGate().check("What is the capital of France?", answer).accept is accept
-    assert not HeuristicGate().check("q", "Paris", finish_reason="length").accept
+def test_surface_and_heuristic_gates(answer, accept):
+    for gate in (SurfaceGate(), HeuristicGate()):
+        assert gate.check("What is the capital of France?", answer).accept is accept
+        assert not gate.check("q", "Paris", finish_reason="length").accept
+
+
+def test_only_the_seeds_gate_rejects_a_short_answer_to_a_long_question():
+    question = "Read the passage and pick the right option. " * 10 + "Which option is right: A, B, C or D?"
+    assert SurfaceGate().check(question, "B").accept
+    verdict = HeuristicGate().check(question, "B")
+    assert not verdict.accept and verdict.reason.startswith("1-word answer")

@@ -41,12 +41,20 @@ def _records(paths, part: str):
 
 
 def _replay(name: str, records, args: argparse.Namespace):
+    from router_service.config import CascadeConfig
+
     from . import evaluate
 
     if name in evaluate.BASELINES:
         return evaluate.baseline(name, records)
     if name == "embedding":
         return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head)
+    if name == "cascade" or name.endswith("+cascade"):
+        # As the router runs them: plain `cascade` starts where `cascade.start` says; the gate is `cascade.gate`.
+        defaults = CascadeConfig()
+        first = name.removesuffix("cascade").removesuffix("+") or defaults.start
+        return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args),
+                                args.gate or defaults.gate, name)
     return getattr(evaluate, name)(records)
 
 
@@ -215,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.set_defaults(run=_train)
     ev = sub.add_parser("eval", help="replay strategies offline on benchmark records")
     ev.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
-    ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, or a baseline")
+    ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, embedding+cascade, or a baseline")
     ev.add_argument("--target-quality", type=float, default=0.95)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.add_argument("--report", type=Path, help="write Markdown + PNG curves for every strategy and baseline here")
@@ -224,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--head", default="",
                     help="classifier head (default: the head trained on the records' tier lineup, else the default head)")
     ev.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
+    ev.add_argument("--gate", default="", help="quality gate the cascades run (default: the router's, cascade.gate)")
     ev.set_defaults(run=_eval)
     ca = sub.add_parser("calibrate", help="choose a head's tradeoff for a quality target, with a confidence bound")
     ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")

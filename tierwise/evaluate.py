@@ -2,21 +2,24 @@
 
 Each strategy is replayed at its shipped operating point (thresholds calibrated on other data, never
 on the evaluated file) and swept over its thresholds on the evaluated file (the cost-quality curve).
-`heuristic` and `embedding` decide from the query; `cascade` runs its quality gate on each tier's
-recorded response and pays for every tier tried, so records without responses are not replayable.
+`heuristic` and `embedding` decide from the query. `cascade` (starting where `cascade.start` says, as the
+router's plain cascade does) and `embedding+cascade` run a quality gate (the router's `cascade.gate` unless
+told otherwise) on each tier's recorded response and pay for every tier tried, so records without
+responses are not replayable.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .data import Record, arrays
 from .metrics import QUALITY_TARGETS, aiq, routing_metrics, savings_at_quality
 
-STRATEGIES = ("heuristic", "embedding", "cascade")
+STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
 
 
@@ -145,31 +148,36 @@ def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], laten
     return Replay(name, records, route(None), [route(t) for t in TRADEOFFS], latency_ms, detail=detail or {})
 
 
-def cascade(records: list[Record]) -> Replay:
-    """The seed's cascade: tier 1 first, the heuristic gate on each recorded answer, escalate on rejection."""
-    from router_service.gates import HeuristicGate
+def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate_name: str,
+            name: str = "cascade") -> Replay:
+    """A cascade as the router runs it: the `start` strategy's replay on the replayable records gives each
+    record's first tier (its operating point, and each setting of its sweep); the gate runs on each recorded
+    answer, and a rejection escalates, paying for every tier tried. Records lacking a tier 1 or 2 answer are
+    not replayable."""
+    from router_service.gates import gate
 
-    gate = HeuristicGate()
+    check = gate(gate_name).check
     replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
+    skipped = len(records) - len(replayable)
+    if not replayable:
+        return Replay(name, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=skipped)
     cost = arrays(replayable)[1]
     started = time.perf_counter()
-    accepts = np.array([[gate.check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable],
-                       dtype=bool).reshape(-1, 2)
-    latency = (time.perf_counter() - started) * 1e3 / max(len(replayable), 1)
+    accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
+    latency = (time.perf_counter() - started) * 1e3 / len(replayable)
 
-    def run(start: int, max_tier: int) -> Outcome:
-        tiers = np.full(len(replayable), max_tier)
-        paid = np.zeros(len(replayable))
-        for i in range(len(replayable)):
-            for tier in range(start, max_tier + 1):
-                paid[i] += cost[i, tier - 1]
-                if tier == max_tier or accepts[i, tier - 1]:
-                    tiers[i] = tier
-                    break
+    def run(first: np.ndarray) -> Outcome:
+        tiers = np.asarray(first, dtype=int).copy()
+        paid = cost[np.arange(len(tiers)), tiers - 1].copy()
+        for i in range(len(tiers)):
+            while tiers[i] < 3 and not accepts[i, tiers[i] - 1]:
+                tiers[i] += 1
+                paid[i] += cost[i, tiers[i] - 1]
         return Outcome(tiers, paid)
 
-    sweep = [run(start, top) for start in (1, 2, 3) for top in (1, 2, 3) if top >= start]
-    return Replay("cascade", replayable, run(1, 3), sweep, latency, not_replayable=len(records) - len(replayable))
+    first = start(replayable)
+    return Replay(name, replayable, run(first.operating_point.tiers), [run(o.tiers) for o in first.sweep],
+                  first.latency_ms + latency, skipped, first.detail)
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
