@@ -96,7 +96,7 @@ def router_config(base_url: str, **overrides) -> dict:
              {"tier": 3, "price_per_mtok": {"input": 15.0, "output": 75.0}, "providers": [provider("t3-a")]}]
     doc = {"strategy": "heuristic", "classifier": {"timeout_ms": 500}, "tiers": tiers,
            "judge": {"tier": 1, "timeout_ms": 2000, "fallback": "heuristic"},
-           "cascade": {"start": "heuristic", "gate": "heuristic", "max_tier": 3}}
+           "cascade": {"start": "heuristic", "gate": "surface", "max_tier": 3}}
     doc.update(overrides)
     return doc
 
