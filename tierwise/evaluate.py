@@ -166,13 +166,15 @@ def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate
     accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
     latency = (time.perf_counter() - started) * 1e3 / len(replayable)
 
+    rows = np.arange(len(replayable))
+
     def run(first: np.ndarray) -> Outcome:
         tiers = np.asarray(first, dtype=int).copy()
-        paid = cost[np.arange(len(tiers)), tiers - 1].copy()
-        for i in range(len(tiers)):
-            while tiers[i] < 3 and not accepts[i, tiers[i] - 1]:
-                tiers[i] += 1
-                paid[i] += cost[i, tiers[i] - 1]
+        paid = cost[rows, tiers - 1].copy()
+        for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
+            climb = (tiers < 3) & ~accepts[rows, np.minimum(tiers, 2) - 1]
+            tiers += climb
+            paid += np.where(climb, cost[rows, tiers - 1], 0.0)
         return Outcome(tiers, paid)
 
     first = start(replayable)
