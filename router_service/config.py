@@ -70,7 +70,7 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    start: str = doc("strategy choosing the first tier for plain `cascade`", "heuristic")
+    start: str = doc("strategy choosing the first tier for plain `cascade`", "embedding")
     gate: str = doc("quality gate run on each answer: surface, or the seed's heuristic", "surface")
     max_tier: int = doc("highest tier the gate may escalate to", 3)
 
