@@ -5,18 +5,14 @@ serves until SIGTERM or SIGINT, and exits by itself after MAX_LIFETIME_S in any 
 """
 from __future__ import annotations
 
-import signal
-import threading
-
 from tests import provider_double
+from tierwise.run import StopOnSignal
 
 MAX_LIFETIME_S = 900.0
 
 
 def main() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopOnSignal()
     with provider_double.ProviderDouble() as double:
         print(f"provider-double ready on {double.base_url}", flush=True)
         stop.wait(MAX_LIFETIME_S)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,27 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
+class StopOnSignal:
+    """Records SIGINT/SIGTERM. The handler only sets a bool: a handler that takes a lock (Event.set) deadlocks
+    when Python runs it on the main thread while that thread holds the same lock, e.g. inside Event.wait,
+    which is where it runs when the signal lands on another thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request)
+
+    def _request(self, *_) -> None:
+        self.requested = True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds` in short steps; True once a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        return self.requested
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m tierwise.run", description=__doc__)
     ap.add_argument("--classifier-listen", default="127.0.0.1:50051")
@@ -45,9 +67,7 @@ def main() -> int:
     args = ap.parse_args()
 
     procs: list[subprocess.Popen] = []
-    stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    stopping = StopOnSignal()
     try:
         for module, extra in (("classifier_service", ["--listen", args.classifier_listen]),
                               ("router_service", ["--listen", args.router_listen, "--config", args.config,
@@ -55,7 +75,7 @@ def main() -> int:
             ready, lines = threading.Event(), []
             procs.append(start([module, *extra], module, ready, lines))
             while not ready.wait(0.2):
-                if stopping.is_set():
+                if stopping.requested:
                     return 130
             if not lines:
                 print(f"tierwise: {module} exited before it was ready (code {procs[-1].wait()})", flush=True)
