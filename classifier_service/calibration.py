@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from tierwise.data import Record, arrays
+from tierwise.data import Record, arrays, check_measurable
 
 from .heads import decide
 
@@ -42,6 +42,7 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.n
                      seed: int = 0) -> tuple[Any, dict]:
     """(setting, facts) of the cheapest (setting, tiers per record) candidate whose lower bootstrap bound
     of quality vs frontier meets `target`; (`fallback`, why) when none does."""
+    check_measurable(records, "calibration records")
     ok, cost = arrays(records)
     rows = np.arange(len(records))
     n = len(records)
@@ -54,7 +55,8 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.n
         chosen_cost = cost[rows, tiers - 1].sum()
         if chosen_cost >= best_cost:
             continue
-        quality = (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12)
+        # A resample in which tier 3 solved nothing says nothing about the ratio: count it as a miss.
+        quality = np.where(frontier > 0, (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12), 0.0)
         lower = float(np.quantile(quality, 1 - confidence))
         if lower >= target:
             best, best_cost = setting, chosen_cost

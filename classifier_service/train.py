@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
-from tierwise.data import Record, arrays, load, split
+from tierwise.data import DataError, Record, arrays, check_measurable, load, split
 from tierwise.evaluate import tradeoff_replay
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 QUERIES_PER_CENTROID = 100
 SUPPORT_QUANTILE = 0.05  # share of each centroid's own queries below its bar
+MIN_DEV_RECORDS = 25  # five cross-validation folds of five
 
 
 def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
@@ -81,7 +82,7 @@ def fit_support(x: np.ndarray, seed: int = 0) -> Support:
     centroid's bar is the SUPPORT_QUANTILE of its own queries' similarity to it."""
     k = int(np.clip(len(x) // QUERIES_PER_CENTROID, 16, 128))
     rows = unit(x)
-    km = KMeans(min(k, len(x)), n_init=3, random_state=seed).fit(rows)
+    km = KMeans(min(k, len(np.unique(rows, axis=0))), n_init=3, random_state=seed).fit(rows)
     centroids = unit(km.cluster_centers_).astype(np.float32)
     near = rows @ centroids.T
     bars = np.array([np.quantile(near[km.labels_ == j, j], SUPPORT_QUANTILE) if (km.labels_ == j).sum() else 1.0
@@ -134,6 +135,10 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
           seed: int = 0) -> TierHead:
     records = load(data)
     dev, test = split(records)
+    check_measurable(dev, "the development part (records not held out)")
+    if len(dev) < MIN_DEV_RECORDS:
+        raise DataError(f"the development part (records not held out): {len(dev)} records; at least {MIN_DEV_RECORDS} "
+                        "are needed to cross-validate and calibrate a head (label more with `tierwise label`)")
     encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
     x_all = embed_records(encoder, records, ROOT / "build" / "embeddings")
     index = {id(r): i for i, r in enumerate(records)}
@@ -159,8 +164,15 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     p_test = success(x_test, coef, intercept)
     outside_test = support.outside(x_test)
     cv = routing_metrics(dev, decide(oof, costs, tradeoff))
-    held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff, outside_test)]
-                           ).result(target_quality)
+    try:
+        check_measurable(test, "the held-out part")
+        held = tradeoff_replay("held-out", test, [(np.arange(len(test)), p_test, costs, tradeoff, outside_test)]
+                               ).result(target_quality)
+        held_out = {**{f"held_out_{k}": _fmt(v) for k, v in held["operating_point"].items()
+                       if k != "avg_latency_overhead_ms"},
+                    **{f"held_out_savings_at_{q}_curve": _fmt(v) for q, v in held["curve"]["savings_at_quality"].items()}}
+    except DataError as err:
+        held_out = {"held_out": f"not measured: {err}"}
 
     when = time.strftime("%Y-%m-%d")
     models = lineup(records)
@@ -179,12 +191,11 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
                            "on the others)" if pooled else "out-of-fold predictions of the dev part")),
         "support": (f"{len(support.bars)} k-means centroids of the dev queries, each with a bar at the "
                     f"{SUPPORT_QUANTILE:.0%} quantile of its own queries' similarity; held out records outside: "
-                    f"{outside_test.mean():.1%}"),
+                    + (f"{outside_test.mean():.1%}" if len(test) else "none held out")),
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
-        **{f"held_out_{k}": _fmt(v) for k, v in held["operating_point"].items() if k != "avg_latency_overhead_ms"},
-        **{f"held_out_savings_at_{q}_curve": _fmt(v) for q, v in held["curve"]["savings_at_quality"].items()},
+        **held_out,
     }
     head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
                     target_quality=target_quality, encoder=encoder.version, models=models, card=card,

@@ -11,7 +11,7 @@ from classifier_service.calibration import calibrate, cheapest_meeting
 from classifier_service.heads import decide
 from tierwise import evaluate
 from tierwise.cli import main
-from tierwise.data import Record
+from tierwise.data import DataError, Record
 from tierwise.metrics import aiq, routing_metrics
 
 COSTS = (1.0, 10.0, 100.0)
@@ -71,13 +71,19 @@ def test_aiq_is_the_area_under_the_upper_hull():
     assert aiq([(1.0, 0.7)]) == 0.7
 
 
+def shared_format(r: Record) -> str:
+    return json.dumps({"id": r.id, "source": r.source, "task": r.task, "query": r.query, "outcomes": [
+        {"tier": t + 1, "model": f"m{t}", "score": r.scores[t], "cost_usd": r.costs[t],
+         "cost_estimated": True, "response": r.responses[t]} for t in range(3)]})
+
+
+def write_records(path, records: list[Record]):
+    path.write_text("".join(shared_format(r) + "\n" for r in records))
+    return path
+
+
 def test_eval_json_shape_is_stable(tmp_path, capsys):
-    data = tmp_path / "fixture.jsonl"
-    with data.open("w") as f:
-        for r in fixture_records():
-            f.write(json.dumps({"id": r.id, "source": r.source, "task": r.task, "query": r.query, "outcomes": [
-                {"tier": t + 1, "model": f"m{t}", "score": r.scores[t], "cost_usd": r.costs[t],
-                 "cost_estimated": True, "response": r.responses[t]} for t in range(3)]}) + "\n")
+    data = write_records(tmp_path / "fixture.jsonl", fixture_records())
     for strategy in ("heuristic", "embedding", "cascade", "embedding+cascade", "oracle"):
         assert main(["eval", "--data", str(data), "--strategy", strategy, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
@@ -154,3 +160,70 @@ def test_costs_table_prices_each_mix(tmp_path, capsys):
     mix = 0.6 * 0.0015 + 0.25 * 0.018 + 0.15 * 0.09
     assert f"${mix:.6f}" in out and "$36,000.00" in out  # the cascade pays 40% of always tier 3
     assert main(["costs", "--queries-per-month", "10", "--mix", "50/50"]) == 2
+
+
+def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, capsys):
+    good = shared_format(fixture_records()[0])
+    cases = {
+        "missing.jsonl": None,
+        "not-json.jsonl": good + "\n{not json\n",
+        "score.jsonl": good + "\n" + good.replace('"score": 1', '"score": 1.5', 1) + "\n",
+        "query.jsonl": good.replace('"query": "What is 2 + 2?"', '"query": " "') + "\n",
+        "cost.jsonl": good.replace('"cost_usd": 1.0', '"cost_usd": -1.0', 1) + "\n",
+    }
+    expected = {"missing.jsonl": "cannot read routing records", "not-json.jsonl": "not-json.jsonl:2: not a routing record",
+                "score.jsonl": "score.jsonl:2: outcomes[].score", "query.jsonl": "query.jsonl:1: query",
+                "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd"}
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        for command, extra in (("eval", ["--json"]), ("train", ["--out", str(tmp_path / "heads")]),
+                               ("calibrate", ["--heads-dir", str(tmp_path / "heads")])):
+            assert main([command, "--data", str(tmp_path / name), *extra]) == 2, (command, name)
+            err = capsys.readouterr().err
+            assert err.startswith(f"tierwise {command}: ") and expected[name] in err, err
+
+
+def test_quality_numbers_need_a_frontier_that_answers_something(tmp_path, capsys):
+    data = write_records(tmp_path / "no-frontier.jsonl", [record(i, (i % 2, 0, 0)) for i in range(40)])
+    assert main(["eval", "--data", str(data), "--json"]) == 2
+    assert "tier 3 answered none of the 40 records acceptably" in capsys.readouterr().err
+    assert main(["eval", "--data", str(write_records(tmp_path / "empty.jsonl", [])), "--json"]) == 2
+    assert "no records" in capsys.readouterr().err
+    with pytest.raises(DataError, match="tier 3 answered none"):
+        calibrate([record(i, (1, 0, 0)) for i in range(40)], np.full((40, 3), 0.5), (0.01, 0.1, 1.0), 0.95)
+
+
+def test_train_refuses_too_few_records_and_says_when_its_head_cannot_save(tmp_path, capsys):
+    few = write_records(tmp_path / "few.jsonl", [record(i, (0, 1, 1)) for i in range(10)])
+    assert main(["train", "--data", str(few), "--out", str(tmp_path / "heads"), "--name", "few"]) == 2
+    assert "at least 25 are needed" in capsys.readouterr().err
+    # Tier 1 and tier 3 each solve half, on queries that look alike: nothing can promise 100% of tier 3's quality.
+    coin = write_records(tmp_path / "coin.jsonl", [record(i, (i % 2, 0, 1 - i % 2)) for i in range(60)])
+    assert main(["train", "--data", str(coin), "--out", str(tmp_path / "heads"), "--name", "coin",
+                 "--target-quality", "1"]) == 0
+    assert "sends every query to tier 3" in capsys.readouterr().err
+    assert (tmp_path / "heads" / "coin" / "head.json").exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "--target-quality", "0"], "--target-quality"), (["calibrate", "--target-quality", "1.2"], "--target-quality"),
+    (["train", "--target-quality", "x"], "--target-quality"), (["train", "--c", "-1"], "--c"),
+    (["costs", "--queries-per-month", "-5"], "--queries-per-month"),
+    (["label", "--queries", "q", "--config", "c", "--rate", "0"], "--rate"),
+    (["label", "--queries", "q", "--config", "c", "--concurrency", "0"], "--concurrency"),
+    (["route", "hi", "--timeout", "0"], "--timeout")])
+def test_numeric_flags_refuse_out_of_range_values_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_paths_that_cannot_be_read_or_written_are_named_not_a_traceback(tmp_path, capsys):
+    data = write_records(tmp_path / "fixture.jsonl", fixture_records())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(blocker / "report")]) == 1
+    assert capsys.readouterr().err.startswith("tierwise eval: ")
+    assert main(["calibrate", "--data", str(data), "--heads-dir", str(tmp_path / "no-heads")]) == 1
+    assert "no-heads" in capsys.readouterr().err

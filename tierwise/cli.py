@@ -7,12 +7,34 @@ import os
 import sys
 from pathlib import Path
 
-from .data import shared_files
+from .data import DataError, check_measurable, shared_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def at_least(kind: type, low: float, strict: bool = False):
+    """An argparse type: a number of `kind` that is >= `low` (> `low` when `strict`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{' whole' if kind is int else ''} number: {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {value:g}")
+        return value
+    return parse
+
+
+def quality_target(text: str) -> float:
+    """--target-quality: a share of always-tier-3 quality, in (0, 1]."""
+    value = at_least(float, 0, strict=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be <= 1 (a share of tier 3's quality), got {value:g}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
+    from classifier_service.calibration import ALWAYS_TIER_3
     from classifier_service.train import train
 
     data = args.data or shared_files()
@@ -21,8 +43,12 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c)
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
-    for key in sorted(k for k in head.card if k.startswith("held_out_")):
+    for key in sorted(k for k in head.card if k.startswith("held_out")):
         print(f"  {key}: {head.card[key]}")
+    if head.tradeoff == ALWAYS_TIER_3:
+        print(f"tierwise train: on {head.card['n_dev']} development records no tradeoff met the {args.target_quality:g} "
+              "target with confidence, so this head sends every query to tier 3. Label more queries: on the shared "
+              "data a lineup needed several hundred to a thousand (docs/decisions/0013)", file=sys.stderr)
     return 0
 
 
@@ -30,7 +56,11 @@ def _load_data(args: argparse.Namespace, command: str):
     data = args.data or shared_files()
     if not data:
         raise SystemExit(f"tierwise {command}: no --data given and ../shared/data/routing is absent")
-    return [Path(p) for p in data], _records(data, getattr(args, "split", "all"))
+    part = getattr(args, "split", "all")
+    records = _records(data, part)
+    if command == "eval":
+        check_measurable(records, f"{' '.join(map(str, data))} ({part})")
+    return [Path(p) for p in data], records
 
 
 def _records(paths, part: str):
@@ -72,8 +102,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"tierwise eval: {err.args[0]}", file=sys.stderr)
         return 2
     if args.report:
-        per_file = {str(p): {name: _replay(name, _records([p], args.split), args).result(args.target_quality)
-                             for name in known} for p in paths}
+        per_file = {}
+        for p in paths:
+            records = _records([p], args.split)
+            check_measurable(records, f"{p} ({args.split})")
+            per_file[str(p)] = {name: _replay(name, records, args).result(args.target_quality) for name in known}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
     if args.json:
         if result["curve"] is not None:
@@ -198,7 +231,7 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("TIERWISE_ROUTER_ADDRESS", "127.0.0.1:50052"),
                    help="router host:port (env TIERWISE_ROUTER_ADDRESS)")
     p.add_argument("--strategy", default="", help="routing strategy (default: the router's)")
-    p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    p.add_argument("--timeout", type=at_least(float, 0, strict=True), default=60.0, help="deadline in seconds")
     p.add_argument("--tls", action="store_true", help="use TLS (API key from TIERWISE_API_KEY)")
 
 
@@ -211,20 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     ro.set_defaults(run=_route)
     co = sub.add_parser("complete", help="answer a prompt through the router, streaming")
     co.add_argument("prompt")
-    co.add_argument("--max-tokens", type=int, default=0)
+    co.add_argument("--max-tokens", type=at_least(int, 0), default=0)
     _add_client_flags(co)
     co.set_defaults(run=_complete)
     tr = sub.add_parser("train", help="fit the tier head the classifier serves")
     tr.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
     tr.add_argument("--out", type=Path, default=ROOT / "models" / "heads")
     tr.add_argument("--name", default="default")
-    tr.add_argument("--target-quality", type=float, default=0.95)
-    tr.add_argument("--c", type=float, help="inverse L2 regularisation strength (default: chosen by cross-validation)")
+    tr.add_argument("--target-quality", type=quality_target, default=0.95)
+    tr.add_argument("--c", type=at_least(float, 0, strict=True), help="inverse L2 regularisation strength (default: chosen by cross-validation)")
     tr.set_defaults(run=_train)
     ev = sub.add_parser("eval", help="replay strategies offline on benchmark records")
     ev.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
     ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, embedding+cascade, or a baseline")
-    ev.add_argument("--target-quality", type=float, default=0.95)
+    ev.add_argument("--target-quality", type=quality_target, default=0.95)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.add_argument("--report", type=Path, help="write Markdown + PNG curves for every strategy and baseline here")
     ev.add_argument("--split", choices=("all", "held-out", "dev"), default="all",
@@ -236,19 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(run=_eval)
     ca = sub.add_parser("calibrate", help="choose a head's tradeoff for a quality target, with a confidence bound")
     ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
-    ca.add_argument("--target-quality", type=float, default=0.95)
+    ca.add_argument("--target-quality", type=quality_target, default=0.95)
     ca.add_argument("--head", default="default")
     ca.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
     ca.add_argument("--include-held-out", action="store_true",
                     help="also use the held-out fifth (by default it is never calibrated on)")
     ca.set_defaults(run=_calibrate)
     cs = sub.add_parser("costs", help="monthly cost table at the configured prices")
-    cs.add_argument("--queries-per-month", type=int, required=True)
+    cs.add_argument("--queries-per-month", type=at_least(int, 0), required=True)
     cs.add_argument("--mix", help="a tier mix in percent, e.g. 60/25/15")
     cs.add_argument("--from-eval", nargs="+", type=Path, help="JSON written by `tierwise eval --json`")
     cs.add_argument("--config", default=str(ROOT / "tierwise.example.yaml"))
-    cs.add_argument("--input-tokens", type=int, default=400)
-    cs.add_argument("--output-tokens", type=int, default=0, help="default: the config's expected_output_tokens")
+    cs.add_argument("--input-tokens", type=at_least(int, 0), default=400)
+    cs.add_argument("--output-tokens", type=at_least(int, 0), default=0, help="default: the config's expected_output_tokens")
     cs.set_defaults(run=_costs)
     la = sub.add_parser("label", help="label queries by asking every tier and judging against tier 3")
     la.add_argument("--queries", type=Path, required=True, help="JSON lines with \"query\" (or plain lines)")
@@ -256,12 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--out", type=Path, default=Path("labelled.jsonl"), help="records are appended here (resumable)")
     la.add_argument("--source", default="label", help="the records' source name")
     la.add_argument("--judge-tier", type=int, default=1, choices=(1, 2, 3))
-    la.add_argument("--rate", type=float, default=2.0, help="provider calls started per second, at most")
-    la.add_argument("--concurrency", type=int, default=4, help="queries in flight")
+    la.add_argument("--rate", type=at_least(float, 0, strict=True), default=2.0, help="provider calls started per second, at most")
+    la.add_argument("--concurrency", type=at_least(int, 1), default=4, help="queries in flight")
     la.set_defaults(run=_label)
     args = ap.parse_args(argv)
     try:
         return args.run(args)
+    except DataError as err:
+        print(f"tierwise {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written: say which, not a traceback
+        print(f"tierwise {args.command}: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # a gRPC error: print its status, not a traceback
         import grpc
 

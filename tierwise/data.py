@@ -41,27 +41,58 @@ def is_held_out(record_id: str) -> bool:
     return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) % TEST_SHARE == 0
 
 
+class DataError(ValueError):
+    """Records that are malformed, or cannot support the measurement asked of them."""
+
+
 def load(paths: list[str | Path]) -> list[Record]:
     records: list[Record] = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                    outcomes = {o["tier"]: o for o in raw["outcomes"]}
-                    tiers = [outcomes[t] for t in (1, 2, 3)]
-                    records.append(Record(
-                        id=raw["id"], source=raw.get("source", ""), task=raw.get("task", ""), query=raw["query"],
-                        scores=tuple(float(o["score"]) for o in tiers),
-                        costs=tuple(float(o["cost_usd"]) for o in tiers),
-                        responses=tuple(o.get("response") for o in tiers),
-                        models=tuple(str(o.get("model", "")) for o in tiers),
-                    ))
-                except (KeyError, TypeError, ValueError) as err:
-                    raise ValueError(f"{path}:{n}: not a routing record ({err!r})") from None
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = list(f)
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: cannot read routing records ({err})") from None
+        for n, line in enumerate(lines, start=1):
+            if line.strip():
+                records.append(_record(line, f"{path}:{n}"))
     return records
+
+
+def _record(line: str, where: str) -> Record:
+    try:
+        raw = json.loads(line)
+        outcomes = {o["tier"]: o for o in raw["outcomes"]}
+        tiers = [outcomes[t] for t in (1, 2, 3)]
+        scores = tuple(float(o["score"]) for o in tiers)
+        costs = tuple(float(o["cost_usd"]) for o in tiers)
+        record = Record(
+            id=str(raw["id"]), source=raw.get("source", ""), task=raw.get("task", ""), query=raw["query"],
+            scores=scores, costs=costs, responses=tuple(o.get("response") for o in tiers),
+            models=tuple(str(o.get("model", "")) for o in tiers),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{where}: not a routing record ({err!r})") from None
+    if not isinstance(record.query, str) or not record.query.strip():
+        raise DataError(f"{where}: query: must be a non-empty string")
+    if not all(0.0 <= s <= 1.0 for s in scores):
+        raise DataError(f"{where}: outcomes[].score: must lie in [0, 1], got {list(scores)}")
+    if not all(c >= 0.0 and np.isfinite(c) for c in costs):
+        raise DataError(f"{where}: outcomes[].cost_usd: must be a finite number >= 0, got {list(costs)}")
+    return record
+
+
+def check_measurable(records: list[Record], what: str) -> None:
+    """Every quality number is relative to tier 3 (quality vs frontier, savings vs always tier 3): refuse
+    records on which those ratios are undefined, naming why."""
+    if not records:
+        raise DataError(f"{what}: no records")
+    ok, cost = arrays(records)
+    if not ok[:, 2].any():
+        raise DataError(f"{what}: tier 3 answered none of the {len(records)} records acceptably (score >= "
+                        f"{ACCEPTABLE}), so quality vs frontier is undefined; check the records' scores")
+    if cost[:, 2].sum() <= 0:
+        raise DataError(f"{what}: tier 3 cost nothing on all {len(records)} records, so cost savings are undefined")
 
 
 def split(records: list[Record]) -> tuple[list[Record], list[Record]]:
