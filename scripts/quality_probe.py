@@ -23,7 +23,15 @@ file, a head pooled over the other files' lineups routes its held-out part (an u
 With --whole-file: 5-fold cross-validation over each whole dev file (held-out part included), most likely
 the protocol of the issue's seed figures (decision 0011), for the previous multiclass head, the success
 heads and their two-knob sweep; three fold seeds.
-Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file]
+With --learning-curve: how many labelled queries a lineup needs (decision 0013). A head is fitted and
+calibrated as `train` does (C fixed at 0.5) on N random dev records, five draws per N, and routes the
+held-out part: its operating point (with the support check) and its savings@95.
+With --other-signals: two more query-only inputs, each against the shipped rule (decision 0013), on the
+held-out part and 5-fold over the whole file: the rule with each query's own predicted cost per tier
+(ridge regression of log cost on the embedding and log query length) instead of the lineup's mean cost,
+and success heads over word 1-2-gram TF-IDF, averaged with the embedding heads.
+Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
+       --learning-curve | --other-signals]
 """
 from __future__ import annotations
 
@@ -167,6 +175,61 @@ def generalisation(records, x, source, dev) -> None:
                   f"{with_and_without(part, a, b, 1)}", flush=True)
 
 
+def learning_curve(records, x, ok, source, dev, sizes=(100, 200, 400, 800, 1600), draws: int = 5) -> None:
+    for name in sorted(set(source)):
+        rows, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
+        part = [records[i] for i in test]
+        for n in (*(s for s in sizes if s < len(rows)), len(rows)):
+            cells = []
+            for draw in range(draws if n < len(rows) else 1):
+                train = np.random.default_rng(draw).choice(rows, size=n, replace=False)
+                _, tiers, _ = route_unseen([records[i] for i in train], x[train], x[test])
+                p = success(x[test], *fit(x[train], ok[train], 0.5))
+                cost = relative_cost([records[i] for i in train])
+                m = routing_metrics(part, tiers)
+                cells.append((m["quality_vs_frontier"], m["cost_savings"],
+                              curve(part, [decide(p, cost, t) for t in TRADEOFFS]).split("/")[1]))
+            print(f"{name} N={n}: quality vs frontier / savings at the calibrated point, savings@95 per draw: "
+                  + ", ".join(f"{q:.3f}/{s:.0%} {c}" for q, s, c in cells), flush=True)
+
+
+def other_signals(records, x, ok, source, dev) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import Ridge
+
+    cost = arrays(records)[1]
+    features = np.hstack([x, np.log1p([[len(r.query)] for r in records])])
+
+    def routings(train, test) -> dict[str, list[np.ndarray]]:
+        p = success(x[test], *fit(x[train], ok[train], 0.5))
+        mean = np.array(relative_cost([records[i] for i in train]))
+        own = np.exp(np.array([Ridge(alpha=1.0).fit(features[train], np.log(cost[train, t])).predict(features[test])
+                               for t in range(3)]).T) / cost[train, 2].mean()
+        words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True)
+        w_train = words.fit_transform([records[i].query for i in train])
+        w_test = words.transform([records[i].query for i in test])
+        lexical = np.array([LogisticRegression(C=2.0, max_iter=3000).fit(w_train, ok[train, t]).predict_proba(w_test)[:, 1]
+                            if 0 < ok[train, t].mean() < 1 else np.full(len(test), ok[train, t].mean())
+                            for t in range(3)]).T
+        return {"shipped": [np.argmax(p - t * mean, axis=1) + 1 for t in TRADEOFFS],
+                "own cost": [np.argmax(p - t * own, axis=1) + 1 for t in TRADEOFFS],
+                "+ tf-idf": [np.argmax((p + lexical) / 2 - t * mean, axis=1) + 1 for t in TRADEOFFS]}
+
+    for name in sorted(set(source)):
+        train, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
+        found = routings(train, test)
+        print(f"{name} held out (n={len(test)}) savings@90/95/99: "
+              + ", ".join(f"{k} {curve([records[i] for i in test], v)}" for k, v in found.items()), flush=True)
+        rows = np.where(source == name)[0]
+        whole = {}
+        for tr, va in KFold(5, shuffle=True, random_state=0).split(rows):
+            for k, v in routings(rows[tr], rows[va]).items():
+                for setting, tiers in enumerate(v):
+                    whole.setdefault(k, [np.zeros(len(rows), dtype=int) for _ in v])[setting][va] = tiers
+        print(f"{name} whole file, 5-fold (n={len(rows)}) savings@90/95/99: "
+              + ", ".join(f"{k} {curve([records[i] for i in rows], v)}" for k, v in whole.items()), flush=True)
+
+
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
@@ -180,6 +243,10 @@ def main() -> None:
         return generalisation(records, x, source, dev)
     if "--whole-file" in sys.argv:
         return whole_file(records, x, ok, source)
+    if "--learning-curve" in sys.argv:
+        return learning_curve(records, x, ok, source, dev)
+    if "--other-signals" in sys.argv:
+        return other_signals(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))
