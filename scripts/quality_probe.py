@@ -29,7 +29,8 @@ held-out part: its operating point (with the support check) and its savings@95.
 With --other-signals: two more query-only inputs, each against the shipped rule (decision 0013), on the
 held-out part and 5-fold over the whole file: the rule with each query's own predicted cost per tier
 (ridge regression of log cost on the embedding and log query length) instead of the lineup's mean cost,
-and success heads over word 1-2-gram TF-IDF, averaged with the embedding heads.
+success heads over word 1-2-gram TF-IDF, averaged with the embedding heads; and heads that model each
+tier's gain over the tier below (-1/0/+1) instead of each tier's success.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
        --learning-curve | --other-signals]
 """
@@ -211,7 +212,13 @@ def other_signals(records, x, ok, source, dev) -> None:
         lexical = np.array([LogisticRegression(C=2.0, max_iter=3000).fit(w_train, ok[train, t]).predict_proba(w_test)[:, 1]
                             if 0 < ok[train, t].mean() < 1 else np.full(len(test), ok[train, t].mean())
                             for t in range(3)]).T
+        # The rule only needs each tier's gain over the one below; model the gains (-1/0/+1) directly.
+        gain = np.zeros((len(test), 3))
+        for t in (1, 2):
+            model = LogisticRegression(C=0.25, max_iter=3000).fit(x[train], ok[train, t] - ok[train, t - 1])
+            gain[:, t] = gain[:, t - 1] + model.predict_proba(x[test]) @ model.classes_
         return {"shipped": [np.argmax(p - t * mean, axis=1) + 1 for t in TRADEOFFS],
+                "gains": [np.argmax(gain - t * mean, axis=1) + 1 for t in TRADEOFFS],
                 "own cost": [np.argmax(p - t * own, axis=1) + 1 for t in TRADEOFFS],
                 "+ tf-idf": [np.argmax((p + lexical) / 2 - t * mean, axis=1) + 1 for t in TRADEOFFS]}
 
