@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
     if head.tradeoff == ALWAYS_TIER_3:
         print(f"tierwise train: on {head.card['n_dev']} development records no tradeoff met the {args.target_quality:g} "
               "target with confidence, so this head sends every query to tier 3. Label more queries: on the shared "
-              "data a lineup needed several hundred to a thousand (docs/decisions/0013)", file=sys.stderr)
+              "data, savings at the calibrated point grew until 800-1600 (docs/decisions/0013)", file=sys.stderr)
     return 0
 
 
