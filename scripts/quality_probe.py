@@ -30,7 +30,8 @@ With --other-signals: two more query-only inputs, each against the shipped rule 
 held-out part and 5-fold over the whole file: the rule with each query's own predicted cost per tier
 (ridge regression of log cost on the embedding and log query length) instead of the lineup's mean cost,
 success heads over word 1-2-gram TF-IDF, averaged with the embedding heads; and heads that model each
-tier's gain over the tier below (-1/0/+1) instead of each tier's success.
+tier's gain over the tier below (-1/0/+1) instead of each tier's success; and the embedding plus the
+query's length in characters and words and its shares of digits and punctuation.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
        --learning-curve | --other-signals]
 """
@@ -200,6 +201,9 @@ def other_signals(records, x, ok, source, dev) -> None:
 
     cost = arrays(records)[1]
     features = np.hstack([x, np.log1p([[len(r.query)] for r in records])])
+    shape = np.array([[np.log1p(len(q)), np.log1p(len(q.split())), sum(c.isdigit() for c in q) / len(q),
+                       sum(not (c.isalnum() or c.isspace()) for c in q) / len(q)] for q in (r.query for r in records)])
+    with_shape = np.hstack([x, 0.15 * (shape - shape.mean(axis=0)) / shape.std(axis=0)])
 
     def routings(train, test) -> dict[str, list[np.ndarray]]:
         p = success(x[test], *fit(x[train], ok[train], 0.5))
@@ -217,8 +221,10 @@ def other_signals(records, x, ok, source, dev) -> None:
         for t in (1, 2):
             model = LogisticRegression(C=0.25, max_iter=3000).fit(x[train], ok[train, t] - ok[train, t - 1])
             gain[:, t] = gain[:, t - 1] + model.predict_proba(x[test]) @ model.classes_
+        shaped = success(with_shape[test], *fit(with_shape[train], ok[train], 0.5))
         return {"shipped": [np.argmax(p - t * mean, axis=1) + 1 for t in TRADEOFFS],
                 "gains": [np.argmax(gain - t * mean, axis=1) + 1 for t in TRADEOFFS],
+                "+ length": [np.argmax(shaped - t * mean, axis=1) + 1 for t in TRADEOFFS],
                 "own cost": [np.argmax(p - t * own, axis=1) + 1 for t in TRADEOFFS],
                 "+ tf-idf": [np.argmax((p + lexical) / 2 - t * mean, axis=1) + 1 for t in TRADEOFFS]}
 
