@@ -56,11 +56,7 @@ def _load_data(args: argparse.Namespace, command: str):
     data = args.data or shared_files()
     if not data:
         raise SystemExit(f"tierwise {command}: no --data given and ../shared/data/routing is absent")
-    part = getattr(args, "split", "all")
-    records = _records(data, part)
-    if command == "eval":
-        check_measurable(records, f"{' '.join(map(str, data))} ({part})")
-    return [Path(p) for p in data], records
+    return [Path(p) for p in data], _records(data, getattr(args, "split", "all"))
 
 
 def _records(paths, part: str):
@@ -92,6 +88,7 @@ def _eval(args: argparse.Namespace) -> int:
     from . import evaluate
 
     paths, records = _load_data(args, "eval")
+    check_measurable(records, f"{' '.join(map(str, paths))} ({args.split})")
     known = (*evaluate.STRATEGIES, *evaluate.BASELINES)
     if args.strategy not in known:
         print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
