@@ -26,12 +26,13 @@ heads and their two-knob sweep; three fold seeds.
 With --learning-curve: how many labelled queries a lineup needs (decision 0013). A head is fitted and
 calibrated as `train` does (C fixed at 0.5) on N random dev records, five draws per N, and routes the
 held-out part: its operating point (with the support check) and its savings@95.
-With --other-signals: two more query-only inputs, each against the shipped rule (decision 0013), on the
-held-out part and 5-fold over the whole file: the rule with each query's own predicted cost per tier
-(ridge regression of log cost on the embedding and log query length) instead of the lineup's mean cost,
-success heads over word 1-2-gram TF-IDF, averaged with the embedding heads; and heads that model each
-tier's gain over the tier below (-1/0/+1) instead of each tier's success; and the embedding plus the
-query's length in characters and words and its shares of digits and punctuation.
+With --other-signals: four more query-only variants, each against the shipped rule (decision 0013), on
+the held-out part and 5-fold over the whole file:
+  - heads that model each tier's gain over the tier below (-1/0/+1) instead of each tier's success;
+  - the embedding plus the query's length in characters and words and its shares of digits and punctuation;
+  - the rule with each query's own predicted cost per tier (ridge regression of log cost on the embedding
+    and log query length) instead of the lineup's mean cost;
+  - success heads over word 1-2-gram TF-IDF, averaged with the embedding heads.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
        --learning-curve | --other-signals]
 """
@@ -222,11 +223,9 @@ def other_signals(records, x, ok, source, dev) -> None:
             model = LogisticRegression(C=0.25, max_iter=3000).fit(x[train], ok[train, t] - ok[train, t - 1])
             gain[:, t] = gain[:, t - 1] + model.predict_proba(x[test]) @ model.classes_
         shaped = success(with_shape[test], *fit(with_shape[train], ok[train], 0.5))
-        return {"shipped": [np.argmax(p - t * mean, axis=1) + 1 for t in TRADEOFFS],
-                "gains": [np.argmax(gain - t * mean, axis=1) + 1 for t in TRADEOFFS],
-                "+ length": [np.argmax(shaped - t * mean, axis=1) + 1 for t in TRADEOFFS],
-                "own cost": [np.argmax(p - t * own, axis=1) + 1 for t in TRADEOFFS],
-                "+ tf-idf": [np.argmax((p + lexical) / 2 - t * mean, axis=1) + 1 for t in TRADEOFFS]}
+        return {name: [decide(values, costs, t) for t in TRADEOFFS] for name, values, costs in (
+            ("shipped", p, mean), ("gains", gain, mean), ("+ length", shaped, mean), ("own cost", p, own),
+            ("+ tf-idf", (p + lexical) / 2, mean))}
 
     for name in sorted(set(source)):
         train, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
