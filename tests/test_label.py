@@ -59,3 +59,26 @@ def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch):
         assert main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out),
                      "--rate", "200"]) == 1
         assert not out.exists() or out.read_text() == ""
+
+
+def test_labelled_records_train_a_head_for_the_deployment_lineup(tmp_path, monkeypatch, capsys):
+    """The cold-start loop end to end: label your queries, train a head on them, load it as the classifier would."""
+    from classifier_service.heads import HeadRegistry
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        queries = tmp_path / "many.jsonl"
+        queries.write_text("".join(json.dumps({"query": f"Question {i}: what is {i} times {i + 1}?"}) + "\n"
+                                   for i in range(40)))
+        double.set_reply("t1-a", '{"score": 0.0}')  # the judge finds every tier 1 and 2 answer wrong
+        assert main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out),
+                     "--rate", "500", "--concurrency", "8"]) == 0
+    assert main(["train", "--data", str(out), "--out", str(tmp_path / "heads"), "--name", "mine"]) == 0
+    registry = HeadRegistry.from_dir(tmp_path / "heads")
+    head, records = registry.get("mine"), load([out])
+    assert head.models == records[0].models == ("t1-a", "t2-a", "t3-a"), "the head knows the lineup it learned"
+    assert registry.for_lineup(records[0].models) is head
+    assert head.card["held_out_tier_mix"] == "[0.0, 0.0, 1.0]", "only tier 3 ever answered acceptably"
+    assert "wrote" in capsys.readouterr().out
