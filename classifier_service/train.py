@@ -135,10 +135,11 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
           seed: int = 0) -> TierHead:
     records = load(data)
     dev, test = split(records)
-    check_measurable(dev, "the development part (records not held out)")
+    part = "the development part (records not held out)"
+    check_measurable(dev, part)
     if len(dev) < MIN_DEV_RECORDS:
-        raise DataError(f"the development part (records not held out): {len(dev)} records; at least {MIN_DEV_RECORDS} "
-                        "are needed to cross-validate and calibrate a head (label more with `tierwise label`)")
+        raise DataError(f"{part}: {len(dev)} records; at least {MIN_DEV_RECORDS} are needed to cross-validate and "
+                        "calibrate a head (label more with `tierwise label`)")
     encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
     x_all = embed_records(encoder, records, ROOT / "build" / "embeddings")
     index = {id(r): i for i, r in enumerate(records)}

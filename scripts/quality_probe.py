@@ -201,9 +201,9 @@ def other_signals(records, x, ok, source, dev) -> None:
     from sklearn.linear_model import Ridge
 
     cost = arrays(records)[1]
-    features = np.hstack([x, np.log1p([[len(r.query)] for r in records])])
     shape = np.array([[np.log1p(len(q)), np.log1p(len(q.split())), sum(c.isdigit() for c in q) / len(q),
                        sum(not (c.isalnum() or c.isspace()) for c in q) / len(q)] for q in (r.query for r in records)])
+    features = np.hstack([x, shape[:, :1]])  # embedding + log length: what the cost regression reads
     with_shape = np.hstack([x, 0.15 * (shape - shape.mean(axis=0)) / shape.std(axis=0)])
 
     def routings(train, test) -> dict[str, list[np.ndarray]]:
