@@ -77,12 +77,15 @@ class CascadeConfig:
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    share: float = doc("share (0..1) of answered requests below `tier` also asked at `tier` in the background", 0.0)
+    share: float = doc("share (0..1) of answered requests below `tier` (of all, with `labels`) shadowed in the "
+                       "background", 0.0)
     tier: int = doc("tier of the shadow (reference) answer", 3)
-    judge_tier: int = doc("tier whose chain compares the two answers", 1)
-    timeout_s: float = doc("budget for one shadow comparison", 60.0)
+    judge_tier: int = doc("tier whose chain judges the answers", 1)
+    timeout_s: float = doc("budget for each provider call a shadow makes", 60.0)
     max_in_flight: int = doc("shadows running at once; more are dropped and counted", 16)
     log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only)", "")
+    labels: str = doc("JSONL file of routing records labelled from sampled traffic, for `tierwise train`; "
+                      "holds prompts and answers in clear (\"\" = off)", "")
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ def parse(raw: Any) -> RouterConfig:
     for key in ("tier", "judge_tier"):
         if getattr(shadow, key) not in TIERS:
             raise ConfigError(f"shadow.{key}: must be 1, 2 or 3, not {getattr(shadow, key)}")
+    if shadow.labels and shadow.tier != 3:
+        raise ConfigError(f"shadow.tier: must be 3 when shadow.labels is set (labels score every tier against "
+                          f"tier 3), not {shadow.tier}")
     if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")

@@ -58,7 +58,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 result = await self.dispatcher.complete(
                     messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
                     **self._call_options(request))
-            return self._finish("Complete", span, decision, route, result, started, messages)
+            return self._finish("Complete", span, decision, route, result, started, messages, request)
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
         async with rpc_span(self.tracer, SERVICE, "CompleteStream", context, log) as span:
@@ -82,7 +82,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                             result = event
                         else:
                             yield pb.CompleteStreamResponse(delta=event)
-            summary = self._finish("CompleteStream", span, decision, route, result, started, messages)
+            summary = self._finish("CompleteStream", span, decision, route, result, started, messages, request)
             yield pb.CompleteStreamResponse(summary=summary)
 
     # -- shared steps -------------------------------------------------------------------------------
@@ -105,9 +105,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return [{"role": m.role, "content": m.content} for m in request.messages], request.messages[users[-1]].content
 
     def _call_options(self, request: pb.CompleteRequest) -> dict:
-        return {"max_tokens": request.max_tokens or None,
-                "temperature": request.temperature if request.HasField("temperature") else None,
-                "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
+        return {**_answer_options(request), "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
 
     def _on_attempt(self, tier: int, attempt: Attempt) -> None:
         attempt_span(self.tracer, tier, attempt)
@@ -134,9 +132,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                            "partial answer is incomplete and will not be continued: retry the request") from None
 
     def _finish(self, method: str, span, decision: Decision, route: pb.RouteResponse, result: Result,
-                started: float, messages: list[dict[str, str]]) -> pb.CompleteResponse:
+                started: float, messages: list[dict[str, str]], request: pb.CompleteRequest) -> pb.CompleteResponse:
         c = result.completion
-        span.set_attribute("tierwise.shadow_sampled", self.shadow.maybe_start(messages, decision.strategy, result))
+        span.set_attribute("tierwise.shadow_sampled", self.shadow.maybe_start(
+            messages, decision.strategy, result, _answer_options(request)))
         span.set_attribute("gen_ai.request.model", c.model)
         span.set_attribute("gen_ai.response.model", c.model)
         span.set_attribute("gen_ai.usage.input_tokens", c.input_tokens)
@@ -204,6 +203,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
 def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
+
+
+def _answer_options(request: pb.CompleteRequest) -> dict:
+    """The request's generation options, as every provider call for it is made."""
+    return {"max_tokens": request.max_tokens or None,
+            "temperature": request.temperature if request.HasField("temperature") else None}
 
 
 def _deadline(context) -> float | None:

@@ -1,6 +1,11 @@
 """Shadow A/B: re-ask a share of traffic at the frontier tier in the background, have a judge compare
 the two answers, and record agreement, cost and tier (metrics + a JSONL log a later eval can read).
 
+With `shadow.labels` set, a sampled request (at any tier, so the sample is unbiased) is instead
+labelled as `tierwise label` labels a query: every tier answers, the judge scores tiers 1 and 2
+against tier 3, and the record is appended to `shadow.labels` in the routing-data format, ready for
+`tierwise train` and `tierwise eval`. The answer already sent to the user is reused, not asked again.
+
 Never delays a reply: shadows start after the answer is built, run as background tasks, are capped
 in number (excess is dropped and counted), and their failures are logged, never raised.
 """
@@ -16,12 +21,16 @@ from typing import Mapping, Sequence
 
 from opentelemetry import trace
 
+from tierwise.data import ACCEPTABLE
+
 from .config import RouterConfig
 from .dispatch import Result, last_user_text
+from .labelling import Labeler, record_id
 from .providers import ProviderError, TierChain
 from .strategies.judge import parse_json_field
 
 log = logging.getLogger("tierwise.router.shadow")
+LIVE = "live"  # source and task of records labelled from live traffic
 
 COMPARE = (
     "You compare two answers to the same user message. Answer A is the candidate, answer B the reference "
@@ -40,59 +49,90 @@ class Shadow:
         self.tracer = trace.get_tracer("tierwise.router")
         self.tasks: set[asyncio.Task] = set()
         self.log_path = Path(self.cfg.log) if self.cfg.log else None
+        self.labels_path = Path(self.cfg.labels) if self.cfg.labels else None
+        self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
+                        if self.labels_path else None)
 
-    def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result) -> bool:
-        """Start a shadow for this answered request if it is sampled; returns whether one started."""
-        if self.cfg.share <= 0 or result.tier >= self.cfg.tier or self.rng.random() >= self.cfg.share:
+    def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
+                    options: Mapping[str, object]) -> bool:
+        """Start a shadow for this answered request if it is sampled; returns whether one started.
+        `options` (max_tokens, temperature) are the request's, so every answer is asked the same way."""
+        eligible = self.labeler is not None or result.tier < self.cfg.tier
+        if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share:
             return False
         if len(self.tasks) >= self.cfg.max_in_flight:
             self.metrics.shadow.add(1, {"outcome": "dropped_busy"})
             return False
-        task = asyncio.get_running_loop().create_task(self._run(list(messages), strategy, result))
+        run = self._label if self.labeler is not None else self._compare
+        task = asyncio.get_running_loop().create_task(self._run(run, list(messages), strategy, result, dict(options)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True
 
-    async def _run(self, messages: list[Mapping[str, str]], strategy: str, result: Result) -> None:
+    async def _run(self, run, messages: list[Mapping[str, str]], strategy: str, result: Result,
+                   options: dict) -> None:
         with self.tracer.start_as_current_span("tierwise.shadow", attributes={
-                "tierwise.tier": result.tier, "tierwise.shadow_tier": self.cfg.tier}) as span:
+                "tierwise.tier": result.tier, "tierwise.shadow_tier": self.cfg.tier,
+                "tierwise.shadow_labels": self.labeler is not None}) as span:
             record = {"ts": time.time(), "strategy": strategy, "tier": result.tier, "model": result.completion.model,
                       "cost_usd": result.cost_usd, "shadow_tier": self.cfg.tier}
             try:
-                reference = await self.chains[self.cfg.tier].complete(messages, deadline=self._deadline())
-                record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].cost(
-                    reference.input_tokens, reference.output_tokens))
-                verdict = await self.chains[self.cfg.judge_tier].complete(
-                    [{"role": "system", "content": COMPARE},
-                     {"role": "user", "content": f"User message:\n{last_user_text(messages)}\n\n"
-                                                 f"Answer A:\n{result.completion.content}\n\n"
-                                                 f"Answer B:\n{reference.content}"}],
-                    max_tokens=16, temperature=0.0, deadline=self._deadline())
-                record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].cost(
-                    verdict.input_tokens, verdict.output_tokens))
-                agree = parse_json_field(verdict.content, "agree", bool)
-                record["agree"] = agree
-                span.set_attribute("tierwise.shadow_agree", agree)
-                self.metrics.shadow.add(1, {"outcome": "agree" if agree else "disagree", "tier": result.tier})
+                await run(messages, result, options, record)
+                if "agree" in record:
+                    span.set_attribute("tierwise.shadow_agree", record["agree"])
+                self.metrics.shadow.add(1, {"outcome": _outcome(record), "tier": result.tier})
                 self.metrics.cost.add(record["shadow_cost_usd"] + record["judge_cost_usd"], {"purpose": "shadow"})
             except (ProviderError, ValueError) as err:
                 record["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
                 self.metrics.shadow.add(1, {"outcome": "failed"})
-                log.warning("shadow comparison failed: %s", record["error"])
-            self._write(record)
+                log.warning("shadow failed: %s", record["error"])
+            _append(self.log_path, record)
+
+    async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
+        reference = await self.chains[self.cfg.tier].complete(messages, deadline=self._deadline(), **options)
+        record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].cost(
+            reference.input_tokens, reference.output_tokens))
+        verdict = await self.chains[self.cfg.judge_tier].complete(
+            [{"role": "system", "content": COMPARE},
+             {"role": "user", "content": f"User message:\n{last_user_text(messages)}\n\n"
+                                         f"Answer A:\n{result.completion.content}\n\n"
+                                         f"Answer B:\n{reference.content}"}],
+            max_tokens=16, temperature=0.0, deadline=self._deadline())
+        record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].cost(verdict.input_tokens, verdict.output_tokens),
+                      agree=parse_json_field(verdict.content, "agree", bool))
+
+    async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
+        query = last_user_text(messages)
+        labelled = await self.labeler.record(query, record_id=record_id(LIVE, query), source=LIVE, task=LIVE,
+                                             messages=messages, known={result.tier: result.completion}, **options)
+        outcomes = labelled["outcomes"]
+        labelled.update(routed_tier=result.tier, paid_usd=result.cost_usd, strategy=record["strategy"], ts=record["ts"])
+        record.update(labelled=True, shadow_model=outcomes[self.cfg.tier - 1]["model"],
+                      shadow_cost_usd=sum(o["cost_usd"] for o in outcomes if o["tier"] != result.tier),
+                      judge_cost_usd=labelled["judge_cost_usd"])
+        if result.tier < self.cfg.tier:
+            record["agree"] = outcomes[result.tier - 1]["score"] >= ACCEPTABLE
+        _append(self.labels_path, labelled)
 
     def _deadline(self) -> float:
         return time.monotonic() + self.cfg.timeout_s
-
-    def _write(self, record: dict) -> None:
-        if self.log_path is None:
-            return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let running shadows finish (at shutdown), up to `timeout`."""
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
+
+
+def _outcome(record: dict) -> str:
+    if "agree" not in record:
+        return "labelled"
+    return "agree" if record["agree"] else "disagree"
+
+
+def _append(path: Path | None, record: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -33,8 +33,11 @@ the held-out part and 5-fold over the whole file:
   - the rule with each query's own predicted cost per tier (ridge regression of log cost on the embedding
     and log query length) instead of the lineup's mean cost;
   - success heads over word 1-2-gram TF-IDF, averaged with the embedding heads.
+With --live-sample: which live requests to label (decision 0014). The cold-start head (pooled over the
+other lineups) routes a file's dev part; heads trained on N of those requests, drawn uniformly or only from
+the ones routed below tier 3, route the held-out part. Five draws per N.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
-       --learning-curve | --other-signals]
+       --learning-curve | --other-signals | --live-sample]
 """
 from __future__ import annotations
 
@@ -242,6 +245,32 @@ def other_signals(records, x, ok, source, dev) -> None:
               + ", ".join(f"{k} {curve([records[i] for i in rows], v)}" for k, v in whole.items()), flush=True)
 
 
+def live_sample(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> None:
+    """Labels from live traffic, sampled two ways (decision 0014). A new deployment starts with the pooled
+    head fitted on the other lineups (calibrated leave-one-lineup-out, support check on); its routing of the
+    file's dev part stands for live traffic. A head is then trained on N labelled requests drawn uniformly
+    (what `shadow.labels` does) or only from those routed below tier 3, and routes the held-out part."""
+    for name in sorted(set(source)):
+        rows, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
+        others = np.where(dev & (source != name))[0]
+        _, deployed, _ = route_unseen([records[i] for i in others], x[others], x[np.concatenate([rows, test])])
+        below = rows[deployed[:len(rows)] < 3]
+        part = [records[i] for i in test]
+        print(f"{name}: the cold-start head routes {len(below)} of {len(rows)} dev requests below tier 3; on the "
+              f"held-out part it keeps {op(part, deployed[len(rows):])}", flush=True)
+        for label, pool in (("uniform", rows), ("below tier 3 only", below)):
+            for n in sorted({min(n, len(pool)) for n in sizes}):
+                cells = []
+                for draw in range(draws):
+                    train = np.random.default_rng(draw).choice(pool, size=n, replace=False)
+                    _, tiers, _ = route_unseen([records[i] for i in train], x[train], x[test])
+                    p = success(x[test], *fit(x[train], ok[train], 0.5))
+                    cost = relative_cost([records[i] for i in train])
+                    cells.append(f"{op(part, tiers, 0)} {curve(part, [decide(p, cost, t) for t in TRADEOFFS]).split('/')[1]}")
+                print(f"  N={n} {label}: held-out quality vs frontier/savings at the calibrated point, savings@95 "
+                      f"per draw: {', '.join(cells)}", flush=True)
+
+
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
@@ -259,6 +288,8 @@ def main() -> None:
         return learning_curve(records, x, ok, source, dev)
     if "--other-signals" in sys.argv:
         return other_signals(records, x, ok, source, dev)
+    if "--live-sample" in sys.argv:
+        return live_sample(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))

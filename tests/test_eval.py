@@ -98,6 +98,7 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
     assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r")]) == 0
     report = (tmp_path / "r" / "REPORT.md").read_text()
     assert "| oracle |" in report and "| cascade |" in report and "| embedding+cascade |" in report and (tmp_path / "r" / "fixture.png").stat().st_size > 0
+    assert "as-routed" not in report, "benchmark records carry no routing decisions to score"
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Record], np.ndarray]:
@@ -147,6 +148,32 @@ def test_records_without_responses_are_reported_not_replayable():
     assert result["operating_point"] is None and result["curve"] is None
 
 
+def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):
+    from dataclasses import replace
+
+    base = fixture_records()
+    live = [replace(base[0], routed_tier=1),  # paid tier 1's cost (1)
+            replace(base[1], routed_tier=3, paid_usd=111.0),  # a cascade that tried tiers 1 and 2 first
+            replace(base[2], routed_tier=2),  # tier 2 was wrong here
+            base[3]]  # no recorded decision: a benchmark record
+    replay = evaluate.as_routed(live)
+    assert replay.not_replayable == 1 and replay.operating_point.tiers.tolist() == [1, 3, 2]
+    op = replay.result(0.95)["operating_point"]
+    assert op["cost_savings"] == pytest.approx(1 - (1 + 111 + 10) / 300)
+    assert op["quality_vs_frontier"] == pytest.approx(2 / 3) and op["tier_mix"] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert evaluate.as_routed(base).result(0.95)["why"] == "no recorded routing decisions"
+
+    lines = [shared_format(r) for r in base[:3]]
+    lines[0] = lines[0][:-1] + ', "routed_tier": 1}'
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["eval", "--data", str(data), "--strategy", "as-routed", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 1 and out["not_replayable"] == 2 and out["operating_point"]["tier_mix"] == [1.0, 0.0, 0.0]
+    assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r")]) == 0
+    assert "| as-routed | 1 |" in (tmp_path / "r" / "REPORT.md").read_text()
+
+
 def test_costs_table_prices_each_mix(tmp_path, capsys):
     eval_json = tmp_path / "cascade.json"
     eval_json.write_text(json.dumps({"strategy": "cascade", "operating_point": {
@@ -170,10 +197,11 @@ def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, 
         "score.jsonl": good + "\n" + good.replace('"score": 1', '"score": 1.5', 1) + "\n",
         "query.jsonl": good.replace('"query": "What is 2 + 2?"', '"query": " "') + "\n",
         "cost.jsonl": good.replace('"cost_usd": 1.0', '"cost_usd": -1.0', 1) + "\n",
+        "routed.jsonl": good[:-1] + ', "routed_tier": 4}\n',
     }
     expected = {"missing.jsonl": "cannot read routing records", "not-json.jsonl": "not-json.jsonl:2: not a routing record",
                 "score.jsonl": "score.jsonl:2: outcomes[].score", "query.jsonl": "query.jsonl:1: query",
-                "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd"}
+                "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd", "routed.jsonl": "routed.jsonl:1: routed_tier"}
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)

@@ -285,6 +285,53 @@ def test_shadow_ab_compares_in_the_background_without_delaying_the_reply(double,
         assert len(double.requests_for("t3-a")) == 1
 
 
+def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, classifier, tmp_path, capsys):
+    """Label mode: every sampled request (any tier) is answered by every tier and judged against tier 3; the
+    records are what `tierwise train` reads, and the answer already sent is reused, not asked again.
+    `tierwise eval --strategy as-routed` then scores the router's own decisions on them."""
+    from tierwise.cli import main
+    from tierwise.data import load
+
+    double.reset()
+    labels, log = tmp_path / "live.jsonl", tmp_path / "shadow.jsonl"
+    doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels), "log": str(log)})
+    hard = "Prove the complexity of this algorithm: ```def f(x): return x``` Is it optimal? Why?"
+    with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
+        double.set_reply("t1-a", '{"score": 0.25}')  # the tier-1 answer, and the judge's grade of tiers 1 and 2
+        with grpc.insecure_channel(service.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            easy = stub.Complete(ask("hi there", "heuristic", max_tokens=40), timeout=10)
+            assert easy.tier == 1
+            assert stub.Complete(ask(hard, "heuristic"), timeout=10).tier == 3
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (labels.exists() and len(labels.read_text().splitlines()) == 2):
+            time.sleep(0.05)
+    records = {r.query: r for r in load([labels])}  # the shared format's own loader accepts them
+    assert set(records) == {"hi there", hard}
+    for r in records.values():
+        assert r.source == "live" and r.scores == (0.25, 0.25, 1.0) and r.models == ("t1-a", "t2-a", "t3-a")
+        assert r.costs[0] < r.costs[2]
+    raw = {json.loads(line)["query"]: json.loads(line) for line in labels.read_text().splitlines()}
+    assert raw["hi there"]["routed_tier"] == 1 and raw[hard]["routed_tier"] == 3
+    assert raw["hi there"]["outcomes"][0]["response"] == easy.content
+    # Per request: the routed tier's answer, the other two tiers, two judgements, nothing asked twice.
+    assert len(double.requests_for("t2-a")) == 2 and len(double.requests_for("t3-a")) == 2
+    assert len(double.requests_for("t1-a")) == 2 + 2 * 2
+    asked_for_easy = [r.body for r in double.requests if r.body and r.body["messages"][-1]["content"] == "hi there"]
+    assert {b["model"] for b in asked_for_easy} == {"t1-a", "t2-a", "t3-a"}
+    assert all(b.get("max_tokens") == 40 for b in asked_for_easy), "every tier is asked as the user asked"
+    comparisons = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(c["tier"] for c in comparisons) == [1, 3] and all(c["labelled"] for c in comparisons)
+    assert [c["agree"] for c in comparisons if c["tier"] == 1] == [False]  # 0.25 is below the acceptable bar
+    assert "hi there" not in log.read_text(), "the comparison log still holds no prompt text"
+
+    assert main(["eval", "--data", str(labels), "--strategy", "as-routed", "--json"]) == 0
+    op = json.loads(capsys.readouterr().out)["operating_point"]
+    frontier_cost = sum(r["outcomes"][2]["cost_usd"] for r in raw.values())
+    assert op["quality_vs_frontier"] == pytest.approx(0.5)  # the tier-1 answer scored 0.25: not acceptable
+    assert op["cost_savings"] == pytest.approx(1 - (easy.cost_usd + raw[hard]["paid_usd"]) / frontier_cost)
+
+
 def test_prometheus_metrics_show_requests_cost_escalations_and_breaker_state(double, classifier, tmp_path):
     double.reset()
     port = unused_port()

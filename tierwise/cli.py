@@ -73,6 +73,8 @@ def _replay(name: str, records, args: argparse.Namespace):
 
     if name in evaluate.BASELINES:
         return evaluate.baseline(name, records)
+    if name == evaluate.AS_ROUTED:
+        return evaluate.as_routed(records)
     if name == "embedding":
         return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head)
     if name == "cascade" or name.endswith("+cascade"):
@@ -89,7 +91,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     paths, records = _load_data(args, "eval")
     check_measurable(records, f"{' '.join(map(str, paths))} ({args.split})")
-    known = (*evaluate.STRATEGIES, *evaluate.BASELINES)
+    known = (*evaluate.STRATEGIES, *evaluate.BASELINES, evaluate.AS_ROUTED)
     if args.strategy not in known:
         print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
         return 2
@@ -103,14 +105,16 @@ def _eval(args: argparse.Namespace) -> int:
         for p in paths:
             records = _records([p], args.split)
             check_measurable(records, f"{p} ({args.split})")
-            per_file[str(p)] = {name: _replay(name, records, args).result(args.target_quality) for name in known}
+            live = any(r.routed_tier is not None for r in records)
+            per_file[str(p)] = {name: _replay(name, records, args).result(args.target_quality)
+                                for name in known if live or name != evaluate.AS_ROUTED}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
     if args.json:
         if result["curve"] is not None:
             result["curve"].pop("points")
         print(json.dumps(result))
     elif result["operating_point"] is None:
-        print(f"{result['strategy']}: none of the {result['not_replayable']} records is replayable (no responses)")
+        print(f"{result['strategy']}: none of the {result['not_replayable']} records is replayable ({result['why']})")
     else:
         op, curve = result["operating_point"], result["curve"]
         print(f"{result['strategy']} on {result['n']} records ({result['not_replayable']} not replayable)")
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.set_defaults(run=_train)
     ev = sub.add_parser("eval", help="replay strategies offline on benchmark records")
     ev.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
-    ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, embedding+cascade, or a baseline")
+    ev.add_argument("--strategy", default="embedding", help="heuristic, embedding (default), cascade, embedding+cascade, a baseline, or "
+                    "as-routed (the live router's decisions, on records its shadow labelled)")
     ev.add_argument("--target-quality", type=quality_target, default=0.95)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.add_argument("--report", type=Path, help="write Markdown + PNG curves for every strategy and baseline here")

@@ -23,6 +23,9 @@ class Record:
     costs: tuple[float, float, float]
     responses: tuple[str | None, str | None, str | None]
     models: tuple[str, str, str] = ("", "", "")  # the tier lineup that produced the outcomes
+    # Live records labelled by the router's shadow: the tier it answered at, and what it paid for that answer.
+    routed_tier: int | None = None
+    paid_usd: float | None = None
 
     @property
     def oracle_tier(self) -> int:
@@ -70,6 +73,7 @@ def _record(line: str, where: str) -> Record:
             id=str(raw["id"]), source=raw.get("source", ""), task=raw.get("task", ""), query=raw["query"],
             scores=scores, costs=costs, responses=tuple(o.get("response") for o in tiers),
             models=tuple(str(o.get("model", "")) for o in tiers),
+            routed_tier=raw.get("routed_tier"), paid_usd=None if raw.get("paid_usd") is None else float(raw["paid_usd"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{where}: not a routing record ({err!r})") from None
@@ -79,6 +83,10 @@ def _record(line: str, where: str) -> Record:
         raise DataError(f"{where}: outcomes[].score: must lie in [0, 1], got {list(scores)}")
     if not all(c >= 0.0 and np.isfinite(c) for c in costs):
         raise DataError(f"{where}: outcomes[].cost_usd: must be a finite number >= 0, got {list(costs)}")
+    if record.routed_tier not in (None, 1, 2, 3):
+        raise DataError(f"{where}: routed_tier: must be 1, 2 or 3, got {record.routed_tier!r}")
+    if record.paid_usd is not None and not (record.paid_usd >= 0.0 and np.isfinite(record.paid_usd)):
+        raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {record.paid_usd}")
     return record
 
 

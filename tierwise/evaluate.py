@@ -5,7 +5,8 @@ on the evaluated file) and swept over its thresholds on the evaluated file (the 
 `heuristic` and `embedding` decide from the query. `cascade` (starting where `cascade.start` says, as the
 router's plain cascade does) and `embedding+cascade` run a quality gate (the router's `cascade.gate` unless
 told otherwise) on each tier's recorded response and pay for every tier tried, so records without
-responses are not replayable.
+responses are not replayable. `as-routed` scores the live router's own decisions on the records its
+shadow labelled (they carry `routed_tier`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .metrics import QUALITY_TARGETS, aiq, routing_metrics, savings_at_quality
 
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
+AS_ROUTED = "as-routed"  # the decisions the router actually made, on live records its shadow labelled
 
 
 @dataclass
@@ -84,6 +86,18 @@ def baseline(name: str, records: list[Record], seed: int = 0) -> Replay:
     tier = {"always-1": 1, "always-3": 3}[name]
     outcome = _one_shot(records, np.full(n, tier))
     return Replay(name, records, outcome, [outcome], 0.0)
+
+
+def as_routed(records: list[Record]) -> Replay:
+    """The live router's own decisions and what it paid (a cascade pays every tier it tried), on the records
+    that carry them: an unbiased sample of its traffic when the shadow labels it. One point, no sweep."""
+    routed = [r for r in records if r.routed_tier is not None]
+    if not routed:
+        return Replay(AS_ROUTED, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=len(records),
+                      detail={"why": "no recorded routing decisions"})
+    outcome = _one_shot(routed, np.array([r.routed_tier for r in routed]))
+    outcome.paid = np.array([p if r.paid_usd is None else r.paid_usd for r, p in zip(routed, outcome.paid)])
+    return Replay(AS_ROUTED, routed, outcome, [outcome], 0.0, not_replayable=len(records) - len(routed))
 
 
 def heuristic(records: list[Record]) -> Replay:
@@ -160,7 +174,8 @@ def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate
     replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
     skipped = len(records) - len(replayable)
     if not replayable:
-        return Replay(name, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=skipped)
+        return Replay(name, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=skipped,
+                      detail={"why": "no recorded responses"})
     cost = arrays(replayable)[1]
     started = time.perf_counter()
     accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
@@ -209,7 +224,7 @@ def report(results: dict[str, dict[str, dict]], out: Path) -> Path:
         for name, r in by_strategy.items():
             op, curve = r["operating_point"], r["curve"]
             if op is None:
-                lines.append(f"| {name} | 0 | not replayable: no recorded responses | | | | | | | {r['not_replayable']} |")
+                lines.append(f"| {name} | 0 | not replayable: {r['why']} | | | | | | | {r['not_replayable']} |")
                 continue
             s95 = curve["savings_at_quality"]["0.95"]
             lines.append(f"| {name} | {r['n']} | {op['accuracy']:.3f} | {op['cost_savings']:.1%} | "

@@ -8,7 +8,6 @@ so an interrupted run resumes where it stopped and loses nothing but the queries
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,16 +15,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from router_service.config import RouterConfig
-from router_service.providers import ProviderError, TierChain
+from router_service.labelling import Labeler, record_id
+from router_service.providers import ProviderError
 from router_service.server import build_chains
-from router_service.strategies.judge import parse_json_field
 from router_service.telemetry import RouterMetrics
-
-JUDGE = (
-    "You grade an answer against a reference answer to the same user message. Score how correct and "
-    "complete the answer is compared with the reference, from 0 (wrong or useless) to 1 (as good). "
-    'Reply with JSON only, exactly like {"score": 0.8}.'
-)
 
 
 def read_queries(path: Path, source: str) -> list[dict]:
@@ -37,7 +30,7 @@ def read_queries(path: Path, source: str) -> list[dict]:
         item = json.loads(line) if line.lstrip().startswith("{") else {"query": line.strip()}
         if not isinstance(item.get("query"), str) or not item["query"].strip():
             raise ValueError(f"{path}:{n}: no non-empty \"query\"")
-        item.setdefault("id", f"{source}/{hashlib.sha256(item['query'].encode()).hexdigest()[:16]}")
+        item.setdefault("id", record_id(source, item["query"]))
         queries.append(item)
     return queries
 
@@ -80,41 +73,12 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
-class Labeler:
-    def __init__(self, cfg: RouterConfig, chains: dict[int, TierChain], judge_tier: int, limiter: RateLimiter):
-        self.cfg = cfg
-        self.chains = chains
-        self.judge = chains[judge_tier]
-        self.limiter = limiter
-
-    async def ask(self, chain: TierChain, messages: list[dict]):
-        await self.limiter.wait()
-        return await chain.complete(messages, deadline=time.monotonic() + 300)
-
-    async def record(self, item: dict, source: str) -> dict:
-        user = [{"role": "user", "content": item["query"]}]
-        answers = await asyncio.gather(*(self.ask(self.chains[t], user) for t in (1, 2, 3)))
-        reference = answers[2].content
-        scores = [await self.grade(item["query"], answers[t].content, reference) for t in (0, 1)] + [1.0]
-        return {"id": item["id"], "source": source, "task": item.get("task", source), "query": item["query"],
-                "outcomes": [{"tier": t, "model": a.model, "score": s,
-                              "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens),
-                              "cost_estimated": a.usage_estimated, "response": a.content}
-                             for t, a, s in zip((1, 2, 3), answers, scores)]}
-
-    async def grade(self, query: str, answer: str, reference: str) -> float:
-        verdict = await self.ask(self.judge, [
-            {"role": "system", "content": JUDGE},
-            {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}])
-        return float(parse_json_field(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
-
-
 async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, judge_tier: int, rate: float,
                 concurrency: int) -> dict:
     done = resume(out)
     todo = [q for q in queries if q["id"] not in done]
     chains = build_chains(cfg, RouterMetrics())
-    labeler = Labeler(cfg, chains, judge_tier, RateLimiter(rate))
+    labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
     slots = asyncio.Semaphore(concurrency)
     failures: list[str] = []
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +86,8 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
         async def one(item: dict) -> None:
             async with slots:
                 try:
-                    rec = await labeler.record(item, source)
+                    rec = await labeler.record(item["query"], record_id=item["id"], source=source,
+                                               task=item.get("task", source))
                 except (ProviderError, ValueError) as err:
                     failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
                 else:

@@ -1,0 +1,75 @@
+"""One labelled record: every tier's answer to a request, tiers 1 and 2 scored by a judge against tier 3.
+
+Shared by `tierwise label` (queries from a file) and the shadow's label mode (sampled live traffic), so
+both write the same routing-data format (`../shared/data/README.md`) that `tierwise train` and
+`tierwise eval` read.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Awaitable, Callable, Mapping
+
+from .config import RouterConfig
+from .dispatch import Messages
+from .providers import Completion, TierChain
+from .strategies.judge import parse_json_field
+
+JUDGE = (
+    "You grade an answer against a reference answer to the same user message. Score how correct and "
+    "complete the answer is compared with the reference, from 0 (wrong or useless) to 1 (as good). "
+    'Reply with JSON only, exactly like {"score": 0.8}.'
+)
+
+
+def record_id(source: str, query: str) -> str:
+    return f"{source}/{hashlib.sha256(query.encode()).hexdigest()[:16]}"
+
+
+class Labeler:
+    """`before_call` runs before every provider call (the label tool's rate limit)."""
+
+    def __init__(self, cfg: RouterConfig, chains: Mapping[int, TierChain], judge_tier: int, timeout_s: float,
+                 before_call: Callable[[], Awaitable[None]] | None = None):
+        self.cfg = cfg
+        self.chains = chains
+        self.judge = chains[judge_tier]
+        self.judge_tier = judge_tier
+        self.timeout_s = timeout_s
+        self.before_call = before_call
+
+    async def ask(self, chain: TierChain, messages: Messages, **options) -> Completion:
+        if self.before_call is not None:
+            await self.before_call()
+        return await chain.complete(messages, deadline=time.monotonic() + self.timeout_s, **options)
+
+    async def record(self, query: str, *, record_id: str, source: str, task: str, messages: Messages | None = None,
+                     known: Mapping[int, Completion] | None = None, **options) -> dict:
+        """`messages` defaults to the query as one user message; `known` holds answers already paid for,
+        which are reused rather than asked again."""
+        messages = messages or [{"role": "user", "content": query}]
+        known = known or {}
+
+        async def answer(tier: int) -> Completion:
+            return known[tier] if tier in known else await self.ask(self.chains[tier], messages, **options)
+
+        answers = await asyncio.gather(*(answer(t) for t in (1, 2, 3)))
+        reference = answers[2].content
+        verdicts = [await self.grade(query, answers[t].content, reference) for t in (0, 1)]
+        scores = [score for score, _ in verdicts] + [1.0]
+        return {"id": record_id, "source": source, "task": task, "query": query,
+                "outcomes": [{"tier": t, "model": a.model, "score": s,
+                              "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens),
+                              "cost_estimated": a.usage_estimated, "response": a.content}
+                             for t, a, s in zip((1, 2, 3), answers, scores)],
+                "judge_cost_usd": sum(cost for _, cost in verdicts)}
+
+    async def grade(self, query: str, answer: str, reference: str) -> tuple[float, float]:
+        """(score in [0, 1], what the judge's call cost)."""
+        verdict = await self.ask(self.judge, [
+            {"role": "system", "content": JUDGE},
+            {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}],
+            temperature=0.0)
+        score = float(parse_json_field(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
+        return score, self.cfg.tiers[self.judge_tier].cost(verdict.input_tokens, verdict.output_tokens)
