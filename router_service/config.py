@@ -83,9 +83,9 @@ class ShadowConfig:
     judge_tier: int = doc("tier whose chain judges the answers", 1)
     timeout_s: float = doc("budget for each provider call a shadow makes", 60.0)
     max_in_flight: int = doc("shadows running at once; more are dropped and counted", 16)
-    log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only)", "")
+    log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only; `{host}` = the host name)", "")
     labels: str = doc("JSONL file of routing records labelled from sampled traffic, for `tierwise train`; "
-                      "holds prompts and answers in clear (\"\" = off)", "")
+                      "holds prompts and answers in clear (\"\" = off; `{host}` = the host name)", "")
 
 
 @dataclass(frozen=True)

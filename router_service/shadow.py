@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -48,8 +49,8 @@ class Shadow:
         self.rng = rng or random.Random()
         self.tracer = trace.get_tracer("tierwise.router")
         self.tasks: set[asyncio.Task] = set()
-        self.log_path = Path(self.cfg.log) if self.cfg.log else None
-        self.labels_path = Path(self.cfg.labels) if self.cfg.labels else None
+        self.log_path = _path(self.cfg.log)
+        self.labels_path = _path(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
                         if self.labels_path else None)
 
@@ -122,6 +123,11 @@ class Shadow:
         """Let running shadows finish (at shutdown), up to `timeout`."""
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
+
+
+def _path(template: str) -> Path | None:
+    """`{host}` becomes this host's name, so replicas sharing a volume write a file each."""
+    return Path(template.replace("{host}", socket.gethostname())) if template else None
 
 
 def _outcome(record: dict) -> str:

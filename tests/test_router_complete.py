@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.request
 
@@ -293,8 +294,9 @@ def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, c
     from tierwise.data import load
 
     double.reset()
-    labels, log = tmp_path / "live.jsonl", tmp_path / "shadow.jsonl"
-    doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels), "log": str(log)})
+    labels, log = tmp_path / f"live-{socket.gethostname()}.jsonl", tmp_path / "shadow.jsonl"
+    doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(tmp_path / "live-{host}.jsonl"),
+                                                 "log": str(log)})
     hard = "Prove the complexity of this algorithm: ```def f(x): return x``` Is it optimal? Why?"
     with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
         double.set_reply("t1-a", '{"score": 0.25}')  # the tier-1 answer, and the judge's grade of tiers 1 and 2
