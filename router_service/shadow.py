@@ -120,9 +120,16 @@ class Shadow:
         return time.monotonic() + self.cfg.timeout_s
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Let running shadows finish (at shutdown), up to `timeout`."""
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=timeout)
+        """Let running shadows finish (at shutdown), up to `timeout`; cancel, count and log the rest."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            self.metrics.shadow.add(len(pending), {"outcome": "cancelled_shutdown"})
+            log.warning("shadow: %d still running after %.1f s at shutdown were cancelled", len(pending), timeout)
 
 
 def _path(template: str) -> Path | None:

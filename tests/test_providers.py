@@ -530,3 +530,38 @@ def test_double_lists_models_and_shuts_down_promptly():
     assert hung and time.monotonic() - started < 2.0  # closing released the hung handler
     with pytest.raises(openai.APIConnectionError):
         openai.OpenAI(base_url=running.base_url, api_key=KEY, max_retries=0, timeout=0.5).models.list()
+
+
+def test_shadow_drain_cancels_labelling_that_outlives_shutdown_and_logs_it(double, caplog, tmp_path, monkeypatch):
+    from router_service.config import parse
+    from router_service.dispatch import Result
+    from router_service.server import build_chains
+    from router_service.shadow import Shadow
+    from router_service.telemetry import RouterMetrics
+
+    from .servers import KEY_ENV as ROUTER_KEY_ENV
+    from .servers import router_config
+
+    monkeypatch.setenv(ROUTER_KEY_ENV, "k")
+    labels = tmp_path / "live.jsonl"
+    cfg = parse(router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels)}))
+    double.set_persistent("t3-a", Fault.hang(5.0))  # the frontier answer never comes before shutdown
+
+    async def main() -> Shadow:
+        chains = build_chains(cfg, RouterMetrics())
+        shadow = Shadow(cfg, chains, RouterMetrics())
+        answer = Completion(content="4", provider="t1-a", model="t1-a", input_tokens=5, output_tokens=1)
+        try:
+            assert shadow.maybe_start(MESSAGES, "heuristic", Result(answer, 1, 0, 1e-6), {})
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await shadow.drain(timeout=0.3)
+            assert time.monotonic() - started < 2.0
+        finally:
+            for chain in chains.values():
+                await chain.aclose()
+        return shadow
+
+    shadow = asyncio.run(main())
+    assert not shadow.tasks and not labels.exists()
+    assert "1 still running after 0.3 s at shutdown were cancelled" in caplog.text
