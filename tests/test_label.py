@@ -44,7 +44,10 @@ def test_label_writes_shared_format_records_and_resumes(tmp_path, monkeypatch, c
         out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # an interrupted last write
         assert main(args) == 0
         assert len(double.requests) == asked + 5 and len(load([out])) == 4
-        assert "1 labelled, 3 already in" in capsys.readouterr().out
+        last = json.loads(out.read_text().splitlines()[-1])
+        cost = sum(o["cost_usd"] for o in last["outcomes"]) + last["judge_cost_usd"]
+        assert last["judge_cost_usd"] > 0 and f"1 labelled, 3 already in {out}, 0 failed" in (text := capsys.readouterr().out)
+        assert f"this run's labels cost ${cost:.4f}" in text
 
 
 def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch):

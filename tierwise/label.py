@@ -81,9 +81,11 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
     slots = asyncio.Semaphore(concurrency)
     failures: list[str] = []
+    spent = 0.0  # every tier's answer and both judgements, for the records written this run
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="labelling", unit="query") as bar:
         async def one(item: dict) -> None:
+            nonlocal spent
             async with slots:
                 try:
                     rec = await labeler.record(item["query"], record_id=item["id"], source=source,
@@ -93,6 +95,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
                 else:
                     sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     sink.flush()
+                    spent += sum(o["cost_usd"] for o in rec["outcomes"]) + rec["judge_cost_usd"]
                 bar.update()
 
         try:
@@ -101,4 +104,4 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
             for chain in chains.values():
                 await chain.aclose()
     return {"queries": len(queries), "already_done": len(queries) - len(todo),
-            "labelled": len(todo) - len(failures), "failed": failures}
+            "labelled": len(todo) - len(failures), "failed": failures, "cost_usd": spent}
