@@ -95,8 +95,10 @@ def as_routed(records: list[Record]) -> Replay:
     if not routed:
         return Replay(AS_ROUTED, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=len(records),
                       detail={"why": "no recorded routing decisions"})
-    outcome = _one_shot(routed, np.array([r.routed_tier for r in routed]))
-    outcome.paid = np.array([p if r.paid_usd is None else r.paid_usd for r, p in zip(routed, outcome.paid)])
+    tiers = np.array([r.routed_tier for r in routed], dtype=int)
+    paid = np.array([tier_cost if r.paid_usd is None else r.paid_usd
+                     for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
+    outcome = Outcome(tiers, paid)
     return Replay(AS_ROUTED, routed, outcome, [outcome], 0.0, not_replayable=len(records) - len(routed))
 
 
