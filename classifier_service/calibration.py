@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from tierwise.data import Record, arrays, check_measurable
+from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier
 
 from .heads import decide
 
@@ -47,16 +48,14 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.n
     rows = np.arange(len(records))
     n = len(records)
     sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
-    # Poisson weights: a bootstrap of expected size `sample` that vectorises over all resamples at once.
-    weights = np.random.default_rng(seed).poisson(sample / n, size=(resamples, n)).astype(np.float64)
+    weights = poisson_weights(n, sample, resamples, seed)
     frontier = weights @ ok[:, 2]
     best, best_cost, best_facts = fallback, float("inf"), {}
     for setting, tiers in candidates:
         chosen_cost = cost[rows, tiers - 1].sum()
         if chosen_cost >= best_cost:
             continue
-        # A resample in which tier 3 solved nothing says nothing about the ratio: count it as a miss.
-        quality = np.where(frontier > 0, (weights @ ok[rows, tiers - 1]) / np.maximum(frontier, 1e-12), 0.0)
+        quality = resampled_quality_vs_frontier(weights, ok[rows, tiers - 1], frontier)
         lower = float(np.quantile(quality, 1 - confidence))
         if lower >= target:
             best, best_cost = setting, chosen_cost

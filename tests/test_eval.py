@@ -162,6 +162,12 @@ def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_pa
     assert op["cost_savings"] == pytest.approx(1 - (1 + 111 + 10) / 300)
     assert op["quality_vs_frontier"] == pytest.approx(2 / 3) and op["tier_mix"] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
     assert evaluate.as_routed(base).result(0.95)["why"] == "no recorded routing decisions"
+    # 400 live requests, tier 3 always right, the routed answer right 380 times: 0.95, and a bound below it
+    # about 1.645 standard errors (0.018) lower.
+    many = [replace(record(i, (float(i >= 20), 1, 1)), routed_tier=1) for i in range(400)]
+    sampled = evaluate.as_routed(many).result(0.95)
+    assert sampled["operating_point"]["quality_vs_frontier"] == pytest.approx(0.95)
+    assert 0.925 < sampled["quality_vs_frontier_lower_bound"] < 0.945
 
     lines = [shared_format(r) for r in base[:3]]
     lines[0] = lines[0][:-1] + ', "routed_tier": 1}'

@@ -120,6 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{result['strategy']} on {result['n']} records ({result['not_replayable']} not replayable)")
         for key in ("accuracy", "cost_savings", "quality_preserved", "answer_quality", "quality_vs_frontier"):
             print(f"  {key:22} {op[key]:.4f}")
+        if "quality_vs_frontier_lower_bound" in result:
+            print(f"  {'  95% lower bound':22} {result['quality_vs_frontier_lower_bound']:.4f}")
         print(f"  {'tier_mix':22} {' / '.join(f'{t:.3f}' for t in op['tier_mix'])}")
         for q, v in curve["savings_at_quality"].items():
             print(f"  savings@{q}Q (curve)   {'none' if v is None else f'{v:.4f}'}")

@@ -33,6 +33,19 @@ def routing_metrics(records: list[Record], tiers: np.ndarray, paid: np.ndarray |
     }
 
 
+def poisson_weights(n: int, sample: float, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) bootstrap weights of expected sample size `sample`; Poisson weights let every
+    resample be computed at once as a matrix product."""
+    return np.random.default_rng(seed).poisson(sample / n, size=(resamples, n)).astype(np.float64)
+
+
+def resampled_quality_vs_frontier(weights: np.ndarray, chosen_ok: np.ndarray, frontier_solved: np.ndarray) -> np.ndarray:
+    """Quality vs frontier in each resample; `frontier_solved` is `weights @ (tier 3 acceptable)`, computed once
+    per set of weights. A resample in which tier 3 solved nothing says nothing about the ratio: it counts as
+    0, a miss."""
+    return np.where(frontier_solved > 0, (weights @ chosen_ok) / np.maximum(frontier_solved, 1e-12), 0.0)
+
+
 def savings_at_quality(points: Iterable[tuple[float, float]], target: float) -> float | None:
     """Largest cost savings among (quality_vs_frontier, cost_savings) points meeting `target`; None if none does."""
     meeting = [savings for quality, savings in points if quality >= target - 1e-12]
