@@ -34,7 +34,6 @@ class Labeler:
                  before_call: Callable[[], Awaitable[None]] | None = None):
         self.cfg = cfg
         self.chains = chains
-        self.judge = chains[judge_tier]
         self.judge_tier = judge_tier
         self.timeout_s = timeout_s
         self.before_call = before_call
@@ -67,7 +66,7 @@ class Labeler:
 
     async def grade(self, query: str, answer: str, reference: str) -> tuple[float, float]:
         """(score in [0, 1], what the judge's call cost)."""
-        verdict = await self.ask(self.judge, [
+        verdict = await self.ask(self.chains[self.judge_tier], [
             {"role": "system", "content": JUDGE},
             {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}],
             temperature=0.0)

@@ -52,11 +52,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(args: argparse.Namespace, command: str):
+def _data_paths(args: argparse.Namespace, command: str) -> list[Path]:
     data = args.data or shared_files()
     if not data:
         raise SystemExit(f"tierwise {command}: no --data given and ../shared/data/routing is absent")
-    return [Path(p) for p in data], _records(data, getattr(args, "split", "all"))
+    return [Path(p) for p in data]
 
 
 def _records(paths, part: str):
@@ -89,8 +89,9 @@ def _replay(name: str, records, args: argparse.Namespace):
 def _eval(args: argparse.Namespace) -> int:
     from . import evaluate
 
-    paths, records = _load_data(args, "eval")
-    check_measurable(records, f"{' '.join(map(str, paths))} ({args.split})")
+    by_file = {p: _records([p], args.split) for p in _data_paths(args, "eval")}  # each file read once
+    records = [r for part in by_file.values() for r in part]
+    check_measurable(records, f"{' '.join(map(str, by_file))} ({args.split})")
     known = (*evaluate.STRATEGIES, *evaluate.BASELINES, evaluate.AS_ROUTED)
     if args.strategy not in known:
         print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
@@ -102,11 +103,10 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     if args.report:
         per_file = {}
-        for p in paths:
-            records = _records([p], args.split)
-            check_measurable(records, f"{p} ({args.split})")
-            live = any(r.routed_tier is not None for r in records)
-            per_file[str(p)] = {name: _replay(name, records, args).result(args.target_quality)
+        for p, part in by_file.items():
+            check_measurable(part, f"{p} ({args.split})")
+            live = any(r.routed_tier is not None for r in part)
+            per_file[str(p)] = {name: _replay(name, part, args).result(args.target_quality)
                                 for name in known if live or name != evaluate.AS_ROUTED}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
     if args.json:
@@ -138,11 +138,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from classifier_service.heads import HeadRegistry
     from classifier_service.train import embed_records
 
-    from .data import split
-
-    _, records = _load_data(args, "calibrate")
-    if not args.include_held_out:
-        records = split(records)[0]
+    records = _records(_data_paths(args, "calibrate"), "all" if args.include_held_out else "dev")
     head = HeadRegistry.from_dir(args.heads_dir).get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
