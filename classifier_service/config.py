@@ -24,6 +24,7 @@ class Config:
     max_inflight: int = 256
     cache_size: int = 20_000
     warmup_rounds: int = 8
+    heads_reload_seconds: float = 30.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -45,6 +46,8 @@ HELP = {
     "max_inflight": "texts queued or running before calls get RESOURCE_EXHAUSTED",
     "cache_size": "decision cache entries (0 disables)",
     "warmup_rounds": "encoder runs at start-up before reporting SERVING",
+    "heads_reload_seconds": "how often the heads directory is checked for changed heads, swapped in without a "
+                            "restart (SIGHUP checks at once; 0 = only on SIGHUP)",
 }
 
 
@@ -52,7 +55,7 @@ def parse(argv: list[str] | None = None) -> Config:
     ap = argparse.ArgumentParser(prog="python -m classifier_service", description="Tierwise classifier service")
     for f in fields(Config):
         env = f"TIERWISE_CLASSIFIER_{f.name.upper()}"
-        kind = f.type if isinstance(f.type, type) else {"int": int, "Path": Path, "str": str}[f.type]
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "Path": Path, "str": str}[f.type]
         default = kind(os.environ[env]) if env in os.environ else f.default
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                         help=f"{HELP[f.name]} (env {env}; default {f.default})")
@@ -63,4 +66,6 @@ def parse(argv: list[str] | None = None) -> Config:
     for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
         if getattr(cfg, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not cfg.heads_reload_seconds >= 0:  # also refuses nan
+        ap.error("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     return cfg

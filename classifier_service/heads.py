@@ -144,11 +144,24 @@ class TierHead:
 
     @classmethod
     def load(cls, path: Path) -> "TierHead":
-        data = json.loads(Path(path).read_text())
+        """The head in `path`; a file that is not one (half-written, wrong format) is a ValueError naming it."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        try:
+            return cls._from_json(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: not a tier head ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _from_json(cls, data: dict) -> "TierHead":
         if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}; retrain it with `tierwise train`")
+            raise ValueError(f"format {data.get('format')!r} is not {FORMAT!r}; retrain it with `tierwise train`")
         if list(data["tiers"]) != list(TIERS):
-            raise ValueError(f"{path}: tiers must be {list(TIERS)}")
+            raise ValueError(f"tiers must be {list(TIERS)}")
         return cls(
             name=data["name"],
             version=data["version"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 import grpc
 import numpy as np
@@ -19,6 +20,7 @@ from .cache import DecisionCache
 from .config import Config
 from .encoder import Encoder
 from .heads import HeadRegistry, TierHead
+from .reloading import HeadReloader, signature
 
 log = logging.getLogger("tierwise.classifier")
 SERVICE = pb.DESCRIPTOR.services_by_name["ClassifierService"].full_name
@@ -151,6 +153,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-classifier", version)
+    loaded = signature(cfg.heads_dir)
     servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -162,14 +165,46 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
     ])
     pb_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
 
+    tasks: list[asyncio.Task] = []
+
     async def load() -> str:
         await asyncio.get_running_loop().run_in_executor(None, servicer.load)
+        reloader = HeadReloader(cfg.heads_dir, cfg.default_head, servicer.encoder.dimension, loaded)
+        tasks.append(asyncio.create_task(reload_heads(servicer, reloader, cfg.heads_reload_seconds or None)))
         return (f"encoder={servicer.encoder.version} heads={','.join(servicer.heads.names)} "
                 f"default={servicer.heads.default} workers={cfg.workers} ort_threads={cfg.ort_threads}")
 
     async def close() -> None:
+        for task in tasks:
+            task.cancel()
         servicer.batcher.close()
         if provider is not None:
             provider.shutdown()
 
     return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close)
+
+
+async def reload_heads(servicer: ClassifierServicer, reloader: HeadReloader, every: float | None) -> None:
+    """Swap in the heads directory's new contents when it changes: checked every `every` s (None: never) and
+    at once on SIGHUP.
+    A call already running keeps the head it started with; the decision cache is keyed by head version."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, now.set)
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(now.wait(), every)
+            except asyncio.TimeoutError:
+                pass
+            now.clear()
+            registry = await loop.run_in_executor(None, reloader.poll)
+            if registry is not None:
+                before = {h.name: h.version for h in servicer.heads}
+                servicer.heads = registry
+                after = {h.name: h.version for h in registry}
+                log.info("heads reloaded: %s", ", ".join(f"{n}={v}" for n, v in after.items()),
+                         extra={"fields": {"changed": sorted(n for n in after if before.get(n) != after[n]),
+                                           "removed": sorted(set(before) - set(after))}})
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)

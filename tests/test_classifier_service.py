@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -243,3 +245,59 @@ def test_offline_embeddings_do_not_depend_on_batch_mates_and_match_an_idle_serve
     assert np.array_equal(alone, encoder.embed([TEXTS[2], "x " * 200])[0])
     tokens = encoder.tokenize([TEXTS[2]])
     assert np.array_equal(alone, encoder.embed_tokens(tokens)[0]), "an idle server embeds exactly what heads learned from"
+
+
+def _wait_for_version(stub, name: str, version: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if {h.name: h.version for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads}.get(name) == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"head {name} did not reach version {version} within {seconds}s")
+
+
+def test_changed_heads_are_swapped_in_without_a_restart_and_broken_ones_are_refused(tmp_path):
+    import dataclasses
+
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    default.save(tmp_path / "default" / "head.json")
+    text = "Derive the closed form of the sum of the first n cubes."
+    # Polling off: only SIGHUP reloads, so each step below is deterministic.
+    service = start_classifier("--heads-dir", str(tmp_path), "--heads-reload-seconds", "0")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            before = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+            assert before.head_version == default.version
+            # Same weights, a tradeoff that prices cost far above quality: a new version that answers tier 1.
+            cheap = dataclasses.replace(default, version="default-cheap", tradeoff=100.0)
+            cheap.save(tmp_path / "default" / "head.json")
+            time.sleep(0.5)
+            assert stub.Classify(pb.ClassifyRequest(text=text), timeout=10).head_version == default.version, \
+                "with polling off nothing changes before SIGHUP"
+            service.proc.send_signal(signal.SIGHUP)
+            _wait_for_version(stub, "default", "default-cheap")
+            after = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+            assert after.tier == 1 and after.tradeoff == pytest.approx(100.0) and not after.cache_hit
+            assert list(after.probabilities) == pytest.approx(list(before.probabilities), abs=1e-6)
+            service.wait_for("heads reloaded")
+
+            # A half-written head and a head for another encoder: refused, the serving heads stay.
+            (tmp_path / "torn").mkdir()
+            (tmp_path / "torn" / "head.json").write_text('{"format": "tierwise.head/v2", "name": "to')
+            service.proc.send_signal(signal.SIGHUP)
+            assert "torn/head.json" in service.wait_for("heads not reloaded")
+            (tmp_path / "torn" / "head.json").unlink()
+            wide = dataclasses.replace(default, name="wide", version="wide-1", support=None,
+                                       coef=np.zeros((3, 768), np.float32))
+            wide.save(tmp_path / "wide" / "head.json")
+            service.proc.send_signal(signal.SIGHUP)
+            assert "768-d" in service.wait_for("heads not reloaded")
+            heads = {h.name: h.version for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads}
+            assert heads == {"default": "default-cheap"}
+            assert stub.Classify(pb.ClassifyRequest(text=text), timeout=10).tier == 1, "still serving"
+    finally:
+        assert service.stop() == 0

@@ -159,6 +159,34 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from .promote import promote
+
+    records = _records(_data_paths(args, "promote"), args.split)
+    try:
+        result = promote(args.candidate, records, args.heads_dir, args.target_quality, ROOT / "build" / "encoder",
+                         ROOT / "build" / "embeddings", args.dry_run)
+    except KeyError as err:  # the candidate has no tradeoff for this target
+        print(f"tierwise promote: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for role in ("candidate", "serving"):
+            m = result[role]
+            if m is not None:
+                print(f"{role:9} {m['version']}: quality vs frontier {m['quality_vs_frontier']:.4f} "
+                      f"(95% lower bound {m['quality_vs_frontier_lower_bound']:.4f}), savings {m['cost_savings']:.1%}, "
+                      f"tier mix {' / '.join(f'{t:.3f}' for t in m['tier_mix'])}")
+        outcome = "promoted" if result["promoted"] else "would promote (dry run)" if result["passed"] else "refused"
+        print(f"{outcome} on {result['n']} records ({args.split}): {result['why']}"
+              + (f"; installed to {result['installed_to']}" if result["promoted"] else ""))
+        serving = result["serving"]
+        if result["passed"] and (serving is None or serving["head"] != result["candidate"]["head"]):
+            print(f"a new head: routers use it once their config says classifier.head: {result['candidate']['head']}")
+    return 0 if result["passed"] else 3
+
+
 def _costs(args: argparse.Namespace) -> int:
     from router_service.config import ConfigError, load
 
@@ -275,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--include-held-out", action="store_true",
                     help="also use the held-out fifth (by default it is never calibrated on)")
     ca.set_defaults(run=_calibrate)
+    pr = sub.add_parser("promote", help="check a trained head on records it never saw; install it if it holds the target")
+    pr.add_argument("--candidate", type=Path, required=True, help="directory with the candidate's head.json (`train --out`)")
+    pr.add_argument("--data", nargs="+", help="labelled routing records, e.g. from shadow.labels (default: ../shared/data/routing/*.dev.jsonl)")
+    pr.add_argument("--split", choices=("all", "held-out"), default="held-out",
+                    help="held-out (default): the fifth `train` never fits on, for a candidate trained on the same files")
+    pr.add_argument("--target-quality", type=quality_target, default=0.95)
+    pr.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads", help="the directory the classifier serves")
+    pr.add_argument("--dry-run", action="store_true", help="check only; install nothing")
+    pr.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    pr.set_defaults(run=_promote)
     cs = sub.add_parser("costs", help="monthly cost table at the configured prices")
     cs.add_argument("--queries-per-month", type=at_least(int, 0), required=True)
     cs.add_argument("--mix", help="a tier mix in percent, e.g. 60/25/15")

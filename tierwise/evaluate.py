@@ -18,8 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .data import Record, arrays
-from .metrics import (QUALITY_TARGETS, aiq, poisson_weights, resampled_quality_vs_frontier, routing_metrics,
-                      savings_at_quality)
+from .metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
 
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
@@ -100,11 +99,8 @@ def as_routed(records: list[Record]) -> Replay:
     paid = np.array([tier_cost if r.paid_usd is None else r.paid_usd
                      for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
     outcome = Outcome(tiers, paid)
-    ok = arrays(routed)[0].astype(np.float64)
-    weights = poisson_weights(len(routed), len(routed), resamples=1000)
-    quality = resampled_quality_vs_frontier(weights, ok[np.arange(len(routed)), tiers - 1], weights @ ok[:, 2])
     # On a sample of live traffic the point estimate alone proves little: say how low it may really be.
-    lower = {"quality_vs_frontier_lower_bound": round(float(np.quantile(quality, 0.05)), 5)}
+    lower = {"quality_vs_frontier_lower_bound": round(quality_lower_bound(routed, tiers), 5)}
     return Replay(AS_ROUTED, routed, outcome, [outcome], 0.0, not_replayable=len(records) - len(routed), detail=lower)
 
 

@@ -46,6 +46,16 @@ def resampled_quality_vs_frontier(weights: np.ndarray, chosen_ok: np.ndarray, fr
     return np.where(frontier_solved > 0, (weights @ chosen_ok) / np.maximum(frontier_solved, 1e-12), 0.0)
 
 
+def quality_lower_bound(records: list[Record], tiers: np.ndarray, resamples: int = 1000) -> float:
+    """95% lower bootstrap bound of quality vs frontier when `records` are routed to `tiers`: how low the
+    quality of the traffic they sample may really be."""
+    ok = arrays(records)[0].astype(np.float64)
+    tiers = np.asarray(tiers, dtype=int)
+    weights = poisson_weights(len(records), len(records), resamples)
+    quality = resampled_quality_vs_frontier(weights, ok[np.arange(len(records)), tiers - 1], weights @ ok[:, 2])
+    return float(np.quantile(quality, 0.05))
+
+
 def savings_at_quality(points: Iterable[tuple[float, float]], target: float) -> float | None:
     """Largest cost savings among (quality_vs_frontier, cost_savings) points meeting `target`; None if none does."""
     meeting = [savings for quality, savings in points if quality >= target - 1e-12]

@@ -1,0 +1,56 @@
+"""Reload the heads directory while serving, so a promoted head goes live without a restart.
+
+The directory is polled (and re-read at once on SIGHUP). A change is loaded in full beside the serving
+heads and swapped in only if every head loads, fits the encoder and the default head is still there; a
+broken or half-written set is logged once and the serving heads stay. Files are stat'ed through symlinks,
+so a Kubernetes ConfigMap update (an atomic swap of its `..data` link) shows as a change.
+Why reload instead of restart, and how a head gets promoted: docs/decisions/0015.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .heads import HeadRegistry
+
+log = logging.getLogger("tierwise.classifier")
+
+
+def signature(directory: Path) -> tuple:
+    """What identifies the directory's heads on disk: each head file's name, inode, size and mtime."""
+    found = []
+    for path in sorted(Path(directory).glob("*/head.json")):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # removed between the listing and the stat
+            continue
+        found.append((path.parent.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+class HeadReloader:
+    """Loads the heads again when `signature` changes; `check` vets a new registry before it serves."""
+
+    def __init__(self, directory: Path, default: str | None, dimension: int, loaded: tuple):
+        self.directory = Path(directory)
+        self.default = default
+        self.dimension = dimension
+        self._seen = loaded  # the signature last acted on, loaded or refused
+
+    def poll(self) -> HeadRegistry | None:
+        """A new registry when the files changed and load cleanly; None when nothing changed or they did not."""
+        now = signature(self.directory)
+        if now == self._seen:
+            return None
+        self._seen = now
+        try:
+            registry = HeadRegistry.from_dir(self.directory, self.default)
+            for head in registry:
+                if head.dimension != self.dimension:
+                    raise ValueError(f"head {head.name} expects {head.dimension}-d embeddings, encoder gives {self.dimension}")
+        except Exception as err:  # noqa: BLE001 - any failure keeps the serving heads; the reason is logged
+            log.error("heads not reloaded, still serving the previous ones: %s", err,
+                      extra={"fields": {"heads_dir": str(self.directory)}})
+            return None
+        return registry

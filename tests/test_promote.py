@@ -1,0 +1,134 @@
+"""`tierwise promote` against a real classifier serving the heads directory: a candidate that misses the target
+on unseen records is refused, one that does better is installed and served without a restart."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import grpc
+import pytest
+
+from classifier_service.calibration import ALWAYS_TIER_3
+from classifier_service.config import Config
+from classifier_service.heads import TierHead
+from tierwise.cli import main
+from tierwise.data import is_held_out
+from tierwise.v1 import classifier_pb2 as pb
+from tierwise.v1 import classifier_pb2_grpc
+
+from .servers import start_classifier
+
+LINEUP = ("t1-a", "t2-a", "t3-a")
+TOPICS = ["prime numbers", "French verbs", "binary search", "photosynthesis", "tax brackets", "sorting a list"]
+
+
+def write(path, tier_1_scores: list[float], held_out: bool):
+    """Records of LINEUP in the shared format whose ids fall in the held-out fifth (or out of it)."""
+    lines, i = [], 0
+    while len(lines) < len(tier_1_scores):
+        rid = f"live/{held_out}/{i}"
+        i += 1
+        if is_held_out(rid) != held_out:
+            continue
+        score = tier_1_scores[len(lines)]
+        lines.append(json.dumps({"id": rid, "source": "live", "task": "chat",
+                                 "query": f"Question {i} about {TOPICS[i % len(TOPICS)]}: explain it briefly.",
+                                 "outcomes": [{"tier": t, "model": LINEUP[t - 1], "score": s, "cost_usd": c,
+                                               "cost_estimated": True, "response": "answer"}
+                                              for t, s, c in ((1, score, 0.001), (2, 1.0, 0.01), (3, 1.0, 0.1))]}))
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return path
+
+
+def lineup_head(version: str, tradeoff: float) -> TierHead:
+    """The default head's weights for LINEUP, calibrated (by fiat) to `tradeoff`: 100 sends everything to tier 1,
+    ALWAYS_TIER_3 everything to tier 3. No support check, so the fixture's queries route by tradeoff alone."""
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    return dataclasses.replace(default, name="lineup-a", version=version, models=LINEUP, support=None,
+                               tradeoff=tradeoff, target_quality=0.95, calibration={"0.95": tradeoff})
+
+
+def served(stub) -> dict[str, str]:
+    return {h.name: h.version for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads}
+
+
+def test_promote_refuses_a_head_that_misses_the_target_and_installs_a_better_one_live(tmp_path, capsys):
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    TierHead.load(Config().heads_dir / "default" / "head.json").save(heads / "default" / "head.json")
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
+    lineup_head("lineup-a-bold", 100.0).publish(candidate)
+    serving_bytes = (heads / "lineup-a" / "head.json").read_bytes()
+    # Held out, tier 1 fails half the time; the development records (which `train` fits on) say nothing here.
+    hard = write(tmp_path / "hard.jsonl", [1.0, 0.0] * 10, held_out=True)
+    # Held out, tier 1 always answers; development records where it never does must not be counted.
+    easy = write(write(tmp_path / "easy.jsonl", [1.0] * 20, held_out=True), [0.0] * 40, held_out=False)
+    promote = ["promote", "--candidate", str(candidate), "--heads-dir", str(heads)]
+
+    service = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            assert served(stub)["lineup-a"] == "lineup-a-safe"
+
+            assert main([*promote, "--data", str(hard), "--json"]) == 3
+            refused = json.loads(capsys.readouterr().out)
+            assert refused["candidate"]["quality_vs_frontier"] == pytest.approx(0.5)
+            assert refused["serving"]["quality_vs_frontier"] == pytest.approx(1.0) and refused["n"] == 20
+            assert "below the 0.95 target" in refused["why"] and not refused["promoted"]
+            assert (heads / "lineup-a" / "head.json").read_bytes() == serving_bytes
+
+            assert main([*promote, "--data", str(easy), "--dry-run"]) == 0
+            assert "would promote (dry run) on 20 records (held-out)" in capsys.readouterr().out
+            assert (heads / "lineup-a" / "head.json").read_bytes() == serving_bytes
+
+            assert main([*promote, "--data", str(easy), "--json"]) == 0
+            done = json.loads(capsys.readouterr().out)
+            assert done["promoted"] and done["candidate"]["tier_mix"] == [1.0, 0.0, 0.0]
+            assert done["candidate"]["cost_savings"] == pytest.approx(0.99)
+            assert done["serving"]["cost_savings"] == pytest.approx(0.0)
+            assert (heads / "lineup-a" / "head.json").read_bytes() == (candidate / "head.json").read_bytes()
+            assert (heads / "lineup-a" / "head.json.previous").read_bytes() == serving_bytes
+            assert (heads / "lineup-a" / "MODEL_CARD.md").exists()
+
+            deadline = time.monotonic() + 15
+            while served(stub)["lineup-a"] != "lineup-a-bold" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert served(stub) == {"default": TierHead.load(heads / "default" / "head.json").version,
+                                    "lineup-a": "lineup-a-bold"}, "the classifier swapped the head in, no restart"
+            reply = stub.Classify(pb.ClassifyRequest(text="Explain prime numbers briefly.", head="lineup-a"), timeout=10)
+            assert reply.tier == 1 and reply.head_version == "lineup-a-bold"
+
+            assert main([*promote, "--data", str(easy)]) == 3, "the same head again: the serving one is as good"
+            assert "already meets 0.95 here and saves as much" in capsys.readouterr().out
+    finally:
+        assert service.stop() == 0
+
+
+def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
+    candidate = tmp_path / "candidate"
+    lineup_head("lineup-a-bold", 100.0).publish(candidate)
+    other = tmp_path / "other.jsonl"
+    other.write_text(write(tmp_path / "x.jsonl", [1.0] * 5, held_out=True).read_text().replace("t1-a", "t1-z"))
+    args = ["promote", "--candidate", str(candidate), "--heads-dir", str(tmp_path / "heads"), "--data"]
+    assert main([*args, str(other)]) == 2
+    assert "no records from the candidate's lineup t1-a / t2-a / t3-a" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "x.jsonl"), "--target-quality", "0.9"]) == 2
+    assert "no tradeoff calibrated for quality 0.9" in capsys.readouterr().err
+    (candidate / "head.json").write_text('{"format": "tierwise.head/v2", "na')
+    assert main([*args, str(tmp_path / "x.jsonl")]) == 2
+    assert "head.json is not a tier head" in capsys.readouterr().err
+
+
+def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_path, capsys):
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    TierHead.load(Config().heads_dir / "default" / "head.json").save(heads / "default" / "head.json")
+    lineup_head("lineup-a-bold", 100.0).publish(candidate)
+    easy = write(tmp_path / "easy.jsonl", [1.0] * 20, held_out=True)
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(easy),
+                 "--dry-run", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["serving"]["head"] == "default", "no head of its own yet: the default head serves this lineup"
+    assert result["candidate"]["cost_savings"] > result["serving"]["cost_savings"] and not result["promoted"]
+    assert not (heads / "lineup-a").exists()

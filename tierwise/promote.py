@@ -1,0 +1,109 @@
+"""`tierwise promote`: check a newly trained head on labelled records it never saw, then install it.
+
+The candidate (a head `tierwise train --out` wrote outside the serving directory) routes the records of its
+own tier lineup at its calibrated point for the quality target. It is installed only when:
+  - its quality vs frontier there meets the target (a head that misses on unseen records is refused,
+    whatever its calibration promised);
+  - the head serving that lineup today (the one of the same name, else the one a lookup by lineup picks,
+    usually the default head) does not do at least as well on the same records: meeting the target with
+    savings at least as high.
+Installing writes head.json atomically into `<heads dir>/<name>/`, keeping the replaced file as
+`head.json.previous` (roll back by moving it back); a classifier serving that directory swaps the head in
+within `--heads-reload-seconds`. Why: docs/decisions/0015.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .data import DataError, Record, check_measurable
+from .metrics import quality_lower_bound, routing_metrics
+
+
+def measure(head, records: list[Record], x, target: float) -> dict:
+    """`head` at its tradeoff for `target` on `records` (embeddings `x`): quality, its lower bound, savings."""
+    tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
+    m = routing_metrics(records, tiers)
+    return {"head": head.name, "version": head.version, "quality_vs_frontier": round(m["quality_vs_frontier"], 5),
+            "quality_vs_frontier_lower_bound": round(quality_lower_bound(records, tiers), 5),
+            "cost_savings": round(m["cost_savings"], 5), "tier_mix": [round(t, 4) for t in m["tier_mix"]]}
+
+
+def verdict(candidate: dict, serving: dict | None, target: float) -> tuple[bool, str]:
+    if candidate["quality_vs_frontier"] < target - 1e-12:
+        return False, (f"the candidate keeps {candidate['quality_vs_frontier']:.4f} of the frontier's quality on these "
+                       f"records, below the {target:g} target")
+    if serving is not None and serving["quality_vs_frontier"] >= target - 1e-12 \
+            and serving["cost_savings"] >= candidate["cost_savings"]:
+        return False, (f"the serving head {serving['version']} already meets {target:g} here and saves as much "
+                       f"({serving['cost_savings']:.1%} against {candidate['cost_savings']:.1%})")
+    return True, (f"the candidate meets {target:g} ({candidate['quality_vs_frontier']:.4f}) saving "
+                  f"{candidate['cost_savings']:.1%}" + ("" if serving is None else
+                                                         f"; the serving head: {serving['quality_vs_frontier']:.4f}, "
+                                                         f"{serving['cost_savings']:.1%}"))
+
+
+def lineup_records(candidate, records: list[Record]) -> list[Record]:
+    """The records produced by the candidate's tier lineup (all of them for a head trained on pooled lineups)."""
+    if not candidate.models:
+        return records
+    mine = [r for r in records if r.models == candidate.models]
+    if not mine:
+        raise DataError(f"--data: no records from the candidate's lineup {' / '.join(candidate.models)} "
+                        f"(found: {sorted({' / '.join(r.models) for r in records})})")
+    return mine
+
+
+def serving_head(heads_dir: Path, candidate):
+    """What serves the candidate's lineup today: the head of the same name, else the head a lookup by lineup
+    picks (the default head for a lineup without its own); None for an empty directory."""
+    from classifier_service.heads import HeadRegistry, TierHead
+
+    same = heads_dir / candidate.name / "head.json"
+    if same.exists():
+        return TierHead.load(same)
+    if not any(heads_dir.glob("*/head.json")):
+        return None
+    return HeadRegistry.from_dir(heads_dir).for_lineup(candidate.models)
+
+
+def install(candidate_dir: Path, target_dir: Path) -> None:
+    """Copy the candidate's head.json (and model card) into `target_dir`, keeping the old head as head.json.previous."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    head = target_dir / "head.json"
+    if head.exists():
+        shutil.copy2(head, target_dir / "head.json.previous")
+    card = candidate_dir / "MODEL_CARD.md"
+    if card.exists():
+        shutil.copy2(card, target_dir / "MODEL_CARD.md")
+    staged = target_dir / ".head.json.promoting"
+    shutil.copy2(candidate_dir / "head.json", staged)
+    os.replace(staged, head)  # atomic: a reloading classifier never reads half a head
+
+
+def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target: float, encoder_dir: Path,
+            cache_dir: Path, dry_run: bool = False) -> dict:
+    from classifier_service.encoder import Encoder
+    from classifier_service.heads import TierHead
+    from classifier_service.train import embed_records
+
+    try:
+        candidate = TierHead.load(candidate_dir / "head.json")
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"--candidate: {candidate_dir / 'head.json'} is not a tier head ({err})") from None
+    records = lineup_records(candidate, records)
+    check_measurable(records, "records of the candidate's lineup")
+    current = serving_head(heads_dir, candidate)
+    encoder = Encoder(encoder_dir, "int8", threads=2)
+    for head in (candidate, current):
+        if head is not None and head.dimension != encoder.dimension:
+            raise DataError(f"head {head.name} expects {head.dimension}-d embeddings, the encoder gives {encoder.dimension}")
+    x = embed_records(encoder, records, cache_dir)
+    mine = measure(candidate, records, x, target)
+    theirs = None if current is None else measure(current, records, x, target)
+    ok, why = verdict(mine, theirs, target)
+    if ok and not dry_run:
+        install(candidate_dir, heads_dir / candidate.name)
+    return {"promoted": ok and not dry_run, "passed": ok, "why": why, "n": len(records), "target_quality": target,
+            "candidate": mine, "serving": theirs, "installed_to": str(heads_dir / candidate.name) if ok and not dry_run else None}
