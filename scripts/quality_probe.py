@@ -36,8 +36,11 @@ the held-out part and 5-fold over the whole file:
 With --live-sample: which live requests to label (decision 0014). The cold-start head (pooled over the
 other lineups) routes a file's dev part; heads trained on N of those requests, drawn uniformly or only from
 the ones routed below tier 3, route the held-out part. Five draws per N.
+With --promotion: does `tierwise promote`'s rule keep bad heads out (decision 0015)? As --live-sample, but a
+random fifth of the N labels is held back as the check part, and promote's verdict (against the cold-start
+head) is printed beside the candidate's quality and savings on the file's held-out part.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
-       --learning-curve | --other-signals | --live-sample]
+       --learning-curve | --other-signals | --live-sample | --promotion]
 """
 from __future__ import annotations
 
@@ -271,6 +274,42 @@ def live_sample(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -
                       f"per draw: {', '.join(cells)}", flush=True)
 
 
+def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> None:
+    """Does `tierwise promote`'s rule keep bad heads out (decision 0015)? As in --live-sample, a deployment starts
+    with the cold-start head and labels N of its requests, uniformly or only below tier 3. A random fifth of the
+    labels is the check part; the candidate is trained and calibrated on the rest, and `promote`'s own verdict
+    weighs it against the cold-start head on the check part. Both heads are then scored on the file's held-out
+    part, which neither saw: what the deployment would serve with and without the check."""
+    from tierwise.promote import verdict
+
+    def facts(part, tiers, name):
+        m = routing_metrics(part, tiers)
+        return {"version": name, "quality_vs_frontier": m["quality_vs_frontier"], "cost_savings": m["cost_savings"]}
+
+    for name in sorted(set(source)):
+        rows, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
+        others = np.where(dev & (source != name))[0]
+        _, cold, _ = route_unseen([records[i] for i in others], x[others], x[np.concatenate([rows, test])])
+        cold_at = dict(zip(rows, cold[:len(rows)]))
+        part = [records[i] for i in test]
+        print(f"{name}: cold-start head on the held-out part {op(part, cold[len(rows):])}", flush=True)
+        for label, pool in (("uniform", rows), ("below tier 3 only", rows[cold[:len(rows)] < 3])):
+            for n in sorted({min(n, len(pool)) for n in sizes}):
+                cells = []
+                for draw in range(draws):
+                    rng = np.random.default_rng(draw)
+                    labels = rng.choice(pool, size=n, replace=False)
+                    check = rng.random(n) < 0.2
+                    train, held = labels[~check], labels[check]
+                    _, tiers, _ = route_unseen([records[i] for i in train], x[train], x[np.concatenate([held, test])])
+                    checked = [records[i] for i in held]
+                    passed, _ = verdict(facts(checked, tiers[:len(held)], "candidate"),
+                                        facts(checked, np.array([cold_at[i] for i in held]), "cold start"), 0.95)
+                    cells.append(f"{'promoted' if passed else 'refused'} {op(part, tiers[len(held):], 0)}")
+                print(f"  N={n} {label}: candidate's verdict on the check part, then its held-out quality vs "
+                      f"frontier/savings per draw: {', '.join(cells)}", flush=True)
+
+
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
@@ -290,6 +329,8 @@ def main() -> None:
         return other_signals(records, x, ok, source, dev)
     if "--live-sample" in sys.argv:
         return live_sample(records, x, ok, source, dev)
+    if "--promotion" in sys.argv:
+        return promotion(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))

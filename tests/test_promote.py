@@ -23,31 +23,33 @@ LINEUP = ("t1-a", "t2-a", "t3-a")
 TOPICS = ["prime numbers", "French verbs", "binary search", "photosynthesis", "tax brackets", "sorting a list"]
 
 
-def write(path, tier_1_scores: list[float], held_out: bool):
-    """Records of LINEUP in the shared format whose ids fall in the held-out fifth (or out of it)."""
+def write(path, tier_1_scores: list[float], held_out: bool, tier_2_scores: list[float] | None = None):
+    """Records of LINEUP in the shared format whose ids fall in the held-out fifth (or out of it); tier 3
+    always answers acceptably, tier 2 too unless `tier_2_scores` says otherwise."""
     lines, i = [], 0
     while len(lines) < len(tier_1_scores):
         rid = f"live/{held_out}/{i}"
         i += 1
         if is_held_out(rid) != held_out:
             continue
-        score = tier_1_scores[len(lines)]
+        score, second = tier_1_scores[len(lines)], 1.0 if tier_2_scores is None else tier_2_scores[len(lines)]
         lines.append(json.dumps({"id": rid, "source": "live", "task": "chat",
                                  "query": f"Question {i} about {TOPICS[i % len(TOPICS)]}: explain it briefly.",
                                  "outcomes": [{"tier": t, "model": LINEUP[t - 1], "score": s, "cost_usd": c,
                                                "cost_estimated": True, "response": "answer"}
-                                              for t, s, c in ((1, score, 0.001), (2, 1.0, 0.01), (3, 1.0, 0.1))]}))
+                                              for t, s, c in ((1, score, 0.001), (2, second, 0.01), (3, 1.0, 0.1))]}))
     with path.open("a") as f:
         f.write("".join(line + "\n" for line in lines))
     return path
 
 
-def lineup_head(version: str, tradeoff: float) -> TierHead:
+def lineup_head(version: str, tradeoff: float, relative_cost=None) -> TierHead:
     """The default head's weights for LINEUP, calibrated (by fiat) to `tradeoff`: 100 sends everything to tier 1,
     ALWAYS_TIER_3 everything to tier 3. No support check, so the fixture's queries route by tradeoff alone."""
     default = TierHead.load(Config().heads_dir / "default" / "head.json")
     return dataclasses.replace(default, name="lineup-a", version=version, models=LINEUP, support=None,
-                               tradeoff=tradeoff, target_quality=0.95, calibration={"0.95": tradeoff})
+                               tradeoff=tradeoff, target_quality=0.95, calibration={"0.95": tradeoff},
+                               relative_cost=relative_cost or default.relative_cost)
 
 
 def served(stub) -> dict[str, str]:
@@ -132,3 +134,19 @@ def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_pat
     assert result["serving"]["head"] == "default", "no head of its own yet: the default head serves this lineup"
     assert result["candidate"]["cost_savings"] > result["serving"]["cost_savings"] and not result["promoted"]
     assert not (heads / "lineup-a").exists()
+
+
+def test_a_candidate_below_the_target_still_replaces_a_serving_head_that_does_worse(tmp_path, capsys):
+    """Refusing keeps the serving head, which is no safer when it does worse on the very same records."""
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    lineup_head("lineup-a-bold", 100.0).save(heads / "lineup-a" / "head.json")  # always tier 1
+    # Tier 2 priced at nothing and the others far above quality: this head always answers at tier 2.
+    lineup_head("lineup-a-mid", 100.0, relative_cost=(1.0, 0.0, 1.0)).publish(candidate)
+    data = write(tmp_path / "d.jsonl", [1.0, 0.0] * 10, held_out=True, tier_2_scores=[0.0, 0.0] + [1.0] * 18)
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(data),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["candidate"]["quality_vs_frontier"] == pytest.approx(0.9)
+    assert result["serving"]["quality_vs_frontier"] == pytest.approx(0.5)
+    assert result["promoted"] and "the candidate is the better of the two" in result["why"]
+    assert TierHead.load(heads / "lineup-a" / "head.json").version == "lineup-a-mid"

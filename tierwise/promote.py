@@ -1,12 +1,13 @@
 """`tierwise promote`: check a newly trained head on labelled records it never saw, then install it.
 
 The candidate (a head `tierwise train --out` wrote outside the serving directory) routes the records of its
-own tier lineup at its calibrated point for the quality target. It is installed only when:
-  - its quality vs frontier there meets the target (a head that misses on unseen records is refused,
-    whatever its calibration promised);
-  - the head serving that lineup today (the one of the same name, else the one a lookup by lineup picks,
-    usually the default head) does not do at least as well on the same records: meeting the target with
-    savings at least as high.
+own tier lineup at its calibrated point for the quality target, and so does the head serving that lineup
+today (the one of the same name, else the one a lookup by lineup picks, usually the default head). The
+candidate is installed when:
+  - its quality vs frontier there meets the target, unless the serving head meets it too with savings at
+    least as high; or
+  - it misses the target but keeps more quality than the serving head on the same records (refusing would
+    keep the worse head).
 Installing writes head.json atomically into `<heads dir>/<name>/`, keeping the replaced file as
 `head.json.previous` (roll back by moving it back); a classifier serving that directory swaps the head in
 within `--heads-reload-seconds`. Why: docs/decisions/0015.
@@ -31,9 +32,16 @@ def measure(head, records: list[Record], x, target: float) -> dict:
 
 
 def verdict(candidate: dict, serving: dict | None, target: float) -> tuple[bool, str]:
+    """(install?, why). Both heads were measured on the same records, so comparing them is paired."""
     if candidate["quality_vs_frontier"] < target - 1e-12:
-        return False, (f"the candidate keeps {candidate['quality_vs_frontier']:.4f} of the frontier's quality on these "
-                       f"records, below the {target:g} target")
+        below = (f"the candidate keeps {candidate['quality_vs_frontier']:.4f} of the frontier's quality on these "
+                 f"records, below the {target:g} target")
+        # Refusing keeps the serving head; that is no safer when it does worse on the very same records.
+        if serving is not None and (candidate["quality_vs_frontier"], candidate["cost_savings"]) > \
+                (serving["quality_vs_frontier"], serving["cost_savings"]):
+            return True, (f"{below}, but the serving head {serving['version']} keeps less "
+                          f"({serving['quality_vs_frontier']:.4f}): the candidate is the better of the two")
+        return False, below
     if serving is not None and serving["quality_vs_frontier"] >= target - 1e-12 \
             and serving["cost_savings"] >= candidate["cost_savings"]:
         return False, (f"the serving head {serving['version']} already meets {target:g} here and saves as much "
