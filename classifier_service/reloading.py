@@ -30,7 +30,7 @@ def signature(directory: Path) -> tuple:
 
 
 class HeadReloader:
-    """Loads the heads again when `signature` changes; `check` vets a new registry before it serves."""
+    """Loads the heads again when `signature` changes, and vets the new set before it may serve."""
 
     def __init__(self, directory: Path, default: str | None, dimension: int, loaded: tuple):
         self.directory = Path(directory)

@@ -120,7 +120,12 @@ def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
     assert "no tradeoff calibrated for quality 0.9" in capsys.readouterr().err
     (candidate / "head.json").write_text('{"format": "tierwise.head/v2", "na')
     assert main([*args, str(tmp_path / "x.jsonl")]) == 2
-    assert "head.json is not a tier head" in capsys.readouterr().err
+    assert "--candidate: " in (err := capsys.readouterr().err) and "head.json: not valid JSON" in err
+    lineup_head("lineup-a-bold", 100.0).publish(candidate)
+    (tmp_path / "heads" / "lineup-a").mkdir(parents=True)
+    (tmp_path / "heads" / "lineup-a" / "head.json").write_text('{"format": "tierwise.head/v1"}')
+    assert main([*args, str(tmp_path / "x.jsonl")]) == 2
+    assert "--heads-dir: " in (err := capsys.readouterr().err) and "is not 'tierwise.head/v2'" in err
 
 
 def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_path, capsys):

@@ -86,7 +86,7 @@ def install(candidate_dir: Path, target_dir: Path) -> None:
     if card.exists():
         shutil.copy2(card, target_dir / "MODEL_CARD.md")
     staged = target_dir / ".head.json.promoting"
-    shutil.copy2(candidate_dir / "head.json", staged)
+    shutil.copyfile(candidate_dir / "head.json", staged)
     os.replace(staged, head)  # atomic: a reloading classifier never reads half a head
 
 
@@ -98,11 +98,14 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
 
     try:
         candidate = TierHead.load(candidate_dir / "head.json")
-    except (ValueError, KeyError, TypeError) as err:
-        raise DataError(f"--candidate: {candidate_dir / 'head.json'} is not a tier head ({err})") from None
+    except ValueError as err:
+        raise DataError(f"--candidate: {err}") from None
     records = lineup_records(candidate, records)
     check_measurable(records, "records of the candidate's lineup")
-    current = serving_head(heads_dir, candidate)
+    try:
+        current = serving_head(heads_dir, candidate)
+    except ValueError as err:
+        raise DataError(f"--heads-dir: {err}") from None
     encoder = Encoder(encoder_dir, "int8", threads=2)
     for head in (candidate, current):
         if head is not None and head.dimension != encoder.dimension:
