@@ -35,5 +35,8 @@ class ClassifierClient:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code().name))
                 raise
 
+    async def list_heads(self, timeout_s: float) -> pb.ListHeadsResponse:
+        return await self._stub.ListHeads(pb.ListHeadsRequest(), timeout=timeout_s)
+
     async def close(self) -> None:
         await self._channel.close()

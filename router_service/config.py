@@ -57,7 +57,10 @@ class TierConfig:
 class ClassifierConfig:
     address: str = doc("classifier service host:port (--classifier overrides)", "127.0.0.1:50051")
     timeout_ms: float = doc("budget for the classifier hop; past it the router degrades to heuristic", 50.0)
-    head: str = doc("classifier head, ideally the one trained on this tier lineup (\"\" = the classifier's default)", "")
+    head: str = doc("classifier head (\"\" = the head trained on this router's lineup, each tier's first model, "
+                    "if the classifier serves one, else the classifier's default)", "")
+    head_refresh_s: float = doc("how often the router asks the classifier for the head trained on its lineup, when "
+                                "`head` is \"\"", 30.0)
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,14 @@ def parse(raw: Any) -> RouterConfig:
     if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")
+    classifier = ClassifierConfig(**_section(top, "classifier", ClassifierConfig))
+    for key in ("timeout_ms", "head_refresh_s"):
+        if not getattr(classifier, key) > 0:  # also refuses nan
+            raise ConfigError(f"classifier.{key}: must be positive, not {getattr(classifier, key)}")
     return RouterConfig(
         strategy=_str(top.get("strategy", RouterConfig.strategy), "strategy"),
         tiers=tiers,
-        classifier=ClassifierConfig(**_section(top, "classifier", ClassifierConfig)),
+        classifier=classifier,
         judge=judge,
         cascade=cascade,
         shadow=shadow,

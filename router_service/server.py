@@ -1,6 +1,7 @@
 """The router's gRPC front door: validation, strategy dispatch, spans."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from tierwise.v1 import router_pb2_grpc as pb_grpc
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
+from .head_choice import LineupHead
 from .providers import Attempt, Outcome, Provider, ProviderSpec, StreamInterrupted, TierChain
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
@@ -247,17 +249,27 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     metrics = RouterMetrics()
     classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms)
     chains = build_chains(cfg, metrics)
-    strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains})
+    lineup = None if cfg.classifier.head else LineupHead(
+        classifier, tuple(cfg.tiers[t].providers[0].model for t in (1, 2, 3)), cfg.classifier.head_refresh_s)
+    strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     shadow = Shadow(cfg, chains, metrics)
     pb_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)
 
+    tasks: list[asyncio.Task] = []
+
     async def load() -> str:
         strategies.get(cfg.strategy)
-        return f"strategy={cfg.strategy} classifier={classifier_address}"
+        if lineup is not None:
+            await lineup.refresh()
+            tasks.append(asyncio.create_task(lineup.run()))
+        head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
+        return f"strategy={cfg.strategy} classifier={classifier_address} head={head}"
 
     async def close() -> None:
+        for task in tasks:
+            task.cancel()
         await shadow.drain()
         await classifier.close()
         for chain in chains.values():

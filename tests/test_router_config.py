@@ -45,6 +45,8 @@ def broken(path: str, value) -> dict:
     ("tiers.0.providers.0.api_key", "sk-123", "tiers[0].providers[0].api_key: secrets do not belong"),
     ("tiers.0.providers.0.timeout_s", 0, "tiers[0].providers[0].timeout_s: must be positive"),
     ("classifier.timeout_ms", "fast", "classifier.timeout_ms: expected a number"),
+    ("classifier.timeout_ms", 0, "classifier.timeout_ms: must be positive"),
+    ("classifier.head_refresh_s", -1, "classifier.head_refresh_s: must be positive"),
     ("judge.tier", 5, "judge.tier: must be 1, 2 or 3"),
     ("telemetry.record_content", "yes", "telemetry.record_content: expected true or false"),
     ("surprise", 1, "surprise: unknown key"),

@@ -108,3 +108,40 @@ def test_classifier_slower_than_its_budget_degrades(tmp_path):
             assert reply.degraded and "classifier deadline_exceeded" in reply.reason
     finally:
         classifier.stop()
+
+
+def test_a_router_naming_no_head_switches_to_its_lineups_head_once_the_classifier_serves_it(tmp_path):
+    """A head promoted into the classifier's directory is used with no restart and no config change."""
+    import dataclasses
+    import time
+
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    heads = tmp_path / "heads"
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    default.save(heads / "default" / "head.json")
+    config = example_config()
+    config["classifier"]["head_refresh_s"] = 0.2
+    lineup = tuple(t["providers"][0]["model"] for t in sorted(config["tiers"], key=lambda t: t["tier"]))
+    classifier = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2")
+    try:
+        with running_router(config, classifier.address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            route = router_pb2_grpc.RouterServiceStub(channel).Route
+            query = pb.RouteRequest(query="Summarise the causes of the French Revolution.")
+            assert route(query, timeout=5).head_version == default.version
+            assert "head=the classifier's default" in "".join(router.output)
+            # Trained on exactly this router's lineup; prices cost far above quality, so it answers tier 1.
+            mine = dataclasses.replace(default, name="mine", version="mine-1", models=lineup, tradeoff=100.0,
+                                       support=None, calibration={})
+            mine.save(heads / "mine" / "head.json")
+            deadline = time.monotonic() + 15
+            while (reply := route(query, timeout=5)).head_version != "mine-1" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert reply.head_version == "mine-1" and reply.tier == 1 and not reply.degraded
+            router.wait_for("classifier head for this lineup: mine")
+            named = route(pb.RouteRequest(query=query.query, head="default"), timeout=5)
+            assert named.head_version == default.version, "a head the request names still wins"
+    finally:
+        classifier.stop()

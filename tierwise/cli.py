@@ -183,7 +183,10 @@ def _promote(args: argparse.Namespace) -> int:
               + (f"; installed to {result['installed_to']}" if result["promoted"] else ""))
         serving = result["serving"]
         if result["passed"] and (serving is None or serving["head"] != result["candidate"]["head"]):
-            print(f"a new head: routers use it once their config says classifier.head: {result['candidate']['head']}")
+            models = result["candidate"]["models"]
+            print(f"a new head: routers naming no head use it when their tiers' first models are {' / '.join(models)}"
+                  if models else "a new head", f"; others once their config says classifier.head: "
+                  f"{result['candidate']['head']}", sep="")
     return 0 if result["passed"] else 3
 
 

@@ -26,7 +26,8 @@ def measure(head, records: list[Record], x, target: float) -> dict:
     """`head` at its tradeoff for `target` on `records` (embeddings `x`): quality, its lower bound, savings."""
     tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
     m = routing_metrics(records, tiers)
-    return {"head": head.name, "version": head.version, "quality_vs_frontier": round(m["quality_vs_frontier"], 5),
+    return {"head": head.name, "version": head.version, "models": list(head.models),
+            "quality_vs_frontier": round(m["quality_vs_frontier"], 5),
             "quality_vs_frontier_lower_bound": round(quality_lower_bound(records, tiers), 5),
             "cost_savings": round(m["cost_savings"], 5), "tier_mix": [round(t, 4) for t in m["tier_mix"]]}
 

@@ -16,11 +16,13 @@ class EmbeddingStrategy(Strategy):
         self.classifier = strategies.deps["classifier"]
         self.fallback = strategies.get("heuristic")
         self.head = strategies.deps["config"].classifier.head
+        self.lineup_head = strategies.deps.get("lineup_head")  # finds the lineup's head when `head` is ""
 
     async def decide(self, request: RouteInput) -> Decision:
         left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
         try:
-            reply = await self.classifier.classify(request.query, request.head or self.head, left)
+            head = request.head or self.head or (self.lineup_head.name if self.lineup_head else "")
+            reply = await self.classifier.classify(request.query, head, left)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("head:"):
                 raise
