@@ -5,6 +5,7 @@ import grpc
 import pytest
 import yaml
 
+from tierwise.v1 import classifier_pb2, classifier_pb2_grpc
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
@@ -143,5 +144,42 @@ def test_a_router_naming_no_head_switches_to_its_lineups_head_once_the_classifie
             router.wait_for("classifier head for this lineup: mine")
             named = route(pb.RouteRequest(query=query.query, head="default"), timeout=5)
             assert named.head_version == default.version, "a head the request names still wins"
+    finally:
+        classifier.stop()
+
+
+def test_when_the_lineups_head_leaves_the_classifier_requests_fall_back_to_its_default_not_fail(tmp_path):
+    import dataclasses
+    import shutil
+    import time
+
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    heads = tmp_path / "heads"
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    default.save(heads / "default" / "head.json")
+    config = example_config()
+    config["classifier"]["head_refresh_s"] = 3600  # the router will not look again during this test
+    lineup = tuple(t["providers"][0]["model"] for t in sorted(config["tiers"], key=lambda t: t["tier"]))
+    dataclasses.replace(default, name="mine", version="mine-1", models=lineup, support=None).save(
+        heads / "mine" / "head.json")
+    classifier = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2")
+    try:
+        with running_router(config, classifier.address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel, \
+                grpc.insecure_channel(classifier.address) as classifier_channel:
+            assert "head=mine (this lineup's)" in "".join(router.output)
+            route = router_pb2_grpc.RouterServiceStub(channel).Route
+            query = pb.RouteRequest(query="Summarise the causes of the French Revolution.")
+            assert route(query, timeout=5).head_version == "mine-1"
+            shutil.rmtree(heads / "mine")
+            list_heads = classifier_pb2_grpc.ClassifierServiceStub(classifier_channel).ListHeads
+            deadline = time.monotonic() + 15
+            while len(list_heads(classifier_pb2.ListHeadsRequest(), timeout=5).heads) > 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            reply = route(query, timeout=5)
+            assert reply.head_version == default.version and not reply.degraded, "answered by the default, not an error"
+            assert route(query, timeout=5).head_version == default.version
     finally:
         classifier.stop()

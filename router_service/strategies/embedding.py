@@ -19,12 +19,19 @@ class EmbeddingStrategy(Strategy):
         self.lineup_head = strategies.deps.get("lineup_head")  # finds the lineup's head when `head` is ""
 
     async def decide(self, request: RouteInput) -> Decision:
-        left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
+        named = request.head or self.head
+        found = "" if named or self.lineup_head is None else self.lineup_head.name
         try:
-            head = request.head or self.head or (self.lineup_head.name if self.lineup_head else "")
-            reply = await self.classifier.classify(request.query, head, left)
+            try:
+                reply = await self._classify(request, named or found)
+            except grpc.aio.AioRpcError as err:
+                if not (found and _unknown_head(err)):
+                    raise
+                # The lineup's head left the classifier (a reload removed it) before the router looked again.
+                self.lineup_head.name = ""
+                reply = await self._classify(request, "")
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("head:"):
+            if _unknown_head(err):
                 raise
             why = f"classifier {err.code().name.lower()}"
             return (await self.fallback.decide(request)).degrade(self.name, why)
@@ -36,3 +43,11 @@ class EmbeddingStrategy(Strategy):
                       f"so tier 3; {reason}")
         return Decision(tier=reply.tier, strategy=self.name, probabilities=p, head_version=reply.head_version,
                         thresholds=(reply.tradeoff,), reason=reason)
+
+    async def _classify(self, request: RouteInput, head: str):
+        left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
+        return await self.classifier.classify(request.query, head, left)
+
+
+def _unknown_head(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith("head:")
