@@ -1,10 +1,17 @@
 """RouterService.Route against a real classifier and a real router, both on 127.0.0.1."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import time
+from contextlib import contextmanager
+
 import grpc
 import pytest
 import yaml
 
+from classifier_service.config import Config
+from classifier_service.heads import TierHead
 from tierwise.v1 import classifier_pb2, classifier_pb2_grpc
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
@@ -111,75 +118,62 @@ def test_classifier_slower_than_its_budget_degrades(tmp_path):
         classifier.stop()
 
 
-def test_a_router_naming_no_head_switches_to_its_lineups_head_once_the_classifier_serves_it(tmp_path):
-    """A head promoted into the classifier's directory is used with no restart and no config change."""
-    import dataclasses
-    import time
+QUERY = pb.RouteRequest(query="Summarise the causes of the French Revolution.")
 
-    from classifier_service.config import Config
-    from classifier_service.heads import TierHead
 
+@contextmanager
+def lineup_stack(tmp_path, refresh_s: float, mine_at_start: bool):
+    """A classifier reloading a temporary heads directory (the default head, and with `mine_at_start` a head
+    "mine" trained on the router's lineup) and a router naming no head: yields (Route, heads dir, default, mine)."""
     heads = tmp_path / "heads"
     default = TierHead.load(Config().heads_dir / "default" / "head.json")
     default.save(heads / "default" / "head.json")
     config = example_config()
-    config["classifier"]["head_refresh_s"] = 0.2
+    config["classifier"]["head_refresh_s"] = refresh_s
     lineup = tuple(t["providers"][0]["model"] for t in sorted(config["tiers"], key=lambda t: t["tier"]))
+    # Prices cost far above quality, so it answers tier 1.
+    mine = dataclasses.replace(default, name="mine", version="mine-1", models=lineup, tradeoff=100.0,
+                               support=None, calibration={})
+    if mine_at_start:
+        mine.save(heads / "mine" / "head.json")
     classifier = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2")
     try:
         with running_router(config, classifier.address, tmp_path) as router, \
                 grpc.insecure_channel(router.address) as channel:
-            route = router_pb2_grpc.RouterServiceStub(channel).Route
-            query = pb.RouteRequest(query="Summarise the causes of the French Revolution.")
-            assert route(query, timeout=5).head_version == default.version
-            assert "head=the classifier's default" in "".join(router.output)
-            # Trained on exactly this router's lineup; prices cost far above quality, so it answers tier 1.
-            mine = dataclasses.replace(default, name="mine", version="mine-1", models=lineup, tradeoff=100.0,
-                                       support=None, calibration={})
-            mine.save(heads / "mine" / "head.json")
-            deadline = time.monotonic() + 15
-            while (reply := route(query, timeout=5)).head_version != "mine-1" and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert reply.head_version == "mine-1" and reply.tier == 1 and not reply.degraded
-            router.wait_for("classifier head for this lineup: mine")
-            named = route(pb.RouteRequest(query=query.query, head="default"), timeout=5)
-            assert named.head_version == default.version, "a head the request names still wins"
+            yield router, router_pb2_grpc.RouterServiceStub(channel).Route, classifier, heads, default, mine
     finally:
         classifier.stop()
+
+
+def wait_until(check, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_a_router_naming_no_head_switches_to_its_lineups_head_once_the_classifier_serves_it(tmp_path):
+    """A head promoted into the classifier's directory is used with no restart and no config change."""
+    with lineup_stack(tmp_path, refresh_s=0.2, mine_at_start=False) as (router, route, _, heads, default, mine):
+        assert route(QUERY, timeout=5).head_version == default.version
+        assert "head=the classifier's default" in "".join(router.output)
+        mine.save(heads / "mine" / "head.json")
+        wait_until(lambda: route(QUERY, timeout=5).head_version == "mine-1")
+        reply = route(QUERY, timeout=5)
+        assert reply.head_version == "mine-1" and reply.tier == 1 and not reply.degraded
+        router.wait_for("classifier head for this lineup: mine")
+        named = route(pb.RouteRequest(query=QUERY.query, head="default"), timeout=5)
+        assert named.head_version == default.version, "a head the request names still wins"
 
 
 def test_when_the_lineups_head_leaves_the_classifier_requests_fall_back_to_its_default_not_fail(tmp_path):
-    import dataclasses
-    import shutil
-    import time
-
-    from classifier_service.config import Config
-    from classifier_service.heads import TierHead
-
-    heads = tmp_path / "heads"
-    default = TierHead.load(Config().heads_dir / "default" / "head.json")
-    default.save(heads / "default" / "head.json")
-    config = example_config()
-    config["classifier"]["head_refresh_s"] = 3600  # the router will not look again during this test
-    lineup = tuple(t["providers"][0]["model"] for t in sorted(config["tiers"], key=lambda t: t["tier"]))
-    dataclasses.replace(default, name="mine", version="mine-1", models=lineup, support=None).save(
-        heads / "mine" / "head.json")
-    classifier = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2")
-    try:
-        with running_router(config, classifier.address, tmp_path) as router, \
-                grpc.insecure_channel(router.address) as channel, \
-                grpc.insecure_channel(classifier.address) as classifier_channel:
-            assert "head=mine (this lineup's)" in "".join(router.output)
-            route = router_pb2_grpc.RouterServiceStub(channel).Route
-            query = pb.RouteRequest(query="Summarise the causes of the French Revolution.")
-            assert route(query, timeout=5).head_version == "mine-1"
-            shutil.rmtree(heads / "mine")
-            list_heads = classifier_pb2_grpc.ClassifierServiceStub(classifier_channel).ListHeads
-            deadline = time.monotonic() + 15
-            while len(list_heads(classifier_pb2.ListHeadsRequest(), timeout=5).heads) > 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            reply = route(query, timeout=5)
-            assert reply.head_version == default.version and not reply.degraded, "answered by the default, not an error"
-            assert route(query, timeout=5).head_version == default.version
-    finally:
-        classifier.stop()
+    # The router finds "mine" at start-up and will not look again during this test.
+    with lineup_stack(tmp_path, refresh_s=3600, mine_at_start=True) as (router, route, classifier, heads, default, _):
+        assert "head=mine (this lineup's)" in "".join(router.output)
+        assert route(QUERY, timeout=5).head_version == "mine-1"
+        shutil.rmtree(heads / "mine")
+        with grpc.insecure_channel(classifier.address) as channel:
+            list_heads = classifier_pb2_grpc.ClassifierServiceStub(channel).ListHeads
+            wait_until(lambda: len(list_heads(classifier_pb2.ListHeadsRequest(), timeout=5).heads) == 1)
+        reply = route(QUERY, timeout=5)
+        assert reply.head_version == default.version and not reply.degraded, "answered by the default, not an error"
+        assert route(QUERY, timeout=5).head_version == default.version
