@@ -57,7 +57,10 @@ class Labeler:
         reference = answers[2].content
         verdicts = [await self.grade(query, answers[t].content, reference) for t in (0, 1)]
         scores = [score for score, _ in verdicts] + [1.0]
+        # The lineup is the tiers' first models, even when a fallback answered: a head trained on these records
+        # learns what each tier's chain delivers, and the router finds it by that lineup (docs/decisions/0015).
         return {"id": record_id, "source": source, "task": task, "query": query,
+                "lineup": [self.cfg.tiers[t].providers[0].model for t in (1, 2, 3)],
                 "outcomes": [{"tier": t, "model": a.model, "score": s,
                               "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens),
                               "cost_estimated": a.usage_estimated, "response": a.content}

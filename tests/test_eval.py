@@ -204,10 +204,12 @@ def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, 
         "query.jsonl": good.replace('"query": "What is 2 + 2?"', '"query": " "') + "\n",
         "cost.jsonl": good.replace('"cost_usd": 1.0', '"cost_usd": -1.0', 1) + "\n",
         "routed.jsonl": good[:-1] + ', "routed_tier": 4}\n',
+        "lineup.jsonl": good[:-1] + ', "lineup": ["m0", "m1"]}\n',
     }
     expected = {"missing.jsonl": "cannot read routing records", "not-json.jsonl": "not-json.jsonl:2: not a routing record",
                 "score.jsonl": "score.jsonl:2: outcomes[].score", "query.jsonl": "query.jsonl:1: query",
-                "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd", "routed.jsonl": "routed.jsonl:1: routed_tier"}
+                "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd", "routed.jsonl": "routed.jsonl:1: routed_tier",
+                "lineup.jsonl": "lineup.jsonl:1: lineup"}
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)

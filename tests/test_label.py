@@ -85,3 +85,22 @@ def test_labelled_records_train_a_head_for_the_deployment_lineup(tmp_path, monke
     assert registry.for_lineup(records[0].models) is head
     assert head.card["held_out_tier_mix"] == "[0.0, 0.0, 1.0]", "only tier 3 ever answered acceptably"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_record_keeps_the_routers_lineup_when_a_fallback_answered(tmp_path, monkeypatch):
+    """A head trained on these records is for the router's tiers (their first models), which is how the router
+    finds it, even where a tier's fallback stood in for its first provider."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        queries = tmp_path / "one.jsonl"
+        queries.write_text(json.dumps({"query": "What is 2 + 2?"}) + "\n")
+        double.set_reply("t1-a", '{"score": 1.0}')
+        double.script("t1-a", Fault.http_error(400))  # the first call, tier 1's answer, goes to its fallback
+        assert main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out),
+                     "--rate", "200", "--concurrency", "1"]) == 0
+    raw = json.loads(out.read_text())
+    assert [o["model"] for o in raw["outcomes"]] == ["t1-b", "t2-a", "t3-a"], "who answered is kept"
+    assert raw["lineup"] == ["t1-a", "t2-a", "t3-a"]
+    assert load([out])[0].models == ("t1-a", "t2-a", "t3-a")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,12 @@ def _record(line: str, where: str) -> Record:
         raise DataError(f"{where}: routed_tier: must be 1, 2 or 3, got {record.routed_tier!r}")
     if record.paid_usd is not None and not (record.paid_usd >= 0.0 and np.isfinite(record.paid_usd)):
         raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {record.paid_usd}")
+    if "lineup" in raw:
+        # The router's tiers, written by the label tool and the shadow: the lineup even where a fallback answered.
+        lineup = raw["lineup"]
+        if not (isinstance(lineup, list) and len(lineup) == 3 and all(isinstance(m, str) and m for m in lineup)):
+            raise DataError(f"{where}: lineup: must name the three tiers' models, got {lineup!r}")
+        record = replace(record, models=tuple(lineup))
     return record
 
 
