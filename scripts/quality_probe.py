@@ -280,11 +280,7 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
     labels is the check part; the candidate is trained and calibrated on the rest, and `promote`'s own verdict
     weighs it against the cold-start head on the check part. Both heads are then scored on the file's held-out
     part, which neither saw: what the deployment would serve with and without the check."""
-    from tierwise.promote import verdict
-
-    def facts(part, tiers, name):
-        m = routing_metrics(part, tiers)
-        return {"version": name, "quality_vs_frontier": m["quality_vs_frontier"], "cost_savings": m["cost_savings"]}
+    from tierwise.promote import summary, verdict
 
     for name in sorted(set(source)):
         rows, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
@@ -303,8 +299,9 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
                     train, held = labels[~check], labels[check]
                     _, tiers, _ = route_unseen([records[i] for i in train], x[train], x[np.concatenate([held, test])])
                     checked = [records[i] for i in held]
-                    passed, _ = verdict(facts(checked, tiers[:len(held)], "candidate"),
-                                        facts(checked, np.array([cold_at[i] for i in held]), "cold start"), 0.95)
+                    passed, _ = verdict({"version": "candidate", **summary(checked, tiers[:len(held)])},
+                                        {"version": "cold start",
+                                         **summary(checked, np.array([cold_at[i] for i in held]))}, 0.95)
                     cells.append(f"{'promoted' if passed else 'refused'} {op(part, tiers[len(held):], 0)}")
                 print(f"  N={n} {label}: candidate's verdict on the check part, then its held-out quality vs "
                       f"frontier/savings per draw: {', '.join(cells)}", flush=True)

@@ -181,12 +181,11 @@ def _promote(args: argparse.Namespace) -> int:
         outcome = "promoted" if result["promoted"] else "would promote (dry run)" if result["passed"] else "refused"
         print(f"{outcome} on {result['n']} records ({args.split}): {result['why']}"
               + (f"; installed to {result['installed_to']}" if result["promoted"] else ""))
-        serving = result["serving"]
-        if result["passed"] and (serving is None or serving["head"] != result["candidate"]["head"]):
-            models = result["candidate"]["models"]
-            print(f"a new head: routers naming no head use it when their tiers' first models are {' / '.join(models)}"
-                  if models else "a new head", f"; others once their config says classifier.head: "
-                  f"{result['candidate']['head']}", sep="")
+        serving, candidate = result["serving"], result["candidate"]
+        if result["passed"] and (serving is None or serving["head"] != candidate["head"]):
+            found_by = (f"routers naming no head use it when their tiers' first models are "
+                        f"{' / '.join(candidate['models'])}; others " if candidate["models"] else "routers use it ")
+            print(f"a new head: {found_by}once their config says classifier.head: {candidate['head']}")
     return 0 if result["passed"] else 3
 
 

@@ -23,11 +23,15 @@ from .metrics import quality_lower_bound, routing_metrics
 
 
 def measure(head, records: list[Record], x, target: float) -> dict:
-    """`head` at its tradeoff for `target` on `records` (embeddings `x`): quality, its lower bound, savings."""
+    """`head` at its tradeoff for `target` on `records` (embeddings `x`)."""
     tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
+    return {"head": head.name, "version": head.version, "models": list(head.models), **summary(records, tiers)}
+
+
+def summary(records: list[Record], tiers) -> dict:
+    """What `verdict` weighs of routing `records` to `tiers`: quality, its lower bound, savings, tier mix."""
     m = routing_metrics(records, tiers)
-    return {"head": head.name, "version": head.version, "models": list(head.models),
-            "quality_vs_frontier": round(m["quality_vs_frontier"], 5),
+    return {"quality_vs_frontier": round(m["quality_vs_frontier"], 5),
             "quality_vs_frontier_lower_bound": round(quality_lower_bound(records, tiers), 5),
             "cost_savings": round(m["cost_savings"], 5), "tier_mix": [round(t, 4) for t in m["tier_mix"]]}
 
