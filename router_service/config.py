@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .gates import GATES
+
 TIERS = (1, 2, 3)
 
 
@@ -74,8 +76,12 @@ class JudgeConfig:
 @dataclass(frozen=True)
 class CascadeConfig:
     start: str = doc("strategy choosing the first tier for plain `cascade`", "embedding")
-    gate: str = doc("quality gate run on each answer: surface, or the seed's heuristic", "surface")
+    gate: str = doc("quality gate run on each answer: surface, the seed's heuristic, or verify (surface, then a "
+                    "model judges the answer)", "surface")
     max_tier: int = doc("highest tier the gate may escalate to", 3)
+    verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", 0)
+    verifier_timeout_ms: float = doc("budget for each verifier call; past it the answer is rejected and the cascade "
+                                     "escalates", 5000.0)
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,13 @@ def parse(raw: Any) -> RouterConfig:
         raise ConfigError(f"judge.tier: must be 1, 2 or 3, not {judge.tier}")
     if cascade.max_tier not in TIERS:
         raise ConfigError(f"cascade.max_tier: must be 1, 2 or 3, not {cascade.max_tier}")
+    if cascade.gate not in GATES:
+        raise ConfigError(f"cascade.gate: unknown gate {cascade.gate!r}; available: {', '.join(sorted(GATES))}")
+    if cascade.verifier_tier not in (0, *TIERS):
+        raise ConfigError(f"cascade.verifier_tier: must be 0 (the tier above the answer's), 1, 2 or 3, "
+                          f"not {cascade.verifier_tier}")
+    if not cascade.verifier_timeout_ms > 0:
+        raise ConfigError(f"cascade.verifier_timeout_ms: must be positive, not {cascade.verifier_timeout_ms}")
     shadow = ShadowConfig(**_section(top, "shadow", ShadowConfig))
     if not 0 <= shadow.share <= 1:
         raise ConfigError(f"shadow.share: must be between 0 and 1, not {shadow.share}")

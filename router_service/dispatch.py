@@ -78,7 +78,9 @@ class Dispatcher:
                 continue
             result.answered(tier, completion, self.cfg)
             if gate is not None and tier < max_tier:
-                verdict = gate.check(query, completion.content)
+                verdict = await gate.judge(query, completion.content, tier=tier,
+                                           finish_reason=completion.finish_reason, deadline=deadline)
+                result.cost += verdict.cost_usd
                 if not verdict.accept:
                     result.gate_rejections.append((tier, verdict.reason))
                     result.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)

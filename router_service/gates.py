@@ -1,23 +1,42 @@
-"""Quality gates: does the cheaper tier's answer look good enough to return, or should we escalate?"""
+"""Quality gates: is the cheaper tier's answer good enough to return, or should the cascade escalate?"""
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
+
+from .providers import ProviderError
+from .replies import parse_json_field
 
 
 @dataclass(frozen=True)
 class Verdict:
     accept: bool
     reason: str
+    cost_usd: float = 0.0  # what reaching the verdict cost: a verifier model's call
+    asked_model: bool = False  # a model was called for it (whether it answered or not)
 
 
 class QualityGate(ABC):
     name: ClassVar[str]
+    # The verdict depends on the texts alone, so `tierwise eval` can replay the gate on recorded answers.
+    replayable: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, deps: Mapping[str, Any] | None) -> "QualityGate":
+        """The gate, given the router's shared dependencies (its config and provider chains)."""
+        return cls()
 
     @abstractmethod
-    def check(self, query: str, answer: str, finish_reason: str = "stop") -> Verdict: ...
+    def check(self, query: str, answer: str, finish_reason: str = "stop") -> Verdict:
+        """The verdict from the texts alone."""
+
+    async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
+                    deadline: float | None = None) -> Verdict:
+        """The verdict on tier `tier`'s answer, as the router's cascade asks for it."""
+        return self.check(query, answer, finish_reason)
 
 
 REFUSAL = re.compile(r"\b(i (cannot|can't|am unable to|'m unable to)|as an ai\b|i'm not able to|i do not know|"
@@ -56,10 +75,70 @@ class HeuristicGate(SurfaceGate):
         return verdict
 
 
-GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate)}
+VERIFY = (
+    "You check answers before they reach a user. Read the user message and the proposed answer, and decide "
+    "whether the answer correctly and completely does what the message asks. "
+    'Reply with JSON only, exactly like {"acceptable": true} or {"acceptable": false}.'
+)
 
 
-def gate(name: str) -> QualityGate:
+class VerifierGate(SurfaceGate):
+    """The surface checks, then a model reads the query and the answer and says whether it is acceptable.
+
+    Checking an answer is easier than predicting from the query whether a model will get it right, and it
+    is cheap: the verifier reads the answer and writes a few tokens. Its call is paid for with the answer.
+    A verifier that fails, times out or answers out of format rejects, so the cascade escalates: quality
+    first. It needs a live model: `tierwise eval` replays it only through a router config's providers
+    (`--config`, tierwise/live_gate.py). See docs/decisions/0016.
+    """
+
+    name = "verify"
+    replayable = False
+
+    def __init__(self, chains: Mapping[int, Any], tiers: Mapping[int, Any], verifier_tier: int, timeout_s: float):
+        self.chains = chains
+        self.tiers = tiers
+        self.verifier_tier = verifier_tier
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def build(cls, deps: Mapping[str, Any] | None) -> "VerifierGate":
+        if not deps or "chains" not in deps:
+            raise ValueError("the verify gate asks a model: it needs the router's provider chains")
+        cfg = deps["config"]
+        return cls(deps["chains"], cfg.tiers, cfg.cascade.verifier_tier, cfg.cascade.verifier_timeout_ms / 1000)
+
+    def verifier_for(self, tier: int) -> int:
+        return self.verifier_tier or min(tier + 1, 3)
+
+    async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
+                    deadline: float | None = None) -> Verdict:
+        surface = self.check(query, answer, finish_reason)
+        if not surface.accept:
+            return surface  # no need to pay a verifier for an empty, cut-off or refusing answer
+        by = self.verifier_for(tier)
+        budget = time.monotonic() + self.timeout_s
+        try:
+            reply = await self.chains[by].complete(
+                [{"role": "system", "content": VERIFY},
+                 {"role": "user", "content": f"User message:\n{query}\n\nProposed answer:\n{answer}"}],
+                max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline))
+        except ProviderError as err:
+            return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True)
+        cost = self.tiers[by].cost(reply.input_tokens, reply.output_tokens)
+        try:
+            acceptable = parse_json_field(reply.content, "acceptable", bool)
+        except ValueError:
+            return Verdict(False, f"verifier {reply.model} gave no verdict", cost, asked_model=True)
+        return Verdict(acceptable, f"verifier {reply.model} judged it {'' if acceptable else 'not '}acceptable", cost,
+                       asked_model=True)
+
+
+GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate, VerifierGate)}
+
+
+def gate(name: str, deps: Mapping[str, Any] | None = None) -> QualityGate:
+    """The gate named `name`; `deps` (the router's config and chains) for gates that call a model."""
     if name not in GATES:
         raise KeyError(f"unknown gate {name!r}; available: {sorted(GATES)}")
-    return GATES[name]()
+    return GATES[name].build(deps)

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Mapping
 from .config import RouterConfig
 from .dispatch import Messages
 from .providers import Completion, TierChain
-from .strategies.judge import parse_json_field
+from .replies import parse_json_field
 
 JUDGE = (
     "You grade an answer against a reference answer to the same user message. Score how correct and "

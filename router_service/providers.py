@@ -76,6 +76,8 @@ class Completion:
     attempts: list[Attempt] = field(default_factory=list)
     # True when the provider reported no usage and the token counts are len(text) / 4 estimates.
     usage_estimated: bool = False
+    # Why the provider stopped: "stop", or "length" when the answer was cut off at max_tokens.
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,8 @@ class Provider:
                 await live.aclose()
             self.breaker.record_success()
             attempts.add(self._attempt(Outcome.OK, started))
-            yield replace(_completion(self.spec, messages, live.content, live.usage), attempts=attempts.attempts)
+            yield replace(_completion(self.spec, messages, live.content, live.usage, live.finish_reason),
+                          attempts=attempts.attempts)
 
     # -- one provider call --
 
@@ -314,7 +317,8 @@ class Provider:
             temperature=_set_or_omit(temperature), timeout=timeout)
         if not response.choices:
             raise ValueError("response has no choices")
-        return _completion(self.spec, messages, response.choices[0].message.content or "", response.usage)
+        choice = response.choices[0]
+        return _completion(self.spec, messages, choice.message.content or "", response.usage, choice.finish_reason)
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                            temperature: float | None, timeout: float) -> tuple[_LiveStream, str | None]:
@@ -384,6 +388,10 @@ class _LiveStream:
     def usage(self) -> CompletionUsage | None:
         return self._usage
 
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish_reason
+
 
 class TierChain:
     """The providers of one tier, tried in order until one answers."""
@@ -449,11 +457,14 @@ def _set_or_omit(value: N | None) -> N | openai.Omit:
     return openai.omit if value is None else value
 
 
-def _completion(spec: ProviderSpec, messages: Messages, content: str, usage: CompletionUsage | None) -> Completion:
+def _completion(spec: ProviderSpec, messages: Messages, content: str, usage: CompletionUsage | None,
+                finish_reason: str | None) -> Completion:
+    finish_reason = finish_reason or "stop"
     if usage is None:
         return Completion(content, spec.name, spec.model, _estimate_tokens(_prompt_text(messages)),
-                          _estimate_tokens(content), usage_estimated=True)
-    return Completion(content, spec.name, spec.model, usage.prompt_tokens, usage.completion_tokens)
+                          _estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
+    return Completion(content, spec.name, spec.model, usage.prompt_tokens, usage.completion_tokens,
+                      finish_reason=finish_reason)
 
 
 def _prompt_text(messages: Messages) -> str:

@@ -28,7 +28,7 @@ from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
 from .providers import ProviderError, TierChain
-from .strategies.judge import parse_json_field
+from .replies import parse_json_field
 
 log = logging.getLogger("tierwise.router.shadow")
 LIVE = "live"  # source and task of records labelled from live traffic

@@ -6,7 +6,8 @@ produced them ("answer from <model>: <n> words"), so a test can tell which provi
 
 Faults are scripted per model: `script(model, *faults)` queues faults consumed one per request (FIFO);
 `set_persistent(model, fault)` applies one to every request once the queue is empty. `set_reply(model,
-text)` replaces a model's answer (e.g. a judge's verdict); `reset()` forgets all of that. Every request is
+text)` replaces a model's answer (e.g. a judge's verdict); `reset()` forgets all of that. An answer longer
+than the request's `max_tokens` is cut there with finish_reason "length", as real providers do. Every request is
 recorded (model, stream flag, headers, body, fault applied) so tests can assert none was lost or repeated.
 Every wait inside the double is bounded and released at once when the double shuts down.
 """
@@ -277,11 +278,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(404, f"model {body['model']!r} not found", "model_not_found")
         if fault is not None and not self._apply_fault_before_answer(fault):
             return
-        answer = self.double._answer(body["model"], body["messages"])
+        answer, finish_reason = _within_max_tokens(self.double._answer(body["model"], body["messages"]), body)
         if body.get("stream"):
-            self._send_stream(body, answer, fault)
+            self._send_stream(body, answer, fault, finish_reason)
         else:
-            self._send_json(200, _completion(body, answer))
+            self._send_json(200, _completion(body, answer, finish_reason))
 
     def _apply_fault_before_answer(self, fault: Fault) -> bool:
         """Play the fault; True if a normal answer should follow."""
@@ -299,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
         return fault.kind is FaultKind.DISCONNECT_MID_STREAM
 
-    def _send_stream(self, body: dict[str, Any], answer: str, fault: Fault | None) -> None:
+    def _send_stream(self, body: dict[str, Any], answer: str, fault: Fault | None, finish_reason: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -311,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             if sent == disconnect_after:
                 return self._drop()
             self._send_event(_chunk(model, {"content": piece}))
-        self._send_event(_chunk(model, {}, finish_reason="stop"))
+        self._send_event(_chunk(model, {}, finish_reason=finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
         self._send_chunk(b"data: [DONE]\n\n")
@@ -366,10 +367,18 @@ def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _completion(body: dict[str, Any], answer: str) -> dict[str, Any]:
+def _within_max_tokens(answer: str, body: dict[str, Any]) -> tuple[str, str]:
+    """(the answer, "stop"), or, like a real provider, the answer cut at the request's max_tokens and "length"."""
+    limit = body.get("max_tokens")
+    if isinstance(limit, int) and limit > 0 and estimate_tokens(answer) > limit:
+        return answer[:limit * 4], "length"
+    return answer, "stop"
+
+
+def _completion(body: dict[str, Any], answer: str, finish_reason: str = "stop") -> dict[str, Any]:
     return {
         "id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
-        "choices": [{"index": 0, "finish_reason": "stop",
+        "choices": [{"index": 0, "finish_reason": finish_reason,
                      "message": {"role": "assistant", "content": answer}}],
         "usage": _usage(body, answer),
     }

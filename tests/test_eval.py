@@ -148,6 +148,58 @@ def test_records_without_responses_are_reported_not_replayable():
     assert result["operating_point"] is None and result["curve"] is None
 
 
+def test_a_gate_that_asks_a_live_model_is_not_replayed_and_says_how_to_measure_it(tmp_path, capsys):
+    result = evaluate.cascade(fixture_records(), tier_1_first, "verify").result(0.95)
+    assert result["n"] == 0 and result["not_replayable"] == 4 and result["operating_point"] is None
+    assert "verify gate asks a live model" in result["why"] and "as-routed" in result["why"]
+    data = write_records(tmp_path / "fixture.jsonl", fixture_records())
+    assert main(["eval", "--data", str(data), "--strategy", "cascade", "--gate", "verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["not_replayable"] == 4
+    assert main(["eval", "--data", str(data), "--gate", "verify", "--report", str(tmp_path / "r")]) == 0
+    assert "| cascade | 0 | not replayable: the verify gate asks a live model" in (tmp_path / "r" / "REPORT.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data), "--strategy", "cascade", "--gate", "vibes", "--json"]) == 2
+    assert "unknown gate 'vibes'" in capsys.readouterr().err
+
+
+def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are_paid(tmp_path, capsys, monkeypatch):
+    """The verifiers are the provider test double: tier 2 (verifying tier 1's answers) accepts, tier 3 rejects."""
+    import yaml
+
+    from .provider_double import ProviderDouble
+    from .servers import KEY_ENV, router_config
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    data = write_records(tmp_path / "fixture.jsonl", fixture_records())
+    with ProviderDouble() as double:
+        double.set_reply("t2-a", '{"acceptable": true}')
+        double.set_reply("t3-a", '{"acceptable": false}')
+        config = tmp_path / "tierwise.yaml"
+        config.write_text(yaml.safe_dump(router_config(double.base_url, cascade={"start": "heuristic", "gate": "verify"})))
+        assert main(["eval", "--data", str(data), "--strategy", "cascade", "--config", str(config), "--json",
+                     "--report", str(tmp_path / "r")]) == 0
+        calls = [r.body for r in double.requests]
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    # record 0: "Four." passes the surface checks, tier 2 accepts it: tier 1, one verifier call.
+    # record 1: the tier 1 refusal fails on its face (no call); tier 3 rejects "It is 4.": tier 3, one call.
+    # record 2: "" and "I am not sure." fail on their face: tier 3, no call. Record 3 has no answers.
+    assert result["n"] == 3 and result["not_replayable"] == 1 and result["operating_point"]["tier_mix"] == [1 / 3, 0, 2 / 3]
+    prices = {"t2-a": (3.0, 15.0, '{"acceptable": true}'), "t3-a": (15.0, 75.0, '{"acceptable": false}')}
+    cost = {}  # what each verifier call cost, by the answer it judged
+    for call in calls:
+        price_in, price_out, reply = prices[call["model"]]
+        judged = call["messages"][1]["content"].split("Proposed answer:\n")[1]
+        cost[call["model"], judged] = (len("".join(m["content"] for m in call["messages"])) // 4 * price_in
+                                       + len(reply) // 4 * price_out) / 1e6
+    # Every answer a sweep setting may reach is judged once, though two cascades (and their sweeps) ran; the
+    # surface-rejected ones cost nothing. Each cascade pays only for the verdicts its own path asks for.
+    assert sorted(cost) == [("t2-a", "Four."), ("t3-a", "4"), ("t3-a", "It is 4.")] and len(calls) == 3
+    paid = 1 + cost["t2-a", "Four."] + 111 + cost["t3-a", "It is 4."] + 111
+    assert result["operating_point"]["cost_savings"] == pytest.approx(1 - paid / 300)
+    assert f"verify gate: 3 verifier calls, ${sum(cost.values()):.6f}" in err
+
+
 def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):
     from dataclasses import replace
 

@@ -112,7 +112,16 @@ def test_success_sends_the_key_and_reports_usage(double, sleeps):
     [request] = double.requests
     assert (request.model, request.stream, request.authorization) == ("model-a", False, f"Bearer {KEY}")
     assert request.body["max_tokens"] == 50 and request.body["temperature"] == 0.0
-    assert sleeps == []
+    assert sleeps == [] and completion.finish_reason == "stop"
+
+
+def test_an_answer_cut_off_at_max_tokens_says_so_whole_or_streamed(double, sleeps):
+    """The cascade's surface gate rejects cut-off answers, so the reason must reach it both ways."""
+    chain = TierChain([make_provider(double.base_url, "a", sleeps)])
+    whole = run(chain.complete(MESSAGES, max_tokens=2), chain)
+    deltas, streamed = run(collect(chain.stream(MESSAGES, max_tokens=2)), chain)
+    assert whole.content == streamed.content == "answer f" == "".join(deltas)
+    assert whole.finish_reason == streamed.finish_reason == "length"
 
 
 def test_server_error_is_retried_once_then_succeeds(double, sleeps):

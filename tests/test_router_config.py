@@ -48,6 +48,9 @@ def broken(path: str, value) -> dict:
     ("classifier.timeout_ms", 0, "classifier.timeout_ms: must be positive"),
     ("classifier.head_refresh_s", -1, "classifier.head_refresh_s: must be positive"),
     ("judge.tier", 5, "judge.tier: must be 1, 2 or 3"),
+    ("cascade.gate", "vibes", "cascade.gate: unknown gate 'vibes'; available: heuristic, surface, verify"),
+    ("cascade.verifier_tier", 4, "cascade.verifier_tier: must be 0 (the tier above the answer's), 1, 2 or 3"),
+    ("cascade.verifier_timeout_ms", 0, "cascade.verifier_timeout_ms: must be positive"),
     ("telemetry.record_content", "yes", "telemetry.record_content: expected true or false"),
     ("surprise", 1, "surprise: unknown key"),
 ])

@@ -66,6 +66,20 @@ def _records(paths, part: str):
     return records if part == "all" else split(records)[part == "held-out"]
 
 
+def _live_gate(args: argparse.Namespace) -> None:
+    """With --config: the router config the cascades replay (and whose providers a model-asking gate calls)."""
+    from router_service.config import load
+    from router_service.gates import GATES
+
+    args.router = load(args.config) if args.config else None
+    args.live_gate = None
+    name = args.gate or (args.router.cascade.gate if args.router else "")
+    if args.router and name in GATES and not GATES[name].replayable:
+        from .live_gate import LiveGate
+
+        args.live_gate = LiveGate(args.router, name, args.concurrency)
+
+
 def _replay(name: str, records, args: argparse.Namespace):
     from router_service.config import CascadeConfig
 
@@ -79,14 +93,16 @@ def _replay(name: str, records, args: argparse.Namespace):
         return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head)
     if name == "cascade" or name.endswith("+cascade"):
         # As the router runs them: plain `cascade` starts where `cascade.start` says; the gate is `cascade.gate`.
-        defaults = CascadeConfig()
+        defaults = args.router.cascade if args.router else CascadeConfig()
         first = name.removesuffix("cascade").removesuffix("+") or defaults.start
         return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args),
-                                args.gate or defaults.gate, name)
+                                args.gate or defaults.gate, name, args.live_gate)
     return getattr(evaluate, name)(records)
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from router_service.config import ConfigError
+
     from . import evaluate
 
     by_file = {p: _records([p], args.split) for p in _data_paths(args, "eval")}  # each file read once
@@ -97,9 +113,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
         return 2
     try:
+        _live_gate(args)
         result = _replay(args.strategy, records, args).result(args.target_quality)
     except KeyError as err:
         print(f"tierwise eval: {err.args[0]}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"tierwise eval: --config: {err}", file=sys.stderr)
         return 2
     if args.report:
         per_file = {}
@@ -109,6 +129,10 @@ def _eval(args: argparse.Namespace) -> int:
             per_file[str(p)] = {name: _replay(name, part, args).result(args.target_quality)
                                 for name in known if live or name != evaluate.AS_ROUTED}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
+    if args.live_gate is not None:
+        live = args.live_gate
+        print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
+              "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
     if args.json:
         if result["curve"] is not None:
             result["curve"].pop("points")
@@ -296,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="classifier head (default: the head trained on the records' tier lineup, else the default head)")
     ev.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
     ev.add_argument("--gate", default="", help="quality gate the cascades run (default: the router's, cascade.gate)")
+    ev.add_argument("--config", type=Path, help="router config: the cascades run as it says (cascade.start, "
+                    "cascade.gate), and a gate that asks a model (verify) calls its providers, live and paid")
+    ev.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
     ev.set_defaults(run=_eval)
     ca = sub.add_parser("calibrate", help="choose a head's tradeoff for a quality target, with a confidence bound")
     ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")

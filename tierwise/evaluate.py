@@ -5,7 +5,8 @@ on the evaluated file) and swept over its thresholds on the evaluated file (the 
 `heuristic` and `embedding` decide from the query. `cascade` (starting where `cascade.start` says, as the
 router's plain cascade does) and `embedding+cascade` run a quality gate (the router's `cascade.gate` unless
 told otherwise) on each tier's recorded response and pay for every tier tried, so records without
-responses are not replayable. `as-routed` scores the live router's own decisions on the records its
+responses are not replayable. A gate that asks a model (`verify`) runs live through the providers of a
+router config (tierwise/live_gate.py). `as-routed` scores the live router's own decisions on the records its
 shadow labelled (they carry `routed_tier`).
 """
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .data import Record, arrays
 from .metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
+
+if TYPE_CHECKING:
+    from .live_gate import LiveGate
 
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
@@ -41,6 +45,12 @@ class Replay:
     latency_ms: float
     not_replayable: int = 0
     detail: dict = field(default_factory=dict)  # e.g. which heads decided
+
+    @classmethod
+    def nothing(cls, name: str, skipped: int, why: str) -> "Replay":
+        """No record could be replayed; `why` says so in the result."""
+        return cls(name, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=skipped,
+                   detail={"why": why})
 
     def result(self, target_quality: float) -> dict:
         head = {"strategy": self.name, "n": len(self.records), "target_quality": target_quality,
@@ -93,8 +103,7 @@ def as_routed(records: list[Record]) -> Replay:
     that carry them: an unbiased sample of its traffic when the shadow labels it. One point, no sweep."""
     routed = [r for r in records if r.routed_tier is not None]
     if not routed:
-        return Replay(AS_ROUTED, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=len(records),
-                      detail={"why": "no recorded routing decisions"})
+        return Replay.nothing(AS_ROUTED, len(records), "no recorded routing decisions")
     tiers = np.array([r.routed_tier for r in routed], dtype=int)
     paid = np.array([tier_cost if r.paid_usd is None else r.paid_usd
                      for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
@@ -167,33 +176,47 @@ def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], laten
 
 
 def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate_name: str,
-            name: str = "cascade") -> Replay:
+            name: str = "cascade", live: "LiveGate | None" = None) -> Replay:
     """A cascade as the router runs it: the `start` strategy's replay on the replayable records gives each
     record's first tier (its operating point, and each setting of its sweep); the gate runs on each recorded
-    answer, and a rejection escalates, paying for every tier tried. Records lacking a tier 1 or 2 answer are
-    not replayable."""
-    from router_service.gates import gate
+    answer, and a rejection escalates, paying for every tier tried and every verdict bought. Records lacking
+    a tier 1 or 2 answer are not replayable. A gate that asks a model runs through `live` (the configured
+    providers); without it, no record is replayable."""
+    from router_service.gates import GATES, gate
 
-    check = gate(gate_name).check
+    text_only = gate_name not in GATES or GATES[gate_name].replayable
+    if not text_only and live is None:
+        return Replay.nothing(name, len(records), f"the {gate_name} gate asks a live model: pass --config to run it "
+                                                  "through your providers, or measure it on labelled live traffic "
+                                                  "(shadow.labels, then --strategy as-routed)")
+    check = gate(gate_name).check if text_only else None
     replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
     skipped = len(records) - len(replayable)
     if not replayable:
-        return Replay(name, [], Outcome(np.zeros(0, int), np.zeros(0)), [], 0.0, not_replayable=skipped,
-                      detail={"why": "no recorded responses"})
+        return Replay.nothing(name, skipped, "no recorded responses")
     cost = arrays(replayable)[1]
     started = time.perf_counter()
-    accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
-    latency = (time.perf_counter() - started) * 1e3 / len(replayable)
+    if check is not None:
+        accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
+        verdict_cost = np.zeros(accepts.shape)
+        latency = (time.perf_counter() - started) * 1e3 / len(replayable)
+    else:
+        accepts, verdict_cost = live.judge(replayable)
+        latency = 0.0  # live calls: their time says more about this machine's link than the router
 
     rows = np.arange(len(replayable))
 
     def run(first: np.ndarray) -> Outcome:
         tiers = np.asarray(first, dtype=int).copy()
         paid = cost[rows, tiers - 1].copy()
+        judged = tiers < 3  # the gate runs on every answer below tier 3 the cascade gets
         for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
-            climb = (tiers < 3) & ~accepts[rows, np.minimum(tiers, 2) - 1]
+            answer = np.minimum(tiers, 2) - 1
+            paid += np.where(judged, verdict_cost[rows, answer], 0.0)
+            climb = judged & ~accepts[rows, answer]
             tiers += climb
             paid += np.where(climb, cost[rows, tiers - 1], 0.0)
+            judged = climb & (tiers < 3)
         return Outcome(tiers, paid)
 
     first = start(replayable)

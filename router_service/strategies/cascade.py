@@ -20,7 +20,7 @@ class CascadeStrategy(Strategy):
         cfg = strategies.deps["config"].cascade
         self.start_name = start or cfg.start
         self.start = strategies.get(self.start_name)
-        self.gate = gate(cfg.gate)
+        self.gate = gate(cfg.gate, strategies.deps)
         self.max_tier = cfg.max_tier
         self.label = f"{start}+cascade" if start else self.name
 

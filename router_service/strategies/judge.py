@@ -1,11 +1,10 @@
 """LLM-as-judge: a cheap model rates how strong a model the query needs, answering in JSON."""
 from __future__ import annotations
 
-import json
-import re
 import time
 
 from ..providers import ProviderError
+from ..replies import parse_json_field
 from .base import Decision, RouteInput, Strategy, register
 
 PROMPT = (
@@ -15,19 +14,6 @@ PROMPT = (
     "tier 3: hard math or proofs, complex code or system design, expert knowledge, long careful analysis.\n"
     'Answer with JSON only, exactly like {"tier": 2}.'
 )
-_OBJECT = re.compile(r"\{[^{}]*\}")
-
-
-def parse_json_field(content: str, key: str, kind: type, valid=lambda v: True):
-    """The first `{"key": value}` in a model's reply with a value of `kind` that is `valid`; else ValueError."""
-    for match in _OBJECT.finditer(content):
-        try:
-            value = json.loads(match.group(0)).get(key)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and valid(value):
-            return value
-    raise ValueError(f"no {{\"{key}\": ...}} object in the reply ({len(content)} chars)")
 
 
 def parse_tier(content: str) -> int:

@@ -1,0 +1,65 @@
+"""A cascade gate that asks a model (`verify`), run on recorded answers through the configured providers.
+
+`tierwise eval --gate verify --config tierwise.yaml` replays the verifier exactly as the router runs it:
+the same gate class, prompt, providers, prices and failure rule. Each recorded tier 1 and tier 2 answer is
+judged once per run (the cascade and `embedding+cascade` share the verdicts); the calls are live and paid.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from tqdm import tqdm
+
+from router_service.config import RouterConfig
+from router_service.gates import Verdict, gate
+from router_service.server import build_chains
+from router_service.telemetry import RouterMetrics
+
+from .data import Record
+
+Key = tuple[int, str, str]  # (tier, query, answer)
+
+
+class LiveGate:
+    def __init__(self, cfg: RouterConfig, gate_name: str, concurrency: int = 4):
+        self.cfg = cfg
+        self.gate_name = gate_name
+        self.concurrency = concurrency
+        self.verdicts: dict[Key, Verdict] = {}
+
+    @property
+    def spent_usd(self) -> float:
+        return sum(v.cost_usd for v in self.verdicts.values())
+
+    @property
+    def calls(self) -> int:
+        """Answers a model was asked about (the rest failed on their face, for free)."""
+        return sum(v.asked_model for v in self.verdicts.values())
+
+    def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+        """(accepted, what the verdict cost), each (records, 2): the tier 1 and tier 2 answers."""
+        keys = [[(t, r.query, r.responses[t - 1]) for t in (1, 2)] for r in records]
+        todo = list(dict.fromkeys(k for pair in keys for k in pair if k not in self.verdicts))
+        if todo:
+            asyncio.run(self._ask(todo))
+        accepted = np.array([[self.verdicts[k].accept for k in pair] for pair in keys], dtype=bool).reshape(-1, 2)
+        cost = np.array([[self.verdicts[k].cost_usd for k in pair] for pair in keys], dtype=float).reshape(-1, 2)
+        return accepted, cost
+
+    async def _ask(self, todo: list[Key]) -> None:
+        chains = build_chains(self.cfg, RouterMetrics())
+        checker = gate(self.gate_name, {"config": self.cfg, "chains": chains})
+        slots = asyncio.Semaphore(self.concurrency)
+        with tqdm(total=len(todo), desc=f"{self.gate_name} gate", unit="answer") as bar:
+            async def one(key: Key) -> None:
+                tier, query, answer = key
+                async with slots:
+                    self.verdicts[key] = await checker.judge(query, answer, tier=tier)
+                bar.update()
+
+            try:
+                await asyncio.gather(*(one(k) for k in todo))
+            finally:
+                for chain in chains.values():
+                    await chain.aclose()
