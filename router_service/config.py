@@ -79,7 +79,7 @@ class CascadeConfig:
     gate: str = doc("quality gate run on each answer: surface, the seed's heuristic, or verify (surface, then a "
                     "model judges the answer)", "surface")
     max_tier: int = doc("highest tier the gate may escalate to", 3)
-    verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", 0)
+    verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", 1)
     verifier_timeout_ms: float = doc("budget for each verifier call; past it the answer is rejected and the cascade "
                                      "escalates", 5000.0)
 
@@ -100,7 +100,8 @@ class ShadowConfig:
 @dataclass(frozen=True)
 class RouterConfig:
     tiers: dict[int, TierConfig] = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
-    strategy: str = doc("default strategy: heuristic, embedding, judge, cascade or START+cascade", "embedding")
+    strategy: str = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
+                        "START+cascade", "embedding")
     classifier: ClassifierConfig = doc("the classifier hop", factory=ClassifierConfig, nested=ClassifierConfig)
     judge: JudgeConfig = doc("LLM-as-judge strategy", factory=JudgeConfig, nested=JudgeConfig)
     cascade: CascadeConfig = doc("cascade strategy", factory=CascadeConfig, nested=CascadeConfig)

@@ -85,11 +85,11 @@ VERIFY = (
 class VerifierGate(SurfaceGate):
     """The surface checks, then a model reads the query and the answer and says whether it is acceptable.
 
-    Checking an answer is easier than predicting from the query whether a model will get it right, and it
-    is cheap: the verifier reads the answer and writes a few tokens. Its call is paid for with the answer.
-    A verifier that fails, times out or answers out of format rejects, so the cascade escalates: quality
-    first. It needs a live model: `tierwise eval` replays it only through a router config's providers
-    (`--config`, tierwise/live_gate.py). See docs/decisions/0016.
+    The verifier reads the answer and writes a few tokens; its call is paid for with the answer. By default
+    tier 1's model verifies: at a stronger tier's prices, reading every answer costs more than it saves
+    (docs/decisions/0016). A verifier that fails, times out or answers out of format rejects, so the
+    cascade escalates: quality first. It needs a live model: `tierwise eval` replays it only through a
+    router config's providers (`--config`, tierwise/live_gate.py).
     """
 
     name = "verify"

@@ -39,8 +39,19 @@ the ones routed below tier 3, route the held-out part. Five draws per N.
 With --promotion: does `tierwise promote`'s rule keep bad heads out (decision 0015)? As --live-sample, but a
 random fifth of the N labels is held back as the check part, and promote's verdict (against the cold-start
 head) is printed beside the candidate's quality and savings on the file's held-out part.
+With --verifier: what the cascade's verify gate (decision 0016) would reach with a verifier of a given
+accuracy, on the held-out parts that carry responses (routerbench, zeroeval). The verifier is simulated:
+after the free surface checks, it accepts an acceptable answer with probability a and rejects an
+unacceptable one with probability a, errors drawn independently (a real verifier's errors are likely to
+cluster on hard queries, so these figures are optimistic at a given a). The tier above verifies. Its call
+reads the gate's prompt, the query and the answer (characters / 4 tokens) and writes 5 tokens, at the
+verifier model's prices: the data README's tier prices for zeroeval (its costs are estimated with them),
+the list prices of gpt-3.5-turbo-1106 and gpt-4-1106-preview for routerbench (they reproduce its recorded
+MBPP costs; its ARC and Winogrande costs also hold the five worked examples the query omits). Also
+priced pessimistically at the verifier tier's whole recorded answer, as a reasoning model that thinks
+before it rules would cost. The cascade starts at the per-lineup head's tier, over its tradeoff sweep.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
-       --learning-curve | --other-signals | --live-sample | --promotion]
+       --learning-curve | --other-signals | --live-sample | --promotion | --verifier]
 """
 from __future__ import annotations
 
@@ -307,6 +318,75 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
                       f"frontier/savings per draw: {', '.join(cells)}", flush=True)
 
 
+class SimulatedVerifier:
+    """Stands in for tierwise.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier
+    right with probability `accuracy`, its call priced as the docstring above says."""
+
+    def __init__(self, accuracy: float, pessimistic: bool, seed: int = 0):
+        self.accuracy = accuracy
+        self.pessimistic = pessimistic
+        self.rng = np.random.default_rng(seed)
+
+    def judge(self, records):
+        from router_service.gates import SurfaceGate
+
+        surface = SurfaceGate()
+        ok, cost = arrays(records)
+        passed = np.array([[surface.check(r.query, r.responses[t]).accept for t in (0, 1)] for r in records])
+        right = self.rng.random(passed.shape) < self.accuracy
+        accepts = passed & (right == ok[:, :2].astype(bool))
+        verifier_cost = cost[:, 1:] if self.pessimistic else np.array([reading_cost(r) for r in records])
+        return accepts, np.where(passed, verifier_cost, 0.0), passed
+
+
+# $ per 1M input / output tokens of the tier 2 and tier 3 models, as verifiers.
+VERIFIER_PRICES = {"routerbench": ((1.0, 2.0), (10.0, 30.0)), "zeroeval": ((3.0, 15.0), (15.0, 75.0))}
+
+
+def reading_cost(record) -> list[float]:
+    """What the tier above pays to read tier t's answer (t = 1, 2) with the gate's prompt and write 5 tokens."""
+    from router_service.gates import VERIFY
+
+    prompt = (len(VERIFY) + len(record.query) + 40) / 4
+    return [(price_in * (prompt + len(record.responses[t] or "") / 4) + price_out * 5) / 1e6
+            for t, (price_in, price_out) in enumerate(VERIFIER_PRICES[record.source])]
+
+
+def verifier(records, x, ok, source, dev) -> None:
+    from tierwise import evaluate
+
+    for name in ("routerbench", "zeroeval"):
+        part = dev & (source == name)
+        idx = np.where(~dev & (source == name))[0]
+        test = [records[i] for i in idx]
+        cost = relative_cost([records[i] for i in np.where(part)[0]])
+        own = success(x[idx], *fit(x[part], ok[part], 0.5))
+        sweep = [evaluate.Outcome(decide(own, cost, t), np.zeros(len(idx))) for t in TRADEOFFS]
+
+        def start(replayable):
+            assert len(replayable) == len(test)
+            return evaluate.Replay("embedding", test, sweep[0], sweep, 0.0)
+
+        plain = curve(test, [o.tiers for o in sweep])
+        cells = []
+        for accuracy in (1.0, 0.95, 0.9, 0.85, 0.8, 0.7):
+            figures = []
+            for pessimistic in (False, True):
+                runs = [evaluate.cascade(test, start, "verify", live=SimulatedVerifier(accuracy, pessimistic, seed))
+                        .result(0.95)["curve"]["savings_at_quality"] for seed in range(5)]
+                figures.append("/".join(f"{np.median([r[q] if r[q] is not None else np.nan for r in runs]):.0%}"
+                                        for q in ("0.9", "0.95", "0.99")))
+            first_cheap = [evaluate.cascade(test, lambda r: evaluate.baseline("always-1", r), "verify",
+                                            live=SimulatedVerifier(accuracy, False, seed)).result(0.95)["operating_point"]
+                           for seed in range(5)]
+            always_1 = "{:.3f}/{:.0%}".format(*np.median([[o["quality_vs_frontier"], o["cost_savings"]]
+                                                           for o in first_cheap], axis=0))
+            cells.append(f"a={accuracy:g}: {figures[0]} (whole-answer price {figures[1]}; always starting at tier 1: "
+                         f"quality vs frontier/savings {always_1})")
+        print(f"{name} (n={len(idx)} held out) savings@90/95/99, median of 5 draws; the head alone {plain}; "
+              f"with the verify gate: {'; '.join(cells)}", flush=True)
+
+
 def main() -> None:
     records = load(shared_files())
     x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
@@ -328,6 +408,8 @@ def main() -> None:
         return live_sample(records, x, ok, source, dev)
     if "--promotion" in sys.argv:
         return promotion(records, x, ok, source, dev)
+    if "--verifier" in sys.argv:
+        return verifier(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])
     multiclass = LogisticRegression(C=1.0, max_iter=3000).fit(x[dev], oracle[dev]).predict_proba(x)
     pooled = success(x, *fit(x[dev], ok[dev], 0.5))

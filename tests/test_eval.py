@@ -163,7 +163,8 @@ def test_a_gate_that_asks_a_live_model_is_not_replayed_and_says_how_to_measure_i
 
 
 def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are_paid(tmp_path, capsys, monkeypatch):
-    """The verifiers are the provider test double: tier 2 (verifying tier 1's answers) accepts, tier 3 rejects."""
+    """The verifiers are the provider test double; the tier above verifies: tier 2 (verifying tier 1's answers)
+    accepts, tier 3 rejects."""
     import yaml
 
     from .provider_double import ProviderDouble
@@ -175,7 +176,7 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
         double.set_reply("t2-a", '{"acceptable": true}')
         double.set_reply("t3-a", '{"acceptable": false}')
         config = tmp_path / "tierwise.yaml"
-        config.write_text(yaml.safe_dump(router_config(double.base_url, cascade={"start": "heuristic", "gate": "verify"})))
+        config.write_text(yaml.safe_dump(router_config(double.base_url, cascade={"start": "heuristic", "gate": "verify", "verifier_tier": 0})))
         assert main(["eval", "--data", str(data), "--strategy", "cascade", "--config", str(config), "--json",
                      "--report", str(tmp_path / "r")]) == 0
         calls = [r.body for r in double.requests]
@@ -185,6 +186,9 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     # record 1: the tier 1 refusal fails on its face (no call); tier 3 rejects "It is 4.": tier 3, one call.
     # record 2: "" and "I am not sure." fail on their face: tier 3, no call. Record 3 has no answers.
     assert result["n"] == 3 and result["not_replayable"] == 1 and result["operating_point"]["tier_mix"] == [1 / 3, 0, 2 / 3]
+    # asked: "Four." (acceptable, passed), "4" (acceptable, rejected), "It is 4." (acceptable, rejected)
+    assert result["verifier"] == {"asked": 3, "agreement": 0.3333, "passed_unacceptable": None,
+                                  "rejected_acceptable": 0.6667}
     prices = {"t2-a": (3.0, 15.0, '{"acceptable": true}'), "t3-a": (15.0, 75.0, '{"acceptable": false}')}
     cost = {}  # what each verifier call cost, by the answer it judged
     for call in calls:

@@ -86,7 +86,7 @@ def test_complete_answers_at_the_decided_tier_and_prices_the_usage(stub, double)
     assert len(double.requests_for("t1-a")) == 1 and double.requests_for("t1-a")[0].authorization == "Bearer test-key"
 
 
-@pytest.mark.parametrize("strategy", ["heuristic", "embedding", "judge", "cascade", "embedding+cascade"])
+@pytest.mark.parametrize("strategy", ["heuristic", "embedding", "judge", "cheapest", "cascade", "embedding+cascade"])
 def test_every_strategy_completes_and_streams(stub, double, strategy):
     double.set_reply("t1-a", '{"tier": 1}')  # the judge's verdict; other strategies just get this answer
     reply = stub.Complete(ask("Name a primary colour.", strategy), timeout=15)
@@ -132,7 +132,7 @@ def test_cascade_gate_escalates_an_answer_cut_off_at_max_tokens(fresh, double):
 def verifying(double, classifier, tmp_path):
     """A router whose cascade runs the verify gate: (stub, config). Tier 3 verifies unless a test says otherwise."""
     def start(verifier_tier: int = 3):
-        cascade = {"start": "heuristic", "gate": "verify", "max_tier": 3, "verifier_tier": verifier_tier,
+        cascade = {"start": "cheapest", "gate": "verify", "max_tier": 3, "verifier_tier": verifier_tier,
                    "verifier_timeout_ms": 3000}
         return running_router(router_config(double.base_url, cascade=cascade), classifier.address, tmp_path,
                               env={KEY_ENV: "test-key"})

@@ -49,6 +49,9 @@ def test_composition_names_resolve_and_unknown_compositions_do_not(monkeypatch):
         strategies = strategies_for(router_config(double.base_url))
         assert strategies.get("heuristic+cascade").label == "heuristic+cascade"
         assert strategies.get("judge+cascade").start_name == "judge"
+        cheapest = strategies.get("cheapest+cascade")
+        long_question = "Prove the theorem step by step, then design a rigorous algorithm. " * 20
+        assert asyncio.run(cheapest.decide(RouteInput(long_question))).tier == 1
         for bad in ("heuristic+embedding", "nope+cascade", "cascade+"):
             with pytest.raises(KeyError):
                 strategies.get(bad)

@@ -87,6 +87,8 @@ def _replay(name: str, records, args: argparse.Namespace):
 
     if name in evaluate.BASELINES:
         return evaluate.baseline(name, records)
+    if name == "cheapest":  # the router's always-tier-1 strategy, a cascade's start
+        return evaluate.baseline("always-1", records)
     if name == evaluate.AS_ROUTED:
         return evaluate.as_routed(records)
     if name == "embedding":
@@ -95,6 +97,8 @@ def _replay(name: str, records, args: argparse.Namespace):
         # As the router runs them: plain `cascade` starts where `cascade.start` says; the gate is `cascade.gate`.
         defaults = args.router.cascade if args.router else CascadeConfig()
         first = name.removesuffix("cascade").removesuffix("+") or defaults.start
+        if first not in ("heuristic", "embedding", "cheapest"):
+            raise KeyError(f"cascade.start: {first!r} cannot be replayed offline; heuristic, embedding and cheapest can")
         return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args),
                                 args.gate or defaults.gate, name, args.live_gate)
     return getattr(evaluate, name)(records)

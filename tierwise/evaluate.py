@@ -194,15 +194,17 @@ def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate
     skipped = len(records) - len(replayable)
     if not replayable:
         return Replay.nothing(name, skipped, "no recorded responses")
-    cost = arrays(replayable)[1]
+    acceptable, cost = arrays(replayable)
     started = time.perf_counter()
+    detail = {}
     if check is not None:
         accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
         verdict_cost = np.zeros(accepts.shape)
         latency = (time.perf_counter() - started) * 1e3 / len(replayable)
     else:
-        accepts, verdict_cost = live.judge(replayable)
+        accepts, verdict_cost, asked = live.judge(replayable)
         latency = 0.0  # live calls: their time says more about this machine's link than the router
+        detail["verifier"] = verifier_agreement(accepts, asked, acceptable[:, :2])
 
     rows = np.arange(len(replayable))
 
@@ -221,7 +223,18 @@ def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate
 
     first = start(replayable)
     return Replay(name, replayable, run(first.operating_point.tiers), [run(o.tiers) for o in first.sweep],
-                  first.latency_ms + latency, skipped, first.detail)
+                  first.latency_ms + latency, skipped, {**first.detail, **detail})
+
+
+def verifier_agreement(accepts: np.ndarray, asked: np.ndarray, acceptable: np.ndarray) -> dict:
+    """How a verifier's verdicts match the records' labels, over the answers it was asked about: the figure
+    that decides whether it pays (docs/decisions/0016)."""
+    def share(mask: np.ndarray, of: np.ndarray) -> float | None:
+        return round(float(mask[of].mean()), 4) if of.any() else None
+
+    return {"asked": int(asked.sum()), "agreement": share(accepts == acceptable, asked),
+            "passed_unacceptable": share(accepts, asked & ~acceptable),
+            "rejected_acceptable": share(~accepts, asked & acceptable)}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

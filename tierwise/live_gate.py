@@ -37,15 +37,16 @@ class LiveGate:
         """Answers a model was asked about (the rest failed on their face, for free)."""
         return sum(v.asked_model for v in self.verdicts.values())
 
-    def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
-        """(accepted, what the verdict cost), each (records, 2): the tier 1 and tier 2 answers."""
+    def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(accepted, what the verdict cost, whether a model was asked), each (records, 2): the tier 1 and 2 answers."""
         keys = [[(t, r.query, r.responses[t - 1]) for t in (1, 2)] for r in records]
         todo = list(dict.fromkeys(k for pair in keys for k in pair if k not in self.verdicts))
         if todo:
             asyncio.run(self._ask(todo))
         accepted = np.array([[self.verdicts[k].accept for k in pair] for pair in keys], dtype=bool).reshape(-1, 2)
         cost = np.array([[self.verdicts[k].cost_usd for k in pair] for pair in keys], dtype=float).reshape(-1, 2)
-        return accepted, cost
+        asked = np.array([[self.verdicts[k].asked_model for k in pair] for pair in keys], dtype=bool).reshape(-1, 2)
+        return accepted, cost, asked
 
     async def _ask(self, todo: list[Key]) -> None:
         chains = build_chains(self.cfg, RouterMetrics())
