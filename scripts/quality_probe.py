@@ -43,13 +43,13 @@ With --verifier: what the cascade's verify gate (decision 0016) would reach with
 accuracy, on the held-out parts that carry responses (routerbench, zeroeval). The verifier is simulated:
 after the free surface checks, it accepts an acceptable answer with probability a and rejects an
 unacceptable one with probability a, errors drawn independently (a real verifier's errors are likely to
-cluster on hard queries, so these figures are optimistic at a given a). The tier above verifies. Its call
-reads the gate's prompt, the query and the answer (characters / 4 tokens) and writes 5 tokens, at the
-verifier model's prices: the data README's tier prices for zeroeval (its costs are estimated with them),
-the list prices of gpt-3.5-turbo-1106 and gpt-4-1106-preview for routerbench (they reproduce its recorded
-MBPP costs; its ARC and Winogrande costs also hold the five worked examples the query omits). Also
-priced pessimistically at the verifier tier's whole recorded answer, as a reasoning model that thinks
-before it rules would cost. The cascade starts at the per-lineup head's tier, over its tradeoff sweep.
+cluster on hard queries, so these figures are optimistic at a given a). Its call reads the gate's prompt,
+the query and the answer (characters / 4 tokens) and writes 5 tokens, at the verifier model's prices:
+the data README's tier prices for zeroeval (its costs are estimated with them), list prices for
+routerbench's models (they reproduce its recorded MBPP costs; its ARC and Winogrande costs also hold the
+five worked examples the query omits). Two verifiers: tier 1's model (the default) and the tier above
+the answer's. The cascade starts at the per-lineup head's tier, over its tradeoff sweep, and also always
+at tier 1 (`cheapest+cascade`), whose one point is printed as quality vs frontier / savings.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
        --learning-curve | --other-signals | --live-sample | --promotion | --verifier]
 """
@@ -322,34 +322,37 @@ class SimulatedVerifier:
     """Stands in for tierwise.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier
     right with probability `accuracy`, its call priced as the docstring above says."""
 
-    def __init__(self, accuracy: float, pessimistic: bool, seed: int = 0):
+    def __init__(self, accuracy: float, tier_above: bool, seed: int = 0, free: bool = False):
         self.accuracy = accuracy
-        self.pessimistic = pessimistic
+        self.tier_above = tier_above
         self.rng = np.random.default_rng(seed)
+        self.free = free
 
     def judge(self, records):
         from router_service.gates import SurfaceGate
 
         surface = SurfaceGate()
-        ok, cost = arrays(records)
+        ok = arrays(records)[0]
         passed = np.array([[surface.check(r.query, r.responses[t]).accept for t in (0, 1)] for r in records])
         right = self.rng.random(passed.shape) < self.accuracy
-        accepts = passed & (right == ok[:, :2].astype(bool))
-        verifier_cost = cost[:, 1:] if self.pessimistic else np.array([reading_cost(r) for r in records])
-        return accepts, np.where(passed, verifier_cost, 0.0), passed
+        accepts = passed & (right == ok[:, :2])
+        cost = np.array([reading_cost(r, self.tier_above) for r in records])
+        return accepts, np.where(passed & ~self.free, cost, 0.0), passed
 
 
-# $ per 1M input / output tokens of the tier 2 and tier 3 models, as verifiers.
-VERIFIER_PRICES = {"routerbench": ((1.0, 2.0), (10.0, 30.0)), "zeroeval": ((3.0, 15.0), (15.0, 75.0))}
+# $ per 1M input / output tokens of each tier's model.
+PRICES = {"routerbench": ((0.2, 0.2), (1.0, 2.0), (10.0, 30.0)),  # mistral-7b-chat, gpt-3.5-turbo-1106, gpt-4-1106
+          "zeroeval": ((0.25, 1.25), (3.0, 15.0), (15.0, 75.0))}   # the data README's tier prices
 
 
-def reading_cost(record) -> list[float]:
-    """What the tier above pays to read tier t's answer (t = 1, 2) with the gate's prompt and write 5 tokens."""
+def reading_cost(record, tier_above: bool) -> list[float]:
+    """What the verifier pays to read tier t's answer (t = 1, 2) with the gate's prompt and write 5 tokens."""
     from router_service.gates import VERIFY
 
     prompt = (len(VERIFY) + len(record.query) + 40) / 4
-    return [(price_in * (prompt + len(record.responses[t] or "") / 4) + price_out * 5) / 1e6
-            for t, (price_in, price_out) in enumerate(VERIFIER_PRICES[record.source])]
+    prices = PRICES[record.source]
+    return [(prices[t + 1 if tier_above else 0][0] * (prompt + len(record.responses[t] or "") / 4)
+             + prices[t + 1 if tier_above else 0][1] * 5) / 1e6 for t in (0, 1)]
 
 
 def verifier(records, x, ok, source, dev) -> None:
@@ -363,28 +366,31 @@ def verifier(records, x, ok, source, dev) -> None:
         own = success(x[idx], *fit(x[part], ok[part], 0.5))
         sweep = [evaluate.Outcome(decide(own, cost, t), np.zeros(len(idx))) for t in TRADEOFFS]
 
-        def start(replayable):
-            assert len(replayable) == len(test)
+        def from_head(replayable):
             return evaluate.Replay("embedding", test, sweep[0], sweep, 0.0)
 
-        plain = curve(test, [o.tiers for o in sweep])
-        cells = []
-        for accuracy in (1.0, 0.95, 0.9, 0.85, 0.8, 0.7):
-            figures = []
-            for pessimistic in (False, True):
-                runs = [evaluate.cascade(test, start, "verify", live=SimulatedVerifier(accuracy, pessimistic, seed))
+        def from_tier_1(replayable):
+            return evaluate.baseline("always-1", replayable)
+
+        ceiling = evaluate.cascade(test, from_tier_1, "verify", live=SimulatedVerifier(1.0, False, free=True))
+        ceiling = ceiling.result(0.95)["operating_point"]
+        print(f"{name} (n={len(idx)} held out): the head alone, savings@90/95/99 {curve(test, [o.tiers for o in sweep])}; "
+              f"a perfect verifier that costs nothing, from tier 1: quality vs frontier/savings "
+              f"{ceiling['quality_vs_frontier']:.3f}/{ceiling['cost_savings']:.0%}; the oracle router "
+              f"{op(test, np.array([r.oracle_tier for r in test]), 0)}")
+        for accuracy in (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6):
+            cells = []
+            for tier_above in (False, True):
+                runs = [evaluate.cascade(test, from_head, "verify", live=SimulatedVerifier(accuracy, tier_above, seed))
                         .result(0.95)["curve"]["savings_at_quality"] for seed in range(5)]
-                figures.append("/".join(f"{np.median([r[q] if r[q] is not None else np.nan for r in runs]):.0%}"
-                                        for q in ("0.9", "0.95", "0.99")))
-            first_cheap = [evaluate.cascade(test, lambda r: evaluate.baseline("always-1", r), "verify",
-                                            live=SimulatedVerifier(accuracy, False, seed)).result(0.95)["operating_point"]
-                           for seed in range(5)]
-            always_1 = "{:.3f}/{:.0%}".format(*np.median([[o["quality_vs_frontier"], o["cost_savings"]]
-                                                           for o in first_cheap], axis=0))
-            cells.append(f"a={accuracy:g}: {figures[0]} (whole-answer price {figures[1]}; always starting at tier 1: "
-                         f"quality vs frontier/savings {always_1})")
-        print(f"{name} (n={len(idx)} held out) savings@90/95/99, median of 5 draws; the head alone {plain}; "
-              f"with the verify gate: {'; '.join(cells)}", flush=True)
+                figures = "/".join(f"{np.median([np.nan if r[q] is None else r[q] for r in runs]):.0%}"
+                                   for q in ("0.9", "0.95", "0.99"))
+                points = [evaluate.cascade(test, from_tier_1, "verify", live=SimulatedVerifier(accuracy, tier_above, seed))
+                          .result(0.95)["operating_point"] for seed in range(5)]
+                always_1 = "{:.3f}/{:.0%}".format(*np.median([[p["quality_vs_frontier"], p["cost_savings"]]
+                                                               for p in points], axis=0))
+                cells.append(f"{'tier above' if tier_above else 'tier 1'} verifies: {figures}, from tier 1 {always_1}")
+            print(f"  a={accuracy:g}: {'; '.join(cells)} (median of 5 draws)", flush=True)
 
 
 def main() -> None:

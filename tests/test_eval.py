@@ -202,6 +202,8 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     paid = 1 + cost["t2-a", "Four."] + 111 + cost["t3-a", "It is 4."] + 111
     assert result["operating_point"]["cost_savings"] == pytest.approx(1 - paid / 300)
     assert f"verify gate: 3 verifier calls, ${sum(cost.values()):.6f}" in err
+    assert main(["eval", "--data", str(data), "--strategy", "cascade", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "tierwise eval: --config: " in capsys.readouterr().err
 
 
 def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):
