@@ -17,6 +17,7 @@ class Verdict:
     reason: str
     cost_usd: float = 0.0  # what reaching the verdict cost: a verifier model's call
     asked_model: bool = False  # a model was called for it (whether it answered or not)
+    error: str = ""  # why the model asked could not rule, when it could not
 
 
 class QualityGate(ABC):
@@ -124,12 +125,14 @@ class VerifierGate(SurfaceGate):
                  {"role": "user", "content": f"User message:\n{query}\n\nProposed answer:\n{answer}"}],
                 max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline))
         except ProviderError as err:
-            return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True)
+            return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True,
+                           error=str(err)[:300])
         cost = self.tiers[by].cost(reply.input_tokens, reply.output_tokens)
         try:
             acceptable = parse_json_field(reply.content, "acceptable", bool)
         except ValueError:
-            return Verdict(False, f"verifier {reply.model} gave no verdict", cost, asked_model=True)
+            return Verdict(False, f"verifier {reply.model} gave no verdict", cost, asked_model=True,
+                           error=f"no verdict in {reply.content[:80]!r}")
         return Verdict(acceptable, f"verifier {reply.model} judged it {'' if acceptable else 'not '}acceptable", cost,
                        asked_model=True)
 

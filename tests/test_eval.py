@@ -201,9 +201,14 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     assert sorted(cost) == [("t2-a", "Four."), ("t3-a", "4"), ("t3-a", "It is 4.")] and len(calls) == 3
     paid = 1 + cost["t2-a", "Four."] + 111 + cost["t3-a", "It is 4."] + 111
     assert result["operating_point"]["cost_savings"] == pytest.approx(1 - paid / 300)
-    assert f"verify gate: 3 verifier calls, ${sum(cost.values()):.6f}" in err
+    assert f"verify gate: 3 verifier calls, ${sum(cost.values()):.6f}" in err and "could not rule" not in err
     assert main(["eval", "--data", str(data), "--strategy", "cascade", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "tierwise eval: --config: " in capsys.readouterr().err
+    monkeypatch.delenv(KEY_ENV)  # no key for the verifiers: each answer they were to judge is rejected, and said so
+    assert main(["eval", "--data", str(data), "--strategy", "cascade", "--config", str(config), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["operating_point"]["tier_mix"] == [0, 0, 1]
+    assert "could not rule on 3 answers, counted as rejected" in err and KEY_ENV in err
 
 
 def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):

@@ -137,6 +137,9 @@ def _eval(args: argparse.Namespace) -> int:
         live = args.live_gate
         print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
               "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
+        if live.errors:
+            print(f"{live.gate_name} gate: the verifier could not rule on {len(live.errors)} answers, counted as "
+                  f"rejected (first: {live.errors[0]})", file=sys.stderr)
     if args.json:
         if result["curve"] is not None:
             result["curve"].pop("points")

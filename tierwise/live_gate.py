@@ -33,6 +33,11 @@ class LiveGate:
         return sum(v.cost_usd for v in self.verdicts.values())
 
     @property
+    def errors(self) -> list[str]:
+        """Why the verifier could not rule, per answer it failed on (each such answer counts as rejected)."""
+        return [v.error for v in self.verdicts.values() if v.error]
+
+    @property
     def calls(self) -> int:
         """Answers a model was asked about (the rest failed on their face, for free)."""
         return sum(v.asked_model for v in self.verdicts.values())
