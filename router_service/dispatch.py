@@ -51,7 +51,8 @@ class DeadlinePassed(Exception):
 
 # Called when the dispatcher moves up a tier: (from_tier, to_tier, why).
 OnEscalate = Callable[[int, int, str], None]
-OnAttempt = Callable[[int, Attempt], None]
+# (tier, attempt, purpose): "answer", or "verify" for a verify gate's call.
+OnAttempt = Callable[[int, Attempt, str], None]
 
 
 class Dispatcher:
@@ -78,8 +79,8 @@ class Dispatcher:
                 continue
             result.answered(tier, completion, self.cfg)
             if gate is not None and tier < max_tier:
-                verdict = await gate.judge(query, completion.content, tier=tier,
-                                           finish_reason=completion.finish_reason, deadline=deadline)
+                verdict = await gate.judge(query, completion.content, tier=tier, finish_reason=completion.finish_reason,
+                                           deadline=deadline, on_attempt=on_attempt)
                 result.cost += verdict.cost_usd
                 if not verdict.accept:
                     result.gate_rejections.append((tier, verdict.reason))
@@ -152,7 +153,8 @@ class _Progress:
 
 
 def _bind(on_attempt: OnAttempt | None, tier: int):
-    return None if on_attempt is None else (lambda attempt: on_attempt(tier, attempt))
+    """`on_attempt` as a provider chain calls it, with the attempt alone, for an answer at `tier`."""
+    return None if on_attempt is None else (lambda attempt: on_attempt(tier, attempt, "answer"))
 
 
 def last_user_text(messages: Messages) -> str:

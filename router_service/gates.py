@@ -5,7 +5,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from .providers import ProviderError
 from .replies import parse_json_field
@@ -35,8 +35,9 @@ class QualityGate(ABC):
         """The verdict from the texts alone."""
 
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
-                    deadline: float | None = None) -> Verdict:
-        """The verdict on tier `tier`'s answer, as the router's cascade asks for it."""
+                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
+        """The verdict on tier `tier`'s answer, as the router's cascade asks for it. A gate that calls a model
+        reports each provider attempt to `on_attempt(tier, attempt, "verify")`, for spans and metrics."""
         return self.check(query, answer, finish_reason)
 
 
@@ -113,7 +114,7 @@ class VerifierGate(SurfaceGate):
         return self.verifier_tier or min(tier + 1, 3)
 
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
-                    deadline: float | None = None) -> Verdict:
+                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
         surface = self.check(query, answer, finish_reason)
         if not surface.accept:
             return surface  # no need to pay a verifier for an empty, cut-off or refusing answer
@@ -123,7 +124,8 @@ class VerifierGate(SurfaceGate):
             reply = await self.chains[by].complete(
                 [{"role": "system", "content": VERIFY},
                  {"role": "user", "content": f"User message:\n{query}\n\nProposed answer:\n{answer}"}],
-                max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline))
+                max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline),
+                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(by, attempt, "verify")))
         except ProviderError as err:
             return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True,
                            error=str(err)[:300])

@@ -109,8 +109,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     def _call_options(self, request: pb.CompleteRequest) -> dict:
         return {**_answer_options(request), "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
 
-    def _on_attempt(self, tier: int, attempt: Attempt) -> None:
-        attempt_span(self.tracer, tier, attempt)
+    def _on_attempt(self, tier: int, attempt: Attempt, purpose: str) -> None:
+        attempt_span(self.tracer, tier, attempt, purpose)
         if attempt.outcome is not Outcome.OK:
             self.metrics.fallbacks.add(1, {"provider": attempt.provider, "outcome": str(attempt.outcome)})
 

@@ -61,13 +61,15 @@ class RouterMetrics:
         return [metrics.Observation(BREAKER_VALUE[state], {"provider": name}) for name, state in self._breakers.items()]
 
 
-def attempt_span(tracer: trace.Tracer, tier: int, attempt: Attempt) -> None:
-    """A child span for one finished provider attempt, placed at the time it ran."""
+def attempt_span(tracer: trace.Tracer, tier: int, attempt: Attempt, purpose: str = "answer") -> None:
+    """A child span for one finished provider attempt, placed at the time it ran; `purpose` says whether it
+    answered the request or verified an answer (the cascade's verify gate)."""
     end = time.time_ns()
     start = end - int(attempt.latency_ms * 1e6)
     span = tracer.start_span(f"chat {attempt.model}", kind=trace.SpanKind.CLIENT, start_time=start, attributes={
         "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": attempt.model,
         "tierwise.provider": attempt.provider, "tierwise.tier": tier, "tierwise.outcome": str(attempt.outcome),
+        "tierwise.purpose": purpose,
     })
     if attempt.status_code is not None:
         span.set_attribute("http.response.status_code", attempt.status_code)

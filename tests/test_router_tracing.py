@@ -53,6 +53,7 @@ def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
 
         attempts = [attributes(s) for _, s in spans if s.name.startswith("chat ")]
         assert [a["tierwise.outcome"] for a in attempts] == ["error", "ok"]
+        assert all(a["tierwise.purpose"] == "answer" for a in attempts)
         assert all(a["gen_ai.request.model"] == reply.model for a in attempts)
         assert all(s.parent_span_id == root.span_id for _, s in spans if s.name.startswith("chat "))
 

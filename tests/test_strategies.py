@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from router_service.config import parse
+from router_service.dispatch import Dispatcher
 from router_service.gates import HeuristicGate, SurfaceGate
 from router_service.server import build_chains
 from router_service.strategies import RouteInput, Strategies
@@ -14,7 +15,7 @@ from router_service.strategies.heuristic import heuristic_score
 from router_service.strategies.judge import parse_tier
 from router_service.telemetry import RouterMetrics
 
-from .provider_double import ProviderDouble
+from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, router_config
 
 
@@ -77,3 +78,19 @@ def test_only_the_seeds_gate_rejects_a_short_answer_to_a_long_question():
     assert SurfaceGate().check(question, "B").accept
     verdict = HeuristicGate().check(question, "B")
     assert not verdict.accept and verdict.reason.startswith("1-word answer")
+
+
+def test_the_verify_gates_provider_attempts_are_reported_for_spans_and_metrics(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with ProviderDouble() as double:
+        double.set_reply("t2-a", '{"acceptable": true}')
+        double.script("t2-a", Fault.http_error(500))  # the verifier's first attempt fails, its retry rules
+        strategies = strategies_for(router_config(double.base_url, cascade={"start": "cheapest", "gate": "verify",
+                                                                             "verifier_tier": 2}))
+        seen = []
+        dispatcher = Dispatcher(strategies.deps["config"], strategies.deps["chains"])
+        result = asyncio.run(dispatcher.complete(
+            [{"role": "user", "content": "What is 17 times 23?"}], 1, gate=strategies.get("cascade").gate,
+            on_attempt=lambda tier, attempt, purpose: seen.append((tier, attempt.provider, str(attempt.outcome), purpose))))
+    assert result.tier == 1 and result.completion.provider == "t1-a"
+    assert seen == [(1, "t1-a", "ok", "answer"), (2, "t2-a", "error", "verify"), (2, "t2-a", "ok", "verify")]
