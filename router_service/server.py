@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import grpc
 from opentelemetry import trace
@@ -234,6 +234,21 @@ def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierCha
             for tier, t in cfg.tiers.items()}
 
 
+async def close_chains(chains: dict[int, TierChain]) -> None:
+    for chain in chains.values():
+        await chain.aclose()
+
+
+@asynccontextmanager
+async def open_chains(cfg: RouterConfig, metrics: RouterMetrics):
+    """The tiers' provider chains for one run of an offline tool, closed when it ends."""
+    chains = build_chains(cfg, metrics)
+    try:
+        yield chains
+    finally:
+        await close_chains(chains)
+
+
 def _log_breaker(metrics: RouterMetrics):
     def changed(name, old, new) -> None:
         log.warning("circuit breaker %s: %s -> %s", name, old, new,
@@ -272,8 +287,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             task.cancel()
         await shadow.drain()
         await classifier.close()
-        for chain in chains.values():
-            await chain.aclose()
+        await close_chains(chains)
         for p in (provider, meter_provider):
             if p is not None:
                 p.shutdown()

@@ -367,6 +367,7 @@ def verifier(records, x, ok, source, dev) -> None:
         sweep = [evaluate.Outcome(decide(own, cost, t), np.zeros(len(idx))) for t in TRADEOFFS]
 
         def from_head(replayable):
+            assert len(replayable) == len(test), "every held-out record here carries its answers"
             return evaluate.Replay("embedding", test, sweep[0], sweep, 0.0)
 
         def from_tier_1(replayable):

@@ -75,6 +75,10 @@ def stream(stub, request, timeout=20):
     return decision, "".join(pieces), summary
 
 
+def gate_rejections(reply) -> list[tuple[int, str]]:
+    return [(a.tier, a.error) for a in reply.attempts if a.outcome == "gate_rejected"]
+
+
 def test_complete_answers_at_the_decided_tier_and_prices_the_usage(stub, double):
     reply = stub.Complete(ask("What is the capital of France?", "heuristic"), timeout=10)
     assert (reply.tier, reply.model, reply.provider) == (1, "t1-a", "t1-a")
@@ -124,21 +128,24 @@ def test_cascade_gate_escalates_an_answer_cut_off_at_max_tokens(fresh, double):
     double.set_reply("t2-a", "391")
     reply = stub.Complete(ask("What is 17 times 23?", "cascade", max_tokens=2), timeout=15)
     assert (reply.tier, reply.content, reply.escalations) == (2, "391", 1)
-    rejected = [a for a in reply.attempts if a.outcome == "gate_rejected"]
-    assert [(a.tier, a.error) for a in rejected] == [(1, "answer cut off at max_tokens")]
+    assert gate_rejections(reply) == [(1, "answer cut off at max_tokens")]
 
 
 @pytest.fixture
 def verifying(double, classifier, tmp_path):
-    """A router whose cascade runs the verify gate: (stub, config). Tier 3 verifies unless a test says otherwise."""
-    def start(verifier_tier: int = 3):
+    """Asks "What is 17 times 23?" of a router of its own whose `cheapest+cascade` runs the verify gate, and
+    returns the reply. Tier 3 verifies unless a test says otherwise."""
+    def complete(verifier_tier: int = 3) -> pb.CompleteResponse:
         cascade = {"start": "cheapest", "gate": "verify", "max_tier": 3, "verifier_tier": verifier_tier,
                    "verifier_timeout_ms": 3000}
-        return running_router(router_config(double.base_url, cascade=cascade), classifier.address, tmp_path,
-                              env={KEY_ENV: "test-key"})
+        with running_router(router_config(double.base_url, cascade=cascade), classifier.address, tmp_path,
+                            env={KEY_ENV: "test-key"}) as router, grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            return stub.Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
     double.reset()
-    yield start
+    yield complete
     double.reset()
+
 
 
 def verifier_calls(double, model: str) -> list[dict]:
@@ -147,8 +154,7 @@ def verifier_calls(double, model: str) -> list[dict]:
 
 def test_verify_gate_returns_the_cheap_answer_a_verifier_accepts_and_bills_its_call(verifying, double):
     double.set_reply("t3-a", 'Checked. {"acceptable": true}')
-    with verifying() as router, grpc.insecure_channel(router.address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
+    reply = verifying()
     assert (reply.tier, reply.escalations) == (1, 0) and reply.content.startswith("answer from t1-a")
     [call] = verifier_calls(double, "t3-a")
     assert "What is 17 times 23?" in call["messages"][1]["content"] and reply.content in call["messages"][1]["content"]
@@ -161,22 +167,20 @@ def test_verify_gate_returns_the_cheap_answer_a_verifier_accepts_and_bills_its_c
 
 def test_verify_gate_escalates_what_its_verifier_rejects(verifying, double):
     double.set_reply("t3-a", '{"acceptable": false}')
-    with verifying() as router, grpc.insecure_channel(router.address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
+    reply = verifying()
     assert (reply.tier, reply.escalations) == (3, 2)
-    rejected = [(a.tier, a.error) for a in reply.attempts if a.outcome == "gate_rejected"]
-    assert rejected == [(1, "verifier t3-a judged it not acceptable"), (2, "verifier t3-a judged it not acceptable")]
+    assert gate_rejections(reply) == [(1, "verifier t3-a judged it not acceptable"),
+                                      (2, "verifier t3-a judged it not acceptable")]
     assert len(verifier_calls(double, "t3-a")) == 2, "tier 3's answer is the last word: nobody verifies it"
 
 
 def test_verify_gate_rejects_when_its_verifier_fails_or_gives_no_verdict(verifying, double):
-    """By default the tier above verifies. A failed verifier must not pass an unchecked answer: escalate."""
+    """With verifier_tier 0 the tier above verifies. A failed verifier must not pass an unchecked answer: escalate."""
     double.script("t2-a", Fault.http_error(500), Fault.http_error(500))  # both attempts of tier 1's verifier
-    with verifying(verifier_tier=0) as router, grpc.insecure_channel(router.address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
+    reply = verifying(verifier_tier=0)
     assert reply.tier == 3 and reply.content.startswith("answer from t3-a")
-    rejected = [(a.tier, a.error) for a in reply.attempts if a.outcome == "gate_rejected"]
-    assert rejected == [(1, "tier 2 verifier failed (ChainExhausted)"), (2, "verifier t3-a gave no verdict")]
+    assert gate_rejections(reply) == [(1, "tier 2 verifier failed (ChainExhausted)"),
+                                      (2, "verifier t3-a gave no verdict")]
 
 
 def test_500_is_retried_on_the_same_provider(fresh, double):

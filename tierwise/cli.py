@@ -66,8 +66,9 @@ def _records(paths, part: str):
     return records if part == "all" else split(records)[part == "held-out"]
 
 
-def _live_gate(args: argparse.Namespace) -> None:
-    """With --config: the router config the cascades replay (and whose providers a model-asking gate calls)."""
+def _cascade_setup(args: argparse.Namespace) -> None:
+    """Sets `args.router`, the --config whose `cascade` section the cascades replay, and `args.live_gate`, which
+    runs a gate that asks a model through that config's providers."""
     from router_service.config import load
     from router_service.gates import GATES
 
@@ -117,7 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"tierwise eval: strategy: unknown {args.strategy!r}; one of {', '.join(known)}", file=sys.stderr)
         return 2
     try:
-        _live_gate(args)
+        _cascade_setup(args)
         result = _replay(args.strategy, records, args).result(args.target_quality)
     except KeyError as err:
         print(f"tierwise eval: {err.args[0]}", file=sys.stderr)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from router_service.config import RouterConfig
 from router_service.labelling import Labeler, record_id
 from router_service.providers import ProviderError
-from router_service.server import build_chains
+from router_service.server import open_chains
 from router_service.telemetry import RouterMetrics
 
 
@@ -77,31 +77,27 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
                 concurrency: int) -> dict:
     done = resume(out)
     todo = [q for q in queries if q["id"] not in done]
-    chains = build_chains(cfg, RouterMetrics())
-    labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
     slots = asyncio.Semaphore(concurrency)
     failures: list[str] = []
     spent = 0.0  # every tier's answer and both judgements, for the records written this run
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="labelling", unit="query") as bar:
-        async def one(item: dict) -> None:
-            nonlocal spent
-            async with slots:
-                try:
-                    rec = await labeler.record(item["query"], record_id=item["id"], source=source,
-                                               task=item.get("task", source))
-                except (ProviderError, ValueError) as err:
-                    failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
-                else:
-                    sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    sink.flush()
-                    spent += sum(o["cost_usd"] for o in rec["outcomes"]) + rec["judge_cost_usd"]
-                bar.update()
+    async with open_chains(cfg, RouterMetrics()) as chains:
+        labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
+        with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="labelling", unit="query") as bar:
+            async def one(item: dict) -> None:
+                nonlocal spent
+                async with slots:
+                    try:
+                        rec = await labeler.record(item["query"], record_id=item["id"], source=source,
+                                                   task=item.get("task", source))
+                    except (ProviderError, ValueError) as err:
+                        failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
+                    else:
+                        sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                        sink.flush()
+                        spent += sum(o["cost_usd"] for o in rec["outcomes"]) + rec["judge_cost_usd"]
+                    bar.update()
 
-        try:
             await asyncio.gather(*(one(q) for q in todo))
-        finally:
-            for chain in chains.values():
-                await chain.aclose()
     return {"queries": len(queries), "already_done": len(queries) - len(todo),
             "labelled": len(todo) - len(failures), "failed": failures, "cost_usd": spent}

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from router_service.config import RouterConfig
 from router_service.gates import Verdict, gate
-from router_service.server import build_chains
+from router_service.server import open_chains
 from router_service.telemetry import RouterMetrics
 
 from .data import Record
@@ -48,24 +48,22 @@ class LiveGate:
         todo = list(dict.fromkeys(k for pair in keys for k in pair if k not in self.verdicts))
         if todo:
             asyncio.run(self._ask(todo))
-        accepted = np.array([[self.verdicts[k].accept for k in pair] for pair in keys], dtype=bool).reshape(-1, 2)
-        cost = np.array([[self.verdicts[k].cost_usd for k in pair] for pair in keys], dtype=float).reshape(-1, 2)
-        asked = np.array([[self.verdicts[k].asked_model for k in pair] for pair in keys], dtype=bool).reshape(-1, 2)
-        return accepted, cost, asked
+
+        def column(field: str, kind: type) -> np.ndarray:
+            values = [[getattr(self.verdicts[k], field) for k in pair] for pair in keys]
+            return np.array(values, dtype=kind).reshape(-1, 2)
+
+        return column("accept", bool), column("cost_usd", float), column("asked_model", bool)
 
     async def _ask(self, todo: list[Key]) -> None:
-        chains = build_chains(self.cfg, RouterMetrics())
-        checker = gate(self.gate_name, {"config": self.cfg, "chains": chains})
         slots = asyncio.Semaphore(self.concurrency)
-        with tqdm(total=len(todo), desc=f"{self.gate_name} gate", unit="answer") as bar:
-            async def one(key: Key) -> None:
-                tier, query, answer = key
-                async with slots:
-                    self.verdicts[key] = await checker.judge(query, answer, tier=tier)
-                bar.update()
+        async with open_chains(self.cfg, RouterMetrics()) as chains:
+            checker = gate(self.gate_name, {"config": self.cfg, "chains": chains})
+            with tqdm(total=len(todo), desc=f"{self.gate_name} gate", unit="answer") as bar:
+                async def one(key: Key) -> None:
+                    tier, query, answer = key
+                    async with slots:
+                        self.verdicts[key] = await checker.judge(query, answer, tier=tier)
+                    bar.update()
 
-            try:
                 await asyncio.gather(*(one(k) for k in todo))
-            finally:
-                for chain in chains.values():
-                    await chain.aclose()
