@@ -38,11 +38,12 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     return tradeoff, facts if tradeoff != ALWAYS_TIER_3 else {"fallback": "no tradeoff met the bound: always tier 3"}
 
 
-def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.ndarray]], target: float,
+def cheapest_meeting(records: list[Record], candidates: Iterable[tuple], target: float,
                      fallback: Any, confidence: float = 0.95, window: int = WINDOW, resamples: int = 300,
                      seed: int = 0) -> tuple[Any, dict]:
-    """(setting, facts) of the cheapest (setting, tiers per record) candidate whose lower bootstrap bound
-    of quality vs frontier meets `target`; (`fallback`, why) when none does."""
+    """(setting, facts) of the cheapest candidate whose lower bootstrap bound of quality vs frontier meets
+    `target`; (`fallback`, why) when none does. A candidate is (setting, final tier per record), paying that
+    tier's cost, or (setting, final tier, paid per record) for a cascade, which pays every tier it tried."""
     check_measurable(records, "calibration records")
     ok, cost = arrays(records)
     rows = np.arange(len(records))
@@ -51,8 +52,8 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple[Any, np.n
     weights = poisson_weights(n, sample, resamples, seed)
     frontier = weights @ ok[:, 2]
     best, best_cost, best_facts = fallback, float("inf"), {}
-    for setting, tiers in candidates:
-        chosen_cost = cost[rows, tiers - 1].sum()
+    for setting, tiers, *paid in candidates:
+        chosen_cost = paid[0].sum() if paid else cost[rows, tiers - 1].sum()
         if chosen_cost >= best_cost:
             continue
         quality = resampled_quality_vs_frontier(weights, ok[rows, tiers - 1], frontier)

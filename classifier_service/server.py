@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 
 import grpc
@@ -57,7 +58,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         async with rpc_span(self.tracer, SERVICE, "Classify", context, log) as span:
             head = self._head(request.head)
             check_text(request.text, "text", self.cfg.max_text_bytes)
-            result = (await self._classify([request.text], head, span))[0]
+            result = (await self._classify([request.text], head, span, _tradeoff(request)))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
             span.set_attribute("tierwise.outside_support", result.outside_support)
@@ -75,7 +76,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
                 check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
-            results = await self._classify(texts, head, span)
+            results = await self._classify(texts, head, span, _tradeoff(request))
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
             span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
@@ -100,7 +101,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
     # -- the work -------------------------------------------------------------------------------
 
-    async def _classify(self, texts: list[str], head: TierHead, span) -> list[pb.ClassifyResponse]:
+    async def _classify(self, texts: list[str], head: TierHead, span,
+                        tradeoff: float | None = None) -> list[pb.ClassifyResponse]:
+        """`tradeoff`: decide at it instead of the head's (the cache holds the head's decisions)."""
         encoder = self._ready_encoder()
         version = f"{head.version}|{encoder.version}"
         keys = [self.cache.key(version, t) for t in texts]
@@ -128,10 +131,15 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                              embedded[row].truncated, float(margin[row]), bool(outside[row]))
                 self.cache.put(keys[i], cached[i])
         miss_set = set(misses)
+        if tradeoff is not None:
+            span.set_attribute("tierwise.tradeoff", tradeoff)
+            tiers = head.decide(np.array([c[1] for c in cached]), tradeoff, np.array([c[5] for c in cached]))
+            cached = [(int(tier), *rest) for tier, (_, *rest) in zip(tiers, cached)]
         return [
             pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
                                 encoder_version=encoder.version, confidence=probs[tier - 1],
-                                tradeoff=head.tradeoff, relative_cost=head.relative_cost, cache_hit=i not in miss_set,
+                                tradeoff=head.tradeoff if tradeoff is None else tradeoff,
+                                relative_cost=head.relative_cost, cache_hit=i not in miss_set,
                                 input_tokens=tokens, truncated=truncated, support_margin=margin,
                                 outside_support=outside)
             for i, (tier, probs, tokens, truncated, margin, outside) in enumerate(cached)
@@ -149,6 +157,15 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                            f"head: unknown head {name!r}; loaded heads: {', '.join(self.heads.names)}")
         return head
 
+
+
+def _tradeoff(request) -> float | None:
+    """The request's tradeoff, if it set one; INVALID_ARGUMENT unless it is finite and >= 0."""
+    if not request.HasField("tradeoff"):
+        return None
+    if not (math.isfinite(request.tradeoff) and request.tradeoff >= 0):
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"tradeoff: must be finite and >= 0, not {request.tradeoff}")
+    return request.tradeoff
 
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:

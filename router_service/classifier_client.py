@@ -19,7 +19,8 @@ class ClassifierClient:
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
         self._tracer = trace.get_tracer("tierwise.router")
 
-    async def classify(self, text: str, head: str = "", timeout_s: float | None = None) -> pb.ClassifyResponse:
+    async def classify(self, text: str, head: str = "", timeout_s: float | None = None,
+                       tradeoff: float | None = None) -> pb.ClassifyResponse:
         with self._tracer.start_as_current_span(
             "tierwise.v1.ClassifierService/Classify", kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
@@ -27,7 +28,7 @@ class ClassifierClient:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             try:
-                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head),
+                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head, tradeoff=tradeoff),
                                                  timeout=min(self.timeout_s, timeout_s or self.timeout_s),
                                                  metadata=tuple(carrier.items()))
             except grpc.aio.AioRpcError as err:

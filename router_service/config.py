@@ -6,6 +6,7 @@ Secrets never live in the file: a provider names the environment variable holdin
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -82,6 +83,14 @@ class CascadeConfig:
     verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", 1)
     verifier_timeout_ms: float = doc("budget for each verifier call; past it the answer is rejected and the cascade "
                                      "escalates", 5000.0)
+    start_tradeoff: float | None = doc("the embedding start decides at this tradeoff instead of its head's calibrated "
+                                       "one (null = the head's): with a verify gate restoring quality, the cascade "
+                                       "can start cheaper; `tierwise calibrate --config` chooses it with the bar", None)
+    verifier_bar: float = doc("the verify gate accepts an answer when the verifier's P(acceptable) is at least this "
+                              "(0..1); `tierwise calibrate --config` measures which bar meets a quality target", 0.5)
+    verifier_logprobs: int = doc("alternatives per token the verifier's provider is asked for (`top_logprobs`), from "
+                                 "which P(acceptable) is read; 0 = do not ask (for providers that refuse it): P is "
+                                 "then 1 or 0, the verdict itself", 5)
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,12 @@ def parse(raw: Any) -> RouterConfig:
                           f"not {cascade.verifier_tier}")
     if not cascade.verifier_timeout_ms > 0:
         raise ConfigError(f"cascade.verifier_timeout_ms: must be positive, not {cascade.verifier_timeout_ms}")
+    if cascade.start_tradeoff is not None and not (math.isfinite(cascade.start_tradeoff) and cascade.start_tradeoff >= 0):
+        raise ConfigError(f"cascade.start_tradeoff: must be null or a finite number >= 0, not {cascade.start_tradeoff}")
+    if not 0 <= cascade.verifier_bar <= 1:
+        raise ConfigError(f"cascade.verifier_bar: must be between 0 and 1, not {cascade.verifier_bar}")
+    if not 0 <= cascade.verifier_logprobs <= 20:  # OpenAI's top_logprobs allows 0..20
+        raise ConfigError(f"cascade.verifier_logprobs: must be between 0 and 20, not {cascade.verifier_logprobs}")
     shadow = ShadowConfig(**_section(top, "shadow", ShadowConfig))
     if not 0 <= shadow.share <= 1:
         raise ConfigError(f"shadow.share: must be between 0 and 1, not {shadow.share}")
@@ -258,6 +273,8 @@ def _section(doc: dict, key: str, cls) -> dict:
         default = getattr(defaults, name)
         if isinstance(default, str):
             out[name] = _str(value, f"{key}.{name}", required=bool(default))
+        elif default is None and value is None:  # an optional number left unset
+            out[name] = None
         else:
             out[name] = (_int if isinstance(default, int) else _number)(value, f"{key}.{name}")
     return out

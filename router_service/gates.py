@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
 from .providers import ProviderError
-from .replies import parse_json_field
+from .replies import parse_json_field, true_probability
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class Verdict:
     cost_usd: float = 0.0  # what reaching the verdict cost: a verifier model's call
     asked_model: bool = False  # a model was called for it (whether it answered or not)
     error: str = ""  # why the model asked could not rule, when it could not
+    # P(acceptable) as the verifier weighed it, compared with the gate's bar; None when the verdict is final
+    # whatever the bar (a text check, a failed call, no verdict).
+    score: float | None = None
 
 
 class QualityGate(ABC):
@@ -87,6 +90,9 @@ VERIFY = (
 class VerifierGate(SurfaceGate):
     """The surface checks, then a model reads the query and the answer and says whether it is acceptable.
 
+    The answer passes when P(acceptable) reaches the bar (`cascade.verifier_bar`). P is read from the log
+    probabilities of the verdict's token (p(true) / (p(true) + p(false))), so the bar trades quality for cost
+    like a threshold; a provider that sends none gives P = 1 or 0, the verdict itself (docs/decisions/0017).
     The verifier reads the answer and writes a few tokens; its call is paid for with the answer. By default
     tier 1's model verifies: at a stronger tier's prices, reading every answer costs more than it saves
     (docs/decisions/0016). A verifier that fails, times out or answers out of format rejects, so the
@@ -97,18 +103,23 @@ class VerifierGate(SurfaceGate):
     name = "verify"
     replayable = False
 
-    def __init__(self, chains: Mapping[int, Any], tiers: Mapping[int, Any], verifier_tier: int, timeout_s: float):
+    def __init__(self, chains: Mapping[int, Any], tiers: Mapping[int, Any], verifier_tier: int, timeout_s: float,
+                 bar: float = 0.5, top_logprobs: int = 5):
         self.chains = chains
         self.tiers = tiers
         self.verifier_tier = verifier_tier
         self.timeout_s = timeout_s
+        self.bar = bar
+        self.top_logprobs = top_logprobs
 
     @classmethod
     def build(cls, deps: Mapping[str, Any] | None) -> "VerifierGate":
         if not deps or "chains" not in deps:
             raise ValueError("the verify gate asks a model: it needs the router's provider chains")
         cfg = deps["config"]
-        return cls(deps["chains"], cfg.tiers, cfg.cascade.verifier_tier, cfg.cascade.verifier_timeout_ms / 1000)
+        c = cfg.cascade
+        return cls(deps["chains"], cfg.tiers, c.verifier_tier, c.verifier_timeout_ms / 1000, c.verifier_bar,
+                   c.verifier_logprobs)
 
     def verifier_for(self, tier: int) -> int:
         return self.verifier_tier or min(tier + 1, 3)
@@ -125,7 +136,8 @@ class VerifierGate(SurfaceGate):
                 [{"role": "system", "content": VERIFY},
                  {"role": "user", "content": f"User message:\n{query}\n\nProposed answer:\n{answer}"}],
                 max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline),
-                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(by, attempt, "verify")))
+                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(by, attempt, "verify")),
+                top_logprobs=self.top_logprobs or None)
         except ProviderError as err:
             return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True,
                            error=str(err)[:300])
@@ -135,8 +147,12 @@ class VerifierGate(SurfaceGate):
         except ValueError:
             return Verdict(False, f"verifier {reply.model} gave no verdict", cost, asked_model=True,
                            error=f"no verdict in {reply.content[:80]!r}")
-        return Verdict(acceptable, f"verifier {reply.model} judged it {'' if acceptable else 'not '}acceptable", cost,
-                       asked_model=True)
+        weighed = true_probability(reply.content, reply.tokens, "acceptable")
+        score = float(acceptable) if weighed is None else weighed
+        accept = score >= self.bar
+        return Verdict(accept, f"verifier {reply.model} rated it acceptable with p={score:.2f}, "
+                               f"{'at or above' if accept else 'below'} the bar {self.bar:g}", cost,
+                       asked_model=True, score=score)
 
 
 GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate, VerifierGate)}

@@ -23,6 +23,7 @@ import openai
 from openai import AsyncStream
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat.chat_completion import ChoiceLogprobs
 
 from .breaker import CircuitBreaker, StateListener
 from .retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
@@ -78,6 +79,9 @@ class Completion:
     usage_estimated: bool = False
     # Why the provider stopped: "stop", or "length" when the answer was cut off at max_tokens.
     finish_reason: str = "stop"
+    # With `top_logprobs` asked for: each generated token and its likeliest alternatives with their log
+    # probabilities, e.g. ((' true', ((' true', -0.1), (' false', -2.4))), ...); () when the provider sent none.
+    tokens: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,12 +193,12 @@ class Provider:
 
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
                        temperature: float | None = None, deadline: float | None = None,
-                       on_attempt: OnAttempt | None = None) -> Completion:
+                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
         attempts = _AttemptLog(on_attempt)
         client = self._admit(deadline, attempts)
         with _settling_breaker(self.breaker):
             completion, started = await self._with_retries(
-                lambda timeout: self._request(client, messages, max_tokens, temperature, timeout),
+                lambda timeout: self._request(client, messages, max_tokens, temperature, timeout, top_logprobs),
                 deadline, attempts)
             self.breaker.record_success()
             attempts.add(self._attempt(Outcome.OK, started))
@@ -311,14 +315,16 @@ class Provider:
         return Attempt(self.name, self.spec.model, outcome, latency_ms=latency_ms, **details)
 
     async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
-                       temperature: float | None, timeout: float) -> Completion:
+                       temperature: float | None, timeout: float, top_logprobs: int | None = None) -> Completion:
         response = await client.chat.completions.create(
             model=self.spec.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
-            temperature=_set_or_omit(temperature), timeout=timeout)
+            temperature=_set_or_omit(temperature), timeout=timeout,
+            logprobs=_set_or_omit(True if top_logprobs else None), top_logprobs=_set_or_omit(top_logprobs or None))
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
-        return _completion(self.spec, messages, choice.message.content or "", response.usage, choice.finish_reason)
+        completion = _completion(self.spec, messages, choice.message.content or "", response.usage, choice.finish_reason)
+        return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                            temperature: float | None, timeout: float) -> tuple[_LiveStream, str | None]:
@@ -407,12 +413,13 @@ class TierChain:
 
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
                        temperature: float | None = None, deadline: float | None = None,
-                       on_attempt: OnAttempt | None = None) -> Completion:
+                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
         attempts: list[Attempt] = []
         for provider in self.providers:
             try:
                 completion = await provider.complete(messages, max_tokens=max_tokens, temperature=temperature,
-                                                     deadline=deadline, on_attempt=on_attempt)
+                                                     deadline=deadline, on_attempt=on_attempt,
+                                                     top_logprobs=top_logprobs)
             except DeadlineExceeded:
                 raise DeadlineExceeded(attempts) from None
             except (ProviderNotConfigured, ProviderFailed) as exc:
@@ -465,6 +472,14 @@ def _completion(spec: ProviderSpec, messages: Messages, content: str, usage: Com
                           _estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
     return Completion(content, spec.name, spec.model, usage.prompt_tokens, usage.completion_tokens,
                       finish_reason=finish_reason)
+
+
+def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """The reply's tokens with their alternatives (the token itself among them), if the provider sent them."""
+    if logprobs is None or not logprobs.content:
+        return ()
+    return tuple((t.token, tuple((a.token, a.logprob) for a in t.top_logprobs or ()) or ((t.token, t.logprob),))
+                 for t in logprobs.content)
 
 
 def _prompt_text(messages: Messages) -> str:

@@ -39,19 +39,21 @@ the ones routed below tier 3, route the held-out part. Five draws per N.
 With --promotion: does `tierwise promote`'s rule keep bad heads out (decision 0015)? As --live-sample, but a
 random fifth of the N labels is held back as the check part, and promote's verdict (against the cold-start
 head) is printed beside the candidate's quality and savings on the file's held-out part.
-With --verifier: what the cascade's verify gate (decision 0016) would reach with a verifier of a given
-accuracy, on the held-out parts that carry responses (routerbench, zeroeval). The verifier is simulated:
-after the free surface checks, it accepts an acceptable answer with probability a and rejects an
-unacceptable one with probability a, errors drawn independently (a real verifier's errors are likely to
-cluster on hard queries, so these figures are optimistic at a given a). Its call reads the gate's prompt,
-the query and the answer (characters / 4 tokens) and writes 5 tokens, at the verifier model's prices:
-the data README's tier prices for zeroeval (its costs are estimated with them), list prices for
-routerbench's models (they reproduce its recorded MBPP costs; its ARC and Winogrande costs also hold the
-five worked examples the query omits). Two verifiers: tier 1's model (the default) and the tier above
-the answer's. The cascade starts at the per-lineup head's tier, over its tradeoff sweep, and also always
-at tier 1 (`cheapest+cascade`), whose one point is printed as quality vs frontier / savings.
+With --verifier: what the cascade's verify gate would reach with a verifier that ranks answers with a given
+AUC (decisions 0016, 0017), on the held-out parts that carry responses (routerbench, zeroeval). The
+verifier is simulated: after the free surface checks, it gives each answer a P(acceptable) from a binormal
+model with that AUC, errors drawn independently (a real verifier's errors are likely to cluster on hard
+queries, so these figures are optimistic at a given AUC), and the curve sweeps its bar as `eval` does. Its
+call reads the gate's prompt, the query and the answer (characters / 4 tokens) and writes 5 tokens, at the
+verifier model's prices: the data README's tier prices for zeroeval (its costs are estimated with them),
+list prices for routerbench's models (they reproduce its recorded MBPP costs; its ARC and Winogrande costs
+also hold the five worked examples the query omits). Two verifiers: tier 1's model (the default) and the
+tier above the answer's. The cascade starts at the per-lineup head's tier, over its tradeoff sweep, or
+always at tier 1 (`cheapest+cascade`). About 45 minutes.
+With --verifier-calibration: the same simulated verifier's bar and the head start's tradeoff calibrated
+together for 95% on the dev part (as `tierwise calibrate --config` does), scored on the held-out part.
 Usage: .venv/bin/python scripts/quality_probe.py [--calibration-check | --generalisation | --whole-file |
-       --learning-curve | --other-signals | --live-sample | --promotion | --verifier]
+       --learning-curve | --other-signals | --live-sample | --promotion | --verifier | --verifier-calibration]
 """
 from __future__ import annotations
 
@@ -319,25 +321,33 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
 
 
 class SimulatedVerifier:
-    """Stands in for tierwise.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier
-    right with probability `accuracy`, its call priced as the docstring above says."""
+    """Stands in for tierwise.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier whose
+    P(acceptable) ranks an acceptable answer above an unacceptable one with probability `auc` (a binormal
+    score with independent errors), its call priced as the docstring above says."""
 
-    def __init__(self, accuracy: float, tier_above: bool, seed: int = 0, free: bool = False):
-        self.accuracy = accuracy
+    def __init__(self, auc: float, tier_above: bool, seed: int = 0, free: bool = False):
+        self.auc = auc
         self.tier_above = tier_above
         self.rng = np.random.default_rng(seed)
         self.free = free
 
     def judge(self, records):
+        from scipy.stats import norm
+
         from router_service.gates import SurfaceGate
 
         surface = SurfaceGate()
-        ok = arrays(records)[0]
+        ok = arrays(records)[0][:, :2]
         passed = np.array([[surface.check(r.query, r.responses[t]).accept for t in (0, 1)] for r in records])
-        right = self.rng.random(passed.shape) < self.accuracy
-        accepts = passed & (right == ok[:, :2])
+        noise = self.rng.standard_normal(ok.shape)
+        if self.auc >= 1:  # perfectly ranked; ties within each kind broken at random
+            score = np.where(ok, 0.75, 0.0) + 0.25 * norm.cdf(noise)
+        else:
+            separation = np.sqrt(2) * norm.ppf(self.auc)
+            score = norm.cdf(separation * (ok - 0.5) + noise)
+        score = np.where(passed, score, np.nan)
         cost = np.array([reading_cost(r, self.tier_above) for r in records])
-        return accepts, np.where(passed & ~self.free, cost, 0.0), passed
+        return passed & (score >= 0.5), score, np.where(passed & ~self.free, cost, 0.0), passed
 
 
 # $ per 1M input / output tokens of each tier's model.
@@ -373,25 +383,50 @@ def verifier(records, x, ok, source, dev) -> None:
         def from_tier_1(replayable):
             return evaluate.baseline("always-1", replayable)
 
-        ceiling = evaluate.cascade(test, from_tier_1, "verify", live=SimulatedVerifier(1.0, False, free=True))
-        ceiling = ceiling.result(0.95)["operating_point"]
+        def at_95(start, verifier) -> float:
+            found = evaluate.cascade(test, start, "verify", live=verifier).result(0.95)["curve"]["savings_at_quality"]
+            return np.nan if found["0.95"] is None else found["0.95"]
+
         print(f"{name} (n={len(idx)} held out): the head alone, savings@90/95/99 {curve(test, [o.tiers for o in sweep])}; "
-              f"a perfect verifier that costs nothing, from tier 1: quality vs frontier/savings "
-              f"{ceiling['quality_vs_frontier']:.3f}/{ceiling['cost_savings']:.0%}; the oracle router "
-              f"{op(test, np.array([r.oracle_tier for r in test]), 0)}")
-        for accuracy in (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6):
+              f"a perfect verifier that costs nothing, from tier 1, savings@95 "
+              f"{at_95(from_tier_1, SimulatedVerifier(1.0, False, free=True)):.0%}; the oracle router "
+              f"{op(test, np.array([r.oracle_tier for r in test]), 0)}", flush=True)
+        for auc in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0):
+            cells = {label: np.median([at_95(start, SimulatedVerifier(auc, above, seed)) for seed in range(5)])
+                     for label, start, above in (("tier 1 verifies, head start", from_head, False),
+                                                 ("tier 1 verifies, from tier 1", from_tier_1, False),
+                                                 ("tier above verifies, head start", from_head, True))}
+            print(f"  AUC {auc:g}, savings@95 (median of 5 draws): "
+                  + "; ".join(f"{label} {v:.0%}" for label, v in cells.items()), flush=True)
+
+
+def verifier_calibration(records, x, ok, source, dev) -> None:
+    """The verifier's bar and the head start's tradeoff calibrated together for 95% on the dev part (out-of-fold
+    head probabilities, a simulated verifier's scores), as `calibrate --config` does, then scored on the held-out
+    part with the same kind of verifier (fresh draws). Without the support check, as calibration runs."""
+    from tierwise import evaluate
+
+    for name in ("routerbench", "zeroeval"):
+        part, held = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
+        dev_records, test = [records[i] for i in part], [records[i] for i in held]
+        cost = relative_cost(dev_records)
+        oof = out_of_fold(x[part], ok[part], 0.5, 0)
+        own = success(x[held], *fit(x[part], ok[part], 0.5))
+        alone = decide(own, cost, calibrate(dev_records, oof, cost, 0.95)[0])
+        print(f"{name}: the head alone, calibrated on dev, held out: {op(test, alone)}", flush=True)
+        for auc in (0.75, 0.8, 0.85, 0.9):
             cells = []
-            for tier_above in (False, True):
-                runs = [evaluate.cascade(test, from_head, "verify", live=SimulatedVerifier(accuracy, tier_above, seed))
-                        .result(0.95)["curve"]["savings_at_quality"] for seed in range(5)]
-                figures = "/".join(f"{np.median([np.nan if r[q] is None else r[q] for r in runs]):.0%}"
-                                   for q in ("0.9", "0.95", "0.99"))
-                points = [evaluate.cascade(test, from_tier_1, "verify", live=SimulatedVerifier(accuracy, tier_above, seed))
-                          .result(0.95)["operating_point"] for seed in range(5)]
-                always_1 = "{:.3f}/{:.0%}".format(*np.median([[p["quality_vs_frontier"], p["cost_savings"]]
-                                                               for p in points], axis=0))
-                cells.append(f"{'tier above' if tier_above else 'tier 1'} verifies: {figures}, from tier 1 {always_1}")
-            print(f"  a={accuracy:g}: {'; '.join(cells)} (median of 5 draws)", flush=True)
+            for seed in range(5):
+                tuning = evaluate.gated(dev_records, "verify", SimulatedVerifier(auc, False, seed))
+                scoring = evaluate.gated(test, "verify", SimulatedVerifier(auc, False, seed + 100))
+                assert len(tuning.records) == len(part) and len(scoring.records) == len(held), "all carry answers"
+                candidates = [((t, bar), o.tiers, o.paid) for t in TRADEOFFS for bar in evaluate.bars(tuning.scores)
+                              for o in [tuning.run(decide(oof, cost, t), bar)]]
+                (t, bar), _ = cheapest_meeting(dev_records, candidates, 0.95, (ALWAYS_TIER_3, np.inf))
+                out = scoring.run(decide(own, cost, t), bar)
+                m = routing_metrics(test, out.tiers, out.paid)
+                cells.append(f"{m['quality_vs_frontier']:.3f}/{m['cost_savings']:.0%}")
+            print(f"  AUC {auc:g}, held-out quality vs frontier/savings per draw: {', '.join(cells)}", flush=True)
 
 
 def main() -> None:
@@ -415,6 +450,8 @@ def main() -> None:
         return live_sample(records, x, ok, source, dev)
     if "--promotion" in sys.argv:
         return promotion(records, x, ok, source, dev)
+    if "--verifier-calibration" in sys.argv:
+        return verifier_calibration(records, x, ok, source, dev)
     if "--verifier" in sys.argv:
         return verifier(records, x, ok, source, dev)
     oracle = np.array([r.oracle_tier for r in records])

@@ -6,7 +6,9 @@ produced them ("answer from <model>: <n> words"), so a test can tell which provi
 
 Faults are scripted per model: `script(model, *faults)` queues faults consumed one per request (FIFO);
 `set_persistent(model, fault)` applies one to every request once the queue is empty. `set_reply(model,
-text)` replaces a model's answer (e.g. a judge's verdict); `reset()` forgets all of that. An answer longer
+text)` replaces a model's answer (e.g. a judge's verdict); `set_alternatives(model, {token: logprob}, when=text)`
+scripts the log probabilities sent with `logprobs: true` (for requests whose last message holds `text`; every
+other token is certain); `reset()` forgets all of that. An answer longer
 than the request's `max_tokens` is cut there with finish_reason "length", as real providers do. Every request is
 recorded (model, stream flag, headers, body, fault applied) so tests can assert none was lost or repeated.
 Every wait inside the double is bounded and released at once when the double shuts down.
@@ -14,6 +16,7 @@ Every wait inside the double is bounded and released at once when the double shu
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections import defaultdict, deque
@@ -119,6 +122,7 @@ class _Script:
     queued: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     persistent: dict[str, Fault] = field(default_factory=dict)
     replies: dict[str, str] = field(default_factory=dict)
+    alternatives: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=lambda: defaultdict(list))
 
     def next_fault(self, model: str) -> Fault | None:
         queue = self.queued.get(model)
@@ -163,6 +167,13 @@ class ProviderDouble:
                 self._script.replies.pop(model, None)
             else:
                 self._script.replies[model] = content
+
+    def set_alternatives(self, model: str, logprobs: dict[str, float], when: str = "") -> None:
+        """With `logprobs: true`, a generated token found in `logprobs` gets these alternatives, likeliest
+        first, and its own log probability from them; e.g. {" true": -0.2, " false": -1.7}. With `when`, only
+        in replies to requests whose last message contains it; the first rule set that matches applies."""
+        with self._lock:
+            self._script.alternatives[model].append((when, dict(logprobs)))
 
     def reset(self) -> None:
         """Forget scripted faults, replies and recorded requests (for a double shared across tests)."""
@@ -211,6 +222,12 @@ class ProviderDouble:
         with self._lock:
             reply = self._script.replies.get(model)
         return reply if reply is not None else answer_for(model, messages)
+
+    def _alternatives(self, model: str, messages: list[dict[str, Any]]) -> dict[str, float]:
+        last = str(messages[-1].get("content", "")) if messages else ""
+        with self._lock:
+            rules = list(self._script.alternatives.get(model, ()))
+        return next((logprobs for when, logprobs in rules if when in last), {})
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to `seconds` (never past MAX_WAIT_S); False if the double shut down meanwhile."""
@@ -282,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._send_stream(body, answer, fault, finish_reason)
         else:
-            self._send_json(200, _completion(body, answer, finish_reason))
+            alternatives = self.double._alternatives(body["model"], body["messages"]) if body.get("logprobs") else None
+            self._send_json(200, _completion(body, answer, finish_reason, alternatives))
 
     def _apply_fault_before_answer(self, fault: Fault) -> bool:
         """Play the fault; True if a normal answer should follow."""
@@ -375,13 +393,24 @@ def _within_max_tokens(answer: str, body: dict[str, Any]) -> tuple[str, str]:
     return answer, "stop"
 
 
-def _completion(body: dict[str, Any], answer: str, finish_reason: str = "stop") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
-        "choices": [{"index": 0, "finish_reason": finish_reason,
-                     "message": {"role": "assistant", "content": answer}}],
-        "usage": _usage(body, answer),
-    }
+def _completion(body: dict[str, Any], answer: str, finish_reason: str = "stop",
+                alternatives: dict[str, float] | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": answer}}
+    if alternatives is not None:
+        choice["logprobs"] = {"content": [_token(t, alternatives, int(body.get("top_logprobs") or 0))
+                                          for t in _TOKEN.findall(answer)]}
+    return {"id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [choice], "usage": _usage(body, answer)}
+
+
+_TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")  # word-like pieces, a leading space kept, as BPE vocabularies do
+
+
+def _token(text: str, alternatives: dict[str, float], top: int) -> dict[str, Any]:
+    """One generated token in the OpenAI logprobs shape: certain, unless the script gives it alternatives."""
+    ranked = sorted(alternatives.items(), key=lambda kv: -kv[1]) if text in alternatives else [(text, 0.0)]
+    entry = lambda token, logprob: {"token": token, "logprob": logprob, "bytes": list(token.encode())}  # noqa: E731
+    return {**entry(text, dict(ranked)[text]), "top_logprobs": [entry(t, lp) for t, lp in ranked[:top]]}
 
 
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:

@@ -75,6 +75,23 @@ def test_repeat_is_a_cache_hit_with_the_same_answer(stub):
     assert again.tier == first.tier and list(again.probabilities) == list(first.probabilities)
 
 
+def test_a_requested_tradeoff_decides_instead_of_the_heads_even_from_the_cache(stub):
+    """A cascade's start (cascade.start_tradeoff) asks for a cheaper decision than the head's calibrated one."""
+    text = "What is the capital of Spain, and why is it there?"
+    own = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+    cheap = stub.Classify(pb.ClassifyRequest(text=text, tradeoff=100.0), timeout=10)
+    best = stub.Classify(pb.ClassifyRequest(text=text, tradeoff=0.0), timeout=10)
+    assert cheap.cache_hit and best.cache_hit and list(cheap.probabilities) == list(own.probabilities)
+    assert (cheap.tier, cheap.tradeoff) == (1, 100.0), "at a high price of cost, tier 1"
+    assert best.tier == 1 + list(best.probabilities).index(max(best.probabilities)) and best.tradeoff == 0.0
+    assert own.tradeoff not in (0.0, 100.0) and not own.cache_hit and not own.outside_support
+    [batched] = stub.ClassifyBatch(pb.ClassifyBatchRequest(texts=[text], tradeoff=100.0), timeout=10).results
+    assert (batched.tier, batched.tradeoff) == (1, 100.0)
+    unlike = stub.Classify(pb.ClassifyRequest(text="Prove that there are infinitely many primes. #tradeoff-test",
+                                              tradeoff=100.0), timeout=10)
+    assert unlike.outside_support and unlike.tier == 3, "the support check still sends what the head never saw to tier 3"
+
+
 def test_long_text_is_truncated_by_tokens_not_rejected(stub):
     reply = stub.Classify(pb.ClassifyRequest(text="explain recursion " * 1000), timeout=20)
     assert reply.truncated and reply.input_tokens == 256
@@ -85,6 +102,8 @@ def test_long_text_is_truncated_by_tokens_not_rejected(stub):
     (pb.ClassifyRequest(text=" \n\t "), "text"),
     (pb.ClassifyRequest(text="x" * (32 * 1024 + 1)), "text"),
     (pb.ClassifyRequest(text="fine", head="no-such-head"), "head"),
+    (pb.ClassifyRequest(text="fine", tradeoff=-0.5), "tradeoff"),
+    (pb.ClassifyRequest(text="fine", tradeoff=float("nan")), "tradeoff"),
 ])
 def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -98,6 +117,7 @@ def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_,
     (pb.ClassifyBatchRequest(texts=["ok"] * 257), "texts"),
     (pb.ClassifyBatchRequest(texts=["ok", "  "]), "texts[1]"),
     (pb.ClassifyBatchRequest(texts=["ok"], head="nope"), "head"),
+    (pb.ClassifyBatchRequest(texts=["ok"], tradeoff=float("inf")), "tradeoff"),
 ])
 def test_bad_batch_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:

@@ -3,6 +3,8 @@ calibration that meets its target on new data drawn from known probabilities."""
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +56,51 @@ def test_composed_cascade_starts_at_each_tier_the_start_strategy_chose():
     assert replay.operating_point.tiers.tolist() == [2, 2, 3] and replay.operating_point.paid.tolist() == [10, 11, 100]
     assert [o.tiers.tolist() for o in replay.sweep] == [[1, 2, 3]] and replay.sweep[0].paid.tolist() == [1, 11, 111]
     assert replay.name == "x+cascade" and replay.latency_ms >= 5.0 and replay.detail == {"heads": "h"}
+
+
+class ScriptedVerifier:
+    """Stands in for tierwise.live_gate.LiveGate (whose provider is the only thing replaced): fixed P(acceptable)
+    per answer, NaN where the verdict is final (failed on its face), 0.5 as the configured bar, 2 per call."""
+
+    def __init__(self, scores):
+        self.scores = np.array(scores, dtype=float)
+
+    def judge(self, records):
+        asked = ~np.isnan(self.scores)
+        return np.where(asked, self.scores >= 0.5, False), self.scores, np.where(asked, 2.0, 0.0), asked
+
+
+def test_a_scoring_verifier_is_swept_over_its_bar_and_its_ranking_measured():
+    records = fixture_records()[:3]
+    # Tier 1 answers: "Four." (acceptable) 0.9; the refusal and "" fail on their face. Tier 2: "4" (acceptable)
+    # 0.4, "It is 4." (acceptable) 0.6, "I am not sure." fails on its face.
+    verifier = ScriptedVerifier([[0.9, 0.4], [np.nan, 0.6], [np.nan, np.nan]])
+    replay = evaluate.cascade(records, tier_1_first, "verify", live=verifier)
+    # At the configured bar (0.5): record 0 accepted at tier 1 (1 + 2); record 1: refusal -> tier 2, 0.6 passes
+    # (1 + 10 + 2); record 2 -> tier 3 with no verdict bought (111).
+    assert replay.operating_point.tiers.tolist() == [1, 2, 3] and replay.operating_point.paid.tolist() == [3, 13, 111]
+    swept = {(tuple(o.tiers.tolist()), tuple(o.paid.tolist())) for o in replay.sweep}
+    # A bar above 0.9 rejects every scored answer: record 0 climbs 1 -> 2 -> 3 paying two verdicts.
+    assert ((3, 3, 3), (1 + 2 + 10 + 2 + 100, 1 + 10 + 2 + 100, 111)) in swept
+    # A bar in (0.6, 0.9] passes "Four." but not "It is 4.".
+    assert ((1, 3, 3), (3, 113, 111)) in swept
+    assert replay.detail["verifier"] == {"asked": 3, "agreement": 0.6667, "passed_unacceptable": None,
+                                         "rejected_acceptable": 0.3333, "auc": None}
+
+
+def test_verifier_auc_ranks_its_scores_against_the_labels():
+    acceptable = np.array([[True, False], [False, True]])
+    scores = np.array([[0.9, 0.2], [0.4, np.nan]])  # the NaN one was never scored
+    asked = np.array([[True, True], [True, False]])
+    figures = evaluate.verifier_agreement(scores >= 0.5, asked, acceptable, scores)
+    assert figures["auc"] == 1.0 and figures["asked"] == 3 and figures["agreement"] == 1.0
+    assert evaluate.verifier_agreement(scores < 0.5, asked, acceptable, 1 - scores)["auc"] == 0.0
+
+
+def test_bars_lie_between_the_scores_and_above_them_all():
+    assert evaluate.bars(np.array([[np.nan, np.nan]])) == []
+    swept = evaluate.bars(np.array([[0.2, np.nan], [0.8, 0.5]]), steps=2)
+    assert swept == [0.2, 0.5, 0.8, np.inf]
 
 
 def test_baselines_match_their_definitions():
@@ -188,7 +235,7 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     assert result["n"] == 3 and result["not_replayable"] == 1 and result["operating_point"]["tier_mix"] == [1 / 3, 0, 2 / 3]
     # asked: "Four." (acceptable, passed), "4" (acceptable, rejected), "It is 4." (acceptable, rejected)
     assert result["verifier"] == {"asked": 3, "agreement": 0.3333, "passed_unacceptable": None,
-                                  "rejected_acceptable": 0.6667}
+                                  "rejected_acceptable": 0.6667, "auc": None}  # every answer asked was acceptable
     prices = {"t2-a": (3.0, 15.0, '{"acceptable": true}'), "t3-a": (15.0, 75.0, '{"acceptable": false}')}
     cost = {}  # what each verifier call cost, by the answer it judged
     for call in calls:
@@ -209,6 +256,71 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     out, err = capsys.readouterr()
     assert json.loads(out)["operating_point"]["tier_mix"] == [0, 0, 1]
     assert "could not rule on 3 answers, counted as rejected" in err and KEY_ENV in err
+
+
+@pytest.fixture
+def scored_by_tier_1(tmp_path, monkeypatch):
+    """100 labelled records and a config whose tier 1 model verifies (the provider test double): it rates tier 1's
+    right answers (3 in 5) p = 0.8, its wrong ones 0.3, and tier 2's (always right) 0.9. Yields
+    (data, write_config(**cascade) -> config path, the double)."""
+    import yaml
+
+    from .provider_double import ProviderDouble
+    from .servers import KEY_ENV, router_config
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    answers = lambda i: (f"RIGHT {i}" if i % 5 < 3 else f"WRONG {i}", f"TIER2 {i}", "t3")  # noqa: E731
+    # A query inside the default head's support, so that its tradeoff decides (decision 0008).
+    records = [record(i, (float(i % 5 < 3), 1, 1), answers(i), "What is the capital of Spain, and why is it there?")
+               for i in range(100)]
+    data = write_records(tmp_path / "labelled.jsonl", records)
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"acceptable": true}')
+        for when, p in (("RIGHT", 0.8), ("WRONG", 0.3), ("TIER2", 0.9)):
+            double.set_alternatives("t1-a", {" true": math.log(p), " false": math.log(1 - p)}, when=when)
+
+        def write_config(**cascade):
+            path = tmp_path / "tierwise.yaml"
+            path.write_text(yaml.safe_dump(router_config(double.base_url, cascade={"gate": "verify", **cascade})))
+            return path
+
+        yield data, write_config, double
+
+
+def test_calibrate_with_a_router_config_finds_the_cheapest_verifier_bar_that_meets_the_target(scored_by_tier_1, capsys):
+    """From tier 1 (`cheapest`): accepting everything keeps 60% of the quality; a bar of 0.8 keeps all of it at
+    the least cost; 0.9 would send every query to tier 2."""
+    data, write_config, double = scored_by_tier_1
+    config = write_config(start="cheapest")
+    assert main(["calibrate", "--config", str(config), "--data", str(data), "--include-held-out"]) == 0
+    assert len(double.requests_for("t1-a")) == 200, "each tier 1 and 2 answer judged once"
+    out, err = capsys.readouterr()
+    assert "cascade.verifier_bar: 0.8 meet 0.95" in out and "start_tradeoff" not in out
+    assert "quality_vs_frontier=1.0000" in out and "'auc': 1.0" in out and "verify gate: 200 verifier calls" in err
+    assert main(["calibrate", "--config", str(write_config(gate="surface")), "--data", str(data)]) == 2
+    assert "cascade.gate 'surface' has no bar to calibrate" in capsys.readouterr().err
+
+
+def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_replays_them(scored_by_tier_1, capsys):
+    """From the embedding head, calibration picks the tradeoff and the bar together. Every record has the same
+    query, so the head sends all of them to one tier; tier 1 with the bar at 0.8 is the cheapest way to hold the
+    target, as from `cheapest`. `eval --config` with both settings gives the same operating point."""
+    import yaml
+
+    data, write_config, _ = scored_by_tier_1
+    config = write_config(start="embedding")
+    assert main(["calibrate", "--config", str(config), "--data", str(data), "--include-held-out"]) == 0
+    out = capsys.readouterr().out
+    chosen = re.search(r"cascade.verifier_bar: ([0-9.e+-]+), cascade.start_tradeoff: ([0-9.e+-]+) meet", out)
+    assert chosen and float(chosen.group(1)) == 0.8, out
+    savings = float(re.search(r"cost_savings=([0-9.]+)", out).group(1))
+    doc = yaml.safe_load(config.read_text())
+    doc["cascade"].update(verifier_bar=float(chosen.group(1)), start_tradeoff=float(chosen.group(2)))
+    config.write_text(yaml.safe_dump(doc))
+    assert main(["eval", "--config", str(config), "--data", str(data), "--strategy", "cascade", "--json"]) == 0
+    op = json.loads(capsys.readouterr().out)["operating_point"]
+    assert op["tier_mix"][0] == pytest.approx(0.6) and op["quality_vs_frontier"] == 1.0
+    assert op["cost_savings"] == pytest.approx(savings, abs=1e-4)
 
 
 def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):

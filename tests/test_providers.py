@@ -124,6 +124,21 @@ def test_an_answer_cut_off_at_max_tokens_says_so_whole_or_streamed(double, sleep
     assert whole.finish_reason == streamed.finish_reason == "length"
 
 
+def test_token_log_probabilities_come_back_only_when_asked_for(double, sleeps):
+    """The verify gate reads how sure its verifier was from these (router_service/replies.py)."""
+    double.set_reply("model-a", '{"acceptable": true}')
+    double.set_alternatives("model-a", {" true": -0.25, " false": -1.5, " maybe": -4.0})
+    chain = TierChain([make_provider(double.base_url, "a", sleeps)])
+    asked = run(chain.complete(MESSAGES, top_logprobs=2), chain)
+    plain = run(chain.complete(MESSAGES), chain)
+    assert "".join(token for token, _ in asked.tokens) == asked.content == plain.content
+    assert dict(asked.tokens)[" true"] == ((" true", -0.25), (" false", -1.5)), "the two likeliest, as asked"
+    assert dict(asked.tokens)["acceptable"] == (("acceptable", 0.0),)
+    assert plain.tokens == ()
+    first, second = (r.body for r in double.requests_for("model-a"))
+    assert (first["logprobs"], first["top_logprobs"]) == (True, 2) and "logprobs" not in second
+
+
 def test_server_error_is_retried_once_then_succeeds(double, sleeps):
     double.script("model-a", Fault.http_error(500))
     provider = make_provider(double.base_url, "a", sleeps)

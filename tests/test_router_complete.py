@@ -3,6 +3,7 @@ by the OpenAI-compatible test double (tests/provider_double.py) on 127.0.0.1 wit
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import time
@@ -134,10 +135,10 @@ def test_cascade_gate_escalates_an_answer_cut_off_at_max_tokens(fresh, double):
 @pytest.fixture
 def verifying(double, classifier, tmp_path):
     """Asks "What is 17 times 23?" of a router of its own whose `cheapest+cascade` runs the verify gate, and
-    returns the reply. Tier 3 verifies unless a test says otherwise."""
-    def complete(verifier_tier: int = 3) -> pb.CompleteResponse:
+    returns the reply. Tier 3 verifies unless a test says otherwise; `settings` override the cascade section."""
+    def complete(verifier_tier: int = 3, **settings) -> pb.CompleteResponse:
         cascade = {"start": "cheapest", "gate": "verify", "max_tier": 3, "verifier_tier": verifier_tier,
-                   "verifier_timeout_ms": 3000}
+                   "verifier_timeout_ms": 3000, **settings}
         with running_router(router_config(double.base_url, cascade=cascade), classifier.address, tmp_path,
                             env={KEY_ENV: "test-key"}) as router, grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -169,9 +170,31 @@ def test_verify_gate_escalates_what_its_verifier_rejects(verifying, double):
     double.set_reply("t3-a", '{"acceptable": false}')
     reply = verifying()
     assert (reply.tier, reply.escalations) == (3, 2)
-    assert gate_rejections(reply) == [(1, "verifier t3-a judged it not acceptable"),
-                                      (2, "verifier t3-a judged it not acceptable")]
+    assert gate_rejections(reply) == [(1, "verifier t3-a rated it acceptable with p=0.00, below the bar 0.5"),
+                                      (2, "verifier t3-a rated it acceptable with p=0.00, below the bar 0.5")]
     assert len(verifier_calls(double, "t3-a")) == 2, "tier 3's answer is the last word: nobody verifies it"
+
+
+@pytest.mark.parametrize("bar, tier", [(0.6, 1), (0.8, 3)])
+def test_verify_gate_weighs_the_verdicts_log_probabilities_against_its_bar(verifying, double, bar, tier):
+    """The verifier says true, but only at p = 0.7 / (0.7 + 0.2): the bar decides, not the word."""
+    double.set_reply("t3-a", '{"acceptable": true}')
+    double.set_alternatives("t3-a", {" true": math.log(0.7), " false": math.log(0.2), " maybe": math.log(0.1)})
+    reply = verifying(verifier_bar=bar)
+    assert reply.tier == tier
+    calls = verifier_calls(double, "t3-a")
+    assert calls and all(c["logprobs"] is True and c["top_logprobs"] == 5 for c in calls)
+    if tier == 3:
+        assert gate_rejections(reply)[0] == (1, "verifier t3-a rated it acceptable with p=0.78, below the bar 0.8")
+
+
+def test_verify_gate_asks_for_no_log_probabilities_when_told_not_to(verifying, double):
+    double.set_reply("t3-a", '{"acceptable": true}')
+    double.set_alternatives("t3-a", {" true": math.log(0.7), " false": math.log(0.3)})
+    reply = verifying(verifier_bar=0.9, verifier_logprobs=0)
+    assert reply.tier == 1, "without log probabilities P is the verdict itself: 1"
+    [call] = verifier_calls(double, "t3-a")
+    assert "logprobs" not in call and "top_logprobs" not in call
 
 
 def test_verify_gate_rejects_when_its_verifier_fails_or_gives_no_verdict(verifying, double):

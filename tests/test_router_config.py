@@ -51,6 +51,11 @@ def broken(path: str, value) -> dict:
     ("cascade.gate", "vibes", "cascade.gate: unknown gate 'vibes'; available: heuristic, surface, verify"),
     ("cascade.verifier_tier", 4, "cascade.verifier_tier: must be 0 (the tier above the answer's), 1, 2 or 3"),
     ("cascade.verifier_timeout_ms", 0, "cascade.verifier_timeout_ms: must be positive"),
+    ("cascade.verifier_bar", 1.5, "cascade.verifier_bar: must be between 0 and 1"),
+    ("cascade.verifier_logprobs", 21, "cascade.verifier_logprobs: must be between 0 and 20"),
+    ("cascade.verifier_logprobs", 0.5, "cascade.verifier_logprobs: expected an integer"),
+    ("cascade.start_tradeoff", -0.1, "cascade.start_tradeoff: must be null or a finite number >= 0"),
+    ("cascade.start_tradeoff", float("inf"), "cascade.start_tradeoff: must be null or a finite number >= 0"),
     ("telemetry.record_content", "yes", "telemetry.record_content: expected true or false"),
     ("surprise", 1, "surprise: unknown key"),
 ])

@@ -93,6 +93,20 @@ def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
         classifier.stop()
 
 
+def test_a_cascade_with_a_start_tradeoff_starts_where_the_head_decides_at_it(services, tmp_path):
+    """cascade.start_tradeoff reaches the classifier: at a high price of cost the embedding start picks tier 1,
+    while the plain embedding strategy keeps the head's calibrated tradeoff."""
+    doc = example_config()
+    doc["cascade"] = {**doc.get("cascade", {}), "start": "embedding", "start_tradeoff": 100.0}
+    query = "What is the capital of Spain, and why is it there?"
+    with running_router(doc, services[0].address, tmp_path) as router, grpc.insecure_channel(router.address) as channel:
+        route = router_pb2_grpc.RouterServiceStub(channel).Route
+        started = route(pb.RouteRequest(query=query, strategy="cascade"), timeout=5)
+        plain = route(pb.RouteRequest(query=query, strategy="embedding"), timeout=5)
+    assert started.tier == 1 and tuple(started.thresholds) == (100.0,) and "less 100 x relative cost" in started.reason
+    assert plain.thresholds[0] != 100.0 and list(plain.probabilities) == list(started.probabilities)
+
+
 def test_router_health_and_reflection(services):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase

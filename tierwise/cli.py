@@ -81,7 +81,8 @@ def _cascade_setup(args: argparse.Namespace) -> None:
         args.live_gate = LiveGate(args.router, name, args.concurrency)
 
 
-def _replay(name: str, records, args: argparse.Namespace):
+def _replay(name: str, records, args: argparse.Namespace, tradeoff: float | None = None):
+    """`name` replayed on `records`; `tradeoff`: the embedding head's operating point, if not its calibrated one."""
     from router_service.config import CascadeConfig
 
     from . import evaluate
@@ -93,16 +94,26 @@ def _replay(name: str, records, args: argparse.Namespace):
     if name == evaluate.AS_ROUTED:
         return evaluate.as_routed(records)
     if name == "embedding":
-        return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head)
+        return evaluate.embedding(records, args.target_quality, ROOT / "build" / "encoder", args.heads_dir, args.head,
+                                  tradeoff=tradeoff)
     if name == "cascade" or name.endswith("+cascade"):
         # As the router runs them: plain `cascade` starts where `cascade.start` says; the gate is `cascade.gate`.
         defaults = args.router.cascade if args.router else CascadeConfig()
         first = name.removesuffix("cascade").removesuffix("+") or defaults.start
         if first not in ("heuristic", "embedding", "cheapest"):
             raise KeyError(f"cascade.start: {first!r} cannot be replayed offline; heuristic, embedding and cheapest can")
-        return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args),
+        return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args, defaults.start_tradeoff),
                                 args.gate or defaults.gate, name, args.live_gate)
     return getattr(evaluate, name)(records)
+
+
+def _spent(live) -> None:
+    """What a live gate's verifier calls cost, and the answers it could not rule on, on stderr."""
+    print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
+          "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
+    if live.errors:
+        print(f"{live.gate_name} gate: the verifier could not rule on {len(live.errors)} answers, counted as "
+              f"rejected (first: {live.errors[0]})", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -135,12 +146,7 @@ def _eval(args: argparse.Namespace) -> int:
                                 for name in known if live or name != evaluate.AS_ROUTED}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
     if args.live_gate is not None:
-        live = args.live_gate
-        print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
-              "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
-        if live.errors:
-            print(f"{live.gate_name} gate: the verifier could not rule on {len(live.errors)} answers, counted as "
-                  f"rejected (first: {live.errors[0]})", file=sys.stderr)
+        _spent(args.live_gate)
     if args.json:
         if result["curve"] is not None:
             result["curve"].pop("points")
@@ -165,6 +171,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
+    if args.config:
+        return _calibrate_cascade(args)
+
     from classifier_service.calibration import calibrate
     from classifier_service.encoder import Encoder
     from classifier_service.heads import HeadRegistry
@@ -188,6 +197,54 @@ def _calibrate(args: argparse.Namespace) -> int:
     ).versioned(time.strftime("%Y-%m-%d"))
     updated.publish(args.heads_dir / head.name)
     print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); version {updated.version}")
+    return 0
+
+
+def _calibrate_cascade(args: argparse.Namespace) -> int:
+    """The cheapest verifier bar, and for an embedding start the tradeoff it starts at, with which the config's
+    cascade meets the target under the same confidence bound as a head's tradeoff (docs/decisions/0017)."""
+    from classifier_service.calibration import TRADEOFFS, cheapest_meeting
+    from router_service.config import ConfigError
+
+    from . import evaluate
+
+    records = _records(_data_paths(args, "calibrate"), "all" if args.include_held_out else "dev")
+    check_measurable(records, "calibration records")
+    args.gate = ""  # the config's
+    try:
+        _cascade_setup(args)
+    except ConfigError as err:
+        print(f"tierwise calibrate: --config: {err}", file=sys.stderr)
+        return 2
+    cascade = args.router.cascade
+    if args.live_gate is None:
+        print(f"tierwise calibrate: --config: cascade.gate {cascade.gate!r} has no bar to calibrate; the verify "
+              "gate has one", file=sys.stderr)
+        return 2
+    if cascade.start not in ("heuristic", "embedding", "cheapest"):
+        print(f"tierwise calibrate: --config: cascade.start {cascade.start!r} cannot be replayed offline; "
+              "heuristic, embedding and cheapest can", file=sys.stderr)
+        return 2
+    answers = evaluate.gated(records, args.live_gate.gate_name, args.live_gate)
+    _spent(args.live_gate)
+    if isinstance(answers, str):
+        print(f"tierwise calibrate: --data: nothing to replay: {answers}", file=sys.stderr)
+        return 2
+    args.head = args.router.classifier.head  # the start decides as the router's would
+    start = _replay(cascade.start, answers.records, args)
+    starts = (list(zip(map(float, TRADEOFFS), (o.tiers for o in start.sweep))) if cascade.start == "embedding"
+              else [(None, start.operating_point.tiers)])
+    candidates = [((tradeoff, bar), o.tiers, o.paid) for tradeoff, first in starts
+                  for bar in evaluate.bars(answers.scores) for o in [answers.run(first, bar)]]
+    (tradeoff, bar), facts = cheapest_meeting(answers.records, candidates, args.target_quality, (None, None))
+    print(f"verifier on {len(answers.records)} records: {answers.detail['verifier']}")
+    if bar is None or bar > 1:
+        print(f"cascade from {cascade.start}: {'no setting meets' if bar is None else 'only escalating every answer meets'} "
+              f"{args.target_quality:g} quality vs frontier with 95% confidence; the verifier buys nothing here ({facts})")
+        return 1
+    settings = f"cascade.verifier_bar: {bar:.6g}" + ("" if tradeoff is None else f", cascade.start_tradeoff: {tradeoff:.6g}")
+    print(f"cascade from {cascade.start}: {settings} meet {args.target_quality:g} "
+          f"({', '.join(f'{k}={v:.4f}' for k, v in facts.items())}); set them in {args.config}")
     return 0
 
 
@@ -332,13 +389,17 @@ def main(argv: list[str] | None = None) -> int:
                     "cascade.gate), and a gate that asks a model (verify) calls its providers, live and paid")
     ev.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
     ev.set_defaults(run=_eval)
-    ca = sub.add_parser("calibrate", help="choose a head's tradeoff for a quality target, with a confidence bound")
+    ca = sub.add_parser("calibrate", help="choose a head's tradeoff (or, with --config, a verifier's bar) for a "
+                        "quality target, with a confidence bound")
     ca.add_argument("--data", nargs="+", help="routing records (default: ../shared/data/routing/*.dev.jsonl)")
     ca.add_argument("--target-quality", type=quality_target, default=0.95)
     ca.add_argument("--head", default="default")
     ca.add_argument("--heads-dir", type=Path, default=ROOT / "models" / "heads")
     ca.add_argument("--include-held-out", action="store_true",
                     help="also use the held-out fifth (by default it is never calibrated on)")
+    ca.add_argument("--config", type=Path, help="router config whose verify gate's bar (cascade.verifier_bar) to "
+                    "calibrate instead of a head: its verifier judges the records' answers, live and paid")
+    ca.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
     ca.set_defaults(run=_calibrate)
     pr = sub.add_parser("promote", help="check a trained head on records it never saw; install it if it holds the target")
     pr.add_argument("--candidate", type=Path, required=True, help="directory with the candidate's head.json (`train --out`)")

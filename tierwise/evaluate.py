@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from .data import Record, arrays
 from .metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
@@ -127,9 +129,10 @@ def heuristic(records: list[Record]) -> Replay:
 
 
 def embedding(records: list[Record], target_quality: float, encoder_dir: Path, heads_dir: Path,
-              head_name: str = "", cache_dir: Path | None = None) -> Replay:
+              head_name: str = "", cache_dir: Path | None = None, tradeoff: float | None = None) -> Replay:
     """Each record is routed by `head_name`, or by default by the head trained on its tier lineup (the
-    default head where none was)."""
+    default head where none was). The operating point is each head's tradeoff for `target_quality`, or
+    `tradeoff` (a cascade's `start_tradeoff`)."""
     from classifier_service.encoder import Encoder
     from classifier_service.heads import HeadRegistry
     from classifier_service.train import embed_records
@@ -155,14 +158,14 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
         outside = head.outside(x[rows])
         routed.append((rows, head.probabilities(x[rows]), head.relative_cost, head.tradeoff_for(target_quality), outside))
         used[name] = {"version": head.version, "records": len(idx), "outside_support": int(outside.sum())}
-    return tradeoff_replay("embedding", records, routed, latency, detail={"heads": used})
+    return tradeoff_replay("embedding", records, routed, latency, detail={"heads": used}, operating=tradeoff)
 
 
 def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], latency_ms: float = 0.0,
-                    detail: dict | None = None) -> Replay:
+                    detail: dict | None = None, operating: float | None = None) -> Replay:
     """Replay success heads: each (row indices, success probabilities, relative cost, shipped tradeoff, rows
     outside the head's support) in `routed` decides its rows; the operating point uses the shipped
-    tradeoffs, the sweep every tradeoff."""
+    tradeoffs (or `operating` for every head), the sweep every tradeoff in TRADEOFFS, in order."""
     from classifier_service.calibration import TRADEOFFS
     from classifier_service.heads import decide
 
@@ -172,69 +175,111 @@ def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], laten
             tiers[idx] = decide(probs, relative_cost, shipped if tradeoff is None else tradeoff, outside)
         return _one_shot(records, tiers)
 
-    return Replay(name, records, route(None), [route(t) for t in TRADEOFFS], latency_ms, detail=detail or {})
+    return Replay(name, records, route(operating), [route(t) for t in TRADEOFFS], latency_ms, detail=detail or {})
+
+
+@dataclass
+class Gated:
+    """A gate's verdicts on each replayable record's tier 1 and 2 answers, and what a cascade does with them."""
+    records: list[Record]
+    accepts: np.ndarray  # (records, 2): accepted at the gate's configured bar
+    scores: np.ndarray  # (records, 2): P(acceptable), NaN where the verdict is final whatever the bar
+    verdict_cost: np.ndarray  # (records, 2): what asking for each verdict cost
+    latency_ms: float
+    detail: dict
+
+    @cached_property
+    def _cost(self) -> np.ndarray:
+        return arrays(self.records)[1]
+
+    def accepted(self, bar: float | None = None) -> np.ndarray:
+        return self.accepts if bar is None else np.where(np.isnan(self.scores), self.accepts, self.scores >= bar)
+
+    def run(self, first: np.ndarray, bar: float | None = None) -> Outcome:
+        """Start each record at `first`; escalate while the gate rejects (at `bar`, or its configured one), paying
+        for every tier tried and every verdict bought."""
+        cost = self._cost
+        accepted = self.accepted(bar)
+        rows = np.arange(len(self.records))
+        tiers = np.asarray(first, dtype=int).copy()
+        paid = cost[rows, tiers - 1].copy()
+        judged = tiers < 3  # the gate runs on every answer below tier 3 the cascade gets
+        for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
+            answer = np.minimum(tiers, 2) - 1
+            paid += np.where(judged, self.verdict_cost[rows, answer], 0.0)
+            climb = judged & ~accepted[rows, answer]
+            tiers += climb
+            paid += np.where(climb, cost[rows, tiers - 1], 0.0)
+            judged = climb & (tiers < 3)
+        return Outcome(tiers, paid)
+
+
+def gated(records: list[Record], gate_name: str, live: "LiveGate | None" = None) -> Gated | str:
+    """The gate's verdicts on the records with a tier 1 and a tier 2 answer, or why there are none to replay. A
+    gate that asks a model runs through `live` (the configured providers)."""
+    from router_service.gates import GATES, gate
+
+    text_only = gate_name not in GATES or GATES[gate_name].replayable
+    if not text_only and live is None:
+        return (f"the {gate_name} gate asks a live model: pass --config to run it through your providers, or "
+                "measure it on labelled live traffic (shadow.labels, then --strategy as-routed)")
+    check = gate(gate_name).check if text_only else None
+    replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
+    if not replayable:
+        return "no recorded responses"
+    if check is None:
+        accepts, scores, verdict_cost, asked = live.judge(replayable)
+        # Live calls: their time says more about this machine's link than about the router.
+        return Gated(replayable, accepts, scores, verdict_cost, 0.0,
+                     {"verifier": verifier_agreement(accepts, asked, arrays(replayable)[0][:, :2], scores)})
+    started = time.perf_counter()
+    accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
+    latency = (time.perf_counter() - started) * 1e3 / len(replayable)
+    return Gated(replayable, accepts, np.full(accepts.shape, np.nan), np.zeros(accepts.shape), latency, {})
 
 
 def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate_name: str,
             name: str = "cascade", live: "LiveGate | None" = None) -> Replay:
     """A cascade as the router runs it: the `start` strategy's replay on the replayable records gives each
     record's first tier (its operating point, and each setting of its sweep); the gate runs on each recorded
-    answer, and a rejection escalates, paying for every tier tried and every verdict bought. Records lacking
-    a tier 1 or 2 answer are not replayable. A gate that asks a model runs through `live` (the configured
-    providers); without it, no record is replayable."""
-    from router_service.gates import GATES, gate
-
-    text_only = gate_name not in GATES or GATES[gate_name].replayable
-    if not text_only and live is None:
-        return Replay.nothing(name, len(records), f"the {gate_name} gate asks a live model: pass --config to run it "
-                                                  "through your providers, or measure it on labelled live traffic "
-                                                  "(shadow.labels, then --strategy as-routed)")
-    check = gate(gate_name).check if text_only else None
-    replayable = [r for r in records if r.responses[0] is not None and r.responses[1] is not None]
-    skipped = len(records) - len(replayable)
-    if not replayable:
-        return Replay.nothing(name, skipped, "no recorded responses")
-    acceptable, cost = arrays(replayable)
-    started = time.perf_counter()
-    detail = {}
-    if check is not None:
-        accepts = np.array([[check(r.query, r.responses[t]).accept for t in (0, 1)] for r in replayable], dtype=bool)
-        verdict_cost = np.zeros(accepts.shape)
-        latency = (time.perf_counter() - started) * 1e3 / len(replayable)
-    else:
-        accepts, verdict_cost, asked = live.judge(replayable)
-        latency = 0.0  # live calls: their time says more about this machine's link than the router
-        detail["verifier"] = verifier_agreement(accepts, asked, acceptable[:, :2])
-
-    rows = np.arange(len(replayable))
-
-    def run(first: np.ndarray) -> Outcome:
-        tiers = np.asarray(first, dtype=int).copy()
-        paid = cost[rows, tiers - 1].copy()
-        judged = tiers < 3  # the gate runs on every answer below tier 3 the cascade gets
-        for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
-            answer = np.minimum(tiers, 2) - 1
-            paid += np.where(judged, verdict_cost[rows, answer], 0.0)
-            climb = judged & ~accepts[rows, answer]
-            tiers += climb
-            paid += np.where(climb, cost[rows, tiers - 1], 0.0)
-            judged = climb & (tiers < 3)
-        return Outcome(tiers, paid)
-
-    first = start(replayable)
-    return Replay(name, replayable, run(first.operating_point.tiers), [run(o.tiers) for o in first.sweep],
-                  first.latency_ms + latency, skipped, {**first.detail, **detail})
+    answer, and a rejection escalates. Records lacking a tier 1 or 2 answer are not replayable. The sweep
+    also covers a scoring gate's bar: each setting of the start with each bar between the verifier's scores."""
+    answers = gated(records, gate_name, live)
+    if isinstance(answers, str):
+        return Replay.nothing(name, len(records), answers)
+    first = start(answers.records)
+    settings = [None, *bars(answers.scores)]
+    return Replay(name, answers.records, answers.run(first.operating_point.tiers),
+                  [answers.run(o.tiers, bar) for o in first.sweep for bar in settings],
+                  first.latency_ms + answers.latency_ms, len(records) - len(answers.records),
+                  {**first.detail, **answers.detail})
 
 
-def verifier_agreement(accepts: np.ndarray, asked: np.ndarray, acceptable: np.ndarray) -> dict:
+def bars(scores: np.ndarray, steps: int = 20) -> list[float]:
+    """Bars to sweep for a gate that scores answers: scores it gave at evenly spaced quantiles (a bar accepts
+    the answers scored at least as high), and one above them all (reject every scored answer). None for a
+    gate whose verdicts are final."""
+    scored = scores[~np.isnan(scores)]
+    if not scored.size:
+        return []
+    return [*map(float, np.unique(np.quantile(scored, np.linspace(0, 1, steps + 1), method="inverted_cdf"))), np.inf]
+
+
+def verifier_agreement(accepts: np.ndarray, asked: np.ndarray, acceptable: np.ndarray,
+                       scores: np.ndarray | None = None) -> dict:
     """How a verifier's verdicts match the records' labels, over the answers it was asked about: the figure
-    that decides whether it pays (docs/decisions/0016)."""
+    that decides whether it pays (docs/decisions/0016). `auc`: how well its P(acceptable) ranks acceptable
+    answers above the others, whatever the bar (docs/decisions/0017); None without both kinds of answer."""
     def share(mask: np.ndarray, of: np.ndarray) -> float | None:
         return round(float(mask[of].mean()), 4) if of.any() else None
 
-    return {"asked": int(asked.sum()), "agreement": share(accepts == acceptable, asked),
-            "passed_unacceptable": share(accepts, asked & ~acceptable),
-            "rejected_acceptable": share(~accepts, asked & acceptable)}
+    figures = {"asked": int(asked.sum()), "agreement": share(accepts == acceptable, asked),
+               "passed_unacceptable": share(accepts, asked & ~acceptable),
+               "rejected_acceptable": share(~accepts, asked & acceptable), "auc": None}
+    scored = asked if scores is None else asked & ~np.isnan(scores)
+    if scores is not None and len(set(acceptable[scored].tolist())) == 2:
+        figures["auc"] = round(float(roc_auc_score(acceptable[scored], scores[scored])), 4)
+    return figures
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

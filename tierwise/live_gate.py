@@ -42,8 +42,9 @@ class LiveGate:
         """Answers a model was asked about (the rest failed on their face, for free)."""
         return sum(v.asked_model for v in self.verdicts.values())
 
-    def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(accepted, what the verdict cost, whether a model was asked), each (records, 2): the tier 1 and 2 answers."""
+    def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(accepted at the configured bar, P(acceptable) or NaN where the verdict is final whatever the bar, what
+        the verdict cost, whether a model was asked), each (records, 2): the tier 1 and 2 answers."""
         keys = [[(t, r.query, r.responses[t - 1]) for t in (1, 2)] for r in records]
         todo = list(dict.fromkeys(k for pair in keys for k in pair if k not in self.verdicts))
         if todo:
@@ -53,7 +54,9 @@ class LiveGate:
             values = [[getattr(self.verdicts[k], field) for k in pair] for pair in keys]
             return np.array(values, dtype=kind).reshape(-1, 2)
 
-        return column("accept", bool), column("cost_usd", float), column("asked_model", bool)
+        scores = [[np.nan if self.verdicts[k].score is None else self.verdicts[k].score for k in pair] for pair in keys]
+        return (column("accept", bool), np.array(scores, dtype=float).reshape(-1, 2), column("cost_usd", float),
+                column("asked_model", bool))
 
     async def _ask(self, todo: list[Key]) -> None:
         slots = asyncio.Semaphore(self.concurrency)

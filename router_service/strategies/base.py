@@ -27,6 +27,8 @@ class RouteInput:
     head: str = ""
     # Monotonic time by which the caller needs the answer (None: no deadline).
     deadline: float | None = None
+    # A head's decision at this tradeoff instead of its calibrated one (a cascade's start; None: the head's).
+    tradeoff: float | None = None
 
 
 class Strategy(ABC):

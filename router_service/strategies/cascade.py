@@ -22,10 +22,11 @@ class CascadeStrategy(Strategy):
         self.start = strategies.get(self.start_name)
         self.gate = gate(cfg.gate, strategies.deps)
         self.max_tier = cfg.max_tier
+        self.start_tradeoff = cfg.start_tradeoff
         self.label = f"{start}+cascade" if start else self.name
 
     async def decide(self, request: RouteInput) -> Decision:
-        first = await self.start.decide(request)
+        first = await self.start.decide(replace(request, tradeoff=self.start_tradeoff))
         return replace(first, tier=min(first.tier, self.max_tier), strategy=self.label,
                        reason=f"start at tier {first.tier} ({self.start_name}: {first.reason}); "
                               f"escalate while the {self.gate.name} gate rejects, up to tier {self.max_tier}")

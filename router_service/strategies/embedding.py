@@ -46,7 +46,7 @@ class EmbeddingStrategy(Strategy):
 
     async def _classify(self, request: RouteInput, head: str):
         left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
-        return await self.classifier.classify(request.query, head, left)
+        return await self.classifier.classify(request.query, head, left, request.tradeoff)
 
 
 def _unknown_head(err: grpc.aio.AioRpcError) -> bool:
