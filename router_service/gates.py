@@ -122,7 +122,7 @@ class VerifierGate(SurfaceGate):
                    c.verifier_logprobs)
 
     def verifier_for(self, tier: int) -> int:
-        return self.verifier_tier or min(tier + 1, 3)
+        return verifier_tier_for(self.verifier_tier, tier)
 
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
                     deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
@@ -153,6 +153,11 @@ class VerifierGate(SurfaceGate):
         return Verdict(accept, f"verifier {reply.model} rated it acceptable with p={score:.2f}, "
                                f"{'at or above' if accept else 'below'} the bar {self.bar:g}", cost,
                        asked_model=True, score=score)
+
+
+def verifier_tier_for(setting: int, tier: int) -> int:
+    """The tier whose model verifies tier `tier`'s answer under `cascade.verifier_tier: setting`."""
+    return setting or min(tier + 1, 3)
 
 
 GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate, VerifierGate)}

@@ -304,12 +304,15 @@ def test_calibrate_with_a_router_config_finds_the_cheapest_verifier_bar_that_mee
 def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_replays_them(scored_by_tier_1, capsys):
     """From the embedding head, calibration picks the tradeoff and the bar together. Every record has the same
     query, so the head sends all of them to one tier; tier 1 with the bar at 0.8 is the cheapest way to hold the
-    target, as from `cheapest`. `eval --config` with both settings gives the same operating point."""
+    target, as from `cheapest`. `eval --config` with both settings gives the same operating point, from the
+    verdicts calibrate kept (`--verdicts`), without asking the verifier again."""
     import yaml
 
-    data, write_config, _ = scored_by_tier_1
+    data, write_config, double = scored_by_tier_1
     config = write_config(start="embedding")
-    assert main(["calibrate", "--config", str(config), "--data", str(data), "--include-held-out"]) == 0
+    kept = config.parent / "verdicts" / "kept.jsonl"
+    assert main(["calibrate", "--config", str(config), "--data", str(data), "--include-held-out",
+                 "--verdicts", str(kept)]) == 0
     out = capsys.readouterr().out
     chosen = re.search(r"cascade.verifier_bar: ([0-9.e+-]+), cascade.start_tradeoff: ([0-9.e+-]+) meet", out)
     assert chosen and float(chosen.group(1)) == 0.8, out
@@ -317,10 +320,38 @@ def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_re
     doc = yaml.safe_load(config.read_text())
     doc["cascade"].update(verifier_bar=float(chosen.group(1)), start_tradeoff=float(chosen.group(2)))
     config.write_text(yaml.safe_dump(doc))
-    assert main(["eval", "--config", str(config), "--data", str(data), "--strategy", "cascade", "--json"]) == 0
-    op = json.loads(capsys.readouterr().out)["operating_point"]
+    asked = len(double.requests)
+    with kept.open("a") as torn:
+        torn.write('{"gate": "verify", "verifier": "t1-a", "tier": 1, "que')  # as a killed run might leave it
+    assert main(["eval", "--config", str(config), "--data", str(data), "--strategy", "cascade", "--json",
+                 "--verdicts", str(kept)]) == 0
+    out, err = capsys.readouterr()
+    op = json.loads(out)["operating_point"]
     assert op["tier_mix"][0] == pytest.approx(0.6) and op["quality_vs_frontier"] == 1.0
-    assert op["cost_savings"] == pytest.approx(savings, abs=1e-4)
+    assert op["cost_savings"] == pytest.approx(savings, abs=1e-4), "kept verdicts still cost what they cost"
+    assert len(double.requests) == asked, "every verdict was kept by calibrate: eval asks no model"
+    assert "verify gate: 0 verifier calls, $0.000000" in err and "200 verdicts kept in" in err
+    assert "skipped 1 line(s) of" in err
+
+
+def test_kept_verdicts_are_reused_only_for_the_same_gate_and_verifier_model_and_rescored_at_the_bar(tmp_path):
+    from router_service.config import parse
+    from tierwise.live_gate import LiveGate
+
+    from .servers import router_config
+
+    store = tmp_path / "kept.jsonl"
+    rows = [{"gate": "verify", "verifier": "t1-a", "tier": 1, "query": "q", "answer": "a", "score": 0.7, "cost_usd": 2.0},
+            {"gate": "verify", "verifier": "another-model", "tier": 2, "query": "q", "answer": "b", "score": 0.9,
+             "cost_usd": 2.0},
+            {"gate": "surface", "verifier": "t1-a", "tier": 2, "query": "q", "answer": "c", "score": 0.9, "cost_usd": 0}]
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = parse(router_config("http://127.0.0.1:9/v1", cascade={"gate": "verify", "verifier_bar": 0.8}))
+    live = LiveGate(cfg, "verify", store=store)
+    assert live.kept == {(1, "q", "a")} and live.unreadable == 0
+    verdict = live.verdicts[1, "q", "a"]
+    assert (verdict.accept, verdict.score, verdict.cost_usd) == (False, 0.7, 2.0), "0.7 is below this config's bar"
+    assert live.calls == 0 and live.spent_usd == 0.0
 
 
 def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_path, capsys):

@@ -78,7 +78,7 @@ def _cascade_setup(args: argparse.Namespace) -> None:
     if args.router and name in GATES and not GATES[name].replayable:
         from .live_gate import LiveGate
 
-        args.live_gate = LiveGate(args.router, name, args.concurrency)
+        args.live_gate = LiveGate(args.router, name, args.concurrency, args.verdicts)
 
 
 def _replay(name: str, records, args: argparse.Namespace, tradeoff: float | None = None):
@@ -111,6 +111,11 @@ def _spent(live) -> None:
     """What a live gate's verifier calls cost, and the answers it could not rule on, on stderr."""
     print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
           "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
+    if live.kept:
+        print(f"{live.gate_name} gate: {len(live.kept)} verdicts kept in {live.store} reused", file=sys.stderr)
+    if live.unreadable:
+        print(f"{live.gate_name} gate: skipped {live.unreadable} line(s) of {live.store} that are not verdicts",
+              file=sys.stderr)
     if live.errors:
         print(f"{live.gate_name} gate: the verifier could not rule on {len(live.errors)} answers, counted as "
               f"rejected (first: {live.errors[0]})", file=sys.stderr)
@@ -388,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--config", type=Path, help="router config: the cascades run as it says (cascade.start, "
                     "cascade.gate), and a gate that asks a model (verify) calls its providers, live and paid")
     ev.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
+    ev.add_argument("--verdicts", type=Path, help="keep the verifier's verdicts in this JSONL file and reuse them: "
+                    "an interrupted run resumes, and calibrate then eval pay once")
     ev.set_defaults(run=_eval)
     ca = sub.add_parser("calibrate", help="choose a head's tradeoff (or, with --config, a verifier's bar) for a "
                         "quality target, with a confidence bound")
@@ -400,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--config", type=Path, help="router config whose verify gate's bar (cascade.verifier_bar) to "
                     "calibrate instead of a head: its verifier judges the records' answers, live and paid")
     ca.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
+    ca.add_argument("--verdicts", type=Path, help="as eval --verdicts")
     ca.set_defaults(run=_calibrate)
     pr = sub.add_parser("promote", help="check a trained head on records it never saw; install it if it holds the target")
     pr.add_argument("--candidate", type=Path, required=True, help="directory with the candidate's head.json (`train --out`)")
