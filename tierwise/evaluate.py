@@ -257,7 +257,7 @@ def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate
 
 def bars(scores: np.ndarray, steps: int = 20) -> list[float]:
     """Bars to sweep for a gate that scores answers: scores it gave at evenly spaced quantiles (a bar accepts
-    the answers scored at least as high), and one above them all (reject every scored answer). None for a
+    the answers scored at least as high), and one above them all (reject every scored answer). No bars for a
     gate whose verdicts are final."""
     scored = scores[~np.isnan(scores)]
     if not scored.size:

@@ -95,9 +95,8 @@ class LiveGate:
             values = [[getattr(self.verdicts[k], field) for k in pair] for pair in keys]
             return np.array(values, dtype=kind).reshape(-1, 2)
 
-        scores = [[np.nan if self.verdicts[k].score is None else self.verdicts[k].score for k in pair] for pair in keys]
-        return (column("accept", bool), np.array(scores, dtype=float).reshape(-1, 2), column("cost_usd", float),
-                column("asked_model", bool))
+        # A score of None (the verdict is final) becomes NaN in a float array.
+        return column("accept", bool), column("score", float), column("cost_usd", float), column("asked_model", bool)
 
     async def _ask(self, todo: list[Key]) -> None:
         slots = asyncio.Semaphore(self.concurrency)
