@@ -103,7 +103,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
     async def _classify(self, texts: list[str], head: TierHead, span,
                         tradeoff: float | None = None) -> list[pb.ClassifyResponse]:
-        """`tradeoff`: decide at it instead of the head's (the cache holds the head's decisions)."""
+        """Tiers decided at `tradeoff`, or the head's own. The cache holds what the encoder and head computed,
+        not a decision, so any tradeoff is answered from it."""
         encoder = self._ready_encoder()
         version = f"{head.version}|{encoder.version}"
         keys = [self.cache.key(version, t) for t in texts]
@@ -125,24 +126,22 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             vectors = np.stack([e.vector for e in embedded])
             probs = head.probabilities(vectors)
             margin, outside = head.check_support(vectors)
-            tiers = head.decide(probs, outside=outside)
             for row, i in enumerate(misses):
-                cached[i] = (int(tiers[row]), tuple(float(p) for p in probs[row]), embedded[row].tokens,
-                             embedded[row].truncated, float(margin[row]), bool(outside[row]))
+                cached[i] = (tuple(float(p) for p in probs[row]), embedded[row].tokens, embedded[row].truncated,
+                             float(margin[row]), bool(outside[row]))
                 self.cache.put(keys[i], cached[i])
-        miss_set = set(misses)
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
-            tiers = head.decide(np.array([c[1] for c in cached]), tradeoff, np.array([c[5] for c in cached]))
-            cached = [(int(tier), *rest) for tier, (_, *rest) in zip(tiers, cached)]
+        tiers = head.decide(np.array([c[0] for c in cached]), tradeoff, np.array([c[4] for c in cached]))
+        miss_set = set(misses)
         return [
-            pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
+            pb.ClassifyResponse(tier=int(tier), probabilities=probs, head=head.name, head_version=head.version,
                                 encoder_version=encoder.version, confidence=probs[tier - 1],
                                 tradeoff=head.tradeoff if tradeoff is None else tradeoff,
                                 relative_cost=head.relative_cost, cache_hit=i not in miss_set,
                                 input_tokens=tokens, truncated=truncated, support_margin=margin,
                                 outside_support=outside)
-            for i, (tier, probs, tokens, truncated, margin, outside) in enumerate(cached)
+            for i, (tier, (probs, tokens, truncated, margin, outside)) in enumerate(zip(tiers, cached))
         ]
 
     def _ready_encoder(self) -> Encoder:

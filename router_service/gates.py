@@ -121,15 +121,12 @@ class VerifierGate(SurfaceGate):
         return cls(deps["chains"], cfg.tiers, c.verifier_tier, c.verifier_timeout_ms / 1000, c.verifier_bar,
                    c.verifier_logprobs)
 
-    def verifier_for(self, tier: int) -> int:
-        return verifier_tier_for(self.verifier_tier, tier)
-
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
                     deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
         surface = self.check(query, answer, finish_reason)
         if not surface.accept:
             return surface  # no need to pay a verifier for an empty, cut-off or refusing answer
-        by = self.verifier_for(tier)
+        by = verifier_tier_for(self.verifier_tier, tier)
         budget = time.monotonic() + self.timeout_s
         try:
             reply = await self.chains[by].complete(

@@ -81,6 +81,12 @@ def _cascade_setup(args: argparse.Namespace) -> None:
         args.live_gate = LiveGate(args.router, name, args.concurrency, args.verdicts)
 
 
+def _unreplayable_start(name: str) -> str:
+    from .evaluate import CASCADE_STARTS
+
+    return f"cascade.start: {name!r} cannot be replayed offline; {', '.join(CASCADE_STARTS[:-1])} and {CASCADE_STARTS[-1]} can"
+
+
 def _replay(name: str, records, args: argparse.Namespace, tradeoff: float | None = None):
     """`name` replayed on `records`; `tradeoff`: the embedding head's operating point, if not its calibrated one."""
     from router_service.config import CascadeConfig
@@ -100,8 +106,8 @@ def _replay(name: str, records, args: argparse.Namespace, tradeoff: float | None
         # As the router runs them: plain `cascade` starts where `cascade.start` says; the gate is `cascade.gate`.
         defaults = args.router.cascade if args.router else CascadeConfig()
         first = name.removesuffix("cascade").removesuffix("+") or defaults.start
-        if first not in ("heuristic", "embedding", "cheapest"):
-            raise KeyError(f"cascade.start: {first!r} cannot be replayed offline; heuristic, embedding and cheapest can")
+        if first not in evaluate.CASCADE_STARTS:
+            raise KeyError(_unreplayable_start(first))
         return evaluate.cascade(records, lambda replayable: _replay(first, replayable, args, defaults.start_tradeoff),
                                 args.gate or defaults.gate, name, args.live_gate)
     return getattr(evaluate, name)(records)
@@ -226,9 +232,8 @@ def _calibrate_cascade(args: argparse.Namespace) -> int:
         print(f"tierwise calibrate: --config: cascade.gate {cascade.gate!r} has no bar to calibrate; the verify "
               "gate has one", file=sys.stderr)
         return 2
-    if cascade.start not in ("heuristic", "embedding", "cheapest"):
-        print(f"tierwise calibrate: --config: cascade.start {cascade.start!r} cannot be replayed offline; "
-              "heuristic, embedding and cheapest can", file=sys.stderr)
+    if cascade.start not in evaluate.CASCADE_STARTS:
+        print(f"tierwise calibrate: --config: {_unreplayable_start(cascade.start)}", file=sys.stderr)
         return 2
     answers = evaluate.gated(records, args.live_gate.gate_name, args.live_gate)
     _spent(args.live_gate)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
 AS_ROUTED = "as-routed"  # the decisions the router actually made, on live records its shadow labelled
+CASCADE_STARTS = ("heuristic", "embedding", "cheapest")  # what a replayed cascade can start from (judge asks a live model)
 
 
 @dataclass
