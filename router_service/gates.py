@@ -97,7 +97,7 @@ class VerifierGate(SurfaceGate):
     tier 1's model verifies: at a stronger tier's prices, reading every answer costs more than it saves
     (docs/decisions/0016). A verifier that fails, times out or answers out of format rejects, so the
     cascade escalates: quality first. It needs a live model: `tierwise eval` replays it only through a
-    router config's providers (`--config`, tierwise/live_gate.py).
+    router config's providers (`--config`, tierwise_tools/live_gate.py).
     """
 
     name = "verify"

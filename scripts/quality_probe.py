@@ -67,11 +67,11 @@ from sklearn.model_selection import KFold
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier_service.calibration import ALWAYS_TIER_3, TRADEOFFS, calibrate, cheapest_meeting  # noqa: E402
+from tierwise_tools.calibration import ALWAYS_TIER_3, TRADEOFFS, calibrate, cheapest_meeting  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
-from classifier_service.train import fit, fit_support, out_of_fold, relative_cost, route_unseen  # noqa: E402
-from classifier_service.train import embed_records  # noqa: E402
+from tierwise_tools.train import fit, fit_support, out_of_fold, relative_cost, route_unseen  # noqa: E402
+from tierwise_tools.embeddings import embed_records  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality  # noqa: E402
 
@@ -293,7 +293,7 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
     labels is the check part; the candidate is trained and calibrated on the rest, and `promote`'s own verdict
     weighs it against the cold-start head on the check part. Both heads are then scored on the file's held-out
     part, which neither saw: what the deployment would serve with and without the check."""
-    from tierwise.promote import summary, verdict
+    from tierwise_tools.promote import summary, verdict
 
     for name in sorted(set(source)):
         rows, test = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]
@@ -321,7 +321,7 @@ def promotion(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> 
 
 
 class SimulatedVerifier:
-    """Stands in for tierwise.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier whose
+    """Stands in for tierwise_tools.live_gate.LiveGate in evaluate.cascade: the surface checks, then a verifier whose
     P(acceptable) ranks an acceptable answer above an unacceptable one with probability `auc` (a binormal
     score with independent errors), its call priced as the docstring above says."""
 
@@ -366,7 +366,7 @@ def reading_cost(record, tier_above: bool) -> list[float]:
 
 
 def verifier(records, x, ok, source, dev) -> None:
-    from tierwise import evaluate
+    from tierwise_tools import evaluate
 
     for name in ("routerbench", "zeroeval"):
         part = dev & (source == name)
@@ -404,7 +404,7 @@ def verifier_calibration(records, x, ok, source, dev) -> None:
     """The verifier's bar and the head start's tradeoff calibrated together for 95% on the dev part (out-of-fold
     head probabilities, a simulated verifier's scores), as `calibrate --config` does, then scored on the held-out
     part with the same kind of verifier (fresh draws). Without the support check, as calibration runs."""
-    from tierwise import evaluate
+    from tierwise_tools import evaluate
 
     for name in ("routerbench", "zeroeval"):
         part, held = np.where(dev & (source == name))[0], np.where(~dev & (source == name))[0]

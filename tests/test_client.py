@@ -65,7 +65,7 @@ def test_client_does_not_retry_a_stream_that_already_sent_text(stack):
 
 def test_cli_route_and_complete(stack):
     _, router = stack
-    cli = [sys.executable, "-m", "tierwise.cli"]
+    cli = [sys.executable, "-m", "tierwise_tools.cli"]
     out = subprocess.run([*cli, "route", "What is 2 + 2?", "--address", router.address],
                          capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(out.stdout)["tier"] == 1

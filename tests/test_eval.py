@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from classifier_service.calibration import calibrate, cheapest_meeting
+from tierwise_tools.calibration import calibrate, cheapest_meeting
 from classifier_service.heads import decide
-from tierwise import evaluate
-from tierwise.cli import main
+from tierwise_tools import evaluate
+from tierwise_tools.cli import main
 from tierwise.data import DataError, Record
 from tierwise.metrics import aiq, routing_metrics
 
@@ -59,7 +59,7 @@ def test_composed_cascade_starts_at_each_tier_the_start_strategy_chose():
 
 
 class ScriptedVerifier:
-    """Stands in for tierwise.live_gate.LiveGate (whose provider is the only thing replaced): fixed P(acceptable)
+    """Stands in for tierwise_tools.live_gate.LiveGate (whose provider is the only thing replaced): fixed P(acceptable)
     per answer, NaN where the verdict is final (failed on its face), 0.5 as the configured bar, 2 per call."""
 
     def __init__(self, scores):
@@ -336,7 +336,7 @@ def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_re
 
 def test_kept_verdicts_are_reused_only_for_the_same_gate_and_verifier_model_and_rescored_at_the_bar(tmp_path):
     from router_service.config import parse
-    from tierwise.live_gate import LiveGate
+    from tierwise_tools.live_gate import LiveGate
 
     from .servers import router_config
 

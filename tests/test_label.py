@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from tierwise.cli import main
+from tierwise_tools.cli import main
 from tierwise.data import load
 
 from .provider_double import Fault, ProviderDouble

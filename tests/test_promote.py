@@ -9,10 +9,10 @@ import time
 import grpc
 import pytest
 
-from classifier_service.calibration import ALWAYS_TIER_3
+from tierwise_tools.calibration import ALWAYS_TIER_3
 from classifier_service.config import Config
 from classifier_service.heads import TierHead
-from tierwise.cli import main
+from tierwise_tools.cli import main
 from tierwise.data import is_held_out
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc

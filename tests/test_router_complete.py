@@ -377,7 +377,7 @@ def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, c
     """Label mode: every sampled request (any tier) is answered by every tier and judged against tier 3; the
     records are what `tierwise train` reads, and the answer already sent is reused, not asked again.
     `tierwise eval --strategy as-routed` then scores the router's own decisions on them."""
-    from tierwise.cli import main
+    from tierwise_tools.cli import main
     from tierwise.data import load
 
     double.reset()

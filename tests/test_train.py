@@ -6,7 +6,7 @@ import json
 import pytest
 
 from classifier_service.heads import TierHead
-from tierwise.cli import main
+from tierwise_tools.cli import main
 from tierwise.data import is_held_out, load, shared_files, split
 
 pytestmark = pytest.mark.data
@@ -69,7 +69,7 @@ def test_each_shared_lineup_has_a_head_that_holds_quality_on_its_held_out_part()
     selected or calibrated on (the quality issue's bar: quality vs frontier >= 0.95 on every file)."""
     from classifier_service.config import Config
     from classifier_service.heads import HeadRegistry
-    from tierwise import evaluate
+    from tierwise_tools import evaluate
 
     registry = HeadRegistry.from_dir(Config().heads_dir)
     for path in shared_files():
@@ -89,7 +89,8 @@ def test_the_support_check_keeps_quality_on_a_kind_of_query_the_head_never_saw()
 
     from classifier_service.config import Config
     from classifier_service.encoder import Encoder
-    from classifier_service.train import embed_records, route_unseen
+    from tierwise_tools.embeddings import embed_records
+    from tierwise_tools.train import route_unseen
     from tierwise.metrics import routing_metrics
 
     records = load([p for p in shared_files() if p.name.startswith("zeroeval")])

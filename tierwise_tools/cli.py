@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .data import DataError, check_measurable, shared_files
+from tierwise.data import DataError, check_measurable, shared_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +34,8 @@ def quality_target(text: str) -> float:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from classifier_service.calibration import ALWAYS_TIER_3
-    from classifier_service.train import train
+    from .calibration import ALWAYS_TIER_3
+    from .train import train
 
     data = args.data or shared_files()
     if not data:
@@ -60,7 +60,7 @@ def _data_paths(args: argparse.Namespace, command: str) -> list[Path]:
 
 
 def _records(paths, part: str):
-    from .data import load, split
+    from tierwise.data import load, split
 
     records = load(paths)
     return records if part == "all" else split(records)[part == "held-out"]
@@ -185,10 +185,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.config:
         return _calibrate_cascade(args)
 
-    from classifier_service.calibration import calibrate
+    from .calibration import calibrate
     from classifier_service.encoder import Encoder
     from classifier_service.heads import HeadRegistry
-    from classifier_service.train import embed_records
+    from .embeddings import embed_records
 
     records = _records(_data_paths(args, "calibrate"), "all" if args.include_held_out else "dev")
     head = HeadRegistry.from_dir(args.heads_dir).get(args.head)
@@ -214,7 +214,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _calibrate_cascade(args: argparse.Namespace) -> int:
     """The cheapest verifier bar, and for an embedding start the tradeoff it starts at, with which the config's
     cascade meets the target under the same confidence bound as a head's tradeoff (docs/decisions/0017)."""
-    from classifier_service.calibration import TRADEOFFS, cheapest_meeting
+    from .calibration import TRADEOFFS, cheapest_meeting
     from router_service.config import ConfigError
 
     from . import evaluate
@@ -327,7 +327,7 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import ClientOptions, RouterClient
+    from tierwise.client import ClientOptions, RouterClient
 
     return RouterClient(args.address, ClientOptions(timeout_s=args.timeout, api_key=os.environ.get("TIERWISE_API_KEY"),
                                                     tls=args.tls))

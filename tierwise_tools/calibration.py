@@ -13,10 +13,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from classifier_service.heads import decide
 from tierwise.data import Record, arrays, check_measurable
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier
-
-from .heads import decide
 
 # 0 buys the best expected quality; past ~1/min(cost gap) every query goes to tier 1. A large negative
 # tradeoff pays for cost instead: every query goes to tier 3, the fallback when nothing else is safe.

@@ -18,8 +18,12 @@ import os
 import shutil
 from pathlib import Path
 
-from .data import DataError, Record, check_measurable
-from .metrics import quality_lower_bound, routing_metrics
+from classifier_service.encoder import Encoder
+from classifier_service.heads import HeadRegistry, TierHead
+from tierwise.data import DataError, Record, check_measurable
+from tierwise.metrics import quality_lower_bound, routing_metrics
+
+from .embeddings import embed_records
 
 
 def measure(head, records: list[Record], x, target: float) -> dict:
@@ -71,8 +75,6 @@ def lineup_records(candidate, records: list[Record]) -> list[Record]:
 def serving_head(heads_dir: Path, candidate):
     """What serves the candidate's lineup today: the head of the same name, else the head a lookup by lineup
     picks (the default head for a lineup without its own); None for an empty directory."""
-    from classifier_service.heads import HeadRegistry, TierHead
-
     same = heads_dir / candidate.name / "head.json"
     if same.exists():
         return TierHead.load(same)
@@ -97,10 +99,6 @@ def install(candidate_dir: Path, target_dir: Path) -> None:
 
 def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target: float, encoder_dir: Path,
             cache_dir: Path, dry_run: bool = False) -> dict:
-    from classifier_service.encoder import Encoder
-    from classifier_service.heads import TierHead
-    from classifier_service.train import embed_records
-
     try:
         candidate = TierHead.load(candidate_dir / "head.json")
     except ValueError as err:

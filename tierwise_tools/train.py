@@ -8,7 +8,6 @@ fitted on the dev part too. The tradeoff is calibrated without the check, which 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,36 +18,20 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
+from classifier_service.encoder import Encoder
+from classifier_service.heads import Support, TierHead, decide, success, unit
 from tierwise.data import DataError, Record, arrays, check_measurable, load, split
-from tierwise.evaluate import tradeoff_replay
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
 from .calibration import WINDOW, calibrate
-from .encoder import Encoder
-from .heads import Support, TierHead, decide, success, unit
+from .embeddings import embed_records
+from .evaluate import tradeoff_replay
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 QUERIES_PER_CENTROID = 100
 SUPPORT_QUANTILE = 0.05  # share of each centroid's own queries below its bar
 MIN_DEV_RECORDS = 25  # five cross-validation folds of five
-
-
-def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
-    """Embeddings of the records' queries, cached on disk per (queries, encoder version)."""
-    digest = hashlib.sha256(encoder.version.encode() + b"|one run per text")
-    for r in records:
-        digest.update(r.query.encode() + b"\0")
-    path = cache_dir / f"{digest.hexdigest()[:20]}.npy"
-    if path.exists():
-        return np.load(path)
-    out = np.empty((len(records), encoder.dimension), dtype=np.float32)
-    step = 64
-    for start in tqdm(range(0, len(records), step), desc="embedding", unit="chunk"):
-        out[start : start + step] = encoder.embed([r.query for r in records[start : start + step]])
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
-    return out
 
 
 def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from router_service.gates import Verdict, gate, verifier_tier_for
 from router_service.server import open_chains
 from router_service.telemetry import RouterMetrics
 
-from .data import Record
+from tierwise.data import Record
 
 Key = tuple[int, str, str]  # (tier, query, answer)
 

@@ -6,7 +6,7 @@ on the evaluated file) and swept over its thresholds on the evaluated file (the 
 router's plain cascade does) and `embedding+cascade` run a quality gate (the router's `cascade.gate` unless
 told otherwise) on each tier's recorded response and pay for every tier tried, so records without
 responses are not replayable. A gate that asks a model (`verify`) runs live through the providers of a
-router config (tierwise/live_gate.py). `as-routed` scores the live router's own decisions on the records its
+router config (tierwise_tools/live_gate.py). `as-routed` scores the live router's own decisions on the records its
 shadow labelled (they carry `routed_tier`).
 """
 from __future__ import annotations
@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .data import Record, arrays
-from .metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
+from classifier_service.encoder import Encoder
+from classifier_service.heads import HeadRegistry, decide
+from router_service.gates import GATES, gate
+from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
+from tierwise.data import Record, arrays
+from tierwise.metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
+
+from .calibration import TRADEOFFS
+from .embeddings import embed_records
 
 if TYPE_CHECKING:
     from .live_gate import LiveGate
@@ -117,8 +124,6 @@ def as_routed(records: list[Record]) -> Replay:
 
 
 def heuristic(records: list[Record]) -> Replay:
-    from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
-
     strategy = HeuristicStrategy()
     started = time.perf_counter()
     op = _one_shot(records, np.array([strategy.decide_now(r.query).tier for r in records]))
@@ -134,10 +139,6 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
     """Each record is routed by `head_name`, or by default by the head trained on its tier lineup (the
     default head where none was). The operating point is each head's tradeoff for `target_quality`, or
     `tradeoff` (a cascade's `start_tradeoff`)."""
-    from classifier_service.encoder import Encoder
-    from classifier_service.heads import HeadRegistry
-    from classifier_service.train import embed_records
-
     registry = HeadRegistry.from_dir(heads_dir)
     if head_name and registry.get(head_name) is None:
         raise KeyError(f"head: unknown head {head_name!r}; loaded heads: {', '.join(registry.names)}")
@@ -167,9 +168,6 @@ def tradeoff_replay(name: str, records: list[Record], routed: list[tuple], laten
     """Replay success heads: each (row indices, success probabilities, relative cost, shipped tradeoff, rows
     outside the head's support) in `routed` decides its rows; the operating point uses the shipped
     tradeoffs (or `operating` for every head), the sweep every tradeoff in TRADEOFFS, in order."""
-    from classifier_service.calibration import TRADEOFFS
-    from classifier_service.heads import decide
-
     def route(tradeoff: float | None) -> Outcome:
         tiers = np.ones(len(records), dtype=int)
         for idx, probs, relative_cost, shipped, outside in routed:
@@ -218,8 +216,6 @@ class Gated:
 def gated(records: list[Record], gate_name: str, live: "LiveGate | None" = None) -> Gated | str:
     """The gate's verdicts on the records with a tier 1 and a tier 2 answer, or why there are none to replay. A
     gate that asks a model runs through `live` (the configured providers)."""
-    from router_service.gates import GATES, gate
-
     text_only = gate_name not in GATES or GATES[gate_name].replayable
     if not text_only and live is None:
         return (f"the {gate_name} gate asks a live model: pass --config to run it through your providers, or "
