@@ -1,8 +1,8 @@
 """Routing accuracy and latency of the int8 vs fp32 encoder on the held-out records (decision 0001).
 
 Applies the shipped default head to held-out embeddings from each precision and reports decision
-agreement, held-out routing metrics and single-query encoder latency. Usage:
-    .venv/bin/python scripts/compare_precision.py [--limit N]
+agreement, held-out routing metrics and single-query encoder latency. Usage, from the repository root:
+    .venv/bin/python -m research.d0001_int8_precision [--limit N]
 """
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import argparse
 import json
 import statistics
 import time
-import sys
-from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from classifier_service.config import Config  # noqa: E402
-from classifier_service.encoder import Encoder  # noqa: E402
-from classifier_service.heads import HeadRegistry  # noqa: E402
-from tierwise.data import load, shared_files, split  # noqa: E402
-from tierwise.metrics import routing_metrics  # noqa: E402
+from classifier_service.config import Config
+from classifier_service.encoder import Encoder
+from classifier_service.heads import HeadRegistry
+from tierwise.data import load, shared_files, split
+from tierwise.metrics import routing_metrics
 
 
 def single_query_ms(encoder: Encoder, texts: list[str]) -> float:
@@ -35,7 +30,7 @@ def single_query_ms(encoder: Encoder, texts: list[str]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=0, help="held-out records to use (0 = all)")
     args = ap.parse_args()
     cfg = Config()
