@@ -26,8 +26,8 @@ from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 from .calibration import WINDOW, calibrate
 from .embeddings import embed_records
 from .evaluate import tradeoff_replay
+from .paths import EMBEDDINGS_DIR, ENCODER_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 QUERIES_PER_CENTROID = 100
 SUPPORT_QUANTILE = 0.05  # share of each centroid's own queries below its bar
@@ -123,8 +123,8 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     if len(dev) < MIN_DEV_RECORDS:
         raise DataError(f"{part}: {len(dev)} records; at least {MIN_DEV_RECORDS} are needed to cross-validate and "
                         "calibrate a head (label more with `tierwise label`)")
-    encoder = Encoder(ROOT / "build" / "encoder", "int8", threads=2)
-    x_all = embed_records(encoder, records, ROOT / "build" / "embeddings")
+    encoder = Encoder(ENCODER_DIR, "int8", threads=2)
+    x_all = embed_records(encoder, records, EMBEDDINGS_DIR)
     index = {id(r): i for i, r in enumerate(records)}
     x_dev = x_all[[index[id(r)] for r in dev]]
     x_test = x_all[[index[id(r)] for r in test]]

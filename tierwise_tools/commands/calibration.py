@@ -1,0 +1,103 @@
+"""`tierwise calibrate`: a head's tradeoff, or with --config a cascade's verifier bar, for a quality target."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from classifier_service.encoder import Encoder
+from classifier_service.heads import HeadRegistry
+from router_service.config import ConfigError
+from tierwise.data import check_measurable
+
+from .. import evaluate
+from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
+from ..embeddings import embed_records
+from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
+from ..replays import cascade_options, replay, unreplayable_start
+from .common import add_data, add_live_gate, data_paths, quality_target, read_records, spent
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="choose a head's tradeoff (or, with --config, a verifier's bar) for a "
+                       "quality target, with a confidence bound")
+    add_data(p)
+    p.add_argument("--target-quality", type=quality_target, default=0.95)
+    p.add_argument("--head", default="default")
+    p.add_argument("--heads-dir", type=Path, default=HEADS_DIR)
+    p.add_argument("--include-held-out", action="store_true",
+                   help="also use the held-out fifth (by default it is never calibrated on)")
+    p.add_argument("--config", type=Path, help="router config whose verify gate's bar (cascade.verifier_bar) to "
+                   "calibrate instead of a head: its verifier judges the records' answers, live and paid")
+    add_live_gate(p)
+    p.add_argument("--verdicts", type=Path, help="as eval --verdicts")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    records = read_records(data_paths(args.data, "calibrate"), "all" if args.include_held_out else "dev")
+    return calibrate_cascade(args, records) if args.config else calibrate_head(args, records)
+
+
+def calibrate_head(args: argparse.Namespace, records) -> int:
+    head = HeadRegistry.from_dir(args.heads_dir).get(args.head)
+    if head is None:
+        print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
+        return 2
+    encoder = Encoder(ENCODER_DIR, "int8", threads=2)
+    probs = head.probabilities(embed_records(encoder, records, EMBEDDINGS_DIR))
+    tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
+    key = f"{args.target_quality:g}"
+    calibration = {**head.calibration, key: tradeoff}
+    card = {**head.card, f"calibration_{key}": f"{tradeoff:g} on {len(records)} records, {time.strftime('%Y-%m-%d')}: "
+            + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())}
+    updated = dataclasses.replace(
+        head, calibration=calibration, card=card,
+        tradeoff=tradeoff if args.target_quality == head.target_quality else head.tradeoff,
+    ).versioned(time.strftime("%Y-%m-%d"))
+    updated.publish(args.heads_dir / head.name)
+    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); version {updated.version}")
+    return 0
+
+
+def calibrate_cascade(args: argparse.Namespace, records) -> int:
+    """The cheapest verifier bar, and for an embedding start the tradeoff it starts at, with which the config's
+    cascade meets the target under the same confidence bound as a head's tradeoff (docs/decisions/0017)."""
+    check_measurable(records, "calibration records")
+    try:
+        options = cascade_options(args.config, "", args.concurrency, args.verdicts,
+                                  target_quality=args.target_quality, heads_dir=args.heads_dir)
+    except ConfigError as err:
+        print(f"tierwise calibrate: --config: {err}", file=sys.stderr)
+        return 2
+    cascade, live = options.cascade, options.live_gate
+    if live is None:
+        print(f"tierwise calibrate: --config: cascade.gate {cascade.gate!r} has no bar to calibrate; the verify "
+              "gate has one", file=sys.stderr)
+        return 2
+    if cascade.start not in evaluate.CASCADE_STARTS:
+        print(f"tierwise calibrate: --config: {unreplayable_start(cascade.start)}", file=sys.stderr)
+        return 2
+    answers = evaluate.gated(records, live.gate_name, live)
+    spent(live)
+    if isinstance(answers, str):
+        print(f"tierwise calibrate: --data: nothing to replay: {answers}", file=sys.stderr)
+        return 2
+    # The start decides as the router's would: with its configured head.
+    start = replay(cascade.start, answers.records, dataclasses.replace(options, head=options.router.classifier.head))
+    starts = (list(zip(map(float, TRADEOFFS), (o.tiers for o in start.sweep))) if cascade.start == "embedding"
+              else [(None, start.operating_point.tiers)])
+    candidates = [((tradeoff, bar), o.tiers, o.paid) for tradeoff, first in starts
+                  for bar in evaluate.bars(answers.scores) for o in [answers.run(first, bar)]]
+    (tradeoff, bar), facts = cheapest_meeting(answers.records, candidates, args.target_quality, (None, None))
+    print(f"verifier on {len(answers.records)} records: {answers.detail['verifier']}")
+    if bar is None or bar > 1:
+        print(f"cascade from {cascade.start}: {'no setting meets' if bar is None else 'only escalating every answer meets'} "
+              f"{args.target_quality:g} quality vs frontier with 95% confidence; the verifier buys nothing here ({facts})")
+        return 1
+    settings = f"cascade.verifier_bar: {bar:.6g}" + ("" if tradeoff is None else f", cascade.start_tradeoff: {tradeoff:.6g}")
+    print(f"cascade from {cascade.start}: {settings} meet {args.target_quality:g} "
+          f"({', '.join(f'{k}={v:.4f}' for k, v in facts.items())}); set them in {args.config}")
+    return 0

@@ -1,0 +1,66 @@
+"""What several `tierwise` commands share: argument types, the records they read, a live gate's spending."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tierwise.data import Record, load, shared_files, split
+
+from ..live_gate import LiveGate
+
+
+def at_least(kind: type, low: float, strict: bool = False):
+    """An argparse type: a number of `kind` that is >= `low` (> `low` when `strict`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{' whole' if kind is int else ''} number: {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {value:g}")
+        return value
+    return parse
+
+
+def quality_target(text: str) -> float:
+    """--target-quality: a share of always-tier-3 quality, in (0, 1]."""
+    value = at_least(float, 0, strict=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be <= 1 (a share of tier 3's quality), got {value:g}")
+    return value
+
+
+def add_data(p: argparse.ArgumentParser, what: str = "routing records") -> None:
+    p.add_argument("--data", nargs="+", help=f"{what} (default: ../shared/data/routing/*.dev.jsonl)")
+
+
+def data_paths(data: list[str] | None, command: str) -> list[Path]:
+    data = data or shared_files()
+    if not data:
+        raise SystemExit(f"tierwise {command}: no --data given and ../shared/data/routing is absent")
+    return [Path(p) for p in data]
+
+
+def read_records(paths: list[Path], part: str) -> list[Record]:
+    """`part` of the records: all, dev, or held-out (the fifth by id hash that training never sees)."""
+    records = load(paths)
+    return records if part == "all" else split(records)[part == "held-out"]
+
+
+def add_live_gate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=at_least(int, 1), default=4, help="verifier calls in flight with --config")
+
+
+def spent(live: LiveGate) -> None:
+    """What a live gate's verifier calls cost, and the answers it could not rule on, on stderr."""
+    print(f"{live.gate_name} gate: {live.calls} verifier calls, ${live.spent_usd:.6f}, to judge every recorded "
+          "tier 1 and 2 answer; each cascade's cost counts the calls on its own path", file=sys.stderr)
+    if live.kept:
+        print(f"{live.gate_name} gate: {len(live.kept)} verdicts kept in {live.store} reused", file=sys.stderr)
+    if live.unreadable:
+        print(f"{live.gate_name} gate: skipped {live.unreadable} line(s) of {live.store} that are not verdicts",
+              file=sys.stderr)
+    if live.errors:
+        print(f"{live.gate_name} gate: the verifier could not rule on {len(live.errors)} answers, counted as "
+              f"rejected (first: {live.errors[0]})", file=sys.stderr)

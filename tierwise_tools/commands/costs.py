@@ -1,0 +1,36 @@
+"""`tierwise costs`: the monthly cost table at the configured prices."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from router_service.config import ConfigError, load
+
+from .. import costs
+from ..paths import ROOT
+from .common import at_least
+
+
+def register(sub) -> None:
+    p = sub.add_parser("costs", help="monthly cost table at the configured prices")
+    p.add_argument("--queries-per-month", type=at_least(int, 0), required=True)
+    p.add_argument("--mix", help="a tier mix in percent, e.g. 60/25/15")
+    p.add_argument("--from-eval", nargs="+", type=Path, help="JSON written by `tierwise eval --json`")
+    p.add_argument("--config", default=str(ROOT / "tierwise.example.yaml"))
+    p.add_argument("--input-tokens", type=at_least(int, 0), default=400)
+    p.add_argument("--output-tokens", type=at_least(int, 0), default=0, help="default: the config's expected_output_tokens")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load(args.config)
+        rows = [(f"mix {args.mix}", costs.parse_mix(args.mix), None)] if args.mix else []
+        rows += [costs.from_eval(p) for p in args.from_eval or ()]
+    except (ConfigError, ValueError, OSError, KeyError) as err:
+        print(f"tierwise costs: {err}", file=sys.stderr)
+        return 2
+    print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens,
+                      args.output_tokens or cfg.expected_output_tokens), end="")
+    return 0

@@ -1,0 +1,56 @@
+"""`tierwise promote`: check a trained head on records it never saw; install it if it holds the target."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
+from ..promote import promote
+from .common import add_data, data_paths, quality_target, read_records
+
+
+def register(sub) -> None:
+    p = sub.add_parser("promote", help="check a trained head on records it never saw; install it if it holds the target")
+    p.add_argument("--candidate", type=Path, required=True, help="directory with the candidate's head.json (`train --out`)")
+    add_data(p, "labelled routing records, e.g. from shadow.labels")
+    p.add_argument("--split", choices=("all", "held-out"), default="held-out",
+                   help="held-out (default): the fifth `train` never fits on, for a candidate trained on the same files")
+    p.add_argument("--target-quality", type=quality_target, default=0.95)
+    p.add_argument("--heads-dir", type=Path, default=HEADS_DIR, help="the directory the classifier serves")
+    p.add_argument("--dry-run", action="store_true", help="check only; install nothing")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    records = read_records(data_paths(args.data, "promote"), args.split)
+    try:
+        result = promote(args.candidate, records, args.heads_dir, args.target_quality, ENCODER_DIR, EMBEDDINGS_DIR,
+                         args.dry_run)
+    except KeyError as err:  # the candidate has no tradeoff for this target
+        print(f"tierwise promote: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        show(result, args.split)
+    return 0 if result["passed"] else 3
+
+
+def show(result: dict, split: str) -> None:
+    for role in ("candidate", "serving"):
+        m = result[role]
+        if m is not None:
+            print(f"{role:9} {m['version']}: quality vs frontier {m['quality_vs_frontier']:.4f} "
+                  f"(95% lower bound {m['quality_vs_frontier_lower_bound']:.4f}), savings {m['cost_savings']:.1%}, "
+                  f"tier mix {' / '.join(f'{t:.3f}' for t in m['tier_mix'])}")
+    outcome = "promoted" if result["promoted"] else "would promote (dry run)" if result["passed"] else "refused"
+    print(f"{outcome} on {result['n']} records ({split}): {result['why']}"
+          + (f"; installed to {result['installed_to']}" if result["promoted"] else ""))
+    serving, candidate = result["serving"], result["candidate"]
+    if result["passed"] and (serving is None or serving["head"] != candidate["head"]):
+        found_by = (f"routers naming no head use it when their tiers' first models are "
+                    f"{' / '.join(candidate['models'])}; others " if candidate["models"] else "routers use it ")
+        print(f"a new head: {found_by}once their config says classifier.head: {candidate['head']}")

@@ -1,0 +1,40 @@
+"""`tierwise train`: fit the tier head the classifier serves."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tierwise.data import shared_files
+
+from ..calibration import ALWAYS_TIER_3
+from ..paths import HEADS_DIR
+from ..train import train
+from .common import add_data, at_least, quality_target
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fit the tier head the classifier serves")
+    add_data(p)
+    p.add_argument("--out", type=Path, default=HEADS_DIR)
+    p.add_argument("--name", default="default")
+    p.add_argument("--target-quality", type=quality_target, default=0.95)
+    p.add_argument("--c", type=at_least(float, 0, strict=True),
+                   help="inverse L2 regularisation strength (default: chosen by cross-validation)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    data = args.data or shared_files()
+    if not data:
+        print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
+        return 2
+    head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c)
+    print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
+    for key in sorted(k for k in head.card if k.startswith("held_out")):
+        print(f"  {key}: {head.card[key]}")
+    if head.tradeoff == ALWAYS_TIER_3:
+        print(f"tierwise train: on {head.card['n_dev']} development records no tradeoff met the {args.target_quality:g} "
+              "target with confidence, so this head sends every query to tier 3. Label more queries: on the shared "
+              "data, savings at the calibrated point grew until 800-1600 (docs/decisions/0013)", file=sys.stderr)
+    return 0
