@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tiers import N_TIERS, TIERS, tier_list
+
 ACCEPTABLE = 0.5
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 TEST_SHARE = 5  # one record in five (by id hash) is held out: never trained, calibrated or selected on
@@ -66,7 +68,7 @@ def _record(line: str, where: str) -> Record:
     try:
         raw = json.loads(line)
         outcomes = {o["tier"]: o for o in raw["outcomes"]}
-        tiers = [outcomes[t] for t in (1, 2, 3)]
+        tiers = [outcomes[t] for t in TIERS]
         scores = tuple(float(o["score"]) for o in tiers)
         costs = tuple(float(o["cost_usd"]) for o in tiers)
         record = Record(
@@ -83,14 +85,14 @@ def _record(line: str, where: str) -> Record:
         raise DataError(f"{where}: outcomes[].score: must lie in [0, 1], got {list(scores)}")
     if not all(c >= 0.0 and np.isfinite(c) for c in costs):
         raise DataError(f"{where}: outcomes[].cost_usd: must be a finite number >= 0, got {list(costs)}")
-    if record.routed_tier not in (None, 1, 2, 3):
-        raise DataError(f"{where}: routed_tier: must be 1, 2 or 3, got {record.routed_tier!r}")
+    if record.routed_tier not in (None, *TIERS):
+        raise DataError(f"{where}: routed_tier: must be {tier_list()}, got {record.routed_tier!r}")
     if record.paid_usd is not None and not (record.paid_usd >= 0.0 and np.isfinite(record.paid_usd)):
         raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {record.paid_usd}")
     if "lineup" in raw:
         # The router's tiers, written by the label tool and the shadow: the lineup even where a fallback answered.
         lineup = raw["lineup"]
-        if not (isinstance(lineup, list) and len(lineup) == 3 and all(isinstance(m, str) and m for m in lineup)):
+        if not (isinstance(lineup, list) and len(lineup) == N_TIERS and all(isinstance(m, str) and m for m in lineup)):
             raise DataError(f"{where}: lineup: must name the three tiers' models, got {lineup!r}")
         record = replace(record, models=tuple(lineup))
     return record
@@ -116,8 +118,8 @@ def split(records: list[Record]) -> tuple[list[Record], list[Record]]:
 
 def arrays(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
     """Per-record acceptable-answer matrix (n, 3) and cost matrix (n, 3)."""
-    ok = np.array([[s >= ACCEPTABLE for s in r.scores] for r in records], dtype=bool).reshape(-1, 3)
-    cost = np.array([r.costs for r in records], dtype=np.float64).reshape(-1, 3)
+    ok = np.array([[s >= ACCEPTABLE for s in r.scores] for r in records], dtype=bool).reshape(-1, N_TIERS)
+    cost = np.array([r.costs for r in records], dtype=np.float64).reshape(-1, N_TIERS)
     return ok, cost
 
 

@@ -10,6 +10,7 @@ from typing import Iterable
 import numpy as np
 
 from .data import Record, arrays
+from .tiers import TIERS
 
 QUALITY_TARGETS = (0.9, 0.95, 0.99)
 
@@ -29,7 +30,7 @@ def routing_metrics(records: list[Record], tiers: np.ndarray, paid: np.ndarray |
         "cost_savings": float(1 - spent.sum() / cost[:, 2].sum()),
         "answer_quality": float(answer_quality),
         "quality_vs_frontier": float(answer_quality / frontier_quality) if frontier_quality else float("nan"),
-        "tier_mix": [float((tiers == t).mean()) for t in (1, 2, 3)],
+        "tier_mix": [float((tiers == t).mean()) for t in TIERS],
     }
 
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from router_service.config import RouterConfig
+from tierwise.tiers import N_TIERS, TIERS
 
 
 def per_query(cfg: RouterConfig, mix: tuple[float, float, float], input_tokens: int, output_tokens: int) -> float:
-    return sum(share * cfg.tiers[tier].cost(input_tokens, output_tokens) for tier, share in zip((1, 2, 3), mix))
+    return sum(share * cfg.tiers[tier].cost(input_tokens, output_tokens) for tier, share in zip(TIERS, mix))
 
 
 def parse_mix(text: str) -> tuple[float, float, float]:
@@ -18,7 +19,7 @@ def parse_mix(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split("/")]
     except ValueError:
         raise ValueError(f"--mix: {text!r} is not three numbers like 60/25/15") from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6:
+    if len(parts) != N_TIERS or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6:
         raise ValueError(f"--mix: {text!r} must be three non-negative shares adding up to 100")
     return tuple(p / 100 for p in parts)
 

@@ -26,6 +26,7 @@ from router_service.gates import GATES, gate
 from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
 from tierwise.data import Record, arrays
 from tierwise.metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
+from tierwise.tiers import CHEAPEST, FRONTIER
 
 from .calibration import TRADEOFFS
 from .embeddings import embed_records
@@ -99,7 +100,7 @@ def baseline(name: str, records: list[Record], seed: int = 0) -> Replay:
         return Replay(name, records, _one_shot(records, tiers), [_one_shot(records, tiers)], 0.0)
     if name == "random":
         rng = np.random.default_rng(seed)
-        op = _one_shot(records, rng.integers(1, 4, n))
+        op = _one_shot(records, rng.integers(CHEAPEST, FRONTIER + 1, n))
         # The curve of random routing: send a share p of traffic to tier 3, the rest to tier 1.
         sweep = [_one_shot(records, np.where(rng.random(n) < p, 3, 1)) for p in np.linspace(0, 1, 21)]
         return Replay(name, records, op, sweep, 0.0)
@@ -202,14 +203,14 @@ class Gated:
         rows = np.arange(len(self.records))
         tiers = np.asarray(first, dtype=int).copy()
         paid = cost[rows, tiers - 1].copy()
-        judged = tiers < 3  # the gate runs on every answer below tier 3 the cascade gets
+        judged = tiers < FRONTIER  # the gate runs on every answer below tier 3 the cascade gets
         for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
             answer = np.minimum(tiers, 2) - 1
             paid += np.where(judged, self.verdict_cost[rows, answer], 0.0)
             climb = judged & ~accepted[rows, answer]
             tiers += climb
             paid += np.where(climb, cost[rows, tiers - 1], 0.0)
-            judged = climb & (tiers < 3)
+            judged = climb & (tiers < FRONTIER)
         return Outcome(tiers, paid)
 
 

@@ -22,6 +22,7 @@ from classifier_service.encoder import Encoder
 from classifier_service.heads import Support, TierHead, decide, success, unit
 from tierwise.data import DataError, Record, arrays, check_measurable, load, split
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
+from tierwise.tiers import N_TIERS
 
 from .calibration import WINDOW, calibrate
 from .embeddings import embed_records
@@ -37,9 +38,9 @@ MIN_DEV_RECORDS = 25  # five cross-validation folds of five
 def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
     """(coef (3, d), intercept (3,)) of one logistic model per tier; a tier that always (or never) succeeds
     in the data gets a constant model at its smoothed success rate."""
-    coef = np.zeros((3, x.shape[1]), dtype=np.float32)
-    intercept = np.zeros(3, dtype=np.float32)
-    for t in range(3):
+    coef = np.zeros((N_TIERS, x.shape[1]), dtype=np.float32)
+    intercept = np.zeros(N_TIERS, dtype=np.float32)
+    for t in range(N_TIERS):
         if ok[:, t].min() == ok[:, t].max():
             rate = (ok[:, t].sum() + 0.5) / (len(ok) + 1.0)
             intercept[t] = np.log(rate / (1 - rate))
