@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -30,9 +30,7 @@ from tierwise.tiers import CHEAPEST, FRONTIER
 
 from .calibration import TRADEOFFS
 from .embeddings import embed_records
-
-if TYPE_CHECKING:
-    from .live_gate import LiveGate
+from .live_gate import LiveGate
 
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
 BASELINES = ("always-1", "always-3", "oracle", "random")
@@ -214,7 +212,7 @@ class Gated:
         return Outcome(tiers, paid)
 
 
-def gated(records: list[Record], gate_name: str, live: "LiveGate | None" = None) -> Gated | str:
+def gated(records: list[Record], gate_name: str, live: LiveGate | None = None) -> Gated | str:
     """The gate's verdicts on the records with a tier 1 and a tier 2 answer, or why there are none to replay. A
     gate that asks a model runs through `live` (the configured providers)."""
     text_only = gate_name not in GATES or GATES[gate_name].replayable
@@ -237,7 +235,7 @@ def gated(records: list[Record], gate_name: str, live: "LiveGate | None" = None)
 
 
 def cascade(records: list[Record], start: Callable[[list[Record]], Replay], gate_name: str,
-            name: str = "cascade", live: "LiveGate | None" = None) -> Replay:
+            name: str = "cascade", live: LiveGate | None = None) -> Replay:
     """A cascade as the router runs it: the `start` strategy's replay on the replayable records gives each
     record's first tier (its operating point, and each setting of its sweep); the gate runs on each recorded
     answer, and a rejection escalates. Records lacking a tier 1 or 2 answer are not replayable. The sweep
