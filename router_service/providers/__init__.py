@@ -1,0 +1,19 @@
+"""Dispatch to OpenAI-compatible providers through the official `openai` SDK.
+
+A `Provider` is one endpoint and model with its own circuit breaker; each call is retried per
+`retry.py` (the SDK's own retries are off, so every HTTP attempt is visible as an `Attempt`). A
+`TierChain` tries a tier's providers in order and returns the first answer. A stream fails over only
+before its first token: after that, a failure ends it with `StreamInterrupted`, never a mixed answer.
+
+Deadlines are `time.monotonic()` values (the gRPC deadline); each attempt's timeout is the provider's
+timeout capped by the time left. API keys are read from the environment at call time, never logged.
+"""
+from .chain import TierChain
+from .errors import (ChainExhausted, DeadlineExceeded, IncompleteStream, ProviderError, ProviderFailed,
+                     ProviderNotConfigured, StreamInterrupted)
+from .provider import NO_KEY_NEEDED, PROVIDER_ERRORS, Provider
+from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderSpec
+
+__all__ = ["NO_KEY_NEEDED", "PROVIDER_ERRORS", "Attempt", "ChainExhausted", "Completion", "DeadlineExceeded", "Events",
+           "IncompleteStream", "Messages", "OnAttempt", "Outcome", "Provider", "ProviderError", "ProviderFailed",
+           "ProviderNotConfigured", "ProviderSpec", "StreamInterrupted", "TierChain"]

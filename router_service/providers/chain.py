@@ -1,0 +1,70 @@
+"""A tier's providers, tried in order until one answers."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
+                     StreamInterrupted)
+from .provider import Provider
+from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome
+
+
+class TierChain:
+    """The providers of one tier, tried in order until one answers."""
+
+    def __init__(self, providers: Sequence[Provider]) -> None:
+        if not providers:
+            raise ValueError("a tier chain needs at least one provider")
+        self.providers = tuple(providers)
+
+    async def aclose(self) -> None:
+        for provider in self.providers:
+            await provider.aclose()
+
+    async def complete(self, messages: Messages, *, max_tokens: int | None = None,
+                       temperature: float | None = None, deadline: float | None = None,
+                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
+        attempts: list[Attempt] = []
+        for provider in self.providers:
+            try:
+                completion = await provider.complete(messages, max_tokens=max_tokens, temperature=temperature,
+                                                     deadline=deadline, on_attempt=on_attempt,
+                                                     top_logprobs=top_logprobs)
+            except DeadlineExceeded:
+                raise DeadlineExceeded(attempts) from None
+            except (ProviderNotConfigured, ProviderFailed) as exc:
+                attempts.extend(exc.attempts)
+                continue
+            return replace(completion, attempts=attempts + completion.attempts)
+        raise self._exhausted(attempts)
+
+    async def stream(self, messages: Messages, *, max_tokens: int | None = None,
+                     temperature: float | None = None, deadline: float | None = None,
+                     on_attempt: OnAttempt | None = None) -> Events:
+        """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
+        attempts: list[Attempt] = []
+        for provider in self.providers:
+            events = provider.stream(messages, max_tokens=max_tokens, temperature=temperature,
+                                     deadline=deadline, on_attempt=on_attempt)
+            try:
+                async for event in events:
+                    if isinstance(event, Completion):
+                        yield replace(event, attempts=attempts + event.attempts)
+                        return
+                    yield event
+            except StreamInterrupted as exc:
+                raise StreamInterrupted(exc.provider, exc.tokens_sent, exc.cause,
+                                        attempts + exc.attempts) from exc.cause
+            except DeadlineExceeded:
+                raise DeadlineExceeded(attempts) from None
+            except (ProviderNotConfigured, ProviderFailed) as exc:
+                attempts.extend(exc.attempts)
+            finally:
+                await events.aclose()
+        raise self._exhausted(attempts)
+
+    def _exhausted(self, attempts: list[Attempt]) -> ProviderError:
+        if all(a.outcome is Outcome.NOT_CONFIGURED for a in attempts):
+            return ProviderNotConfigured([p.spec for p in self.providers], attempts)
+        return ChainExhausted(attempts)

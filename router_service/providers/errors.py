@@ -1,0 +1,61 @@
+"""How a provider call fails; each error carries the attempts made, in order."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .types import Attempt, ProviderSpec
+
+
+class ProviderError(Exception):
+    """Base of the errors below; `attempts` tells what was tried, in order."""
+
+    def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts)
+
+
+class ProviderNotConfigured(ProviderError):
+    """No API key in the environment: a deployment problem (the router answers FAILED_PRECONDITION)."""
+
+    def __init__(self, specs: Sequence[ProviderSpec], attempts: Sequence[Attempt]) -> None:
+        self.missing_env = [spec.api_key_env for spec in specs]
+        super().__init__("; ".join(f"provider {s.name!r} ({s.base_url}) is not configured: set the environment "
+                                   f"variable {s.api_key_env} to its API key" for s in specs), attempts)
+
+
+class ProviderFailed(ProviderError):
+    """One provider gave up: its breaker is open, or its attempts failed."""
+
+
+class DeadlineExceeded(ProviderError):
+    """The caller's deadline passed before another provider could be tried."""
+
+    def __init__(self, attempts: Sequence[Attempt]) -> None:
+        super().__init__(f"deadline passed after {_describe(attempts)}", attempts)
+
+
+class ChainExhausted(ProviderError):
+    def __init__(self, attempts: Sequence[Attempt]) -> None:
+        super().__init__(f"every provider failed: {_describe(attempts)}", attempts)
+
+
+def _describe(attempts: Sequence[Attempt]) -> str:
+    if not attempts:
+        return "no attempt"
+    return f"{len(attempts)} attempts: " + "; ".join(a.describe() for a in attempts)
+
+
+class StreamInterrupted(ProviderError):
+    """A stream failed after `tokens_sent` text deltas were yielded; it was not (and must not be) resumed."""
+
+    def __init__(self, provider: str, tokens_sent: int, cause: BaseException, attempts: Sequence[Attempt]) -> None:
+        self.provider = provider
+        self.tokens_sent = tokens_sent
+        self.cause = cause
+        error = attempts[-1].error if attempts else str(cause)
+        super().__init__(f"stream from provider {provider!r} broke after {tokens_sent} text chunks: {error}",
+                         attempts)
+
+
+class IncompleteStream(ValueError):
+    """The stream ended without a finish_reason: the provider cut it short."""

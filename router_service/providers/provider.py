@@ -1,0 +1,266 @@
+"""One OpenAI-compatible endpoint and model, with its own circuit breaker and retries."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
+
+import openai
+from openai.types import CompletionUsage
+from openai.types.chat.chat_completion import ChoiceLogprobs
+
+from ..breaker import CircuitBreaker, StateListener
+from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
+from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
+from .stream import LiveStream
+from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderSpec
+
+log = logging.getLogger("tierwise.router.providers")
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+# The SDK insists on a key; a provider that needs none (api_key_env = "") is sent this instead.
+NO_KEY_NEEDED = "no-key-needed"
+
+# What a failing provider call can raise. ValueError: a body that is not JSON or does not fit the schema.
+PROVIDER_ERRORS = (openai.OpenAIError, TimeoutError, ValueError)
+
+
+class _AttemptLog:
+    """The attempts of one call, each also reported to the observability hook as it happens."""
+
+    def __init__(self, on_attempt: OnAttempt | None) -> None:
+        self.attempts: list[Attempt] = []
+        self._on_attempt = on_attempt
+
+    def add(self, attempt: Attempt) -> Attempt:
+        self.attempts.append(attempt)
+        if attempt.outcome is not Outcome.OK:
+            log.warning("provider attempt did not succeed", extra={"fields": {
+                "provider": attempt.provider, "model": attempt.model, "outcome": str(attempt.outcome),
+                "status_code": attempt.status_code, "error": attempt.error}})
+        if self._on_attempt is not None:
+            try:
+                self._on_attempt(attempt)
+            except Exception:  # a broken metrics hook must not fail the call
+                log.exception("on_attempt hook failed")
+        return attempt
+
+
+class Provider:
+    def __init__(self, spec: ProviderSpec, *, breaker: CircuitBreaker | None = None,
+                 retrier: Retrier | None = None, on_breaker_change: StateListener | None = None) -> None:
+        self.spec = spec
+        self.breaker = breaker or CircuitBreaker(spec.name, failure_threshold=spec.breaker_failure_threshold,
+                                                 cooldown_s=spec.breaker_cooldown_s,
+                                                 on_state_change=on_breaker_change)
+        self.retrier = retrier or Retrier(RetryPolicy.with_retries(spec.max_retries))
+        self._client: openai.AsyncOpenAI | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def complete(self, messages: Messages, *, max_tokens: int | None = None,
+                       temperature: float | None = None, deadline: float | None = None,
+                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
+        attempts = _AttemptLog(on_attempt)
+        client = self._admit(deadline, attempts)
+        with _settling_breaker(self.breaker):
+            completion, started = await self._with_retries(
+                lambda timeout: self._request(client, messages, max_tokens, temperature, timeout, top_logprobs),
+                deadline, attempts)
+            self.breaker.record_success()
+            attempts.add(self._attempt(Outcome.OK, started))
+            return replace(completion, attempts=attempts.attempts)
+
+    async def stream(self, messages: Messages, *, max_tokens: int | None = None,
+                     temperature: float | None = None, deadline: float | None = None,
+                     on_attempt: OnAttempt | None = None) -> Events:
+        """Yield text deltas, then one `Completion` with the whole content, usage and attempts.
+
+        Failures before the first delta are retried; after it, `StreamInterrupted` is raised. Reading
+        up to the first delta gets the attempt timeout; each later read, the same again.
+        """
+        attempts = _AttemptLog(on_attempt)
+        client = self._admit(deadline, attempts)
+        with _settling_breaker(self.breaker):
+            (live, delta), started = await self._with_retries(
+                lambda timeout: self._open_stream(client, messages, max_tokens, temperature, timeout),
+                deadline, attempts)
+            tokens_sent = 0
+            try:
+                while delta is not None:
+                    yield delta
+                    tokens_sent += 1
+                    timeout = self._timeout_for(deadline)
+                    try:
+                        delta = await live.next_delta(timeout)
+                    except PROVIDER_ERRORS as exc:
+                        self._record_failure(exc, timeout, started, attempts)
+                        raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
+            finally:
+                await live.aclose()
+            self.breaker.record_success()
+            attempts.add(self._attempt(Outcome.OK, started))
+            yield replace(_completion(self.spec, messages, live.content, live.usage, live.finish_reason),
+                          attempts=attempts.attempts)
+
+    # -- one provider call --
+
+    def _api_key(self) -> str | None:
+        if not self.spec.api_key_env:
+            return NO_KEY_NEEDED
+        return os.environ.get(self.spec.api_key_env) or None
+
+    def _client_for(self, api_key: str) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(base_url=self.spec.base_url, api_key=api_key, max_retries=0,
+                                              timeout=self.spec.timeout_s)
+        elif self._client.api_key != api_key:
+            # A rotated key. The copy shares the connection pool, so calls in flight on the old one go on
+            # and nothing is left open.
+            self._client = self._client.with_options(api_key=api_key)
+        return self._client
+
+    def _admit(self, deadline: float | None, attempts: _AttemptLog) -> openai.AsyncOpenAI:
+        """The client for this call, or the error saying why there is no call to make."""
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded([])
+        api_key = self._api_key()
+        if api_key is None:
+            attempts.add(self._attempt(Outcome.NOT_CONFIGURED, error=f"environment variable "
+                                       f"{self.spec.api_key_env} is not set"))
+            raise ProviderNotConfigured([self.spec], attempts.attempts)
+        if not self.breaker.allow():
+            attempts.add(self._attempt(Outcome.SKIPPED_BREAKER_OPEN, error="circuit breaker open"))
+            raise ProviderFailed(f"provider {self.name!r}: circuit breaker open", attempts.attempts)
+        return self._client_for(api_key)
+
+    async def _with_retries(self, call: Callable[[float], Awaitable[T]], deadline: float | None,
+                            attempts: _AttemptLog) -> tuple[T, float]:
+        """`call(timeout_s)` retried per the policy: (its result, when the successful attempt started).
+
+        Failed attempts are logged and fed to the breaker here; the caller settles success.
+        """
+        async def one_attempt() -> tuple[T, float]:
+            timeout = self._timeout_for(deadline)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await call(timeout), started
+            except PROVIDER_ERRORS as exc:
+                raise AttemptFailed(self._record_failure(exc, timeout, started, attempts)) from exc
+
+        try:
+            return await self.retrier.run(one_attempt, deadline=deadline, may_retry=self.breaker.allow)
+        except AttemptFailed:
+            raise ProviderFailed(f"provider {self.name!r} failed: {attempts.attempts[-1].error}",
+                                 attempts.attempts) from None
+
+    def _timeout_for(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.spec.timeout_s
+        return max(0.0, min(self.spec.timeout_s, deadline - time.monotonic()))
+
+    def _record_failure(self, exc: BaseException, timeout: float, started: float,
+                        attempts: _AttemptLog) -> Failure:
+        """Log a failed attempt and give the breaker its verdict."""
+        failure = classify(exc)
+        timed_out = failure.kind is FailureKind.TIMEOUT and failure.status_code is None
+        if timed_out:
+            failure = replace(failure, message=f"timed out after {timeout:.3g}s")
+        if timed_out and timeout < self.spec.timeout_s:
+            self.breaker.record_abandoned()  # the caller's deadline cut it short: no verdict on the provider
+        elif failure.provider_at_fault:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()  # it answered, rightly refusing a bad request
+        attempts.add(self._attempt(Outcome.ERROR, started, error=failure.message, status_code=failure.status_code,
+                                   retry_after=failure.retry_after_s))
+        return failure
+
+    def _attempt(self, outcome: Outcome, started: float | None = None, **details: Any) -> Attempt:
+        latency_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
+        return Attempt(self.name, self.spec.model, outcome, latency_ms=latency_ms, **details)
+
+    async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
+                       temperature: float | None, timeout: float, top_logprobs: int | None = None) -> Completion:
+        response = await client.chat.completions.create(
+            model=self.spec.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
+            temperature=_set_or_omit(temperature), timeout=timeout,
+            logprobs=_set_or_omit(True if top_logprobs else None), top_logprobs=_set_or_omit(top_logprobs or None))
+        if not response.choices:
+            raise ValueError("response has no choices")
+        choice = response.choices[0]
+        completion = _completion(self.spec, messages, choice.message.content or "", response.usage, choice.finish_reason)
+        return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
+
+    async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
+                           temperature: float | None, timeout: float) -> tuple[LiveStream, str | None]:
+        """Start the stream and read up to its first text delta, so that failures so far can be retried."""
+        sdk_stream = await client.chat.completions.create(
+            model=self.spec.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
+            temperature=_set_or_omit(temperature), stream=True, stream_options={"include_usage": True},
+            timeout=timeout)
+        live = LiveStream(sdk_stream)
+        try:
+            return live, await live.next_delta(timeout)
+        except BaseException:
+            await live.aclose()
+            raise
+
+
+@contextmanager
+def _settling_breaker(breaker: CircuitBreaker) -> Iterator[None]:
+    """Free the breaker's probe slot if a call ends with no verdict (cancelled, or a bug).
+
+    ProviderErrors pass untouched: the breaker was told the outcome before they were raised."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except BaseException:
+        breaker.record_abandoned()
+        raise
+
+
+def _set_or_omit(value: N | None) -> N | openai.Omit:
+    """Send only what the caller set (not null): the provider applies its own defaults to the rest."""
+    return openai.omit if value is None else value
+
+
+def _completion(spec: ProviderSpec, messages: Messages, content: str, usage: CompletionUsage | None,
+                finish_reason: str | None) -> Completion:
+    finish_reason = finish_reason or "stop"
+    if usage is None:
+        return Completion(content, spec.name, spec.model, _estimate_tokens(_prompt_text(messages)),
+                          _estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
+    return Completion(content, spec.name, spec.model, usage.prompt_tokens, usage.completion_tokens,
+                      finish_reason=finish_reason)
+
+
+def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """The reply's tokens with their alternatives (the token itself among them), if the provider sent them."""
+    if logprobs is None or not logprobs.content:
+        return ()
+    return tuple((t.token, tuple((a.token, a.logprob) for a in t.top_logprobs or ()) or ((t.token, t.logprob),))
+                 for t in logprobs.content)
+
+
+def _prompt_text(messages: Messages) -> str:
+    return "".join(content for m in messages if isinstance(content := m.get("content"), str))
+
+
+def _estimate_tokens(text: str) -> int:
+    return (len(text) + 3) // 4

@@ -1,0 +1,65 @@
+"""What a provider call is given and what it returns: messages, attempts, the completion."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import AsyncGenerator, Callable, Sequence
+
+from openai.types.chat import ChatCompletionMessageParam
+
+Messages = Sequence[ChatCompletionMessageParam]
+Events = AsyncGenerator["str | Completion", None]
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED_BREAKER_OPEN = "skipped_breaker_open"
+    NOT_CONFIGURED = "not_configured"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    provider: str
+    model: str
+    outcome: Outcome
+    error: str = ""
+    status_code: int | None = None
+    latency_ms: float = 0.0  # for a stream: until its end
+    retry_after: float | None = None
+
+    def describe(self) -> str:
+        text = f"{self.provider}/{self.model}: {self.outcome}"
+        return f"{text} ({self.error})" if self.error else text
+
+
+OnAttempt = Callable[[Attempt], None]
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    attempts: list[Attempt] = field(default_factory=list)
+    # True when the provider reported no usage and the token counts are len(text) / 4 estimates.
+    usage_estimated: bool = False
+    # Why the provider stopped: "stop", or "length" when the answer was cut off at max_tokens.
+    finish_reason: str = "stop"
+    # With `top_logprobs` asked for: each generated token and its likeliest alternatives with their log
+    # probabilities, e.g. ((' true', ((' true', -0.1), (' false', -2.4))), ...); () when the provider sent none.
+    tokens: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str = ""  # the NAME of the environment variable holding the key; "" = no key needed
+    timeout_s: float = 30.0
+    max_retries: int = 2
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
