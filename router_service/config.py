@@ -8,40 +8,21 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .config_doc import doc
 from .gates import GATES
+from .providers import ProviderConfig
 
 TIERS = (1, 2, 3)
 
 
 class ConfigError(ValueError):
     """A problem in the config file; the message starts with the key path."""
-
-
-def doc(text: str, default: Any = MISSING, *, key: str | None = None, nested: type | None = None,
-        many: bool = False, factory: Any = MISSING) -> Any:
-    """A config field with its documentation (the configuration reference is generated from these)."""
-    meta = {"doc": text, "key": key, "nested": nested, "many": many}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    name: str = doc("provider name, shown in attempts, metrics and logs")
-    base_url: str = doc("OpenAI-compatible base URL (http:// or https://)")
-    model: str = doc("model name sent to the provider")
-    api_key_env: str = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
-    timeout_s: float = doc("per-call timeout, capped by the caller's deadline", 30.0)
-    max_retries: int = doc("retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
-    breaker_failures: int = doc("consecutive failures that open the circuit breaker", 5)
-    breaker_cooldown_s: float = doc("seconds an open breaker waits before one half-open probe", 30.0)
 
 
 @dataclass(frozen=True)

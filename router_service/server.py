@@ -19,7 +19,7 @@ from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .head_choice import LineupHead
-from .providers import Attempt, Outcome, Provider, ProviderSpec, StreamInterrupted, TierChain
+from .providers import Attempt, Outcome, Provider, StreamInterrupted, TierChain
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .strategies.cascade import CascadeStrategy
@@ -224,13 +224,7 @@ def _gate_of(strategy: Strategy):
 
 def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
     metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
-    return {tier: TierChain([Provider(ProviderSpec(name=p.name, base_url=p.base_url, model=p.model,
-                                                   api_key_env=p.api_key_env, timeout_s=p.timeout_s,
-                                                   max_retries=p.max_retries,
-                                                   breaker_failure_threshold=p.breaker_failures,
-                                                   breaker_cooldown_s=p.breaker_cooldown_s),
-                                      on_breaker_change=_log_breaker(metrics))
-                             for p in t.providers])
+    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers])
             for tier, t in cfg.tiers.items()}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from router_service.breaker import BreakerState, CircuitBreaker
 from router_service.providers import (Attempt, ChainExhausted, Completion, DeadlineExceeded, Outcome, Provider,
-                                      ProviderFailed, ProviderNotConfigured, ProviderSpec, StreamInterrupted,
+                                      ProviderConfig, ProviderFailed, ProviderNotConfigured, StreamInterrupted,
                                       TierChain)
 from router_service.retry import Failure, FailureKind, RetryPolicy, Retrier, retry_after_seconds
 
@@ -63,8 +63,8 @@ def sleeps() -> RecordedSleeps:
 
 def make_provider(base_url: str, name: str, sleeps: RecordedSleeps, *, retries: int = 2, timeout_s: float = 2.0,
                   api_key_env: str = KEY_ENV, breaker: CircuitBreaker | None = None) -> Provider:
-    spec = ProviderSpec(name=name, base_url=base_url, model=f"model-{name}", api_key_env=api_key_env,
-                        timeout_s=timeout_s, max_retries=retries)
+    spec = ProviderConfig(name=name, base_url=base_url, model=f"model-{name}", api_key_env=api_key_env,
+                          timeout_s=timeout_s, max_retries=retries)
     policy = RetryPolicy.with_retries(retries, base_delay_s=0.2, max_delay_s=1.0, max_retry_after_s=0.5)
     return Provider(spec, breaker=breaker, retrier=Retrier(policy, sleep=sleeps, random_fraction=lambda: JITTER))
 
@@ -174,7 +174,7 @@ def test_rate_limit_waits_for_retry_after(double, sleeps, retry_after, expected_
 
 def test_real_retry_after_wait_is_slept(double):
     double.script("model-a", Fault.rate_limited("0.25"))
-    spec = ProviderSpec(name="a", base_url=double.base_url, model="model-a", api_key_env=KEY_ENV, timeout_s=2.0)
+    spec = ProviderConfig(name="a", base_url=double.base_url, model="model-a", api_key_env=KEY_ENV, timeout_s=2.0)
     provider = Provider(spec)  # the default retrier: real asyncio.sleep
     started = time.monotonic()
     run(provider.complete(MESSAGES), provider)

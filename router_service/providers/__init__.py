@@ -12,8 +12,8 @@ from .chain import TierChain
 from .errors import (ChainExhausted, DeadlineExceeded, IncompleteStream, ProviderError, ProviderFailed,
                      ProviderNotConfigured, StreamInterrupted)
 from .provider import NO_KEY_NEEDED, PROVIDER_ERRORS, Provider
-from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderSpec
+from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig
 
 __all__ = ["NO_KEY_NEEDED", "PROVIDER_ERRORS", "Attempt", "ChainExhausted", "Completion", "DeadlineExceeded", "Events",
            "IncompleteStream", "Messages", "OnAttempt", "Outcome", "Provider", "ProviderError", "ProviderFailed",
-           "ProviderNotConfigured", "ProviderSpec", "StreamInterrupted", "TierChain"]
+           "ProviderConfig", "ProviderNotConfigured", "StreamInterrupted", "TierChain"]

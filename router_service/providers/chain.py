@@ -66,5 +66,5 @@ class TierChain:
 
     def _exhausted(self, attempts: list[Attempt]) -> ProviderError:
         if all(a.outcome is Outcome.NOT_CONFIGURED for a in attempts):
-            return ProviderNotConfigured([p.spec for p in self.providers], attempts)
+            return ProviderNotConfigured([p.config for p in self.providers], attempts)
         return ChainExhausted(attempts)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .types import Attempt, ProviderSpec
+from .types import Attempt, ProviderConfig
 
 
 class ProviderError(Exception):
@@ -17,10 +17,10 @@ class ProviderError(Exception):
 class ProviderNotConfigured(ProviderError):
     """No API key in the environment: a deployment problem (the router answers FAILED_PRECONDITION)."""
 
-    def __init__(self, specs: Sequence[ProviderSpec], attempts: Sequence[Attempt]) -> None:
-        self.missing_env = [spec.api_key_env for spec in specs]
-        super().__init__("; ".join(f"provider {s.name!r} ({s.base_url}) is not configured: set the environment "
-                                   f"variable {s.api_key_env} to its API key" for s in specs), attempts)
+    def __init__(self, configs: Sequence[ProviderConfig], attempts: Sequence[Attempt]) -> None:
+        self.missing_env = [c.api_key_env for c in configs]
+        super().__init__("; ".join(f"provider {c.name!r} ({c.base_url}) is not configured: set the environment "
+                                   f"variable {c.api_key_env} to its API key" for c in configs), attempts)
 
 
 class ProviderFailed(ProviderError):

@@ -17,7 +17,7 @@ from ..breaker import CircuitBreaker, StateListener
 from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
-from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderSpec
+from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -53,18 +53,18 @@ class _AttemptLog:
 
 
 class Provider:
-    def __init__(self, spec: ProviderSpec, *, breaker: CircuitBreaker | None = None,
+    def __init__(self, config: ProviderConfig, *, breaker: CircuitBreaker | None = None,
                  retrier: Retrier | None = None, on_breaker_change: StateListener | None = None) -> None:
-        self.spec = spec
-        self.breaker = breaker or CircuitBreaker(spec.name, failure_threshold=spec.breaker_failure_threshold,
-                                                 cooldown_s=spec.breaker_cooldown_s,
+        self.config = config
+        self.breaker = breaker or CircuitBreaker(config.name, failure_threshold=config.breaker_failures,
+                                                 cooldown_s=config.breaker_cooldown_s,
                                                  on_state_change=on_breaker_change)
-        self.retrier = retrier or Retrier(RetryPolicy.with_retries(spec.max_retries))
+        self.retrier = retrier or Retrier(RetryPolicy.with_retries(config.max_retries))
         self._client: openai.AsyncOpenAI | None = None
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.config.name
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -113,20 +113,20 @@ class Provider:
                 await live.aclose()
             self.breaker.record_success()
             attempts.add(self._attempt(Outcome.OK, started))
-            yield replace(_completion(self.spec, messages, live.content, live.usage, live.finish_reason),
+            yield replace(_completion(self.config, messages, live.content, live.usage, live.finish_reason),
                           attempts=attempts.attempts)
 
     # -- one provider call --
 
     def _api_key(self) -> str | None:
-        if not self.spec.api_key_env:
+        if not self.config.api_key_env:
             return NO_KEY_NEEDED
-        return os.environ.get(self.spec.api_key_env) or None
+        return os.environ.get(self.config.api_key_env) or None
 
     def _client_for(self, api_key: str) -> openai.AsyncOpenAI:
         if self._client is None:
-            self._client = openai.AsyncOpenAI(base_url=self.spec.base_url, api_key=api_key, max_retries=0,
-                                              timeout=self.spec.timeout_s)
+            self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=api_key, max_retries=0,
+                                              timeout=self.config.timeout_s)
         elif self._client.api_key != api_key:
             # A rotated key. The copy shares the connection pool, so calls in flight on the old one go on
             # and nothing is left open.
@@ -140,8 +140,8 @@ class Provider:
         api_key = self._api_key()
         if api_key is None:
             attempts.add(self._attempt(Outcome.NOT_CONFIGURED, error=f"environment variable "
-                                       f"{self.spec.api_key_env} is not set"))
-            raise ProviderNotConfigured([self.spec], attempts.attempts)
+                                       f"{self.config.api_key_env} is not set"))
+            raise ProviderNotConfigured([self.config], attempts.attempts)
         if not self.breaker.allow():
             attempts.add(self._attempt(Outcome.SKIPPED_BREAKER_OPEN, error="circuit breaker open"))
             raise ProviderFailed(f"provider {self.name!r}: circuit breaker open", attempts.attempts)
@@ -170,8 +170,8 @@ class Provider:
 
     def _timeout_for(self, deadline: float | None) -> float:
         if deadline is None:
-            return self.spec.timeout_s
-        return max(0.0, min(self.spec.timeout_s, deadline - time.monotonic()))
+            return self.config.timeout_s
+        return max(0.0, min(self.config.timeout_s, deadline - time.monotonic()))
 
     def _record_failure(self, exc: BaseException, timeout: float, started: float,
                         attempts: _AttemptLog) -> Failure:
@@ -180,7 +180,7 @@ class Provider:
         timed_out = failure.kind is FailureKind.TIMEOUT and failure.status_code is None
         if timed_out:
             failure = replace(failure, message=f"timed out after {timeout:.3g}s")
-        if timed_out and timeout < self.spec.timeout_s:
+        if timed_out and timeout < self.config.timeout_s:
             self.breaker.record_abandoned()  # the caller's deadline cut it short: no verdict on the provider
         elif failure.provider_at_fault:
             self.breaker.record_failure()
@@ -192,25 +192,25 @@ class Provider:
 
     def _attempt(self, outcome: Outcome, started: float | None = None, **details: Any) -> Attempt:
         latency_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
-        return Attempt(self.name, self.spec.model, outcome, latency_ms=latency_ms, **details)
+        return Attempt(self.name, self.config.model, outcome, latency_ms=latency_ms, **details)
 
     async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                        temperature: float | None, timeout: float, top_logprobs: int | None = None) -> Completion:
         response = await client.chat.completions.create(
-            model=self.spec.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
+            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
             temperature=_set_or_omit(temperature), timeout=timeout,
             logprobs=_set_or_omit(True if top_logprobs else None), top_logprobs=_set_or_omit(top_logprobs or None))
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
-        completion = _completion(self.spec, messages, choice.message.content or "", response.usage, choice.finish_reason)
+        completion = _completion(self.config, messages, choice.message.content or "", response.usage, choice.finish_reason)
         return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                            temperature: float | None, timeout: float) -> tuple[LiveStream, str | None]:
         """Start the stream and read up to its first text delta, so that failures so far can be retried."""
         sdk_stream = await client.chat.completions.create(
-            model=self.spec.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
+            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
             temperature=_set_or_omit(temperature), stream=True, stream_options={"include_usage": True},
             timeout=timeout)
         live = LiveStream(sdk_stream)
@@ -240,13 +240,13 @@ def _set_or_omit(value: N | None) -> N | openai.Omit:
     return openai.omit if value is None else value
 
 
-def _completion(spec: ProviderSpec, messages: Messages, content: str, usage: CompletionUsage | None,
+def _completion(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,
                 finish_reason: str | None) -> Completion:
     finish_reason = finish_reason or "stop"
     if usage is None:
-        return Completion(content, spec.name, spec.model, _estimate_tokens(_prompt_text(messages)),
+        return Completion(content, config.name, config.model, _estimate_tokens(_prompt_text(messages)),
                           _estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
-    return Completion(content, spec.name, spec.model, usage.prompt_tokens, usage.completion_tokens,
+    return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
                       finish_reason=finish_reason)
 
 

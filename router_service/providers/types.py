@@ -1,4 +1,4 @@
-"""What a provider call is given and what it returns: messages, attempts, the completion."""
+"""A provider's configuration, what a call to it is given and what it returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +6,8 @@ from enum import StrEnum
 from typing import AsyncGenerator, Callable, Sequence
 
 from openai.types.chat import ChatCompletionMessageParam
+
+from ..config_doc import doc
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -54,12 +56,12 @@ class Completion:
 
 
 @dataclass(frozen=True)
-class ProviderSpec:
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str = ""  # the NAME of the environment variable holding the key; "" = no key needed
-    timeout_s: float = 30.0
-    max_retries: int = 2
-    breaker_failure_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
+class ProviderConfig:
+    name: str = doc("provider name, shown in attempts, metrics and logs")
+    base_url: str = doc("OpenAI-compatible base URL (http:// or https://)")
+    model: str = doc("model name sent to the provider")
+    api_key_env: str = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
+    timeout_s: float = doc("per-call timeout, capped by the caller's deadline", 30.0)
+    max_retries: int = doc("retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
+    breaker_failures: int = doc("consecutive failures that open the circuit breaker", 5)
+    breaker_cooldown_s: float = doc("seconds an open breaker waits before one half-open probe", 30.0)
