@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 
 import grpc
 from opentelemetry import trace
@@ -15,11 +15,12 @@ from tierwise.telemetry import setup_tracing
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
+from .chains import build_chains, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .head_choice import LineupHead
-from .providers import Attempt, Outcome, Provider, StreamInterrupted, TierChain
+from .providers import Attempt, Outcome, StreamInterrupted
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .strategies.cascade import CascadeStrategy
@@ -220,35 +221,6 @@ def _deadline(context) -> float | None:
 
 def _gate_of(strategy: Strategy):
     return (strategy.gate, strategy.max_tier) if isinstance(strategy, CascadeStrategy) else (None, 3)
-
-
-def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
-    metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
-    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers])
-            for tier, t in cfg.tiers.items()}
-
-
-async def close_chains(chains: dict[int, TierChain]) -> None:
-    for chain in chains.values():
-        await chain.aclose()
-
-
-@asynccontextmanager
-async def open_chains(cfg: RouterConfig, metrics: RouterMetrics):
-    """The tiers' provider chains for one run of an offline tool, closed when it ends."""
-    chains = build_chains(cfg, metrics)
-    try:
-        yield chains
-    finally:
-        await close_chains(chains)
-
-
-def _log_breaker(metrics: RouterMetrics):
-    def changed(name, old, new) -> None:
-        log.warning("circuit breaker %s: %s -> %s", name, old, new,
-                    extra={"fields": {"provider": name, "from": str(old), "to": str(new)}})
-        metrics.breaker_changed(name, old, new)
-    return changed
 
 
 async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_port: int | None = None,

@@ -557,9 +557,9 @@ def test_double_lists_models_and_shuts_down_promptly():
 
 
 def test_shadow_drain_cancels_labelling_that_outlives_shutdown_and_logs_it(double, caplog, tmp_path, monkeypatch):
+    from router_service.chains import build_chains
     from router_service.config import parse
     from router_service.dispatch import Result
-    from router_service.server import build_chains
     from router_service.shadow import Shadow
     from router_service.telemetry import RouterMetrics
 

@@ -6,10 +6,10 @@ import asyncio
 import pytest
 import yaml
 
+from router_service.chains import build_chains
 from router_service.config import parse
 from router_service.dispatch import Dispatcher
 from router_service.gates import HeuristicGate, SurfaceGate
-from router_service.server import build_chains
 from router_service.strategies import RouteInput, Strategies
 from router_service.strategies.heuristic import heuristic_score
 from router_service.strategies.judge import parse_tier

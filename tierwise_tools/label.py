@@ -14,10 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from router_service.chains import open_chains
 from router_service.config import RouterConfig
 from router_service.labelling import Labeler, record_id
 from router_service.providers import ProviderError
-from router_service.server import open_chains
 from router_service.telemetry import RouterMetrics
 
 

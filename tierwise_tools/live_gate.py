@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from router_service.chains import open_chains
 from router_service.config import RouterConfig
 from router_service.gates import Verdict, gate, verifier_tier_for
-from router_service.server import open_chains
 from router_service.telemetry import RouterMetrics
 
 from tierwise.data import Record

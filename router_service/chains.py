@@ -1,0 +1,40 @@
+"""The tiers' provider chains, built from the config, for the router and the offline tools alike."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from .config import RouterConfig
+from .providers import Provider, TierChain
+from .telemetry import RouterMetrics
+
+log = logging.getLogger("tierwise.router")
+
+
+def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
+    metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
+    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers])
+            for tier, t in cfg.tiers.items()}
+
+
+async def close_chains(chains: dict[int, TierChain]) -> None:
+    for chain in chains.values():
+        await chain.aclose()
+
+
+@asynccontextmanager
+async def open_chains(cfg: RouterConfig, metrics: RouterMetrics):
+    """The tiers' provider chains for one run of an offline tool, closed when it ends."""
+    chains = build_chains(cfg, metrics)
+    try:
+        yield chains
+    finally:
+        await close_chains(chains)
+
+
+def _log_breaker(metrics: RouterMetrics):
+    def changed(name, old, new) -> None:
+        log.warning("circuit breaker %s: %s -> %s", name, old, new,
+                    extra={"fields": {"provider": name, "from": str(old), "to": str(new)}})
+        metrics.breaker_changed(name, old, new)
+    return changed
