@@ -29,7 +29,6 @@ from transformers import AutoModel, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tierwise_tools.calibration import TRADEOFFS  # noqa: E402
@@ -37,7 +36,7 @@ from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
 from tierwise_tools.embeddings import embed_records
 from tierwise_tools.train import fit, relative_cost  # noqa: E402
-from quality_probe import curve  # noqa: E402
+from research.common import curve  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import routing_metrics, savings_at_quality  # noqa: E402
 
