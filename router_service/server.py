@@ -25,6 +25,7 @@ from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .strategies.cascade import CascadeStrategy
 from .telemetry import RouterMetrics, attempt_span, setup_metrics
+from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
 SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -201,11 +202,6 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             estimated_cost_usd=tier.cost(estimate_tokens(query), self.cfg.expected_output_tokens),
             head_version=decision.head_version, thresholds=decision.thresholds,
             decision_ms=(time.perf_counter() - started) * 1e3)
-
-
-
-def estimate_tokens(text: str) -> int:
-    return max(1, len(text) // 4)
 
 
 def _answer_options(request: pb.CompleteRequest) -> dict:

@@ -15,6 +15,7 @@ from openai.types.chat.chat_completion import ChoiceLogprobs
 
 from ..breaker import CircuitBreaker, StateListener
 from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
+from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
 from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig
@@ -244,8 +245,8 @@ def _completion(config: ProviderConfig, messages: Messages, content: str, usage:
                 finish_reason: str | None) -> Completion:
     finish_reason = finish_reason or "stop"
     if usage is None:
-        return Completion(content, config.name, config.model, _estimate_tokens(_prompt_text(messages)),
-                          _estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
+        return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
+                          estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
     return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
                       finish_reason=finish_reason)
 
@@ -260,7 +261,3 @@ def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str
 
 def _prompt_text(messages: Messages) -> str:
     return "".join(content for m in messages if isinstance(content := m.get("content"), str))
-
-
-def _estimate_tokens(text: str) -> int:
-    return (len(text) + 3) // 4
