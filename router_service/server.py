@@ -23,7 +23,6 @@ from .head_choice import LineupHead
 from .providers import Attempt, Outcome, StreamInterrupted
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
-from .strategies.cascade import CascadeStrategy
 from .telemetry import RouterMetrics, attempt_span, setup_metrics
 from .tokens import estimate_tokens
 
@@ -57,10 +56,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             messages, query = self._messages(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
             route = self._route_response(decision, query, started)
-            gate, max_tier = _gate_of(strategy)
             with self._dispatch_errors():
                 result = await self.dispatcher.complete(
-                    messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
+                    messages, decision.tier, gate=strategy.gate, max_tier=strategy.max_tier,
+                    deadline=_deadline(context),
                     **self._call_options(request))
             return self._finish("Complete", span, decision, route, result, started, messages, request)
 
@@ -71,12 +70,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
             route = self._route_response(decision, query, started)
             yield pb.CompleteStreamResponse(decision=route)
-            gate, max_tier = _gate_of(strategy)
             with self._dispatch_errors():
-                if gate is not None:
+                if strategy.gate is not None:
                     # A cascade must see the whole answer before the gate lets it out.
                     result = await self.dispatcher.complete(
-                        messages, decision.tier, gate=gate, max_tier=max_tier, deadline=_deadline(context),
+                        messages, decision.tier, gate=strategy.gate, max_tier=strategy.max_tier,
+                        deadline=_deadline(context),
                         **self._call_options(request))
                     yield pb.CompleteStreamResponse(delta=result.completion.content)
                 else:
@@ -213,10 +212,6 @@ def _answer_options(request: pb.CompleteRequest) -> dict:
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-def _gate_of(strategy: Strategy):
-    return (strategy.gate, strategy.max_tier) if isinstance(strategy, CascadeStrategy) else (None, 3)
 
 
 async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_port: int | None = None,

@@ -5,6 +5,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar
 
+from tierwise.tiers import FRONTIER
+
+from ..gates import QualityGate
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -37,6 +41,10 @@ class Strategy(ABC):
     name: ClassVar[str]
     # True for strategies built on a starting strategy (`start+name`), like cascade.
     composable: ClassVar[bool] = False
+    # The gate each answer must pass, or the dispatcher escalates, up to `max_tier` (None: the first answer is
+    # returned). A cascade sets both.
+    gate: QualityGate | None = None
+    max_tier: int = FRONTIER
 
     @abstractmethod
     async def decide(self, request: RouteInput) -> Decision: ...
