@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -15,14 +14,13 @@ from tierwise.data import Record, arrays, load, shared_files
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality
 from tierwise_tools.calibration import TRADEOFFS
 from tierwise_tools.embeddings import embed_records
-
-ROOT = Path(__file__).resolve().parent.parent
+from tierwise_tools.paths import EMBEDDINGS_DIR, ENCODER_DIR
 
 
 def embed(records: list[Record]) -> np.ndarray:
     """The records' int8 embeddings, one encoder run per text, from the cache `tierwise train` fills (run
     `make train` first)."""
-    return embed_records(Encoder(ROOT / "build" / "encoder", "int8", 2), records, ROOT / "build" / "embeddings")
+    return embed_records(Encoder(ENCODER_DIR, "int8", 2), records, EMBEDDINGS_DIR)
 
 
 @dataclass
