@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
+
 FORMAT = "tierwise.head/v2"
-TIERS = (1, 2, 3)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -225,9 +226,9 @@ class Support:
 def decide(probabilities: np.ndarray, relative_cost, tradeoff: float, outside: np.ndarray | None = None) -> np.ndarray:
     """Tier (1..3) per row maximising P(acceptable) - tradeoff * relative cost; argmax keeps the cheaper on ties.
     Rows marked `outside` the head's support go to tier 3."""
-    tiers = np.argmax(probabilities - tradeoff * np.asarray(relative_cost), axis=1).astype(np.int32) + 1
+    tiers = np.argmax(probabilities - tradeoff * np.asarray(relative_cost), axis=1).astype(np.int32) + CHEAPEST
     if outside is not None:
-        tiers[np.asarray(outside, dtype=bool)] = 3
+        tiers[np.asarray(outside, dtype=bool)] = FRONTIER
     return tiers
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
+from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
+
 from .config_doc import doc
 from .gates import GATES
 from .providers import ProviderConfig
-
-TIERS = (1, 2, 3)
 
 
 class ConfigError(ValueError):
@@ -49,10 +49,10 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    tier: int = doc("tier whose chain answers the judge prompt", 1)
+    tier: int = doc("tier whose chain answers the judge prompt", CHEAPEST)
     timeout_ms: float = doc("judge budget; past it the fallback strategy decides", 3000.0)
     fallback: str = doc("strategy used when the judge fails or times out", "heuristic")
-    bias: int = doc("tiers added to the judge's verdict (capped at 3), toward quality", 0)
+    bias: int = doc(f"tiers added to the judge's verdict (capped at {FRONTIER}), toward quality", 0)
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class CascadeConfig:
     start: str = doc("strategy choosing the first tier for plain `cascade`", "embedding")
     gate: str = doc("quality gate run on each answer: surface, the seed's heuristic, or verify (surface, then a "
                     "model judges the answer)", "surface")
-    max_tier: int = doc("highest tier the gate may escalate to", 3)
-    verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", 1)
+    max_tier: int = doc("highest tier the gate may escalate to", FRONTIER)
+    verifier_tier: int = doc("tier whose chain judges answers for the verify gate (0 = the tier above the answer's)",
+                             CHEAPEST)
     verifier_timeout_ms: float = doc("budget for each verifier call; past it the answer is rejected and the cascade "
                                      "escalates", 5000.0)
     start_tradeoff: float | None = doc("the embedding start decides at this tradeoff instead of its head's calibrated "
@@ -78,8 +79,8 @@ class CascadeConfig:
 class ShadowConfig:
     share: float = doc("share (0..1) of answered requests below `tier` (of all, with `labels`) shadowed in the "
                        "background", 0.0)
-    tier: int = doc("tier of the shadow (reference) answer", 3)
-    judge_tier: int = doc("tier whose chain judges the answers", 1)
+    tier: int = doc("tier of the shadow (reference) answer", FRONTIER)
+    judge_tier: int = doc("tier whose chain judges the answers", CHEAPEST)
     timeout_s: float = doc("budget for each provider call a shadow makes", 60.0)
     max_in_flight: int = doc("shadows running at once; more are dropped and counted", 16)
     log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only; `{host}` = the host name)", "")
@@ -102,6 +103,10 @@ class RouterConfig:
 
     def model_for(self, tier: int) -> str:
         return self.tiers[tier].providers[0].model
+
+    def lineup(self) -> tuple[str, ...]:
+        """Each tier's first model, cheapest first: the lineup a classifier head is trained on."""
+        return tuple(self.model_for(t) for t in TIERS)
 
 
 def reference() -> str:
@@ -138,7 +143,7 @@ def parse(raw: Any) -> RouterConfig:
                      "telemetry"})
     tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
-        raise ConfigError("tiers: required, a list of tiers 1..3")
+        raise ConfigError(f"tiers: required, a list of tiers {CHEAPEST}..{FRONTIER}")
     tiers: dict[int, TierConfig] = {}
     for i, t in enumerate(tiers_raw):
         tier = _tier(t, f"tiers[{i}]")
@@ -153,13 +158,13 @@ def parse(raw: Any) -> RouterConfig:
     judge = JudgeConfig(**_section(top, "judge", JudgeConfig))
     cascade = CascadeConfig(**_section(top, "cascade", CascadeConfig))
     if judge.tier not in TIERS:
-        raise ConfigError(f"judge.tier: must be 1, 2 or 3, not {judge.tier}")
+        raise ConfigError(f"judge.tier: must be {tier_list()}, not {judge.tier}")
     if cascade.max_tier not in TIERS:
-        raise ConfigError(f"cascade.max_tier: must be 1, 2 or 3, not {cascade.max_tier}")
+        raise ConfigError(f"cascade.max_tier: must be {tier_list()}, not {cascade.max_tier}")
     if cascade.gate not in GATES:
         raise ConfigError(f"cascade.gate: unknown gate {cascade.gate!r}; available: {', '.join(sorted(GATES))}")
     if cascade.verifier_tier not in (0, *TIERS):
-        raise ConfigError(f"cascade.verifier_tier: must be 0 (the tier above the answer's), 1, 2 or 3, "
+        raise ConfigError(f"cascade.verifier_tier: must be 0 (the tier above the answer's), {tier_list()}, "
                           f"not {cascade.verifier_tier}")
     if not cascade.verifier_timeout_ms > 0:
         raise ConfigError(f"cascade.verifier_timeout_ms: must be positive, not {cascade.verifier_timeout_ms}")
@@ -174,10 +179,10 @@ def parse(raw: Any) -> RouterConfig:
         raise ConfigError(f"shadow.share: must be between 0 and 1, not {shadow.share}")
     for key in ("tier", "judge_tier"):
         if getattr(shadow, key) not in TIERS:
-            raise ConfigError(f"shadow.{key}: must be 1, 2 or 3, not {getattr(shadow, key)}")
-    if shadow.labels and shadow.tier != 3:
-        raise ConfigError(f"shadow.tier: must be 3 when shadow.labels is set (labels score every tier against "
-                          f"tier 3), not {shadow.tier}")
+            raise ConfigError(f"shadow.{key}: must be {tier_list()}, not {getattr(shadow, key)}")
+    if shadow.labels and shadow.tier != FRONTIER:
+        raise ConfigError(f"shadow.tier: must be {FRONTIER} when shadow.labels is set (labels score every tier "
+                          f"against tier {FRONTIER}), not {shadow.tier}")
     if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")
@@ -202,7 +207,7 @@ def _tier(raw: Any, at: str) -> TierConfig:
     _known(t, at, {"tier", "price_per_mtok", "providers"})
     tier = _int(t.get("tier"), f"{at}.tier")
     if tier not in TIERS:
-        raise ConfigError(f"{at}.tier: must be 1, 2 or 3, not {tier}")
+        raise ConfigError(f"{at}.tier: must be {tier_list()}, not {tier}")
     price = _mapping(t.get("price_per_mtok"), f"{at}.price_per_mtok")
     _known(price, f"{at}.price_per_mtok", {"input", "output"})
     providers = t.get("providers")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping, Sequence
 
+from tierwise.tiers import FRONTIER
+
 from .config import RouterConfig
 from .gates import QualityGate
 from .providers import (Attempt, ChainExhausted, Completion, DeadlineExceeded, Outcome, ProviderError,
@@ -61,12 +63,12 @@ class Dispatcher:
         self.chains = chains
 
     async def complete(self, messages: Messages, start_tier: int, *, gate: QualityGate | None = None,
-                       max_tier: int = 3, max_tokens: int | None = None, temperature: float | None = None,
+                       max_tier: int = FRONTIER, max_tokens: int | None = None, temperature: float | None = None,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
                        on_escalate: OnEscalate | None = None) -> Result:
         result = _Progress()
         query = last_user_text(messages)
-        for tier in range(start_tier, 4):
+        for tier in range(start_tier, FRONTIER + 1):
             try:
                 completion = await self.chains[tier].complete(
                     messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
@@ -98,7 +100,7 @@ class Dispatcher:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates) only before its
         first delta; a break after that raises `StreamInterrupted` from providers.py."""
         result = _Progress()
-        for tier in range(start_tier, 4):
+        for tier in range(start_tier, FRONTIER + 1):
             events = self.chains[tier].stream(messages, max_tokens=max_tokens, temperature=temperature,
                                               deadline=deadline, on_attempt=_bind(on_attempt, tier))
             try:
@@ -138,7 +140,7 @@ class _Progress:
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:
-        if tier < 3:
+        if tier < FRONTIER:
             self.escalations += 1
             if on_escalate is not None:
                 on_escalate(tier, tier + 1, why)

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
+from tierwise.tiers import FRONTIER
+
 from .providers import ProviderError
 from .replies import parse_json_field, true_probability
 
@@ -154,7 +156,7 @@ class VerifierGate(SurfaceGate):
 
 def verifier_tier_for(setting: int, tier: int) -> int:
     """The tier whose model verifies tier `tier`'s answer under `cascade.verifier_tier: setting`."""
-    return setting or min(tier + 1, 3)
+    return setting or min(tier + 1, FRONTIER)
 
 
 GATES: dict[str, type[QualityGate]] = {g.name: g for g in (SurfaceGate, HeuristicGate, VerifierGate)}

@@ -11,6 +11,8 @@ import hashlib
 import time
 from typing import Awaitable, Callable, Mapping
 
+from tierwise.tiers import TIERS
+
 from .config import RouterConfig
 from .dispatch import Messages
 from .providers import Completion, TierChain
@@ -53,18 +55,18 @@ class Labeler:
         async def answer(tier: int) -> Completion:
             return known[tier] if tier in known else await self.ask(self.chains[tier], messages, **options)
 
-        answers = await asyncio.gather(*(answer(t) for t in (1, 2, 3)))
-        reference = answers[2].content
-        verdicts = [await self.grade(query, answers[t].content, reference) for t in (0, 1)]
+        answers = await asyncio.gather(*(answer(t) for t in TIERS))
+        reference = answers[-1].content
+        verdicts = [await self.grade(query, a.content, reference) for a in answers[:-1]]
         scores = [score for score, _ in verdicts] + [1.0]
         # The lineup is the tiers' first models, even when a fallback answered: a head trained on these records
         # learns what each tier's chain delivers, and the router finds it by that lineup (docs/decisions/0015).
         return {"id": record_id, "source": source, "task": task, "query": query,
-                "lineup": [self.cfg.tiers[t].providers[0].model for t in (1, 2, 3)],
+                "lineup": list(self.cfg.lineup()),
                 "outcomes": [{"tier": t, "model": a.model, "score": s,
                               "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens),
                               "cost_estimated": a.usage_estimated, "response": a.content}
-                             for t, a, s in zip((1, 2, 3), answers, scores)],
+                             for t, a, s in zip(TIERS, answers, scores)],
                 "judge_cost_usd": sum(cost for _, cost in verdicts)}
 
     async def grade(self, query: str, answer: str, reference: str) -> tuple[float, float]:

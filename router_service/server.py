@@ -222,7 +222,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms)
     chains = build_chains(cfg, metrics)
     lineup = None if cfg.classifier.head else LineupHead(
-        classifier, tuple(cfg.tiers[t].providers[0].model for t in (1, 2, 3)), cfg.classifier.head_refresh_s)
+        classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     shadow = Shadow(cfg, chains, metrics)

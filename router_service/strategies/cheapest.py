@@ -1,6 +1,8 @@
 """Always tier 1: the start of a classic cascade (`cheapest+cascade`), where the gate alone decides when to pay more."""
 from __future__ import annotations
 
+from tierwise.tiers import CHEAPEST
+
 from .base import Decision, RouteInput, Strategy, register
 
 
@@ -12,4 +14,4 @@ class CheapestStrategy(Strategy):
         pass
 
     async def decide(self, request: RouteInput) -> Decision:
-        return Decision(tier=1, strategy=self.name, reason="always the cheapest tier first")
+        return Decision(tier=CHEAPEST, strategy=self.name, reason="always the cheapest tier first")

@@ -5,6 +5,8 @@ import time
 
 import grpc
 
+from tierwise.tiers import FRONTIER
+
 from .base import Decision, RouteInput, Strategy, register
 
 
@@ -40,7 +42,7 @@ class EmbeddingStrategy(Strategy):
                   + "/".join(f"{c:.3g}" for c in reply.relative_cost))
         if reply.outside_support:
             reason = (f"query unlike the head's training queries (support margin {reply.support_margin:.2f}), "
-                      f"so tier 3; {reason}")
+                      f"so tier {FRONTIER}; {reason}")
         return Decision(tier=reply.tier, strategy=self.name, probabilities=p, head_version=reply.head_version,
                         thresholds=(reply.tradeoff,), reason=reason)
 

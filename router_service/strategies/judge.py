@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from tierwise.tiers import FRONTIER, TIERS
+
 from ..providers import ProviderError
 from ..replies import parse_json_field
 from .base import Decision, RouteInput, Strategy, register
@@ -17,8 +19,8 @@ PROMPT = (
 
 
 def parse_tier(content: str) -> int:
-    """The tier from the judge's reply; ValueError if it is not a JSON object with tier 1..3."""
-    return parse_json_field(content, "tier", int, lambda t: 1 <= t <= 3)
+    """The tier from the judge's reply; ValueError if it is not a JSON object with one of TIERS."""
+    return parse_json_field(content, "tier", int, lambda t: t in TIERS)
 
 
 @register("judge")
@@ -43,6 +45,6 @@ class JudgeStrategy(Strategy):
         except (ProviderError, ValueError) as err:
             why = f"judge failed ({type(err).__name__})"
             return (await self.fallback.decide(request)).degrade(self.name, why)
-        tier = min(3, verdict + self.bias)
+        tier = min(FRONTIER, verdict + self.bias)
         bias = f" + bias {self.bias}" if self.bias else ""
         return Decision(tier=tier, strategy=self.name, reason=f"{reply.model} rated tier {verdict}{bias}")
