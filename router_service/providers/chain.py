@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
+from ..events import final, single
 from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
                      StreamInterrupted)
 from .provider import Provider
@@ -25,28 +26,21 @@ class TierChain:
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
                        temperature: float | None = None, deadline: float | None = None,
                        on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
-        attempts: list[Attempt] = []
-        for provider in self.providers:
-            try:
-                completion = await provider.complete(messages, max_tokens=max_tokens, temperature=temperature,
-                                                     deadline=deadline, on_attempt=on_attempt,
-                                                     top_logprobs=top_logprobs)
-            except DeadlineExceeded:
-                raise DeadlineExceeded(attempts) from None
-            except (ProviderNotConfigured, ProviderFailed) as exc:
-                attempts.extend(exc.attempts)
-                continue
-            return replace(completion, attempts=attempts + completion.attempts)
-        raise self._exhausted(attempts)
+        return await final(self._failover(lambda provider: single(provider.complete(
+            messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline, on_attempt=on_attempt,
+            top_logprobs=top_logprobs))))
 
-    async def stream(self, messages: Messages, *, max_tokens: int | None = None,
-                     temperature: float | None = None, deadline: float | None = None,
-                     on_attempt: OnAttempt | None = None) -> Events:
+    def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
+               deadline: float | None = None, on_attempt: OnAttempt | None = None) -> Events:
         """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
+        return self._failover(lambda provider: provider.stream(
+            messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline, on_attempt=on_attempt))
+
+    async def _failover(self, call: Callable[[Provider], Events]) -> Events:
+        """`call`'s events from each provider in turn, until one gives its Completion (with every attempt)."""
         attempts: list[Attempt] = []
         for provider in self.providers:
-            events = provider.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                     deadline=deadline, on_attempt=on_attempt)
+            events = call(provider)
             try:
                 async for event in events:
                     if isinstance(event, Completion):

@@ -81,9 +81,7 @@ class Provider:
             completion, started = await self._with_retries(
                 lambda timeout: self._request(client, messages, max_tokens, temperature, timeout, top_logprobs),
                 deadline, attempts)
-            self.breaker.record_success()
-            attempts.add(self._attempt(Outcome.OK, started))
-            return replace(completion, attempts=attempts.attempts)
+            return self._succeeded(completion, started, attempts)
 
     async def stream(self, messages: Messages, *, max_tokens: int | None = None,
                      temperature: float | None = None, deadline: float | None = None,
@@ -112,10 +110,8 @@ class Provider:
                         raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             finally:
                 await live.aclose()
-            self.breaker.record_success()
-            attempts.add(self._attempt(Outcome.OK, started))
-            yield replace(_completion(self.config, messages, live.content, live.usage, live.finish_reason),
-                          attempts=attempts.attempts)
+            yield self._succeeded(_completion(self.config, messages, live.content, live.usage, live.finish_reason),
+                                  started, attempts)
 
     # -- one provider call --
 
@@ -169,6 +165,12 @@ class Provider:
             raise ProviderFailed(f"provider {self.name!r} failed: {attempts.attempts[-1].error}",
                                  attempts.attempts) from None
 
+    def _succeeded(self, completion: Completion, started: float, attempts: _AttemptLog) -> Completion:
+        """Settle the breaker and log the attempt that answered: the completion with every attempt made."""
+        self.breaker.record_success()
+        attempts.add(self._attempt(Outcome.OK, started))
+        return replace(completion, attempts=attempts.attempts)
+
     def _timeout_for(self, deadline: float | None) -> float:
         if deadline is None:
             return self.config.timeout_s
@@ -197,23 +199,27 @@ class Provider:
 
     async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                        temperature: float | None, timeout: float, top_logprobs: int | None = None) -> Completion:
-        response = await client.chat.completions.create(
-            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
-            temperature=_set_or_omit(temperature), timeout=timeout,
-            logprobs=_set_or_omit(True if top_logprobs else None), top_logprobs=_set_or_omit(top_logprobs or None))
+        response = await self._create(client, messages, max_tokens, temperature, timeout,
+                                      logprobs=_set_or_omit(True if top_logprobs else None),
+                                      top_logprobs=_set_or_omit(top_logprobs or None))
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
         completion = _completion(self.config, messages, choice.message.content or "", response.usage, choice.finish_reason)
         return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
 
+    def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
+                temperature: float | None, timeout: float, **options: Any) -> Awaitable[Any]:
+        """The SDK call every request makes; `options` add streaming or log probabilities."""
+        return client.chat.completions.create(
+            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
+            temperature=_set_or_omit(temperature), timeout=timeout, **options)
+
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                            temperature: float | None, timeout: float) -> tuple[LiveStream, str | None]:
         """Start the stream and read up to its first text delta, so that failures so far can be retried."""
-        sdk_stream = await client.chat.completions.create(
-            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
-            temperature=_set_or_omit(temperature), stream=True, stream_options={"include_usage": True},
-            timeout=timeout)
+        sdk_stream = await self._create(client, messages, max_tokens, temperature, timeout, stream=True,
+                                        stream_options={"include_usage": True})
         live = LiveStream(sdk_stream)
         try:
             return live, await live.next_delta(timeout)
