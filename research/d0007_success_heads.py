@@ -28,7 +28,7 @@ from research.common import biased, cli, curve, multiclass_sweep, op, two_knobs
 from tierwise.data import arrays
 from tierwise.metrics import routing_metrics
 from tierwise_tools.calibration import ALWAYS_TIER_3, TRADEOFFS, calibrate, cheapest_meeting
-from tierwise_tools.train import fit, fit_support, out_of_fold, relative_cost
+from tierwise_tools.fitting import fit, fit_support, out_of_fold, relative_cost
 
 
 def interval(records, sweep: list[np.ndarray], target: float = 0.95, resamples: int = 300) -> str:

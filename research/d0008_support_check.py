@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from research.common import cli, op
-from tierwise_tools.train import route_unseen
+from tierwise_tools.fitting import route_unseen
 
 
 def with_and_without(records, plain, checked, digits: int = 0) -> str:

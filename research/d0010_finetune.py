@@ -30,7 +30,7 @@ from research.common import curve, embed, pack  # noqa: E402
 from tierwise.data import arrays, load, shared_files  # noqa: E402
 from tierwise.metrics import routing_metrics, savings_at_quality  # noqa: E402
 from tierwise_tools.calibration import TRADEOFFS  # noqa: E402
-from tierwise_tools.train import fit, relative_cost  # noqa: E402
+from tierwise_tools.fitting import fit, relative_cost  # noqa: E402
 
 BATCH, LR, HEAD_LR = 32, 3e-5, 1e-3
 QUERY_TOKENS, ANSWER_TOKENS = 64, 128  # gate input: the query's head and the answer's tail (where it concludes)

@@ -16,7 +16,7 @@ from sklearn.model_selection import KFold
 from classifier_service.heads import decide
 from research.common import cli, curve, multiclass_sweep, two_knobs
 from tierwise_tools.calibration import TRADEOFFS
-from tierwise_tools.train import out_of_fold, relative_cost
+from tierwise_tools.fitting import out_of_fold, relative_cost
 
 
 def whole_file(records, x, ok, source) -> None:

@@ -25,7 +25,7 @@ from research.common import cli, curve
 from tierwise.data import arrays
 from tierwise.metrics import routing_metrics
 from tierwise_tools.calibration import TRADEOFFS
-from tierwise_tools.train import fit, relative_cost, route_unseen
+from tierwise_tools.fitting import fit, relative_cost, route_unseen
 
 
 def learning_curve(records, x, ok, source, dev, sizes=(100, 200, 400, 800, 1600), draws: int = 5) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from classifier_service.heads import decide, success
 from research.common import cli, curve, op
 from tierwise_tools.calibration import TRADEOFFS
-from tierwise_tools.train import fit, relative_cost, route_unseen
+from tierwise_tools.fitting import fit, relative_cost, route_unseen
 
 
 def live_sample(records, x, ok, source, dev, sizes=(400, 800), draws: int = 5) -> None:

@@ -25,7 +25,7 @@ from research.common import Shared, cli, curve, op, pack
 from tierwise.data import arrays
 from tierwise_tools.calibration import TRADEOFFS
 from tierwise_tools.promote import summary, verdict
-from tierwise_tools.train import fit, relative_cost, route_unseen
+from tierwise_tools.fitting import fit, relative_cost, route_unseen
 
 BATCH = 32  # texts per encoder run in --layers
 

@@ -29,7 +29,7 @@ from tierwise.data import arrays
 from tierwise.metrics import routing_metrics
 from tierwise_tools import evaluate
 from tierwise_tools.calibration import ALWAYS_TIER_3, TRADEOFFS, calibrate, cheapest_meeting
-from tierwise_tools.train import fit, out_of_fold, relative_cost
+from tierwise_tools.fitting import fit, out_of_fold, relative_cost
 
 
 class SimulatedVerifier:

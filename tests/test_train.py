@@ -84,13 +84,13 @@ def test_each_shared_lineup_has_a_head_that_holds_quality_on_its_held_out_part()
 def test_the_support_check_keeps_quality_on_a_kind_of_query_the_head_never_saw():
     """Train on zeroeval's GSM and CRUX questions only, then route its MATH level-5 questions: without the
     support check the head sends hard maths it never saw to the cheap tiers and quality collapses; with
-    it, those queries go to tier 3 (decision 0008; scripts/quality_probe.py --generalisation)."""
+    it, those queries go to tier 3 (decision 0008; python -m research.d0008_support_check)."""
     import numpy as np
 
     from classifier_service.config import Config
     from classifier_service.encoder import Encoder
     from tierwise_tools.embeddings import embed_records
-    from tierwise_tools.train import route_unseen
+    from tierwise_tools.fitting import route_unseen
     from tierwise.metrics import routing_metrics
 
     records = load([p for p in shared_files() if p.name.startswith("zeroeval")])

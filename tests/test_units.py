@@ -59,7 +59,7 @@ def test_support_margin_is_the_best_similarity_over_each_centroids_own_bar():
 
 
 def test_fitted_support_holds_its_training_clusters_and_not_a_new_one():
-    from tierwise_tools.train import fit_support
+    from tierwise_tools.fitting import fit_support
 
     rng = np.random.default_rng(0)
     axes = np.eye(16, 32)
