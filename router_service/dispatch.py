@@ -12,9 +12,11 @@ from typing import AsyncIterator, Callable, Mapping, Sequence
 from tierwise.tiers import FRONTIER
 
 from .config import RouterConfig
+from .events import final, single
 from .gates import QualityGate
-from .providers import (Attempt, ChainExhausted, Completion, DeadlineExceeded, Outcome, ProviderError,
-                        ProviderNotConfigured, TierChain)
+from .providers import Attempt, Completion, DeadlineExceeded, Events
+from .providers import OnAttempt as ChainOnAttempt
+from .providers import Outcome, ProviderError, StreamInterrupted, TierChain
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -55,6 +57,8 @@ class DeadlinePassed(Exception):
 OnEscalate = Callable[[int, int, str], None]
 # (tier, attempt, purpose): "answer", or "verify" for a verify gate's call.
 OnAttempt = Callable[[int, Attempt, str], None]
+# How a tier's chain is asked for its answer: (chain, the attempt hook bound to its tier) -> its events.
+Ask = Callable[[TierChain, ChainOnAttempt | None], Events]
 
 
 class Dispatcher:
@@ -66,59 +70,63 @@ class Dispatcher:
                        max_tier: int = FRONTIER, max_tokens: int | None = None, temperature: float | None = None,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
                        on_escalate: OnEscalate | None = None) -> Result:
-        result = _Progress()
-        query = last_user_text(messages)
-        for tier in range(start_tier, FRONTIER + 1):
-            try:
-                completion = await self.chains[tier].complete(
-                    messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
-                    on_attempt=_bind(on_attempt, tier))
-            except ProviderError as err:
-                result.failed(tier, err)
-                if isinstance(err, DeadlineExceeded):
-                    raise DeadlinePassed(result.attempts) from None
-                result.escalate(tier, f"tier {tier} chain exhausted", on_escalate)
-                continue
-            result.answered(tier, completion, self.cfg)
-            if gate is not None and tier < max_tier:
-                verdict = await gate.judge(query, completion.content, tier=tier, finish_reason=completion.finish_reason,
-                                           deadline=deadline, on_attempt=on_attempt)
-                result.cost += verdict.cost_usd
-                if not verdict.accept:
-                    result.gate_rejections.append((tier, verdict.reason))
-                    result.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)
-                    continue
-            return result.done()
-        if result.last is not None:
-            return result.done()  # a gate-rejected answer beats no answer when every higher tier failed
-        raise result.unavailable()
+        def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
+            return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
+                                         on_attempt=hook))
+        return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=max_tier, deadline=deadline,
+                                          on_attempt=on_attempt, on_escalate=on_escalate))
 
-    async def stream(self, messages: Messages, start_tier: int, *, max_tokens: int | None = None,
-                     temperature: float | None = None, deadline: float | None = None,
-                     on_attempt: OnAttempt | None = None,
-                     on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
+    def stream(self, messages: Messages, start_tier: int, *, max_tokens: int | None = None,
+               temperature: float | None = None, deadline: float | None = None, on_attempt: OnAttempt | None = None,
+               on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates) only before its
-        first delta; a break after that raises `StreamInterrupted` from providers.py."""
-        result = _Progress()
+        first delta; a break after that raises `StreamInterrupted` from providers."""
+        def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
+            return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
+                                on_attempt=hook)
+        return self._escalate(ask, messages, start_tier, gate=None, max_tier=FRONTIER, deadline=deadline,
+                              on_attempt=on_attempt, on_escalate=on_escalate)
+
+    async def _escalate(self, ask: Ask, messages: Messages, start_tier: int, *, gate: QualityGate | None,
+                        max_tier: int, deadline: float | None, on_attempt: OnAttempt | None,
+                        on_escalate: OnEscalate | None) -> AsyncIterator[str | Result]:
+        """Each tier's answer from `start_tier` up until one is returned (its gate, if any, passing it):
+        the deltas of the tiers asked, then the `Result`."""
+        progress = _Progress()
         for tier in range(start_tier, FRONTIER + 1):
-            events = self.chains[tier].stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                              deadline=deadline, on_attempt=_bind(on_attempt, tier))
+            events = ask(self.chains[tier], _bind(on_attempt, tier))
             try:
                 async for event in events:
                     if isinstance(event, Completion):
-                        result.answered(tier, event, self.cfg)
-                        yield result.done()
-                        return
-                    yield event
-            except (ChainExhausted, ProviderNotConfigured) as err:
-                result.failed(tier, err)
-                result.escalate(tier, f"tier {tier} chain exhausted", on_escalate)
+                        completion = event
+                    else:
+                        yield event
+            except StreamInterrupted:
+                raise  # part of an answer went out: no other tier may finish it
             except DeadlineExceeded as err:
-                result.failed(tier, err)
-                raise DeadlinePassed(result.attempts) from None
+                progress.failed(tier, err)
+                raise DeadlinePassed(progress.attempts) from None
+            except ProviderError as err:
+                progress.failed(tier, err)
+                progress.escalate(tier, f"tier {tier} chain exhausted", on_escalate)
+                continue
             finally:
                 await events.aclose()
-        raise result.unavailable()
+            progress.answered(tier, completion, self.cfg)
+            if gate is not None and tier < max_tier:
+                verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
+                                           finish_reason=completion.finish_reason, deadline=deadline,
+                                           on_attempt=on_attempt)
+                progress.cost += verdict.cost_usd
+                if not verdict.accept:
+                    progress.gate_rejections.append((tier, verdict.reason))
+                    progress.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)
+                    continue
+            yield progress.done()
+            return
+        if progress.last is None:
+            raise progress.unavailable()
+        yield progress.done()  # a gate-rejected answer beats no answer when every higher tier failed
 
 
 class _Progress:
