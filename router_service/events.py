@@ -16,7 +16,7 @@ async def single(call: Awaitable[T]) -> AsyncGenerator[T, None]:
 
 
 async def final(events: AsyncIterator[str | T]) -> T:
-    """The final value of events with no deltas (from `single`), read to the end so they finish."""
+    """The last event, read to the end so the call finishes: its final value, any deltas before it passed over."""
     async for event in events:
         value = event
     return value

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import time
 from contextlib import contextmanager
+from typing import AsyncIterator, Awaitable
 
 import grpc
 from opentelemetry import trace
@@ -19,6 +20,7 @@ from .chains import build_chains, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
+from .events import final
 from .head_choice import LineupHead
 from .providers import Attempt, Outcome, StreamInterrupted
 from .shadow import Shadow
@@ -52,43 +54,39 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
         async with rpc_span(self.tracer, SERVICE, "Complete", context, log) as span:
-            started = time.perf_counter()
-            messages, query = self._messages(request)
-            decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
-            route = self._route_response(decision, query, started)
-            with self._dispatch_errors():
-                result = await self.dispatcher.complete(
-                    messages, decision.tier, gate=strategy.gate, max_tier=strategy.max_tier,
-                    deadline=_deadline(context),
-                    **self._call_options(request))
-            return self._finish("Complete", span, decision, route, result, started, messages, request)
+            return (await final(self._answer("Complete", request, context, span, stream=False))).summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
         async with rpc_span(self.tracer, SERVICE, "CompleteStream", context, log) as span:
-            started = time.perf_counter()
-            messages, query = self._messages(request)
-            decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
-            route = self._route_response(decision, query, started)
-            yield pb.CompleteStreamResponse(decision=route)
-            with self._dispatch_errors():
-                if strategy.gate is not None:
-                    # A cascade must see the whole answer before the gate lets it out.
-                    result = await self.dispatcher.complete(
-                        messages, decision.tier, gate=strategy.gate, max_tier=strategy.max_tier,
-                        deadline=_deadline(context),
-                        **self._call_options(request))
-                    yield pb.CompleteStreamResponse(delta=result.completion.content)
-                else:
-                    async for event in self.dispatcher.stream(messages, decision.tier, deadline=_deadline(context),
-                                                              **self._call_options(request)):
-                        if isinstance(event, Result):
-                            result = event
-                        else:
-                            yield pb.CompleteStreamResponse(delta=event)
-            summary = self._finish("CompleteStream", span, decision, route, result, started, messages, request)
-            yield pb.CompleteStreamResponse(summary=summary)
+            async for event in self._answer("CompleteStream", request, context, span, stream=True):
+                yield event
 
     # -- shared steps -------------------------------------------------------------------------------
+
+    async def _answer(self, method: str, request: pb.CompleteRequest, context, span, *,
+                      stream: bool) -> AsyncIterator[pb.CompleteStreamResponse]:
+        """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
+        whose summary is Complete's response."""
+        started = time.perf_counter()
+        messages, query = self._messages(request)
+        decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
+        route = self._route_response(decision, query, started)
+        yield pb.CompleteStreamResponse(decision=route)
+        options = {"deadline": _deadline(context), **self._call_options(request)}
+        with self._dispatch_errors():
+            if stream and strategy.gate is None:
+                events = self.dispatcher.stream(messages, decision.tier, **options)
+            else:
+                # Complete's path; a stream's too when a gate must read the whole answer before any goes out.
+                events = _whole(self.dispatcher.complete(messages, decision.tier, gate=strategy.gate,
+                                                         max_tier=strategy.max_tier, **options))
+            async for event in events:
+                if isinstance(event, Result):
+                    result = event
+                else:
+                    yield pb.CompleteStreamResponse(delta=event)
+        summary = self._finish(method, span, decision, route, result, started, messages, request)
+        yield pb.CompleteStreamResponse(summary=summary)
 
     def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
         if not request.messages:
@@ -207,6 +205,13 @@ def _answer_options(request: pb.CompleteRequest) -> dict:
     """The request's generation options, as every provider call for it is made."""
     return {"max_tokens": request.max_tokens or None,
             "temperature": request.temperature if request.HasField("temperature") else None}
+
+
+async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:
+    """An answer that was not streamed, as events: all of its text in one delta, then the Result."""
+    done = await result
+    yield done.completion.content
+    yield done
 
 
 def _deadline(context) -> float | None:
