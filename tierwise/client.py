@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator, Sequence, TypeVar
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import grpc
 
@@ -105,47 +105,44 @@ class RouterClient(_ClientBase):
         super().__init__(address, options, grpc)
 
     def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
-        return self._retry(lambda t: self._stub.Route(pb.RouteRequest(query=query, strategy=strategy, head=head),
-                                                      timeout=t, metadata=_metadata(self.options)), timeout_s)
+        return self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head), timeout_s)
 
     def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                  temperature: float | None = None, head: str = "", timeout_s: float | None = None) -> pb.CompleteResponse:
-        request = _request(messages, strategy, max_tokens, temperature, head)
-        return self._retry(lambda t: self._stub.Complete(request, timeout=t, metadata=_metadata(self.options)),
-                           timeout_s)
+        return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head), timeout_s)
 
     def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0, temperature: float | None = None,
                head: str = "", timeout_s: float | None = None) -> Iterator[str]:
         """Text pieces as they arrive; `last_summary` holds the totals once the stream ended."""
         request = _request(messages, strategy, max_tokens, temperature, head)
+
+        def pieces(timeout: float) -> Iterator[str]:
+            for event in self._stub.CompleteStream(request, timeout=timeout, metadata=_metadata(self.options)):
+                piece = self._piece(event)
+                if piece is not None:
+                    yield piece
+        yield from self._retrying(pieces, timeout_s)
+
+    def _unary(self, method: Callable[..., T], request, timeout_s: float | None) -> T:
+        [response] = self._retrying(lambda t: (method(request, timeout=t, metadata=_metadata(self.options)),),
+                                    timeout_s)
+        return response
+
+    def _retrying(self, call: Callable[[float], Iterable[T]], timeout_s: float | None) -> Iterator[T]:
+        """What `call(timeout)` yields; called again after UNAVAILABLE, with backoff, while it has yielded nothing."""
         deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
-            started = False
+            yielded = False
             try:
-                for event in self._stub.CompleteStream(request, timeout=_left(deadline),
-                                                       metadata=_metadata(self.options)):
-                    piece = self._piece(event)
-                    if piece is not None:
-                        started = True
-                        yield piece
+                for item in call(_left(deadline)):
+                    yielded = True
+                    yield item
                 return
             except grpc.RpcError as err:
-                wait = _backoff(err, attempt, self.options, deadline, streamed=started)
+                wait = _backoff(err, attempt, self.options, deadline, streamed=yielded)
                 if wait is None:
                     raise
                 time.sleep(wait)
-
-    def _retry(self, call: Callable[[float], T], timeout_s: float | None) -> T:
-        deadline = self._deadline(timeout_s)
-        for attempt in range(self.options.retries + 1):
-            try:
-                return call(_left(deadline))
-            except grpc.RpcError as err:
-                wait = _backoff(err, attempt, self.options, deadline)
-                if wait is None:
-                    raise
-                time.sleep(wait)
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._channel.close()
@@ -164,44 +161,45 @@ class AsyncRouterClient(_ClientBase):
         super().__init__(address, options, grpc.aio)
 
     async def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None) -> pb.RouteResponse:
-        request = pb.RouteRequest(query=query, strategy=strategy, head=head)
-        return await self._retry(lambda t: self._stub.Route(request, timeout=t, metadata=_metadata(self.options)),
+        return await self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head),
                                  timeout_s)
 
     async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                        temperature: float | None = None, head: str = "",
                        timeout_s: float | None = None) -> pb.CompleteResponse:
-        request = _request(messages, strategy, max_tokens, temperature, head)
-        return await self._retry(lambda t: self._stub.Complete(request, timeout=t, metadata=_metadata(self.options)),
+        return await self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head),
                                  timeout_s)
 
     async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                      temperature: float | None = None, head: str = "", timeout_s: float | None = None) -> AsyncIterator[str]:
         request = _request(messages, strategy, max_tokens, temperature, head)
+
+        async def pieces(timeout: float) -> AsyncIterator[str]:
+            async for event in self._stub.CompleteStream(request, timeout=timeout, metadata=_metadata(self.options)):
+                piece = self._piece(event)
+                if piece is not None:
+                    yield piece
+        async for piece in self._retrying(pieces, timeout_s):
+            yield piece
+
+    async def _unary(self, method: Callable[..., Awaitable[T]], request, timeout_s: float | None) -> T:
+        async def once(timeout: float) -> AsyncIterator[T]:
+            yield await method(request, timeout=timeout, metadata=_metadata(self.options))
+        [response] = [r async for r in self._retrying(once, timeout_s)]
+        return response
+
+    async def _retrying(self, call: Callable[[float], AsyncIterable[T]], timeout_s: float | None) -> AsyncIterator[T]:
+        """What `call(timeout)` yields; called again after UNAVAILABLE, with backoff, while it has yielded nothing."""
         deadline = self._deadline(timeout_s)
         for attempt in range(self.options.retries + 1):
-            started = False
+            yielded = False
             try:
-                async for event in self._stub.CompleteStream(request, timeout=_left(deadline),
-                                                             metadata=_metadata(self.options)):
-                    piece = self._piece(event)
-                    if piece is not None:
-                        started = True
-                        yield piece
+                async for item in call(_left(deadline)):
+                    yielded = True
+                    yield item
                 return
             except grpc.aio.AioRpcError as err:
-                wait = _backoff(err, attempt, self.options, deadline, streamed=started)
-                if wait is None:
-                    raise
-                await asyncio.sleep(wait)
-
-    async def _retry(self, call, timeout_s: float | None):
-        deadline = self._deadline(timeout_s)
-        for attempt in range(self.options.retries + 1):
-            try:
-                return await call(_left(deadline))
-            except grpc.aio.AioRpcError as err:
-                wait = _backoff(err, attempt, self.options, deadline)
+                wait = _backoff(err, attempt, self.options, deadline, streamed=yielded)
                 if wait is None:
                     raise
                 await asyncio.sleep(wait)
