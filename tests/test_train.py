@@ -104,3 +104,19 @@ def test_the_support_check_keeps_quality_on_a_kind_of_query_the_head_never_saw()
     assert outside.mean() > 0.8
     assert without["quality_vs_frontier"] < 0.9, without
     assert with_check["quality_vs_frontier"] >= 0.95, with_check
+
+
+def test_a_lineup_head_considers_the_shipped_heads_as_a_prior_unless_told_not_to(tmp_path):
+    """One lineup's first records: the shipped heads of other lineups are weighed as a prior (decision 0019); the
+    shipped head of this very lineup is not, and --no-prior fits on the records alone."""
+    subset = tmp_path / "routerbench.jsonl"
+    path = next(p for p in shared_files() if p.name.startswith("routerbench"))
+    with open(path) as f, subset.open("w") as out:
+        for _, line in zip(range(200), f):
+            out.write(line)
+    assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "rb"]) == 0
+    card = TierHead.load(tmp_path / "heads" / "rb" / "head.json").card
+    assert "/prior" in card["model"], "the prior was weighed"
+    assert "mistral7b-gpt35-gpt4" not in card["model"], "not the head trained on this lineup"
+    assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "rb", "--no-prior"]) == 0
+    assert "/prior" not in TierHead.load(tmp_path / "heads" / "rb" / "head.json").card["model"]

@@ -5,47 +5,127 @@ does not import the replay machinery and the router it brings.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
+from tqdm import tqdm
 
-from classifier_service.heads import Support, decide, success, unit
+from classifier_service.heads import Support, TierHead, decide, success, unit
 from tierwise.data import Record, arrays
 from tierwise.tiers import N_TIERS
 
 from .calibration import calibrate
+from .prior import Prior, joined_support, usable
 
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
+PRIOR_SCALES = (0.0, 0.25, 1.0)  # the embedding correction's scale beside a prior: none, damped, as a plain head
 QUERIES_PER_CENTROID = 100
 SUPPORT_QUANTILE = 0.05  # share of each centroid's own queries below its bar
 MIN_DEV_RECORDS = 25  # five cross-validation folds of five
 
 
-def fit(x: np.ndarray, ok: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+def fit(x: np.ndarray, ok: np.ndarray, c: float, prior: Prior | None = None,
+        scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(coef (3, d), intercept (3,)) of one logistic model per tier; a tier that always (or never) succeeds
-    in the data gets a constant model at its smoothed success rate."""
+    in the data gets a constant model at its smoothed success rate. With a `prior`, each tier's model is fitted
+    on the prior heads' logits and the embedding scaled by `scale`, then folded back into the embedding."""
     coef = np.zeros((N_TIERS, x.shape[1]), dtype=np.float32)
     intercept = np.zeros(N_TIERS, dtype=np.float32)
+    features = x if prior is None else prior.features(x, scale)
     for t in range(N_TIERS):
         if ok[:, t].min() == ok[:, t].max():
             rate = (ok[:, t].sum() + 0.5) / (len(ok) + 1.0)
             intercept[t] = np.log(rate / (1 - rate))
             continue
-        model = LogisticRegression(C=c, max_iter=3000).fit(x, ok[:, t])
-        coef[t], intercept[t] = model.coef_[0], model.intercept_[0]
+        model = LogisticRegression(C=c, max_iter=3000).fit(features, ok[:, t])
+        w, b = model.coef_[0], model.intercept_[0]
+        coef[t], intercept[t] = (w, b) if prior is None else prior.fold(w, b, scale)
     return coef, intercept
 
 
-def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.ndarray | None = None,
+                prior: Prior | None = None, scale: float = 1.0) -> np.ndarray:
     """Success probabilities of each row from a model fitted without it: 5 random folds, or with `groups`,
     one fold per group (each group predicted by a model that never saw any of it)."""
     oof = np.zeros(ok.shape)
     folds = (KFold(5, shuffle=True, random_state=seed).split(x) if groups is None else
              ((np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups)))
     for tr, va in folds:
-        oof[va] = success(x[va], *fit(x[tr], ok[tr], c))
+        oof[va] = success(x[va], *fit(x[tr], ok[tr], c, prior, scale))
     return oof
+
+
+@dataclass
+class Selected:
+    """The model with the best out-of-fold log loss: its regularisation, and whether (and how) it uses a prior."""
+    c: float
+    scale: float
+    prior: Prior | None
+    oof: np.ndarray
+    losses: dict[tuple[float, float, bool], float]  # (C, scale, with the prior) -> out-of-fold log loss
+
+    def describe(self) -> str:
+        grid = ", ".join(f"{c:g}{f'/prior x{s:g}' if with_prior else ''}: {v:.4f}"
+                         for (c, s, with_prior), v in self.losses.items())
+        model = (f"per-tier logistic regression P(tier t acceptable), C={self.c:g}" if self.prior is None else
+                 f"per-tier logistic regression P(tier t acceptable) on the logits of the prior heads "
+                 f"{', '.join(self.prior.names)} and the embedding scaled by {self.scale:g}, folded into one linear "
+                 f"model, C={self.c:g}")
+        return f"{model}; chosen by 5-fold out-of-fold log loss ({grid})"
+
+
+def select(x: np.ndarray, ok: np.ndarray, seed: int, c: float | None = None, prior: Prior | None = None) -> Selected:
+    """Choose C, and with a prior whether to use it and the embedding's scale beside it, by 5-fold out-of-fold log
+    loss: a prior that does not predict the user's own labels better is left out."""
+    grid = [(value, 1.0, False) for value in (C_GRID if c is None else (c,))]
+    if prior is not None:
+        grid += [(value, scale, True) for value, _, _ in grid for scale in PRIOR_SCALES]
+    oofs = {key: out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
+            for key in tqdm(grid, desc="cross-validation", unit="setting")}
+    losses = {key: log_loss(oof, ok) for key, oof in oofs.items()}
+    best = min(grid, key=losses.get)
+    return Selected(best[0], best[1], prior if best[2] else None, oofs[best], losses)
+
+
+@dataclass
+class Fitted:
+    """A head's model, calibration and support, fitted on development records as `tierwise train` does."""
+    coef: np.ndarray
+    intercept: np.ndarray
+    relative_cost: tuple[float, float, float]
+    calibration: dict[str, float]  # quality target ("0.95") -> tradeoff
+    chosen: Selected
+    support: Support
+    pooled: bool  # calibrated leave-one-lineup-out
+
+    def decide(self, x: np.ndarray, target: float, check_support: bool = True) -> np.ndarray:
+        p = success(x, self.coef, self.intercept)
+        return decide(p, self.relative_cost, self.calibration[f"{target:g}"],
+                      self.support.outside(x) if check_support else None)
+
+
+def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = None, seed: int = 0,
+             priors: Sequence[TierHead] = ()) -> Fitted:
+    """Fit and calibrate a head on `records` (embedded as `x`) for each quality target. A head for one lineup may
+    build on `priors` (heads trained on other lineups): their tier models become features when they predict the
+    records better, and then their supports join its own (docs/decisions/0019). A head pooled over lineups uses
+    none: it is calibrated leave-one-lineup-out (decision 0008)."""
+    ok = arrays(records)[0].astype(np.float64)
+    costs = relative_cost(records)
+    models = lineup(records)
+    prior = Prior.from_heads(usable(list(priors), x.shape[1], models) if models else [])
+    chosen = select(x, ok, seed, c, prior)
+    calibration_oof, pooled = calibration_predictions(records, x, ok, chosen.c, seed, chosen.oof)
+    calibration = {f"{t:g}": calibrate(records, calibration_oof, costs, t)[0]
+                   for t in tqdm(sorted(set(targets)), desc="calibration", unit="target")}
+    coef, intercept = fit(x, ok, chosen.c, chosen.prior, chosen.scale)
+    used = [h for h in priors if chosen.prior is not None and h.name in chosen.prior.names]
+    support = joined_support(fit_support(x, seed), used)
+    return Fitted(coef, intercept, costs, calibration, chosen, support, pooled)
 
 
 def fit_support(x: np.ndarray, seed: int = 0) -> Support:

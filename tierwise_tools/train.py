@@ -11,25 +11,27 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from classifier_service.encoder import Encoder
 from classifier_service.heads import TierHead, decide, success
-from tierwise.data import DataError, arrays, check_measurable, load, split
+from tierwise.data import DataError, check_measurable, load, split
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
-from .calibration import WINDOW, calibrate
+from .calibration import WINDOW
 from .embeddings import embed_records
 from .evaluate import tradeoff_replay
-from .fitting import (C_GRID, MIN_DEV_RECORDS, SUPPORT_QUANTILE, calibration_predictions, fit, fit_support, lineup,
-                      log_loss, out_of_fold, relative_cost)
+from .fitting import MIN_DEV_RECORDS, SUPPORT_QUANTILE, fit_head, lineup
 from .paths import EMBEDDINGS_DIR, ENCODER_DIR
 
 
 def train(data: list[Path], out: Path, name: str, target_quality: float, c: float | None = None,
-          seed: int = 0) -> TierHead:
+          seed: int = 0, priors: Sequence[TierHead] = ()) -> TierHead:
+    """Fit, calibrate and publish a head on `data`. A head for one lineup builds on `priors` (the shipped heads,
+    less any trained on this very lineup): their tier models are features and their supports join its own
+    (docs/decisions/0019). A head pooled over lineups uses none: it is calibrated leave-one-lineup-out."""
     records = load(data)
     dev, test = split(records)
     part = "the development part (records not held out)"
@@ -42,23 +44,11 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     index = {id(r): i for i, r in enumerate(records)}
     x_dev = x_all[[index[id(r)] for r in dev]]
     x_test = x_all[[index[id(r)] for r in test]]
-    ok_dev = arrays(dev)[0].astype(np.float64)
-    costs = relative_cost(dev)
-
-    grid = C_GRID if c is None else (c,)
-    losses, oofs = {}, {}
-    for value in tqdm(grid, desc="cross-validation", unit="C"):
-        oofs[value] = out_of_fold(x_dev, ok_dev, value, seed)
-        losses[value] = log_loss(oofs[value], ok_dev)
-    c = min(grid, key=losses.get)
-    oof = oofs[c]
-    calibration_oof, pooled = calibration_predictions(dev, x_dev, ok_dev, c, seed, oof)
-    targets = sorted({*QUALITY_TARGETS, target_quality})
-    calibration = {f"{t:g}": calibrate(dev, calibration_oof, costs, t)[0]
-                   for t in tqdm(targets, desc="calibration", unit="target")}
+    models = lineup(records)
+    fitted = fit_head(dev, x_dev, [*QUALITY_TARGETS, target_quality], c, seed, priors)
+    costs, calibration, chosen = fitted.relative_cost, fitted.calibration, fitted.chosen
     tradeoff = calibration[f"{target_quality:g}"]
-    coef, intercept = fit(x_dev, ok_dev, c)
-    support = fit_support(x_dev, seed)
+    coef, intercept, support, pooled, oof = fitted.coef, fitted.intercept, fitted.support, fitted.pooled, chosen.oof
     p_test = success(x_test, coef, intercept)
     outside_test = support.outside(x_test)
     cv = routing_metrics(dev, decide(oof, costs, tradeoff))
@@ -73,22 +63,22 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         held_out = {"held_out": f"not measured: {err}"}
 
     when = time.strftime("%Y-%m-%d")
-    models = lineup(records)
     card = {
         "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
         "lineup": " / ".join(models) if models else "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})),
         "split": "sha256(id) % 5 == 0 held out; fit, select and calibrate on the rest",
         "trained": when,
         "encoder": encoder.version,
-        "model": f"per-tier logistic regression P(tier t acceptable), C={c:g} chosen by 5-fold out-of-fold log loss "
-                 f"({', '.join(f'{k:g}: {v:.4f}' for k, v in losses.items())})",
+        "model": chosen.describe(),
         "rule": "tier = argmax_t P_t - tradeoff x relative_cost_t",
         "calibration": (f"per target {', '.join(calibration)}: the cheapest tradeoff whose 95% lower bootstrap bound "
                         f"of quality vs frontier over a window of {WINDOW} new queries meets the target, on "
                         + ("leave-one-lineup-out predictions of the dev part (each lineup predicted by a model fitted "
                            "on the others)" if pooled else "out-of-fold predictions of the dev part")),
-        "support": (f"{len(support.bars)} k-means centroids of the dev queries, each with a bar at the "
-                    f"{SUPPORT_QUANTILE:.0%} quantile of its own queries' similarity; held out records outside: "
+        "support": (f"{len(support.bars)} centroids: k-means of the dev queries"
+                    + (f" and the prior heads' ({', '.join(chosen.prior.names)})" if chosen.prior else "")
+                    + f", each with a bar at the {SUPPORT_QUANTILE:.0%} quantile of its own queries' similarity; "
+                    "held out records outside: "
                     + (f"{outside_test.mean():.1%}" if len(test) else "none held out")),
         "n_dev": str(len(dev)),
         "n_held_out": str(len(test)),

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tierwise.data import shared_files
+from classifier_service.heads import HeadRegistry, TierHead
+from tierwise.data import DataError, shared_files
 
 from ..calibration import ALWAYS_TIER_3
 from ..paths import HEADS_DIR
@@ -21,7 +22,21 @@ def register(sub) -> None:
     p.add_argument("--target-quality", type=quality_target, default=0.95)
     p.add_argument("--c", type=at_least(float, 0, strict=True),
                    help="inverse L2 regularisation strength (default: chosen by cross-validation)")
+    p.add_argument("--prior-heads", type=Path, default=HEADS_DIR,
+                   help="heads a head for one lineup may build on, where they predict its records better "
+                        "(default: the shipped heads; docs/decisions/0019)")
+    p.add_argument("--no-prior", action="store_true", help="fit on the given records alone")
     p.set_defaults(run=run)
+
+
+def prior_heads(directory: Path) -> list[TierHead]:
+    """The heads under `directory`; none where there are none. A broken head file is bad input."""
+    if not any(directory.glob("*/head.json")):
+        return []
+    try:
+        return list(HeadRegistry.from_dir(directory))
+    except ValueError as err:
+        raise DataError(f"--prior-heads: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if not data:
         print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
         return 2
-    head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c)
+    priors = [] if args.no_prior else prior_heads(args.prior_heads)
+    head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c, priors=priors)
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out")):
         print(f"  {key}: {head.card[key]}")
