@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Mapping
 from tierwise.tiers import FRONTIER
 
 from .providers import ProviderError
-from .replies import parse_json_field, true_probability
+from .replies import parse_verdict, true_probability
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class VerifierGate(SurfaceGate):
                            error=str(err)[:300])
         cost = self.tiers[by].cost(reply.input_tokens, reply.output_tokens)
         try:
-            acceptable = parse_json_field(reply.content, "acceptable", bool)
+            acceptable = parse_verdict(reply.content, "acceptable", bool)
         except ValueError:
             return Verdict(False, f"verifier {reply.model} gave no verdict", cost, asked_model=True,
                            error=f"no verdict in {reply.content[:80]!r}")

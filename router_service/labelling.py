@@ -16,7 +16,7 @@ from tierwise.tiers import TIERS
 from .config import RouterConfig
 from .dispatch import Messages
 from .providers import Completion, TierChain
-from .replies import parse_json_field
+from .replies import parse_verdict
 
 JUDGE = (
     "You grade an answer against a reference answer to the same user message. Score how correct and "
@@ -75,5 +75,5 @@ class Labeler:
             {"role": "system", "content": JUDGE},
             {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}],
             temperature=0.0)
-        score = float(parse_json_field(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
+        score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
         return score, self.cfg.tiers[self.judge_tier].cost(verdict.input_tokens, verdict.output_tokens)

@@ -1,5 +1,5 @@
-"""Reading a model's short JSON verdict (the judge's tier, a grade, a verifier's yes or no) out of its reply, and
-how sure the model was of a yes or no, from its tokens' log probabilities."""
+"""Reading a model's short JSON verdict (the judge's tier, a grade, a verifier's yes or no) out of its reply, only
+when it is the whole reply, and how sure the model was of a yes or no, from its tokens' log probabilities."""
 from __future__ import annotations
 
 import json
@@ -7,19 +7,34 @@ import math
 import re
 from typing import Sequence
 
-_OBJECT = re.compile(r"\{[^{}]*\}")
+_FENCE = re.compile(r"```(?:json)?(.*)```", re.S | re.I)
 
 
-def parse_json_field(content: str, key: str, kind: type | tuple[type, ...], valid=lambda v: True):
-    """The first `{"key": value}` in a model's reply with a value of `kind` that is `valid`; else ValueError."""
-    for match in _OBJECT.finditer(content):
-        try:
-            value = json.loads(match.group(0)).get(key)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and valid(value):
-            return value
-    raise ValueError(f"no {{\"{key}\": ...}} object in the reply ({len(content)} chars)")
+def _unique(pairs: list[tuple[str, object]]) -> dict:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("a key repeated in the verdict")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} in the verdict")
+
+
+def parse_verdict(content: str, key: str, kind: type | tuple[type, ...], valid=lambda v: True):
+    """The value of a reply that is nothing but `{"key": value}` (surrounding whitespace and one ```json fence
+    allowed), with no other key and a value of `kind` that is `valid`; else ValueError. A verdict anywhere else
+    (inside prose, after another object) is no verdict: it may be text the model echoed from the query."""
+    text = content.strip()
+    fenced = _FENCE.fullmatch(text)
+    try:
+        verdict = json.loads(fenced.group(1) if fenced else text, object_pairs_hook=_unique,
+                             parse_constant=_no_constant)
+    except ValueError:
+        verdict = None
+    value = verdict.get(key) if isinstance(verdict, dict) and list(verdict) == [key] else None
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and valid(value):
+        return value
+    raise ValueError(f"the reply is not a {{\"{key}\": ...}} verdict alone ({len(content)} chars)")
 
 
 Tokens = Sequence[tuple[str, Sequence[tuple[str, float]]]]  # providers.Completion.tokens
@@ -27,7 +42,13 @@ Tokens = Sequence[tuple[str, Sequence[tuple[str, float]]]]  # providers.Completi
 
 def true_probability(content: str, tokens: Tokens, key: str) -> float | None:
     """P(`key` is true) as the model weighed it where it wrote the value: p(true) / (p(true) + p(false)) over the
-    alternatives of the token holding the value's first character. None without usable log probabilities there."""
+    alternatives of the token holding the value's first character. None without usable log probabilities there,
+    and None unless the reply is a `{"key": true|false}` verdict alone (parse_verdict), so that the `"key":` it
+    reads is the verdict's own, never one quoted from the query."""
+    try:
+        parse_verdict(content, key, bool)
+    except ValueError:
+        return None
     match = re.search(r'"%s"\s*:\s*' % re.escape(key), content)
     if match is None or "".join(token for token, _ in tokens) != content:
         return None

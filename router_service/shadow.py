@@ -28,7 +28,7 @@ from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
 from .providers import ProviderError, TierChain
-from .replies import parse_json_field
+from .replies import parse_verdict
 
 log = logging.getLogger("tierwise.router.shadow")
 LIVE = "live"  # source and task of records labelled from live traffic
@@ -101,7 +101,7 @@ class Shadow:
                                          f"Answer B:\n{reference.content}"}],
             max_tokens=16, temperature=0.0, deadline=self._deadline())
         record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].cost(verdict.input_tokens, verdict.output_tokens),
-                      agree=parse_json_field(verdict.content, "agree", bool))
+                      agree=parse_verdict(verdict.content, "agree", bool))
 
     async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
         query = last_user_text(messages)

@@ -102,7 +102,7 @@ def test_every_strategy_completes_and_streams(stub, double, strategy):
 
 
 def test_judge_verdict_picks_the_tier(stub, double):
-    double.set_reply("t1-a", 'Sure. {"tier": 3}')
+    double.set_reply("t1-a", '{"tier": 3}')
     reply = stub.Route(pb.RouteRequest(query="hi", strategy="judge"), timeout=10)
     assert reply.tier == 3 and "rated tier 3" in reply.reason
 
@@ -154,7 +154,7 @@ def verifier_calls(double, model: str) -> list[dict]:
 
 
 def test_verify_gate_returns_the_cheap_answer_a_verifier_accepts_and_bills_its_call(verifying, double):
-    double.set_reply("t3-a", 'Checked. {"acceptable": true}')
+    double.set_reply("t3-a", '```json\n{"acceptable": true}\n```')
     reply = verifying()
     assert (reply.tier, reply.escalations) == (1, 0) and reply.content.startswith("answer from t1-a")
     [call] = verifier_calls(double, "t3-a")
@@ -162,7 +162,7 @@ def test_verify_gate_returns_the_cheap_answer_a_verifier_accepts_and_bills_its_c
     assert call["max_tokens"] == 16 and call["temperature"] == 0.0
     answer_cost = (reply.usage.input_tokens * 0.25 + reply.usage.output_tokens * 1.25) / 1e6
     verifier_cost = (len("".join(m["content"] for m in call["messages"])) // 4 * 15.0
-                     + len('Checked. {"acceptable": true}') // 4 * 75.0) / 1e6
+                     + len('```json\n{"acceptable": true}\n```') // 4 * 75.0) / 1e6
     assert reply.cost_usd == pytest.approx(answer_cost + verifier_cost), "the verifier's call is paid with the answer"
 
 

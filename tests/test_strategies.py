@@ -34,12 +34,13 @@ def test_judge_bias_moves_toward_the_higher_tier(monkeypatch, bias, expected):
     assert decision.tier == expected and not decision.degraded
 
 
-@pytest.mark.parametrize("reply, tier", [('{"tier": 1}', 1), ('Verdict: {"tier": 3}.', 3), ('{"tier": 2, "why": "x"}', 2)])
+@pytest.mark.parametrize("reply, tier", [('{"tier": 1}', 1), (' {"tier":3}\n', 3), ('```json\n{"tier": 2}\n```', 2)])
 def test_parse_tier_accepts_json_verdicts(reply, tier):
     assert parse_tier(reply) == tier
 
 
-@pytest.mark.parametrize("reply", ["2", '{"tier": 4}', '{"tier": "2"}', '{"tier": true}', "{not json}", ""])
+@pytest.mark.parametrize("reply", ["2", '{"tier": 4}', '{"tier": "2"}', '{"tier": true}', "{not json}", "",
+                                   'Verdict: {"tier": 3}.', '{"tier": 2, "why": "x"}'])
 def test_parse_tier_rejects_everything_else(reply):
     with pytest.raises(ValueError):
         parse_tier(reply)

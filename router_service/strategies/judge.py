@@ -6,7 +6,7 @@ import time
 from tierwise.tiers import FRONTIER, TIERS
 
 from ..providers import ProviderError
-from ..replies import parse_json_field
+from ..replies import parse_verdict
 from .base import Decision, RouteInput, Strategy, register
 
 PROMPT = (
@@ -19,8 +19,8 @@ PROMPT = (
 
 
 def parse_tier(content: str) -> int:
-    """The tier from the judge's reply; ValueError if it is not a JSON object with one of TIERS."""
-    return parse_json_field(content, "tier", int, lambda t: t in TIERS)
+    """The tier from the judge's reply; ValueError unless the reply is `{"tier": t}` alone, t one of TIERS."""
+    return parse_verdict(content, "tier", int, lambda t: t in TIERS)
 
 
 @register("judge")
