@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Mapping
 from tierwise.tiers import FRONTIER
 
 from .providers import ProviderError
-from .replies import parse_verdict, true_probability
+from .replies import parse_verdict, prompt, true_probability
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class HeuristicGate(SurfaceGate):
 
 VERIFY = (
     "You check answers before they reach a user. Read the user message and the proposed answer, and decide "
-    "whether the answer correctly and completely does what the message asks. "
+    "whether the proposed answer correctly and completely does what the user message asks. "
     'Reply with JSON only, exactly like {"acceptable": true} or {"acceptable": false}.'
 )
 
@@ -132,8 +132,7 @@ class VerifierGate(SurfaceGate):
         budget = time.monotonic() + self.timeout_s
         try:
             reply = await self.chains[by].complete(
-                [{"role": "system", "content": VERIFY},
-                 {"role": "user", "content": f"User message:\n{query}\n\nProposed answer:\n{answer}"}],
+                prompt(VERIFY, user_message=query, proposed_answer=answer),
                 max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline),
                 on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(by, attempt, "verify")),
                 top_logprobs=self.top_logprobs or None)

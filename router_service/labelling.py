@@ -16,11 +16,11 @@ from tierwise.tiers import TIERS
 from .config import RouterConfig
 from .dispatch import Messages
 from .providers import Completion, TierChain
-from .replies import parse_verdict
+from .replies import parse_verdict, prompt
 
 JUDGE = (
     "You grade an answer against a reference answer to the same user message. Score how correct and "
-    "complete the answer is compared with the reference, from 0 (wrong or useless) to 1 (as good). "
+    "complete the answer is compared with the reference answer, from 0 (wrong or useless) to 1 (as good). "
     'Reply with JSON only, exactly like {"score": 0.8}.'
 )
 
@@ -71,9 +71,8 @@ class Labeler:
 
     async def grade(self, query: str, answer: str, reference: str) -> tuple[float, float]:
         """(score in [0, 1], what the judge's call cost)."""
-        verdict = await self.ask(self.chains[self.judge_tier], [
-            {"role": "system", "content": JUDGE},
-            {"role": "user", "content": f"User message:\n{query}\n\nReference answer:\n{reference}\n\nAnswer:\n{answer}"}],
-            temperature=0.0)
+        verdict = await self.ask(self.chains[self.judge_tier],
+                                 prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
+                                 temperature=0.0)
         score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
         return score, self.cfg.tiers[self.judge_tier].cost(verdict.input_tokens, verdict.output_tokens)

@@ -28,14 +28,14 @@ from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
 from .providers import ProviderError, TierChain
-from .replies import parse_verdict
+from .replies import parse_verdict, prompt
 
 log = logging.getLogger("tierwise.router.shadow")
 LIVE = "live"  # source and task of records labelled from live traffic
 
 COMPARE = (
-    "You compare two answers to the same user message. Answer A is the candidate, answer B the reference "
-    "from a stronger model. Is A as correct and useful as B? Reply with JSON only, exactly like "
+    "You compare two answers to the same user message. answer_a is the candidate, answer_b the reference "
+    "from a stronger model. Is answer_a as correct and useful as answer_b? Reply with JSON only, exactly like "
     '{"agree": true} or {"agree": false}.'
 )
 
@@ -95,10 +95,8 @@ class Shadow:
         record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].cost(
             reference.input_tokens, reference.output_tokens))
         verdict = await self.chains[self.cfg.judge_tier].complete(
-            [{"role": "system", "content": COMPARE},
-             {"role": "user", "content": f"User message:\n{last_user_text(messages)}\n\n"
-                                         f"Answer A:\n{result.completion.content}\n\n"
-                                         f"Answer B:\n{reference.content}"}],
+            prompt(COMPARE, user_message=last_user_text(messages), answer_a=result.completion.content,
+                   answer_b=reference.content),
             max_tokens=16, temperature=0.0, deadline=self._deadline())
         record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].cost(verdict.input_tokens, verdict.output_tokens),
                       agree=parse_verdict(verdict.content, "agree", bool))

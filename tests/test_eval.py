@@ -240,7 +240,7 @@ def test_with_a_router_config_the_verify_gate_is_replayed_live_and_its_calls_are
     cost = {}  # what each verifier call cost, by the answer it judged
     for call in calls:
         price_in, price_out, reply = prices[call["model"]]
-        judged = call["messages"][1]["content"].split("Proposed answer:\n")[1]
+        judged = json.loads(call["messages"][1]["content"])["proposed_answer"]
         cost[call["model"], judged] = (len("".join(m["content"] for m in call["messages"])) // 4 * price_in
                                        + len(reply) // 4 * price_out) / 1e6
     # Every answer a sweep setting may reach is judged once, though two cascades (and their sweeps) ran; the

@@ -6,11 +6,12 @@ import time
 from tierwise.tiers import FRONTIER, TIERS
 
 from ..providers import ProviderError
-from ..replies import parse_verdict
+from ..replies import parse_verdict, prompt
 from .base import Decision, RouteInput, Strategy, register
 
 PROMPT = (
-    "You route user queries to language models of three strengths. Rate the query below.\n"
+    "You route user queries to language models of three strengths. Rate how strong a model the user message "
+    "needs.\n"
     "tier 1: simple facts, small talk, short rewrites, easy arithmetic.\n"
     "tier 2: multi-step reasoning, ordinary code, explanations that need care.\n"
     "tier 3: hard math or proofs, complex code or system design, expert knowledge, long careful analysis.\n"
@@ -38,9 +39,9 @@ class JudgeStrategy(Strategy):
         deadline = time.monotonic() + self.timeout_s
         if request.deadline is not None:
             deadline = min(deadline, request.deadline)
-        messages = [{"role": "system", "content": PROMPT}, {"role": "user", "content": request.query}]
         try:
-            reply = await self.chain.complete(messages, max_tokens=16, temperature=0.0, deadline=deadline)
+            reply = await self.chain.complete(prompt(PROMPT, user_message=request.query), max_tokens=16,
+                                              temperature=0.0, deadline=deadline)
             verdict = parse_tier(reply.content)
         except (ProviderError, ValueError) as err:
             why = f"judge failed ({type(err).__name__})"
