@@ -1,0 +1,69 @@
+"""`tierwise simulate`: a labelled file replayed as live traffic through shadow labelling, retraining and promotion."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router_service.config import load as load_config
+from tierwise.data import Record, shared_files
+from tierwise_tools.cli import main
+from tierwise_tools.paths import ROOT
+from tierwise_tools.simulate import labelling_cost, retraining_points, shadow_draw
+
+
+def record(i: int, responses=("a" * 40, "b" * 40, "c" * 40)) -> Record:
+    return Record(id=f"t/{i}", source="t", task="t", query="q" * 80, scores=(1.0, 1.0, 1.0),
+                  costs=(0.001, 0.01, 0.1), responses=responses)
+
+
+def test_retraining_doubles_by_default_or_follows_every():
+    by_default = retraining_points(None)
+    assert [n for n in range(1, 1000) if by_default(n)] == [50, 100, 200, 400, 800]
+    assert [n for n in range(1, 400) if retraining_points(150)(n)] == [150, 300]
+
+
+def test_the_shadow_draws_its_share_reproducibly():
+    records = [record(i) for i in range(4000)]
+    drawn = [shadow_draw(r, 0.25, seed=0) for r in records]
+    assert 0.22 < sum(drawn) / len(drawn) < 0.28
+    assert drawn == [shadow_draw(r, 0.25, seed=0) for r in records]
+    assert drawn != [shadow_draw(r, 0.25, seed=1) for r in records]
+
+
+def test_a_label_pays_every_tier_and_two_judge_calls_at_the_judge_tiers_price():
+    cfg = load_config(ROOT / "tierwise.example.yaml")
+    judge = cfg.tiers[cfg.shadow.judge_tier]
+    cost = labelling_cost(record(0), cfg, cfg.shadow.judge_tier)
+    per_call = judge.cost(120 + 20 + 10 + 10, 10)  # instructions, query, answer and reference (chars / 4), verdict
+    assert cost == pytest.approx(0.111 + 2 * per_call)
+    assert labelling_cost(record(0, (None, None, None)), cfg, 1) > cost, "a missing answer counts 150 tokens"
+
+
+@pytest.mark.data
+def test_simulate_prints_one_json_object_with_windows_and_totals(tmp_path, capsys):
+    path = next(p for p in shared_files() if p.name.startswith("zeroeval"))
+    data = tmp_path / "traffic.jsonl"
+    with open(path) as f, data.open("w") as out:
+        for _, line in zip(range(300), f):
+            out.write(line)
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "0.5", "--window", "100", "--json",
+                 "--report", str(tmp_path / "report")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    windows, total = result["windows"], result["total"]
+    assert [w["n"] for w in windows] == [100, 100, 100] and total["n"] == 300
+    assert sum(w["labels"] for w in windows) == total["labels"] and 120 < total["labels"] < 180
+    assert total["labelling_cost_usd"] > 0 and total["net_savings"] < total["cost_savings"]
+    for w in windows:
+        assert set(w) == {"n", "labels", "cost_savings", "quality_vs_frontier", "net_savings", "tier_mix"}
+        assert sum(w["tier_mix"]) == pytest.approx(1.0)
+    assert [p["labels"] for p in result["promotions"]] == [50, 100], "retrained at 50 and 100 labels"
+    assert (tmp_path / "report" / "simulation.png").stat().st_size > 0
+    assert "| queries | labels |" in (tmp_path / "report" / "REPORT.md").read_text()
+
+
+def test_a_shadow_rate_above_one_is_bad_input(tmp_path, capsys):
+    data = tmp_path / "x.jsonl"
+    data.write_text("")
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "1.5"]) == 2
+    assert "--shadow-rate" in capsys.readouterr().err

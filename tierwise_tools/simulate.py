@@ -1,0 +1,169 @@
+"""`tierwise simulate`: replay a labelled file in order as live traffic, with the shadow labelling a share of it and
+the head retrained and promoted from those labels as `tierwise learn` would, and say what the deployment saves.
+
+Each query is routed by the serving head (at first the shipped head for the file's lineup, else the default, as a
+router naming no head gets). A shadowed query reveals its recorded outcomes as a label, paid for: every tier's
+recorded cost plus two judge calls (tier 1's and tier 2's answer against tier 3's) at the configured judge tier's
+price. After each retraining point the labels so far train a candidate (`fit_head`, with the shipped heads as
+priors) on their dev part; promote's paired rule on their held-out fifth, which no head ever trains on, decides
+whether it replaces the serving head.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from classifier_service.heads import HeadRegistry, TierHead
+from router_service.config import RouterConfig
+from router_service.tokens import estimate_tokens
+from tierwise.data import Record, arrays, split
+from tierwise.metrics import routing_metrics
+from tierwise.tiers import N_TIERS
+
+from .fitting import MIN_DEV_RECORDS, fit_head, lineup
+from .promote import measure, verdict
+
+JUDGE_PROMPT_TOKENS = 120  # the judge's instructions around the query and the two answers
+JUDGE_OUTPUT_TOKENS = 10
+MISSING_ANSWER_TOKENS = 150  # where a record holds no response text (the shared data's convention)
+
+
+def retraining_points(every: int | None, first: int = 50) -> Callable[[int], bool]:
+    """When to retrain, by number of labels: every `every` labels, or by default at 50, 100, 200, 400, ...: the
+    learning curve flattens while each retraining costs more (decision 0019)."""
+    if every:
+        return lambda n: n > 0 and n % every == 0
+    return lambda n: n >= first and (n // first) & (n // first - 1) == 0 and n % first == 0
+
+
+def labelling_cost(record: Record, cfg: RouterConfig, judge_tier: int) -> float:
+    """Every tier's recorded answer, plus the judge grading tier 1's and tier 2's answers against tier 3's."""
+    def tokens(text: str | None) -> int:
+        return MISSING_ANSWER_TOKENS if text is None else estimate_tokens(text)
+
+    reference = tokens(record.responses[-1])
+    judge = sum(cfg.tiers[judge_tier].cost(JUDGE_PROMPT_TOKENS + estimate_tokens(record.query) + tokens(answer)
+                                           + reference, JUDGE_OUTPUT_TOKENS) for answer in record.responses[:-1])
+    return float(sum(record.costs)) + judge
+
+
+@dataclass
+class Simulation:
+    records: list[Record]
+    tiers: np.ndarray  # the tier each query was routed to
+    shadowed: np.ndarray  # bool: labelled by the shadow
+    labelling_usd: np.ndarray  # what labelling each query cost (0 where not shadowed)
+    promotions: list[dict] = field(default_factory=list)
+
+    def figures(self, rows: slice) -> dict:
+        records, tiers = self.records[rows], self.tiers[rows]
+        m = routing_metrics(records, tiers)
+        always_3 = arrays(records)[1][:, N_TIERS - 1].sum()
+        paid = always_3 * (1 - m["cost_savings"])
+        labelling = float(self.labelling_usd[rows].sum())
+        return {"n": len(records), "labels": int(self.shadowed[rows].sum()), "cost_savings": round(m["cost_savings"], 4),
+                "quality_vs_frontier": round(m["quality_vs_frontier"], 4),
+                "net_savings": round(1 - (paid + labelling) / always_3, 4),
+                "tier_mix": [round(t, 4) for t in m["tier_mix"]], "labelling_cost_usd": round(labelling, 6)}
+
+    def result(self, window: int) -> dict:
+        windows = [self.figures(slice(start, start + window)) for start in range(0, len(self.records), window)]
+        for w in windows:
+            w.pop("labelling_cost_usd")
+        return {"windows": windows, "total": self.figures(slice(None)), "promotions": self.promotions}
+
+
+def shadow_draw(record: Record, rate: float, seed: int) -> bool:
+    """Whether the shadow labels this query: a uniform draw, reproducible from the record's id and the seed."""
+    digest = hashlib.sha256(f"{seed}:{record.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def simulate(records: list[Record], x: np.ndarray, heads_dir: Path, cfg: RouterConfig, rate: float,
+             target: float = 0.95, every: int | None = None, seed: int = 0) -> Simulation:
+    registry = HeadRegistry.from_dir(heads_dir)
+    priors = list(registry)
+    serving: TierHead = registry.for_lineup(lineup(records))
+    judge_tier = cfg.shadow.judge_tier
+    retrain_now = retraining_points(every)
+    tiers = np.zeros(len(records), dtype=int)
+    shadowed = np.array([shadow_draw(r, rate, seed) for r in records])
+    cost = np.array([labelling_cost(r, cfg, judge_tier) if s else 0.0 for r, s in zip(records, shadowed)])
+    sim = Simulation(records, tiers, shadowed, cost)
+
+    def route(rows: slice) -> None:
+        tiers[rows] = serving.decide(serving.probabilities(x[rows]), serving.tradeoff_for(target),
+                                     serving.outside(x[rows]))
+
+    start, labels = 0, 0
+    for i in np.flatnonzero(shadowed):
+        labels += 1
+        if retrain_now(labels):
+            route(slice(start, i + 1))
+            start = i + 1
+            serving = retrained(sim, serving, np.flatnonzero(shadowed[: i + 1]), x, priors, target, seed)
+    route(slice(start, len(records)))
+    return sim
+
+
+def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.ndarray, priors: list[TierHead],
+              target: float, seed: int) -> TierHead:
+    """The serving head after one retraining point: a candidate fitted on the labels' dev part replaces it if
+    promote's rule, on the labels' held-out part, says so."""
+    records = [sim.records[j] for j in labelled]
+    dev, held = split(records)
+    if len(dev) < MIN_DEV_RECORDS or not held:
+        return serving
+    index = {id(r): int(j) for r, j in zip(records, labelled)}
+    x_dev, x_held = x[[index[id(r)] for r in dev]], x[[index[id(r)] for r in held]]
+    if len({r.models for r in records}) > 1 or not lineup(records):
+        return serving  # one lineup's traffic is what a router sees
+    fitted = fit_head(dev, x_dev, [target], seed=seed, priors=priors)
+    candidate = TierHead(name="simulated", version=f"labels-{len(labelled)}", coef=fitted.coef,
+                         intercept=fitted.intercept, relative_cost=fitted.relative_cost,
+                         tradeoff=fitted.calibration[f"{target:g}"], target_quality=target, models=lineup(records),
+                         calibration=fitted.calibration, support=fitted.support)
+    mine, theirs = measure(candidate, held, x_held, target), measure(serving, held, x_held, target)
+    ok, why = verdict(mine, theirs, target)
+    sim.promotions.append({"at_query": int(labelled[-1]) + 1, "labels": len(labelled), "promoted": ok, "why": why})
+    return candidate if ok else serving
+
+
+def report(result: dict, window: int, out: Path) -> Path:
+    """Savings (gross and net of labelling) and quality vs frontier per window, as a PNG and a Markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    windows = result["windows"]
+    ends = np.cumsum([w["n"] for w in windows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("cost_savings", "gross savings"), ("net_savings", "net of labelling"),
+                       ("quality_vs_frontier", "quality vs frontier")):
+        ax.plot(ends, [w[key] for w in windows], marker="o", label=label)
+    for p in result["promotions"]:
+        if p["promoted"]:
+            ax.axvline(p["at_query"], color="grey", linewidth=0.6, linestyle=":")
+    ax.axhline(0.95, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel(f"queries served (windows of {window}; dotted: a head promoted)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "simulation.png", dpi=110)
+    plt.close(fig)
+    lines = ["# Tierwise deployment simulation", "", "![savings and quality over time](simulation.png)", "",
+             "| queries | labels | gross savings | net savings | quality vs frontier | tier mix |", "|---|---|---|---|---|---|"]
+    lines += [f"| {end} | {w['labels']} | {w['cost_savings']:.1%} | {w['net_savings']:.1%} | "
+              f"{w['quality_vs_frontier']:.3f} | {' / '.join(f'{t:.2f}' for t in w['tier_mix'])} |"
+              for end, w in zip(ends, windows)]
+    t = result["total"]
+    lines += ["", f"Total: {t['n']} queries, {t['labels']} labelled for ${t['labelling_cost_usd']:.4f}; gross savings "
+              f"{t['cost_savings']:.1%}, net {t['net_savings']:.1%}, quality vs frontier {t['quality_vs_frontier']:.3f}."]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
