@@ -1,0 +1,170 @@
+"""`tierwise learn`, the loop live: a router labels its traffic (shadow.labels), `learn` trains a head for its lineup,
+checks it on labels it never saw and promotes it into the classifier's directory; the classifier swaps it in and the
+router, naming no head, routes with it. Bad label files and refused candidates leave the serving heads as they were."""
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from classifier_service.config import Config
+from classifier_service.heads import TierHead
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+from tierwise_tools.calibration import ALWAYS_TIER_3
+from tierwise_tools.cli import main
+
+from .provider_double import ProviderDouble
+from .servers import KEY_ENV, router_config, running_router, start_classifier
+from .test_promote import LINEUP, lineup_head, write
+
+# 40 requests: 32 of them train the head, 8 (the held-out fifth, by id hash) check it.
+QUERIES = [f"What is {a} plus {b}?" for a in range(2, 12) for b in range(3, 7)]
+
+
+def heads_dir(tmp_path):
+    heads = tmp_path / "heads"
+    TierHead.load(Config().heads_dir / "default" / "head.json").save(heads / "default" / "head.json")
+    return heads
+
+
+def contents(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def wait_until(check, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()
+
+
+def test_live_labels_become_the_head_a_router_naming_none_routes_with(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    default = TierHead.load(heads / "default" / "head.json")
+    labels = str(tmp_path / "labels" / "live-{host}.jsonl")
+    env = {KEY_ENV: "k"}
+    learn = ["learn", "--labels", labels, "--heads-dir", str(heads), "--json"]
+    with ProviderDouble() as double:
+        doc = router_config(double.base_url, strategy="embedding",
+                            classifier={"timeout_ms": 5000, "head": "", "head_refresh_s": 0.2},
+                            shadow={"share": 1.0, "labels": labels, "max_in_flight": len(QUERIES)})
+        double.set_reply("t1-a", '{"score": 1.0}')  # the judge (tier 1) finds every tier 1 and 2 answer acceptable
+        classifier = start_classifier("--heads-dir", str(heads), "--heads-reload-seconds", "0.2", env=env)
+        try:
+            with running_router(doc, classifier.address, tmp_path, env=env) as router, \
+                    grpc.insecure_channel(router.address) as channel:
+                stub = router_pb2_grpc.RouterServiceStub(channel)
+                probe = pb.RouteRequest(query=QUERIES[0])
+                before = stub.Route(probe, timeout=10)
+                assert before.head_version == default.version and not before.degraded
+                for query in QUERIES:
+                    stub.Complete(pb.CompleteRequest(messages=[pb.Message(role="user", content=query)],
+                                                     strategy="heuristic"), timeout=10)
+                written = list((tmp_path / "labels").glob("live-*.jsonl"))
+                assert wait_until(lambda: sum(len(p.read_text().splitlines()) for p in written) == len(QUERIES))
+                assert len(double.requests_for("t3-a")) == len(QUERIES), "every request labelled, tier 3 asked once"
+
+                assert main(learn) == 0
+                (outcome,) = json.loads(capsys.readouterr().out)["outcomes"]
+                assert outcome["status"] == "promoted" and tuple(outcome["lineup"]) == LINEUP
+                assert (outcome["labels"], outcome["held_out"]) == (40, 8) and outcome["head"].startswith("learned-")
+                assert outcome["check"]["serving"]["head"] == "default", "checked against what served the lineup"
+                learned = TierHead.load(heads / outcome["head"] / "head.json")
+                assert learned.models == LINEUP and learned.card["n_dev"] == "32"
+
+                assert wait_until(lambda: stub.Route(probe, timeout=10).head_version == learned.version), \
+                    "the classifier swapped the head in and the router found it by its lineup, with no restart"
+                after = stub.Route(probe, timeout=10)
+                assert after.tier == 1 < before.tier and not after.degraded, \
+                    "its own labels say tier 1 answers these as well as tier 3"
+                router.wait_for(f"classifier head for this lineup: {outcome['head']}")
+
+                # The same labels again: the same head, and the serving one is as good, so nothing changes.
+                served = contents(heads)
+                assert main(learn) == 3
+                (again,) = json.loads(capsys.readouterr().out)["outcomes"]
+                assert again["status"] == "refused" and "already meets 0.95" in again["why"]
+                assert contents(heads) == served
+        finally:
+            classifier.stop()
+
+
+def test_a_candidate_worse_than_the_serving_head_on_unseen_labels_is_refused(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")  # serves LINEUP today
+    served = contents(heads)
+    # Tier 1 answers every query it is trained on, and none of those it is checked on.
+    data = write(write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False), [0.0] * 10, held_out=True,
+                 tier_2_scores=[0.0] * 10)
+    assert main(["learn", "--labels", str(data), "--heads-dir", str(heads)]) == 3
+    out = capsys.readouterr().out
+    assert "lineup t1-a / t2-a / t3-a: 40 labels (10 held out to check on), head lineup-a" in out
+    assert "refused on 10 records (held-out)" in out and "below the 0.95 target" in out
+    assert contents(heads) == served, "the serving head is untouched, and no candidate was left beside it"
+
+
+def test_labels_that_cannot_check_a_head_leave_no_head_behind(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    served = contents(heads)
+    data = write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False)
+    lines = write(tmp_path / "held.jsonl", [1.0] * 5, held_out=True).read_text().replace('"score": 1.0, "cost_usd": 0.1',
+                                                                                        '"score": 0.0, "cost_usd": 0.1')
+    (tmp_path / "held.jsonl").write_text(lines)
+    assert main(["learn", "--labels", str(data), str(tmp_path / "held.jsonl"), "--heads-dir", str(heads)]) == 2
+    assert "tier 3 answered none of the 5 records acceptably" in capsys.readouterr().err
+    assert contents(heads) == served
+
+
+def test_bad_label_files_are_named_by_file_and_line_and_change_nothing(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    served = contents(heads)
+    learn = ["learn", "--heads-dir", str(heads), "--labels"]
+
+    # A writer killed (or still appending) mid-line: the unfinished last line is skipped, with a warning.
+    torn = write(tmp_path / "torn.jsonl", [1.0] * 3, held_out=False)
+    torn.write_text(torn.read_text() + '{"id": "live/x", "source": "live", "query": "Wha')
+    assert main([*learn, str(torn)]) == 4
+    captured = capsys.readouterr()
+    assert f"{torn}:4: an unfinished last line" in captured.err and "3 labels" in captured.out
+    assert "too few: 3 labels to train on and 0 to check on" in captured.out
+    # A last line complete but for its newline is a label.
+    complete = write(tmp_path / "complete.jsonl", [1.0] * 3, held_out=False)
+    complete.write_text(complete.read_text().rstrip("\n"))
+    assert main([*learn, str(complete), "--json"]) == 4
+    assert json.loads(capsys.readouterr().out)["outcomes"][0]["labels"] == 3
+
+    # Anywhere else, a line that is not a routing record is bad input, named by file and line.
+    middle = write(tmp_path / "middle.jsonl", [1.0] * 3, held_out=False)
+    lines = middle.read_text().splitlines()
+    middle.write_text("\n".join([*lines[:1], lines[1][:30], *lines[2:]]) + "\n")
+    assert main([*learn, str(middle)]) == 2
+    assert f"{middle}:2: not a routing record" in capsys.readouterr().err
+    comparisons = tmp_path / "shadow.jsonl"  # the shadow's comparison log, given by mistake
+    comparisons.write_text(json.dumps({"ts": 1.0, "strategy": "embedding", "tier": 1, "agree": True}) + "\n")
+    assert main([*learn, str(torn), str(comparisons)]) == 2
+    assert f"{comparisons}:1: not a routing record" in capsys.readouterr().err
+    assert main([*learn, str(tmp_path / "absent.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main([*learn, str(tmp_path / "nothing-yet-{host}.jsonl")]) == 4, "no replica has written labels yet"
+    assert "no label files match" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*learn, str(torn), "--name", "Not A Name"])
+    assert exit_.value.code == 2 and "must match" in capsys.readouterr().err
+    assert contents(heads) == served
+
+
+def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    mixed = write(tmp_path / "live.jsonl", [1.0] * 5, held_out=False)
+    other = write(tmp_path / "other.jsonl", [1.0] * 4, held_out=True).read_text().replace("t1-a", "t1-z")
+    mixed.write_text(mixed.read_text() + other)
+    assert main(["learn", "--labels", str(mixed), "--heads-dir", str(heads), "--json"]) == 4
+    outcomes = json.loads(capsys.readouterr().out)["outcomes"]
+    assert [(o["lineup"][0], o["labels"], o["status"]) for o in outcomes] == [("t1-a", 5, "too few"),
+                                                                             ("t1-z", 4, "too few")]
+    assert outcomes[0]["head"] != outcomes[1]["head"] and all(o["head"].startswith("learned-") for o in outcomes)
+    assert main(["learn", "--labels", str(mixed), "--heads-dir", str(heads), "--name", "mine"]) == 2
+    assert "the labels hold 2 tier lineups" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+"""`tierwise learn`: from the shadow's live labels to the head the classifier serves, in one run (a CronJob's).
+
+For each tier lineup in the label files it trains a head as `tierwise train` does, on the development part and
+with the shipped heads as priors; checks it as `tierwise promote` does, on the held-out fifth the training never
+saw, against the head serving that lineup today (the paired rule); and installs it atomically into the directory
+the classifier serves, which swaps it in while serving. A router naming no head then finds it by its lineup.
+
+- **Label files.** Paths or globs; `{host}` stands for every replica's name, so the value of `shadow.labels`
+  names all the replicas' files. Each file is read once, up to its last complete line: the shadow may be
+  appending while this runs, and an unfinished last line is skipped with a warning. Any other line that is not
+  a routing record is bad input, named by file and line, and nothing is trained.
+- **The head's name.** `--name`; else the name of the head serving exactly this lineup in the heads directory,
+  which it replaces (`head.json.previous` keeps the old one); else `learned-` and a hash of the lineup.
+- **Several lineups** (the tiers' models changed while labelling): one head per lineup, each checked on its own.
+- **Nothing half-written.** The head is trained into a scratch directory; `promote` copies it into place with
+  an atomic rename, only when it passes.
+
+Exit status: 0 every lineup with enough labels was promoted; 3 a candidate was refused (the serving head kept);
+2 bad input; 4 nothing to do yet (no label files, or too few labels to train on).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from classifier_service.heads import HeadRegistry, TierHead
+from tierwise.data import DataError, Record, load, split
+
+from .fitting import MIN_DEV_RECORDS
+from .paths import EMBEDDINGS_DIR, ENCODER_DIR
+from .promote import promote
+from .train import train
+
+PROMOTED, BAD_INPUT, REFUSED, NOTHING_TO_DO = 0, 2, 3, 4
+
+
+@dataclass
+class Outcome:
+    """What became of one lineup's labels."""
+    lineup: tuple[str, ...]
+    head: str
+    labels: int
+    held_out: int
+    status: str  # promoted | passed (dry run) | refused | too few | bad input
+    why: str
+    check: dict | None = None  # promote's result
+
+
+@dataclass
+class Report:
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {o.status for o in self.outcomes}
+        if "bad input" in statuses:
+            return BAD_INPUT
+        if "refused" in statuses:
+            return REFUSED
+        return PROMOTED if statuses & {"promoted", "passed (dry run)"} else NOTHING_TO_DO
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+def label_files(patterns: Sequence[str]) -> list[Path]:
+    """The files `patterns` name. A glob (or `{host}`) matching nothing yet is no error; a missing plain path is."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        pattern = pattern.replace("{host}", "*")
+        if any(c in pattern for c in "*?["):
+            paths += sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+        elif Path(pattern).is_file():
+            paths.append(Path(pattern))
+        else:
+            raise DataError(f"--labels {pattern}: no such file")
+    return list(dict.fromkeys(paths))
+
+
+def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Record, dict]]:
+    """The routing records of `path` with their JSON (answers dropped: training reads none), up to its last
+    complete line. The shared loader checks them in `copy`, a copy of what was read; its errors name `path`."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read routing records ({err})") from None
+    body, newline, tail = text.rpartition("\n")
+    lines = body.split("\n") if newline else []
+    if tail.strip():
+        try:
+            json.loads(tail)
+            lines.append(tail)  # complete, only its newline not written yet
+        except ValueError:
+            warnings.append(f"{path}:{len(lines) + 1}: an unfinished last line (a writer still appending?), skipped")
+    copy.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    try:
+        records = load([copy])
+    except DataError as err:
+        raise DataError(str(err).replace(str(copy), str(path), 1)) from None
+    raws = [json.loads(line) for line in lines if line.strip()]
+    for raw in raws:
+        for outcome in raw["outcomes"]:
+            outcome.pop("response", None)
+    return list(zip(records, raws))
+
+
+def head_name(lineup: tuple[str, ...], heads_dir: Path) -> str:
+    """The head serving exactly this lineup in `heads_dir` (the one a router naming no head uses), else a name
+    derived from the lineup: stable, and valid for a head."""
+    if any(heads_dir.glob("*/head.json")):
+        try:
+            serving = HeadRegistry.from_dir(heads_dir).for_lineup(lineup)
+        except ValueError as err:
+            raise DataError(f"--heads-dir: {err}") from None
+        if serving.models == lineup:
+            return serving.name
+    return "learned-" + hashlib.sha256("\n".join(lineup).encode()).hexdigest()[:12]
+
+
+def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Sequence[TierHead] = (),
+          name: str | None = None, dry_run: bool = False) -> Report:
+    report = Report()
+    paths = label_files(patterns)
+    report.files = [str(p) for p in paths]
+    if not paths:
+        report.warnings.append(f"no label files match {' '.join(patterns)} yet")
+        return report
+    with tempfile.TemporaryDirectory(prefix="tierwise-learn-") as scratch:
+        work = Path(scratch)
+        (work / "read").mkdir()
+        lineups: dict[tuple[str, ...], list[tuple[Record, dict]]] = defaultdict(list)
+        for i, path in enumerate(paths):
+            for record, raw in read_labels(path, work / "read" / f"{i}.jsonl", report.warnings):
+                lineups[record.models].append((record, raw))
+        if unknown := sum(len(lineups.pop(lineup)) for lineup in [k for k in lineups if not all(k)]):
+            report.warnings.append(f"{unknown} records name no model for some tier: skipped")
+        if name and len(lineups) > 1:
+            raise DataError(f"--name {name}: the labels hold {len(lineups)} tier lineups and a name is for one head; "
+                            "leave --name out to train one head per lineup")
+        for lineup, labelled in sorted(lineups.items()):
+            try:
+                report.outcomes.append(_learn_lineup(lineup, labelled, work, heads_dir, target, priors,
+                                                     name or head_name(lineup, heads_dir), dry_run))
+            except DataError as err:
+                report.outcomes.append(Outcome(lineup, name or "", len(labelled), 0, "bad input", str(err)))
+    return report
+
+
+def _learn_lineup(lineup: tuple[str, ...], labelled: list[tuple[Record, dict]], work: Path, heads_dir: Path,
+                  target: float, priors: Sequence[TierHead], name: str, dry_run: bool) -> Outcome:
+    records = [record for record, _ in labelled]
+    dev, held_out = split(records)
+    if len(dev) < MIN_DEV_RECORDS or not held_out:
+        return Outcome(lineup, name, len(records), len(held_out), "too few",
+                       f"{len(dev)} labels to train on and {len(held_out)} to check on; training needs "
+                       f"{MIN_DEV_RECORDS} and the check at least one (one label in five is kept for the check)")
+    data = work / "data" / name
+    data.mkdir(parents=True)
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for record, raw in labelled:
+        by_source[re.sub(r"[^a-z0-9_-]+", "-", record.source.lower()).strip("-") or "labels"].append(raw)
+    files = []
+    for source, raws in sorted(by_source.items()):
+        files.append(data / f"{source}.jsonl")  # train's model card names the file by its records' source
+        files[-1].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in raws), encoding="utf-8")
+    candidate = work / "candidates" / name
+    train(files, candidate, name, target, priors=priors)
+    check = promote(candidate, held_out, heads_dir, target, ENCODER_DIR, EMBEDDINGS_DIR, dry_run)
+    status = "refused" if not check["passed"] else "promoted" if check["promoted"] else "passed (dry run)"
+    return Outcome(lineup, name, len(records), len(held_out), status, check["why"], check)
