@@ -104,3 +104,16 @@ def test_a_record_keeps_the_routers_lineup_when_a_fallback_answered(tmp_path, mo
     assert [o["model"] for o in raw["outcomes"]] == ["t1-b", "t2-a", "t3-a"], "who answered is kept"
     assert raw["lineup"] == ["t1-a", "t2-a", "t3-a"]
     assert load([out])[0].models == ("t1-a", "t2-a", "t3-a")
+
+
+def test_resume_keeps_records_whose_answers_hold_unicode_line_separators(tmp_path):
+    """A record ends at "\\n" only: an answer with U+2028 or U+0085 (JSON leaves them raw) is one record, and the
+    repair of a torn last line writes it back byte for byte."""
+    from tierwise_tools.label import resume
+
+    record = json.dumps({"id": "label/1", "query": "q", "outcomes": [{"response": "one\u2028two\x85three"}]},
+                        ensure_ascii=False)
+    out = tmp_path / "labelled.jsonl"
+    out.write_text(record + "\n" + record[:25], encoding="utf-8")
+    assert resume(out) == {"label/1"}
+    assert out.read_text(encoding="utf-8") == record + "\n"

@@ -19,6 +19,7 @@ from router_service.config import RouterConfig
 from router_service.labelling import Labeler, record_id
 from router_service.providers import ProviderError
 from router_service.telemetry import RouterMetrics
+from tierwise.atomic import append_line, write_atomic
 
 
 def read_queries(path: Path, source: str) -> list[dict]:
@@ -37,11 +38,15 @@ def read_queries(path: Path, source: str) -> list[dict]:
 
 def resume(out: Path) -> set[str]:
     """Ids already labelled in `out`. A last line cut short by an interruption is removed (its query is
-    labelled again); a broken line anywhere else is an error, never silently dropped."""
+    labelled again); a broken line anywhere else is an error, never silently dropped. The file is only ever
+    replaced whole (tierwise/atomic.py): a kill during the repair leaves the old file or the repaired one."""
     if not out.exists():
         return set()
     text = out.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    # Records end at "\n" only: an answer may hold U+2028 or U+0085, which str.splitlines would also split at.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
     ids = set()
     for n, line in enumerate(lines, start=1):
         try:
@@ -49,11 +54,9 @@ def resume(out: Path) -> set[str]:
         except (json.JSONDecodeError, KeyError, TypeError):
             if n < len(lines):
                 raise ValueError(f"{out}:{n}: not a labelled record; fix or remove it before resuming") from None
-            out.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+            write_atomic(out, "".join(f"{kept}\n" for kept in lines[:-1]))
             return ids
-    if text and not text.endswith("\n"):
-        out.write_text(text + "\n", encoding="utf-8")
-    return ids
+    return ids  # a whole last record without its newline gets one from the next append (append_line)
 
 
 class RateLimiter:
@@ -83,7 +86,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     out.parent.mkdir(parents=True, exist_ok=True)
     async with open_chains(cfg, RouterMetrics()) as chains:
         labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
-        with out.open("a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="labelling", unit="query") as bar:
+        with tqdm(total=len(todo), desc="labelling", unit="query") as bar:
             async def one(item: dict) -> None:
                 nonlocal spent
                 async with slots:
@@ -93,8 +96,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
                     except (ProviderError, ValueError) as err:
                         failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
                     else:
-                        sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        sink.flush()
+                        append_line(out, json.dumps(rec, ensure_ascii=False))
                         spent += sum(o["cost_usd"] for o in rec["outcomes"]) + rec["judge_cost_usd"]
                     bar.update()
 

@@ -1,0 +1,136 @@
+"""Files that hold paid-for or served results survive a kill at any moment: rewrites are atomic
+(tierwise/atomic.py), appends add whole lines. The labelling test kills a real `tierwise label` process."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tierwise.atomic import append_line, write_atomic
+from tierwise.data import load
+
+from .provider_double import ProviderDouble
+from .servers import KEY_ENV, ROOT, router_config
+
+PAID = 714  # records a killed resume once lost, all of them
+NEW = 6  # queries left to label after them
+TRIES = 10  # kills, each at a random moment; the loop always ends after TRIES
+TRY_TIMEOUT_S = 30.0
+
+
+def paid_record(i: int) -> dict:
+    """A record as `tierwise label` writes it, with answers long enough that rewriting 714 of them takes a while."""
+    return {"id": f"paid/{i}", "source": "paid", "task": "paid", "query": f"Paid question {i}?",
+            "lineup": ["t1-a", "t2-a", "t3-a"],
+            "outcomes": [{"tier": t, "model": m, "score": s, "cost_usd": 0.001 * t, "cost_estimated": False,
+                          "response": f"answer {i} from {m}: " + "word " * 200}
+                         for t, m, s in ((1, "t1-a", 0.5), (2, "t2-a", 1.0), (3, "t3-a", 1.0))],
+            "judge_cost_usd": 0.0002}
+
+
+def changed(directory, out, before) -> bool:
+    """Whether `tierwise label` has started to rewrite `out`: a new file in its directory, or `out` itself changed."""
+    try:
+        st = out.stat()
+        return set(os.listdir(directory)) != before[0] or (st.st_ino, st.st_size, st.st_mtime_ns) != before[1]
+    except FileNotFoundError:
+        return True
+
+
+def test_killing_label_at_any_moment_keeps_every_paid_record(tmp_path):
+    out = tmp_path / "labelled.jsonl"
+    paid = [json.dumps(paid_record(i)) for i in range(PAID)]
+    # A run killed mid-append left its last record cut short: the next run's resume rewrites the file without it.
+    torn = json.dumps({**paid_record(PAID), "id": "new/0", "query": "New question 0?"})[:300]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"paid/{i}", "query": f"Paid question {i}?"}) + "\n"
+                               for i in range(PAID))
+                       + "".join(json.dumps({"id": f"new/{i}", "query": f"New question {i}?"}) + "\n"
+                                 for i in range(NEW)))
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    env = {**os.environ, KEY_ENV: "k", "PYTHONUNBUFFERED": "1"}
+    killed_in_rewrite = 0
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"score": 0.5}')
+        config = tmp_path / "tierwise.yaml"
+        config.write_text(yaml.safe_dump(router_config(double.base_url)))
+        args = ["label", "--queries", str(queries), "--config", str(config), "--out", str(out), "--rate", "200"]
+        for attempt in range(TRIES):
+            out.write_text("".join(line + "\n" for line in paid) + torn)
+            st = out.stat()
+            before = (set(os.listdir(tmp_path)), (st.st_ino, st.st_size, st.st_mtime_ns))
+            # Half the kills land just after the rewrite starts, the others at any moment of the run.
+            at_rewrite = attempt % 2 == 0
+            delay = rng.choice([0.0, rng.uniform(0, 0.003), rng.uniform(0, 0.03)]) if at_rewrite else rng.uniform(0, 3)
+            proc = subprocess.Popen([sys.executable, "-m", "tierwise_tools.cli", *args], cwd=ROOT, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                started = time.monotonic()
+                if at_rewrite:
+                    while proc.poll() is None and not changed(tmp_path, out, before) \
+                            and time.monotonic() - started < TRY_TIMEOUT_S:
+                        time.sleep(0.0002)
+                    killed_in_rewrite += proc.poll() is None
+                time.sleep(delay)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            text = out.read_text()
+            whole, _, last = text.rpartition("\n")
+            lines = whole.split("\n") if whole else []
+            context = f"try {attempt} (seed {seed}), killed {delay:.4f}s after {'the rewrite began' if at_rewrite else 'start'}"
+            lost = len(set(paid) - set(lines))
+            assert not lost, f"{context}: {lost} of {PAID} paid records lost"
+            for line in lines:
+                json.loads(line)  # every whole line is a whole record
+            assert last in ("", torn) or not last.startswith('{"id": "paid/'), f"{context}: a paid record cut short"
+        assert killed_in_rewrite >= TRIES // 4, "the kills did not reach the rewrite"
+
+        # After all that, a run left alone finishes the job: every query labelled once, the paid ones not again.
+        asked = len(double.requests)
+        done = subprocess.run([sys.executable, "-m", "tierwise_tools.cli", *args], cwd=ROOT, env=env, timeout=120,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        records = load([out])
+        assert sorted(r.id for r in records) == sorted([f"paid/{i}" for i in range(PAID)] + [f"new/{i}" for i in range(NEW)])
+        assert set(paid) <= set(out.read_text().splitlines()), "the paid records are still byte for byte as written"
+        assert len(double.requests) - asked <= NEW * 5, "no paid query was asked again"
+
+
+def test_a_rewrite_that_fails_leaves_the_old_file_and_no_litter(tmp_path, monkeypatch):
+    path = tmp_path / "head.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and (path.stat().st_mode & 0o777) == 0o640, "replaced, permissions kept"
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, b"newer")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["head.json"]
+
+
+def test_append_line_adds_one_whole_line_never_glued_to_a_torn_one(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_line(path, '{"a": 1}')
+    append_line(path, '{"b": "x"}')
+    assert path.read_text() == '{"a": 1}\n{"b": "x"}\n'
+    with path.open("a") as f:
+        f.write('{"c": ')  # a line cut short by a killed writer
+    append_line(path, '{"d": 4}')
+    assert path.read_text().splitlines()[-2:] == ['{"c": ', '{"d": 4}'], "the next record stays readable"
+    with pytest.raises(ValueError):
+        append_line(path, "two\nlines")
+
