@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tierwise.atomic import write_atomic
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
 FORMAT = "tierwise.head/v2"
@@ -110,10 +111,9 @@ class TierHead:
         }
 
     def save(self, path: Path) -> None:
+        """Write the head file atomically: a classifier reloading `path` reads the old head or this one, whole."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")) + "\n")
 
     def versioned(self, when: str) -> "TierHead":
         """This head under a version derived from its content, so any change of weights or tradeoffs shows."""
@@ -123,9 +123,9 @@ class TierHead:
         return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
 
     def publish(self, directory: Path) -> None:
-        """Write head.json and its MODEL_CARD.md into `directory`."""
+        """Write head.json and its MODEL_CARD.md into `directory`, each atomically."""
         self.save(Path(directory) / "head.json")
-        (Path(directory) / "MODEL_CARD.md").write_text(self.model_card())
+        write_atomic(Path(directory) / "MODEL_CARD.md", self.model_card())
 
     def model_card(self) -> str:
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.card.items())

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 from opentelemetry import trace
 
+from tierwise.atomic import append_line
 from tierwise.data import ACCEPTABLE
 
 from .config import RouterConfig
@@ -142,8 +143,8 @@ def _outcome(record: dict) -> str:
 
 
 def _append(path: Path | None, record: dict) -> None:
+    """One whole line per record (a paid-for label survives a restart mid-write; see tierwise/atomic.py)."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    append_line(path, json.dumps(record, ensure_ascii=False))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -134,3 +135,20 @@ def test_append_line_adds_one_whole_line_never_glued_to_a_torn_one(tmp_path):
     with pytest.raises(ValueError):
         append_line(path, "two\nlines")
 
+
+def test_a_torn_embedding_cache_is_recomputed_not_loaded(tmp_path):
+    from classifier_service.config import Config
+    from classifier_service.encoder import Encoder
+    from tierwise.data import Record
+    from tierwise_tools.embeddings import embed_records
+
+    encoder = Encoder(Config().encoder_dir, "int8", threads=1)
+    records = [Record(id=f"r{i}", source="s", task="t", query=f"What is {i} squared?", models=("a", "b", "c"),
+                      scores=(1.0, 1.0, 1.0), costs=(1.0, 2.0, 3.0), responses=("", "", ""))
+               for i in range(3)]
+    first = embed_records(encoder, records, tmp_path)
+    [cache] = list(tmp_path.glob("*.npy"))
+    cache.write_bytes(cache.read_bytes()[:-100])  # as a write cut short before this was atomic would leave it
+    assert np.array_equal(embed_records(encoder, records, tmp_path), first)
+    assert np.array_equal(np.load(cache), first), "the torn file was replaced by a whole one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]

@@ -11,6 +11,7 @@ shadow labelled (they carry `routed_tier`).
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +25,7 @@ from classifier_service.encoder import Encoder
 from classifier_service.heads import HeadRegistry, decide
 from router_service.gates import GATES, gate
 from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
+from tierwise.atomic import write_atomic
 from tierwise.data import Record, arrays
 from tierwise.metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
 from tierwise.tiers import CHEAPEST, FRONTIER
@@ -321,9 +323,11 @@ def report(results: dict[str, dict[str, dict]], out: Path) -> Path:
         ax.set_title(Path(file).name)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"{Path(file).stem}.png", dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
+        write_atomic(out / f"{Path(file).stem}.png", png.getvalue())
         plt.close(fig)
         lines.append("")
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

@@ -21,6 +21,7 @@ from router_service.config import RouterConfig
 from router_service.gates import Verdict, gate, verifier_tier_for
 from router_service.telemetry import RouterMetrics
 
+from tierwise.atomic import append_line
 from tierwise.data import Record
 
 Key = tuple[int, str, str]  # (tier, query, answer)
@@ -80,8 +81,7 @@ class LiveGate:
         tier, query, answer = key
         row = {"gate": self.gate_name, "verifier": self._verifier_model(tier), "tier": tier, "query": query,
                "answer": answer, "score": verdict.score, "cost_usd": verdict.cost_usd}
-        with self.store.open("a") as out:
-            out.write(json.dumps(row) + "\n")
+        append_line(self.store, json.dumps(row))
 
     def judge(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(accepted at the configured bar, P(acceptable) or NaN where the verdict is final whatever the bar, what

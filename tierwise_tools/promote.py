@@ -14,12 +14,11 @@ within `--heads-reload-seconds`. Why: docs/decisions/0015.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from classifier_service.encoder import Encoder
 from classifier_service.heads import HeadRegistry, TierHead
+from tierwise.atomic import write_atomic
 from tierwise.data import DataError, Record, check_measurable
 from tierwise.metrics import quality_lower_bound, routing_metrics
 
@@ -84,17 +83,18 @@ def serving_head(heads_dir: Path, candidate):
 
 
 def install(candidate_dir: Path, target_dir: Path) -> None:
-    """Copy the candidate's head.json (and model card) into `target_dir`, keeping the old head as head.json.previous."""
+    """Copy the candidate's head.json (and model card) into `target_dir`, keeping the old head as head.json.previous.
+    Each file is replaced atomically, the head last: a reloading classifier never reads half a head, and a kill
+    at any point leaves the serving head, or the new one with the old one kept beside it."""
     target_dir.mkdir(parents=True, exist_ok=True)
     head = target_dir / "head.json"
+    new = (candidate_dir / "head.json").read_bytes()
     if head.exists():
-        shutil.copy2(head, target_dir / "head.json.previous")
+        write_atomic(target_dir / "head.json.previous", head.read_bytes())
     card = candidate_dir / "MODEL_CARD.md"
     if card.exists():
-        shutil.copy2(card, target_dir / "MODEL_CARD.md")
-    staged = target_dir / ".head.json.promoting"
-    shutil.copyfile(candidate_dir / "head.json", staged)
-    os.replace(staged, head)  # atomic: a reloading classifier never reads half a head
+        write_atomic(target_dir / "MODEL_CARD.md", card.read_bytes())
+    write_atomic(head, new)
 
 
 def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target: float, encoder_dir: Path,
