@@ -73,6 +73,14 @@ COPY tierwise/ /app/tierwise/
 COPY classifier_service/ /app/classifier_service/
 COPY models/heads/ /app/models/heads/
 COPY deploy/healthcheck.py /app/deploy/healthcheck.py
+# The offline tools (`python -m tierwise_tools.cli learn`, the chart's learning CronJob and deploy/compose.learn.yaml)
+# run from this image: it already holds the encoder, the shipped heads and the requirements they need.
+COPY tierwise_tools/ /app/tierwise_tools/
+COPY router_service/ /app/router_service/
+COPY deploy/seed-heads.sh /app/deploy/seed-heads.sh
+# Mount points of the learning loop's volumes, owned by the user the containers run as: a new Docker volume takes
+# the ownership of the directory it is mounted over, so 10001 can write to it.
+RUN install -d -o 10001 -g 10001 /var/lib/tierwise/heads /var/lib/tierwise/labels
 # Bytecode is compiled now, as root, because the running container cannot write next to the sources.
 RUN python -m compileall -q /app
 USER 10001:10001

@@ -45,6 +45,9 @@ COPY tierwise/ /app/tierwise/
 COPY router_service/ /app/router_service/
 COPY tierwise.example.yaml /app/tierwise.example.yaml
 COPY deploy/healthcheck.py /app/deploy/healthcheck.py
+# Mount point of the shadow's label volume (deploy/compose.learn.yaml), owned by the user the router runs as: a new
+# Docker volume takes the ownership of the directory it is mounted over, so 10001 can write to it.
+RUN install -d -o 10001 -g 10001 /var/lib/tierwise/labels
 # Bytecode is compiled now, as root, because the running container cannot write next to the sources.
 RUN python -m compileall -q /app
 USER 10001:10001

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Copies the image's shipped heads (SRC) onto the heads volume a classifier serves (DST), then runs the rest of the
+# arguments, if any (the classifier itself, in deploy/compose.learn.yaml). The chart's classifier init container and
+# compose run it before every classifier start, so a new image's shipped heads reach the volume.
+#
+# A head that `tierwise learn` or `tierwise promote` replaced on the volume (its directory keeps head.json.previous) is
+# left alone, and heads of other names (learned-...) are never touched. A head.json is written only when it differs,
+# and atomically (copy, then rename): classifiers serving the volume reload nothing half-written, nor needlessly.
+#
+#   deploy/seed-heads.sh SRC DST [COMMAND ...]
+set -eu
+[ $# -ge 2 ] || { echo "usage: seed-heads.sh SRC DST [COMMAND ...]" >&2; exit 2; }
+src=$1
+dst=$2
+shift 2
+for dir in "$src"/*/; do
+    dir=${dir%/}
+    name=$(basename "$dir")
+    [ -f "$dir/head.json" ] || continue
+    target="$dst/$name"
+    if [ -e "$target/head.json.previous" ]; then
+        echo "seed-heads: $target serves a promoted head; kept"
+        continue
+    fi
+    if cmp -s "$dir/head.json" "$target/head.json"; then
+        continue
+    fi
+    mkdir -p "$target"
+    cp "$dir/head.json" "$target/.head.json.seeding"
+    if [ -f "$dir/MODEL_CARD.md" ]; then
+        cp "$dir/MODEL_CARD.md" "$target/MODEL_CARD.md"
+    fi
+    mv -f "$target/.head.json.seeding" "$target/head.json"
+    echo "seed-heads: $target/head.json from $dir"
+done
+if [ $# -gt 0 ]; then
+    exec "$@"
+fi
