@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from router_service.config import load as load_config
@@ -21,6 +22,15 @@ def test_retraining_doubles_by_default_or_follows_every():
     by_default = retraining_points(None)
     assert [n for n in range(1, 1000) if by_default(n)] == [50, 100, 200, 400, 800]
     assert [n for n in range(1, 400) if retraining_points(150)(n)] == [150, 300]
+
+
+def test_a_short_remainder_joins_the_last_window():
+    from tierwise_tools.simulate import Simulation
+
+    records = [record(i) for i in range(230)]
+    sim = Simulation(records, np.ones(230, dtype=int), np.zeros(230, dtype=bool), np.zeros(230))
+    assert [w["n"] for w in sim.result(100)["windows"]] == [100, 130]
+    assert [w["n"] for w in sim.result(90)["windows"]] == [90, 90, 50]
 
 
 def test_the_shadow_draws_its_share_reproducibly():

@@ -71,7 +71,13 @@ class Simulation:
                 "tier_mix": [round(t, 4) for t in m["tier_mix"]], "labelling_cost_usd": round(labelling, 6)}
 
     def result(self, window: int) -> dict:
-        windows = [self.figures(slice(start, start + window)) for start in range(0, len(self.records), window)]
+        """Figures per window of `window` queries (a remainder under half a window joins the last one, so the last
+        window is never a handful of queries) and over all."""
+        starts = list(range(0, len(self.records), window))
+        if len(starts) > 1 and len(self.records) - starts[-1] < window / 2:
+            starts.pop()
+        ends = starts[1:] + [len(self.records)]
+        windows = [self.figures(slice(start, end)) for start, end in zip(starts, ends)]
         for w in windows:
             w.pop("labelling_cost_usd")
         return {"windows": windows, "total": self.figures(slice(None)), "promotions": self.promotions}
