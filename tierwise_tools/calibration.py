@@ -16,11 +16,15 @@ import numpy as np
 from classifier_service.heads import decide
 from tierwise.data import Record, arrays, check_measurable
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier
+from tierwise.tiers import FRONTIER
 
-# 0 buys the best expected quality; past ~1/min(cost gap) every query goes to tier 1. A large negative
-# tradeoff pays for cost instead: every query goes to tier 3, the fallback when nothing else is safe.
+# 0 routes to the likeliest tier; past ~1/min(cost gap) every query goes to tier 1. A negative tradeoff pays
+# for the dearer tier unless a cheaper one is likelier by a margin: between 0 and about -1/(tier 3's cost gap)
+# lie the operating points between "likeliest tier" and "always tier 3" (decision 0019: without them a lineup
+# whose tiers 2 and 3 are close had nothing between a point that missed the bound and no savings at all).
+# A large negative tradeoff sends every query to tier 3, the fallback when nothing else is safe.
 ALWAYS_TIER_3 = -1e3
-TRADEOFFS = np.concatenate([[0.0], np.geomspace(1e-3, 1e2, 201)])
+TRADEOFFS = np.concatenate([-np.geomspace(1e-3, 3.0, 60)[::-1], [0.0], np.geomspace(1e-3, 1e2, 201)])
 
 
 WINDOW = 500
@@ -32,7 +36,9 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     """(tradeoff, facts) for `target` quality vs frontier on `window` new queries at `confidence`;
     falls back to always tier 3. Calibrated without the support check: the check is a safety net on top,
     not quality headroom for the tradeoff to spend (decision 0008)."""
-    candidates = ((float(t), decide(probabilities, relative_cost, t)) for t in TRADEOFFS)
+    # A tradeoff that sends every query to tier 3 anyway saves nothing: it is the fallback, and is said to be.
+    candidates = ((float(t), tiers) for t in TRADEOFFS
+                  for tiers in [decide(probabilities, relative_cost, t)] if (tiers != FRONTIER).any())
     tradeoff, facts = cheapest_meeting(records, candidates, target, ALWAYS_TIER_3, confidence, window, resamples, seed)
     return tradeoff, facts if tradeoff != ALWAYS_TIER_3 else {"fallback": "no tradeoff met the bound: always tier 3"}
 
