@@ -31,6 +31,14 @@ FORMAT = "tierwise.head/v2"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+def check_name(name: str) -> str:
+    """`name` if it can name a head (it is a directory name under the heads dir); ValueError saying why not."""
+    if not _NAME.match(name):
+        raise ValueError(f"head name {name!r} must match {_NAME.pattern}: 1-64 lowercase letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit")
+    return name
+
+
 @dataclass(frozen=True)
 class TierHead:
     name: str
@@ -47,8 +55,7 @@ class TierHead:
     support: "Support | None" = None  # where the training queries lie; None = no check
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(f"head name {self.name!r} must match {_NAME.pattern}")
+        check_name(self.name)
         if self.coef.ndim != 2 or self.coef.shape[0] != len(TIERS) or self.intercept.shape != (len(TIERS),):
             raise ValueError(f"head {self.name}: coef must be (3, d) and intercept (3,)")
         if len(self.relative_cost) != len(TIERS) or min(self.relative_cost) < 0:

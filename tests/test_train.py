@@ -144,3 +144,12 @@ def test_a_lineup_head_considers_the_shipped_heads_as_a_prior_unless_told_not_to
     assert "mistral7b-gpt35-gpt4" not in card["model"], "not the head trained on this lineup"
     assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "rb", "--no-prior"]) == 0
     assert "/prior" not in TierHead.load(tmp_path / "heads" / "rb" / "head.json").card["model"]
+
+
+def test_a_bad_head_name_is_refused_before_any_work_and_the_version_is_printed(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--name", "arena-A", "--data", "unused.jsonl"])
+    assert stop.value.code == 2 and "head name 'arena-A' must match" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("tierwise ")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
 import grpc
 
@@ -11,8 +12,16 @@ from tierwise.data import DataError
 from .commands import COMMANDS
 
 
+def version() -> str:
+    try:
+        return metadata.version("tierwise")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tierwise")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)

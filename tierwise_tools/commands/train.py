@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifier_service.heads import HeadRegistry, TierHead
+from classifier_service.heads import HeadRegistry, TierHead, check_name
 from tierwise.data import DataError, shared_files
 
 from ..calibration import ALWAYS_TIER_3
@@ -18,7 +18,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fit the tier head the classifier serves")
     add_data(p)
     p.add_argument("--out", type=Path, default=HEADS_DIR)
-    p.add_argument("--name", default="default")
+    p.add_argument("--name", type=head_name, default="default", help="the head's name (lowercase letters, digits, "
+                   "'.', '_', '-'); it is written to OUT/NAME")
     p.add_argument("--target-quality", type=quality_target, default=0.95)
     p.add_argument("--c", type=at_least(float, 0, strict=True),
                    help="inverse L2 regularisation strength (default: chosen by cross-validation)")
@@ -27,6 +28,13 @@ def register(sub) -> None:
                         "(default: the shipped heads; docs/decisions/0019)")
     p.add_argument("--no-prior", action="store_true", help="fit on the given records alone")
     p.set_defaults(run=run)
+
+
+def head_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def prior_heads(directory: Path) -> list[TierHead]:
