@@ -6,15 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from classifier_service.heads import TierHead
-
 from ..learn import learn
 from ..paths import HEADS_DIR
 from .common import quality_target
 from .promotion import show
-from .train import prior_heads
+from .train import head_name, prior_heads
 
 
 def register(sub) -> None:
@@ -33,15 +29,6 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="train and check; install nothing")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(run=run)
-
-
-def head_name(text: str) -> str:
-    """--name: a name the classifier accepts for a head (checked by TierHead itself)."""
-    try:
-        TierHead(name=text, version="", coef=np.zeros((3, 1)), intercept=np.zeros(3))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 def run(args: argparse.Namespace) -> int:
