@@ -17,6 +17,7 @@ class Outcome(StrEnum):
     OK = "ok"
     ERROR = "error"
     SKIPPED_BREAKER_OPEN = "skipped_breaker_open"
+    SKIPPED_CONTEXT_WINDOW = "skipped_context_window"
     NOT_CONFIGURED = "not_configured"
 
 
@@ -65,3 +66,9 @@ class ProviderConfig:
     max_retries: int = doc("retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
     breaker_failures: int = doc("consecutive failures that open the circuit breaker", 5)
     breaker_cooldown_s: float = doc("seconds an open breaker waits before one half-open probe", 30.0)
+    context_window: int = doc("tokens the model holds, prompt and answer together; a request that cannot fit (every "
+                              "message counted, plus max_tokens) skips this provider, and a tier none of whose "
+                              "providers fits it is skipped upwards (0 = not checked)", 0)
+
+    def fits(self, tokens: int) -> bool:
+        return not self.context_window or tokens <= self.context_window

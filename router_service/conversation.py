@@ -1,0 +1,62 @@
+"""A decision made on the whole request: earlier turns and the system prompt can raise the tier, and a tier whose
+providers cannot hold the request is skipped upwards. Applied to every strategy's decision, so each decides from
+the conversation, not only its last user message.
+
+The two conversation rules are the seed's surface kind, stated once: code earlier in the conversation asks for at
+least tier 2 (the answer must read and keep to it); a long context asks for tier 2 from LONG_CONTEXT_TOKENS and for
+tier 3 from VERY_LONG_CONTEXT_TOKENS (small models lose track of long contexts first).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+from tierwise.tiers import FRONTIER
+
+from .providers import TierChain
+from .providers.chain import request_tokens
+from .strategies import Decision
+from .strategies.heuristic import CODE
+from .tokens import conversation_tokens
+
+LONG_CONTEXT_TOKENS = 2_000
+VERY_LONG_CONTEXT_TOKENS = 8_000
+
+
+class NoTierFits(ValueError):
+    """No tier's providers can hold the request."""
+
+
+def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
+    """(the lowest tier the conversation allows, why); (1, "") when only the last user message matters."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
+    earlier = [m for i, m in enumerate(messages) if i != last_user]
+    tokens = conversation_tokens(messages)
+    if tokens >= VERY_LONG_CONTEXT_TOKENS:
+        return FRONTIER, f"a long conversation (about {tokens} tokens)"
+    if tokens >= LONG_CONTEXT_TOKENS:
+        return 2, f"a long conversation (about {tokens} tokens)"
+    if any(CODE.search(m.get("content", "")) for m in earlier):
+        return 2, "code earlier in the conversation"
+    return 1, ""
+
+
+def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, str]],
+                           chains: Mapping[int, TierChain], max_tokens: int | None = None) -> Decision:
+    """`decision` raised to the conversation's floor, then to the first tier whose providers can hold the request;
+    the reason says what moved it. NoTierFits when none can."""
+    tier, reasons = decision.tier, []
+    lowest, why = floor(messages)
+    if lowest > tier:
+        tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
+    tokens = request_tokens(messages, max_tokens)
+    fitting = next((t for t in range(tier, FRONTIER + 1) if chains[t].fits(tokens)), None)
+    if fitting is None:
+        raise NoTierFits(f"messages: the request needs about {tokens} tokens (every message and max_tokens); no "
+                         f"provider of tier {tier} or above holds that many")
+    if fitting > tier:
+        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot hold about {tokens} tokens")
+        tier = fitting
+    if not reasons:
+        return decision
+    return replace(decision, tier=tier, reason=f"{decision.reason}; {'; '.join(reasons)}")

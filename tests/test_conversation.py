@@ -1,0 +1,90 @@
+"""Decisions on the whole request: earlier turns raise the tier, and a provider (or a whole tier) whose context
+window cannot hold the request is skipped, saying so. Providers are real SDK calls to the test double."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router_service.conversation import NoTierFits, decide_on_conversation, floor
+from router_service.providers import ChainExhausted, Provider, ProviderConfig, TierChain
+from router_service.strategies import Decision
+
+from .provider_double import ProviderDouble
+
+KEY_ENV = "TIERWISE_TEST_CONTEXT_KEY"
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+
+
+def provider(base_url: str, name: str, window: int = 0) -> Provider:
+    return Provider(ProviderConfig(name=name, base_url=base_url, model=f"model-{name}", api_key_env=KEY_ENV,
+                                   max_retries=0, context_window=window))
+
+
+def ask(chain: TierChain, messages, **options):
+    async def main():
+        try:
+            return await chain.complete(messages, **options)
+        finally:
+            await chain.aclose()
+    return asyncio.run(main())
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_provider_whose_window_cannot_hold_the_request_is_skipped_and_the_attempt_says_so():
+    with ProviderDouble() as double:
+        chain = TierChain([provider(double.base_url, "small", window=50), provider(double.base_url, "big")])
+        completion = ask(chain, user("x" * 400), max_tokens=10)  # 100 + 4 tokens of prompt, 10 of answer
+        assert completion.provider == "big"
+        skipped = completion.attempts[0]
+        assert (skipped.provider, str(skipped.outcome)) == ("small", "skipped_context_window")
+        assert "about 114 tokens" in skipped.error and "holds 50" in skipped.error
+        assert double.requests_for("model-small") == [], "a request that cannot fit is never sent"
+        fits = TierChain([provider(double.base_url, "small", window=50)])
+        assert ask(fits, user("hi"), max_tokens=10).provider == "small"
+
+
+def test_a_chain_none_of_whose_providers_fits_is_exhausted_without_a_call():
+    with ProviderDouble() as double:
+        chain = TierChain([provider(double.base_url, "a", window=20), provider(double.base_url, "b", window=30)])
+        with pytest.raises(ChainExhausted) as failed:
+            ask(chain, user("y" * 400))
+        assert [str(a.outcome) for a in failed.value.attempts] == ["skipped_context_window"] * 2
+        assert double.requests_for("model-a") == double.requests_for("model-b") == []
+
+
+def test_earlier_turns_and_the_system_prompt_set_a_floor():
+    assert floor(user("What is 2 + 2?")) == (1, "")
+    assert floor(user("```python\nprint(1)\n```")) == (1, ""), "code in the last message is the strategies' to weigh"
+    coded = [{"role": "user", "content": "def f(x):\n    return x"}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "and now?"}]
+    assert floor(coded) == (2, "code earlier in the conversation")
+    system = [{"role": "system", "content": "Context: " + "word " * 2000}, *user("hi")]
+    assert floor(system)[0] == 2 and "long conversation" in floor(system)[1]
+    assert floor([{"role": "system", "content": "w" * 40_000}, *user("hi")])[0] == 3
+
+
+def chains(base_url: str, windows: dict[int, int]) -> dict[int, TierChain]:
+    return {tier: TierChain([provider(base_url, f"t{tier}", window)]) for tier, window in windows.items()}
+
+
+def test_the_decision_is_raised_to_the_floor_and_past_tiers_that_cannot_hold_it_and_says_why():
+    plain = Decision(tier=1, strategy="heuristic", reason="score 0: short plain question")
+    by_tier = chains("http://127.0.0.1:9", {1: 0, 2: 0, 3: 0})
+    assert decide_on_conversation(plain, user("hi"), by_tier) is plain
+    coded = [{"role": "assistant", "content": "SELECT a FROM b"}, *user("why?")]
+    raised = decide_on_conversation(plain, coded, by_tier)
+    assert raised.tier == 2 and raised.reason.endswith("raised to tier 2: code earlier in the conversation")
+    small = chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 0})
+    skipped = decide_on_conversation(plain, user("z" * 2000), small, max_tokens=50)
+    assert skipped.tier == 3 and "skipped to tier 3: tier 1's providers cannot hold about 554 tokens" in skipped.reason
+    with pytest.raises(NoTierFits, match="messages: the request needs about 554 tokens"):
+        decide_on_conversation(plain, user("z" * 2000), chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 100}),
+                               max_tokens=50)
