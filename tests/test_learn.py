@@ -123,25 +123,26 @@ def test_bad_label_files_are_named_by_file_and_line_and_change_nothing(tmp_path,
     served = contents(heads)
     learn = ["learn", "--heads-dir", str(heads), "--labels"]
 
-    # A writer killed (or still appending) mid-line: the unfinished last line is skipped, with a warning.
+    # A writer still appending, or killed mid-line: a record cut short is skipped, with a warning. A killed shadow's
+    # next append starts on a line of its own (tierwise/atomic.py), so one can sit mid-file too.
     torn = write(tmp_path / "torn.jsonl", [1.0] * 3, held_out=False)
-    torn.write_text(torn.read_text() + '{"id": "live/x", "source": "live", "query": "Wha')
+    lines = torn.read_text().splitlines()
+    torn.write_bytes("\n".join([lines[0], lines[1][:30], *lines[2:], lines[0][:-7] + "\u00e9"]).encode()[:-1])
     assert main([*learn, str(torn)]) == 4
     captured = capsys.readouterr()
-    assert f"{torn}:4: an unfinished last line" in captured.err and "3 labels" in captured.out
-    assert "too few: 3 labels to train on and 0 to check on" in captured.out
+    assert f"{torn}:2: a record cut short" in captured.err and f"{torn}:4: a record cut short" in captured.err
+    assert "2 labels" in captured.out and "too few: 2 labels to train on and 0 to check on" in captured.out
     # A last line complete but for its newline is a label.
     complete = write(tmp_path / "complete.jsonl", [1.0] * 3, held_out=False)
     complete.write_text(complete.read_text().rstrip("\n"))
     assert main([*learn, str(complete), "--json"]) == 4
     assert json.loads(capsys.readouterr().out)["outcomes"][0]["labels"] == 3
 
-    # Anywhere else, a line that is not a routing record is bad input, named by file and line.
-    middle = write(tmp_path / "middle.jsonl", [1.0] * 3, held_out=False)
-    lines = middle.read_text().splitlines()
-    middle.write_text("\n".join([*lines[:1], lines[1][:30], *lines[2:]]) + "\n")
-    assert main([*learn, str(middle)]) == 2
-    assert f"{middle}:2: not a routing record" in capsys.readouterr().err
+    # Any other line that is not a routing record is bad input, named by file and line.
+    garbled = write(tmp_path / "garbled.jsonl", [1.0] * 3, held_out=False)
+    garbled.write_text(garbled.read_text().replace("\n", "\nid,query,score\n", 1))
+    assert main([*learn, str(garbled)]) == 2
+    assert f"{garbled}:2: not a routing record" in capsys.readouterr().err
     comparisons = tmp_path / "shadow.jsonl"  # the shadow's comparison log, given by mistake
     comparisons.write_text(json.dumps({"ts": 1.0, "strategy": "embedding", "tier": 1, "agree": True}) + "\n")
     assert main([*learn, str(torn), str(comparisons)]) == 2

@@ -6,9 +6,9 @@ saw, against the head serving that lineup today (the paired rule); and installs 
 the classifier serves, which swaps it in while serving. A router naming no head then finds it by its lineup.
 
 - **Label files.** Paths or globs; `{host}` stands for every replica's name, so the value of `shadow.labels`
-  names all the replicas' files. Each file is read once, up to its last complete line: the shadow may be
-  appending while this runs, and an unfinished last line is skipped with a warning. Any other line that is not
-  a routing record is bad input, named by file and line, and nothing is trained.
+  names all the replicas' files. Each file is read once. A record cut short, by a shadow still appending or
+  killed mid-write, is skipped with a warning naming file and line. Any other line that is not a routing record
+  is bad input, named by file and line, and nothing is trained.
 - **The head's name.** `--name`; else the name of the head serving exactly this lineup in the heads directory,
   which it replaces (`head.json.previous` keeps the old one); else `learned-` and a hash of the lineup.
 - **Several lineups** (the tiers' models changed while labelling): one head per lineup, each checked on its own.
@@ -87,21 +87,28 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
 
 
 def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Record, dict]]:
-    """The routing records of `path` with their JSON (answers dropped: training reads none), up to its last
-    complete line. The shared loader checks them in `copy`, a copy of what was read; its errors name `path`."""
+    """The routing records of `path` with their JSON (answers dropped: training reads none), as the file is now.
+    A record cut short (a line that opens a JSON object and does not close it) is what a writer killed or still
+    appending leaves, at most one per write (tierwise/atomic.py): it is skipped, with a warning. The shared loader
+    checks the rest in `copy`, a copy of what was read, and its errors name `path`'s lines."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = path.read_bytes()
+    except OSError as err:
         raise DataError(f"{path}: cannot read routing records ({err})") from None
-    body, newline, tail = text.rpartition("\n")
-    lines = body.split("\n") if newline else []
-    if tail.strip():
+    lines = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        opens_a_record = raw.lstrip().startswith(b"{")
         try:
-            json.loads(tail)
-            lines.append(tail)  # complete, only its newline not written yet
-        except ValueError:
-            warnings.append(f"{path}:{len(lines) + 1}: an unfinished last line (a writer still appending?), skipped")
-    copy.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            line = raw.decode("utf-8")
+            if opens_a_record:
+                json.loads(line)  # a last line complete but for its newline is a record too
+        except ValueError as err:  # a UnicodeDecodeError too: a character cut in two
+            if not opens_a_record:
+                raise DataError(f"{path}:{n}: not a routing record ({err})") from None
+            line = ""
+            warnings.append(f"{path}:{n}: a record cut short (its writer killed, or still appending), skipped")
+        lines.append(line)
+    copy.write_text("\n".join(lines), encoding="utf-8")
     try:
         records = load([copy])
     except DataError as err:
