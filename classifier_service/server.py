@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 
 import grpc
 import numpy as np
@@ -13,6 +12,7 @@ from opentelemetry import trace
 from tierwise import serving
 from tierwise.serving import Rejected, check_text, rpc_span
 from tierwise.telemetry import setup_tracing
+from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -205,22 +205,14 @@ async def reload_heads(servicer: ClassifierServicer, reloader: HeadReloader, eve
     at once on SIGHUP.
     A call already running keeps the head it started with; the decision cache is keyed by head version."""
     loop = asyncio.get_running_loop()
-    now = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, now.set)
-    try:
-        while True:
-            try:
-                await asyncio.wait_for(now.wait(), every)
-            except asyncio.TimeoutError:
-                pass
-            now.clear()
-            registry = await loop.run_in_executor(None, reloader.poll)
-            if registry is not None:
-                before = {h.name: h.version for h in servicer.heads}
-                servicer.heads = registry
-                after = {h.name: h.version for h in registry}
-                log.info("heads reloaded: %s", ", ".join(f"{n}={v}" for n, v in after.items()),
-                         extra={"fields": {"changed": sorted(n for n in after if before.get(n) != after[n]),
-                                           "removed": sorted(set(before) - set(after))}})
-    finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+
+    async def check() -> None:
+        registry = await loop.run_in_executor(None, reloader.poll)
+        if registry is not None:
+            before = {h.name: h.version for h in servicer.heads}
+            servicer.heads = registry
+            after = {h.name: h.version for h in registry}
+            log.info("heads reloaded: %s", ", ".join(f"{n}={v}" for n, v in after.items()),
+                     extra={"fields": {"changed": sorted(n for n in after if before.get(n) != after[n]),
+                                       "removed": sorted(set(before) - set(after))}})
+    await every_or_sighup(every, check)

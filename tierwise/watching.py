@@ -1,0 +1,43 @@
+"""Taking up changed files without a restart: what identifies a file's contents on disk, and a loop that checks
+every so often and at once on SIGHUP."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Awaitable, Callable
+
+
+def file_signature(*paths: Path | None) -> tuple:
+    """Each file's inode, size and mtime (None for a missing one), stat'ed through symlinks, so that a Kubernetes
+    ConfigMap or Secret update (an atomic swap of its `..data` link) shows as a change."""
+    found = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append((str(path), None))
+            continue
+        found.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+async def every_or_sighup(every: float | None, check: Callable[[], Awaitable[None]]) -> None:
+    """Await `check()` every `every` seconds (None: never by time) and at once on SIGHUP, until cancelled. One such
+    loop per process: SIGHUP has one handler."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, now.set)
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(now.wait(), every)
+            except asyncio.TimeoutError:
+                pass
+            now.clear()
+            await check()
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
