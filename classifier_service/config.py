@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tierwise.tls import ServerTLS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,6 +27,15 @@ class Config:
     cache_size: int = 20_000
     warmup_rounds: int = 8
     heads_reload_seconds: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    health_listen: str = ""
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """The TLS files, None for plaintext; ValueError naming the flag when the set is incomplete."""
+        return ServerTLS.from_settings(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def max_message_bytes(self) -> int:
@@ -48,6 +59,11 @@ HELP = {
     "warmup_rounds": "encoder runs at start-up before reporting SERVING",
     "heads_reload_seconds": "how often the heads directory is checked for changed heads, swapped in without a "
                             "restart (SIGHUP checks at once; 0 = only on SIGHUP)",
+    "tls_cert": "PEM certificate to serve TLS with (unset: plaintext); re-read when the file changes",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mTLS)",
+    "health_listen": "host:port of a plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
+                     "(unset: none)",
 }
 
 
@@ -55,8 +71,11 @@ def parse(argv: list[str] | None = None) -> Config:
     ap = argparse.ArgumentParser(prog="python -m classifier_service", description="Tierwise classifier service")
     for f in fields(Config):
         env = f"TIERWISE_CLASSIFIER_{f.name.upper()}"
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "Path": Path, "str": str}[f.type]
-        default = kind(os.environ[env]) if env in os.environ else f.default
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "Path": Path, "str": str,
+                                                         "Path | None": Path}[f.type]
+        default = f.default
+        if os.environ.get(env) or (env in os.environ and f.default is not None):  # unset a file by ""
+            default = kind(os.environ[env])
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                         help=f"{HELP[f.name]} (env {env}; default {f.default})")
     args = ap.parse_args(argv)
@@ -68,4 +87,8 @@ def parse(argv: list[str] | None = None) -> Config:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
         ap.error("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
+    try:
+        ServerTLS.from_settings(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    except ValueError as err:
+        ap.error(str(err))
     return cfg

@@ -197,7 +197,8 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         if provider is not None:
             provider.shutdown()
 
-    return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close)
+    return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close, tls=cfg.tls,
+                             health_listen=cfg.health_listen)
 
 
 async def reload_heads(servicer: ClassifierServicer, reloader: HeadReloader, every: float | None) -> None:

@@ -1,23 +1,63 @@
-"""Async client for the classifier service, with the router's deadline budget and trace propagation."""
+"""Async client for the classifier service, with the router's deadline budget and trace propagation; over TLS
+(mTLS) when configured, renewed certificate files taken up without a restart."""
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
 
 import grpc
 from opentelemetry import propagate, trace
 
+from tierwise.tls import ClientTLS
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
 
+log = logging.getLogger("tierwise.router")
+RENEW_CHECK_S = 10.0  # how often the TLS files are stat'ed for a renewal
+CLOSE_GRACE_S = 30.0  # calls on a replaced channel have this long to finish
+
 
 class ClassifierClient:
-    def __init__(self, address: str, timeout_ms: float):
+    def __init__(self, address: str, timeout_ms: float, tls: ClientTLS | None = None):
         self.address = address
         self.timeout_s = timeout_ms / 1000
+        self.tls = tls
+        self._seen = tls.signature() if tls else ()
+        self._checked = time.monotonic()
+        self._closing: set[asyncio.Task] = set()
+        self._channel = self._connect(tls.credentials() if tls else None)
+        self._tracer = trace.get_tracer("tierwise.router")
+
+    def _connect(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
         # round_robin spreads calls over every address a `dns:///` target resolves to (the Helm chart's
         # headless classifier Service); a plain host:port has one address and is unaffected.
-        self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.enable_retries", 0), ("grpc.lb_policy_name", "round_robin")])
-        self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
-        self._tracer = trace.get_tracer("tierwise.router")
+        options = [("grpc.enable_retries", 0), ("grpc.lb_policy_name", "round_robin")]
+        channel = (grpc.aio.secure_channel(self.address, credentials, options) if credentials
+                   else grpc.aio.insecure_channel(self.address, options))
+        self._stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        return channel
+
+    def _renew(self) -> None:
+        """Take up renewed TLS files (checked at most every RENEW_CHECK_S) on a new channel; the old one closes
+        once its calls finished. Unusable files are logged and the current channel stays."""
+        if self.tls is None or time.monotonic() - self._checked < RENEW_CHECK_S:
+            return
+        self._checked = time.monotonic()
+        now = self.tls.signature()
+        if now == self._seen:
+            return
+        self._seen = now
+        try:
+            credentials = self.tls.credentials()
+        except (OSError, ValueError) as err:
+            log.error("classifier TLS files not reloaded, still using the previous ones: %s", err)
+            return
+        old, self._channel = self._channel, self._connect(credentials)
+        task = asyncio.get_running_loop().create_task(old.close(grace=CLOSE_GRACE_S))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("classifier TLS files reloaded", extra={"fields": {"ca": str(self.tls.ca)}})
 
     async def classify(self, text: str, head: str = "", timeout_s: float | None = None,
                        tradeoff: float | None = None) -> pb.ClassifyResponse:
@@ -25,6 +65,7 @@ class ClassifierClient:
             "tierwise.v1.ClassifierService/Classify", kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
                         "rpc.method": "Classify", "server.address": self.address}) as span:
+            self._renew()
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             try:
@@ -37,7 +78,10 @@ class ClassifierClient:
                 raise
 
     async def list_heads(self, timeout_s: float) -> pb.ListHeadsResponse:
+        self._renew()
         return await self._stub.ListHeads(pb.ListHeadsRequest(), timeout=timeout_s)
 
     async def close(self) -> None:
+        for task in self._closing:
+            task.cancel()
         await self._channel.close()

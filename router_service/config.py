@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,10 @@ class ClassifierConfig:
                     "if the classifier serves one, else the classifier's default)", "")
     head_refresh_s: float = doc("how often the router asks the classifier for the head trained on its lineup, when "
                                 "`head` is \"\"", 30.0)
+    tls_ca: str = doc("PEM CA bundle the classifier's certificate chains to: reach it over TLS (\"\" = plaintext; "
+                      "--classifier-tls-ca)", "")
+    tls_cert: str = doc("PEM client certificate for a classifier that requires one (mTLS; --classifier-tls-cert)", "")
+    tls_key: str = doc("PEM private key of `tls_cert` (--classifier-tls-key)", "")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,14 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    cert: str = doc("PEM certificate the router serves TLS with (\"\" = plaintext; --tls-cert); re-read when it "
+                    "changes", "")
+    key: str = doc("PEM private key of `cert` (--tls-key)", "")
+    client_ca: str = doc("PEM CA bundle: clients must present a certificate it signed (mTLS; --tls-client-ca)", "")
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     tiers: dict[int, TierConfig] = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
     strategy: str = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
@@ -100,6 +112,7 @@ class RouterConfig:
     expected_output_tokens: int = doc("output tokens assumed by Route's cost estimate", 300)
     record_content: bool = doc("record prompt and answer text in spans (never, unless true)", False,
                                key="telemetry.record_content")
+    tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
 
     def model_for(self, tier: int) -> str:
         return self.tiers[tier].providers[0].model
@@ -140,7 +153,7 @@ def load(path: str | Path) -> RouterConfig:
 def parse(raw: Any) -> RouterConfig:
     top = _mapping(raw, "(top level)")
     _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
-                     "telemetry"})
+                     "telemetry", "tls"})
     tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise ConfigError(f"tiers: required, a list of tiers {CHEAPEST}..{FRONTIER}")
@@ -199,7 +212,18 @@ def parse(raw: Any) -> RouterConfig:
         shadow=shadow,
         expected_output_tokens=_int(top.get("expected_output_tokens", RouterConfig.expected_output_tokens), "expected_output_tokens"),
         record_content=_bool(telemetry.get("record_content", RouterConfig.record_content), "telemetry.record_content"),
+        tls=TLSConfig(**_section(top, "tls", TLSConfig)),
     )
+
+
+def with_settings(cfg: RouterConfig, settings: dict[str, str | None]) -> RouterConfig:
+    """`cfg` with settings from flags or the environment (dotted keys, "tls.cert") in place of the file's;
+    None leaves the file's value."""
+    for dotted, value in settings.items():
+        if value is not None:
+            section, name = dotted.split(".")
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
+    return cfg
 
 
 def _tier(raw: Any, at: str) -> TierConfig:

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from tierwise import serving
 from tierwise.serving import Rejected, check_text, rpc_span
 from tierwise.telemetry import setup_tracing
+from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
@@ -220,11 +221,16 @@ def _deadline(context) -> float | None:
 
 
 async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_port: int | None = None,
-                version: str = "0.1.0") -> int:
+                version: str = "0.1.0", *, tls: ServerTLS | None = None, classifier_tls: ClientTLS | None = None,
+                health_listen: str = "") -> int:
     provider = setup_tracing("tierwise-router", version)
     meter_provider = setup_metrics("tierwise-router", metrics_port)
     metrics = RouterMetrics()
-    classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms)
+    try:
+        classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms, classifier_tls)
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        print(f"tierwise-router: {err}", flush=True)
+        return 2
     chains = build_chains(cfg, metrics)
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
@@ -254,4 +260,5 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             if p is not None:
                 p.shutdown()
 
-    return await serving.run("tierwise-router", listen, [SERVICE], server, load, close)
+    return await serving.run("tierwise-router", listen, [SERVICE], server, load, close, tls=tls,
+                             health_listen=health_listen)

@@ -14,30 +14,46 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
 from .telemetry import context_from_grpc
+from .tls import ServerTLS, server_credentials
 
 log = logging.getLogger("tierwise.serving")
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 async def run(name: str, listen: str, services: list[str], server: grpc.aio.Server,
-              load: Callable[[], Awaitable[str]], close: Callable[[], Awaitable[None]]) -> int:
-    """Serve until SIGINT/SIGTERM. `load` readies the service and returns a description for the ready line."""
+              load: Callable[[], Awaitable[str]], close: Callable[[], Awaitable[None]],
+              tls: ServerTLS | None = None, health_listen: str = "") -> int:
+    """Serve until SIGINT/SIGTERM. `load` readies the service and returns a description for the ready line.
+    With `tls` the port speaks TLS only (mTLS when it names a client CA), its certificate re-read when the files
+    change; `health_listen` adds a plaintext port serving grpc.health.v1 alone, for probes that cannot speak TLS
+    (Kubernetes' native grpc probes)."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, HEALTH, reflection.SERVICE_NAME], server)
+    servers = [server]
+    if health_listen:
+        servers.append(grpc.aio.server(options=[("grpc.so_reuseport", 0)]))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, servers[1])
 
     async def set_health(status) -> None:
         for service in ("", *services):
             await health_servicer.set(service, status)
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    host = listen.rsplit(":", 1)[0]
-    port = server.add_insecure_port(listen)
-    if not port:
-        print(f"{name}: cannot listen on {listen}", flush=True)
+    try:
+        credentials = server_credentials(tls) if tls else None
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        print(f"{name}: cannot serve TLS with {tls.cert} and {tls.key}: {err}", flush=True)
         return 2
-    await server.start()
-    print(f"{name} listening on {host}:{port} (NOT_SERVING until loaded)", flush=True)
+    address = _bind(name, server, listen, credentials)
+    health_address = _bind(name, servers[-1], health_listen, None) if health_listen else ""
+    if not address or (health_listen and not health_address):
+        return 2
+    for each in servers:
+        await each.start()
+    extra = f", plaintext health on {health_address}" if health_address else ""
+    print(f"{name} listening on {address} ({tls.mode if tls else 'plaintext'}{extra}; NOT_SERVING until loaded)",
+          flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -47,19 +63,34 @@ async def run(name: str, listen: str, services: list[str], server: grpc.aio.Serv
         description = await load()
     except Exception:
         log.exception("failed to load")
-        await server.stop(0)
+        for each in servers:
+            await each.stop(0)
         return 1
     await set_health(health_pb2.HealthCheckResponse.SERVING)
-    print(f"{name} ready on {host}:{port} {description}", flush=True)
-    log.info("serving", extra={"fields": {"service": name, "listen": f"{host}:{port}"}})
+    print(f"{name} ready on {address} {description}", flush=True)
+    log.info("serving", extra={"fields": {"service": name, "listen": address, "tls": tls.mode if tls else "off"}})
 
     await stop.wait()
     log.info("shutting down", extra={"fields": {"service": name}})
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=5)
+    for each in servers[1:]:
+        await each.stop(0)
     await close()
     print(f"{name} stopped", flush=True)
     return 0
+
+
+def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> str:
+    """host:port bound (the port the system picked for port 0), or "" after saying why it could not be."""
+    try:
+        port = (server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen))
+    except RuntimeError:
+        port = 0
+    if not port:
+        print(f"{name}: cannot listen on {listen}", flush=True)
+        return ""
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
 class Rejected(Exception):
