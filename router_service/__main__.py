@@ -21,6 +21,8 @@ FILE_SETTINGS = [
      "PEM client certificate for a classifier that requires one (mTLS)"),
     ("--classifier-tls-key", "TIERWISE_ROUTER_CLASSIFIER_TLS_KEY", "classifier.tls_key",
      "PEM private key of --classifier-tls-cert"),
+    ("--api-keys-file", "TIERWISE_ROUTER_API_KEYS_FILE", "auth.api_keys_file",
+     "accepted API keys, one a line (unset: every call is accepted)"),
 ]
 
 ap = argparse.ArgumentParser(prog="python -m router_service", description="Tierwise router service")

@@ -101,6 +101,26 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    api_keys_file: str = doc("file of accepted API keys, one a line (see the README's API keys); \"\" = every call "
+                             "is accepted (--api-keys-file)", "")
+    reload_s: float = doc("how often the keys file is checked for changes, taken up without a restart (SIGHUP "
+                          "checks at once)", 10.0)
+    requests_per_minute: int = doc("each key's rate limit, unless its line sets `rpm=` (0 = none)", 0)
+    monthly_usd: float = doc("each key's spend limit per calendar month (UTC), in USD of provider cost, unless its "
+                             "line sets `monthly_usd=` (0 = none)", 0.0)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_in_flight: int = doc("Route, Complete and CompleteStream calls served at once; past it a call gets "
+                             "RESOURCE_EXHAUSTED at once", 1024)
+    max_messages: int = doc("messages in one Complete or CompleteStream request", 256)
+    max_message_bytes: int = doc("UTF-8 bytes of one message's content, and of Route's query", 256 * 1024)
+    max_total_bytes: int = doc("UTF-8 bytes of all of a request's messages together", 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     tiers: dict[int, TierConfig] = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
     strategy: str = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
@@ -113,6 +133,7 @@ class RouterConfig:
     record_content: bool = doc("record prompt and answer text in spans (never, unless true)", False,
                                key="telemetry.record_content")
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
+    auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)
 
     def model_for(self, tier: int) -> str:
         return self.tiers[tier].providers[0].model
@@ -153,7 +174,7 @@ def load(path: str | Path) -> RouterConfig:
 def parse(raw: Any) -> RouterConfig:
     top = _mapping(raw, "(top level)")
     _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
-                     "telemetry", "tls"})
+                     "telemetry", "tls", "auth"})
     tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise ConfigError(f"tiers: required, a list of tiers {CHEAPEST}..{FRONTIER}")
@@ -203,6 +224,12 @@ def parse(raw: Any) -> RouterConfig:
     for key in ("timeout_ms", "head_refresh_s"):
         if not getattr(classifier, key) > 0:  # also refuses nan
             raise ConfigError(f"classifier.{key}: must be positive, not {getattr(classifier, key)}")
+    auth = AuthConfig(**_section(top, "auth", AuthConfig))
+    if not auth.reload_s > 0:
+        raise ConfigError(f"auth.reload_s: must be positive, not {auth.reload_s}")
+    for key in ("requests_per_minute", "monthly_usd"):
+        if not getattr(auth, key) >= 0:
+            raise ConfigError(f"auth.{key}: must be 0 (no limit) or more, not {getattr(auth, key)}")
     return RouterConfig(
         strategy=_str(top.get("strategy", RouterConfig.strategy), "strategy"),
         tiers=tiers,
@@ -213,6 +240,7 @@ def parse(raw: Any) -> RouterConfig:
         expected_output_tokens=_int(top.get("expected_output_tokens", RouterConfig.expected_output_tokens), "expected_output_tokens"),
         record_content=_bool(telemetry.get("record_content", RouterConfig.record_content), "telemetry.record_content"),
         tls=TLSConfig(**_section(top, "tls", TLSConfig)),
+        auth=auth,
     )
 
 

@@ -17,6 +17,7 @@ from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
+from .auth import current_key_id, front_door, watch
 from .chains import build_chains, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
@@ -47,6 +48,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
         async with rpc_span(self.tracer, SERVICE, "Route", context, log) as span:
+            _tag_key(span)
             started = time.perf_counter()
             check_text(request.query, "query", MAX_QUERY_BYTES)
             decision, _ = await self._decide(request.query, request.strategy, request.head, context, span)
@@ -68,6 +70,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                       stream: bool) -> AsyncIterator[pb.CompleteStreamResponse]:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
         whose summary is Complete's response."""
+        _tag_key(span)
         started = time.perf_counter()
         messages, query = self._messages(request)
         decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
@@ -215,6 +218,11 @@ async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:
     yield done
 
 
+def _tag_key(span) -> None:
+    if current_key_id():
+        span.set_attribute("tierwise.key_id", current_key_id())
+
+
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -227,15 +235,16 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     meter_provider = setup_metrics("tierwise-router", metrics_port)
     metrics = RouterMetrics()
     try:
+        guard = front_door(cfg.auth, SERVICE, metrics)
         classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms, classifier_tls)
-    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError; KeysFileError a ValueError
         print(f"tierwise-router: {err}", flush=True)
         return 2
     chains = build_chains(cfg, metrics)
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[guard] if guard else None)
     shadow = Shadow(cfg, chains, metrics)
     pb_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)
@@ -244,6 +253,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
 
     async def load() -> str:
         strategies.get(cfg.strategy)
+        if guard is not None:
+            tasks.append(asyncio.create_task(watch(guard.keys, cfg.auth.reload_s)))
         if lineup is not None:
             await lineup.refresh()
             tasks.append(asyncio.create_task(lineup.run()))

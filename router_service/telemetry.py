@@ -43,6 +43,9 @@ class RouterMetrics:
         self.cost = meter.create_counter("tierwise.router.cost", unit="USD", description="provider cost")
         self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
         self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
+        self.auth = meter.create_counter("tierwise.router.auth", description="calls by API key id and outcome: ok, "
+                                         "unauthenticated, rate_limited, spend_limited")
+        self.key_cost = meter.create_counter("tierwise.router.key.cost", unit="USD", description="provider cost by API key id")
         self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
                                                         description="circuit breaker state changes")
         self._breakers: dict[str, BreakerState] = {}

@@ -1,0 +1,251 @@
+"""API keys at the router's front door: a grpc.aio server interceptor on every RouterService method (health and
+reflection stay open).
+
+The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then optional settings:
+
+    # comment; blank lines are ignored
+    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50
+    sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae  id=web
+
+`id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
+sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_minute` and `auth.monthly_usd`;
+0 = none). Only the keys' sha256 digests are kept in memory, and a presented key's digest is compared with
+every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
+SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
+Callers send `authorization: Bearer <key>`; no key or a wrong one gets UNAUTHENTICATED, a key over a limit
+RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from tierwise.watching import every_or_sighup, file_signature
+from tierwise.v1 import router_pb2 as pb
+
+from .limits import Limits
+
+log = logging.getLogger("tierwise.router.auth")
+KEY_ID: ContextVar[str] = ContextVar("tierwise_key_id", default="")
+HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
+ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SETTINGS = ("id", "rpm", "monthly_usd")
+
+
+class KeysFileError(ValueError):
+    """The keys file does not parse; the message names the file and line, never the line's text."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    digest: bytes
+    rpm: int
+    monthly_usd: float
+
+
+def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -> list[ApiKey]:
+    keys: list[ApiKey] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        tokens = raw.split()
+        comment = next((i for i, t in enumerate(tokens) if t.startswith("#")), len(tokens))
+        if not comment:
+            continue
+        at = f"{source}:{number}"
+        secret, settings = tokens[0], _settings(tokens[1:comment], at)
+        hashed = HASHED.fullmatch(secret)
+        digest = bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(secret.encode()).digest()
+        key = ApiKey(id=settings.get("id", digest.hex()[:8]), digest=digest,
+                     rpm=_whole(settings.get("rpm"), rpm, f"{at}: rpm"),
+                     monthly_usd=_amount(settings.get("monthly_usd"), monthly_usd, f"{at}: monthly_usd"))
+        if not ID.fullmatch(key.id):
+            raise KeysFileError(f"{at}: id must be 1 to 64 letters, digits, '.', '_' or '-'")
+        for other in keys:
+            if other.digest == digest or other.id == key.id:
+                raise KeysFileError(f"{at}: the same {'key' if other.digest == digest else 'id'} as an earlier line "
+                                    f"(id {other.id})")
+        keys.append(key)
+    return keys
+
+
+def _settings(tokens: list[str], at: str) -> dict[str, str]:
+    found = {}
+    for i, token in enumerate(tokens, 1):
+        name, sep, value = token.partition("=")
+        if not sep or name not in SETTINGS or name in found:
+            # The token is not echoed: a key pasted in the wrong place must not reach the log.
+            raise KeysFileError(f"{at}: word {i + 1} is not one of id=, rpm=, monthly_usd= (each at most once)")
+        found[name] = value
+    return found
+
+
+def _whole(value: str | None, default: int, at: str) -> int:
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise KeysFileError(f"{at}: must be a whole number of requests a minute, 0 = no limit")
+    return int(value)
+
+
+def _amount(value: str | None, default: float, at: str) -> float:
+    if value is None:
+        return default
+    try:
+        usd = float(value)
+    except ValueError:
+        usd = -1.0
+    if not (math.isfinite(usd) and usd >= 0):
+        raise KeysFileError(f"{at}: must be an amount of USD, 0 = no limit")
+    return usd
+
+
+class ApiKeys:
+    """The accepted keys, re-read from the file when it changes."""
+
+    def __init__(self, path: str | Path, rpm: int = 0, monthly_usd: float = 0.0):
+        self.path = Path(path)
+        self.defaults = (rpm, monthly_usd)
+        self._seen = file_signature(self.path)
+        self.keys = self._read()  # OSError or KeysFileError at start-up are the caller's to report
+
+    def _read(self) -> list[ApiKey]:
+        return parse_keys(self.path.read_text(), str(self.path), *self.defaults)
+
+    def poll(self) -> bool:
+        """Re-read the file if it changed; True when new keys took over."""
+        now = file_signature(self.path)
+        if now == self._seen:
+            return False
+        self._seen = now
+        try:
+            keys = self._read()
+        except (OSError, UnicodeError, KeysFileError) as err:
+            log.error("API keys not reloaded, the previous ones stay: %s", err)
+            return False
+        log.info("API keys reloaded: %d keys", len(keys), extra={"fields": {"key_ids": [k.id for k in keys]}})
+        self.keys = keys
+        return True
+
+    def find(self, presented: str) -> ApiKey | None:
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for key in self.keys:  # every digest is compared, in constant time, whichever matches
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        return found
+
+
+async def watch(keys: ApiKeys, every: float) -> None:
+    """Poll the keys file every `every` s, and at once on SIGHUP."""
+    async def check() -> None:
+        keys.poll()
+    await every_or_sighup(every, check)
+
+
+def bearer(metadata) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata; "" when there is none."""
+    for name, value in metadata or ():
+        if name == "authorization":
+            scheme, _, token = value.strip().partition(" ") if isinstance(value, str) else ("", "", "")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def current_key_id() -> str:
+    """The id of the key the current call was admitted with ("" without keys)."""
+    return KEY_ID.get()
+
+
+def _cost(message) -> float:
+    """USD the router charged for an answer, read from the response (Complete) or the summary event (streams)."""
+    if isinstance(message, pb.CompleteStreamResponse):
+        return message.summary.cost_usd if message.WhichOneof("event") == "summary" else 0.0
+    return message.cost_usd if isinstance(message, pb.CompleteResponse) else 0.0
+
+
+_HANDLERS = {"unary_unary": grpc.unary_unary_rpc_method_handler, "unary_stream": grpc.unary_stream_rpc_method_handler,
+             "stream_unary": grpc.stream_unary_rpc_method_handler,
+             "stream_stream": grpc.stream_stream_rpc_method_handler}
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Admits calls to `service`'s methods by API key and the key's limits; counts what each key spends."""
+
+    def __init__(self, service: str, keys: ApiKeys, limits: Limits, metrics):
+        self.prefix = f"/{service}/"
+        self.keys = keys
+        self.limits = limits
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler  # health, reflection, unknown methods: open
+        for kind, make in _HANDLERS.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                guarded = self._streaming(behavior) if handler.response_streaming else self._unary(behavior)
+                return make(guarded, request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+        return handler
+
+    def _unary(self, behavior):
+        async def call(request, context):
+            key = await self._admit(context)
+            response = await behavior(request, context)
+            self._charge(key, response)
+            return response
+        return call
+
+    def _streaming(self, behavior):
+        async def call(request, context):
+            key = await self._admit(context)
+            async for message in behavior(request, context):
+                self._charge(key, message)
+                yield message
+        return call
+
+    async def _admit(self, context) -> ApiKey:
+        presented = bearer(context.invocation_metadata())
+        key = self.keys.find(presented) if presented else None
+        if key is None:
+            self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
+            log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {
+                "peer": context.peer()}})
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or unknown API key: send metadata `authorization: Bearer <key>`")
+        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd)
+        if refusal is not None:
+            self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
+            log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message,
+                                trailing_metadata=(("retry-after", str(refusal.retry_after_s)),))
+        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
+        KEY_ID.set(key.id)  # each call runs in its own task, so this is the call's alone
+        return key
+
+    def _charge(self, key: ApiKey, message) -> None:
+        usd = _cost(message)
+        if usd:
+            self.limits.charge(key.id, usd)
+            self.metrics.key_cost.add(usd, {"key_id": key.id})
+
+
+def front_door(settings, service: str, metrics) -> ApiKeyInterceptor | None:
+    """The interceptor for the config's `auth` settings; None (every call accepted, with a warning) without a keys
+    file. OSError or KeysFileError when the file cannot be used."""
+    if not settings.api_keys_file:
+        log.warning("no API keys file: every call is accepted; set --api-keys-file (auth.api_keys_file) to "
+                    "require keys")
+        return None
+    keys = ApiKeys(settings.api_keys_file, settings.requests_per_minute, settings.monthly_usd)
+    log.info("API keys loaded: %d keys", len(keys.keys), extra={"fields": {"key_ids": [k.id for k in keys.keys]}})
+    return ApiKeyInterceptor(service, keys, Limits(), metrics)

@@ -1,0 +1,88 @@
+"""Per-key limits at the router's front door: requests per minute and provider spend per calendar month (UTC).
+
+State lives in this process's memory: it starts empty when the router starts, and each replica counts on its own,
+so N replicas admit up to N times a key's limits between them. Spend is what the router's own cost accounting
+charged for the answers it delivered (`cost_usd`, escalations and verifier calls included); it is known only once
+an answer is done, so the call that crosses a monthly limit finishes and the next ones are refused.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: str            # rate_limited | spend_limited
+    retry_after_s: int   # whole seconds until a retry can succeed
+    message: str
+
+
+@dataclass
+class _Bucket:
+    rpm: int
+    tokens: float
+    at: float
+
+
+class Limits:
+    """Token buckets (a minute's worth of requests, refilled evenly) and this month's spend, per key id."""
+
+    def __init__(self, clock=time.monotonic, wall=time.time):
+        self._clock = clock
+        self._wall = wall
+        self._buckets: dict[str, _Bucket] = {}
+        self._spent: dict[str, tuple[str, float]] = {}  # key id -> (month "YYYY-MM", USD)
+
+    def admit(self, key_id: str, rpm: int, monthly_usd: float) -> Refusal | None:
+        """None, and one request counted, when the key is within its limits (0 = no limit); else why not."""
+        return self._over_spend(key_id, monthly_usd) or self._over_rate(key_id, rpm)
+
+    def charge(self, key_id: str, usd: float) -> None:
+        month = _month(self._wall())
+        before_month, spent = self._spent.get(key_id, (month, 0.0))
+        self._spent[key_id] = (month, (spent if before_month == month else 0.0) + usd)
+
+    def spent(self, key_id: str) -> float:
+        month, usd = self._spent.get(key_id, ("", 0.0))
+        return usd if month == _month(self._wall()) else 0.0
+
+    def _over_rate(self, key_id: str, rpm: int) -> Refusal | None:
+        if not rpm:
+            return None
+        now = self._clock()
+        bucket = self._buckets.get(key_id)
+        if bucket is None or bucket.rpm != rpm:  # new key, or its limit changed in the keys file
+            bucket = self._buckets[key_id] = _Bucket(rpm, float(rpm), now)
+        bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.at) * rpm / 60)
+        bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        wait = max(1, math.ceil((1 - bucket.tokens) * 60 / rpm))
+        return Refusal("rate_limited", wait, f"rate limit: key {key_id} may make {rpm} requests a minute; retry "
+                                             f"after {wait} s (at {_utc(self._wall() + wait)})")
+
+    def _over_spend(self, key_id: str, monthly_usd: float) -> Refusal | None:
+        if not monthly_usd:
+            return None
+        spent = self.spent(key_id)
+        if spent < monthly_usd:
+            return None
+        wall = self._wall()
+        now = datetime.fromtimestamp(wall, timezone.utc)
+        following = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=timezone.utc)
+        wait = max(1, math.ceil(following.timestamp() - wall))
+        return Refusal("spend_limited", wait,
+                       f"monthly spend limit: key {key_id} spent ${spent:.4f} of its ${monthly_usd:.2f} in "
+                       f"{_month(wall)} (UTC); retry after {wait} s (at {_utc(following.timestamp())})")
+
+
+def _month(wall: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(wall))
+
+
+def _utc(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
