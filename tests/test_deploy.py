@@ -622,6 +622,14 @@ def test_default_render_autoscaling_and_disruption_budgets(renders):
     assert any(sel.items() <= router_labels.items() for sel in allowed)
 
 
+def test_default_render_admits_only_the_own_namespace_to_the_router(renders):
+    _, docs = renders["default"]
+    (rule,) = one(docs, "NetworkPolicy", ROUTER)["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {}}], \
+        "without networkPolicy.routerFrom only the pods of the release's own namespace may call the router"
+    assert [p["port"] for p in rule["ports"]] == [50052]
+
+
 def test_full_render_wires_otlp_secrets_and_digests(renders):
     _, docs = renders["full"]
     full = load_yaml(FULL_VALUES)
@@ -675,3 +683,4 @@ def test_minimal_render_drops_the_optional_resources(renders):
     assert one(docs, "Deployment", ROUTER)["spec"]["replicas"] == 2
     for _, spec in pod_specs(docs):
         assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
+
