@@ -684,3 +684,109 @@ def test_minimal_render_drops_the_optional_resources(renders):
     for _, spec in pod_specs(docs):
         assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
 
+
+# ----------------------------------------------------------------------------------------------------- TLS and API keys
+
+COMPOSE_TLS = DEPLOY / "compose.tls.yaml"
+
+
+def service_help(module: str) -> str:
+    """The service's --help, on one line (argparse wraps it)."""
+    return " ".join(run(sys.executable, "-m", module, "--help", timeout=60, env={"COLUMNS": "200"}).stdout.split())
+
+
+def secret_behind(docs, name: str, path: str) -> dict:
+    """The Secret volume a container path comes from; the mount must be read-only and a whole directory (a subPath
+    mount never sees the Secret's updates, so nothing would reload)."""
+    mounts = [m for m in container(docs, name)["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (mount,) = mounts
+    assert mount["readOnly"] is True and "subPath" not in mount, mount
+    (volume,) = [v for v in one(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == mount["name"]]
+    return volume["secret"]
+
+
+def test_default_render_is_plaintext_without_keys(renders):
+    _, docs = renders["default"]
+    for name in (CLASSIFIER, ROUTER):
+        args = container(docs, name)["args"]
+        assert not [a for a in args if "tls" in a or a in ("--api-keys-file", "--health-listen")], args
+        assert {p["name"] for p in container(docs, name)["ports"]} == {"grpc"}
+
+
+def test_full_render_serves_tls_and_mtls_from_mounted_secrets(renders):
+    _, docs = renders["full"]
+    classifier, router = container(docs, CLASSIFIER)["args"], container(docs, ROUTER)["args"]
+    for args, name, secret, flags in (
+            (classifier, CLASSIFIER, "tierwise-classifier-tls", ("--tls-cert", "--tls-key", "--tls-client-ca")),
+            (router, ROUTER, "tierwise-router-tls", ("--tls-cert", "--tls-key")),
+            (router, ROUTER, "tierwise-router-client-tls",
+             ("--classifier-tls-ca", "--classifier-tls-cert", "--classifier-tls-key"))):
+        for option in flags:
+            path = flag(args, option)
+            assert Path(path).name == {"cert": "tls.crt", "key": "tls.key", "ca": "ca.crt"}[option.rsplit("-", 1)[1]]
+            assert secret_behind(docs, name, path) == {"secretName": secret, "defaultMode": 0o440}
+    assert "--tls-client-ca" not in router, "router.tls.requireClientCert is off in full-values"
+    keys = flag(router, "--api-keys-file")
+    assert secret_behind(docs, ROUTER, keys) == {"secretName": "tierwise-api-keys", "defaultMode": 0o440,
+                                                 "items": [{"key": "keys.txt", "path": Path(keys).name}]}
+    # The kubelet's grpc probes cannot speak TLS: they, and `helm test`, use the plaintext health-only port.
+    health = {CLASSIFIER: 50061, ROUTER: 50062}
+    for name, port in health.items():
+        c = container(docs, name)
+        assert flag(c["args"], "--health-listen") == f"0.0.0.0:{port}"
+        assert {p["name"]: p["containerPort"] for p in c["ports"]}["health"] == port
+        assert all(c[probe]["grpc"]["port"] == port for probe in ("startupProbe", "readinessProbe", "livenessProbe"))
+        policy_ports = {p["port"] for p in one(docs, "NetworkPolicy", name)["spec"]["ingress"][0]["ports"]}
+        assert port in policy_ports
+    service_ports = {p["name"]: p for s in (one(docs, "Service", HEADLESS), one(docs, "Service", ROUTER))
+                     for p in s["spec"]["ports"]}
+    assert service_ports["grpc"]["appProtocol"] == "https" and service_ports["health"]["targetPort"] == "health"
+    test_pod = one(docs, "Pod", f"{RELEASE}-tierwise-test-health")["spec"]["containers"][0]["args"][0]
+    assert f"{ROUTER}:50062" in test_pod and f"{HEADLESS}:50061" in test_pod
+
+
+def test_every_flag_the_chart_passes_is_one_the_services_take(renders):
+    helps = {CLASSIFIER: service_help("classifier_service"), ROUTER: service_help("router_service")}
+    for case in ("default", "full"):
+        _, docs = renders[case]
+        for name, text in helps.items():
+            for arg in container(docs, name)["args"]:
+                if arg.startswith("--"):
+                    assert f"{arg} " in text, f"{case}: {name} does not take {arg}"
+
+
+def test_tls_without_its_secret_is_refused_naming_the_value(helm_env):
+    for sets, says in ((["router.tls.enabled=true"], "router.tls.secretName"),
+                       (["classifier.tls.enabled=true", "router.classifierTls.secretName=x"],
+                        "classifier.tls.secretName"),
+                       (["classifier.tls.enabled=true", "classifier.tls.secretName=x"],
+                        "router.classifierTls.secretName")):
+        proc = run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env,
+                   check=False)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+def test_compose_tls_override_mounts_certificates_and_keys_as_secrets(compose):
+    override = load_yaml(COMPOSE_TLS)
+    assert set(override["services"]) == {"classifier", "router"}
+    assert all("ports" not in service for service in override["services"].values()), "ports stay compose.yaml's"
+    for name, module in (("classifier", "classifier_service"), ("router", "router_service")):
+        service, text = override["services"][name], service_help(module)
+        env = compose_env(service)
+        for var, value in env.items():
+            assert f"env {var}" in text, f"{name} reads no {var}"
+            if value.startswith("/run/secrets/"):
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in service["secrets"] and secret in override["secrets"], secret
+        health = next(v for k, v in env.items() if k.endswith("_HEALTH_LISTEN"))
+        assert health.startswith("127.0.0.1:") and service["healthcheck"]["test"][-1] == health
+    assert "TIERWISE_ROUTER_API_KEYS_FILE" in compose_env(override["services"]["router"])
+    assert "TIERWISE_CLASSIFIER_TLS_CLIENT_CA" in compose_env(override["services"]["classifier"])
+    assert not any(k.startswith("TIERWISE_ROUTER_") for k in compose_env(override["services"]["classifier"]))
+    assert all(s["file"].startswith(("${TIERWISE_TLS_DIR:-./tls}/", "${TIERWISE_API_KEYS_FILE:-"))
+               for s in override["secrets"].values())
+
+
+def test_compose_tls_override_passes_the_compose_spec_schema(tools):
+    run(TOOL_BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE_TLS)

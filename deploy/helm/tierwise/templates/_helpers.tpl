@@ -117,3 +117,53 @@ app.kubernetes.io/part-of: tierwise
 checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 {{- end }}
 {{- end }}
+
+{{/* TLS of a component's own port: a kubernetes.io/tls Secret mounted as a directory (never subPath, which never
+     sees updates) at /etc/tierwise-tls, re-read by the server when it changes, and a plaintext health-only port for
+     the kubelet's grpc probes, which cannot speak TLS. Call with (dict "name" "classifier"|"router" "values"
+     .Values.<component>). */}}
+{{- define "tierwise.tlsArgs" -}}
+{{- if .values.tls.enabled }}
+- --tls-cert
+- /etc/tierwise-tls/tls.crt
+- --tls-key
+- /etc/tierwise-tls/tls.key
+{{- if .values.tls.requireClientCert }}
+- --tls-client-ca
+- /etc/tierwise-tls/ca.crt
+{{- end }}
+- --health-listen
+- "0.0.0.0:{{ .values.tls.healthPort }}"
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.tlsPort" -}}
+{{- if .values.tls.enabled }}
+- name: health
+  containerPort: {{ .values.tls.healthPort }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.tlsMount" -}}
+{{- if .values.tls.enabled }}
+- name: tls
+  mountPath: /etc/tierwise-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.tlsVolume" -}}
+{{- if .values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ required (printf "%s.tls.secretName: the Secret holding the %s's certificate (tls.crt, tls.key)" .name .name) .values.tls.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* The port the probes and `helm test` check: the plaintext health port while the component serves TLS. Call with
+     .Values.<component>. */}}
+{{- define "tierwise.healthPort" -}}
+{{- if .tls.enabled }}{{ .tls.healthPort }}{{ else }}{{ .port }}{{ end }}
+{{- end }}
