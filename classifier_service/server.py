@@ -171,14 +171,13 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-classifier", version)
     loaded = signature(cfg.heads_dir)
     servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(options=serving.server_options(
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
-        ("grpc.so_reuseport", 0),
         # Clients re-resolve DNS only when a connection ends: ageing connections out lets routers
         # find classifier replicas added by the autoscaler.
         ("grpc.max_connection_age_ms", 60_000),
         ("grpc.max_connection_age_grace_ms", 10_000),
-    ])
+    ))
     pb_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
 
     tasks: list[asyncio.Task] = []

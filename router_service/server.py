@@ -244,7 +244,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[guard] if guard else None)
+    server = grpc.aio.server(options=serving.server_options(), interceptors=[guard] if guard else None)
     shadow = Shadow(cfg, chains, metrics)
     pb_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)

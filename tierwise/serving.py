@@ -130,3 +130,16 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+
+# Calls the gRPC core has taken off the wire that the aio server has not yet picked up. Past grpc's defaults
+# (1000, then at random up to 3000) the core drops such calls, and their callers see a bare CANCELLED that no
+# log mentions: a burst of a few thousand calls reaches that before the event loop catches up. Held here
+# instead (about 10 KB each), every call reaches the service, whose admission control answers it at once.
+PENDING_CALLS = 20_000
+
+
+def server_options(*extra: tuple[str, int]) -> list[tuple[str, int]]:
+    """Both services' gRPC server options, then `extra`."""
+    return [("grpc.so_reuseport", 0), ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS), *extra]
