@@ -246,8 +246,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
     server = grpc.aio.server(options=serving.server_options(), interceptors=[guard] if guard else None)
     shadow = Shadow(cfg, chains, metrics)
-    pb_grpc.add_RouterServiceServicer_to_server(
-        RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)
+    serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server,
+                         RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)
 
     tasks: list[asyncio.Task] = []
 
