@@ -12,6 +12,7 @@ from .servers import router_stack
 
 ROUTER = "/tierwise.v1.RouterService/"
 CLASSIFIER = "/tierwise.v1.ClassifierService/"
+BLANKS = ["\x00", "\x00\x00\x00", "\u200b", "\u200b\u200c\u200d\ufeff", " \t\u200b\x00\n", "\u2060\u3164"]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,20 @@ def test_undecodable_bytes_are_invalid_argument(stack, method, payload):
 def test_invalid_utf8_is_invalid_argument_naming_the_field(stack, method, payload, field):
     code, details = call(stack, method, payload)
     assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, f"{field}: not valid UTF-8")
+
+
+@pytest.mark.parametrize("blank", BLANKS, ids=repr)
+def test_text_of_only_control_or_zero_width_characters_is_blank(stack, blank):
+    cases = [(ROUTER + "Route", pb.RouteRequest(query=blank), "query:"),
+             (ROUTER + "Complete", ask(("user", "hi"), ("assistant", "yes?"), ("user", blank)), "messages[2].content:"),
+             (CLASSIFIER + "Classify", cpb.ClassifyRequest(text=blank), "text:"),
+             (CLASSIFIER + "ClassifyBatch", cpb.ClassifyBatchRequest(texts=["hi", blank]), "texts[1]:")]
+    for method, request, field in cases:
+        code, details = call(stack, method, request.SerializeToString())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), (method, code, details)
+        assert "blank" in details
+
+
+def test_visible_text_with_control_characters_is_accepted(stack):
+    assert call(stack, ROUTER + "Route", pb.RouteRequest(query="\x00hi\u200b").SerializeToString())[0] == \
+        grpc.StatusCode.OK

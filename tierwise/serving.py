@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import unicodedata
 from contextlib import asynccontextmanager
 from typing import Awaitable, Callable
 
@@ -102,12 +103,19 @@ class Rejected(Exception):
 
 
 def check_text(text: str, field: str, max_bytes: int) -> None:
-    """Non-empty, not only whitespace, at most `max_bytes` of UTF-8: else INVALID_ARGUMENT naming `field`."""
-    if not text.strip():
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty or whitespace only")
+    """At most `max_bytes` of UTF-8 and not blank: else INVALID_ARGUMENT naming `field`. Blank is what shows
+    nothing: empty, or only whitespace, control (NUL...) and zero-width or other ignorable characters."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {size} bytes exceed the limit of {max_bytes} bytes")
+    if all(ch.isspace() or ch in _IGNORABLE or unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{field}: must not be empty or blank (only whitespace, control or zero-width characters)")
+
+
+# Unicode's default-ignorable code points that are not format characters (Cf): fillers, variation selectors.
+_IGNORABLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+                       + "".join(map(chr, [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])))
 
 
 @asynccontextmanager
