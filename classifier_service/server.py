@@ -10,7 +10,7 @@ import numpy as np
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.serving import Rejected, check_text, rpc_span
+from tierwise.serving import Rejected, check_text, rpc_span, shown
 from tierwise.telemetry import setup_tracing
 from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
@@ -153,7 +153,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         head = self.heads.get(name)
         if head is None:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"head: unknown head {name!r}; loaded heads: {', '.join(self.heads.names)}")
+                           f"head: unknown head {shown(name)}; loaded heads: {', '.join(self.heads.names)}")
         return head
 
 

@@ -11,7 +11,7 @@ import grpc
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.serving import Rejected, check_text, rpc_span
+from tierwise.serving import Rejected, check_text, rpc_span, shown
 from tierwise.telemetry import setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
@@ -98,7 +98,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         for i, m in enumerate(request.messages):
             if m.role not in ROLES:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"messages[{i}].role: {m.role!r} is not one of {', '.join(ROLES)}")
+                               f"messages[{i}].role: {shown(m.role)} is not one of {', '.join(ROLES)}")
         users = [i for i, m in enumerate(request.messages) if m.role == "user"]
         if not users:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
@@ -176,7 +176,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             strategy = self.strategies.get(name)
         except KeyError:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"strategy: unknown strategy {name!r}; available: {', '.join(registered())} "
+                           f"strategy: unknown strategy {shown(name)}; available: {', '.join(registered())} "
                            "(compose as <start>+cascade)") from None
         if self.cfg.record_content:
             span.set_attribute("tierwise.query", query)

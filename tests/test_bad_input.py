@@ -96,3 +96,13 @@ def test_text_of_only_control_or_zero_width_characters_is_blank(stack, blank):
 def test_visible_text_with_control_characters_is_accepted(stack):
     assert call(stack, ROUTER + "Route", pb.RouteRequest(query="\x00hi\u200b").SerializeToString())[0] == \
         grpc.StatusCode.OK
+
+
+def test_a_huge_unknown_name_is_not_echoed_whole(stack):
+    code, details = call(stack, ROUTER + "Route", pb.RouteRequest(query="hi", strategy="s" * 100_000).SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("strategy: unknown strategy 'sss")
+    assert "(100000 characters)" in details and len(details) < 300
+    code, details = call(stack, CLASSIFIER + "Classify", cpb.ClassifyRequest(text="hi", head="h" * 50_000)
+                         .SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("head: unknown head 'hhh")
+    assert len(details) < 300

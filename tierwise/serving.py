@@ -118,6 +118,11 @@ _IGNORABLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u
                        + "".join(map(chr, [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])))
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's `value` quoted for an error message, cut at `limit` characters so it cannot make the error long."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 @asynccontextmanager
 async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, logger: logging.Logger):
     """A server span per call, parented by the caller's trace context; maps errors to gRPC statuses:
