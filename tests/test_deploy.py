@@ -24,6 +24,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tierwise_tools.paths import EMBEDDINGS_DIR
+from tierwise_tools.paths import ROOT as PATHS_ROOT
+
 from .servers import running_router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,6 +381,7 @@ def test_router_serves_with_the_charts_config_and_a_dns_classifier_target(classi
 # ----------------------------------------------------------------------------------------------------- helm
 
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
+LEARN_VALUES = CHART / "ci" / "learn-values.yaml"  # the learning loop on: labels and heads volumes, the CronJob
 MINIMAL_SET = ["serviceAccount.create=false", "networkPolicy.enabled=false", "tests.enabled=false",
                "classifier.pdb.enabled=false", "classifier.autoscaling.enabled=false", "router.pdb.enabled=false",
                "router.autoscaling.enabled=false", "classifier.replicas=1"]
@@ -409,15 +413,18 @@ def render_args(case: str) -> list[str]:
         return ["--namespace", NAMESPACE]
     if case == "full":
         return ["--namespace", "prod", "-f", str(FULL_VALUES)]
+    if case == "learn":
+        return ["--namespace", NAMESPACE, "-f", str(LEARN_VALUES)]
     return ["--namespace", NAMESPACE, *[a for s in MINIMAL_SET for a in ("--set", s)]]
 
 
 @pytest.fixture(scope="module")
 def renders(helm_env, tmp_path_factory):
-    """helm template of the default values, ci/full-values.yaml and a minimal set: {case: (path, [docs])}."""
+    """helm template of the default values, ci/full-values.yaml, a minimal set and ci/learn-values.yaml:
+    {case: (path, [docs])}."""
     out = tmp_path_factory.mktemp("rendered")
     result = {}
-    for case in ("default", "full", "minimal"):
+    for case in ("default", "full", "minimal", "learn"):
         text = helm(helm_env, "template", RELEASE, str(CHART), *render_args(case))
         path = out / case / "manifests.yaml"
         path.parent.mkdir()
@@ -447,9 +454,9 @@ def pod_specs(docs: list[dict]):
             yield doc["metadata"]["name"], doc["spec"]
 
 
-@pytest.mark.parametrize("case", ["default", "full"])
+@pytest.mark.parametrize("case", ["default", "full", "learn"])
 def test_helm_lint_strict(helm_env, case):
-    args = ["-f", str(FULL_VALUES)] if case == "full" else []
+    args = {"default": [], "full": ["-f", str(FULL_VALUES)], "learn": ["-f", str(LEARN_VALUES)]}[case]
     out = helm(helm_env, "lint", "--strict", str(CHART), *args)
     assert "0 chart(s) failed" in out
 
@@ -790,3 +797,146 @@ def test_compose_tls_override_mounts_certificates_and_keys_as_secrets(compose):
 
 def test_compose_tls_override_passes_the_compose_spec_schema(tools):
     run(TOOL_BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE_TLS)
+
+
+# ----------------------------------------------------------------------------------------------------- learning
+
+COMPOSE_LEARN = DEPLOY / "compose.learn.yaml"
+SEED_HEADS = DEPLOY / "seed-heads.sh"
+
+
+def learn_help() -> str:
+    return " ".join(run(sys.executable, "-m", "tierwise_tools.cli", "learn", "--help", timeout=60,
+                        env={"COLUMNS": "200"}).stdout.split())
+
+
+def mount_of(mounts: list[dict], path: str, key: str = "mountPath") -> dict:
+    (mount,) = [m for m in mounts if path == m[key] or path.startswith(m[key].rstrip("/") + "/")]
+    return mount
+
+
+def image_env(name: str) -> dict[str, str]:
+    _, stages = parse_dockerfile(DOCKERFILES[name])
+    return dict(pair.split("=", 1) for env in instructions(stages[-1], "ENV") for pair in env.split())
+
+
+def test_seed_heads_copies_the_shipped_heads_but_never_over_a_promoted_one(tmp_path):
+    shipped, heads = ROOT / "models" / "heads", tmp_path / "heads"
+    names = sorted(p.parent.name for p in shipped.glob("*/head.json"))
+    run("sh", SEED_HEADS, shipped, heads)
+    assert sorted(p.parent.name for p in heads.glob("*/head.json")) == names
+    assert (heads / "default" / "head.json").read_bytes() == (shipped / "default" / "head.json").read_bytes()
+    unchanged = (heads / "default" / "head.json").stat()
+    promoted = heads / names[-1]  # `tierwise learn` replaced it: the shipped head is head.json.previous now
+    (promoted / "head.json").rename(promoted / "head.json.previous")
+    (promoted / "head.json").write_text("promoted")
+    (heads / "learned-0123" / "head.json").parent.mkdir()
+    (heads / "learned-0123" / "head.json").write_text("learned")
+    stale = heads / names[1] / "head.json"
+    stale.write_text("an older image's head")
+    proc = run("sh", SEED_HEADS, shipped, heads, sys.executable, "-c", "print('then the classifier')")
+    assert proc.stdout.strip().endswith("then the classifier") and f"{promoted} serves a promoted head" in proc.stdout
+    assert stale.read_bytes() == (shipped / names[1] / "head.json").read_bytes(), "a new image's heads arrive"
+    assert (promoted / "head.json").read_text() == "promoted" and (heads / "learned-0123/head.json").read_text() == "learned"
+    now = (heads / "default" / "head.json").stat()
+    assert (now.st_ino, now.st_mtime_ns) == (unchanged.st_ino, unchanged.st_mtime_ns), "unchanged heads not rewritten"
+    assert not list(heads.rglob(".head.json.*"))
+
+
+def test_compose_learn_override_runs_learn_on_the_routers_labels_and_the_classifiers_heads(compose):
+    override = load_yaml(COMPOSE_LEARN)
+    services, base = override["services"], compose["services"]
+    learn = services["learn"]
+    assert learn["profiles"] == ["learn"], "it runs only when named: docker compose run --rm learn"
+    assert learn["image"] == base["classifier"]["image"] and learn["build"] == base["classifier"]["build"]
+    assert learn["entrypoint"] == ["python", "-m", "tierwise_tools.cli", "learn"] and learn["restart"] == "no"
+    assert learn["read_only"] is True and learn["cap_drop"] == ["ALL"] and learn["user"] == "10001:10001"
+    assert "no-new-privileges:true" in learn["security_opt"]
+    embeddings = "/app/" + EMBEDDINGS_DIR.relative_to(PATHS_ROOT).as_posix()
+    assert {t.split(":")[0] for t in learn["tmpfs"]} == {"/tmp", embeddings}
+    labels, heads = flag(learn["command"], "--labels"), flag(learn["command"], "--heads-dir")
+    reads = mount_of(learn["volumes"], labels, "target")
+    assert reads["read_only"] is True and reads["type"] == "volume"
+    writes = mount_of(services["router"]["volumes"], labels, "target")
+    assert (writes["source"], writes["target"]) == (reads["source"], reads["target"]) and not writes.get("read_only")
+    promotes = mount_of(learn["volumes"], heads, "target")
+    serves = mount_of(services["classifier"]["volumes"], heads, "target")
+    assert promotes["target"] == serves["target"] == heads and promotes["source"] == serves["source"]
+    assert compose_env(services["classifier"])["TIERWISE_CLASSIFIER_HEADS_DIR"] == heads
+    shipped = image_env("classifier")["TIERWISE_CLASSIFIER_HEADS_DIR"]
+    assert services["classifier"]["entrypoint"] == ["sh", "/app/deploy/seed-heads.sh", shipped, heads,
+                                                   "python", "-m", "classifier_service"]
+    assert set(override["volumes"]) == {reads["source"], promotes["source"]}
+    assert set(override["services"]) == {"classifier", "router", "learn"}
+    text = learn_help()
+    assert all(f"{arg} " in text for arg in learn["command"] if arg.startswith("--"))
+
+
+def test_compose_learn_override_passes_the_compose_spec_schema(tools):
+    run(TOOL_BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE_LEARN)
+
+
+def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_classifiers_heads(renders):
+    _, docs = renders["learn"]
+    values = load_yaml(LEARN_VALUES)
+    (cron,) = find(docs, "CronJob")
+    assert cron["spec"]["schedule"] == values["learning"]["cronJob"]["schedule"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (learn,) = pod["containers"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert learn["image"] == container(docs, CLASSIFIER)["image"]
+    assert learn["command"] == ["python", "-m", "tierwise_tools.cli", "learn"]
+    text = learn_help()
+    assert all(f"{arg} " in text for arg in learn["args"] if arg.startswith("--"))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def claim(spec: dict, mount: dict) -> str:
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        return volume["persistentVolumeClaim"]["claimName"]
+
+    labels = flag(learn["args"], "--labels")
+    assert labels == values["router"]["config"]["shadow"]["labels"], "learn reads what the routers' shadow writes"
+    reads = mount_of(learn["volumeMounts"], labels)
+    assert reads["readOnly"] is True and volumes[reads["name"]]["persistentVolumeClaim"]["readOnly"] is True
+    router_spec = one(docs, "Deployment", ROUTER)["spec"]["template"]["spec"]
+    writes = mount_of(container(docs, ROUTER)["volumeMounts"], labels)
+    assert claim(router_spec, writes) == claim(pod, reads) == values["learning"]["labels"]["existingClaim"]
+    assert writes["mountPath"] == reads["mountPath"] and not writes.get("readOnly")
+
+    heads = flag(learn["args"], "--heads-dir")
+    promotes = mount_of(learn["volumeMounts"], heads)
+    classifier_spec = one(docs, "Deployment", CLASSIFIER)["spec"]["template"]["spec"]
+    classifier = container(docs, CLASSIFIER)
+    serves = mount_of(classifier["volumeMounts"], heads)
+    assert env_of(classifier)["TIERWISE_CLASSIFIER_HEADS_DIR"]["value"] == heads == serves["mountPath"]
+    assert claim(classifier_spec, serves) == claim(pod, promotes) == values["learning"]["heads"]["existingClaim"]
+    assert serves["readOnly"] is True and not promotes.get("readOnly")
+    (seed,) = classifier_spec["initContainers"]
+    shipped = image_env("classifier")["TIERWISE_CLASSIFIER_HEADS_DIR"]
+    assert seed["command"] == ["sh", "/app/deploy/seed-heads.sh", shipped, heads] and seed["image"] == classifier["image"]
+    assert claim(classifier_spec, mount_of(seed["volumeMounts"], heads)) == claim(pod, promotes)
+
+    # Hardened like every other pod: the image writes only to /tmp and the embeddings cache, both emptyDirs.
+    for c in (learn, seed):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"] == \
+            {"drop": ["ALL"]}
+        assert {"cpu", "memory"} <= set(c["resources"]["limits"])
+    assert pod["securityContext"]["runAsUser"] == 10001
+    embeddings = "/app/" + EMBEDDINGS_DIR.relative_to(PATHS_ROOT).as_posix()
+    for path in ("/tmp", embeddings):
+        assert "emptyDir" in volumes[mount_of(learn["volumeMounts"], path)["name"]]
+
+    assert not find(renders["default"][1], "CronJob"), "off by default"
+    assert "initContainers" not in one(renders["default"][1], "Deployment", CLASSIFIER)["spec"]["template"]["spec"]
+
+
+def test_learning_without_its_volumes_or_the_shadows_labels_is_refused_naming_the_value(helm_env):
+    on = ["learning.labels.enabled=true", "learning.labels.existingClaim=l", "learning.heads.existingClaim=h",
+          "router.config.shadow.labels=/var/lib/tierwise/labels/live.jsonl"]
+    for unset, says in ((3, "router.config.shadow.labels"), (2, "learning.heads.existingClaim"),
+                        (1, "learning.labels.existingClaim")):
+        sets = [s for i, s in enumerate(on) if i != unset]
+        proc = run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env,
+                   check=False)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
