@@ -276,7 +276,7 @@ def _tier(raw: Any, at: str) -> TierConfig:
 def _provider(raw: Any, at: str) -> ProviderConfig:
     p = _mapping(raw, at)
     _known(p, at, {"name", "base_url", "model", "api_key_env", "timeout_s", "max_retries", "api_key",
-                   "breaker_failures", "breaker_cooldown_s"})
+                   "breaker_failures", "breaker_cooldown_s", "context_window"})
     if "api_key" in p:
         raise ConfigError(f"{at}.api_key: secrets do not belong in the file; set api_key_env to the name of "
                           "an environment variable holding the key")
@@ -295,11 +295,14 @@ def _provider(raw: Any, at: str) -> ProviderConfig:
     cooldown = _number(p.get("breaker_cooldown_s", ProviderConfig.breaker_cooldown_s), f"{at}.breaker_cooldown_s")
     if cooldown < 0:
         raise ConfigError(f"{at}.breaker_cooldown_s: must be 0 or more")
+    window = _int(p.get("context_window", ProviderConfig.context_window), f"{at}.context_window")
+    if window < 0:
+        raise ConfigError(f"{at}.context_window: must be 0 (not checked) or a number of tokens")
     return ProviderConfig(name=_str(p.get("name"), f"{at}.name"), base_url=base_url,
                           model=_str(p.get("model"), f"{at}.model"),
                           api_key_env=_str(p.get("api_key_env", ""), f"{at}.api_key_env", required=False),
                           timeout_s=timeout, max_retries=retries, breaker_failures=failures,
-                          breaker_cooldown_s=cooldown)
+                          breaker_cooldown_s=cooldown, context_window=window)
 
 
 def _section(doc: dict, key: str, cls) -> dict:
