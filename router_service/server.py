@@ -21,6 +21,7 @@ from .auth import current_key_id, front_door, watch
 from .chains import build_chains, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
+from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .events import final
 from .head_choice import LineupHead
@@ -74,6 +75,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         started = time.perf_counter()
         messages, query = self._messages(request)
         decision, strategy = await self._decide(query, request.strategy, request.head, context, span)
+        decision = self._on_conversation(decision, messages, request, span)
         route = self._route_response(decision, query, started)
         yield pb.CompleteStreamResponse(decision=route)
         options = {"deadline": _deadline(context), **self._call_options(request)}
@@ -169,6 +171,17 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             self.metrics.degraded.add(1, {"strategy": decision.strategy})
         if result is not None:
             self.metrics.cost.add(result.cost_usd, {"tier": tier})
+
+    def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], request: pb.CompleteRequest,
+                         span) -> Decision:
+        """The strategy's decision, moved by the whole conversation and the providers' context windows."""
+        try:
+            moved = decide_on_conversation(decision, messages, self.dispatcher.chains, request.max_tokens or None)
+        except NoTierFits as err:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+        if moved is not decision:
+            span.set_attribute("tierwise.tier", moved.tier)
+        return moved
 
     async def _decide(self, query: str, strategy_name: str, head: str, context, span) -> tuple[Decision, Strategy]:
         name = strategy_name or self.cfg.strategy

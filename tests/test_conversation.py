@@ -88,3 +88,46 @@ def test_the_decision_is_raised_to_the_floor_and_past_tiers_that_cannot_hold_it_
     with pytest.raises(NoTierFits, match="messages: the request needs about 554 tokens"):
         decide_on_conversation(plain, user("z" * 2000), chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 100}),
                                max_tokens=50)
+
+
+def test_the_router_decides_on_the_whole_conversation_and_refuses_what_no_tier_holds(tmp_path):
+    """A real router and classifier: code in an earlier turn raises the heuristic's tier 1 to 2; tier 1's and tier
+    2's providers hold 200 tokens, so a longer conversation is decided at tier 3 and answered there; one that no
+    provider holds is INVALID_ARGUMENT naming messages."""
+    import grpc
+
+    from tierwise.v1 import router_pb2 as pb
+    from tierwise.v1 import router_pb2_grpc
+
+    from .servers import KEY_ENV as ROUTER_KEY_ENV, router_config, running_router, start_classifier
+
+    def message(role: str, content: str) -> pb.Message:
+        return pb.Message(role=role, content=content)
+
+    with ProviderDouble() as double:
+        doc = router_config(double.base_url)
+        for tier in doc["tiers"]:
+            for p in tier["providers"]:
+                p["context_window"] = {1: 200, 2: 200, 3: 2000}[tier["tier"]]
+        classifier = start_classifier()
+        try:
+            with running_router(doc, classifier.address, tmp_path, env={ROUTER_KEY_ENV: "k"}) as router, \
+                    grpc.insecure_channel(router.address) as channel:
+                stub = router_pb2_grpc.RouterServiceStub(channel)
+                plain = stub.Complete(pb.CompleteRequest(messages=[message("user", "hi")]), timeout=10)
+                assert plain.decision.tier == plain.tier == 1
+                coded = stub.Complete(pb.CompleteRequest(messages=[
+                    message("user", "def f(x):\n    return x * 2"), message("assistant", "It doubles x."),
+                    message("user", "hi")]), timeout=10)
+                assert coded.decision.tier == coded.tier == 2
+                assert "code earlier in the conversation" in coded.decision.reason
+                long = stub.Complete(pb.CompleteRequest(messages=[message("system", "context " * 150),
+                                                                  message("user", "hi")]), timeout=10)
+                assert long.decision.tier == long.tier == 3 and "cannot hold about" in long.decision.reason
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Complete(pb.CompleteRequest(messages=[message("system", "w" * 9000), message("user", "hi")]),
+                                  timeout=10)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert refused.value.details().startswith("messages: the request needs about")
+        finally:
+            classifier.stop()
