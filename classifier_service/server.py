@@ -10,7 +10,7 @@ import numpy as np
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.serving import Rejected, check_text, rpc_span, shown
+from tierwise.serving import InFlight, Rejected, check_text, rpc_span, shown
 from tierwise.telemetry import setup_tracing
 from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
@@ -36,7 +36,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         self.encoder: Encoder | None = None
         self.batcher: MicroBatcher | None = None
         self.cache: DecisionCache[tuple] = DecisionCache(cfg.cache_size)
-        self.inflight = 0
+        self.admission = InFlight(cfg.max_inflight, "texts", log)
         self.tracer = trace.get_tracer("tierwise.classifier")
 
     def load(self) -> None:
@@ -115,14 +115,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         span.set_attribute("tierwise.encoder_version", encoder.version)
         span.set_attribute("tierwise.batch_size", len(texts))
         if misses:
-            if self.inflight + len(misses) > self.cfg.max_inflight:
-                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"overloaded: {self.inflight} texts in flight, limit {self.cfg.max_inflight}; retry with backoff")
-            self.inflight += len(misses)
-            try:
+            with self.admission.admit(len(misses)):
                 embedded = await self.batcher.embed([texts[i] for i in misses])
-            finally:
-                self.inflight -= len(misses)
             vectors = np.stack([e.vector for e in embedded])
             probs = head.probabilities(vectors)
             margin, outside = head.check_support(vectors)

@@ -129,6 +129,7 @@ class RouterConfig:
     judge: JudgeConfig = doc("LLM-as-judge strategy", factory=JudgeConfig, nested=JudgeConfig)
     cascade: CascadeConfig = doc("cascade strategy", factory=CascadeConfig, nested=CascadeConfig)
     shadow: ShadowConfig = doc("shadow A/B", factory=ShadowConfig, nested=ShadowConfig)
+    limits: LimitsConfig = doc("request limits and admission control", factory=LimitsConfig, nested=LimitsConfig)
     expected_output_tokens: int = doc("output tokens assumed by Route's cost estimate", 300)
     record_content: bool = doc("record prompt and answer text in spans (never, unless true)", False,
                                key="telemetry.record_content")
@@ -173,7 +174,7 @@ def load(path: str | Path) -> RouterConfig:
 
 def parse(raw: Any) -> RouterConfig:
     top = _mapping(raw, "(top level)")
-    _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "expected_output_tokens",
+    _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "limits", "expected_output_tokens",
                      "telemetry", "tls", "auth"})
     tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
@@ -220,6 +221,12 @@ def parse(raw: Any) -> RouterConfig:
     if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")
+    limits = LimitsConfig(**_section(top, "limits", LimitsConfig))
+    for key in vars(limits):
+        if getattr(limits, key) < 1:
+            raise ConfigError(f"limits.{key}: must be at least 1, not {getattr(limits, key)}")
+    if limits.max_message_bytes > limits.max_total_bytes:
+        raise ConfigError(f"limits.max_message_bytes: must not exceed limits.max_total_bytes ({limits.max_total_bytes})")
     classifier = ClassifierConfig(**_section(top, "classifier", ClassifierConfig))
     for key in ("timeout_ms", "head_refresh_s"):
         if not getattr(classifier, key) > 0:  # also refuses nan
@@ -237,6 +244,7 @@ def parse(raw: Any) -> RouterConfig:
         judge=judge,
         cascade=cascade,
         shadow=shadow,
+        limits=limits,
         expected_output_tokens=_int(top.get("expected_output_tokens", RouterConfig.expected_output_tokens), "expected_output_tokens"),
         record_content=_bool(telemetry.get("record_content", RouterConfig.record_content), "telemetry.record_content"),
         tls=TLSConfig(**_section(top, "tls", TLSConfig)),

@@ -11,7 +11,7 @@ import grpc
 from opentelemetry import trace
 
 from tierwise import serving
-from tierwise.serving import Rejected, check_text, rpc_span, shown
+from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check_text, rpc_span, shown
 from tierwise.telemetry import setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
@@ -33,7 +33,6 @@ from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
 SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
-MAX_QUERY_BYTES = 256 * 1024
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -46,24 +45,29 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self.metrics = metrics
         self.shadow = shadow
         self.tracer = trace.get_tracer("tierwise.router")
+        self.admission = InFlight(cfg.limits.max_in_flight, "calls", log)
+        self.degraded_log = ThrottledLog(log)
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
         async with rpc_span(self.tracer, SERVICE, "Route", context, log) as span:
             _tag_key(span)
-            started = time.perf_counter()
-            check_text(request.query, "query", MAX_QUERY_BYTES)
-            decision, _ = await self._decide(request.query, request.strategy, request.head, context, span)
-            self._count("Route", decision)
-            return self._route_response(decision, request.query, started)
+            with self.admission.admit():
+                started = time.perf_counter()
+                check_text(request.query, "query", self.cfg.limits.max_message_bytes)
+                decision, _ = await self._decide(request.query, request.strategy, request.head, context, span)
+                self._count("Route", decision)
+                return self._route_response(decision, request.query, started)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
         async with rpc_span(self.tracer, SERVICE, "Complete", context, log) as span:
-            return (await final(self._answer("Complete", request, context, span, stream=False))).summary
+            with self.admission.admit():
+                return (await final(self._answer("Complete", request, context, span, stream=False))).summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
         async with rpc_span(self.tracer, SERVICE, "CompleteStream", context, log) as span:
-            async for event in self._answer("CompleteStream", request, context, span, stream=True):
-                yield event
+            with self.admission.admit():
+                async for event in self._answer("CompleteStream", request, context, span, stream=True):
+                    yield event
 
     # -- shared steps -------------------------------------------------------------------------------
 
@@ -95,21 +99,34 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         yield pb.CompleteStreamResponse(summary=summary)
 
     def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
+        """The conversation as the providers take it, and its last user message (the query): every message and
+        the whole conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
+        limits = self.cfg.limits
         if not request.messages:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message")
+        if len(request.messages) > limits.max_messages:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"messages: {len(request.messages)} messages exceed the limit of {limits.max_messages}")
+        messages, total = [], 0
         for i, m in enumerate(request.messages):
-            if m.role not in ROLES:
+            role, content = m.role, m.content
+            if role not in ROLES:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"messages[{i}].role: {shown(m.role)} is not one of {', '.join(ROLES)}")
-        users = [i for i, m in enumerate(request.messages) if m.role == "user"]
+                               f"messages[{i}].role: {shown(role)} is not one of {', '.join(ROLES)}")
+            total += check_size(content, f"messages[{i}].content", limits.max_message_bytes)
+            messages.append({"role": role, "content": content})
+        if total > limits.max_total_bytes:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"messages: {total} bytes in all exceed the limit of {limits.max_total_bytes} bytes")
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not users:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
-        check_text(request.messages[users[-1]].content, f"messages[{users[-1]}].content", MAX_QUERY_BYTES)
+        check_text(messages[users[-1]]["content"], f"messages[{users[-1]}].content", limits.max_message_bytes)
         if request.max_tokens < 0:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be 0 (provider default) or more")
         if request.HasField("temperature") and not 0 <= request.temperature <= 2:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "temperature: must be between 0 and 2")
-        return [{"role": m.role, "content": m.content} for m in request.messages], request.messages[users[-1]].content
+        return messages, messages[users[-1]]["content"]
 
     def _call_options(self, request: pb.CompleteRequest) -> dict:
         return {**_answer_options(request), "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
@@ -202,6 +219,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         span.set_attribute("tierwise.strategy", decision.strategy)
         span.set_attribute("tierwise.tier", decision.tier)
         span.set_attribute("tierwise.degraded", decision.degraded)
+        if decision.degraded:
+            self.degraded_log.note("degraded decisions: a fallback strategy decided",
+                                   strategy=decision.strategy, reason=decision.reason)
         if decision.probabilities:
             span.set_attribute("tierwise.probabilities", list(decision.probabilities))
             span.set_attribute("tierwise.thresholds", list(decision.thresholds))
@@ -257,7 +277,10 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
-    server = grpc.aio.server(options=serving.server_options(), interceptors=[guard] if guard else None)
+    # gRPC's own 4 MiB cap on a request stays unless the conversation limit needs more.
+    largest = max(4 << 20, cfg.limits.max_total_bytes + (1 << 20))
+    server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length", largest)),
+                             interceptors=[guard] if guard else None)
     shadow = Shadow(cfg, chains, metrics)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server,
                          RouterServicer(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow), server)

@@ -1,10 +1,12 @@
-"""A burst of calls at the router, over real sockets: each is answered or refused with RESOURCE_EXHAUSTED,
-never CANCELLED."""
+"""The router under more calls than it takes, over real sockets: a burst is answered or refused with
+RESOURCE_EXHAUSTED, never CANCELLED; past `limits.max_in_flight` a call is refused at once; a decision the
+classifier could not make in time is degraded, counted and logged."""
 from __future__ import annotations
 
 import asyncio
 import collections
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import router_stack
+from .provider_double import Fault, unused_port
+from .servers import KEY_ENV, router_config, router_stack, running_router
 
 BURST = 2000
 
@@ -48,3 +51,45 @@ def test_a_burst_is_answered_or_refused_never_cancelled(stack):
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert codes["OK"] >= BURST // 2, codes
     assert time.monotonic() - started < 60
+
+
+def test_past_max_in_flight_a_call_is_refused_at_once_and_logged(stack, tmp_path):
+    double, classifier, _ = stack
+    double.reset()
+    double.set_persistent("t1-a", Fault.delay(1.5))
+    doc = router_config(double.base_url, strategy="heuristic", limits={"max_in_flight": 2})
+    try:
+        with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            slow = [stub.Complete.future(pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]),
+                                         timeout=20) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while len(double.requests_for("t1-a")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            asked = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Route(pb.RouteRequest(query="hi"), timeout=10)
+            assert time.monotonic() - asked < 1.0, "refused at once, not queued behind the slow calls"
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "overloaded: 2 calls in flight, limit 2; retry with backoff"
+            assert all(call.result().content for call in slow)
+            assert stub.Route(pb.RouteRequest(query="hi"), timeout=10).tier == 1, "slots are given back"
+    finally:
+        double.reset()
+    assert any("overloaded: calls refused with RESOURCE_EXHAUSTED" in line for line in router.output)
+
+
+def test_a_late_classifier_degrades_the_decision_which_is_counted_and_logged(stack, tmp_path):
+    double, classifier, _ = stack
+    port = unused_port()
+    doc = router_config(double.base_url, strategy="embedding", classifier={"timeout_ms": 0.01})
+    with running_router(doc, classifier.address, tmp_path, "--metrics-port", str(port),
+                        env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
+        reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="Is water wet?"), timeout=5)
+        assert reply.degraded and "classifier deadline_exceeded" in reply.reason
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            scraped = page.read().decode()
+        assert any(line.startswith("tierwise_router_degraded_total{") and 'strategy="embedding"' in line
+                   and float(line.rsplit(" ", 1)[1]) >= 1 for line in scraped.splitlines()), scraped
+    assert any("degraded decisions: a fallback strategy decided" in line for line in router.output)

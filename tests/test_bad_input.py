@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tierwise.v1 import classifier_pb2 as cpb
 from tierwise.v1 import router_pb2 as pb
@@ -13,6 +15,7 @@ from .servers import router_stack
 ROUTER = "/tierwise.v1.RouterService/"
 CLASSIFIER = "/tierwise.v1.ClassifierService/"
 BLANKS = ["\x00", "\x00\x00\x00", "\u200b", "\u200b\u200c\u200d\ufeff", " \t\u200b\x00\n", "\u2060\u3164"]
+SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +109,58 @@ def test_a_huge_unknown_name_is_not_echoed_whole(stack):
                          .SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("head: unknown head 'hhh")
     assert len(details) < 300
+
+
+@pytest.mark.parametrize("request_, error", [
+    (ask(("system", "x" * 3_500_000), ("user", "hi")),
+     "messages[0].content: 3500000 bytes exceed the limit of 262144 bytes"),
+    (ask(*[("user", "hi")] * 257), "messages: 257 messages exceed the limit of 256"),
+    (ask(*[("system", "y" * 200_000)] * 6, ("user", "hi")),
+     "messages: 1200002 bytes in all exceed the limit of 1048576 bytes"),
+    (ask(("user", "hi"), ("wizard" * 2000, "w")), "messages[1].role: 'wizardwizard"),
+], ids=["huge-system-message", "too-many-messages", "too-many-bytes", "long-bad-role"])
+def test_limits_hold_over_the_whole_conversation(stack, request_, error):
+    for method in ("Complete", "CompleteStream"):
+        code, details = call(stack, ROUTER + method, request_.SerializeToString())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(error), (code, details[:300])
+        assert len(details) < 300
+
+
+def test_a_long_conversation_within_the_limits_is_answered(stack):
+    request = ask(*[("system", "y" * 200_000)] * 5, ("user", "hi"))
+    assert call(stack, ROUTER + "Complete", request.SerializeToString()) == (grpc.StatusCode.OK, "")
+
+
+texts = st.text(max_size=40) | st.sampled_from(BLANKS + ["hi", "What is 2 + 2?"])
+messages = st.lists(st.builds(pb.Message, role=st.sampled_from(["user", "system", "assistant", "tool", ""]) | texts,
+                              content=texts), max_size=4)
+requests = st.one_of(
+    st.tuples(st.just(ROUTER + "Route"), st.builds(pb.RouteRequest, query=texts,
+                                                   strategy=st.sampled_from(["", "heuristic", "cheapest"]) | texts,
+                                                   head=st.just("") | texts)),
+    st.tuples(st.sampled_from([ROUTER + "Complete", ROUTER + "CompleteStream"]),
+              st.builds(pb.CompleteRequest, messages=messages, strategy=st.sampled_from(["", "cheapest"]) | texts,
+                        max_tokens=st.integers(-2**31, 2**31 - 1), temperature=st.none() | st.floats(width=32),
+                        head=st.just("") | texts)),
+    st.tuples(st.just(CLASSIFIER + "Classify"), st.builds(cpb.ClassifyRequest, text=texts, head=st.just("") | texts,
+                                                          tradeoff=st.none() | st.floats(width=32))),
+    st.tuples(st.just(CLASSIFIER + "ClassifyBatch"), st.builds(cpb.ClassifyBatchRequest, texts=st.lists(texts, max_size=5),
+                                                               head=st.just("") | texts)),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request_=requests)
+def test_random_requests_never_fail_inside_the_servers(stack, request_):
+    method, message = request_
+    code, details = call(stack, method, message.SerializeToString())
+    assert code not in SERVER_FAULTS, (method, message, code, details)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(METHODS), payload=st.binary(max_size=64))
+def test_random_bytes_never_fail_inside_the_servers(stack, method, payload):
+    code, details = call(stack, method, payload)
+    assert code not in SERVER_FAULTS, (method, payload, code, details)

@@ -97,3 +97,24 @@ def test_every_documented_default_is_what_parse_applies():
     assert cfg.strategy == RouterConfig.strategy and cfg.expected_output_tokens == RouterConfig.expected_output_tokens
     p = cfg.tiers[1].providers[0]
     assert (p.timeout_s, p.max_retries, p.breaker_failures, p.api_key_env) == (30.0, 2, 5, "")
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({"max_in_flight": 0}, "limits.max_in_flight: must be at least 1, not 0"),
+    ({"max_messages": -3}, "limits.max_messages: must be at least 1, not -3"),
+    ({"max_total_bytes": "1MB"}, "limits.max_total_bytes: expected an integer"),
+    ({"max_message_bytes": 2_000_000}, "limits.max_message_bytes: must not exceed limits.max_total_bytes (1048576)"),
+    ({"max_requests": 5}, "limits.max_requests: unknown key"),
+])
+def test_invalid_limits_name_the_key(limits, message):
+    with pytest.raises(ConfigError) as err:
+        parse({**copy.deepcopy(EXAMPLE), "limits": limits})
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_limits_default_to_sane_bounds_and_can_be_raised():
+    cfg = parse(EXAMPLE).limits
+    assert (cfg.max_in_flight, cfg.max_messages, cfg.max_message_bytes, cfg.max_total_bytes) == (
+        1024, 256, 256 * 1024, 1024 * 1024)
+    raised = parse({**EXAMPLE, "limits": {"max_total_bytes": 8 << 20, "max_message_bytes": 4 << 20}}).limits
+    assert (raised.max_total_bytes, raised.max_message_bytes, raised.max_in_flight) == (8 << 20, 4 << 20, 1024)

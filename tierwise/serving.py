@@ -1,12 +1,13 @@
 """What both services do the same way: listen, health (NOT_SERVING until loaded), reflection, signals,
-request decoding and validation errors and the per-call server span."""
+request decoding and validation errors, admission control and the per-call server span."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 import unicodedata
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Awaitable, Callable
 
 import grpc
@@ -102,12 +103,18 @@ class Rejected(Exception):
         self.code = code
 
 
-def check_text(text: str, field: str, max_bytes: int) -> None:
-    """At most `max_bytes` of UTF-8 and not blank: else INVALID_ARGUMENT naming `field`. Blank is what shows
-    nothing: empty, or only whitespace, control (NUL...) and zero-width or other ignorable characters."""
+def check_size(text: str, field: str, max_bytes: int) -> int:
+    """The UTF-8 size of `text`; INVALID_ARGUMENT naming `field` past `max_bytes`."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {size} bytes exceed the limit of {max_bytes} bytes")
+    return size
+
+
+def check_text(text: str, field: str, max_bytes: int) -> None:
+    """At most `max_bytes` of UTF-8 and not blank: else INVALID_ARGUMENT naming `field`. Blank is what shows
+    nothing: empty, or only whitespace, control (NUL...) and zero-width or other ignorable characters."""
+    check_size(text, field, max_bytes)
     if all(ch.isspace() or ch in _IGNORABLE or unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                        f"{field}: must not be empty or blank (only whitespace, control or zero-width characters)")
@@ -121,6 +128,43 @@ _IGNORABLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u
 def shown(value: str, limit: int = 64) -> str:
     """A caller's `value` quoted for an error message, cut at `limit` characters so it cannot make the error long."""
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+class ThrottledLog:
+    """A warning at most every `seconds`, counting the events it stands for: under overload a line per event would
+    be one more load."""
+
+    def __init__(self, logger: logging.Logger, seconds: float = 10.0):
+        self.logger, self.seconds, self.count, self.next_at = logger, seconds, 0, 0.0
+
+    def note(self, message: str, **fields) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.logger.warning("%s (%d since the last such line)", message, self.count, extra={"fields": fields})
+            self.count, self.next_at = 0, now + self.seconds
+
+
+class InFlight:
+    """Admission control: at most `limit` units of work (calls, texts) at once. Past it a call gets
+    RESOURCE_EXHAUSTED at once instead of a place in a queue that only grows under overload; refusals are logged."""
+
+    def __init__(self, limit: int, unit: str, logger: logging.Logger):
+        self.limit, self.unit, self.count = limit, unit, 0
+        self.refused = ThrottledLog(logger)
+
+    @contextmanager
+    def admit(self, n: int = 1):
+        if self.count + n > self.limit:
+            self.refused.note(f"overloaded: calls refused with RESOURCE_EXHAUSTED past {self.limit} {self.unit} "
+                              "in flight", in_flight=self.count, limit=self.limit)
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"overloaded: {self.count} {self.unit} in flight, limit {self.limit}; retry with backoff")
+        self.count += n
+        try:
+            yield
+        finally:
+            self.count -= n
 
 
 @asynccontextmanager
