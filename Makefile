@@ -10,12 +10,13 @@ LISTEN ?= 127.0.0.1:50051
 ROUTER_LISTEN ?= 127.0.0.1:50052
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test bench protos train clean help clients tools images
+.PHONY: setup run test bench protos train clean help clients tools images fuzz
 
 help:
 	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) and the classifier on $(LISTEN)"
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
+	@echo "make fuzz    set up, send 10,000 bad requests to both services, fail on UNKNOWN/INTERNAL or a dead server"
 	@echo "make protos  regenerate the gRPC stubs from protos/"
 	@echo "make train   retrain the default head and one head per tier lineup from ../shared/data/routing"
 	@echo "make tools   install helm, kubernetes-validate and checkov into .tools/ (deploy/tools.sh)"
@@ -64,6 +65,10 @@ images:
 bench: setup $(BVENV)/.stamp
 	$(BIN)/python -m bench --seed-python $(XVENV)/bin/python
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m bench.router_bench --baseline-python $(BVENV)/bin/python
+
+# Not part of `make test` (CI time): both servers on 127.0.0.1, 10,000 generated bad requests (bench/fuzz.py).
+fuzz: setup
+	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
 
 train: setup
 	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl --name default
