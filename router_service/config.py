@@ -90,6 +90,9 @@ class ShadowConfig:
     log: str = doc("JSONL file of comparisons (\"\" = metrics and spans only; `{host}` = the host name)", "")
     labels: str = doc("JSONL file of routing records labelled from sampled traffic, for `tierwise train`; "
                       "holds prompts and answers in clear (\"\" = off; `{host}` = the host name)", "")
+    monthly_budget_usd: float = doc("USD the shadow may spend on providers in a calendar month (UTC), counted by "
+                                    "each router process since it started; past it no shadow starts until the "
+                                    "month ends (0 = no limit)", 0.0)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,8 @@ def parse(raw: Any) -> RouterConfig:
     if shadow.max_in_flight < 1 or shadow.timeout_s <= 0:
         raise ConfigError("shadow.max_in_flight: must be at least 1" if shadow.max_in_flight < 1
                           else "shadow.timeout_s: must be positive")
+    if not (math.isfinite(shadow.monthly_budget_usd) and shadow.monthly_budget_usd >= 0):
+        raise ConfigError(f"shadow.monthly_budget_usd: must be 0 (no limit) or more, not {shadow.monthly_budget_usd}")
     limits = LimitsConfig(**_section(top, "limits", LimitsConfig))
     for key in vars(limits):
         if getattr(limits, key) < 1:

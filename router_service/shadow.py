@@ -7,7 +7,9 @@ against tier 3, and the record is appended to `shadow.labels` in the routing-dat
 `tierwise train` and `tierwise eval`. The answer already sent to the user is reused, not asked again.
 
 Never delays a reply: shadows start after the answer is built, run as background tasks, are capped
-in number (excess is dropped and counted), and their failures are logged, never raised.
+in number (excess is dropped and counted), and their failures are logged, never raised. Past
+`shadow.monthly_budget_usd` of provider spend in a calendar month (UTC), no shadow starts until the
+month ends: each one not started is counted, and the first is logged.
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from tierwise.data import ACCEPTABLE
 from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
+from .limits import Limits
 from .providers import ProviderError, TierChain
 from .replies import parse_verdict, prompt
 
 log = logging.getLogger("tierwise.router.shadow")
 LIVE = "live"  # source and task of records labelled from live traffic
+SPENDING = "shadow"  # the account the shadow's provider spend is kept under
 
 COMPARE = (
     "You compare two answers to the same user message. answer_a is the candidate, answer_b the reference "
@@ -54,13 +58,15 @@ class Shadow:
         self.labels_path = _path(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
                         if self.labels_path else None)
+        self.spending = Limits()
+        self.budget_said = ""  # the month whose budget was reported spent
 
     def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
                     options: Mapping[str, object]) -> bool:
         """Start a shadow for this answered request if it is sampled; returns whether one started.
         `options` (max_tokens, temperature) are the request's, so every answer is asked the same way."""
         eligible = self.labeler is not None or result.tier < self.cfg.tier
-        if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share:
+        if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget():
             return False
         if len(self.tasks) >= self.cfg.max_in_flight:
             self.metrics.shadow.add(1, {"outcome": "dropped_busy"})
@@ -82,8 +88,10 @@ class Shadow:
                 await run(messages, result, options, record)
                 if "agree" in record:
                     span.set_attribute("tierwise.shadow_agree", record["agree"])
+                cost = record["shadow_cost_usd"] + record["judge_cost_usd"]
+                self.spending.charge(SPENDING, cost)
                 self.metrics.shadow.add(1, {"outcome": _outcome(record), "tier": result.tier})
-                self.metrics.cost.add(record["shadow_cost_usd"] + record["judge_cost_usd"], {"purpose": "shadow"})
+                self.metrics.cost.add(cost, {"purpose": "shadow"})
             except (ProviderError, ValueError) as err:
                 record["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
@@ -114,6 +122,19 @@ class Shadow:
         if result.tier < self.cfg.tier:
             record["agree"] = outcomes[result.tier - 1]["score"] >= ACCEPTABLE
         _append(self.labels_path, labelled)
+
+    def _over_budget(self) -> bool:
+        """Whether this month's budget is spent; if so the shadow not started is counted, and logged once a month."""
+        budget, spent = self.cfg.monthly_budget_usd, self.spending.spent(SPENDING)
+        if not budget or spent < budget:
+            return False
+        self.metrics.shadow.add(1, {"outcome": "over_budget"})
+        month = time.strftime("%Y-%m", time.gmtime())
+        if month != self.budget_said:
+            self.budget_said = month
+            log.warning("shadow: spent $%.4f of its monthly budget of $%g in %s (UTC); no more shadows this month",
+                        spent, budget, month)
+        return True
 
     def _deadline(self) -> float:
         return time.monotonic() + self.cfg.timeout_s

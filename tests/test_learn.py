@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -16,9 +17,10 @@ from tierwise.v1 import router_pb2_grpc
 from tierwise_tools.calibration import ALWAYS_TIER_3
 from tierwise_tools.cli import main
 
-from .provider_double import ProviderDouble
+from .provider_double import ProviderDouble, unused_port
 from .servers import KEY_ENV, router_config, running_router, start_classifier
 from .test_promote import LINEUP, lineup_head, write
+from .test_router_complete import ask, metric
 
 # 40 requests: 32 of them train the head, 8 (the held-out fifth, by id hash) check it.
 QUERIES = [f"What is {a} plus {b}?" for a in range(2, 12) for b in range(3, 7)]
@@ -169,3 +171,26 @@ def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
     assert outcomes[0]["head"] != outcomes[1]["head"] and all(o["head"].startswith("learned-") for o in outcomes)
     assert main(["learn", "--labels", str(mixed), "--heads-dir", str(heads), "--name", "mine"]) == 2
     assert "the labels hold 2 tier lineups" in capsys.readouterr().err
+
+
+def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path):
+    labels, log, port, env = tmp_path / "live.jsonl", tmp_path / "shadow.jsonl", unused_port(), {KEY_ENV: "k"}
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"score": 1.0}')
+        # The first label costs more than this budget; the heuristic strategy needs no classifier.
+        doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels), "log": str(log),
+                                                     "monthly_budget_usd": 1e-6})
+        with running_router(doc, f"127.0.0.1:{unused_port()}", tmp_path, "--metrics-port", str(port),
+                            env=env) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            stub.Complete(ask(QUERIES[0], "heuristic"), timeout=10)
+            assert wait_until(lambda: log.exists() and log.read_text().strip()), "the first shadow ran and was paid"
+            for query in QUERIES[1:4]:
+                stub.Complete(ask(query, "heuristic"), timeout=10)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert len(labels.read_text().splitlines()) == 1 and len(double.requests_for("t3-a")) == 1
+    assert metric(text, "tierwise_router_shadow_total", outcome="over_budget") == 3
+    said = [line for line in router.output if "no more shadows this month" in line]
+    assert len(said) == 1 and "monthly budget of $1e-06" in said[0], "counted each time, said once"
+
