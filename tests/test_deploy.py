@@ -837,7 +837,8 @@ def test_seed_heads_copies_the_shipped_heads_but_never_over_a_promoted_one(tmp_p
     proc = run("sh", SEED_HEADS, shipped, heads, sys.executable, "-c", "print('then the classifier')")
     assert proc.stdout.strip().endswith("then the classifier") and f"{promoted} serves a promoted head" in proc.stdout
     assert stale.read_bytes() == (shipped / names[1] / "head.json").read_bytes(), "a new image's heads arrive"
-    assert (promoted / "head.json").read_text() == "promoted" and (heads / "learned-0123/head.json").read_text() == "learned"
+    assert (promoted / "head.json").read_text() == "promoted"
+    assert (heads / "learned-0123" / "head.json").read_text() == "learned"
     now = (heads / "default" / "head.json").stat()
     assert (now.st_ino, now.st_mtime_ns) == (unchanged.st_ino, unchanged.st_mtime_ns), "unchanged heads not rewritten"
     assert not list(heads.rglob(".head.json.*"))
@@ -897,6 +898,10 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
 
     labels = flag(learn["args"], "--labels")
     assert labels == values["router"]["config"]["shadow"]["labels"], "learn reads what the routers' shadow writes"
+    from router_service.config import parse
+    shadow = parse(yaml.safe_load(one(docs, "ConfigMap", ROUTER)["data"]["tierwise.yaml"])).shadow
+    assert shadow.labels == labels and shadow.monthly_budget_usd == values["router"]["config"]["shadow"][
+        "monthly_budget_usd"], "the routers load the config the chart renders"
     reads = mount_of(learn["volumeMounts"], labels)
     assert reads["readOnly"] is True and volumes[reads["name"]]["persistentVolumeClaim"]["readOnly"] is True
     router_spec = one(docs, "Deployment", ROUTER)["spec"]["template"]["spec"]
@@ -914,7 +919,8 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
     assert serves["readOnly"] is True and not promotes.get("readOnly")
     (seed,) = classifier_spec["initContainers"]
     shipped = image_env("classifier")["TIERWISE_CLASSIFIER_HEADS_DIR"]
-    assert seed["command"] == ["sh", "/app/deploy/seed-heads.sh", shipped, heads] and seed["image"] == classifier["image"]
+    assert seed["command"] == ["sh", "/app/deploy/seed-heads.sh", shipped, heads]
+    assert seed["image"] == classifier["image"]
     assert claim(classifier_spec, mount_of(seed["volumeMounts"], heads)) == claim(pod, promotes)
 
     # Hardened like every other pod: the image writes only to /tmp and the embeddings cache, both emptyDirs.
