@@ -112,10 +112,10 @@ def test_labels_that_cannot_check_a_head_leave_no_head_behind(tmp_path, capsys):
     heads = heads_dir(tmp_path)
     served = contents(heads)
     data = write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False)
-    lines = write(tmp_path / "held.jsonl", [1.0] * 5, held_out=True).read_text().replace('"score": 1.0, "cost_usd": 0.1',
-                                                                                        '"score": 0.0, "cost_usd": 0.1')
-    (tmp_path / "held.jsonl").write_text(lines)
-    assert main(["learn", "--labels", str(data), str(tmp_path / "held.jsonl"), "--heads-dir", str(heads)]) == 2
+    held = write(tmp_path / "held.jsonl", [1.0] * 5, held_out=True)
+    lines = held.read_text().replace('"score": 1.0, "cost_usd": 0.1', '"score": 0.0, "cost_usd": 0.1')
+    held.write_text(lines)
+    assert main(["learn", "--labels", str(data), str(held), "--heads-dir", str(heads)]) == 2
     assert "tier 3 answered none of the 5 records acceptably" in capsys.readouterr().err
     assert contents(heads) == served
 
