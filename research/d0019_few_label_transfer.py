@@ -138,9 +138,7 @@ def heads_without(files: dict, left: str, out: Path) -> Path:
     others = [n for n in files if n != left]
     pooled = [r for n in others for r in files[n][0]]
     fitted = fit_head(pooled, np.vstack([files[n][1] for n in others]), [TARGET])
-    default = TierHead(name="default", version=f"without-{left}", coef=fitted.coef, intercept=fitted.intercept,
-                       relative_cost=fitted.relative_cost, tradeoff=fitted.calibration[f"{TARGET:g}"],
-                       target_quality=TARGET, calibration=fitted.calibration, support=fitted.support)
+    default = fitted.head("default", f"without-{left}", TARGET)
     directory = out / f"heads-without-{left}"
     default.publish(directory / "default")
     for head in prior_heads(files, left)[1:]:

@@ -102,10 +102,11 @@ class Fitted:
     support: Support
     pooled: bool  # calibrated leave-one-lineup-out
 
-    def decide(self, x: np.ndarray, target: float, check_support: bool = True) -> np.ndarray:
-        p = success(x, self.coef, self.intercept)
-        return decide(p, self.relative_cost, self.calibration[f"{target:g}"],
-                      self.support.outside(x) if check_support else None)
+    def head(self, name: str, version: str, target: float, **facts) -> TierHead:
+        """This fit as a head routing at its tradeoff for `target`; `facts`: more of TierHead's fields."""
+        return TierHead(name=name, version=version, coef=self.coef, intercept=self.intercept,
+                        relative_cost=self.relative_cost, tradeoff=self.calibration[f"{target:g}"],
+                        target_quality=target, calibration=self.calibration, support=self.support, **facts)
 
 
 def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = None, seed: int = 0,

@@ -129,10 +129,7 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
     if len({r.models for r in records}) > 1 or not lineup(records):
         return serving  # one lineup's traffic is what a router sees
     fitted = fit_head(dev, x_dev, [target], seed=seed, priors=priors)
-    candidate = TierHead(name="simulated", version=f"labels-{len(labelled)}", coef=fitted.coef,
-                         intercept=fitted.intercept, relative_cost=fitted.relative_cost,
-                         tradeoff=fitted.calibration[f"{target:g}"], target_quality=target, models=lineup(records),
-                         calibration=fitted.calibration, support=fitted.support)
+    candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=lineup(records))
     mine, theirs = measure(candidate, held, x_held, target), measure(serving, held, x_held, target)
     ok, why = verdict(mine, theirs, target)
     sim.promotions.append({"at_query": int(labelled[-1]) + 1, "labels": len(labelled), "promoted": ok, "why": why})

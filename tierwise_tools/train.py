@@ -85,9 +85,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         **{f"cv_{k}": _fmt(v) for k, v in cv.items()},
         **held_out,
     }
-    head = TierHead(name=name, version="", coef=coef, intercept=intercept, relative_cost=costs, tradeoff=tradeoff,
-                    target_quality=target_quality, encoder=encoder.version, models=models, card=card,
-                    calibration=calibration, support=support).versioned(when)
+    head = fitted.head(name, "", target_quality, encoder=encoder.version, models=models, card=card).versioned(when)
     head.publish(out)
     return head
 
