@@ -20,7 +20,7 @@ import numpy as np
 from classifier_service.heads import HeadRegistry, TierHead
 from router_service.config import RouterConfig
 from router_service.tokens import estimate_tokens
-from tierwise.data import Record, arrays, split
+from tierwise.data import Record, arrays
 from tierwise.metrics import routing_metrics
 from tierwise.tiers import N_TIERS
 
@@ -120,16 +120,15 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
               target: float, seed: int) -> TierHead:
     """The serving head after one retraining point: a candidate fitted on the labels' dev part replaces it if
     promote's rule, on the labels' held-out part, says so."""
-    records = [sim.records[j] for j in labelled]
-    dev, held = split(records)
-    if len(dev) < MIN_DEV_RECORDS or not held:
-        return serving
-    index = {id(r): int(j) for r, j in zip(records, labelled)}
-    x_dev, x_held = x[[index[id(r)] for r in dev]], x[[index[id(r)] for r in held]]
-    if len({r.models for r in records}) > 1 or not lineup(records):
-        return serving  # one lineup's traffic is what a router sees
-    fitted = fit_head(dev, x_dev, [target], seed=seed, priors=priors)
-    candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=lineup(records))
+    models = lineup([sim.records[j] for j in labelled])
+    held_out = np.array([sim.records[j].held_out for j in labelled], dtype=bool)  # train's split, by id hash
+    dev_rows, held_rows = labelled[~held_out], labelled[held_out]
+    if not models or len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
+        return serving  # a router sees one lineup's traffic; too few labels train or check nothing
+    held = [sim.records[j] for j in held_rows]
+    fitted = fit_head([sim.records[j] for j in dev_rows], x[dev_rows], [target], seed=seed, priors=priors)
+    candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=models)
+    x_held = x[held_rows]
     mine, theirs = measure(candidate, held, x_held, target), measure(serving, held, x_held, target)
     ok, why = verdict(mine, theirs, target)
     sim.promotions.append({"at_query": int(labelled[-1]) + 1, "labels": len(labelled), "promoted": ok, "why": why})
