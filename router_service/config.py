@@ -115,6 +115,12 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = doc("host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models), served beside "
+                      "gRPC by the same process (\"\" = off; --http-listen)", "")
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_in_flight: int = doc("Route, Complete and CompleteStream calls served at once; past it a call gets "
                              "RESOURCE_EXHAUSTED at once", 1024)
@@ -138,6 +144,7 @@ class RouterConfig:
                                key="telemetry.record_content")
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
     auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)
+    http: HTTPConfig = doc("the OpenAI-compatible HTTP API", factory=HTTPConfig, nested=HTTPConfig)
 
     def model_for(self, tier: int) -> str:
         return self.tiers[tier].providers[0].model
@@ -178,7 +185,7 @@ def load(path: str | Path) -> RouterConfig:
 def parse(raw: Any) -> RouterConfig:
     top = _mapping(raw, "(top level)")
     _known(top, "", {"strategy", "tiers", "classifier", "judge", "cascade", "shadow", "limits", "expected_output_tokens",
-                     "telemetry", "tls", "auth"})
+                     "telemetry", "tls", "auth", "http"})
     tiers_raw = top.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise ConfigError(f"tiers: required, a list of tiers {CHEAPEST}..{FRONTIER}")
@@ -254,6 +261,7 @@ def parse(raw: Any) -> RouterConfig:
         record_content=_bool(telemetry.get("record_content", RouterConfig.record_content), "telemetry.record_content"),
         tls=TLSConfig(**_section(top, "tls", TLSConfig)),
         auth=auth,
+        http=HTTPConfig(**_section(top, "http", HTTPConfig)),
     )
 
 
