@@ -20,7 +20,11 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tierwise")
+    ap = argparse.ArgumentParser(
+        prog="tierwise", description="Ask a running router for a decision or an answer (route, complete), and "
+        "label, train, check and install the heads it routes with (the rest).",
+        epilog="Guides: docs/api.md (route, complete); docs/training.md (label, train, calibrate, eval, promote, "
+        "costs, simulate); docs/learning.md (learn). The router and the classifier: make run.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
