@@ -32,8 +32,11 @@ ap.add_argument("--classifier", default=os.environ.get("TIERWISE_CLASSIFIER_ADDR
                 help="classifier host:port (env TIERWISE_CLASSIFIER_ADDRESS; default: the config's classifier.address)")
 ap.add_argument("--config", default=os.environ.get("TIERWISE_CONFIG", "tierwise.example.yaml"),
                 help="router YAML config (env TIERWISE_CONFIG)")
+ap.add_argument("--metrics-listen", default=os.environ.get("TIERWISE_ROUTER_METRICS_LISTEN", ""),
+                help="host:port to serve Prometheus metrics on, at /metrics (env TIERWISE_ROUTER_METRICS_LISTEN; "
+                     "default: none)")
 ap.add_argument("--metrics-port", type=int, default=os.environ.get("TIERWISE_ROUTER_METRICS_PORT"),
-                help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (env TIERWISE_ROUTER_METRICS_PORT)")
+                help="same as --metrics-listen 127.0.0.1:PORT (env TIERWISE_ROUTER_METRICS_PORT)")
 ap.add_argument("--health-listen", default=os.environ.get("TIERWISE_ROUTER_HEALTH_LISTEN", ""),
                 help="host:port of a plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
                      "(env TIERWISE_ROUTER_HEALTH_LISTEN)")
@@ -41,6 +44,10 @@ for flag, env, key, what in FILE_SETTINGS:
     ap.add_argument(flag, dest=key, default=os.environ.get(env) or None,
                     help=f"{what} (env {env}; default: the config's {key})")
 args = ap.parse_args()
+if args.metrics_port is not None:
+    if args.metrics_listen:
+        ap.error("give --metrics-listen or --metrics-port, not both")
+    args.metrics_listen = f"127.0.0.1:{args.metrics_port}"
 configure_logging()
 try:
     cfg = with_settings(load(args.config), {key: getattr(args, key) for _, _, key, _ in FILE_SETTINGS})
@@ -50,5 +57,5 @@ try:
 except (ConfigError, ValueError) as err:
     print(f"tierwise-router: invalid config: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
-sys.exit(asyncio.run(serve(cfg, args.listen, args.classifier or cfg.classifier.address, args.metrics_port,
+sys.exit(asyncio.run(serve(cfg, args.listen, args.classifier or cfg.classifier.address, args.metrics_listen,
                            tls=tls, classifier_tls=classifier_tls, health_listen=args.health_listen)))

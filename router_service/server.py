@@ -12,7 +12,7 @@ from opentelemetry import trace
 
 from tierwise import serving
 from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check_text, rpc_span, shown
-from tierwise.telemetry import setup_tracing
+from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
@@ -28,7 +28,7 @@ from .head_choice import LineupHead
 from .providers import Attempt, Outcome, StreamInterrupted
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
-from .telemetry import RouterMetrics, attempt_span, setup_metrics
+from .telemetry import RouterMetrics, attempt_span
 from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
@@ -261,13 +261,13 @@ def _deadline(context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_port: int | None = None,
+async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics_listen: str = "",
                 version: str = "0.1.0", *, tls: ServerTLS | None = None, classifier_tls: ClientTLS | None = None,
                 health_listen: str = "") -> int:
     provider = setup_tracing("tierwise-router", version)
-    meter_provider = setup_metrics("tierwise-router", metrics_port)
-    metrics = RouterMetrics()
     try:
+        meter_provider = setup_metrics("tierwise-router", version, metrics_listen)
+        metrics = RouterMetrics()
         guard = front_door(cfg.auth, SERVICE, metrics)
         classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms, classifier_tls)
     except (OSError, ValueError) as err:  # ssl.SSLError is an OSError; KeysFileError a ValueError

@@ -1,35 +1,15 @@
-"""Router metrics (OpenTelemetry; exported over OTLP and, optionally, to Prometheus) and span helpers."""
+"""Router metrics (OpenTelemetry; exported over OTLP and, optionally, to Prometheus: tierwise.telemetry.setup_metrics)
+and span helpers."""
 from __future__ import annotations
 
-import os
 import time
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 
 from .breaker import BreakerState
 from .providers import Attempt
 
 BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-def setup_metrics(service_name: str, prometheus_port: int | None) -> MeterProvider | None:
-    readers: list[MetricReader] = []
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    if prometheus_port is not None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
-        start_http_server(prometheus_port, addr="127.0.0.1")
-        readers.append(PrometheusMetricReader())
-    if not readers:
-        return None
-    provider = MeterProvider(resource=Resource.create({"service.name": service_name}), metric_readers=readers)
-    metrics.set_meter_provider(provider)
-    return provider
 
 
 class RouterMetrics:

@@ -1,4 +1,5 @@
-"""Observability shared by the services: JSON logs, OpenTelemetry tracing over OTLP, gRPC context."""
+"""Observability shared by the services: JSON logs, OpenTelemetry tracing and metrics over OTLP, the Prometheus
+endpoint, gRPC context."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,9 @@ import os
 import sys
 import time
 
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -44,12 +47,48 @@ def setup_tracing(service_name: str, version: str) -> TracerProvider | None:
         return None
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
-                                "service.version": version})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=_resource(service_name, version))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def setup_metrics(service_name: str, version: str, listen: str = "") -> MeterProvider | None:
+    """Metrics over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics variant) is set, and in the
+    Prometheus text format on http://`listen`/metrics ("host:port"; port 0 picks a free one, printed) when it is
+    given. None when neither: the no-op meter stays. ValueError naming `listen` when it is malformed or taken."""
+    readers: list[MetricReader] = []
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if listen:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+        host, port = split_listen(listen)
+        try:
+            server, _ = start_http_server(port, addr=host)
+        except OSError as err:
+            raise ValueError(f"cannot serve metrics on {listen}: {err.strerror or err}") from None
+        print(f"{service_name} metrics on http://{listen.rsplit(':', 1)[0]}:{server.server_port}/metrics", flush=True)
+        readers.append(PrometheusMetricReader())
+    if not readers:
+        return None
+    provider = MeterProvider(resource=_resource(service_name, version), metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+def _resource(service_name: str, version: str) -> Resource:
+    return Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
+                            "service.version": version})
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6]:port"; ValueError saying what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, [::]:9464)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def context_from_grpc(context) -> object:
