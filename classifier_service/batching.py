@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def buckets(lengths: list[int], max_pad_ratio: float, max_size: int) -> list[lis
 
 
 class MicroBatcher:
-    def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25):
+    def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25,
+                 on_batch: Callable[[int], object] | None = None):
         self.encoder = encoder
         self.workers = workers
         self.max_batch = max_batch
@@ -57,6 +59,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
         self._queue: list[_Pending] = []
         self._idle = workers
+        self._on_batch = on_batch  # told each encoder run's size, for metrics
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
         loop = asyncio.get_running_loop()
@@ -77,6 +80,8 @@ class MicroBatcher:
             if not take:
                 continue
             self._idle -= 1
+            if self._on_batch is not None:
+                self._on_batch(len(take))
             task = asyncio.get_running_loop().run_in_executor(self._executor, self._run, [p.text for p in take])
             task.add_done_callback(lambda fut, take=take: self._finish(take, fut))
 
@@ -100,6 +105,11 @@ class MicroBatcher:
             else:
                 p.future.set_result(fut.result()[i])
         self._dispatch()
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a worker (a call cancelled meanwhile counts until a worker skips it)."""
+        return len(self._queue)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ class Config:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     health_listen: str = ""
+    metrics_listen: str = ""
 
     @property
     def tls(self) -> ServerTLS | None:
@@ -64,6 +66,8 @@ HELP = {
     "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mTLS)",
     "health_listen": "host:port of a plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
                      "(unset: none)",
+    "metrics_listen": "host:port to serve Prometheus metrics on, at /metrics (unset: none; OTLP export needs only "
+                      "OTEL_EXPORTER_OTLP_ENDPOINT)",
 }
 
 
@@ -91,4 +95,9 @@ def parse(argv: list[str] | None = None) -> Config:
         ServerTLS.from_settings(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     except ValueError as err:
         ap.error(str(err))
+    if cfg.metrics_listen:
+        try:
+            split_listen(cfg.metrics_listen)
+        except ValueError as err:
+            ap.error(f"--metrics-listen: {err}")
     return cfg

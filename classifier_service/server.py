@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from tierwise import serving
 from tierwise.serving import InFlight, Rejected, check_text, rpc_span, shown
-from tierwise.telemetry import setup_tracing
+from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
@@ -21,6 +21,7 @@ from .cache import DecisionCache
 from .config import Config
 from .encoder import Encoder
 from .heads import HeadRegistry, TierHead
+from .metrics import ClassifierMetrics
 from .reloading import HeadReloader, signature
 
 log = logging.getLogger("tierwise.classifier")
@@ -38,6 +39,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         self.cache: DecisionCache[tuple] = DecisionCache(cfg.cache_size)
         self.admission = InFlight(cfg.max_inflight, "texts", log)
         self.tracer = trace.get_tracer("tierwise.classifier")
+        self.metrics = ClassifierMetrics(queued=lambda: self.batcher.queued if self.batcher else 0,
+                                         in_flight=lambda: self.admission.count,
+                                         cache=lambda: (self.cache.hits, self.cache.misses))
 
     def load(self) -> None:
         """Load the encoder and run it a few times so the first real call is not the slow one."""
@@ -50,12 +54,14 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             for t in tokens:
                 encoder.embed_tokens([t])
         self.encoder = encoder
-        self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch)
+        self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch,
+                                    on_batch=self.metrics.batch_size.record)
 
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        async with rpc_span(self.tracer, SERVICE, "Classify", context, log) as span:
+        async with (self.metrics.call("Classify", context),
+                    rpc_span(self.tracer, SERVICE, "Classify", context, log) as span):
             head = self._head(request.head)
             check_text(request.text, "text", self.cfg.max_text_bytes)
             result = (await self._classify([request.text], head, span, _tradeoff(request)))[0]
@@ -66,7 +72,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             return result
 
     async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
-        async with rpc_span(self.tracer, SERVICE, "ClassifyBatch", context, log) as span:
+        async with (self.metrics.call("ClassifyBatch", context),
+                    rpc_span(self.tracer, SERVICE, "ClassifyBatch", context, log) as span):
             head = self._head(request.head)
             texts = list(request.texts)
             if not texts:
@@ -83,7 +90,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             return pb.ClassifyBatchResponse(results=results)
 
     async def ListHeads(self, request: pb.ListHeadsRequest, context) -> pb.ListHeadsResponse:
-        async with rpc_span(self.tracer, SERVICE, "ListHeads", context, log):
+        async with (self.metrics.call("ListHeads", context),
+                    rpc_span(self.tracer, SERVICE, "ListHeads", context, log)):
             encoder = self._ready_encoder()
             return pb.ListHeadsResponse(
                 heads=[pb.HeadInfo(name=h.name, version=h.version, is_default=h.name == self.heads.default,
@@ -127,6 +135,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
         tiers = head.decide(np.array([c[0] for c in cached]), tradeoff, np.array([c[4] for c in cached]))
+        self.metrics.decided(head.name, tiers)
         miss_set = set(misses)
         return [
             pb.ClassifyResponse(tier=int(tier), probabilities=probs, head=head.name, head_version=head.version,
@@ -163,6 +172,11 @@ def _tradeoff(request) -> float | None:
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:
     provider = setup_tracing("tierwise-classifier", version)
+    try:
+        meter_provider = setup_metrics("tierwise-classifier", version, cfg.metrics_listen)
+    except ValueError as err:
+        print(f"tierwise-classifier: {err}", flush=True)
+        return 2
     loaded = signature(cfg.heads_dir)
     servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
     server = grpc.aio.server(options=serving.server_options(
@@ -187,8 +201,9 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         for task in tasks:
             task.cancel()
         servicer.batcher.close()
-        if provider is not None:
-            provider.shutdown()
+        for each in (provider, meter_provider):
+            if each is not None:
+                each.shutdown()
 
     return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close, tls=cfg.tls,
                              health_listen=cfg.health_listen)
