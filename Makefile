@@ -17,7 +17,7 @@ help:
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make fuzz    set up, send 10,000 bad requests to both services, fail on UNKNOWN/INTERNAL or a dead server"
-	@echo "make protos  regenerate the gRPC stubs from protos/"
+	@echo "make protos  regenerate the Python gRPC stubs from protos/ (tierwise/v1, clients/python)"
 	@echo "make train   retrain the default head and one head per tier lineup from ../shared/data/routing"
 	@echo "make tools   install helm, kubernetes-validate and checkov into .tools/ (deploy/tools.sh)"
 	@echo "make images  build the container images (needs Docker with BuildKit)"
@@ -25,10 +25,10 @@ help:
 
 setup: $(VENV)/.stamp $(ENCODER)/manifest.json
 
-$(VENV)/.stamp: requirements.txt pyproject.toml
+$(VENV)/.stamp: requirements.txt pyproject.toml clients/python/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e ./clients/python -e .
 	touch $@
 
 $(XVENV)/.stamp: requirements-export.txt

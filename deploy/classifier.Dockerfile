@@ -76,6 +76,8 @@ COPY deploy/healthcheck.py /app/deploy/healthcheck.py
 # The offline tools (`python -m tierwise_tools.cli learn`, the chart's learning CronJob and deploy/compose.learn.yaml)
 # run from this image: it already holds the encoder, the shipped heads and the requirements they need.
 COPY tierwise_tools/ /app/tierwise_tools/
+# The CLI imports the Python client (`tierwise route`), a distribution of its own in clients/python.
+COPY clients/python/tierwise_client/ /app/tierwise_client/
 COPY router_service/ /app/router_service/
 COPY deploy/seed-heads.sh /app/deploy/seed-heads.sh
 # Mount points of the learning loop's volumes, owned by the user the containers run as: a new Docker volume takes

@@ -1,4 +1,5 @@
-"""The Python client package and the `tierwise route` / `tierwise complete` commands against real servers."""
+"""The Python client (tierwise_client) and the `tierwise route` / `tierwise complete` commands against real servers:
+TLS with a client certificate, and the caller's trace context at a real OTLP receiver."""
 from __future__ import annotations
 
 import asyncio
@@ -9,15 +10,28 @@ import sys
 import grpc
 import pytest
 
-from tierwise.client import AsyncRouterClient, ClientOptions, RouterClient
+from tierwise_client import AsyncRouterClient, ClientOptions, RouterClient
 
+from .certs import authority, issue, write_ca
+from .otlp_receiver import OtlpReceiver
 from .provider_double import Fault, unused_port
-from .servers import router_stack
+from .servers import router_config, router_stack, running_router
+
+TRACE_ID = "7af92f3577b34da6a3ce929d0e0e4739"
+PARENT_SPAN_ID = "10f067aa0ba902b8"
+UNUSED_CLASSIFIER = "127.0.0.1:1"   # the heuristic strategy never calls it
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with router_stack(tmp_path_factory.mktemp("client"), "heuristic") as (double, _, router):
+def receiver():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, receiver):
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    with router_stack(tmp_path_factory.mktemp("client"), "heuristic", env) as (double, _, router):
         yield double, router
 
 
@@ -74,3 +88,37 @@ def test_cli_route_and_complete(stack):
     assert out.stdout.strip() == "answer from t1-a: 2 words" and "[tier 1 t1-a/t1-a" in out.stderr
     bad = subprocess.run([*cli, "route", "   ", "--address", router.address], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "INVALID_ARGUMENT: query:" in bad.stderr
+
+
+def test_traceparent_makes_the_routers_span_a_child_of_the_callers(stack, receiver):
+    _, router = stack
+    with RouterClient(router.address) as tw:
+        tw.route("hi", traceparent=f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+
+    def ours(resource, span):
+        return span.trace_id.hex() == TRACE_ID and span.name == "tierwise.v1.RouterService/Route"
+
+    assert receiver.wait_for_spans(ours), "the router's Route span did not join the caller's trace"
+    [span] = [s for r, s in receiver.spans() if ours(r, s)]
+    assert span.parent_span_id.hex() == PARENT_SPAN_ID
+
+
+def test_client_certificate_for_a_router_requiring_mtls(tmp_path):
+    server_ca, client_ca = authority("router CA"), authority("clients CA")
+    cert, key = issue(server_ca, "router").write(tmp_path, "router")
+    mine = issue(client_ca, "caller", client=True)
+    stranger = issue(authority("another CA"), "caller", client=True)
+    roots = write_ca(server_ca, tmp_path / "ca.crt").read_bytes()
+    with running_router(router_config("http://127.0.0.1:9", strategy="heuristic"), UNUSED_CLASSIFIER, tmp_path,
+                        "--tls-cert", str(cert), "--tls-key", str(key),
+                        "--tls-client-ca", str(write_ca(client_ca, tmp_path / "clients.crt"))) as router:
+        options = ClientOptions(timeout_s=10, retries=0, tls=True, root_certificates=roots,
+                                certificate_chain=mine.cert_pem, private_key=mine.key_pem)
+        with RouterClient(router.address, options) as tw:
+            assert tw.route("hi").strategy == "heuristic"
+        for chain, pem_key in ((None, None), (stranger.cert_pem, stranger.key_pem)):
+            refused = ClientOptions(timeout_s=10, retries=0, tls=True, root_certificates=roots,
+                                    certificate_chain=chain, private_key=pem_key)
+            with RouterClient(router.address, refused) as tw, pytest.raises(grpc.RpcError) as err:
+                tw.route("hi")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE

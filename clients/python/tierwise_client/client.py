@@ -1,0 +1,240 @@
+"""The Tierwise router client, blocking and asyncio, over the stubs in tierwise_client.v1.
+
+Deadlines on every call; `UNAVAILABLE` (a restarting router, a dropped connection) is retried with exponential
+backoff before anything was streamed; TLS (with a client certificate for mTLS) and an API key (sent as
+`authorization: Bearer <key>` metadata) when configured; a W3C `traceparent` per call joins the caller's trace.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import grpc
+import grpc.aio
+
+from tierwise_client.v1 import router_pb2 as pb
+from tierwise_client.v1 import router_pb2_grpc
+
+T = TypeVar("T")
+Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 0.2
+    api_key: str | None = None
+    # PEM root certificates for TLS; None with tls=True uses the system roots.
+    tls: bool = False
+    root_certificates: bytes | None = None
+    # PEM client certificate chain and its private key, for a router that requires mTLS (tls.client_ca).
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    # Sent with every call, after the API key: (lowercase name, value) pairs.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("certificate_chain and private_key: give both or neither")
+        if self.certificate_chain is not None and not self.tls:
+            raise ValueError("certificate_chain: a client certificate needs tls=True")
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("timeout_s must be positive; retries and backoff_s not negative")
+
+
+def _messages(messages: Messages) -> list[pb.Message]:
+    if isinstance(messages, str):
+        return [pb.Message(role="user", content=messages)]
+    return [m if isinstance(m, pb.Message) else pb.Message(role=m[0], content=m[1]) for m in messages]
+
+
+def _request(messages: Messages, strategy: str, max_tokens: int, temperature: float | None,
+             head: str) -> pb.CompleteRequest:
+    request = pb.CompleteRequest(messages=_messages(messages), strategy=strategy, max_tokens=max_tokens, head=head)
+    if temperature is not None:
+        request.temperature = temperature
+    return request
+
+
+def _credentials(options: ClientOptions) -> grpc.ChannelCredentials | None:
+    if not options.tls:
+        return None
+    return grpc.ssl_channel_credentials(options.root_certificates, options.private_key, options.certificate_chain)
+
+
+def _metadata(options: ClientOptions, traceparent: str | None, tracestate: str | None) -> tuple[tuple[str, str], ...]:
+    pairs = (("authorization", f"Bearer {options.api_key}"),) if options.api_key else ()
+    if traceparent is not None:
+        if not _TRACEPARENT.fullmatch(traceparent):
+            raise ValueError(f"traceparent: not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>): {traceparent!r}")
+        pairs += (("traceparent", traceparent),) + ((("tracestate", tracestate),) if tracestate else ())
+    return pairs + options.metadata
+
+
+def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline: float,
+             streamed: bool = False) -> float | None:
+    """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, and never once
+    text was streamed (the caller would see the answer twice)."""
+    left = deadline - time.monotonic()
+    if streamed or err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= options.retries or left <= 0:
+        return None
+    return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
+
+
+class _ClientBase:
+    """What both clients share: options, the channel, and reading stream events."""
+
+    def __init__(self, address: str, options: ClientOptions | None, grpc_module):
+        self.options = options or ClientOptions()
+        # Totals of the last stream, once its summary event arrived.
+        self.last_summary: pb.CompleteResponse | None = None
+        creds = _credentials(self.options)
+        self._channel = (grpc_module.secure_channel(address, creds) if creds
+                         else grpc_module.insecure_channel(address))
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+
+    def _piece(self, event: pb.CompleteStreamResponse) -> str | None:
+        """The text of a delta event; records the summary event; None for anything but a delta."""
+        kind = event.WhichOneof("event")
+        if kind == "summary":
+            self.last_summary = event.summary
+        return event.delta if kind == "delta" else None
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return time.monotonic() + (timeout_s or self.options.timeout_s)
+
+
+class RouterClient(_ClientBase):
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None):
+        super().__init__(address, options, grpc)
+
+    def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None, *,
+              traceparent: str | None = None, tracestate: str | None = None) -> pb.RouteResponse:
+        """The router's decision for `query` (`.tier`, `.model`, `.strategy`, `.estimated_cost_usd`, ...)."""
+        return self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head), timeout_s,
+                           _metadata(self.options, traceparent, tracestate))
+
+    def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                 temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
+                 traceparent: str | None = None, tracestate: str | None = None) -> pb.CompleteResponse:
+        return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head), timeout_s,
+                           _metadata(self.options, traceparent, tracestate))
+
+    def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0, temperature: float | None = None,
+               head: str = "", timeout_s: float | None = None, *, traceparent: str | None = None,
+               tracestate: str | None = None) -> Iterator[str]:
+        """Text pieces as they arrive; `last_summary` holds the totals once the stream ended."""
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        metadata = _metadata(self.options, traceparent, tracestate)
+
+        def pieces(timeout: float) -> Iterator[str]:
+            for event in self._stub.CompleteStream(request, timeout=timeout, metadata=metadata):
+                piece = self._piece(event)
+                if piece is not None:
+                    yield piece
+        yield from self._retrying(pieces, timeout_s)
+
+    def _unary(self, method: Callable[..., T], request, timeout_s: float | None, metadata) -> T:
+        [response] = self._retrying(lambda t: (method(request, timeout=t, metadata=metadata),), timeout_s)
+        return response
+
+    def _retrying(self, call: Callable[[float], Iterable[T]], timeout_s: float | None) -> Iterator[T]:
+        """What `call(timeout)` yields; called again after UNAVAILABLE, with backoff, while it has yielded nothing."""
+        deadline = self._deadline(timeout_s)
+        for attempt in range(self.options.retries + 1):
+            yielded = False
+            try:
+                for item in call(_left(deadline)):
+                    yielded = True
+                    yield item
+                return
+            except grpc.RpcError as err:
+                wait = _backoff(err, attempt, self.options, deadline, streamed=yielded)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RouterClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRouterClient(_ClientBase):
+    """asyncio client with the same API (`await route(...)`, `async for piece in stream(...)`). Create it inside
+    the event loop that uses it."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None):
+        super().__init__(address, options, grpc.aio)
+
+    async def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None, *,
+                    traceparent: str | None = None, tracestate: str | None = None) -> pb.RouteResponse:
+        return await self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head),
+                                 timeout_s, _metadata(self.options, traceparent, tracestate))
+
+    async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                       temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
+                       traceparent: str | None = None, tracestate: str | None = None) -> pb.CompleteResponse:
+        return await self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head),
+                                 timeout_s, _metadata(self.options, traceparent, tracestate))
+
+    async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
+                     temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
+                     traceparent: str | None = None, tracestate: str | None = None) -> AsyncIterator[str]:
+        request = _request(messages, strategy, max_tokens, temperature, head)
+        metadata = _metadata(self.options, traceparent, tracestate)
+
+        async def pieces(timeout: float) -> AsyncIterator[str]:
+            async for event in self._stub.CompleteStream(request, timeout=timeout, metadata=metadata):
+                piece = self._piece(event)
+                if piece is not None:
+                    yield piece
+        async for piece in self._retrying(pieces, timeout_s):
+            yield piece
+
+    async def _unary(self, method: Callable[..., Awaitable[T]], request, timeout_s: float | None, metadata) -> T:
+        async def once(timeout: float) -> AsyncIterator[T]:
+            yield await method(request, timeout=timeout, metadata=metadata)
+        [response] = [r async for r in self._retrying(once, timeout_s)]
+        return response
+
+    async def _retrying(self, call: Callable[[float], AsyncIterable[T]], timeout_s: float | None) -> AsyncIterator[T]:
+        """What `call(timeout)` yields; called again after UNAVAILABLE, with backoff, while it has yielded nothing."""
+        deadline = self._deadline(timeout_s)
+        for attempt in range(self.options.retries + 1):
+            yielded = False
+            try:
+                async for item in call(_left(deadline)):
+                    yielded = True
+                    yield item
+                return
+            except grpc.aio.AioRpcError as err:
+                wait = _backoff(err, attempt, self.options, deadline, streamed=yielded)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncRouterClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
