@@ -7,12 +7,15 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 import grpc
 import pytest
+from packaging.requirements import Requirement
 
+import tierwise_client
 from tierwise_client import AsyncRouterClient, ClientOptions
 
 from .provider_double import Fault, unused_port
@@ -73,6 +76,24 @@ print(json.dumps({{"tier": r.tier, "model": r.model, "strategy": r.strategy, "de
     assert reply["tier"] in (1, 2, 3) and reply["model"] and reply["strategy"] == "embedding"
     assert not reply["degraded"] and len(reply["probabilities"]) == 3
     assert str(fresh_venv.parent.parent) in reply["file"], "imported from the venv, not the checkout"
+
+
+def test_the_declared_ranges_hold_the_pinned_versions():
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {name.lower(): version.split()[0] for name, version in pins.items()}
+    client = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [r for group in server.get("optional-dependencies", {}).values() for r in group]
+    for spec in [*client, *server["dependencies"], *extras]:
+        requirement = Requirement(spec)
+        name = requirement.name.lower()
+        if name == "tierwise-client":
+            assert requirement.specifier.contains(tierwise_client.__version__), spec
+            continue
+        assert name in pins, f"{spec}: not pinned in requirements.txt"
+        assert requirement.specifier.contains(pins[name]), f"{spec} excludes the pinned {pins[name]}"
+    assert {Requirement(s).name for s in client} == {"grpcio", "protobuf"}
 
 
 # ------------------------------------------------------------------------------------------- the asyncio client
