@@ -77,16 +77,17 @@ def main() -> int:
     # The server reads the same TIERWISE_CLASSIFIER_* variables, so this is the configuration it runs with.
     cfg = parse_server_config(["--listen", "127.0.0.1:0"])
     sets = queries.build(sizes, cfg.max_text_bytes)
-    tokens, floor = local.measure(cfg, sets)
+    print("bench: encoder in-process (single queries, then batched: one thread, two threads) ...", file=sys.stderr)
+    in_process = local.measure(cfg, sets, sizes.ceiling_seconds)
     result: dict = {"mode": "quick" if args.quick else "full",
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "machine": machine(), "sizes": dataclasses.asdict(sizes),
-                    "queries": {"source": sets.source, "tokens": tokens}, "encoder_alone": floor}
+                    "queries": {"source": sets.source, "tokens": in_process.pop("tokens")}, "in_process": in_process}
     result["tierwise"] = run_tierwise(cfg, sets, sizes, args.out / "server.log")
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-") as tmp:
         result["seed"] = run_seed(args.seed_python, sets, Path(tmp))
     result["machine"]["loadavg_end"] = os.getloadavg()
-    result["targets"] = report.targets(result["tierwise"], result["seed"])
+    result["targets"] = report.targets(result["tierwise"], result["seed"], result["in_process"])
 
     report.publish(args.out, "bench.json", "REPORT.md", result, report.render(result))
     return 0

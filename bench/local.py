@@ -1,12 +1,16 @@
-"""In-process measurements with the service's own encoder: token lengths, and the encoder's compute floor.
+"""In-process measurements with the service's own encoder: token lengths, and the encoder's ceiling.
 
-The floor (tokenise + one ONNX run per text, no gRPC, no server) tells how much of a gRPC latency is the
-model itself on this machine.
+The ceiling is what the model alone reaches on this machine, with no gRPC and no server: one query at a
+time (tokenise + one ONNX run), and batched the way a busy server's worker runs what queued (taken
+`micro_batch` at a time, length-bucketed: classifier_service.batching.embed_bucketed). Every gRPC figure
+is reported as a ratio to it, measured in the same run.
 """
 from __future__ import annotations
 
+import threading
 import time
 
+from classifier_service.batching import MicroBatcher, embed_bucketed
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
 
@@ -15,6 +19,8 @@ from .stats import distribution, latency_summary
 
 TOKEN_SETS = ("short", "mixed", "load_short", "load_mixed")
 FLOOR_SETS = ("short", "mixed")
+CEILING_SETS = ("load_short", "load_mixed")  # the texts the gRPC load runs send
+CORES = 2  # the issue's two-core ceiling: twice what one core reaches
 
 
 def token_lengths(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
@@ -42,7 +48,58 @@ def encoder_floor(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
     return out
 
 
-def measure(cfg: Config, sets: QuerySets) -> tuple[dict, dict]:
-    """(token-length distributions, encoder floor latencies), with the server's precision and threads."""
+def _batched(encoder: Encoder, texts: list[str], batch: int, pad: float, deadline: float) -> tuple[int, float]:
+    """(texts embedded, CPU seconds of this thread): `batch` at a time until done or past `deadline`."""
+    done, cpu = 0, time.thread_time()
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        embed_bucketed(encoder, chunk, pad, batch)
+        done += len(chunk)
+        if time.perf_counter() >= deadline:
+            break
+    return done, time.thread_time() - cpu
+
+
+def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, threads: int, max_seconds: float) -> dict:
+    """Queries/s of `threads` threads sharing one session, each taking its own share of `texts`."""
+    shares = [texts[i::threads] for i in range(threads)]
+    results: list[tuple[int, float]] = [(0, 0.0)] * threads
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    def work(i: int) -> None:
+        results[i] = _batched(encoder, shares[i], batch, pad, deadline)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    done, cpu = sum(r[0] for r in results), sum(r[1] for r in results)
+    return {"threads": threads, "n": done, "seconds": elapsed, "qps": done / elapsed, "cpu_s": cpu,
+            "qps_per_cpu_s": done / cpu if cpu else 0.0}
+
+
+def ceiling(encoder: Encoder, sets: QuerySets, batch: int, max_seconds: float) -> dict[str, dict]:
+    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
+    probe = MicroBatcher(encoder, 1, batch)  # the server's own bucketing ratio
+    pad = probe.max_pad_ratio
+    probe.close()
+    encoder.embed_tokens(encoder.tokenize(sets.warmup))
+    out = {}
+    for name in CEILING_SETS:
+        texts = getattr(sets, name)
+        one = batched_rate(encoder, texts, batch, pad, 1, max_seconds)
+        two = batched_rate(encoder, texts, batch, pad, CORES, max_seconds)
+        out[name] = {"batch": batch, "max_pad_ratio": pad, "one_thread": one, "two_threads": two,
+                     "ceiling_qps": CORES * one["qps"]}
+    return out
+
+
+def measure(cfg: Config, sets: QuerySets, ceiling_seconds: float) -> dict:
+    """Token-length distributions, single-query latencies and the batched ceiling, with the server's precision,
+    ORT threads and micro-batch size."""
     encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
-    return token_lengths(encoder, sets), encoder_floor(encoder, sets)
+    return {"tokens": token_lengths(encoder, sets), "single": encoder_floor(encoder, sets),
+            "batched": ceiling(encoder, sets, cfg.micro_batch, ceiling_seconds)}

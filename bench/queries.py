@@ -27,10 +27,13 @@ class Sizes:
     load_mixed: int
     load_seconds: float  # time cap of each concurrent run
     warmup: int  # unmeasured calls before each sequential run
+    ceiling_seconds: float  # time cap of each in-process batched run (one thread, then two)
 
 
-FULL = Sizes(short=300, mixed=200, cache_repeats=200, load_short=12_000, load_mixed=4_000, load_seconds=15.0, warmup=20)
-QUICK = Sizes(short=40, mixed=30, cache_repeats=30, load_short=600, load_mixed=300, load_seconds=3.0, warmup=5)
+FULL = Sizes(short=300, mixed=200, cache_repeats=200, load_short=12_000, load_mixed=4_000, load_seconds=15.0, warmup=20,
+             ceiling_seconds=8.0)
+QUICK = Sizes(short=40, mixed=30, cache_repeats=30, load_short=600, load_mixed=300, load_seconds=3.0, warmup=5,
+              ceiling_seconds=2.0)
 
 
 @dataclass(frozen=True)

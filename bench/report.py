@@ -4,28 +4,53 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SHORT_P50_MS = 2.0
+ADDED_P50_MS = 0.6  # gRPC p50 over the encoder's own in-process p50
 SPEEDUP = 4.0
-QPS = 800.0
+CEILING_SHARE = 0.85  # unique q/s with 32 callers over the two-core in-process ceiling
 RSS_MB = 250.0
 CONTENTION_SHARE = 0.10
 SETS = (("short", "short"), ("mixed", "mixed-length"))  # result key, label
 
 
-def targets(tw: dict, seed: dict) -> list[dict]:
-    rows = [(f"short-query p50 over gRPC <= {SHORT_P50_MS:g} ms", f"{tw['short']['p50_ms']:.2f} ms",
-             tw["short"]["p50_ms"] <= SHORT_P50_MS)]
+def targets(tw: dict, seed: dict, local: dict) -> list[dict]:
+    rows = []
+    for name, label in SETS:
+        grpc_p50, own_p50 = tw[name]["p50_ms"], local["single"][name]["p50_ms"]
+        rows.append((f"Classify over gRPC p50 <= in-process p50 + {ADDED_P50_MS:g} ms, {label}",
+                     f"{grpc_p50:.2f} vs {own_p50:.2f} ms (+{grpc_p50 - own_p50:.2f} ms)",
+                     grpc_p50 <= own_p50 + ADDED_P50_MS))
     for name, label in SETS:
         speedup = seed[name]["p50_ms"] / tw[name]["p50_ms"]
-        rows.append((f">= {SPEEDUP:g}x faster than the seed, {label} p50 (seed in-process / Tierwise gRPC)",
-                     f"{speedup:.2f}x", speedup >= SPEEDUP))
-    for name, label in SETS:
-        run = tw[f"load_{name}"]
-        rows.append((f">= {QPS:g} unique queries/s with {run['clients']} concurrent clients, {label} queries",
-                     f"{run['qps']:.0f} q/s", run["qps"] >= QPS))
+        rows.append((f">= {SPEEDUP:g}x faster than the seed in-process at its best ({seed['torch_threads']} torch "
+                     f"threads), {label} p50", f"{speedup:.2f}x", speedup >= SPEEDUP))
+    # The issue sets this on the real query mix; the short set's ratio is in the ceiling table.
+    run, ceiling = tw["load_mixed"], local["batched"]["load_mixed"]["ceiling_qps"]
+    share = run["qps"] / ceiling
+    rows.append((f"unique q/s over gRPC with {run['clients']} callers >= {CEILING_SHARE:.0%} of the two-core "
+                 "in-process ceiling, mixed-length", f"{run['qps']:.0f} / {ceiling:.0f} q/s = {share:.0%}",
+                 share >= CEILING_SHARE))
     peak = tw["memory_after_load"]["vmhwm_mb"]
     rows.append((f"server RSS <= {RSS_MB:g} MB (peak VmHWM after load)", f"{peak:.0f} MiB", peak <= RSS_MB))
     return [{"target": t, "measured": m, "pass": bool(ok)} for t, m, ok in rows]
+
+
+def _ceiling_rows(tw: dict, local: dict) -> list[list[str]]:
+    """Every gRPC figure beside what the encoder does in-process in the same run."""
+    rows = []
+    for name, label in SETS:
+        for stat in ("p50_ms", "p99_ms"):
+            ours, own = tw[name][stat], local["single"][name][stat]
+            rows.append([f"{label} single-query {stat[:3]} (ms)", f"{own:.2f}", f"{ours:.2f}",
+                         f"+{ours - own:.2f} ms", f"{ours / own:.2f}"])
+    for name, label in SETS:
+        run, batched = tw[f"load_{name}"], local["batched"][f"load_{name}"]
+        one, two = batched["one_thread"], batched["two_threads"]
+        rows.append([f"{label} unique q/s: in-process one thread, batches of {batched['batch']} (n={one['n']}) "
+                     f"x 2 = ceiling", f"{batched['ceiling_qps']:.0f}", f"{run['qps']:.0f}",
+                     f"{run['qps'] - batched['ceiling_qps']:+.0f} q/s", f"{run['qps'] / batched['ceiling_qps']:.2f}"])
+        rows.append([f"{label} unique q/s: in-process two threads at once (n={two['n']})", f"{two['qps']:.0f}",
+                     f"{run['qps']:.0f}", f"{run['qps'] - two['qps']:+.0f} q/s", f"{run['qps'] / two['qps']:.2f}"])
+    return rows
 
 
 def publish(out: Path, json_name: str, markdown_name: str, result: dict, markdown: str) -> None:
@@ -49,7 +74,7 @@ def _comparison(tw: dict, seed: dict, floor: dict) -> list[list[str]]:
         for stat in ("p50_ms", "p99_ms"):
             rows.append([f"{label} single-query {stat[:3]} (ms, n={tw[name]['n']})",
                          f"{tw[name][stat]:.2f}", f"{seed[name][stat]:.2f}", _ratio(seed[name][stat], tw[name][stat])])
-        rows.append([f"{label}: Tierwise encoder alone (tokenise + ONNX run in the bench process, no gRPC) p50 (ms)",
+        rows.append([f"{label}: Tierwise encoder in-process (tokenise + ONNX run, no gRPC) p50 (ms)",
                      f"{floor[name]['p50_ms']:.2f}", "—", _ratio(seed[name]["p50_ms"], floor[name]["p50_ms"])])
     rows.append(["cache-hit p50 (ms, same text repeated)", f"{tw['cache_hit']['p50_ms']:.2f}", "— (no cache)", "—"])
     for name, label in SETS:
@@ -63,6 +88,11 @@ def _comparison(tw: dict, seed: dict, floor: dict) -> list[list[str]]:
         rows.append([label, f"{tw['memory_after_load'][key]:.0f}", f"{seed['memory'][key]:.0f}",
                      _ratio(seed["memory"][key], tw["memory_after_load"][key])])
     return rows
+
+
+def _seed_tries(seed: dict) -> list[str]:
+    return [f"{n}: short p50 {r['short']['p50_ms']:.2f} ms, mixed {r['mixed']['p50_ms']:.2f} ms"
+            for n, r in seed.get("by_threads", {}).items()]
 
 
 def _load_notes(tw: dict) -> list[str]:
@@ -113,7 +143,8 @@ def render(result: dict) -> str:
         f"ort-threads {cfg['ort_threads']}, cache {cfg['cache_size']} entries; the client is the bench process on the same "
         "machine (sync stub for sequential calls, grpc.aio with one channel and connection per client for load).",
         f"Seed: one `{seed['python']}` process, SentenceTransformer(device='cpu').encode([text]) + "
-        f"LogisticRegression.predict per query, torch threads {seed['torch_threads']}, max_seq_length "
+        f"LogisticRegression.predict per query, at its best torch thread count ({seed['torch_threads']}; tried "
+        f"{', '.join(_seed_tries(seed))}), max_seq_length "
         f"{seed['max_seq_length']}; torch {seed['versions']['torch']}, sentence-transformers "
         f"{seed['versions']['sentence_transformers']}, scikit-learn {seed['versions']['scikit_learn']}.",
         "",
@@ -133,7 +164,18 @@ def render(result: dict) -> str:
         "Ratio is seed / Tierwise: above 1 favours Tierwise for latency and memory, below 1 favours it for throughput.",
         "",
         *table(["metric", "Tierwise (gRPC)", "seed (in-process)", "seed/Tierwise"],
-                _comparison(tw, seed, result["encoder_alone"])),
+                _comparison(tw, seed, result["in_process"]["single"])),
+        "",
+        "## Over gRPC vs the encoder in-process (the ceiling, same run)",
+        "",
+        "In-process: the bench process runs the service's own encoder (same precision, ORT threads and session), "
+        "no gRPC, no server: single queries as the sequential gRPC runs send them, and batched as a busy server's "
+        "worker runs them (taken a micro-batch at a time, tokenised, length-bucketed: `embed_bucketed`), on the "
+        "texts the gRPC load runs send. The two-core ceiling is twice one thread's rate; two threads at once are "
+        "shown too (on a shared machine they get less than two cores).",
+        "",
+        *table(["figure", "in-process", "over gRPC", "gRPC − in-process", "gRPC / in-process"],
+                _ceiling_rows(tw, result["in_process"])),
         "",
         "## Targets",
         "",
