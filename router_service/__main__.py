@@ -55,7 +55,8 @@ try:
     classifier_tls = ClientTLS.from_settings(cfg.classifier.tls_ca, cfg.classifier.tls_cert, cfg.classifier.tls_key,
                                              flag="--classifier-tls-")
 except (ConfigError, ValueError) as err:
-    print(f"tierwise-router: invalid config: {err}", file=sys.stderr, flush=True)
+    for problem in str(err).splitlines():  # a config file's problems, one a line
+        print(f"tierwise-router: invalid config: {problem}", file=sys.stderr, flush=True)
     sys.exit(2)
 sys.exit(asyncio.run(serve(cfg, args.listen, args.classifier or cfg.classifier.address, args.metrics_listen,
                            tls=tls, classifier_tls=classifier_tls, health_listen=args.health_listen)))

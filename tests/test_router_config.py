@@ -1,12 +1,17 @@
-"""Router config validation: every problem is reported with the key that holds it."""
+"""Router config validation: every problem of a file is reported in one run, each with the key that holds it."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import subprocess
+import sys
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from router_service.config import ConfigError, load, parse
+from router_service.config import ConfigError, load, parse, with_settings
 
 from .servers import ROOT
 
@@ -118,3 +123,89 @@ def test_limits_default_to_sane_bounds_and_can_be_raised():
         1024, 256, 256 * 1024, 1024 * 1024)
     raised = parse({**EXAMPLE, "limits": {"max_total_bytes": 8 << 20, "max_message_bytes": 4 << 20}}).limits
     assert (raised.max_total_bytes, raised.max_message_bytes, raised.max_in_flight) == (8 << 20, 4 << 20, 1024)
+
+
+def test_every_problem_of_a_file_is_reported_in_one_run(tmp_path):
+    doc = broken("tiers.0.providers.0.base_url", "api.example.com")
+    doc["tiers"][1]["price_per_mtok"]["output"] = "cheap"
+    doc["cascade"]["gate"] = "vibes"
+    doc["shadow"] = {"labels": "labels.jsonl", "tier": 2}
+    doc["limits"] = {"max_in_flight": 0}
+    path = tmp_path / "five.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    lines = str(err.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == sorted([
+        "tiers[0].providers[0].base_url", "tiers[1].price_per_mtok.output", "cascade.gate", "shadow.tier",
+        "limits.max_in_flight"]), lines
+    assert "shadow.tier: must be 3 when shadow.labels is set" in str(err.value)
+
+    router = subprocess.run([sys.executable, "-m", "router_service", "--config", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert router.returncode == 2 and "Traceback" not in router.stderr, router.stderr
+    printed = [line for line in router.stderr.splitlines() if line.startswith("tierwise-router: invalid config: ")]
+    assert len(printed) == 5 and [p.split(": ", 2)[2] for p in printed] == lines, router.stderr
+
+
+def test_tier_set_problems_and_settings_name_the_key():
+    doc = copy.deepcopy(EXAMPLE)
+    doc["tiers"][2]["tier"] = 1  # tier 1 twice, tier 3 missing: both said
+    message = str(pytest.raises(ConfigError, parse, doc).value)
+    assert message.splitlines() == ["tiers[2].tier: tier 1 is defined twice",
+                                    "tiers: tier(s) [3] missing; define tiers 1, 2 and 3"], message
+    with pytest.raises(ConfigError, match=r"^auth.api_keys_file: expected a string"):
+        with_settings(parse(EXAMPLE), {"auth.api_keys_file": 7})
+    assert with_settings(parse(EXAMPLE), {"tls.cert": "c.pem", "tls.key": None}).tls.cert == "c.pem"
+
+
+def test_a_config_is_frozen():
+    cfg = parse(EXAMPLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tiers[1].providers[0].timeout_s = 1.0  # type: ignore[misc]
+
+
+YAMLISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12) | st.integers(), inner, max_size=4),
+    max_leaves=20)
+
+
+def _nodes(node, path=()):
+    """Every (path, value) in a parsed YAML document."""
+    yield path, node
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _nodes(child, (*path, key))
+
+
+EXAMPLE_PATHS = [path for path, _ in _nodes(EXAMPLE) if path]
+
+
+def _parses_or_names_keys(doc) -> None:
+    try:
+        parse(doc)
+    except ConfigError as err:
+        lines = str(err).splitlines()
+        assert lines and all(": " in line and not line.startswith(": ") for line in lines), lines
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(YAMLISH)
+def test_any_yaml_structure_is_a_config_or_a_config_error(doc):
+    _parses_or_names_keys(doc)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.sampled_from(EXAMPLE_PATHS), YAMLISH, st.booleans())
+def test_any_value_anywhere_in_the_example_is_a_config_or_a_config_error(path, value, extra_key):
+    doc = copy.deepcopy(EXAMPLE)
+    *parents, last = path
+    node = doc
+    for key in parents:
+        node = node[key]
+    if extra_key and isinstance(node, dict):
+        node[f"{last}_typo"] = value
+    else:
+        node[last] = value
+    _parses_or_names_keys(doc)

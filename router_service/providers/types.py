@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import AsyncGenerator, Callable, Sequence
+from typing import Annotated, AsyncGenerator, Callable, Sequence
 
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import Strict
 
-from ..config_doc import doc
+from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Name, Positive, Text, doc, must, schema
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -56,19 +57,33 @@ class Completion:
     tokens: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@schema
+class Price:
+    input: Dollars = doc("USD per million input tokens")
+    output: Dollars = doc("USD per million output tokens")
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1e6
+
+
+Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://")), "must start with http:// or https://")]
+
+
+@schema
 class ProviderConfig:
-    name: str = doc("provider name, shown in attempts, metrics and logs")
-    base_url: str = doc("OpenAI-compatible base URL (http:// or https://)")
-    model: str = doc("model name sent to the provider")
-    api_key_env: str = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
-    timeout_s: float = doc("per-call timeout, capped by the caller's deadline", 30.0)
-    max_retries: int = doc("retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
-    breaker_failures: int = doc("consecutive failures that open the circuit breaker", 5)
-    breaker_cooldown_s: float = doc("seconds an open breaker waits before one half-open probe", 30.0)
-    context_window: int = doc("tokens the model holds, prompt and answer together; a request that cannot fit (every "
-                              "message counted, plus max_tokens) skips this provider, and a tier none of whose "
-                              "providers fits it is skipped upwards (0 = not checked)", 0)
+    name: Name = doc("provider name, shown in attempts, metrics and logs")
+    base_url: Url = doc("OpenAI-compatible base URL (http:// or https://)")
+    model: Name = doc("model name sent to the provider")
+    api_key_env: Text = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
+    timeout_s: Positive = doc("per-call timeout, capped by the caller's deadline", 30.0)
+    max_retries: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 or more")] = doc(
+        "retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
+    breaker_failures: AtLeastOne = doc("consecutive failures that open the circuit breaker", 5)
+    breaker_cooldown_s: AtLeastZero = doc("seconds an open breaker waits before one half-open probe", 30.0)
+    context_window: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (not checked) or a number of tokens")] = doc(
+        "tokens the model holds, prompt and answer together; a request that cannot fit (every message counted, plus "
+        "max_tokens) skips this provider, and a tier none of whose providers fits it is skipped upwards (0 = not "
+        "checked)", 0)
 
     def fits(self, tokens: int) -> bool:
         return not self.context_window or tokens <= self.context_window
