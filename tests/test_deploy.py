@@ -384,7 +384,7 @@ FULL_VALUES = CHART / "ci" / "full-values.yaml"
 LEARN_VALUES = CHART / "ci" / "learn-values.yaml"  # the learning loop on: labels and heads volumes, the CronJob
 MINIMAL_SET = ["serviceAccount.create=false", "networkPolicy.enabled=false", "tests.enabled=false",
                "classifier.pdb.enabled=false", "classifier.autoscaling.enabled=false", "router.pdb.enabled=false",
-               "router.autoscaling.enabled=false", "classifier.replicas=1"]
+               "router.autoscaling.enabled=false", "classifier.replicas=1", "metrics.enabled=false"]
 
 
 @pytest.fixture(scope="session")
@@ -549,7 +549,8 @@ def test_default_render_wires_router_to_the_headless_classifier_service(renders,
     router_pod = one(docs, "Deployment", ROUTER)["spec"]["template"]["metadata"]["labels"]
     selector = service["spec"]["selector"].items()
     assert selector <= classifier_pod.items() and not selector <= router_pod.items()
-    assert {p["name"]: p["containerPort"] for p in container(docs, CLASSIFIER)["ports"]} == {"grpc": 50051}
+    assert {p["name"]: p["containerPort"] for p in container(docs, CLASSIFIER)["ports"]} == {"grpc": 50051,
+                                                                                          "metrics": 9464}
     assert flag(container(docs, CLASSIFIER)["args"], "--listen") == "0.0.0.0:50051"
 
     router_service = one(docs, "Service", ROUTER)
@@ -631,10 +632,11 @@ def test_default_render_autoscaling_and_disruption_budgets(renders):
 
 def test_default_render_admits_only_the_own_namespace_to_the_router(renders):
     _, docs = renders["default"]
-    (rule,) = one(docs, "NetworkPolicy", ROUTER)["spec"]["ingress"]
+    rule, metrics = one(docs, "NetworkPolicy", ROUTER)["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {}}], \
         "without networkPolicy.routerFrom only the pods of the release's own namespace may call the router"
     assert [p["port"] for p in rule["ports"]] == [50052]
+    assert [p["port"] for p in metrics["ports"]] == [9464], "the metrics port has a rule of its own (metrics.from)"
 
 
 def test_full_render_wires_otlp_secrets_and_digests(renders):
@@ -690,6 +692,58 @@ def test_minimal_render_drops_the_optional_resources(renders):
     assert one(docs, "Deployment", ROUTER)["spec"]["replicas"] == 2
     for _, spec in pod_specs(docs):
         assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
+    for name in (CLASSIFIER, ROUTER):  # metrics.enabled=false
+        assert "--metrics-listen" not in container(docs, name)["args"]
+        assert "prometheus.io/scrape" not in one(docs, "Deployment", name)["spec"]["template"]["metadata"].get(
+            "annotations", {})
+
+
+def test_default_render_exposes_both_metrics_endpoints_to_prometheus(renders):
+    _, docs = renders["default"]
+    for name in (CLASSIFIER, ROUTER):
+        c = container(docs, name)
+        (port,) = [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"]
+        assert flag(c["args"], "--metrics-listen") == f"0.0.0.0:{port}"
+        annotations = one(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        rules = [r for r in one(docs, "NetworkPolicy", name)["spec"]["ingress"] if r["ports"][0]["port"] == port]
+        assert [r["from"] for r in rules] == [[{"namespaceSelector": {}}]], "any pod of the cluster may scrape"
+    assert not find(docs, "ServiceMonitor")
+    for service in find(docs, "Service"):
+        assert "metrics" not in {p["name"] for p in service["spec"]["ports"]}, "a Service port only for a ServiceMonitor"
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_full_render_service_monitor_scrapes_both_services_metrics_ports(renders):
+    _, docs = renders["full"]
+    full = load_yaml(FULL_VALUES)
+    (monitor,) = find(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert full["metrics"]["serviceMonitor"]["labels"].items() <= monitor["metadata"]["labels"].items()
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": ["prod"]}
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
+    selected = [s for s in find(docs, "Service") if selects(spec["selector"], s["metadata"]["labels"])]
+    assert {s["metadata"]["name"] for s in selected} == {HEADLESS, ROUTER}
+    for service in selected:
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        pods = [d for d in find(docs, "Deployment")
+                if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        (pod_port,) = [p for p in container(docs, pods[0]["metadata"]["name"])["ports"] if p["name"] == "metrics"]
+        assert port["targetPort"] == pod_port["name"]
+    for name in (CLASSIFIER, ROUTER):
+        rules = [r for r in one(docs, "NetworkPolicy", name)["spec"]["ingress"] if r["ports"][0]["port"] == 9464]
+        assert [r["from"] for r in rules] == [full["metrics"]["from"]]
 
 
 # ----------------------------------------------------------------------------------------------------- TLS and API keys
@@ -718,7 +772,7 @@ def test_default_render_is_plaintext_without_keys(renders):
     for name in (CLASSIFIER, ROUTER):
         args = container(docs, name)["args"]
         assert not [a for a in args if "tls" in a or a in ("--api-keys-file", "--health-listen")], args
-        assert {p["name"] for p in container(docs, name)["ports"]} == {"grpc"}
+        assert {p["name"] for p in container(docs, name)["ports"]} == {"grpc", "metrics"}
 
 
 def test_full_render_serves_tls_and_mtls_from_mounted_secrets(renders):

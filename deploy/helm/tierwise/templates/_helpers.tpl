@@ -167,3 +167,38 @@ checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 {{- define "tierwise.healthPort" -}}
 {{- if .tls.enabled }}{{ .tls.healthPort }}{{ else }}{{ .port }}{{ end }}
 {{- end }}
+
+{{/* Prometheus metrics of a component (metrics.enabled): its --metrics-listen argument, its container port, the
+     prometheus.io/* pod annotations (metrics.podAnnotations) and, for the ServiceMonitor only, its Service port. */}}
+{{- define "tierwise.metricsArgs" -}}
+{{- if .Values.metrics.enabled }}
+- --metrics-listen
+- "0.0.0.0:{{ .Values.metrics.port }}"
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.metricsAnnotations" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{- define "tierwise.metricsServicePort" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled }}
+- name: metrics
+  port: {{ .Values.metrics.port }}
+  targetPort: metrics
+  protocol: TCP
+  appProtocol: http
+{{- end }}
+{{- end }}
