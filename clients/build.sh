@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Install the toolchain for, generate the stubs of, and build each example client of Tierwise's gRPC API.
+# Install the toolchain for, generate the stubs of, and build each client package of Tierwise's gRPC API here,
+# offline from the Go module proxy and Maven Central (clients/README.md says what a user runs instead).
 #
 #   clients/build.sh [node|go|java|all]...      (no argument = all)
+#   clients/build.sh go-stubs [DIR]             regenerate the Go module's checked-in stubs (clients/go/tierwisev1)
 #
 # Everything comes from package registries through their ordinary clients: Debian's apt (Go, protoc, the
 # grpc-go and grpc-java packages, a JDK) and npm (the locked @grpc/grpc-js, @grpc/proto-loader, typescript).
-# No Go module proxy, no Maven, no downloaded binaries. Stubs are generated from protos/ on every rebuild and
-# live only in the gitignored build directories. Each language's step is skipped while a stamp holding the
-# hash of its inputs (protos, sources, lock file, this script) matches, so a second run takes about a second.
+# No Go module proxy, no Maven, no downloaded binaries. Node's and Java's stubs are generated from protos/ on
+# every rebuild into the gitignored build directories; Go's are checked in, as a Go module needs. Each language's
+# step is skipped while a stamp holding the hash of its inputs (protos, sources, lock file, this script)
+# matches, so a second run takes about a second.
 #
 # Afterwards, clients/<lang>/build/run is the example: `clients/<lang>/build/run --address HOST:PORT QUERY...`
 # prints one JSON line for Route and one for CompleteStream.
@@ -123,12 +126,25 @@ build_node() {
       || unavailable "npm ci failed (is the npm registry reachable?)"
     sha256sum <package-lock.json >build/.npm-stamp
   fi
-  rm -rf gen build/src build/gen
+  rm -rf gen proto build/src build/gen
   timed "generate types (proto-loader-gen-types)" npm run --silent gen >/dev/null || failed "proto-loader-gen-types"
   timed "compile (tsc)" npm run --silent build >&2 || failed "tsc"
   # shellcheck disable=SC2016
-  write_run build/run node '"$here/src/client.js"'
+  write_run build/run node '"$here/src/cli.js"'
   echo "$hash" >build/.stamp
+}
+
+GO_MODULE=github.com/tierwise/tierwise/clients/go   # clients/go/go.mod
+
+# go_stubs DIR: generate the module's package tierwisev1 (router.proto) into DIR/tierwisev1 with Debian's protoc and
+# plugins. The stubs are checked in (a Go module is built from its sources); tests compare them to a fresh run.
+go_stubs() {
+  local to=$1 m="Mtierwise/v1/router.proto=$GO_MODULE/tierwisev1"
+  mkdir -p "$to/tierwisev1"
+  /usr/bin/protoc -I "$PROTOS" --plugin=protoc-gen-go=/usr/bin/protoc-gen-go \
+    --plugin=protoc-gen-go-grpc=/usr/bin/protoc-gen-go-grpc \
+    --go_out="$to" --go_opt="module=$GO_MODULE" --go_opt="$m" \
+    --go-grpc_out="$to" --go-grpc_opt="module=$GO_MODULE" --go-grpc_opt="$m" tierwise/v1/router.proto
 }
 
 build_go() {
@@ -136,18 +152,16 @@ build_go() {
   cd "$dir"
   need_debs "${GO_PACKAGES[@]}"
   mkdir -p "$out"
-  local hash; hash=$(inputs_hash example/*.go)
+  local hash; hash=$(inputs_hash go.mod tierwisev1/*.go cmd/*/*.go)
   if fresh "$out/.stamp" "$hash" && [ -x "$out/run" ]; then log "go: up to date"; return 0; fi
   rm -rf "${out:?}/gopath" "${out:?}/bin"
-  mkdir -p "$out/gopath/src" "$out/bin"
-  # Import path tierwise/gen/go/tierwise/v1 comes from the protos' go_package option.
-  timed "generate stubs (protoc-gen-go, protoc-gen-go-grpc)" /usr/bin/protoc -I "$PROTOS" \
-    --plugin=protoc-gen-go=/usr/bin/protoc-gen-go --plugin=protoc-gen-go-grpc=/usr/bin/protoc-gen-go-grpc \
-    --go_out="$out/gopath/src" --go-grpc_out="$out/gopath/src" "${PROTO_FILES[@]}" || failed "protoc"
-  # GOPATH mode against Debian's Go sources in /usr/share/gocode: no module downloads.
+  # GOPATH mode against Debian's Go sources in /usr/share/gocode (no module downloads): the module is linked in
+  # at its import path, and go.mod is ignored.
+  mkdir -p "$out/gopath/src/$(dirname "$GO_MODULE")" "$out/bin"
+  ln -s "$dir" "$out/gopath/src/$GO_MODULE"
   timed "compile (go build)" env -u GOFLAGS GO111MODULE=off GOTOOLCHAIN=local GOPROXY=off \
     GOPATH="$out/gopath:/usr/share/gocode" GOCACHE="$out/cache" \
-    /usr/bin/go build -o "$out/bin/tierwise-example" ./example || failed "go build"
+    /usr/bin/go build -o "$out/bin/tierwise-example" "$GO_MODULE/cmd/tierwise-example" || failed "go build"
   # shellcheck disable=SC2016
   write_run "$out/run" '"$here/bin/tierwise-example"'
   echo "$hash" >"$out/.stamp"
@@ -191,6 +205,12 @@ build_java() {
 }
 
 main() {
+  if [ "${1:-}" = go-stubs ]; then   # clients/build.sh go-stubs [DIR]: regenerate the Go module's stubs
+    LANG_NAME=go
+    need_debs "${GO_PACKAGES[@]}"
+    go_stubs "${2:-$CLIENTS/go}"
+    return
+  fi
   local langs=("$@") lang
   [ ${#langs[@]} = 0 ] && langs=(all)
   [ "${langs[*]}" = all ] && langs=(node go java)

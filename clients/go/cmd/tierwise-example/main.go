@@ -1,11 +1,11 @@
-// Command example calls Tierwise's RouterService: Route, then CompleteStream, one JSON line per call on stdout.
+// Command tierwise-example calls Tierwise's RouterService: Route, then CompleteStream, one JSON line per call on stdout.
 //
 //	tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--timeout SECONDS] QUERY...
 //
-// The stubs (package tierwisev1) are generated from protos/ by ../build.sh with Debian's protoc-gen-go and
-// protoc-gen-go-grpc, and built in GOPATH mode against Debian's grpc-go. When TRACEPARENT holds a W3C trace
-// context it is sent as `traceparent` metadata (and TRACESTATE as `tracestate`), so the router's and the
-// classifier's spans join the caller's trace.
+// It uses the module's stubs, package tierwisev1 (`clients/build.sh go-stubs` regenerates them from protos/).
+// `go build ./...` builds it in module mode; clients/build.sh builds it offline in GOPATH mode against Debian's
+// grpc-go. When TRACEPARENT holds a W3C trace context it is sent as `traceparent` metadata (and TRACESTATE as
+// `tracestate`), so the router's and the classifier's spans join the caller's trace.
 package main
 
 import (
@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	pb "tierwise/gen/go/tierwise/v1"
+	pb "github.com/tierwise/tierwise/clients/go/tierwisev1"
 )
 
 var traceparentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
