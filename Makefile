@@ -80,4 +80,4 @@ clients:
 	bash clients/build.sh
 
 clean:
-	rm -rf $(VENV) $(XVENV) $(BVENV) build .tools clients/*/build clients/node/gen clients/node/node_modules
+	rm -rf $(VENV) $(XVENV) $(BVENV) build .tools clients/*/build clients/node/gen clients/node/proto clients/node/node_modules
