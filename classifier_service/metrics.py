@@ -1,8 +1,9 @@
 """The classifier's metrics: OpenTelemetry instruments, served to Prometheus on --metrics-listen and exported over
-OTLP (tierwise.telemetry.setup_metrics); without either they are no-ops.
+OTLP (tierwise.telemetry.setup_metrics); without either they cost next to nothing.
 
-A call costs one counter, one histogram and a tier count per distinct tier decided; an encoder run one histogram
-record. The queue, the texts in flight and the cache's hits and misses are read only when metrics are collected.
+Calls, decided tiers, the queue, the texts in flight and the cache's lookups are counted in plain dicts and ints on
+the event loop thread (where every call runs) and read by observable instruments only when metrics are collected:
+a call pays no instrument lock for them. A call records one latency; an encoder run its batch size.
 """
 from __future__ import annotations
 
@@ -23,16 +24,18 @@ class ClassifierMetrics:
 
     def __init__(self, queued: Callable[[], int], in_flight: Callable[[], int], cache: Callable[[], tuple[int, int]]):
         meter = metrics.get_meter("tierwise.classifier")
-        self.requests = meter.create_counter("tierwise.classifier.requests",
-                                             description="calls by method and gRPC code")
         self.latency = meter.create_histogram("tierwise.classifier.duration", unit="ms", description="call latency",
                                               explicit_bucket_boundaries_advisory=LATENCY_MS)
         self.batch_size = meter.create_histogram(
             "tierwise.classifier.batch_size", description="texts a worker took from the queue for one encoder run",
             explicit_bucket_boundaries_advisory=BATCH_TEXTS)
-        self.decisions = meter.create_counter("tierwise.classifier.decisions",
-                                              description="tiers decided, by head and tier: each head's tier mix")
+        self._calls: dict[tuple[str, str], int] = {}  # (method, gRPC code) -> calls
+        self._tiers: dict[tuple[str, int], int] = {}  # (head, tier) -> texts
         self._queued, self._in_flight, self._cache = queued, in_flight, cache
+        meter.create_observable_counter("tierwise.classifier.requests", callbacks=[self._observe_calls],
+                                        description="calls by method and gRPC code")
+        meter.create_observable_counter("tierwise.classifier.decisions", callbacks=[self._observe_tiers],
+                                        description="tiers decided, by head and tier: each head's tier mix")
         meter.create_observable_gauge("tierwise.classifier.queue_depth", callbacks=[self._observe_queue],
                                       description="texts waiting for an encoder worker")
         meter.create_observable_gauge("tierwise.classifier.in_flight", callbacks=[self._observe_in_flight],
@@ -46,10 +49,21 @@ class ClassifierMetrics:
 
     def decided(self, head: str, tiers: np.ndarray) -> None:
         if len(tiers) == 1:
-            self.decisions.add(1, {"head": head, "tier": int(tiers[0])})
+            key = (head, int(tiers[0]))
+            self._tiers[key] = self._tiers.get(key, 0) + 1
             return
-        for tier, count in zip(*np.unique(tiers, return_counts=True)):
-            self.decisions.add(int(count), {"head": head, "tier": int(tier)})
+        for tier, count in enumerate(np.bincount(tiers).tolist()):
+            if count:
+                self._tiers[(head, tier)] = self._tiers.get((head, tier), 0) + count
+
+    # Collection runs on another thread (the HTTP server's, the OTLP exporter's): dict.copy is one step under the
+    # GIL, so it never sees a dict changing size.
+    def _observe_calls(self, options):
+        return [metrics.Observation(n, {"method": method, "code": code})
+                for (method, code), n in self._calls.copy().items()]
+
+    def _observe_tiers(self, options):
+        return [metrics.Observation(n, {"head": head, "tier": tier}) for (head, tier), n in self._tiers.copy().items()]
 
     def _observe_queue(self, options):
         return [metrics.Observation(self._queued())]
@@ -75,5 +89,6 @@ class _Call:
         # An aborted call (a refusal, or INTERNAL) has its code on the context by now.
         code = self.context.code()
         name = code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK"
-        self.metrics.requests.add(1, {"method": self.method, "code": name})
+        calls = self.metrics._calls
+        calls[(self.method, name)] = calls.get((self.method, name), 0) + 1
         self.metrics.latency.record((time.perf_counter() - self.started) * 1e3, {"method": self.method})
