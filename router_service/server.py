@@ -13,6 +13,7 @@ from opentelemetry import trace
 from tierwise import serving
 from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check_text, rpc_span, shown
 from tierwise.telemetry import setup_metrics, setup_tracing
+from tierwise.tiers import FRONTIER
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
@@ -187,7 +188,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         if decision.degraded:
             self.metrics.degraded.add(1, {"strategy": decision.strategy})
         if result is not None:
-            self.metrics.cost.add(result.cost_usd, {"tier": tier})
+            self.metrics.answered(result, self.cfg.tiers[FRONTIER])
 
     def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], request: pb.CompleteRequest,
                          span) -> Decision:

@@ -7,6 +7,8 @@ import time
 from opentelemetry import metrics, trace
 
 from .breaker import BreakerState
+from .config import TierConfig
+from .dispatch import Result
 from .providers import Attempt
 
 BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -21,6 +23,9 @@ class RouterMetrics:
                                               description="provider attempts that failed over or were skipped")
         self.degraded = meter.create_counter("tierwise.router.degraded", description="decisions made by a fallback strategy")
         self.cost = meter.create_counter("tierwise.router.cost", unit="USD", description="provider cost")
+        self.frontier_cost = meter.create_counter(
+            "tierwise.router.frontier_cost", unit="USD",
+            description="what the answered requests would have cost at tier 3's price: the always-frontier baseline")
         self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
         self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
         self.auth = meter.create_counter("tierwise.router.auth", description="calls by API key id and outcome: ok, "
@@ -31,6 +36,12 @@ class RouterMetrics:
         self._breakers: dict[str, BreakerState] = {}
         meter.create_observable_gauge("tierwise.router.breaker.state", callbacks=[self._observe_breakers],
                                       description="0 closed, 1 half-open, 2 open")
+
+    def answered(self, result: Result, frontier: TierConfig) -> None:
+        """An answer's cost, and what its tokens would have cost at the `frontier` tier's price."""
+        c = result.completion
+        self.cost.add(result.cost_usd, {"tier": result.tier})
+        self.frontier_cost.add(frontier.cost(c.input_tokens, c.output_tokens))
 
     def track_breakers(self, providers: list[str]) -> None:
         for name in providers:
