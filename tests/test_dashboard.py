@@ -1,0 +1,212 @@
+"""The Grafana dashboard (deploy/grafana/dashboards/tierwise.json) reads only what the services export: every metric
+its PromQL names, and every label it selects or groups by, is on the real classifier's and router's /metrics after
+a few calls. And the classifier's metrics move with the calls it serves.
+
+Both services also send the same metrics over OTLP to the Collector in deploy/compose.yaml, whose Prometheus
+exporter names them as the services' own endpoints do (counters _total, units as suffixes), so one set of names
+serves both paths; the Collector's own metrics are not on the dashboard.
+"""
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import promql_parser
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tierwise.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2, router_pb2_grpc
+
+from .provider_double import Fault, ProviderDouble
+from .servers import KEY_ENV, ServiceProcess, router_config, running_router, start_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tierwise.json"
+# Grafana's variables in the expressions, as Grafana substitutes them before the query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "30s"}
+
+
+def panels(dashboard: dict):
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row holds its panels
+
+
+def expressions() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query on the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in panels(dashboard) for t in p.get("targets", [])]
+
+
+def parse(expr: str):
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return promql_parser.parse(expr)
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, str], list[str]]]:
+    """(metric name, label matchers, labels an enclosing aggregation groups by) of each series selector."""
+    found, grouping = [], []
+
+    def enter(node):
+        if isinstance(node, promql_parser.AggregateExpr):
+            grouping.append(list(node.modifier.labels) if node.modifier else [])
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = {m.name: m.value for m in node.matchers.matchers}
+            name = node.name or matchers.pop("__name__")
+            found.append((name, matchers, [label for group in grouping for label in group]))
+
+    def leave(node):
+        if isinstance(node, promql_parser.AggregateExpr):
+            grouping.pop()
+
+    promql_parser.walk(parse(expr), enter, leave)
+    return found
+
+
+def scrape(service: ServiceProcess) -> dict[str, list[dict]]:
+    """Every sample on the service's /metrics (its address printed at start-up), by name: its labels and, under
+    "__value", its value."""
+    (line,) = [line for line in service.output if " metrics on http://" in line]
+    text = urllib.request.urlopen(line.split(" metrics on ")[1].strip(), timeout=5).read().decode()
+    samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append({**sample.labels, "__value": sample.value})
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples `name` whose labels include `labels` (0 when there is none)."""
+    return sum(s["__value"] for s in samples.get(name, []) if labels.items() <= s.items())
+
+
+def ask(text: str, strategy: str) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(messages=[router_pb2.Message(role="user", content=text)], strategy=strategy)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> tuple[dict[str, list[dict]], list[router_pb2.CompleteResponse]]:
+    """What a classifier and a router export after the calls that make each dashboard series exist: answers at
+    two tiers (one escalated past failing tier-1 providers), classifier calls OK and refused, then a decision
+    degraded because the classifier has gone; and the answers."""
+    env = {KEY_ENV: "k"}
+    with ProviderDouble() as double:
+        classifier = start_classifier("--metrics-listen", "127.0.0.1:0", env=env)
+        try:
+            with running_router(router_config(double.base_url, strategy="embedding"), classifier.address,
+                                tmp_path_factory.mktemp("router"), "--metrics-listen", "127.0.0.1:0", env=env,
+                                check_exit=False) as router:
+                with grpc.insecure_channel(router.address) as channel:
+                    stub = router_pb2_grpc.RouterServiceStub(channel)
+                    stub.Route(router_pb2.RouteRequest(query="What time does the store close?"), timeout=10)
+                    answers = [stub.Complete(ask("Prove that sqrt(2) is irrational.", "embedding"), timeout=10)]
+                    for model in ("t1-a", "t1-b"):
+                        double.set_persistent(model, Fault.http_error(500))
+                    answers.append(stub.Complete(ask("hello", "heuristic"), timeout=10))
+                    assert answers[-1].escalations == 1 and answers[-1].tier == 2
+                    with grpc.insecure_channel(classifier.address) as direct:
+                        classify = classifier_pb2_grpc.ClassifierServiceStub(direct)
+                        classify.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(texts=["hi", "Hi", "Sort a list"]))
+                        with pytest.raises(grpc.RpcError):
+                            classify.Classify(classifier_pb2.ClassifyRequest(text=" "))
+                    from_classifier = scrape(classifier)
+                    classifier.stop()
+                    degraded = stub.Route(router_pb2.RouteRequest(query="What time does the store close?"), timeout=10)
+                    assert degraded.degraded, "with the classifier gone the decision must be the fallback's"
+                from_router = scrape(router)
+        finally:
+            classifier.stop()
+    return {**from_classifier, **from_router}, answers
+
+
+@pytest.fixture(scope="module")
+def exported(stack) -> dict[str, list[dict]]:
+    return stack[0]
+
+
+@pytest.mark.parametrize("title,expr", expressions())
+def test_every_dashboard_query_is_valid_promql_over_exported_series(exported, title, expr):
+    found = selectors(expr)
+    assert found, f"{title}: {expr} selects no series"
+    for name, matchers, grouped_by in found:
+        assert name in exported, f"{title}: {name} is not exported by either service"
+        labels = set().union(*exported[name]) - {"__value"}
+        for label, wanted in matchers.items():
+            assert label in labels or wanted == "", f"{title}: {name} has no label {label} ({sorted(labels)})"
+        for label in grouped_by:
+            assert label in labels, f"{title}: groups {name} by {label}, which it does not carry ({sorted(labels)})"
+
+
+def test_the_dashboard_shows_what_the_issue_asks_for():
+    queries = " ".join(expr for _, expr in expressions())
+    for needed in ("tierwise_router_requests_total", "tierwise_router_frontier_cost_USD_total",
+                   "tierwise_router_escalations_total", "tierwise_router_breaker_state",
+                   "tierwise_router_duration_milliseconds_bucket", "tierwise_classifier_duration_milliseconds_bucket",
+                   "tierwise_router_degraded_total", "tierwise_classifier_batch_size", "tierwise_classifier_queue_depth",
+                   "tierwise_classifier_decisions_total", "tierwise_classifier_cache_lookups_total"):
+        assert needed in queries, f"no panel reads {needed}"
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+    for panel in panels(dashboard):
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_savings_compare_the_answers_cost_with_their_tokens_at_tier_3_prices(stack):
+    exported, answers = stack
+    tier3 = router_config("http://unused")["tiers"][2]["price_per_mtok"]
+    frontier = sum(a.usage.input_tokens * tier3["input"] + a.usage.output_tokens * tier3["output"]
+                   for a in answers) / 1e6
+    assert value(exported, "tierwise_router_frontier_cost_USD_total") == pytest.approx(frontier)
+    spent = value(exported, "tierwise_router_cost_USD_total")
+    assert spent == pytest.approx(sum(a.cost_usd for a in answers))
+    assert 0 < spent < frontier, "an answer at tier 2 costs less than at tier 3"
+
+
+def test_a_name_the_services_do_not_export_is_caught(exported):
+    """Negative control: the check above fails on a metric no service exports."""
+    ((name, _, _),) = selectors("sum(rate(tierwise_router_requestz_total[$__rate_interval]))")
+    assert name == "tierwise_router_requestz_total" and name not in exported
+
+
+def test_classifier_metrics_move_with_the_calls_it_serves(tmp_path):
+    classifier = start_classifier("--metrics-listen", "127.0.0.1:0")
+    try:
+        before = scrape(classifier)
+        with grpc.insecure_channel(classifier.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            heads = [h.name for h in stub.ListHeads(classifier_pb2.ListHeadsRequest(), timeout=10).heads]
+            tiers = [stub.Classify(classifier_pb2.ClassifyRequest(text=text, head=heads[0]), timeout=10).tier
+                     for text in ("What time does the store close?", "what time does the store close?")]
+            batch = stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(
+                texts=["Translate 'thank you' into French.", "Prove there are infinitely many primes."]), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Classify(classifier_pb2.ClassifyRequest(text="hi", head="no-such-head"), timeout=10)
+        after = scrape(classifier)
+    finally:
+        classifier.stop()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    calls = "tierwise_classifier_requests_total"
+    assert moved(calls, method="Classify", code="OK") == 2 and moved(calls, method="ClassifyBatch", code="OK") == 1
+    assert moved(calls, method="Classify", code="INVALID_ARGUMENT") == 1
+    assert moved(calls, method="ListHeads", code="OK") == 1
+    assert moved("tierwise_classifier_duration_milliseconds_count", method="Classify") == 3
+    # Each head's tier mix: the four texts decided, under the head that decided them.
+    decided = [*tiers, *(r.tier for r in batch.results)]
+    for tier in set(decided):
+        assert moved("tierwise_classifier_decisions_total", head=heads[0], tier=str(tier)) == decided.count(tier)
+    assert moved("tierwise_classifier_decisions_total") == len(decided)
+    # The second text differs only in case: a cache hit. The others were misses, embedded in encoder runs.
+    assert moved("tierwise_classifier_cache_lookups_total", result="hit") == 1
+    assert moved("tierwise_classifier_cache_lookups_total", result="miss") == 3
+    assert moved("tierwise_classifier_batch_size_sum") == 3 and moved("tierwise_classifier_batch_size_count") >= 2
+    assert value(after, "tierwise_classifier_queue_depth") == 0 and value(after, "tierwise_classifier_in_flight") == 0
