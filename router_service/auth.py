@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from tierwise.serving import Rejected
 from tierwise.watching import every_or_sighup, file_signature
 from tierwise.v1 import router_pb2 as pb
 
@@ -176,14 +177,53 @@ _HANDLERS = {"unary_unary": grpc.unary_unary_rpc_method_handler, "unary_stream":
              "stream_stream": grpc.stream_stream_rpc_method_handler}
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Admits calls to `service`'s methods by API key and the key's limits; counts what each key spends."""
+class KeyRefused(Rejected):
+    """A call refused at the front door: UNAUTHENTICATED, or RESOURCE_EXHAUSTED with the seconds until a retry can
+    succeed."""
 
-    def __init__(self, service: str, keys: ApiKeys, limits: Limits, metrics):
-        self.prefix = f"/{service}/"
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: int | None = None):
+        super().__init__(code, message)
+        self.retry_after_s = retry_after_s
+
+
+class KeyGate:
+    """Admits calls by API key and the key's limits, and counts what each key spends, whatever the transport."""
+
+    def __init__(self, keys: ApiKeys, limits: Limits, metrics):
         self.keys = keys
         self.limits = limits
         self.metrics = metrics
+
+    def admit(self, presented: str, peer: str) -> ApiKey:
+        """The key `presented` (a bearer token, "" for none) names, counted against its limits; else KeyRefused."""
+        key = self.keys.find(presented) if presented else None
+        if key is None:
+            self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
+            log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
+            raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
+                             "missing or unknown API key: send `authorization: Bearer <key>`")
+        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd)
+        if refusal is not None:
+            self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
+            log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
+            raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s)
+        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
+        KEY_ID.set(key.id)  # each call runs in its own task, so this is the call's alone
+        return key
+
+    def charge(self, key: ApiKey, usd: float) -> None:
+        if usd:
+            self.limits.charge(key.id, usd)
+            self.metrics.key_cost.add(usd, {"key_id": key.id})
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """The gate in front of `service`'s gRPC methods."""
+
+    def __init__(self, service: str, gate: KeyGate):
+        self.prefix = f"/{service}/"
+        self.gate = gate
+        self.keys = gate.keys
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -201,7 +241,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             key = await self._admit(context)
             response = await behavior(request, context)
-            self._charge(key, response)
+            self.gate.charge(key, _cost(response))
             return response
         return call
 
@@ -209,34 +249,16 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             key = await self._admit(context)
             async for message in behavior(request, context):
-                self._charge(key, message)
+                self.gate.charge(key, _cost(message))
                 yield message
         return call
 
     async def _admit(self, context) -> ApiKey:
-        presented = bearer(context.invocation_metadata())
-        key = self.keys.find(presented) if presented else None
-        if key is None:
-            self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
-            log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {
-                "peer": context.peer()}})
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or unknown API key: send metadata `authorization: Bearer <key>`")
-        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd)
-        if refusal is not None:
-            self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
-            log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message,
-                                trailing_metadata=(("retry-after", str(refusal.retry_after_s)),))
-        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
-        KEY_ID.set(key.id)  # each call runs in its own task, so this is the call's alone
-        return key
-
-    def _charge(self, key: ApiKey, message) -> None:
-        usd = _cost(message)
-        if usd:
-            self.limits.charge(key.id, usd)
-            self.metrics.key_cost.add(usd, {"key_id": key.id})
+        try:
+            return self.gate.admit(bearer(context.invocation_metadata()), context.peer())
+        except KeyRefused as err:
+            retry = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s is not None else ()
+            await context.abort(err.code, str(err), trailing_metadata=retry)
 
 
 def front_door(settings, service: str, metrics) -> ApiKeyInterceptor | None:
@@ -248,4 +270,4 @@ def front_door(settings, service: str, metrics) -> ApiKeyInterceptor | None:
         return None
     keys = ApiKeys(settings.api_keys_file, settings.requests_per_minute, settings.monthly_usd)
     log.info("API keys loaded: %d keys", len(keys.keys), extra={"fields": {"key_ids": [k.id for k in keys.keys]}})
-    return ApiKeyInterceptor(service, keys, Limits(), metrics)
+    return ApiKeyInterceptor(service, KeyGate(keys, Limits(), metrics))
