@@ -23,6 +23,8 @@ FILE_SETTINGS = [
      "PEM private key of --classifier-tls-cert"),
     ("--api-keys-file", "TIERWISE_ROUTER_API_KEYS_FILE", "auth.api_keys_file",
      "accepted API keys, one a line (unset: every call is accepted)"),
+    ("--http-listen", "TIERWISE_ROUTER_HTTP_LISTEN", "http.listen",
+     "host:port of the OpenAI-compatible HTTP API, served beside gRPC (unset: off)"),
 ]
 
 ap = argparse.ArgumentParser(prog="python -m router_service", description="Tierwise router service")

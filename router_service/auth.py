@@ -1,5 +1,5 @@
 """API keys at the router's front door: a grpc.aio server interceptor on every RouterService method (health and
-reflection stay open).
+reflection stay open), and the same check in front of the OpenAI-compatible HTTP API (router_service/http).
 
 The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then optional settings:
 
@@ -12,8 +12,9 @@ sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_m
 0 = none). Only the keys' sha256 digests are kept in memory, and a presented key's digest is compared with
 every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
 SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
-Callers send `authorization: Bearer <key>`; no key or a wrong one gets UNAUTHENTICATED, a key over a limit
-RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing metadata.
+Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
+UNAUTHENTICATED (HTTP 401), a key over a limit RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing
+metadata (HTTP 429 with a Retry-After header).
 """
 from __future__ import annotations
 
@@ -194,15 +195,16 @@ class KeyGate:
         self.limits = limits
         self.metrics = metrics
 
-    def admit(self, presented: str, peer: str) -> ApiKey:
-        """The key `presented` (a bearer token, "" for none) names, counted against its limits; else KeyRefused."""
+    def admit(self, presented: str, peer: str, *, limited: bool = True) -> ApiKey:
+        """The key `presented` (a bearer token, "" for none) names, counted against its limits unless not `limited`
+        (a call that costs nothing, such as listing models); else KeyRefused."""
         key = self.keys.find(presented) if presented else None
         if key is None:
             self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
             log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
             raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
                              "missing or unknown API key: send `authorization: Bearer <key>`")
-        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd)
+        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd) if limited else None
         if refusal is not None:
             self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})

@@ -1,14 +1,14 @@
 """The router's work whatever the transport: admission, validation, decision, dispatch, summary, metrics.
 
-A transport (the gRPC servicer in server.py) calls it with a request, the caller's deadline and the call's
-server span; its refusals are `Rejected` with a gRPC status, which a transport maps to its own.
+gRPC (server.py) and the OpenAI-compatible HTTP API (http/) both call it with a request, the caller's deadline
+and the call's server span; its refusals are `Rejected` with a gRPC status that each transport maps to its own.
 """
 from __future__ import annotations
 
 import logging
 import time
 from contextlib import contextmanager
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 from opentelemetry import trace
@@ -54,9 +54,11 @@ class RouterCore:
             return self._route_response(decision, request.query, started)
 
     async def answer(self, method: str, request: pb.CompleteRequest, deadline: float | None, span, *,
-                     stream: bool) -> AsyncIterator[pb.CompleteStreamResponse]:
+                     stream: bool, on_result: Callable[[Result], None] | None = None
+                     ) -> AsyncIterator[pb.CompleteStreamResponse]:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
-        whose summary is Complete's response. `method` labels the metrics."""
+        whose summary is Complete's response. `method` labels the metrics; `on_result` sees the dispatch's Result
+        (what the summary leaves out, such as why the provider stopped) before the summary goes out."""
         _tag_key(span)
         with self.admission.admit():
             started = time.perf_counter()
@@ -79,6 +81,8 @@ class RouterCore:
                     else:
                         yield pb.CompleteStreamResponse(delta=event)
             summary = self._finish(method, span, decision, route, result, started, messages, request)
+            if on_result is not None:
+                on_result(result)
             yield pb.CompleteStreamResponse(summary=summary)
 
     def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:

@@ -1,4 +1,5 @@
-"""The router's gRPC front door (RouterService over the core), and the process that serves it."""
+"""The router's gRPC front door (RouterService over the core), and the process that serves it: gRPC, and the
+OpenAI-compatible HTTP API beside it when `http.listen` is set."""
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,7 @@ from .core import RouterCore
 from .dispatch import Dispatcher
 from .events import final
 from .head_choice import LineupHead
+from .http import HttpServer, build_app
 from .shadow import Shadow
 from .strategies import Strategies
 from .telemetry import RouterMetrics
@@ -78,6 +80,11 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     shadow = Shadow(cfg, chains, metrics)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)
+    try:
+        http = HttpServer.bind(cfg.http.listen) if cfg.http.listen else None
+    except (OSError, ValueError) as err:
+        print(f"tierwise-router: cannot serve HTTP on {cfg.http.listen}: {err}", flush=True)
+        return 2
 
     tasks: list[asyncio.Task] = []
 
@@ -89,9 +96,14 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             await lineup.refresh()
             tasks.append(asyncio.create_task(lineup.run()))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
-        return f"strategy={cfg.strategy} classifier={classifier_address} head={head}"
+        if http is not None:
+            await http.start(build_app(core, guard.gate if guard else None), tls)
+        return (f"strategy={cfg.strategy} classifier={classifier_address} head={head}"
+                + (f" http={http.address}" if http else ""))
 
     async def close() -> None:
+        if http is not None:
+            await http.stop()
         for task in tasks:
             task.cancel()
         await shadow.drain()

@@ -1,0 +1,75 @@
+"""The OpenAI-compatible HTTP API as a Starlette app over the router's core: /v1/chat/completions and /v1/models.
+Anything else gets OpenAI's error shape too (404, 405)."""
+from __future__ import annotations
+
+import time
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tierwise.serving import Rejected
+
+from ..auth import KeyGate, bearer
+from ..core import RouterCore
+from ..strategies import registered
+from .chat import ROUTE, ChatCompletions, peer
+from .errors import as_json, bad_request, error_body, error_headers, status_of
+from .request import MODEL, strategy_of
+
+
+def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
+    created = int(time.time())
+
+    def known(name: str) -> bool:
+        try:
+            core.strategies.get(name)
+        except KeyError:
+            return False
+        return True
+
+    def model(name: str) -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
+
+    def admitted(request: Request) -> None:
+        if gate is not None:  # listing models costs nothing: the key is checked, not counted against its limits
+            gate.admit(bearer(request.headers.items()), peer(request.scope), limited=False)
+
+    async def models(request: Request) -> Response:
+        try:
+            admitted(request)
+        except Rejected as err:
+            return _error(err)
+        names = [MODEL, *(f"{MODEL}/{name}" for name in registered())]
+        return _json({"object": "list", "data": [model(name) for name in names]})
+
+    async def one_model(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            admitted(request)
+            strategy_of(name, known)
+        except Rejected as err:
+            return _error(err)
+        return _json(model(name))
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        what = "method not allowed" if exc.status_code == 405 else "no such endpoint"
+        body = error_body(bad_request(f"{what}: {request.method} {request.url.path}; the API serves POST {ROUTE} "
+                                      "and GET /v1/models"))
+        body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
+        return _json(body, exc.status_code)
+
+    routes = [Route(ROUTE, ChatCompletions(core, gate, known), methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/models/{name:path}", one_model, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+
+def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(as_json(body), status, headers, media_type="application/json")
+
+
+def _error(err: Rejected) -> Response:
+    return _json(error_body(err), status_of(err), error_headers(err))

@@ -1,0 +1,62 @@
+"""Refusals in OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, with the HTTP status that
+matches the gRPC status the core refused with."""
+from __future__ import annotations
+
+import json
+import re
+
+import grpc
+
+from tierwise.serving import Rejected
+
+from ..auth import KeyRefused
+
+# gRPC status -> (HTTP status, OpenAI error type, code)
+STATUSES = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "overloaded"),
+    grpc.StatusCode.FAILED_PRECONDITION: (503, "service_unavailable", "tier_not_configured"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", "no_provider_available"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", "deadline_exceeded"),
+    grpc.StatusCode.ABORTED: (502, "upstream_error", "stream_interrupted"),
+}
+INTERNAL = (500, "server_error", "internal_error")
+# The field a message starts with: `messages[2].content: ...`, `model: ...`, a header's name.
+FIELD = re.compile(r"([a-z_][a-z0-9_-]*(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): ")
+# Names the core uses that the HTTP request spells differently.
+RENAMED = {"strategy": "model", "body": None}  # the body as a whole: OpenAI names no param
+
+
+def bad_request(message: str) -> Rejected:
+    """A 400 naming the field `message` starts with."""
+    return Rejected(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def status_of(err: Rejected) -> int:
+    return STATUSES.get(err.code, INTERNAL)[0]
+
+
+def error_body(err: Rejected) -> dict:
+    status, kind, code = STATUSES.get(err.code, INTERNAL)
+    if isinstance(err, KeyRefused) and status == 429:
+        code = "spend_limit_exceeded" if "spend limit" in str(err) else "rate_limit_exceeded"
+    field = FIELD.match(str(err))
+    param = RENAMED.get(field.group(1), field.group(1)) if field and status == 400 else None
+    return {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
+
+
+def error_headers(err: Rejected) -> dict[str, str]:
+    """Retry-After on a 429: the key's wait, or a second when the router was full."""
+    if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return {}
+    wait = err.retry_after_s if isinstance(err, KeyRefused) and err.retry_after_s is not None else 1
+    return {"retry-after": str(wait)}
+
+
+def internal_error() -> Rejected:
+    return Rejected(grpc.StatusCode.INTERNAL, "internal error; see the router's log")
+
+
+def as_json(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()  # ASCII: valid whatever the text holds

@@ -1,0 +1,140 @@
+"""An OpenAI chat completions request body, read into the core's CompleteRequest.
+
+What Tierwise does not use is accepted and left out (user, seed, stop, presence_penalty, ...); what would change the
+answer's shape in a way Tierwise cannot give (tools, several choices) is refused by name, never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from tierwise.serving import shown
+from tierwise.v1 import router_pb2 as pb
+
+from .errors import bad_request
+
+MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
+INT32_MAX = 2**31 - 1
+UNSUPPORTED = {"tools": "tool calls", "functions": "function calls", "function_call": "function calls",
+               "audio": "audio output", "prediction": "predicted outputs"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    request: pb.CompleteRequest
+    stream: bool
+    include_usage: bool
+
+
+def strategy_of(model: object, known) -> str:
+    """The strategy `model` names ("" for the configured one), when `known(name)` accepts it; else a 400."""
+    if not isinstance(model, str):
+        raise bad_request(f"model: must be a string such as {MODEL!r} or '{MODEL}/<strategy>'")
+    name = model[len(MODEL) + 1:] if model.startswith(MODEL + "/") else None
+    if model == MODEL or (name and known(name)):
+        return name or ""
+    raise bad_request(f"model: unknown model {shown(model)}; use {MODEL!r} (the configured strategy) or "
+                      f"'{MODEL}/<strategy>' (GET /v1/models lists them)")
+
+
+def parse(body: bytes, known) -> ChatRequest:
+    """The request in `body`, or a 400 naming the field that is wrong. `known(name)` says a strategy exists."""
+    try:
+        doc = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise bad_request("body: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the constants refused below
+        raise bad_request(f"body: not valid JSON: {_reason(err)}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("body: must be a JSON object")
+    if "model" not in doc:
+        raise bad_request(f"model: missing; use {MODEL!r} or '{MODEL}/<strategy>'")
+    strategy = strategy_of(doc["model"], known)
+    for field, what in UNSUPPORTED.items():
+        if doc.get(field):
+            raise bad_request(f"{field}: {what} are not supported by the Tierwise router")
+    if doc.get("n") not in (None, 1):
+        raise bad_request("n: only 1 choice is supported")
+    request = pb.CompleteRequest(messages=_messages(doc.get("messages")), strategy=strategy,
+                                 max_tokens=_max_tokens(doc), head=_text(doc.get("head") or "", "head"))
+    temperature = doc.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise bad_request("temperature: must be a number between 0 and 2")
+        request.temperature = temperature
+    stream = doc.get("stream")
+    if stream not in (None, True, False):
+        raise bad_request("stream: must be true or false")
+    options = doc.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and options.get("include_usage") in (None, True, False)):
+        raise bad_request("stream_options: must be an object such as {\"include_usage\": true}")
+    return ChatRequest(request, bool(stream), bool(options and options.get("include_usage")))
+
+
+def _messages(messages: object) -> list[pb.Message]:
+    if messages is None:
+        raise bad_request("messages: missing; send a list of {\"role\", \"content\"} objects")
+    if not isinstance(messages, list):
+        raise bad_request("messages: must be a list of {\"role\", \"content\"} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad_request(f"messages[{i}]: must be an object with role and content")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise bad_request(f"messages[{i}].role: must be a string: system, user, assistant or tool")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for system
+        out.append(pb.Message(role=_text(role, f"messages[{i}].role"),
+                              content=_content(m.get("content"), f"messages[{i}].content")))
+    return out
+
+
+def _content(content: object, field: str) -> str:
+    """A message's text: a string, or a list of text parts (joined by newlines); null is empty."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return _text(content, field)
+    if not isinstance(content, list):
+        raise bad_request(f"{field}: must be a string or a list of text parts")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(f"{field}[{j}]: only {{\"type\": \"text\", \"text\": \"...\"}} parts are supported")
+        texts.append(_text(part["text"], f"{field}[{j}].text"))
+    return "\n".join(texts)
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise bad_request(f"{field}: must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(f"{field}: not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+    return value
+
+
+def _max_tokens(doc: dict) -> int:
+    """max_completion_tokens (OpenAI's current name) or max_tokens; 0 = the provider's default."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = doc.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= INT32_MAX:
+            raise bad_request(f"{field}: must be a whole number from 1 to {INT32_MAX}")
+        return value
+    return 0
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _reason(err: ValueError) -> str:
+    """The parser's complaint, without echoing the body."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno} column {err.colno}"
+    if isinstance(err, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return str(err)

@@ -1,0 +1,63 @@
+"""The HTTP API served by uvicorn inside the router's own event loop, beside gRPC: bound before the router says it
+is listening (so a taken port fails the start), serving once the router is loaded, stopped with it."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+
+import uvicorn
+
+from tierwise.tls import ServerTLS
+
+STOP_GRACE_S = 5
+
+
+class _InLoop(uvicorn.Server):
+    """uvicorn without its own signal handling: the router's (tierwise.serving.run) stops it."""
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
+
+
+class HttpServer:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.server: _InLoop | None = None
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def bind(cls, listen: str) -> "HttpServer":
+        """A server bound to `listen` (host:port, [v6]:port; port 0 = any free one); ValueError or OSError."""
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"{listen!r} is not host:port")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return cls(socket.create_server((host, int(port)), family=family, backlog=2048))
+
+    async def start(self, app, tls: ServerTLS | None = None) -> None:
+        """Serve `app`; with `tls`, HTTPS with the gRPC port's certificate (and its client CA: mTLS), read once."""
+        secure = {} if tls is None else {
+            "ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key),
+            "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE}
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
+                                ws="none", timeout_graceful_shutdown=STOP_GRACE_S, **secure)
+        self.server = _InLoop(config)
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self.task.done():
+                await self.task  # its error, if it failed to start
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self.task is None:
+            self.sock.close()
+            return
+        self.server.should_exit = True
+        await self.task

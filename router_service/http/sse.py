@@ -1,0 +1,71 @@
+"""OpenAI's response shapes: a chat.completion, and the chat.completion.chunk events of a stream as server-sent
+events (`data: {...}` lines, ending `data: [DONE]`)."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from tierwise.v1 import router_pb2 as pb
+
+DONE = b"data: [DONE]\n\n"
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def usage(summary: pb.CompleteResponse) -> dict:
+    u = summary.usage
+    return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+            "total_tokens": u.input_tokens + u.output_tokens}
+
+
+def extension(summary: pb.CompleteResponse) -> dict:
+    """Tierwise's own account of the answer, beside OpenAI's fields (the SDK keeps unknown fields)."""
+    return {"tier": summary.tier, "strategy": summary.strategy, "provider": summary.provider,
+            "cost_usd": summary.cost_usd, "estimated_cost_usd": summary.decision.estimated_cost_usd,
+            "degraded": summary.degraded, "escalations": summary.escalations, "decided_tier": summary.decision.tier}
+
+
+def completion(cid: str, summary: pb.CompleteResponse, finish_reason: str) -> dict:
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": summary.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": summary.content, "refusal": None},
+                         "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage(summary), "tierwise": extension(summary)}
+
+
+class Chunks:
+    """The chunks of one streamed answer, as SSE bytes."""
+
+    def __init__(self, cid: str, model: str, include_usage: bool):
+        self.cid, self.model, self.include_usage = cid, model, include_usage
+        self.created = int(time.time())
+
+    def delta(self, delta: dict, finish_reason: str | None = None, **extra) -> bytes:
+        return self._event({"choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                         "finish_reason": finish_reason}], **extra})
+
+    def text(self, text: str) -> bytes:
+        return self.delta({"content": text})
+
+    def end(self, summary: pb.CompleteResponse, finish_reason: str) -> bytes:
+        """The last chunk (finish_reason, the model that answered, Tierwise's account), the usage chunk when asked
+        for, then [DONE]."""
+        self.model = summary.model
+        out = self.delta({}, finish_reason, tierwise=extension(summary))
+        if self.include_usage:
+            out += self._event({"choices": [], "usage": usage(summary)})
+        return out + DONE
+
+    def _event(self, body: dict) -> bytes:
+        full = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                **body}
+        if self.include_usage and "usage" not in full:
+            full["usage"] = None
+        return b"data: " + json.dumps(full, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_event(body: dict) -> bytes:
+    """An error after the stream began (the status line is gone): OpenAI's SDKs raise it as an APIError."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

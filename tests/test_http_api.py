@@ -1,0 +1,439 @@
+"""The OpenAI-compatible HTTP API against a real router (HTTP beside gRPC on 127.0.0.1), with the real `openai` SDK
+as the client, the real classifier where a strategy needs it, and the provider double as the only stand-in."""
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+
+import grpc
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai import OpenAI
+
+from router_service.strategies import registered
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .certs import authority, issue, write_ca
+from .otlp_receiver import OtlpReceiver, attributes
+from .provider_double import Fault, ProviderDouble
+from .servers import KEY_ENV, router_config, running_router
+
+QUESTION = "What time does the store close?"
+PROMPT = "Summarise the secret plan codenamed GREY OWL in two sentences."
+PROVIDERS = ("t1-a", "t1-b", "t2-a", "t3-a")
+KEY = "tw-http-7c1e5a9d3b2f4068"
+RATED_KEY = "tw-http-rated-2d8f6a0c4e1b9375"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+UNUSED_CLASSIFIER = "127.0.0.1:1"
+
+
+def http_address(router) -> str:
+    ready = next(line for line in router.output if " ready on " in line)
+    return ready.split(" http=")[1].split()[0]
+
+
+def sdk(address: str, key: str = "unused", **options) -> OpenAI:
+    return OpenAI(base_url=f"http://{address}/v1", api_key=key, max_retries=0, timeout=20, **options)
+
+
+def post(address: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """Raw POST /v1/chat/completions: status, headers, JSON body."""
+    conn = http.client.HTTPConnection(address, timeout=20)
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def user(text: str = QUESTION) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def double():
+    with ProviderDouble() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, classifier, double):
+    """A router on the real classifier, HTTP on an ephemeral port: yields its HTTP address."""
+    doc = router_config(double.base_url, strategy="heuristic")
+    with running_router(doc, classifier.address, tmp_path_factory.mktemp("http"), "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router:
+        yield http_address(router), router
+
+
+# ----------------------------------------------------------------------------------------------------- answers
+
+
+def test_the_sdk_gets_an_answer_named_by_the_model_that_gave_it(api):
+    reply = sdk(api[0]).chat.completions.create(model="tierwise", messages=user())
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.model in PROVIDERS
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content.startswith(f"answer from {reply.model}:")
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens > 0
+
+
+def test_headers_say_tier_strategy_cost_and_degraded(api):
+    raw = sdk(api[0]).chat.completions.with_raw_response.create(model="tierwise", messages=user())
+    reply = raw.parse()
+    assert raw.headers["x-tierwise-strategy"] == "heuristic"
+    assert raw.headers["x-tierwise-degraded"] == "false"
+    assert raw.headers["x-tierwise-tier"] in ("1", "2", "3")
+    assert raw.headers["x-tierwise-provider"] == reply.model
+    assert float(raw.headers["x-tierwise-estimated-cost-usd"]) > 0
+    assert float(raw.headers["x-tierwise-cost-usd"]) == reply.tierwise["cost_usd"] > 0
+
+
+def test_tierwise_slash_strategy_picks_the_strategy(api):
+    raw = sdk(api[0]).chat.completions.with_raw_response.create(model="tierwise/cheapest", messages=user())
+    assert raw.headers["x-tierwise-strategy"] == "cheapest" and raw.headers["x-tierwise-tier"] == "1"
+    assert raw.parse().model in ("t1-a", "t1-b")
+
+
+@pytest.mark.parametrize("strategy", registered())
+def test_every_listed_strategy_answers(api, strategy):
+    raw = sdk(api[0]).chat.completions.with_raw_response.create(model=f"tierwise/{strategy}", messages=user())
+    assert raw.status_code == 200 and raw.parse().choices[0].message.content.startswith("answer from ")
+    assert raw.headers["x-tierwise-strategy"]
+
+
+def test_models_lists_tierwise_and_every_strategy(api):
+    client = sdk(api[0])
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "tierwise"
+    assert set(ids) == {"tierwise", *(f"tierwise/{name}" for name in registered())}
+    assert client.models.retrieve("tierwise/heuristic").id == "tierwise/heuristic"
+    with pytest.raises(openai.BadRequestError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_stream_yields_content_chunks_then_usage_on_request(api):
+    chunks = list(sdk(api[0]).chat.completions.create(model="tierwise", messages=user(), stream=True,
+                                                      stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2, "streamed in pieces"
+    model = chunks[-1].model
+    assert text.startswith(f"answer from {model}:")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_stream_without_usage_ends_with_done_and_no_usage_chunk(api):
+    conn = http.client.HTTPConnection(api[0], timeout=20)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": user(),
+                                                             "stream": True}), {"content-type": "application/json"})
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    assert response.getheader("x-tierwise-tier") in ("1", "2", "3")
+    events = [line[len("data: "):] for line in body.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    assert all("usage" not in json.loads(e) for e in events[:-1])
+
+
+def test_options_the_grpc_path_takes_pass_through(api, double):
+    before = len(double.requests)
+    reply = sdk(api[0]).chat.completions.create(
+        model="tierwise/cheapest", messages=[{"role": "developer", "content": "Be brief."}, *user()],
+        max_tokens=3, temperature=0.5, user="someone", seed=7, extra_body={"stop": ["\n"]})
+    sent = double.requests[before:][0].body
+    assert sent["max_tokens"] == 3 and sent["temperature"] == 0.5
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert reply.choices[0].finish_reason == "length", "cut at max_tokens, as the provider said"
+
+
+def test_a_conversation_with_text_parts_is_answered(api):
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}]
+    assert sdk(api[0]).chat.completions.create(model="tierwise", messages=messages).choices[0].message.content
+
+
+def test_grpc_still_serves_beside_http(api):
+    router = api[1]
+    with grpc.insecure_channel(router.address) as channel:
+        reply = router_pb2_grpc.RouterServiceStub(channel).Complete(
+            pb.CompleteRequest(messages=[pb.Message(role="user", content=QUESTION)]), timeout=20)
+    assert reply.content.startswith(f"answer from {reply.model}")
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+
+
+def test_a_request_without_messages_is_a_400_naming_messages(api):
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(api[0]).chat.completions.create(model="tierwise", messages=openai.omit)
+    assert err.value.status_code == 400
+    error = err.value.body if "message" in err.value.body else err.value.body["error"]
+    assert error["param"] == "messages" and "messages" in error["message"]
+    status, _, body = post(api[0], b'{"model": "tierwise"}')
+    assert status == 400 and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "gpt-4o", "messages": user()}, "model"),
+    ({"model": "tierwise/nonesuch", "messages": user()}, "model"),
+    ({"messages": user()}, "model"),
+    ({"model": "tierwise", "messages": []}, "messages"),
+    ({"model": "tierwise", "messages": "hi"}, "messages"),
+    ({"model": "tierwise", "messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"model": "tierwise", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"model": "tierwise", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content[0]"),
+    ({"model": "tierwise", "messages": user(), "temperature": 3}, "temperature"),
+    ({"model": "tierwise", "messages": user(), "max_tokens": -1}, "max_tokens"),
+    ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
+    ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
+    ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "tierwise", "messages": user("x" * 300_000)}, "messages[0].content"),
+])
+def test_bad_requests_are_400s_naming_the_field(api, body, param):
+    status, _, reply = post(api[0], json.dumps(body).encode())
+    assert status == 400, reply
+    assert reply["error"]["param"] == param and reply["error"]["message"].startswith(param), reply
+
+
+def test_bad_json_a_huge_body_and_unknown_paths_get_openai_errors(api):
+    status, _, reply = post(api[0], b"{not json")
+    assert status == 400 and "not valid JSON" in reply["error"]["message"] and reply["error"]["param"] is None
+    conn = http.client.HTTPConnection(api[0], timeout=20)
+    for method, path, code in (("GET", "/v2/anything", 404), ("GET", "/v1/chat/completions", 405)):
+        conn.request(method, path)
+        response = conn.getresponse()
+        assert response.status == code and json.loads(response.read())["error"]["message"]
+    conn.close()
+
+
+def test_a_bad_timeout_header_is_a_400(api):
+    status, _, reply = post(api[0], json.dumps({"model": "tierwise", "messages": user()}).encode(),
+                            {"x-tierwise-timeout-ms": "soon"})
+    assert status == 400 and reply["error"]["param"] == "x-tierwise-timeout-ms"
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["tierwise", "tierwise/heuristic", "tierwise/", "x"]) | JSON,
+    "messages": st.lists(st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "x"]) | JSON,
+                                                              "content": JSON}), max_size=3) | JSON,
+    "stream": JSON, "stream_options": JSON, "max_tokens": JSON, "max_completion_tokens": JSON,
+    "temperature": JSON, "n": JSON, "head": JSON, "tools": JSON})
+BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
+          | FIELDS.map(lambda v: json.dumps(v).encode()))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_fuzzed_bodies_never_get_a_500(api, body):
+    status, _, reply = post(api[0], body)
+    assert status in (200, 400), (status, reply)
+    if status == 400:
+        assert set(reply["error"]) == {"message", "type", "param", "code"}
+
+
+# ------------------------------------------------------------------------------ provider failures and limits
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory, double):
+    """A router admitting one call at a time and 2 KiB of messages, heuristic only (no classifier), HTTP on an
+    ephemeral port."""
+    doc = router_config(double.base_url, strategy="heuristic", limits={"max_in_flight": 1, "max_total_bytes": 2048,
+                                                                         "max_message_bytes": 1024})
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path_factory.mktemp("fragile"), "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router:
+        yield http_address(router)
+        double.reset()
+
+
+def served_again(address: str) -> None:
+    """Waits (bounded) until the router answers again: its breakers close a second after the failures stop."""
+    body = json.dumps({"model": "tierwise/cheapest", "messages": user()}).encode()
+    for _ in range(50):
+        if post(address, body)[0] == 200:
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError("the router did not answer again within 5 s")
+
+
+def test_no_provider_available_is_a_503(fragile, double):
+    for model in PROVIDERS:
+        double.set_persistent(model, Fault.http_error(500))
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            sdk(fragile).chat.completions.create(model="tierwise", messages=user())
+        assert err.value.status_code == 503
+        status, _, reply = post(fragile, json.dumps({"model": "tierwise", "messages": user(),
+                                                     "stream": True}).encode())
+        assert status == 503 and reply["error"]["code"] == "no_provider_available", "a stream that never began"
+    finally:
+        double.reset()
+        served_again(fragile)
+
+
+def test_a_passed_deadline_is_a_504(fragile, double):
+    for model in PROVIDERS:
+        double.set_persistent(model, Fault.delay(3.0))
+    try:
+        status, _, reply = post(fragile, json.dumps({"model": "tierwise", "messages": user()}).encode(),
+                                {"x-tierwise-timeout-ms": "300"})
+    finally:
+        double.reset()
+        served_again(fragile)
+    assert status == 504 and reply["error"]["code"] == "deadline_exceeded", reply
+
+
+def test_a_body_past_the_limit_is_a_400_without_being_read(fragile):
+    status, _, reply = post(fragile, b" " * 200_000)
+    assert status == 400 and "exceed the limit" in reply["error"]["message"] and reply["error"]["param"] is None
+
+
+def test_a_full_router_is_a_429_with_retry_after(fragile, double):
+    double.reset()
+    double.set_persistent("t1-a", Fault.delay(1.5))
+    double.set_persistent("t2-a", Fault.delay(1.5))
+    body = json.dumps({"model": "tierwise/cheapest", "messages": user()}).encode()
+    slow = threading.Thread(target=post, args=(fragile, body))
+    slow.start()
+    try:
+        for _ in range(100):  # until the slow call holds the one place (bounded: 100 x 20 ms)
+            if any(r.model == "t1-a" for r in double.requests[-3:]):
+                break
+            threading.Event().wait(0.02)
+        status, headers, reply = post(fragile, body)
+    finally:
+        slow.join(20)
+        double.reset()
+    assert status == 429 and reply["error"]["code"] == "overloaded" and headers["retry-after"] == "1"
+
+
+def test_a_client_that_goes_away_frees_its_place(fragile, double):
+    """The router admits one call at a time: the place of a caller that hung up is free again at once."""
+    double.reset()
+    double.script("t1-a", Fault.delay(4.0))
+    body = json.dumps({"model": "tierwise/cheapest", "messages": user()}).encode()
+    conn = http.client.HTTPConnection(fragile, timeout=20)
+    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    for _ in range(100):  # until the provider has the call (bounded: 100 x 20 ms)
+        if double.requests:
+            break
+        threading.Event().wait(0.02)
+    conn.close()
+    status = 429
+    for _ in range(50):  # bounded: 50 x 20 ms, far below the 4 s the provider holds the first call
+        status, _, _ = post(fragile, body)
+        if status != 429:
+            break
+        threading.Event().wait(0.02)
+    assert status == 200
+
+
+# ---------------------------------------------------------------------------------- keys, limits and traces
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, double):
+    """A router requiring API keys and exporting spans to a real OTLP receiver."""
+    workdir = tmp_path_factory.mktemp("keyed")
+    keys = workdir / "keys"
+    keys.write_text(f"{KEY} id=main\n{RATED_KEY} id=rated rpm=2\n")
+    with OtlpReceiver() as receiver:
+        env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        doc = router_config(double.base_url, strategy="heuristic")
+        with running_router(doc, UNUSED_CLASSIFIER, workdir, "--http-listen", "127.0.0.1:0", "--api-keys-file",
+                            str(keys), env=env) as router:
+            yield {"address": http_address(router), "receiver": receiver, "router": router}
+
+
+@pytest.mark.parametrize("key", ["tw-wrong", f"{KEY}x"])
+def test_a_wrong_key_is_a_401(keyed, key):
+    with pytest.raises(openai.AuthenticationError) as err:
+        sdk(keyed["address"], key).chat.completions.create(model="tierwise", messages=user())
+    assert err.value.status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        sdk(keyed["address"], key).models.list()
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Basic abc"}, {"authorization": "Bearer"}])
+def test_a_missing_key_is_a_401(keyed, headers):
+    status, _, reply = post(keyed["address"], json.dumps({"model": "tierwise", "messages": user()}).encode(), headers)
+    assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+    assert "authorization: Bearer" in reply["error"]["message"]
+
+
+def test_the_right_key_is_served(keyed):
+    client = sdk(keyed["address"], KEY)
+    assert client.chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
+    assert "tierwise" in [m.id for m in client.models.list()]
+
+
+def test_a_key_over_its_rate_limit_is_a_429_with_retry_after(keyed):
+    client = sdk(keyed["address"], RATED_KEY)
+    for _ in range(2):
+        client.chat.completions.create(model="tierwise", messages=user())
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="tierwise", messages=user())
+    assert err.value.status_code == 429 and 1 <= int(err.value.response.headers["retry-after"]) <= 30
+    assert "2 requests a minute" in err.value.message
+
+
+def test_traceparent_joins_the_callers_trace_without_prompt_text(keyed, double):
+    double.script("t1-a", Fault.http_error(500))  # a failed attempt shows up as a span of its own
+    double.script("t2-a", Fault.http_error(500))
+    double.script("t3-a", Fault.http_error(500))
+    raw = sdk(keyed["address"], KEY).chat.completions.with_raw_response.create(
+        model="tierwise", messages=user(PROMPT), extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
+    reply = raw.parse()
+    receiver = keyed["receiver"]
+    assert receiver.wait_for_spans(lambda r, s: s.trace_id.hex() == TRACE_ID and s.name.startswith("POST "))
+    spans = [s for _, s in receiver.spans() if s.trace_id.hex() == TRACE_ID]
+    root = next(s for s in spans if s.name == "POST /v1/chat/completions")
+    assert root.parent_span_id.hex() == PARENT, "a child of the caller's span"
+    attrs = attributes(root)
+    assert attrs["tierwise.strategy"] == "heuristic" and attrs["tierwise.key_id"] == "main"
+    assert attrs["gen_ai.response.model"] == reply.model and attrs["http.response.status_code"] == 200
+    assert attrs["tierwise.tier"] == int(raw.headers["x-tierwise-tier"])
+    attempts = [s for s in spans if s.name.startswith("chat ")]
+    assert [attributes(s)["tierwise.outcome"] for s in attempts] == ["error", "ok"]
+    assert all(s.parent_span_id == root.span_id for s in attempts)
+    for _, s in receiver.spans():
+        text = str(attributes(s)) + s.name + str([str(e) for e in s.events])
+        assert "GREY OWL" not in text and KEY not in text
+    assert "GREY OWL" not in "".join(keyed["router"].output)
+
+
+def test_a_refused_request_is_a_span_with_its_status(keyed):
+    with pytest.raises(openai.AuthenticationError):
+        sdk(keyed["address"], "tw-wrong").chat.completions.create(
+            model="tierwise", messages=user(), extra_headers={"traceparent": f"00-{'5' * 32}-{PARENT}-01"})
+    found = keyed["receiver"].wait_for_spans(lambda r, s: s.trace_id.hex() == "5" * 32)
+    assert found and attributes(found[0][1])["http.response.status_code"] == 401
+
+
+def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, double):
+    ca = authority()
+    cert, key = issue(ca, "router").write(tmp_path, "router")
+    ca_path = write_ca(ca, tmp_path / "ca.crt")
+    doc = router_config(double.base_url, strategy="heuristic")
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--tls-cert", str(cert),
+                        "--tls-key", str(key), env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        trusted = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca_path)))
+        client = OpenAI(base_url=f"https://{address}/v1", api_key="unused", max_retries=0, http_client=trusted)
+        assert client.chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
+        with pytest.raises(openai.APIConnectionError):
+            sdk(address).models.list()  # plain HTTP to the TLS port
