@@ -8,12 +8,15 @@ BIN := $(VENV)/bin
 ENCODER := build/encoder
 LISTEN ?= 127.0.0.1:50051
 ROUTER_LISTEN ?= 127.0.0.1:50052
+HTTP_LISTEN ?= 127.0.0.1:8080
+# The router's config for `make run` (default: tierwise.yaml if present, else tierwise.example.yaml).
+CONFIG ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test bench protos train clean help clients tools images fuzz
 
 help:
-	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) and the classifier on $(LISTEN)"
+	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) (HTTP API on $(HTTP_LISTEN)) and the classifier on $(LISTEN); CONFIG=path.yaml"
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make fuzz    set up, send 10,000 bad requests to both services, fail on UNKNOWN/INTERNAL or a dead server"
@@ -49,7 +52,8 @@ protos: $(VENV)/.stamp
 	$(BIN)/python -m tierwise.protogen
 
 run: setup
-	$(BIN)/python -m tierwise.run --classifier-listen $(LISTEN) --router-listen $(ROUTER_LISTEN)
+	$(BIN)/python -m tierwise.run --classifier-listen $(LISTEN) --router-listen $(ROUTER_LISTEN) \
+		--http-listen '$(HTTP_LISTEN)' $(if $(CONFIG),--config '$(CONFIG)')
 
 test: setup tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,20 +1,36 @@
-"""`make run`'s launcher: both real services come up on 127.0.0.1, and one SIGTERM stops both cleanly."""
+"""`make run`'s launcher: both real services come up on 127.0.0.1, the router with its HTTP API and the config it
+was given, and one SIGTERM stops both cleanly."""
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 
+import yaml
+
 from .provider_double import unused_port
-from .servers import start
+from .servers import ROOT, start
 
 
-def test_launcher_serves_both_and_stops_both_on_sigterm():
+def test_launcher_serves_both_and_stops_both_on_sigterm(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "tierwise.example.yaml").read_text()),
+                                      "strategy": "heuristic"}))
+    http_listen = f"127.0.0.1:{unused_port()}"
     run = start("tierwise.run", "--classifier-listen", f"127.0.0.1:{unused_port()}",
-                "--router-listen", f"127.0.0.1:{unused_port()}")
+                "--router-listen", f"127.0.0.1:{unused_port()}", "--http-listen", http_listen, "--config", str(config))
     try:
         run.wait_for("Ctrl-C stops both", timeout=120)
+        conn = http.client.HTTPConnection(http_listen, timeout=10)
+        conn.request("GET", "/v1/models")
+        response = conn.getresponse()
+        models = [m["id"] for m in json.loads(response.read())["data"]]
+        conn.close()
         run.proc.send_signal(signal.SIGTERM)
         assert run.proc.wait(60) == 0
     finally:
         run.stop()
     out = "".join(run.output)
+    assert response.status == 200 and "tierwise" in models, out
+    assert f"http={http_listen}" in out and "strategy=heuristic" in out and f"(config {config})" in out, out
     assert "tierwise-router stopped" in out and "tierwise-classifier stopped" in out, out

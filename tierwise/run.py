@@ -1,4 +1,5 @@
-"""`make run`: start the classifier, then the router pointed at it, both on 127.0.0.1; Ctrl-C stops both."""
+"""`make run`: start the classifier, then the router pointed at it (gRPC, and the OpenAI-compatible HTTP API beside
+it), all on 127.0.0.1; Ctrl-C stops both."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m tierwise.run", description=__doc__)
     ap.add_argument("--classifier-listen", default="127.0.0.1:50051")
     ap.add_argument("--router-listen", default="127.0.0.1:50052")
+    ap.add_argument("--http-listen", default="127.0.0.1:8080",
+                    help="the router's OpenAI-compatible HTTP API (\"\" = off)")
     default_config = ROOT / "tierwise.yaml"
     ap.add_argument("--config", default=str(default_config if default_config.exists() else ROOT / "tierwise.example.yaml"))
     args = ap.parse_args()
@@ -71,7 +74,8 @@ def main() -> int:
     try:
         for module, extra in (("classifier_service", ["--listen", args.classifier_listen]),
                               ("router_service", ["--listen", args.router_listen, "--config", args.config,
-                                                  "--classifier", args.classifier_listen])):
+                                                  "--classifier", args.classifier_listen,
+                                                  *(["--http-listen", args.http_listen] if args.http_listen else [])])):
             ready, lines = threading.Event(), []
             procs.append(start([module, *extra], module, ready, lines))
             while not ready.wait(0.2):
@@ -80,7 +84,8 @@ def main() -> int:
             if not lines:
                 print(f"tierwise: {module} exited before it was ready (code {procs[-1].wait()})", flush=True)
                 return 1
-        print(f"tierwise: router on {args.router_listen} (config {args.config}), classifier on "
+        http = f", OpenAI-compatible HTTP API on http://{args.http_listen}/v1" if args.http_listen else ""
+        print(f"tierwise: router on {args.router_listen}{http} (config {args.config}), classifier on "
               f"{args.classifier_listen}. Ctrl-C stops both.", flush=True)
         while not stopping.wait(0.5):
             for proc in procs:
