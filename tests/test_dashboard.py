@@ -9,6 +9,9 @@ serves both paths; the Collector's own metrics are not on the dashboard.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import grpc
 import promql_parser
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tierwise.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2, router_pb2_grpc
@@ -210,3 +214,22 @@ def test_classifier_metrics_move_with_the_calls_it_serves(tmp_path):
     assert moved("tierwise_classifier_cache_lookups_total", result="miss") == 3
     assert moved("tierwise_classifier_batch_size_sum") == 3 and moved("tierwise_classifier_batch_size_count") >= 2
     assert value(after, "tierwise_classifier_queue_depth") == 0 and value(after, "tierwise_classifier_in_flight") == 0
+
+
+def test_a_bad_or_taken_metrics_address_is_a_clean_error(tmp_path):
+    config = tmp_path / "tierwise.yaml"
+    config.write_text(yaml.safe_dump(router_config("http://127.0.0.1:9")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        for module, args, says in (
+                ("classifier_service", ["--metrics-listen", "9464"], "--metrics-listen: '9464' is not HOST:PORT"),
+                ("router_service", ["--config", str(config), "--metrics-listen", "localhost"], "is not HOST:PORT"),
+                ("router_service", ["--config", str(config), "--metrics-listen", busy], f"cannot serve metrics on {busy}"),
+                ("router_service", ["--config", str(config), "--metrics-listen", busy, "--metrics-port", "1"],
+                 "--metrics-listen or --metrics-port, not both")):
+            proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=60)
+            assert proc.returncode == 2 and says in proc.stdout + proc.stderr, (module, args, proc.stdout, proc.stderr)
+            assert "Traceback" not in proc.stdout + proc.stderr
