@@ -21,8 +21,7 @@ from pydantic_core import core_schema
 
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
-from .config_doc import (AtLeastOne, AtLeastZero, Flag, Int, Name, Number, Positive, Problem, Text, Tier, doc, must,
-                         refuse, schema)
+from .config_doc import AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, must, refuse, schema
 from .gates import GATES
 from .providers import ProviderConfig
 from .providers.types import Price
@@ -35,13 +34,20 @@ class ConfigError(ValueError):
 @schema
 class TierConfig:
     tier: Tier = doc("1 (cheap), 2 (mid) or 3 (frontier); each exactly once")
-    price_per_mtok: Price = doc("what the tier's answers cost", nested=Price)
+    price_per_mtok: Price = doc("what the tier's answers cost, unless the provider that gave one sets its own",
+                                nested=Price)
     providers: Annotated[tuple[ProviderConfig, ...], must(len, "required, a non-empty list (the tier's fallback "
                                                               "chain in order)")] = doc(
         "the tier's fallback chain, tried in order", nested=ProviderConfig, many=True)
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return self.price_per_mtok.cost(input_tokens, output_tokens)
+    def price(self, provider: str | None = None) -> Price:
+        """What an answer from `provider` (by name) costs; None = the first provider's, as estimates assume."""
+        chosen = next((p for p in self.providers if p.name == provider), self.providers[0])
+        return chosen.price_per_mtok or self.price_per_mtok
+
+    def cost(self, input_tokens: int, output_tokens: int, provider: str | None = None) -> float:
+        """USD for an answer from `provider` (by name); None = the first provider, as estimates assume."""
+        return self.price(provider).cost(input_tokens, output_tokens)
 
 
 class Tiers(dict[int, TierConfig]):

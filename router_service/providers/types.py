@@ -66,7 +66,8 @@ class Price:
         return (input_tokens * self.input + output_tokens * self.output) / 1e6
 
 
-Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://")), "must start with http:// or https://")]
+Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://")),
+                                     "must start with http:// or https://")]
 
 
 @schema
@@ -80,10 +81,14 @@ class ProviderConfig:
         "retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
     breaker_failures: AtLeastOne = doc("consecutive failures that open the circuit breaker", 5)
     breaker_cooldown_s: AtLeastZero = doc("seconds an open breaker waits before one half-open probe", 30.0)
-    context_window: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (not checked) or a number of tokens")] = doc(
+    context_window: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (not checked) or a number of "
+                                                  "tokens")] = doc(
         "tokens the model holds, prompt and answer together; a request that cannot fit (every message counted, plus "
         "max_tokens) skips this provider, and a tier none of whose providers fits it is skipped upwards (0 = not "
         "checked)", 0)
+    price_per_mtok: Price | None = doc("what this provider costs, when it differs from its tier's `price_per_mtok`: "
+                                       "an answer is billed at the price of the provider that gave it (null = the "
+                                       "tier's)", None, nested=Price)
 
     def fits(self, tokens: int) -> bool:
         return not self.context_window or tokens <= self.context_window
