@@ -1,4 +1,4 @@
-"""A real OTLP/gRPC trace receiver (the protocol Jaeger and the Collector ingest), for tests."""
+"""A real OTLP/gRPC receiver of traces and metrics (the protocol Jaeger and the Collector ingest), for tests."""
 from __future__ import annotations
 
 import threading
@@ -6,6 +6,7 @@ import time
 from concurrent import futures
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -15,6 +16,8 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     @property
@@ -37,6 +40,13 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                         out.extend((resource, span) for span in ss.spans)
         return out
 
+    def metrics(self) -> list[tuple[dict, object]]:
+        """(resource attributes, metric) for every metric export received so far."""
+        with self._lock:
+            return [({a.key: _value(a.value) for a in rm.resource.attributes}, metric)
+                    for req in self.metric_requests for rm in req.resource_metrics
+                    for sm in rm.scope_metrics for metric in sm.metrics]
+
     def wait_for_spans(self, predicate, timeout: float = 20.0) -> list:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -52,6 +62,16 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __exit__(self, *exc) -> None:
         self._server.stop(0)
+
+
+class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver):
+        self.receiver = receiver
+
+    def Export(self, request, context):
+        with self.receiver._lock:
+            self.receiver.metric_requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
 def _value(v):

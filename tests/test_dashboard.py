@@ -3,18 +3,21 @@ its PromQL names, and every label it selects or groups by, is on the real classi
 a few calls. And the classifier's metrics move with the calls it serves.
 
 Both services also send the same metrics over OTLP to the Collector in deploy/compose.yaml, whose Prometheus
-exporter names them as the services' own endpoints do (counters _total, units as suffixes), so one set of names
-serves both paths; the Collector's own metrics are not on the dashboard.
+exporter must name them as the services' own endpoints do (counters _total, units as suffixes): the services run
+here with OTLP export to a real OTLP receiver too, and the names the Collector makes of what arrives are checked
+against the dashboard as well. The Collector's own metrics are not on the dashboard.
 """
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import promql_parser
@@ -24,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tierwise.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2, router_pb2_grpc
 
+from .otlp_receiver import OtlpReceiver
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, ServiceProcess, router_config, running_router, start_classifier
 
@@ -92,13 +96,19 @@ def ask(text: str, strategy: str) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[router_pb2.Message(role="user", content=text)], strategy=strategy)
 
 
+class Stack(NamedTuple):
+    exported: dict[str, list[dict]]  # both services' /metrics
+    answers: list[router_pb2.CompleteResponse]
+    otlp: list  # (resource attributes, OTLP metric) the same services sent over OTLP
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> tuple[dict[str, list[dict]], list[router_pb2.CompleteResponse]]:
-    """What a classifier and a router export after the calls that make each dashboard series exist: answers at
-    two tiers (one escalated past failing tier-1 providers), classifier calls OK and refused, then a decision
-    degraded because the classifier has gone; and the answers."""
-    env = {KEY_ENV: "k"}
-    with ProviderDouble() as double:
+def stack(tmp_path_factory) -> Stack:
+    """What a classifier and a router export, on /metrics and over OTLP, after the calls that make each dashboard
+    series exist: answers at two tiers (one escalated past failing tier-1 providers), classifier calls OK and
+    refused, then a decision degraded because the classifier has gone."""
+    with ProviderDouble() as double, OtlpReceiver() as receiver:
+        env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "60000"}
         classifier = start_classifier("--metrics-listen", "127.0.0.1:0", env=env)
         try:
             with running_router(router_config(double.base_url, strategy="embedding"), classifier.address,
@@ -124,12 +134,13 @@ def stack(tmp_path_factory) -> tuple[dict[str, list[dict]], list[router_pb2.Comp
                 from_router = scrape(router)
         finally:
             classifier.stop()
-    return {**from_classifier, **from_router}, answers
+        # Each service exports its metrics once more as it shuts down: everything counted is in by now.
+        return Stack({**from_classifier, **from_router}, answers, receiver.metrics())
 
 
 @pytest.fixture(scope="module")
-def exported(stack) -> dict[str, list[dict]]:
-    return stack[0]
+def exported(stack: Stack) -> dict[str, list[dict]]:
+    return stack.exported
 
 
 @pytest.mark.parametrize("title,expr", expressions())
@@ -162,7 +173,7 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
 
 
 def test_savings_compare_the_answers_cost_with_their_tokens_at_tier_3_prices(stack):
-    exported, answers = stack
+    exported, answers = stack.exported, stack.answers
     tier3 = router_config("http://unused")["tiers"][2]["price_per_mtok"]
     frontier = sum(a.usage.input_tokens * tier3["input"] + a.usage.output_tokens * tier3["output"]
                    for a in answers) / 1e6
@@ -170,6 +181,40 @@ def test_savings_compare_the_answers_cost_with_their_tokens_at_tier_3_prices(sta
     spent = value(exported, "tierwise_router_cost_USD_total")
     assert spent == pytest.approx(sum(a.cost_usd for a in answers))
     assert 0 < spent < frontier, "an answer at tier 2 costs less than at tier 3"
+
+
+# How an OpenTelemetry Collector's prometheus exporter (add_metric_suffixes: true, deploy/otel-collector.yaml) names
+# an OTLP metric: characters outside [a-zA-Z0-9_:] become _, the unit is appended as a word (annotations in braces
+# dropped), a monotonic sum gets _total, a histogram is served as _bucket, _sum and _count.
+COLLECTOR_UNITS = {"ms": "milliseconds", "s": "seconds", "By": "bytes", "1": ""}
+
+
+def collector_names(metric) -> set[str]:
+    name = re.sub(r"[^a-zA-Z0-9_:]", "_", metric.name)
+    unit = COLLECTOR_UNITS.get(metric.unit, re.sub(r"\{[^}]*\}", "", metric.unit))
+    if unit and not name.endswith(f"_{unit}"):
+        name += f"_{unit}"
+    kind = metric.WhichOneof("data")
+    if kind == "sum" and metric.sum.is_monotonic:
+        return {f"{name}_total"}
+    if kind == "histogram":
+        return {f"{name}_{part}" for part in ("bucket", "sum", "count")}
+    return {name}
+
+
+def test_metrics_through_the_collector_have_the_dashboards_names(stack: Stack):
+    """Compose's Prometheus reads both services' metrics from the Collector, which got them over OTLP: the names
+    it makes of them are the names on the services' own endpoints, so every dashboard query finds them there."""
+    by_service = defaultdict(set)
+    for resource, metric in stack.otlp:
+        by_service[resource["service.name"]] |= collector_names(metric)
+    assert set(by_service) == {"tierwise-classifier", "tierwise-router"}
+    through_collector = set().union(*by_service.values())
+    ours = {name for name in stack.exported if name.startswith("tierwise_")}
+    assert ours <= through_collector, f"only on /metrics: {sorted(ours - through_collector)}"
+    for title, expr in expressions():
+        for name, _, _ in selectors(expr):
+            assert name in through_collector, f"{title}: {name} does not arrive through the Collector"
 
 
 def test_a_name_the_services_do_not_export_is_caught(exported):
