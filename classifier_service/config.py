@@ -79,25 +79,28 @@ def parse(argv: list[str] | None = None) -> Config:
                                                          "Path | None": Path}[f.type]
         default = f.default
         if os.environ.get(env) or (env in os.environ and f.default is not None):  # unset a file by ""
-            default = kind(os.environ[env])
+            default = os.environ[env]  # argparse converts a string default like the flag: a bad one is its error
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                         help=f"{HELP[f.name]} (env {env}; default {f.default})")
     args = ap.parse_args(argv)
     cfg = Config(**vars(args))
+    problems = []  # every one, so one run shows them all
     if cfg.precision not in ("int8", "fp32"):
-        ap.error("--precision must be int8 or fp32")
+        problems.append("--precision must be int8 or fp32")
     for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
         if getattr(cfg, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+            problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
-        ap.error("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
+        problems.append("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     try:
         ServerTLS.from_settings(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     except ValueError as err:
-        ap.error(str(err))
+        problems.append(str(err))
     if cfg.metrics_listen:
         try:
             split_listen(cfg.metrics_listen)
         except ValueError as err:
-            ap.error(f"--metrics-listen: {err}")
+            problems.append(f"--metrics-listen: {err}")
+    if problems:
+        ap.error("\n".join(problems))
     return cfg

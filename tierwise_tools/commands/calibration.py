@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from classifier_service.encoder import Encoder
-from classifier_service.heads import HeadRegistry
 from router_service.config import ConfigError
 from tierwise.data import check_measurable
 
@@ -17,7 +16,7 @@ from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
 from ..embeddings import embed_records
 from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
 from ..replays import cascade_options, replay, unreplayable_start
-from .common import add_data, add_live_gate, data_paths, quality_target, read_records, spent
+from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
 
 
 def register(sub) -> None:
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def calibrate_head(args: argparse.Namespace, records) -> int:
-    head = HeadRegistry.from_dir(args.heads_dir).get(args.head)
+    head = heads_in(args.heads_dir, "--heads-dir").get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
@@ -70,7 +69,7 @@ def calibrate_cascade(args: argparse.Namespace, records) -> int:
         options = cascade_options(args.config, "", args.concurrency, args.verdicts,
                                   target_quality=args.target_quality, heads_dir=args.heads_dir)
     except ConfigError as err:
-        print(f"tierwise calibrate: --config: {err}", file=sys.stderr)
+        complain("calibrate", err, "--config: ")
         return 2
     cascade, live = options.cascade, options.live_gate
     if live is None:

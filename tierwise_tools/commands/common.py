@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tierwise.data import Record, load, shared_files, split
+from classifier_service.heads import HeadRegistry
+from tierwise.data import DataError, Record, load, shared_files, split
 
 from ..live_gate import LiveGate
 
@@ -46,6 +47,21 @@ def read_records(paths: list[Path], part: str) -> list[Record]:
     """`part` of the records: all, dev, or held-out (the fifth by id hash that training never sees)."""
     records = load(paths)
     return records if part == "all" else split(records)[part == "held-out"]
+
+
+def heads_in(directory: Path, flag: str) -> HeadRegistry:
+    """The heads under `directory`. A head file that cannot be loaded is bad input naming `flag`, not a
+    traceback; none at all is FileNotFoundError, which the CLI reports."""
+    try:
+        return HeadRegistry.from_dir(directory)
+    except ValueError as err:
+        raise DataError(f"{flag}: {err}") from None
+
+
+def complain(command: str, err: Exception, flag: str = "") -> None:
+    """`err` on stderr, each of its lines (a config file's problems, one a line) as a `tierwise COMMAND:` line."""
+    for line in str(err).splitlines():
+        print(f"tierwise {command}: {flag}{line}", file=sys.stderr)
 
 
 def add_live_gate(p: argparse.ArgumentParser) -> None:

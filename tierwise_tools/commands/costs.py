@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from router_service.config import ConfigError, load
 
 from .. import costs
 from ..paths import ROOT
-from .common import at_least
+from .common import at_least, complain
 
 
 def register(sub) -> None:
@@ -27,10 +26,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load(args.config)
         rows = [(f"mix {args.mix}", costs.parse_mix(args.mix), None)] if args.mix else []
-        rows += [costs.from_eval(p) for p in args.from_eval or ()]
-    except (ConfigError, ValueError, OSError, KeyError) as err:
-        print(f"tierwise costs: {err}", file=sys.stderr)
+        rows += [_from_eval(p) for p in args.from_eval or ()]
+    except (ConfigError, ValueError, OSError) as err:
+        complain("costs", err)
         return 2
     print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens,
                       args.output_tokens or cfg.expected_output_tokens), end="")
     return 0
+
+
+def _from_eval(path: Path):
+    try:
+        return costs.from_eval(path)
+    except (KeyError, TypeError, AttributeError) as err:  # JSON, but not the shape eval writes
+        raise ValueError(f"--from-eval {path}: not what `tierwise eval --json` writes ({type(err).__name__}: "
+                         f"{err})") from None

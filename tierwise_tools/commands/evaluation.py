@@ -12,7 +12,7 @@ from tierwise.data import check_measurable
 from .. import evaluate
 from ..paths import HEADS_DIR
 from ..replays import LISTED, cascade_options, check, replay
-from .common import add_data, add_live_gate, data_paths, quality_target, read_records, spent
+from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
 
 
 def register(sub) -> None:
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     by_file = {p: read_records([p], args.split) for p in data_paths(args.data, "eval")}  # each file read once
     records = [r for part in by_file.values() for r in part]
     check_measurable(records, f"{' '.join(map(str, by_file))} ({args.split})")
+    if any(args.heads_dir.glob("*/head.json")):  # none is fine for strategies without a head
+        heads_in(args.heads_dir, "--heads-dir")
     try:
         check(args.strategy)
         options = cascade_options(args.config, args.gate, args.concurrency, args.verdicts,
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tierwise eval: {err.args[0]}", file=sys.stderr)
         return 2
     except ConfigError as err:
-        print(f"tierwise eval: --config: {err}", file=sys.stderr)
+        complain("eval", err, "--config: ")
         return 2
     if args.report:
         per_file = {}

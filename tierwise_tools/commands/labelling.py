@@ -10,7 +10,7 @@ from router_service.config import ConfigError, load
 from tierwise.tiers import TIERS
 
 from ..label import label, read_queries
-from .common import at_least
+from .common import at_least, complain
 
 
 def register(sub) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load(args.config)
         queries = read_queries(args.queries, args.source)
     except (ConfigError, ValueError, OSError) as err:
-        print(f"tierwise label: {err}", file=sys.stderr)
+        complain("label", err)
         return 2
     summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate, args.concurrency))
     for failure in summary["failed"]:

@@ -13,7 +13,7 @@ from tierwise.data import check_measurable, load
 from ..embeddings import embed_records
 from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR, ROOT
 from ..simulate import report, simulate
-from .common import at_least, quality_target
+from .common import at_least, complain, heads_in, quality_target
 
 
 def register(sub) -> None:
@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(f"tierwise simulate: --config: {err}", file=sys.stderr)
+        complain("simulate", err, "--config: ")
         return 2
+    heads_in(args.heads_dir, "--heads-dir")
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(Encoder(ENCODER_DIR, "int8", threads=2), records, EMBEDDINGS_DIR)

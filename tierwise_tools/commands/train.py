@@ -5,13 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifier_service.heads import HeadRegistry, TierHead, check_name
-from tierwise.data import DataError, shared_files
+from classifier_service.heads import TierHead, check_name
+from tierwise.data import shared_files
 
 from ..calibration import ALWAYS_TIER_3
 from ..paths import HEADS_DIR
 from ..train import train
-from .common import add_data, at_least, quality_target
+from .common import add_data, at_least, heads_in, quality_target
 
 
 def register(sub) -> None:
@@ -39,12 +39,7 @@ def head_name(text: str) -> str:
 
 def prior_heads(directory: Path) -> list[TierHead]:
     """The heads under `directory`; none where there are none. A broken head file is bad input."""
-    if not any(directory.glob("*/head.json")):
-        return []
-    try:
-        return list(HeadRegistry.from_dir(directory))
-    except ValueError as err:
-        raise DataError(f"--prior-heads: {err}") from None
+    return list(heads_in(directory, "--prior-heads")) if any(directory.glob("*/head.json")) else []
 
 
 def run(args: argparse.Namespace) -> int:

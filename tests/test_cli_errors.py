@@ -1,0 +1,139 @@
+"""Bad command-line input is a one-line error and a non-zero exit, never a traceback: the `tierwise` subcommands
+and the classifier's flags."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from classifier_service import config as classifier_config
+from tierwise_tools.cli import main
+
+from .servers import ROOT
+
+SHARED = ROOT.parent / "shared" / "data" / "routing" / "zeroeval.dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> Path:
+    """A directory of broken inputs, each named for what is wrong with it."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "binary.jsonl").write_bytes(b"\xff\xfe\x00 not text")
+    (d / "not-a-record.jsonl").write_text('{"query": "hi"}\n')
+    (d / "a-dir").mkdir()
+    (d / "bad.yaml").write_text("tiers: [\n")
+    (d / "bad-config.yaml").write_text("tiers: []\nsurprise: 1\n")
+    (d / "list.json").write_text("[1, 2]\n")
+    (d / "odd-eval.json").write_text('{"operating_point": 5, "strategy": "x"}\n')
+    (d / "broken-heads" / "x").mkdir(parents=True)
+    (d / "broken-heads" / "x" / "head.json").write_text('{"format": "nope"')
+    (d / "candidate").mkdir()
+    (d / "candidate" / "head.json").write_text('{"format": "nope"')
+    with SHARED.open() as src:
+        (d / "records.jsonl").write_text("".join(next(src) for _ in range(200)))
+    return d
+
+
+# (argv with {bad} for the broken inputs' directory and {records} for a small valid records file,
+#  what the error must name)
+CASES = [
+    ("train --name arena-A", "--name"),
+    ("train --c abc", "--c"),
+    ("train --data {bad}/missing.jsonl --no-prior", "missing.jsonl"),
+    ("train --data {bad}/a-dir --no-prior", "a-dir"),
+    ("train --data {bad}/binary.jsonl --no-prior", "binary.jsonl"),
+    ("train --data {bad}/not-a-record.jsonl --no-prior", "not-a-record.jsonl"),
+    ("train --data {records} --prior-heads {bad}/broken-heads", "--prior-heads"),
+    ("calibrate --data {records} --head nope", "nope"),
+    ("calibrate --data {records} --heads-dir {bad}/broken-heads", "--heads-dir"),
+    ("calibrate --data {records} --heads-dir {bad}/missing", "missing"),
+    ("calibrate --data {records} --config {bad}/missing.yaml", "missing.yaml"),
+    ("calibrate --data {records} --config {bad}/bad.yaml", "not valid YAML"),
+    ("calibrate --data {records} --config {bad}/bad-config.yaml", "surprise"),
+    ("calibrate --target-quality 1.5", "--target-quality"),
+    ("eval --data {records} --strategy bogus", "bogus"),
+    ("eval --data {records} --head nope", "nope"),
+    ("eval --data {records} --heads-dir {bad}/broken-heads", "--heads-dir"),
+    ("eval --data {records} --strategy cascade --gate vibes", "vibes"),
+    ("eval --data {records} --config {bad}/bad-config.yaml", "tiers"),
+    ("eval --data {bad}/binary.jsonl", "binary.jsonl"),
+    ("eval --data {records} --split sideways", "--split"),
+    ("promote --data {records} --candidate {bad}/missing", "missing"),
+    ("promote --data {records} --candidate {bad}/candidate", "--candidate"),
+    ("promote --data {records} --candidate models/heads/default --heads-dir {bad}/broken-heads --dry-run",
+     "--heads-dir"),
+    ("costs --queries-per-month abc", "--queries-per-month"),
+    ("costs --queries-per-month 10 --mix a/b/c", "--mix"),
+    ("costs --queries-per-month 10 --from-eval {bad}/list.json", "--from-eval"),
+    ("costs --queries-per-month 10 --from-eval {bad}/odd-eval.json", "--from-eval"),
+    ("costs --queries-per-month 10 --from-eval {bad}/binary.jsonl", "codec"),
+    ("costs --queries-per-month 10 --config {bad}/a-dir", "a-dir"),
+    ("costs --queries-per-month 10 --config {bad}/bad-config.yaml", "surprise"),
+    ("simulate --data {bad}/missing.jsonl --shadow-rate 0.1", "missing.jsonl"),
+    ("simulate --data {records} --shadow-rate x", "--shadow-rate"),
+    ("simulate --data {records} --shadow-rate 2", "--shadow-rate"),
+    ("simulate --data {records} --shadow-rate 0.1 --seed x", "--seed"),
+    ("simulate --data {records} --shadow-rate 0.1 --config {bad}/bad.yaml", "--config"),
+    ("simulate --data {records} --shadow-rate 0.1 --heads-dir {bad}/broken-heads", "--heads-dir"),
+    ("learn --labels {bad}/missing.jsonl --dry-run", "missing.jsonl"),
+    ("learn --labels {bad}/binary.jsonl --dry-run", "binary.jsonl"),
+    ("learn --labels {records} --dry-run --name 'Bad Name'", "--name"),
+    ("learn --labels {records} --dry-run --prior-heads {bad}/broken-heads", "--prior-heads"),
+    ("label --queries {bad}/missing.jsonl --config tierwise.example.yaml", "missing.jsonl"),
+    ("label --queries {bad}/binary.jsonl --config tierwise.example.yaml", "codec"),
+    ("label --queries {records} --config {bad}/bad.yaml", "not valid YAML"),
+    ("label --queries {records} --config tierwise.example.yaml --judge-tier 7", "--judge-tier"),
+    ("route hi --address 127.0.0.1:1 --timeout 1", "UNAVAILABLE"),
+    ("route hi --address '' --timeout 1", "route"),
+    ("complete hi --max-tokens x", "--max-tokens"),
+]
+
+
+def argv(line: str, bad: Path) -> list[str]:
+    return shlex.split(line.format(bad=bad, records=bad / "records.jsonl"))
+
+
+@pytest.mark.parametrize("line, named", CASES,
+                         ids=[c[0].replace("{bad}/", "").replace("{records}", "R") for c in CASES])
+def test_bad_input_is_a_clean_error(line, named, bad, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    try:
+        code = main(argv(line, bad))
+    except SystemExit as err:  # argparse's own errors
+        code = err.code
+    stderr = capsys.readouterr().err
+    assert code not in (0, None), stderr
+    assert "Traceback" not in stderr and named in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("tierwise"), stderr
+
+
+@pytest.mark.parametrize("line", ["train --name arena-A",
+                                  "costs --queries-per-month 10 --from-eval {bad}/odd-eval.json"])
+def test_the_installed_command_prints_no_traceback(line, bad):
+    done = subprocess.run([sys.executable, "-m", "tierwise_tools.cli", *argv(line, bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len([x for x in done.stderr.splitlines() if x.startswith("tierwise")]) == 1, done.stderr
+
+
+def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as err:
+        classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1"])
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "Traceback" not in stderr
+    for problem in ("--precision must be int8 or fp32", "--workers must be at least 1",
+                    "--heads-reload-seconds must be 0"):
+        assert problem in stderr, stderr
+
+
+def test_a_bad_classifier_environment_variable_is_a_clean_error(capsys, monkeypatch):
+    monkeypatch.setenv("TIERWISE_CLASSIFIER_WORKERS", "many")
+    with pytest.raises(SystemExit) as err:
+        classifier_config.parse([])
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "--workers" in stderr and "'many'" in stderr, stderr
+    monkeypatch.setenv("TIERWISE_CLASSIFIER_WORKERS", "3")
+    assert classifier_config.parse([]).workers == 3
