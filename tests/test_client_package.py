@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import tierwise_client
 from tierwise_client import AsyncRouterClient, ClientOptions
@@ -81,19 +82,21 @@ print(json.dumps({{"tier": r.tier, "model": r.model, "strategy": r.strategy, "de
 def test_the_declared_ranges_hold_the_pinned_versions():
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
-    pins = {name.lower(): version.split()[0] for name, version in pins.items()}
+    pins = {canonicalize_name(name): version.split()[0] for name, version in pins.items()}
     client = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
     server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = [r for group in server.get("optional-dependencies", {}).values() for r in group]
     for spec in [*client, *server["dependencies"], *extras]:
         requirement = Requirement(spec)
-        name = requirement.name.lower()
+        name = canonicalize_name(requirement.name)
         if name == "tierwise-client":
             assert requirement.specifier.contains(tierwise_client.__version__), spec
             continue
         assert name in pins, f"{spec}: not pinned in requirements.txt"
         assert requirement.specifier.contains(pins[name]), f"{spec} excludes the pinned {pins[name]}"
     assert {Requirement(s).name for s in client} == {"grpcio", "protobuf"}
+    declared = {canonicalize_name(Requirement(spec).name) for spec in [*server["dependencies"], *extras]}
+    assert not set(pins) - declared, "pinned in requirements.txt but declared in no group of pyproject.toml"
 
 
 # ------------------------------------------------------------------------------------------- the asyncio client
