@@ -16,7 +16,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: setup run test bench protos train clean help clients tools images fuzz
 
 help:
-	@echo "make run     set up and serve the router on $(ROUTER_LISTEN) (HTTP API on $(HTTP_LISTEN)) and the classifier on $(LISTEN); CONFIG=path.yaml"
+	@echo "make run     set up, then serve the router (OpenAI-compatible HTTP on $(HTTP_LISTEN), gRPC on $(ROUTER_LISTEN))"
+	@echo "             and the classifier (gRPC on $(LISTEN)); Ctrl-C stops both. CONFIG=file.yaml: the router's"
+	@echo "             config (e.g. examples/local.yaml; default tierwise.yaml, else tierwise.example.yaml)"
 	@echo "make test    set up and run the test suite"
 	@echo "make bench   set up and benchmark (JSON + Markdown in bench/results/)"
 	@echo "make fuzz    set up, send 10,000 bad requests to both services, fail on UNKNOWN/INTERNAL or a dead server"
@@ -24,7 +26,9 @@ help:
 	@echo "make train   retrain the default head and one head per tier lineup from ../shared/data/routing"
 	@echo "make tools   install helm, kubernetes-validate and checkov into .tools/ (deploy/tools.sh)"
 	@echo "make images  build the container images (needs Docker with BuildKit)"
-	@echo "make clients build the Node, Go and Java example clients (installs their toolchains; clients/README.md)"
+	@echo "make clients build the Node, Go and Java client packages and examples (installs their toolchains;"
+	@echo "             clients/README.md)"
+	@echo "A first request: README.md. Everything else: docs/README.md."
 
 setup: $(VENV)/.stamp $(ENCODER)/manifest.json
 
