@@ -27,7 +27,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${PYTHON_IMAGE} AS serve
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="tierwise-router" \
-      org.opencontainers.image.description="Tierwise router: picks the cheapest model tier that answers well, over gRPC" \
+      org.opencontainers.image.description="Tierwise router: picks the cheapest model tier that answers well, over gRPC and OpenAI-compatible HTTP" \
       org.opencontainers.image.version="${VERSION}"
 RUN groupadd --system --gid 10001 tierwise \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin tierwise
@@ -51,7 +51,8 @@ RUN install -d -o 10001 -g 10001 /var/lib/tierwise/labels
 # Bytecode is compiled now, as root, because the running container cannot write next to the sources.
 RUN python -m compileall -q /app
 USER 10001:10001
-EXPOSE 50052
+# 8080: the OpenAI-compatible HTTP API, served when --http-listen or TIERWISE_ROUTER_HTTP_LISTEN says where.
+EXPOSE 50052 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "/app/deploy/healthcheck.py"]
 ENTRYPOINT ["python", "-m", "router_service"]

@@ -96,6 +96,8 @@ def test_compose_has_the_services_and_their_observability_on_loopback_ports_only
             _, host_port, container_port = port.split(":")
             published[(name, int(container_port))] = int(host_port)
     assert published[("classifier", 50051)] == 50051 and published[("router", 50052)] == 50052
+    assert published[("router", 8080)] == 8080, "the router's OpenAI-compatible HTTP API"
+    assert compose_env(compose["services"]["router"])["TIERWISE_ROUTER_HTTP_LISTEN"] == "0.0.0.0:8080"
     assert published[("jaeger", 16686)] == 16686 and published[("otel-collector", 4317)] == 4317
     assert published[("prometheus", 9090)] == 9090 and published[("grafana", 3000)] == 3000
     # Each service's own /metrics, for a look with curl (Prometheus reads the same series from the collector).
@@ -371,7 +373,8 @@ def test_dockerfiles_run_non_root_with_health_check_and_entrypoint(dockerfile):
     for var in ("PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp", "TMPDIR=/tmp"):
         assert var in env, f"{var}: the image must not write outside /tmp"
     port = {"classifier": 50051, "router": 50052}[name]
-    assert instructions(final, "EXPOSE") == [str(port)]
+    exposed = {"classifier": "50051", "router": "50052 8080"}[name]  # the router's 8080: its HTTP API
+    assert instructions(final, "EXPOSE") == [exposed]
     listen = {"classifier": "TIERWISE_CLASSIFIER_LISTEN", "router": "TIERWISE_ROUTER_LISTEN"}[name]
     assert f"{listen}=0.0.0.0:{port}" in env
     (arg,) = [a for a in preamble if a[0] == "ARG"]
@@ -762,7 +765,7 @@ def test_default_render_admits_only_the_own_namespace_to_the_router(renders):
     rule, metrics = one(docs, "NetworkPolicy", ROUTER)["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {}}], \
         "without networkPolicy.routerFrom only the pods of the release's own namespace may call the router"
-    assert [p["port"] for p in rule["ports"]] == [50052]
+    assert [p["port"] for p in rule["ports"]] == [50052, 8080], "gRPC and the OpenAI-compatible HTTP API"
     assert [p["port"] for p in metrics["ports"]] == [9464], "the metrics port has a rule of its own (metrics.from)"
 
 
@@ -899,7 +902,10 @@ def test_default_render_is_plaintext_without_keys(renders):
     for name in (CLASSIFIER, ROUTER):
         args = container(docs, name)["args"]
         assert not [a for a in args if "tls" in a or a in ("--api-keys-file", "--health-listen")], args
-        assert {p["name"] for p in container(docs, name)["ports"]} == {"grpc", "metrics"}
+        http = {"http"} if name == ROUTER else set()
+        assert {p["name"] for p in container(docs, name)["ports"]} == {"grpc", "metrics", *http}
+    assert flag(container(docs, ROUTER)["args"], "--http-listen") == "0.0.0.0:8080"
+    assert {p["name"]: p["port"] for p in one(docs, "Service", ROUTER)["spec"]["ports"]}["http"] == 8080
 
 
 def test_full_render_serves_tls_and_mtls_from_mounted_secrets(renders):
