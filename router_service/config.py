@@ -164,7 +164,7 @@ class TLSConfig:
 
 @schema
 class AuthConfig:
-    api_keys_file: Text = doc("file of accepted API keys, one a line (see the README's API keys); \"\" = every call "
+    api_keys_file: Text = doc("file of accepted API keys, one a line (see API keys, below the table); \"\" = every call "
                               "is accepted (--api-keys-file)", "")
     reload_s: Positive = doc("how often the keys file is checked for changes, taken up without a restart (SIGHUP "
                              "checks at once)", 10.0)
