@@ -73,6 +73,7 @@ images:
 bench: setup $(BVENV)/.stamp
 	$(BIN)/python -m bench --seed-python $(XVENV)/bin/python
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m bench.router_bench --baseline-python $(BVENV)/bin/python
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m bench.http_bench --baseline-python $(BVENV)/bin/python
 
 # Not part of `make test` (CI time): both servers on 127.0.0.1, 10,000 generated bad requests (bench/fuzz.py).
 fuzz: setup
