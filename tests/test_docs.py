@@ -10,7 +10,8 @@ import pytest
 from .servers import ROOT
 
 DOCS = sorted({ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "clients" / "README.md",
-               ROOT / "deploy" / "README.md", *(ROOT / "docs").rglob("*.md")})
+               ROOT / "deploy" / "README.md", ROOT / "research" / "README.md", *(ROOT / "docs").rglob("*.md"),
+               *(ROOT / "clients").glob("*/README.md"), *(ROOT / "deploy" / "helm").glob("*/README.md")})
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
 CODE_SPAN = re.compile(r"(`+).+?\1", re.S)
