@@ -70,7 +70,7 @@ INLINE_MAX_TOKENS = 64
 
 class MicroBatcher:
     def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25,
-                 on_batch: Callable[[int], object] | None = None):
+                 on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = INLINE_MAX_TOKENS):
         self.encoder = encoder
         self.workers = workers
         self.max_batch = max_batch
@@ -78,13 +78,14 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
         self._queue: list[_Pending] = []
         self._idle = workers
+        self.inline_max_tokens = inline_max_tokens
         self._deciding = 0  # calls between their two looks in _alone
         self._on_batch = on_batch  # told each encoder run's size, for metrics
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
-        if len(texts) == 1 and await self._alone():
+        if len(texts) == 1 and self.inline_max_tokens and await self._alone():
             tokens = self.encoder.tokenize(texts)
-            if len(tokens[0]) <= INLINE_MAX_TOKENS:
+            if len(tokens[0]) <= self.inline_max_tokens:
                 if self._on_batch is not None:
                     self._on_batch(1)
                 return [Embedded(self.encoder.embed_tokens(tokens)[0], len(tokens[0]), tokens[0].truncated)]

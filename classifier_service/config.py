@@ -22,6 +22,7 @@ class Config:
     workers: int = 2
     ort_threads: int = 1
     micro_batch: int = 32
+    inline_max_tokens: int = 64
     max_batch: int = 256
     max_text_bytes: int = 32 * 1024
     max_inflight: int = 256
@@ -54,6 +55,8 @@ HELP = {
     "workers": "encoder runs in parallel",
     "ort_threads": "onnxruntime intra-op threads per run",
     "micro_batch": "most texts one encoder run takes from the queue",
+    "inline_max_tokens": "an idle service embeds a lone text of at most this many tokens on its event loop, sparing "
+                         "the hand-off to a worker thread (0: always a worker)",
     "max_batch": "most texts in one ClassifyBatch call",
     "max_text_bytes": "largest text accepted, in UTF-8 bytes",
     "max_inflight": "texts queued or running before calls get RESOURCE_EXHAUSTED",
@@ -90,6 +93,8 @@ def parse(argv: list[str] | None = None) -> Config:
     for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.inline_max_tokens < 0:
+        ap.error("--inline-max-tokens must be 0 (always a worker) or more")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
         problems.append("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     try:

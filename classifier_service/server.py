@@ -55,7 +55,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                 encoder.embed_tokens([t])
         self.encoder = encoder
         self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch,
-                                    on_batch=self.metrics.batch_size.record)
+                                    on_batch=self.metrics.batch_size.record,
+                                    inline_max_tokens=self.cfg.inline_max_tokens)
 
     # -- RPCs -----------------------------------------------------------------------------------
 

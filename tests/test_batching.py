@@ -72,3 +72,13 @@ def test_the_loop_and_a_worker_give_a_lone_text_the_same_embedding():
     assert encoder.threads[0] == "MainThread" and encoder.threads[-1].startswith("encoder")
     assert on_loop.tokens == on_worker.tokens
     assert float(on_loop.vector @ on_worker.vector) > 0.999
+
+
+def test_inline_max_tokens_zero_sends_every_text_to_a_worker():
+    encoder = ThreadNotingEncoder()
+    batcher = MicroBatcher(encoder, workers=2, max_batch=32, inline_max_tokens=0)
+    try:
+        asyncio.run(batcher.embed(["hi"]))
+    finally:
+        batcher.close()
+    assert len(encoder.threads) == 1 and encoder.threads[0].startswith("encoder")
