@@ -6,6 +6,13 @@ bound meets the target, then take the cheapest of those. The bound is for a wind
 queries, not for the long-run mean: quality measured over a few hundred queries varies with the
 sample too, so the bootstrap draws samples of the size whose variance is the calibration set's plus
 the window's (1/m = 1/n + 1/window).
+
+A head's tradeoffs are tested as a fixed sequence (Learn-then-Test), from always tier 3 towards the
+cheapest, and the search ends at the first tradeoff whose bound misses the target: the chance that the
+chosen tradeoff misses the target is then at most 1 - confidence however many tradeoffs are tried, where
+taking the cheapest of hundreds that each pass on their own is not covered by any level. At the
+target's own risk (the target holds in 90% of label samples) this ships more than a 95% bound per
+tradeoff and misses no more often (decision 0022).
 """
 from __future__ import annotations
 
@@ -28,18 +35,29 @@ TRADEOFFS = np.concatenate([-np.geomspace(1e-3, 3.0, 60)[::-1], [0.0], np.geomsp
 
 
 WINDOW = 500
+CONFIDENCE = 0.90  # of a head's tradeoff, tested as a fixed sequence (decision 0022)
 
 
 def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, target: float,
-              confidence: float = 0.95, window: int = WINDOW, resamples: int = 300,
+              confidence: float = CONFIDENCE, window: int = WINDOW, resamples: int = 300,
               seed: int = 0) -> tuple[float, dict]:
     """(tradeoff, facts) for `target` quality vs frontier on `window` new queries at `confidence`;
     falls back to always tier 3. Calibrated without the support check: the check is a safety net on top,
     not quality headroom for the tradeoff to spend (decision 0008)."""
+    check_measurable(records, "calibration records")
+    return calibrate_arrays(*arrays(records), probabilities, relative_cost, target, confidence, window, resamples, seed)
+
+
+def calibrate_arrays(ok: np.ndarray, cost: np.ndarray, probabilities: np.ndarray, relative_cost, target: float,
+                     confidence: float = CONFIDENCE, window: int = WINDOW, resamples: int = 300,
+                     seed: int = 0) -> tuple[float, dict]:
+    """`calibrate` on the records' acceptable-answer (n, 3) and cost (n, 3) matrices (decision 0022 scores
+    calibrations on cached matrices through this very code)."""
     # A tradeoff that sends every query to tier 3 anyway saves nothing: it is the fallback, and is said to be.
     candidates = ((float(t), tiers) for t in TRADEOFFS
                   for tiers in [decide(probabilities, relative_cost, t)] if (tiers != FRONTIER).any())
-    tradeoff, facts = cheapest_meeting(records, candidates, target, ALWAYS_TIER_3, confidence, window, resamples, seed)
+    tradeoff, facts = meeting(ok, cost, candidates, target, ALWAYS_TIER_3, confidence, window, resamples, seed,
+                              sequential=True)
     return tradeoff, facts if tradeoff != ALWAYS_TIER_3 else {"fallback": "no tradeoff met the bound: always tier 3"}
 
 
@@ -50,20 +68,29 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple], target:
     `target`; (`fallback`, why) when none does. A candidate is (setting, final tier per record), paying that
     tier's cost, or (setting, final tier, paid per record) for a cascade, which pays every tier it tried."""
     check_measurable(records, "calibration records")
-    ok, cost = arrays(records)
-    rows = np.arange(len(records))
-    n = len(records)
+    return meeting(*arrays(records), candidates, target, fallback, confidence, window, resamples, seed)
+
+
+def meeting(ok: np.ndarray, cost: np.ndarray, candidates: Iterable[tuple], target: float, fallback: Any,
+            confidence: float = 0.95, window: int = WINDOW, resamples: int = 300, seed: int = 0,
+            sequential: bool = False) -> tuple[Any, dict]:
+    """`cheapest_meeting` on the acceptable-answer and cost matrices. `sequential`: the candidates come from
+    the most conservative to the cheapest, and the first whose bound misses the target ends the search."""
+    rows = np.arange(len(ok))
+    n = len(ok)
     sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
     weights = poisson_weights(n, sample, resamples, seed)
     frontier = weights @ ok[:, 2]
     best, best_cost, best_facts = fallback, float("inf"), {}
     for setting, tiers, *paid in candidates:
         chosen_cost = paid[0].sum() if paid else cost[rows, tiers - 1].sum()
-        if chosen_cost >= best_cost:
+        if chosen_cost >= best_cost and not sequential:
             continue
         quality = resampled_quality_vs_frontier(weights, ok[rows, tiers - 1], frontier)
         lower = float(np.quantile(quality, 1 - confidence))
-        if lower >= target:
+        if lower < target and sequential:
+            break
+        if lower >= target and chosen_cost < best_cost:
             best, best_cost = setting, chosen_cost
             best_facts = {"quality_vs_frontier_lower_bound": lower,
                           "quality_vs_frontier": float(ok[rows, tiers - 1].mean() / ok[:, 2].mean()),

@@ -20,7 +20,7 @@ from classifier_service.heads import TierHead, decide, success
 from tierwise.data import DataError, check_measurable, load, split
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
-from .calibration import WINDOW
+from .calibration import CONFIDENCE, WINDOW
 from .embeddings import embed_records
 from .evaluate import tradeoff_replay
 from .fitting import MIN_DEV_RECORDS, SUPPORT_QUANTILE, fit_head, lineup
@@ -71,8 +71,10 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         "encoder": encoder.version,
         "model": chosen.describe(),
         "rule": "tier = argmax_t P_t - tradeoff x relative_cost_t",
-        "calibration": (f"per target {', '.join(calibration)}: the cheapest tradeoff whose 95% lower bootstrap bound "
-                        f"of quality vs frontier over a window of {WINDOW} new queries meets the target, on "
+        "calibration": (f"per target {', '.join(calibration)}: tradeoffs tested as a fixed sequence from always tier 3 "
+                        f"towards the cheapest, stopping at the first whose {CONFIDENCE:.0%} lower bootstrap bound of "
+                        f"quality vs frontier over a window of {WINDOW} new queries misses the target; the cheapest "
+                        "before it, on "
                         + ("leave-one-lineup-out predictions of the dev part (each lineup predicted by a model fitted "
                            "on the others)" if pooled else "out-of-fold predictions of the dev part")),
         "support": (f"{len(support.bars)} centroids: k-means of the dev queries"
