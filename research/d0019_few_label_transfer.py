@@ -106,7 +106,7 @@ def table(rows: list[dict], full: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], full: dict, path: Path) -> None:
+def plot(rows: list[dict], full: dict, path: Path, methods=(("alone", "--"), ("prior", "-"))) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def plot(rows: list[dict], full: dict, path: Path) -> None:
     names = sorted({r["file"] for r in rows})
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for method, style in (("alone", "--"), ("prior", "-")):
+        for method, style in methods:
             cell = [r for r in rows if r["file"] == name and r["method"] == method]
             ks = sorted({r["k"] for r in cell})
             for key, label in (("curve", "curve savings@95"), ("savings", "shipped savings")):
