@@ -2,7 +2,7 @@
 
 What Tierwise's OpenAI-compatible HTTP API adds to a chat completion: the official `openai` SDK calling the
 provider double directly, and the same SDK calling Tierwise's HTTP API (heuristic strategy, no classifier hop),
-interleaved in one client process; beside them, in the same run and the same loop, the same SDK calling LiteLLM's
+interleaved in one client process with the same router's gRPC Complete (what the transport alone costs); beside them, in the same run and the same loop, the same SDK calling LiteLLM's
 proxy (run under PATH, an interpreter with `litellm[proxy]`) in front of the same double. Without the proxy's
 extras, LiteLLM's in-process Router is measured instead (bench.litellm_baseline), and the report says so.
 """
@@ -21,12 +21,16 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+import grpc
 import openai
 import yaml
 from openai import AsyncOpenAI
 
 from tests.provider_double import unused_port
 from tests.servers import KEY_ENV, ServiceProcess, router_config, start
+from tierwise.run import stop
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc as pb_grpc
 
 from . import http_report, report
 from .__main__ import machine
@@ -48,10 +52,23 @@ def tierwise_http(address: str) -> callable:
     client = AsyncOpenAI(base_url=f"http://{address}/v1", api_key="unused", max_retries=0, timeout=10.0)
 
     async def call(text: str):
-        raw = await client.chat.completions.with_raw_response.create(model="tierwise/heuristic", messages=user(text))
-        if raw.headers["x-tierwise-degraded"] != "false":
+        reply = await client.chat.completions.create(model="tierwise/heuristic", messages=user(text))
+        if reply.tierwise["degraded"]:
             raise RuntimeError("degraded decision")
-        return raw.parse()
+        return reply
+    return call
+
+
+def tierwise_grpc(channel) -> callable:
+    """The same router's gRPC Complete, for what the transport alone costs."""
+    stub = pb_grpc.RouterServiceStub(channel)
+
+    async def call(text: str):
+        reply = await stub.Complete(pb.CompleteRequest(messages=[pb.Message(**m) for m in user(text)],
+                                                       strategy="heuristic"), timeout=10.0)
+        if reply.degraded:
+            raise RuntimeError("degraded decision")
+        return reply
     return call
 
 
@@ -75,7 +92,7 @@ def litellm_proxy(stack: ExitStack, baseline_python: str, base_url: str, workdir
                              "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=workdir,
                             env=os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
                             stdout=(workdir / "litellm.log").open("w"), stderr=subprocess.STDOUT)
-    stack.callback(_stop, proc)
+    stack.callback(stop, proc)
     deadline = time.monotonic() + PROXY_START_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -93,19 +110,14 @@ def litellm_proxy(stack: ExitStack, baseline_python: str, base_url: str, workdir
     return f"http://127.0.0.1:{port}", version
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def proxy_call(base_url: str) -> callable:
     client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10.0)
     return lambda text: client.chat.completions.create(model=MODEL, messages=user(text))
+
+
+async def measure(calls: dict, grpc_address: str, sizes: dict) -> dict:
+    async with grpc.aio.insecure_channel(grpc_address) as channel:
+        return await interleaved(calls | {"tierwise_grpc": tierwise_grpc(channel)}, sizes["count"], sizes["warmup"])
 
 
 def run(baseline_python: str, mode: str, workdir: Path) -> dict:
@@ -126,6 +138,7 @@ def run(baseline_python: str, mode: str, workdir: Path) -> dict:
         ready = router.wait_for("ready on", timeout=120).strip()
         result["router"] = ready
         calls = {"direct_sdk": sdk_call(base_url), "tierwise_http": tierwise_http(ready.split(" http=")[1].split()[0])}
+        router.address = ready.split(" ready on ")[1].split()[0]
         try:
             proxy_url, version = litellm_proxy(stack, baseline_python, base_url, workdir)
             calls["litellm_proxy"] = proxy_call(proxy_url)
@@ -136,7 +149,7 @@ def run(baseline_python: str, mode: str, workdir: Path) -> dict:
         pids = {"router": router.proc.pid, "double": double.proc.pid, "classifier": classifier.proc.pid}
         print(f"http-bench: {', '.join(calls)}: {sizes['count']} calls each, interleaved ...", file=sys.stderr)
         with cpu_split(pids) as cores:
-            result["calls"] = asyncio.run(interleaved(calls, sizes["count"], sizes["warmup"]))
+            result["calls"] = asyncio.run(measure(calls, router.address, sizes))
         result["calls"]["cores"] = cores
         if result["litellm"]["kind"] == "router":
             sized = argparse.Namespace(complete=sizes["count"], warmup=sizes["warmup"])

@@ -12,7 +12,7 @@ def added(result: dict) -> dict[str, dict[str, float]]:
     """p50 and p99 added over the direct SDK call measured in the same process and loop."""
     calls = result["calls"]
     base = calls["direct_sdk"]
-    out = {"tierwise_http": _minus(calls["tierwise_http"], base)}
+    out = {"tierwise_http": _minus(calls["tierwise_http"], base), "tierwise_grpc": _minus(calls["tierwise_grpc"], base)}
     lite = result["litellm"]
     if lite["kind"] == "proxy":
         out["litellm"] = _minus(calls["litellm_proxy"], base)
@@ -43,12 +43,14 @@ def render(result: dict) -> str:
     lines += table(["target", "measured (median)", "result"],
                    [[t["target"], t["measured"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]])
     lines += ["", f"## Added latency: {n} sequential chat completions per path, paths interleaved round-robin", "",
-              "Every path is the official `openai` SDK (AsyncOpenAI, no retries) in one client process, each call "
-              "with a unique query. Added = percentile(path) - percentile(direct SDK call) from the same run; "
+              "Every path but the gRPC row is the official `openai` SDK (AsyncOpenAI, no retries), all in one "
+              "client process, each call with a unique query. Added = percentile(path) - percentile(direct SDK call) from the same run; "
               "ratio = added by LiteLLM / added by Tierwise.", ""]
     rows = [["direct openai SDK -> double", calls["direct_sdk"], "0 (reference)", "0 (reference)"],
             ["Tierwise HTTP API, model tierwise/heuristic", calls["tierwise_http"],
-             f"{add['tierwise_http']['p50_ms']:+.2f}", f"{add['tierwise_http']['p99_ms']:+.2f}"]]
+             f"{add['tierwise_http']['p50_ms']:+.2f}", f"{add['tierwise_http']['p99_ms']:+.2f}"],
+            ["(same router over gRPC: Complete, heuristic, grpc.aio client)", calls["tierwise_grpc"],
+             f"{add['tierwise_grpc']['p50_ms']:+.2f}", f"{add['tierwise_grpc']['p99_ms']:+.2f}"]]
     if proxy:
         rows.append([f"LiteLLM proxy {lite['version']} (1 worker)", calls["litellm_proxy"],
                      f"{add['litellm']['p50_ms']:+.2f}", f"{add['litellm']['p99_ms']:+.2f}"])
