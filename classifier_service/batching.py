@@ -1,7 +1,8 @@
 """Adaptive, length-bucketed micro-batching in front of the encoder.
 
-Idle service: a request is embedded alone at once (no waiting window, so no added latency); a short text on
-the event loop itself, sparing the hand-off to a worker thread and back (decision 0021).
+Idle service: a request is embedded alone at once (no waiting window, so no added latency). With
+`inline_max_tokens` set, a short text runs on the event loop itself, sparing the hand-off to a worker thread
+and back; off by default, because a busy service cannot always tell it is busy (decision 0021).
 Busy service: requests queue while every worker runs; a freed worker takes everything queued (up to
 `max_batch`), tokenises it, sorts it by length and runs it as buckets of similar length, so padding
 stays small. Requests whose caller already gave up (deadline, cancel) are dropped before any work.
@@ -62,15 +63,9 @@ def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max
     return out  # type: ignore[return-value]
 
 
-# The hand-off to a worker thread and back costs an idle call about 0.15 ms and 0.3 ms of CPU, a tenth of a
-# short text's encoder run (decision 0021). Past this many tokens a run is long enough that holding the event
-# loop through it (so cache hits and health checks wait) costs more than the hand-off saves.
-INLINE_MAX_TOKENS = 64
-
-
 class MicroBatcher:
     def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25,
-                 on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = INLINE_MAX_TOKENS):
+                 on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0):
         self.encoder = encoder
         self.workers = workers
         self.max_batch = max_batch
@@ -103,8 +98,9 @@ class MicroBatcher:
     async def _alone(self) -> bool:
         """Whether this call may run on the event loop: no worker busy, nothing queued, and no other call
         arriving. Calls that reached the server while the loop was busy get one turn to come this far first;
-        if one does, neither runs here and the workers batch them: a busy service does not serialise its calls
-        on the loop, and runs here only in its lulls."""
+        if one does, neither runs here and the workers batch them. Calls that are still inside gRPC when the
+        loop looks are not seen: under many callers a share of calls runs here, holding up the rest (decision
+        0021), which is why this is off unless configured."""
         if self._idle < self.workers or self._queue:
             return False
         self._deciding += 1

@@ -1,12 +1,16 @@
-"""Where the micro-batcher runs the encoder: on the event loop for a lone short text, on the workers otherwise."""
+"""Where the micro-batcher runs the encoder: with inline_max_tokens set, on the event loop for a lone short text;
+on the workers otherwise."""
 import asyncio
 import threading
 
 import numpy as np
 
-from classifier_service.batching import INLINE_MAX_TOKENS, MicroBatcher
+from classifier_service.batching import MicroBatcher
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
+
+
+INLINE_MAX_TOKENS = 64
 
 
 class ThreadNotingEncoder(Encoder):
@@ -24,7 +28,7 @@ class ThreadNotingEncoder(Encoder):
 def run(coro_fn):
     encoder = ThreadNotingEncoder()
     sizes: list[int] = []
-    batcher = MicroBatcher(encoder, workers=2, max_batch=32, on_batch=sizes.append)
+    batcher = MicroBatcher(encoder, workers=2, max_batch=32, on_batch=sizes.append, inline_max_tokens=INLINE_MAX_TOKENS)
     try:
         result = asyncio.run(coro_fn(batcher))
     finally:
@@ -74,9 +78,9 @@ def test_the_loop_and_a_worker_give_a_lone_text_the_same_embedding():
     assert float(on_loop.vector @ on_worker.vector) > 0.999
 
 
-def test_inline_max_tokens_zero_sends_every_text_to_a_worker():
+def test_by_default_every_text_goes_to_a_worker():
     encoder = ThreadNotingEncoder()
-    batcher = MicroBatcher(encoder, workers=2, max_batch=32, inline_max_tokens=0)
+    batcher = MicroBatcher(encoder, workers=2, max_batch=32)
     try:
         asyncio.run(batcher.embed(["hi"]))
     finally:
