@@ -73,7 +73,7 @@ def test_the_checker_sees_links_anchors_and_skips_code(tmp_path):
 
 
 def test_every_config_the_readme_runs_exists():
-    configs = re.findall(r"CONFIG=(\S+)", (ROOT / "README.md").read_text())
+    configs = re.findall(r"make run CONFIG=(\S+)", (ROOT / "README.md").read_text())
     assert configs, "the README shows `make run CONFIG=...`"
     assert [c for c in configs if not (ROOT / c).is_file()] == []
 
