@@ -14,6 +14,8 @@ target). The PNG draws both (the curve is the same fit's, drawn twice).
     .venv/bin/python -m research.d0022_small_sample_calibration --fit --draws 0,1,2,3,4,5   # ~15 min, 2 cores
     .venv/bin/python -m research.d0022_small_sample_calibration --draws 3,4,5    # choose: the selection draws
     .venv/bin/python -m research.d0022_small_sample_calibration --draws 0,1,2    # report: decision 0019's draws
+    .venv/bin/python -m research.d0022_small_sample_calibration --fit --k 200 --draws 6,7,8,9,10,11  # after choosing
+    .venv/bin/python -m research.d0022_small_sample_calibration --k 200 --draws 0,1,2,3,4,5,6,7,8,9,10,11
     .venv/bin/python -m research.d0022_small_sample_calibration --diagnose --k 200,400 --draws 3,4,5
 
 Methods are chosen on draws 3-5 and reported on draws 0-2 (decision 0019's), so no reported draw chose anything.
@@ -228,6 +230,20 @@ def diagnose(out: Path, ks, draws) -> None:
               f"unseen {np.round(unseen[:, :2].mean(0) / unseen[:, 2].mean(), 3)} prior {np.round(c['prior_gaps'], 3)}")
 
 
+def paired(rows: list[dict]) -> str:
+    """Per file and K, the shipped calibration's savings against 0019's on the same draws."""
+    lines = []
+    for f, k in sorted({(r["file"], r["k"]) for r in rows}):
+        new = {r["draw"]: r for r in rows if (r["file"], r["k"], r["method"]) == (f, k, SHIPPED)}
+        old = {r["draw"]: r for r in rows if (r["file"], r["k"], r["method"]) == (f, k, OLD)}
+        d = np.array([new[i]["savings"] - old[i]["savings"] for i in sorted(new)])
+        lines.append(f"{f} K={k}, {len(d)} draws: shipped minus 0019 {d.mean():+.1%} on average, more in "
+                     f"{(d > 1e-3).sum()}, less in {(d < -1e-3).sum()} ({', '.join(f'{v:+.1%}' for v in d if v < -1e-3)}); "
+                     f"quality >= 0.95 in {sum(r['quality'] >= TARGET for r in new.values())} and "
+                     f"{sum(r['quality'] >= TARGET for r in old.values())}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", default="50,100,200,400,800")
@@ -250,7 +266,7 @@ def main() -> None:
     if args.diagnose:
         return diagnose(out, ks, draws)
     rows = evaluate(out, ks, draws, args.methods.split(";") if args.methods else list(METHODS))
-    text = table(rows)
+    text = table(rows) + ("\n\n" + paired(rows) if {SHIPPED, OLD} <= {r["method"] for r in rows} else "")
     name = f"TABLE-draws-{'-'.join(map(str, draws))}.md"
     (out / name).write_text(text + "\n")
     if {SHIPPED, OLD} <= {r["method"] for r in rows} and len({r["k"] for r in rows}) > 1:
