@@ -116,12 +116,12 @@ def lower_bound(ok: np.ndarray, chosen_ok: np.ndarray, confidence: float, window
                              1 - confidence))
 
 
-def search(c: dict, passes: Callable[[np.ndarray, np.ndarray], bool], sequential: bool) -> float:
+def search(c: dict, passes: Callable[[np.ndarray, np.ndarray], bool], sequential: bool, stride: int = 1) -> float:
     """The cheapest tradeoff that `passes`; `sequential`: a fixed sequence from the most conservative up that
     stops at the first miss (Learn-then-Test), else every tradeoff is tried (the shipped search)."""
     ok, cost, rows = c["dev_ok"].astype(float), c["dev_cost"], np.arange(len(c["dev_ok"]))
     best, best_cost = ALWAYS_TIER_3, np.inf
-    for t in TRADEOFFS:
+    for t in TRADEOFFS[::stride]:
         tiers = decide(c["oof"], c["relative_cost"], t)
         if (tiers == 3).all():
             continue
@@ -157,10 +157,10 @@ def gap_weights(ok: np.ndarray, prior: list[float], prior_records: float) -> np.
     return w * n / w.sum()
 
 
-def bootstrap(confidence=0.95, window=500, sequential=False, prior_records=None):
+def bootstrap(confidence=0.95, window=500, sequential=False, prior_records=None, stride=1):
     def method(c):
         w = None if prior_records is None else gap_weights(c["dev_ok"].astype(float), c["prior_gaps"], prior_records)
-        return search(c, lambda ok, ch: lower_bound(ok, ch, confidence, window, w) >= TARGET, sequential)
+        return search(c, lambda ok, ch: lower_bound(ok, ch, confidence, window, w) >= TARGET, sequential, stride)
     return method
 
 
@@ -171,6 +171,8 @@ METHODS: dict[str, Callable[[dict], float]] = {
     "bootstrap 90%": bootstrap(0.90),
     "bootstrap 95%, no window": bootstrap(0.95, None),
     "fixed sequence 95%": bootstrap(0.95, sequential=True),
+    "fixed sequence 90%, every 4th tradeoff": bootstrap(0.90, sequential=True, stride=4),
+    "fixed sequence 90%, every 10th tradeoff": bootstrap(0.90, sequential=True, stride=10),
     "fixed sequence 90%, no window": bootstrap(0.90, None, sequential=True),
     "gap prior 50 + bootstrap 95%": bootstrap(0.95, prior_records=50),
     "gap prior 100 + fixed sequence 90%": bootstrap(0.90, sequential=True, prior_records=100),
