@@ -29,7 +29,7 @@ class Encoder:
     uses `threads` intra-op threads (1 is best on small machines, see docs/decisions).
     """
 
-    def __init__(self, model_dir: str | Path, precision: str = "int8", threads: int = 1):
+    def __init__(self, model_dir: str | Path, precision: str = "int8", threads: int = 1, max_tokens: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         model_dir = Path(model_dir)
@@ -39,10 +39,16 @@ class Encoder:
         self.manifest = json.loads(manifest_path.read_text())
         self.name = self.manifest["name"]
         self.dimension = int(self.manifest["dimension"])
-        self.max_tokens = int(self.manifest["max_tokens"])
+        # Fewer tokens than the export's limit: a text is cut shorter (faster runs; research/d0021_token_length).
+        limit = int(self.manifest["max_tokens"])
+        if max_tokens is not None and not 1 < max_tokens <= limit:
+            raise ValueError(f"max_tokens must be 2 to {limit}, not {max_tokens}")
+        self.max_tokens = limit if max_tokens is None else max_tokens
         self.precision = precision
         filename = PRECISIONS[precision]
         self.version = f"{self.name}/onnx-{precision}@{self.manifest['files'][filename][:12]}"
+        if self.max_tokens != limit:
+            self.version += f"/max{self.max_tokens}"
 
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
