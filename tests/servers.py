@@ -51,8 +51,12 @@ class ServiceProcess:
 
 def start(module: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return watch(subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+
+
+def watch(proc: subprocess.Popen) -> ServiceProcess:
+    """`proc` (started with text stdout) as a ServiceProcess whose output lines are collected as they come."""
     service = ServiceProcess(proc)
 
     def pump() -> None:
