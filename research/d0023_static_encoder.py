@@ -15,11 +15,12 @@ static minus MiniLM, for savings@95 and for the shipped point's quality. MiniLM'
 
 `--crossfit` also scores every development fifth, each by a head fitted on the other three (the held-out fifth
 never trains anything), for narrower bands. `--support`: how much of its own file's and of the other files'
-held-out queries a head's support leaves outside (decision 0008's guard). `--speed N`: both encoders in this
+held-out queries a head's support leaves outside (decision 0008's guard). `--unseen`: decision 0008's
+leave-one-task-out routing, with and without the support check. `--speed N`: both encoders in this
 process on the same N held-out queries, alternating in rounds: single-query p50 (tokenise + embed one text) and
 batched throughput (batches of 32; MiniLM length-bucketed by the server's own `embed_bucketed`), one thread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0023_static_encoder [--crossfit | --support | --speed 600]
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0023_static_encoder [--crossfit | --support | --unseen | --speed 600]
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from classifier_service.batching import embed_bucketed
 from classifier_service.encoder import PRECISIONS, Encoder
 from tierwise.data import TEST_SHARE, arrays, load, shared_files
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier, routing_metrics
-from tierwise_tools.fitting import fit_head
+from tierwise_tools.fitting import fit_head, route_unseen
 from tierwise_tools.paths import ENCODER_DIR
 
 from .common import embed
@@ -183,6 +184,38 @@ def support(statics: dict) -> None:
                   f"{np.mean(fitted.support.outside(others)):.1%} |", flush=True)
 
 
+def unseen(statics: dict, resamples: int) -> None:
+    """Decision 0008's first check for each encoder: every task of a file left out in turn, a head fitted and
+    calibrated (`route_unseen`, as `train` does) on the file's other tasks' development records routes it."""
+    print("| file | encoder | unseen tasks outside support | quality / savings, no check | with the check | "
+          "with the check vs MiniLM (5-95% band) | tasks under 0.95 with the check (worst) |\n|---|---|---|---|---|---|---|")
+    for path in shared_files():
+        records = load([path])
+        dev = np.array([not r.held_out for r in records])
+        task = np.array([r.task for r in records])
+        embedded = {"MiniLM int8": embed(records)}
+        embedded.update({f"static {spec}": enc.embed([r.query for r in records]) for spec, enc in statics.items()})
+        base = None
+        for name, x in embedded.items():
+            rows, plain, checked, outside, worst = [], [], [], [], []
+            for left_out in sorted(set(task)):
+                train, test = np.flatnonzero(dev & (task != left_out)), np.flatnonzero(task == left_out)
+                a, b, out = route_unseen([records[i] for i in train], x[train], x[test])
+                rows.append(test), plain.append(a), checked.append(b), outside.append(out)
+                worst.append((routing_metrics([records[i] for i in test], b)["quality_vs_frontier"], left_out))
+            rows, plain, checked, outside = (np.concatenate(v) for v in (rows, plain, checked, outside))
+            part = [records[i] for i in rows]
+            quality = shipped_quality(part, checked, poisson_weights(len(part), len(part), resamples))
+            base = quality if base is None else base
+            under = sorted(w for w in worst if w[0] < 0.95)
+            m0, m1 = routing_metrics(part, plain), routing_metrics(part, checked)
+            print(f"| {path.name.split('.')[0]} ({len(set(task))} tasks) | {name} | {np.mean(outside):.1%} | "
+                  f"{m0['quality_vs_frontier']:.3f} / {m0['cost_savings']:.1%} | "
+                  f"{m1['quality_vs_frontier']:.3f} / {m1['cost_savings']:.1%} | "
+                  f"{'—' if quality is base else band(quality - base, '+.3f')} | "
+                  f"{len(under)} ({', '.join(f'{t} {q:.3f}' for q, t in under[:3])}) |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m research.d0023_static_encoder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +227,8 @@ def main() -> None:
     ap.add_argument("--speed", type=int, default=0, metavar="N",
                     help="instead: time the encoders on N held-out queries drawn from every file")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--unseen", action="store_true",
+                    help="instead: decision 0008's unseen-task check (each task left out in turn) for each encoder")
     ap.add_argument("--support", action="store_true",
                     help="instead: how much of its own and of the other files' held-out queries a head's support leaves outside")
     args = ap.parse_args()
@@ -201,6 +236,8 @@ def main() -> None:
     minilm = Encoder(ENCODER_DIR, "int8", 1)
     if args.support:
         return support(statics)
+    if args.unseen:
+        return unseen(statics, args.resamples)
     if args.speed:
         queries = [r.query for r in load(shared_files()) if r.held_out]
         queries = [queries[i] for i in np.random.default_rng(0).permutation(len(queries))[:args.speed]]
