@@ -2,6 +2,8 @@
 and the classifier's flags."""
 from __future__ import annotations
 
+import json
+import random
 import shlex
 import subprocess
 import sys
@@ -14,7 +16,20 @@ from tierwise_tools.cli import main
 
 from .servers import ROOT
 
-SHARED = ROOT.parent / "shared" / "data" / "routing" / "zeroeval.dev.jsonl"
+
+
+def records_text(n: int = 200) -> str:
+    """`n` valid routing records (the cases need a good file beside the bad input, not real data)."""
+    rng = random.Random(0)
+    topics = ["a haiku about autumn", "the capital of France", "a SQL join", "a proof that sqrt(2) is irrational",
+              "a recipe for bread", "Dijkstra's algorithm", "a cover letter", "the French revolution"]
+    lines = []
+    for i in range(n):
+        outcomes = [{"tier": t, "model": f"m{t}", "score": float(rng.random() < 0.4 + 0.2 * t),
+                     "cost_usd": 0.0001 * 10 ** t, "response": "ok"} for t in (1, 2, 3)]
+        lines.append(json.dumps({"id": f"cli/{i}", "source": "cli", "task": f"t{i % 4}",
+                                 "query": f"Explain {rng.choice(topics)} ({i})", "outcomes": outcomes}))
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +47,7 @@ def bad(tmp_path_factory) -> Path:
     (d / "broken-heads" / "x" / "head.json").write_text('{"format": "nope"')
     (d / "candidate").mkdir()
     (d / "candidate" / "head.json").write_text('{"format": "nope"')
-    with SHARED.open() as src:
-        (d / "records.jsonl").write_text("".join(next(src) for _ in range(200)))
+    (d / "records.jsonl").write_text(records_text())
     return d
 
 
