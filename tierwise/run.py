@@ -13,8 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(args: list[str], name: str, ready: threading.Event, lines: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+class Child(subprocess.Popen):
+    """A service process whose output a thread prints as it comes."""
+    pump: threading.Thread
+
+
+def start(args: list[str], name: str, ready: threading.Event, lines: list[str]) -> Child:
+    proc = Child([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)  # Ctrl-C reaches us once; we stop the children in order
 
     def pump() -> None:
@@ -25,17 +30,19 @@ def start(args: list[str], name: str, ready: threading.Event, lines: list[str]) 
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True, name=name).start()
+    proc.pump = threading.Thread(target=pump, daemon=True, name=name)
+    proc.pump.start()
     return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: Child) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+    proc.pump.join(5)  # its last lines ("... stopped") are printed before we exit, not lost with the thread
 
 
 class StopOnSignal:
@@ -69,7 +76,7 @@ def main() -> int:
     ap.add_argument("--config", default=str(default_config if default_config.exists() else ROOT / "tierwise.example.yaml"))
     args = ap.parse_args()
 
-    procs: list[subprocess.Popen] = []
+    procs: list[Child] = []
     stopping = StopOnSignal()
     try:
         for module, extra in (("classifier_service", ["--listen", args.classifier_listen]),
