@@ -23,6 +23,7 @@ class ServiceProcess:
     lines: "queue.Queue[str]" = field(default_factory=queue.Queue)
     output: list[str] = field(default_factory=list)
     address: str = ""
+    pump: threading.Thread | None = None
 
     def wait_for(self, marker: str, timeout: float = 60.0) -> str:
         """The first stdout line containing `marker`; fails with the output so far after `timeout`."""
@@ -46,6 +47,8 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.pump is not None:
+            self.pump.join(5)  # the output holds the process's last lines once stop() returns
         return self.proc.returncode
 
 
@@ -64,7 +67,8 @@ def watch(proc: subprocess.Popen) -> ServiceProcess:
             service.output.append(line)
             service.lines.put(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    service.pump = threading.Thread(target=pump, daemon=True)
+    service.pump.start()
     return service
 
 
