@@ -70,6 +70,10 @@ class Tiers(dict[int, TierConfig]):
             if t.tier in seen:
                 problems.append(((i, "tier"), f"tier {t.tier} is defined twice"))
             seen.add(t.tier)
+            names = [p.name for p in t.providers]
+            for j, name in enumerate(names):
+                if name in names[:j]:  # an answer is billed, and its breaker counted, by provider name
+                    problems.append(((i, "providers", j, "name"), f"provider {name!r} is named twice in this tier"))
         if missing := [t for t in TIERS if t not in seen]:
             problems.append(((), f"tier(s) {missing} missing; define tiers {tier_list().replace(' or ', ' and ')}"))
         refuse(problems)

@@ -209,3 +209,14 @@ def test_any_value_anywhere_in_the_example_is_a_config_or_a_config_error(path, v
     else:
         node[last] = value
     _parses_or_names_keys(doc)
+
+
+def test_a_provider_named_twice_in_a_tier_is_refused():
+    """Answers are billed, and breakers counted, by provider name: two providers of one name would share them."""
+    doc = copy.deepcopy(EXAMPLE)
+    first = doc["tiers"][0]["providers"][0]
+    doc["tiers"][0]["providers"].append({**first, "model": "another-model"})
+    with pytest.raises(ConfigError) as err:
+        parse(doc)
+    n = len(doc["tiers"][0]["providers"]) - 1
+    assert str(err.value) == f"tiers[0].providers[{n}].name: provider {first['name']!r} is named twice in this tier"
