@@ -25,6 +25,7 @@ from .config_doc import AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Ti
 from .gates import GATES
 from .providers import ProviderConfig
 from .providers.types import Price
+from .strategies import known, registered
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,13 @@ def _known_gate(name: str) -> str:
     return name
 
 
+def _known_strategy(name: str) -> str:
+    if not known(name):
+        refuse([((), f"unknown strategy {name!r}; available: {', '.join(registered())} or START+cascade")])
+    return name
+
+
+StrategyName = Annotated[str, Strict(), AfterValidator(_known_strategy)]
 Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 0 and 1")]
 NoLimit = Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, "must be 0 (no limit) or more")]
 
@@ -108,13 +116,13 @@ class ClassifierConfig:
 class JudgeConfig:
     tier: Tier = doc("tier whose chain answers the judge prompt", CHEAPEST)
     timeout_ms: Positive = doc("judge budget; past it the fallback strategy decides", 3000.0)
-    fallback: Name = doc("strategy used when the judge fails or times out", "heuristic")
+    fallback: StrategyName = doc("strategy used when the judge fails or times out", "heuristic")
     bias: Int = doc(f"tiers added to the judge's verdict (capped at {FRONTIER}), toward quality", 0)
 
 
 @schema
 class CascadeConfig:
-    start: Name = doc("strategy choosing the first tier for plain `cascade`", "embedding")
+    start: StrategyName = doc("strategy choosing the first tier for plain `cascade`", "embedding")
     gate: Annotated[str, Strict(), AfterValidator(_known_gate)] = doc(
         "quality gate run on each answer: surface, the seed's heuristic, or verify (surface, then a model judges the "
         "answer)", "surface")
@@ -205,7 +213,7 @@ class TelemetryConfig:
 @schema
 class RouterConfig:
     tiers: Tiers = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
-    strategy: Name = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
+    strategy: StrategyName = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
                          "START+cascade", "embedding")
     classifier: ClassifierConfig = doc("the classifier hop", factory=ClassifierConfig, nested=ClassifierConfig)
     judge: JudgeConfig = doc("LLM-as-judge strategy", factory=JudgeConfig, nested=JudgeConfig)

@@ -69,6 +69,13 @@ def factory(name: str) -> Factory | None:
     return _REGISTRY.get(name)
 
 
+def known(name: str) -> bool:
+    """Whether `name` names a strategy: a registered one, or `X+Y` where Y is composable and X registered."""
+    start, _, outer = name.rpartition("+")
+    make = factory(outer)
+    return make is not None and (not start or (factory(start) is not None and getattr(make, "composable", False)))
+
+
 @dataclass
 class Strategies:
     """Builds each named strategy once, on first use, from the shared dependencies."""
@@ -78,9 +85,9 @@ class Strategies:
     def get(self, name: str) -> Strategy:
         """A strategy by name; `X+Y` composes: Y built with X as its starting strategy."""
         if name not in self._built:
+            if not known(name):
+                raise KeyError(name)
             start, _, outer = name.rpartition("+")
             make = factory(outer)
-            if make is None or (start and (factory(start) is None or not getattr(make, "composable", False))):
-                raise KeyError(name)
             self._built[name] = make(self, start=start) if start else make(self)
         return self._built[name]
