@@ -89,9 +89,9 @@ def shadow_draw(record: Record, rate: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
-def simulate(records: list[Record], x: np.ndarray, heads_dir: Path, cfg: RouterConfig, rate: float,
+def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: RouterConfig, rate: float,
              target: float = 0.95, every: int | None = None, seed: int = 0) -> Simulation:
-    registry = HeadRegistry.from_dir(heads_dir)
+    """`registry`: the shipped heads the deployment starts from (and the priors of every retraining)."""
     priors = list(registry)
     serving: TierHead = registry.for_lineup(lineup(records))
     judge_tier = cfg.shadow.judge_tier

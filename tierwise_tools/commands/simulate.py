@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         complain("simulate", err, "--config: ")
         return 2
-    heads_in(args.heads_dir, "--heads-dir")
+    registry = heads_in(args.heads_dir, "--heads-dir")
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(Encoder(ENCODER_DIR, "int8", threads=2), records, EMBEDDINGS_DIR)
-    result = simulate(records, x, args.heads_dir, cfg, args.shadow_rate, args.target_quality, args.retrain_every,
+    result = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every,
                       args.seed).result(args.window)
     if args.report:
         print(f"wrote {report(result, args.window, args.report)}", file=sys.stderr)
