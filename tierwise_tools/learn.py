@@ -95,13 +95,13 @@ def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Recor
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read routing records ({err})") from None
-    lines = []
+    lines, raws = [], []
     for n, raw in enumerate(data.split(b"\n"), start=1):
         opens_a_record = raw.lstrip().startswith(b"{")
         try:
             line = raw.decode("utf-8")
             if opens_a_record:
-                json.loads(line)  # a last line complete but for its newline is a record too
+                raws.append(json.loads(line))  # a last line complete but for its newline is a record too
         except ValueError as err:  # a UnicodeDecodeError too: a character cut in two
             if not opens_a_record:
                 raise DataError(f"{path}:{n}: not a routing record ({err})") from None
@@ -113,8 +113,7 @@ def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Recor
         records = load([copy])
     except DataError as err:
         raise DataError(str(err).replace(str(copy), str(path), 1)) from None
-    raws = [json.loads(line) for line in lines if line.strip()]
-    for raw in raws:
+    for raw in raws:  # the loader accepted every line: each non-blank one opened a record, parsed above
         for outcome in raw["outcomes"]:
             outcome.pop("response", None)
     return list(zip(records, raws))
