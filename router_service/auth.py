@@ -179,12 +179,13 @@ _HANDLERS = {"unary_unary": grpc.unary_unary_rpc_method_handler, "unary_stream":
 
 
 class KeyRefused(Rejected):
-    """A call refused at the front door: UNAUTHENTICATED, or RESOURCE_EXHAUSTED with the seconds until a retry can
-    succeed."""
+    """A call refused at the front door: UNAUTHENTICATED, or RESOURCE_EXHAUSTED with the limit's `kind`
+    (rate_limited | spend_limited) and the seconds until a retry can succeed."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: int | None = None):
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: int | None = None, kind: str = ""):
         super().__init__(code, message)
         self.retry_after_s = retry_after_s
+        self.kind = kind
 
 
 class KeyGate:
@@ -208,7 +209,7 @@ class KeyGate:
         if refusal is not None:
             self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
-            raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s)
+            raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s, refusal.kind)
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
         KEY_ID.set(key.id)  # each call runs in its own task, so this is the call's alone
         return key

@@ -40,7 +40,7 @@ def status_of(err: Rejected) -> int:
 def error_body(err: Rejected) -> dict:
     status, kind, code = STATUSES.get(err.code, INTERNAL)
     if isinstance(err, KeyRefused) and status == 429:
-        code = "spend_limit_exceeded" if "spend limit" in str(err) else "rate_limit_exceeded"
+        code = "spend_limit_exceeded" if err.kind == "spend_limited" else "rate_limit_exceeded"
     field = FIELD.match(str(err))
     param = RENAMED.get(field.group(1), field.group(1)) if field and status == 400 else None
     return {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
