@@ -34,10 +34,9 @@ from tierwise.v1 import router_pb2_grpc as pb_grpc
 
 from . import http_report, report
 from .__main__ import machine
-from .router_bench import cpu_split, litellm_run
+from .router_bench import cpu_split, litellm_run, parse_args
 from .router_timing import KEY, MODEL, interleaved, sdk_call, user
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"full": {"count": 400, "warmup": 40}, "quick": {"count": 60, "warmup": 10}}
 PROXY_START_S = 120.0
 
@@ -160,13 +159,7 @@ def run(baseline_python: str, mode: str, workdir: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.http_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline-python", required=True, help="interpreter with litellm[proxy] (and the openai SDK)")
-    ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_args("python -m bench.http_bench", __doc__, "litellm[proxy]")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="tierwise-http-bench-") as tmp:
         result = run(args.baseline_python, "quick" if args.quick else "full", Path(tmp))

@@ -191,14 +191,20 @@ def litellm_run(baseline_python: str, base_url: str, sizes: Sizes, workdir: Path
     return json.loads(out.read_text()) | {"python": baseline_python}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline-python", required=True, help="interpreter with litellm (and the openai SDK)")
+def parse_args(prog: str, doc: str | None, baseline: str) -> argparse.Namespace:
+    """The flags of a benchmark against LiteLLM (this one and bench.http_bench); `baseline`: what the
+    --baseline-python interpreter must have. The output directory exists on return."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline-python", required=True, help=f"interpreter with {baseline} (and the openai SDK)")
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main() -> int:
+    args = parse_args("python -m bench.router_bench", __doc__, "litellm")
     sizes = QUICK if args.quick else FULL
     # Fail before anything starts if the baseline cannot run; a SIGTERM unwinds like Ctrl-C (services stopped).
     subprocess.run([args.baseline_python, "-c", "import litellm, openai"], check=True, timeout=BASELINE_TIMEOUT_S)
