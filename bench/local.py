@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from classifier_service.batching import MicroBatcher, embed_bucketed
+from classifier_service.batching import MAX_PAD_RATIO, embed_bucketed
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
 
@@ -83,9 +83,7 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, thr
 
 def ceiling(encoder: Encoder, sets: QuerySets, batch: int, max_seconds: float) -> dict[str, dict]:
     """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
-    probe = MicroBatcher(encoder, 1, batch)  # the server's own bucketing ratio
-    pad = probe.max_pad_ratio
-    probe.close()
+    pad = MAX_PAD_RATIO  # the server's own bucketing ratio
     encoder.embed_tokens(encoder.tokenize(sets.warmup))
     out = {}
     for name in CEILING_SETS:

@@ -18,6 +18,8 @@ import numpy as np
 
 from .encoder import Encoder, Tokens
 
+MAX_PAD_RATIO = 1.25  # the server's bucketing: padded tokens within this ratio of real ones
+
 
 @dataclass
 class Embedded:
@@ -64,7 +66,7 @@ def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max
 
 
 class MicroBatcher:
-    def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = 1.25,
+    def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = MAX_PAD_RATIO,
                  on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0):
         self.encoder = encoder
         self.workers = workers
