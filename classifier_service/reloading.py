@@ -2,15 +2,16 @@
 
 The directory is polled (and re-read at once on SIGHUP). A change is loaded in full beside the serving
 heads and swapped in only if every head loads, fits the encoder and the default head is still there; a
-broken or half-written set is logged once and the serving heads stay. Files are stat'ed through symlinks,
-so a Kubernetes ConfigMap update (an atomic swap of its `..data` link) shows as a change.
+broken or half-written set is logged once and the serving heads stay. Head files are compared by
+tierwise.watching.file_signature, so a Kubernetes ConfigMap update (a swap of its `..data` link) shows.
 Why reload instead of restart, and how a head gets promoted: docs/decisions/0015.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from tierwise.watching import file_signature
 
 from .heads import HeadRegistry
 
@@ -18,15 +19,8 @@ log = logging.getLogger("tierwise.classifier")
 
 
 def signature(directory: Path) -> tuple:
-    """What identifies the directory's heads on disk: each head file's name, inode, size and mtime."""
-    found = []
-    for path in sorted(Path(directory).glob("*/head.json")):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:  # removed between the listing and the stat
-            continue
-        found.append((path.parent.name, st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(found)
+    """What identifies the directory's heads on disk: each head file's path, inode, size and mtime."""
+    return file_signature(*sorted(Path(directory).glob("*/head.json")))
 
 
 class HeadReloader:
