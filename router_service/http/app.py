@@ -23,13 +23,6 @@ from .request import MODEL, strategy_of
 def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
     created = int(time.time())
 
-    def known(name: str) -> bool:
-        try:
-            core.strategies.get(name)
-        except KeyError:
-            return False
-        return True
-
     def model(name: str) -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
 
@@ -49,7 +42,7 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         name = request.path_params["name"]
         try:
             admitted(request)
-            strategy_of(name, known)
+            strategy_of(name)
         except Rejected as err:
             return _error(err)
         return _json(model(name))
@@ -61,7 +54,7 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
-    routes = [Route(ROUTE, ChatCompletions(core, gate, known), methods=["POST"]),
+    routes = [Route(ROUTE, ChatCompletions(core, gate), methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

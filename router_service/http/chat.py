@@ -35,8 +35,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
 class ChatCompletions:
     """The endpoint, an ASGI app of its own."""
 
-    def __init__(self, core: RouterCore, gate: KeyGate | None, known):
-        self.core, self.gate, self.known = core, gate, known
+    def __init__(self, core: RouterCore, gate: KeyGate | None):
+        self.core, self.gate = core, gate
         # JSON's escapes take up to 6 bytes for a byte of text (\u0001); past this a body is refused unread.
         self.max_body = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
 
@@ -46,7 +46,7 @@ class ChatCompletions:
         with http_span(self.core.tracer, request, ROUTE) as span:
             try:
                 key = self.gate.admit(bearer(request.headers.items()), peer(scope)) if self.gate else None
-                chat = parse(await _body(request, self.max_body), self.known)
+                chat = parse(await _body(request, self.max_body))
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
                 await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange))

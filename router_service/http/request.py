@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tierwise.serving import shown
 from tierwise.v1 import router_pb2 as pb
 
+from ..strategies import known
 from .errors import bad_request
 
 MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
@@ -26,8 +27,8 @@ class ChatRequest:
     include_usage: bool
 
 
-def strategy_of(model: object, known) -> str:
-    """The strategy `model` names ("" for the configured one), when `known(name)` accepts it; else a 400."""
+def strategy_of(model: object) -> str:
+    """The strategy `model` names ("" for the configured one), when there is one by that name; else a 400."""
     if not isinstance(model, str):
         raise bad_request(f"model: must be a string such as {MODEL!r} or '{MODEL}/<strategy>'")
     name = model[len(MODEL) + 1:] if model.startswith(MODEL + "/") else None
@@ -37,8 +38,8 @@ def strategy_of(model: object, known) -> str:
                       f"'{MODEL}/<strategy>' (GET /v1/models lists them)")
 
 
-def parse(body: bytes, known) -> ChatRequest:
-    """The request in `body`, or a 400 naming the field that is wrong. `known(name)` says a strategy exists."""
+def parse(body: bytes) -> ChatRequest:
+    """The request in `body`, or a 400 naming the field that is wrong."""
     try:
         doc = json.loads(body, parse_constant=_no_constant)
     except RecursionError:
@@ -49,7 +50,7 @@ def parse(body: bytes, known) -> ChatRequest:
         raise bad_request("body: must be a JSON object")
     if "model" not in doc:
         raise bad_request(f"model: missing; use {MODEL!r} or '{MODEL}/<strategy>'")
-    strategy = strategy_of(doc["model"], known)
+    strategy = strategy_of(doc["model"])
     for field, what in UNSUPPORTED.items():
         if doc.get(field):
             raise bad_request(f"{field}: {what} are not supported by the Tierwise router")
