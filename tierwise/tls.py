@@ -43,14 +43,15 @@ class ServerTLS:
                 raise ValueError(f"{flag}client-ca: needs {flag}cert and {flag}key (client certificates are "
                                  "checked only over TLS)")
             return None
-        if cert is None or key is None:
-            raise ValueError(f"{flag}{'key' if key is None else 'cert'}: required with "
-                             f"{flag}{'cert' if key is None else 'key'}")
+        _check_both(cert, key, flag)
         return cls(cert, key, client_ca)
 
     @property
     def mode(self) -> str:
         return "mtls" if self.client_ca else "tls"
+
+    def signature(self) -> tuple:
+        return file_signature(self.cert, self.key, self.client_ca)
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,8 @@ class ClientTLS:
                 raise ValueError(f"{flag}ca: required with {flag}cert/{flag}key (a client certificate is sent "
                                  "only over TLS)")
             return None
-        if (cert is None) != (key is None):
-            raise ValueError(f"{flag}{'key' if key is None else 'cert'}: required with "
-                             f"{flag}{'cert' if key is None else 'key'}")
+        if cert is not None or key is not None:
+            _check_both(cert, key, flag)
         return cls(ca, cert, key)
 
     def signature(self) -> tuple:
@@ -86,6 +86,13 @@ class ClientTLS:
             root_certificates=_certificates(self.ca),
             private_key=self.key.read_bytes() if self.key else None,
             certificate_chain=self.cert.read_bytes() if self.cert else None)
+
+
+def _check_both(cert: Path | None, key: Path | None, flag: str) -> None:
+    """ValueError naming the flag that is missing when only one of a certificate and its key is set."""
+    if cert is None or key is None:
+        raise ValueError(f"{flag}{'key' if key is None else 'cert'}: required with "
+                         f"{flag}{'cert' if key is None else 'key'}")
 
 
 def _check_pair(cert: Path, key: Path) -> None:
@@ -116,11 +123,11 @@ class _CertificateFiles:
 
     def __init__(self, tls: ServerTLS):
         self.tls = tls
-        self._seen = file_signature(tls.cert, tls.key, tls.client_ca)
+        self._seen = tls.signature()
         self.initial = _configuration(tls)  # errors at start-up are the caller's to report
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
-        now = file_signature(self.tls.cert, self.tls.key, self.tls.client_ca)
+        now = self.tls.signature()
         if now == self._seen:
             return None
         try:
@@ -130,7 +137,7 @@ class _CertificateFiles:
             log.error("TLS certificate not reloaded, still serving the previous one: %s", err,
                       extra={"fields": {"cert": str(self.tls.cert)}})
             return None
-        if file_signature(self.tls.cert, self.tls.key, self.tls.client_ca) != now:
+        if self.tls.signature() != now:
             return None  # changed again while being read: look once more at the next connection
         self._seen = now
         log.info("TLS certificate reloaded", extra={"fields": {"cert": str(self.tls.cert), "mode": self.tls.mode}})
