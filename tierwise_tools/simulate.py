@@ -135,6 +135,13 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
     return candidate if ok else serving
 
 
+def summary(total: dict) -> str:
+    """The whole replay in one line, as the report and the command print it."""
+    return (f"{total['n']} queries, {total['labels']} labelled for ${total['labelling_cost_usd']:.4f}; gross savings "
+            f"{total['cost_savings']:.1%}, net {total['net_savings']:.1%}, "
+            f"quality vs frontier {total['quality_vs_frontier']:.3f}")
+
+
 def report(result: dict, window: int, out: Path) -> Path:
     """Savings (gross and net of labelling) and quality vs frontier per window, as a PNG and a Markdown table."""
     import matplotlib
@@ -163,9 +170,7 @@ def report(result: dict, window: int, out: Path) -> Path:
     lines += [f"| {end} | {w['labels']} | {w['cost_savings']:.1%} | {w['net_savings']:.1%} | "
               f"{w['quality_vs_frontier']:.3f} | {' / '.join(f'{t:.2f}' for t in w['tier_mix'])} |"
               for end, w in zip(ends, windows)]
-    t = result["total"]
-    lines += ["", f"Total: {t['n']} queries, {t['labels']} labelled for ${t['labelling_cost_usd']:.4f}; gross savings "
-              f"{t['cost_savings']:.1%}, net {t['net_savings']:.1%}, quality vs frontier {t['quality_vs_frontier']:.3f}."]
+    lines += ["", f"Total: {summary(result['total'])}."]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -12,7 +12,7 @@ from tierwise.data import check_measurable, load
 
 from ..embeddings import embed_records
 from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR, ROOT
-from ..simulate import report, simulate
+from ..simulate import report, simulate, summary
 from .common import at_least, complain, heads_in, quality_target
 
 
@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     for w in result["windows"]:
         print(f"{w['n']:6d} queries, {w['labels']:5d} labels: gross savings {w['cost_savings']:7.1%}, net "
               f"{w['net_savings']:7.1%}, quality vs frontier {w['quality_vs_frontier']:.3f}")
-    t = result["total"]
-    print(f"total: {t['n']} queries, {t['labels']} labelled for ${t['labelling_cost_usd']:.4f}; gross savings "
-          f"{t['cost_savings']:.1%}, net {t['net_savings']:.1%}, quality vs frontier {t['quality_vs_frontier']:.3f}; "
+    print(f"total: {summary(result['total'])}; "
           f"{sum(p['promoted'] for p in result['promotions'])} of {len(result['promotions'])} candidates promoted")
     return 0
