@@ -9,6 +9,7 @@ import ssl
 
 import uvicorn
 
+from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
 
 STOP_GRACE_S = 5
@@ -32,17 +33,14 @@ class HttpServer:
     @classmethod
     def bind(cls, listen: str) -> "HttpServer":
         """A server bound to `listen` (host:port, [v6]:port; port 0 = any free one); ValueError or OSError."""
-        host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError(f"{listen!r} is not host:port")
-        host = host.strip("[]")
+        host, port = split_listen(listen)
         # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections accepted from such a
         # socket; with it on, a response's headers and body, written apart, wait ~40 ms for a delayed ACK.
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
                              socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
+            sock.bind((host, port))
             sock.listen(2048)
         except OSError:
             sock.close()
