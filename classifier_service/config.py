@@ -95,7 +95,7 @@ def parse(argv: list[str] | None = None) -> Config:
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.inline_max_tokens < 0:
-        ap.error("--inline-max-tokens must be 0 (always a worker) or more")
+        problems.append("--inline-max-tokens must be 0 (always a worker) or more")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
         problems.append("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     try:
