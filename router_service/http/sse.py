@@ -2,11 +2,12 @@
 events (`data: {...}` lines, ending `data: [DONE]`)."""
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
 from tierwise.v1 import router_pb2 as pb
+
+from .errors import as_json
 
 DONE = b"data: [DONE]\n\n"
 
@@ -63,9 +64,13 @@ class Chunks:
                 **body}
         if self.include_usage and "usage" not in full:
             full["usage"] = None
-        return b"data: " + json.dumps(full, separators=(",", ":")).encode() + b"\n\n"
+        return _data(full)
 
 
 def error_event(body: dict) -> bytes:
     """An error after the stream began (the status line is gone): OpenAI's SDKs raise it as an APIError."""
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return _data(body)
+
+
+def _data(body: dict) -> bytes:
+    return b"data: " + as_json(body) + b"\n\n"
