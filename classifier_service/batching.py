@@ -77,14 +77,13 @@ class MicroBatcher:
         self._idle = workers
         self.inline_max_tokens = inline_max_tokens
         self._deciding = 0  # calls between their two looks in _alone
-        self._on_batch = on_batch  # told each encoder run's size, for metrics
+        self._on_batch = on_batch or (lambda size: None)  # told each encoder run's size, for metrics
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
         if len(texts) == 1 and self.inline_max_tokens and await self._alone():
             tokens = self.encoder.tokenize(texts)
             if len(tokens[0]) <= self.inline_max_tokens:
-                if self._on_batch is not None:
-                    self._on_batch(1)
+                self._on_batch(1)
                 return [Embedded(self.encoder.embed_tokens(tokens)[0], len(tokens[0]), tokens[0].truncated)]
         loop = asyncio.get_running_loop()
         pending = [_Pending(t, loop.create_future()) for t in texts]
@@ -119,8 +118,7 @@ class MicroBatcher:
             if not take:
                 continue
             self._idle -= 1
-            if self._on_batch is not None:
-                self._on_batch(len(take))
+            self._on_batch(len(take))
             task = asyncio.get_running_loop().run_in_executor(self._executor, self._run, [p.text for p in take])
             task.add_done_callback(lambda fut, take=take: self._finish(take, fut))
 
