@@ -147,11 +147,30 @@ def test_a_candidate_below_the_target_still_replaces_a_serving_head_that_does_wo
     lineup_head("lineup-a-bold", 100.0).save(heads / "lineup-a" / "head.json")  # always tier 1
     # Tier 2 priced at nothing and the others far above quality: this head always answers at tier 2.
     lineup_head("lineup-a-mid", 100.0, relative_cost=(1.0, 0.0, 1.0)).publish(candidate)
-    data = write(tmp_path / "d.jsonl", [1.0, 0.0] * 10, held_out=True, tier_2_scores=[0.0, 0.0] + [1.0] * 18)
+    data = write(tmp_path / "d.jsonl", [1.0, 0.0] * 20, held_out=True, tier_2_scores=[0.0] * 10 + [1.0] * 30)
     assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(data),
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["candidate"]["quality_vs_frontier"] == pytest.approx(0.9)
+    assert result["candidate"]["quality_vs_frontier"] == pytest.approx(0.75)
+    assert result["candidate"]["quality_vs_frontier_upper_bound"] < 0.95, "40 records show it misses the target"
     assert result["serving"]["quality_vs_frontier"] == pytest.approx(0.5)
     assert result["promoted"] and "the candidate is the better of the two" in result["why"]
     assert TierHead.load(heads / "lineup-a" / "head.json").version == "lineup-a-mid"
+
+
+@pytest.mark.parametrize("n, promoted", [(20, True), (300, False)])
+def test_a_candidate_just_under_the_target_is_refused_only_when_the_records_show_it(tmp_path, capsys, n, promoted):
+    """Its calibration already holds the target with a bound: 2 misses in 20 held-out records are noise, 30 in 300
+    are evidence (decision 0024)."""
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
+    lineup_head("lineup-a-mid", 100.0, relative_cost=(1.0, 0.0, 1.0)).publish(candidate)  # always tier 2
+    data = write(tmp_path / "d.jsonl", [0.0] * n, held_out=True, tier_2_scores=([0.0] + [1.0] * 9) * (n // 10))
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(data),
+                 "--json"]) == (0 if promoted else 3)
+    result = json.loads(capsys.readouterr().out)
+    assert result["candidate"]["quality_vs_frontier"] == pytest.approx(0.9)
+    assert (result["candidate"]["quality_vs_frontier_upper_bound"] >= 0.95) == promoted
+    assert result["promoted"] == promoted
+    assert ("within these records' noise of 0.95" if promoted else "below the 0.95 target") in result["why"]
+    assert TierHead.load(heads / "lineup-a" / "head.json").version == ("lineup-a-mid" if promoted else "lineup-a-safe")

@@ -3,14 +3,15 @@
 The candidate (a head `tierwise train --out` wrote outside the serving directory) routes the records of its
 own tier lineup at its calibrated point for the quality target, and so does the head serving that lineup
 today (the one of the same name, else the one a lookup by lineup picks, usually the default head). The
-candidate is installed when:
-  - its quality vs frontier there meets the target, unless the serving head meets it too with savings at
-    least as high; or
-  - it misses the target but keeps more quality than the serving head on the same records (refusing would
-    keep the worse head).
+candidate is installed unless:
+  - those records show that it misses the target: the 95% upper bootstrap bound of its quality vs frontier
+    there is below it (a point estimate below the target on a few hundred records is mostly noise; the
+    candidate's own calibration already holds the target with a bound, decision 0024), and the serving head
+    keeps at least as much quality there (refusing would otherwise keep the worse head); or
+  - the serving head meets the target there and saves at least as much.
 Installing writes head.json atomically into `<heads dir>/<name>/`, keeping the replaced file as
 `head.json.previous` (roll back by moving it back); a classifier serving that directory swaps the head in
-within `--heads-reload-seconds`. Why: docs/decisions/0015.
+within `--heads-reload-seconds`. Why: docs/decisions/0015 and 0024.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from classifier_service.encoder import Encoder
 from classifier_service.heads import HeadRegistry, TierHead
 from tierwise.atomic import write_atomic
 from tierwise.data import DataError, Record, check_measurable
-from tierwise.metrics import quality_lower_bound, routing_metrics
+from tierwise.metrics import quality_bounds, routing_metrics
 
 from .embeddings import embed_records
 
@@ -34,18 +35,20 @@ def measure(head, records: list[Record], x, target: float) -> dict:
 def summary(records: list[Record], tiers) -> dict:
     """What `verdict` weighs of routing `records` to `tiers`: quality, its lower bound, savings, tier mix."""
     m = routing_metrics(records, tiers)
+    lower, upper = quality_bounds(records, tiers)
     return {"quality_vs_frontier": round(m["quality_vs_frontier"], 5),
-            "quality_vs_frontier_lower_bound": round(quality_lower_bound(records, tiers), 5),
+            "quality_vs_frontier_lower_bound": round(lower, 5), "quality_vs_frontier_upper_bound": round(upper, 5),
             "cost_savings": round(m["cost_savings"], 5), "tier_mix": [round(t, 4) for t in m["tier_mix"]]}
 
 
 def verdict(candidate: dict, serving: dict | None, target: float) -> tuple[bool, str]:
     """(install?, why). Both heads were measured on the same records, so comparing them is paired."""
-    if candidate["quality_vs_frontier"] < target - 1e-12:
-        below = (f"the candidate keeps {candidate['quality_vs_frontier']:.4f} of the frontier's quality on these "
-                 f"records, below the {target:g} target")
+    quality, upper = candidate["quality_vs_frontier"], candidate["quality_vs_frontier_upper_bound"]
+    if upper < target - 1e-12:
+        below = (f"the candidate keeps {quality:.4f} of the frontier's quality on these records (95% upper bound "
+                 f"{upper:.4f}), below the {target:g} target")
         # Refusing keeps the serving head; that is no safer when it does worse on the very same records.
-        if serving is not None and (candidate["quality_vs_frontier"], candidate["cost_savings"]) > \
+        if serving is not None and (quality, candidate["cost_savings"]) > \
                 (serving["quality_vs_frontier"], serving["cost_savings"]):
             return True, (f"{below}, but the serving head {serving['version']} keeps less "
                           f"({serving['quality_vs_frontier']:.4f}): the candidate is the better of the two")
@@ -54,10 +57,10 @@ def verdict(candidate: dict, serving: dict | None, target: float) -> tuple[bool,
             and serving["cost_savings"] >= candidate["cost_savings"]:
         return False, (f"the serving head {serving['version']} already meets {target:g} here and saves as much "
                        f"({serving['cost_savings']:.1%} against {candidate['cost_savings']:.1%})")
-    return True, (f"the candidate meets {target:g} ({candidate['quality_vs_frontier']:.4f}) saving "
-                  f"{candidate['cost_savings']:.1%}" + ("" if serving is None else
-                                                         f"; the serving head: {serving['quality_vs_frontier']:.4f}, "
-                                                         f"{serving['cost_savings']:.1%}"))
+    meets = (f"the candidate meets {target:g} ({quality:.4f})" if quality >= target - 1e-12 else
+             f"the candidate's {quality:.4f} is within these records' noise of {target:g} (95% upper bound {upper:.4f})")
+    return True, (f"{meets} saving {candidate['cost_savings']:.1%}" + ("" if serving is None else
+                  f"; the serving head: {serving['quality_vs_frontier']:.4f}, {serving['cost_savings']:.1%}"))
 
 
 def lineup_records(candidate, records: list[Record]) -> list[Record]:

@@ -44,7 +44,7 @@ def show(result: dict, split: str) -> None:
         m = result[role]
         if m is not None:
             print(f"{role:9} {m['version']}: quality vs frontier {m['quality_vs_frontier']:.4f} "
-                  f"(95% lower bound {m['quality_vs_frontier_lower_bound']:.4f}), savings {m['cost_savings']:.1%}, "
+                  f"(95% bounds {m['quality_vs_frontier_lower_bound']:.4f}-{m['quality_vs_frontier_upper_bound']:.4f}), savings {m['cost_savings']:.1%}, "
                   f"tier mix {' / '.join(f'{t:.3f}' for t in m['tier_mix'])}")
     outcome = "promoted" if result["promoted"] else "would promote (dry run)" if result["passed"] else "refused"
     print(f"{outcome} on {result['n']} records ({split}): {result['why']}"
