@@ -77,3 +77,48 @@ def test_a_shadow_rate_above_one_is_bad_input(tmp_path, capsys):
     data.write_text("")
     assert main(["simulate", "--data", str(data), "--shadow-rate", "1.5"]) == 2
     assert "--shadow-rate" in capsys.readouterr().err
+
+
+def head_always_tier_1():
+    """The committed default head's weights, calibrated (by fiat) to send everything to tier 1, with no support
+    check: its decisions do not depend on the embeddings."""
+    import dataclasses
+
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    return dataclasses.replace(default, version="bold", support=None, tradeoff=100.0, calibration={"0.95": 100.0})
+
+
+def shifted(n: int) -> list[Record]:
+    """Traffic whose second half changed kind: tier 1 answers the first half, and none of the second."""
+    return [Record(id=f"s/{i}", source="s", task="t", query=f"question {i}", scores=(float(i < n // 2), 1.0, 1.0),
+                   costs=(0.001, 0.01, 0.1), responses=("a", "b", "c"), models=("m1", "m2", "m3")) for i in range(n)]
+
+
+def test_the_serving_head_is_checked_on_its_latest_labels_every_fifty():
+    from tierwise_tools.simulate import DRIFT_CHECK_EVERY, Simulation, drifted
+
+    records = shifted(400)
+    x = np.random.default_rng(0).normal(size=(400, 384)).astype(np.float32)
+    sim = Simulation(records, np.ones(400, dtype=int), np.ones(400, dtype=bool), np.zeros(400))
+    head = head_always_tier_1()
+    fine, missing = np.arange(0, 150), np.arange(100, 300)  # the latest 100 of `missing` all fail at tier 1
+    assert not drifted(sim, head, fine, x, DRIFT_CHECK_EVERY * 3, 0.95)
+    assert drifted(sim, head, missing, x, DRIFT_CHECK_EVERY * 4, 0.95)
+    assert not drifted(sim, head, missing, x, DRIFT_CHECK_EVERY * 4 + 1, 0.95), "checked every 50 labels only"
+    assert not drifted(sim, head, np.arange(191, 201), x, DRIFT_CHECK_EVERY, 0.95), "1 miss in 10 labels shows nothing"
+
+
+def test_a_shift_in_the_traffic_retrains_before_the_next_scheduled_point():
+    from classifier_service.heads import HeadRegistry
+    from tierwise_tools.simulate import simulate
+
+    records = shifted(600)  # the shift at query 300; scheduled retrainings at 50, 100, 200 and 400 labels
+    x = np.random.default_rng(0).normal(size=(600, 384)).astype(np.float32)
+    cfg = load_config(ROOT / "tierwise.example.yaml")
+    sim = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0)
+    first_drift = next(p for p in sim.promotions if p["trigger"] == "drift")
+    assert [p["labels"] for p in sim.promotions if p["trigger"] == "schedule"][:3] == [50, 100, 200]
+    assert 300 < first_drift["labels"] <= 350 and first_drift["labels"] % 50 == 0

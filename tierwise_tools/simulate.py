@@ -4,9 +4,10 @@ the head retrained and promoted from those labels as `tierwise learn` would, and
 Each query is routed by the serving head (at first the shipped head for the file's lineup, else the default, as a
 router naming no head gets). A shadowed query reveals its recorded outcomes as a label, paid for: every tier's
 recorded cost plus two judge calls (tier 1's and tier 2's answer against tier 3's) at the configured judge tier's
-price. After each retraining point the labels so far train a candidate (`fit_head`, with the shipped heads as
-priors) on their dev part; promote's paired rule on their held-out fifth, which no head ever trains on, decides
-whether it replaces the serving head.
+price. Retraining points: the schedule (`retraining_points`), and every DRIFT_CHECK_EVERY labels at which the
+latest labels since the serving head began serving show that it misses the target (`drifted`). At each, the labels
+so far train a candidate (`fit_head`, with the shipped heads as priors) on their dev part; promote's paired rule on
+their held-out fifth, which no head ever trains on, decides whether it replaces the serving head.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from classifier_service.heads import HeadRegistry, TierHead
 from router_service.config import RouterConfig
 from router_service.tokens import estimate_tokens
 from tierwise.data import Record, arrays
-from tierwise.metrics import routing_metrics
+from tierwise.metrics import quality_bounds, routing_metrics
 from tierwise.tiers import N_TIERS
 
 from .fitting import MIN_DEV_RECORDS, fit_head, lineup
 from .promote import measure, verdict
 
+DRIFT_CHECK_EVERY = 50  # labels between checks that the serving head still meets the target (decision 0024)
+DRIFT_WINDOW = 100  # the most recent labels that check looks at
 JUDGE_PROMPT_TOKENS = 120  # the judge's instructions around the query and the two answers
 JUDGE_OUTPUT_TOKENS = 10
 MISSING_ANSWER_TOKENS = 150  # where a record holds no response text (the shared data's convention)
@@ -105,19 +108,37 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
         tiers[rows] = serving.decide(serving.probabilities(x[rows]), serving.tradeoff_for(target),
                                      serving.outside(x[rows]))
 
-    start, labels = 0, 0
-    for i in np.flatnonzero(shadowed):
-        labels += 1
-        if retrain_now(labels):
+    start, serving_since, labelled = 0, 0, np.flatnonzero(shadowed)
+    for labels, i in enumerate(labelled, start=1):
+        so_far = labelled[:labels]
+        trigger = "schedule" if retrain_now(labels) else "drift" if drifted(
+            sim, serving, so_far[serving_since:], x, labels - serving_since, target) else None
+        if trigger:
             route(slice(start, i + 1))
             start = i + 1
-            serving = retrained(sim, serving, np.flatnonzero(shadowed[: i + 1]), x, priors, target, seed)
+            candidate = retrained(sim, serving, so_far, x, priors, target, seed, trigger)
+            serving, serving_since = candidate, (labels if candidate is not serving else serving_since)
     route(slice(start, len(records)))
     return sim
 
 
+def drifted(sim: Simulation, serving: TierHead, unseen: np.ndarray, x: np.ndarray, count: int, target: float) -> bool:
+    """Whether the labels that arrived since the serving head began serving (`unseen`, none of which it trained on)
+    show, every DRIFT_CHECK_EVERY of them, that it now misses the target: its quality's 95% upper bound on the
+    latest DRIFT_WINDOW of them is below it. Traffic that changed kind (a new task) is caught this way instead of at
+    the next scheduled retraining; a false alarm costs one retraining, which promote's check still gates."""
+    if count == 0 or count % DRIFT_CHECK_EVERY:
+        return False
+    unseen = unseen[-DRIFT_WINDOW:]
+    records = [sim.records[j] for j in unseen]
+    if not arrays(records)[0][:, N_TIERS - 1].any():
+        return False
+    tiers = serving.decide(serving.probabilities(x[unseen]), serving.tradeoff_for(target), serving.outside(x[unseen]))
+    return quality_bounds(records, tiers)[1] < target - 1e-12
+
+
 def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.ndarray, priors: list[TierHead],
-              target: float, seed: int) -> TierHead:
+              target: float, seed: int, trigger: str = "schedule") -> TierHead:
     """The serving head after one retraining point: a candidate fitted on the labels' dev part replaces it if
     promote's rule, on the labels' held-out part, says so."""
     models = lineup([sim.records[j] for j in labelled])
@@ -131,7 +152,8 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
     x_held = x[held_rows]
     mine, theirs = measure(candidate, held, x_held, target), measure(serving, held, x_held, target)
     ok, why = verdict(mine, theirs, target)
-    sim.promotions.append({"at_query": int(labelled[-1]) + 1, "labels": len(labelled), "promoted": ok, "why": why})
+    sim.promotions.append({"at_query": int(labelled[-1]) + 1, "labels": len(labelled), "trigger": trigger,
+                           "promoted": ok, "why": why})
     return candidate if ok else serving
 
 

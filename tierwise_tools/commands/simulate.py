@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="labelled routing records, in the order they arrive")
     p.add_argument("--shadow-rate", type=at_least(float, 0), required=True, help="share of queries labelled (0..1)")
     p.add_argument("--retrain-every", type=at_least(int, 1),
-                   help="retrain after every N labels (default: at 50, 100, 200, 400, ... labels)")
+                   help="retrain after every N labels (default: at 50, 100, 200, 400, ... labels); either way also "
+                        "when the latest labels show the serving head misses the target")
     p.add_argument("--window", type=at_least(int, 1), default=500, help="queries per reported window")
     p.add_argument("--target-quality", type=quality_target, default=0.95)
     p.add_argument("--heads-dir", type=Path, default=HEADS_DIR, help="the shipped heads the deployment starts from")
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     for w in result["windows"]:
         print(f"{w['n']:6d} queries, {w['labels']:5d} labels: gross savings {w['cost_savings']:7.1%}, net "
               f"{w['net_savings']:7.1%}, quality vs frontier {w['quality_vs_frontier']:.3f}")
+    drift = sum(p["trigger"] == "drift" for p in result["promotions"])
     print(f"total: {summary(result['total'])}; "
-          f"{sum(p['promoted'] for p in result['promotions'])} of {len(result['promotions'])} candidates promoted")
+          f"{sum(p['promoted'] for p in result['promotions'])} of {len(result['promotions'])} candidates promoted"
+          + (f" ({drift} retrained on drift)" if drift else ""))
     return 0
