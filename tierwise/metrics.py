@@ -53,14 +53,15 @@ def quality_lower_bound(records: list[Record], tiers: np.ndarray, resamples: int
     return quality_bounds(records, tiers, resamples)[0]
 
 
-def quality_bounds(records: list[Record], tiers: np.ndarray, resamples: int = 1000) -> tuple[float, float]:
-    """(5%, 95%) bootstrap quantiles of quality vs frontier when `records` are routed to `tiers`: one-sided 95%
-    bounds of how low, and how high, the quality of the traffic they sample may really be."""
+def quality_bounds(records: list[Record], tiers: np.ndarray, resamples: int = 1000,
+                   level: float = 0.95) -> tuple[float, float]:
+    """One-sided `level` bootstrap bounds (lower, upper) of quality vs frontier when `records` are routed to `tiers`:
+    how low, and how high, the quality of the traffic they sample may really be."""
     ok = arrays(records)[0].astype(np.float64)
     tiers = np.asarray(tiers, dtype=int)
     weights = poisson_weights(len(records), len(records), resamples)
     quality = resampled_quality_vs_frontier(weights, ok[np.arange(len(records)), tiers - 1], weights @ ok[:, 2])
-    low, high = np.quantile(quality, [0.05, 0.95])
+    low, high = np.quantile(quality, [1 - level, level])
     return float(low), float(high)
 
 

@@ -1,0 +1,221 @@
+"""Decision 0024: what promote's check on the labels' held-out fifth, and the retraining schedule, cost a simulated
+deployment.
+
+`tierwise simulate` on each dev file, starting from heads that never saw it (decision 0019's `heads-without-<file>`,
+rebuilt under DIR when absent), in the file's own order (sorted by task: every task change is a shift of traffic)
+and in shuffled orders drawn from a hash of the ids (stationary traffic, as a mixed chat stream is; `shuffledN`, N
+the seed). Each run under one of four rules:
+
+- `0015`: decision 0015's check: a candidate whose point estimate of quality vs frontier on the held-out labels is
+  below the target is refused unless the serving head keeps less there; retraining on the schedule only;
+- `evidence`: the check this record ships: refused for its quality only when the held-out labels show that it
+  misses the target (their 95 % upper bootstrap bound is below it); schedule only;
+- `0015+drift` / `shipped`: the same two checks, plus a retraining whenever the latest 100 labels since the serving
+  head began serving show that it misses the target (checked every 50 labels): what `tierwise simulate` now does;
+- `shipped80`: `shipped` with the check's upper bound at one-sided 80 % instead of 95 %.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0024_promotion_rule [--rules 0015,shipped] [--rates 0.5]
+        [--orders file,shuffled0,shuffled1] [--shadow-seeds 0,1] [--files zeroeval] [--name NAME] [--out DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0024_promotion_rule --decisions --orders shuffled0,shuffled1
+
+The first writes DIR/NAME.json and DIR/NAME.md (per run: last window's savings and quality, totals, windows under the
+target, where heads were promoted); about 12 s a run at rate 0.5 on one core. `--decisions` replays the scheduled
+retraining points under decision 0015's check and scores each call against the next 1,000 queries: the candidate's
+and the serving head's quality and savings there (rate 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+import tierwise_tools.simulate as simulate_module
+from classifier_service.heads import HeadRegistry
+from router_service.config import load as load_config
+from tierwise.data import Record, arrays, load, shared_files
+from tierwise.metrics import quality_bounds, routing_metrics
+from tierwise_tools.fitting import MIN_DEV_RECORDS, fit_head, lineup
+from tierwise_tools.paths import ROOT
+
+from .common import embed
+from .d0019_few_label_transfer import heads_without
+
+TARGET = 0.95
+SHIPPED = (simulate_module.measure, simulate_module.drifted)
+
+
+def point_measure(head, records, x, target):
+    """promote's measure with the upper bound replaced by the point estimate: decision 0015's rule, under which a
+    candidate whose held-out quality is below the target is refused unless the serving head keeps less."""
+    m = SHIPPED[0](head, records, x, target)
+    return {**m, "quality_vs_frontier_upper_bound": m["quality_vs_frontier"]}
+
+
+def measure_at(level: float):
+    """promote's measure with the upper bound at another one-sided level."""
+    def measure(head, records, x, target):
+        m = SHIPPED[0](head, records, x, target)
+        tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
+        return {**m, "quality_vs_frontier_upper_bound": quality_bounds(records, tiers, level=level)[1]}
+    return measure
+
+
+def never(*_args) -> bool:
+    return False
+
+
+RULES = {"0015": (point_measure, never), "0015+drift": (point_measure, SHIPPED[1]),
+         "evidence": (SHIPPED[0], never), "shipped": SHIPPED, "shipped80": (measure_at(0.80), SHIPPED[1])}
+
+
+def shuffled(records: list[Record], x: np.ndarray, seed: int) -> tuple[list[Record], np.ndarray]:
+    """The records in an order drawn from a hash of their ids: stationary traffic, one arrival order per seed."""
+    salt = "order" if seed == 0 else f"order{seed}"
+    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(f"{salt}:{records[i].id}".encode()).hexdigest())
+    return [records[i] for i in order], x[order]
+
+
+def files_and_heads(out: Path, only: list[str] | None) -> dict:
+    """{file: (records, embeddings, the heads a deployment of that file starts from)}."""
+    files = {p.name.split(".")[0]: (records, embed(records)) for p in shared_files() for records in [load([p])]}
+    chosen = {}
+    for left, (records, x) in files.items():
+        if only and left not in only:
+            continue
+        heads = out / f"heads-without-{left}"
+        if not (heads / "default" / "head.json").exists():
+            heads_without(files, left, out)
+        chosen[left] = (records, x, HeadRegistry.from_dir(heads))
+    return chosen
+
+
+def ordered(records: list[Record], x: np.ndarray, order: str) -> tuple[list[Record], np.ndarray]:
+    return (records, x) if order == "file" else shuffled(records, x, int(order.removeprefix("shuffled")))
+
+
+def run(rules: list[str], rates: list[float], orders: list[str], files: dict, out: Path, name: str,
+        seeds: list[int] = (0,)) -> list[dict]:
+    cfg = load_config(ROOT / "tierwise.example.yaml")
+    rows = []
+    for left, (records, x, registry) in files.items():
+        for order in orders:
+            recs, xs = ordered(records, x, order)
+            for rate, seed, rule in ((rate, seed, rule) for rate in rates for seed in seeds for rule in rules):
+                simulate_module.measure, simulate_module.drifted = RULES[rule]
+                try:
+                    result = simulate_module.simulate(recs, xs, registry, cfg, rate, TARGET, seed=seed).result(500)
+                finally:
+                    simulate_module.measure, simulate_module.drifted = SHIPPED
+                last, total = result["windows"][-1], result["total"]
+                row = {"file": left, "order": order, "rate": rate, "shadow_seed": seed, "rule": rule,
+                       "last_savings": last["cost_savings"], "last_quality": last["quality_vs_frontier"],
+                       "total_savings": total["cost_savings"], "total_quality": total["quality_vs_frontier"],
+                       "net_savings": total["net_savings"],
+                       "windows_under": sum(w["quality_vs_frontier"] < TARGET for w in result["windows"]),
+                       "windows": len(result["windows"]),
+                       "promoted": [p["labels"] for p in result["promotions"] if p["promoted"]],
+                       "drift_retrainings": sum(p["trigger"] == "drift" for p in result["promotions"])}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| file | order | rate | shadow seed | rule | last window savings / quality | total savings / quality | net | windows < 0.95 | "
+             "promoted at | drift retrainings |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['file']} | {r['order']} | {r['rate']} | {r['shadow_seed']} | {r['rule']} | {r['last_savings']:.1%} / "
+                     f"{r['last_quality']:.3f} | {r['total_savings']:.1%} / {r['total_quality']:.3f} | "
+                     f"{r['net_savings']:.1%} | {r['windows_under']} of {r['windows']} | "
+                     f"{', '.join(map(str, r['promoted'])) or 'none'} | {r['drift_retrainings']} |")
+    return "\n".join(lines)
+
+
+def decisions(records: list[Record], x: np.ndarray, registry: HeadRegistry, rate: float, rule: str = "0015",
+              horizon: int = 1000) -> list[dict]:
+    """Each scheduled retraining point of `tierwise simulate`'s replay under `rule`'s check, with what the candidate
+    and the serving head would do on the next `horizon` queries: whether the check's call on the held-out labels was
+    the right one."""
+    priors, serving = list(registry), registry.for_lineup(lineup(records))
+    shadowed = np.array([simulate_module.shadow_draw(r, rate, 0) for r in records])
+    retrain_now, labels, rows = simulate_module.retraining_points(None), 0, []
+    for i in np.flatnonzero(shadowed):
+        labels += 1
+        if not retrain_now(labels):
+            continue
+        labelled = np.flatnonzero(shadowed[: i + 1])
+        held_out = np.array([records[j].held_out for j in labelled], dtype=bool)
+        dev_rows, held_rows = labelled[~held_out], labelled[held_out]
+        if len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
+            continue
+        fitted = fit_head([records[j] for j in dev_rows], x[dev_rows], [TARGET], priors=priors)
+        candidate = fitted.head("simulated", f"labels-{labels}", TARGET, models=lineup(records))
+        held = [records[j] for j in held_rows]
+        mine, theirs = (RULES[rule][0](h, held, x[held_rows], TARGET) for h in (candidate, serving))
+        ok, _ = simulate_module.verdict(mine, theirs, TARGET)
+        future = slice(i + 1, i + 1 + horizon)
+        ahead = {}
+        for name, head in (("candidate", candidate), ("serving", serving)):
+            xs = x[future]
+            m = routing_metrics(records[future], head.decide(head.probabilities(xs), head.tradeoff_for(TARGET),
+                                                             head.outside(xs)))
+            ahead[name] = (round(m["quality_vs_frontier"], 3), round(m["cost_savings"], 3))
+        rows.append({"labels": labels, "held_out": int(len(held_rows)), "promoted": ok,
+                     "held_candidate": (mine["quality_vs_frontier"], mine["cost_savings"]),
+                     "held_serving": (theirs["quality_vs_frontier"], theirs["cost_savings"]),
+                     "next_candidate": ahead["candidate"], "next_serving": ahead["serving"]})
+        if ok:
+            serving = candidate
+    return rows
+
+
+def print_decisions(files: dict, orders: list[str]) -> None:
+    calls = []
+    for left, (records, x, registry) in files.items():
+        for order in orders:
+            for row in decisions(*ordered(records, x, order), registry, 0.5):
+                calls.append(row)
+                print(left, order, json.dumps(row), flush=True)
+    scored = [r for r in calls if r["labels"] >= 100]
+    better = [r for r in scored if r["next_candidate"][0] >= TARGET and (
+        r["next_serving"][0] < TARGET or r["next_candidate"][1] > r["next_serving"][1] + 0.01)]
+    worse = [r for r in scored if r["next_candidate"][0] < TARGET or (
+        r["next_serving"][0] >= TARGET and r["next_candidate"][1] < r["next_serving"][1] - 0.01)]
+    print(f"calls at >= 100 labels: {len(scored)}; candidates at >= {TARGET} on the next queries: "
+          f"{sum(r['next_candidate'][0] >= TARGET for r in scored)}; serving heads under it: "
+          f"{sum(r['next_serving'][0] < TARGET for r in scored)}")
+    print(f"refused though better: {sum(not r['promoted'] for r in better)} of {len(better)}; "
+          f"installed though worse: {sum(r['promoted'] for r in worse)} of {len(worse)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--files", default="", help="comma-separated dev file names (default: all)")
+    ap.add_argument("--decisions", action="store_true", help="score decision 0015's calls against the next queries")
+    ap.add_argument("--rates", default="0.05,0.5")
+    ap.add_argument("--orders", default="file,shuffled0", help="'file' (the file's own order) and/or shuffledN "
+                    "(arrival order drawn from a hash of the ids, N its seed)")
+    ap.add_argument("--shadow-seeds", default="0", help="which queries the shadow draws (tierwise simulate --seed)")
+    ap.add_argument("--name", default="runs", help="writes DIR/NAME.json and DIR/NAME.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "research" / "d0024")
+    args = ap.parse_args()
+    if not shared_files():
+        raise SystemExit("no records: this probe needs ../shared/data/routing")
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = files_and_heads(args.out, [f for f in args.files.split(",") if f])
+    if args.decisions:
+        return print_decisions(files, args.orders.split(","))
+    rows = run(args.rules.split(","), [float(r) for r in args.rates.split(",")], args.orders.split(","), files,
+               args.out, args.name, [int(v) for v in args.shadow_seeds.split(",")])
+    (args.out / f"{args.name}.md").write_text(table(rows) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
+
