@@ -12,7 +12,8 @@ the seed). Each run under one of four rules:
   misses the target (their 95 % upper bootstrap bound is below it); schedule only;
 - `0015+drift` / `shipped`: the same two checks, plus a retraining whenever the latest 100 labels since the serving
   head began serving show that it misses the target (checked every 50 labels): what `tierwise simulate` now does;
-- `shipped80`: `shipped` with the check's upper bound at one-sided 80 % instead of 95 %.
+- `shipped80`: `shipped` with the check's upper bound at one-sided 80 % instead of 95 %;
+- `recent`: `shipped`, with a candidate retrained on drift calibrated on its latest RECENT dev labels only.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0024_promotion_rule [--rules 0015,shipped] [--rates 0.5]
         [--orders file,shuffled0,shuffled1] [--shadow-seeds 0,1] [--files zeroeval] [--name NAME] [--out DIR]
@@ -26,6 +27,7 @@ and the serving head's quality and savings there (rate 0.5).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -37,6 +39,7 @@ from classifier_service.heads import HeadRegistry
 from router_service.config import load as load_config
 from tierwise.data import Record, arrays, load, shared_files
 from tierwise.metrics import quality_bounds, routing_metrics
+from tierwise_tools.calibration import calibrate
 from tierwise_tools.fitting import MIN_DEV_RECORDS, fit_head, lineup
 from tierwise_tools.paths import ROOT
 
@@ -67,8 +70,34 @@ def never(*_args) -> bool:
     return False
 
 
+RECENT = 160  # dev labels a candidate retrained on drift is calibrated on, in the `recent` rule
+_ORIGINAL = (simulate_module.retrained, simulate_module.fit_head)
+_drift_now = [False]
+
+
+def retrained_noting_trigger(*args, **kwargs):
+    _drift_now[0] = (args[7] if len(args) > 7 else kwargs.get("trigger")) == "drift"
+    try:
+        return _ORIGINAL[0](*args, **kwargs)
+    finally:
+        _drift_now[0] = False
+
+
+def fit_head_recent(records, x, targets, *args, **kwargs):
+    """fit_head; on a drift retraining, the tradeoffs recalibrated on the out-of-fold predictions of the latest
+    RECENT records only (the traffic since the shift, more or less)."""
+    fitted = _ORIGINAL[1](records, x, targets, *args, **kwargs)
+    if not _drift_now[0] or len(records) <= RECENT:
+        return fitted
+    recent = records[-RECENT:]
+    oof = fitted.chosen.oof[-RECENT:]
+    calibration = {key: calibrate(recent, oof, fitted.relative_cost, float(key))[0] for key in fitted.calibration}
+    return dataclasses.replace(fitted, calibration=calibration)
+
+
 RULES = {"0015": (point_measure, never), "0015+drift": (point_measure, SHIPPED[1]),
-         "evidence": (SHIPPED[0], never), "shipped": SHIPPED, "shipped80": (measure_at(0.80), SHIPPED[1])}
+         "evidence": (SHIPPED[0], never), "shipped": SHIPPED, "shipped80": (measure_at(0.80), SHIPPED[1]),
+         "recent": SHIPPED}
 
 
 def shuffled(records: list[Record], x: np.ndarray, seed: int) -> tuple[list[Record], np.ndarray]:
@@ -105,10 +134,13 @@ def run(rules: list[str], rates: list[float], orders: list[str], files: dict, ou
             recs, xs = ordered(records, x, order)
             for rate, seed, rule in ((rate, seed, rule) for rate in rates for seed in seeds for rule in rules):
                 simulate_module.measure, simulate_module.drifted = RULES[rule]
+                if rule == "recent":
+                    simulate_module.retrained, simulate_module.fit_head = retrained_noting_trigger, fit_head_recent
                 try:
                     result = simulate_module.simulate(recs, xs, registry, cfg, rate, TARGET, seed=seed).result(500)
                 finally:
                     simulate_module.measure, simulate_module.drifted = SHIPPED
+                    simulate_module.retrained, simulate_module.fit_head = _ORIGINAL
                 last, total = result["windows"][-1], result["total"]
                 row = {"file": left, "order": order, "rate": rate, "shadow_seed": seed, "rule": rule,
                        "last_savings": last["cost_savings"], "last_quality": last["quality_vs_frontier"],
