@@ -88,6 +88,10 @@ class TierHead:
         """The chosen tier per row at `tradeoff` (default: the head's own); rows `outside` the support get tier 3."""
         return decide(probabilities, self.relative_cost, self.tradeoff if tradeoff is None else tradeoff, outside)
 
+    def route(self, embeddings: np.ndarray, target: float) -> np.ndarray:
+        """The tier per row at the tradeoff calibrated for `target`, with the support check: how this head serves."""
+        return self.decide(self.probabilities(embeddings), self.tradeoff_for(target), self.outside(embeddings))
+
     def tradeoff_for(self, target: float) -> float:
         """The tradeoff calibrated for `target` quality vs frontier; KeyError if none was."""
         key = f"{target:g}"

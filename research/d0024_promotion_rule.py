@@ -62,8 +62,7 @@ def measure_at(level: float):
     """promote's measure with the upper bound at another one-sided level."""
     def measure(head, records, x, target):
         m = SHIPPED[0](head, records, x, target)
-        tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
-        return {**m, "quality_vs_frontier_upper_bound": quality_bounds(records, tiers, level=level)[1]}
+        return {**m, "quality_vs_frontier_upper_bound": quality_bounds(records, head.route(x, target), level=level)[1]}
     return measure
 
 
@@ -202,9 +201,7 @@ def decisions(records: list[Record], x: np.ndarray, registry: HeadRegistry, rate
         future = slice(i + 1, i + 1 + horizon)
         ahead = {}
         for name, head in (("candidate", candidate), ("serving", serving)):
-            xs = x[future]
-            m = routing_metrics(records[future], head.decide(head.probabilities(xs), head.tradeoff_for(TARGET),
-                                                             head.outside(xs)))
+            m = routing_metrics(records[future], head.route(x[future], TARGET))
             ahead[name] = (round(m["quality_vs_frontier"], 3), round(m["cost_savings"], 3))
         rows.append({"labels": labels, "held_out": int(len(held_rows)), "promoted": ok,
                      "held_candidate": (mine["quality_vs_frontier"], mine["cost_savings"]),

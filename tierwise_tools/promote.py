@@ -28,7 +28,7 @@ from .embeddings import embed_records
 
 def measure(head, records: list[Record], x, target: float) -> dict:
     """`head` at its tradeoff for `target` on `records` (embeddings `x`)."""
-    tiers = head.decide(head.probabilities(x), head.tradeoff_for(target), head.outside(x))
+    tiers = head.route(x, target)
     return {"head": head.name, "version": head.version, "models": list(head.models), **summary(records, tiers)}
 
 

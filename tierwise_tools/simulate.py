@@ -105,8 +105,7 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     sim = Simulation(records, tiers, shadowed, cost)
 
     def route(rows: slice) -> None:
-        tiers[rows] = serving.decide(serving.probabilities(x[rows]), serving.tradeoff_for(target),
-                                     serving.outside(x[rows]))
+        tiers[rows] = serving.route(x[rows], target)
 
     start, serving_since, labelled = 0, 0, np.flatnonzero(shadowed)
     for labels, i in enumerate(labelled, start=1):
@@ -133,8 +132,7 @@ def drifted(sim: Simulation, serving: TierHead, unseen: np.ndarray, x: np.ndarra
     records = [sim.records[j] for j in unseen]
     if not arrays(records)[0][:, N_TIERS - 1].any():
         return False
-    tiers = serving.decide(serving.probabilities(x[unseen]), serving.tradeoff_for(target), serving.outside(x[unseen]))
-    return quality_bounds(records, tiers)[1] < target - 1e-12
+    return quality_bounds(records, serving.route(x[unseen], target))[1] < target - 1e-12
 
 
 def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.ndarray, priors: list[TierHead],
