@@ -104,11 +104,12 @@ def test_the_serving_head_is_checked_on_its_latest_labels_every_fifty():
     x = np.random.default_rng(0).normal(size=(400, 384)).astype(np.float32)
     sim = Simulation(records, np.ones(400, dtype=int), np.ones(400, dtype=bool), np.zeros(400))
     head = head_always_tier_1()
-    fine, missing = np.arange(0, 150), np.arange(100, 300)  # the latest 100 of `missing` all fail at tier 1
-    assert not drifted(sim, head, fine, x, DRIFT_CHECK_EVERY * 3, 0.95)
-    assert drifted(sim, head, missing, x, DRIFT_CHECK_EVERY * 4, 0.95)
-    assert not drifted(sim, head, missing, x, DRIFT_CHECK_EVERY * 4 + 1, 0.95), "checked every 50 labels only"
-    assert not drifted(sim, head, np.arange(191, 201), x, DRIFT_CHECK_EVERY, 0.95), "1 miss in 10 labels shows nothing"
+    fine, missing = np.arange(0, DRIFT_CHECK_EVERY * 3), np.arange(100, 100 + DRIFT_CHECK_EVERY * 4)  # the latest
+    # 100 of `missing` all fail at tier 1
+    assert not drifted(sim, head, fine, x, 0.95)
+    assert drifted(sim, head, missing, x, 0.95)
+    assert not drifted(sim, head, np.arange(99, 300), x, 0.95), "checked every 50 labels only"
+    assert not drifted(sim, head, np.arange(151, 201), x, 0.95), "1 miss in 50 labels shows nothing"
 
 
 def test_a_shift_in_the_traffic_retrains_before_the_next_scheduled_point():

@@ -110,8 +110,8 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     start, serving_since, labelled = 0, 0, np.flatnonzero(shadowed)
     for labels, i in enumerate(labelled, start=1):
         so_far = labelled[:labels]
-        trigger = "schedule" if retrain_now(labels) else "drift" if drifted(
-            sim, serving, so_far[serving_since:], x, labels - serving_since, target) else None
+        trigger = ("schedule" if retrain_now(labels) else
+                   "drift" if drifted(sim, serving, so_far[serving_since:], x, target) else None)
         if trigger:
             route(slice(start, i + 1))
             start = i + 1
@@ -121,12 +121,12 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     return sim
 
 
-def drifted(sim: Simulation, serving: TierHead, unseen: np.ndarray, x: np.ndarray, count: int, target: float) -> bool:
+def drifted(sim: Simulation, serving: TierHead, unseen: np.ndarray, x: np.ndarray, target: float) -> bool:
     """Whether the labels that arrived since the serving head began serving (`unseen`, none of which it trained on)
     show, every DRIFT_CHECK_EVERY of them, that it now misses the target: its quality's 95% upper bound on the
     latest DRIFT_WINDOW of them is below it. Traffic that changed kind (a new task) is caught this way instead of at
     the next scheduled retraining; a false alarm costs one retraining, which promote's check still gates."""
-    if count == 0 or count % DRIFT_CHECK_EVERY:
+    if not len(unseen) or len(unseen) % DRIFT_CHECK_EVERY:
         return False
     unseen = unseen[-DRIFT_WINDOW:]
     records = [sim.records[j] for j in unseen]
