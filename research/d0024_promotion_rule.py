@@ -51,28 +51,22 @@ TARGET = 0.95
 SHIPPED = (simulate_module.measure, simulate_module.drifted)
 
 
-def point_measure(head, records, x, target):
-    """promote's measure with the upper bound replaced by the point estimate: decision 0015's rule, under which a
-    candidate whose held-out quality is below the target is refused unless the serving head keeps less."""
-    m = SHIPPED[0](head, records, x, target)
-    return {**m, "quality_vs_frontier_upper_bound": m["quality_vs_frontier"]}
-
-
-def measure_at(level: float):
-    """promote's measure with the upper bound at another one-sided level."""
+def measure_with(upper):
+    """promote's measure with the candidate's upper bound replaced by `upper(records, tiers, measured)`."""
     def measure(head, records, x, target):
         m = SHIPPED[0](head, records, x, target)
-        return {**m, "quality_vs_frontier_upper_bound": quality_bounds(records, head.route(x, target), level=level)[1]}
+        return {**m, "quality_vs_frontier_upper_bound": upper(records, head.route(x, target), m)}
     return measure
 
 
-def measure_min(held: int):
-    """promote's measure, with decision 0015's point estimate standing in for the bound on fewer than `held`
-    held-out records (a bound on so few shows nothing either way)."""
-    def measure(head, records, x, target):
-        m = SHIPPED[0](head, records, x, target)
-        return m if len(records) >= held else {**m, "quality_vs_frontier_upper_bound": m["quality_vs_frontier"]}
-    return measure
+# Decision 0015's rule: a candidate whose held-out point estimate is below the target is refused unless the
+# serving head keeps less there.
+point_measure = measure_with(lambda records, tiers, m: m["quality_vs_frontier"])
+# The bound at one-sided 80 % instead of 95 %.
+measure_at_80 = measure_with(lambda records, tiers, m: quality_bounds(records, tiers, level=0.80)[1])
+# The point estimate standing in for the bound on fewer than 50 held-out records (so few show nothing either way).
+measure_min_50 = measure_with(lambda records, tiers, m: m["quality_vs_frontier_upper_bound"] if len(records) >= 50
+                              else m["quality_vs_frontier"])
 
 
 def never(*_args) -> bool:
@@ -105,8 +99,8 @@ def fit_head_recent(records, x, targets, *args, **kwargs):
 
 
 RULES = {"0015": (point_measure, never), "0015+drift": (point_measure, SHIPPED[1]),
-         "evidence": (SHIPPED[0], never), "shipped": SHIPPED, "shipped80": (measure_at(0.80), SHIPPED[1]),
-         "recent": SHIPPED, "min50": (measure_min(50), SHIPPED[1])}
+         "evidence": (SHIPPED[0], never), "shipped": SHIPPED, "shipped80": (measure_at_80, SHIPPED[1]),
+         "recent": SHIPPED, "min50": (measure_min_50, SHIPPED[1])}
 
 
 def shuffled(records: list[Record], x: np.ndarray, seed: int) -> tuple[list[Record], np.ndarray]:
