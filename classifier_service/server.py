@@ -65,7 +65,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                     rpc_span(self.tracer, SERVICE, "Classify", context, log) as span):
             head = self._head(request.head)
             check_text(request.text, "text", self.cfg.max_text_bytes)
-            result = (await self._classify([request.text], head, span, _tradeoff(request)))[0]
+            result = (await self._classify([request.text], head, span, requested_tradeoff(request)))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
             span.set_attribute("tierwise.outside_support", result.outside_support)
@@ -84,7 +84,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
                 check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
-            results = await self._classify(texts, head, span, _tradeoff(request))
+            results = await self._classify(texts, head, span, requested_tradeoff(request))
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
             span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
@@ -162,7 +162,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
 
 
-def _tradeoff(request) -> float | None:
+def requested_tradeoff(request) -> float | None:
     """The request's tradeoff, if it set one; INVALID_ARGUMENT unless it is finite and >= 0."""
     if not request.HasField("tradeoff"):
         return None

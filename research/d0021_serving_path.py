@@ -53,7 +53,7 @@ async def _echo_server() -> None:
     await server.wait_for_termination()
 
 
-class _InProcess:
+class InProcess:
     def __init__(self):
         cfg = Config()
         self.encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
@@ -62,7 +62,7 @@ class _InProcess:
         self.encoder.embed_tokens(self.encoder.tokenize([text]))
 
 
-def _texts(kind: str, sets: queries.QuerySets, block: int, seed: int) -> list[str]:
+def texts_for(kind: str, sets: queries.QuerySets, block: int, seed: int) -> list[str]:
     if kind == "short":
         return queries.short_questions(BLOCK, start=seed + block * BLOCK)
     pool = sets.mixed + sets.load_mixed
@@ -72,7 +72,7 @@ def _texts(kind: str, sets: queries.QuerySets, block: int, seed: int) -> list[st
 def latency(blocks: int, kind: str) -> None:
     sets = queries.build(queries.FULL, Config().max_text_bytes)
     with ExitStack() as stack:
-        calls, pids = {"encoder in-process": _InProcess()}, {}
+        calls, pids = {"encoder in-process": InProcess()}, {}
         echo = subprocess.Popen([sys.executable, "-m", "research.d0021_serving_path", "--echo-server"], cwd=ROOT,
                                 stdout=subprocess.PIPE, text=True)
         stack.callback(lambda: (echo.kill(), echo.wait()))
@@ -94,7 +94,7 @@ def latency(blocks: int, kind: str) -> None:
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         for block in range(blocks):
             for i, (name, call) in enumerate(calls.items()):
-                for text in _texts(kind, sets, block * len(calls) + i, seed):
+                for text in texts_for(kind, sets, block * len(calls) + i, seed):
                     t0 = time.perf_counter()
                     call(text)
                     ms[name].append((time.perf_counter() - t0) * 1000)

@@ -52,7 +52,7 @@ from classifier_service.batching import MAX_PAD_RATIO, Embedded, embed_bucketed 
 from classifier_service.config import Config  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import HeadRegistry  # noqa: E402
-from classifier_service.server import SERVICE, ClassifierServicer, _tradeoff  # noqa: E402
+from classifier_service.server import SERVICE, ClassifierServicer, requested_tradeoff  # noqa: E402
 from research import d0021_serving_path as d0021  # noqa: E402
 from tierwise import serving  # noqa: E402
 from tierwise.serving import Rejected, check_text, shown  # noqa: E402
@@ -163,7 +163,7 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
                     if head is None:
                         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"head: unknown head {shown(request.head)}")
                     check_text(request.text, "text", self.cfg.max_text_bytes)
-                    result = self._classify(request.text, head, span, _tradeoff(request))
+                    result = self._classify(request.text, head, span, requested_tradeoff(request))
                 except Rejected as err:
                     span.set_attribute("rpc.grpc.status_code", err.code.value[0])
                     context.abort(err.code, str(err))
@@ -268,7 +268,7 @@ def _machine(others: list[float]) -> str:
 
 def latency(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> None:
     with ExitStack() as stack:
-        calls: dict = {"encoder in-process": d0021._InProcess()}
+        calls: dict = {"encoder in-process": d0021.InProcess()}
         shipped = stack.enter_context(ClassifierServer(ROOT, Path("/tmp/d0025-latency.log")))
         targets = {SHIPPED: (shipped.target, shipped.pid), SYNC: _spawn(stack, ME, "--serve", "promote"),
                    "bare grpc.aio, empty reply": _spawn(stack, "research.d0021_serving_path", "--echo-server"),
@@ -296,7 +296,7 @@ def latency(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> 
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         with cpu_account(lambda: sum(cpu_seconds(pid) for pid in pids.values())) as account:
             for block in range(blocks):
-                texts = d0021._texts(kind, sets, block, seed)  # the same texts for every path: each has its own cache
+                texts = d0021.texts_for(kind, sets, block, seed)  # the same texts for every path: each has its own cache
                 for name in names[block % len(names):] + names[: block % len(names)]:
                     call = calls[name]
                     for text in texts:
@@ -329,7 +329,7 @@ def load(rounds: int, kind: str, sets: queries.QuerySets, drain: bool, seconds: 
         targets = {SHIPPED: (shipped.target, shipped.pid), SYNC: _spawn(stack, ME, "--serve", "promote")}
         if drain:
             targets[SYNC + " (drain)"] = _spawn(stack, ME, "--serve", "drain")
-        cfg, encoder = Config(), d0021._InProcess().encoder
+        cfg, encoder = Config(), d0021.InProcess().encoder
         encoder.embed_tokens(encoder.tokenize(sets.warmup))
         for target, _ in targets.values():
             grpc_load.concurrent(target, [f"{t} (warm-up)" for t in sets.warmup * 4], 32, 2.0)
