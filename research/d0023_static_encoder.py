@@ -25,7 +25,6 @@ batched throughput (batches of 32; MiniLM length-bucketed by the server's own `e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from tokenizers import Tokenizer
 
 from classifier_service.batching import embed_bucketed
 from classifier_service.encoder import PRECISIONS, Encoder
-from tierwise.data import TEST_SHARE, arrays, load, shared_files
+from tierwise.data import TEST_SHARE, arrays, fifth, load, shared_files
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier, routing_metrics
 from tierwise_tools.fitting import fit_head, route_unseen
 from tierwise_tools.paths import ENCODER_DIR
@@ -148,11 +147,6 @@ def band(diffs: np.ndarray, fmt: str) -> str:
     return f"{q[0]:{fmt}} ({q[1]:{fmt}} to {q[2]:{fmt}})"
 
 
-def fold(record_id: str) -> int:
-    """The record's fifth by the project's split (tierwise.data.is_held_out): 0 is the held-out fifth."""
-    return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) % TEST_SHARE
-
-
 def scored(records, x: np.ndarray, folds: np.ndarray, test_folds) -> tuple[np.ndarray, ...]:
     """(rows, shipped tiers, sweep tiers, outside the head's support) over the records of `test_folds`, each scored by a head fitted
     (`fit_head`, calibration and support included) on the records of every other fold but 0's."""
@@ -254,7 +248,7 @@ def main() -> None:
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in shared_files():
         records = load([path])
-        folds = np.array([fold(r.id) for r in records])
+        folds = np.array([fifth(r.id) for r in records])
         embedded = {"MiniLM int8": embed(records)}
         embedded.update({f"static {spec}": enc.embed([r.query for r in records]) for spec, enc in statics.items()})
         base = None
