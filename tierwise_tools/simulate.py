@@ -2,9 +2,10 @@
 the head retrained and promoted from those labels as `tierwise learn` would, and say what the deployment saves.
 
 Each query is routed by the serving head (at first the shipped head for the file's lineup, else the default, as a
-router naming no head gets). A shadowed query reveals its recorded outcomes as a label, paid for: every tier's
-recorded cost plus two judge calls (tier 1's and tier 2's answer against tier 3's) at the configured judge tier's
-price. Retraining points: the schedule (`retraining_points`), and every DRIFT_CHECK_EVERY labels at which the
+router naming no head gets). A shadowed query reveals its recorded outcomes as a label, paid for as the router's
+shadow pays: the recorded cost of every tier but the one that served it (the shadow reuses the answer the user
+got, decision 0014; that one is in the deployment's own spend) plus two judge calls (tier 1's and tier 2's answer
+against tier 3's) at the configured judge tier's price. Retraining points: the schedule (`retraining_points`), and every DRIFT_CHECK_EVERY labels at which the
 latest labels since the serving head began serving show that it misses the target (`drifted`). At each, the labels
 so far train a candidate (`fit_head`, with the shipped heads as priors) on their dev part; promote's paired rule on
 their held-out fifth, which no head ever trains on, decides whether it replaces the serving head.
@@ -43,15 +44,16 @@ def retraining_points(every: int | None, first: int = 50) -> Callable[[int], boo
     return lambda n: n >= first and (n // first) & (n // first - 1) == 0 and n % first == 0
 
 
-def labelling_cost(record: Record, cfg: RouterConfig, judge_tier: int) -> float:
-    """Every tier's recorded answer, plus the judge grading tier 1's and tier 2's answers against tier 3's."""
+def labelling_cost(record: Record, cfg: RouterConfig, judge_tier: int, served: int) -> float:
+    """Every tier's recorded answer but the `served` tier's (already paid, and reused), plus the judge grading tier
+    1's and tier 2's answers against tier 3's."""
     def tokens(text: str | None) -> int:
         return MISSING_ANSWER_TOKENS if text is None else estimate_tokens(text)
 
     reference = tokens(record.responses[-1])
     judge = sum(cfg.tiers[judge_tier].cost(JUDGE_PROMPT_TOKENS + estimate_tokens(record.query) + tokens(answer)
                                            + reference, JUDGE_OUTPUT_TOKENS) for answer in record.responses[:-1])
-    return float(sum(record.costs)) + judge
+    return float(sum(c for tier, c in enumerate(record.costs, start=1) if tier != served)) + judge
 
 
 @dataclass
@@ -101,8 +103,7 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     retrain_now = retraining_points(every)
     tiers = np.zeros(len(records), dtype=int)
     shadowed = np.array([shadow_draw(r, rate, seed) for r in records])
-    cost = np.array([labelling_cost(r, cfg, judge_tier) if s else 0.0 for r, s in zip(records, shadowed)])
-    sim = Simulation(records, tiers, shadowed, cost)
+    sim = Simulation(records, tiers, shadowed, np.zeros(len(records)))
 
     def route(rows: slice) -> None:
         tiers[rows] = serving.route(x[rows], target)
@@ -118,6 +119,8 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
             candidate = retrained(sim, serving, so_far, x, priors, target, seed, trigger)
             serving, serving_since = candidate, (labels if candidate is not serving else serving_since)
     route(slice(start, len(records)))
+    sim.labelling_usd[:] = [labelling_cost(r, cfg, judge_tier, t) if s else 0.0
+                            for r, s, t in zip(records, shadowed, tiers)]
     return sim
 
 
