@@ -17,7 +17,8 @@ the seed). Each run under one of four rules:
 - `min50`: `shipped`, with 0015's point estimate instead of the bound on fewer than 50 held-out records.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0024_promotion_rule [--rules 0015,shipped] [--rates 0.5]
-        [--orders file,shuffled0,shuffled1] [--shadow-seeds 0,1] [--files zeroeval] [--name NAME] [--out DIR]
+        [--orders file,shuffled0,shuffled1] [--shadow-seeds 0,1] [--files zeroeval] [--size N] [--retrain-every N]
+        [--name NAME] [--out DIR]
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0024_promotion_rule --decisions --orders shuffled0,shuffled1
 
 The first writes DIR/NAME.json and DIR/NAME.md (per run: last window's savings and quality, totals, windows under the
@@ -103,6 +104,20 @@ RULES = {"0015": (point_measure, never), "0015+drift": (point_measure, SHIPPED[1
          "recent": SHIPPED, "min50": (measure_min_50, SHIPPED[1])}
 
 
+def half_steps(every: int | None, first: int = 50):
+    """The default schedule with a retraining halfway between each doubling: 50, 100, 150, 200, 300, 400, 600, ...
+    labels (`--half-steps`); `every` as `tierwise simulate --retrain-every`."""
+    if every:
+        return _SCHEDULE(every, first)
+
+    def doubled(n: int, base: int) -> bool:
+        return n >= base and n % base == 0 and (n // base) & (n // base - 1) == 0
+    return lambda n: doubled(n, first) or doubled(n, 3 * first)
+
+
+_SCHEDULE = simulate_module.retraining_points
+
+
 def shuffled(records: list[Record], x: np.ndarray, seed: int) -> tuple[list[Record], np.ndarray]:
     """The records in an order drawn from a hash of their ids: stationary traffic, one arrival order per seed."""
     salt = "order" if seed == 0 else f"order{seed}"
@@ -129,23 +144,27 @@ def ordered(records: list[Record], x: np.ndarray, order: str) -> tuple[list[Reco
 
 
 def run(rules: list[str], rates: list[float], orders: list[str], files: dict, out: Path, name: str,
-        seeds: list[int] = (0,)) -> list[dict]:
+        seeds: list[int] = (0,), size: int | None = None, every: int | None = None) -> list[dict]:
+    """Every (file, order, rate, shadow seed, rule); `size`: only the first `size` queries of each order (with a
+    shuffled order, a deployment that sees that many queries of stationary traffic); `every`: retrain every that
+    many labels (`tierwise simulate --retrain-every`) instead of on the default schedule."""
     cfg = load_config(ROOT / "tierwise.example.yaml")
     rows = []
     for left, (records, x, registry) in files.items():
         for order in orders:
             recs, xs = ordered(records, x, order)
+            recs, xs = recs[:size], xs[:size]
             for rate, seed, rule in ((rate, seed, rule) for rate in rates for seed in seeds for rule in rules):
                 simulate_module.measure, simulate_module.drifted = RULES[rule]
                 if rule == "recent":
                     simulate_module.retrained, simulate_module.fit_head = retrained_noting_trigger, fit_head_recent
                 try:
-                    result = simulate_module.simulate(recs, xs, registry, cfg, rate, TARGET, seed=seed).result(500)
+                    result = simulate_module.simulate(recs, xs, registry, cfg, rate, TARGET, every, seed).result(500)
                 finally:
                     simulate_module.measure, simulate_module.drifted = SHIPPED
                     simulate_module.retrained, simulate_module.fit_head = _ORIGINAL
                 last, total = result["windows"][-1], result["total"]
-                row = {"file": left, "order": order, "rate": rate, "shadow_seed": seed, "rule": rule,
+                row = {"file": left, "order": order, "queries": len(recs), "rate": rate, "shadow_seed": seed, "rule": rule,
                        "last_savings": last["cost_savings"], "last_quality": last["quality_vs_frontier"],
                        "total_savings": total["cost_savings"], "total_quality": total["quality_vs_frontier"],
                        "net_savings": total["net_savings"],
@@ -160,10 +179,10 @@ def run(rules: list[str], rates: list[float], orders: list[str], files: dict, ou
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| file | order | rate | shadow seed | rule | last window savings / quality | total savings / quality | net | windows < 0.95 | "
-             "promoted at | drift retrainings |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | order | queries | rate | shadow seed | rule | last window savings / quality | total savings / quality | net | "
+             "windows < 0.95 | promoted at | drift retrainings |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['file']} | {r['order']} | {r['rate']} | {r['shadow_seed']} | {r['rule']} | {r['last_savings']:.1%} / "
+        lines.append(f"| {r['file']} | {r['order']} | {r.get('queries', 'all')} | {r['rate']} | {r['shadow_seed']} | {r['rule']} | {r['last_savings']:.1%} / "
                      f"{r['last_quality']:.3f} | {r['total_savings']:.1%} / {r['total_quality']:.3f} | "
                      f"{r['net_savings']:.1%} | {r['windows_under']} of {r['windows']} | "
                      f"{', '.join(map(str, r['promoted'])) or 'none'} | {r['drift_retrainings']} |")
@@ -234,6 +253,9 @@ def main() -> None:
     ap.add_argument("--orders", default="file,shuffled0", help="'file' (the file's own order) and/or shuffledN "
                     "(arrival order drawn from a hash of the ids, N its seed)")
     ap.add_argument("--shadow-seeds", default="0", help="which queries the shadow draws (tierwise simulate --seed)")
+    ap.add_argument("--size", type=int, help="replay only the first N queries of each order")
+    ap.add_argument("--half-steps", action="store_true", help="retrain at 50, 100, 150, 200, 300, 400, 600, ... labels")
+    ap.add_argument("--retrain-every", type=int, help="retrain every N labels instead of on the default schedule")
     ap.add_argument("--name", default="runs", help="writes DIR/NAME.json and DIR/NAME.md")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "research" / "d0024")
     args = ap.parse_args()
@@ -241,10 +263,13 @@ def main() -> None:
         raise SystemExit("no records: this probe needs ../shared/data/routing")
     args.out.mkdir(parents=True, exist_ok=True)
     files = files_and_heads(args.out, [f for f in args.files.split(",") if f])
+    if args.half_steps:
+        simulate_module.retraining_points = half_steps
     if args.decisions:
         return print_decisions(files, args.orders.split(","))
     rows = run(args.rules.split(","), [float(r) for r in args.rates.split(",")], args.orders.split(","), files,
-               args.out, args.name, [int(v) for v in args.shadow_seeds.split(",")])
+               args.out, args.name, [int(v) for v in args.shadow_seeds.split(",")], args.size,
+               args.retrain_every)
     (args.out / f"{args.name}.md").write_text(table(rows) + "\n")
     print(table(rows))
 
