@@ -246,11 +246,17 @@ def paired(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def draw_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every probe over these draws takes: which K, which draws, and whether to fit them."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", default="50,100,200,400,800")
     ap.add_argument("--draws", default="3,4,5")
     ap.add_argument("--fit", action="store_true", help="fit and cache the draws")
+    return ap
+
+
+def main() -> None:
+    ap = draw_parser(__doc__)
     ap.add_argument("--one-se", action="store_true", help="fit with the one-standard-error model choice (cached "
                     "under OUT/one-se)")
     ap.add_argument("--methods", default="", help="';'-separated names (default: all)")

@@ -22,7 +22,6 @@ The baseline cache comes from `research.d0022_small_sample_calibration --fit` (s
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -134,11 +133,8 @@ def compare(base: dict, shared: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--k", default="50,100,200,400,800")
-    ap.add_argument("--draws", default="3,4,5")
+    ap = d0022.draw_parser(__doc__)
     ap.add_argument("--apart", default="0.5", help="','-separated scales of the tiers' own corrections")
-    ap.add_argument("--fit", action="store_true", help="fit and cache the draws")
     ap.add_argument("--base", type=Path, default=d0022.OUT, help="decision 0022's output (its cache of the draws)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
