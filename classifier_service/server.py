@@ -16,7 +16,7 @@ from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
 
-from .batching import MicroBatcher
+from .batching import Embedded, MicroBatcher
 from .cache import DecisionCache
 from .config import Config
 from .encoder import Encoder
@@ -126,27 +126,15 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         if misses:
             with self.admission.admit(len(misses)):
                 embedded = await self.batcher.embed([texts[i] for i in misses])
-            vectors = np.stack([e.vector for e in embedded])
-            probs = head.probabilities(vectors)
-            margin, outside = head.check_support(vectors)
-            for row, i in enumerate(misses):
-                cached[i] = (tuple(float(p) for p in probs[row]), embedded[row].tokens, embedded[row].truncated,
-                             float(margin[row]), bool(outside[row]))
-                self.cache.put(keys[i], cached[i])
+            for i, entry in zip(misses, cache_entries(head, embedded)):
+                cached[i] = entry
+                self.cache.put(keys[i], entry)
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
-        tiers = head.decide(np.array([c[0] for c in cached]), tradeoff, np.array([c[4] for c in cached]))
-        self.metrics.decided(head.name, tiers)
         miss_set = set(misses)
-        return [
-            pb.ClassifyResponse(tier=int(tier), probabilities=probs, head=head.name, head_version=head.version,
-                                encoder_version=encoder.version, confidence=probs[tier - 1],
-                                tradeoff=head.tradeoff if tradeoff is None else tradeoff,
-                                relative_cost=head.relative_cost, cache_hit=i not in miss_set,
-                                input_tokens=tokens, truncated=truncated, support_margin=margin,
-                                outside_support=outside)
-            for i, (tier, (probs, tokens, truncated, margin, outside)) in enumerate(zip(tiers, cached))
-        ]
+        tiers, out = replies(head, encoder.version, cached, [i not in miss_set for i in range(len(texts))], tradeoff)
+        self.metrics.decided(head.name, tiers)
+        return out
 
     def _ready_encoder(self) -> Encoder:
         if self.encoder is None:
@@ -160,6 +148,28 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                            f"head: unknown head {shown(name)}; loaded heads: {', '.join(self.heads.names)}")
         return head
 
+
+
+def cache_entries(head: TierHead, embedded: list[Embedded]) -> list[tuple]:
+    """What the decision cache keeps per text: (probabilities, tokens, truncated, support margin, outside)."""
+    vectors = np.stack([e.vector for e in embedded])
+    probs = head.probabilities(vectors)
+    margin, outside = head.check_support(vectors)
+    return [(tuple(float(p) for p in probs[row]), e.tokens, e.truncated, float(margin[row]), bool(outside[row]))
+            for row, e in enumerate(embedded)]
+
+
+def replies(head: TierHead, encoder_version: str, cached: list[tuple], hits: list[bool],
+            tradeoff: float | None) -> tuple[np.ndarray, list[pb.ClassifyResponse]]:
+    """(tiers, replies) for cache entries at `tradeoff`, or the head's own."""
+    tiers = head.decide(np.array([c[0] for c in cached]), tradeoff, np.array([c[4] for c in cached]))
+    return tiers, [
+        pb.ClassifyResponse(tier=int(tier), probabilities=probs, head=head.name, head_version=head.version,
+                            encoder_version=encoder_version, confidence=probs[tier - 1],
+                            tradeoff=head.tradeoff if tradeoff is None else tradeoff,
+                            relative_cost=head.relative_cost, cache_hit=hit, input_tokens=tokens,
+                            truncated=truncated, support_margin=margin, outside_support=outside)
+        for tier, hit, (probs, tokens, truncated, margin, outside) in zip(tiers, hits, cached)]
 
 
 def requested_tradeoff(request) -> float | None:

@@ -41,7 +41,6 @@ from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 
 from bench import grpc_load, queries  # noqa: E402
@@ -52,7 +51,8 @@ from classifier_service.batching import MAX_PAD_RATIO, Embedded, embed_bucketed 
 from classifier_service.config import Config  # noqa: E402
 from classifier_service.encoder import Encoder  # noqa: E402
 from classifier_service.heads import HeadRegistry  # noqa: E402
-from classifier_service.server import SERVICE, ClassifierServicer, requested_tradeoff  # noqa: E402
+from classifier_service.server import (SERVICE, ClassifierServicer, cache_entries, replies,  # noqa: E402
+                                       requested_tradeoff)
 from research import d0021_serving_path as d0021  # noqa: E402
 from tierwise import serving  # noqa: E402
 from tierwise.serving import Rejected, check_text, shown  # noqa: E402
@@ -185,25 +185,14 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
                              "tierwise.encoder_version": encoder.version, "tierwise.batch_size": 1})
         hit = cached is not None
         if not hit:
-            embedded = self.batcher.embed(text)
-            vectors = embedded.vector[None, :]
-            probs = head.probabilities(vectors)
-            margin, outside = head.check_support(vectors)
-            cached = (tuple(float(p) for p in probs[0]), embedded.tokens, embedded.truncated, float(margin[0]),
-                      bool(outside[0]))
+            cached = cache_entries(head, [self.batcher.embed(text)])[0]
             with self._cache_lock:
                 cache.put(key, cached)
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
-        probs, tokens, truncated, margin, outside = cached
-        tiers = head.decide(np.array([probs]), tradeoff, np.array([outside]))
+        tiers, (reply,) = replies(head, encoder.version, [cached], [hit], tradeoff)
         self.base.metrics.decided(head.name, tiers)
-        tier = int(tiers[0])
-        return pb.ClassifyResponse(tier=tier, probabilities=probs, head=head.name, head_version=head.version,
-                                   encoder_version=encoder.version, confidence=probs[tier - 1],
-                                   tradeoff=head.tradeoff if tradeoff is None else tradeoff,
-                                   relative_cost=head.relative_cost, cache_hit=hit, input_tokens=tokens,
-                                   truncated=truncated, support_margin=margin, outside_support=outside)
+        return reply
 
 
 class _Bare(pb_grpc.ClassifierServiceServicer):
@@ -282,9 +271,9 @@ def latency(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> 
             stub = pb_grpc.ClassifierServiceStub(channel)
             calls[name] = lambda text, stub=stub: stub.Classify(pb.ClassifyRequest(text=text), timeout=30)
         checked = sets.mixed[:20]  # real texts of many lengths, none sent again below
-        replies = {name: [calls[name](text) for text in checked] for name in (SHIPPED, SYNC)}
-        same = sum(a.tier == b.tier and a.input_tokens == b.input_tokens for a, b in zip(*replies.values()))
-        gap = max(abs(p - q) for a, b in zip(*replies.values()) for p, q in zip(a.probabilities, b.probabilities))
+        answers = {name: [calls[name](text) for text in checked] for name in (SHIPPED, SYNC)}
+        same = sum(a.tier == b.tier and a.input_tokens == b.input_tokens for a, b in zip(*answers.values()))
+        gap = max(abs(p - q) for a, b in zip(*answers.values()) for p, q in zip(a.probabilities, b.probabilities))
         for call in calls.values():
             for text in sets.warmup:
                 call(text)
