@@ -47,12 +47,6 @@ def resampled_quality_vs_frontier(weights: np.ndarray, chosen_ok: np.ndarray, fr
     return np.where(frontier_solved > 0, (weights @ chosen_ok) / np.maximum(frontier_solved, 1e-12), 0.0)
 
 
-def quality_lower_bound(records: list[Record], tiers: np.ndarray, resamples: int = 1000) -> float:
-    """95% lower bootstrap bound of quality vs frontier when `records` are routed to `tiers`: how low the
-    quality of the traffic they sample may really be."""
-    return quality_bounds(records, tiers, resamples)[0]
-
-
 def quality_bounds(records: list[Record], tiers: np.ndarray, resamples: int = 1000,
                    level: float = 0.95) -> tuple[float, float]:
     """One-sided `level` bootstrap bounds (lower, upper) of quality vs frontier when `records` are routed to `tiers`:

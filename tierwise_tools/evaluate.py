@@ -27,7 +27,7 @@ from router_service.gates import GATES, gate
 from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
 from tierwise.atomic import write_atomic
 from tierwise.data import Record, arrays
-from tierwise.metrics import QUALITY_TARGETS, aiq, quality_lower_bound, routing_metrics, savings_at_quality
+from tierwise.metrics import QUALITY_TARGETS, aiq, quality_bounds, routing_metrics, savings_at_quality
 from tierwise.tiers import CHEAPEST, FRONTIER
 
 from .calibration import TRADEOFFS
@@ -120,7 +120,7 @@ def as_routed(records: list[Record]) -> Replay:
                      for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
     outcome = Outcome(tiers, paid)
     # On a sample of live traffic the point estimate alone proves little: say how low it may really be.
-    lower = {"quality_vs_frontier_lower_bound": round(quality_lower_bound(routed, tiers), 5)}
+    lower = {"quality_vs_frontier_lower_bound": round(quality_bounds(routed, tiers)[0], 5)}
     return Replay(AS_ROUTED, routed, outcome, [outcome], 0.0, not_replayable=len(records) - len(routed), detail=lower)
 
 
