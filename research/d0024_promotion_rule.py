@@ -39,7 +39,7 @@ import numpy as np
 import tierwise_tools.simulate as simulate_module
 from classifier_service.heads import HeadRegistry
 from router_service.config import load as load_config
-from tierwise.data import Record, arrays, load, shared_files
+from tierwise.data import Record, load, shared_files
 from tierwise.metrics import quality_bounds, routing_metrics
 from tierwise_tools.calibration import calibrate
 from tierwise_tools.fitting import MIN_DEV_RECORDS, fit_head, lineup
@@ -104,18 +104,17 @@ RULES = {"0015": (point_measure, never), "0015+drift": (point_measure, SHIPPED[1
          "recent": SHIPPED, "min50": (measure_min_50, SHIPPED[1])}
 
 
+_SCHEDULE = simulate_module.retraining_points
+
+
 def half_steps(every: int | None, first: int = 50):
     """The default schedule with a retraining halfway between each doubling: 50, 100, 150, 200, 300, 400, 600, ...
-    labels (`--half-steps`); `every` as `tierwise simulate --retrain-every`."""
+    labels (the default doublings from `first` and from 3 x `first`; `--half-steps`); `every` as `tierwise
+    simulate --retrain-every`."""
     if every:
         return _SCHEDULE(every, first)
-
-    def doubled(n: int, base: int) -> bool:
-        return n >= base and n % base == 0 and (n // base) & (n // base - 1) == 0
-    return lambda n: doubled(n, first) or doubled(n, 3 * first)
-
-
-_SCHEDULE = simulate_module.retraining_points
+    doublings, halfway = _SCHEDULE(None, first), _SCHEDULE(None, 3 * first)
+    return lambda n: doublings(n) or halfway(n)
 
 
 def shuffled(records: list[Record], x: np.ndarray, seed: int) -> tuple[list[Record], np.ndarray]:

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
 
-from classifier_service.heads import success
 from tierwise.data import shared_files
 from tierwise.metrics import savings_at_quality
 from tierwise.tiers import N_TIERS
@@ -41,7 +39,7 @@ from . import d0022_small_sample_calibration as d0022
 
 OUT = ROOT / "build" / "research" / "d0026"
 OFFSET_SCALE = 10.0  # the tier offsets are features of this size, so the penalty barely touches them
-_chosen: dict[str, float | None] = {"apart": None}  # the last choice, for fit_head's final fit (see `patch`)
+_chosen: dict[str, float | None] = {"apart": None}  # what the patched `fit` fits now (see `patch`)
 
 
 def fit_shared(x: np.ndarray, ok: np.ndarray, c: float, prior: Prior | None, scale: float,
@@ -72,28 +70,19 @@ def fit_shared(x: np.ndarray, ok: np.ndarray, c: float, prior: Prior | None, sca
     return coef, intercept
 
 
-def shared_out_of_fold(x, ok, c, seed, prior, scale, apart) -> np.ndarray:
-    """`fitting.out_of_fold`'s folds, each fitted with `fit_shared`."""
-    oof = np.zeros(ok.shape)
-    for tr, va in KFold(5, shuffle=True, random_state=seed).split(x):
-        oof[va] = success(x[va], *fit_shared(x[tr], ok[tr], c, prior, scale, apart))
-    return oof
-
-
 def patch(aparts: tuple[float, ...]) -> None:
     """Make `fitting.fit_head` choose among the shipped grid and the same grid shared at each of `aparts` (by the
     same out-of-fold log loss), and fit the chosen one. Research only: it swaps two module functions."""
     independent_fit = fitting.fit
 
     def select(x, ok, seed, c=None, prior=None):
-        _chosen["apart"] = None
         grid = [(value, 1.0, False, a) for value in (fitting.C_GRID if c is None else (c,)) for a in (None, *aparts)]
         if prior is not None:
             grid += [(value, scale, True, a) for value, _, _, a in grid for scale in fitting.PRIOR_SCALES]
-        oofs = {key: (fitting.out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
-                      if key[3] is None else
-                      shared_out_of_fold(x, ok, key[0], seed, prior if key[2] else None, key[1], key[3]))
-                for key in grid}
+        oofs = {}
+        for key in grid:
+            _chosen["apart"] = key[3]  # what `fit` below fits, in every fold
+            oofs[key] = fitting.out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
         losses = {key: fitting.log_loss(oof, ok) for key, oof in oofs.items()}
         best = min(grid, key=losses.get)
         _chosen["apart"] = best[3]
