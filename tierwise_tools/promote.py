@@ -33,7 +33,7 @@ def measure(head, records: list[Record], x, target: float) -> dict:
 
 
 def summary(records: list[Record], tiers) -> dict:
-    """What `verdict` weighs of routing `records` to `tiers`: quality, its lower bound, savings, tier mix."""
+    """What `verdict` weighs of routing `records` to `tiers`: quality, its bounds, savings, tier mix."""
     m = routing_metrics(records, tiers)
     lower, upper = quality_bounds(records, tiers)
     return {"quality_vs_frontier": round(m["quality_vs_frontier"], 5),

@@ -5,10 +5,11 @@ Each query is routed by the serving head (at first the shipped head for the file
 router naming no head gets). A shadowed query reveals its recorded outcomes as a label, paid for as the router's
 shadow pays: the recorded cost of every tier but the one that served it (the shadow reuses the answer the user
 got, decision 0014; that one is in the deployment's own spend) plus two judge calls (tier 1's and tier 2's answer
-against tier 3's) at the configured judge tier's price. Retraining points: the schedule (`retraining_points`), and every DRIFT_CHECK_EVERY labels at which the
-latest labels since the serving head began serving show that it misses the target (`drifted`). At each, the labels
-so far train a candidate (`fit_head`, with the shipped heads as priors) on their dev part; promote's paired rule on
-their held-out fifth, which no head ever trains on, decides whether it replaces the serving head.
+against tier 3's) at the configured judge tier's price. Retraining points: the schedule (`retraining_points`), and
+every DRIFT_CHECK_EVERY labels at which the latest labels since the serving head began serving show that it misses
+the target (`drifted`). At each, the labels so far train a candidate (`fit_head`, with the shipped heads as
+priors) on their dev part; promote's paired rule on their held-out fifth, which no head ever trains on, decides
+whether it replaces the serving head.
 """
 from __future__ import annotations
 
