@@ -16,11 +16,12 @@ static minus MiniLM, for savings@95 and for the shipped point's quality. MiniLM'
 `--crossfit` also scores every development fifth, each by a head fitted on the other three (the held-out fifth
 never trains anything), for narrower bands. `--support`: how much of its own file's and of the other files'
 held-out queries a head's support leaves outside (decision 0008's guard). `--unseen`: decision 0008's
-leave-one-task-out routing, with and without the support check. `--speed N`: both encoders in this
+leave-one-task-out routing, with and without the support check; with `--lexical`, also the static heads checked
+by a support fitted on hashed bags of token ids instead (`lexical`), alone and together with their own. `--speed N`: both encoders in this
 process on the same N held-out queries, alternating in rounds: single-query p50 (tokenise + embed one text) and
 batched throughput (batches of 32; MiniLM length-bucketed by the server's own `embed_bucketed`), one thread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0023_static_encoder [--crossfit | --support | --unseen | --speed 600]
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0023_static_encoder [--crossfit | --support | --unseen [--lexical] | --speed 600]
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from classifier_service.batching import embed_bucketed
 from classifier_service.encoder import PRECISIONS, Encoder
 from tierwise.data import TEST_SHARE, arrays, fifth, load, shared_files
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier, routing_metrics
-from tierwise_tools.fitting import fit_head, route_unseen
+from tierwise.tiers import FRONTIER
+from tierwise_tools.fitting import fit_head, fit_support, route_unseen
 from tierwise_tools.paths import ENCODER_DIR
 
 from .common import embed
@@ -102,6 +104,21 @@ class StaticEncoder:
         return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
 
 
+def lexical(texts: list[str], dimension: int = 4096, seed: int = 7) -> np.ndarray:
+    """Unit bags of each text's distinct token ids, hashed into `dimension` signed buckets and weighted by
+    log(1 + id) (rarer tokens weigh more): a support check on vocabulary rather than on a mean of token vectors."""
+    tokenizer = Tokenizer.from_file(str(ENCODER_DIR / "tokenizer.json"))
+    tokenizer.no_truncation()
+    vocab = tokenizer.get_vocab_size()
+    rng = np.random.default_rng(seed)
+    bucket, sign = rng.integers(0, dimension, vocab), rng.choice([-1.0, 1.0], vocab) * np.log1p(np.arange(vocab))
+    out = np.zeros((len(texts), dimension), dtype=np.float32)
+    for row, encoding in enumerate(tokenizer.encode_batch(texts)):
+        ids = np.setdiff1d(encoding.ids, DROPPED)
+        np.add.at(out[row], bucket[ids], sign[ids])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def speed(encoders: dict, texts: list[str], rounds: int, batch: int = 32, seconds: float = 2.0) -> None:
     """Single-query p50 (tokenise + embed one text) and batched queries/s (batches of `batch`) of each
     encoder on the same `texts`, the encoders alternating in `rounds` rounds so that load on the machine
@@ -160,54 +177,69 @@ def scored(records, x: np.ndarray, folds: np.ndarray, test_folds) -> tuple[np.nd
     return tuple(np.concatenate(a) for a in (rows, shipped, sweep, outside))
 
 
-def support(statics: dict) -> None:
+def support(statics: dict, with_lexical: bool = False) -> None:
     """Share of held-out queries outside a head's support: its own file's (in distribution) and the other
-    files' (tasks and prompts it never saw; decision 0008's check), per encoder."""
+    files' (tasks and prompts it never saw; decision 0008's check), per encoder; with `with_lexical`, also a
+    support fitted on `lexical` bags alone."""
     files = {path.name.split(".")[0]: load([path]) for path in shared_files()}
     embedded = {}
     for name, records in files.items():
         embedded[name] = {"MiniLM int8": embed(records)}
         embedded[name].update({f"static {spec}": enc.embed([r.query for r in records]) for spec, enc in statics.items()})
+        if with_lexical:
+            embedded[name]["lexical support"] = lexical([r.query for r in records])
     print("| head fitted on | encoder | own held-out outside | other files' held-out outside |\n|---|---|---|---|")
     for name, records in files.items():
         held = np.array([r.held_out for r in records])
         for encoder, x in embedded[name].items():
-            fitted = fit_head([r for r, h in zip(records, held) if not h], x[~held], [TARGET])
+            fitted = (fit_support(x[~held]) if encoder == "lexical support" else
+                      fit_head([r for r, h in zip(records, held) if not h], x[~held], [TARGET]).support)
             others = np.concatenate([embedded[o][encoder][[r.held_out for r in files[o]]] for o in files if o != name])
-            print(f"| {name} | {encoder} | {np.mean(fitted.support.outside(x[held])):.1%} | "
-                  f"{np.mean(fitted.support.outside(others)):.1%} |", flush=True)
+            print(f"| {name} | {encoder} | {np.mean(fitted.outside(x[held])):.1%} | "
+                  f"{np.mean(fitted.outside(others)):.1%} |", flush=True)
 
 
-def unseen(statics: dict, resamples: int) -> None:
+def unseen(statics: dict, resamples: int, with_lexical: bool = False) -> None:
     """Decision 0008's first check for each encoder: every task of a file left out in turn, a head fitted and
-    calibrated (`route_unseen`, as `train` does) on the file's other tasks' development records routes it."""
+    calibrated (`route_unseen`, as `train` does) on the file's other tasks' development records routes it. With
+    `with_lexical`, each static head is also checked by a support fitted on `lexical` bags of the same records,
+    and by either support."""
     print("| file | encoder | unseen tasks outside support | quality / savings, no check | with the check | "
-          "with the check vs MiniLM (5-95% band) | tasks under 0.95 with the check (worst) |\n|---|---|---|---|---|---|---|")
+          "with the check vs MiniLM (5-95% band) | tasks under 0.95 with the check (worst; share outside) |\n"
+          "|---|---|---|---|---|---|---|")
     for path in shared_files():
         records = load([path])
         dev = np.array([not r.held_out for r in records])
         task = np.array([r.task for r in records])
+        bags = lexical([r.query for r in records]) if with_lexical else None
         embedded = {"MiniLM int8": embed(records)}
         embedded.update({f"static {spec}": enc.embed([r.query for r in records]) for spec, enc in statics.items()})
+        routings: dict[str, list] = {}
+        for left_out in sorted(set(task)):
+            train, test = np.flatnonzero(dev & (task != left_out)), np.flatnonzero(task == left_out)
+            for name, x in embedded.items():
+                plain, checked, outside = route_unseen([records[i] for i in train], x[train], x[test])
+                checks = {name: outside}
+                if bags is not None and name.startswith("static"):
+                    by_words = fit_support(bags[train]).outside(bags[test])
+                    checks.update({f"{name}, lexical support": by_words, f"{name}, either support": by_words | outside})
+                for label, out in checks.items():
+                    routings.setdefault(label, []).append((left_out, test, plain, np.where(out, FRONTIER, plain), out))
         base = None
-        for name, x in embedded.items():
-            rows, plain, checked, outside, worst = [], [], [], [], []
-            for left_out in sorted(set(task)):
-                train, test = np.flatnonzero(dev & (task != left_out)), np.flatnonzero(task == left_out)
-                a, b, out = route_unseen([records[i] for i in train], x[train], x[test])
-                rows.append(test), plain.append(a), checked.append(b), outside.append(out)
-                worst.append((routing_metrics([records[i] for i in test], b)["quality_vs_frontier"], left_out))
-            rows, plain, checked, outside = (np.concatenate(v) for v in (rows, plain, checked, outside))
+        for name, parts in routings.items():
+            rows, plain, checked, outside = (np.concatenate([p[i] for p in parts]) for i in range(1, 5))
+            worst = sorted((routing_metrics([records[i] for i in p[1]], p[3])["quality_vs_frontier"], p[0],
+                            p[4].mean()) for p in parts)
             part = [records[i] for i in rows]
             quality = shipped_quality(part, checked, poisson_weights(len(part), len(part), resamples))
             base = quality if base is None else base
-            under = sorted(w for w in worst if w[0] < 0.95)
+            under = [w for w in worst if w[0] < 0.95]
             m0, m1 = routing_metrics(part, plain), routing_metrics(part, checked)
             print(f"| {path.name.split('.')[0]} ({len(set(task))} tasks) | {name} | {np.mean(outside):.1%} | "
                   f"{m0['quality_vs_frontier']:.3f} / {m0['cost_savings']:.1%} | "
                   f"{m1['quality_vs_frontier']:.3f} / {m1['cost_savings']:.1%} | "
                   f"{'—' if quality is base else band(quality - base, '+.3f')} | "
-                  f"{len(under)} ({', '.join(f'{t} {q:.3f}' for q, t in under[:3])}) |", flush=True)
+                  f"{len(under)} ({', '.join(f'{t} {q:.3f}; {o:.0%}' for q, t, o in under[:3])}) |", flush=True)
 
 
 def main() -> None:
@@ -223,15 +255,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--unseen", action="store_true",
                     help="instead: decision 0008's unseen-task check (each task left out in turn) for each encoder")
+    ap.add_argument("--lexical", action="store_true",
+                    help="with --unseen or --support: also check the static heads by a support on hashed bags of token ids")
     ap.add_argument("--support", action="store_true",
                     help="instead: how much of its own and of the other files' held-out queries a head's support leaves outside")
     args = ap.parse_args()
     statics = {spec: StaticEncoder(variant(spec, args.teacher)) for spec in args.variants.split(",")}
     minilm = Encoder(ENCODER_DIR, "int8", 1)
     if args.support:
-        return support(statics)
+        return support(statics, args.lexical)
     if args.unseen:
-        return unseen(statics, args.resamples)
+        return unseen(statics, args.resamples, args.lexical)
     if args.speed:
         queries = [r.query for r in load(shared_files()) if r.held_out]
         queries = [queries[i] for i in np.random.default_rng(0).permutation(len(queries))[:args.speed]]
