@@ -69,6 +69,15 @@ def one_se_select(x, ok, seed, c=None, prior=None) -> fitting.Selected:
                             {k: float(v.mean()) for k, v in per.items()})
 
 
+def drawn(records: list, k: int, draw: int) -> tuple[list[int], list[int]]:
+    """(rows of the development part of the K records drawn by id hash, rows of every record not drawn): the
+    sample `tierwise train` fits on (its held-out fifth set aside) and the unseen records it is scored on."""
+    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(f"{draw}:{records[i].id}".encode()).hexdigest())
+    sample, rest = order[:k], order[k:]
+    ids = {r.id for r in split([records[i] for i in sample])[0]}
+    return [i for i in sample if records[i].id in ids], rest
+
+
 def fit_cache(ks: list[int], draws: list[int], out: Path) -> None:
     files = {p.name.split(".")[0]: (records, embed(records)) for p in shared_files() for records in [load([p])]}
     (out / "cache").mkdir(parents=True, exist_ok=True)
@@ -76,16 +85,12 @@ def fit_cache(ks: list[int], draws: list[int], out: Path) -> None:
         priors = prior_heads(files, left)
         ok_all, cost_all = arrays(records)
         for draw in draws:
-            order = sorted(range(len(records)),
-                           key=lambda i: hashlib.sha256(f"{draw}:{records[i].id}".encode()).hexdigest())
             for k in ks:
                 path = out / "cache" / f"{left}-{k}-{draw}.npz"
                 if path.exists():
                     continue
-                sample, rest = order[:k], order[k:]
-                dev, _ = split([records[i] for i in sample])
-                ids = {r.id for r in dev}
-                rows_dev = [i for i in sample if records[i].id in ids]
+                rows_dev, rest = drawn(records, k, draw)
+                dev = [records[i] for i in rows_dev]
                 fitted = fitting.fit_head(dev, x[rows_dev], [TARGET], priors=priors)
                 np.savez(path, dev_ok=ok_all[rows_dev], dev_cost=cost_all[rows_dev], oof=fitted.chosen.oof,
                          relative_cost=np.array(fitted.relative_cost), p=success(x[rest], fitted.coef, fitted.intercept),
