@@ -1,0 +1,96 @@
+"""Decision 0026, second question: from a new lineup's first K labels, does averaging the models of `fitting.select`'s
+grid route better than choosing the one with the best out-of-fold log loss?
+
+At K = 200 the log losses of the grid's settings lie close together, so the choice between them is partly chance.
+For each of decision 0022's draws (leave one source out, K records by id hash, the development part, the priors
+trained on the other files), every setting of the grid (C, and with the prior heads their embedding scale) is
+fitted, out of fold and on the whole sample. The averages are taken in logit space, where linear models stay one
+linear model, so each would fold into an ordinary head. Weights per setting: `chosen` (all on the best: what
+`tierwise train` does), `bma` (exp(-n * (loss - best loss)), n = records x tiers, as a posterior would weigh them),
+`bma/10` (tempered tenfold), `uniform`, and `prior-only` (the best setting that keeps the embedding out). Each is
+calibrated by the shipped `calibrate_arrays` on its own out-of-fold predictions and scored on the file's unseen
+records: curve savings@95 and the shipped point, with the support check of 0022's cached fit.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0026_grid_average --k 200 --draws 0,1,2,3,4,5,6,7,8,9,10,11
+
+Needs 0022's cache of the same draws (`research.d0022_small_sample_calibration --fit`), for its support checks.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from classifier_service.heads import success
+from tierwise.data import arrays, load, shared_files
+from tierwise.metrics import savings_at_quality
+from tierwise_tools.calibration import TRADEOFFS, calibrate_arrays
+from tierwise_tools.fitting import C_GRID, PRIOR_SCALES, fit, lineup, log_loss, out_of_fold
+from tierwise_tools.prior import Prior, usable
+
+from . import d0022_small_sample_calibration as d0022
+from .common import embed
+from .d0019_few_label_transfer import prior_heads
+
+METHODS = ("chosen", "bma", "bma/10", "uniform", "prior-only")
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def weights(losses: dict, n: int) -> dict[str, np.ndarray]:
+    keys, loss = list(losses), np.array(list(losses.values()))
+    prior_only = [i for i, k in enumerate(keys) if k[2] and k[1] == 0.0]
+    return {"chosen": (loss == loss.min()).astype(float), "bma": np.exp(-n * (loss - loss.min())),
+            "bma/10": np.exp(-n / 10 * (loss - loss.min())), "uniform": np.ones(len(keys)),
+            "prior-only": np.isin(np.arange(len(keys)), [min(prior_only, key=lambda i: loss[i])]).astype(float)}
+
+
+def scored(records, x, priors, k: int, draw: int, cache: dict) -> dict[str, tuple[float, float, float]]:
+    """Method -> (curve savings@95, shipped quality, shipped savings) on the unseen records of one draw."""
+    rows, rest = d0022.drawn(records, k, draw)
+    ok_all, cost_all = arrays(records)
+    x_dev, ok = x[rows], ok_all[rows].astype(np.float64)
+    prior = Prior.from_heads(usable(priors, x.shape[1], lineup([records[i] for i in rows])))
+    grid = [(c, 1.0, False) for c in C_GRID] + [(c, s, True) for c in C_GRID for s in PRIOR_SCALES]
+    oof = {key: out_of_fold(x_dev, ok, key[0], 0, prior=prior if key[2] else None, scale=key[1]) for key in grid}
+    full = {key: fit(x_dev, ok, key[0], prior if key[2] else None, key[1]) for key in grid}
+    out = {}
+    for method, w in weights({key: log_loss(oof[key], ok) for key in grid}, ok.size).items():
+        w = w / w.sum()
+        mixed_oof = 1 / (1 + np.exp(-sum(wi * logit(oof[key]) for wi, key in zip(w, grid))))
+        coef = sum(wi * full[key][0] for wi, key in zip(w, grid))
+        intercept = sum(wi * full[key][1] for wi, key in zip(w, grid))
+        c = {**cache, "p": success(x[rest], coef, intercept)}
+        curve = savings_at_quality([d0022.routed(c, t) for t in TRADEOFFS], d0022.TARGET) or 0.0
+        tradeoff = calibrate_arrays(ok, cost_all[rows], mixed_oof, cache["relative_cost"], d0022.TARGET)[0]
+        out[method] = (curve, *d0022.routed(c, tradeoff))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", default="200")
+    ap.add_argument("--draws", default="0,1,2,3,4,5,6,7,8,9,10,11")
+    args = ap.parse_args()
+    ks, draws = [int(v) for v in args.k.split(",")], [int(v) for v in args.draws.split(",")]
+    files = {p.name.split(".")[0]: (records, embed(records)) for p in shared_files() for records in [load([p])]}
+    print("| file | K | method | curve s@95 (of full) | shipped savings (of full) | shipped quality (min) | >= 0.95 |\n"
+          "|---|---|---|---|---|---|---|")
+    for left, (records, x) in files.items():
+        priors = prior_heads(files, left)
+        for k in ks:
+            runs = [scored(records, x, priors, k, d, c) for f, _, d, c in d0022.load_cache(d0022.OUT, [k], draws)
+                    if f == left]
+            for method in METHODS:
+                curve, quality, savings = (np.array([r[method][i] for r in runs]) for i in range(3))
+                full = d0022.FULL[left]
+                print(f"| {left} | {k} | {method} | {np.median(curve):.1%} ({np.median(curve) / full:.0%}) | "
+                      f"{np.median(savings):.1%} ({np.median(savings) / full:.0%}) | {quality.min():.3f} | "
+                      f"{(quality >= d0022.TARGET).sum()}/{len(runs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
