@@ -1,5 +1,5 @@
-"""Decision 0026, second question: from a new lineup's first K labels, does averaging the models of `fitting.select`'s
-grid route better than choosing the one with the best out-of-fold log loss?
+"""Decision 0026, later questions: from a new lineup's first K labels, does anything route better than the one model
+`fitting.select` picks by out-of-fold log loss: an average of its grid's models, or the labelled neighbours?
 
 At K = 200 the log losses of the grid's settings lie close together, so the choice between them is partly chance.
 For each of decision 0022's draws (leave one source out, K records by id hash, the development part, the priors
@@ -7,11 +7,14 @@ trained on the other files), every setting of the grid (C, and with the prior he
 fitted, out of fold and on the whole sample. The averages are taken in logit space, where linear models stay one
 linear model, so each would fold into an ordinary head. Weights per setting: `chosen` (all on the best: what
 `tierwise train` does), `bma` (exp(-n * (loss - best loss)), n = records x tiers, as a posterior would weigh them),
-`bma/10` (tempered tenfold), `uniform`, and `prior-only` (the best setting that keeps the embedding out). Each is
-calibrated by the shipped `calibrate_arrays` on its own out-of-fold predictions and scored on the file's unseen
-records: curve savings@95 and the shipped point, with the support check of 0022's cached fit.
+`bma/10` (tempered tenfold), `uniform`, and `prior-only` (the best setting that keeps the embedding out).
+`neighbours k` estimates each tier's success from the k labelled queries nearest by cosine (weights
+exp(cosine / 0.05), shrunk towards the sample's rate by one query's weight; out of fold: each labelled query
+without itself), which no linear head can serve; `chosen + neighbours 25` averages the two in logit space.
+Each method is calibrated by the shipped `calibrate_arrays` on its own out-of-fold predictions and scored on the
+file's unseen records: curve savings@95 and the shipped point, with the support check of 0022's cached fit.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0026_grid_average --k 200 --draws 0,1,2,3,4,5,6,7,8,9,10,11
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0026_other_models --k 200 --draws 0,1,2,3,4,5,6,7,8,9,10,11
 
 Needs 0022's cache of the same draws (`research.d0022_small_sample_calibration --fit`), for its support checks.
 """
@@ -32,12 +35,18 @@ from . import d0022_small_sample_calibration as d0022
 from .common import embed
 from .d0019_few_label_transfer import prior_heads
 
-METHODS = ("chosen", "bma", "bma/10", "uniform", "prior-only")
+METHODS = ("chosen", "bma", "bma/10", "uniform", "prior-only", "neighbours 10", "neighbours 25",
+           "chosen + neighbours 25")
+TEMPERATURE = 0.05  # of the neighbours' cosine weights
 
 
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
+
+
+def mean_logit(probabilities: list[np.ndarray], w: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-sum(wi * logit(p) for wi, p in zip(w, probabilities))))
 
 
 def weights(losses: dict, n: int) -> dict[str, np.ndarray]:
@@ -46,6 +55,17 @@ def weights(losses: dict, n: int) -> dict[str, np.ndarray]:
     return {"chosen": (loss == loss.min()).astype(float), "bma": np.exp(-n * (loss - loss.min())),
             "bma/10": np.exp(-n / 10 * (loss - loss.min())), "uniform": np.ones(len(keys)),
             "prior-only": np.isin(np.arange(len(keys)), [min(prior_only, key=lambda i: loss[i])]).astype(float)}
+
+
+def neighbours(x_dev: np.ndarray, ok: np.ndarray, x: np.ndarray, k: int, self_excluded: bool) -> np.ndarray:
+    """(n, 3) success rates of each row of `x` among its k nearest labelled queries (unit embeddings)."""
+    near = x @ x_dev.T
+    if self_excluded:
+        np.fill_diagonal(near, -np.inf)
+    idx = np.argpartition(-near, k, axis=1)[:, :k]
+    w = np.take_along_axis(near, idx, axis=1)
+    w = np.exp((w - w.max(axis=1, keepdims=True)) / TEMPERATURE)
+    return ((w[:, :, None] * ok[idx]).sum(axis=1) + ok.mean(axis=0)) / (w.sum(axis=1, keepdims=True) + 1)
 
 
 def scored(records, x, priors, k: int, draw: int, cache: dict) -> dict[str, tuple[float, float, float]]:
@@ -57,15 +77,21 @@ def scored(records, x, priors, k: int, draw: int, cache: dict) -> dict[str, tupl
     grid = [(c, 1.0, False) for c in C_GRID] + [(c, s, True) for c in C_GRID for s in PRIOR_SCALES]
     oof = {key: out_of_fold(x_dev, ok, key[0], 0, prior=prior if key[2] else None, scale=key[1]) for key in grid}
     full = {key: fit(x_dev, ok, key[0], prior if key[2] else None, key[1]) for key in grid}
-    out = {}
+    predicted = {}  # method -> (out-of-fold predictions on the sample, predictions on the unseen records)
     for method, w in weights({key: log_loss(oof[key], ok) for key in grid}, ok.size).items():
         w = w / w.sum()
-        mixed_oof = 1 / (1 + np.exp(-sum(wi * logit(oof[key]) for wi, key in zip(w, grid))))
         coef = sum(wi * full[key][0] for wi, key in zip(w, grid))
         intercept = sum(wi * full[key][1] for wi, key in zip(w, grid))
-        c = {**cache, "p": success(x[rest], coef, intercept)}
+        predicted[method] = (mean_logit([oof[key] for key in grid], w), success(x[rest], coef, intercept))
+    for n in (10, 25):
+        predicted[f"neighbours {n}"] = (neighbours(x_dev, ok, x_dev, n, True), neighbours(x_dev, ok, x[rest], n, False))
+    predicted["chosen + neighbours 25"] = tuple(mean_logit([a, b], np.array([0.5, 0.5])) for a, b in
+                                                 zip(predicted["chosen"], predicted["neighbours 25"]))
+    out = {}
+    for method, (sample_p, unseen_p) in predicted.items():
+        c = {**cache, "p": unseen_p}
         curve = savings_at_quality([d0022.routed(c, t) for t in TRADEOFFS], d0022.TARGET) or 0.0
-        tradeoff = calibrate_arrays(ok, cost_all[rows], mixed_oof, cache["relative_cost"], d0022.TARGET)[0]
+        tradeoff = calibrate_arrays(ok, cost_all[rows], sample_p, cache["relative_cost"], d0022.TARGET)[0]
         out[method] = (curve, *d0022.routed(c, tradeoff))
     return out
 
@@ -77,20 +103,22 @@ def main() -> None:
     args = ap.parse_args()
     ks, draws = [int(v) for v in args.k.split(",")], [int(v) for v in args.draws.split(",")]
     files = {p.name.split(".")[0]: (records, embed(records)) for p in shared_files() for records in [load([p])]}
-    print("| file | K | method | curve s@95 (of full) | shipped savings (of full) | shipped quality (min) | >= 0.95 |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| file | K | method | curve s@95 (of full) | shipped savings (of full) | shipped quality (min) | >= 0.95 | "
+          "paired with chosen: shipped, curve (mean; draws more / less by 0.5 points) |\n|---|---|---|---|---|---|---|---|")
     for left, (records, x) in files.items():
         priors = prior_heads(files, left)
         for k in ks:
             runs = [scored(records, x, priors, k, d, c) for f, _, d, c in d0022.load_cache(d0022.OUT, [k], draws)
                     if f == left]
+            base = {i: np.array([r["chosen"][i] for r in runs]) for i in (0, 2)}
             for method in METHODS:
                 curve, quality, savings = (np.array([r[method][i] for r in runs]) for i in range(3))
                 full = d0022.FULL[left]
+                paired = ", ".join(f"{d.mean():+.1%} ({(d > 0.005).sum()} / {(d < -0.005).sum()})"
+                                   for d in (savings - base[2], curve - base[0]))
                 print(f"| {left} | {k} | {method} | {np.median(curve):.1%} ({np.median(curve) / full:.0%}) | "
                       f"{np.median(savings):.1%} ({np.median(savings) / full:.0%}) | {quality.min():.3f} | "
-                      f"{(quality >= d0022.TARGET).sum()}/{len(runs)} |", flush=True)
-
+                      f"{(quality >= d0022.TARGET).sum()}/{len(runs)} | {paired} |", flush=True)
 
 if __name__ == "__main__":
     main()
