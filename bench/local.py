@@ -2,7 +2,8 @@
 
 The ceiling is what the model alone reaches on this machine, with no gRPC and no server: one query at a
 time (tokenise + one ONNX run), and batched the way a busy server's worker runs what queued (taken
-`micro_batch` at a time, length-bucketed: classifier_service.batching.embed_bucketed). Every gRPC figure
+`micro_batch` at a time, length-bucketed, at most `run_tokens` padded tokens a run:
+classifier_service.batching.embed_bucketed). Every gRPC figure
 is reported as a ratio to it, measured in the same run.
 """
 from __future__ import annotations
@@ -48,19 +49,21 @@ def encoder_floor(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
     return out
 
 
-def _batched(encoder: Encoder, texts: list[str], batch: int, pad: float, deadline: float) -> tuple[int, float]:
+def _batched(encoder: Encoder, texts: list[str], batch: int, pad: float, run_tokens: int | None,
+             deadline: float) -> tuple[int, float]:
     """(texts embedded, CPU seconds of this thread): `batch` at a time until done or past `deadline`."""
     done, cpu = 0, time.thread_time()
     for start in range(0, len(texts), batch):
         chunk = texts[start : start + batch]
-        embed_bucketed(encoder, chunk, pad, batch)
+        embed_bucketed(encoder, chunk, pad, batch, run_tokens)
         done += len(chunk)
         if time.perf_counter() >= deadline:
             break
     return done, time.thread_time() - cpu
 
 
-def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, threads: int, max_seconds: float) -> dict:
+def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, run_tokens: int | None, threads: int,
+                 max_seconds: float) -> dict:
     """Queries/s of `threads` threads sharing one session, each taking its own share of `texts`."""
     shares = [texts[i::threads] for i in range(threads)]
     results: list[tuple[int, float]] = [(0, 0.0)] * threads
@@ -68,7 +71,7 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, thr
     deadline = started + max_seconds
 
     def work(i: int) -> None:
-        results[i] = _batched(encoder, shares[i], batch, pad, deadline)
+        results[i] = _batched(encoder, shares[i], batch, pad, run_tokens, deadline)
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for w in workers:
@@ -81,23 +84,24 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, thr
             "qps_per_cpu_s": done / cpu if cpu else 0.0}
 
 
-def ceiling(encoder: Encoder, sets: QuerySets, batch: int, max_seconds: float) -> dict[str, dict]:
+def ceiling(encoder: Encoder, sets: QuerySets, batch: int, run_tokens: int | None, max_seconds: float
+            ) -> dict[str, dict]:
     """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
     pad = MAX_PAD_RATIO  # the server's own bucketing ratio
     encoder.embed_tokens(encoder.tokenize(sets.warmup))
     out = {}
     for name in CEILING_SETS:
         texts = getattr(sets, name)
-        one = batched_rate(encoder, texts, batch, pad, 1, max_seconds)
-        two = batched_rate(encoder, texts, batch, pad, CORES, max_seconds)
-        out[name] = {"batch": batch, "max_pad_ratio": pad, "one_thread": one, "two_threads": two,
-                     "ceiling_qps": CORES * one["qps"]}
+        one = batched_rate(encoder, texts, batch, pad, run_tokens, 1, max_seconds)
+        two = batched_rate(encoder, texts, batch, pad, run_tokens, CORES, max_seconds)
+        out[name] = {"batch": batch, "max_pad_ratio": pad, "run_tokens": run_tokens, "one_thread": one,
+                     "two_threads": two, "ceiling_qps": CORES * one["qps"]}
     return out
 
 
 def measure(cfg: Config, sets: QuerySets, ceiling_seconds: float) -> dict:
     """Token-length distributions, single-query latencies and the batched ceiling, with the server's precision,
-    ORT threads and micro-batch size."""
+    ORT threads, micro-batch size and tokens per run."""
     encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
     return {"tokens": token_lengths(encoder, sets), "single": encoder_floor(encoder, sets),
-            "batched": ceiling(encoder, sets, cfg.micro_batch, ceiling_seconds)}
+            "batched": ceiling(encoder, sets, cfg.micro_batch, cfg.run_tokens or None, ceiling_seconds)}

@@ -143,7 +143,9 @@ def render(result: dict) -> str:
         f"Machine: nproc {machine['nproc']}, CPU \"{machine['cpu_model']}\", Python {machine['python']}, "
         f"grpcio {machine['grpcio']}, onnxruntime {machine['onnxruntime']}.",
         f"Tierwise: `python -m classifier_service` child process, precision {cfg['precision']}, workers {cfg['workers']}, "
-        f"ort-threads {cfg['ort_threads']}, cache {cfg['cache_size']} entries; the client is the bench process on the same "
+        f"ort-threads {cfg['ort_threads']}, micro-batch {cfg['micro_batch']}, "
+        f"run-tokens {cfg.get('run_tokens', 0) or 'no cap'}, cache {cfg['cache_size']} entries; the client is the "
+        "bench process on the same "
         "machine (sync stub for sequential calls, grpc.aio with one channel and connection per client for load).",
         f"Seed: one `{seed['python']}` process, SentenceTransformer(device='cpu').encode([text]) + "
         f"LogisticRegression.predict per query, at its best torch thread count ({seed['torch_threads']}; tried "
@@ -173,7 +175,8 @@ def render(result: dict) -> str:
         "",
         "In-process: the bench process runs the service's own encoder (same precision, ORT threads and session), "
         "no gRPC, no server: single queries as the sequential gRPC runs send them, and batched as a busy server's "
-        "worker runs them (taken a micro-batch at a time, tokenised, length-bucketed: `embed_bucketed`), on the "
+        "worker runs them (taken a micro-batch at a time, tokenised, length-bucketed, at most the server's "
+        "`--run-tokens` padded tokens a run: `embed_bucketed`), on the "
         "texts the gRPC load runs send. The two-core ceiling is twice one thread's wall-clock rate, measured under "
         "whatever else ran at the time as the gRPC runs are; two threads at once, and one thread's rate per CPU-second "
         "it got (what an uncontended core does), are shown too.",

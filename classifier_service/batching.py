@@ -5,7 +5,8 @@ Idle service: a request is embedded alone at once (no waiting window, so no adde
 and back; off by default, because a busy service cannot always tell it is busy (decision 0021).
 Busy service: requests queue while every worker runs; a freed worker takes everything queued (up to
 `max_batch`), tokenises it, sorts it by length and runs it as buckets of similar length, so padding
-stays small. Requests whose caller already gave up (deadline, cancel) are dropped before any work.
+stays small, each run holding at most `run_tokens` padded tokens (decision 0027). Requests whose caller
+already gave up (deadline, cancel) are dropped before any work.
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class _Pending:
     future: asyncio.Future
 
 
-def buckets(lengths: list[int], max_pad_ratio: float, max_size: int) -> list[list[int]]:
-    """Split indices into runs of similar length: padded tokens stay within max_pad_ratio of real ones."""
+def buckets(lengths: list[int], max_pad_ratio: float, max_size: int, max_tokens: int | None = None
+            ) -> list[list[int]]:
+    """Split indices into runs of similar length: padded tokens stay within max_pad_ratio of real ones, and a run
+    holds at most `max_tokens` padded tokens (a longer text runs alone)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     groups: list[list[int]] = []
     current: list[int] = []
@@ -43,7 +46,8 @@ def buckets(lengths: list[int], max_pad_ratio: float, max_size: int) -> list[lis
     for i in order:
         grown_real = real + lengths[i]
         padded = lengths[i] * (len(current) + 1)  # sorted ascending: lengths[i] is the new width
-        if current and (len(current) >= max_size or padded > max_pad_ratio * grown_real):
+        full = len(current) >= max_size or (max_tokens is not None and padded > max_tokens)
+        if current and (full or padded > max_pad_ratio * grown_real):
             groups.append(current)
             current, grown_real = [], lengths[i]
         current.append(i)
@@ -53,12 +57,13 @@ def buckets(lengths: list[int], max_pad_ratio: float, max_size: int) -> list[lis
     return groups
 
 
-def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max_size: int) -> list[Embedded]:
+def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max_size: int,
+                   max_tokens: int | None = None) -> list[Embedded]:
     """What a worker does with the texts it took from the queue: tokenise them, then embed them as buckets of
     similar length (`buckets`), one encoder run each. The benchmark's in-process ceiling runs this too."""
     tokens: list[Tokens] = encoder.tokenize(texts)
     out: list[Embedded | None] = [None] * len(texts)
-    for group in buckets([len(t) for t in tokens], max_pad_ratio, max_size):
+    for group in buckets([len(t) for t in tokens], max_pad_ratio, max_size, max_tokens):
         vectors = encoder.embed_tokens([tokens[i] for i in group])
         for row, i in enumerate(group):
             out[i] = Embedded(vectors[row], len(tokens[i]), tokens[i].truncated)
@@ -67,11 +72,13 @@ def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max
 
 class MicroBatcher:
     def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = MAX_PAD_RATIO,
-                 on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0):
+                 on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0,
+                 run_tokens: int | None = None):
         self.encoder = encoder
         self.workers = workers
         self.max_batch = max_batch
         self.max_pad_ratio = max_pad_ratio
+        self.run_tokens = run_tokens
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
         self._queue: list[_Pending] = []
         self._idle = workers
@@ -123,7 +130,7 @@ class MicroBatcher:
             task.add_done_callback(lambda fut, take=take: self._finish(take, fut))
 
     def _run(self, texts: list[str]) -> list[Embedded]:
-        return embed_bucketed(self.encoder, texts, self.max_pad_ratio, self.max_batch)
+        return embed_bucketed(self.encoder, texts, self.max_pad_ratio, self.max_batch, self.run_tokens)
 
     def _finish(self, take: list[_Pending], fut: asyncio.Future) -> None:
         self._idle += 1

@@ -22,6 +22,7 @@ class Config:
     workers: int = 2
     ort_threads: int = 1
     micro_batch: int = 32
+    run_tokens: int = 128
     inline_max_tokens: int = 0
     max_batch: int = 256
     max_text_bytes: int = 32 * 1024
@@ -55,6 +56,8 @@ HELP = {
     "workers": "encoder runs in parallel",
     "ort_threads": "onnxruntime intra-op threads per run",
     "micro_batch": "most texts one encoder run takes from the queue",
+    "run_tokens": "most padded tokens one encoder run holds: what queued runs as several smaller runs past it, and "
+                  "a longer text runs alone; larger runs of long texts are slower per text (0: no cap; decision 0027)",
     "inline_max_tokens": "an idle service embeds a lone text of at most this many tokens on its event loop, sparing "
                          "the hand-off to a worker thread: -0.2 to -0.3 ms for a lone caller, but up to 30 %% less "
                          "throughput under many callers (0: always a worker; decision 0021)",
@@ -94,6 +97,8 @@ def parse(argv: list[str] | None = None) -> Config:
     for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.run_tokens < 0:
+        problems.append("--run-tokens must be 0 (no cap) or more")
     if cfg.inline_max_tokens < 0:
         problems.append("--inline-max-tokens must be 0 (always a worker) or more")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan

@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from classifier_service.batching import buckets
 from classifier_service.cache import DecisionCache, normalise
@@ -143,6 +145,27 @@ def test_buckets_group_similar_lengths_and_cover_everything():
         assert len(g) <= 3
         widths = [lengths[i] for i in g]
         assert max(widths) * len(widths) <= 1.25 * sum(widths) or len(g) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 256), max_size=40), st.integers(1, 32), st.one_of(st.none(), st.integers(1, 2048)))
+def test_buckets_keep_every_limit_and_lose_no_text(lengths, max_size, max_tokens):
+    groups = buckets(lengths, max_pad_ratio=1.25, max_size=max_size, max_tokens=max_tokens)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        widths = [lengths[i] for i in g]
+        assert len(g) <= max_size
+        if len(g) > 1:  # one text always runs, however long
+            assert max(widths) * len(g) <= 1.25 * sum(widths)
+            assert max_tokens is None or max(widths) * len(g) <= max_tokens
+
+
+def test_a_token_cap_splits_a_bucket_of_long_texts_but_not_of_short_ones():
+    long, short = [150] * 8, [12] * 8
+    assert [len(g) for g in buckets(long, 1.25, 32)] == [8]
+    assert [len(g) for g in buckets(long, 1.25, 32, max_tokens=300)] == [2, 2, 2, 2]
+    assert [len(g) for g in buckets(short, 1.25, 32, max_tokens=300)] == [8]
+    assert [len(g) for g in buckets([400], 1.25, 32, max_tokens=300)] == [1]
 
 
 def rec(i, scores, costs=(1.0, 10.0, 100.0)) -> Record:
