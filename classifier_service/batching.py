@@ -84,7 +84,7 @@ class MicroBatcher:
         self._idle = workers
         self.inline_max_tokens = inline_max_tokens
         self._deciding = 0  # calls between their two looks in _alone
-        self._on_batch = on_batch or (lambda size: None)  # told each encoder run's size, for metrics
+        self._on_batch = on_batch or (lambda size: None)  # told how many texts each take holds
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
         if len(texts) == 1 and self.inline_max_tokens and await self._alone():

@@ -27,7 +27,8 @@ class ClassifierMetrics:
         self.latency = meter.create_histogram("tierwise.classifier.duration", unit="ms", description="call latency",
                                               explicit_bucket_boundaries_advisory=LATENCY_MS)
         self.batch_size = meter.create_histogram(
-            "tierwise.classifier.batch_size", description="texts a worker took from the queue for one encoder run",
+            "tierwise.classifier.batch_size",
+            description="texts a worker took from the queue at once (run as one or more length buckets)",
             explicit_bucket_boundaries_advisory=BATCH_TEXTS)
         self._calls: dict[tuple[str, str], int] = {}  # (method, gRPC code) -> calls
         self._tiers: dict[tuple[str, int], int] = {}  # (head, tier) -> texts
