@@ -42,6 +42,11 @@ class Config:
         return ServerTLS.from_settings(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
+    def run_cap(self) -> int | None:
+        """The most padded tokens one encoder run holds, None for no cap (`--run-tokens 0`)."""
+        return self.run_tokens or None
+
+    @property
     def max_message_bytes(self) -> int:
         # Room for a full batch of maximal texts plus framing, so oversize texts get our own clear error.
         return self.max_batch * (self.max_text_bytes + 64) + 65_536
