@@ -49,29 +49,30 @@ def encoder_floor(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
     return out
 
 
-def _batched(encoder: Encoder, texts: list[str], batch: int, pad: float, run_tokens: int | None,
+def _batched(encoder: Encoder, texts: list[str], batch: int, run_tokens: int | None,
              deadline: float) -> tuple[int, float]:
     """(texts embedded, CPU seconds of this thread): `batch` at a time until done or past `deadline`."""
     done, cpu = 0, time.thread_time()
     for start in range(0, len(texts), batch):
         chunk = texts[start : start + batch]
-        embed_bucketed(encoder, chunk, pad, batch, run_tokens)
+        embed_bucketed(encoder, chunk, MAX_PAD_RATIO, batch, run_tokens)
         done += len(chunk)
         if time.perf_counter() >= deadline:
             break
     return done, time.thread_time() - cpu
 
 
-def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, run_tokens: int | None, threads: int,
-                 max_seconds: float) -> dict:
-    """Queries/s of `threads` threads sharing one session, each taking its own share of `texts`."""
+def batched_rate(encoder: Encoder, texts: list[str], batch: int, threads: int, max_seconds: float,
+                 run_tokens: int | None = None) -> dict:
+    """Queries/s of `threads` threads sharing one session, each taking its own share of `texts` `batch` at a time
+    and running it as the server's workers do (its padding ratio, at most `run_tokens` padded tokens a run)."""
     shares = [texts[i::threads] for i in range(threads)]
     results: list[tuple[int, float]] = [(0, 0.0)] * threads
     started = time.perf_counter()
     deadline = started + max_seconds
 
     def work(i: int) -> None:
-        results[i] = _batched(encoder, shares[i], batch, pad, run_tokens, deadline)
+        results[i] = _batched(encoder, shares[i], batch, run_tokens, deadline)
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for w in workers:
@@ -84,18 +85,17 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, pad: float, run
             "qps_per_cpu_s": done / cpu if cpu else 0.0}
 
 
-def ceiling(encoder: Encoder, sets: QuerySets, batch: int, run_tokens: int | None, max_seconds: float
-            ) -> dict[str, dict]:
-    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
-    pad = MAX_PAD_RATIO  # the server's own bucketing ratio
+def ceiling(encoder: Encoder, sets: QuerySets, cfg: Config, max_seconds: float) -> dict[str, dict]:
+    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling, each run
+    as the server `cfg` describes runs what queued."""
     encoder.embed_tokens(encoder.tokenize(sets.warmup))
     out = {}
     for name in CEILING_SETS:
         texts = getattr(sets, name)
-        one = batched_rate(encoder, texts, batch, pad, run_tokens, 1, max_seconds)
-        two = batched_rate(encoder, texts, batch, pad, run_tokens, CORES, max_seconds)
-        out[name] = {"batch": batch, "max_pad_ratio": pad, "run_tokens": run_tokens, "one_thread": one,
-                     "two_threads": two, "ceiling_qps": CORES * one["qps"]}
+        one = batched_rate(encoder, texts, cfg.micro_batch, 1, max_seconds, cfg.run_cap)
+        two = batched_rate(encoder, texts, cfg.micro_batch, CORES, max_seconds, cfg.run_cap)
+        out[name] = {"batch": cfg.micro_batch, "max_pad_ratio": MAX_PAD_RATIO, "run_tokens": cfg.run_cap,
+                     "one_thread": one, "two_threads": two, "ceiling_qps": CORES * one["qps"]}
     return out
 
 
@@ -104,4 +104,4 @@ def measure(cfg: Config, sets: QuerySets, ceiling_seconds: float) -> dict:
     ORT threads, micro-batch size and tokens per run."""
     encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
     return {"tokens": token_lengths(encoder, sets), "single": encoder_floor(encoder, sets),
-            "batched": ceiling(encoder, sets, cfg.micro_batch, cfg.run_tokens or None, ceiling_seconds)}
+            "batched": ceiling(encoder, sets, cfg, ceiling_seconds)}

@@ -81,8 +81,10 @@ class _Waiter:
 class LeaderFollower:
     """At most `slots` encodes at once, each run by a handler thread; everything else queues for the next one."""
 
-    def __init__(self, encoder: Encoder, slots: int, max_batch: int, handoff: str = "promote"):
+    def __init__(self, encoder: Encoder, slots: int, max_batch: int, handoff: str = "promote",
+                 run_tokens: int | None = None):
         self.encoder, self.slots, self.max_batch, self.handoff = encoder, slots, max_batch, handoff
+        self.run_tokens = run_tokens
         self._lock, self._running, self._queue = threading.Lock(), 0, []  # _queue: _Waiters
         self.encodes = self.texts = 0  # for the stage report; += under the GIL is close enough for a probe
         self.encode_ms: list[tuple[float, float]] = []  # (wall, thread CPU) of each encode of one text
@@ -108,7 +110,8 @@ class LeaderFollower:
         while batch:
             wall, cpu = time.perf_counter(), time.thread_time()
             try:
-                out, error = embed_bucketed(self.encoder, [w.text for w in batch], MAX_PAD_RATIO, self.max_batch), None
+                texts = [w.text for w in batch]
+                out, error = embed_bucketed(self.encoder, texts, MAX_PAD_RATIO, self.max_batch, self.run_tokens), None
             except Exception as err:  # every caller of the batch gets it, none hangs
                 out, error = [None] * len(batch), err
             if len(batch) == 1:
@@ -135,7 +138,8 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
 
     def __init__(self, base: ClassifierServicer, handoff: str):
         self.base, self.cfg, self.heads, self.encoder = base, base.cfg, base.heads, base.encoder
-        self.batcher = LeaderFollower(base.encoder, base.cfg.workers, base.cfg.micro_batch, handoff)
+        self.batcher = LeaderFollower(base.encoder, base.cfg.workers, base.cfg.micro_batch, handoff,
+                                      base.cfg.run_cap)
         self._cache_lock = threading.Lock()  # DecisionCache is made for one thread
         self.handler_ms: list[tuple[float, float]] = []  # (wall, thread CPU) of each Classify
 
@@ -334,8 +338,8 @@ def load(rounds: int, kind: str, sets: queries.QuerySets, drain: bool, seconds: 
                 s = stats[name]
                 if name == CEILING:
                     with cpu_account(own_cpu_seconds, client=None) as account:
-                        s["qps"].append(2 * batched_rate(encoder, texts, cfg.micro_batch, MAX_PAD_RATIO, 1,
-                                                         seconds)["qps"])
+                        s["qps"].append(2 * batched_rate(encoder, texts, cfg.micro_batch, 1, seconds,
+                                                         cfg.run_cap)["qps"])
                     s["other"].append(account["other_s"] / account["wall_s"])
                     continue
                 target, pid = targets[name]
