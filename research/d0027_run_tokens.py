@@ -7,32 +7,25 @@ tokens holds about 4,800 token rows, whose activations no longer fit a core's ca
 
 In this process, one thread, the texts `make bench` sends under load (the real mixed-length queries of the shared
 files, and its unique short questions), taken `take` at a time as a worker takes them from the queue and embedded
-by `embed_bucketed` with each cap on a run's padded tokens (`--caps`; 0 = no cap, as before this record). The caps
-alternate within each round, so load on the machine falls on all of them alike; the table gives the median
-queries/s over the rounds. `--drift` also compares each text's embedding inside the capped and uncapped runs with
-its embedding from a run of its own, as an idle server embeds it (decision 0009: int8 activations are scaled per
-run, so batch mates move a text's vector).
+by `embed_bucketed` with each cap on a run's padded tokens (`--caps`; 0 = no cap, as before this record), timed by
+`bench.local.batched_rate` as `make bench` times its ceiling. The caps alternate within each round, so load on the
+machine falls on all of them alike; the table gives the median queries/s over the rounds. `--drift` also compares
+each text's embedding inside the capped and uncapped runs with its embedding from a run of its own, as an idle
+server embeds it (decision 0009: int8 activations are scaled per run, so batch mates move a text's vector).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0027_run_tokens [--rounds 5] [--drift]
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from bench import queries
+from bench.local import batched_rate
 from classifier_service.batching import MAX_PAD_RATIO, embed_bucketed
 from classifier_service.encoder import Encoder
 from tierwise_tools.paths import ENCODER_DIR
-
-
-def rate(encoder: Encoder, texts: list[str], take: int, cap: int) -> float:
-    started = time.perf_counter()
-    for lo in range(0, len(texts), take):
-        embed_bucketed(encoder, texts[lo:lo + take], MAX_PAD_RATIO, take, cap or None)
-    return len(texts) / (time.perf_counter() - started)
 
 
 def drift(encoder: Encoder, texts: list[str], take: int, caps: list[int]) -> None:
@@ -66,7 +59,8 @@ def main() -> None:
         for name, chosen in texts.items():
             for take in takes:
                 for cap in (caps if r % 2 == 0 else caps[::-1]):
-                    rates.setdefault((name, take, cap), []).append(rate(encoder, chosen, take, cap))
+                    rates.setdefault((name, take, cap), []).append(
+                        batched_rate(encoder, chosen, take, 1, float("inf"), cap or None)["qps"])
         print(f"round {r + 1} of {args.rounds} done", flush=True)
     print("| texts | taken at once | " + " | ".join(f"cap {c or 'none'}" for c in caps) + " |\n|---|---|"
           + "---|" * len(caps))
