@@ -61,10 +61,10 @@ def _router(source: Path, config: Path, classifier: str, switch_ms: float | None
                  "    if phase == 'start': T['t'] = time.perf_counter(); return\n"
                  "    print('gc2 at', round(T['t'] - T0, 1), 's took', round((time.perf_counter() - T['t']) * 1e3, 1),"
                  " 'ms', flush=True)\ngc.callbacks.append(cb)\n")
-    return _spawn(source, "router_service", code, profile, "--config", str(config), "--classifier", classifier)
+    return spawn(source, "router_service", code, profile, "--config", str(config), "--classifier", classifier)
 
 
-def _spawn(source: Path, module: str, code: str, profile: Path | None, *args: str) -> ServiceProcess:
+def spawn(source: Path, module: str, code: str, profile: Path | None, *args: str) -> ServiceProcess:
     """`python -m module --listen 127.0.0.1:0 *args` with the code in `source`, `code` run first; waited on until
     ready."""
     run = f"runpy.run_module({module!r}, run_name='__main__')"
@@ -155,7 +155,7 @@ def main() -> int:
         classifier.wait_for("ready on", timeout=120)
         base_classifier = None
         if args.base and args.base_classifier:  # the same classifier run from the other tree: Classify only
-            base_classifier = _spawn(args.base.resolve(), "classifier_service", "", None)
+            base_classifier = spawn(args.base.resolve(), "classifier_service", "", None)
             stack.callback(base_classifier.stop)
         config = Path(tmp) / "tierwise.yaml"
         config.write_text(yaml.safe_dump(router_config(base_url, strategy="embedding")))

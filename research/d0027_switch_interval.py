@@ -3,54 +3,30 @@
 
 A worker back from onnxruntime needs the GIL to hand its run over and start the next; under load the event loop
 or the other worker may hold it for up to the switch interval. Capped runs (0027) mean more runs, so more such
-waits. Each round starts the service once per interval (in rotating order), with the service's own `serve` and
-only `sys.setswitchinterval` changed, and measures:
+waits. Each round starts the service once per interval (in rotating order): `python -m classifier_service` itself
+(`research.d0021_route_path.spawn`), its one call to `sys.setswitchinterval` given the interval under test. Each
+start is measured by:
 - 32 callers sending unique mixed-length queries for `--seconds` (the bench's load run, `bench.grpc_load`);
-- one caller sending `--calls` unique short questions one at a time (p50 and p90).
+- one caller sending `--calls` unique short questions one at a time (p50).
 
     .venv/bin/python -m research.d0027_switch_interval [--rounds 6] [--intervals 1,0.5,0.2]
 """
 from __future__ import annotations
 
 import argparse
-import re
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 
 from bench import grpc_load, queries
 from tierwise_tools.paths import ROOT
 
-SERVER = """
-import asyncio, os, sys
-for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(name, "1")
-from classifier_service.config import parse
-from classifier_service.server import serve
-from tierwise.telemetry import configure_logging
-sys.setswitchinterval(float(sys.argv[1]) / 1000)
-configure_logging()
-sys.exit(asyncio.run(serve(parse(sys.argv[2:]))))
-"""
+from .d0021_route_path import spawn
 
 
-def started(ms: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """The service at switch interval `ms`, its output to `log`: (process, address) once it reports SERVING."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, ms, "--listen", "127.0.0.1:0"], cwd=ROOT,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        text = log.read_text()
-        if "ready on" in text:
-            return proc, re.search(r"listening on (\S+)", text).group(1)
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the service did not start:\n{log.read_text()}")
+def switch_interval(ms: str) -> str:
+    """Code run before the service's __main__: its `sys.setswitchinterval(...)` sets `ms` milliseconds instead."""
+    return f"_set = sys.setswitchinterval\nsys.setswitchinterval = lambda _: _set({float(ms) / 1e3})\n"
 
 
 def main() -> None:
@@ -68,17 +44,15 @@ def main() -> None:
     used = 0
     for r in range(args.rounds):
         for ms in intervals[r % len(intervals):] + intervals[:r % len(intervals)]:
-            with tempfile.TemporaryDirectory() as tmp:
-                proc, address = started(ms, Path(tmp) / "service.log")
-                try:
-                    grpc_load.concurrent(address, mixed[:200], 32, 2.0)  # warm
-                    rates[ms].append(grpc_load.concurrent(address, mixed[200:], 32, args.seconds)["qps"])
-                    single = grpc_load.sequential(address, short[used:used + args.calls], warmup=short[-20:])
-                    used += args.calls
-                    p50s[ms].append(single["p50_ms"])
-                finally:
-                    proc.send_signal(signal.SIGINT)
-                    proc.wait(timeout=30)
+            service = spawn(ROOT, "classifier_service", switch_interval(ms), None)
+            try:
+                grpc_load.concurrent(service.address, mixed[:200], 32, 2.0)  # warm
+                rates[ms].append(grpc_load.concurrent(service.address, mixed[200:], 32, args.seconds)["qps"])
+                single = grpc_load.sequential(service.address, short[used:used + args.calls], warmup=short[-20:])
+                used += args.calls
+                p50s[ms].append(single["p50_ms"])
+            finally:
+                service.stop()
             print(f"round {r + 1}, {ms} ms: {rates[ms][-1]:.0f} q/s, single p50 {p50s[ms][-1]:.2f} ms",
                   file=sys.stderr, flush=True)
     base = intervals[0]
