@@ -55,9 +55,7 @@ def tier_gaps(heads: list[TierHead], x: np.ndarray) -> list[float]:
 def one_se_select(x, ok, seed, c=None, prior=None) -> fitting.Selected:
     """`fitting.select`, but the simplest setting within one standard error (over records) of the best log loss:
     least weight on the embedding, then with the prior, then smallest C."""
-    grid = [(value, 1.0, False) for value in (fitting.C_GRID if c is None else (c,))]
-    if prior is not None:
-        grid += [(value, scale, True) for value, _, _ in grid for scale in fitting.PRIOR_SCALES]
+    grid = fitting.settings(c, prior is not None)
     oofs = {key: fitting.out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
             for key in grid}
     per = {key: -np.mean(ok * np.log(np.clip(p, 1e-6, 1 - 1e-6)) + (1 - ok) * np.log(np.clip(1 - p, 1e-6, 1)),

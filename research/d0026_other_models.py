@@ -28,7 +28,7 @@ from classifier_service.heads import success
 from tierwise.data import arrays, load, shared_files
 from tierwise.metrics import savings_at_quality
 from tierwise_tools.calibration import TRADEOFFS, calibrate_arrays
-from tierwise_tools.fitting import C_GRID, PRIOR_SCALES, fit, lineup, log_loss, out_of_fold
+from tierwise_tools.fitting import fit, lineup, log_loss, out_of_fold, settings
 from tierwise_tools.prior import Prior, usable
 
 from . import d0022_small_sample_calibration as d0022
@@ -74,7 +74,7 @@ def scored(records, x, priors, k: int, draw: int, cache: dict) -> dict[str, tupl
     ok_all, cost_all = arrays(records)
     x_dev, ok = x[rows], ok_all[rows].astype(np.float64)
     prior = Prior.from_heads(usable(priors, x.shape[1], lineup([records[i] for i in rows])))
-    grid = [(c, 1.0, False) for c in C_GRID] + [(c, s, True) for c in C_GRID for s in PRIOR_SCALES]
+    grid = settings(None, True)
     oof = {key: out_of_fold(x_dev, ok, key[0], 0, prior=prior if key[2] else None, scale=key[1]) for key in grid}
     full = {key: fit(x_dev, ok, key[0], prior if key[2] else None, key[1]) for key in grid}
     predicted = {}  # method -> (out-of-fold predictions on the sample, predictions on the unseen records)

@@ -78,12 +78,19 @@ class Selected:
         return f"{model}; chosen by 5-fold out-of-fold log loss ({grid})"
 
 
+def settings(c: float | None, with_prior: bool) -> list[tuple[float, float, bool]]:
+    """The models `select` chooses among, as (C, the embedding's scale, whether the prior is used): every C (or `c`)
+    alone, then with a prior each C at every scale beside it."""
+    grid = [(value, 1.0, False) for value in (C_GRID if c is None else (c,))]
+    if with_prior:
+        grid += [(value, scale, True) for value, _, _ in grid for scale in PRIOR_SCALES]
+    return grid
+
+
 def select(x: np.ndarray, ok: np.ndarray, seed: int, c: float | None = None, prior: Prior | None = None) -> Selected:
     """Choose C, and with a prior whether to use it and the embedding's scale beside it, by 5-fold out-of-fold log
     loss: a prior that does not predict the user's own labels better is left out."""
-    grid = [(value, 1.0, False) for value in (C_GRID if c is None else (c,))]
-    if prior is not None:
-        grid += [(value, scale, True) for value, _, _ in grid for scale in PRIOR_SCALES]
+    grid = settings(c, prior is not None)
     oofs = {key: out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
             for key in tqdm(grid, desc="cross-validation", unit="setting")}
     losses = {key: log_loss(oof, ok) for key, oof in oofs.items()}
