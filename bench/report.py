@@ -144,7 +144,7 @@ def render(result: dict) -> str:
         f"grpcio {machine['grpcio']}, onnxruntime {machine['onnxruntime']}.",
         f"Tierwise: `python -m classifier_service` child process, precision {cfg['precision']}, workers {cfg['workers']}, "
         f"ort-threads {cfg['ort_threads']}, micro-batch {cfg['micro_batch']}, "
-        f"run-tokens {cfg.get('run_tokens', 0) or 'no cap'}, cache {cfg['cache_size']} entries; the client is the "
+        f"run-tokens {cfg['run_tokens'] or 'no cap'}, cache {cfg['cache_size']} entries; the client is the "
         "bench process on the same "
         "machine (sync stub for sequential calls, grpc.aio with one channel and connection per client for load).",
         f"Seed: one `{seed['python']}` process, SentenceTransformer(device='cpu').encode([text]) + "
