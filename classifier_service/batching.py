@@ -3,15 +3,17 @@
 Idle service: a request is embedded alone at once (no waiting window, so no added latency). With
 `inline_max_tokens` set, a short text runs on the event loop itself, sparing the hand-off to a worker thread
 and back; off by default, because a busy service cannot always tell it is busy (decision 0021).
-Busy service: requests queue while every worker runs; a freed worker takes everything queued (up to
-`max_batch`), tokenises it, sorts it by length and runs it as buckets of similar length, so padding
+Busy service: requests queue while every worker runs; a worker back from a run takes everything queued (up
+to `max_batch`) itself, tokenises it, sorts it by length and runs it as buckets of similar length, so padding
 stays small, each run holding at most `run_tokens` padded tokens (decision 0027). Requests whose caller
 already gave up (deadline, cancel) are dropped before any work.
 """
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,6 +73,10 @@ def embed_bucketed(encoder: Encoder, texts: list[str], max_pad_ratio: float, max
 
 
 class MicroBatcher:
+    """Worker threads that take from the queue themselves: a worker back from a run takes what queued meanwhile
+    at once, without waiting for the event loop to hand it over (decision 0028). Results go back to the loop in
+    one wake-up per take."""
+
     def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = MAX_PAD_RATIO,
                  on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0,
                  run_tokens: int | None = None):
@@ -79,12 +85,17 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_pad_ratio = max_pad_ratio
         self.run_tokens = run_tokens
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
-        self._queue: list[_Pending] = []
-        self._idle = workers
         self.inline_max_tokens = inline_max_tokens
-        self._deciding = 0  # calls between their two looks in _alone
         self._on_batch = on_batch or (lambda size: None)  # told how many texts each take holds
+        self._ready = threading.Condition()
+        self._queue: deque[_Pending] = deque()  # guarded by _ready
+        self._busy = 0  # workers running a take
+        self._closed = False
+        self._deciding = 0  # calls between their two looks in _alone
+        self._threads = [threading.Thread(target=self._work, name=f"encoder_{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     async def embed(self, texts: list[str]) -> list[Embedded]:
         if len(texts) == 1 and self.inline_max_tokens and await self._alone():
@@ -94,8 +105,7 @@ class MicroBatcher:
                 return [Embedded(self.encoder.embed_tokens(tokens)[0], len(tokens[0]), tokens[0].truncated)]
         loop = asyncio.get_running_loop()
         pending = [_Pending(t, loop.create_future()) for t in texts]
-        self._queue.extend(pending)
-        self._dispatch()
+        self._submit(pending)
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         except asyncio.CancelledError:
@@ -109,40 +119,54 @@ class MicroBatcher:
         if one does, neither runs here and the workers batch them. Calls that are still inside gRPC when the
         loop looks are not seen: under many callers a share of calls runs here, holding up the rest (decision
         0021), which is why this is off unless configured."""
-        if self._idle < self.workers or self._queue:
+        if self._busy or self._queue:
             return False
         self._deciding += 1
         try:
             await asyncio.sleep(0)
         finally:
             self._deciding -= 1
-        return self._deciding == 0 and self._idle == self.workers and not self._queue
+        return self._deciding == 0 and not self._busy and not self._queue
 
-    def _dispatch(self) -> None:
-        while self._idle and self._queue:
-            take = [p for p in self._queue[: self.max_batch] if not p.future.done()]
-            del self._queue[: self.max_batch]
-            if not take:
-                continue
-            self._idle -= 1
+    def _submit(self, pending: list[_Pending]) -> None:
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the encoder workers are closed")
+            self._queue.extend(pending)
+            self._ready.notify()
+
+    def _take(self) -> list[_Pending] | None:
+        """The next take, waiting for one; None once closed. A text whose caller gave up is skipped."""
+        with self._ready:
+            while True:
+                take = []
+                while self._queue and len(take) < self.max_batch:
+                    p = self._queue.popleft()
+                    if not p.future.done():
+                        take.append(p)
+                if take:
+                    self._busy += 1
+                    return take
+                if self._closed:
+                    return None
+                self._ready.wait()
+
+    def _work(self) -> None:
+        while (take := self._take()) is not None:
             self._on_batch(len(take))
-            task = asyncio.get_running_loop().run_in_executor(self._executor, self._run, [p.text for p in take])
-            task.add_done_callback(lambda fut, take=take: self._finish(take, fut))
-
-    def _run(self, texts: list[str]) -> list[Embedded]:
-        return embed_bucketed(self.encoder, texts, self.max_pad_ratio, self.max_batch, self.run_tokens)
-
-    def _finish(self, take: list[_Pending], fut: asyncio.Future) -> None:
-        self._idle += 1
-        error = fut.exception()
-        for i, p in enumerate(take):
-            if p.future.done():
-                continue
-            if error is not None:
-                p.future.set_exception(error)
-            else:
-                p.future.set_result(fut.result()[i])
-        self._dispatch()
+            try:
+                result: list[Embedded] | BaseException = embed_bucketed(
+                    self.encoder, [p.text for p in take], self.max_pad_ratio, self.max_batch, self.run_tokens)
+            except Exception as error:  # handed to the callers, the worker stays
+                result = error
+            with self._ready:
+                self._busy -= 1
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, int]]] = {}
+            for row, p in enumerate(take):
+                by_loop.setdefault(p.future.get_loop(), []).append((p, row))
+            for loop, rows in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits on these
+                    loop.call_soon_threadsafe(settle, rows, result)
 
     @property
     def queued(self) -> int:
@@ -150,4 +174,26 @@ class MicroBatcher:
         return len(self._queue)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers once their current runs end; texts still queued are cancelled."""
+        with self._ready:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._ready.notify_all()
+        for p in left:
+            with contextlib.suppress(RuntimeError):
+                p.future.get_loop().call_soon_threadsafe(p.future.cancel)
+        for t in self._threads:
+            t.join()
+
+
+def settle(rows: list[tuple[_Pending, int]], result: list[Embedded] | BaseException) -> None:
+    """On the callers' event loop: each caller still waiting gets its row of a take's result, or the take's
+    error."""
+    for p, row in rows:
+        if p.future.done():
+            continue
+        if isinstance(result, BaseException):
+            p.future.set_exception(result)
+        else:
+            p.future.set_result(result[row])

@@ -2,8 +2,10 @@
 on the workers otherwise."""
 import asyncio
 import threading
+import time
 
 import numpy as np
+import pytest
 
 from classifier_service.batching import MicroBatcher
 from classifier_service.config import Config
@@ -86,3 +88,113 @@ def test_by_default_every_text_goes_to_a_worker():
     finally:
         batcher.close()
     assert len(encoder.threads) == 1 and encoder.threads[0].startswith("encoder")
+
+
+class GatedEncoder(ThreadNotingEncoder):
+    """The real encoder; a run of a text containing "hold" waits for `gate`, one containing "fail" raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.holding = threading.Event()  # a held run has started
+        self.embedded: list[int] = []  # texts per run
+
+    def embed_tokens(self, batch):
+        if any(self.has(t, "hold") for t in batch):
+            self.holding.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        if any(self.has(t, "fail") for t in batch):
+            raise RuntimeError("encoder failed")
+        self.embedded.append(len(batch))
+        return super().embed_tokens(batch)
+
+    def has(self, tokens, word: str) -> bool:
+        return self._tokenizer.token_to_id(word) in tokens.ids
+
+
+def gated(workers=1, max_batch=1):
+    encoder = GatedEncoder()
+    return encoder, MicroBatcher(encoder, workers=workers, max_batch=max_batch)
+
+
+def test_a_free_worker_takes_what_queued_without_the_event_loop():
+    encoder, batcher = gated()
+    texts = ["hold the first", "second question", "third question"]
+
+    async def queue_then_block():
+        tasks = [asyncio.create_task(batcher.embed([t])) for t in texts]
+        await asyncio.sleep(0)  # every call queues its text
+        encoder.gate.set()
+        # The loop is blocked from here on: only the worker can move the queue along.
+        deadline = time.monotonic() + 10
+        while len(encoder.embedded) < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ran_while_blocked = len(encoder.embedded)
+        return ran_while_blocked, await asyncio.gather(*tasks)
+
+    try:
+        ran_while_blocked, out = asyncio.run(queue_then_block())
+    finally:
+        batcher.close()
+    assert ran_while_blocked == len(texts)
+    assert [r[0].tokens for r in out] == [len(t) for t in encoder.tokenize(texts)]
+
+
+def test_an_encoder_error_reaches_its_callers_and_the_worker_carries_on():
+    encoder, batcher = gated()
+
+    async def both():
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            await batcher.embed(["this one will fail"])
+        return await batcher.embed(["and this one works"])
+
+    try:
+        out = asyncio.run(both())
+    finally:
+        batcher.close()
+    assert out[0].tokens > 0 and abs(np.linalg.norm(out[0].vector) - 1) < 1e-3
+
+
+def test_a_text_whose_caller_gave_up_is_not_embedded():
+    encoder, batcher = gated()
+
+    async def give_up():
+        first = asyncio.create_task(batcher.embed(["hold the worker"]))
+        second = asyncio.create_task(batcher.embed(["nobody waits for this"]))
+        await asyncio.sleep(0)
+        second.cancel()
+        await asyncio.sleep(0)
+        encoder.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        return await first
+
+    try:
+        out = asyncio.run(give_up())
+    finally:
+        batcher.close()
+    assert out[0].tokens > 0
+    assert encoder.embedded == [1]
+
+
+def test_close_cancels_what_is_still_queued_and_stops_the_workers():
+    encoder, batcher = gated()
+
+    async def close_midway():
+        running = asyncio.create_task(batcher.embed(["hold the worker"]))
+        queued = asyncio.create_task(batcher.embed(["still queued at close"]))
+        assert await asyncio.to_thread(encoder.holding.wait, 30)
+        closer = threading.Thread(target=batcher.close)
+        closer.start()
+        await asyncio.sleep(0.05)
+        encoder.gate.set()
+        closer.join(30)
+        assert not closer.is_alive()
+        assert (await running)[0].tokens > 0
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        with pytest.raises(RuntimeError, match="closed"):
+            await batcher.embed(["after close"])
+
+    asyncio.run(close_midway())
+    assert encoder.embedded == [1]
