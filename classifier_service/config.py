@@ -21,7 +21,7 @@ class Config:
     precision: str = "int8"
     workers: int = 2
     ort_threads: int = 1
-    micro_batch: int = 32
+    micro_batch: int = 8
     run_tokens: int = 128
     inline_max_tokens: int = 0
     max_batch: int = 256
@@ -60,7 +60,8 @@ HELP = {
     "precision": "encoder weights: int8 (per-channel, default) or fp32",
     "workers": "encoder runs in parallel",
     "ort_threads": "onnxruntime intra-op threads per run",
-    "micro_batch": "most texts one encoder run takes from the queue",
+    "micro_batch": "most texts a worker takes from the queue at once; smaller takes spread a burst over the "
+                   "workers (decision 0028)",
     "run_tokens": "most padded tokens one encoder run holds: what queued runs as several smaller runs past it, and "
                   "a longer text runs alone; larger runs of long texts are slower per text (0: no cap; decision 0027)",
     "inline_max_tokens": "an idle service embeds a lone text of at most this many tokens on its event loop, sparing "
