@@ -1,0 +1,132 @@
+"""Decision 0028: encoder workers that take from the queue themselves, against the event loop handing them
+each take (the batcher of decisions 0021–0027, kept here as `HandoffBatcher`).
+
+Each round starts `python -m classifier_service` once per variant, in rotating order
+(`research.d0021_route_path.spawn`); the hand-off variant is the same service with `HandoffBatcher` put in
+place of the shipped batcher before it starts. Each start is measured by:
+- 32 callers sending unique mixed-length queries for `--seconds` (the bench's load run, `bench.grpc_load`);
+- 32 callers sending unique short questions for half as long;
+- one caller sending `--calls` unique short questions one at a time (p50).
+Each round also takes the bench's two-core ceiling on the mixed texts in this process: twice one thread's
+length-bucketed batched rate (`bench.local.batched_rate`, batches of 32, the server's run-token cap).
+
+    .venv/bin/python -m research.d0028_pull_workers [--rounds 6] [--micro-batches 32,16,8]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from bench import grpc_load, local, queries
+from classifier_service.batching import MicroBatcher, embed_bucketed, settle
+from classifier_service.config import Config
+from classifier_service.encoder import Encoder
+from tierwise_tools.paths import ROOT
+
+from .d0021_route_path import spawn
+
+HANDOFF = "import research.d0028_pull_workers as d, classifier_service.server as s\ns.MicroBatcher = d.HandoffBatcher\n"
+
+
+class HandoffBatcher(MicroBatcher):
+    """The batcher before this decision: the event loop hands each take to a thread pool, and a worker's next
+    take waits until the loop has seen its result."""
+
+    def __init__(self, encoder: Encoder, workers: int = 2, *args, **kwargs):
+        super().__init__(encoder, 0, *args, **kwargs)
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="encoder")
+
+    def _submit(self, pending) -> None:
+        self._queue.extend(pending)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._busy < self.workers and self._queue:
+            take = [p for p in (self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue))))
+                    if not p.future.done()]
+            if not take:
+                continue
+            self._busy += 1
+            self._on_batch(len(take))
+            run = asyncio.get_running_loop().run_in_executor(
+                self._executor, embed_bucketed, self.encoder, [p.text for p in take], self.max_pad_ratio,
+                self.max_batch, self.run_tokens)
+            run.add_done_callback(functools.partial(self._finish, take))
+
+    def _finish(self, take, run: asyncio.Future) -> None:
+        self._busy -= 1
+        settle([(p, row) for row, p in enumerate(take)], run.exception() or run.result())
+        self._dispatch()
+
+    def close(self) -> None:
+        super().close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def variants(micro_batches: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """name -> (code run before the service, its arguments): the batcher and take size before this decision,
+    then the shipped batcher at each take size."""
+    out = {"hand-off, micro-batch 32 (before)": (HANDOFF, ["--micro-batch", "32"])}
+    for size in micro_batches:
+        shipped = " (shipped)" if size == str(Config().micro_batch) else ""
+        out[f"pull, micro-batch {size}{shipped}"] = ("", ["--micro-batch", size])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--micro-batches", default="32,16,8", help="take sizes to run the shipped batcher with")
+    args = ap.parse_args()
+    runs = variants(args.micro_batches.split(","))
+    sets = queries.build(queries.FULL, 32 * 1024)
+    mixed = sets.load_mixed
+    short = queries.short_questions(args.calls * args.rounds * len(runs) + 100)
+    short_load = queries.short_questions(60_000, start=10_000_000)
+    cfg = Config()
+    encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
+    figures = {name: {"mixed": [], "short": [], "p50": []} for name in runs}
+    ceilings, used = [], 0
+    for r in range(args.rounds):
+        names = list(runs)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            code, extra = runs[name]
+            service = spawn(ROOT, "classifier_service", code, None, *extra)
+            try:
+                grpc_load.concurrent(service.address, mixed[:200], 32, 2.0)  # warm
+                got = figures[name]
+                got["mixed"].append(grpc_load.concurrent(service.address, mixed[200:], 32, args.seconds)["qps"])
+                got["short"].append(grpc_load.concurrent(service.address, short_load, 32, args.seconds / 2)["qps"])
+                single = grpc_load.sequential(service.address, short[used:used + args.calls], warmup=short[-20:])
+                used += args.calls
+                got["p50"].append(single["p50_ms"])
+            finally:
+                service.stop()
+            print(f"round {r + 1}, {name}: mixed {got['mixed'][-1]:.0f} q/s, short {got['short'][-1]:.0f} q/s, "
+                  f"single p50 {got['p50'][-1]:.2f} ms", file=sys.stderr, flush=True)
+        one = local.batched_rate(encoder, mixed[200:], 32, 1, args.seconds / 2, cfg.run_cap)
+        ceilings.append(local.CORES * one["qps"])
+        print(f"round {r + 1}, ceiling: {ceilings[-1]:.0f} q/s", file=sys.stderr, flush=True)
+    base = next(iter(runs))
+    print(f"Two-core ceiling on the mixed texts, median of {args.rounds}: {np.median(ceilings):.0f} q/s "
+          f"({', '.join(f'{c:.0f}' for c in ceilings)})\n")
+    print(f"| variant | 32-caller mixed q/s (each round) | of the ceiling | vs {base}, rounds higher | "
+          "32-caller short q/s | one caller short p50 ms |\n|---|---|---|---|---|---|")
+    for name, got in figures.items():
+        diff = np.array(got["mixed"]) - np.array(figures[base]["mixed"])
+        print(f"| {name} | {np.median(got['mixed']):.0f} ({', '.join(f'{v:.0f}' for v in got['mixed'])}) | "
+              f"{np.median(np.array(got['mixed']) / np.array(ceilings)):.0%} | "
+              f"{np.median(diff):+.0f} q/s, {(diff > 0).sum()} of {len(diff)} | {np.median(got['short']):.0f} | "
+              f"{np.median(got['p50']):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
