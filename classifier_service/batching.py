@@ -133,7 +133,7 @@ class MicroBatcher:
             if self._closed:
                 raise RuntimeError("the encoder workers are closed")
             self._queue.extend(pending)
-            self._ready.notify()
+            self._ready.notify(len(pending))  # a ClassifyBatch's texts wake every waiting worker
 
     def _take(self) -> list[_Pending] | None:
         """The next take, waiting for one; None once closed. A text whose caller gave up is skipped."""
@@ -153,11 +153,11 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (take := self._take()) is not None:
-            self._on_batch(len(take))
             try:
+                self._on_batch(len(take))
                 result: list[Embedded] | BaseException = embed_bucketed(
                     self.encoder, [p.text for p in take], self.max_pad_ratio, self.max_batch, self.run_tokens)
-            except Exception as error:  # handed to the callers, the worker stays
+            except Exception as error:  # handed to the take's callers; the worker carries on
                 result = error
             with self._ready:
                 self._busy -= 1

@@ -140,6 +140,25 @@ def test_a_free_worker_takes_what_queued_without_the_event_loop():
     assert [r[0].tokens for r in out] == [len(t) for t in encoder.tokenize(texts)]
 
 
+def test_one_call_of_many_texts_wakes_every_worker():
+    encoder, batcher = gated(workers=2, max_batch=1)
+    # The held text's run waits until another text has run, which only the second worker can do meanwhile.
+    opened_by_other = encoder.embed_tokens
+
+    def embed_tokens(batch):
+        if not any(encoder.has(t, "hold") for t in batch):
+            encoder.gate.set()
+        return opened_by_other(batch)
+
+    encoder.embed_tokens = embed_tokens
+    try:
+        out = asyncio.run(batcher.embed(["hold this one", "and run this one meanwhile"]))
+    finally:
+        batcher.close()
+    assert [r.tokens > 0 for r in out] == [True, True]
+    assert len(set(encoder.threads)) == 2
+
+
 def test_an_encoder_error_reaches_its_callers_and_the_worker_carries_on():
     encoder, batcher = gated()
 
