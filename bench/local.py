@@ -88,7 +88,7 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, threads: int, m
 
 def ceiling(encoder: Encoder, sets: QuerySets, cfg: Config, max_seconds: float) -> dict[str, dict]:
     """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling, each run
-    as the server `cfg` describes runs what queued."""
+    with the server's padding and run-token cap, in takes of at least CEILING_TAKE texts."""
     encoder.embed_tokens(encoder.tokenize(sets.warmup))
     out = {}
     take = max(CEILING_TAKE, cfg.micro_batch)
