@@ -15,7 +15,6 @@ from classifier_service.encoder import Encoder
 
 
 INLINE_MAX_TOKENS = 64
-SHARED_ENCODER = Encoder(Config().encoder_dir, "int8", threads=1)
 
 
 class ThreadNotingEncoder(Encoder):
@@ -222,13 +221,17 @@ def test_close_cancels_what_is_still_queued_and_stops_the_workers():
     assert encoder.embedded == [1]
 
 
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(Config().encoder_dir, "int8", threads=1)
+
+
 @settings(max_examples=25, deadline=None, database=None)
 @given(st.lists(st.tuples(st.integers(1, 5), st.booleans()), min_size=1, max_size=24), st.integers(1, 8))
-def test_many_calls_with_some_callers_giving_up_each_get_their_own_texts(calls, max_batch):
+def test_many_calls_with_some_callers_giving_up_each_get_their_own_texts(encoder, calls, max_batch):
     """Calls of 1-5 texts arriving together, some cancelled at once: every call that stays gets its own texts'
     embeddings in order, and nothing is left queued. Every text has a length of its own, so its token count
     tells whose embedding a caller got."""
-    encoder = SHARED_ENCODER
     batcher = MicroBatcher(encoder, workers=2, max_batch=max_batch)
     starts = np.cumsum([0] + [size for size, _ in calls])
     texts = [["word " * (k + 1) for k in range(starts[i], starts[i + 1])] for i in range(len(calls))]
