@@ -82,22 +82,27 @@ def batched_rate(encoder: Encoder, texts: list[str], batch: int, threads: int, m
         w.join()
     elapsed = time.perf_counter() - started
     done, cpu = sum(r[0] for r in results), sum(r[1] for r in results)
-    return {"threads": threads, "n": done, "seconds": elapsed, "qps": done / elapsed, "cpu_s": cpu,
+    return {"threads": threads, "batch": batch, "n": done, "seconds": elapsed, "qps": done / elapsed, "cpu_s": cpu,
             "qps_per_cpu_s": done / cpu if cpu else 0.0}
 
 
+def ceiling_rate(encoder: Encoder, texts: list[str], cfg: Config, threads: int, max_seconds: float) -> dict:
+    """`batched_rate` as the ceiling takes it: the server's padding and run-token cap, in takes of at least
+    CEILING_TAKE texts. Twice one thread's rate is the two-core ceiling."""
+    return batched_rate(encoder, texts, max(CEILING_TAKE, cfg.micro_batch), threads, max_seconds, cfg.run_cap)
+
+
 def ceiling(encoder: Encoder, sets: QuerySets, cfg: Config, max_seconds: float) -> dict[str, dict]:
-    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling, each run
-    with the server's padding and run-token cap, in takes of at least CEILING_TAKE texts."""
+    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
     encoder.embed_tokens(encoder.tokenize(sets.warmup))
     out = {}
-    take = max(CEILING_TAKE, cfg.micro_batch)
     for name in CEILING_SETS:
         texts = getattr(sets, name)
-        one = batched_rate(encoder, texts, take, 1, max_seconds, cfg.run_cap)
-        two = batched_rate(encoder, texts, take, CORES, max_seconds, cfg.run_cap)
-        out[name] = {"batch": take, "max_pad_ratio": MAX_PAD_RATIO, "run_tokens": cfg.run_cap,
-                     "one_thread": one, "two_threads": two, "ceiling_qps": CORES * one["qps"]}
+        one = ceiling_rate(encoder, texts, cfg, 1, max_seconds)
+        two = ceiling_rate(encoder, texts, cfg, CORES, max_seconds)
+        out[name] = {"batch": one["batch"], "max_pad_ratio": MAX_PAD_RATIO,
+                     "run_tokens": cfg.run_cap, "one_thread": one, "two_threads": two,
+                     "ceiling_qps": CORES * one["qps"]}
     return out
 
 

@@ -176,8 +176,8 @@ def render(result: dict) -> str:
         "In-process: the bench process runs the service's own encoder (same precision, ORT threads and session), "
         "no gRPC, no server: single queries as the sequential gRPC runs send them, and batched as a busy server's "
         "worker runs them (tokenised, length-bucketed, at most the server's `--run-tokens` padded tokens a run: "
-        "`embed_bucketed`; taken 32 at a time, or the server's micro-batch if larger, since larger takes bucket "
-        "better), on the "
+        "`embed_bucketed`; taken in batches of the size the rows name, never fewer than the server's micro-batch, "
+        "since larger takes bucket better), on the "
         "texts the gRPC load runs send. The two-core ceiling is twice one thread's wall-clock rate, measured under "
         "whatever else ran at the time as the gRPC runs are; two threads at once, and one thread's rate per CPU-second "
         "it got (what an uncontended core does), are shown too.",

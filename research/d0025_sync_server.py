@@ -44,7 +44,7 @@ import grpc  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 
 from bench import grpc_load, queries  # noqa: E402
-from bench.local import batched_rate  # noqa: E402
+from bench.local import CORES, ceiling_rate  # noqa: E402
 from bench.server import ClassifierServer  # noqa: E402
 from bench.stats import cpu_account, cpu_seconds, own_cpu_seconds, percentile  # noqa: E402
 from classifier_service.batching import MAX_PAD_RATIO, Embedded, embed_bucketed  # noqa: E402
@@ -338,8 +338,7 @@ def load(rounds: int, kind: str, sets: queries.QuerySets, drain: bool, seconds: 
                 s = stats[name]
                 if name == CEILING:
                     with cpu_account(own_cpu_seconds, client=None) as account:
-                        s["qps"].append(2 * batched_rate(encoder, texts, cfg.micro_batch, 1, seconds,
-                                                         cfg.run_cap)["qps"])
+                        s["qps"].append(CORES * ceiling_rate(encoder, texts, cfg, 1, seconds)["qps"])
                     s["other"].append(account["other_s"] / account["wall_s"])
                     continue
                 target, pid = targets[name]

@@ -8,7 +8,7 @@ place of the shipped batcher before it starts. Each start is measured by:
 - 32 callers sending unique short questions for half as long;
 - one caller sending `--calls` unique short questions one at a time (p50).
 Each round also takes the bench's two-core ceiling on the mixed texts in this process: twice one thread's
-length-bucketed batched rate (`bench.local.batched_rate`, batches of 32, the server's run-token cap).
+length-bucketed batched rate as `make bench` takes it (`bench.local.ceiling_rate`).
 
     .venv/bin/python -m research.d0028_pull_workers [--rounds 6] [--micro-batches 32,16,8]
 """
@@ -112,8 +112,7 @@ def main() -> None:
                 service.stop()
             print(f"round {r + 1}, {name}: mixed {got['mixed'][-1]:.0f} q/s, short {got['short'][-1]:.0f} q/s, "
                   f"single p50 {got['p50'][-1]:.2f} ms", file=sys.stderr, flush=True)
-        one = local.batched_rate(encoder, mixed[200:], 32, 1, args.seconds / 2, cfg.run_cap)
-        ceilings.append(local.CORES * one["qps"])
+        ceilings.append(local.CORES * local.ceiling_rate(encoder, mixed[200:], cfg, 1, args.seconds / 2)["qps"])
         print(f"round {r + 1}, ceiling: {ceilings[-1]:.0f} q/s", file=sys.stderr, flush=True)
     base = next(iter(runs))
     print(f"Two-core ceiling on the mixed texts, median of {args.rounds}: {np.median(ceilings):.0f} q/s "
