@@ -3,8 +3,8 @@
 
 A worker back from onnxruntime needs the GIL to hand its run over and start the next; under load the event loop
 or the other worker may hold it for up to the switch interval. Capped runs (0027) mean more runs, so more such
-waits. Each round starts the service once per interval (in rotating order): `python -m classifier_service` itself
-(`research.d0021_route_path.spawn`), its one call to `sys.setswitchinterval` given the interval under test. Each
+waits. Each round starts the service once per interval (in rotating order, `research.service_ab`): `python -m
+classifier_service` itself, its one call to `sys.setswitchinterval` given the interval under test. Each
 start is measured by:
 - 32 callers sending unique mixed-length queries for `--seconds` (the bench's load run, `bench.grpc_load`);
 - one caller sending `--calls` unique short questions one at a time (p50).
@@ -14,14 +14,12 @@ start is measured by:
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
-from bench import grpc_load, queries
-from tierwise_tools.paths import ROOT
+from bench import queries
 
-from .d0021_route_path import spawn
+from .service_ab import load_and_one_caller, rotate
 
 
 def switch_interval(ms: str) -> str:
@@ -39,22 +37,10 @@ def main() -> None:
     intervals = args.intervals.split(",")
     sets = queries.build(queries.FULL, 32 * 1024)
     mixed, short = sets.load_mixed, queries.short_questions(args.calls * args.rounds * len(intervals) + 100)
-    rates: dict[str, list[float]] = {ms: [] for ms in intervals}
-    p50s: dict[str, list[float]] = {ms: [] for ms in intervals}
-    used = 0
-    for r in range(args.rounds):
-        for ms in intervals[r % len(intervals):] + intervals[:r % len(intervals)]:
-            service = spawn(ROOT, "classifier_service", switch_interval(ms), None)
-            try:
-                grpc_load.concurrent(service.address, mixed[:200], 32, 2.0)  # warm
-                rates[ms].append(grpc_load.concurrent(service.address, mixed[200:], 32, args.seconds)["qps"])
-                single = grpc_load.sequential(service.address, short[used:used + args.calls], warmup=short[-20:])
-                used += args.calls
-                p50s[ms].append(single["p50_ms"])
-            finally:
-                service.stop()
-            print(f"round {r + 1}, {ms} ms: {rates[ms][-1]:.0f} q/s, single p50 {p50s[ms][-1]:.2f} ms",
-                  file=sys.stderr, flush=True)
+    figures = rotate({ms: (switch_interval(ms), []) for ms in intervals}, args.rounds,
+                     load_and_one_caller(mixed, short, args.calls, args.seconds))
+    rates = {ms: figures[ms]["mixed"] for ms in intervals}
+    p50s = {ms: figures[ms]["p50"] for ms in intervals}
     base = intervals[0]
     print(f"| switch interval | 32-caller mixed q/s (median; each round) | vs {base} ms, rounds higher | "
           "one caller short p50 ms (median) |\n|---|---|---|---|")

@@ -2,7 +2,7 @@
 each take (the batcher of decisions 0021–0027, kept here as `HandoffBatcher`).
 
 Each round starts `python -m classifier_service` once per variant, in rotating order
-(`research.d0021_route_path.spawn`); the hand-off variant is the same service with `HandoffBatcher` put in
+(`research.service_ab.rotate`); the hand-off variant is the same service with `HandoffBatcher` put in
 place of the shipped batcher before it starts. Each start is measured by:
 - 32 callers sending unique mixed-length queries for `--seconds` (the bench's load run, `bench.grpc_load`);
 - 32 callers sending unique short questions for half as long;
@@ -22,13 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from bench import grpc_load, local, queries
+from bench import local, queries
 from classifier_service.batching import MicroBatcher, embed_bucketed, settle
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
-from tierwise_tools.paths import ROOT
 
-from .d0021_route_path import spawn
+from .service_ab import load_and_one_caller, rotate
 
 HANDOFF = "import research.d0028_pull_workers as d, classifier_service.server as s\ns.MicroBatcher = d.HandoffBatcher\n"
 
@@ -93,27 +92,14 @@ def main() -> None:
     short_load = queries.short_questions(60_000, start=10_000_000)
     cfg = Config()
     encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
-    figures = {name: {"mixed": [], "short": [], "p50": []} for name in runs}
-    ceilings, used = [], 0
-    for r in range(args.rounds):
-        names = list(runs)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            code, extra = runs[name]
-            service = spawn(ROOT, "classifier_service", code, None, *extra)
-            try:
-                grpc_load.concurrent(service.address, mixed[:200], 32, 2.0)  # warm
-                got = figures[name]
-                got["mixed"].append(grpc_load.concurrent(service.address, mixed[200:], 32, args.seconds)["qps"])
-                got["short"].append(grpc_load.concurrent(service.address, short_load, 32, args.seconds / 2)["qps"])
-                single = grpc_load.sequential(service.address, short[used:used + args.calls], warmup=short[-20:])
-                used += args.calls
-                got["p50"].append(single["p50_ms"])
-            finally:
-                service.stop()
-            print(f"round {r + 1}, {name}: mixed {got['mixed'][-1]:.0f} q/s, short {got['short'][-1]:.0f} q/s, "
-                  f"single p50 {got['p50'][-1]:.2f} ms", file=sys.stderr, flush=True)
+    ceilings: list[float] = []
+
+    def ceiling(r: int) -> None:
         ceilings.append(local.CORES * local.ceiling_rate(encoder, mixed[200:], cfg, 1, args.seconds / 2)["qps"])
         print(f"round {r + 1}, ceiling: {ceilings[-1]:.0f} q/s", file=sys.stderr, flush=True)
+
+    figures = rotate(runs, args.rounds, load_and_one_caller(mixed, short, args.calls, args.seconds, short_load),
+                     ceiling)
     base = next(iter(runs))
     print(f"Two-core ceiling on the mixed texts, median of {args.rounds}: {np.median(ceilings):.0f} q/s "
           f"({', '.join(f'{c:.0f}' for c in ceilings)})\n")
