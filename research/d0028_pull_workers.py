@@ -10,7 +10,11 @@ place of the shipped batcher before it starts. Each start is measured by:
 Each round also takes the bench's two-core ceiling on the mixed texts in this process: twice one thread's
 length-bucketed batched rate as `make bench` takes it (`bench.local.ceiling_rate`).
 
-    .venv/bin/python -m research.d0028_pull_workers [--rounds 6] [--micro-batches 32,16,8]
+    .venv/bin/python -m research.d0028_pull_workers [--rounds 6] [--micro-batches 32,16,8] [--shared-takes 32,16]
+
+`--shared-takes` adds `SharedBuckets` at those take sizes (tried after this decision, not kept): a worker takes
+more of the queue, buckets it by length, runs the first bucket and leaves the others, tokenised, to whichever
+worker is free next, so takes as large as the ceiling's bucket as well without one worker taking a whole burst.
 """
 from __future__ import annotations
 
@@ -18,18 +22,20 @@ import argparse
 import asyncio
 import functools
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from bench import local, queries
-from classifier_service.batching import MicroBatcher, embed_bucketed, settle
+from classifier_service.batching import Embedded, MicroBatcher, buckets, embed_bucketed, settle
 from classifier_service.config import Config
-from classifier_service.encoder import Encoder
+from classifier_service.encoder import Encoder, Tokens
 
 from .service_ab import load_and_one_caller, rotate
 
 HANDOFF = "import research.d0028_pull_workers as d, classifier_service.server as s\ns.MicroBatcher = d.HandoffBatcher\n"
+SHARED = HANDOFF.replace("HandoffBatcher", "SharedBuckets")
 
 
 class HandoffBatcher(MicroBatcher):
@@ -68,13 +74,74 @@ class HandoffBatcher(MicroBatcher):
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def variants(micro_batches: list[str]) -> dict[str, tuple[str, list[str]]]:
+class SharedBuckets(MicroBatcher):
+    """Takes up to `max_batch` raw texts; tokenised buckets left over wait in `_runs` and go first."""
+
+    def __init__(self, *args, **kwargs):
+        self._runs: deque[list[tuple]] = deque()
+        super().__init__(*args, **kwargs)
+
+    def _next(self) -> tuple[str, list] | None:
+        with self._ready:
+            while True:
+                while self._runs:
+                    run = [(p, t) for p, t in self._runs.popleft() if not p.future.done()]
+                    if run:
+                        self._busy += 1
+                        return "run", run
+                take = []
+                while self._queue and len(take) < self.max_batch:
+                    p = self._queue.popleft()
+                    if not p.future.done():
+                        take.append(p)
+                if take:
+                    self._busy += 1
+                    return "raw", take
+                if self._closed:
+                    return None
+                self._ready.wait()
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            kind, items = job
+            run: list[tuple] = items
+            try:
+                if kind == "raw":
+                    tokens: list[Tokens] = self.encoder.tokenize([p.text for p in items])
+                    groups = buckets([len(t) for t in tokens], self.max_pad_ratio, self.max_batch, self.run_tokens)
+                    runs = [[(items[i], tokens[i]) for i in g] for g in groups]
+                    run = runs[0]
+                    if len(runs) > 1:
+                        with self._ready:
+                            self._runs.extend(runs[1:])
+                            self._ready.notify(len(runs) - 1)
+                self._on_batch(len(run))
+                vectors = self.encoder.embed_tokens([t for _, t in run])
+                result: list[Embedded] | BaseException = [
+                    Embedded(vectors[row], len(t), t.truncated) for row, (_, t) in enumerate(run)]
+            except Exception as error:
+                result = error
+            with self._ready:
+                self._busy -= 1
+            by_loop: dict = {}
+            for row, (p, _) in enumerate(run):
+                by_loop.setdefault(p.future.get_loop(), []).append((p, row))
+            for loop, rows in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(settle, rows, result)
+                except RuntimeError:
+                    pass
+
+
+def variants(micro_batches: list[str], shared_takes: list[str]) -> dict[str, tuple[str, list[str]]]:
     """name -> (code run before the service, its arguments): the batcher and take size before this decision,
     then the shipped batcher at each take size."""
     out = {"hand-off, micro-batch 32 (before)": (HANDOFF, ["--micro-batch", "32"])}
     for size in micro_batches:
         shipped = " (shipped)" if size == str(Config().micro_batch) else ""
         out[f"pull, micro-batch {size}{shipped}"] = ("", ["--micro-batch", size])
+    for size in shared_takes:
+        out[f"shared buckets, takes of {size}"] = (SHARED, ["--micro-batch", size])
     return out
 
 
@@ -84,8 +151,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--micro-batches", default="32,16,8", help="take sizes to run the shipped batcher with")
+    ap.add_argument("--shared-takes", default="", help="take sizes to run SharedBuckets with (none by default)")
     args = ap.parse_args()
-    runs = variants(args.micro_batches.split(","))
+    runs = variants(args.micro_batches.split(","), [s for s in args.shared_takes.split(",") if s])
     sets = queries.build(queries.FULL, 32 * 1024)
     mixed = sets.load_mixed
     short = queries.short_questions(args.calls * args.rounds * len(runs) + 100)
