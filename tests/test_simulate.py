@@ -125,3 +125,20 @@ def test_a_shift_in_the_traffic_retrains_before_the_next_scheduled_point():
     first_drift = next(p for p in sim.promotions if p["trigger"] == "drift")
     assert [p["labels"] for p in sim.promotions if p["trigger"] == "schedule"][:3] == [50, 100, 200]
     assert 300 < first_drift["labels"] <= 350 and first_drift["labels"] % 50 == 0
+
+
+def test_traffic_that_names_no_models_still_retrains_and_promotes():
+    """Records without model names are one deployment's traffic: the simulator learns from their labels."""
+    import dataclasses
+
+    from classifier_service.heads import HeadRegistry
+    from tierwise_tools.fitting import pooled
+    from tierwise_tools.simulate import simulate
+
+    records = [dataclasses.replace(r, models=("", "", "")) for r in shifted(300)]
+    assert not pooled(records) and pooled(records + shifted(2))
+    x = np.random.default_rng(0).normal(size=(300, 384)).astype(np.float32)
+    cfg = load_config(ROOT / "tierwise.example.yaml")
+    sim = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0)
+    assert [p["labels"] for p in sim.promotions if p["trigger"] == "schedule"] == [50, 100, 200]
+    assert any(p["promoted"] for p in sim.promotions), "the head sending failing traffic to tier 1 is replaced"

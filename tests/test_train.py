@@ -146,6 +146,22 @@ def test_a_lineup_head_considers_the_shipped_heads_as_a_prior_unless_told_not_to
     assert "/prior" not in TierHead.load(tmp_path / "heads" / "rb" / "head.json").card["model"]
 
 
+
+def test_records_that_name_no_models_are_one_lineup_that_builds_on_the_prior(tmp_path):
+    """A user's own traffic exported without model names is one lineup, not a pool: it gets the prior too."""
+    subset = tmp_path / "unnamed.jsonl"
+    path = next(p for p in shared_files() if p.name.startswith("routerbench"))
+    with open(path) as f, subset.open("w") as out:
+        for _, line in zip(range(200), f):
+            raw = json.loads(line)
+            for outcome in raw["outcomes"]:
+                outcome.pop("model", None)
+            out.write(json.dumps(raw) + "\n")
+    assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "mine"]) == 0
+    head = TierHead.load(tmp_path / "heads" / "mine" / "head.json")
+    assert "/prior" in head.card["model"], "the prior was weighed"
+    assert head.card["lineup"] == "one lineup; the records do not name its models" and head.models == ()
+
 def test_a_bad_head_name_is_refused_before_any_work_and_the_version_is_printed(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["train", "--name", "arena-A", "--data", "unused.jsonl"])

@@ -125,15 +125,15 @@ def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = No
     ok = arrays(records)[0].astype(np.float64)
     costs = relative_cost(records)
     models = lineup(records)
-    prior = Prior.from_heads(usable(list(priors), x.shape[1], models) if models else [])
+    prior = Prior.from_heads([] if pooled(records) else usable(list(priors), x.shape[1], models))
     chosen = select(x, ok, seed, c, prior)
-    calibration_oof, pooled = calibration_predictions(records, x, ok, chosen.c, seed, chosen.oof)
+    calibration_oof, left_out = calibration_predictions(records, x, ok, chosen.c, seed, chosen.oof)
     calibration = {f"{t:g}": calibrate(records, calibration_oof, costs, t)[0]
                    for t in tqdm(sorted(set(targets)), desc="calibration", unit="target")}
     coef, intercept = fit(x, ok, chosen.c, chosen.prior, chosen.scale)
     used = [h for h in priors if chosen.prior is not None and h.name in chosen.prior.names]
     support = joined_support(fit_support(x, seed), used)
-    return Fitted(coef, intercept, costs, calibration, chosen, support, pooled)
+    return Fitted(coef, intercept, costs, calibration, chosen, support, left_out)
 
 
 def fit_support(x: np.ndarray, seed: int = 0) -> Support:
@@ -162,10 +162,17 @@ def relative_cost(records: list[Record]) -> tuple[float, float, float]:
 
 
 def lineup(records: list[Record]) -> tuple[str, ...]:
-    """The records' tier models when they all share one lineup; () for a pool of lineups."""
+    """The records' tier models when they all share one named lineup; () for a pool of lineups, or for records
+    that do not name their models (`pooled` tells the two apart)."""
     lineups = {r.models for r in records}
     only = next(iter(lineups))
     return only if len(lineups) == 1 and all(only) else ()
+
+
+def pooled(records: list[Record]) -> bool:
+    """Whether the records come from several tier lineups. Records that all name no models are one lineup: one
+    deployment's traffic exported without the model names, which learns like any other lineup."""
+    return len({r.models for r in records}) > 1
 
 
 def calibration_predictions(records: list[Record], x: np.ndarray, ok: np.ndarray, c: float, seed: int,

@@ -27,7 +27,7 @@ from tierwise.data import Record, arrays
 from tierwise.metrics import quality_bounds, routing_metrics
 from tierwise.tiers import N_TIERS
 
-from .fitting import MIN_DEV_RECORDS, fit_head, lineup
+from .fitting import MIN_DEV_RECORDS, fit_head, lineup, pooled
 from .promote import measure, verdict
 
 DRIFT_CHECK_EVERY = 50  # labels between checks that the serving head still meets the target (decision 0024)
@@ -143,14 +143,14 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
               target: float, seed: int, trigger: str = "schedule") -> TierHead:
     """The serving head after one retraining point: a candidate fitted on the labels' dev part replaces it if
     promote's rule, on the labels' held-out part, says so."""
-    models = lineup([sim.records[j] for j in labelled])
-    held_out = np.array([sim.records[j].held_out for j in labelled], dtype=bool)  # train's split, by id hash
+    records = [sim.records[j] for j in labelled]
+    held_out = np.array([r.held_out for r in records], dtype=bool)  # train's split, by id hash
     dev_rows, held_rows = labelled[~held_out], labelled[held_out]
-    if not models or len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
+    if pooled(records) or len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
         return serving  # a router sees one lineup's traffic; too few labels train or check nothing
     held = [sim.records[j] for j in held_rows]
     fitted = fit_head([sim.records[j] for j in dev_rows], x[dev_rows], [target], seed=seed, priors=priors)
-    candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=models)
+    candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=lineup(records))
     x_held = x[held_rows]
     mine, theirs = measure(candidate, held, x_held, target), measure(serving, held, x_held, target)
     ok, why = verdict(mine, theirs, target)

@@ -65,7 +65,9 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     when = time.strftime("%Y-%m-%d")
     card = {
         "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
-        "lineup": " / ".join(models) if models else "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})),
+        "lineup": (" / ".join(models) if models else
+                   "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
+                   "one lineup; the records do not name its models"),
         "split": "sha256(id) % 5 == 0 held out; fit, select and calibrate on the rest",
         "trained": when,
         "encoder": encoder.version,
