@@ -136,20 +136,24 @@ class MicroBatcher:
             self._ready.notify(len(pending))  # a ClassifyBatch's texts wake every waiting worker
 
     def _take(self) -> list[_Pending] | None:
-        """The next take, waiting for one; None once closed. A text whose caller gave up is skipped."""
+        """The next take, waiting for one; None once closed."""
         with self._ready:
             while True:
-                take = []
-                while self._queue and len(take) < self.max_batch:
-                    p = self._queue.popleft()
-                    if not p.future.done():
-                        take.append(p)
-                if take:
+                if take := self._pop():
                     self._busy += 1
                     return take
                 if self._closed:
                     return None
                 self._ready.wait()
+
+    def _pop(self) -> list[_Pending]:
+        """Up to `max_batch` queued texts, skipping any whose caller gave up; the caller holds `_ready`."""
+        take: list[_Pending] = []
+        while self._queue and len(take) < self.max_batch:
+            p = self._queue.popleft()
+            if not p.future.done():
+                take.append(p)
+        return take
 
     def _work(self) -> None:
         while (take := self._take()) is not None:
@@ -161,12 +165,7 @@ class MicroBatcher:
                 result = error
             with self._ready:
                 self._busy -= 1
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, int]]] = {}
-            for row, p in enumerate(take):
-                by_loop.setdefault(p.future.get_loop(), []).append((p, row))
-            for loop, rows in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits on these
-                    loop.call_soon_threadsafe(settle, rows, result)
+            deliver(take, result)
 
     @property
     def queued(self) -> int:
@@ -185,6 +184,17 @@ class MicroBatcher:
                 p.future.get_loop().call_soon_threadsafe(p.future.cancel)
         for t in self._threads:
             t.join()
+
+
+def deliver(take: list[_Pending], result: list[Embedded] | BaseException) -> None:
+    """From a worker: hand a take's result (row i for take[i]) or its error to the callers' event loops, one
+    wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, int]]] = {}
+    for row, p in enumerate(take):
+        by_loop.setdefault(p.future.get_loop(), []).append((p, row))
+    for loop, rows in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits on these
+            loop.call_soon_threadsafe(settle, rows, result)
 
 
 def settle(rows: list[tuple[_Pending, int]], result: list[Embedded] | BaseException) -> None:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bench import local, queries
-from classifier_service.batching import Embedded, MicroBatcher, buckets, embed_bucketed, settle
+from classifier_service.batching import Embedded, MicroBatcher, buckets, deliver, embed_bucketed, settle
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder, Tokens
 
@@ -89,12 +89,7 @@ class SharedBuckets(MicroBatcher):
                     if run:
                         self._busy += 1
                         return "run", run
-                take = []
-                while self._queue and len(take) < self.max_batch:
-                    p = self._queue.popleft()
-                    if not p.future.done():
-                        take.append(p)
-                if take:
+                if take := self._pop():
                     self._busy += 1
                     return "raw", take
                 if self._closed:
@@ -104,7 +99,7 @@ class SharedBuckets(MicroBatcher):
     def _work(self) -> None:
         while (job := self._next()) is not None:
             kind, items = job
-            run: list[tuple] = items
+            run: list[tuple] = items if kind == "run" else [(p, None) for p in items]
             try:
                 if kind == "raw":
                     tokens: list[Tokens] = self.encoder.tokenize([p.text for p in items])
@@ -123,14 +118,7 @@ class SharedBuckets(MicroBatcher):
                 result = error
             with self._ready:
                 self._busy -= 1
-            by_loop: dict = {}
-            for row, (p, _) in enumerate(run):
-                by_loop.setdefault(p.future.get_loop(), []).append((p, row))
-            for loop, rows in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(settle, rows, result)
-                except RuntimeError:
-                    pass
+            deliver([p for p, _ in run], result)
 
 
 def variants(micro_batches: list[str], shared_takes: list[str]) -> dict[str, tuple[str, list[str]]]:
