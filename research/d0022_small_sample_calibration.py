@@ -67,11 +67,16 @@ def one_se_select(x, ok, seed, c=None, prior=None) -> fitting.Selected:
                             {k: float(v.mean()) for k, v in per.items()})
 
 
+ALL_LABELS = False  # --all-labels: fit on all K records drawn, none set aside
+
+
 def drawn(records: list, k: int, draw: int) -> tuple[list[int], list[int]]:
     """(rows of the development part of the K records drawn by id hash, rows of every record not drawn): the
     sample `tierwise train` fits on (its held-out fifth set aside) and the unseen records it is scored on."""
     order = sorted(range(len(records)), key=lambda i: hashlib.sha256(f"{draw}:{records[i].id}".encode()).hexdigest())
     sample, rest = order[:k], order[k:]
+    if ALL_LABELS:
+        return sample, rest
     ids = {r.id for r in split([records[i] for i in sample])[0]}
     return [i for i in sample if records[i].id in ids], rest
 
@@ -265,7 +270,11 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="';'-separated names (default: all)")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--all-labels", action="store_true", help="fit on all K records drawn (train's held-out fifth "
+                    "not set aside)")
     args = ap.parse_args()
+    global ALL_LABELS
+    ALL_LABELS = args.all_labels
     if not shared_files():
         raise SystemExit("no records: this probe needs ../shared/data/routing")
     ks, draws = [int(k) for k in args.k.split(",")], [int(d) for d in args.draws.split(",")]
