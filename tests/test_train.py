@@ -161,6 +161,7 @@ def test_records_that_name_no_models_are_one_lineup_that_builds_on_the_prior(tmp
     head = TierHead.load(tmp_path / "heads" / "mine" / "head.json")
     assert "/prior" in head.card["model"], "the prior was weighed"
     assert head.card["lineup"] == "one lineup; the records do not name its models" and head.models == ()
+    assert head.card["data"] == "unnamed.jsonl (200 records)", "counted by file, whatever the records' source"
 
 def test_a_bad_head_name_is_refused_before_any_work_and_the_version_is_printed(capsys):
     with pytest.raises(SystemExit) as stop:

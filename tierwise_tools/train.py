@@ -32,7 +32,8 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     """Fit, calibrate and publish a head on `data`. A head for one lineup builds on `priors` (the shipped heads,
     less any trained on this very lineup): their tier models are features and their supports join its own
     (docs/decisions/0019). A head pooled over lineups uses none: it is calibrated leave-one-lineup-out."""
-    records = load(data)
+    files = [load([path]) for path in data]
+    records = [r for part in files for r in part]
     dev, test = split(records)
     part = "the development part (records not held out)"
     check_measurable(dev, part)
@@ -64,7 +65,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
 
     when = time.strftime("%Y-%m-%d")
     card = {
-        "data": ", ".join(f"{p.name} ({sum(1 for r in records if r.source == p.name.split('.')[0])} records)" for p in data),
+        "data": ", ".join(f"{path.name} ({len(part)} records)" for path, part in zip(data, files)),
         "lineup": (" / ".join(models) if models else
                    "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
                    "one lineup; the records do not name its models"),
