@@ -142,3 +142,20 @@ def test_traffic_that_names_no_models_still_retrains_and_promotes():
     sim = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0)
     assert [p["labels"] for p in sim.promotions if p["trigger"] == "schedule"] == [50, 100, 200]
     assert any(p["promoted"] for p in sim.promotions), "the head sending failing traffic to tier 1 is replaced"
+
+
+def test_a_file_of_several_lineups_is_replayed_as_one_deployment_that_learns(tmp_path, capsys):
+    """A fallback's or a new model version's name on some records must not stop the replay from learning."""
+    lines = []
+    for i in range(300):
+        models = ("m1", "m2", "m3b" if i % 10 == 0 else "m3")
+        lines.append(json.dumps({"id": f"d/{i}", "query": f"question {i}: which city is the capital of country {i}?",
+                                 "outcomes": [{"tier": t, "model": m, "score": 1.0, "cost_usd": c}
+                                              for t, m, c in zip((1, 2, 3), models, (0.001, 0.01, 0.1))]}))
+    data = tmp_path / "traffic.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "1", "--window", "100", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "30 of 300 records name other tier models" in out.err and "one deployment of m1 / m2 / m3" in out.err
+    result = json.loads(out.out)
+    assert [p["labels"] for p in result["promotions"]] == [50, 100, 200], "it retrained on its labels"

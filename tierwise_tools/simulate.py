@@ -14,7 +14,8 @@ whether it replaces the serving head.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +28,7 @@ from tierwise.data import Record, arrays
 from tierwise.metrics import quality_bounds, routing_metrics
 from tierwise.tiers import N_TIERS
 
-from .fitting import MIN_DEV_RECORDS, fit_head, lineup, pooled
+from .fitting import MIN_DEV_RECORDS, fit_head, lineup
 from .promote import measure, verdict
 
 DRIFT_CHECK_EVERY = 50  # labels between checks that the serving head still meets the target (decision 0024)
@@ -64,6 +65,7 @@ class Simulation:
     shadowed: np.ndarray  # bool: labelled by the shadow
     labelling_usd: np.ndarray  # what labelling each query cost (0 where not shadowed)
     promotions: list[dict] = field(default_factory=list)
+    renamed: int = 0  # records counted as the most common lineup's (`one_deployment`)
 
     def figures(self, rows: slice) -> dict:
         records, tiers = self.records[rows], self.tiers[rows]
@@ -95,16 +97,28 @@ def shadow_draw(record: Record, rate: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
+def one_deployment(records: list[Record]) -> tuple[list[Record], int]:
+    """A replay is one router's traffic, so one lineup: records that name other models (a fallback provider
+    answered, a model version changed mid-file) count as the most common lineup's, or no candidate could learn
+    from them all. Returns the records and how many were renamed."""
+    counts = Counter(r.models for r in records)
+    if len(counts) < 2:
+        return records, 0
+    models = counts.most_common(1)[0][0]
+    return [r if r.models == models else replace(r, models=models) for r in records], len(records) - counts[models]
+
+
 def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: RouterConfig, rate: float,
              target: float = 0.95, every: int | None = None, seed: int = 0) -> Simulation:
     """`registry`: the shipped heads the deployment starts from (and the priors of every retraining)."""
+    records, renamed = one_deployment(records)
     priors = list(registry)
     serving: TierHead = registry.for_lineup(lineup(records))
     judge_tier = cfg.shadow.judge_tier
     retrain_now = retraining_points(every)
     tiers = np.zeros(len(records), dtype=int)
     shadowed = np.array([shadow_draw(r, rate, seed) for r in records])
-    sim = Simulation(records, tiers, shadowed, np.zeros(len(records)))
+    sim = Simulation(records, tiers, shadowed, np.zeros(len(records)), renamed=renamed)
 
     def route(rows: slice) -> None:
         tiers[rows] = serving.route(x[rows], target)
@@ -146,8 +160,8 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
     records = [sim.records[j] for j in labelled]
     held_out = np.array([r.held_out for r in records], dtype=bool)  # train's split, by id hash
     dev_rows, held_rows = labelled[~held_out], labelled[held_out]
-    if pooled(records) or len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
-        return serving  # a router sees one lineup's traffic; too few labels train or check nothing
+    if len(dev_rows) < MIN_DEV_RECORDS or not len(held_rows):
+        return serving  # too few labels train or check nothing
     held = [sim.records[j] for j in held_rows]
     fitted = fit_head([sim.records[j] for j in dev_rows], x[dev_rows], [target], seed=seed, priors=priors)
     candidate = fitted.head("simulated", f"labels-{len(labelled)}", target, models=lineup(records))

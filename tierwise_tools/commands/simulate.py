@@ -48,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(Encoder(ENCODER_DIR, "int8", threads=2), records, EMBEDDINGS_DIR)
-    result = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every,
-                      args.seed).result(args.window)
+    sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed)
+    if sim.renamed:
+        models = sim.records[0].models
+        print(f"tierwise simulate: {sim.renamed} of {len(records)} records name other tier models than the rest; "
+              f"replayed as one deployment of {' / '.join(models) if all(models) else 'unnamed models'}",
+              file=sys.stderr)
+    result = sim.result(args.window)
     if args.report:
         print(f"wrote {report(result, args.window, args.report)}", file=sys.stderr)
     if args.json:
