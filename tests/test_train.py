@@ -50,7 +50,8 @@ def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
     assert int(head.card["n_held_out"]) + int(head.card["n_dev"]) == 450
     assert (tmp_path / "heads" / "slice" / "MODEL_CARD.md").read_text().startswith("# Tier head `slice`")
     assert json.loads((tmp_path / "heads" / "slice" / "head.json").read_text())["format"] == "tierwise.head/v2"
-    assert "held_out_accuracy" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "held_out_accuracy" in out.out and "several tier lineups" in out.err
 
 
 def test_calibrate_stores_a_versioned_tradeoff_with_the_head(tmp_path, capsys):
@@ -147,7 +148,7 @@ def test_a_lineup_head_considers_the_shipped_heads_as_a_prior_unless_told_not_to
 
 
 
-def test_records_that_name_no_models_are_one_lineup_that_builds_on_the_prior(tmp_path):
+def test_records_that_name_no_models_are_one_lineup_that_builds_on_the_prior(tmp_path, capsys):
     """A user's own traffic exported without model names is one lineup, not a pool: it gets the prior too."""
     subset = tmp_path / "unnamed.jsonl"
     path = next(p for p in shared_files() if p.name.startswith("routerbench"))
@@ -158,6 +159,7 @@ def test_records_that_name_no_models_are_one_lineup_that_builds_on_the_prior(tmp
                 outcome.pop("model", None)
             out.write(json.dumps(raw) + "\n")
     assert main(["train", "--data", str(subset), "--out", str(tmp_path / "heads"), "--name", "mine"]) == 0
+    assert "several tier lineups" not in capsys.readouterr().err
     head = TierHead.load(tmp_path / "heads" / "mine" / "head.json")
     assert "/prior" in head.card["model"], "the prior was weighed"
     assert head.card["lineup"] == "one lineup; the records do not name its models" and head.models == ()

@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out")):
         print(f"  {key}: {head.card[key]}")
+    if head.card["lineup"].startswith("pooled: "):
+        print("tierwise train: the records name several tier lineups, so this is one head for any lineup, "
+              "calibrated leave-one-lineup-out and built on no prior head; to train one lineup's head, give only "
+              "its records", file=sys.stderr)
     if head.tradeoff == ALWAYS_TIER_3:
         print(f"tierwise train: on {head.card['n_dev']} development records no tradeoff met the {args.target_quality:g} "
               "target with confidence, so this head sends every query to tier 3. Label more queries: on the shared "
