@@ -67,21 +67,19 @@ def one_se_select(x, ok, seed, c=None, prior=None) -> fitting.Selected:
                             {k: float(v.mean()) for k, v in per.items()})
 
 
-ALL_LABELS = False  # --all-labels: fit on all K records drawn, none set aside
-
-
-def drawn(records: list, k: int, draw: int) -> tuple[list[int], list[int]]:
+def drawn(records: list, k: int, draw: int, all_labels: bool = False) -> tuple[list[int], list[int]]:
     """(rows of the development part of the K records drawn by id hash, rows of every record not drawn): the
-    sample `tierwise train` fits on (its held-out fifth set aside) and the unseen records it is scored on."""
+    sample `tierwise train` fits on (its held-out fifth set aside, unless `all_labels`) and the unseen records it
+    is scored on."""
     order = sorted(range(len(records)), key=lambda i: hashlib.sha256(f"{draw}:{records[i].id}".encode()).hexdigest())
     sample, rest = order[:k], order[k:]
-    if ALL_LABELS:
+    if all_labels:
         return sample, rest
     ids = {r.id for r in split([records[i] for i in sample])[0]}
     return [i for i in sample if records[i].id in ids], rest
 
 
-def fit_cache(ks: list[int], draws: list[int], out: Path) -> None:
+def fit_cache(ks: list[int], draws: list[int], out: Path, all_labels: bool = False) -> None:
     files = {p.name.split(".")[0]: (records, embed(records)) for p in shared_files() for records in [load([p])]}
     (out / "cache").mkdir(parents=True, exist_ok=True)
     for left, (records, x) in files.items():
@@ -92,7 +90,7 @@ def fit_cache(ks: list[int], draws: list[int], out: Path) -> None:
                 path = out / "cache" / f"{left}-{k}-{draw}.npz"
                 if path.exists():
                     continue
-                rows_dev, rest = drawn(records, k, draw)
+                rows_dev, rest = drawn(records, k, draw, all_labels)
                 dev = [records[i] for i in rows_dev]
                 fitted = fitting.fit_head(dev, x[rows_dev], [TARGET], priors=priors)
                 np.savez(path, dev_ok=ok_all[rows_dev], dev_cost=cost_all[rows_dev], oof=fitted.chosen.oof,
@@ -273,8 +271,6 @@ def main() -> None:
     ap.add_argument("--all-labels", action="store_true", help="fit on all K records drawn (train's held-out fifth "
                     "not set aside)")
     args = ap.parse_args()
-    global ALL_LABELS
-    ALL_LABELS = args.all_labels
     if not shared_files():
         raise SystemExit("no records: this probe needs ../shared/data/routing")
     ks, draws = [int(k) for k in args.k.split(",")], [int(d) for d in args.draws.split(",")]
@@ -282,7 +278,7 @@ def main() -> None:
     if args.fit:
         if args.one_se:
             fitting.select = one_se_select
-        return fit_cache(ks, draws, out)
+        return fit_cache(ks, draws, out, args.all_labels)
     if args.diagnose:
         return diagnose(out, ks, draws)
     rows = evaluate(out, ks, draws, args.methods.split(";") if args.methods else list(METHODS))
