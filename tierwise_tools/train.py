@@ -26,6 +26,8 @@ from .evaluate import tradeoff_replay
 from .fitting import MIN_DEV_RECORDS, SUPPORT_QUANTILE, fit_head, lineup
 from .paths import EMBEDDINGS_DIR, ENCODER_DIR
 
+POOLED = "pooled: "  # how a model card's lineup line starts for a head trained on several lineups
+
 
 def train(data: list[Path], out: Path, name: str, target_quality: float, c: float | None = None,
           seed: int = 0, priors: Sequence[TierHead] = ()) -> TierHead:
@@ -67,7 +69,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     card = {
         "data": ", ".join(f"{path.name} ({len(part)} records)" for path, part in zip(data, files)),
         "lineup": (" / ".join(models) if models else
-                   "pooled: " + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
+                   POOLED + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
                    "one lineup; the records do not name its models"),
         "split": "sha256(id) % 5 == 0 held out; fit, select and calibrate on the rest",
         "trained": when,

@@ -10,7 +10,7 @@ from tierwise.data import shared_files
 
 from ..calibration import ALWAYS_TIER_3
 from ..paths import HEADS_DIR
-from ..train import train
+from ..train import POOLED, train
 from .common import add_data, at_least, heads_in, quality_target
 
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out")):
         print(f"  {key}: {head.card[key]}")
-    if head.card["lineup"].startswith("pooled: "):
+    if head.card["lineup"].startswith(POOLED):
         print("tierwise train: the records name several tier lineups, so this is one head for any lineup, "
               "calibrated leave-one-lineup-out and built on no prior head; to train one lineup's head, give only "
               "its records", file=sys.stderr)
