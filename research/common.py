@@ -9,18 +9,17 @@ from typing import Callable
 
 import numpy as np
 
-from classifier_service.encoder import Encoder
 from tierwise.data import Record, arrays, load, shared_files
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics, savings_at_quality
 from tierwise_tools.calibration import TRADEOFFS
-from tierwise_tools.embeddings import embed_records
-from tierwise_tools.paths import EMBEDDINGS_DIR, ENCODER_DIR
+from tierwise_tools.embeddings import embed_records, offline_encoder
+from tierwise_tools.paths import EMBEDDINGS_DIR
 
 
 def embed(records: list[Record]) -> np.ndarray:
     """The records' int8 embeddings, one encoder run per text, from the cache `tierwise train` fills (run
     `make train` first)."""
-    return embed_records(Encoder(ENCODER_DIR, "int8", 2), records, EMBEDDINGS_DIR)
+    return embed_records(offline_encoder(), records, EMBEDDINGS_DIR)
 
 
 @dataclass

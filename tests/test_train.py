@@ -112,13 +112,12 @@ def test_the_support_check_keeps_quality_on_a_kind_of_query_the_head_never_saw()
     import numpy as np
 
     from classifier_service.config import Config
-    from classifier_service.encoder import Encoder
-    from tierwise_tools.embeddings import embed_records
+    from tierwise_tools.embeddings import embed_records, offline_encoder
     from tierwise_tools.fitting import route_unseen
     from tierwise.metrics import routing_metrics
 
     records = load([p for p in shared_files() if p.name.startswith("zeroeval")])
-    x = embed_records(Encoder(Config().encoder_dir, "int8", threads=2), records, Config().encoder_dir.parent / "embeddings")
+    x = embed_records(offline_encoder(Config().encoder_dir), records, Config().encoder_dir.parent / "embeddings")
     unseen = np.array([r.task == "math-l5" for r in records])
     train = ~unseen & ~np.array([r.held_out for r in records])
     assert unseen.sum() > 400 and train.sum() > 1000

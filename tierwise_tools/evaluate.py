@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from classifier_service.encoder import Encoder
 from classifier_service.heads import HeadRegistry, decide
 from router_service.gates import GATES, gate
 from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
@@ -31,7 +30,7 @@ from tierwise.metrics import QUALITY_TARGETS, aiq, quality_bounds, routing_metri
 from tierwise.tiers import CHEAPEST, FRONTIER
 
 from .calibration import TRADEOFFS
-from .embeddings import embed_records
+from .embeddings import embed_records, offline_encoder
 from .live_gate import LiveGate
 
 STRATEGIES = ("heuristic", "embedding", "cascade", "embedding+cascade")
@@ -147,7 +146,7 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
     for i, r in enumerate(records):
         groups.setdefault((registry.get(head_name) if head_name else registry.for_lineup(r.models)).name, []).append(i)
     heads = {name: registry.get(name) for name in groups}
-    encoder = Encoder(encoder_dir, "int8", threads=1)
+    encoder = offline_encoder(encoder_dir)
     started = time.perf_counter()
     sample = [r.query for r in records[:50]]
     for text in sample:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classifier_service.encoder import Encoder
 from classifier_service.heads import HeadRegistry, TierHead
 from tierwise.atomic import write_atomic
 from tierwise.data import DataError, Record, check_measurable
 from tierwise.metrics import quality_bounds, routing_metrics
 
-from .embeddings import embed_records
+from .embeddings import embed_records, offline_encoder
 
 
 def measure(head, records: list[Record], x, target: float) -> dict:
@@ -112,7 +111,7 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
         current = serving_head(heads_dir, candidate)
     except ValueError as err:
         raise DataError(f"--heads-dir: {err}") from None
-    encoder = Encoder(encoder_dir, "int8", threads=2)
+    encoder = offline_encoder(encoder_dir)
     for head in (candidate, current):
         if head is not None and head.dimension != encoder.dimension:
             raise DataError(f"head {head.name} expects {head.dimension}-d embeddings, the encoder gives {encoder.dimension}")

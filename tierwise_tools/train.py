@@ -15,16 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from classifier_service.encoder import Encoder
 from classifier_service.heads import TierHead, decide, success
 from tierwise.data import DataError, check_measurable, load, split
 from tierwise.metrics import QUALITY_TARGETS, routing_metrics
 
 from .calibration import CONFIDENCE, WINDOW
-from .embeddings import embed_records
+from .embeddings import embed_records, offline_encoder
 from .evaluate import tradeoff_replay
 from .fitting import MIN_DEV_RECORDS, SUPPORT_QUANTILE, fit_head, lineup
-from .paths import EMBEDDINGS_DIR, ENCODER_DIR
+from .paths import EMBEDDINGS_DIR
 
 POOLED = "pooled: "  # how a model card's lineup line starts for a head trained on several lineups
 
@@ -42,7 +41,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
     if len(dev) < MIN_DEV_RECORDS:
         raise DataError(f"{part}: {len(dev)} records; at least {MIN_DEV_RECORDS} are needed to cross-validate and "
                         "calibrate a head (label more with `tierwise label`)")
-    encoder = Encoder(ENCODER_DIR, "int8", threads=2)
+    encoder = offline_encoder()
     x_all = embed_records(encoder, records, EMBEDDINGS_DIR)
     index = {id(r): i for i, r in enumerate(records)}
     x_dev = x_all[[index[id(r)] for r in dev]]

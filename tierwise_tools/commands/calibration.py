@@ -7,14 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from classifier_service.encoder import Encoder
 from router_service.config import ConfigError
 from tierwise.data import check_measurable
 
 from .. import evaluate
 from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
-from ..embeddings import embed_records
-from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
+from ..embeddings import embed_records, offline_encoder
+from ..paths import EMBEDDINGS_DIR, HEADS_DIR
 from ..replays import cascade_options, replay, unreplayable_start
 from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
 
@@ -45,7 +44,7 @@ def calibrate_head(args: argparse.Namespace, records) -> int:
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
-    encoder = Encoder(ENCODER_DIR, "int8", threads=2)
+    encoder = offline_encoder()
     probs = head.probabilities(embed_records(encoder, records, EMBEDDINGS_DIR))
     tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
     key = f"{args.target_quality:g}"

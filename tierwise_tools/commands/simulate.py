@@ -6,12 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from classifier_service.encoder import Encoder
 from router_service.config import ConfigError, load as load_config
 from tierwise.data import check_measurable, load
 
-from ..embeddings import embed_records
-from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR, ROOT
+from ..embeddings import embed_records, offline_encoder
+from ..paths import EMBEDDINGS_DIR, HEADS_DIR, ROOT
 from ..simulate import report, simulate, summary
 from .common import at_least, complain, heads_in, quality_target
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     registry = heads_in(args.heads_dir, "--heads-dir")
     records = load([args.data])
     check_measurable(records, str(args.data))
-    x = embed_records(Encoder(ENCODER_DIR, "int8", threads=2), records, EMBEDDINGS_DIR)
+    x = embed_records(offline_encoder(), records, EMBEDDINGS_DIR)
     sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed)
     if sim.renamed:
         models = sim.records[0].models
