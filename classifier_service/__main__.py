@@ -1,9 +1,6 @@
-import os
+from tierwise.blas import one_thread
 
-# The heads' matrix products are tiny; keep numpy's BLAS from starting a thread pool of its own beside
-# the encoder workers, which already use every core. Must be set before numpy loads.
-for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(name, "1")
+one_thread()  # before numpy loads
 
 import asyncio  # noqa: E402
 import sys  # noqa: E402

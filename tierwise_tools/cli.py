@@ -1,15 +1,19 @@
 """The `tierwise` command: offline tools over the same code the services run."""
 from __future__ import annotations
 
-import argparse
-import sys
-from importlib import metadata
+from tierwise.blas import one_thread
 
-import grpc
+one_thread()  # before numpy loads
 
-from tierwise.data import DataError
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from importlib import metadata  # noqa: E402
 
-from .commands import COMMANDS
+import grpc  # noqa: E402
+
+from tierwise.data import DataError  # noqa: E402
+
+from .commands import COMMANDS  # noqa: E402
 
 
 def version() -> str:
