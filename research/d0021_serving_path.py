@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -69,6 +70,17 @@ def texts_for(kind: str, sets: queries.QuerySets, block: int, seed: int) -> list
     return [f"{t} ({seed}.{block})" for t in pool[(block * BLOCK) % len(pool):][:BLOCK]]
 
 
+def classify_calls(stack: ExitStack, targets: dict[str, str]) -> dict[str, Callable[[str], object]]:
+    """One sync Classify call per target (name -> address), as `make bench` sends it, over a channel that is ready."""
+    calls = {}
+    for name, target in targets.items():
+        channel = stack.enter_context(grpc.insecure_channel(target))
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.ClassifierServiceStub(channel)
+        calls[name] = lambda text, stub=stub: stub.Classify(pb.ClassifyRequest(text=text), timeout=30)
+    return calls
+
+
 def latency(blocks: int, kind: str) -> None:
     sets = queries.build(queries.FULL, Config().max_text_bytes)
     with ExitStack() as stack:
@@ -81,11 +93,7 @@ def latency(blocks: int, kind: str) -> None:
         for name, args in SERVICES.items():
             server = stack.enter_context(ClassifierServer(ROOT, Path(f"/tmp/d0021-{len(targets)}.log"), args))
             targets[name], pids[name] = server.target, server.pid
-        for name, target in targets.items():
-            channel = stack.enter_context(grpc.insecure_channel(target))
-            grpc.channel_ready_future(channel).result(timeout=30)
-            stub = pb_grpc.ClassifierServiceStub(channel)
-            calls[name] = lambda text, stub=stub: stub.Classify(pb.ClassifyRequest(text=text), timeout=30)
+        calls |= classify_calls(stack, targets)
         for call in calls.values():
             for text in sets.warmup:
                 call(text)

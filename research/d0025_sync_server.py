@@ -269,11 +269,7 @@ def latency(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> 
                    f"bare sync grpc, handler busy {spin_ms:g} ms": _spawn(stack, ME, "--serve", "spin",
                                                                            "--spin-ms", str(spin_ms))}
         pids = {name: pid for name, (_, pid) in targets.items()}
-        for name, (target, _) in targets.items():
-            channel = stack.enter_context(grpc.insecure_channel(target))
-            grpc.channel_ready_future(channel).result(timeout=30)
-            stub = pb_grpc.ClassifierServiceStub(channel)
-            calls[name] = lambda text, stub=stub: stub.Classify(pb.ClassifyRequest(text=text), timeout=30)
+        calls |= d0021.classify_calls(stack, {name: target for name, (target, _) in targets.items()})
         checked = sets.mixed[:20]  # real texts of many lengths, none sent again below
         answers = {name: [calls[name](text) for text in checked] for name in (SHIPPED, SYNC)}
         same = sum(a.tier == b.tier and a.input_tokens == b.input_tokens for a, b in zip(*answers.values()))

@@ -23,15 +23,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
-
 from bench import queries
 from bench.server import ClassifierServer
 from bench.stats import cpu_account, cpu_seconds, percentile
 from classifier_service.config import Config
 from research import d0021_serving_path as d0021
-from tierwise.v1 import classifier_pb2 as pb
-from tierwise.v1 import classifier_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "research" / "native" / "floor_server.cc"
@@ -86,12 +82,8 @@ def run(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> None
             f"Python sync, {busy}": spawn(stack, [*python, "research.d0025_sync_server", "--serve", "spin",
                                                   "--spin-ms", str(spin_ms)]),
         }
-        calls = {ENCODER: d0021.InProcess()}
-        for name, (target, _) in targets.items():
-            channel = stack.enter_context(grpc.insecure_channel(target))
-            grpc.channel_ready_future(channel).result(timeout=30)
-            stub = pb_grpc.ClassifierServiceStub(channel)
-            calls[name] = lambda text, stub=stub: stub.Classify(pb.ClassifyRequest(text=text), timeout=30)
+        calls = {ENCODER: d0021.InProcess(),
+                 **d0021.classify_calls(stack, {name: target for name, (target, _) in targets.items()})}
         for call in calls.values():
             for text in sets.warmup:
                 call(text)
