@@ -50,6 +50,7 @@ class TierHead:
     target_quality: float = 0.0
     encoder: str = ""
     models: tuple[str, ...] = ()  # the tier lineup the head was trained on; () = any lineup
+    trained_on: tuple[tuple[str, ...], ...] = ()  # every lineup its training records named (several if pooled)
     card: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)  # quality target ("0.95") -> tradeoff
     support: "Support | None" = None  # where the training queries lie; None = no check
@@ -111,6 +112,7 @@ class TierHead:
             "tiers": list(TIERS),
             "encoder": self.encoder,
             "models": list(self.models),
+            "trained_on": [list(lineup) for lineup in self.trained_on],
             "relative_cost": [round(float(c), 6) for c in self.relative_cost],
             "tradeoff": round(float(self.tradeoff), 6),
             "target_quality": self.target_quality,
@@ -184,6 +186,7 @@ class TierHead:
             target_quality=float(data.get("target_quality", 0.0)),
             encoder=data.get("encoder", ""),
             models=tuple(str(m) for m in data.get("models", [])),
+            trained_on=tuple(tuple(str(m) for m in lineup) for lineup in data.get("trained_on", [])),
             card={str(k): str(v) for k, v in data.get("card", {}).items()},
             calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
             support=Support.from_json(data["support"]) if "support" in data else None,

@@ -46,6 +46,19 @@ def test_a_head_is_not_built_on_a_head_of_its_own_lineup_or_another_embedding():
     assert [h.name for h in usable([mine, other, wide], 16, ("a", "b", "c"))] == ["other"]
 
 
+def test_a_pooled_head_that_saw_this_lineups_records_is_no_prior_for_it(tmp_path):
+    """A pooled head trained on this lineup's records among others would leak their outcomes into the out-of-fold
+    predictions that choose and calibrate the new head; one pooled over other lineups stays a prior."""
+    pooled = TierHead(name="pooled", version="v", coef=np.zeros((3, 16), np.float32), intercept=np.zeros(3, np.float32),
+                      trained_on=(("a", "b", "c"), ("d", "e", "f")))
+    pooled.save(tmp_path / "head.json")
+    pooled = TierHead.load(tmp_path / "head.json")
+    assert pooled.models == () and pooled.trained_on == (("a", "b", "c"), ("d", "e", "f"))
+    assert usable([pooled], 16, ("a", "b", "c")) == []
+    assert usable([pooled], 16, ("x", "y", "z")) == [pooled]
+    assert usable([pooled], 16, ()) == [pooled], "records that name no lineup: nothing to match"
+
+
 def test_the_joined_support_holds_the_users_queries_and_the_prior_heads():
     axes = np.eye(8, 16)
     near = lambda a, n: axes[a] + 0.1 * rng.normal(size=(n, 16))  # noqa: E731

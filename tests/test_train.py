@@ -43,6 +43,8 @@ def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
     head = TierHead.load(tmp_path / "heads" / "slice" / "head.json")
     assert head.name == "slice" and head.dimension == 384 and head.target_quality == 0.95
     assert head.models == () and head.relative_cost[2] == 1.0, "a pool of lineups has no single lineup"
+    assert len(head.trained_on) == 3 and all(len(lineup) == 3 for lineup in head.trained_on), \
+        "it names every lineup it saw, so no head of those lineups is built on it"
     for key in ("data", "lineup", "trained", "encoder", "model", "cv_accuracy", "held_out_accuracy",
                 "held_out_quality_vs_frontier", "held_out_savings_at_0.95_curve"):
         assert key in head.card, key

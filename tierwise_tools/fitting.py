@@ -108,12 +108,14 @@ class Fitted:
     chosen: Selected
     support: Support
     pooled: bool  # calibrated leave-one-lineup-out
+    trained_on: tuple[tuple[str, ...], ...]  # the lineups its records name
 
     def head(self, name: str, version: str, target: float, **facts) -> TierHead:
         """This fit as a head routing at its tradeoff for `target`; `facts`: more of TierHead's fields."""
         return TierHead(name=name, version=version, coef=self.coef, intercept=self.intercept,
                         relative_cost=self.relative_cost, tradeoff=self.calibration[f"{target:g}"],
-                        target_quality=target, calibration=self.calibration, support=self.support, **facts)
+                        target_quality=target, calibration=self.calibration, support=self.support,
+                        trained_on=self.trained_on, **facts)
 
 
 def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = None, seed: int = 0,
@@ -133,7 +135,8 @@ def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = No
     coef, intercept = fit(x, ok, chosen.c, chosen.prior, chosen.scale)
     used = [h for h in priors if chosen.prior is not None and h.name in chosen.prior.names]
     support = joined_support(fit_support(x, seed), used)
-    return Fitted(coef, intercept, costs, calibration, chosen, support, left_out)
+    named = tuple(sorted({r.models for r in records if any(r.models)}))
+    return Fitted(coef, intercept, costs, calibration, chosen, support, left_out, named)
 
 
 def fit_support(x: np.ndarray, seed: int = 0) -> Support:
