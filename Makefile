@@ -79,11 +79,13 @@ bench: setup $(BVENV)/.stamp
 fuzz: setup
 	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
 
+# Each lineup's head on its own records alone (--no-prior): priors are for a new lineup's first labels, and a head
+# built on the others' would depend on which was retrained first.
 train: setup
 	$(BIN)/tierwise train --data ../shared/data/routing/*.dev.jsonl --name default
-	$(BIN)/tierwise train --data ../shared/data/routing/routerbench.dev.jsonl --name mistral7b-gpt35-gpt4
-	$(BIN)/tierwise train --data ../shared/data/routing/llmrouter.dev.jsonl --name mistral7b-llama8b-nemotron51b
-	$(BIN)/tierwise train --data ../shared/data/routing/zeroeval.dev.jsonl --name gpt4omini-gpt4o-o1mini
+	$(BIN)/tierwise train --data ../shared/data/routing/routerbench.dev.jsonl --name mistral7b-gpt35-gpt4 --no-prior
+	$(BIN)/tierwise train --data ../shared/data/routing/llmrouter.dev.jsonl --name mistral7b-llama8b-nemotron51b --no-prior
+	$(BIN)/tierwise train --data ../shared/data/routing/zeroeval.dev.jsonl --name gpt4omini-gpt4o-o1mini --no-prior
 
 clients:
 	bash clients/build.sh
