@@ -1,4 +1,6 @@
 """The offline tools' embeddings of records (tierwise_tools.embeddings), with the real int8 encoder."""
+import os
+
 import numpy as np
 
 from tierwise.data import Record
@@ -16,3 +18,7 @@ def test_records_embedded_on_several_workers_get_each_their_own_vector(tmp_path,
     x = embeddings.embed_records(encoder, records, tmp_path)
     assert np.array_equal(x, np.vstack([encoder.embed([q]) for q in texts]))
     assert np.array_equal(np.load(next(tmp_path.glob("*.npy"))), x), "the cache holds the same vectors"
+
+
+def test_the_workers_are_no_more_than_the_cpus_this_process_may_use():
+    assert 1 <= embeddings.workers() <= min(len(os.sched_getaffinity(0)), embeddings.MAX_WORKERS)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import joblib
 import numpy as np
 from tqdm import tqdm
 
@@ -27,8 +27,9 @@ def offline_encoder(encoder_dir: Path = ENCODER_DIR) -> Encoder:
 
 
 def workers() -> int:
-    """Encoder runs at once: the cores this process may use, at most MAX_WORKERS."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    """Encoder runs at once: the CPUs this process may use, at most MAX_WORKERS. joblib counts them from the CPU
+    affinity and a container's CPU quota, so a Job limited to 2 CPUs on a large node runs 2, not one per node core."""
+    return max(1, min(joblib.cpu_count(), MAX_WORKERS))
 
 
 def embed_records(encoder: Encoder, records: list[Record], cache_dir: Path) -> np.ndarray:
