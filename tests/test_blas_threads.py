@@ -1,4 +1,5 @@
-"""The tools and the classifier run numpy's BLAS on one thread unless the user chose a number (tierwise.blas)."""
+"""The tierwise tools run numpy's BLAS on one thread unless the user chose a number (tierwise.blas, which the
+classifier's entry point calls too)."""
 import json
 import os
 import subprocess
