@@ -54,6 +54,7 @@ from classifier_service.heads import HeadRegistry  # noqa: E402
 from classifier_service.server import (SERVICE, ClassifierServicer, cache_entries, replies,  # noqa: E402
                                        requested_tradeoff)
 from research import d0021_serving_path as d0021  # noqa: E402
+from research.service_ab import port_server  # noqa: E402
 from tierwise import serving  # noqa: E402
 from tierwise.serving import Rejected, check_text, shown  # noqa: E402
 from tierwise.telemetry import context_from_grpc  # noqa: E402
@@ -238,14 +239,9 @@ _procs: dict[int, subprocess.Popen] = {}  # by pid: the servers _spawn started
 
 def _spawn(stack: ExitStack, *args: str) -> tuple[str, int]:
     """A server subprocess (`python -m args`) printing its port when ready: (target, pid)."""
-    env = {**os.environ, **{name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
-    stack.callback(lambda: (proc.kill(), proc.wait()))
-    port = proc.stdout.readline().strip()
-    if not port:
-        raise RuntimeError(f"{' '.join(args)} exited before it was ready")
+    target, proc = port_server(stack, [sys.executable, "-m", *args])
     _procs[proc.pid] = proc
-    return f"127.0.0.1:{port}", proc.pid
+    return target, proc.pid
 
 
 def _stages(pid: int) -> dict:

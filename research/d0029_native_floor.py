@@ -28,6 +28,7 @@ from bench.server import ClassifierServer
 from bench.stats import cpu_account, cpu_seconds, percentile
 from classifier_service.config import Config
 from research import d0021_serving_path as d0021
+from research.service_ab import port_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "research" / "native" / "floor_server.cc"
@@ -57,14 +58,8 @@ def build() -> Path:
 
 
 def spawn(stack: ExitStack, command: list[str]) -> tuple[str, int]:
-    """A server subprocess that prints its port once ready: (target, pid)."""
-    env = {**os.environ, **{name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
-    stack.callback(lambda: (proc.kill(), proc.wait()))
-    port = proc.stdout.readline().strip()
-    if not port:
-        raise RuntimeError(f"{' '.join(command)} exited before it was ready")
-    return f"127.0.0.1:{port}", proc.pid
+    target, proc = port_server(stack, command)
+    return target, proc.pid
 
 
 def run(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> None:

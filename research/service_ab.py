@@ -3,10 +3,14 @@ that rotates from round to round (the machine is shared, so load falls on every 
 each start. A variant is code run before the service starts and the service's arguments."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from contextlib import ExitStack
 from typing import Callable
 
 from bench import grpc_load
+from tierwise.blas import VARIABLES
 from tierwise_tools.paths import ROOT
 
 from .d0021_route_path import spawn
@@ -53,3 +57,15 @@ def load_and_one_caller(mixed: list[str], short: list[str], calls: int, seconds:
         return got
 
     return measure
+
+
+def port_server(stack: ExitStack, command: list[str]) -> tuple[str, subprocess.Popen]:
+    """A server subprocess, BLAS on one thread, that prints its port once ready: (its address, the process). It is
+    killed when `stack` closes."""
+    env = {**os.environ, **{name: "1" for name in VARIABLES}}
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    stack.callback(lambda: (proc.kill(), proc.wait()))
+    port = proc.stdout.readline().strip()
+    if not port:
+        raise RuntimeError(f"{' '.join(command)} exited before it was ready")
+    return f"127.0.0.1:{port}", proc
