@@ -22,14 +22,14 @@ About 2 minutes with the defaults, 2.5 with `--drain`; `--rounds 10 --phase load
 """
 from __future__ import annotations
 
-import os
+from tierwise.blas import one_thread
 
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")  # before numpy loads, as classifier_service/__main__.py does
+one_thread()  # before numpy loads, as classifier_service/__main__.py does
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
