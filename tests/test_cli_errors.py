@@ -103,6 +103,8 @@ CASES = [
     ("route hi --address 127.0.0.1:1 --timeout 1", "UNAVAILABLE"),
     ("route hi --address '' --timeout 1", "route"),
     ("complete hi --max-tokens x", "--max-tokens"),
+    ("simulate --data {records} --shadow-rate 0.5 --label-budget -1", "--label-budget"),
+    ("simulate --data {records} --shadow-rate nan", "--shadow-rate"),
 ]
 
 

@@ -66,6 +66,7 @@ def test_simulate_prints_one_json_object_with_windows_and_totals(tmp_path, capsy
     assert [w["n"] for w in windows] == [100, 100, 100] and total["n"] == 300
     assert sum(w["labels"] for w in windows) == total["labels"] and 120 < total["labels"] < 180
     assert total["labelling_cost_usd"] > 0 and total["net_savings"] < total["cost_savings"]
+    assert total["labelling_stopped_at_query"] is None and "pays_back_after_queries" in total
     for w in windows:
         assert set(w) == {"n", "labels", "cost_savings", "quality_vs_frontier", "net_savings", "tier_mix"}
         assert sum(w["tier_mix"]) == pytest.approx(1.0)
@@ -142,6 +143,41 @@ def test_traffic_that_names_no_models_still_retrains_and_promotes():
     sim = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0)
     assert [p["labels"] for p in sim.promotions if p["trigger"] == "schedule"] == [50, 100, 200]
     assert any(p["promoted"] for p in sim.promotions), "the head sending failing traffic to tier 1 is replaced"
+
+
+def test_a_spent_budget_stops_the_labelling_and_the_retraining():
+    from classifier_service.heads import HeadRegistry
+    from tierwise_tools.simulate import simulate
+
+    records = shifted(600)
+    x = np.random.default_rng(0).normal(size=(600, 384)).astype(np.float32)
+    cfg = load_config(ROOT / "tierwise.example.yaml")
+    one = labelling_cost(records[0], cfg, cfg.shadow.judge_tier, 1)
+    sim = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0, budget=60.5 * one)
+    spent = sim.labelling_usd[sim.shadowed]
+    assert sim.shadowed.sum() == 61 and sim.shadowed[:61].all(), "as the router's shadow: none starts once spent"
+    assert spent.sum() >= 60.5 * one > spent[:-1].sum()
+    assert sim.budget_spent_at == 62
+    assert [p["labels"] for p in sim.promotions] == [50], "no labels, no retraining past the budget"
+    assert sim.result(100)["total"]["labelling_stopped_at_query"] == 62
+    unlimited = simulate(records, x, HeadRegistry([head_always_tier_1()]), cfg, rate=1.0)
+    assert unlimited.shadowed.all() and unlimited.budget_spent_at is None
+
+
+def test_the_replay_says_after_how_many_queries_the_labelling_is_paid_back():
+    from tierwise_tools.simulate import Simulation, summary
+
+    records = [record(i) for i in range(40)]  # tier 3 costs 0.1, tier 1 0.001: 0.099 saved a query at tier 1
+    labelling = np.zeros(40)
+    labelling[0] = 1.0
+    sim = Simulation(records, np.ones(40, dtype=int), labelling > 0, labelling)
+    assert sim.pays_back_after() == 11, "10 x 0.099 < 1.0 <= 11 x 0.099"
+    labelling[20] = 5.0
+    assert sim.pays_back_after() is None, "still behind at the end"
+    assert "not paid back" in summary(sim.result(100)["total"])
+    sim.tiers[:] = 1
+    labelling[:] = 0
+    assert sim.pays_back_after() == 1 and "from query 1 on" in summary(sim.result(100)["total"])
 
 
 def test_a_file_of_several_lineups_is_replayed_as_one_deployment_that_learns(tmp_path, capsys):

@@ -66,6 +66,7 @@ class Simulation:
     labelling_usd: np.ndarray  # what labelling each query cost (0 where not shadowed)
     promotions: list[dict] = field(default_factory=list)
     renamed: int = 0  # records counted as the most common lineup's (`one_deployment`)
+    budget_spent_at: int | None = None  # the query whose draw the spent budget refused a label (1-based)
 
     def figures(self, rows: slice) -> dict:
         records, tiers = self.records[rows], self.tiers[rows]
@@ -88,7 +89,19 @@ class Simulation:
         windows = [self.figures(slice(start, end)) for start, end in zip(starts, ends)]
         for w in windows:
             w.pop("labelling_cost_usd")
-        return {"windows": windows, "total": self.figures(slice(None)), "promotions": self.promotions}
+        total = self.figures(slice(None)) | {"pays_back_after_queries": self.pays_back_after(),
+                                              "labelling_stopped_at_query": self.budget_spent_at}
+        return {"windows": windows, "total": total, "promotions": self.promotions}
+
+    def pays_back_after(self) -> int | None:
+        """How many queries are served before the deployment's spend, labelling included, is at or under always
+        tier 3's from then on (None: not within the replay)."""
+        cost = arrays(self.records)[1]
+        saved = np.cumsum(cost[:, N_TIERS - 1] - cost[np.arange(len(cost)), self.tiers - 1] - self.labelling_usd)
+        if not len(saved) or saved[-1] < 0:
+            return None
+        behind = np.flatnonzero(saved < 0)
+        return int(behind[-1]) + 2 if len(behind) else 1
 
 
 def shadow_draw(record: Record, rate: float, seed: int) -> bool:
@@ -109,33 +122,36 @@ def one_deployment(records: list[Record]) -> tuple[list[Record], int]:
 
 
 def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: RouterConfig, rate: float,
-             target: float = 0.95, every: int | None = None, seed: int = 0) -> Simulation:
-    """`registry`: the shipped heads the deployment starts from (and the priors of every retraining)."""
+             target: float = 0.95, every: int | None = None, seed: int = 0, budget: float = 0.0) -> Simulation:
+    """`registry`: the shipped heads the deployment starts from (and the priors of every retraining). `budget`:
+    USD the labelling may spend over the whole replay (0 = no limit); as the router's shadow budget, no label
+    starts once it is spent, so the last one may pass it."""
     records, renamed = one_deployment(records)
     priors = list(registry)
     serving: TierHead = registry.for_lineup(lineup(records))
     judge_tier = cfg.shadow.judge_tier
     retrain_now = retraining_points(every)
     tiers = np.zeros(len(records), dtype=int)
-    shadowed = np.array([shadow_draw(r, rate, seed) for r in records])
-    sim = Simulation(records, tiers, shadowed, np.zeros(len(records)), renamed=renamed)
+    drawn = [i for i, r in enumerate(records) if shadow_draw(r, rate, seed)]
+    sim = Simulation(records, tiers, np.zeros(len(records), dtype=bool), np.zeros(len(records)), renamed=renamed)
 
-    def route(rows: slice) -> None:
-        tiers[rows] = serving.route(x[rows], target)
-
-    start, serving_since, labelled = 0, 0, np.flatnonzero(shadowed)
-    for labels, i in enumerate(labelled, start=1):
-        so_far = labelled[:labels]
-        trigger = ("schedule" if retrain_now(labels) else
+    routed, serving_since, labelled = 0, 0, []
+    for i in drawn:
+        if budget and sim.labelling_usd.sum() >= budget:
+            sim.budget_spent_at = i + 1
+            break
+        tiers[routed:i + 1] = serving.route(x[routed:i + 1], target)
+        routed = i + 1
+        sim.shadowed[i] = True
+        sim.labelling_usd[i] = labelling_cost(records[i], cfg, judge_tier, tiers[i])
+        labelled.append(i)
+        so_far = np.array(labelled)
+        trigger = ("schedule" if retrain_now(len(labelled)) else
                    "drift" if drifted(sim, serving, so_far[serving_since:], x, target) else None)
         if trigger:
-            route(slice(start, i + 1))
-            start = i + 1
             candidate = retrained(sim, serving, so_far, x, priors, target, seed, trigger)
-            serving, serving_since = candidate, (labels if candidate is not serving else serving_since)
-    route(slice(start, len(records)))
-    sim.labelling_usd[:] = [labelling_cost(r, cfg, judge_tier, t) if s else 0.0
-                            for r, s, t in zip(records, shadowed, tiers)]
+            serving, serving_since = candidate, (len(labelled) if candidate is not serving else serving_since)
+    tiers[routed:] = serving.route(x[routed:], target)
     return sim
 
 
@@ -175,9 +191,13 @@ def retrained(sim: Simulation, serving: TierHead, labelled: np.ndarray, x: np.nd
 
 def summary(total: dict) -> str:
     """The whole replay in one line, as the report and the command print it."""
-    return (f"{total['n']} queries, {total['labels']} labelled for ${total['labelling_cost_usd']:.4f}; gross savings "
+    stopped, back = total.get("labelling_stopped_at_query"), total.get("pays_back_after_queries")
+    return (f"{total['n']} queries, {total['labels']} labelled for ${total['labelling_cost_usd']:.4f}"
+            + (f" (budget spent at query {stopped})" if stopped else "") + f"; gross savings "
             f"{total['cost_savings']:.1%}, net {total['net_savings']:.1%}, "
-            f"quality vs frontier {total['quality_vs_frontier']:.3f}")
+            f"quality vs frontier {total['quality_vs_frontier']:.3f}; "
+            + (f"spends less than always tier 3, labelling included, from query {back} on" if back
+               else "labelling not paid back within the replay"))
 
 
 def report(result: dict, window: int, out: Path) -> Path:

@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--heads-dir", type=Path, default=HEADS_DIR, help="the shipped heads the deployment starts from")
     p.add_argument("--config", type=Path, default=ROOT / "tierwise.example.yaml",
                    help="router config: the judge tier (shadow.judge_tier) and its price")
+    p.add_argument("--label-budget", type=at_least(float, 0), default=0.0, metavar="USD",
+                   help="stop labelling once it has cost this much over the replay (0 = no limit), as the router's "
+                        "shadow.monthly_budget_usd does within a month")
     p.add_argument("--seed", type=int, default=0, help="which queries the shadow draws")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--report", type=Path, help="write a Markdown report and a PNG of savings and quality over time")
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(offline_encoder(), records, EMBEDDINGS_DIR)
-    sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed)
+    sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
+                   args.label_budget)
     if sim.renamed:
         models = sim.records[0].models
         print(f"tierwise simulate: {sim.renamed} of {len(records)} records name other tier models than the rest; "
