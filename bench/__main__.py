@@ -42,6 +42,8 @@ def run_tierwise(cfg: Config, sets: queries.QuerySets, sizes: queries.Sizes, log
         steps = [
             ("short", lambda: grpc_load.sequential(server.target, sets.short, warmup=sets.warmup)),
             ("mixed", lambda: grpc_load.sequential(server.target, sets.mixed)),
+            ("short_after_pause", lambda: grpc_load.sequential(server.target, sets.after_pause,
+                                                               pause_s=queries.PAUSE_S)),
             ("cache_hit", lambda: grpc_load.cache_hits(server.target, sets.cache_text, sizes.cache_repeats)),
             ("load_mixed", lambda: grpc_load.concurrent(server.target, sets.load_mixed, CLIENTS, sizes.load_seconds)),
             ("load_short", lambda: grpc_load.concurrent(server.target, sets.load_short, CLIENTS, sizes.load_seconds)),

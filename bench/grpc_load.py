@@ -15,8 +15,9 @@ from .stats import latency_summary
 TIMEOUT_S = 30.0
 
 
-def sequential(target: str, texts: list[str], warmup: Sequence[str] = ()) -> dict:
-    """One Classify call at a time over one channel; per-call wall time as the client sees it."""
+def sequential(target: str, texts: list[str], warmup: Sequence[str] = (), pause_s: float = 0.0) -> dict:
+    """One Classify call at a time over one channel, each `pause_s` after the last reply; per-call wall time as
+    the client sees it."""
     with grpc.insecure_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)  # keep connection set-up out of the timings
         stub = pb_grpc.ClassifierServiceStub(channel)
@@ -25,6 +26,8 @@ def sequential(target: str, texts: list[str], warmup: Sequence[str] = ()) -> dic
         latencies, hits = [], 0
         started = time.perf_counter()
         for text in texts:
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             reply = stub.Classify(pb.ClassifyRequest(text=text), timeout=TIMEOUT_S)
             latencies.append(time.perf_counter() - t0)

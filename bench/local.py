@@ -15,7 +15,7 @@ from classifier_service.batching import MAX_PAD_RATIO, embed_bucketed
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
 
-from .queries import QuerySets
+from .queries import PAUSE_S, QuerySets
 from .stats import distribution, latency_summary
 
 TOKEN_SETS = ("short", "mixed", "load_short", "load_mixed")
@@ -34,15 +34,19 @@ def token_lengths(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
 
 
 def encoder_floor(encoder: Encoder, sets: QuerySets) -> dict[str, dict]:
+    """Single-query latencies, one text after another; and on the short after-pause set, each after PAUSE_S
+    idle, the way calls reach a quiet deployment (caches and the CPU have gone cold meanwhile)."""
     def embed_one(text: str) -> None:
         encoder.embed_tokens(encoder.tokenize([text]))
 
     for text in sets.warmup:
         embed_one(text)
     out = {}
-    for name in FLOOR_SETS:
+    for name, pause in [(name, 0.0) for name in FLOOR_SETS] + [("short_after_pause", PAUSE_S)]:
         latencies = []
-        for text in getattr(sets, name):
+        for text in getattr(sets, "after_pause" if pause else name):
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             embed_one(text)
             latencies.append(time.perf_counter() - t0)

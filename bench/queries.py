@@ -16,6 +16,7 @@ WORDS = (
     "algorithm", "protein", "contract", "theorem", "molecule", "invoice", "recipe", "satellite", "poem", "ledger",
 )
 SEED = 20_240_601
+PAUSE_S = 0.05  # idle before each call of the after-pause runs: what a deployment at under 20 requests/s sees
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class Sizes:
     load_seconds: float  # time cap of each concurrent run
     warmup: int  # unmeasured calls before each sequential run
     ceiling_seconds: float  # time cap of each in-process batched run (one thread, then two)
+    after_pause: int  # short texts sent one at a time, each after PAUSE_S of idle
 
 
 FULL = Sizes(short=300, mixed=200, cache_repeats=200, load_short=12_000, load_mixed=4_000, load_seconds=15.0, warmup=20,
-             ceiling_seconds=8.0)
+             ceiling_seconds=8.0, after_pause=100)
 QUICK = Sizes(short=40, mixed=30, cache_repeats=30, load_short=600, load_mixed=300, load_seconds=3.0, warmup=5,
-              ceiling_seconds=2.0)
+              ceiling_seconds=2.0, after_pause=10)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class QuerySets:
     load_mixed: list[str]
     warmup: list[str]
     cache_text: str
+    after_pause: list[str]
 
 
 def short_questions(count: int, start: int = 0) -> list[str]:
@@ -79,7 +82,8 @@ def build(sizes: Sizes, max_text_bytes: int) -> QuerySets:
         source = (f"synthetic (shared routing data has {len(pool)} usable queries): "
                   "deterministic word-list texts of 3-220 words")
         pool = synthetic_queries(mixed_needed, rng)
-    # The short load set is numbered after the latency set, so no short text repeats.
+    # The short load set is numbered after the latency set and the after-pause set after both, so no short text
+    # repeats.
     return QuerySets(
         source=source,
         short=short_questions(sizes.short),
@@ -88,4 +92,5 @@ def build(sizes: Sizes, max_text_bytes: int) -> QuerySets:
         load_mixed=pool[sizes.mixed : mixed_needed],
         warmup=[f"Warm-up request {i}: how are you today?" for i in range(sizes.warmup)],
         cache_text="What is the capital of France?",
+        after_pause=short_questions(sizes.after_pause, start=sizes.short + sizes.load_short),
     )

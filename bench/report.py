@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .queries import PAUSE_S
+
 ADDED_P50_MS = 0.6  # gRPC p50 over the encoder's own in-process p50
 SPEEDUP = 4.0
 CEILING_SHARE = 0.85  # unique q/s with 32 callers over the two-core in-process ceiling
@@ -42,6 +44,10 @@ def _ceiling_rows(tw: dict, local: dict) -> list[list[str]]:
             ours, own = tw[name][stat], local["single"][name][stat]
             rows.append([f"{label} single-query {stat[:3]} (ms)", f"{own:.2f}", f"{ours:.2f}",
                          f"{ours - own:+.2f} ms", f"{ours / own:.2f}"])
+    if "short_after_pause" in tw:  # bench.json files written before it have no such run
+        ours, own = tw["short_after_pause"]["p50_ms"], local["single"]["short_after_pause"]["p50_ms"]
+        rows.append([f"short single-query p50, each after {PAUSE_S * 1000:.0f} ms idle (ms)", f"{own:.2f}",
+                     f"{ours:.2f}", f"{ours - own:+.2f} ms", f"{ours / own:.2f}"])
     for name, label in SETS:
         run, batched = tw[f"load_{name}"], local["batched"][f"load_{name}"]
         one, two = batched["one_thread"], batched["two_threads"]
@@ -180,7 +186,9 @@ def render(result: dict) -> str:
         "since larger takes bucket better), on the "
         "texts the gRPC load runs send. The two-core ceiling is twice one thread's wall-clock rate, measured under "
         "whatever else ran at the time as the gRPC runs are; two threads at once, and one thread's rate per CPU-second "
-        "it got (what an uncontended core does), are shown too.",
+        "it got (what an uncontended core does), are shown too. The after-idle row sends each short text "
+        f"{PAUSE_S * 1000:.0f} ms after the last reply (in-process, {PAUSE_S * 1000:.0f} ms after the last run), as "
+        "calls reach a deployment serving under 20 requests a second: the caches have gone cold meanwhile.",
         "",
         *table(["figure", "in-process", "over gRPC", "gRPC − in-process", "gRPC / in-process"],
                 _ceiling_rows(tw, result["in_process"])),
