@@ -491,6 +491,17 @@ def test_chart_values_agree_with_the_images(values):
                                       f"{settings - config_fields}"
 
 
+def test_the_charts_classifier_settings_are_the_services_defaults(values):
+    """The chart spells out settings for operators to see and change; it must not quietly serve older defaults
+    than the service (decision 0028 took micro-batch from 32 to 8)."""
+    from classifier_service.config import Config
+
+    for key, value in values["classifier"]["settings"].items():
+        name = re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
+        default = getattr(Config(), name)
+        assert str(value) == str(default), f"classifier.settings.{key}: {value!r}, the service's default is {default!r}"
+
+
 def test_router_serves_with_the_charts_config_and_a_dns_classifier_target(classifier, values, tmp_path):
     """The chart points routers at dns:///<headless service>:<port>: the real router must accept that form."""
     config = values["router"]["config"]
