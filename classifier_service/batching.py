@@ -7,6 +7,8 @@ Busy service: requests queue while every worker runs; a worker back from a run t
 to `max_batch`) itself, tokenises it, sorts it by length and runs it as buckets of similar length, so padding
 stays small, each run holding at most `run_tokens` padded tokens (decision 0027). Requests whose caller
 already gave up (deadline, cancel) are dropped before any work.
+Quiet service: with `keep_warm_s` set, the first worker runs a one-word text whenever it has waited that long
+for work, so the model's weights stay in the caches between sparse calls (decision 0032).
 """
 from __future__ import annotations
 
@@ -79,21 +81,24 @@ class MicroBatcher:
 
     def __init__(self, encoder: Encoder, workers: int = 2, max_batch: int = 32, max_pad_ratio: float = MAX_PAD_RATIO,
                  on_batch: Callable[[int], object] | None = None, inline_max_tokens: int = 0,
-                 run_tokens: int | None = None):
+                 run_tokens: int | None = None, keep_warm_s: float = 0.0):
         self.encoder = encoder
         self.workers = workers
         self.max_batch = max_batch
         self.max_pad_ratio = max_pad_ratio
         self.run_tokens = run_tokens
         self.inline_max_tokens = inline_max_tokens
+        self.keep_warm_s = keep_warm_s
+        self._warm_tokens = encoder.tokenize(["warm"]) if keep_warm_s else []
+        self.warm_runs = 0
         self._on_batch = on_batch or (lambda size: None)  # told how many texts each take holds
         self._ready = threading.Condition()
         self._queue: deque[_Pending] = deque()  # guarded by _ready
         self._busy = 0  # workers running a take
         self._closed = False
         self._deciding = 0  # calls between their two looks in _alone
-        self._threads = [threading.Thread(target=self._work, name=f"encoder_{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [threading.Thread(target=self._work, args=(i == 0 and keep_warm_s > 0,),
+                                          name=f"encoder_{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
 
@@ -135,8 +140,9 @@ class MicroBatcher:
             self._queue.extend(pending)
             self._ready.notify(len(pending))  # a ClassifyBatch's texts wake every waiting worker
 
-    def _take(self) -> list[_Pending] | None:
-        """The next take, waiting for one; None once closed."""
+    def _take(self, keeps_warm: bool = False) -> list[_Pending] | None:
+        """The next take, waiting for one; None once closed; [] when `keeps_warm` and `keep_warm_s` passed with
+        nothing queued."""
         with self._ready:
             while True:
                 if take := self._pop():
@@ -144,7 +150,8 @@ class MicroBatcher:
                     return take
                 if self._closed:
                     return None
-                self._ready.wait()
+                if not self._ready.wait(self.keep_warm_s if keeps_warm else None):
+                    return []
 
     def _pop(self) -> list[_Pending]:
         """Up to `max_batch` queued texts, skipping any whose caller gave up; the caller holds `_ready`."""
@@ -155,8 +162,11 @@ class MicroBatcher:
                 take.append(p)
         return take
 
-    def _work(self) -> None:
-        while (take := self._take()) is not None:
+    def _work(self, keeps_warm: bool = False) -> None:
+        while (take := self._take(keeps_warm)) is not None:
+            if not take:
+                self._warm()
+                continue
             try:
                 self._on_batch(len(take))
                 result: list[Embedded] | BaseException = embed_bucketed(
@@ -166,6 +176,14 @@ class MicroBatcher:
             with self._ready:
                 self._busy -= 1
             deliver(take, result)
+
+    def _warm(self) -> None:
+        """One run of a one-word text, its result dropped: a call arriving meanwhile goes to another worker."""
+        try:
+            self.encoder.embed_tokens(self._warm_tokens)
+        except Exception:  # noqa: BLE001 - a failing encoder fails the next real call, which says why
+            return
+        self.warm_runs += 1
 
     @property
     def queued(self) -> int:

@@ -24,6 +24,7 @@ class Config:
     micro_batch: int = 8
     run_tokens: int = 128
     inline_max_tokens: int = 0
+    keep_warm_ms: float = 0.0
     max_batch: int = 256
     max_text_bytes: int = 32 * 1024
     max_inflight: int = 256
@@ -67,6 +68,10 @@ HELP = {
     "inline_max_tokens": "an idle service embeds a lone text of at most this many tokens on its event loop, sparing "
                          "the hand-off to a worker thread: -0.2 to -0.3 ms for a lone caller, but up to 30 %% less "
                          "throughput under many callers (0: always a worker; decision 0021)",
+    "keep_warm_ms": "when no text has come for this long, one worker runs a one-word text (about 1 ms) and again "
+                    "every as long while idle, so the model's weights stay in the caches for the next call: "
+                    "about -1 ms for calls that arrive after a pause, at up to 1 ms of CPU per period "
+                    "(0: off; decision 0032)",
     "max_batch": "most texts in one ClassifyBatch call",
     "max_text_bytes": "largest text accepted, in UTF-8 bytes",
     "max_inflight": "texts queued or running before calls get RESOURCE_EXHAUSTED",
@@ -107,6 +112,8 @@ def parse(argv: list[str] | None = None) -> Config:
         problems.append("--run-tokens must be 0 (no cap) or more")
     if cfg.inline_max_tokens < 0:
         problems.append("--inline-max-tokens must be 0 (always a worker) or more")
+    if not 0 <= cfg.keep_warm_ms < float("inf"):  # also refuses nan
+        problems.append("--keep-warm-ms must be 0 (off) or more")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
         problems.append("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     try:

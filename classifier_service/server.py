@@ -57,7 +57,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch,
                                     on_batch=self.metrics.batch_size.record,
                                     inline_max_tokens=self.cfg.inline_max_tokens,
-                                    run_tokens=self.cfg.run_cap)
+                                    run_tokens=self.cfg.run_cap, keep_warm_s=self.cfg.keep_warm_ms / 1000)
 
     # -- RPCs -----------------------------------------------------------------------------------
 

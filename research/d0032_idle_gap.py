@@ -5,11 +5,13 @@
 step: a pure-Python loop first (is the CPU slow to wake?), then a 10 MiB read (are the caches cold?), then two
 encodes one after the other (how long does the slowdown last?).
 `--service` (default): `python -m classifier_service` started per variant in rotating rounds (`service_ab.rotate`):
-32 callers of unique mixed and short texts (decision 0028's load), one caller back to back, one caller pausing
-before each call.
+32 callers of unique mixed and short texts (decision 0028's load), one caller back to back, the service's CPU
+while nobody calls, then one caller pausing before each call. `--keep-warm` compares `--keep-warm-ms` settings
+instead of `--inline-max-tokens` ones.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0032_idle_gap --in-process      # ~1 minute
     OMP_NUM_THREADS=1 .venv/bin/python -m research.d0032_idle_gap --rounds 6        # ~8 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0032_idle_gap --rounds 6 --keep-warm
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import grpc
 import numpy as np
 
 from bench import queries
+from bench.stats import cpu_seconds
 from bench.router_timing import texts
 from classifier_service.config import parse
 from classifier_service.encoder import Encoder
@@ -32,6 +35,9 @@ from .service_ab import load_and_one_caller, rotate
 
 VARIANTS = {"shipped": ("", []), "inline 64": ("", ["--inline-max-tokens", "64"]),
             "inline 32": ("", ["--inline-max-tokens", "32"])}
+KEEP_WARM = {"shipped": ("", []), "keep warm 10 ms": ("", ["--keep-warm-ms", "10"]),
+             "keep warm 5 ms": ("", ["--keep-warm-ms", "5"])}
+IDLE_S = 5.0  # how long the idle service's CPU is read
 
 
 def spin() -> int:
@@ -70,14 +76,17 @@ def in_process(pause_s: float, blocks: int = 12, per_block: int = 20) -> None:
                                                             for s, v in zip(steps, lists)))
 
 
-def service(rounds: int, pause_s: float, calls: int = 300, seconds: float = 8.0) -> None:
+def service(rounds: int, pause_s: float, variants: dict, calls: int = 300, seconds: float = 8.0) -> None:
     sets = queries.build(queries.FULL, 32 * 1024)
-    short = queries.short_questions(calls * rounds * len(VARIANTS) + 100)
-    paused = iter(queries.short_questions(60 * rounds * len(VARIANTS) + 10, start=20_000_000))
+    short = queries.short_questions(calls * rounds * len(variants) + 100)
+    paused = iter(queries.short_questions(60 * rounds * len(variants) + 10, start=20_000_000))
     loaded = load_and_one_caller(sets.load_mixed, short, calls, seconds, queries.short_questions(60_000, start=10_000_000))
 
-    def measure(address: str) -> dict[str, float]:
+    def measure(address: str, pid: int) -> dict[str, float]:
         got = loaded(address)
+        cpu = cpu_seconds(pid)
+        time.sleep(IDLE_S)
+        got["idle cpu"] = (cpu_seconds(pid) - cpu) / IDLE_S
         latencies = []
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.ClassifierServiceStub(channel)
@@ -88,16 +97,17 @@ def service(rounds: int, pause_s: float, calls: int = 300, seconds: float = 8.0)
                 latencies.append((time.perf_counter() - t0) * 1000)
         return got | {"paused": statistics.median(latencies)}
 
-    figures = rotate(VARIANTS, rounds, measure)
+    figures = rotate(variants, rounds, measure, with_pid=True)
     base = figures["shipped"]
     print(f"| variant | 32-caller mixed q/s (vs shipped, rounds higher) | 32-caller short q/s (vs shipped) | "
-          f"p50 back to back | p50 after {pause_s * 1000:.0f} ms |\n|---|---|---|---|---|")
+          f"p50 back to back | p50 after {pause_s * 1000:.0f} ms | cores used idle |\n|---|---|---|---|---|---|")
     for name, got in figures.items():
         cells = []
         for key in ("mixed", "short"):
             d = np.array(got[key]) / np.array(base[key]) - 1
             cells.append(f"{np.median(got[key]):.0f} ({np.median(d):+.1%}, {(d > 0).sum()} of {len(d)})")
-        print(f"| {name} | {' | '.join(cells)} | {np.median(got['p50']):.2f} ms | {np.median(got['paused']):.2f} ms |")
+        print(f"| {name} | {' | '.join(cells)} | {np.median(got['p50']):.2f} ms | {np.median(got['paused']):.2f} ms | "
+              f"{np.median(got['idle cpu']):.3f} |")
 
 
 def main() -> None:
@@ -105,10 +115,12 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--pause-ms", type=float, default=queries.PAUSE_S * 1000)
+    ap.add_argument("--keep-warm", action="store_true", help="compare --keep-warm-ms 10 and 5 with the shipped "
+                    "service instead of --inline-max-tokens")
     args = ap.parse_args()
     if args.in_process:
         return in_process(args.pause_ms / 1000)
-    service(args.rounds, args.pause_ms / 1000)
+    service(args.rounds, args.pause_ms / 1000, KEEP_WARM if args.keep_warm else VARIANTS)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ from .d0021_route_path import spawn
 Variant = tuple[str, list[str]]  # (code run first, arguments)
 
 
-def rotate(variants: dict[str, Variant], rounds: int, measure: Callable[[str], dict[str, float]],
-           after_round: Callable[[int], None] = lambda r: None) -> dict[str, dict[str, list[float]]]:
-    """name -> figure -> its value in each round; `measure` gets a started service's address."""
+def rotate(variants: dict[str, Variant], rounds: int, measure: Callable[..., dict[str, float]],
+           after_round: Callable[[int], None] = lambda r: None,
+           with_pid: bool = False) -> dict[str, dict[str, list[float]]]:
+    """name -> figure -> its value in each round; `measure` gets a started service's address (and, `with_pid`,
+    its process id)."""
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     names = list(variants)
     for r in range(rounds):
@@ -28,7 +30,7 @@ def rotate(variants: dict[str, Variant], rounds: int, measure: Callable[[str], d
             code, args = variants[name]
             service = spawn(ROOT, "classifier_service", code, None, *args)
             try:
-                got = measure(service.address)
+                got = measure(service.address, service.proc.pid) if with_pid else measure(service.address)
             finally:
                 service.stop()
             for key, value in got.items():

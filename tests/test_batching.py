@@ -256,3 +256,46 @@ def test_many_calls_with_some_callers_giving_up_each_get_their_own_texts(encoder
         # Batch mates move an int8 embedding a little (decision 0009), never this far.
         assert all(float(e.vector @ v) > 0.9 for e, v in zip(got, encoder.embed(sent)))
     assert batcher.queued == 0
+
+
+def test_an_idle_service_keeps_warm_on_one_worker_and_a_busy_one_does_not():
+    encoder = ThreadNotingEncoder()
+    batcher = MicroBatcher(encoder, workers=2, max_batch=8, keep_warm_s=0.01)
+    try:
+        deadline = time.monotonic() + 10
+        while batcher.warm_runs < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.warm_runs >= 5, "idle: a one-word run every 10 ms"
+        assert set(encoder.threads) == {"encoder_0"}, "only the first worker keeps warm"
+        out = asyncio.run(batcher.embed(["a real question after the quiet spell"]))
+        assert out[0].tokens > 3, "a real call is answered as usual"
+    finally:
+        batcher.close()
+    assert not any(t.is_alive() for t in batcher._threads), "close stops a worker waiting to keep warm"
+
+
+def test_a_service_without_keep_warm_runs_nothing_while_idle():
+    encoder = ThreadNotingEncoder()
+    batcher = MicroBatcher(encoder, workers=2, max_batch=8)
+    try:
+        time.sleep(0.1)
+    finally:
+        batcher.close()
+    assert encoder.threads == [] and batcher.warm_runs == 0
+
+
+def test_a_call_arriving_during_a_warm_run_goes_to_the_other_worker():
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, workers=2, max_batch=8, keep_warm_s=0.01)
+    batcher._warm_tokens = encoder.tokenize(["hold"])  # the warm run waits at the gate
+
+    async def call_while_warming():
+        assert await asyncio.to_thread(encoder.holding.wait, 30)
+        return await asyncio.wait_for(batcher.embed(["what is the capital of France?"]), 30)
+
+    try:
+        out = asyncio.run(call_while_warming())
+        assert out[0].tokens > 3 and encoder.threads[-1] == "encoder_1"
+    finally:
+        encoder.gate.set()
+        batcher.close()

@@ -138,11 +138,12 @@ def test_the_installed_command_prints_no_traceback(line, bad):
 def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
     with pytest.raises(SystemExit) as err:
         classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1",
-                                 "--run-tokens", "-5"])
+                                 "--run-tokens", "-5", "--keep-warm-ms", "nan"])
     stderr = capsys.readouterr().err
     assert err.value.code == 2 and "Traceback" not in stderr
     for problem in ("--precision must be int8 or fp32", "--workers must be at least 1",
-                    "--heads-reload-seconds must be 0", "--run-tokens must be 0 (no cap) or more"):
+                    "--heads-reload-seconds must be 0", "--run-tokens must be 0 (no cap) or more",
+                    "--keep-warm-ms must be 0 (off) or more"):
         assert problem in stderr, stderr
 
 
