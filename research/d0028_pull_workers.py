@@ -96,7 +96,7 @@ class SharedBuckets(MicroBatcher):
                     return None
                 self._ready.wait()
 
-    def _work(self) -> None:
+    def _work(self, keeps_warm: bool = False) -> None:  # the shipped workers' signature; never keeps warm
         while (job := self._next()) is not None:
             kind, items = job
             run: list[tuple] = items if kind == "run" else [(p, None) for p in items]
