@@ -70,7 +70,7 @@ HELP = {
                          "throughput under many callers (0: always a worker; decision 0021)",
     "keep_warm_ms": "when no text has come for this long, one worker runs a one-word text (about 1 ms) and again "
                     "every as long while idle, so the model's weights stay in the caches for the next call: "
-                    "about -1 ms for calls that arrive after a pause, at up to 1 ms of CPU per period "
+                    "1-2 ms less for calls that arrive after a pause, at up to 1 ms of CPU per period "
                     "(0: off; decision 0032)",
     "max_batch": "most texts in one ClassifyBatch call",
     "max_text_bytes": "largest text accepted, in UTF-8 bytes",

@@ -94,8 +94,8 @@ class Simulation:
         return {"windows": windows, "total": total, "promotions": self.promotions}
 
     def pays_back_after(self) -> int | None:
-        """How many queries are served before the deployment's spend, labelling included, is at or under always
-        tier 3's from then on (None: not within the replay)."""
+        """The query (counted from 1) from which on the deployment's spend so far, labelling included, stays at or
+        under what always tier 3 would have cost; None while it is still over at the end of the replay."""
         cost = arrays(self.records)[1]
         saved = np.cumsum(cost[:, N_TIERS - 1] - cost[np.arange(len(cost)), self.tiers - 1] - self.labelling_usd)
         if not len(saved) or saved[-1] < 0:
