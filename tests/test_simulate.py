@@ -195,3 +195,15 @@ def test_a_file_of_several_lineups_is_replayed_as_one_deployment_that_learns(tmp
     assert "30 of 300 records name other tier models" in out.err and "one deployment of m1 / m2 / m3" in out.err
     result = json.loads(out.out)
     assert [p["labels"] for p in result["promotions"]] == [50, 100, 200], "it retrained on its labels"
+
+
+def test_the_report_marks_where_the_budget_was_spent(tmp_path):
+    from tierwise_tools.simulate import Simulation, report
+
+    records = [record(i) for i in range(300)]
+    labelling = np.where(np.arange(300) < 40, 0.05, 0.0)
+    sim = Simulation(records, np.ones(300, dtype=int), labelling > 0, labelling, budget_spent_at=41)
+    path = report(sim.result(100), 100, tmp_path / "report")
+    text = path.read_text()
+    assert "budget spent at query 41" in text and "from query" in text
+    assert (tmp_path / "report" / "simulation.png").stat().st_size > 0

@@ -217,6 +217,8 @@ def report(result: dict, window: int, out: Path) -> Path:
     for p in result["promotions"]:
         if p["promoted"]:
             ax.axvline(p["at_query"], color="grey", linewidth=0.6, linestyle=":")
+    if stopped := result["total"].get("labelling_stopped_at_query"):
+        ax.axvline(stopped, color="firebrick", linewidth=0.8, linestyle="-.", label="labelling budget spent")
     ax.axhline(0.95, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel(f"queries served (windows of {window}; dotted: a head promoted)")
     ax.legend(fontsize=8)
