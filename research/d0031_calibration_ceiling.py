@@ -11,7 +11,7 @@ on it unchanged.
 "Full" is the curve savings@95 of the cross-fitted predictions over the whole file. If the shipped calibration on
 n labels ships less than 60 % of it here, no fit on n labels reaches the target with this calibration.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0031_calibration_ceiling --fit   # 15 fits, ~5 min
+    OMP_NUM_THREADS=1 .venv/bin/python -m research.d0031_calibration_ceiling --fit   # 15 fits, ~1 min
     .venv/bin/python -m research.d0031_calibration_ceiling --draws 0-19              # ~1.5 min
     .venv/bin/python -m research.d0031_calibration_ceiling --single-test
 """
