@@ -12,7 +12,8 @@ report gives each target's median of the bursts' p50 and p99, the p99 and maximu
 each process's CPU per call. With D0021_GC_STATS=1 each router prints its full garbage collections.
 
     .venv/bin/python -m research.d0021_route_path [--rounds 6] [--seconds 3] [--no-heuristic]
-        [--base DIR [--base-classifier]] [--switch-ms MS] [--profile FILE]
+        [--base DIR [--base-classifier]] [--switch-ms MS] [--profile FILE] [--rate 200]
+        [--classifier-args '--keep-warm-ms 10']
 
 `--base DIR` adds a second router run from another source tree (e.g. `git archive HEAD | tar -x -C DIR`, with
 DIR/build linked to this tree's build/), so a change can be compared with what it replaces in the same run;
@@ -83,7 +84,7 @@ def spawn(source: Path, module: str, code: str, profile: Path | None, *args: str
     return service
 
 
-async def _burst(call, queries: list[str]) -> tuple[list[float], int]:
+async def _burst(call, queries: list[str], rate: float = RATE) -> tuple[list[float], int]:
     latencies, failed = [], 0
 
     async def one(query: str, due: float) -> None:
@@ -100,15 +101,16 @@ async def _burst(call, queries: list[str]) -> tuple[list[float], int]:
 
     started, tasks = time.perf_counter(), []
     for i, query in enumerate(queries):
-        due = started + i / RATE
+        due = started + i / rate
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         tasks.append(asyncio.create_task(one(query, due)))
     await asyncio.gather(*tasks)
     return latencies, failed
 
 
-async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, seconds: float) -> dict:
-    per_burst = int(RATE * seconds)
+async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, seconds: float,
+                  rate: float = RATE) -> dict:
+    per_burst = int(rate * seconds)
     stats = {name: {"p50": [], "p99": [], "all": [], "failed": 0, "cpu": {p: 0.0 for p in pids} | {"client": 0.0}, "n": 0}
              for name in targets}
     for r in range(rounds + 1):  # round 0 warms every target up and is not counted
@@ -117,7 +119,7 @@ async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, 
             call = targets[name]
             queries = texts(f"{name}-{r}", per_burst if r else 40)
             before = {p: cpu_seconds(pid) for p, pid in pids.items()} | {"client": own_cpu_seconds()}
-            latencies, failed = await _burst(call, queries)
+            latencies, failed = await _burst(call, queries, rate)
             after = {p: cpu_seconds(pid) for p, pid in pids.items()} | {"client": own_cpu_seconds()}
             if not r:
                 continue
@@ -144,12 +146,14 @@ def main() -> int:
     ap.add_argument("--switch-ms", type=float, help="the work router's GIL switch interval (ms)")
     ap.add_argument("--profile", type=Path, help="profile the work router's event loop thread into this file")
     ap.add_argument("--no-heuristic", action="store_true", help="leave out the heuristic targets")
+    ap.add_argument("--rate", type=float, default=RATE, help="calls a second (a quiet deployment: 10)")
+    ap.add_argument("--classifier-args", default="", help="extra flags for the classifier, e.g. '--keep-warm-ms 10'")
     args = ap.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="d0021-route-") as tmp:
         double = start("bench.router_double")
         stack.callback(double.stop)
         base_url = double.wait_for("ready on").split("ready on ")[1].strip()
-        classifier = start("classifier_service", "--listen", "127.0.0.1:0")
+        classifier = start("classifier_service", "--listen", "127.0.0.1:0", *args.classifier_args.split())
         stack.callback(classifier.stop)
         classifier.address = classifier.wait_for("listening on").split("listening on ")[1].split()[0]
         classifier.wait_for("ready on", timeout=120)
@@ -185,7 +189,7 @@ def main() -> int:
                     targets[f"heuristic {name}"] = (lambda s: lambda q: s.Route(
                         pb.RouteRequest(query=q, strategy="heuristic"), timeout=TIMEOUT_S))(stub)
             try:
-                return await measure(targets, pids, args.rounds, args.seconds)
+                return await measure(targets, pids, args.rounds, args.seconds, args.rate)
             finally:
                 for channel in channels:
                     await channel.close()
@@ -195,7 +199,7 @@ def main() -> int:
             pauses = [line.strip() for line in router.output if line.startswith("gc2 at")]
             if pauses:
                 print(f"router {name}: full collections: " + "; ".join(pauses), file=sys.stderr)
-    print(f"\n{args.rounds} rounds of {args.seconds:g}-s bursts at {RATE:g}/s, unique queries; medians of the "
+    print(f"\n{args.rounds} rounds of {args.seconds:g}-s bursts at {args.rate:g}/s, unique queries; medians of the "
           f"bursts' percentiles; CPU ms per call; load average at the end {os.getloadavg()[0]:.1f}")
     print("| target | p50 ms | p99 ms | all calls' p99 / max ms | failed | "
           + " | ".join(f"{p} CPU" for p in [*pids, "client"]) + " |")
