@@ -13,7 +13,7 @@ each process's CPU per call. With D0021_GC_STATS=1 each router prints its full g
 
     .venv/bin/python -m research.d0021_route_path [--rounds 6] [--seconds 3] [--no-heuristic]
         [--base DIR [--base-classifier]] [--switch-ms MS] [--profile FILE] [--rate 200]
-        [--classifier-args '--keep-warm-ms 10']
+        [--classifier-args '--keep-warm-ms 10'] [--router-keep-warm-ms 10]
 
 `--base DIR` adds a second router run from another source tree (e.g. `git archive HEAD | tar -x -C DIR`, with
 DIR/build linked to this tree's build/), so a change can be compared with what it replaces in the same run;
@@ -148,6 +148,7 @@ def main() -> int:
     ap.add_argument("--no-heuristic", action="store_true", help="leave out the heuristic targets")
     ap.add_argument("--rate", type=float, default=RATE, help="calls a second (a quiet deployment: 10)")
     ap.add_argument("--classifier-args", default="", help="extra flags for the classifier, e.g. '--keep-warm-ms 10'")
+    ap.add_argument("--router-keep-warm-ms", type=float, default=0.0, help="the routers' classifier.keep_warm_ms")
     args = ap.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="d0021-route-") as tmp:
         double = start("bench.router_double")
@@ -162,7 +163,9 @@ def main() -> int:
             base_classifier = spawn(args.base.resolve(), "classifier_service", "", None)
             stack.callback(base_classifier.stop)
         config = Path(tmp) / "tierwise.yaml"
-        config.write_text(yaml.safe_dump(router_config(base_url, strategy="embedding")))
+        doc = router_config(base_url, strategy="embedding")
+        doc.setdefault("classifier", {})["keep_warm_ms"] = args.router_keep_warm_ms
+        config.write_text(yaml.safe_dump(doc))
         sources = {"work": ROOT} | ({"base": args.base.resolve()} if args.base else {})
         routers = {}
         for name, source in sources.items():

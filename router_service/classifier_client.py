@@ -7,6 +7,7 @@ import logging
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
 from tierwise.tls import ClientTLS
@@ -16,6 +17,7 @@ from tierwise.v1 import classifier_pb2_grpc
 log = logging.getLogger("tierwise.router")
 RENEW_CHECK_S = 10.0  # how often the TLS files are stat'ed for a renewal
 CLOSE_GRACE_S = 30.0  # calls on a replaced channel have this long to finish
+WARM_CHECK_TIMEOUT_S = 1.0
 
 
 class ClassifierClient:
@@ -26,6 +28,8 @@ class ClassifierClient:
         self._seen = tls.signature() if tls else ()
         self._checked = time.monotonic()
         self._closing: set[asyncio.Task] = set()
+        self._last_call = time.monotonic()
+        self.warm_checks = 0
         self._channel = self._connect(tls.credentials() if tls else None)
         self._tracer = trace.get_tracer("tierwise.router")
 
@@ -36,6 +40,7 @@ class ClassifierClient:
         channel = (grpc.aio.secure_channel(self.address, credentials, options) if credentials
                    else grpc.aio.insecure_channel(self.address, options))
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
         return channel
 
     def _renew(self) -> None:
@@ -66,6 +71,7 @@ class ClassifierClient:
             attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
                         "rpc.method": "Classify", "server.address": self.address}) as span:
             self._renew()
+            self._last_call = time.monotonic()
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             try:
@@ -76,6 +82,21 @@ class ClassifierClient:
                 span.set_attribute("rpc.grpc.status_code", err.code().value[0])
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code().name))
                 raise
+
+    async def keep_warm(self, every_s: float) -> None:
+        """Until cancelled: whenever no call has gone out for `every_s`, a health check (no span, no Classify
+        metric), so the next call does not find the channel, the classifier's server and their memory cold. An
+        unreachable classifier is the next real call's to report."""
+        while True:
+            await asyncio.sleep(max(0.0, self._last_call + every_s - time.monotonic()))
+            if time.monotonic() - self._last_call < every_s:
+                continue
+            self._last_call = time.monotonic()
+            try:
+                await self._health.Check(health_pb2.HealthCheckRequest(), timeout=WARM_CHECK_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                continue
+            self.warm_checks += 1
 
     async def list_heads(self, timeout_s: float) -> pb.ListHeadsResponse:
         self._renew()

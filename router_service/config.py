@@ -96,6 +96,7 @@ def _known_strategy(name: str) -> str:
 StrategyName = Annotated[str, Strict(), AfterValidator(_known_strategy)]
 Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 0 and 1")]
 NoLimit = Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, "must be 0 (no limit) or more")]
+OffOrMore = Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, "must be 0 (off) or more")]
 
 
 @schema
@@ -106,6 +107,9 @@ class ClassifierConfig:
                      "if the classifier serves one, else the classifier's default)", "")
     head_refresh_s: Positive = doc("how often the router asks the classifier for the head trained on its lineup, "
                                    "when `head` is \"\"", 30.0)
+    keep_warm_ms: OffOrMore = doc("when no classifier call has gone out for this long, the router sends the classifier "
+                                "a health check, and again every as long while idle, so a call after a quiet spell "
+                                "finds both ends' gRPC paths warm (0 = off; docs/decisions/0032)", 0.0)
     tls_ca: Text = doc("PEM CA bundle the classifier's certificate chains to: reach it over TLS (\"\" = plaintext; "
                        "--classifier-tls-ca)", "")
     tls_cert: Text = doc("PEM client certificate for a classifier that requires one (mTLS; --classifier-tls-cert)", "")

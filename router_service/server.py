@@ -95,6 +95,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         if lineup is not None:
             await lineup.refresh()
             tasks.append(asyncio.create_task(lineup.run()))
+        if cfg.classifier.keep_warm_ms:
+            tasks.append(asyncio.create_task(classifier.keep_warm(cfg.classifier.keep_warm_ms / 1000)))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
         if http is not None:
             await http.start(build_app(core, guard.gate if guard else None), tls)

@@ -52,6 +52,7 @@ def broken(path: str, value) -> dict:
     ("classifier.timeout_ms", "fast", "classifier.timeout_ms: expected a number"),
     ("classifier.timeout_ms", 0, "classifier.timeout_ms: must be positive"),
     ("classifier.head_refresh_s", -1, "classifier.head_refresh_s: must be positive"),
+    ("classifier.keep_warm_ms", -5, "classifier.keep_warm_ms: must be 0 (off) or more"),
     ("judge.tier", 5, "judge.tier: must be 1, 2 or 3"),
     ("strategy", "bogus", "strategy: unknown strategy 'bogus'; available: cascade, cheapest, embedding"),
     ("strategy", "cascade+heuristic", "strategy: unknown strategy 'cascade+heuristic'"),

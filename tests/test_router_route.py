@@ -191,3 +191,15 @@ def test_when_the_lineups_head_leaves_the_classifier_requests_fall_back_to_its_d
         reply = route(QUERY, timeout=5)
         assert reply.head_version == default.version and not reply.degraded, "answered by the default, not an error"
         assert route(QUERY, timeout=5).head_version == default.version
+
+
+def test_a_router_keeping_the_classifier_hop_warm_routes_and_stops_cleanly(services, tmp_path):
+    config = example_config()
+    config["classifier"]["keep_warm_ms"] = 10
+    with running_router(config, services[0].address, tmp_path) as router:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            time.sleep(0.2)  # idle: the router checks the classifier's health meanwhile
+            reply = stub.Route(pb.RouteRequest(query="What is the capital of France?", strategy="embedding"),
+                               timeout=10)
+    assert reply.tier in (1, 2, 3) and not reply.degraded
