@@ -95,8 +95,15 @@ def _known_strategy(name: str) -> str:
 
 StrategyName = Annotated[str, Strict(), AfterValidator(_known_strategy)]
 Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 0 and 1")]
-NoLimit = Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, "must be 0 (no limit) or more")]
-OffOrMore = Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, "must be 0 (off) or more")]
+
+
+def finite_non_negative(rule: str) -> Any:
+    """A float that is finite and >= 0, refused with `rule` otherwise."""
+    return Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, rule)]
+
+
+NoLimit = finite_non_negative("must be 0 (no limit) or more")
+OffOrMore = finite_non_negative("must be 0 (off) or more")
 
 
 @schema
@@ -136,8 +143,7 @@ class CascadeConfig:
         "tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", CHEAPEST)
     verifier_timeout_ms: Positive = doc("budget for each verifier call; past it the answer is rejected and the "
                                         "cascade escalates", 5000.0)
-    start_tradeoff: Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0,
-                                                    "must be null or a finite number >= 0")] | None = doc(
+    start_tradeoff: finite_non_negative("must be null or a finite number >= 0") | None = doc(
         "the embedding start decides at this tradeoff instead of its head's calibrated one (null = the head's): with "
         "a verify gate restoring quality, the cascade can start cheaper; `tierwise calibrate --config` chooses it "
         "with the bar", None)
