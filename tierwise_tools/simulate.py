@@ -132,25 +132,25 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     judge_tier = cfg.shadow.judge_tier
     retrain_now = retraining_points(every)
     tiers = np.zeros(len(records), dtype=int)
-    drawn = [i for i, r in enumerate(records) if shadow_draw(r, rate, seed)]
+    drawn = np.array([i for i, r in enumerate(records) if shadow_draw(r, rate, seed)], dtype=int)
     sim = Simulation(records, tiers, np.zeros(len(records), dtype=bool), np.zeros(len(records)), renamed=renamed)
 
-    routed, serving_since, labelled = 0, 0, []
-    for i in drawn:
-        if budget and sim.labelling_usd.sum() >= budget:
-            sim.budget_spent_at = i + 1
+    routed, serving_since, spent = 0, 0, 0.0
+    for labels, i in enumerate(drawn, start=1):
+        if budget and spent >= budget:
+            sim.budget_spent_at = int(i) + 1
             break
         tiers[routed:i + 1] = serving.route(x[routed:i + 1], target)
         routed = i + 1
         sim.shadowed[i] = True
         sim.labelling_usd[i] = labelling_cost(records[i], cfg, judge_tier, tiers[i])
-        labelled.append(i)
-        so_far = np.array(labelled)
-        trigger = ("schedule" if retrain_now(len(labelled)) else
+        spent += sim.labelling_usd[i]
+        so_far = drawn[:labels]  # the labels are the draws so far: none is skipped before the budget stops them
+        trigger = ("schedule" if retrain_now(labels) else
                    "drift" if drifted(sim, serving, so_far[serving_since:], x, target) else None)
         if trigger:
             candidate = retrained(sim, serving, so_far, x, priors, target, seed, trigger)
-            serving, serving_since = candidate, (len(labelled) if candidate is not serving else serving_since)
+            serving, serving_since = candidate, (labels if candidate is not serving else serving_since)
     tiers[routed:] = serving.route(x[routed:], target)
     return sim
 
