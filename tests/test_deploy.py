@@ -477,6 +477,11 @@ def test_chart_router_config_defaults_equal_the_example_config(values):
         "deploy/helm/tierwise/values.yaml router.config drifted from tierwise.example.yaml"
 
 
+def config_name(setting: str) -> str:
+    """A chart setting's classifier_service.config field: camelCase -> snake_case, as the chart's env names."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", setting).lower()
+
+
 def test_chart_values_agree_with_the_images(values):
     assert values["classifier"]["port"] == 50051 and values["router"]["port"] == 50052
     for ctx in (values["podSecurityContext"], values["containerSecurityContext"]):
@@ -486,7 +491,7 @@ def test_chart_values_agree_with_the_images(values):
     assert c["readOnlyRootFilesystem"] is True and c["allowPrivilegeEscalation"] is False
     assert c["capabilities"] == {"drop": ["ALL"]}
     config_fields = set(re.findall(r"^    (\w+): \w+ = ", (ROOT / "classifier_service/config.py").read_text(), re.M))
-    settings = {re.sub(r"(?<!^)([A-Z])", r"_\1", k).lower() for k in values["classifier"]["settings"]}
+    settings = {config_name(k) for k in values["classifier"]["settings"]}
     assert settings <= config_fields, f"classifier.settings not known to classifier_service/config.py: " \
                                       f"{settings - config_fields}"
 
@@ -500,8 +505,7 @@ def test_the_charts_classifier_settings_are_the_services_defaults(values):
     for key, value in values["classifier"]["settings"].items():
         if key in deliberate:
             continue
-        name = re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
-        default = getattr(Config(), name)
+        default = getattr(Config(), config_name(key))
         assert str(value) == str(default), f"classifier.settings.{key}: {value!r}, the service's default is {default!r}"
 
 
