@@ -33,6 +33,7 @@ from tierwise.serving import Rejected
 from tierwise.watching import every_or_sighup, file_signature
 from tierwise.v1 import router_pb2 as pb
 
+from .ledger import SpendLedger
 from .limits import Limits
 
 log = logging.getLogger("tierwise.router.auth")
@@ -264,13 +265,13 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(err.code, str(err), trailing_metadata=retry)
 
 
-def front_door(settings, service: str, metrics) -> ApiKeyInterceptor | None:
-    """The interceptor for the config's `auth` settings; None (every call accepted, with a warning) without a keys
-    file. OSError or KeysFileError when the file cannot be used."""
+def front_door(settings, service: str, metrics, ledger: SpendLedger | None = None) -> ApiKeyInterceptor | None:
+    """The interceptor for the config's `auth` settings, counting spend in `ledger`; None (every call accepted, with
+    a warning) without a keys file. OSError or KeysFileError when the file cannot be used."""
     if not settings.api_keys_file:
         log.warning("no API keys file: every call is accepted; set --api-keys-file (auth.api_keys_file) to "
                     "require keys")
         return None
     keys = ApiKeys(settings.api_keys_file, settings.requests_per_minute, settings.monthly_usd)
     log.info("API keys loaded: %d keys", len(keys.keys), extra={"fields": {"key_ids": [k.id for k in keys.keys]}})
-    return ApiKeyInterceptor(service, KeyGate(keys, Limits(), metrics))
+    return ApiKeyInterceptor(service, KeyGate(keys, Limits(ledger=ledger), metrics))

@@ -166,9 +166,9 @@ class ShadowConfig:
     log: Text = doc("JSONL file of comparisons (\"\" = metrics and spans only; `{host}` = the host name)", "")
     labels: Text = doc("JSONL file of routing records labelled from sampled traffic, for `tierwise train`; "
                        "holds prompts and answers in clear (\"\" = off; `{host}` = the host name)", "")
-    monthly_budget_usd: NoLimit = doc("USD the shadow may spend on providers in a calendar month (UTC), counted by "
-                                      "each router process since it started; past it no shadow starts until the "
-                                      "month ends (0 = no limit)", 0.0)
+    monthly_budget_usd: NoLimit = doc("USD the shadow may spend on providers in a calendar month (UTC), kept in the "
+                                      "spend ledger (`spend.ledger`); past it no shadow starts until the month ends "
+                                      "(0 = no limit)", 0.0)
 
     def __post_init__(self) -> None:
         if self.labels and self.tier != FRONTIER:
@@ -193,7 +193,17 @@ class AuthConfig:
     requests_per_minute: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (no limit) or more")] = doc(
         "each key's rate limit, unless its line sets `rpm=` (0 = none)", 0)
     monthly_usd: NoLimit = doc("each key's spend limit per calendar month (UTC), in USD of provider cost, unless its "
-                               "line sets `monthly_usd=` (0 = none)", 0.0)
+                               "line sets `monthly_usd=` (0 = none); kept in the spend ledger (`spend.ledger`)", 0.0)
+
+
+@schema
+class SpendConfig:
+    ledger: Text = doc("file keeping this month's provider spend per key and the shadow's, so a restart resumes the "
+                       "count; `{host}` = the host name, and every file the path matches with `{host}` read as `*` "
+                       "is another replica's, whose spend this month counts too (\"\" = this process's memory: each "
+                       "replica counts from zero since it started)", "")
+    sync_s: Positive = doc("how often the ledger file is written (while spend changes) and the other replicas' files "
+                           "re-read: how late one replica sees another's spend", 5.0)
 
 
 @schema
@@ -235,6 +245,7 @@ class RouterConfig:
     telemetry: TelemetryConfig = doc("spans", factory=TelemetryConfig, nested=TelemetryConfig)
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
     auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)
+    spend: SpendConfig = doc("where the monthly spend limits are counted", factory=SpendConfig, nested=SpendConfig)
     http: HTTPConfig = doc("the OpenAI-compatible HTTP API", factory=HTTPConfig, nested=HTTPConfig)
 
     @property

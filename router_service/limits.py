@@ -1,9 +1,10 @@
 """Per-key limits at the router's front door: requests per minute and provider spend per calendar month (UTC).
 
-State lives in this process's memory: it starts empty when the router starts, and each replica counts on its own,
-so N replicas admit up to N times a key's limits between them. Spend is what the router's own cost accounting
-charged for the answers it delivered (`cost_usd`, escalations and verifier calls included); it is known only once
-an answer is done, so the call that crosses a monthly limit finishes and the next ones are refused.
+Rates live in this process's memory, so N replicas admit up to N times a key's requests per minute between them.
+Spend is kept in the router's spend ledger (router_service/ledger.py): in memory by default, or with `spend.ledger`
+in files that outlive a restart and that replicas sharing a volume add up. It is what the router's own cost
+accounting charged for the answers it delivered (`cost_usd`, escalations and verifier calls included); it is known
+only once an answer is done, so the call that crosses a monthly limit finishes and the next ones are refused.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from .ledger import SpendLedger, month
 
 
 @dataclass(frozen=True)
@@ -30,24 +33,21 @@ class _Bucket:
 class Limits:
     """Token buckets (a minute's worth of requests, refilled evenly) and this month's spend, per key id."""
 
-    def __init__(self, clock=time.monotonic, wall=time.time):
+    def __init__(self, clock=time.monotonic, wall=time.time, ledger: SpendLedger | None = None):
         self._clock = clock
         self._wall = wall
         self._buckets: dict[str, _Bucket] = {}
-        self._spent: dict[str, tuple[str, float]] = {}  # key id -> (month "YYYY-MM", USD)
+        self.ledger = ledger or SpendLedger(wall=wall)
 
     def admit(self, key_id: str, rpm: int, monthly_usd: float) -> Refusal | None:
         """None, and one request counted, when the key is within its limits (0 = no limit); else why not."""
         return self._over_spend(key_id, monthly_usd) or self._over_rate(key_id, rpm)
 
     def charge(self, key_id: str, usd: float) -> None:
-        month = _month(self._wall())
-        before_month, spent = self._spent.get(key_id, (month, 0.0))
-        self._spent[key_id] = (month, (spent if before_month == month else 0.0) + usd)
+        self.ledger.charge(_account(key_id), usd)
 
     def spent(self, key_id: str) -> float:
-        month, usd = self._spent.get(key_id, ("", 0.0))
-        return usd if month == _month(self._wall()) else 0.0
+        return self.ledger.spent(_account(key_id))
 
     def _over_rate(self, key_id: str, rpm: int) -> Refusal | None:
         if not rpm:
@@ -77,11 +77,11 @@ class Limits:
         wait = max(1, math.ceil(following.timestamp() - wall))
         return Refusal("spend_limited", wait,
                        f"monthly spend limit: key {key_id} spent ${spent:.4f} of its ${monthly_usd:.2f} in "
-                       f"{_month(wall)} (UTC); retry after {wait} s (at {_utc(following.timestamp())})")
+                       f"{month(wall)} (UTC); retry after {wait} s (at {_utc(following.timestamp())})")
 
 
-def _month(wall: float) -> str:
-    return time.strftime("%Y-%m", time.gmtime(wall))
+def _account(key_id: str) -> str:
+    return f"key:{key_id}"  # apart from the shadow's account in a shared ledger
 
 
 def _utc(wall: float) -> str:

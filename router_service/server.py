@@ -24,6 +24,7 @@ from .dispatch import Dispatcher
 from .events import final
 from .head_choice import LineupHead
 from .http import HttpServer, build_app
+from .ledger import SpendLedger
 from .shadow import Shadow
 from .strategies import Strategies
 from .telemetry import RouterMetrics
@@ -64,9 +65,10 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     try:
         meter_provider = setup_metrics("tierwise-router", version, metrics_listen)
         metrics = RouterMetrics()
-        guard = front_door(cfg.auth, SERVICE, metrics)
+        ledger = SpendLedger(cfg.spend.ledger, cfg.spend.sync_s)
+        guard = front_door(cfg.auth, SERVICE, metrics, ledger)
         classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms, classifier_tls)
-    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError; KeysFileError a ValueError
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError; KeysFileError and LedgerError ValueErrors
         print(f"tierwise-router: {err}", flush=True)
         return 2
     chains = build_chains(cfg, metrics)
@@ -77,7 +79,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     largest = max(4 << 20, cfg.limits.max_total_bytes + (1 << 20))
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length", largest)),
                              interceptors=[guard] if guard else None)
-    shadow = Shadow(cfg, chains, metrics)
+    shadow = Shadow(cfg, chains, metrics, ledger=ledger)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)
     try:
@@ -95,6 +97,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         if lineup is not None:
             await lineup.refresh()
             tasks.append(asyncio.create_task(lineup.run()))
+        if ledger.path is not None:
+            tasks.append(asyncio.create_task(ledger.run()))
         if cfg.classifier.keep_warm_ms:
             tasks.append(asyncio.create_task(classifier.keep_warm(cfg.classifier.keep_warm_ms / 1000)))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
@@ -109,6 +113,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         for task in tasks:
             task.cancel()
         await shadow.drain()
+        ledger.flush()  # after the shadows' last charges
         await classifier.close()
         await close_chains(chains)
         for p in (provider, meter_provider):

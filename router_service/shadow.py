@@ -9,7 +9,8 @@ against tier 3, and the record is appended to `shadow.labels` in the routing-dat
 Never delays a reply: shadows start after the answer is built, run as background tasks, are capped
 in number (excess is dropped and counted), and their failures are logged, never raised. Past
 `shadow.monthly_budget_usd` of provider spend in a calendar month (UTC), no shadow starts until the
-month ends: each one not started is counted, and the first is logged.
+month ends: each one not started is counted, and the first is logged. The spend is kept in the router's spend
+ledger (router_service/ledger.py), so with `spend.ledger` it outlives a restart and replicas share the budget.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tierwise.data import ACCEPTABLE
 from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
-from .limits import Limits
+from .ledger import SpendLedger
 from .providers import ProviderError, TierChain
 from .replies import parse_verdict, prompt
 
@@ -46,7 +47,8 @@ COMPARE = (
 
 
 class Shadow:
-    def __init__(self, cfg: RouterConfig, chains: Mapping[int, TierChain], metrics, rng: random.Random | None = None):
+    def __init__(self, cfg: RouterConfig, chains: Mapping[int, TierChain], metrics, rng: random.Random | None = None,
+                 ledger: SpendLedger | None = None):
         self.cfg = cfg.shadow
         self.prices = cfg.tiers
         self.chains = chains
@@ -58,7 +60,7 @@ class Shadow:
         self.labels_path = _path(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
                         if self.labels_path else None)
-        self.spending = Limits()
+        self.spending = ledger or SpendLedger()
         self.budget_said = ""  # the month whose budget was reported spent
 
     def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
