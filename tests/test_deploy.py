@@ -1104,7 +1104,8 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
     labels = flag(learn["args"], "--labels")
     assert labels == values["router"]["config"]["shadow"]["labels"], "learn reads what the routers' shadow writes"
     from router_service.config import parse
-    shadow = parse(yaml.safe_load(one(docs, "ConfigMap", ROUTER)["data"]["tierwise.yaml"])).shadow
+    rendered = parse(yaml.safe_load(one(docs, "ConfigMap", ROUTER)["data"]["tierwise.yaml"]))
+    shadow = rendered.shadow
     assert shadow.labels == labels and shadow.monthly_budget_usd == values["router"]["config"]["shadow"][
         "monthly_budget_usd"], "the routers load the config the chart renders"
     reads = mount_of(learn["volumeMounts"], labels)
@@ -1113,6 +1114,9 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
     writes = mount_of(container(docs, ROUTER)["volumeMounts"], labels)
     assert claim(router_spec, writes) == claim(pod, reads) == values["learning"]["labels"]["existingClaim"]
     assert writes["mountPath"] == reads["mountPath"] and not writes.get("readOnly")
+    ledger = rendered.spend.ledger
+    assert ledger == values["router"]["config"]["spend"]["ledger"] and mount_of(
+        container(docs, ROUTER)["volumeMounts"], ledger) == writes, "every router pod writes its spend to the volume"
 
     heads = flag(learn["args"], "--heads-dir")
     promotes = mount_of(learn["volumeMounts"], heads)
