@@ -7,12 +7,13 @@ a call pays no instrument lock for them. A call records one latency; an encoder 
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Callable
 
 import numpy as np
 from opentelemetry import metrics
+
+from tierwise.telemetry import CallCounts
 
 LATENCY_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 BATCH_TEXTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -30,11 +31,9 @@ class ClassifierMetrics:
             "tierwise.classifier.batch_size",
             description="texts a worker took from the queue at once (run as one or more length buckets)",
             explicit_bucket_boundaries_advisory=BATCH_TEXTS)
-        self._calls: dict[tuple[str, str], int] = {}  # (method, gRPC code) -> calls
         self._tiers: dict[tuple[str, int], int] = {}  # (head, tier) -> texts
         self._queued, self._in_flight, self._cache = queued, in_flight, cache
-        meter.create_observable_counter("tierwise.classifier.requests", callbacks=[self._observe_calls],
-                                        description="calls by method and gRPC code")
+        self.calls = CallCounts(meter, "tierwise.classifier.requests", "calls by method and gRPC code")
         meter.create_observable_counter("tierwise.classifier.decisions", callbacks=[self._observe_tiers],
                                         description="tiers decided, by head and tier: each head's tier mix")
         meter.create_observable_gauge("tierwise.classifier.queue_depth", callbacks=[self._observe_queue],
@@ -59,10 +58,6 @@ class ClassifierMetrics:
 
     # Collection runs on another thread (the HTTP server's, the OTLP exporter's): dict.copy is one step under the
     # GIL, so it never sees a dict changing size.
-    def _observe_calls(self, options):
-        return [metrics.Observation(n, {"method": method, "code": code})
-                for (method, code), n in self._calls.copy().items()]
-
     def _observe_tiers(self, options):
         return [metrics.Observation(n, {"head": head, "tier": tier}) for (head, tier), n in self._tiers.copy().items()]
 
@@ -87,9 +82,5 @@ class _Call:
         self.started = time.perf_counter()
 
     async def __aexit__(self, kind, error, trace) -> None:
-        # An aborted call (a refusal, or INTERNAL) has its code on the context by now.
-        code = self.context.code()
-        name = code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK"
-        calls = self.metrics._calls
-        calls[(self.method, name)] = calls.get((self.method, name), 0) + 1
+        self.metrics.calls.ended(self.method, self.context, kind)
         self.metrics.latency.record((time.perf_counter() - self.started) * 1e3, {"method": self.method})

@@ -233,34 +233,36 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self.prefix):
             return handler  # health, reflection, unknown methods: open
+        method = details.method.rsplit("/", 1)[-1]
         for kind, make in _HANDLERS.items():
             behavior = getattr(handler, kind)
             if behavior is not None:
-                guarded = self._streaming(behavior) if handler.response_streaming else self._unary(behavior)
+                guarded = (self._streaming if handler.response_streaming else self._unary)(behavior, method)
                 return make(guarded, request_deserializer=handler.request_deserializer,
                             response_serializer=handler.response_serializer)
         return handler
 
-    def _unary(self, behavior):
+    def _unary(self, behavior, method: str):
         async def call(request, context):
-            key = await self._admit(context)
+            key = await self._admit(context, method)
             response = await behavior(request, context)
             self.gate.charge(key, _cost(response))
             return response
         return call
 
-    def _streaming(self, behavior):
+    def _streaming(self, behavior, method: str):
         async def call(request, context):
-            key = await self._admit(context)
+            key = await self._admit(context, method)
             async for message in behavior(request, context):
                 self.gate.charge(key, _cost(message))
                 yield message
         return call
 
-    async def _admit(self, context) -> ApiKey:
+    async def _admit(self, context, method: str) -> ApiKey:
         try:
             return self.gate.admit(bearer(context.invocation_metadata()), context.peer())
         except KeyRefused as err:
+            self.gate.metrics.calls.add(method, err.code.name)
             retry = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s is not None else ()
             await context.abort(err.code, str(err), trailing_metadata=retry)
 

@@ -51,7 +51,9 @@ class RouterCore:
             check_text(request.query, "query", self.cfg.limits.max_message_bytes)
             decision, _ = await self._decide(request.query, request.strategy, request.head, deadline, span)
             self._count("Route", decision)
-            return self._route_response(decision, request.query, started)
+            route = self._route_response(decision, request.query, started)
+            self.metrics.latency.record(route.decision_ms, {"method": "Route"})
+            return route
 
     async def answer(self, method: str, request: pb.CompleteRequest, deadline: float | None, span, *,
                      stream: bool, on_result: Callable[[Result], None] | None = None

@@ -40,15 +40,18 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self.core = core
 
     async def Route(self, request: pb.RouteRequest, context) -> pb.RouteResponse:
-        async with rpc_span(self.core.tracer, SERVICE, "Route", context, log) as span:
+        async with self.core.metrics.calls.call("Route", context), \
+                rpc_span(self.core.tracer, SERVICE, "Route", context, log) as span:
             return await self.core.route(request, _deadline(context), span)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
-        async with rpc_span(self.core.tracer, SERVICE, "Complete", context, log) as span:
+        async with self.core.metrics.calls.call("Complete", context), \
+                rpc_span(self.core.tracer, SERVICE, "Complete", context, log) as span:
             return (await final(self.core.answer("Complete", request, _deadline(context), span, stream=False))).summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
-        async with rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log) as span:
+        async with self.core.metrics.calls.call("CompleteStream", context), \
+                rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log) as span:
             async for event in self.core.answer("CompleteStream", request, _deadline(context), span, stream=True):
                 yield event
 

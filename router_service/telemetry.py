@@ -6,6 +6,8 @@ import time
 
 from opentelemetry import metrics, trace
 
+from tierwise.telemetry import CallCounts
+
 from .breaker import BreakerState
 from .config import TierConfig
 from .dispatch import Result
@@ -18,6 +20,8 @@ class RouterMetrics:
     def __init__(self):
         meter = metrics.get_meter("tierwise.router")
         self.requests = meter.create_counter("tierwise.router.requests", description="requests by tier, strategy, method")
+        self.calls = CallCounts(meter, "tierwise.router.calls", "calls by method and final gRPC code, answered or "
+                                "refused (the front door's refusals too); HTTP calls under their own method names")
         self.escalations = meter.create_counter("tierwise.router.escalations", description="moves to a higher tier")
         self.fallbacks = meter.create_counter("tierwise.router.fallbacks",
                                               description="provider attempts that failed over or were skipped")

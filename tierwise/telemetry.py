@@ -2,6 +2,7 @@
 endpoint, gRPC context."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -94,3 +95,45 @@ def split_listen(listen: str) -> tuple[str, int]:
 def context_from_grpc(context) -> object:
     """Trace context (W3C traceparent/tracestate) carried in the incoming gRPC metadata."""
     return propagate.extract({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+
+
+class CallCounts:
+    """A service's calls by method and final gRPC code, as the observable counter `name`: counted in a plain dict on
+    the event loop thread (where every call ends) and read only when metrics are collected, so a call pays no
+    instrument lock for it."""
+
+    def __init__(self, meter: metrics.Meter, name: str, description: str):
+        self._calls: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(name, callbacks=[self._observe], description=description)
+
+    def add(self, method: str, code: str) -> None:
+        self._calls[(method, code)] = self._calls.get((method, code), 0) + 1
+
+    def call(self, method: str, context) -> "_Counted":
+        """`async with` around a gRPC call: counts it by its final code."""
+        return _Counted(self, method, context)
+
+    def ended(self, method: str, context, kind: type | None) -> None:
+        """Count a gRPC call that is ending: an aborted call (a refusal, or INTERNAL) has its code on the context by
+        now; one that raised CancelledError was cancelled; else it was answered."""
+        code = context.code()
+        self.add(method, code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK")
+
+    # Collection runs on another thread (the HTTP server's, the OTLP exporter's): dict.copy is one step under the
+    # GIL, so it never sees a dict changing size.
+    def _observe(self, options):
+        return [metrics.Observation(n, {"method": method, "code": code})
+                for (method, code), n in self._calls.copy().items()]
+
+
+class _Counted:
+    __slots__ = ("counts", "method", "context")
+
+    def __init__(self, counts: CallCounts, method: str, context):
+        self.counts, self.method, self.context = counts, method, context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind, error, trace) -> None:
+        self.counts.ended(self.method, self.context, kind)

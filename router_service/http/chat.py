@@ -49,12 +49,18 @@ class ChatCompletions:
                 chat = parse(await _body(request, self.max_body))
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
-                await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange))
+                if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):
+                    exchange.code = "CANCELLED"
             except Rejected as err:
                 await exchange.fail(err, span)
+            except asyncio.CancelledError:
+                exchange.code = "CANCELLED"
+                raise
             except Exception:
                 log.exception("unexpected error in %s", ROUTE)
                 await exchange.fail(internal_error(), span)
+            finally:
+                self.core.metrics.calls.add(exchange.method, exchange.code)
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
         finish = ["stop"]
@@ -62,7 +68,7 @@ class ChatCompletions:
         def on_result(result: Result) -> None:
             finish[0] = result.completion.finish_reason
 
-        method = "ChatCompletionsStream" if chat.stream else "ChatCompletions"
+        method = exchange.method = "ChatCompletionsStream" if chat.stream else "ChatCompletions"
         events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream, on_result=on_result)
         try:
             async with aclosing(events):
@@ -104,6 +110,7 @@ class _Exchange:
     def __init__(self, scope, receive, send):
         self.scope, self.receive, self.send = scope, receive, send
         self.started = self.done = False
+        self.method, self.code = "ChatCompletions", "OK"  # what the router's call count records for it
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -119,6 +126,7 @@ class _Exchange:
             self.scope, self.receive, self.send)
 
     async def fail(self, err: Rejected, span) -> None:
+        self.code = err.code.name
         status = status_of(err)
         span.set_attribute("http.response.status_code", status)
         span.set_attribute("error.type", str(status))
@@ -174,9 +182,9 @@ def _deadline(value: str | None) -> float | None:
     return time.monotonic() + ms / 1e3
 
 
-async def _unless_disconnected(receive, work) -> None:
-    """Runs `work`, cancelled if the client disconnects first. (A plain task, not an anyio task group: this runs
-    for every request, and a task group costs about ten times as much.)"""
+async def _unless_disconnected(receive, work) -> bool:
+    """Runs `work`, cancelled if the client disconnects first; whether it did. (A plain task, not an anyio task
+    group: this runs for every request, and a task group costs about ten times as much.)"""
     task, gone = asyncio.current_task(), []
 
     async def watch() -> None:
@@ -194,6 +202,7 @@ async def _unless_disconnected(receive, work) -> None:
         task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
     finally:
         watcher.cancel()
+    return bool(gone)
 
 
 def peer(scope) -> str:
