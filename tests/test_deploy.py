@@ -529,7 +529,8 @@ def test_router_serves_with_the_charts_config_and_a_dns_classifier_target(classi
 # ----------------------------------------------------------------------------------------------------- helm
 
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
-LEARN_VALUES = CHART / "ci" / "learn-values.yaml"  # the learning loop on: labels and heads volumes, the CronJob
+LEARN_VALUES = CHART / "ci" / "learn-values.yaml"
+RULES = CHART / "files" / "prometheus-rules.yaml"  # the alerts: the chart's PrometheusRule and Compose's Prometheus  # the learning loop on: labels and heads volumes, the CronJob
 MINIMAL_SET = ["serviceAccount.create=false", "networkPolicy.enabled=false", "tests.enabled=false",
                "classifier.pdb.enabled=false", "classifier.autoscaling.enabled=false", "router.pdb.enabled=false",
                "router.autoscaling.enabled=false", "classifier.replicas=1", "metrics.enabled=false"]
@@ -857,7 +858,7 @@ def test_default_render_exposes_both_metrics_endpoints_to_prometheus(renders):
         assert annotations["prometheus.io/path"] == "/metrics"
         rules = [r for r in one(docs, "NetworkPolicy", name)["spec"]["ingress"] if r["ports"][0]["port"] == port]
         assert [r["from"] for r in rules] == [[{"namespaceSelector": {}}]], "any pod of the cluster may scrape"
-    assert not find(docs, "ServiceMonitor")
+    assert not find(docs, "ServiceMonitor") and not find(docs, "PrometheusRule")
     for service in find(docs, "Service"):
         assert "metrics" not in {p["name"] for p in service["spec"]["ports"]}, "a Service port only for a ServiceMonitor"
 
@@ -892,6 +893,21 @@ def test_full_render_service_monitor_scrapes_both_services_metrics_ports(renders
     for name in (CLASSIFIER, ROUTER):
         rules = [r for r in one(docs, "NetworkPolicy", name)["spec"]["ingress"] if r["ports"][0]["port"] == 9464]
         assert [r["from"] for r in rules] == [full["metrics"]["from"]]
+
+
+def test_full_render_prometheus_rule_holds_the_alerts_compose_loads(renders):
+    """One rule file for both: the chart's PrometheusRule renders files/prometheus-rules.yaml as it is, and Compose's
+    Prometheus mounts that same file where its rule_files look."""
+    _, docs = renders["full"]
+    (rule,) = find(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == "prod"
+    assert load_yaml(FULL_VALUES)["metrics"]["prometheusRule"]["labels"].items() <= rule["metadata"]["labels"].items()
+    assert rule["spec"]["groups"] == load_yaml(RULES)["groups"]
+    (prometheus,) = [s for name, s in load_yaml(DEPLOY / "compose.yaml")["services"].items() if name == "prometheus"]
+    (mount,) = [v for v in prometheus["volumes"] if isinstance(v, dict) and v["source"].endswith("prometheus-rules.yaml")]
+    assert (DEPLOY / mount["source"]).resolve() == RULES.resolve() and mount["read_only"] is True
+    (pattern,) = load_yaml(DEPLOY / "prometheus.yml")["rule_files"]
+    assert fnmatch.fnmatch(mount["target"], pattern), "Compose's Prometheus loads the mounted file"
 
 
 # ----------------------------------------------------------------------------------------------------- TLS and API keys
