@@ -132,10 +132,11 @@ class SpendLedger:
                     continue
                 others[name] = _parse(Path(name).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, ValueError) as err:
+                log.warning("spend ledger: cannot read %s (%s); %s", name, err, "keeping the spend last read from it"
+                            if name in self._others else "not counting it until it can be read")
                 if name not in self._others:
                     continue
                 others[name] = self._others[name]
-                log.warning("spend ledger: cannot read %s (%s); keeping the spend last read from it", name, err)
             found_month, usd = others[name]
             total = totals.setdefault(found_month, {})
             for account, amount in usd.items():

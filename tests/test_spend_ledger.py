@@ -99,6 +99,10 @@ def test_an_unreadable_replica_file_keeps_the_spend_last_read_from_it(tmp_path, 
         a.sync()
     assert a.spent("key:main") == 2.0
     assert "spend-b.json" in caplog.text and "keeping the spend last read" in caplog.text
+    (tmp_path / "spend-c.json").write_text("[]")
+    with caplog.at_level(logging.WARNING, logger="tierwise.router.ledger"):
+        a.sync()
+    assert a.spent("key:main") == 2.0 and "spend-c.json" in caplog.text and "not counting it" in caplog.text
 
 
 def test_without_a_file_the_ledger_is_this_process_alone(tmp_path):
