@@ -13,7 +13,8 @@ log = logging.getLogger("tierwise.router")
 
 def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
     metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
-    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers])
+    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers],
+                            hedge_after_s=t.hedge_after_ms / 1000)
             for tier, t in cfg.tiers.items()}
 
 

@@ -32,6 +32,15 @@ class ConfigError(ValueError):
     """Problems in the config file: one line each, starting with the key path."""
 
 
+def finite_non_negative(rule: str) -> Any:
+    """A float that is finite and >= 0, refused with `rule` otherwise."""
+    return Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, rule)]
+
+
+NoLimit = finite_non_negative("must be 0 (no limit) or more")
+OffOrMore = finite_non_negative("must be 0 (off) or more")
+
+
 @schema
 class TierConfig:
     tier: Tier = doc("1 (cheap), 2 (mid) or 3 (frontier); each exactly once")
@@ -40,6 +49,10 @@ class TierConfig:
     providers: Annotated[tuple[ProviderConfig, ...], must(len, "required, a non-empty list (the tier's fallback "
                                                               "chain in order)")] = doc(
         "the tier's fallback chain, tried in order", nested=ProviderConfig, many=True)
+    hedge_after_ms: OffOrMore = doc(
+        "when a provider has not sent its first token (its answer, unstreamed) this long, also ask the next one in "
+        "the chain and take whichever answers first, closing the other (the provider may still bill what it began); "
+        "0 = off: the next provider is asked only after a failure", 0.0)
 
     def price(self, provider: str | None = None) -> Price:
         """What an answer from `provider` (by name) costs; None = the first provider's, as estimates assume."""
@@ -95,15 +108,6 @@ def _known_strategy(name: str) -> str:
 
 StrategyName = Annotated[str, Strict(), AfterValidator(_known_strategy)]
 Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 0 and 1")]
-
-
-def finite_non_negative(rule: str) -> Any:
-    """A float that is finite and >= 0, refused with `rule` otherwise."""
-    return Annotated[float, Strict(), must(lambda v: math.isfinite(v) and v >= 0, rule)]
-
-
-NoLimit = finite_non_negative("must be 0 (no limit) or more")
-OffOrMore = finite_non_negative("must be 0 (off) or more")
 
 
 @schema

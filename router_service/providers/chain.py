@@ -1,6 +1,9 @@
 """A tier's providers, tried in order until one answers."""
 from __future__ import annotations
 
+import asyncio
+import time
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -13,12 +16,14 @@ from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome
 
 
 class TierChain:
-    """The providers of one tier, tried in order until one answers."""
+    """The providers of one tier, tried in order until one answers; with `hedge_after_s`, the next is also asked
+    when the running one has sent nothing for that long, and the first to answer is taken."""
 
-    def __init__(self, providers: Sequence[Provider]) -> None:
+    def __init__(self, providers: Sequence[Provider], hedge_after_s: float = 0.0) -> None:
         if not providers:
             raise ValueError("a tier chain needs at least one provider")
         self.providers = tuple(providers)
+        self.hedge_after_s = hedge_after_s
 
     async def aclose(self) -> None:
         for provider in self.providers:
@@ -47,37 +52,121 @@ class TierChain:
         """`call`'s events from each provider in turn, until one gives its Completion (with every attempt). A
         provider whose context window cannot hold the request's `tokens` is skipped, and the attempt says so."""
         attempts: list[Attempt] = []
+        fitting = []
         for provider in self.providers:
-            if not provider.config.fits(tokens):
-                skipped = Attempt(provider.config.name, provider.config.model, Outcome.SKIPPED_CONTEXT_WINDOW,
-                                  f"the request needs about {tokens} tokens; the context window holds "
-                                  f"{provider.config.context_window}")
-                attempts.append(skipped)
-                if on_attempt is not None:
-                    on_attempt(skipped)
+            if provider.config.fits(tokens):
+                fitting.append(provider)
                 continue
+            _noted(attempts, on_attempt, Attempt(
+                provider.config.name, provider.config.model, Outcome.SKIPPED_CONTEXT_WINDOW,
+                f"the request needs about {tokens} tokens; the context window holds {provider.config.context_window}"))
+        if self.hedge_after_s and len(fitting) > 1:
+            async for event in self._hedged(call, fitting, attempts, on_attempt):
+                yield event
+            return
+        for provider in fitting:
             events = call(provider)
             try:
-                async for event in events:
-                    if isinstance(event, Completion):
-                        yield replace(event, attempts=attempts + event.attempts)
-                        return
-                    yield event
-            except StreamInterrupted as exc:
-                raise StreamInterrupted(exc.provider, exc.tokens_sent, exc.cause,
-                                        attempts + exc.attempts) from exc.cause
-            except DeadlineExceeded:
-                raise DeadlineExceeded(attempts) from None
+                async with aclosing(_answer_of(events, attempts)) as answer:
+                    async for event in answer:
+                        yield event
+                return
             except (ProviderNotConfigured, ProviderFailed) as exc:
                 attempts.extend(exc.attempts)
             finally:
                 await events.aclose()
         raise self._exhausted(attempts)
 
+    async def _hedged(self, call: Callable[[Provider], Events], providers: list[Provider], attempts: list[Attempt],
+                      on_attempt: OnAttempt | None) -> Events:
+        """`_failover` with hedging: while no provider has sent its first event (a delta, or a whole answer), the
+        next one is started each `hedge_after_s`, and at once when every running one has failed. The first to send
+        one answers; the others are cancelled and their attempts say so."""
+        running: dict[asyncio.Task, tuple[Provider, Events, float]] = {}
+        waiting = list(providers)
+
+        def start() -> None:
+            provider = waiting.pop(0)
+            events = call(provider)
+            running[asyncio.ensure_future(anext(events))] = (provider, events, time.monotonic())
+
+        start()
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, timeout=self.hedge_after_s if waiting else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    start()
+                    continue
+                for task in done:
+                    provider, events, _ = running.pop(task)
+                    try:
+                        first = task.result()
+                    except (ProviderNotConfigured, ProviderFailed) as exc:
+                        attempts.extend(exc.attempts)
+                        await events.aclose()
+                        continue
+                    except DeadlineExceeded:
+                        raise DeadlineExceeded(attempts) from None
+                    await self._cancel(running, provider, attempts, on_attempt)
+                    async with aclosing(_answer_of(_resumed(first, events), attempts)) as answer:
+                        async for event in answer:
+                            yield event
+                    return
+                if not running and waiting:
+                    start()
+            raise self._exhausted(attempts)
+        finally:
+            await self._cancel(running, None, attempts, on_attempt)
+
+    @staticmethod
+    async def _cancel(running: dict, winner: Provider | None, attempts: list[Attempt],
+                      on_attempt: OnAttempt | None) -> None:
+        """Stop the providers still running; with a `winner`, each one's attempt says it lost to it."""
+        for task, (provider, events, started) in list(running.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await events.aclose()
+            if winner is not None:
+                _noted(attempts, on_attempt, Attempt(
+                    provider.config.name, provider.config.model, Outcome.HEDGE_CANCELLED,
+                    f"cancelled: {winner.config.name} answered first", latency_ms=(time.monotonic() - started) * 1e3))
+        running.clear()
+
     def _exhausted(self, attempts: list[Attempt]) -> ProviderError:
         if all(a.outcome is Outcome.NOT_CONFIGURED for a in attempts):
             return ProviderNotConfigured([p.config for p in self.providers], attempts)
         return ChainExhausted(attempts)
+
+
+async def _answer_of(events: Events, attempts: list[Attempt]) -> Events:
+    """One provider's events, its Completion carrying the chain's attempts so far; its errors likewise."""
+    try:
+        async for event in events:
+            if isinstance(event, Completion):
+                yield replace(event, attempts=attempts + event.attempts)
+                return
+            yield event
+    except StreamInterrupted as exc:
+        raise StreamInterrupted(exc.provider, exc.tokens_sent, exc.cause, attempts + exc.attempts) from exc.cause
+    except DeadlineExceeded:
+        raise DeadlineExceeded(attempts) from None
+
+
+async def _resumed(first: str | Completion, events: Events) -> Events:
+    """`events` with the `first` one, already read, put back in front."""
+    try:
+        yield first
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
+
+
+def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attempt) -> None:
+    attempts.append(attempt)
+    if on_attempt is not None:
+        on_attempt(attempt)
 
 
 def request_tokens(messages: Messages, max_tokens: int | None) -> int:

@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     SKIPPED_BREAKER_OPEN = "skipped_breaker_open"
     SKIPPED_CONTEXT_WINDOW = "skipped_context_window"
     NOT_CONFIGURED = "not_configured"
+    HEDGE_CANCELLED = "hedge_cancelled"  # asked beside another provider, which answered first
 
 
 @dataclass(frozen=True)
