@@ -104,8 +104,38 @@ def test_promote_refuses_a_head_that_misses_the_target_and_installs_a_better_one
 
             assert main([*promote, "--data", str(easy)]) == 3, "the same head again: the serving one is as good"
             assert "already meets 0.95 here and saves as much" in capsys.readouterr().out
+
+            promoted_card = (heads / "lineup-a" / "MODEL_CARD.md").read_bytes()
+            assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 0
+            assert "serving lineup-a-safe again (was lineup-a-bold" in capsys.readouterr().out
+            assert (heads / "lineup-a" / "head.json").read_bytes() == serving_bytes
+            assert not (heads / "lineup-a" / "MODEL_CARD.md").exists(), "the safe head had no card"
+            assert (heads / "lineup-a" / "MODEL_CARD.md.previous").read_bytes() == promoted_card
+            deadline = time.monotonic() + 15
+            while served(stub)["lineup-a"] != "lineup-a-safe" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert served(stub)["lineup-a"] == "lineup-a-safe", "rolled back while serving, no restart"
+
+            assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 0, "again: undone"
+            assert (heads / "lineup-a" / "head.json").read_bytes() == (candidate / "head.json").read_bytes()
+            assert (heads / "lineup-a" / "MODEL_CARD.md").read_bytes() == promoted_card
+            assert (heads / "lineup-a" / "head.json.previous").read_bytes() == serving_bytes
     finally:
         assert service.stop() == 0
+
+
+def test_rollback_names_what_it_cannot_do_and_changes_nothing(tmp_path, capsys):
+    heads = tmp_path / "heads"
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
+    before = (heads / "lineup-a" / "head.json").read_bytes()
+    for name, says in (("lineup-a", "nothing to roll back to"), ("nope", "--name: no head 'nope'"),
+                       ("..", "--name: no head '..'")):
+        assert main(["rollback", "--name", name, "--heads-dir", str(heads)]) == 2
+        assert says in capsys.readouterr().err
+    (heads / "lineup-a" / "head.json.previous").write_text('{"name": "lineup-a", "version": ')
+    assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 2
+    assert "head.json.previous: not valid JSON" in capsys.readouterr().err
+    assert (heads / "lineup-a" / "head.json").read_bytes() == before, "a damaged previous head changes nothing"
 
 
 def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):

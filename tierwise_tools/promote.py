@@ -9,9 +9,9 @@ candidate is installed unless:
     candidate's own calibration already holds the target with a bound, decision 0024), and the serving head
     keeps at least as much quality there (refusing would otherwise keep the worse head); or
   - the serving head meets the target there and saves at least as much.
-Installing writes head.json atomically into `<heads dir>/<name>/`, keeping the replaced file as
-`head.json.previous` (roll back by moving it back); a classifier serving that directory swaps the head in
-within `--heads-reload-seconds`. Why: docs/decisions/0015 and 0024.
+Installing writes head.json atomically into `<heads dir>/<name>/`, keeping the replaced file (and its model card)
+as `head.json.previous` (`tierwise rollback` swaps them back); a classifier serving that directory swaps the head
+in within `--heads-reload-seconds`. Why: docs/decisions/0015 and 0024.
 """
 from __future__ import annotations
 
@@ -89,14 +89,50 @@ def install(candidate_dir: Path, target_dir: Path) -> None:
     Each file is replaced atomically, the head last: a reloading classifier never reads half a head, and a kill
     at any point leaves the serving head, or the new one with the old one kept beside it."""
     target_dir.mkdir(parents=True, exist_ok=True)
-    head = target_dir / "head.json"
+    head, card = target_dir / "head.json", target_dir / "MODEL_CARD.md"
     new = (candidate_dir / "head.json").read_bytes()
     if head.exists():
-        write_atomic(target_dir / "head.json.previous", head.read_bytes())
-    card = candidate_dir / "MODEL_CARD.md"
-    if card.exists():
-        write_atomic(target_dir / "MODEL_CARD.md", card.read_bytes())
+        write_atomic(previous(head), head.read_bytes())
+        _put(previous(card), _read(card))  # the previous head's card, or none if it had none
+    _put(card, _read(candidate_dir / "MODEL_CARD.md"))
     write_atomic(head, new)
+
+
+def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
+    """Swap `head_dir`'s head.json with the head.json.previous a promotion kept (and their model cards), so the
+    classifier serves the previous head again and a second rollback undoes the first: (now serving, set aside).
+    The previous head is loaded first (a damaged one is a DataError, and nothing changes); the head goes in
+    last of the files it needs, and a kill part-way leaves the serving head whole, old or previous."""
+    head, card = head_dir / "head.json", head_dir / "MODEL_CARD.md"
+    if not previous(head).exists():
+        raise DataError(f"{head_dir}: nothing to roll back to (no head.json.previous: no promotion replaced a head "
+                        "there)")
+    try:
+        restored, current = TierHead.load(previous(head)), TierHead.load(head)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    old_head, old_card, new_card = head.read_bytes(), _read(card), _read(previous(card))
+    _put(card, new_card)
+    write_atomic(head, previous(head).read_bytes())
+    write_atomic(previous(head), old_head)
+    _put(previous(card), old_card)
+    return restored, current
+
+
+def previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def _put(path: Path, data: bytes | None) -> None:
+    """`path` holding `data` (written atomically), or gone for None."""
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, data)
 
 
 def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target: float, encoder_dir: Path,

@@ -1,4 +1,5 @@
-"""`tierwise promote`: check a trained head on records it never saw; install it if it holds the target."""
+"""`tierwise promote`: check a trained head on records it never saw; install it if it holds the target.
+`tierwise rollback`: serve again the head a promotion replaced."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from tierwise.data import DataError
+
 from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
-from ..promote import promote
+from ..promote import promote, roll_back
 from .common import add_data, data_paths, quality_target, read_records
 
 
@@ -22,6 +25,11 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="check only; install nothing")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(run=run)
+    r = sub.add_parser("rollback", help="serve again the head a promotion replaced (swaps head.json and "
+                                        "head.json.previous; run again to undo)")
+    r.add_argument("--name", required=True, help="the head's name: its directory under --heads-dir")
+    r.add_argument("--heads-dir", type=Path, default=HEADS_DIR, help="the directory the classifier serves")
+    r.set_defaults(run=run_rollback)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         show(result, args.split)
     return 0 if result["passed"] else 3
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    head_dir = args.heads_dir / args.name
+    if args.name in ("", ".", "..") or "/" in args.name or not (head_dir / "head.json").exists():
+        raise DataError(f"--name: no head {args.name!r} in {args.heads_dir}")
+    restored, set_aside = roll_back(head_dir)
+    print(f"{args.name}: serving {restored.version} again (was {set_aside.version}, now kept as head.json.previous; "
+          "`tierwise rollback` again undoes this); a classifier serving this directory swaps it in within its "
+          "--heads-reload-seconds")
+    return 0
 
 
 def show(result: dict, split: str) -> None:
