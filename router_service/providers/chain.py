@@ -109,9 +109,14 @@ class TierChain:
                     except DeadlineExceeded:
                         raise DeadlineExceeded(attempts) from None
                     await self._cancel(running, provider, attempts, on_attempt)
-                    async with aclosing(_answer_of(_resumed(first, events), attempts)) as answer:
-                        async for event in answer:
-                            yield event
+                    resumed = _resumed(first, events)
+                    try:
+                        async with aclosing(_answer_of(resumed, attempts)) as answer:
+                            async for event in answer:
+                                yield event
+                    finally:  # the winner's stream, closed now rather than when collected
+                        await resumed.aclose()
+                        await events.aclose()
                     return
                 if not running and waiting:
                     start()
