@@ -6,6 +6,7 @@ import pytest
 from tierwise.data import shared_files
 from tierwise.v1 import classifier_pb2_grpc
 
+from .exported_metrics import Stack, exporting_stack
 from .servers import start_classifier
 
 
@@ -30,3 +31,10 @@ def classifier():
 def stub(classifier):
     with grpc.insecure_channel(classifier.address) as channel:
         yield classifier_pb2_grpc.ClassifierServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    """The classifier's and router's exported metrics after a few calls (tests/exported_metrics.py): data only, its
+    services stopped, read by the dashboard's and the alerts' tests."""
+    return exporting_stack(tmp_path_factory)

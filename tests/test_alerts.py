@@ -22,7 +22,8 @@ from tierwise.v1 import router_pb2, router_pb2_grpc
 
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, router_config, running_router
-from .test_dashboard import ROOT, ask, scrape, selectors, stack, value  # noqa: F401 (stack: a fixture)
+from .exported_metrics import ask, scrape, value
+from .test_dashboard import ROOT, selectors
 from .test_http_api import http_address
 from .test_learn import wait_until
 
@@ -94,7 +95,7 @@ def agreed(router, shadows: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def exported(stack, keyed) -> dict[str, list[dict]]:  # noqa: F811
+def exported(stack, keyed) -> dict[str, list[dict]]:
     merged = {name: list(samples) for name, samples in stack.exported.items()}
     for name, samples in keyed.items():
         merged.setdefault(name, []).extend(samples)
