@@ -159,13 +159,10 @@ async def _answer_of(events: Events, attempts: list[Attempt]) -> Events:
 
 
 async def _resumed(first: str | Completion, events: Events) -> Events:
-    """`events` with the `first` one, already read, put back in front."""
-    try:
-        yield first
-        async for event in events:
-            yield event
-    finally:
-        await events.aclose()
+    """`events` with the `first` one, already read, put back in front (the caller closes `events`)."""
+    yield first
+    async for event in events:
+        yield event
 
 
 def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attempt) -> None:
