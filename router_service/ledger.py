@@ -22,12 +22,13 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 from tierwise.atomic import write_atomic
+
+from .replicas import every_replica, own_file
 
 log = logging.getLogger("tierwise.router.ledger")
 
@@ -42,8 +43,8 @@ class SpendLedger:
     def __init__(self, template: str = "", sync_s: float = 5.0, wall=time.time, host: str | None = None):
         self._wall = wall
         self.sync_s = sync_s
-        self.path = Path(template.replace("{host}", host or socket.gethostname())) if template else None
-        self._pattern = template.replace("{host}", "*")
+        self.path = own_file(template, host)
+        self._pattern = every_replica(template)
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._month = month(wall())

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,8 +30,9 @@ from tierwise.data import ACCEPTABLE
 from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
-from .ledger import SpendLedger
+from .ledger import SpendLedger, month
 from .providers import ProviderError, TierChain
+from .replicas import own_file
 from .replies import parse_verdict, prompt
 
 log = logging.getLogger("tierwise.router.shadow")
@@ -56,8 +56,8 @@ class Shadow:
         self.rng = rng or random.Random()
         self.tracer = trace.get_tracer("tierwise.router")
         self.tasks: set[asyncio.Task] = set()
-        self.log_path = _path(self.cfg.log)
-        self.labels_path = _path(self.cfg.labels)
+        self.log_path = own_file(self.cfg.log)
+        self.labels_path = own_file(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
                         if self.labels_path else None)
         self.spending = ledger or SpendLedger()
@@ -132,11 +132,11 @@ class Shadow:
         if not budget or spent < budget:
             return False
         self.metrics.shadow.add(1, {"outcome": "over_budget"})
-        month = time.strftime("%Y-%m", time.gmtime())
-        if month != self.budget_said:
-            self.budget_said = month
+        now = month(time.time())
+        if now != self.budget_said:
+            self.budget_said = now
             log.warning("shadow: spent $%.4f of its monthly budget of $%g in %s (UTC); no more shadows this month",
-                        spent, budget, month)
+                        spent, budget, now)
         return True
 
     def _deadline(self) -> float:
@@ -153,11 +153,6 @@ class Shadow:
             await asyncio.wait(pending)
             self.metrics.shadow.add(len(pending), {"outcome": "cancelled_shutdown"})
             log.warning("shadow: %d still running after %.1f s at shutdown were cancelled", len(pending), timeout)
-
-
-def _path(template: str) -> Path | None:
-    """`{host}` becomes this host's name, so replicas sharing a volume write a file each."""
-    return Path(template.replace("{host}", socket.gethostname())) if template else None
 
 
 def _outcome(record: dict) -> str:

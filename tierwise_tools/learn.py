@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from classifier_service.heads import HeadRegistry, TierHead
+from router_service.replicas import every_replica
 from tierwise.data import DataError, Record, load, split
 
 from .fitting import MIN_DEV_RECORDS
@@ -76,7 +77,7 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
     """The files `patterns` name. A glob (or `{host}`) matching nothing yet is no error; a missing plain path is."""
     paths: list[Path] = []
     for pattern in patterns:
-        pattern = pattern.replace("{host}", "*")
+        pattern = every_replica(pattern)
         if any(c in pattern for c in "*?["):
             paths += sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
         elif Path(pattern).is_file():
