@@ -33,6 +33,7 @@ from tierwise.v1 import router_pb2_grpc as pb_grpc
 
 from . import report, router_report
 from .__main__ import machine
+from .pacing import on_schedule
 from .router_timing import KEY, interleaved, sdk_call, summary, texts, user
 from .stats import cpu_seconds, distribution, own_cpu_seconds, percentile, system_busy_seconds
 
@@ -111,12 +112,12 @@ def cpu_split(pids: dict[str, int]) -> Iterator[dict[str, float]]:
 async def open_loop(stub: pb_grpc.RouterServiceStub, strategy: str, queries: list[str], rate: float) -> dict:
     """Route calls sent on a fixed schedule whatever the replies do; latency counts from each call's due time
     (so a client that falls behind shows up in the numbers instead of hiding it)."""
-    latencies, decision, lags = [], [], []
+    latencies, decision = [], []
     failed = {"rpc": 0, "degraded": 0}
 
-    async def one(query: str, due: float) -> None:
+    async def one(i: int, due: float) -> None:
         try:
-            reply = await stub.Route(pb.RouteRequest(query=query, strategy=strategy), timeout=TIMEOUT_S)
+            reply = await stub.Route(pb.RouteRequest(query=queries[i], strategy=strategy), timeout=TIMEOUT_S)
         except grpc.aio.AioRpcError:
             failed["rpc"] += 1
             return
@@ -127,19 +128,13 @@ async def open_loop(stub: pb_grpc.RouterServiceStub, strategy: str, queries: lis
         decision.append(reply.decision_ms / 1e3)
 
     started = time.perf_counter()
-    tasks = []
-    for i, query in enumerate(queries):
-        due = started + i / rate
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        lags.append((time.perf_counter() - due) * 1e3)
-        tasks.append(asyncio.create_task(one(query, due)))
-    await asyncio.gather(*tasks)
+    lags = await on_schedule(len(queries), rate, one)
     elapsed = time.perf_counter() - started
     return {"strategy": strategy, "target_rps": rate, "sent": len(queries), "ok": len(latencies),
             "achieved_rps": len(latencies) / elapsed,  # answers by this strategy: degraded ones not counted
             "rpc_errors": failed["rpc"], "degraded": failed["degraded"],
             "latency": summary(latencies, sum(failed.values())), "router_decision": summary(decision, 0),
-            "send_lag_p99_ms": percentile(lags, 99)}
+            "send_lag_p50_ms": percentile(lags, 50), "send_lag_p99_ms": percentile(lags, 99)}
 
 
 async def route_runs(svc: Services, sizes: Sizes) -> dict:
