@@ -1,7 +1,8 @@
 """Decision 0021, the Route path: what the router adds to the classifier's own time at 200 requests/s.
 
 One classifier and one double serve every target; each target gets the same open-loop load (`make bench`'s
-router schedule: calls sent on time whatever the replies do, latency from each call's due time, unique queries):
+router schedule: calls sent on time whatever the replies do, latency from each call's due time, unique queries;
+paced by a thread, `bench.pacing`):
 
 - `classify`: Classify sent straight to the classifier (the hop the router makes, without the router);
 - `route <name>`: Route with the embedding strategy through a router started from source tree <name>;
@@ -13,7 +14,7 @@ each process's CPU per call. With D0021_GC_STATS=1 each router prints its full g
 
     .venv/bin/python -m research.d0021_route_path [--rounds 6] [--seconds 3] [--no-heuristic]
         [--base DIR [--base-classifier]] [--switch-ms MS] [--profile FILE] [--rate 200]
-        [--classifier-args '--keep-warm-ms 10'] [--router-keep-warm-ms 10]
+        [--classifier-args '--keep-warm-ms 10'] [--router-keep-warm-ms 10] [--asyncio-pacing]
 
 `--base DIR` adds a second router run from another source tree (e.g. `git archive HEAD | tar -x -C DIR`, with
 DIR/build linked to this tree's build/), so a change can be compared with what it replaces in the same run;
@@ -36,6 +37,7 @@ from pathlib import Path
 import grpc
 import yaml
 
+from bench.pacing import on_asyncio_timers, on_schedule
 from bench.router_timing import KEY, texts
 from bench.stats import cpu_seconds, own_cpu_seconds, percentile
 from tests.servers import KEY_ENV, ServiceProcess, router_config, start, watch
@@ -84,13 +86,13 @@ def spawn(source: Path, module: str, code: str, profile: Path | None, *args: str
     return service
 
 
-async def _burst(call, queries: list[str], rate: float = RATE) -> tuple[list[float], int]:
+async def _burst(call, queries: list[str], rate: float = RATE, pace=on_schedule) -> tuple[list[float], int]:
     latencies, failed = [], 0
 
-    async def one(query: str, due: float) -> None:
+    async def one(i: int, due: float) -> None:
         nonlocal failed
         try:
-            reply = await call(query)
+            reply = await call(queries[i])
         except grpc.aio.AioRpcError:
             failed += 1
             return
@@ -99,17 +101,13 @@ async def _burst(call, queries: list[str], rate: float = RATE) -> tuple[list[flo
             return
         latencies.append((time.perf_counter() - due) * 1e3)
 
-    started, tasks = time.perf_counter(), []
-    for i, query in enumerate(queries):
-        due = started + i / rate
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(query, due)))
-    await asyncio.gather(*tasks)
+    await pace(len(queries), rate, one)
     return latencies, failed
 
 
 async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, seconds: float,
-                  rate: float = RATE) -> dict:
+                  rate: float = RATE, pacers: dict | None = None) -> dict:
+    """pacers: target name -> how its calls are paced (bench.pacing; default on_schedule)."""
     per_burst = int(rate * seconds)
     stats = {name: {"p50": [], "p99": [], "all": [], "failed": 0, "cpu": {p: 0.0 for p in pids} | {"client": 0.0}, "n": 0}
              for name in targets}
@@ -119,7 +117,7 @@ async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, 
             call = targets[name]
             queries = texts(f"{name}-{r}", per_burst if r else 40)
             before = {p: cpu_seconds(pid) for p, pid in pids.items()} | {"client": own_cpu_seconds()}
-            latencies, failed = await _burst(call, queries, rate)
+            latencies, failed = await _burst(call, queries, rate, (pacers or {}).get(name, on_schedule))
             after = {p: cpu_seconds(pid) for p, pid in pids.items()} | {"client": own_cpu_seconds()}
             if not r:
                 continue
@@ -149,6 +147,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=RATE, help="calls a second (a quiet deployment: 10)")
     ap.add_argument("--classifier-args", default="", help="extra flags for the classifier, e.g. '--keep-warm-ms 10'")
     ap.add_argument("--router-keep-warm-ms", type=float, default=0.0, help="the routers' classifier.keep_warm_ms")
+    ap.add_argument("--asyncio-pacing", action="store_true",
+                    help="also run every target paced by asyncio's timers, as the benches did before decision 0034")
     args = ap.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="d0021-route-") as tmp:
         double = start("bench.router_double")
@@ -191,8 +191,13 @@ def main() -> int:
                 if not args.no_heuristic:
                     targets[f"heuristic {name}"] = (lambda s: lambda q: s.Route(
                         pb.RouteRequest(query=q, strategy="heuristic"), timeout=TIMEOUT_S))(stub)
+            pacers = {}
+            if args.asyncio_pacing:
+                for name in list(targets):
+                    targets[f"{name} (asyncio timers)"] = targets[name]
+                    pacers[f"{name} (asyncio timers)"] = on_asyncio_timers
             try:
-                return await measure(targets, pids, args.rounds, args.seconds, args.rate)
+                return await measure(targets, pids, args.rounds, args.seconds, args.rate, pacers)
             finally:
                 for channel in channels:
                     await channel.close()
