@@ -22,6 +22,7 @@ from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .providers import Attempt, Outcome, StreamInterrupted
+from .sampling import sampling_of
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
@@ -65,11 +66,13 @@ class RouterCore:
         with self.admission.admit():
             started = time.perf_counter()
             messages, query = self._messages(request)
+            asked = _answer_options(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             decision = self._on_conversation(decision, messages, request, span)
             route = self._route_response(decision, query, started)
             yield pb.CompleteStreamResponse(decision=route)
-            options = {"deadline": deadline, **self._call_options(request)}
+            options = {"deadline": deadline, **asked, "on_attempt": self._on_attempt,
+                       "on_escalate": self._on_escalate}
             with self._dispatch_errors():
                 if stream and strategy.gate is None:
                     events = self.dispatcher.stream(messages, decision.tier, **options)
@@ -82,7 +85,7 @@ class RouterCore:
                         result = event
                     else:
                         yield pb.CompleteStreamResponse(delta=event)
-            summary = self._finish(method, span, decision, route, result, started, messages, request)
+            summary = self._finish(method, span, decision, route, result, started, messages, asked)
             if on_result is not None:
                 on_result(result)
             yield pb.CompleteStreamResponse(summary=summary)
@@ -117,9 +120,6 @@ class RouterCore:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "temperature: must be between 0 and 2")
         return messages, messages[users[-1]]["content"]
 
-    def _call_options(self, request: pb.CompleteRequest) -> dict:
-        return {**_answer_options(request), "on_attempt": self._on_attempt, "on_escalate": self._on_escalate}
-
     def _on_attempt(self, tier: int, attempt: Attempt, purpose: str) -> None:
         attempt_span(self.tracer, tier, attempt, purpose)
         if attempt.outcome is not Outcome.OK:
@@ -145,10 +145,10 @@ class RouterCore:
                            "partial answer is incomplete and will not be continued: retry the request") from None
 
     def _finish(self, method: str, span, decision: Decision, route: pb.RouteResponse, result: Result,
-                started: float, messages: list[dict[str, str]], request: pb.CompleteRequest) -> pb.CompleteResponse:
+                started: float, messages: list[dict[str, str]], asked: dict) -> pb.CompleteResponse:
         c = result.completion
-        span.set_attribute("tierwise.shadow_sampled", self.shadow.maybe_start(
-            messages, decision.strategy, result, _answer_options(request)))
+        sampled = self.shadow.maybe_start(messages, decision.strategy, result, asked)
+        span.set_attribute("tierwise.shadow_sampled", sampled)
         span.set_attribute("gen_ai.request.model", c.model)
         span.set_attribute("gen_ai.response.model", c.model)
         span.set_attribute("gen_ai.usage.input_tokens", c.input_tokens)
@@ -229,9 +229,11 @@ class RouterCore:
 
 
 def _answer_options(request: pb.CompleteRequest) -> dict:
-    """The request's generation options, as every provider call for it is made."""
+    """The request's generation options, as every provider call for it is made (escalations and the shadow's
+    too); INVALID_ARGUMENT naming a field that is wrong."""
     return {"max_tokens": request.max_tokens or None,
-            "temperature": request.temperature if request.HasField("temperature") else None}
+            "temperature": request.temperature if request.HasField("temperature") else None,
+            "sampling": sampling_of(request)}
 
 
 async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:

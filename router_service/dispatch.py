@@ -16,7 +16,7 @@ from .events import final, single
 from .gates import QualityGate
 from .providers import Attempt, Completion, DeadlineExceeded, Events
 from .providers import OnAttempt as ChainOnAttempt
-from .providers import Outcome, ProviderError, StreamInterrupted, TierChain
+from .providers import DEFAULT_SAMPLING, Outcome, ProviderError, Sampling, StreamInterrupted, TierChain
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -68,22 +68,23 @@ class Dispatcher:
 
     async def complete(self, messages: Messages, start_tier: int, *, gate: QualityGate | None = None,
                        max_tier: int = FRONTIER, max_tokens: int | None = None, temperature: float | None = None,
-                       deadline: float | None = None, on_attempt: OnAttempt | None = None,
-                       on_escalate: OnEscalate | None = None) -> Result:
+                       sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
+                       on_attempt: OnAttempt | None = None, on_escalate: OnEscalate | None = None) -> Result:
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
-            return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
-                                         on_attempt=hook))
+            return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
+                                         deadline=deadline, on_attempt=hook))
         return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=max_tier, deadline=deadline,
                                           on_attempt=on_attempt, on_escalate=on_escalate))
 
     def stream(self, messages: Messages, start_tier: int, *, max_tokens: int | None = None,
-               temperature: float | None = None, deadline: float | None = None, on_attempt: OnAttempt | None = None,
+               temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
+               on_attempt: OnAttempt | None = None,
                on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates) only before its
         first delta; a break after that raises `StreamInterrupted` from providers."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
-            return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline,
-                                on_attempt=hook)
+            return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
+                                deadline=deadline, on_attempt=hook)
         return self._escalate(ask, messages, start_tier, gate=None, max_tier=FRONTIER, deadline=deadline,
                               on_attempt=on_attempt, on_escalate=on_escalate)
 

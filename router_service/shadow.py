@@ -66,7 +66,7 @@ class Shadow:
     def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
                     options: Mapping[str, object]) -> bool:
         """Start a shadow for this answered request if it is sampled; returns whether one started.
-        `options` (max_tokens, temperature) are the request's, so every answer is asked the same way."""
+        `options` (max_tokens, temperature, sampling) are the request's, so every answer is asked the same way."""
         eligible = self.labeler is not None or result.tier < self.cfg.tier
         if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget():
             return False

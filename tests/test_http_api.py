@@ -144,15 +144,38 @@ def test_stream_without_usage_ends_with_done_and_no_usage_chunk(api):
     assert all("usage" not in json.loads(e) for e in events[:-1])
 
 
-def test_options_the_grpc_path_takes_pass_through(api, double):
+SAMPLING = {"top_p": 0.25, "stop": ["\n\n", "END"], "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -1.5,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}}
+
+
+def test_generation_options_reach_the_provider_as_given(api, double):
     before = len(double.requests)
     reply = sdk(api[0]).chat.completions.create(
         model="tierwise/cheapest", messages=[{"role": "developer", "content": "Be brief."}, *user()],
-        max_tokens=3, temperature=0.5, user="someone", seed=7, extra_body={"stop": ["\n"]})
+        max_tokens=3, temperature=0.5, user="someone", **SAMPLING)
     sent = double.requests[before:][0].body
     assert sent["max_tokens"] == 3 and sent["temperature"] == 0.5
+    assert {k: sent.get(k) for k in SAMPLING} == SAMPLING
+    assert "user" not in sent, "what only describes the caller stays with the router"
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
     assert reply.choices[0].finish_reason == "length", "cut at max_tokens, as the provider said"
+
+
+def test_a_stream_takes_the_same_options_and_a_lone_stop_string(api, double):
+    before = len(double.requests)
+    chunks = list(sdk(api[0]).chat.completions.create(model="tierwise/cheapest", messages=user(), stream=True,
+                                                      stop="END", seed=11, response_format={"type": "json_object"}))
+    assert chunks
+    sent = double.requests[before:][0].body
+    assert sent["stream"] is True and (sent["stop"], sent["seed"]) == (["END"], 11)
+    assert sent["response_format"] == {"type": "json_object"}
+
+
+def test_options_left_unset_are_not_sent(api, double):
+    before = len(double.requests)
+    sdk(api[0]).chat.completions.create(model="tierwise/cheapest", messages=user())
+    sent = double.requests[before:][0].body
+    assert not set(sent) & {*SAMPLING, "temperature", "max_tokens"}, sent
 
 
 def test_a_conversation_with_text_parts_is_answered(api):
@@ -198,6 +221,18 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "tierwise", "messages": user(), "top_p": 1.5}, "top_p"),
+    ({"model": "tierwise", "messages": user(), "top_p": "high"}, "top_p"),
+    ({"model": "tierwise", "messages": user(), "presence_penalty": 2.5}, "presence_penalty"),
+    ({"model": "tierwise", "messages": user(), "frequency_penalty": True}, "frequency_penalty"),
+    ({"model": "tierwise", "messages": user(), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": "tierwise", "messages": user(), "stop": 5}, "stop"),
+    ({"model": "tierwise", "messages": user(), "seed": 1.5}, "seed"),
+    ({"model": "tierwise", "messages": user(), "seed": 2**64}, "seed"),
+    ({"model": "tierwise", "messages": user(), "response_format": "json"}, "response_format"),
+    ({"model": "tierwise", "messages": user(), "response_format": {"type": "yaml"}}, "response_format"),
+    ({"model": "tierwise", "messages": user(), "response_format": {"type": "json_schema"}},
+     "response_format.json_schema"),
     ({"model": "tierwise", "messages": user("x" * 300_000)}, "messages[0].content"),
 ])
 def test_bad_requests_are_400s_naming_the_field(api, body, param):
@@ -231,7 +266,8 @@ FIELDS = st.fixed_dictionaries({}, optional={
     "messages": st.lists(st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "x"]) | JSON,
                                                               "content": JSON}), max_size=3) | JSON,
     "stream": JSON, "stream_options": JSON, "max_tokens": JSON, "max_completion_tokens": JSON,
-    "temperature": JSON, "n": JSON, "head": JSON, "tools": JSON})
+    "temperature": JSON, "n": JSON, "head": JSON, "tools": JSON, "top_p": JSON, "stop": JSON, "seed": JSON,
+    "presence_penalty": JSON, "frequency_penalty": JSON, "response_format": JSON})
 BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
           | FIELDS.map(lambda v: json.dumps(v).encode()))
 

@@ -124,6 +124,28 @@ def test_cascade_gate_rejects_a_refusal_and_escalates(fresh, double):
         "a cascade pays for every tier it tried"
 
 
+SAMPLING = {"top_p": 0.25, "stop": ["\n\n", "END"], "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -1.5,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}}
+
+
+def test_generation_options_go_to_every_tier_a_cascade_asks(fresh, double):
+    stub, _ = fresh
+    double.set_reply("t1-a", "I cannot help with that.")
+    request = ask("What is 17 times 23?", "cascade", max_tokens=50, temperature=0.5,
+                  **{**SAMPLING, "response_format": json.dumps(SAMPLING["response_format"])})
+    assert stub.Complete(request, timeout=15).escalations == 1
+    for model in ("t1-a", "t2-a"):
+        [sent] = [r.body for r in double.requests_for(model)]
+        assert {k: sent.get(k) for k in SAMPLING} == SAMPLING, model
+        assert (sent["max_tokens"], sent["temperature"]) == (50, 0.5)
+
+
+def test_generation_options_left_unset_are_not_sent(stub, double):
+    stub.Complete(ask("hello there", "heuristic"), timeout=10)
+    [sent] = [r.body for r in double.requests]
+    assert not set(sent) & {*SAMPLING, "temperature", "max_tokens"}, sent
+
+
 def test_cascade_gate_escalates_an_answer_cut_off_at_max_tokens(fresh, double):
     stub, _ = fresh
     double.set_reply("t2-a", "391")
@@ -136,13 +158,13 @@ def test_cascade_gate_escalates_an_answer_cut_off_at_max_tokens(fresh, double):
 def verifying(double, classifier, tmp_path):
     """Asks "What is 17 times 23?" of a router of its own whose `cheapest+cascade` runs the verify gate, and
     returns the reply. Tier 3 verifies unless a test says otherwise; `settings` override the cascade section."""
-    def complete(verifier_tier: int = 3, **settings) -> pb.CompleteResponse:
+    def complete(verifier_tier: int = 3, asked: dict | None = None, **settings) -> pb.CompleteResponse:
         cascade = {"start": "cheapest", "gate": "verify", "max_tier": 3, "verifier_tier": verifier_tier,
                    "verifier_timeout_ms": 3000, **settings}
         with running_router(router_config(double.base_url, cascade=cascade), classifier.address, tmp_path,
                             env={KEY_ENV: "test-key"}) as router, grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
-            return stub.Complete(ask("What is 17 times 23?", "cascade"), timeout=15)
+            return stub.Complete(ask("What is 17 times 23?", "cascade", **(asked or {})), timeout=15)
     double.reset()
     yield complete
     double.reset()
@@ -164,6 +186,15 @@ def test_verify_gate_returns_the_cheap_answer_a_verifier_accepts_and_bills_its_c
     verifier_cost = (len("".join(m["content"] for m in call["messages"])) // 4 * 15.0
                      + len('```json\n{"acceptable": true}\n```') // 4 * 75.0) / 1e6
     assert reply.cost_usd == pytest.approx(answer_cost + verifier_cost), "the verifier's call is paid with the answer"
+
+
+def test_the_verifier_is_asked_its_own_way_not_with_the_callers_options(verifying, double):
+    double.set_reply("t3-a", '```json\n{"acceptable": true}\n```')
+    verifying(asked={"seed": 3, "stop": ["END"], "response_format": '{"type": "json_object"}'})
+    [answer] = [r.body for r in double.requests_for("t1-a")]
+    assert (answer["seed"], answer["stop"], answer["response_format"]) == (3, ["END"], {"type": "json_object"})
+    [call] = verifier_calls(double, "t3-a")
+    assert not set(call) & set(SAMPLING), call
 
 
 def test_verify_gate_escalates_what_its_verifier_rejects(verifying, double):
@@ -308,6 +339,15 @@ def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], max_tokens=-1), "max_tokens"),
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], temperature=7), "temperature"),
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], strategy="nope"), "strategy"),
+    (ask("hi", top_p=1.5), "top_p"),
+    (ask("hi", top_p=math.nan), "top_p"),
+    (ask("hi", presence_penalty=-2.5), "presence_penalty"),
+    (ask("hi", frequency_penalty=math.inf), "frequency_penalty"),
+    (ask("hi", stop=["a", "b", "c", "d", "e"]), "stop"),
+    (ask("hi", stop=["a", ""]), "stop[1]"),
+    (ask("hi", response_format="{"), "response_format"),
+    (ask("hi", response_format='{"type": "xml"}'), "response_format"),
+    (ask("hi", response_format='{"type": "json_schema"}'), "response_format.json_schema"),
 ])
 def test_bad_complete_input_is_invalid_argument(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -391,7 +431,7 @@ def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, c
         double.set_reply("t1-a", '{"score": 0.25}')  # the tier-1 answer, and the judge's grade of tiers 1 and 2
         with grpc.insecure_channel(service.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
-            easy = stub.Complete(ask("hi there", "heuristic", max_tokens=40), timeout=10)
+            easy = stub.Complete(ask("hi there", "heuristic", max_tokens=40, seed=5, stop=["END"]), timeout=10)
             assert easy.tier == 1
             assert stub.Complete(ask(hard, "heuristic"), timeout=10).tier == 3
         deadline = time.monotonic() + 10
@@ -410,7 +450,11 @@ def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, c
     assert len(double.requests_for("t1-a")) == 2 + 2 * 2
     asked_for_easy = [r.body for r in double.requests if r.body and r.body["messages"][-1]["content"] == "hi there"]
     assert {b["model"] for b in asked_for_easy} == {"t1-a", "t2-a", "t3-a"}
-    assert all(b.get("max_tokens") == 40 for b in asked_for_easy), "every tier is asked as the user asked"
+    assert all((b.get("max_tokens"), b.get("seed"), b.get("stop")) == (40, 5, ["END"]) for b in asked_for_easy), \
+        "every tier is asked as the user asked"
+    judged = [r.body for r in double.requests if r.body and r.body["messages"][-1]["content"] != "hi there"
+              and "hi there" in r.body["messages"][-1]["content"]]
+    assert judged and not any("seed" in b or "stop" in b for b in judged), "the judge is asked its own way"
     comparisons = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(c["tier"] for c in comparisons) == [1, 3] and all(c["labelled"] for c in comparisons)
     assert [c["agree"] for c in comparisons if c["tier"] == 1] == [False]  # 0.25 is below the acceptable bar

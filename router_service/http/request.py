@@ -1,7 +1,9 @@
 """An OpenAI chat completions request body, read into the core's CompleteRequest.
 
-What Tierwise does not use is accepted and left out (user, seed, stop, presence_penalty, ...); what would change the
-answer's shape in a way Tierwise cannot give (tools, several choices) is refused by name, never silently dropped.
+The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format) go to the
+provider that answers; the core checks their values. What only describes the caller (user, metadata, ...) is
+accepted and left out; what would change the answer's shape in a way Tierwise cannot give (tools, several choices)
+is refused by name, never silently dropped.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def parse(body: bytes) -> ChatRequest:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
             raise bad_request("temperature: must be a number between 0 and 2")
         request.temperature = temperature
+    _sampling(doc, request)
     stream = doc.get("stream")
     if stream not in (None, True, False):
         raise bad_request("stream: must be true or false")
@@ -70,6 +73,32 @@ def parse(body: bytes) -> ChatRequest:
     if options is not None and not (isinstance(options, dict) and options.get("include_usage") in (None, True, False)):
         raise bad_request("stream_options: must be an object such as {\"include_usage\": true}")
     return ChatRequest(request, bool(stream), bool(options and options.get("include_usage")))
+
+
+def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
+    """OpenAI's other generation options onto `request`, by JSON type; their ranges are the core's to check."""
+    for field in ("top_p", "presence_penalty", "frequency_penalty"):
+        value = doc.get(field)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad_request(f"{field}: must be a number")
+            setattr(request, field, value)
+    stop = doc.get("stop")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise bad_request("stop: must be a string or a list of strings")
+        request.stop.extend(_text(s, f"stop[{i}]") for i, s in enumerate(stop))
+    seed = doc.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**63:
+            raise bad_request("seed: must be a whole number (64-bit)")
+        request.seed = seed
+    response_format = doc.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            raise bad_request('response_format: must be an object such as {"type": "json_object"}')
+        request.response_format = json.dumps(response_format)
 
 
 def _messages(messages: object) -> list[pb.Message]:

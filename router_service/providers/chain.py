@@ -12,7 +12,7 @@ from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFa
                      StreamInterrupted)
 from .provider import Provider
 from ..tokens import conversation_tokens
-from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome
+from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, Sampling
 
 
 class TierChain:
@@ -30,18 +30,20 @@ class TierChain:
             await provider.aclose()
 
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
-                       temperature: float | None = None, deadline: float | None = None,
-                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
+                       temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
+                       deadline: float | None = None, on_attempt: OnAttempt | None = None,
+                       top_logprobs: int | None = None) -> Completion:
         return await final(self._failover(lambda provider: single(provider.complete(
-            messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline, on_attempt=on_attempt,
-            top_logprobs=top_logprobs)), request_tokens(messages, max_tokens), on_attempt))
+            messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
+            on_attempt=on_attempt, top_logprobs=top_logprobs)), request_tokens(messages, max_tokens), on_attempt))
 
     def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
-               deadline: float | None = None, on_attempt: OnAttempt | None = None) -> Events:
+               sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
+               on_attempt: OnAttempt | None = None) -> Events:
         """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
         return self._failover(lambda provider: provider.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, deadline=deadline, on_attempt=on_attempt),
-            request_tokens(messages, max_tokens), on_attempt)
+            messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
+            on_attempt=on_attempt), request_tokens(messages, max_tokens), on_attempt)
 
     def fits(self, tokens: int) -> bool:
         """Whether any of the tier's providers can hold a request of `tokens`."""

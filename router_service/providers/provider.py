@@ -18,7 +18,8 @@ from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, c
 from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
-from .types import Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig
+from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
+                    Sampling)
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -73,19 +74,21 @@ class Provider:
             self._client = None
 
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
-                       temperature: float | None = None, deadline: float | None = None,
-                       on_attempt: OnAttempt | None = None, top_logprobs: int | None = None) -> Completion:
+                       temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
+                       deadline: float | None = None, on_attempt: OnAttempt | None = None,
+                       top_logprobs: int | None = None) -> Completion:
         attempts = _AttemptLog(on_attempt)
         client = self._admit(deadline, attempts)
         with _settling_breaker(self.breaker):
             completion, started = await self._with_retries(
-                lambda timeout: self._request(client, messages, max_tokens, temperature, timeout, top_logprobs),
+                lambda timeout: self._request(client, messages, max_tokens, temperature, sampling, timeout,
+                                              top_logprobs),
                 deadline, attempts)
             return self._succeeded(completion, started, attempts)
 
     async def stream(self, messages: Messages, *, max_tokens: int | None = None,
-                     temperature: float | None = None, deadline: float | None = None,
-                     on_attempt: OnAttempt | None = None) -> Events:
+                     temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
+                     deadline: float | None = None, on_attempt: OnAttempt | None = None) -> Events:
         """Yield text deltas, then one `Completion` with the whole content, usage and attempts.
 
         Failures before the first delta are retried; after it, `StreamInterrupted` is raised. Reading
@@ -95,7 +98,7 @@ class Provider:
         client = self._admit(deadline, attempts)
         with _settling_breaker(self.breaker):
             (live, delta), started = await self._with_retries(
-                lambda timeout: self._open_stream(client, messages, max_tokens, temperature, timeout),
+                lambda timeout: self._open_stream(client, messages, max_tokens, temperature, sampling, timeout),
                 deadline, attempts)
             tokens_sent = 0
             try:
@@ -198,8 +201,9 @@ class Provider:
         return Attempt(self.name, self.config.model, outcome, latency_ms=latency_ms, **details)
 
     async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
-                       temperature: float | None, timeout: float, top_logprobs: int | None = None) -> Completion:
-        response = await self._create(client, messages, max_tokens, temperature, timeout,
+                       temperature: float | None, sampling: Sampling, timeout: float,
+                       top_logprobs: int | None = None) -> Completion:
+        response = await self._create(client, messages, max_tokens, temperature, sampling, timeout,
                                       logprobs=_set_or_omit(True if top_logprobs else None),
                                       top_logprobs=_set_or_omit(top_logprobs or None))
         if not response.choices:
@@ -209,16 +213,17 @@ class Provider:
         return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
 
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
-                temperature: float | None, timeout: float, **options: Any) -> Awaitable[Any]:
+                temperature: float | None, sampling: Sampling, timeout: float, **options: Any) -> Awaitable[Any]:
         """The SDK call every request makes; `options` add streaming or log probabilities."""
         return client.chat.completions.create(
             model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
-            temperature=_set_or_omit(temperature), timeout=timeout, **options)
+            temperature=_set_or_omit(temperature), timeout=timeout, **sampling.sdk_args(), **options)
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
-                           temperature: float | None, timeout: float) -> tuple[LiveStream, str | None]:
+                           temperature: float | None, sampling: Sampling,
+                           timeout: float) -> tuple[LiveStream, str | None]:
         """Start the stream and read up to its first text delta, so that failures so far can be retried."""
-        sdk_stream = await self._create(client, messages, max_tokens, temperature, timeout, stream=True,
+        sdk_stream = await self._create(client, messages, max_tokens, temperature, sampling, timeout, stream=True,
                                         stream_options={"include_usage": True})
         live = LiveStream(sdk_stream)
         try:

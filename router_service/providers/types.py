@@ -1,9 +1,10 @@
 """A provider's configuration, what a call to it is given and what it returns."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, AsyncGenerator, Callable, Sequence
+from typing import Annotated, Any, AsyncGenerator, Callable, Sequence
 
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import Strict
@@ -39,6 +40,30 @@ class Attempt:
 
 
 OnAttempt = Callable[[Attempt], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The caller's generation options besides max_tokens and temperature, for whichever provider answers, as
+    given; unset ones are left out of the call, so each provider uses its own default."""
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: str = ""  # OpenAI's response_format object as JSON text
+
+    def sdk_args(self) -> dict[str, Any]:
+        args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty")
+                if (value := getattr(self, name)) is not None}
+        if self.stop:
+            args["stop"] = list(self.stop)
+        if self.response_format:
+            args["response_format"] = json.loads(self.response_format)
+        return args
+
+
+DEFAULT_SAMPLING = Sampling()
 
 
 @dataclass(frozen=True)
