@@ -57,6 +57,23 @@ def test_async_client(stack):
     assert decision.tier == 1 and text == summary.content
 
 
+def test_both_clients_pass_the_generation_options_to_the_provider(stack):
+    double, router = stack
+    options = {"top_p": 0.5, "stop": "END", "seed": 9, "response_format": {"type": "json_object"}}
+    expected = {**options, "stop": ["END"]}
+
+    async def run():
+        async with AsyncRouterClient(router.address) as tw:
+            return "".join([p async for p in tw.stream("hi there", **options)])
+
+    before = len(double.requests)
+    with RouterClient(router.address) as tw:
+        tw.complete("hi there", **options)
+    asyncio.run(run())
+    sent = [r.body for r in double.requests[before:]]
+    assert len(sent) == 2 and all({k: body.get(k) for k in expected} == expected for body in sent), sent
+
+
 def test_client_retries_unavailable_then_gives_up_with_the_status():
     with RouterClient(f"127.0.0.1:{unused_port()}", ClientOptions(retries=2, backoff_s=0.01, timeout_s=3)) as tw:
         with pytest.raises(grpc.RpcError) as err:

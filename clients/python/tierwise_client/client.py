@@ -7,11 +7,12 @@ backoff before anything was streamed; TLS (with a client certificate for mTLS) a
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import grpc
 import grpc.aio
@@ -55,8 +56,16 @@ def _messages(messages: Messages) -> list[pb.Message]:
 
 
 def _request(messages: Messages, strategy: str, max_tokens: int, temperature: float | None,
-             head: str) -> pb.CompleteRequest:
-    request = pb.CompleteRequest(messages=_messages(messages), strategy=strategy, max_tokens=max_tokens, head=head)
+             head: str, sampling: dict[str, Any]) -> pb.CompleteRequest:
+    """`sampling`: top_p, stop (a string or a list), seed, presence_penalty, frequency_penalty and response_format
+    (a dict, or its JSON text), passed to the provider that answers; None leaves one unset."""
+    fields = {name: value for name, value in sampling.items() if value is not None}
+    if isinstance(fields.get("stop"), str):
+        fields["stop"] = [fields["stop"]]
+    if isinstance(fields.get("response_format"), dict):
+        fields["response_format"] = json.dumps(fields["response_format"])
+    request = pb.CompleteRequest(messages=_messages(messages), strategy=strategy, max_tokens=max_tokens, head=head,
+                                 **fields)
     if temperature is not None:
         request.temperature = temperature
     return request
@@ -128,15 +137,16 @@ class RouterClient(_ClientBase):
 
     def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                  temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
-                 traceparent: str | None = None, tracestate: str | None = None) -> pb.CompleteResponse:
-        return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head), timeout_s,
-                           _metadata(self.options, traceparent, tracestate))
+                 traceparent: str | None = None, tracestate: str | None = None,
+                 **sampling: Any) -> pb.CompleteResponse:
+        return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head, sampling),
+                           timeout_s, _metadata(self.options, traceparent, tracestate))
 
     def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0, temperature: float | None = None,
                head: str = "", timeout_s: float | None = None, *, traceparent: str | None = None,
-               tracestate: str | None = None) -> Iterator[str]:
+               tracestate: str | None = None, **sampling: Any) -> Iterator[str]:
         """Text pieces as they arrive; `last_summary` holds the totals once the stream ended."""
-        request = _request(messages, strategy, max_tokens, temperature, head)
+        request = _request(messages, strategy, max_tokens, temperature, head, sampling)
         metadata = _metadata(self.options, traceparent, tracestate)
 
         def pieces(timeout: float) -> Iterator[str]:
@@ -190,14 +200,17 @@ class AsyncRouterClient(_ClientBase):
 
     async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                        temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
-                       traceparent: str | None = None, tracestate: str | None = None) -> pb.CompleteResponse:
-        return await self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head),
-                                 timeout_s, _metadata(self.options, traceparent, tracestate))
+                       traceparent: str | None = None, tracestate: str | None = None,
+                       **sampling: Any) -> pb.CompleteResponse:
+        return await self._unary(self._stub.Complete,
+                                 _request(messages, strategy, max_tokens, temperature, head, sampling), timeout_s,
+                                 _metadata(self.options, traceparent, tracestate))
 
     async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                      temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
-                     traceparent: str | None = None, tracestate: str | None = None) -> AsyncIterator[str]:
-        request = _request(messages, strategy, max_tokens, temperature, head)
+                     traceparent: str | None = None, tracestate: str | None = None,
+                     **sampling: Any) -> AsyncIterator[str]:
+        request = _request(messages, strategy, max_tokens, temperature, head, sampling)
         metadata = _metadata(self.options, traceparent, tracestate)
 
         async def pieces(timeout: float) -> AsyncIterator[str]:
