@@ -127,6 +127,32 @@ def test_example_client_reports_the_grpc_status(lang, builds, stack):
     assert "INVALID_ARGUMENT" in out.stderr and "unknown strategy" in out.stderr, out.stderr
 
 
+NODE_COMPLETE = """
+const { RouterClient } = require(process.argv[1]);
+const tw = new RouterClient(process.argv[2], { timeoutS: 20 });
+tw.complete("hi there", { strategy: "heuristic", maxTokens: 30, topP: 0.5, stop: "END", seed: 9,
+                          presencePenalty: 0.25, frequencyPenalty: -0.5, responseFormat: { type: "json_object" } })
+  .then((reply) => { console.log(JSON.stringify({ content: reply.content })); tw.close(); })
+  .catch((err) => { console.error(err.message); process.exit(1); });
+"""
+
+
+def test_node_library_sends_the_generation_options(builds, stack):
+    run = built(builds, "node")
+    double, router = stack
+    double.reset()
+    out = subprocess.run(["node", "-e", NODE_COMPLETE, str(run.parent / "src" / "index.js"), router.address],
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=client_env(),
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["content"] == "answer from t1-a: 2 words"
+    [sent] = [r.body for r in double.requests_for("t1-a")]
+    assert {k: sent.get(k) for k in ("max_tokens", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+                                     "response_format")} == {
+        "max_tokens": 30, "top_p": 0.5, "stop": ["END"], "seed": 9, "presence_penalty": 0.25,
+        "frequency_penalty": -0.5, "response_format": {"type": "json_object"}}
+
+
 @pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory, builds):
     """Router and classifier exporting spans to a real OTLP receiver; the embedding strategy, so every

@@ -73,6 +73,14 @@ export interface CallOptions {
 export interface CompleteOptions extends CallOptions {
   maxTokens?: number;
   temperature?: number;
+  /** The other generation options, passed to the provider that answers as given; unset ones are not sent. */
+  topP?: number;
+  stop?: string | string[];
+  seed?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** OpenAI's response_format object, e.g. { type: "json_object" }. */
+  responseFormat?: Record<string, unknown>;
 }
 
 /** A user message, or the whole conversation. */
@@ -180,6 +188,12 @@ function completeRequest(messages: Messages, options: CompleteOptions): Complete
     strategy: options.strategy ?? "", head: options.head ?? "", max_tokens: options.maxTokens ?? 0,
   };
   if (options.temperature !== undefined) request.temperature = options.temperature;
+  if (options.topP !== undefined) request.top_p = options.topP;
+  if (options.stop !== undefined) request.stop = typeof options.stop === "string" ? [options.stop] : options.stop;
+  if (options.seed !== undefined) request.seed = options.seed;
+  if (options.presencePenalty !== undefined) request.presence_penalty = options.presencePenalty;
+  if (options.frequencyPenalty !== undefined) request.frequency_penalty = options.frequencyPenalty;
+  if (options.responseFormat !== undefined) request.response_format = JSON.stringify(options.responseFormat);
   return request;
 }
 
