@@ -9,7 +9,8 @@ Faults are scripted per model: `script(model, *faults)` queues faults consumed o
 text)` replaces a model's answer (e.g. a judge's verdict); `set_alternatives(model, {token: logprob}, when=text)`
 scripts the log probabilities sent with `logprobs: true` (for requests whose last message holds `text`; every
 other token is certain); `reset()` forgets all of that. An answer longer
-than the request's `max_tokens` is cut there with finish_reason "length", as real providers do. Every request is
+than the request's `max_tokens` (or `max_completion_tokens`) is cut there with finish_reason "length", as real
+providers do. Every request is
 recorded (model, stream flag, headers, body, fault applied) so tests can assert none was lost or repeated.
 Every wait inside the double is bounded and released at once when the double shuts down.
 """
@@ -386,8 +387,9 @@ def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
 
 
 def _within_max_tokens(answer: str, body: dict[str, Any]) -> tuple[str, str]:
-    """(the answer, "stop"), or, like a real provider, the answer cut at the request's max_tokens and "length"."""
-    limit = body.get("max_tokens")
+    """(the answer, "stop"), or, like a real provider, the answer cut at the request's max_tokens (or
+    max_completion_tokens, as OpenAI's newer field) and "length"."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if isinstance(limit, int) and limit > 0 and estimate_tokens(answer) > limit:
         return answer[:limit * 4], "length"
     return answer, "stop"

@@ -14,8 +14,8 @@ import pytest
 
 from router_service.breaker import BreakerState, CircuitBreaker
 from router_service.providers import (Attempt, ChainExhausted, Completion, DeadlineExceeded, Outcome, Provider,
-                                      ProviderConfig, ProviderFailed, ProviderNotConfigured, StreamInterrupted,
-                                      TierChain)
+                                      ProviderConfig, ProviderFailed, ProviderNotConfigured, Sampling,
+                                      StreamInterrupted, TierChain)
 from router_service.retry import Failure, FailureKind, RetryPolicy, Retrier, retry_after_seconds
 
 from .provider_double import Fault, ProviderDouble, refused_base_url
@@ -137,6 +137,23 @@ def test_token_log_probabilities_come_back_only_when_asked_for(double, sleeps):
     assert plain.tokens == ()
     first, second = (r.body for r in double.requests_for("model-a"))
     assert (first["logprobs"], first["top_logprobs"]) == (True, 2) and "logprobs" not in second
+
+
+def test_a_reasoning_model_gets_its_limit_field_and_none_of_the_options_it_refuses(double, sleeps):
+    """OpenAI's o-series refuse max_tokens, temperature, top_p, the penalties and logprobs with a 400."""
+    spec = ProviderConfig(name="o", base_url=double.base_url, model="model-o", api_key_env=KEY_ENV,
+                          max_tokens_field="max_completion_tokens",
+                          drop_options=("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs"))
+    chain = TierChain([Provider(spec), make_provider(double.base_url, "a", sleeps)])
+    sampling = Sampling(top_p=0.5, seed=3, presence_penalty=0.5, frequency_penalty=0.5, stop=("END",))
+    whole = run(chain.complete(MESSAGES, max_tokens=2, temperature=0.3, sampling=sampling, top_logprobs=2), chain)
+    deltas, streamed = run(collect(chain.stream(MESSAGES, max_tokens=2, temperature=0.3, sampling=sampling)), chain)
+    assert whole.finish_reason == streamed.finish_reason == "length", "the limit still holds, in its own field"
+    for body in (r.body for r in double.requests_for("model-o")):
+        assert body["max_completion_tokens"] == 2 and (body["seed"], body["stop"]) == (3, ["END"])
+        assert not set(body) & {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty",
+                                "logprobs", "top_logprobs"}, body
+    assert len(double.requests_for("model-o")) == 2 and not double.requests_for("model-a")
 
 
 def test_server_error_is_retried_once_then_succeeds(double, sleeps):

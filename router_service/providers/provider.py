@@ -24,7 +24,6 @@ from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnA
 log = logging.getLogger("tierwise.router.providers")
 
 T = TypeVar("T")
-N = TypeVar("N", int, float)
 
 # The SDK insists on a key; a provider that needs none (api_key_env = "") is sent this instead.
 NO_KEY_NEEDED = "no-key-needed"
@@ -204,8 +203,7 @@ class Provider:
                        temperature: float | None, sampling: Sampling, timeout: float,
                        top_logprobs: int | None = None) -> Completion:
         response = await self._create(client, messages, max_tokens, temperature, sampling, timeout,
-                                      logprobs=_set_or_omit(True if top_logprobs else None),
-                                      top_logprobs=_set_or_omit(top_logprobs or None))
+                                      logprobs=True if top_logprobs else None, top_logprobs=top_logprobs or None)
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
@@ -214,10 +212,15 @@ class Provider:
 
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                 temperature: float | None, sampling: Sampling, timeout: float, **options: Any) -> Awaitable[Any]:
-        """The SDK call every request makes; `options` add streaming or log probabilities."""
-        return client.chat.completions.create(
-            model=self.config.model, messages=list(messages), max_tokens=_set_or_omit(max_tokens),
-            temperature=_set_or_omit(temperature), timeout=timeout, **sampling.sdk_args(), **options)
+        """The SDK call every request makes; `options` add streaming or log probabilities. The token limit goes in
+        the field the model takes, what it refuses is left out, and so is whatever is unset."""
+        args = {self.config.max_tokens_field: max_tokens, "temperature": temperature, **sampling.sdk_args(), **options}
+        for name in self.config.drop_options:
+            args.pop(name, None)
+            if name == "logprobs":
+                args.pop("top_logprobs", None)
+        return client.chat.completions.create(model=self.config.model, messages=list(messages), timeout=timeout,
+                                              **{k: v for k, v in args.items() if v is not None})
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                            temperature: float | None, sampling: Sampling,
@@ -245,11 +248,6 @@ def _settling_breaker(breaker: CircuitBreaker) -> Iterator[None]:
     except BaseException:
         breaker.record_abandoned()
         raise
-
-
-def _set_or_omit(value: N | None) -> N | openai.Omit:
-    """Send only what the caller set (not null): the provider applies its own defaults to the rest."""
-    return openai.omit if value is None else value
 
 
 def _completion(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,

@@ -96,6 +96,13 @@ Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://
                                      "must start with http:// or https://")]
 
 
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+# Request options a model may refuse; `logprobs` takes `top_logprobs` with it.
+DROPPABLE = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format",
+             "logprobs")
+Droppable = Annotated[str, Strict(), must(lambda v: v in DROPPABLE, "must be one of " + ", ".join(DROPPABLE))]
+
+
 @schema
 class ProviderConfig:
     name: Name = doc("provider name, shown in attempts, metrics and logs")
@@ -112,6 +119,14 @@ class ProviderConfig:
         "tokens the model holds, prompt and answer together; a request that cannot fit (every message counted, plus "
         "max_tokens) skips this provider, and a tier none of whose providers fits it is skipped upwards (0 = not "
         "checked)", 0)
+    max_tokens_field: Annotated[str, Strict(), must(lambda v: v in MAX_TOKENS_FIELDS, "must be max_tokens or "
+                                                    "max_completion_tokens")] = doc(
+        "the request field that carries the answer's token limit: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5) "
+        "take only `max_completion_tokens`", "max_tokens")
+    drop_options: tuple[Droppable, ...] = doc(
+        "request options this model refuses, left out of its calls so that it answers at its own default instead of "
+        "failing: some of " + ", ".join(DROPPABLE) + " (OpenAI's reasoning models: [temperature, top_p, "
+        "presence_penalty, frequency_penalty, logprobs])", ())
     price_per_mtok: Price | None = doc("what this provider costs, when it differs from its tier's `price_per_mtok`: "
                                        "an answer is billed at the price of the provider that gave it (null = the "
                                        "tier's)", None, nested=Price)
