@@ -135,6 +135,9 @@ class RouterCore:
         try:
             yield
         except Unavailable as err:
+            if err.refused:  # no point retrying: every provider said the request itself is wrong
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"every provider asked refused the request as invalid; {err}") from None
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
             raise Rejected(code, str(err)) from None
         except DeadlinePassed as err:

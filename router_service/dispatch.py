@@ -17,6 +17,7 @@ from .gates import QualityGate
 from .providers import Attempt, Completion, DeadlineExceeded, Events
 from .providers import OnAttempt as ChainOnAttempt
 from .providers import DEFAULT_SAMPLING, Outcome, ProviderError, Sampling, StreamInterrupted, TierChain
+from .retry import REQUEST_FAULT_STATUSES
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -43,6 +44,8 @@ class Unavailable(Exception):
     def __init__(self, attempts: list[TierAttempt], not_configured: bool):
         self.attempts = attempts
         self.not_configured = not_configured
+        # Every provider asked answered that the request itself was at fault (400, 413, 422).
+        self.refused = bool(attempts) and all(a.attempt.status_code in REQUEST_FAULT_STATUSES for a in attempts)
         tried = "; ".join(f"tier {a.tier} {a.attempt.describe()}" for a in attempts)
         super().__init__(f"no provider could answer ({len(attempts)} attempts): {tried}")
 

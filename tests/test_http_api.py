@@ -321,6 +321,23 @@ def test_no_provider_available_is_a_503(fragile, double):
         served_again(fragile)
 
 
+def test_a_request_every_provider_refuses_is_a_400_whole_or_streamed(tmp_path, double):
+    doc = router_config(double.base_url, strategy="heuristic")  # a router of its own: every breaker closed
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
+        for model in PROVIDERS:
+            double.set_persistent(model, Fault.http_error(400))
+        try:
+            with pytest.raises(openai.BadRequestError) as err:
+                sdk(http_address(router)).chat.completions.create(model="tierwise", messages=user(), seed=1)
+            assert "refused the request as invalid" in str(err.value)
+            status, _, reply = post(http_address(router), json.dumps({"model": "tierwise", "messages": user(),
+                                                                      "stream": True}).encode())
+            assert status == 400 and reply["error"]["type"] == "invalid_request_error"
+            assert reply["error"]["param"] is None
+        finally:
+            double.reset()
+
+
 def test_a_passed_deadline_is_a_504(fragile, double):
     for model in PROVIDERS:
         double.set_persistent(model, Fault.delay(3.0))

@@ -274,6 +274,23 @@ def test_a_failing_provider_fails_over_to_the_next_in_the_chain(fresh, double, f
     assert len(double.requests_for("t1-b")) == 1, "answered exactly once"
 
 
+def test_a_request_every_provider_refuses_is_invalid_argument_not_unavailable(fresh, double):
+    """A caller's option no provider takes (a schema they reject, say) is the caller's to fix, not a retry."""
+    stub, _ = fresh
+    for model in ("t1-a", "t1-b", "t2-a", "t3-a"):
+        double.set_persistent(model, Fault.http_error(400))
+    request = ask("hello there", "heuristic", response_format='{"type": "json_schema", "json_schema": {"name": "x"}}')
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(request, timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("every provider asked refused the request as invalid")
+    assert all(model in err.value.details() for model in ("t1-a", "t1-b", "t2-a", "t3-a"))
+    double.set_persistent("t3-a", Fault.http_error(500))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(request, timeout=20)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, "one provider failing on its own side is an outage"
+
+
 def test_exhausted_tier_escalates_then_unavailable_names_every_attempt(fresh, double):
     stub, _ = fresh
     for model in ("t1-a", "t1-b"):
