@@ -54,7 +54,7 @@ class Config:
 
 
 HELP = {
-    "listen": "host:port to serve on (port 0 picks a free port)",
+    "listen": "host:port to serve on (port 0 picks a free port), or unix:PATH for a socket on this machine",
     "encoder_dir": "directory with the exported ONNX encoder (manifest.json)",
     "heads_dir": "directory of <name>/head.json tier heads; all are loaded",
     "default_head": "head used when a request names none",

@@ -31,7 +31,8 @@ ap = argparse.ArgumentParser(prog="python -m router_service", description="Tierw
 ap.add_argument("--listen", default=os.environ.get("TIERWISE_ROUTER_LISTEN", "127.0.0.1:50052"),
                 help="host:port to serve on (env TIERWISE_ROUTER_LISTEN)")
 ap.add_argument("--classifier", default=os.environ.get("TIERWISE_CLASSIFIER_ADDRESS"),
-                help="classifier host:port (env TIERWISE_CLASSIFIER_ADDRESS; default: the config's classifier.address)")
+                help="classifier host:port or unix:PATH (env TIERWISE_CLASSIFIER_ADDRESS; default: the config's "
+                     "classifier.address)")
 ap.add_argument("--config", default=os.environ.get("TIERWISE_CONFIG", "tierwise.example.yaml"),
                 help="router YAML config (env TIERWISE_CONFIG)")
 ap.add_argument("--metrics-listen", default=os.environ.get("TIERWISE_ROUTER_METRICS_LISTEN", ""),

@@ -112,7 +112,8 @@ Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 
 
 @schema
 class ClassifierConfig:
-    address: Name = doc("classifier service host:port (--classifier overrides)", "127.0.0.1:50051")
+    address: Name = doc("classifier service host:port, or unix:PATH on the same machine (--classifier overrides)",
+                        "127.0.0.1:50051")
     timeout_ms: Positive = doc("budget for the classifier hop; past it the router degrades to heuristic", 50.0)
     head: Text = doc("classifier head (\"\" = the head trained on this router's lineup, each tier's first model, "
                      "if the classifier serves one, else the classifier's default)", "")

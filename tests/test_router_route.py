@@ -46,6 +46,20 @@ def test_embedding_route_uses_the_classifier_and_its_calibration(route):
     assert reply.estimated_cost_usd > 0 and reply.decision_ms > 0
 
 
+def test_a_router_beside_its_classifier_reaches_it_over_a_unix_socket(tmp_path):
+    """gRPC's `unix:` addresses work on both ends; the ready line names the socket, as it names a port."""
+    socket_path = tmp_path / "classifier.sock"
+    classifier = start_classifier("--listen", f"unix:{socket_path}")
+    try:
+        assert classifier.address == f"unix:{socket_path}" and socket_path.exists()
+        with running_router(example_config(), classifier.address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="What is 2 + 2?"), timeout=5)
+        assert reply.strategy == "embedding" and not reply.degraded and len(reply.probabilities) == 3
+    finally:
+        classifier.stop()
+
+
 def test_a_query_unlike_the_heads_training_data_goes_to_tier_3_and_says_why(route):
     # The routerbench lineup's head learned from ARC, Winogrande and MBPP questions; a poem request is
     # nothing like them, so its probabilities are not trusted (decision 0008). Support margin -0.177 measured.

@@ -89,7 +89,8 @@ async def run(name: str, listen: str, services: list[str], server: grpc.aio.Serv
 
 
 def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> str:
-    """host:port bound (the port the system picked for port 0), or "" after saying why it could not be."""
+    """host:port bound (the port the system picked for port 0), a `unix:` socket as given, or "" after saying why
+    it could not be."""
     try:
         port = (server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen))
     except RuntimeError:
@@ -97,7 +98,7 @@ def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.Ser
     if not port:
         print(f"{name}: cannot listen on {listen}", flush=True)
         return ""
-    return f"{listen.rsplit(':', 1)[0]}:{port}"
+    return listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
 class Rejected(Exception):
