@@ -273,14 +273,19 @@ def reference() -> str:
         for f in fields(cls):
             key = prefix + f.name
             nested = f.metadata.get("nested")
-            default = "required" if f.default is MISSING else f"`{json.dumps(f.default)}`"
             if nested is None or f.default is None:  # an optional section has a row of its own
-                rows.append(f"| `{key}` | {default} | {f.metadata['doc']} |")
+                rows.append(f"| `{key}` | {_default(f)} | {f.metadata['doc']} |")
             if nested is not None:
                 walk(nested, key + ("[]." if f.metadata["many"] else "."))
 
     walk(RouterConfig, "")
     return "\n".join(rows) + "\n"
+
+
+def _default(f) -> str:
+    if f.default is not MISSING:
+        return f"`{json.dumps(f.default)}`"
+    return "required" if f.default_factory is MISSING else f"`{json.dumps(f.default_factory())}`"
 
 
 _SCHEMA = TypeAdapter(RouterConfig)

@@ -156,6 +156,18 @@ def test_a_reasoning_model_gets_its_limit_field_and_none_of_the_options_it_refus
     assert len(double.requests_for("model-o")) == 2 and not double.requests_for("model-a")
 
 
+def test_a_providers_extra_body_goes_in_every_call_over_the_callers_fields(double, sleeps):
+    spec = ProviderConfig(name="o", base_url=double.base_url, model="model-o", api_key_env=KEY_ENV,
+                          extra_body={"reasoning_effort": "low", "temperature": 1.0, "options": {"num_ctx": 8192}})
+    chain = TierChain([Provider(spec)])
+    run(chain.complete(MESSAGES, temperature=0.3, sampling=Sampling(seed=3)), chain)
+    run(collect(chain.stream(MESSAGES, temperature=0.3)), chain)
+    first, second = (r.body for r in double.requests_for("model-o"))
+    for body in (first, second):
+        assert (body["reasoning_effort"], body["temperature"], body["options"]) == ("low", 1.0, {"num_ctx": 8192})
+    assert first["seed"] == 3 and second["stream"] is True
+
+
 def test_server_error_is_retried_once_then_succeeds(double, sleeps):
     double.script("model-a", Fault.http_error(500))
     provider = make_provider(double.base_url, "a", sleeps)

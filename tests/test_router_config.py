@@ -51,6 +51,8 @@ def broken(path: str, value) -> dict:
     ("tiers.0.providers.0.timeout_s", 0, "tiers[0].providers[0].timeout_s: must be positive"),
     ("tiers.2.providers.0.max_tokens_field", "limit", "tiers[2].providers[0].max_tokens_field: must be max_tokens or"),
     ("tiers.2.providers.0.drop_options", ["colour"], "tiers[2].providers[0].drop_options[0]: must be one of temp"),
+    ("tiers.0.providers.0.extra_body", {"model": "x"}, "tiers[0].providers[0].extra_body: must not set model"),
+    ("tiers.0.providers.0.extra_body", {"at": float("nan")}, "tiers[0].providers[0].extra_body: must hold JSON"),
     ("classifier.timeout_ms", "fast", "classifier.timeout_ms: expected a number"),
     ("classifier.timeout_ms", 0, "classifier.timeout_ms: must be positive"),
     ("classifier.head_refresh_s", -1, "classifier.head_refresh_s: must be positive"),
@@ -109,7 +111,7 @@ def test_every_documented_default_is_what_parse_applies():
     assert cfg.strategy == RouterConfig.strategy and cfg.expected_output_tokens == RouterConfig.expected_output_tokens
     p = cfg.tiers[1].providers[0]
     assert (p.timeout_s, p.max_retries, p.breaker_failures, p.api_key_env) == (30.0, 2, 5, "")
-    assert (p.max_tokens_field, p.drop_options) == ("max_tokens", ())
+    assert (p.max_tokens_field, p.drop_options, p.extra_body) == ("max_tokens", (), {})
 
 
 @pytest.mark.parametrize("limits, message", [

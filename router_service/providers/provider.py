@@ -213,13 +213,15 @@ class Provider:
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                 temperature: float | None, sampling: Sampling, timeout: float, **options: Any) -> Awaitable[Any]:
         """The SDK call every request makes; `options` add streaming or log probabilities. The token limit goes in
-        the field the model takes, what it refuses is left out, and so is whatever is unset."""
+        the field the model takes, what it refuses is left out, and so is whatever is unset; the provider's
+        `extra_body` goes in last, over anything of the same name."""
         args = {self.config.max_tokens_field: max_tokens, "temperature": temperature, **sampling.sdk_args(), **options}
         for name in self.config.drop_options:
             args.pop(name, None)
             if name == "logprobs":
                 args.pop("top_logprobs", None)
         return client.chat.completions.create(model=self.config.model, messages=list(messages), timeout=timeout,
+                                              extra_body=self.config.extra_body or None,
                                               **{k: v for k, v in args.items() if v is not None})
 
     async def _open_stream(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,

@@ -101,6 +101,21 @@ MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 DROPPABLE = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format",
              "logprobs")
 Droppable = Annotated[str, Strict(), must(lambda v: v in DROPPABLE, "must be one of " + ", ".join(DROPPABLE))]
+# What the router itself decides in every request body; a provider's extra_body may set anything else.
+RESERVED_BODY_KEYS = ("model", "messages", "stream", "stream_options", "n", "tools", "functions", "tool_choice")
+
+
+def _json_text(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+ExtraBody = Annotated[dict[str, Any], must(lambda v: not set(v) & set(RESERVED_BODY_KEYS),
+                                           "must not set " + ", ".join(RESERVED_BODY_KEYS)),
+                      must(_json_text, "must hold JSON values only (strings, numbers, booleans, lists, mappings)")]
 
 
 @schema
@@ -127,6 +142,10 @@ class ProviderConfig:
         "request options this model refuses, left out of its calls so that it answers at its own default instead of "
         "failing: some of " + ", ".join(DROPPABLE) + " (OpenAI's reasoning models: [temperature, top_p, "
         "presence_penalty, frequency_penalty, logprobs])", ())
+    extra_body: ExtraBody = doc(
+        "fields added to every request body sent to this provider, as given: settings the model takes that the caller "
+        "does not send, such as {reasoning_effort: low} for an OpenAI reasoning model or {top_k: 20} for vLLM; a "
+        "field the caller sent too is replaced by this one", factory=dict)
     price_per_mtok: Price | None = doc("what this provider costs, when it differs from its tier's `price_per_mtok`: "
                                        "an answer is billed at the price of the provider that gave it (null = the "
                                        "tier's)", None, nested=Price)
