@@ -60,6 +60,18 @@ class Generator:
         return self.rng.choice(["", "heuristic", "cheapest", "telepathy", "default", "\x00", "n" * 100_000,
                                 "heuristic+cascade", "\u200b", "no-such-head"])
 
+    def sampling(self) -> dict:
+        """The generation options, mostly unset, else out of range, malformed or huge."""
+        r = self.rng
+        if r.random() < 0.5:
+            return {}
+        number = lambda: r.choice([None, -3.0, 2.5, float("nan"), float("-inf"), 0.5])  # noqa: E731
+        return {"top_p": number(), "presence_penalty": number(), "frequency_penalty": number(),
+                "seed": r.choice([None, -(2**63), 2**63 - 1, 7]),
+                "stop": r.choice([[], [""], ["END"] * 5, [self.text()], ["x" * 5000]]),
+                "response_format": r.choice(["", "{", "[]", '{"type": "xml"}', '{"type": "json_schema"}',
+                                             '{"type": "json_object"}', "[" * 100_000, self.text()])}
+
     def message(self, method: str):
         r = self.rng
         if method.endswith("/Route"):
@@ -74,7 +86,7 @@ class Generator:
             temperature = r.choice([None, -1.0, 2.5, float("nan"), float("inf"), 0.5])
             return pb.CompleteRequest(messages=messages, strategy=r.choice(["", "cheapest", self.name()]),
                                       max_tokens=r.choice([0, -1, -(2**31), 16]), temperature=temperature,
-                                      head=self.name() if r.random() < 0.2 else "")
+                                      head=self.name() if r.random() < 0.2 else "", **self.sampling())
         if method.endswith("/Classify"):
             return cpb.ClassifyRequest(text=self.text(), head=self.name() if r.random() < 0.3 else "",
                                        tradeoff=r.choice([None, -1.0, float("nan"), float("inf"), 0.1]))
