@@ -171,6 +171,14 @@ def test_a_stream_takes_the_same_options_and_a_lone_stop_string(api, double):
     assert sent["response_format"] == {"type": "json_object"}
 
 
+def test_what_is_refused_when_asked_for_is_accepted_when_off(api, double):
+    before = len(double.requests)
+    status, _, reply = post(api[0], json.dumps({"model": "tierwise/cheapest", "messages": user(), "logprobs": False,
+                                                "top_logprobs": 0, "logit_bias": {}, "n": 1, "tools": []}).encode())
+    assert status == 200, reply
+    assert not set(double.requests[before:][0].body) & {"logprobs", "top_logprobs", "logit_bias", "n", "tools"}
+
+
 def test_options_left_unset_are_not_sent(api, double):
     before = len(double.requests)
     sdk(api[0]).chat.completions.create(model="tierwise/cheapest", messages=user())
@@ -221,6 +229,9 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "tierwise", "messages": user(), "logprobs": True}, "logprobs"),
+    ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
+    ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
     ({"model": "tierwise", "messages": user(), "top_p": 1.5}, "top_p"),
     ({"model": "tierwise", "messages": user(), "top_p": "high"}, "top_p"),
     ({"model": "tierwise", "messages": user(), "presence_penalty": 2.5}, "presence_penalty"),

@@ -2,8 +2,8 @@
 
 The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format) go to the
 provider that answers; the core checks their values. What only describes the caller (user, metadata, ...) is
-accepted and left out; what would change the answer's shape in a way Tierwise cannot give (tools, several choices)
-is refused by name, never silently dropped.
+accepted and left out; what Tierwise cannot give (tools, several choices, log probabilities, logit biases) is
+refused by name when asked for, never silently dropped.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from .errors import bad_request
 MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
 INT32_MAX = 2**31 - 1
 UNSUPPORTED = {"tools": "tool calls", "functions": "function calls", "function_call": "function calls",
-               "audio": "audio output", "prediction": "predicted outputs"}
+               "audio": "audio output", "prediction": "predicted outputs", "logprobs": "log probabilities",
+               "top_logprobs": "log probabilities", "logit_bias": "logit biases"}
 
 
 @dataclass(frozen=True)
