@@ -28,6 +28,8 @@ import yaml
 
 from tests.servers import ServiceProcess, start
 from tests.servers import KEY_ENV, router_config
+from tierwise.v1 import classifier_pb2 as cpb
+from tierwise.v1 import classifier_pb2_grpc as cpb_grpc
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
@@ -109,48 +111,59 @@ def cpu_split(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     cores["other"] = max(0.0, (system_busy_seconds() - busy) / wall - sum(cores.values()))
 
 
-async def open_loop(stub: pb_grpc.RouterServiceStub, strategy: str, queries: list[str], rate: float) -> dict:
-    """Route calls sent on a fixed schedule whatever the replies do; latency counts from each call's due time
+async def open_loop(call, queries: list[str], rate: float) -> dict:
+    """`call(query)` sent on a fixed schedule whatever the replies do; latency counts from each call's due time
     (so a client that falls behind shows up in the numbers instead of hiding it)."""
     latencies, decision = [], []
     failed = {"rpc": 0, "degraded": 0}
 
     async def one(i: int, due: float) -> None:
         try:
-            reply = await stub.Route(pb.RouteRequest(query=queries[i], strategy=strategy), timeout=TIMEOUT_S)
+            reply = await call(queries[i])
         except grpc.aio.AioRpcError:
             failed["rpc"] += 1
             return
-        if reply.degraded:  # the classifier hop failed and the heuristic answered: not this strategy's latency
+        if getattr(reply, "degraded", False):  # the classifier hop failed and the heuristic answered
             failed["degraded"] += 1
             return
         latencies.append(time.perf_counter() - due)
-        decision.append(reply.decision_ms / 1e3)
+        if hasattr(reply, "decision_ms"):
+            decision.append(reply.decision_ms / 1e3)
 
     started = time.perf_counter()
     lags = await on_schedule(len(queries), rate, one)
     elapsed = time.perf_counter() - started
-    return {"strategy": strategy, "target_rps": rate, "sent": len(queries), "ok": len(latencies),
+    return {"target_rps": rate, "sent": len(queries), "ok": len(latencies),
             "achieved_rps": len(latencies) / elapsed,  # answers by this strategy: degraded ones not counted
             "rpc_errors": failed["rpc"], "degraded": failed["degraded"],
-            "latency": summary(latencies, sum(failed.values())), "router_decision": summary(decision, 0),
+            "latency": summary(latencies, sum(failed.values())),
+            "router_decision": summary(decision, 0) if decision else None,
             "send_lag_p50_ms": percentile(lags, 50), "send_lag_p99_ms": percentile(lags, 99)}
 
 
 async def route_runs(svc: Services, sizes: Sizes) -> dict:
+    """Route with each strategy, and (for what the router adds) Classify sent straight to the classifier."""
     unique = int(sizes.rate * sizes.route_seconds)
-    runs = {"embedding_unique": ("embedding", texts("route-embedding", unique)),
-            "embedding_cache_hit": ("embedding", [CACHE_TEXT] * int(sizes.rate * sizes.cache_seconds)),
-            "heuristic": ("heuristic", texts("route-heuristic", unique))}
-    result = {}
-    async with grpc.aio.insecure_channel(svc.router.address) as channel:
-        stub = pb_grpc.RouterServiceStub(channel)
-        for name, (strategy, queries) in runs.items():
-            print(f"router-bench: Route {name}: {len(queries)} calls at {sizes.rate:g}/s ...", file=sys.stderr)
+    async with grpc.aio.insecure_channel(svc.router.address) as channel, \
+            grpc.aio.insecure_channel(svc.classifier.address) as straight:
+        stub, classifier = pb_grpc.RouterServiceStub(channel), cpb_grpc.ClassifierServiceStub(straight)
+
+        def route(strategy: str):
+            return lambda query: stub.Route(pb.RouteRequest(query=query, strategy=strategy), timeout=TIMEOUT_S)
+
+        runs = {"embedding_unique": (route("embedding"), texts("route-embedding", unique)),
+                "embedding_cache_hit": (route("embedding"), [CACHE_TEXT] * int(sizes.rate * sizes.cache_seconds)),
+                "heuristic": (route("heuristic"), texts("route-heuristic", unique)),
+                "classify_unique": (lambda query: classifier.Classify(cpb.ClassifyRequest(text=query),
+                                                                      timeout=TIMEOUT_S),
+                                    texts("route-classify", unique))}
+        result = {}
+        for name, (call, queries) in runs.items():
+            print(f"router-bench: {name}: {len(queries)} calls at {sizes.rate:g}/s ...", file=sys.stderr)
             for query in texts(f"warm-{name}", sizes.warmup) + [CACHE_TEXT]:  # also fills the cache for the hit run
-                await stub.Route(pb.RouteRequest(query=query, strategy=strategy), timeout=TIMEOUT_S)
+                await call(query)
             with cpu_split(svc.pids()) as cores:
-                result[name] = await open_loop(stub, strategy, queries, sizes.rate)
+                result[name] = await open_loop(call, queries, sizes.rate)
             result[name] |= {"cores": cores, "words": distribution([len(q.split()) for q in queries])}
     return result
 

@@ -8,7 +8,8 @@ ROUTE_P99_MS = 10.0
 ADDED_P50_MS = 5.0
 ROUTE_RUNS = (("embedding_unique", "embedding, unique queries (classifier hop)"),
               ("embedding_cache_hit", "embedding, one repeated query (classifier cache hits)"),
-              ("heuristic", "heuristic, unique queries (no hop)"))
+              ("heuristic", "heuristic, unique queries (no hop)"),
+              ("classify_unique", "Classify sent straight to the classifier, unique queries (no router)"))
 CORES = ("client", "router", "classifier", "double", "other")
 OTHER_CORES = 0.2  # unrelated processes using more than this (in cores) while measuring: say so
 
@@ -38,10 +39,12 @@ def targets(result: dict) -> list[dict]:
 def _route_rows(route: dict) -> list[list[str]]:
     rows = []
     for key, label in ROUTE_RUNS:
+        if key not in route:  # results from before the run was added
+            continue
         r = route[key]
         rows.append([label, str(r["sent"]), f"{r['achieved_rps']:.0f}", f"{r['rpc_errors']} / {r['degraded']}",
                      f"{r['latency']['p50_ms']:.2f}", f"{r['latency']['p99_ms']:.2f}",
-                     f"{r['router_decision']['p50_ms']:.2f}", _lag(r),
+                     f"{r['router_decision']['p50_ms']:.2f}" if r.get("router_decision") else "—", _lag(r),
                      " / ".join(f"{r['cores'][c]:.2f}" for c in CORES)])
     return rows
 
@@ -100,7 +103,9 @@ def render(result: dict) -> str:
     lines += [*_contention(result), "", f"## Route decision latency: open loop at {sizes['rate']:g} req/s over gRPC, "
               f"{sizes['route_seconds']:g} s per unique-query run, {sizes['cache_seconds']:g} s repeated", "",
               f"Queries: {_words(result['route'])}. Latency is client-side from each call's scheduled send time; "
-              "a thread keeps the schedule (bench/pacing.py), and the send lag is how late calls started. "
+              "a thread keeps the schedule (bench/pacing.py), and the send lag is how late calls started. The last "
+              "row sends Classify straight to the classifier at the same rate: `Route`'s p50 less it is the router's "
+              "own share. "
               "Errors: failed RPCs / degraded (classifier hop failed, heuristic answered); both are left out of the "
               "percentiles.", ""]
     lines += table(["run", "sent", "achieved req/s", "errors / degraded", "p50 ms", "p99 ms",
