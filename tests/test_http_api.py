@@ -471,6 +471,7 @@ def test_traceparent_joins_the_callers_trace_without_prompt_text(keyed, double):
     assert attrs["tierwise.strategy"] == "heuristic" and attrs["tierwise.key_id"] == "main"
     assert attrs["gen_ai.response.model"] == reply.model and attrs["http.response.status_code"] == 200
     assert attrs["tierwise.tier"] == int(raw.headers["x-tierwise-tier"])
+    assert raw.headers["x-request-id"] == TRACE_ID, "the caller quotes it to find these spans"
     attempts = [s for s in spans if s.name.startswith("chat ")]
     assert [attributes(s)["tierwise.outcome"] for s in attempts] == ["error", "ok"]
     assert all(s.parent_span_id == root.span_id for s in attempts)
@@ -480,12 +481,23 @@ def test_traceparent_joins_the_callers_trace_without_prompt_text(keyed, double):
     assert "GREY OWL" not in "".join(keyed["router"].output)
 
 
-def test_a_refused_request_is_a_span_with_its_status(keyed):
-    with pytest.raises(openai.AuthenticationError):
+def test_a_refused_request_is_a_span_with_its_status_and_its_id(keyed):
+    with pytest.raises(openai.AuthenticationError) as err:
         sdk(keyed["address"], "tw-wrong").chat.completions.create(
             model="tierwise", messages=user(), extra_headers={"traceparent": f"00-{'5' * 32}-{PARENT}-01"})
+    assert err.value.request_id == "5" * 32
     found = keyed["receiver"].wait_for_spans(lambda r, s: s.trace_id.hex() == "5" * 32)
     assert found and attributes(found[0][1])["http.response.status_code"] == 401
+
+
+def test_every_response_names_its_request_whole_streamed_or_refused(api):
+    ids = [sdk(api[0]).chat.completions.with_raw_response.create(model="tierwise", messages=user()).headers[
+        "x-request-id"]]
+    with sdk(api[0]).chat.completions.with_streaming_response.create(model="tierwise", messages=user(),
+                                                                     stream=True) as streamed:
+        ids.append(streamed.headers["x-request-id"])
+    ids.append(post(api[0], b"{not json")[1]["x-request-id"])
+    assert all(len(i) == 32 and int(i, 16) for i in ids) and len(set(ids)) == 3, ids
 
 
 def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, double):

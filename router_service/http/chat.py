@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from contextlib import aclosing
 
 from opentelemetry import trace
@@ -44,6 +45,7 @@ class ChatCompletions:
         request = Request(scope, receive)
         exchange = _Exchange(scope, receive, send)
         with http_span(self.core.tracer, request, ROUTE) as span:
+            exchange.request_id = request_id(span)
             try:
                 key = self.gate.admit(bearer(request.headers.items()), peer(scope)) if self.gate else None
                 chat = parse(await _body(request, self.max_body))
@@ -57,7 +59,7 @@ class ChatCompletions:
                 exchange.code = "CANCELLED"
                 raise
             except Exception:
-                log.exception("unexpected error in %s", ROUTE)
+                log.exception("unexpected error in %s (request %s)", ROUTE, exchange.request_id)
                 await exchange.fail(internal_error(), span)
             finally:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
@@ -111,10 +113,12 @@ class _Exchange:
         self.scope, self.receive, self.send = scope, receive, send
         self.started = self.done = False
         self.method, self.code = "ChatCompletions", "OK"  # what the router's call count records for it
+        self.request_id = ""
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": headers + [(b"x-request-id", self.request_id.encode())]})
 
     async def body(self, data: bytes, more: bool = True) -> None:
         self.done = not more
@@ -122,7 +126,8 @@ class _Exchange:
 
     async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
         self.started = self.done = True
-        await Response(as_json(body), status, headers, media_type="application/json")(
+        await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
+                       media_type="application/json")(
             self.scope, self.receive, self.send)
 
     async def fail(self, err: Rejected, span) -> None:
@@ -203,6 +208,13 @@ async def _unless_disconnected(receive, work) -> bool:
     finally:
         watcher.cancel()
     return bool(gone)
+
+
+def request_id(span) -> str:
+    """The request's trace id, which its `x-request-id` header gives the caller to quote: the id its spans are
+    found by (a random one when tracing is off)."""
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else uuid.uuid4().hex
 
 
 def peer(scope) -> str:
