@@ -223,7 +223,10 @@ class LimitsConfig:
                                     "RESOURCE_EXHAUSTED at once", 1024)
     max_messages: AtLeastOne = doc("messages in one Complete or CompleteStream request", 256)
     max_message_bytes: AtLeastOne = doc("UTF-8 bytes of one message's content, and of Route's query", 256 * 1024)
-    max_total_bytes: AtLeastOne = doc("UTF-8 bytes of all of a request's messages together", 1024 * 1024)
+    max_total_bytes: AtLeastOne = doc("UTF-8 bytes of all of a request's messages together, their image URLs "
+                                      "included (a data: URL holds the whole image)", 1024 * 1024)
+    max_images: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (none) or more")] = doc(
+        "images in one request, on its user messages", 16)
 
     def __post_init__(self) -> None:
         if self.max_message_bytes > self.max_total_bytes:

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 from tierwise.tiers import FRONTIER
 
-from .providers import TierChain
-from .providers.chain import request_tokens
+from .providers import Outcome, TierChain
+from .providers.chain import needs_of
 from .strategies import Decision
 from .strategies.heuristic import CODE
 from .tokens import conversation_tokens
@@ -49,14 +49,20 @@ def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, s
     lowest, why = floor(messages)
     if lowest > tier:
         tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
-    tokens = request_tokens(messages, max_tokens)
-    fitting = next((t for t in range(tier, FRONTIER + 1) if chains[t].fits(tokens)), None)
+    needs = needs_of(messages, max_tokens)
+    refused = {t: chains[t].refusals(needs) for t in range(tier, FRONTIER + 1)}
+    fitting = next((t for t, why in refused.items() if not why), None)
+    too_long = Outcome.SKIPPED_CONTEXT_WINDOW in refused[tier]
     if fitting is None:
-        raise NoTierFits(f"messages: the request needs about {tokens} tokens (every message and max_tokens); no "
-                         f"provider of tier {tier} or above holds that many")
+        raise NoTierFits(
+            f"messages: the request needs about {needs.tokens} tokens (every message and max_tokens); no provider of "
+            f"tier {tier} or above holds that many" if too_long else
+            f"messages: the request carries images; no provider of tier {tier} or above reads them (vision)")
     if fitting > tier:
-        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot hold about {tokens} tokens")
+        lacks = f"hold about {needs.tokens} tokens" if too_long else "read images"
+        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot {lacks}")
         tier = fitting
     if not reasons:
         return decision
     return replace(decision, tier=tier, reason=f"{decision.reason}; {'; '.join(reasons)}")
+

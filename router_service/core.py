@@ -21,6 +21,7 @@ from .auth import current_key_id
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
+from .images import check_image
 from .providers import Attempt, Outcome, StreamInterrupted
 from .sampling import sampling_of
 from .shadow import Shadow
@@ -99,7 +100,7 @@ class RouterCore:
         if len(request.messages) > limits.max_messages:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            f"messages: {len(request.messages)} messages exceed the limit of {limits.max_messages}")
-        messages, total = [], 0
+        messages, total, images = [], 0, 0
         for i, m in enumerate(request.messages):
             role, content = m.role, m.content
             if role not in ROLES:
@@ -107,6 +108,18 @@ class RouterCore:
                                f"messages[{i}].role: {shown(role)} is not one of {', '.join(ROLES)}")
             total += check_size(content, f"messages[{i}].content", limits.max_message_bytes)
             messages.append({"role": role, "content": content})
+            if m.images:
+                if role != "user":
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"messages[{i}].images: only user messages carry "
+                                                                     "images")
+                for j, image in enumerate(m.images):
+                    check_image(image.url, image.detail, f"messages[{i}].images[{j}]")
+                    total += len(image.url.encode())
+                messages[-1]["images"] = [{"url": image.url, "detail": image.detail} for image in m.images]
+                images += len(m.images)
+        if images > limits.max_images:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"messages: {images} images exceed the limit of {limits.max_images}")
         if total > limits.max_total_bytes:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            f"messages: {total} bytes in all exceed the limit of {limits.max_total_bytes} bytes")

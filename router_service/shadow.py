@@ -66,8 +66,10 @@ class Shadow:
     def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
                     options: Mapping[str, object]) -> bool:
         """Start a shadow for this answered request if it is sampled; returns whether one started.
-        `options` (max_tokens, temperature, sampling) are the request's, so every answer is asked the same way."""
-        eligible = self.labeler is not None or result.tier < self.cfg.tier
+        `options` (max_tokens, temperature, sampling) are the request's, so every answer is asked the same way.
+        A request carrying images is never sampled: the judge reads text only."""
+        eligible = (self.labeler is not None or result.tier < self.cfg.tier) and not any(m.get("images")
+                                                                                         for m in messages)
         if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget():
             return False
         if len(self.tasks) >= self.cfg.max_in_flight:

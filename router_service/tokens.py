@@ -10,6 +10,15 @@ def estimate_tokens(text: str) -> int:
 MESSAGE_OVERHEAD = 4  # tokens a chat format adds around each message (role, separators)
 
 
+# What OpenAI's models count for an image: 85 tokens at low detail; at high (or auto) detail, 765 for a 1024 x 1024
+# image (85 plus 170 per 512-pixel tile). The size is not known before the provider reads it, so a typical one.
+IMAGE_TOKENS = {"low": 85}
+DEFAULT_IMAGE_TOKENS = 765
+
+
 def conversation_tokens(messages) -> int:
-    """The prompt's size in tokens, every message counted: what a provider's context window must hold."""
-    return sum(estimate_tokens(c) + MESSAGE_OVERHEAD for m in messages if isinstance(c := m.get("content"), str))
+    """The prompt's size in tokens, every message counted (and its images): what a provider's context window must
+    hold."""
+    text = sum(estimate_tokens(c) + MESSAGE_OVERHEAD for m in messages if isinstance(c := m.get("content"), str))
+    return text + sum(IMAGE_TOKENS.get(image.get("detail", ""), DEFAULT_IMAGE_TOKENS)
+                      for m in messages for image in m.get("images", ()))

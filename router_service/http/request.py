@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tierwise.serving import shown
 from tierwise.v1 import router_pb2 as pb
 
+from ..images import check_image
 from ..strategies import known
 from .errors import bad_request
 
@@ -115,25 +116,35 @@ def _messages(messages: object) -> list[pb.Message]:
         if not isinstance(role, str):
             raise bad_request(f"messages[{i}].role: must be a string: system, user, assistant or tool")
         role = "system" if role == "developer" else role  # OpenAI's newer name for system
-        out.append(pb.Message(role=_text(role, f"messages[{i}].role"),
-                              content=_content(m.get("content"), f"messages[{i}].content")))
+        text, images = _content(m.get("content"), f"messages[{i}].content")
+        out.append(pb.Message(role=_text(role, f"messages[{i}].role"), content=text, images=images))
     return out
 
 
-def _content(content: object, field: str) -> str:
-    """A message's text: a string, or a list of text parts (joined by newlines); null is empty."""
+def _content(content: object, field: str) -> tuple[str, list[pb.Image]]:
+    """A message's text and images: a string, or a list of text parts (joined by newlines) and image_url parts;
+    null is empty."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return _text(content, field)
+        return _text(content, field), []
     if not isinstance(content, list):
-        raise bad_request(f"{field}: must be a string or a list of text parts")
-    texts = []
+        raise bad_request(f"{field}: must be a string or a list of text and image_url parts")
+    texts, images = [], []
     for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise bad_request(f"{field}[{j}]: only {{\"type\": \"text\", \"text\": \"...\"}} parts are supported")
-        texts.append(_text(part["text"], f"{field}[{j}].text"))
-    return "\n".join(texts)
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(_text(part["text"], f"{field}[{j}].text"))
+        elif kind == "image_url" and isinstance(image := part.get("image_url"), dict):
+            url, detail = image.get("url"), image.get("detail") or ""
+            if not isinstance(url, str) or not isinstance(detail, str):
+                raise bad_request(f"{field}[{j}].image_url: url and detail must be strings")
+            check_image(url, detail, f"{field}[{j}].image_url")
+            images.append(pb.Image(url=_text(url, f"{field}[{j}].image_url.url"), detail=detail))
+        else:
+            raise bad_request(f"{field}[{j}]: only {{\"type\": \"text\", \"text\": ...}} and "
+                              f"{{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}} parts are supported")
+    return "\n".join(texts), images
 
 
 def _text(value: object, field: str) -> str:

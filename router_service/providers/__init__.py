@@ -12,10 +12,10 @@ from .chain import TierChain
 from .errors import (ChainExhausted, DeadlineExceeded, IncompleteStream, ProviderError, ProviderFailed,
                      ProviderNotConfigured, StreamInterrupted)
 from .provider import NO_KEY_NEEDED, PROVIDER_ERRORS, Provider
-from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
-                    Sampling)
+from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome,
+                    ProviderConfig, Sampling)
 
 __all__ = ["DEFAULT_SAMPLING", "NO_KEY_NEEDED", "PROVIDER_ERRORS", "Attempt", "ChainExhausted", "Completion",
-           "DeadlineExceeded", "Events", "IncompleteStream", "Messages", "OnAttempt", "Outcome", "Provider",
+           "DeadlineExceeded", "Events", "IncompleteStream", "Messages", "Needs", "OnAttempt", "Outcome", "Provider",
            "ProviderError", "ProviderFailed", "ProviderConfig", "ProviderNotConfigured", "Sampling",
            "StreamInterrupted", "TierChain"]

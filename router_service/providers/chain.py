@@ -12,7 +12,7 @@ from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFa
                      StreamInterrupted)
 from .provider import Provider
 from ..tokens import conversation_tokens
-from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, Sampling
+from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome, Sampling
 
 
 class TierChain:
@@ -35,7 +35,7 @@ class TierChain:
                        top_logprobs: int | None = None) -> Completion:
         return await final(self._failover(lambda provider: single(provider.complete(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt, top_logprobs=top_logprobs)), request_tokens(messages, max_tokens), on_attempt))
+            on_attempt=on_attempt, top_logprobs=top_logprobs)), needs_of(messages, max_tokens), on_attempt))
 
     def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
                sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
@@ -43,25 +43,26 @@ class TierChain:
         """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
         return self._failover(lambda provider: provider.stream(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt), request_tokens(messages, max_tokens), on_attempt)
+            on_attempt=on_attempt), needs_of(messages, max_tokens), on_attempt)
 
-    def fits(self, tokens: int) -> bool:
-        """Whether any of the tier's providers can hold a request of `tokens`."""
-        return any(p.config.fits(tokens) for p in self.providers)
+    def refusals(self, needs: Needs) -> list[Outcome]:
+        """Why each of the tier's providers cannot take such a request; [] when one of them can."""
+        found = [p.config.refusal(needs) for p in self.providers]
+        return [] if None in found else [outcome for outcome, _ in found]
 
-    async def _failover(self, call: Callable[[Provider], Events], tokens: int,
+    async def _failover(self, call: Callable[[Provider], Events], needs: Needs,
                         on_attempt: OnAttempt | None) -> Events:
         """`call`'s events from each provider in turn, until one gives its Completion (with every attempt). A
-        provider whose context window cannot hold the request's `tokens` is skipped, and the attempt says so."""
+        provider that cannot take the request (its context window, or images it does not read) is skipped, and
+        the attempt says so."""
         attempts: list[Attempt] = []
         fitting = []
         for provider in self.providers:
-            if provider.config.fits(tokens):
+            refusal = provider.config.refusal(needs)
+            if refusal is None:
                 fitting.append(provider)
                 continue
-            _noted(attempts, on_attempt, Attempt(
-                provider.config.name, provider.config.model, Outcome.SKIPPED_CONTEXT_WINDOW,
-                f"the request needs about {tokens} tokens; the context window holds {provider.config.context_window}"))
+            _noted(attempts, on_attempt, Attempt(provider.config.name, provider.config.model, *refusal))
         if self.hedge_after_s and len(fitting) > 1:
             async for event in self._hedged(call, fitting, attempts, on_attempt):
                 yield event
@@ -173,6 +174,7 @@ def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attem
         on_attempt(attempt)
 
 
-def request_tokens(messages: Messages, max_tokens: int | None) -> int:
-    """What a provider's context window must hold for this request: every message, and the answer's budget."""
-    return conversation_tokens(messages) + (max_tokens or 0)
+def needs_of(messages: Messages, max_tokens: int | None) -> Needs:
+    """What a provider must take for this request: every message and the answer's budget in its context window, and
+    the images it carries."""
+    return Needs(conversation_tokens(messages) + (max_tokens or 0), any(m.get("images") for m in messages))

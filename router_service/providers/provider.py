@@ -220,7 +220,8 @@ class Provider:
             args.pop(name, None)
             if name == "logprobs":
                 args.pop("top_logprobs", None)
-        return client.chat.completions.create(model=self.config.model, messages=list(messages), timeout=timeout,
+        return client.chat.completions.create(model=self.config.model, messages=[_wire(m) for m in messages],
+                                              timeout=timeout,
                                               extra_body=self.config.extra_body or None,
                                               **{k: v for k, v in args.items() if v is not None})
 
@@ -250,6 +251,19 @@ def _settling_breaker(breaker: CircuitBreaker) -> Iterator[None]:
     except BaseException:
         breaker.record_abandoned()
         raise
+
+
+def _wire(message: Any) -> Any:
+    """A message as the provider takes it: one carrying images has OpenAI's list of parts for content, its text
+    first, then each image."""
+    images = message.get("images")
+    if not images:
+        return message
+    parts = [{"type": "text", "text": message["content"]}] if message["content"] else []
+    parts += [{"type": "image_url", "image_url": {"url": image["url"], **({"detail": image["detail"]}
+                                                                        if image["detail"] else {})}}
+              for image in images]
+    return {"role": message["role"], "content": parts}
 
 
 def _completion(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, AsyncGenerator, Callable, Sequence
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import Strict
 
-from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Name, Positive, Text, doc, must, schema
+from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, Text, doc, must, schema
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     ERROR = "error"
     SKIPPED_BREAKER_OPEN = "skipped_breaker_open"
     SKIPPED_CONTEXT_WINDOW = "skipped_context_window"
+    SKIPPED_NO_VISION = "skipped_no_vision"  # the request carries images; the model does not read them
     NOT_CONFIGURED = "not_configured"
     HEDGE_CANCELLED = "hedge_cancelled"  # asked beside another provider, which answered first
 
@@ -40,6 +41,14 @@ class Attempt:
 
 
 OnAttempt = Callable[[Attempt], None]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a provider must take to answer a request: its size in tokens (every message, and the answer's budget),
+    and whether it carries images."""
+    tokens: int
+    images: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,8 @@ class ProviderConfig:
         "tokens the model holds, prompt and answer together; a request that cannot fit (every message counted, plus "
         "max_tokens) skips this provider, and a tier none of whose providers fits it is skipped upwards (0 = not "
         "checked)", 0)
+    vision: Flag = doc("the model reads images: a request carrying images skips providers without it, and a tier none "
+                       "of whose providers reads them is skipped upwards", False)
     max_tokens_field: Annotated[str, Strict(), must(lambda v: v in MAX_TOKENS_FIELDS, "must be max_tokens or "
                                                     "max_completion_tokens")] = doc(
         "the request field that carries the answer's token limit: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5) "
@@ -150,5 +161,11 @@ class ProviderConfig:
                                        "an answer is billed at the price of the provider that gave it (null = the "
                                        "tier's)", None, nested=Price)
 
-    def fits(self, tokens: int) -> bool:
-        return not self.context_window or tokens <= self.context_window
+    def refusal(self, needs: Needs) -> tuple[Outcome, str] | None:
+        """Why this provider cannot take such a request, or None when it can."""
+        if self.context_window and needs.tokens > self.context_window:
+            return (Outcome.SKIPPED_CONTEXT_WINDOW,
+                    f"the request needs about {needs.tokens} tokens; the context window holds {self.context_window}")
+        if needs.images and not self.vision:
+            return Outcome.SKIPPED_NO_VISION, "the request carries images; this model does not read them"
+        return None
