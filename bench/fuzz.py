@@ -72,6 +72,16 @@ class Generator:
                 "response_format": r.choice(["", "{", "[]", '{"type": "xml"}', '{"type": "json_schema"}',
                                              '{"type": "json_object"}', "[" * 100_000, self.text()])}
 
+    def images(self) -> list:
+        """Mostly none; else URLs of every kind (bad schemes, huge data URLs) and details, up to many."""
+        r = self.rng
+        if r.random() < 0.8:
+            return []
+        urls = ["https://example.com/a.png", "ftp://x", "", "data:image/png;base64," + "A" * r.choice([4, 300_000]),
+                "javascript:alert(1)", self.text()]
+        return [pb.Image(url=r.choice(urls), detail=r.choice(["", "low", "high", "ultra", "\x00"]))
+                for _ in range(r.choice([1, 2, 20]))]
+
     def message(self, method: str):
         r = self.rng
         if method.endswith("/Route"):
@@ -79,8 +89,8 @@ class Generator:
         if method.endswith("Complete") or method.endswith("CompleteStream"):
             roles = ["user", "system", "assistant", "tool", "", "wizard", "USER", "r" * 10_000]
             count = r.choice([0, 1, 2, 5, 300]) if r.random() < 0.9 else 1
-            messages = [pb.Message(role=r.choice(roles), content=self.text() if r.random() < 0.7 else "hi")
-                        for _ in range(count)]
+            messages = [pb.Message(role=r.choice(roles), content=self.text() if r.random() < 0.7 else "hi",
+                                   images=self.images()) for _ in range(count)]
             if r.random() < 0.05:  # a whole conversation over the limits: one huge system message before "hi"
                 messages = [pb.Message(role="system", content="s" * 3_500_000), pb.Message(role="user", content="hi")]
             temperature = r.choice([None, -1.0, 2.5, float("nan"), float("inf"), 0.5])
