@@ -534,7 +534,8 @@ type Attempt struct {
 	Tier     int32  `protobuf:"varint,1,opt,name=tier,proto3" json:"tier,omitempty"`
 	Provider string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
 	Model    string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
-	// ok, error, skipped_breaker_open, not_configured, gate_rejected.
+	// ok, error, skipped_breaker_open, skipped_context_window, skipped_no_vision, not_configured,
+	// hedge_cancelled, gate_rejected.
 	Outcome   string  `protobuf:"bytes,4,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	Error     string  `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	LatencyMs float64 `protobuf:"fixed64,6,opt,name=latency_ms,json=latencyMs,proto3" json:"latency_ms,omitempty"`
