@@ -137,6 +137,7 @@ def test_grpc_takes_images_too_and_the_attempts_say_who_was_skipped(api, double)
      "messages[0].images"),
     ([{"role": "user", "content": with_image()[0]["content"] + with_image()[0]["content"][1:] * 2}],
      "messages"),  # 3 images, past the fixture's limit of 2
+    ([{"role": "user", "content": with_image()[0]["content"][1:]}], "messages[0].content"),  # nothing to decide on
 ])
 def test_bad_images_are_400s_naming_the_field(api, messages, param):
     status, reply = post(http_address(api), {"model": "tierwise", "messages": messages})
