@@ -23,7 +23,7 @@ from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .images import check_image
 from .providers import Attempt, Outcome, StreamInterrupted
-from .sampling import sampling_of
+from .sampling import answer_options
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
@@ -67,7 +67,7 @@ class RouterCore:
         with self.admission.admit():
             started = time.perf_counter()
             messages, query = self._messages(request)
-            asked = _answer_options(request)
+            asked = answer_options(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             decision = self._on_conversation(decision, messages, request, span)
             route = self._route_response(decision, query, started)
@@ -127,10 +127,6 @@ class RouterCore:
         if not users:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
         check_text(messages[users[-1]]["content"], f"messages[{users[-1]}].content", limits.max_message_bytes)
-        if request.max_tokens < 0:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be 0 (provider default) or more")
-        if request.HasField("temperature") and not 0 <= request.temperature <= 2:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "temperature: must be between 0 and 2")
         return messages, messages[users[-1]]["content"]
 
     def _on_attempt(self, tier: int, attempt: Attempt, purpose: str) -> None:
@@ -242,14 +238,6 @@ class RouterCore:
             estimated_cost_usd=tier.cost(estimate_tokens(query), self.cfg.expected_output_tokens),
             head_version=decision.head_version, thresholds=decision.thresholds,
             decision_ms=(time.perf_counter() - started) * 1e3)
-
-
-def _answer_options(request: pb.CompleteRequest) -> dict:
-    """The request's generation options, as every provider call for it is made (escalations and the shadow's
-    too); INVALID_ARGUMENT naming a field that is wrong."""
-    return {"max_tokens": request.max_tokens or None,
-            "temperature": request.temperature if request.HasField("temperature") else None,
-            "sampling": sampling_of(request)}
 
 
 async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:

@@ -1,4 +1,4 @@
-"""A CompleteRequest's generation options, checked and read into the `Sampling` every provider call for it takes.
+"""A CompleteRequest's generation options, checked and read as every provider call for it is made.
 
 The HTTP API reads OpenAI's fields into the same request, so both APIs refuse the same values with the same words.
 """
@@ -20,8 +20,16 @@ MAX_RESPONSE_FORMAT_BYTES = 256 * 1024
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
-def sampling_of(request: pb.CompleteRequest) -> Sampling:
-    """The request's options, or INVALID_ARGUMENT naming the first field that is wrong."""
+def answer_options(request: pb.CompleteRequest) -> dict:
+    """The request's generation options as every provider call for it takes them (escalations and the shadow's
+    too), or INVALID_ARGUMENT naming the first field that is wrong."""
+    if request.max_tokens < 0:
+        _refuse("max_tokens: must be 0 (provider default) or more")
+    return {"max_tokens": request.max_tokens or None, "temperature": _within(request, "temperature", 0, 2),
+            "sampling": _sampling(request)}
+
+
+def _sampling(request: pb.CompleteRequest) -> Sampling:
     top_p = _within(request, "top_p", 0, 1)
     presence = _within(request, "presence_penalty", -2, 2)
     frequency = _within(request, "frequency_penalty", -2, 2)
@@ -44,10 +52,10 @@ def _within(request: pb.CompleteRequest, field: str, low: float, high: float) ->
     return value
 
 
-def _response_format(text: str) -> str:
-    """`text` as compact JSON once checked to be one of OpenAI's response_format objects; "" stays ""."""
+def _response_format(text: str) -> dict | None:
+    """`text` parsed, once checked to be one of OpenAI's response_format objects; None for ""."""
     if not text:
-        return ""
+        return None
     if len(text.encode()) > MAX_RESPONSE_FORMAT_BYTES:
         _refuse(f"response_format: larger than {MAX_RESPONSE_FORMAT_BYTES} bytes")
     try:
@@ -60,7 +68,7 @@ def _response_format(text: str) -> str:
         schema = doc.get("json_schema")
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str) or not schema["name"]:
             _refuse('response_format.json_schema: must be an object with a "name" (and usually a "schema")')
-    return json.dumps(doc, separators=(",", ":"))
+    return doc
 
 
 def _refuse(message: str):

@@ -62,11 +62,6 @@ def parse(body: bytes) -> ChatRequest:
         raise bad_request("n: only 1 choice is supported")
     request = pb.CompleteRequest(messages=_messages(doc.get("messages")), strategy=strategy,
                                  max_tokens=_max_tokens(doc), head=_text(doc.get("head") or "", "head"))
-    temperature = doc.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-            raise bad_request("temperature: must be a number between 0 and 2")
-        request.temperature = temperature
     _sampling(doc, request)
     stream = doc.get("stream")
     if stream not in (None, True, False):
@@ -78,8 +73,8 @@ def parse(body: bytes) -> ChatRequest:
 
 
 def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
-    """OpenAI's other generation options onto `request`, by JSON type; their ranges are the core's to check."""
-    for field in ("top_p", "presence_penalty", "frequency_penalty"):
+    """OpenAI's generation options onto `request`, by JSON type; their ranges are the core's to check."""
+    for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = doc.get(field)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -60,15 +60,13 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    response_format: str = ""  # OpenAI's response_format object as JSON text
+    response_format: dict[str, Any] | None = None  # OpenAI's response_format object, parsed once
 
     def sdk_args(self) -> dict[str, Any]:
-        args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty")
+        args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "response_format")
                 if (value := getattr(self, name)) is not None}
         if self.stop:
             args["stop"] = list(self.stop)
-        if self.response_format:
-            args["response_format"] = json.loads(self.response_format)
         return args
 
 
