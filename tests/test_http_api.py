@@ -234,6 +234,8 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
     ({"model": "tierwise", "messages": user(), "top_p": 1.5}, "top_p"),
     ({"model": "tierwise", "messages": user(), "top_p": "high"}, "top_p"),
+    ({"model": "tierwise", "messages": user(), "top_p": 10**400}, "top_p"),
+    ({"model": "tierwise", "messages": user(), "temperature": -10**400}, "temperature"),
     ({"model": "tierwise", "messages": user(), "presence_penalty": 2.5}, "presence_penalty"),
     ({"model": "tierwise", "messages": user(), "frequency_penalty": True}, "frequency_penalty"),
     ({"model": "tierwise", "messages": user(), "stop": ["a", "b", "c", "d", "e"]}, "stop"),

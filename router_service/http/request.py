@@ -77,8 +77,8 @@ def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
     for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = doc.get(field)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad_request(f"{field}: must be a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:
+                raise bad_request(f"{field}: must be a number")  # the bound: an int too large for a float
             setattr(request, field, value)
     stop = doc.get("stop")
     if stop is not None:
