@@ -50,9 +50,10 @@ def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, s
     if lowest > tier:
         tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
     needs = needs_of(messages, max_tokens)
-    refused = {t: chains[t].refusals(needs) for t in range(tier, FRONTIER + 1)}
-    fitting = next((t for t, why in refused.items() if not why), None)
-    too_long = Outcome.SKIPPED_CONTEXT_WINDOW in refused[tier]
+    refused = chains[tier].refusals(needs)  # the tiers above are looked at only when this one cannot take it
+    fitting = tier if not refused else next((t for t in range(tier + 1, FRONTIER + 1) if not chains[t].refusals(needs)),
+                                            None)
+    too_long = Outcome.SKIPPED_CONTEXT_WINDOW in refused
     if fitting is None:
         raise NoTierFits(
             f"messages: the request needs about {needs.tokens} tokens (every message and max_tokens); no provider of "
