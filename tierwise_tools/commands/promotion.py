@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from classifier_service.heads import check_name
 from tierwise.data import DataError
 
 from ..paths import EMBEDDINGS_DIR, ENCODER_DIR, HEADS_DIR
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     head_dir = args.heads_dir / args.name
-    if args.name in ("", ".", "..") or "/" in args.name or not (head_dir / "head.json").exists():
+    if not _is_head_name(args.name) or not (head_dir / "head.json").exists():
         raise DataError(f"--name: no head {args.name!r} in {args.heads_dir}")
     restored, set_aside = roll_back(head_dir)
     print(f"{args.name}: serving {restored.version} again (was {set_aside.version}, now kept as head.json.previous; "
@@ -73,3 +74,12 @@ def show(result: dict, split: str) -> None:
         found_by = (f"routers naming no head use it when their tiers' first models are "
                     f"{' / '.join(candidate['models'])}; others " if candidate["models"] else "routers use it ")
         print(f"a new head: {found_by}once their config says classifier.head: {candidate['head']}")
+
+
+def _is_head_name(text: str) -> bool:
+    """Whether `text` can name a head (a directory of its own under the heads dir: no "..", no path)."""
+    try:
+        check_name(text)
+    except ValueError:
+        return False
+    return True
