@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -111,34 +111,50 @@ def cpu_split(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     cores["other"] = max(0.0, (system_busy_seconds() - busy) / wall - sum(cores.values()))
 
 
-async def open_loop(call, queries: list[str], rate: float) -> dict:
-    """`call(query)` sent on a fixed schedule whatever the replies do; latency counts from each call's due time
-    (so a client that falls behind shows up in the numbers instead of hiding it)."""
-    latencies, decision = [], []
-    failed = {"rpc": 0, "degraded": 0}
+@dataclass
+class Paced:
+    """What a paced run of calls gave: latencies in seconds from each call's due time (answered calls only), the
+    router's own decision time where a reply says it, calls that failed or degraded, and how late each started."""
+    latencies: list[float] = field(default_factory=list)
+    decisions: list[float] = field(default_factory=list)
+    rpc_errors: int = 0
+    degraded: int = 0
+    lags_ms: list[float] = field(default_factory=list)
+
+
+async def paced(call, queries: list[str], rate: float, pace=on_schedule) -> Paced:
+    """`call(query)` for each query on `pace`'s fixed schedule (bench.pacing) whatever the replies do; latency counts
+    from each call's due time, so a client that falls behind shows up in the numbers instead of hiding it."""
+    run = Paced()
 
     async def one(i: int, due: float) -> None:
         try:
             reply = await call(queries[i])
         except grpc.aio.AioRpcError:
-            failed["rpc"] += 1
+            run.rpc_errors += 1
             return
         if getattr(reply, "degraded", False):  # the classifier hop failed and the heuristic answered
-            failed["degraded"] += 1
+            run.degraded += 1
             return
-        latencies.append(time.perf_counter() - due)
+        run.latencies.append(time.perf_counter() - due)
         if hasattr(reply, "decision_ms"):
-            decision.append(reply.decision_ms / 1e3)
+            run.decisions.append(reply.decision_ms / 1e3)
 
+    run.lags_ms = await pace(len(queries), rate, one)
+    return run
+
+
+async def open_loop(call, queries: list[str], rate: float) -> dict:
+    """A paced run of `call` over `queries`, summarised for the report."""
     started = time.perf_counter()
-    lags = await on_schedule(len(queries), rate, one)
+    run = await paced(call, queries, rate)
     elapsed = time.perf_counter() - started
-    return {"target_rps": rate, "sent": len(queries), "ok": len(latencies),
-            "achieved_rps": len(latencies) / elapsed,  # answers by this strategy: degraded ones not counted
-            "rpc_errors": failed["rpc"], "degraded": failed["degraded"],
-            "latency": summary(latencies, sum(failed.values())),
-            "router_decision": summary(decision, 0) if decision else None,
-            "send_lag_p50_ms": percentile(lags, 50), "send_lag_p99_ms": percentile(lags, 99)}
+    return {"target_rps": rate, "sent": len(queries), "ok": len(run.latencies),
+            "achieved_rps": len(run.latencies) / elapsed,  # answers by this strategy: degraded ones not counted
+            "rpc_errors": run.rpc_errors, "degraded": run.degraded,
+            "latency": summary(run.latencies, run.rpc_errors + run.degraded),
+            "router_decision": summary(run.decisions, 0) if run.decisions else None,
+            "send_lag_p50_ms": percentile(run.lags_ms, 50), "send_lag_p99_ms": percentile(run.lags_ms, 99)}
 
 
 async def route_runs(svc: Services, sizes: Sizes) -> dict:

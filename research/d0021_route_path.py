@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import grpc
 import yaml
 
 from bench.pacing import on_asyncio_timers, on_schedule
+from bench.router_bench import paced
 from bench.router_timing import KEY, texts
 from bench.stats import cpu_seconds, own_cpu_seconds, percentile
 from tests.servers import KEY_ENV, ServiceProcess, router_config, start, watch
@@ -87,22 +87,9 @@ def spawn(source: Path, module: str, code: str, profile: Path | None, *args: str
 
 
 async def _burst(call, queries: list[str], rate: float = RATE, pace=on_schedule) -> tuple[list[float], int]:
-    latencies, failed = [], 0
-
-    async def one(i: int, due: float) -> None:
-        nonlocal failed
-        try:
-            reply = await call(queries[i])
-        except grpc.aio.AioRpcError:
-            failed += 1
-            return
-        if getattr(reply, "degraded", False):
-            failed += 1
-            return
-        latencies.append((time.perf_counter() - due) * 1e3)
-
-    await pace(len(queries), rate, one)
-    return latencies, failed
+    """(answered calls' latencies in ms, calls that failed or degraded)."""
+    run = await paced(call, queries, rate, pace)
+    return [s * 1e3 for s in run.latencies], run.rpc_errors + run.degraded
 
 
 async def measure(targets: dict[str, tuple], pids: dict[str, int], rounds: int, seconds: float,
