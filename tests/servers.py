@@ -1,6 +1,8 @@
 """Start the real services as subprocesses on 127.0.0.1 for integration tests (bounded waits)."""
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import queue
 import signal
@@ -138,3 +140,20 @@ def router_stack(config_dir: Path, strategy: str, env: dict[str, str] | None = N
                 yield double, classifier, router
         finally:
             classifier.stop()
+
+
+def http_address(router: ServiceProcess) -> str:
+    """The HTTP API's host:port, from the router's ready line (`... http=HOST:PORT`)."""
+    ready = next(line for line in router.output if " ready on " in line)
+    return ready.split(" http=")[1].split()[0]
+
+
+def post(address: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """Raw POST /v1/chat/completions: status, headers, JSON body."""
+    conn = http.client.HTTPConnection(address, timeout=20)
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()

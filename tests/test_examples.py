@@ -17,7 +17,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import ProviderDouble
-from .servers import ROOT, running_router
+from .servers import ROOT, http_address, running_router
 
 LOCAL = ROOT / "examples" / "local.yaml"
 OLLAMA = "http://127.0.0.1:11434/v1"
@@ -48,7 +48,7 @@ def test_readme_first_requests_answer_through_the_local_example(classifier, tmp_
             for provider in tier["providers"]:
                 provider["base_url"] = server.base_url  # the same kind of server, on a free port instead of Ollama's
         with running_router(doc, classifier.address, tmp_path, "--http-listen", "127.0.0.1:0") as router:
-            http = next(line for line in router.output if " ready on " in line).split(" http=")[1].split()[0]
+            http = http_address(router)
             with grpc.insecure_channel(router.address) as channel:
                 reply = router_pb2_grpc.RouterServiceStub(channel).Complete(pb.CompleteRequest(
                     messages=[pb.Message(role="user", content="What is 2 + 2?")]), timeout=30)

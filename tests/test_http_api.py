@@ -21,7 +21,7 @@ from tierwise.v1 import router_pb2_grpc
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault, ProviderDouble
-from .servers import KEY_ENV, router_config, running_router
+from .servers import KEY_ENV, http_address, post, router_config, running_router
 
 QUESTION = "What time does the store close?"
 PROMPT = "Summarise the secret plan codenamed GREY OWL in two sentences."
@@ -33,24 +33,8 @@ PARENT = "00f067aa0ba902b7"
 UNUSED_CLASSIFIER = "127.0.0.1:1"
 
 
-def http_address(router) -> str:
-    ready = next(line for line in router.output if " ready on " in line)
-    return ready.split(" http=")[1].split()[0]
-
-
 def sdk(address: str, key: str = "unused", **options) -> OpenAI:
     return OpenAI(base_url=f"http://{address}/v1", api_key=key, max_retries=0, timeout=20, **options)
-
-
-def post(address: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
-    """Raw POST /v1/chat/completions: status, headers, JSON body."""
-    conn = http.client.HTTPConnection(address, timeout=20)
-    try:
-        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **(headers or {})})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def user(text: str = QUESTION) -> list[dict]:

@@ -20,7 +20,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import ProviderDouble
-from .servers import KEY_ENV, router_config, running_router
+from .servers import KEY_ENV, http_address, post, router_config, running_router
 
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
          "AAAABJRU5ErkJggg==")
@@ -45,21 +45,6 @@ def vision_config(base_url: str, readers: set[str], **extra) -> dict:
 def double():
     with ProviderDouble() as provider:
         yield provider
-
-
-def http_address(router) -> str:
-    return next(line for line in router.output if " ready on " in line).split(" http=")[1].split()[0]
-
-
-def post(address: str, body: dict) -> tuple[int, dict]:
-    import http.client
-    conn = http.client.HTTPConnection(address, timeout=20)
-    try:
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 # ------------------------------------------------------------------------------------------------ the decision
@@ -140,7 +125,7 @@ def test_grpc_takes_images_too_and_the_attempts_say_who_was_skipped(api, double)
     ([{"role": "user", "content": with_image()[0]["content"][1:]}], "messages[0].content"),  # nothing to decide on
 ])
 def test_bad_images_are_400s_naming_the_field(api, messages, param):
-    status, reply = post(http_address(api), {"model": "tierwise", "messages": messages})
+    status, _, reply = post(http_address(api), json.dumps({"model": "tierwise", "messages": messages}).encode())
     assert status == 400, reply
     assert reply["error"]["param"] == param, reply
 
@@ -148,7 +133,8 @@ def test_bad_images_are_400s_naming_the_field(api, messages, param):
 def test_a_request_no_tier_can_read_is_a_400_naming_messages(tmp_path, double):
     with running_router(vision_config(double.base_url, set()), UNUSED_CLASSIFIER, tmp_path, "--http-listen",
                         "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
-        status, reply = post(http_address(router), {"model": "tierwise", "messages": with_image()})
+        body = json.dumps({"model": "tierwise", "messages": with_image()}).encode()
+        status, _, reply = post(http_address(router), body)
     assert status == 400 and reply["error"]["param"] == "messages"
     assert "carries images" in reply["error"]["message"]
 
@@ -162,9 +148,8 @@ def test_the_shadow_never_samples_a_request_with_images(tmp_path, double):
     double.set_reply("t1-a", '{"score": 1.0}')
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
         address = http_address(router)
-        assert post(address, {"model": "tierwise/cheapest", "messages": with_image()})[0] == 200
-        assert post(address, {"model": "tierwise/cheapest", "messages": [{"role": "user", "content": "hi there"}]})[0] \
-            == 200
+        for messages in (with_image(), [{"role": "user", "content": "hi there"}]):
+            assert post(address, json.dumps({"model": "tierwise/cheapest", "messages": messages}).encode())[0] == 200
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not (labels.exists() and labels.read_text().strip()):
             time.sleep(0.05)
