@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 from tierwise.tiers import FRONTIER
 
-from .providers import Outcome, TierChain
+from .providers import DEFAULT_SAMPLING, Needs, Outcome, Sampling, TierChain
 from .providers.chain import needs_of
 from .strategies import Decision
 from .strategies.heuristic import CODE
@@ -42,28 +42,37 @@ def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
 
 
 def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, str]],
-                           chains: Mapping[int, TierChain], max_tokens: int | None = None) -> Decision:
+                           chains: Mapping[int, TierChain], max_tokens: int | None = None,
+                           sampling: Sampling = DEFAULT_SAMPLING) -> Decision:
     """`decision` raised to the conversation's floor, then to the first tier whose providers can hold the request;
     the reason says what moved it. NoTierFits when none can."""
     tier, reasons = decision.tier, []
     lowest, why = floor(messages)
     if lowest > tier:
         tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
-    needs = needs_of(messages, max_tokens)
+    needs = needs_of(messages, max_tokens, sampling)
     refused = chains[tier].refusals(needs)  # the tiers above are looked at only when this one cannot take it
     fitting = tier if not refused else next((t for t in range(tier + 1, FRONTIER + 1) if not chains[t].refusals(needs)),
                                             None)
-    too_long = Outcome.SKIPPED_CONTEXT_WINDOW in refused
     if fitting is None:
-        raise NoTierFits(
-            f"messages: the request needs about {needs.tokens} tokens (every message and max_tokens); no provider of "
-            f"tier {tier} or above holds that many" if too_long else
-            f"messages: the request carries images; no provider of tier {tier} or above reads them (vision)")
+        field, _, none_can = _lacking(refused, needs, tier)
+        raise NoTierFits(f"{field}: {none_can}")
     if fitting > tier:
-        lacks = f"hold about {needs.tokens} tokens" if too_long else "read images"
-        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot {lacks}")
+        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot {_lacking(refused, needs, tier)[1]}")
         tier = fitting
     if not reasons:
         return decision
     return replace(decision, tier=tier, reason=f"{decision.reason}; {'; '.join(reasons)}")
 
+
+def _lacking(refused: list[Outcome], needs: Needs, tier: int) -> tuple[str, str, str]:
+    """Why tier `tier`'s providers refused the request: (the request field to name, what they cannot do, the error
+    when no tier above can either)."""
+    if Outcome.SKIPPED_CONTEXT_WINDOW in refused:
+        return ("messages", f"hold about {needs.tokens} tokens",
+                f"the request needs about {needs.tokens} tokens (every message, the tools and max_tokens); no provider "
+                f"of tier {tier} or above holds that many")
+    if Outcome.SKIPPED_NO_VISION in refused:
+        return ("messages", "read images",
+                f"the request carries images; no provider of tier {tier} or above reads them (vision)")
+    return "tools", "call tools", f"the request offers tools; no provider of tier {tier} or above calls them (tools)"

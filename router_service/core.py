@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable
 
 import grpc
 from opentelemetry import trace
@@ -22,11 +22,12 @@ from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .images import check_image
-from .providers import Attempt, Outcome, StreamInterrupted
+from .providers import Attempt, Outcome, Sampling, StreamInterrupted
 from .sampling import answer_options
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
+from .tool_calls import tool_fields
 from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
@@ -58,18 +59,16 @@ class RouterCore:
             return route
 
     async def answer(self, method: str, request: pb.CompleteRequest, deadline: float | None, span, *,
-                     stream: bool, on_result: Callable[[Result], None] | None = None
-                     ) -> AsyncIterator[pb.CompleteStreamResponse]:
+                     stream: bool) -> AsyncIterator[pb.CompleteStreamResponse]:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
-        whose summary is Complete's response. `method` labels the metrics; `on_result` sees the dispatch's Result
-        (what the summary leaves out, such as why the provider stopped) before the summary goes out."""
+        whose summary is Complete's response. `method` labels the metrics."""
         _tag_key(span)
         with self.admission.admit():
             started = time.perf_counter()
             messages, query = self._messages(request)
             asked = answer_options(request)
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
-            decision = self._on_conversation(decision, messages, request, span)
+            decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], span)
             route = self._route_response(decision, query, started)
             yield pb.CompleteStreamResponse(decision=route)
             options = {"deadline": deadline, **asked, "on_attempt": self._on_attempt,
@@ -87,8 +86,6 @@ class RouterCore:
                     else:
                         yield pb.CompleteStreamResponse(delta=event)
             summary = self._finish(method, span, decision, route, result, started, messages, asked)
-            if on_result is not None:
-                on_result(result)
             yield pb.CompleteStreamResponse(summary=summary)
 
     def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
@@ -108,6 +105,7 @@ class RouterCore:
                                f"messages[{i}].role: {shown(role)} is not one of {', '.join(ROLES)}")
             total += check_size(content, f"messages[{i}].content", limits.max_message_bytes)
             messages.append({"role": role, "content": content})
+            total += tool_fields(m, messages[-1], f"messages[{i}]")
             if m.images:
                 if role != "user":
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"messages[{i}].images: only user messages carry "
@@ -180,7 +178,8 @@ class RouterCore:
                                  outcome=str(a.attempt.outcome), error=a.attempt.error,
                                  latency_ms=a.attempt.latency_ms) for a in result.attempts]
                      + [pb.Attempt(tier=tier, outcome="gate_rejected", error=why) for tier, why in result.gate_rejections],
-            decision=route)
+            decision=route, finish_reason=c.finish_reason,
+            tool_calls=[pb.ToolCall(id=t.id, name=t.name, arguments=t.arguments) for t in c.tool_calls])
 
     def _count(self, method: str, decision: Decision, result: Result | None = None) -> None:
         tier = result.tier if result else decision.tier
@@ -190,11 +189,11 @@ class RouterCore:
         if result is not None:
             self.metrics.answered(result, self.cfg.tiers[FRONTIER])
 
-    def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], request: pb.CompleteRequest,
-                         span) -> Decision:
-        """The strategy's decision, moved by the whole conversation and the providers' context windows."""
+    def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], max_tokens: int,
+                         sampling: Sampling, span) -> Decision:
+        """The strategy's decision, moved by the whole conversation and what the providers can take."""
         try:
-            moved = decide_on_conversation(decision, messages, self.dispatcher.chains, request.max_tokens or None)
+            moved = decide_on_conversation(decision, messages, self.dispatcher.chains, max_tokens or None, sampling)
         except NoTierFits as err:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         if moved is not decision:

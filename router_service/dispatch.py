@@ -1,8 +1,8 @@
 """Complete a request at the decided tier: fallback chains, escalation, the cascade's gate, cost.
 
 A tier whose chain is exhausted escalates to the next tier; so does a cascade answer its gate
-rejects. Every tier tried is paid for. Only when the top tier is exhausted does the call fail,
-naming every attempt.
+rejects (an answer that calls the caller's tools is not gated). Every tier tried is paid for.
+Only when the top tier is exhausted does the call fail, naming every attempt.
 """
 from __future__ import annotations
 
@@ -117,7 +117,9 @@ class Dispatcher:
             finally:
                 await events.aclose()
             progress.answered(tier, completion, self.cfg)
-            if gate is not None and tier < max_tier:
+            # A gate reads answers; calls to the caller's tools are steps towards one, and the answer the model gives
+            # once it has their results is gated in its own request.
+            if gate is not None and tier < max_tier and not completion.tool_calls:
                 verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)

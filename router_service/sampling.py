@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import grpc
 
-from tierwise.serving import Rejected
+from tierwise.serving import Rejected, shown
 from tierwise.v1 import router_pb2 as pb
 
 from .providers import Sampling
@@ -18,6 +19,10 @@ MAX_STOP = 4  # OpenAI's own limit
 MAX_STOP_BYTES = 1024
 MAX_RESPONSE_FORMAT_BYTES = 256 * 1024
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_TOOLS_BYTES = 1024 * 1024
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
+TOOL_CHOICES = ("auto", "none", "required")
 
 
 def answer_options(request: pb.CompleteRequest) -> dict:
@@ -38,9 +43,15 @@ def _sampling(request: pb.CompleteRequest) -> Sampling:
     for i, sequence in enumerate(request.stop):
         if not sequence or len(sequence.encode()) > MAX_STOP_BYTES:
             _refuse(f"stop[{i}]: must be 1 to {MAX_STOP_BYTES} bytes")
+    tools = _tools(request.tools)
+    parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
+    choice = _tool_choice(request.tool_choice, tools)
+    if parallel is not None and not tools:
+        _refuse("parallel_tool_calls: needs tools")
     return Sampling(top_p=top_p, stop=tuple(request.stop), seed=request.seed if request.HasField("seed") else None,
                     presence_penalty=presence, frequency_penalty=frequency,
-                    response_format=_response_format(request.response_format))
+                    response_format=_response_format(request.response_format), tools=tools, tool_choice=choice,
+                    parallel_tool_calls=parallel)
 
 
 def _within(request: pb.CompleteRequest, field: str, low: float, high: float) -> float | None:
@@ -52,22 +63,76 @@ def _within(request: pb.CompleteRequest, field: str, low: float, high: float) ->
     return value
 
 
+def _json(text: str, field: str, limit: int):
+    if len(text.encode()) > limit:
+        _refuse(f"{field}: larger than {limit} bytes")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        _refuse(f"{field}: not valid JSON")
+
+
 def _response_format(text: str) -> dict | None:
     """`text` parsed, once checked to be one of OpenAI's response_format objects; None for ""."""
     if not text:
         return None
-    if len(text.encode()) > MAX_RESPONSE_FORMAT_BYTES:
-        _refuse(f"response_format: larger than {MAX_RESPONSE_FORMAT_BYTES} bytes")
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        _refuse("response_format: not valid JSON")
+    doc = _json(text, "response_format", MAX_RESPONSE_FORMAT_BYTES)
     if not isinstance(doc, dict) or doc.get("type") not in RESPONSE_FORMATS:
         _refuse('response_format: must be an object whose type is "text", "json_object" or "json_schema"')
     if doc["type"] == "json_schema":
         schema = doc.get("json_schema")
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str) or not schema["name"]:
             _refuse('response_format.json_schema: must be an object with a "name" (and usually a "schema")')
+    return doc
+
+
+def _tools(text: str) -> tuple[dict, ...]:
+    """`text` parsed, once checked to be a list of OpenAI function tools, each named; () for ""."""
+    if not text:
+        return ()
+    doc = _json(text, "tools", MAX_TOOLS_BYTES)
+    if not isinstance(doc, list) or not doc:
+        _refuse('tools: must be a non-empty list of {"type": "function", "function": {"name": ...}} objects')
+    if len(doc) > MAX_TOOLS:
+        _refuse(f"tools: at most {MAX_TOOLS} tools, got {len(doc)}")
+    names = set()
+    for i, tool in enumerate(doc):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(function, dict):
+            _refuse(f'tools[{i}]: must be {{"type": "function", "function": {{...}}}}; only function tools are '
+                    "supported")
+        name = function.get("name")
+        if not (isinstance(name, str) and TOOL_NAME.fullmatch(name)):
+            _refuse(f"tools[{i}].function.name: must be 1 to 64 letters, digits, underscores or dashes")
+        if name in names:
+            _refuse(f"tools[{i}].function.name: {name} names two tools")
+        names.add(name)
+        if not isinstance(function.get("parameters", {}), dict):
+            _refuse(f"tools[{i}].function.parameters: must be a JSON Schema object")
+    return tuple(doc)
+
+
+def _tool_choice(text: str, tools: tuple[dict, ...]) -> str | dict | None:
+    """`text`: "auto", "none" or "required" (bare or as JSON strings), or a JSON object naming one of the tools;
+    None for ""."""
+    if not text:
+        return None
+    if not tools:
+        _refuse("tool_choice: needs tools")
+    if text in TOOL_CHOICES:
+        return text
+    try:
+        doc = json.loads(text) if len(text) <= MAX_TOOLS_BYTES else None
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, str) and doc in TOOL_CHOICES:
+        return doc
+    name = (doc["function"].get("name") if isinstance(doc, dict) and doc.get("type") == "function"
+            and isinstance(doc.get("function"), dict) else None)
+    if name is None:
+        _refuse('tool_choice: must be auto, none, required or {"type": "function", "function": {"name": ...}}')
+    if name not in {tool["function"]["name"] for tool in tools}:
+        _refuse(f"tool_choice.function.name: {shown(str(name))} is not one of the tools")
     return doc
 
 

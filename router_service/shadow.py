@@ -31,7 +31,7 @@ from .config import RouterConfig
 from .dispatch import Result, last_user_text
 from .labelling import Labeler, record_id
 from .ledger import SpendLedger, month
-from .providers import ProviderError, TierChain
+from .providers import DEFAULT_SAMPLING, ProviderError, TierChain
 from .replicas import own_file
 from .replies import parse_verdict, prompt
 
@@ -67,9 +67,11 @@ class Shadow:
                     options: Mapping[str, object]) -> bool:
         """Start a shadow for this answered request if it is sampled; returns whether one started.
         `options` (max_tokens, temperature, sampling) are the request's, so every answer is asked the same way.
-        A request carrying images is never sampled: the judge reads text only."""
-        eligible = (self.labeler is not None or result.tier < self.cfg.tier) and not any(m.get("images")
-                                                                                         for m in messages)
+        A request carrying images is never sampled, nor is one offering or answering tools: the judge reads and
+        grades text answers only."""
+        tools = options.get("sampling", DEFAULT_SAMPLING).tools
+        text_only = not tools and not any(m.get("images") or m["role"] == "tool" for m in messages)
+        eligible = (self.labeler is not None or result.tier < self.cfg.tier) and text_only
         if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget():
             return False
         if len(self.tasks) >= self.cfg.max_in_flight:

@@ -12,6 +12,7 @@ other token is certain); `reset()` forgets all of that. An answer longer
 than the request's `max_tokens` (or `max_completion_tokens`) is cut there with finish_reason "length", as real
 providers do. Every request is
 recorded (model, stream flag, headers, body, fault applied) so tests can assert none was lost or repeated.
+Offered tools, it calls them as double_tools.py says.
 Every wait inside the double is bounded and released at once when the double shuts down.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
+
+from .double_tools import call_chunks, calls_for
 
 HOST = "127.0.0.1"
 MAX_WAIT_S = 5.0
@@ -296,6 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(404, f"model {body['model']!r} not found", "model_not_found")
         if fault is not None and not self._apply_fault_before_answer(fault):
             return
+        calls = calls_for(body)
+        if calls:
+            return self._send_calls(body, calls)
         answer, finish_reason = _within_max_tokens(self.double._answer(body["model"], body["messages"]), body)
         if body.get("stream"):
             self._send_stream(body, answer, fault, finish_reason)
@@ -334,6 +340,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_event(_chunk(model, {}, finish_reason=finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
+        self._send_chunk(b"data: [DONE]\n\n")
+        self._send_chunk(b"")
+
+    def _send_calls(self, body: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+        """Tool calls in place of an answer (double_tools.py), whole or streamed."""
+        model = body["model"]
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            return self._send_json(200, {"id": "chatcmpl-double", "object": "chat.completion", "created": 0,
+                                         "model": model, "usage": _usage(body, json.dumps(calls)),
+                                         "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for delta in [{"role": "assistant", "content": None}, *call_chunks(calls)]:
+            self._send_event(_chunk(model, delta))
+        self._send_event(_chunk(model, {}, finish_reason="tool_calls"))
         self._send_chunk(b"data: [DONE]\n\n")
         self._send_chunk(b"")
 

@@ -111,6 +111,16 @@ def router_config(base_url: str, **overrides) -> dict:
     return doc
 
 
+def capability_config(base_url: str, capability: str, able: set[str], **overrides) -> dict:
+    """`router_config` (heuristic) whose providers named in `able` have `capability` (vision, tools) and the others
+    not."""
+    doc = router_config(base_url, **{"strategy": "heuristic", **overrides})
+    for tier in doc["tiers"]:
+        for provider in tier["providers"]:
+            provider[capability] = provider["name"] in able
+    return doc
+
+
 @contextmanager
 def running_router(doc: dict, classifier_address: str, config_dir: Path, *args: str,
                    env: dict[str, str] | None = None, check_exit: bool = True):

@@ -212,7 +212,7 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "max_tokens": -1}, "max_tokens"),
     ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
-    ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools[0]"),
     ({"model": "tierwise", "messages": user(), "logprobs": True}, "logprobs"),
     ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
@@ -260,11 +260,22 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     max_leaves=12)
 FIELDS = st.fixed_dictionaries({}, optional={
     "model": st.sampled_from(["tierwise", "tierwise/heuristic", "tierwise/", "x"]) | JSON,
-    "messages": st.lists(st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "x"]) | JSON,
-                                                              "content": JSON}), max_size=3) | JSON,
+    "messages": st.lists(st.fixed_dictionaries({}, optional={
+        "role": st.sampled_from(["user", "x", "assistant", "tool"]) | JSON, "content": JSON,
+        "tool_call_id": st.text(max_size=4) | JSON,
+        "tool_calls": st.lists(st.fixed_dictionaries({}, optional={
+            "id": st.text(max_size=4) | JSON, "type": st.just("function") | JSON,
+            "function": st.fixed_dictionaries({}, optional={"name": st.text(max_size=4) | JSON,
+                                                            "arguments": JSON})}), max_size=2) | JSON}),
+        max_size=3) | JSON,
     "stream": JSON, "stream_options": JSON, "max_tokens": JSON, "max_completion_tokens": JSON,
-    "temperature": JSON, "n": JSON, "head": JSON, "tools": JSON, "top_p": JSON, "stop": JSON, "seed": JSON,
-    "presence_penalty": JSON, "frequency_penalty": JSON, "response_format": JSON})
+    "temperature": JSON, "n": JSON, "head": JSON, "top_p": JSON, "stop": JSON, "seed": JSON,
+    "presence_penalty": JSON, "frequency_penalty": JSON, "response_format": JSON,
+    "tools": st.lists(st.fixed_dictionaries({}, optional={
+        "type": st.just("function") | JSON,
+        "function": st.fixed_dictionaries({}, optional={"name": st.sampled_from(["f", "g h"]) | JSON,
+                                                        "parameters": JSON})}), max_size=3) | JSON,
+    "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | JSON, "parallel_tool_calls": JSON})
 BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
           | FIELDS.map(lambda v: json.dumps(v).encode()))
 

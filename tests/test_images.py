@@ -20,7 +20,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import ProviderDouble
-from .servers import KEY_ENV, http_address, post, router_config, running_router
+from .servers import KEY_ENV, capability_config, http_address, post, running_router
 
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
          "AAAABJRU5ErkJggg==")
@@ -34,11 +34,7 @@ def with_image(text: str = QUESTION, url: str = PIXEL, detail: str | None = "low
 
 
 def vision_config(base_url: str, readers: set[str], **extra) -> dict:
-    doc = router_config(base_url, strategy="heuristic", **extra)
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["vision"] = provider["name"] in readers
-    return doc
+    return capability_config(base_url, "vision", readers, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from tierwise.v1 import router_pb2 as pb
 
 from ..auth import KeyGate, bearer
 from ..core import RouterCore
-from ..dispatch import Result
 from ..events import final
 from . import sse
 from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
@@ -65,26 +64,21 @@ class ChatCompletions:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
-        finish = ["stop"]
-
-        def on_result(result: Result) -> None:
-            finish[0] = result.completion.finish_reason
-
         method = exchange.method = "ChatCompletionsStream" if chat.stream else "ChatCompletions"
-        events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream, on_result=on_result)
+        events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream)
         try:
             async with aclosing(events):
                 if not chat.stream:
                     summary = (await final(events)).summary
                     self._charge(key, summary)
-                    await exchange.json(200, sse.completion(sse.completion_id(), summary, finish[0]),
+                    await exchange.json(200, sse.completion(sse.completion_id(), summary),
                                         _headers(summary.decision, summary))
                     return
-                await self._stream(chat, events, key, exchange, finish)
+                await self._stream(chat, events, key, exchange)
         except Rejected as err:
             await exchange.fail(err, span)
 
-    async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange", finish: list[str]) -> None:
+    async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
         """Chunks as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no provider,
         deadline) still gets its HTTP status; after it, one gets an error event in place of [DONE]."""
         route: pb.RouteResponse = (await anext(events)).decision
@@ -96,7 +90,7 @@ class ChatCompletions:
         while True:
             if event.WhichOneof("event") == "summary":
                 self._charge(key, event.summary)
-                await exchange.body(chunks.end(event.summary, finish[0]), more=False)
+                await exchange.body(chunks.end(event.summary), more=False)
                 return
             await exchange.body(chunks.text(event.delta))
             event = await anext(events)

@@ -1,9 +1,9 @@
 """An OpenAI chat completions request body, read into the core's CompleteRequest.
 
-The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format) go to the
-provider that answers; the core checks their values. What only describes the caller (user, metadata, ...) is
-accepted and left out; what Tierwise cannot give (tools, several choices, log probabilities, logit biases) is
-refused by name when asked for, never silently dropped.
+The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format) and the tools
+(tools, tool_choice, parallel_tool_calls) go to the provider that answers; the core checks their values. What only
+describes the caller (user, metadata, ...) is accepted and left out; what Tierwise cannot give (several choices, log
+probabilities, logit biases, the deprecated functions) is refused by name when asked for, never silently dropped.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from .errors import bad_request
 
 MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
 INT32_MAX = 2**31 - 1
-UNSUPPORTED = {"tools": "tool calls", "functions": "function calls", "function_call": "function calls",
+UNSUPPORTED = {"functions": "the deprecated function calls (send tools)",
+               "function_call": "the deprecated function calls (send tool_choice)",
                "audio": "audio output", "prediction": "predicted outputs", "logprobs": "log probabilities",
                "top_logprobs": "log probabilities", "logit_bias": "logit biases"}
 
@@ -96,6 +97,24 @@ def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
         if not isinstance(response_format, dict):
             raise bad_request('response_format: must be an object such as {"type": "json_object"}')
         request.response_format = json.dumps(response_format)
+    _tools(doc, request)
+
+
+def _tools(doc: dict, request: pb.CompleteRequest) -> None:
+    """The tools offered and how they may be used, by JSON type; the core checks what they hold."""
+    tools, choice, parallel = doc.get("tools"), doc.get("tool_choice"), doc.get("parallel_tool_calls")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise bad_request('tools: must be a list of {"type": "function", "function": {...}} objects')
+        request.tools = json.dumps(tools) if tools else ""
+    if choice is not None:
+        if not isinstance(choice, (str, dict)):
+            raise bad_request('tool_choice: must be "auto", "none", "required" or an object naming a function')
+        request.tool_choice = _text(choice, "tool_choice") if isinstance(choice, str) else json.dumps(choice)
+    if parallel is not None:
+        if not isinstance(parallel, bool):
+            raise bad_request("parallel_tool_calls: must be true or false")
+        request.parallel_tool_calls = parallel
 
 
 def _messages(messages: object) -> list[pb.Message]:
@@ -112,7 +131,30 @@ def _messages(messages: object) -> list[pb.Message]:
             raise bad_request(f"messages[{i}].role: must be a string: system, user, assistant or tool")
         role = "system" if role == "developer" else role  # OpenAI's newer name for system
         text, images = _content(m.get("content"), f"messages[{i}].content")
-        out.append(pb.Message(role=_text(role, f"messages[{i}].role"), content=text, images=images))
+        call_id = m.get("tool_call_id")
+        out.append(pb.Message(role=_text(role, f"messages[{i}].role"), content=text, images=images,
+                              tool_calls=_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls"),
+                              tool_call_id="" if call_id is None else _text(call_id, f"messages[{i}].tool_call_id")))
+    return out
+
+
+def _tool_calls(calls: object, field: str) -> list[pb.ToolCall]:
+    """An assistant message's tool calls, OpenAI's [{"id", "type": "function", "function": {"name", "arguments"}}];
+    null is none."""
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise bad_request(f"{field}: must be a list of tool calls")
+    out = []
+    for j, call in enumerate(calls):
+        is_function = isinstance(call, dict) and call.get("type", "function") == "function"
+        function = call.get("function") if is_function else None
+        if not isinstance(function, dict):
+            raise bad_request(f'{field}[{j}]: must be {{"id": ..., "type": "function", "function": {{"name": ..., '
+                              '"arguments": ...}}')
+        out.append(pb.ToolCall(id=_text(call.get("id"), f"{field}[{j}].id"),
+                               name=_text(function.get("name"), f"{field}[{j}].function.name"),
+                               arguments=_text(function.get("arguments", ""), f"{field}[{j}].function.arguments")))
     return out
 
 

@@ -29,11 +29,19 @@ def extension(summary: pb.CompleteResponse) -> dict:
             "degraded": summary.degraded, "escalations": summary.escalations, "decided_tier": summary.decision.tier}
 
 
-def completion(cid: str, summary: pb.CompleteResponse, finish_reason: str) -> dict:
+def completion(cid: str, summary: pb.CompleteResponse) -> dict:
+    message = {"role": "assistant", "content": summary.content, "refusal": None}
+    if summary.tool_calls:
+        message |= {"content": summary.content or None, "tool_calls": tool_calls(summary)}
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": summary.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": summary.content, "refusal": None},
-                         "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": summary.finish_reason or "stop"}],
             "usage": usage(summary), "tierwise": extension(summary)}
+
+
+def tool_calls(summary: pb.CompleteResponse) -> list[dict]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in summary.tool_calls]
 
 
 class Chunks:
@@ -50,11 +58,13 @@ class Chunks:
     def text(self, text: str) -> bytes:
         return self.delta({"content": text})
 
-    def end(self, summary: pb.CompleteResponse, finish_reason: str) -> bytes:
-        """The last chunk (finish_reason, the model that answered, Tierwise's account), the usage chunk when asked
-        for, then [DONE]."""
+    def end(self, summary: pb.CompleteResponse) -> bytes:
+        """The answer's tool calls, whole, in one chunk; the last chunk (finish_reason, the model that answered,
+        Tierwise's account); the usage chunk when asked for; then [DONE]."""
         self.model = summary.model
-        out = self.delta({}, finish_reason, tierwise=extension(summary))
+        calls = [{"index": i, **call} for i, call in enumerate(tool_calls(summary))]
+        out = self.delta({"tool_calls": calls}) if calls else b""
+        out += self.delta({}, summary.finish_reason or "stop", tierwise=extension(summary))
         if self.include_usage:
             out += self._event({"choices": [], "usage": usage(summary)})
         return out + DONE

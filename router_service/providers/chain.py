@@ -11,7 +11,7 @@ from ..events import final, single
 from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
                      StreamInterrupted)
 from .provider import Provider
-from ..tokens import conversation_tokens
+from ..tokens import conversation_tokens, tools_tokens
 from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome, Sampling
 
 
@@ -35,7 +35,7 @@ class TierChain:
                        top_logprobs: int | None = None) -> Completion:
         return await final(self._failover(lambda provider: single(provider.complete(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt, top_logprobs=top_logprobs)), needs_of(messages, max_tokens), on_attempt))
+            on_attempt=on_attempt, top_logprobs=top_logprobs)), needs_of(messages, max_tokens, sampling), on_attempt))
 
     def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
                sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
@@ -43,7 +43,7 @@ class TierChain:
         """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
         return self._failover(lambda provider: provider.stream(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt), needs_of(messages, max_tokens), on_attempt)
+            on_attempt=on_attempt), needs_of(messages, max_tokens, sampling), on_attempt)
 
     def refusals(self, needs: Needs) -> list[Outcome]:
         """Why each of the tier's providers cannot take such a request; [] when one of them can."""
@@ -174,7 +174,8 @@ def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attem
         on_attempt(attempt)
 
 
-def needs_of(messages: Messages, max_tokens: int | None) -> Needs:
-    """What a provider must take for this request: every message and the answer's budget in its context window, and
-    the images it carries."""
-    return Needs(conversation_tokens(messages) + (max_tokens or 0), any(m.get("images") for m in messages))
+def needs_of(messages: Messages, max_tokens: int | None, sampling: Sampling = DEFAULT_SAMPLING) -> Needs:
+    """What a provider must take for this request: every message, the tools offered and the answer's budget in its
+    context window; the images it carries; whether it offers tools."""
+    return Needs(conversation_tokens(messages) + tools_tokens(sampling.tools) + (max_tokens or 0),
+                 any(m.get("images") for m in messages), bool(sampling.tools))

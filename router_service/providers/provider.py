@@ -19,7 +19,7 @@ from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
-                    Sampling)
+                    Sampling, ToolCall)
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -112,8 +112,8 @@ class Provider:
                         raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             finally:
                 await live.aclose()
-            yield self._succeeded(_completion(self.config, messages, live.content, live.usage, live.finish_reason),
-                                  started, attempts)
+            yield self._succeeded(_completion(self.config, messages, live.content, live.usage, live.finish_reason,
+                                              live.tool_calls), started, attempts)
 
     # -- one provider call --
 
@@ -207,7 +207,10 @@ class Provider:
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
-        completion = _completion(self.config, messages, choice.message.content or "", response.usage, choice.finish_reason)
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                      for c in choice.message.tool_calls or () if c.type == "function")
+        completion = _completion(self.config, messages, choice.message.content or "", response.usage,
+                                 choice.finish_reason, calls)
         return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
 
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
@@ -255,25 +258,33 @@ def _settling_breaker(breaker: CircuitBreaker) -> Iterator[None]:
 
 def _wire(message: Any) -> Any:
     """A message as the provider takes it: one carrying images has OpenAI's list of parts for content, its text
-    first, then each image."""
-    images = message.get("images")
-    if not images:
+    first, then each image; an assistant's tool calls and a tool result's call id go in OpenAI's fields."""
+    images, calls, call_id = message.get("images"), message.get("tool_calls"), message.get("tool_call_id")
+    if not (images or calls or call_id):
         return message
-    parts = [{"type": "text", "text": message["content"]}] if message["content"] else []
-    parts += [{"type": "image_url", "image_url": {"url": image["url"], **({"detail": image["detail"]}
-                                                                        if image["detail"] else {})}}
-              for image in images]
-    return {"role": message["role"], "content": parts}
+    wired = {"role": message["role"], "content": message["content"]}
+    if images:
+        parts = [{"type": "text", "text": message["content"]}] if message["content"] else []
+        wired["content"] = parts + [{"type": "image_url", "image_url": {
+            "url": image["url"], **({"detail": image["detail"]} if image["detail"] else {})}} for image in images]
+    if calls:
+        wired["tool_calls"] = [call.wire() for call in calls]
+        wired["content"] = message["content"] or None  # OpenAI: an assistant message of calls alone has none
+    if call_id:
+        wired["tool_call_id"] = call_id
+    return wired
 
 
 def _completion(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,
-                finish_reason: str | None) -> Completion:
-    finish_reason = finish_reason or "stop"
+                finish_reason: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completion:
+    finish_reason = finish_reason or ("tool_calls" if tool_calls else "stop")
     if usage is None:
+        written = content + "".join(call.name + call.arguments for call in tool_calls)
         return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
-                          estimate_tokens(content), usage_estimated=True, finish_reason=finish_reason)
+                          estimate_tokens(written), usage_estimated=True, finish_reason=finish_reason,
+                          tool_calls=tool_calls)
     return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
-                      finish_reason=finish_reason)
+                      finish_reason=finish_reason, tool_calls=tool_calls)
 
 
 def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:

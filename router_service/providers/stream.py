@@ -1,4 +1,4 @@
-"""An open SDK stream, read one text delta at a time."""
+"""An open SDK stream, read one text delta at a time; the tool calls it sends in pieces are put together."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
 
 from .errors import IncompleteStream
+from .types import ToolCall
 
 
 class LiveStream:
@@ -19,6 +20,7 @@ class LiveStream:
         self._parts: list[str] = []
         self._finish_reason: str | None = None
         self._usage: CompletionUsage | None = None
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
 
     async def next_delta(self, timeout: float) -> str | None:
         """The next non-empty text delta, or None once the stream has properly ended."""
@@ -34,6 +36,12 @@ class LiveStream:
                 self._usage = chunk.usage
             for choice in chunk.choices[:1]:
                 self._finish_reason = choice.finish_reason or self._finish_reason
+                for piece in choice.delta.tool_calls or ():
+                    call = self._calls.setdefault(piece.index, ["", "", ""])
+                    function = piece.function
+                    call[0] = piece.id or call[0]
+                    call[1] = (function and function.name) or call[1]
+                    call[2] += (function and function.arguments) or ""
                 if choice.delta.content:
                     self._parts.append(choice.delta.content)
                     return choice.delta.content
@@ -44,6 +52,10 @@ class LiveStream:
     @property
     def content(self) -> str:
         return "".join(self._parts)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(*self._calls[index]) for index in sorted(self._calls))
 
     @property
     def usage(self) -> CompletionUsage | None:

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     SKIPPED_BREAKER_OPEN = "skipped_breaker_open"
     SKIPPED_CONTEXT_WINDOW = "skipped_context_window"
     SKIPPED_NO_VISION = "skipped_no_vision"  # the request carries images; the model does not read them
+    SKIPPED_NO_TOOLS = "skipped_no_tools"  # the request offers tools; the model does not call them
     NOT_CONFIGURED = "not_configured"
     HEDGE_CANCELLED = "hedge_cancelled"  # asked beside another provider, which answered first
 
@@ -45,10 +46,22 @@ OnAttempt = Callable[[Attempt], None]
 
 @dataclass(frozen=True)
 class Needs:
-    """What a provider must take to answer a request: its size in tokens (every message, and the answer's budget),
-    and whether it carries images."""
+    """What a provider must take to answer a request: its size in tokens (every message, the tools offered and the
+    answer's budget), whether it carries images and whether it offers tools."""
     tokens: int
     images: bool = False
+    tools: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model's call to one of the caller's functions; `arguments` is JSON text as the model wrote it."""
+    id: str
+    name: str
+    arguments: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
@@ -61,12 +74,19 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     response_format: dict[str, Any] | None = None  # OpenAI's response_format object, parsed once
+    # The caller's tools (OpenAI's list of function tools, parsed once), and how the model may use them.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def sdk_args(self) -> dict[str, Any]:
-        args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "response_format")
+        args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "response_format",
+                                         "tool_choice", "parallel_tool_calls")
                 if (value := getattr(self, name)) is not None}
         if self.stop:
             args["stop"] = list(self.stop)
+        if self.tools:
+            args["tools"] = list(self.tools)
         return args
 
 
@@ -83,8 +103,10 @@ class Completion:
     attempts: list[Attempt] = field(default_factory=list)
     # True when the provider reported no usage and the token counts are len(text) / 4 estimates.
     usage_estimated: bool = False
-    # Why the provider stopped: "stop", or "length" when the answer was cut off at max_tokens.
+    # Why the provider stopped: "stop", "length" when the answer was cut off at max_tokens, "tool_calls".
     finish_reason: str = "stop"
+    # The calls the answer makes to the caller's tools (finish_reason "tool_calls").
+    tool_calls: tuple[ToolCall, ...] = ()
     # With `top_logprobs` asked for: each generated token and its likeliest alternatives with their log
     # probabilities, e.g. ((' true', ((' true', -0.1), (' false', -2.4))), ...); () when the provider sent none.
     tokens: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
@@ -106,7 +128,7 @@ Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 # Request options a model may refuse; `logprobs` takes `top_logprobs` with it.
 DROPPABLE = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format",
-             "logprobs")
+             "logprobs", "parallel_tool_calls")
 Droppable = Annotated[str, Strict(), must(lambda v: v in DROPPABLE, "must be one of " + ", ".join(DROPPABLE))]
 # What the router itself decides in every request body; a provider's extra_body may set anything else.
 RESERVED_BODY_KEYS = ("model", "messages", "stream", "stream_options", "n", "tools", "functions", "tool_choice")
@@ -143,6 +165,8 @@ class ProviderConfig:
         "checked)", 0)
     vision: Flag = doc("the model reads images: a request carrying images skips providers without it, and a tier none "
                        "of whose providers reads them is skipped upwards", False)
+    tools: Flag = doc("the model calls tools (OpenAI's function calling): a request offering tools skips providers "
+                      "without it, and a tier none of whose providers calls them is skipped upwards", True)
     max_tokens_field: Annotated[str, Strict(), must(lambda v: v in MAX_TOKENS_FIELDS, "must be max_tokens or "
                                                     "max_completion_tokens")] = doc(
         "the request field that carries the answer's token limit: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5) "
@@ -150,7 +174,7 @@ class ProviderConfig:
     drop_options: tuple[Droppable, ...] = doc(
         "request options this model refuses, left out of its calls so that it answers at its own default instead of "
         "failing: some of " + ", ".join(DROPPABLE) + " (OpenAI's reasoning models: [temperature, top_p, "
-        "presence_penalty, frequency_penalty, logprobs])", ())
+        "presence_penalty, frequency_penalty, logprobs, parallel_tool_calls])", ())
     extra_body: ExtraBody = doc(
         "fields added to every request body sent to this provider, as given: settings the model takes that the caller "
         "does not send, such as {reasoning_effort: low} for an OpenAI reasoning model or {top_k: 20} for vLLM; a "
@@ -166,4 +190,6 @@ class ProviderConfig:
                     f"the request needs about {needs.tokens} tokens; the context window holds {self.context_window}")
         if needs.images and not self.vision:
             return Outcome.SKIPPED_NO_VISION, "the request carries images; this model does not read them"
+        if needs.tools and not self.tools:
+            return Outcome.SKIPPED_NO_TOOLS, "the request offers tools; this model does not call them"
         return None

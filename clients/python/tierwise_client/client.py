@@ -57,13 +57,15 @@ def _messages(messages: Messages) -> list[pb.Message]:
 
 def _request(messages: Messages, strategy: str, max_tokens: int, temperature: float | None,
              head: str, sampling: dict[str, Any]) -> pb.CompleteRequest:
-    """`sampling`: top_p, stop (a string or a list), seed, presence_penalty, frequency_penalty and response_format
-    (a dict, or its JSON text), passed to the provider that answers; None leaves one unset."""
+    """`sampling`: top_p, stop (a string or a list), seed, presence_penalty, frequency_penalty, response_format (a
+    dict, or its JSON text), tools (OpenAI's list, or its JSON text), tool_choice ("auto", "none", "required" or a
+    dict naming a function) and parallel_tool_calls, passed to the provider that answers; None leaves one unset."""
     fields = {name: value for name, value in sampling.items() if value is not None}
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
-    if isinstance(fields.get("response_format"), dict):
-        fields["response_format"] = json.dumps(fields["response_format"])
+    for name in ("response_format", "tools", "tool_choice"):
+        if isinstance(fields.get(name), (dict, list)):
+            fields[name] = json.dumps(fields[name])
     request = pb.CompleteRequest(messages=_messages(messages), strategy=strategy, max_tokens=max_tokens, head=head,
                                  **fields)
     if temperature is not None:
