@@ -137,20 +137,48 @@ tw.complete("hi there", { strategy: "heuristic", maxTokens: 30, topP: 0.5, stop:
 """
 
 
-def test_node_library_sends_the_generation_options(builds, stack):
+def node_library(builds, stack, script: str) -> dict:
+    """What `script`, run by node with the built library and the router's address, printed as JSON."""
     run = built(builds, "node")
     double, router = stack
     double.reset()
-    out = subprocess.run(["node", "-e", NODE_COMPLETE, str(run.parent / "src" / "index.js"), router.address],
+    out = subprocess.run(["node", "-e", script, str(run.parent / "src" / "index.js"), router.address],
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=client_env(),
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["content"] == "answer from t1-a: 2 words"
+    return json.loads(out.stdout)
+
+
+def test_node_library_sends_the_generation_options(builds, stack):
+    double = stack[0]
+    assert node_library(builds, stack, NODE_COMPLETE)["content"] == "answer from t1-a: 2 words"
     [sent] = [r.body for r in double.requests_for("t1-a")]
     assert {k: sent.get(k) for k in ("max_tokens", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
                                      "response_format")} == {
         "max_tokens": 30, "top_p": 0.5, "stop": ["END"], "seed": 9, "presence_penalty": 0.25,
         "frequency_penalty": -0.5, "response_format": {"type": "json_object"}}
+
+
+NODE_TOOLS = """
+const { RouterClient } = require(process.argv[1]);
+const tw = new RouterClient(process.argv[2], { timeoutS: 20 });
+const weather = { type: "function", function: { name: "get_weather", parameters: { type: "object" } } };
+tw.complete("hi there", { strategy: "heuristic", tools: [weather], toolChoice: "required", parallelToolCalls: false })
+  .then((reply) => {
+    console.log(JSON.stringify({ finish: reply.finish_reason, calls: reply.tool_calls }));
+    tw.close();
+  })
+  .catch((err) => { console.error(err.message); process.exit(1); });
+"""
+
+
+def test_node_library_offers_tools_and_reads_the_calls(builds, stack):
+    double = stack[0]
+    assert node_library(builds, stack, NODE_TOOLS) == {"finish": "tool_calls", "calls": [
+        {"id": "call_0_get_weather", "name": "get_weather", "arguments": '{"words": 2}'}]}
+    [sent] = [r.body for r in double.requests_for("t1-a")]
+    assert (sent["tool_choice"], sent["parallel_tool_calls"], sent["tools"][0]["function"]["name"]) == (
+        "required", False, "get_weather")
 
 
 @pytest.fixture(scope="module")

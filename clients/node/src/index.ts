@@ -81,6 +81,11 @@ export interface CompleteOptions extends CallOptions {
   frequencyPenalty?: number;
   /** OpenAI's response_format object, e.g. { type: "json_object" }. */
   responseFormat?: Record<string, unknown>;
+  /** OpenAI's function tools; the model's calls come back in the response's tool_calls. */
+  tools?: Record<string, unknown>[];
+  /** "auto", "none", "required", or { type: "function", function: { name } }. */
+  toolChoice?: string | Record<string, unknown>;
+  parallelToolCalls?: boolean;
 }
 
 /** A user message, or the whole conversation. */
@@ -194,6 +199,11 @@ function completeRequest(messages: Messages, options: CompleteOptions): Complete
   if (options.presencePenalty !== undefined) request.presence_penalty = options.presencePenalty;
   if (options.frequencyPenalty !== undefined) request.frequency_penalty = options.frequencyPenalty;
   if (options.responseFormat !== undefined) request.response_format = JSON.stringify(options.responseFormat);
+  if (options.tools !== undefined) request.tools = JSON.stringify(options.tools);
+  if (options.toolChoice !== undefined) {
+    request.tool_choice = typeof options.toolChoice === "string" ? options.toolChoice : JSON.stringify(options.toolChoice);
+  }
+  if (options.parallelToolCalls !== undefined) request.parallel_tool_calls = options.parallelToolCalls;
   return request;
 }
 
