@@ -70,7 +70,34 @@ class Generator:
                 "seed": r.choice([None, -(2**63), 2**63 - 1, 7]),
                 "stop": r.choice([[], [""], ["END"] * 5, [self.text()], ["x" * 5000]]),
                 "response_format": r.choice(["", "{", "[]", '{"type": "xml"}', '{"type": "json_schema"}',
-                                             '{"type": "json_object"}', "[" * 100_000, self.text()])}
+                                             '{"type": "json_object"}', "[" * 100_000, self.text()]),
+                **self.tools()}
+
+    def tools(self) -> dict:
+        """Tools offered, mostly none; else malformed, misnamed, too many, huge, and choices naming none of them."""
+        r = self.rng
+        if r.random() < 0.6:
+            return {}
+        def tool(name: str) -> dict:
+            return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+        tools = r.choice(["", "{", "[]", '[{"type": "code"}]', "[" * 100_000, self.text(),
+                          json.dumps([tool("f"), tool("f")]), json.dumps([tool("bad name")]),
+                          json.dumps([tool(f"f{i}") for i in range(r.choice([1, 200]))]),
+                          json.dumps([tool("f" * 64 + "x")]), json.dumps([tool("f")] + [tool("g" * 60)] * 2000)])
+        choice = r.choice(["", "auto", "none", "required", "any", '{"type": "function", "function": {"name": "zz"}}',
+                           '{"type": "function"}', "{" * 50_000, self.text()])
+        return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": r.choice([None, True, False])}
+
+    def tool_fields(self) -> dict:
+        """A message's tool calls and call id: mostly none; else empty ids and names, huge arguments."""
+        r = self.rng
+        if r.random() < 0.85:
+            return {}
+        huge = r.random() < 0.1  # one call's arguments past the message limit; else many small calls at most
+        calls = [pb.ToolCall(id=r.choice(["", "c1", "i" * 1000]), name=r.choice(["", "f", self.text()[:100]]),
+                             arguments="x" * 300_000 if huge else r.choice(["", "{}", self.text()[:100]]))
+                 for _ in range(1 if huge else r.choice([0, 1, 3, 50]))]
+        return {"tool_calls": calls, "tool_call_id": r.choice(["", "c1", self.text()])}
 
     def images(self) -> list:
         """Mostly none; else URLs of every kind (bad schemes, huge data URLs) and details, up to many."""
@@ -90,7 +117,7 @@ class Generator:
             roles = ["user", "system", "assistant", "tool", "", "wizard", "USER", "r" * 10_000]
             count = r.choice([0, 1, 2, 5, 300]) if r.random() < 0.9 else 1
             messages = [pb.Message(role=r.choice(roles), content=self.text() if r.random() < 0.7 else "hi",
-                                   images=self.images()) for _ in range(count)]
+                                   images=self.images(), **self.tool_fields()) for _ in range(count)]
             if r.random() < 0.05:  # a whole conversation over the limits: one huge system message before "hi"
                 messages = [pb.Message(role="system", content="s" * 3_500_000), pb.Message(role="user", content="hi")]
             temperature = r.choice([None, -1.0, 2.5, float("nan"), float("inf"), 0.5])
