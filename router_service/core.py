@@ -240,9 +240,11 @@ class RouterCore:
 
 
 async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:
-    """An answer that was not streamed, as events: all of its text in one delta, then the Result."""
+    """An answer that was not streamed, as events: all of its text in one delta (none for an answer of tool calls
+    alone), then the Result."""
     done = await result
-    yield done.completion.content
+    if done.completion.content:
+        yield done.completion.content
     yield done
 
 

@@ -167,11 +167,15 @@ def test_the_python_client_offers_tools_as_python_objects(api, double):
 def test_a_cascade_returns_a_tool_call_without_gating_it(api, double):
     """The surface gate would reject an empty answer; a call has no text to read, and is not escalated."""
     double.reset()
+    ask = pb.CompleteRequest(strategy="cheapest+cascade", messages=[pb.Message(role="user", content=QUESTION)],
+                             tools=json.dumps([WEATHER]))
     with grpc.insecure_channel(api.address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Complete(pb.CompleteRequest(
-            strategy="cheapest+cascade", messages=[pb.Message(role="user", content=QUESTION)],
-            tools=json.dumps([WEATHER])), timeout=20)
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        reply = stub.Complete(ask, timeout=20)
+        streamed = list(stub.CompleteStream(ask, timeout=20))
     assert (reply.tier, reply.escalations, reply.finish_reason) == (1, 0, "tool_calls")
+    assert [e.WhichOneof("event") for e in streamed] == ["decision", "summary"], "no empty text delta"
+    assert streamed[-1].summary.tool_calls == reply.tool_calls
     assert not double.requests_for("t2-a") and not double.requests_for("t3-a")
 
 
