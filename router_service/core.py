@@ -163,6 +163,8 @@ class RouterCore:
         span.set_attribute("gen_ai.response.model", c.model)
         span.set_attribute("gen_ai.usage.input_tokens", c.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", c.output_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [c.finish_reason])
+        span.set_attribute("tierwise.tool_calls", len(c.tool_calls))  # how many, never their arguments
         span.set_attribute("tierwise.final_tier", result.tier)
         span.set_attribute("tierwise.escalations", result.escalations)
         span.set_attribute("tierwise.cost_usd", result.cost_usd)

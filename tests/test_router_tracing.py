@@ -49,6 +49,7 @@ def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
         assert attrs["gen_ai.request.model"] == reply.model
         assert attrs["gen_ai.usage.input_tokens"] == reply.usage.input_tokens
         assert attrs["gen_ai.usage.output_tokens"] == reply.usage.output_tokens
+        assert attrs["gen_ai.response.finish_reasons"] == ["stop"] and attrs["tierwise.tool_calls"] == 0
         assert abs(attrs["tierwise.cost_usd"] - reply.cost_usd) < 1e-12
 
         attempts = [attributes(s) for _, s in spans if s.name.startswith("chat ")]
