@@ -22,7 +22,7 @@ from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .images import check_image
-from .providers import Attempt, Outcome, Sampling, StreamInterrupted
+from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
 from .sampling import answer_options
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
@@ -181,7 +181,8 @@ class RouterCore:
                                  latency_ms=a.attempt.latency_ms) for a in result.attempts]
                      + [pb.Attempt(tier=tier, outcome="gate_rejected", error=why) for tier, why in result.gate_rejections],
             decision=route, finish_reason=c.finish_reason,
-            tool_calls=[pb.ToolCall(id=t.id, name=t.name, arguments=t.arguments) for t in c.tool_calls])
+            tool_calls=[pb.ToolCall(id=t.id, name=t.name, arguments=t.arguments) for t in c.tool_calls],
+            logprobs=[_token(t) for t in c.logprobs])
 
     def _count(self, method: str, decision: Decision, result: Result | None = None) -> None:
         tier = result.tier if result else decision.tier
@@ -248,6 +249,10 @@ async def _whole(result: Awaitable[Result]) -> AsyncIterator[str | Result]:
     if done.completion.content:
         yield done.completion.content
     yield done
+
+
+def _token(t: TokenLogprob) -> pb.TokenLogprob:
+    return pb.TokenLogprob(token=t.token, logprob=t.logprob, bytes=t.raw, top_logprobs=[_token(a) for a in t.top])
 
 
 def _tag_key(span) -> None:

@@ -20,6 +20,7 @@ MAX_STOP_BYTES = 1024
 MAX_RESPONSE_FORMAT_BYTES = 256 * 1024
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_TOOLS = 128  # OpenAI's own limit
+MAX_TOP_LOGPROBS = 20  # likewise
 MAX_TOOLS_BYTES = 1024 * 1024
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
 TOOL_CHOICES = ("auto", "none", "required")
@@ -48,10 +49,15 @@ def _sampling(request: pb.CompleteRequest) -> Sampling:
     choice = _tool_choice(request.tool_choice, tools)
     if parallel is not None and not tools:
         _refuse("parallel_tool_calls: needs tools")
+    logprobs = request.HasField("logprobs") and request.logprobs
+    if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        _refuse(f"top_logprobs: must be a whole number from 0 to {MAX_TOP_LOGPROBS}")
+    if request.top_logprobs and not logprobs:
+        _refuse("top_logprobs: needs logprobs: true")
     return Sampling(top_p=top_p, stop=tuple(request.stop), seed=request.seed if request.HasField("seed") else None,
                     presence_penalty=presence, frequency_penalty=frequency,
                     response_format=_response_format(request.response_format), tools=tools, tool_choice=choice,
-                    parallel_tool_calls=parallel)
+                    parallel_tool_calls=parallel, logprobs=logprobs, top_logprobs=request.top_logprobs)
 
 
 def _within(request: pb.CompleteRequest, field: str, low: float, high: float) -> float | None:

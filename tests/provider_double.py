@@ -332,11 +332,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         disconnect_after = fault.after_chunks if fault and fault.kind is FaultKind.DISCONNECT_MID_STREAM else None
         model = body["model"]
+        alternatives = self.double._alternatives(model, body["messages"]) if body.get("logprobs") else None
         self._send_event(_chunk(model, {"role": "assistant", "content": ""}))
         for sent, piece in enumerate(_pieces(answer)):
             if sent == disconnect_after:
                 return self._drop()
-            self._send_event(_chunk(model, {"content": piece}))
+            chunk = _chunk(model, {"content": piece})
+            if alternatives is not None:  # each chunk's own tokens, as OpenAI streams them
+                chunk["choices"][0]["logprobs"] = _logprobs(piece, alternatives, body)
+            self._send_event(chunk)
         self._send_event(_chunk(model, {}, finish_reason=finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
@@ -423,10 +427,13 @@ def _completion(body: dict[str, Any], answer: str, finish_reason: str = "stop",
                 alternatives: dict[str, float] | None = None) -> dict[str, Any]:
     choice = {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": answer}}
     if alternatives is not None:
-        choice["logprobs"] = {"content": [_token(t, alternatives, int(body.get("top_logprobs") or 0))
-                                          for t in _TOKEN.findall(answer)]}
+        choice["logprobs"] = _logprobs(answer, alternatives, body)
     return {"id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [choice], "usage": _usage(body, answer)}
+
+
+def _logprobs(text: str, alternatives: dict[str, float], body: dict[str, Any]) -> dict[str, Any]:
+    return {"content": [_token(t, alternatives, int(body.get("top_logprobs") or 0)) for t in _TOKEN.findall(text)]}
 
 
 _TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")  # word-like pieces, a leading space kept, as BPE vocabularies do

@@ -213,7 +213,6 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools[0]"),
-    ({"model": "tierwise", "messages": user(), "logprobs": True}, "logprobs"),
     ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
     ({"model": "tierwise", "messages": user(), "top_p": 1.5}, "top_p"),
@@ -275,7 +274,8 @@ FIELDS = st.fixed_dictionaries({}, optional={
         "type": st.just("function") | JSON,
         "function": st.fixed_dictionaries({}, optional={"name": st.sampled_from(["f", "g h"]) | JSON,
                                                         "parameters": JSON})}), max_size=3) | JSON,
-    "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | JSON, "parallel_tool_calls": JSON})
+    "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | JSON, "parallel_tool_calls": JSON,
+    "logprobs": JSON, "top_logprobs": st.integers(-1, 30) | JSON})
 BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
           | FIELDS.map(lambda v: json.dumps(v).encode()))
 

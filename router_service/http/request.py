@@ -1,9 +1,9 @@
 """An OpenAI chat completions request body, read into the core's CompleteRequest.
 
-The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format) and the tools
-(tools, tool_choice, parallel_tool_calls) go to the provider that answers; the core checks their values. What only
-describes the caller (user, metadata, ...) is accepted and left out; what Tierwise cannot give (several choices, log
-probabilities, logit biases, the deprecated functions) is refused by name when asked for, never silently dropped.
+The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format, logprobs) and
+the tools (tools, tool_choice, parallel_tool_calls) go to the provider that answers; the core checks their values.
+What only describes the caller (user, metadata, ...) is accepted and left out; what Tierwise cannot give (several
+choices, logit biases, the deprecated functions) is refused by name when asked for, never silently dropped.
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
 INT32_MAX = 2**31 - 1
 UNSUPPORTED = {"functions": "the deprecated function calls (send tools)",
                "function_call": "the deprecated function calls (send tool_choice)",
-               "audio": "audio output", "prediction": "predicted outputs", "logprobs": "log probabilities",
-               "top_logprobs": "log probabilities", "logit_bias": "logit biases"}
+               "audio": "audio output", "prediction": "predicted outputs", "logit_bias": "logit biases"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,15 @@ def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
             raise bad_request('response_format: must be an object such as {"type": "json_object"}')
         request.response_format = json.dumps(response_format)
     _tools(doc, request)
+    logprobs, top = doc.get("logprobs"), doc.get("top_logprobs")
+    if logprobs is not None:
+        if not isinstance(logprobs, bool):
+            raise bad_request("logprobs: must be true or false")
+        request.logprobs = logprobs
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= INT32_MAX:
+            raise bad_request("top_logprobs: must be a whole number from 0 to 20")
+        request.top_logprobs = top
 
 
 def _tools(doc: dict, request: pb.CompleteRequest) -> None:

@@ -34,7 +34,7 @@ def completion(cid: str, summary: pb.CompleteResponse) -> dict:
     if summary.tool_calls:
         message |= {"content": summary.content or None, "tool_calls": tool_calls(summary)}
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": summary.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs(summary),
                          "finish_reason": summary.finish_reason or "stop"}],
             "usage": usage(summary), "tierwise": extension(summary)}
 
@@ -44,6 +44,18 @@ def tool_calls(summary: pb.CompleteResponse) -> list[dict]:
             for c in summary.tool_calls]
 
 
+def logprobs(summary: pb.CompleteResponse) -> dict | None:
+    """OpenAI's choice.logprobs for the answer's tokens; None when there are none (not asked, or not given)."""
+    if not summary.logprobs:
+        return None
+    return {"content": [{**_token(t), "top_logprobs": [_token(a) for a in t.top_logprobs]} for t in summary.logprobs],
+            "refusal": None}
+
+
+def _token(t: pb.TokenLogprob) -> dict:
+    return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+
 class Chunks:
     """The chunks of one streamed answer, as SSE bytes."""
 
@@ -51,19 +63,20 @@ class Chunks:
         self.cid, self.model, self.include_usage = cid, model, include_usage
         self.created = int(time.time())
 
-    def delta(self, delta: dict, finish_reason: str | None = None, **extra) -> bytes:
-        return self._event({"choices": [{"index": 0, "delta": delta, "logprobs": None,
+    def delta(self, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None, **extra) -> bytes:
+        return self._event({"choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                          "finish_reason": finish_reason}], **extra})
 
     def text(self, text: str) -> bytes:
         return self.delta({"content": text})
 
     def end(self, summary: pb.CompleteResponse) -> bytes:
-        """The answer's tool calls, whole, in one chunk; the last chunk (finish_reason, the model that answered,
-        Tierwise's account); the usage chunk when asked for; then [DONE]."""
+        """The answer's tool calls, whole, in one chunk, and its tokens' log probabilities in one; the last chunk
+        (finish_reason, the model that answered, Tierwise's account); the usage chunk when asked for; then [DONE]."""
         self.model = summary.model
         calls = [{"index": i, **call} for i, call in enumerate(tool_calls(summary))]
         out = self.delta({"tool_calls": calls}) if calls else b""
+        out += self.delta({}, logprobs=logprobs(summary)) if summary.logprobs else b""
         out += self.delta({}, summary.finish_reason or "stop", tierwise=extension(summary))
         if self.include_usage:
             out += self._event({"choices": [], "usage": usage(summary)})

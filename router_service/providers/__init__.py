@@ -13,9 +13,9 @@ from .errors import (ChainExhausted, DeadlineExceeded, IncompleteStream, Provide
                      ProviderNotConfigured, StreamInterrupted)
 from .provider import NO_KEY_NEEDED, PROVIDER_ERRORS, Provider
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome,
-                    ProviderConfig, Sampling, ToolCall)
+                    ProviderConfig, Sampling, TokenLogprob, ToolCall)
 
 __all__ = ["DEFAULT_SAMPLING", "NO_KEY_NEEDED", "PROVIDER_ERRORS", "Attempt", "ChainExhausted", "Completion",
            "DeadlineExceeded", "Events", "IncompleteStream", "Messages", "Needs", "OnAttempt", "Outcome", "Provider",
            "ProviderError", "ProviderFailed", "ProviderConfig", "ProviderNotConfigured", "Sampling",
-           "StreamInterrupted", "TierChain", "ToolCall"]
+           "StreamInterrupted", "TierChain", "TokenLogprob", "ToolCall"]

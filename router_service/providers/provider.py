@@ -19,7 +19,7 @@ from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
-                    Sampling, ToolCall)
+                    Sampling, TokenLogprob, ToolCall)
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -112,8 +112,11 @@ class Provider:
                         raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             finally:
                 await live.aclose()
-            yield self._succeeded(_completion(self.config, messages, live.content, live.usage, live.finish_reason,
-                                              live.tool_calls), started, attempts)
+            completion = _completion(self.config, messages, live.content, live.usage, live.finish_reason,
+                                     live.tool_calls)
+            if sampling.logprobs:
+                completion = replace(completion, logprobs=_logprobs(live.logprobs))
+            yield self._succeeded(completion, started, attempts)
 
     # -- one provider call --
 
@@ -202,8 +205,9 @@ class Provider:
     async def _request(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                        temperature: float | None, sampling: Sampling, timeout: float,
                        top_logprobs: int | None = None) -> Completion:
-        response = await self._create(client, messages, max_tokens, temperature, sampling, timeout,
-                                      logprobs=True if top_logprobs else None, top_logprobs=top_logprobs or None)
+        # The router's own calls (the verifier) weigh a verdict by its tokens' alternatives.
+        own = {"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}
+        response = await self._create(client, messages, max_tokens, temperature, sampling, timeout, **own)
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
@@ -211,7 +215,11 @@ class Provider:
                       for c in choice.message.tool_calls or () if c.type == "function")
         completion = _completion(self.config, messages, choice.message.content or "", response.usage,
                                  choice.finish_reason, calls)
-        return replace(completion, tokens=_tokens(choice.logprobs)) if top_logprobs else completion
+        if top_logprobs:
+            completion = replace(completion, tokens=_tokens(choice.logprobs))
+        if sampling.logprobs:
+            completion = replace(completion, logprobs=_logprobs(choice.logprobs.content if choice.logprobs else ()))
+        return completion
 
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
                 temperature: float | None, sampling: Sampling, timeout: float, **options: Any) -> Awaitable[Any]:
@@ -293,6 +301,13 @@ def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str
         return ()
     return tuple((t.token, tuple((a.token, a.logprob) for a in t.top_logprobs or ()) or ((t.token, t.logprob),))
                  for t in logprobs.content)
+
+
+def _logprobs(tokens) -> tuple[TokenLogprob, ...]:
+    """The answer's tokens as the caller asked for them (`logprobs`), from the SDK's; () when the provider sent none."""
+    return tuple(TokenLogprob(t.token, t.logprob, bytes(t.bytes or ()),
+                              tuple(TokenLogprob(a.token, a.logprob, bytes(a.bytes or ())) for a in t.top_logprobs or ()))
+                 for t in tokens or ())
 
 
 def _prompt_text(messages: Messages) -> str:

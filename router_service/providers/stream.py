@@ -6,6 +6,7 @@ import asyncio
 from openai import AsyncStream
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob
 
 from .errors import IncompleteStream
 from .types import ToolCall
@@ -21,6 +22,7 @@ class LiveStream:
         self._finish_reason: str | None = None
         self._usage: CompletionUsage | None = None
         self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+        self._logprobs: list[ChatCompletionTokenLogprob] = []
 
     async def next_delta(self, timeout: float) -> str | None:
         """The next non-empty text delta, or None once the stream has properly ended."""
@@ -36,6 +38,8 @@ class LiveStream:
                 self._usage = chunk.usage
             for choice in chunk.choices[:1]:
                 self._finish_reason = choice.finish_reason or self._finish_reason
+                if choice.logprobs is not None:
+                    self._logprobs += choice.logprobs.content or ()
                 for piece in choice.delta.tool_calls or ():
                     call = self._calls.setdefault(piece.index, ["", "", ""])
                     function = piece.function
@@ -56,6 +60,10 @@ class LiveStream:
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
         return tuple(ToolCall(*self._calls[index]) for index in sorted(self._calls))
+
+    @property
+    def logprobs(self) -> list[ChatCompletionTokenLogprob]:
+        return self._logprobs
 
     @property
     def usage(self) -> CompletionUsage | None:

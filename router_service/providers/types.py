@@ -65,6 +65,15 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token of an answer and its log probability, with its likeliest alternatives when they were asked for."""
+    token: str
+    logprob: float
+    raw: bytes = b""  # the token's UTF-8 bytes: a token can hold part of a character
+    top: tuple["TokenLogprob", ...] = ()
+
+
+@dataclass(frozen=True)
 class Sampling:
     """The caller's generation options besides max_tokens and temperature, for whichever provider answers, as
     given; unset ones are left out of the call, so each provider uses its own default."""
@@ -78,6 +87,9 @@ class Sampling:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # The answer's tokens with their log probabilities, and how many alternatives for each (0 to 20).
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def sdk_args(self) -> dict[str, Any]:
         args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "response_format",
@@ -87,6 +99,9 @@ class Sampling:
             args["stop"] = list(self.stop)
         if self.tools:
             args["tools"] = list(self.tools)
+        if self.logprobs:
+            args["logprobs"] = True
+            args["top_logprobs"] = self.top_logprobs or None
         return args
 
 
@@ -107,6 +122,8 @@ class Completion:
     finish_reason: str = "stop"
     # The calls the answer makes to the caller's tools (finish_reason "tool_calls").
     tool_calls: tuple[ToolCall, ...] = ()
+    # With the caller's `logprobs` asked for: the answer's tokens as the provider gave them; () when it gave none.
+    logprobs: tuple[TokenLogprob, ...] = ()
     # With `top_logprobs` asked for: each generated token and its likeliest alternatives with their log
     # probabilities, e.g. ((' true', ((' true', -0.1), (' false', -2.4))), ...); () when the provider sent none.
     tokens: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()

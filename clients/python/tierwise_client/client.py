@@ -59,7 +59,8 @@ def _request(messages: Messages, strategy: str, max_tokens: int, temperature: fl
              head: str, sampling: dict[str, Any]) -> pb.CompleteRequest:
     """`sampling`: top_p, stop (a string or a list), seed, presence_penalty, frequency_penalty, response_format (a
     dict, or its JSON text), tools (OpenAI's list, or its JSON text), tool_choice ("auto", "none", "required" or a
-    dict naming a function) and parallel_tool_calls, passed to the provider that answers; None leaves one unset."""
+    dict naming a function), parallel_tool_calls, logprobs and top_logprobs, passed to the provider that answers; None
+    leaves one unset."""
     fields = {name: value for name, value in sampling.items() if value is not None}
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
