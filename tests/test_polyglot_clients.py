@@ -131,8 +131,12 @@ NODE_COMPLETE = """
 const { RouterClient } = require(process.argv[1]);
 const tw = new RouterClient(process.argv[2], { timeoutS: 20 });
 tw.complete("hi there", { strategy: "heuristic", maxTokens: 30, topP: 0.5, stop: "END", seed: 9,
-                          presencePenalty: 0.25, frequencyPenalty: -0.5, responseFormat: { type: "json_object" } })
-  .then((reply) => { console.log(JSON.stringify({ content: reply.content })); tw.close(); })
+                          presencePenalty: 0.25, frequencyPenalty: -0.5, responseFormat: { type: "json_object" },
+                          logprobs: true, topLogprobs: 2 })
+  .then((reply) => {
+    console.log(JSON.stringify({ content: reply.content, tokens: reply.logprobs.map((t) => t.token).join("") }));
+    tw.close();
+  })
   .catch((err) => { console.error(err.message); process.exit(1); });
 """
 
@@ -151,12 +155,13 @@ def node_library(builds, stack, script: str) -> dict:
 
 def test_node_library_sends_the_generation_options(builds, stack):
     double = stack[0]
-    assert node_library(builds, stack, NODE_COMPLETE)["content"] == "answer from t1-a: 2 words"
+    assert node_library(builds, stack, NODE_COMPLETE) == {"content": "answer from t1-a: 2 words",
+                                                          "tokens": "answer from t1-a: 2 words"}
     [sent] = [r.body for r in double.requests_for("t1-a")]
     assert {k: sent.get(k) for k in ("max_tokens", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
-                                     "response_format")} == {
+                                     "response_format", "logprobs", "top_logprobs")} == {
         "max_tokens": 30, "top_p": 0.5, "stop": ["END"], "seed": 9, "presence_penalty": 0.25,
-        "frequency_penalty": -0.5, "response_format": {"type": "json_object"}}
+        "frequency_penalty": -0.5, "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 2}
 
 
 NODE_TOOLS = """

@@ -86,6 +86,9 @@ export interface CompleteOptions extends CallOptions {
   /** "auto", "none", "required", or { type: "function", function: { name } }. */
   toolChoice?: string | Record<string, unknown>;
   parallelToolCalls?: boolean;
+  /** Return the answer's tokens with their log probabilities (the response's logprobs), with 0 to 20 alternatives. */
+  logprobs?: boolean;
+  topLogprobs?: number;
 }
 
 /** A user message, or the whole conversation. */
@@ -204,6 +207,8 @@ function completeRequest(messages: Messages, options: CompleteOptions): Complete
     request.tool_choice = typeof options.toolChoice === "string" ? options.toolChoice : JSON.stringify(options.toolChoice);
   }
   if (options.parallelToolCalls !== undefined) request.parallel_tool_calls = options.parallelToolCalls;
+  if (options.logprobs !== undefined) request.logprobs = options.logprobs;
+  if (options.topLogprobs !== undefined) request.top_logprobs = options.topLogprobs;
   return request;
 }
 
