@@ -71,6 +71,7 @@ class Generator:
                 "stop": r.choice([[], [""], ["END"] * 5, [self.text()], ["x" * 5000]]),
                 "response_format": r.choice(["", "{", "[]", '{"type": "xml"}', '{"type": "json_schema"}',
                                              '{"type": "json_object"}', "[" * 100_000, self.text()]),
+                "logprobs": r.choice([None, True, False]), "top_logprobs": r.choice([0, 5, 21, -1, 2**31 - 1]),
                 **self.tools()}
 
     def tools(self) -> dict:
