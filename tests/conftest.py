@@ -7,6 +7,7 @@ from tierwise.data import shared_files
 from tierwise.v1 import classifier_pb2_grpc
 
 from .exported_metrics import Stack, exporting_stack
+from .provider_double import ProviderDouble
 from .servers import start_classifier
 
 
@@ -17,6 +18,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def double():
+    """The provider double, one per module (a module may define its own)."""
+    with ProviderDouble() as provider:
+        yield provider
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,12 +159,18 @@ def http_address(router: ServiceProcess) -> str:
     return ready.split(" http=")[1].split()[0]
 
 
-def post(address: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
-    """Raw POST /v1/chat/completions: status, headers, JSON body."""
+def post(address: str, body: bytes, headers: dict[str, str] | None = None,
+         path: str = "/v1/chat/completions") -> tuple[int, dict, dict]:
+    """Raw POST (to /v1/chat/completions by default): status, headers, JSON body."""
     conn = http.client.HTTPConnection(address, timeout=20)
     try:
-        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **(headers or {})})
+        conn.request("POST", path, body, {"content-type": "application/json", **(headers or {})})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), json.loads(response.read())
     finally:
         conn.close()
+
+
+def openai_client(router: ServiceProcess) -> OpenAI:
+    """The official SDK pointed at `router`'s HTTP API, no retries."""
+    return OpenAI(base_url=f"http://{http_address(router)}/v1", api_key="unused", max_retries=0, timeout=20)

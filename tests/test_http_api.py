@@ -20,7 +20,7 @@ from tierwise.v1 import router_pb2_grpc
 
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver, attributes
-from .provider_double import Fault, ProviderDouble
+from .provider_double import Fault
 from .servers import KEY_ENV, http_address, post, router_config, running_router
 
 QUESTION = "What time does the store close?"
@@ -40,11 +40,6 @@ def sdk(address: str, key: str = "unused", **options) -> OpenAI:
 def user(text: str = QUESTION) -> list[dict]:
     return [{"role": "user", "content": text}]
 
-
-@pytest.fixture(scope="module")
-def double():
-    with ProviderDouble() as provider:
-        yield provider
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from router_service.tokens import conversation_tokens
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .provider_double import ProviderDouble
 from .servers import KEY_ENV, capability_config, http_address, post, running_router
 
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
@@ -36,11 +35,6 @@ def with_image(text: str = QUESTION, url: str = PIXEL, detail: str | None = "low
 def vision_config(base_url: str, readers: set[str], **extra) -> dict:
     return capability_config(base_url, "vision", readers, **extra)
 
-
-@pytest.fixture(scope="module")
-def double():
-    with ProviderDouble() as provider:
-        yield provider
 
 
 # ------------------------------------------------------------------------------------------------ the decision

@@ -7,23 +7,16 @@ import json
 
 import grpc
 import pytest
-from openai import OpenAI
 
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .provider_double import ProviderDouble
-from .servers import KEY_ENV, http_address, post, router_config, running_router
+from .servers import KEY_ENV, http_address, openai_client, post, router_config, running_router
 
 UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
 USER = [{"role": "user", "content": "Say something short"}]
 ALTERNATIVES = {" from": -0.1, " to": -2.5, " by": -4.0}
 
-
-@pytest.fixture(scope="module")
-def double():
-    with ProviderDouble() as provider:
-        yield provider
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +25,6 @@ def api(tmp_path_factory, double):
                         "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
         yield router
 
-
-def openai_client(router) -> OpenAI:
-    return OpenAI(base_url=f"http://{http_address(router)}/v1", api_key="unused", max_retries=0, timeout=20)
 
 
 def test_the_answers_tokens_come_back_with_their_alternatives(api, double):

@@ -15,13 +15,8 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .provider_double import Fault, ProviderDouble, refused_base_url, unused_port
+from .provider_double import Fault, refused_base_url, unused_port
 from .servers import KEY_ENV, router_config, running_router, start_classifier
-
-@pytest.fixture(scope="module")
-def double():
-    with ProviderDouble() as d:
-        yield d
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import time
 
 import grpc
 import pytest
-from openai import OpenAI
 
 from router_service.conversation import NoTierFits, decide_on_conversation
 from router_service.providers import ProviderConfig, Sampling, TierChain
@@ -21,8 +20,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 from tierwise_client import RouterClient
 
-from .provider_double import ProviderDouble
-from .servers import KEY_ENV, capability_config, http_address, post, running_router
+from .servers import KEY_ENV, capability_config, http_address, openai_client, post, running_router
 
 UNUSED_CLASSIFIER = "127.0.0.1:1"  # the heuristic and cheapest strategies never call it
 QUESTION = "What is the weather in Paris today?"
@@ -40,11 +38,6 @@ def tools_config(base_url: str, callers: set[str], **extra) -> dict:
     return capability_config(base_url, "tools", callers, **extra)
 
 
-@pytest.fixture(scope="module")
-def double():
-    with ProviderDouble() as provider:
-        yield provider
-
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, double):
@@ -55,9 +48,6 @@ def api(tmp_path_factory, double):
                         env={KEY_ENV: "k"}) as router:
         yield router
 
-
-def openai_client(router) -> OpenAI:
-    return OpenAI(base_url=f"http://{http_address(router)}/v1", api_key="unused", max_retries=0, timeout=20)
 
 
 # ------------------------------------------------------------------------------------------------ the decision
