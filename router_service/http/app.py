@@ -15,7 +15,8 @@ from tierwise.serving import Rejected
 from ..auth import KeyGate, bearer
 from ..core import RouterCore
 from ..strategies import registered
-from .chat import ROUTE, ChatCompletions, peer
+from .chat import ROUTE, ChatApi
+from .endpoint import Endpoint, peer
 from .errors import as_json, bad_request, error_body, error_headers, status_of
 from .request import MODEL, strategy_of
 
@@ -54,7 +55,7 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
-    routes = [Route(ROUTE, ChatCompletions(core, gate), methods=["POST"]),
+    routes = [Route(ROUTE, Endpoint(core, gate, ChatApi()), methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

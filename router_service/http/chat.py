@@ -1,216 +1,23 @@
-"""POST /v1/chat/completions: the key, the body, then the core's answer as one chat.completion or as a stream of
-chunks. One task serves the whole exchange (its span stays the current one throughout); a second only watches for
-the client going away and, when it does, cancels the work as gRPC does for a cancelled call."""
+"""POST /v1/chat/completions: OpenAI's chat completions API, as one chat.completion or a stream of chunks."""
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
-import time
-import uuid
-from contextlib import aclosing
-
-from opentelemetry import trace
-from starlette.requests import Request
-from starlette.responses import Response
-
-from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
-from ..auth import KeyGate, bearer
-from ..core import RouterCore
-from ..events import final
 from . import sse
-from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
 from .request import ChatRequest, parse
-from .spans import http_span
 
-log = logging.getLogger("tierwise.router.http")
 ROUTE = "/v1/chat/completions"
-TIMEOUT_HEADER = "x-tierwise-timeout-ms"
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-               (b"x-accel-buffering", b"no")]
 
 
-class ChatCompletions:
-    """The endpoint, an ASGI app of its own."""
+class ChatApi:
+    route = ROUTE
+    method = "ChatCompletions"
 
-    def __init__(self, core: RouterCore, gate: KeyGate | None):
-        self.core, self.gate = core, gate
-        # JSON's escapes take up to 6 bytes for a byte of text (\u0001); past this a body is refused unread.
-        self.max_body = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+    def parse(self, body: bytes) -> ChatRequest:
+        return parse(body)
 
-    async def __call__(self, scope, receive, send) -> None:
-        request = Request(scope, receive)
-        exchange = _Exchange(scope, receive, send)
-        with http_span(self.core.tracer, request, ROUTE) as span:
-            exchange.request_id = request_id(span)
-            try:
-                key = self.gate.admit(bearer(request.headers.items()), peer(scope)) if self.gate else None
-                chat = parse(await _body(request, self.max_body))
-                deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
-                span.set_attribute("tierwise.stream", chat.stream)
-                if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):
-                    exchange.code = "CANCELLED"
-            except Rejected as err:
-                await exchange.fail(err, span)
-            except asyncio.CancelledError:
-                exchange.code = "CANCELLED"
-                raise
-            except Exception:
-                log.exception("unexpected error in %s (request %s)", ROUTE, exchange.request_id)
-                await exchange.fail(internal_error(), span)
-            finally:
-                self.core.metrics.calls.add(exchange.method, exchange.code)
+    def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
+        return sse.completion(sse.completion_id(), summary)
 
-    async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
-        method = exchange.method = "ChatCompletionsStream" if chat.stream else "ChatCompletions"
-        events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream)
-        try:
-            async with aclosing(events):
-                if not chat.stream:
-                    summary = (await final(events)).summary
-                    self._charge(key, summary)
-                    await exchange.json(200, sse.completion(sse.completion_id(), summary),
-                                        _headers(summary.decision, summary))
-                    return
-                await self._stream(chat, events, key, exchange)
-        except Rejected as err:
-            await exchange.fail(err, span)
-
-    async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
-        """Chunks as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no provider,
-        deadline) still gets its HTTP status; after it, one gets an error event in place of [DONE]."""
-        route: pb.RouteResponse = (await anext(events)).decision
-        chunks = sse.Chunks(sse.completion_id(), route.model, chat.include_usage)
-        first = await anext(events)
-        await exchange.start(200, SSE_HEADERS + _encoded(_headers(route)))
-        await exchange.body(chunks.delta({"role": "assistant", "content": ""}))
-        event = first
-        while True:
-            if event.WhichOneof("event") == "summary":
-                self._charge(key, event.summary)
-                await exchange.body(chunks.end(event.summary), more=False)
-                return
-            await exchange.body(chunks.text(event.delta))
-            event = await anext(events)
-
-    def _charge(self, key, summary: pb.CompleteResponse) -> None:
-        if key is not None:
-            self.gate.charge(key, summary.cost_usd)
-
-
-class _Exchange:
-    """The response side of one request: whether the status line went out decides how an error is told."""
-
-    def __init__(self, scope, receive, send):
-        self.scope, self.receive, self.send = scope, receive, send
-        self.started = self.done = False
-        self.method, self.code = "ChatCompletions", "OK"  # what the router's call count records for it
-        self.request_id = ""
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": headers + [(b"x-request-id", self.request_id.encode())]})
-
-    async def body(self, data: bytes, more: bool = True) -> None:
-        self.done = not more
-        await self.send({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
-        self.started = self.done = True
-        await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
-                       media_type="application/json")(
-            self.scope, self.receive, self.send)
-
-    async def fail(self, err: Rejected, span) -> None:
-        self.code = err.code.name
-        status = status_of(err)
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("error.type", str(status))
-        if status >= 500:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
-        if self.done:
-            return
-        if self.started:
-            await self.body(sse.error_event(error_body(err)), more=False)
-        else:
-            await self.json(status, error_body(err), error_headers(err))
-
-
-def _headers(route: pb.RouteResponse, summary: pb.CompleteResponse | None = None) -> dict[str, str]:
-    """What the router decided, and (once the answer is whole) what it cost."""
-    headers = {"x-tierwise-tier": str(summary.tier if summary else route.tier),
-               "x-tierwise-strategy": route.strategy,
-               "x-tierwise-estimated-cost-usd": str(route.estimated_cost_usd),
-               "x-tierwise-degraded": "true" if route.degraded else "false"}
-    if summary is not None:
-        headers |= {"x-tierwise-cost-usd": str(summary.cost_usd), "x-tierwise-provider": summary.provider,
-                    "x-tierwise-escalations": str(summary.escalations)}
-    return headers
-
-
-def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode(), v.encode()) for k, v in headers.items()]
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise bad_request(f"body: {declared} bytes exceed the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise bad_request(f"body: more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _deadline(value: str | None) -> float | None:
-    """The caller's deadline from x-tierwise-timeout-ms (HTTP has no grpc-timeout); None without one."""
-    if value is None:
-        return None
-    try:
-        ms = float(value)
-    except ValueError:
-        ms = math.nan
-    if not (math.isfinite(ms) and ms > 0):
-        raise bad_request(f"{TIMEOUT_HEADER}: must be a positive number of milliseconds")
-    return time.monotonic() + ms / 1e3
-
-
-async def _unless_disconnected(receive, work) -> bool:
-    """Runs `work`, cancelled if the client disconnects first; whether it did. (A plain task, not an anyio task
-    group: this runs for every request, and a task group costs about ten times as much.)"""
-    task, gone = asyncio.current_task(), []
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.append(True)
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
-    finally:
-        watcher.cancel()
-    return bool(gone)
-
-
-def request_id(span) -> str:
-    """The request's trace id, which its `x-request-id` header gives the caller to quote: the id its spans are
-    found by (a random one when tracing is off)."""
-    context = span.get_span_context()
-    return f"{context.trace_id:032x}" if context.is_valid else uuid.uuid4().hex
-
-
-def peer(scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else ""
+    def events(self, chat: ChatRequest, route: pb.RouteResponse) -> sse.Chunks:
+        return sse.Chunks(sse.completion_id(), route.model, chat.include_usage)

@@ -42,8 +42,8 @@ def strategy_of(model: object) -> str:
                       f"'{MODEL}/<strategy>' (GET /v1/models lists them)")
 
 
-def parse(body: bytes) -> ChatRequest:
-    """The request in `body`, or a 400 naming the field that is wrong."""
+def document(body: bytes) -> tuple[dict, str]:
+    """The JSON object in `body` and the strategy its `model` names, or a 400 naming what is wrong."""
     try:
         doc = json.loads(body, parse_constant=_no_constant)
     except RecursionError:
@@ -54,25 +54,35 @@ def parse(body: bytes) -> ChatRequest:
         raise bad_request("body: must be a JSON object")
     if "model" not in doc:
         raise bad_request(f"model: missing; use {MODEL!r} or '{MODEL}/<strategy>'")
-    strategy = strategy_of(doc["model"])
-    for field, what in UNSUPPORTED.items():
-        if doc.get(field):
-            raise bad_request(f"{field}: {what} are not supported by the Tierwise router")
+    return doc, strategy_of(doc["model"])
+
+
+def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
+    for name, what in unsupported.items():
+        if doc.get(name):
+            raise bad_request(f"{name}: {what} are not supported by the Tierwise router")
+
+
+def parse(body: bytes) -> ChatRequest:
+    """The request in `body`, or a 400 naming the field that is wrong."""
+    doc, strategy = document(body)
+    refuse_unsupported(doc, UNSUPPORTED)
     if doc.get("n") not in (None, 1):
         raise bad_request("n: only 1 choice is supported")
     request = pb.CompleteRequest(messages=_messages(doc.get("messages")), strategy=strategy,
-                                 max_tokens=_max_tokens(doc), head=_text(doc.get("head") or "", "head"))
-    _sampling(doc, request)
+                                 max_tokens=_max_tokens(doc), head=string(doc.get("head") or "", "head"))
+    options(doc, request)
     stream = doc.get("stream")
     if stream not in (None, True, False):
         raise bad_request("stream: must be true or false")
-    options = doc.get("stream_options")
-    if options is not None and not (isinstance(options, dict) and options.get("include_usage") in (None, True, False)):
+    stream_options = doc.get("stream_options")
+    if stream_options is not None and not (isinstance(stream_options, dict)
+                                           and stream_options.get("include_usage") in (None, True, False)):
         raise bad_request("stream_options: must be an object such as {\"include_usage\": true}")
-    return ChatRequest(request, bool(stream), bool(options and options.get("include_usage")))
+    return ChatRequest(request, bool(stream), bool(stream_options and stream_options.get("include_usage")))
 
 
-def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
+def options(doc: dict, request: pb.CompleteRequest) -> None:
     """OpenAI's generation options onto `request`, by JSON type; their ranges are the core's to check."""
     for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = doc.get(field)
@@ -85,7 +95,7 @@ def _sampling(doc: dict, request: pb.CompleteRequest) -> None:
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise bad_request("stop: must be a string or a list of strings")
-        request.stop.extend(_text(s, f"stop[{i}]") for i, s in enumerate(stop))
+        request.stop.extend(string(s, f"stop[{i}]") for i, s in enumerate(stop))
     seed = doc.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**63:
@@ -118,7 +128,7 @@ def _tools(doc: dict, request: pb.CompleteRequest) -> None:
     if choice is not None:
         if not isinstance(choice, (str, dict)):
             raise bad_request('tool_choice: must be "auto", "none", "required" or an object naming a function')
-        request.tool_choice = _text(choice, "tool_choice") if isinstance(choice, str) else json.dumps(choice)
+        request.tool_choice = string(choice, "tool_choice") if isinstance(choice, str) else json.dumps(choice)
     if parallel is not None:
         if not isinstance(parallel, bool):
             raise bad_request("parallel_tool_calls: must be true or false")
@@ -140,9 +150,9 @@ def _messages(messages: object) -> list[pb.Message]:
         role = "system" if role == "developer" else role  # OpenAI's newer name for system
         text, images = _content(m.get("content"), f"messages[{i}].content")
         call_id = m.get("tool_call_id")
-        out.append(pb.Message(role=_text(role, f"messages[{i}].role"), content=text, images=images,
+        out.append(pb.Message(role=string(role, f"messages[{i}].role"), content=text, images=images,
                               tool_calls=_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls"),
-                              tool_call_id="" if call_id is None else _text(call_id, f"messages[{i}].tool_call_id")))
+                              tool_call_id="" if call_id is None else string(call_id, f"messages[{i}].tool_call_id")))
     return out
 
 
@@ -160,9 +170,9 @@ def _tool_calls(calls: object, field: str) -> list[pb.ToolCall]:
         if not isinstance(function, dict):
             raise bad_request(f'{field}[{j}]: must be {{"id": ..., "type": "function", "function": {{"name": ..., '
                               '"arguments": ...}}')
-        out.append(pb.ToolCall(id=_text(call.get("id"), f"{field}[{j}].id"),
-                               name=_text(function.get("name"), f"{field}[{j}].function.name"),
-                               arguments=_text(function.get("arguments", ""), f"{field}[{j}].function.arguments")))
+        out.append(pb.ToolCall(id=string(call.get("id"), f"{field}[{j}].id"),
+                               name=string(function.get("name"), f"{field}[{j}].function.name"),
+                               arguments=string(function.get("arguments", ""), f"{field}[{j}].function.arguments")))
     return out
 
 
@@ -172,27 +182,27 @@ def _content(content: object, field: str) -> tuple[str, list[pb.Image]]:
     if content is None:
         return "", []
     if isinstance(content, str):
-        return _text(content, field), []
+        return string(content, field), []
     if not isinstance(content, list):
         raise bad_request(f"{field}: must be a string or a list of text and image_url parts")
     texts, images = [], []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(_text(part["text"], f"{field}[{j}].text"))
+            texts.append(string(part["text"], f"{field}[{j}].text"))
         elif kind == "image_url" and isinstance(image := part.get("image_url"), dict):
             url, detail = image.get("url"), image.get("detail") or ""
             if not isinstance(url, str) or not isinstance(detail, str):
                 raise bad_request(f"{field}[{j}].image_url: url and detail must be strings")
             check_image(url, detail, f"{field}[{j}].image_url")
-            images.append(pb.Image(url=_text(url, f"{field}[{j}].image_url.url"), detail=detail))
+            images.append(pb.Image(url=string(url, f"{field}[{j}].image_url.url"), detail=detail))
         else:
             raise bad_request(f"{field}[{j}]: only {{\"type\": \"text\", \"text\": ...}} and "
                               f"{{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}} parts are supported")
     return "\n".join(texts), images
 
 
-def _text(value: object, field: str) -> str:
+def string(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise bad_request(f"{field}: must be a string")
     try:

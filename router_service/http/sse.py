@@ -67,6 +67,9 @@ class Chunks:
         return self._event({"choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                          "finish_reason": finish_reason}], **extra})
 
+    def opening(self) -> bytes:
+        return self.delta({"role": "assistant", "content": ""})
+
     def text(self, text: str) -> bytes:
         return self.delta({"content": text})
 
@@ -82,17 +85,16 @@ class Chunks:
             out += self._event({"choices": [], "usage": usage(summary)})
         return out + DONE
 
+    def failure(self, body: dict) -> bytes:
+        """An error after the stream began (the status line is gone): OpenAI's SDKs raise it as an APIError."""
+        return _data(body)
+
     def _event(self, body: dict) -> bytes:
         full = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 **body}
         if self.include_usage and "usage" not in full:
             full["usage"] = None
         return _data(full)
-
-
-def error_event(body: dict) -> bytes:
-    """An error after the stream began (the status line is gone): OpenAI's SDKs raise it as an APIError."""
-    return _data(body)
 
 
 def _data(body: dict) -> bytes:

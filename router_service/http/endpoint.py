@@ -1,0 +1,246 @@
+"""A POST endpoint of the HTTP API: the key, the body, then the core's answer as one JSON object or as a stream of
+server-sent events, in the shapes of one OpenAI API (`Api`: chat completions, responses). One task serves the whole
+exchange (its span stays the current one throughout); a second only watches for the client going away and, when it
+does, cancels the work as gRPC does for a cancelled call."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from contextlib import aclosing
+from typing import Protocol
+
+from opentelemetry import trace
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tierwise.serving import Rejected
+from tierwise.v1 import router_pb2 as pb
+
+from ..auth import KeyGate, bearer
+from ..core import RouterCore
+from ..events import final
+from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
+from .request import ChatRequest
+from .spans import http_span
+
+log = logging.getLogger("tierwise.router.http")
+TIMEOUT_HEADER = "x-tierwise-timeout-ms"
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+
+
+class Events(Protocol):
+    """One streamed answer's server-sent events, as bytes."""
+
+    def opening(self) -> bytes:
+        """What goes out with the status line, before the first text."""
+
+    def text(self, delta: str) -> bytes:
+        """A piece of the answer's text."""
+
+    def end(self, summary: pb.CompleteResponse) -> bytes:
+        """The rest of the answer (its tool calls, ...) and the stream's end."""
+
+    def failure(self, body: dict) -> bytes:
+        """An error (OpenAI's error object) after the stream began, ending it."""
+
+
+class Api(Protocol):
+    """One OpenAI API's request and response shapes over the core's CompleteRequest and CompleteResponse."""
+    route: str
+    method: str  # what the router's call count and latency histograms name it, "Stream" added for a stream
+
+    def parse(self, body: bytes) -> ChatRequest:
+        """The request in `body`, or a 400 naming the field that is wrong."""
+
+    def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
+        """The response to a request that was not streamed."""
+
+    def events(self, chat: ChatRequest, route: pb.RouteResponse) -> Events:
+        """The events of a streamed one."""
+
+
+class Endpoint:
+    """An API's endpoint, an ASGI app of its own."""
+
+    def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api):
+        self.core, self.gate, self.api = core, gate, api
+        # JSON's escapes take up to 6 bytes for a byte of text (\u0001); past this a body is refused unread.
+        self.max_body = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        exchange = _Exchange(scope, receive, send, self.api.method)
+        with http_span(self.core.tracer, request, self.api.route) as span:
+            exchange.request_id = request_id(span)
+            try:
+                key = self.gate.admit(bearer(request.headers.items()), peer(scope)) if self.gate else None
+                chat = self.api.parse(await _body(request, self.max_body))
+                deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
+                span.set_attribute("tierwise.stream", chat.stream)
+                if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):
+                    exchange.code = "CANCELLED"
+            except Rejected as err:
+                await exchange.fail(err, span)
+            except asyncio.CancelledError:
+                exchange.code = "CANCELLED"
+                raise
+            except Exception:
+                log.exception("unexpected error in %s (request %s)", self.api.route, exchange.request_id)
+                await exchange.fail(internal_error(), span)
+            finally:
+                self.core.metrics.calls.add(exchange.method, exchange.code)
+
+    async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
+        method = exchange.method = self.api.method + ("Stream" if chat.stream else "")
+        events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream)
+        try:
+            async with aclosing(events):
+                if not chat.stream:
+                    summary = (await final(events)).summary
+                    self._charge(key, summary)
+                    await exchange.json(200, self.api.whole(chat, summary), _headers(summary.decision, summary))
+                    return
+                await self._stream(chat, events, key, exchange)
+        except Rejected as err:
+            await exchange.fail(err, span)
+
+    async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
+        """Chunks as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no provider,
+        deadline) still gets its HTTP status; after it, one gets an error event in place of [DONE]."""
+        route: pb.RouteResponse = (await anext(events)).decision
+        shape = exchange.shape = self.api.events(chat, route)
+        event = await anext(events)
+        await exchange.start(200, SSE_HEADERS + _encoded(_headers(route)))
+        await exchange.body(shape.opening())
+        while True:
+            if event.WhichOneof("event") == "summary":
+                self._charge(key, event.summary)
+                await exchange.body(shape.end(event.summary), more=False)
+                return
+            await exchange.body(shape.text(event.delta))
+            event = await anext(events)
+
+    def _charge(self, key, summary: pb.CompleteResponse) -> None:
+        if key is not None:
+            self.gate.charge(key, summary.cost_usd)
+
+
+class _Exchange:
+    """The response side of one request: whether the status line went out decides how an error is told."""
+
+    def __init__(self, scope, receive, send, method: str):
+        self.scope, self.receive, self.send = scope, receive, send
+        self.started = self.done = False
+        self.method, self.code = method, "OK"  # what the router's call count records for it
+        self.request_id = ""
+        self.shape: Events | None = None  # once a stream began
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": headers + [(b"x-request-id", self.request_id.encode())]})
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        self.done = not more
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
+        self.started = self.done = True
+        await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
+                       media_type="application/json")(
+            self.scope, self.receive, self.send)
+
+    async def fail(self, err: Rejected, span) -> None:
+        self.code = err.code.name
+        status = status_of(err)
+        span.set_attribute("http.response.status_code", status)
+        span.set_attribute("error.type", str(status))
+        if status >= 500:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
+        if self.done:
+            return
+        if self.started:
+            await self.body(self.shape.failure(error_body(err)), more=False)
+        else:
+            await self.json(status, error_body(err), error_headers(err))
+
+
+def _headers(route: pb.RouteResponse, summary: pb.CompleteResponse | None = None) -> dict[str, str]:
+    """What the router decided, and (once the answer is whole) what it cost."""
+    headers = {"x-tierwise-tier": str(summary.tier if summary else route.tier),
+               "x-tierwise-strategy": route.strategy,
+               "x-tierwise-estimated-cost-usd": str(route.estimated_cost_usd),
+               "x-tierwise-degraded": "true" if route.degraded else "false"}
+    if summary is not None:
+        headers |= {"x-tierwise-cost-usd": str(summary.cost_usd), "x-tierwise-provider": summary.provider,
+                    "x-tierwise-escalations": str(summary.escalations)}
+    return headers
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise bad_request(f"body: {declared} bytes exceed the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise bad_request(f"body: more than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _deadline(value: str | None) -> float | None:
+    """The caller's deadline from x-tierwise-timeout-ms (HTTP has no grpc-timeout); None without one."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not (math.isfinite(ms) and ms > 0):
+        raise bad_request(f"{TIMEOUT_HEADER}: must be a positive number of milliseconds")
+    return time.monotonic() + ms / 1e3
+
+
+async def _unless_disconnected(receive, work) -> bool:
+    """Runs `work`, cancelled if the client disconnects first; whether it did. (A plain task, not an anyio task
+    group: this runs for every request, and a task group costs about ten times as much.)"""
+    task, gone = asyncio.current_task(), []
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.append(True)
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
+    finally:
+        watcher.cancel()
+    return bool(gone)
+
+
+def request_id(span) -> str:
+    """The request's trace id, which its `x-request-id` header gives the caller to quote: the id its spans are
+    found by (a random one when tracing is off)."""
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else uuid.uuid4().hex
+
+
+def peer(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
