@@ -10,10 +10,10 @@ URL_PREFIXES = ("https://", "http://", "data:image/")
 DETAILS = ("", "auto", "low", "high")
 
 
-def check_image(url: str, detail: str, field: str) -> None:
+def check_image(url: str, detail: str, field: str, url_field: str = "url") -> None:
     """INVALID_ARGUMENT naming `field` for a URL no provider could fetch or a detail OpenAI does not know."""
     if not url.startswith(URL_PREFIXES):
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{field}.url: must be an https://, http:// or data:image/ URL")
+                       f"{field}.{url_field}: must be an https://, http:// or data:image/ URL")
     if detail not in DETAILS:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.detail: must be auto, low or high")

@@ -8,6 +8,7 @@ choices, logit biases, the deprecated functions) is refused by name when asked f
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 
 from tierwise.serving import shown
@@ -29,6 +30,7 @@ class ChatRequest:
     request: pb.CompleteRequest
     stream: bool
     include_usage: bool
+    echo: dict = dataclasses.field(default_factory=dict)  # what the API's response repeats of the request as the caller sent it
 
 
 def strategy_of(model: object) -> str:
