@@ -12,7 +12,7 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai import OpenAI
+from openai import APIError, OpenAI
 
 from router_service.strategies import registered
 from tierwise.v1 import router_pb2 as pb
@@ -39,7 +39,6 @@ def sdk(address: str, key: str = "unused", **options) -> OpenAI:
 
 def user(text: str = QUESTION) -> list[dict]:
     return [{"role": "user", "content": text}]
-
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +106,19 @@ def test_stream_yields_content_chunks_then_usage_on_request(api):
     assert text.startswith(f"answer from {model}:")
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_a_stream_cut_by_its_provider_ends_with_an_error_the_sdk_raises(api, double):
+    """After the first piece no other provider may finish the answer: the stream ends with OpenAI's error event."""
+    double.reset()
+    double.script("t1-a", Fault.disconnect_mid_stream(after_chunks=2))
+    stream = sdk(api[0]).chat.completions.create(model="tierwise/cheapest", messages=user(), stream=True)
+    pieces = []
+    with pytest.raises(APIError, match="stream interrupted after 2 chunks"):
+        for chunk in stream:
+            pieces += [chunk.choices[0].delta.content or ""] if chunk.choices else []
+    assert "".join(pieces) == "answer from "
+    assert [r.model for r in double.requests] == ["t1-a"], "no fallback after text went out"
 
 
 def test_stream_without_usage_ends_with_done_and_no_usage_chunk(api):

@@ -10,7 +10,9 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai import InternalServerError
 
+from .provider_double import Fault, refused_base_url
 from .servers import KEY_ENV, http_address, openai_client, post, router_config, running_router
 
 UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
@@ -59,6 +61,24 @@ def test_raw_stream_events_are_numbered_and_end_with_completed(client):
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert events[-1].response.output_text == "answer from t1-a: 1 words"
+
+
+def test_a_stream_cut_by_its_provider_ends_with_an_error_event(client, double):
+    double.script("t1-a", Fault.disconnect_mid_stream(after_chunks=2))
+    events = list(client.responses.create(model="tierwise/cheapest", input="hi there", stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "answer from "
+    last = events[-1]
+    assert (last.type, last.code) == ("error", "stream_interrupted") and "stream interrupted" in last.message
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_a_request_no_provider_answers_is_a_503_before_any_event(tmp_path):
+    """Its own router: the failures open breakers that the other tests' router must not inherit."""
+    with running_router(router_config(refused_base_url()), UNUSED_CLASSIFIER, tmp_path, "--http-listen",
+                        "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
+        with pytest.raises(InternalServerError) as refused:
+            openai_client(router).responses.create(model="tierwise/cheapest", input="hi", stream=True)
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "no_provider_available"
 
 
 def test_function_calls_and_their_outputs_round_trip(client, double):
