@@ -213,8 +213,8 @@ class SpendConfig:
 
 @schema
 class HTTPConfig:
-    listen: Text = doc("host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models), served beside "
-                       "gRPC by the same process (\"\" = off; --http-listen)", "")
+    listen: Text = doc("host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/responses, /v1/models), "
+                       "served beside gRPC by the same process (\"\" = off; --http-listen)", "")
 
 
 @schema
