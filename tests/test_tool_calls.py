@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from router_service.conversation import NoTierFits, decide_on_conversation
-from router_service.providers import ProviderConfig, Sampling, TierChain
+from router_service.providers import ProviderConfig, Sampling, TierChain, ToolCall
 from router_service.providers.chain import needs_of
-from router_service.providers.provider import Provider
+from router_service.providers.provider import Provider, completion_of
 from router_service.strategies import Decision
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
@@ -69,6 +69,17 @@ def test_tools_count_in_the_requests_size_and_a_tier_that_cannot_call_them_is_sk
     assert decide_on_conversation(decision, messages, chains(set())) is decision, "no tools offered: no change"
     with pytest.raises(NoTierFits, match="tools: the request offers tools; no provider of tier 1 or above"):
         decide_on_conversation(decision, messages, chains(set()), sampling=Sampling(tools=(WEATHER,)))
+
+
+def test_a_call_a_provider_sent_without_an_id_gets_one():
+    """The caller's tool message must name the call it answers, and some OpenAI-compatible servers send none."""
+    config = ProviderConfig(name="p", base_url="http://127.0.0.1:9", model="m")
+    calls = (ToolCall("", "get_weather", "{}"), ToolCall("", "get_time", "{}"), ToolCall("c7", "get_time", "{}"))
+    done = completion_of(config, [{"role": "user", "content": QUESTION}], "", None, None, calls)
+    ids = [c.id for c in done.tool_calls]
+    assert ids[0].startswith("call_") and ids[1].startswith("call_") and ids[0] != ids[1] and ids[2] == "c7"
+    assert done.finish_reason == "tool_calls" and [c.name for c in done.tool_calls] == ["get_weather", "get_time",
+                                                                                        "get_time"]
 
 
 # ---------------------------------------------------------------------------------------- through the router

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -112,7 +113,7 @@ class Provider:
                         raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             finally:
                 await live.aclose()
-            completion = _completion(self.config, messages, live.content, live.usage, live.finish_reason,
+            completion = completion_of(self.config, messages, live.content, live.usage, live.finish_reason,
                                      live.tool_calls)
             if sampling.logprobs:
                 completion = replace(completion, logprobs=_logprobs(live.logprobs))
@@ -211,9 +212,9 @@ class Provider:
         if not response.choices:
             raise ValueError("response has no choices")
         choice = response.choices[0]
-        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+        calls = tuple(ToolCall(c.id or "", c.function.name or "", c.function.arguments or "")
                       for c in choice.message.tool_calls or () if c.type == "function")
-        completion = _completion(self.config, messages, choice.message.content or "", response.usage,
+        completion = completion_of(self.config, messages, choice.message.content or "", response.usage,
                                  choice.finish_reason, calls)
         if top_logprobs:
             completion = replace(completion, tokens=_tokens(choice.logprobs))
@@ -283,9 +284,12 @@ def _wire(message: Any) -> Any:
     return wired
 
 
-def _completion(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,
-                finish_reason: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completion:
+def completion_of(config: ProviderConfig, messages: Messages, content: str, usage: CompletionUsage | None,
+                  finish_reason: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completion:
+    """What a provider answered, as the router keeps it: usage estimated where it sent none."""
     finish_reason = finish_reason or ("tool_calls" if tool_calls else "stop")
+    # Some OpenAI-compatible servers send calls without ids; the caller's tool message must name one.
+    tool_calls = tuple(replace(c, id=c.id or f"call_{secrets.token_hex(12)}") for c in tool_calls)
     if usage is None:
         written = content + "".join(call.name + call.arguments for call in tool_calls)
         return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
@@ -305,9 +309,9 @@ def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str
 
 def _logprobs(tokens) -> tuple[TokenLogprob, ...]:
     """The answer's tokens as the caller asked for them (`logprobs`), from the SDK's; () when the provider sent none."""
-    return tuple(TokenLogprob(t.token, t.logprob, bytes(t.bytes or ()),
-                              tuple(TokenLogprob(a.token, a.logprob, bytes(a.bytes or ())) for a in t.top_logprobs or ()))
-                 for t in tokens or ())
+    def token(t, top=()) -> TokenLogprob:
+        return TokenLogprob(t.token, t.logprob, bytes(t.bytes or ()), top)
+    return tuple(token(t, tuple(token(a) for a in t.top_logprobs or ())) for t in tokens or ())
 
 
 def _prompt_text(messages: Messages) -> str:
