@@ -48,6 +48,19 @@ def test_a_response_answers_with_the_sdks_output_text(client, double):
     assert sent["temperature"] == 0.5
 
 
+def test_what_an_agent_framework_sends_beside_the_input_is_accepted(client, double):
+    """Settings for outputs the router never produces (encrypted reasoning), reasoning effort, truncation, caching
+    and identity fields do not refuse a request; none of them reaches the provider."""
+    response = client.responses.create(
+        model="tierwise/cheapest", input="hi", store=False, include=["reasoning.encrypted_content"],
+        reasoning={"effort": "low"}, truncation="disabled", prompt_cache_key="k", safety_identifier="u1",
+        user="u1", service_tier="auto")
+    assert response.output_text == "answer from t1-a: 1 words"
+    sent = double.requests_for("t1-a")[0].body
+    assert not set(sent) & {"include", "reasoning", "truncation", "prompt_cache_key", "safety_identifier", "user",
+                            "service_tier", "store"}
+
+
 def test_a_streamed_response_is_put_together_by_the_sdks_helper(client):
     with client.responses.stream(model="tierwise/cheapest", input="tell me three things") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
@@ -124,6 +137,8 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
     ({"model": "tierwise"}, "input"),
     ({"model": "tierwise", "input": 5}, "input"),
     ({"model": "tierwise", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"model": "tierwise", "input": "hi", "include": ["message.output_text.logprobs"]}, "include"),
+    ({"model": "tierwise", "input": "hi", "include": "reasoning.encrypted_content"}, "include"),
     ({"model": "tierwise", "input": "hi", "conversation": "conv_1"}, "conversation"),
     ({"model": "tierwise", "input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
     ({"model": "tierwise", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),

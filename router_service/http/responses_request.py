@@ -4,7 +4,9 @@ conversation; the generation options, `text.format` and the function tools map o
 
 The router keeps no responses, so what refers to a stored one (`previous_response_id`, `conversation`,
 `background`, stored prompts) is refused by name: a caller sends the whole conversation in `input`, as it would
-with `store: false`. What only describes the caller (metadata, user, store, ...) is accepted and not used.
+with `store: false`. What only describes the caller (metadata, user, store, ...) is accepted and not used, and so
+are `reasoning` (the operator's to set, in a provider's extra_body) and `include` for outputs the router never
+produces.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from .request import INT32_MAX, ChatRequest, document, options, refuse_unsupport
 UNSUPPORTED = {
     "previous_response_id": "stored responses (the router keeps none: send the whole conversation in input)",
     "conversation": "stored conversations (the router keeps none: send the whole conversation in input)",
-    "background": "background responses", "prompt": "stored prompts", "include": "extra outputs",
+    "background": "background responses", "prompt": "stored prompts",
     "top_logprobs": "log probabilities on this endpoint (use /v1/chat/completions)",
     "max_tool_calls": "limits on built-in tool calls"}
+LOGPROBS = "message.output_text.logprobs"
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 ECHOED = ("instructions", "temperature", "top_p", "max_output_tokens", "tool_choice", "parallel_tool_calls",
           "metadata")
@@ -30,6 +33,7 @@ def parse(body: bytes) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, strategy = document(body)
     refuse_unsupported(doc, UNSUPPORTED)
+    _include(doc.get("include"))
     messages = []
     if doc.get("instructions") is not None:
         messages.append(pb.Message(role="system", content=string(doc["instructions"], "instructions")))
@@ -45,6 +49,17 @@ def parse(body: bytes) -> ChatRequest:
         raise bad_request("stream: must be true or false")
     echo = {name: doc.get(name) for name in ECHOED} | {"tools": doc.get("tools") or [], "text": doc.get("text")}
     return ChatRequest(request, bool(stream), False, echo)
+
+
+def _include(include: object) -> None:
+    """Extra outputs asked for: those of what the router never produces (reasoning, built-in tools' results) are
+    simply absent, as OpenAI leaves them out when there are none; log probabilities it could give are refused."""
+    if include is None:
+        return
+    if not isinstance(include, list) or not all(isinstance(item, str) for item in include):
+        raise bad_request("include: must be a list of strings")
+    if LOGPROBS in include:
+        raise bad_request(f"include: {LOGPROBS} is not supported on this endpoint (use /v1/chat/completions)")
 
 
 def _input(items: object) -> list[pb.Message]:
