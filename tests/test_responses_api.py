@@ -61,6 +61,25 @@ def test_what_an_agent_framework_sends_beside_the_input_is_accepted(client, doub
                             "service_tier", "store"}
 
 
+def test_log_probabilities_come_with_the_text_when_included(client, double):
+    double.set_alternatives("t1-a", {" from": -0.1, " to": -2.5})
+    whole = client.responses.create(model="tierwise/cheapest", input="hi", include=["message.output_text.logprobs"],
+                                    top_logprobs=1)
+    [part] = whole.output[0].content
+    assert "".join(t.token for t in part.logprobs) == part.text == whole.output_text
+    assert [(a.token, a.logprob) for t in part.logprobs if t.token == " from" for a in t.top_logprobs] == [
+        (" from", -0.1)]
+    with client.responses.stream(model="tierwise/cheapest", input="hi",
+                                 include=["message.output_text.logprobs"]) as stream:
+        done = [e for e in stream if e.type == "response.output_text.done"]
+        final = stream.get_final_response()
+    assert "".join(t.token for t in done[0].logprobs) == final.output_text
+    assert (double.requests_for("t1-a")[0].body["logprobs"], double.requests_for("t1-a")[0].body["top_logprobs"]) == (
+        True, 1)
+    plain = client.responses.create(model="tierwise/cheapest", input="hi")
+    assert plain.output[0].content[0].logprobs == [] and "logprobs" not in double.requests_for("t1-a")[-1].body
+
+
 def test_a_streamed_response_is_put_together_by_the_sdks_helper(client):
     with client.responses.stream(model="tierwise/cheapest", input="tell me three things") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
@@ -137,7 +156,7 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
     ({"model": "tierwise"}, "input"),
     ({"model": "tierwise", "input": 5}, "input"),
     ({"model": "tierwise", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"model": "tierwise", "input": "hi", "include": ["message.output_text.logprobs"]}, "include"),
+    ({"model": "tierwise", "input": "hi", "top_logprobs": 2}, "top_logprobs"),
     ({"model": "tierwise", "input": "hi", "include": "reasoning.encrypted_content"}, "include"),
     ({"model": "tierwise", "input": "hi", "conversation": "conv_1"}, "conversation"),
     ({"model": "tierwise", "input": [{"type": "reasoning", "summary": []}]}, "input[0]"),

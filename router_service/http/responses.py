@@ -1,6 +1,7 @@
 """POST /v1/responses: OpenAI's Responses API, as one response object or as a stream of its events
 (response.created, the output items with their text deltas and function calls, then response.completed, or
-response.incomplete when the answer was cut at max_output_tokens). The router keeps no responses (`store` is always
+response.incomplete when the answer was cut at max_output_tokens). Log probabilities, when included, come with the
+whole text (output_text.done and the message), not with each delta. The router keeps no responses (`store` is always
 false), so every request carries its whole conversation."""
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class ResponsesApi:
 
     def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
         status = _status(summary)
-        output = [_message(_id("msg"), summary.content, status)] if summary.content or not summary.tool_calls else []
+        output = ([_message(_id("msg"), summary.content, status, sse.tokens(summary))]
+                  if summary.content or not summary.tool_calls else [])
         output += [_call(_id("fc"), call, "completed") for call in summary.tool_calls]
         return _response(chat, _id("resp"), int(time.time()), summary.model, status, output, summary)
 
@@ -58,11 +60,11 @@ class Events:
         if self.parts is None and not summary.tool_calls:
             out += self._open()  # an empty answer is still a message
         if self.parts is not None:
-            text = "".join(self.parts)
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            output.append(_message(self.mid, text, status))
+            text, logprobs = "".join(self.parts), sse.tokens(summary)
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+            output.append(_message(self.mid, text, status, logprobs))
             out += (self._event("response.output_text.done", item_id=self.mid, output_index=0, content_index=0,
-                                text=text, logprobs=[])
+                                text=text, logprobs=logprobs)
                     + self._event("response.content_part.done", item_id=self.mid, output_index=0, content_index=0,
                                   part=part)
                     + self._event("response.output_item.done", output_index=0, item=output[-1]))
@@ -105,9 +107,9 @@ def _status(summary: pb.CompleteResponse) -> str:
     return "incomplete" if summary.finish_reason == "length" else "completed"
 
 
-def _message(mid: str, text: str, status: str) -> dict:
+def _message(mid: str, text: str, status: str, logprobs: list) -> dict:
     return {"type": "message", "id": mid, "status": status, "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}]}
 
 
 def _call(fid: str, call: pb.ToolCall, status: str) -> dict:

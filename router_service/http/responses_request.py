@@ -6,7 +6,8 @@ The router keeps no responses, so what refers to a stored one (`previous_respons
 `background`, stored prompts) is refused by name: a caller sends the whole conversation in `input`, as it would
 with `store: false`. What only describes the caller (metadata, user, store, ...) is accepted and not used, and so
 are `reasoning` (the operator's to set, in a provider's extra_body) and `include` for outputs the router never
-produces.
+produces. `include: ["message.output_text.logprobs"]` asks for the answer's log probabilities, `top_logprobs`
+for their alternatives.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ UNSUPPORTED = {
     "previous_response_id": "stored responses (the router keeps none: send the whole conversation in input)",
     "conversation": "stored conversations (the router keeps none: send the whole conversation in input)",
     "background": "background responses", "prompt": "stored prompts",
-    "top_logprobs": "log probabilities on this endpoint (use /v1/chat/completions)",
     "max_tool_calls": "limits on built-in tool calls"}
 LOGPROBS = "message.output_text.logprobs"
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -33,7 +33,7 @@ def parse(body: bytes) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, strategy = document(body)
     refuse_unsupported(doc, UNSUPPORTED)
-    _include(doc.get("include"))
+    logprobs = _include(doc.get("include"))
     messages = []
     if doc.get("instructions") is not None:
         messages.append(pb.Message(role="system", content=string(doc["instructions"], "instructions")))
@@ -43,7 +43,8 @@ def parse(body: bytes) -> ChatRequest:
     tools = _tools(doc.get("tools"))
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "tools": tools,
              "tool_choice": _tool_choice(doc.get("tool_choice")), "parallel_tool_calls": doc.get("parallel_tool_calls"),
-             "response_format": _format(doc.get("text"))}, request)
+             "response_format": _format(doc.get("text")), "logprobs": logprobs or None,
+             "top_logprobs": doc.get("top_logprobs")}, request)
     stream = doc.get("stream")
     if stream not in (None, True, False):
         raise bad_request("stream: must be true or false")
@@ -51,15 +52,14 @@ def parse(body: bytes) -> ChatRequest:
     return ChatRequest(request, bool(stream), False, echo)
 
 
-def _include(include: object) -> None:
-    """Extra outputs asked for: those of what the router never produces (reasoning, built-in tools' results) are
-    simply absent, as OpenAI leaves them out when there are none; log probabilities it could give are refused."""
+def _include(include: object) -> bool:
+    """Whether the extra outputs asked for include the answer's log probabilities. Those of what the router never
+    produces (reasoning, built-in tools' results) are simply absent, as OpenAI leaves them out when there are none."""
     if include is None:
-        return
+        return False
     if not isinstance(include, list) or not all(isinstance(item, str) for item in include):
         raise bad_request("include: must be a list of strings")
-    if LOGPROBS in include:
-        raise bad_request(f"include: {LOGPROBS} is not supported on this endpoint (use /v1/chat/completions)")
+    return LOGPROBS in include
 
 
 def _input(items: object) -> list[pb.Message]:

@@ -46,10 +46,12 @@ def tool_calls(summary: pb.CompleteResponse) -> list[dict]:
 
 def logprobs(summary: pb.CompleteResponse) -> dict | None:
     """OpenAI's choice.logprobs for the answer's tokens; None when there are none (not asked, or not given)."""
-    if not summary.logprobs:
-        return None
-    return {"content": [{**_token(t), "top_logprobs": [_token(a) for a in t.top_logprobs]} for t in summary.logprobs],
-            "refusal": None}
+    return {"content": tokens(summary), "refusal": None} if summary.logprobs else None
+
+
+def tokens(summary: pb.CompleteResponse) -> list[dict]:
+    """The answer's tokens in OpenAI's logprob shape ([] when none were asked for or given)."""
+    return [{**_token(t), "top_logprobs": [_token(a) for a in t.top_logprobs]} for t in summary.logprobs]
 
 
 def _token(t: pb.TokenLogprob) -> dict:
