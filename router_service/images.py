@@ -2,9 +2,7 @@
 field). The tier is decided from the text; only providers with `vision` are sent the images."""
 from __future__ import annotations
 
-import grpc
-
-from tierwise.serving import Rejected
+from tierwise.serving import invalid
 
 URL_PREFIXES = ("https://", "http://", "data:image/")
 DETAILS = ("", "auto", "low", "high")
@@ -13,7 +11,6 @@ DETAILS = ("", "auto", "low", "high")
 def check_image(url: str, detail: str, field: str, url_field: str = "url") -> None:
     """INVALID_ARGUMENT naming `field` for a URL no provider could fetch or a detail OpenAI does not know."""
     if not url.startswith(URL_PREFIXES):
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{field}.{url_field}: must be an https://, http:// or data:image/ URL")
+        raise invalid(f"{field}.{url_field}: must be an https://, http:// or data:image/ URL")
     if detail not in DETAILS:
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.detail: must be auto, low or high")
+        raise invalid(f"{field}.detail: must be auto, low or high")

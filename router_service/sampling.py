@@ -8,9 +8,7 @@ import json
 import math
 import re
 
-import grpc
-
-from tierwise.serving import Rejected, shown
+from tierwise.serving import invalid, shown
 from tierwise.v1 import router_pb2 as pb
 
 from .providers import Sampling
@@ -30,7 +28,7 @@ def answer_options(request: pb.CompleteRequest) -> dict:
     """The request's generation options as every provider call for it takes them (escalations and the shadow's
     too), or INVALID_ARGUMENT naming the first field that is wrong."""
     if request.max_tokens < 0:
-        _refuse("max_tokens: must be 0 (provider default) or more")
+        raise invalid("max_tokens: must be 0 (provider default) or more")
     return {"max_tokens": request.max_tokens or None, "temperature": _within(request, "temperature", 0, 2),
             "sampling": _sampling(request)}
 
@@ -40,20 +38,20 @@ def _sampling(request: pb.CompleteRequest) -> Sampling:
     presence = _within(request, "presence_penalty", -2, 2)
     frequency = _within(request, "frequency_penalty", -2, 2)
     if len(request.stop) > MAX_STOP:
-        _refuse(f"stop: at most {MAX_STOP} sequences, got {len(request.stop)}")
+        raise invalid(f"stop: at most {MAX_STOP} sequences, got {len(request.stop)}")
     for i, sequence in enumerate(request.stop):
         if not sequence or len(sequence.encode()) > MAX_STOP_BYTES:
-            _refuse(f"stop[{i}]: must be 1 to {MAX_STOP_BYTES} bytes")
+            raise invalid(f"stop[{i}]: must be 1 to {MAX_STOP_BYTES} bytes")
     tools = _tools(request.tools)
     parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
     choice = _tool_choice(request.tool_choice, tools)
     if parallel is not None and not tools:
-        _refuse("parallel_tool_calls: needs tools")
+        raise invalid("parallel_tool_calls: needs tools")
     logprobs = request.HasField("logprobs") and request.logprobs
     if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
-        _refuse(f"top_logprobs: must be a whole number from 0 to {MAX_TOP_LOGPROBS}")
+        raise invalid(f"top_logprobs: must be a whole number from 0 to {MAX_TOP_LOGPROBS}")
     if request.top_logprobs and not logprobs:
-        _refuse("top_logprobs: needs logprobs: true")
+        raise invalid("top_logprobs: needs logprobs: true")
     return Sampling(top_p=top_p, stop=tuple(request.stop), seed=request.seed if request.HasField("seed") else None,
                     presence_penalty=presence, frequency_penalty=frequency,
                     response_format=_response_format(request.response_format), tools=tools, tool_choice=choice,
@@ -65,17 +63,17 @@ def _within(request: pb.CompleteRequest, field: str, low: float, high: float) ->
         return None
     value = getattr(request, field)
     if not (math.isfinite(value) and low <= value <= high):
-        _refuse(f"{field}: must be a number from {low} to {high}")
+        raise invalid(f"{field}: must be a number from {low} to {high}")
     return value
 
 
 def _json(text: str, field: str, limit: int):
     if len(text.encode()) > limit:
-        _refuse(f"{field}: larger than {limit} bytes")
+        raise invalid(f"{field}: larger than {limit} bytes")
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        _refuse(f"{field}: not valid JSON")
+        raise invalid(f"{field}: not valid JSON")
 
 
 def _response_format(text: str) -> dict | None:
@@ -84,11 +82,11 @@ def _response_format(text: str) -> dict | None:
         return None
     doc = _json(text, "response_format", MAX_RESPONSE_FORMAT_BYTES)
     if not isinstance(doc, dict) or doc.get("type") not in RESPONSE_FORMATS:
-        _refuse('response_format: must be an object whose type is "text", "json_object" or "json_schema"')
+        raise invalid('response_format: must be an object whose type is "text", "json_object" or "json_schema"')
     if doc["type"] == "json_schema":
         schema = doc.get("json_schema")
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str) or not schema["name"]:
-            _refuse('response_format.json_schema: must be an object with a "name" (and usually a "schema")')
+            raise invalid('response_format.json_schema: must be an object with a "name" (and usually a "schema")')
     return doc
 
 
@@ -98,23 +96,23 @@ def _tools(text: str) -> tuple[dict, ...]:
         return ()
     doc = _json(text, "tools", MAX_TOOLS_BYTES)
     if not isinstance(doc, list) or not doc:
-        _refuse('tools: must be a non-empty list of {"type": "function", "function": {"name": ...}} objects')
+        raise invalid('tools: must be a non-empty list of {"type": "function", "function": {"name": ...}} objects')
     if len(doc) > MAX_TOOLS:
-        _refuse(f"tools: at most {MAX_TOOLS} tools, got {len(doc)}")
+        raise invalid(f"tools: at most {MAX_TOOLS} tools, got {len(doc)}")
     names = set()
     for i, tool in enumerate(doc):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict):
-            _refuse(f'tools[{i}]: must be {{"type": "function", "function": {{...}}}}; only function tools are '
+            raise invalid(f'tools[{i}]: must be {{"type": "function", "function": {{...}}}}; only function tools are '
                     "supported")
         name = function.get("name")
         if not (isinstance(name, str) and TOOL_NAME.fullmatch(name)):
-            _refuse(f"tools[{i}].function.name: must be 1 to 64 letters, digits, underscores or dashes")
+            raise invalid(f"tools[{i}].function.name: must be 1 to 64 letters, digits, underscores or dashes")
         if name in names:
-            _refuse(f"tools[{i}].function.name: {name} names two tools")
+            raise invalid(f"tools[{i}].function.name: {name} names two tools")
         names.add(name)
         if not isinstance(function.get("parameters", {}), dict):
-            _refuse(f"tools[{i}].function.parameters: must be a JSON Schema object")
+            raise invalid(f"tools[{i}].function.parameters: must be a JSON Schema object")
     return tuple(doc)
 
 
@@ -124,7 +122,7 @@ def _tool_choice(text: str, tools: tuple[dict, ...]) -> str | dict | None:
     if not text:
         return None
     if not tools:
-        _refuse("tool_choice: needs tools")
+        raise invalid("tool_choice: needs tools")
     if text in TOOL_CHOICES:
         return text
     try:
@@ -136,11 +134,7 @@ def _tool_choice(text: str, tools: tuple[dict, ...]) -> str | dict | None:
     name = (doc["function"].get("name") if isinstance(doc, dict) and doc.get("type") == "function"
             and isinstance(doc.get("function"), dict) else None)
     if name is None:
-        _refuse('tool_choice: must be auto, none, required or {"type": "function", "function": {"name": ...}}')
+        raise invalid('tool_choice: must be auto, none, required or {"type": "function", "function": {"name": ...}}')
     if name not in {tool["function"]["name"] for tool in tools}:
-        _refuse(f"tool_choice.function.name: {shown(str(name))} is not one of the tools")
+        raise invalid(f"tool_choice.function.name: {shown(str(name))} is not one of the tools")
     return doc
-
-
-def _refuse(message: str):
-    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, message)

@@ -3,9 +3,7 @@ for gRPC and HTTP (each naming its own field). The tools offered are checked wit
 (sampling.py); the tier is still decided from the text."""
 from __future__ import annotations
 
-import grpc
-
-from tierwise.serving import Rejected
+from tierwise.serving import invalid
 from tierwise.v1 import router_pb2 as pb
 
 from .providers import ToolCall
@@ -19,11 +17,11 @@ def tool_fields(message: pb.Message, into: dict, field: str) -> int:
     size = 0
     if message.tool_calls:
         if message.role != "assistant":
-            _refuse(f"{field}.tool_calls: only assistant messages carry tool calls")
+            raise invalid(f"{field}.tool_calls: only assistant messages carry tool calls")
         for j, call in enumerate(message.tool_calls):
             _check_id(call.id, f"{field}.tool_calls[{j}].id")
             if not call.name:
-                _refuse(f"{field}.tool_calls[{j}].name: must name the function called")
+                raise invalid(f"{field}.tool_calls[{j}].name: must name the function called")
             size += len(call.id.encode()) + len(call.name.encode()) + len(call.arguments.encode())
         into["tool_calls"] = tuple(ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls)
     if message.role == "tool":
@@ -31,14 +29,10 @@ def tool_fields(message: pb.Message, into: dict, field: str) -> int:
         into["tool_call_id"] = message.tool_call_id
         size += len(message.tool_call_id.encode())
     elif message.tool_call_id:
-        _refuse(f"{field}.tool_call_id: only tool messages answer a tool call")
+        raise invalid(f"{field}.tool_call_id: only tool messages answer a tool call")
     return size
 
 
 def _check_id(value: str, field: str) -> None:
     if not value or len(value.encode()) > MAX_ID_BYTES:
-        _refuse(f"{field}: must name the tool call (1 to {MAX_ID_BYTES} bytes)")
-
-
-def _refuse(message: str):
-    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, message)
+        raise invalid(f"{field}: must name the tool call (1 to {MAX_ID_BYTES} bytes)")

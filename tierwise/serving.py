@@ -109,6 +109,11 @@ class Rejected(Exception):
         self.code = code
 
 
+def invalid(message: str) -> Rejected:
+    """INVALID_ARGUMENT; `message` starts with the field it names (`messages[2].content: ...`)."""
+    return Rejected(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 def check_size(text: str, field: str, max_bytes: int) -> int:
     """The UTF-8 size of `text`; INVALID_ARGUMENT naming `field` past `max_bytes`."""
     size = len(text.encode("utf-8", "surrogatepass"))

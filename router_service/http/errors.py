@@ -7,7 +7,7 @@ import re
 
 import grpc
 
-from tierwise.serving import Rejected
+from tierwise.serving import Rejected, invalid
 
 from ..auth import KeyRefused
 
@@ -30,7 +30,7 @@ RENAMED = {"strategy": "model", "body": None}  # the body as a whole: OpenAI nam
 
 def bad_request(message: str) -> Rejected:
     """A 400 naming the field `message` starts with."""
-    return Rejected(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return invalid(message)
 
 
 def status_of(err: Rejected) -> int:
