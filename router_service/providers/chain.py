@@ -11,7 +11,7 @@ from ..events import final, single
 from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
                      StreamInterrupted)
 from .provider import Provider
-from ..tokens import conversation_tokens, tools_tokens
+from ..tokens import conversation_tokens
 from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome, Sampling
 
 
@@ -177,5 +177,5 @@ def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attem
 def needs_of(messages: Messages, max_tokens: int | None, sampling: Sampling = DEFAULT_SAMPLING) -> Needs:
     """What a provider must take for this request: every message, the tools offered and the answer's budget in its
     context window; the images it carries; whether it offers tools."""
-    return Needs(conversation_tokens(messages) + tools_tokens(sampling.tools) + (max_tokens or 0),
+    return Needs(conversation_tokens(messages) + sampling.tool_tokens + (max_tokens or 0),
                  any(m.get("images") for m in messages), bool(sampling.tools))

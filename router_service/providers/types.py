@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, AsyncGenerator, Callable, Sequence
 
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import Strict
 
 from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, Text, doc, must, schema
+from ..tokens import tools_tokens
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -90,6 +92,12 @@ class Sampling:
     # The answer's tokens with their log probabilities, and how many alternatives for each (0 to 20).
     logprobs: bool = False
     top_logprobs: int = 0
+
+    @cached_property
+    def tool_tokens(self) -> int:
+        """What the tools' definitions take of a provider's context window: counted once a request, not at every
+        tier and fallback asked."""
+        return tools_tokens(self.tools)
 
     def sdk_args(self) -> dict[str, Any]:
         args = {name: value for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "response_format",
