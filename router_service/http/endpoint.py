@@ -109,8 +109,8 @@ class Endpoint:
             await exchange.fail(err, span)
 
     async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
-        """Chunks as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no provider,
-        deadline) still gets its HTTP status; after it, one gets an error event in place of [DONE]."""
+        """The API's events as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no
+        provider, deadline) still gets its HTTP status; after it, the API's error event ends the stream."""
         route: pb.RouteResponse = (await anext(events)).decision
         shape = exchange.shape = self.api.events(chat, route)
         event = await anext(events)

@@ -7,8 +7,8 @@ choices, logit biases, the deprecated functions) is refused by name when asked f
 """
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from tierwise.serving import shown
@@ -30,7 +30,8 @@ class ChatRequest:
     request: pb.CompleteRequest
     stream: bool
     include_usage: bool
-    echo: dict = dataclasses.field(default_factory=dict)  # what the API's response repeats of the request as the caller sent it
+    # What the API's response repeats of the request, as the caller sent it (the Responses API's settings).
+    echo: dict = dataclasses.field(default_factory=dict)
 
 
 def strategy_of(model: object) -> str:
@@ -60,6 +61,7 @@ def document(body: bytes) -> tuple[dict, str]:
 
 
 def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
+    """A 400 naming the first field of `unsupported` the request sets, and what it asks for."""
     for name, what in unsupported.items():
         if doc.get(name):
             raise bad_request(f"{name}: {what} are not supported by the Tierwise router")
