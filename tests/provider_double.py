@@ -326,10 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
         return fault.kind is FaultKind.DISCONNECT_MID_STREAM
 
     def _send_stream(self, body: dict[str, Any], answer: str, fault: Fault | None, finish_reason: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self._start_events()
         disconnect_after = fault.after_chunks if fault and fault.kind is FaultKind.DISCONNECT_MID_STREAM else None
         model = body["model"]
         alternatives = self.double._alternatives(model, body["messages"]) if body.get("logprobs") else None
@@ -344,8 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_event(_chunk(model, {}, finish_reason=finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
-        self._send_chunk(b"data: [DONE]\n\n")
-        self._send_chunk(b"")
+        self._end_events()
 
     def _send_calls(self, body: dict[str, Any], calls: list[dict[str, Any]]) -> None:
         """Tool calls in place of an answer (double_tools.py), whole or streamed."""
@@ -355,13 +351,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {"id": "chatcmpl-double", "object": "chat.completion", "created": 0,
                                          "model": model, "usage": _usage(body, json.dumps(calls)),
                                          "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}]})
+        self._start_events()
+        for delta in [{"role": "assistant", "content": None}, *call_chunks(calls)]:
+            self._send_event(_chunk(model, delta))
+        self._send_event(_chunk(model, {}, finish_reason="tool_calls"))
+        self._end_events()
+
+    def _start_events(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for delta in [{"role": "assistant", "content": None}, *call_chunks(calls)]:
-            self._send_event(_chunk(model, delta))
-        self._send_event(_chunk(model, {}, finish_reason="tool_calls"))
+
+    def _end_events(self) -> None:
         self._send_chunk(b"data: [DONE]\n\n")
         self._send_chunk(b"")
 
