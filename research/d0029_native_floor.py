@@ -37,10 +37,11 @@ TOOLS = ("g++", "pkg-config", "protoc", "grpc_cpp_plugin")
 ENCODER, SHIPPED = "encoder in-process", "service (grpc.aio, shipped)"
 
 
-def build() -> Path:
-    """The C++ server, compiled once per change of its source (stubs generated from protos/)."""
-    binary = OUT / "floor_server"
-    if binary.exists() and binary.stat().st_mtime > SOURCE.stat().st_mtime:
+def build(source: Path = SOURCE, flags: tuple[str, ...] = ()) -> Path:
+    """A C++ server, compiled once per change of its source (stubs generated from protos/); `flags` are extra
+    compiler and linker flags."""
+    binary = OUT / source.stem
+    if binary.exists() and binary.stat().st_mtime > source.stat().st_mtime:
         return binary
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
@@ -50,10 +51,11 @@ def build() -> Path:
     proto = "tierwise/v1/classifier.proto"
     subprocess.run(["protoc", "-I", str(ROOT / "protos"), f"--cpp_out={OUT}", f"--grpc_out={OUT}",
                     f"--plugin=protoc-gen-grpc={shutil.which('grpc_cpp_plugin')}", proto], check=True)
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++", "protobuf"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    grpc_flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++", "protobuf"], check=True,
+                                capture_output=True, text=True).stdout.split()
     stubs = [str(OUT / "tierwise" / "v1" / name) for name in ("classifier.pb.cc", "classifier.grpc.pb.cc")]
-    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{OUT}", str(SOURCE), *stubs, *flags, "-o", str(binary)], check=True)
+    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{OUT}", str(source), *stubs, *grpc_flags, *flags,
+                    "-o", str(binary)], check=True)
     return binary
 
 
