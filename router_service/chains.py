@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from .config import RouterConfig
 from .providers import Provider, TierChain
+from .providers.balance import balance
 from .telemetry import RouterMetrics
 
 log = logging.getLogger("tierwise.router")
@@ -14,7 +15,7 @@ log = logging.getLogger("tierwise.router")
 def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
     metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
     return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers],
-                            hedge_after_s=t.hedge_after_ms / 1000)
+                            hedge_after_s=t.hedge_after_ms / 1000, balance=balance(t.balance))
             for tier, t in cfg.tiers.items()}
 
 

@@ -24,6 +24,7 @@ from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 from .config_doc import AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, must, refuse, schema
 from .gates import GATES
 from .providers import ProviderConfig
+from .providers.balance import BALANCES
 from .providers.types import Price
 from .strategies import known, registered
 
@@ -39,6 +40,7 @@ def finite_non_negative(rule: str) -> Any:
 
 NoLimit = finite_non_negative("must be 0 (no limit) or more")
 OffOrMore = finite_non_negative("must be 0 (off) or more")
+BalanceName = Annotated[str, Strict(), must(lambda v: v in BALANCES, f"must be one of {', '.join(BALANCES)}")]
 
 
 @schema
@@ -48,7 +50,13 @@ class TierConfig:
                                 nested=Price)
     providers: Annotated[tuple[ProviderConfig, ...], must(len, "required, a non-empty list (the tier's fallback "
                                                               "chain in order)")] = doc(
-        "the tier's fallback chain, tried in order", nested=ProviderConfig, many=True)
+        "the tier's providers: its fallback chain, tried in order (with a `balance` other than order, each request "
+        "starts where the balance says and the rest follow)", nested=ProviderConfig, many=True)
+    balance: BalanceName = doc(
+        "which provider a request asks first: order (the first; the rest are its fallbacks), round_robin (each in "
+        "turn), least_busy (the one with the fewest of this router's requests under way) or fastest (the shortest "
+        "recent time to first token; every 20th request goes round, to measure again). The others stay fallbacks; "
+        "round_robin, least_busy and fastest ask a provider whose breaker is open last", "order")
     hedge_after_ms: OffOrMore = doc(
         "when a provider has not sent its first token (its answer, unstreamed) this long, also ask the next one in "
         "the chain and take whichever answers first, closing the other (the provider may still bill what it began); "

@@ -1,4 +1,4 @@
-"""A tier's providers, tried in order until one answers."""
+"""A tier's providers, tried in its balance's order until one answers."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..events import final, single
+from .balance import Balance, InOrder
 from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
                      StreamInterrupted)
 from .provider import Provider
@@ -16,14 +17,17 @@ from .types import DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Need
 
 
 class TierChain:
-    """The providers of one tier, tried in order until one answers; with `hedge_after_s`, the next is also asked
-    when the running one has sent nothing for that long, and the first to answer is taken."""
+    """The providers of one tier, tried in the order `balance` gives (default: as listed) until one answers; with
+    `hedge_after_s`, the next is also asked when the running one has sent nothing for that long, and the first to
+    answer is taken."""
 
-    def __init__(self, providers: Sequence[Provider], hedge_after_s: float = 0.0) -> None:
+    def __init__(self, providers: Sequence[Provider], hedge_after_s: float = 0.0,
+                 balance: Balance | None = None) -> None:
         if not providers:
             raise ValueError("a tier chain needs at least one provider")
         self.providers = tuple(providers)
         self.hedge_after_s = hedge_after_s
+        self.balance = balance or InOrder()
 
     async def aclose(self) -> None:
         for provider in self.providers:
@@ -63,12 +67,14 @@ class TierChain:
                 fitting.append(provider)
                 continue
             _noted(attempts, on_attempt, Attempt(provider.config.name, provider.config.model, *refusal))
+        fitting = self.balance.order(fitting)
+        watched = lambda provider: self.balance.watch(provider, call(provider))  # noqa: E731
         if self.hedge_after_s and len(fitting) > 1:
-            async for event in self._hedged(call, fitting, attempts, on_attempt):
+            async for event in self._hedged(watched, fitting, attempts, on_attempt):
                 yield event
             return
         for provider in fitting:
-            events = call(provider)
+            events = watched(provider)
             try:
                 async with aclosing(_answer_of(events, attempts)) as answer:
                     async for event in answer:
