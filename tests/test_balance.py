@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -50,6 +51,12 @@ def test_order_keeps_the_chain_as_configured(double, sleeps):
 def test_round_robin_starts_each_request_one_provider_further(double, sleeps):
     assert answered(chain(double, sleeps, "round_robin", names=("a", "b", "c")), 6) == ["a", "b", "c"] * 2
     assert all(len(double.requests_for(f"model-{n}")) == 2 for n in "abc")
+
+
+def test_round_robin_gives_each_provider_its_weights_share_spread_out(double, sleeps):
+    tier = chain(double, sleeps, "round_robin")
+    tier.providers[0].config = replace(tier.providers[0].config, weight=3)
+    assert answered(tier, 8) == ["a", "a", "b", "a"] * 2
 
 
 def test_a_failing_provider_in_turn_fails_over_to_the_next(double, sleeps):
@@ -125,6 +132,14 @@ def test_an_unknown_balance_is_a_config_error_naming_the_key_and_the_choices(val
         parse(doc)
     if isinstance(value, str):
         assert all(name in str(err.value) for name in BALANCES)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "9"])
+def test_a_bad_weight_is_a_config_error_naming_the_provider(value):
+    doc = router_config("http://127.0.0.1:9/v1")
+    doc["tiers"][0]["providers"][1]["weight"] = value
+    with pytest.raises(ConfigError, match=r"tiers\[0\]\.providers\[1\]\.weight"):
+        parse(doc)
 
 
 def test_every_tier_balances_in_order_unless_configured():

@@ -35,20 +35,27 @@ class InOrder:
 
 
 class RoundRobin(InOrder):
-    """Each request starts one provider further along the chain."""
+    """Each request starts one provider further along the chain; with weights, each provider starts its share of
+    them, spread out (smooth weighted round robin: weights 3 and 1 give a, a, b, a, not a, a, a, b)."""
 
     def __init__(self) -> None:
-        self._turns = itertools.count()
+        self._credit: dict[Provider, int] = {}
 
     def order(self, providers: list[Provider]) -> list[Provider]:
-        return open_last(rotated(providers, next(self._turns)))
+        if not providers:
+            return providers
+        for p in providers:
+            self._credit[p] = self._credit.get(p, 0) + p.config.weight
+        first = max(providers, key=lambda p: self._credit[p])
+        self._credit[first] -= sum(p.config.weight for p in providers)
+        return open_last(rotated(providers, providers.index(first)))
 
 
-class LeastBusy(RoundRobin):
+class LeastBusy(InOrder):
     """The provider with the fewest of this router's requests under way first; ties go round the chain."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._turns = itertools.count()
         self.busy: dict[Provider, int] = {}
 
     def order(self, providers: list[Provider]) -> list[Provider]:

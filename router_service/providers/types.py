@@ -204,6 +204,8 @@ class ProviderConfig:
         "fields added to every request body sent to this provider, as given: settings the model takes that the caller "
         "does not send, such as {reasoning_effort: low} for an OpenAI reasoning model or {top_k: 20} for vLLM; a "
         "field the caller sent too is replaced by this one", factory=dict)
+    weight: AtLeastOne = doc("under the tier's `balance: round_robin`, this provider's share of the requests against "
+                             "the others' weights (a canary: 1 against 9)", 1)
     price_per_mtok: Price | None = doc("what this provider costs, when it differs from its tier's `price_per_mtok`: "
                                        "an answer is billed at the price of the provider that gave it (null = the "
                                        "tier's)", None, nested=Price)
