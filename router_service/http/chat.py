@@ -4,12 +4,13 @@ from __future__ import annotations
 from tierwise.v1 import router_pb2 as pb
 
 from . import sse
+from .errors import OpenAIShapes
 from .request import ChatRequest, parse
 
 ROUTE = "/v1/chat/completions"
 
 
-class ChatApi:
+class ChatApi(OpenAIShapes):
     route = ROUTE
     method = "ChatCompletions"
 

@@ -19,10 +19,10 @@ from starlette.responses import Response
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
-from ..auth import KeyGate, bearer
+from ..auth import KeyGate
 from ..core import RouterCore
 from ..events import final
-from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
+from .errors import as_json, bad_request, error_headers, internal_error, status_of
 from .request import ChatRequest
 from .spans import http_span
 
@@ -45,13 +45,19 @@ class Events(Protocol):
         """The rest of the answer (its tool calls, ...) and the stream's end."""
 
     def failure(self, body: dict) -> bytes:
-        """An error (OpenAI's error object) after the stream began, ending it."""
+        """An error (the API's error body) after the stream began, ending it."""
 
 
 class Api(Protocol):
-    """One OpenAI API's request and response shapes over the core's CompleteRequest and CompleteResponse."""
+    """One API's request, response and error shapes over the core's CompleteRequest and CompleteResponse."""
     route: str
     method: str  # what the router's call count and latency histograms name it, "Stream" added for a stream
+
+    def key(self, headers) -> str:
+        """The API key the request's headers (lower-cased name, value pairs) carry; "" for none."""
+
+    def error(self, err: Rejected) -> dict:
+        """The body that tells the caller of a refusal or failure."""
 
     def parse(self, body: bytes) -> ChatRequest:
         """The request in `body`, or a 400 naming the field that is wrong."""
@@ -73,11 +79,11 @@ class Endpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         request = Request(scope, receive)
-        exchange = _Exchange(scope, receive, send, self.api.method)
+        exchange = _Exchange(scope, receive, send, self.api)
         with http_span(self.core.tracer, request, self.api.route) as span:
             exchange.request_id = request_id(span)
             try:
-                key = self.gate.admit(bearer(request.headers.items()), peer(scope)) if self.gate else None
+                key = self.gate.admit(self.api.key(request.headers.items()), peer(scope)) if self.gate else None
                 chat = self.api.parse(await _body(request, self.max_body))
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
@@ -132,10 +138,10 @@ class Endpoint:
 class _Exchange:
     """The response side of one request: whether the status line went out decides how an error is told."""
 
-    def __init__(self, scope, receive, send, method: str):
-        self.scope, self.receive, self.send = scope, receive, send
+    def __init__(self, scope, receive, send, api: Api):
+        self.scope, self.receive, self.send, self.api = scope, receive, send, api
         self.started = self.done = False
-        self.method, self.code = method, "OK"  # what the router's call count records for it
+        self.method, self.code = api.method, "OK"  # what the router's call count records for it
         self.request_id = ""
         self.shape: Events | None = None  # once a stream began
 
@@ -164,9 +170,9 @@ class _Exchange:
         if self.done:
             return
         if self.started:
-            await self.body(self.shape.failure(error_body(err)), more=False)
+            await self.body(self.shape.failure(self.api.error(err)), more=False)
         else:
-            await self.json(status, error_body(err), error_headers(err))
+            await self.json(status, self.api.error(err), error_headers(err))
 
 
 def _headers(route: pb.RouteResponse, summary: pb.CompleteResponse | None = None) -> dict[str, str]:

@@ -9,7 +9,7 @@ import grpc
 
 from tierwise.serving import Rejected, invalid
 
-from ..auth import KeyRefused
+from ..auth import KeyRefused, bearer
 
 # gRPC status -> (HTTP status, OpenAI error type, code)
 STATUSES = {
@@ -26,6 +26,16 @@ INTERNAL = (500, "server_error", "internal_error")
 FIELD = re.compile(r"([a-z_][a-z0-9_-]*(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): ")
 # Names the core uses that the HTTP request spells differently.
 RENAMED = {"strategy": "model", "body": None}  # the body as a whole: OpenAI names no param
+
+
+class OpenAIShapes:
+    """How OpenAI's APIs take the key (a bearer token) and tell an error: what chat completions and responses share."""
+
+    def key(self, headers) -> str:
+        return bearer(headers)
+
+    def error(self, err: Rejected) -> dict:
+        return error_body(err)
 
 
 def bad_request(message: str) -> Rejected:

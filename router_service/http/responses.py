@@ -11,13 +11,13 @@ import time
 from tierwise.v1 import router_pb2 as pb
 
 from . import responses_request, sse
-from .errors import as_json
+from .errors import OpenAIShapes, as_json
 from .request import ChatRequest
 
 ROUTE = "/v1/responses"
 
 
-class ResponsesApi:
+class ResponsesApi(OpenAIShapes):
     route = ROUTE
     method = "Responses"
 
