@@ -221,7 +221,8 @@ class SpendConfig:
 
 @schema
 class HTTPConfig:
-    listen: Text = doc("host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/responses, /v1/models), "
+    listen: Text = doc("host:port of the HTTP API (OpenAI's /v1/chat/completions, /v1/responses, /v1/models; Anthropic's "
+                       "/v1/messages), "
                        "served beside gRPC by the same process (\"\" = off; --http-listen)", "")
 
 

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible HTTP API as a Starlette app over the router's core: /v1/chat/completions, /v1/responses
-and /v1/models. Anything else gets OpenAI's error shape too (404, 405)."""
+"""The HTTP API as a Starlette app over the router's core: OpenAI's /v1/chat/completions, /v1/responses and
+/v1/models, and Anthropic's /v1/messages. Anything else gets OpenAI's error shape too (404, 405)."""
 from __future__ import annotations
 
 import time
@@ -17,6 +17,7 @@ from ..core import RouterCore
 from ..strategies import registered
 from .chat import ROUTE, ChatApi
 from .endpoint import Endpoint, peer
+from .messages import MessagesApi
 from .responses import ResponsesApi
 from .errors import as_json, bad_request, error_body, error_headers, status_of
 from .request import MODEL, strategy_of
@@ -52,12 +53,13 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
     async def not_found(request: Request, exc: HTTPException) -> Response:
         what = "method not allowed" if exc.status_code == 405 else "no such endpoint"
         body = error_body(bad_request(f"{what}: {request.method} {request.url.path}; the API serves POST {ROUTE}, "
-                                      f"POST {ResponsesApi.route} and GET /v1/models"))
+                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} and GET /v1/models"))
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
     routes = [Route(ROUTE, Endpoint(core, gate, ChatApi()), methods=["POST"]),
               Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi()), methods=["POST"]),
+              Route(MessagesApi.route, Endpoint(core, gate, MessagesApi()), methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
