@@ -22,6 +22,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 from bench import queries
 from bench.server import ClassifierServer
@@ -64,6 +65,24 @@ def spawn(stack: ExitStack, command: list[str]) -> tuple[str, int]:
     return target, proc.pid
 
 
+def rotating(calls: dict[str, Callable[[str], object]], blocks: list[list[str]], pids: dict[str, int]
+             ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
+    """One call at a time, each block of texts through every path, the paths' order rotating from block to block:
+    (ms of each call by path, server CPU ms a call for the paths in `pids`, the machine's CPU account)."""
+    ms: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    with cpu_account(lambda: sum(cpu_seconds(pid) for pid in pids.values())) as account:
+        for block, texts in enumerate(blocks):
+            for name in names[block % len(names):] + names[: block % len(names)]:
+                for text in texts:
+                    t0 = time.perf_counter()
+                    calls[name](text)
+                    ms[name].append((time.perf_counter() - t0) * 1000)
+    cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1000 / len(ms[name]) for name, pid in pids.items()}
+    return ms, cpu, account
+
+
 def run(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> None:
     native = str(build())
     python = [sys.executable, "-m"]
@@ -85,18 +104,8 @@ def run(blocks: int, kind: str, sets: queries.QuerySets, spin_ms: float) -> None
             for text in sets.warmup:
                 call(text)
         seed = int(time.time()) % 100_000 * 10_000
-        ms: dict[str, list[float]] = {name: [] for name in calls}
-        names = list(calls)
-        cpu0 = {name: cpu_seconds(pid) for name, (_, pid) in targets.items()}
-        with cpu_account(lambda: sum(cpu_seconds(pid) for _, pid in targets.values())) as account:
-            for block in range(blocks):
-                texts = d0021.texts_for(kind, sets, block, seed)
-                for name in names[block % len(names):] + names[: block % len(names)]:
-                    for text in texts:
-                        t0 = time.perf_counter()
-                        calls[name](text)
-                        ms[name].append((time.perf_counter() - t0) * 1000)
-        cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1000 / len(ms[name]) for name, (_, pid) in targets.items()}
+        ms, cpu, account = rotating(calls, [d0021.texts_for(kind, sets, block, seed) for block in range(blocks)],
+                                    {name: pid for name, (_, pid) in targets.items()})
     own = percentile(ms[ENCODER], 50)
     print(f"\n{kind} queries, one caller, {blocks} blocks of {d0021.BLOCK} per path, rotating; ms; other processes "
           f"{account['other_s'] / account['wall_s']:.2f} cores, load average now {os.getloadavg()[0]:.2f}")

@@ -45,7 +45,7 @@ from classifier_service.config import Config
 from classifier_service.encoder import PRECISIONS, Encoder
 from classifier_service.heads import TierHead
 from research import d0021_serving_path as d0021
-from research.d0029_native_floor import OUT, ROOT, build, spawn
+from research.d0029_native_floor import OUT, ROOT, build, rotating, spawn
 
 SOURCE = ROOT / "research" / "native" / "encoder_server.cc"
 ORT_DEB = "http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
@@ -178,17 +178,7 @@ def run(blocks: int, kind: str, sets: queries.QuerySets) -> None:
             for text in sets.warmup:
                 call(text)
         check = agreement(remote[SHIPPED], remote[NATIVE], checked)
-        ms: dict[str, list[float]] = {name: [] for name in calls}
-        names = list(calls)
-        cpu0 = {name: cpu_seconds(pid) for name, (_, pid) in targets.items()}
-        with cpu_account(lambda: sum(cpu_seconds(pid) for _, pid in targets.values())) as account:
-            for block, texts in enumerate(timed):
-                for name in names[block % len(names):] + names[: block % len(names)]:
-                    for text in texts:
-                        t0 = time.perf_counter()
-                        calls[name](text)
-                        ms[name].append((time.perf_counter() - t0) * 1000)
-        cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1000 / len(ms[name]) for name, (_, pid) in targets.items()}
+        ms, cpu, account = rotating(calls, timed, {name: pid for name, (_, pid) in targets.items()})
     own = percentile(ms[ENCODER], 50)
     print(f"\n{kind} queries, one caller, {blocks} blocks of {d0021.BLOCK} per path, rotating; ms; other processes "
           f"{account['other_s'] / account['wall_s']:.2f} cores, load average now {os.getloadavg()[0]:.2f}")
