@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router_service.http.messages_request import parse
+
 from .provider_double import Fault, refused_base_url
 from .servers import KEY_ENV, capability_config, http_address, post, router_config, running_router
 
@@ -164,8 +166,28 @@ def test_the_key_comes_as_x_api_key(tmp_path, double):
             client_for(router, "tw-wrong").messages.create(**ask)
         bearer = post(http_address(router), json.dumps(ask).encode(), {"authorization": f"Bearer {KEY}"},
                       path="/v1/messages")
+        conn = http.client.HTTPConnection(http_address(router), timeout=20)
+        try:
+            conn.request("GET", "/v1/models", headers={"x-api-key": KEY})
+            listed = conn.getresponse().status
+        finally:
+            conn.close()
     assert refused.value.status_code == 401 and refused.value.body["error"]["type"] == "authentication_error"
     assert bearer[0] == 200, "a bearer token is taken too"
+    assert listed == 200, "the models list takes x-api-key too"
+
+
+def test_thinking_given_back_is_left_out_and_system_blocks_are_joined():
+    request = parse(json.dumps({"model": "tierwise", "max_tokens": 5, "system": [
+        {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Be kind."}],
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
+                                                       {"type": "text", "text": "hello"}]},
+                     {"role": "user", "content": [{"type": "image", "source": {"type": "url",
+                                                                                "url": "https://x/a.png"}}]}]}).encode())
+    assert [(m.role, m.content) for m in request.request.messages] == [
+        ("system", "Be brief.\nBe kind."), ("user", "hi"), ("assistant", "hello"), ("user", "")]
+    assert request.request.messages[-1].images[0].url == "https://x/a.png" and not request.stream
 
 
 USER = [{"role": "user", "content": "hi"}]

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from tierwise.serving import Rejected
 
-from ..auth import KeyGate, bearer
+from ..auth import KeyGate
 from ..core import RouterCore
 from ..strategies import registered
 from .chat import ROUTE, ChatApi
@@ -30,8 +30,10 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
 
     def admitted(request: Request) -> None:
-        if gate is not None:  # listing models costs nothing: the key is checked, not counted against its limits
-            gate.admit(bearer(request.headers.items()), peer(request.scope), limited=False)
+        # Listing models costs nothing: the key (a bearer token, or x-api-key as Anthropic's SDKs send it) is
+        # checked, not counted against its limits.
+        if gate is not None:
+            gate.admit(MessagesApi().key(request.headers.items()), peer(request.scope), limited=False)
 
     async def models(request: Request) -> Response:
         try:
