@@ -108,6 +108,20 @@ def test_fastest_learns_which_provider_answers_first_and_measures_again_in_turn(
     assert seconds["a"] > 0.25 > seconds["b"]
 
 
+def test_fastest_learns_from_a_hedge_that_lost(double, sleeps):
+    """The unmeasured slow provider goes first and loses the hedge; the time it ran counts against it, so the next
+    request goes to the fast one and needs no hedge."""
+    double.set_persistent("model-a", Fault.delay(2.0))
+    tier = TierChain([make_provider(double.base_url, n, sleeps, retries=0, timeout_s=5.0) for n in ("a", "b")],
+                     hedge_after_s=0.1, balance=balance("fastest"))
+
+    async def two():
+        return [await tier.complete(MESSAGES) for _ in range(2)]
+    first, second = run(two(), tier)
+    assert outcomes(first.attempts) == [("a", "hedge_cancelled"), ("b", "ok")]
+    assert outcomes(second.attempts) == [("b", "ok")]
+
+
 def test_fastest_times_a_stream_to_its_first_token(double, sleeps):
     double.set_persistent("model-b", Fault.delay(0.3))
     tier = chain(double, sleeps, "fastest")

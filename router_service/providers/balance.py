@@ -2,6 +2,7 @@
 fallbacks, in the same order, so balancing never costs a request its failover."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from typing import Callable, Protocol
@@ -112,7 +113,9 @@ def open_last(providers: list[Provider]) -> list[Provider]:
 async def watched(provider: Provider, events: Events, busy: dict[Provider, int] | None = None,
                   first_token: Callable[[Provider, float], None] | None = None,
                   clock: Callable[[], float] = time.monotonic) -> Events:
-    """`events`, counted in `busy` while under way, and the time to the first of them given to `first_token`."""
+    """`events`, counted in `busy` while under way, and the time to the first of them given to `first_token`. A call
+closed before its first event (a hedge that lost) gives the time it ran, which its first event would have taken
+at least; one that failed gives none, or failing fast would look fast."""
     if busy is not None:
         busy[provider] = busy.get(provider, 0) + 1
     started = clock()
@@ -122,6 +125,10 @@ async def watched(provider: Provider, events: Events, busy: dict[Provider, int] 
                 first_token(provider, clock() - started)
                 first_token = None
             yield event
+    except (GeneratorExit, asyncio.CancelledError):
+        if first_token is not None:
+            first_token(provider, clock() - started)
+        raise
     finally:
         if busy is not None:
             busy[provider] -= 1
