@@ -243,6 +243,15 @@ class LimitsConfig:
 
 
 @schema
+class CacheConfig:
+    max_entries: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (off) or more")] = doc(
+        "answers kept for requests asked again (same conversation, options, strategy and API key), least recently "
+        "used out first; only requests asking for a deterministic answer (temperature 0, or a seed) are kept or "
+        "served; a hit asks no provider and costs nothing (0 = off)", 0)
+    ttl_s: Positive = doc("how long a kept answer may be served", 300.0)
+
+
+@schema
 class TelemetryConfig:
     record_content: Flag = doc("record prompt and answer text in spans (never, unless true)", False)
 
@@ -259,6 +268,7 @@ class RouterConfig:
     limits: LimitsConfig = doc("request limits and admission control", factory=LimitsConfig, nested=LimitsConfig)
     expected_output_tokens: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 or more")] = doc(
         "output tokens assumed by Route's cost estimate", 300)
+    cache: CacheConfig = doc("the answer cache", factory=CacheConfig, nested=CacheConfig)
     telemetry: TelemetryConfig = doc("spans", factory=TelemetryConfig, nested=TelemetryConfig)
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
     auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)

@@ -17,6 +17,7 @@ from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
+from .answer_cache import AnswerCache, served
 from .auth import current_key_id
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation
@@ -45,6 +46,7 @@ class RouterCore:
         self.tracer = trace.get_tracer("tierwise.router")
         self.admission = InFlight(cfg.limits.max_in_flight, "calls", log)
         self.degraded_log = ThrottledLog(log)
+        self.cache = AnswerCache(cfg.cache)
 
     async def route(self, request: pb.RouteRequest, deadline: float | None, span) -> pb.RouteResponse:
         """The decision alone (Route)."""
@@ -67,6 +69,13 @@ class RouterCore:
             started = time.perf_counter()
             messages, query = self._messages(request)
             asked = answer_options(request)
+            key = self.cache.key(request, current_key_id())
+            if (kept := self._kept(key, method, span, started)) is not None:
+                yield pb.CompleteStreamResponse(decision=kept.decision)
+                if stream and kept.content:
+                    yield pb.CompleteStreamResponse(delta=kept.content)
+                yield pb.CompleteStreamResponse(summary=kept)
+                return
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], span)
             route = self._route_response(decision, query, started)
@@ -86,7 +95,25 @@ class RouterCore:
                     else:
                         yield pb.CompleteStreamResponse(delta=event)
             summary = self._finish(method, span, decision, route, result, started, messages, asked)
+            self.cache.put(key, summary)
             yield pb.CompleteStreamResponse(summary=summary)
+
+    def _kept(self, key: bytes | None, method: str, span, started: float) -> pb.CompleteResponse | None:
+        """The answer the cache holds for `key`, as a hit serves it (counted and traced as one), or None."""
+        if key is None:
+            return None
+        kept = self.cache.get(key)
+        self.metrics.answer_cache.add(1, {"result": "miss" if kept is None else "hit"})
+        span.set_attribute("tierwise.cache_hit", kept is not None)
+        if kept is None:
+            return None
+        hit = served(kept)
+        span.set_attribute("tierwise.final_tier", hit.tier)
+        span.set_attribute("tierwise.cost_usd", 0.0)
+        span.set_attribute("gen_ai.response.model", hit.model)
+        self.metrics.requests.add(1, {"method": method, "tier": hit.tier, "strategy": hit.strategy})
+        self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
+        return hit
 
     def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
         """The conversation as the providers take it, and its last user message (the query): every message and

@@ -32,6 +32,8 @@ class RouterMetrics:
             description="what the answered requests would have cost at tier 3's price: the always-frontier baseline")
         self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
         self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
+        self.answer_cache = meter.create_counter("tierwise.router.answer_cache",
+                                                 description="answer cache lookups by result: hit, miss")
         self.auth = meter.create_counter("tierwise.router.auth", description="calls by API key id and outcome: ok, "
                                          "unauthenticated, rate_limited, spend_limited")
         self.key_cost = meter.create_counter("tierwise.router.key.cost", unit="USD", description="provider cost by API key id")

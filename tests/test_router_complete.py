@@ -56,10 +56,10 @@ def ask(text: str, strategy: str = "", **kw) -> pb.CompleteRequest:
     return pb.CompleteRequest(messages=[pb.Message(role="user", content=text)], strategy=strategy, **kw)
 
 
-def stream(stub, request, timeout=20):
+def stream(stub, request, timeout=20, metadata=None):
     """(decision, text, summary) of a CompleteStream call."""
     decision, pieces, summary = None, [], None
-    for event in stub.CompleteStream(request, timeout=timeout):
+    for event in stub.CompleteStream(request, timeout=timeout, metadata=metadata):
         kind = event.WhichOneof("event")
         if kind == "decision":
             assert decision is None and not pieces, "decision must come first, once"

@@ -26,7 +26,8 @@ def extension(summary: pb.CompleteResponse) -> dict:
     """Tierwise's own account of the answer, beside OpenAI's fields (the SDK keeps unknown fields)."""
     return {"tier": summary.tier, "strategy": summary.strategy, "provider": summary.provider,
             "cost_usd": summary.cost_usd, "estimated_cost_usd": summary.decision.estimated_cost_usd,
-            "degraded": summary.degraded, "escalations": summary.escalations, "decided_tier": summary.decision.tier}
+            "degraded": summary.degraded, "escalations": summary.escalations, "decided_tier": summary.decision.tier,
+            "cache_hit": summary.cache_hit}
 
 
 def completion(cid: str, summary: pb.CompleteResponse) -> dict:

@@ -145,7 +145,7 @@ class Attempt(_message.Message):
     def __init__(self, tier: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("content", "tier", "model", "provider", "usage", "cost_usd", "strategy", "degraded", "escalations", "attempts", "decision", "tool_calls", "finish_reason", "logprobs")
+    __slots__ = ("content", "tier", "model", "provider", "usage", "cost_usd", "strategy", "degraded", "escalations", "attempts", "decision", "tool_calls", "finish_reason", "logprobs", "cache_hit")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class CompleteResponse(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     content: str
     tier: int
     model: str
@@ -174,7 +175,8 @@ class CompleteResponse(_message.Message):
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
     finish_reason: str
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
-    def __init__(self, content: _Optional[str] = ..., tier: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., escalations: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., decision: _Optional[_Union[RouteResponse, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, content: _Optional[str] = ..., tier: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., escalations: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., decision: _Optional[_Union[RouteResponse, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class CompleteStreamResponse(_message.Message):
     __slots__ = ("decision", "delta", "summary")

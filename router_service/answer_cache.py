@@ -1,0 +1,62 @@
+"""Answers kept for requests asked again: the same conversation, options and strategy from the same API key, within
+`cache.ttl_s`. Only requests that ask for a deterministic answer (temperature 0, or a seed) are kept or served, so
+a caller sampling several answers still gets several. In this process's memory, least recently used out first."""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from tierwise.v1 import router_pb2 as pb
+
+from .config import CacheConfig
+
+
+class AnswerCache:
+    def __init__(self, cfg: CacheConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, pb.CompleteResponse]] = OrderedDict()
+
+    def key(self, request: pb.CompleteRequest, key_id: str) -> bytes | None:
+        """The cache key of `request` from API key `key_id`; None when it is not to be cached (the cache is off,
+        or the request asks for a sampled answer)."""
+        if not self.cfg.max_entries:
+            return None
+        deterministic = (request.HasField("temperature") and request.temperature == 0) or request.HasField("seed")
+        if not deterministic:
+            return None
+        digest = hashlib.sha256(key_id.encode() + b"\0")
+        digest.update(request.SerializeToString(deterministic=True))
+        return digest.digest()
+
+    def get(self, key: bytes | None) -> pb.CompleteResponse | None:
+        if key is None or (entry := self._entries.get(key)) is None:
+            return None
+        stored_at, answer = entry
+        if self.clock() - stored_at > self.cfg.ttl_s:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return answer
+
+    def put(self, key: bytes | None, answer: pb.CompleteResponse) -> None:
+        if key is None:
+            return
+        self._entries[key] = (self.clock(), answer)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.cfg.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def served(answer: pb.CompleteResponse) -> pb.CompleteResponse:
+    """A kept answer as a hit returns it: nothing was asked of a provider, so nothing cost or was attempted."""
+    hit = pb.CompleteResponse()
+    hit.CopyFrom(answer)
+    hit.cost_usd, hit.escalations, hit.cache_hit = 0.0, 0, True
+    del hit.attempts[:]
+    return hit
