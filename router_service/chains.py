@@ -1,6 +1,7 @@
 """The tiers' provider chains, built from the config, for the router and the offline tools alike."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -40,3 +41,21 @@ def _log_breaker(metrics: RouterMetrics):
                     extra={"fields": {"provider": name, "from": str(old), "to": str(new)}})
         metrics.breaker_changed(name, old, new)
     return changed
+
+
+async def check_health(chains: dict[int, TierChain], metrics: RouterMetrics) -> None:
+    """Every provider with `health_check_s` checked that often, until cancelled."""
+    providers = [p for chain in chains.values() for p in chain.providers if p.config.health_check_s]
+    await asyncio.gather(*(_checking(p, metrics) for p in providers))
+
+
+async def _checking(provider: Provider, metrics: RouterMetrics) -> None:
+    while True:
+        try:
+            passed = await provider.check_health()
+        except Exception:  # noqa: BLE001 - a check must never stop the checking; the next one runs as planned
+            log.exception("health check of provider %s failed unexpectedly", provider.name)
+            passed = None
+        if passed is not None:
+            metrics.health_checks.add(1, {"provider": provider.name, "result": "pass" if passed else "fail"})
+        await asyncio.sleep(provider.config.health_check_s)

@@ -16,7 +16,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
 from .auth import front_door, watch
-from .chains import build_chains, close_chains
+from .chains import build_chains, check_health, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .core import RouterCore
@@ -104,6 +104,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             tasks.append(asyncio.create_task(ledger.run()))
         if cfg.classifier.keep_warm_ms:
             tasks.append(asyncio.create_task(classifier.keep_warm(cfg.classifier.keep_warm_ms / 1000)))
+        if any(p.config.health_check_s for chain in chains.values() for p in chain.providers):
+            tasks.append(asyncio.create_task(check_health(chains, metrics)))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
         if http is not None:
             await http.start(build_app(core, guard.gate if guard else None), tls)

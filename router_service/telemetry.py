@@ -37,6 +37,8 @@ class RouterMetrics:
         self.auth = meter.create_counter("tierwise.router.auth", description="calls by API key id and outcome: ok, "
                                          "unauthenticated, rate_limited, spend_limited")
         self.key_cost = meter.create_counter("tierwise.router.key.cost", unit="USD", description="provider cost by API key id")
+        self.health_checks = meter.create_counter("tierwise.router.health_checks",
+                                                  description="provider health checks by provider and result")
         self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
                                                         description="circuit breaker state changes")
         self._breakers: dict[str, BreakerState] = {}

@@ -14,7 +14,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat.chat_completion import ChoiceLogprobs
 
-from ..breaker import CircuitBreaker, StateListener
+from ..breaker import BreakerState, CircuitBreaker, StateListener
 from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
 from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
@@ -31,6 +31,7 @@ NO_KEY_NEEDED = "no-key-needed"
 
 # What a failing provider call can raise. ValueError: a body that is not JSON or does not fit the schema.
 PROVIDER_ERRORS = (openai.OpenAIError, TimeoutError, ValueError)
+HEALTH_TIMEOUT_S = 10.0
 
 
 class _AttemptLog:
@@ -118,6 +119,32 @@ class Provider:
             if sampling.logprobs:
                 completion = replace(completion, logprobs=_logprobs(live.logprobs))
             yield self._succeeded(completion, started, attempts)
+
+    async def check_health(self) -> bool | None:
+        """One health check: GET {base_url}/models, which OpenAI-compatible servers answer without running the
+        model, within the provider's timeout (at most HEALTH_TIMEOUT_S). A failing check counts against the
+        breaker as a failed call does, and a passing one closes a half-open breaker as its probe. A passing check
+        of a closed breaker clears nothing: a server can list its models and still fail its completions. None
+        when no check was made: no key, the breaker open and cooling down, or its probe already out."""
+        api_key = self._api_key()
+        state = self.breaker.state
+        if api_key is None or state is BreakerState.OPEN:
+            return None
+        probe = state is BreakerState.HALF_OPEN
+        if probe and not self.breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(min(self.config.timeout_s, HEALTH_TIMEOUT_S)):
+                await self._client_for(api_key).models.list()
+        except PROVIDER_ERRORS as exc:
+            if classify(exc).provider_at_fault:
+                self.breaker.record_failure()
+            elif probe:
+                self.breaker.record_abandoned()
+            return False
+        if probe:
+            self.breaker.record_success()
+        return True
 
     # -- one provider call --
 

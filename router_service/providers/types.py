@@ -204,6 +204,13 @@ class ProviderConfig:
         "fields added to every request body sent to this provider, as given: settings the model takes that the caller "
         "does not send, such as {reasoning_effort: low} for an OpenAI reasoning model or {top_k: 20} for vLLM; a "
         "field the caller sent too is replaced by this one", factory=dict)
+    health_check_s: Annotated[float, Strict(), must(lambda v: v == 0 or 1 <= v < float("inf"),
+                                                     "must be 0 (off) or at least 1 second")] = doc(
+        "how often the router asks the provider for its model list (GET /models, no tokens spent): failing checks "
+        "count against its breaker as failed calls do, so a dead provider is taken out before a request finds it, "
+        "and once its cooldown passes a check is the probe that brings it back; no check while the breaker is open "
+        "and cooling down. Only for servers that list their models, as OpenAI, vLLM, llama.cpp and Ollama do "
+        "(0 = off)", 0.0)
     weight: AtLeastOne = doc("under the tier's `balance: round_robin`, this provider's share of the requests against "
                              "the others' weights (a canary: 1 against 9)", 1)
     price_per_mtok: Price | None = doc("what this provider costs, when it differs from its tier's `price_per_mtok`: "
