@@ -42,7 +42,8 @@ def build(source: Path = SOURCE, flags: tuple[str, ...] = ()) -> Path:
     """A C++ server, compiled once per change of its source (stubs generated from protos/); `flags` are extra
     compiler and linker flags."""
     binary = OUT / source.stem
-    if binary.exists() and binary.stat().st_mtime > source.stat().st_mtime:
+    header = source.parent / "serve.h"
+    if binary.exists() and binary.stat().st_mtime > max(source.stat().st_mtime, header.stat().st_mtime):
         return binary
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
@@ -55,8 +56,8 @@ def build(source: Path = SOURCE, flags: tuple[str, ...] = ()) -> Path:
     grpc_flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++", "protobuf"], check=True,
                                 capture_output=True, text=True).stdout.split()
     stubs = [str(OUT / "tierwise" / "v1" / name) for name in ("classifier.pb.cc", "classifier.grpc.pb.cc")]
-    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{OUT}", str(source), *stubs, *grpc_flags, *flags,
-                    "-o", str(binary)], check=True)
+    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{OUT}", f"-I{source.parent}", str(source), *stubs, *grpc_flags,
+                    *flags, "-o", str(binary)], check=True)
     return binary
 
 

@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 #include <onnxruntime_cxx_api.h>
 
+#include "serve.h"
 #include "tierwise/v1/classifier.grpc.pb.h"
 
 namespace {
@@ -146,16 +147,5 @@ int main(int argc, char** argv) {
     return 2;
   }
   EncoderService service(argv[1], argv[2], argv[3]);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::cerr << "cannot listen on 127.0.0.1" << std::endl;
-    return 1;
-  }
-  std::cout << port << std::endl;
-  server->Wait();
-  return 0;
+  return serve(service);
 }

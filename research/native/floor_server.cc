@@ -9,6 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "serve.h"
 #include "tierwise/v1/classifier.grpc.pb.h"
 
 namespace {
@@ -34,16 +35,5 @@ class Floor final : public tierwise::v1::ClassifierService::Service {
 int main(int argc, char** argv) {
   long busy_us = argc > 1 ? std::atol(argv[1]) : 0;
   Floor service(busy_us);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::cerr << "cannot listen on 127.0.0.1" << std::endl;
-    return 1;
-  }
-  std::cout << port << std::endl;
-  server->Wait();
-  return 0;
+  return serve(service);
 }
