@@ -163,7 +163,8 @@ def run(blocks: int, kind: str, sets: queries.QuerySets) -> None:
     write_tokens(encoder, sets.warmup + checked + [t for block in timed for t in block], tokens_file)
     with ExitStack() as stack:
         shipped = stack.enter_context(ClassifierServer(ROOT, Path("/tmp/d0036-latency.log")))
-        targets = {SHIPPED: (shipped.target, shipped.pid), NATIVE: spawn(stack, native_command(cfg, tokens_file, head_file))}
+        targets = {SHIPPED: (shipped.target, shipped.pid),
+                   NATIVE: spawn(stack, native_command(cfg, tokens_file, head_file))}
         remote = d0021.classify_calls(stack, {name: target for name, (target, _) in targets.items()})
         pretokenized = {}
 

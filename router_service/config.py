@@ -54,9 +54,10 @@ class TierConfig:
         "starts where the balance says and the rest follow)", nested=ProviderConfig, many=True)
     balance: BalanceName = doc(
         "which provider a request asks first: order (the first; the rest are its fallbacks), round_robin (each in "
-        "turn, by the providers' `weight`), least_busy (the one with the fewest of this router's requests under way) or fastest (the shortest "
-        "recent time to first token; every 20th request goes round, to measure again). The others stay fallbacks; "
-        "round_robin, least_busy and fastest ask a provider whose breaker is open last", "order")
+        "turn, by the providers' `weight`), least_busy (the one with the fewest of this router's requests under "
+        "way) or fastest (the shortest recent time to first token; every 20th request goes round, to measure "
+        "again). The others stay fallbacks; round_robin, least_busy and fastest ask a provider whose breaker is "
+        "open last", "order")
     hedge_after_ms: OffOrMore = doc(
         "when a provider has not sent its first token (its answer, unstreamed) this long, also ask the next one in "
         "the chain and take whichever answers first, closing the other (the provider may still bill what it began); "

@@ -69,9 +69,10 @@ class Events:
         out = _event("content_block_stop", index=0) if self.text_open else b""
         for call in summary.tool_calls:
             index = self.blocks
+            arguments = json.dumps(_input(call.arguments), ensure_ascii=False)
             out += (self._block({**_tool_use(call), "input": {}})
-                    + _event("content_block_delta", index=index, delta={
-                        "type": "input_json_delta", "partial_json": json.dumps(_input(call.arguments), ensure_ascii=False)})
+                    + _event("content_block_delta", index=index,
+                             delta={"type": "input_json_delta", "partial_json": arguments})
                     + _event("content_block_stop", index=index))
         return (out + _event("message_delta", delta={"stop_reason": _stop_reason(summary), "stop_sequence": None},
                              usage=_usage(summary), tierwise=sse.extension(summary))
