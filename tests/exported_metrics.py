@@ -46,19 +46,26 @@ class Stack(NamedTuple):
 
 def exporting_stack(tmp_path_factory) -> Stack:
     """What a classifier and a router export, on /metrics and over OTLP, after the calls that make each dashboard
-    series exist: answers at two tiers (one escalated past failing tier-1 providers), classifier calls OK and
-    refused, then a decision degraded because the classifier has gone."""
+    series exist: answers at two tiers (one escalated past failing tier-1 providers), one answered again from the
+    answer cache, a provider's health checks, classifier calls OK and refused, then a decision degraded because the
+    classifier has gone."""
     with ProviderDouble() as double, OtlpReceiver() as receiver:
         env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "60000"}
         classifier = start_classifier("--metrics-listen", "127.0.0.1:0", env=env)
         try:
-            with running_router(router_config(double.base_url, strategy="embedding"), classifier.address,
+            doc = router_config(double.base_url, strategy="embedding", cache={"max_entries": 16})
+            doc["tiers"][2]["providers"][0]["health_check_s"] = 1.0
+            with running_router(doc, classifier.address,
                                 tmp_path_factory.mktemp("router"), "--metrics-listen", "127.0.0.1:0", env=env,
                                 check_exit=False) as router:
                 with grpc.insecure_channel(router.address) as channel:
                     stub = router_pb2_grpc.RouterServiceStub(channel)
                     stub.Route(router_pb2.RouteRequest(query="What time does the store close?"), timeout=10)
                     answers = [stub.Complete(ask("Prove that sqrt(2) is irrational.", "embedding"), timeout=10)]
+                    repeated = ask("What is 2 + 2?", "heuristic")
+                    repeated.temperature = 0.0
+                    answers.append(stub.Complete(repeated, timeout=10))
+                    assert stub.Complete(repeated, timeout=10).cache_hit, "asked again, answered from the cache"
                     for model in ("t1-a", "t1-b"):
                         double.set_persistent(model, Fault.http_error(500))
                     answers.append(stub.Complete(ask("hello", "heuristic"), timeout=10))

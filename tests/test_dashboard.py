@@ -95,7 +95,8 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
                    "tierwise_router_escalations_total", "tierwise_router_breaker_state",
                    "tierwise_router_duration_milliseconds_bucket", "tierwise_classifier_duration_milliseconds_bucket",
                    "tierwise_router_degraded_total", "tierwise_classifier_batch_size", "tierwise_classifier_queue_depth",
-                   "tierwise_classifier_decisions_total", "tierwise_classifier_cache_lookups_total"):
+                   "tierwise_classifier_decisions_total", "tierwise_classifier_cache_lookups_total",
+                   "tierwise_router_answer_cache_total", "tierwise_router_health_checks_total"):
         assert needed in queries, f"no panel reads {needed}"
     dashboard = json.loads(DASHBOARD.read_text())
     (variable,) = dashboard["templating"]["list"]
