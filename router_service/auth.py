@@ -162,6 +162,14 @@ def bearer(metadata) -> str:
     return ""
 
 
+def api_key(headers) -> str:
+    """The key of an HTTP request's headers (lower-cased name, value pairs): `x-api-key`, as Anthropic's SDKs send
+    it, or else the bearer token; "" when there is neither."""
+    headers = list(headers)
+    given = next((value for name, value in headers if name == "x-api-key"), "")
+    return given.strip() or bearer(headers)
+
+
 def current_key_id() -> str:
     """The id of the key the current call was admitted with ("" without keys)."""
     return KEY_ID.get()

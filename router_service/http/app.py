@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from tierwise.serving import Rejected
 
-from ..auth import KeyGate
+from ..auth import KeyGate, api_key
 from ..core import RouterCore
 from ..strategies import registered
 from .chat import ROUTE, ChatApi
@@ -33,7 +33,7 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         # Listing models costs nothing: the key (a bearer token, or x-api-key as Anthropic's SDKs send it) is
         # checked, not counted against its limits.
         if gate is not None:
-            gate.admit(MessagesApi().key(request.headers.items()), peer(request.scope), limited=False)
+            gate.admit(api_key(request.headers.items()), peer(request.scope), limited=False)
 
     async def models(request: Request) -> Response:
         try:

@@ -1,7 +1,7 @@
 """POST /v1/messages: Anthropic's Messages API, as one message object or as a stream of its events (message_start,
 the content blocks with their text and tool input deltas, message_delta with the stop reason and usage,
 message_stop). Errors come in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, and the key may
-come as `x-api-key`, as Anthropic's SDKs send it, or as a bearer token."""
+come as `x-api-key`, as Anthropic's SDKs send it, or as a bearer token (`auth.api_key`)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import secrets
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
-from ..auth import bearer
+from ..auth import api_key
 from . import messages_request, sse
 from .errors import as_json, status_of
 from .request import ChatRequest
@@ -29,9 +29,7 @@ class MessagesApi:
         return messages_request.parse(body)
 
     def key(self, headers) -> str:
-        headers = list(headers)
-        given = next((value for name, value in headers if name == "x-api-key"), "")
-        return given.strip() or bearer(headers)
+        return api_key(headers)
 
     def error(self, err: Rejected) -> dict:
         return error_body(str(err), status_of(err))
@@ -69,8 +67,9 @@ class Events:
         out = _event("content_block_stop", index=0) if self.text_open else b""
         for call in summary.tool_calls:
             index = self.blocks
-            arguments = json.dumps(_input(call.arguments), ensure_ascii=False)
-            out += (self._block({**_tool_use(call), "input": {}})
+            block = _tool_use(call)
+            arguments = json.dumps(block["input"], ensure_ascii=False)
+            out += (self._block({**block, "input": {}})
                     + _event("content_block_delta", index=index,
                              delta={"type": "input_json_delta", "partial_json": arguments})
                     + _event("content_block_stop", index=index))

@@ -7,8 +7,8 @@ Each tool_result block becomes a tool message, in its order, ahead of the user t
 model expects a call's result. What only describes the caller or asks for Anthropic's own service (metadata,
 service_tier, speed, inference_geo, cache_control, diagnostics, ...) is accepted and not used, and so are
 `thinking` and `output_config.effort`: the operator sets a reasoning model's effort in its provider's extra_body, and
-an answer carries no thinking blocks, which the API allows. Older clients' `temperature` and `top_p` are taken. What the router cannot give (server tools, documents, top_k, MCP servers, containers) is refused by
-name.
+an answer carries no thinking blocks, which the API allows. Older clients' `temperature` and `top_p` are taken.
+What the router cannot give (server tools, documents, top_k, MCP servers, containers) is refused by name.
 """
 from __future__ import annotations
 
@@ -59,11 +59,7 @@ def _system(system: object) -> list[pb.Message]:
         return [pb.Message(role="system", content=string(system, "system"))] if system else []
     if not isinstance(system, list):
         raise bad_request("system: must be a string or a list of text blocks")
-    texts = []
-    for i, block in enumerate(system):
-        if not (isinstance(block, dict) and block.get("type") == "text"):
-            raise bad_request(f"system[{i}]: must be a text block")
-        texts.append(string(block.get("text"), f"system[{i}].text"))
+    texts = _text_blocks(system, "system", "must be a text block")
     return [pb.Message(role="system", content="\n".join(texts))] if texts else []
 
 
@@ -104,7 +100,8 @@ def _turn(role: str, content: object, field: str) -> list[pb.Message]:
                                      name=string(block.get("name"), f"{where}.name"),
                                      arguments=_arguments(block.get("input"), f"{where}.input")))
         elif kind == "tool_result" and role == "user":
-            results.append(pb.Message(role="tool", tool_call_id=string(block.get("tool_use_id"), f"{where}.tool_use_id"),
+            call_id = string(block.get("tool_use_id"), f"{where}.tool_use_id")
+            results.append(pb.Message(role="tool", tool_call_id=call_id,
                                       content=_result(block.get("content"), f"{where}.content")))
         elif kind in SKIPPED and role == "assistant":
             continue
@@ -144,12 +141,18 @@ def _result(content: object, field: str) -> str:
         return string(content, field)
     if not isinstance(content, list):
         raise bad_request(f"{field}: must be a string or a list of text blocks")
-    texts = []
-    for k, block in enumerate(content):
-        if not (isinstance(block, dict) and block.get("type") == "text"):
-            raise bad_request(f"{field}[{k}]: only text is supported in a tool's result")
-        texts.append(string(block.get("text"), f"{field}[{k}].text"))
+    texts = _text_blocks(content, field, "only text is supported in a tool's result")
     return "\n".join(texts)
+
+
+def _text_blocks(blocks: list, field: str, rule: str) -> list[str]:
+    """The texts of a list of text blocks; any other block is a 400 naming it, saying `rule`."""
+    texts = []
+    for i, block in enumerate(blocks):
+        if not (isinstance(block, dict) and block.get("type") == "text"):
+            raise bad_request(f"{field}[{i}]: {rule}")
+        texts.append(string(block.get("text"), f"{field}[{i}].text"))
+    return texts
 
 
 def _stops(doc: dict) -> list | None:
