@@ -6,12 +6,9 @@ Secrets never live in the file: a provider names the environment variable holdin
 """
 from __future__ import annotations
 
-import json
 import math
-import re
-import reprlib
 import sys
-from dataclasses import MISSING, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +18,8 @@ from pydantic_core import core_schema
 
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
-from .config_doc import AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, must, refuse, schema
+from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
+                         refuse, schema)
 from .gates import GATES
 from .providers import ProviderConfig
 from .providers.balance import BALANCES
@@ -288,29 +286,6 @@ class RouterConfig:
         return tuple(self.model_for(t) for t in TIERS)
 
 
-def reference() -> str:
-    """The configuration reference as a Markdown table, generated from the schema above."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-
-    def walk(cls: type, prefix: str) -> None:
-        for f in fields(cls):
-            key = prefix + f.name
-            nested = f.metadata.get("nested")
-            if nested is None or f.default is None:  # an optional section has a row of its own
-                rows.append(f"| `{key}` | {_default(f)} | {f.metadata['doc']} |")
-            if nested is not None:
-                walk(nested, key + ("[]." if f.metadata["many"] else "."))
-
-    walk(RouterConfig, "")
-    return "\n".join(rows) + "\n"
-
-
-def _default(f) -> str:
-    if f.default is not MISSING:
-        return f"`{json.dumps(f.default)}`"
-    return "required" if f.default_factory is MISSING else f"`{json.dumps(f.default_factory())}`"
-
-
 _SCHEMA = TypeAdapter(RouterConfig)
 
 
@@ -331,7 +306,7 @@ def parse(raw: Any) -> RouterConfig:
     try:
         return _SCHEMA.validate_python(raw)
     except ValidationError as err:
-        raise ConfigError("\n".join(_lines(err))) from None
+        raise ConfigError("\n".join(error_lines(err, RouterConfig))) from None
 
 
 def with_settings(cfg: RouterConfig, settings: dict[str, str | None]) -> RouterConfig:
@@ -343,51 +318,9 @@ def with_settings(cfg: RouterConfig, settings: dict[str, str | None]) -> RouterC
             try:
                 cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
             except ValidationError as err:
-                raise ConfigError("\n".join(_lines(err, (section,)))) from None
+                raise ConfigError("\n".join(error_lines(err, RouterConfig, (section,)))) from None
     return cfg
 
 
-# What a pydantic error type means, in the words of this file's other messages.
-_EXPECTED = {"missing": "required", "string_type": "expected a string", "int_type": "expected an integer",
-             "float_type": "expected a number", "bool_type": "expected true or false",
-             "dataclass_type": "expected a mapping", "list_type": "expected a list", "tuple_type": "expected a list"}
-
-
-def _lines(err: ValidationError, prefix: tuple = ()) -> list[str]:
-    """One line per problem, each starting with its key path."""
-    lines = []
-    for e in err.errors():
-        loc = prefix + tuple(e["loc"])
-        if e["type"] == "config":
-            lines += [f"{_path(loc + tuple(sub))}: {why}" for sub, why in e["ctx"]["problems"]]
-        elif e["type"] in ("unexpected_keyword_argument", "invalid_key"):
-            lines.append(f"{_path(loc[:-1] + (str(loc[-1]),))}: {_unknown(loc)}")  # the last is a key, never an index
-        elif e["type"] == "missing":
-            lines.append(f"{_path(loc)}: required")
-        elif e["type"] in _EXPECTED:
-            value = e["input"]
-            got = type(value).__name__ if isinstance(value, (dict, list, type(None))) else reprlib.repr(value)
-            lines.append(f"{_path(loc)}: {_EXPECTED[e['type']]}, got {got}")
-        else:
-            lines.append(f"{_path(loc)}: {e['msg']}")
-    return lines
-
-
-def _path(loc: tuple) -> str:
-    path = "".join(f".{part}" if isinstance(part, str) and re.fullmatch(r"[\w-]+", part)
-                   else f"[{part!r}]" for part in loc).lstrip(".")  # an odd key is quoted, never spread over lines
-    return path or "(top level)"
-
-
-def _unknown(loc: tuple) -> str:
-    if loc[-1] == "api_key":
-        return "secrets do not belong in the file; set api_key_env to the name of an environment variable holding the key"
-    section: Any = RouterConfig
-    for part in loc[:-1]:
-        if isinstance(part, str):
-            section = {f.name: f for f in fields(section)}[part].metadata["nested"]
-    return f"unknown key; expected one of {sorted(f.name for f in fields(section))}"
-
-
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    sys.stdout.write(reference(RouterConfig))

@@ -3,10 +3,13 @@ from them), and checks that report every problem of a file at once, each under i
 walking; docs/decisions/0020)."""
 from __future__ import annotations
 
-from dataclasses import MISSING, field
+import json
+import re
+import reprlib
+from dataclasses import MISSING, field, fields
 from typing import Annotated, Any, Callable, Sequence
 
-from pydantic import AfterValidator, ConfigDict, Strict
+from pydantic import AfterValidator, ConfigDict, Strict, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
@@ -56,3 +59,68 @@ AtLeastZero = Annotated[float, Strict(), must(lambda v: v >= 0, "must be 0 or mo
 Dollars = Annotated[float, Strict(), must(lambda v: v >= 0, "must not be negative")]
 AtLeastOne = Annotated[int, Strict(), must(lambda v: v >= 1, "must be at least 1")]
 Tier = Annotated[int, Strict(), must(lambda v: v in TIERS, f"must be {tier_list()}")]
+
+
+def reference(root: type) -> str:
+    """The configuration reference as a Markdown table, generated from the sections under `root`."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in fields(cls):
+            key = prefix + f.name
+            nested = f.metadata.get("nested")
+            if nested is None or f.default is None:  # an optional section has a row of its own
+                rows.append(f"| `{key}` | {_default(f)} | {f.metadata['doc']} |")
+            if nested is not None:
+                walk(nested, key + ("[]." if f.metadata["many"] else "."))
+
+    walk(root, "")
+    return "\n".join(rows) + "\n"
+
+
+def _default(f) -> str:
+    if f.default is not MISSING:
+        return f"`{json.dumps(f.default)}`"
+    return "required" if f.default_factory is MISSING else f"`{json.dumps(f.default_factory())}`"
+
+
+# What a pydantic error type means, in the words of the checks' own messages.
+_EXPECTED = {"missing": "required", "string_type": "expected a string", "int_type": "expected an integer",
+             "float_type": "expected a number", "bool_type": "expected true or false",
+             "dataclass_type": "expected a mapping", "list_type": "expected a list", "tuple_type": "expected a list"}
+
+
+def error_lines(err: ValidationError, root: type, prefix: tuple = ()) -> list[str]:
+    """One line per problem in a config under `root`, each starting with its key path."""
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        if e["type"] == "config":
+            lines += [f"{_path(loc + tuple(sub))}: {why}" for sub, why in e["ctx"]["problems"]]
+        elif e["type"] in ("unexpected_keyword_argument", "invalid_key"):
+            lines.append(f"{_path(loc[:-1] + (str(loc[-1]),))}: {_unknown(root, loc)}")  # the last is a key, never an index
+        elif e["type"] == "missing":
+            lines.append(f"{_path(loc)}: required")
+        elif e["type"] in _EXPECTED:
+            value = e["input"]
+            got = type(value).__name__ if isinstance(value, (dict, list, type(None))) else reprlib.repr(value)
+            lines.append(f"{_path(loc)}: {_EXPECTED[e['type']]}, got {got}")
+        else:
+            lines.append(f"{_path(loc)}: {e['msg']}")
+    return lines
+
+
+def _path(loc: tuple) -> str:
+    path = "".join(f".{part}" if isinstance(part, str) and re.fullmatch(r"[\w-]+", part)
+                   else f"[{part!r}]" for part in loc).lstrip(".")  # an odd key is quoted, never spread over lines
+    return path or "(top level)"
+
+
+def _unknown(root: type, loc: tuple) -> str:
+    if loc[-1] == "api_key":
+        return "secrets do not belong in the file; set api_key_env to the name of an environment variable holding the key"
+    section: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, str):
+            section = {f.name: f for f in fields(section)}[part].metadata["nested"]
+    return f"unknown key; expected one of {sorted(f.name for f in fields(section))}"
