@@ -21,6 +21,7 @@ from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
                          refuse, schema)
 from .gates import GATES
+from .model_names import MODEL, ModelNames, reserved
 from .providers import ProviderConfig
 from .providers.balance import BALANCES
 from .providers.types import Price
@@ -218,11 +219,39 @@ class SpendConfig:
                            "re-read: how late one replica sees another's spend", 5.0)
 
 
+def _model_name(name: str) -> str:
+    if reserved(name):
+        refuse([((), f"{name!r} is the router's own name; list names clients send besides {MODEL!r}")])
+    return name
+
+
+def _distinct_names(models: tuple) -> tuple:
+    seen: set[str] = set()
+    refuse([((i, "name"), f"{m.name!r} is listed twice") for i, m in enumerate(models)
+            if m.name in seen or seen.add(m.name)])
+    return models
+
+
+@schema
+class ModelName:
+    name: Annotated[Name, AfterValidator(_model_name)] = doc(
+        "a model name the HTTP API takes besides `tierwise` and `tierwise/<strategy>`: exact (`gpt-4o`) or a "
+        "pattern where `*` is any run of characters (`claude-*`, `*`); the first entry that matches decides")
+    strategy: Annotated[str, Strict(), AfterValidator(lambda v: v and _known_strategy(v))] = doc(
+        "the strategy it routes with, as in `tierwise/<strategy>`: `tier1`..`tier3` pin a tier (\"\" = the "
+        "configured one)", "")
+
+
 @schema
 class HTTPConfig:
     listen: Text = doc("host:port of the HTTP API (OpenAI's /v1/chat/completions, /v1/responses, /v1/models; Anthropic's "
                        "/v1/messages), "
                        "served beside gRPC by the same process (\"\" = off; --http-listen)", "")
+    models: Annotated[tuple[ModelName, ...], AfterValidator(_distinct_names)] = doc(
+        "model names clients may send", (), nested=ModelName, many=True)
+
+    def model_names(self) -> ModelNames:
+        return ModelNames(tuple((m.name, m.strategy) for m in self.models))
 
 
 @schema
@@ -258,8 +287,8 @@ class TelemetryConfig:
 @schema
 class RouterConfig:
     tiers: Tiers = doc("tiers 1, 2 and 3", nested=TierConfig, many=True)
-    strategy: StrategyName = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), cascade or "
-                         "START+cascade", "embedding")
+    strategy: StrategyName = doc("default strategy: heuristic, embedding, judge, cheapest (always tier 1), tier1, "
+                         "tier2 or tier3 (always that tier), cascade or START+cascade", "embedding")
     classifier: ClassifierConfig = doc("the classifier hop", factory=ClassifierConfig, nested=ClassifierConfig)
     judge: JudgeConfig = doc("LLM-as-judge strategy", factory=JudgeConfig, nested=JudgeConfig)
     cascade: CascadeConfig = doc("cascade strategy", factory=CascadeConfig, nested=CascadeConfig)

@@ -14,17 +14,17 @@ from tierwise.serving import Rejected
 
 from ..auth import KeyGate, api_key
 from ..core import RouterCore
-from ..strategies import registered
 from .chat import ROUTE, ChatApi
 from .endpoint import Endpoint, peer
 from .messages import MessagesApi
 from .responses import ResponsesApi
 from .errors import as_json, bad_request, error_body, error_headers, status_of
-from .request import MODEL, strategy_of
+from .request import strategy_of
 
 
 def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
     created = int(time.time())
+    names = core.cfg.http.model_names()
 
     def model(name: str) -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
@@ -40,14 +40,13 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
             admitted(request)
         except Rejected as err:
             return _error(err)
-        names = [MODEL, *(f"{MODEL}/{name}" for name in registered())]
-        return _json({"object": "list", "data": [model(name) for name in names]})
+        return _json({"object": "list", "data": [model(name) for name in names.listed()]})
 
     async def one_model(request: Request) -> Response:
         name = request.path_params["name"]
         try:
             admitted(request)
-            strategy_of(name)
+            strategy_of(name, names)
         except Rejected as err:
             return _error(err)
         return _json(model(name))
@@ -59,9 +58,9 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
-    routes = [Route(ROUTE, Endpoint(core, gate, ChatApi()), methods=["POST"]),
-              Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi()), methods=["POST"]),
-              Route(MessagesApi.route, Endpoint(core, gate, MessagesApi()), methods=["POST"]),
+    routes = [Route(ROUTE, Endpoint(core, gate, ChatApi(), names), methods=["POST"]),
+              Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi(), names), methods=["POST"]),
+              Route(MessagesApi.route, Endpoint(core, gate, MessagesApi(), names), methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

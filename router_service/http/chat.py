@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from tierwise.v1 import router_pb2 as pb
 
+from ..model_names import ModelNames
 from . import sse
 from .errors import OpenAIShapes
 from .request import ChatRequest, parse
@@ -14,8 +15,8 @@ class ChatApi(OpenAIShapes):
     route = ROUTE
     method = "ChatCompletions"
 
-    def parse(self, body: bytes) -> ChatRequest:
-        return parse(body)
+    def parse(self, body: bytes, names: ModelNames) -> ChatRequest:
+        return parse(body, names)
 
     def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
         return sse.completion(sse.completion_id(), summary)

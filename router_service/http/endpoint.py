@@ -22,6 +22,7 @@ from tierwise.v1 import router_pb2 as pb
 from ..auth import KeyGate
 from ..core import RouterCore
 from ..events import final
+from ..model_names import ModelNames
 from .errors import as_json, bad_request, error_headers, internal_error, status_of
 from .request import ChatRequest
 from .spans import http_span
@@ -59,8 +60,8 @@ class Api(Protocol):
     def error(self, err: Rejected) -> dict:
         """The body that tells the caller of a refusal or failure."""
 
-    def parse(self, body: bytes) -> ChatRequest:
-        """The request in `body`, or a 400 naming the field that is wrong."""
+    def parse(self, body: bytes, names: ModelNames) -> ChatRequest:
+        """The request in `body` (its `model` one of `names`), or a 400 naming the field that is wrong."""
 
     def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
         """The response to a request that was not streamed."""
@@ -72,8 +73,8 @@ class Api(Protocol):
 class Endpoint:
     """An API's endpoint, an ASGI app of its own."""
 
-    def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api):
-        self.core, self.gate, self.api = core, gate, api
+    def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames):
+        self.core, self.gate, self.api, self.names = core, gate, api, names
         # JSON's escapes take up to 6 bytes for a byte of text (\u0001); past this a body is refused unread.
         self.max_body = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
 
@@ -84,7 +85,7 @@ class Endpoint:
             exchange.request_id = request_id(span)
             try:
                 key = self.gate.admit(self.api.key(request.headers.items()), peer(scope)) if self.gate else None
-                chat = self.api.parse(await _body(request, self.max_body))
+                chat = self.api.parse(await _body(request, self.max_body), self.names)
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
                 if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):

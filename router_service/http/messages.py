@@ -11,6 +11,7 @@ from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
 from ..auth import api_key
+from ..model_names import ModelNames
 from . import messages_request, sse
 from .errors import as_json, status_of
 from .request import ChatRequest
@@ -25,8 +26,8 @@ class MessagesApi:
     route = ROUTE
     method = "Messages"
 
-    def parse(self, body: bytes) -> ChatRequest:
-        return messages_request.parse(body)
+    def parse(self, body: bytes, names: ModelNames) -> ChatRequest:
+        return messages_request.parse(body, names)
 
     def key(self, headers) -> str:
         return api_key(headers)

@@ -17,6 +17,7 @@ import json
 from tierwise.v1 import router_pb2 as pb
 
 from ..images import check_image
+from ..model_names import ModelNames
 from .errors import bad_request
 from .request import INT32_MAX, ChatRequest, document, options, refuse_unsupported, string
 
@@ -26,9 +27,9 @@ CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 SKIPPED = ("thinking", "redacted_thinking")  # an assistant's earlier thinking, given back: nothing for the model
 
 
-def parse(body: bytes) -> ChatRequest:
+def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body)
+    doc, strategy = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     messages = _system(doc.get("system"))
     messages += _messages(doc.get("messages"))

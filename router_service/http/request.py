@@ -15,10 +15,9 @@ from tierwise.serving import shown
 from tierwise.v1 import router_pb2 as pb
 
 from ..images import check_image
-from ..strategies import known
+from ..model_names import ModelNames
 from .errors import bad_request
 
-MODEL = "tierwise"  # the configured strategy; MODEL/<strategy> picks one
 INT32_MAX = 2**31 - 1
 UNSUPPORTED = {"functions": "the deprecated function calls (send tools)",
                "function_call": "the deprecated function calls (send tool_choice)",
@@ -34,18 +33,17 @@ class ChatRequest:
     echo: dict = dataclasses.field(default_factory=dict)
 
 
-def strategy_of(model: object) -> str:
-    """The strategy `model` names ("" for the configured one), when there is one by that name; else a 400."""
+def strategy_of(model: object, names: ModelNames) -> str:
+    """The strategy `model` names ("" for the configured one), when the router has such a model; else a 400."""
     if not isinstance(model, str):
-        raise bad_request(f"model: must be a string such as {MODEL!r} or '{MODEL}/<strategy>'")
-    name = model[len(MODEL) + 1:] if model.startswith(MODEL + "/") else None
-    if model == MODEL or (name and known(name)):
-        return name or ""
-    raise bad_request(f"model: unknown model {shown(model)}; use {MODEL!r} (the configured strategy) or "
-                      f"'{MODEL}/<strategy>' (GET /v1/models lists them)")
+        raise bad_request(f"model: must be a string; {names.hint()}")
+    strategy = names.strategy_of(model)
+    if strategy is None:
+        raise bad_request(f"model: unknown model {shown(model)}; {names.hint()}")
+    return strategy
 
 
-def document(body: bytes) -> tuple[dict, str]:
+def document(body: bytes, names: ModelNames) -> tuple[dict, str]:
     """The JSON object in `body` and the strategy its `model` names, or a 400 naming what is wrong."""
     try:
         doc = json.loads(body, parse_constant=_no_constant)
@@ -56,8 +54,8 @@ def document(body: bytes) -> tuple[dict, str]:
     if not isinstance(doc, dict):
         raise bad_request("body: must be a JSON object")
     if "model" not in doc:
-        raise bad_request(f"model: missing; use {MODEL!r} or '{MODEL}/<strategy>'")
-    return doc, strategy_of(doc["model"])
+        raise bad_request(f"model: missing; {names.hint()}")
+    return doc, strategy_of(doc["model"], names)
 
 
 def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
@@ -67,9 +65,9 @@ def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
             raise bad_request(f"{name}: {what} are not supported by the Tierwise router")
 
 
-def parse(body: bytes) -> ChatRequest:
+def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body)
+    doc, strategy = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     if doc.get("n") not in (None, 1):
         raise bad_request("n: only 1 choice is supported")

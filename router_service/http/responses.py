@@ -10,6 +10,7 @@ import time
 
 from tierwise.v1 import router_pb2 as pb
 
+from ..model_names import ModelNames
 from . import responses_request, sse
 from .errors import OpenAIShapes, as_json
 from .request import ChatRequest
@@ -21,8 +22,8 @@ class ResponsesApi(OpenAIShapes):
     route = ROUTE
     method = "Responses"
 
-    def parse(self, body: bytes) -> ChatRequest:
-        return responses_request.parse(body)
+    def parse(self, body: bytes, names: ModelNames) -> ChatRequest:
+        return responses_request.parse(body, names)
 
     def whole(self, chat: ChatRequest, summary: pb.CompleteResponse) -> dict:
         status = _status(summary)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from tierwise.v1 import router_pb2 as pb
 
 from ..images import check_image
+from ..model_names import ModelNames
 from ..sampling import TOOL_NAME
 from .errors import bad_request
 from .request import INT32_MAX, ChatRequest, document, options, refuse_unsupported, string
@@ -29,9 +30,9 @@ ECHOED = ("instructions", "temperature", "top_p", "max_output_tokens", "tool_cho
           "metadata")
 
 
-def parse(body: bytes) -> ChatRequest:
+def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body)
+    doc, strategy = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     logprobs = _include(doc.get("include"))
     messages = []

@@ -1,0 +1,53 @@
+"""The model names the HTTP APIs take, and the strategy each routes with.
+
+`tierwise` routes with the configured strategy and `tierwise/<strategy>` with the one it names. A deployment can
+list more names in `http.models`, for clients that send a model name of their own and cannot be told another: an
+app with `gpt-4o` written into it, or a tool built on Anthropic's SDK that sends Claude model names. Each entry is an
+exact name or a pattern in which `*` stands for any run of characters; the first entry that matches decides.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .strategies import known, registered
+
+MODEL = "tierwise"
+
+
+def reserved(name: str) -> bool:
+    """Whether `name` is one of the names the router gives meaning to itself."""
+    return name == MODEL or name.startswith(MODEL + "/")
+
+
+def pattern(name: str) -> re.Pattern[str]:
+    """`name` as a regular expression: `*` matches any run of characters, everything else only itself."""
+    return re.compile(".*".join(map(re.escape, name.split("*"))), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    # (name or pattern, strategy: "" for the configured one), in the order they are tried.
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_patterns", tuple((pattern(name), strategy) for name, strategy in self.aliases))
+
+    def strategy_of(self, model: str) -> str | None:
+        """The strategy `model` routes with ("" for the configured one), or None when the router has no such model."""
+        if model == MODEL:
+            return ""
+        if model.startswith(MODEL + "/"):
+            name = model[len(MODEL) + 1:]
+            return name if known(name) else None
+        return next((strategy for regex, strategy in self._patterns if regex.fullmatch(model)), None)
+
+    def listed(self) -> list[str]:
+        """The names a models list shows: the router's own and every exact name configured (not the patterns)."""
+        return [MODEL, *(f"{MODEL}/{name}" for name in registered()),
+                *(name for name, _ in self.aliases if "*" not in name)]
+
+    def hint(self) -> str:
+        """What a caller may send instead, for an error message."""
+        extra = ", a name the router's configuration lists" if self.aliases else ""
+        return f"use {MODEL!r} (the configured strategy), '{MODEL}/<strategy>'{extra} (GET /v1/models lists them)"
