@@ -29,7 +29,7 @@ from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
 from .tool_calls import tool_fields
-from .tokens import estimate_tokens
+from .tokens import conversation_tokens, estimate_tokens
 
 log = logging.getLogger("tierwise.router")
 ROLES = ("system", "user", "assistant", "tool")
@@ -97,6 +97,13 @@ class RouterCore:
             summary = self._finish(method, span, decision, route, result, started, messages, asked)
             self.cache.put(key, summary)
             yield pb.CompleteStreamResponse(summary=summary)
+
+    def count_tokens(self, request: pb.CompleteRequest) -> int:
+        """About how many tokens the request's prompt holds (every message with its images and tool calls, and the
+        tools offered), or INVALID_ARGUMENT as `answer` would refuse it. The estimate the context-window check makes:
+        no model is chosen yet to count with its own tokenizer."""
+        messages, _ = self._messages(request)
+        return conversation_tokens(messages) + answer_options(request)["sampling"].tool_tokens
 
     def _kept(self, key: bytes | None, method: str, span, started: float) -> pb.CompleteResponse | None:
         """The answer the cache holds for `key`, as a hit serves it (counted and traced as one), or None."""

@@ -172,9 +172,39 @@ def test_the_key_comes_as_x_api_key(tmp_path, double):
             listed = conn.getresponse().status
         finally:
             conn.close()
+        counted = client_for(router, KEY).messages.count_tokens(model=MODEL, messages=ask["messages"])
+        with pytest.raises(anthropic.AuthenticationError):
+            client_for(router, "tw-wrong").messages.count_tokens(model=MODEL, messages=ask["messages"])
     assert refused.value.status_code == 401 and refused.value.body["error"]["type"] == "authentication_error"
     assert bearer[0] == 200, "a bearer token is taken too"
     assert listed == 200, "the models list takes x-api-key too"
+    assert counted.input_tokens > 0, "counting tokens takes the key"
+
+
+def test_count_tokens_estimates_the_prompt_without_asking_a_provider(client, double):
+    """About four characters a token and four for each message's framing: "hi there" is 2 + 4, "Be brief." 3 + 4;
+    the tools offered count too. No provider is asked and nothing is charged."""
+    user = [{"role": "user", "content": "hi there"}]
+    assert client.messages.count_tokens(model=MODEL, messages=user).input_tokens == 6
+    with_system = client.messages.count_tokens(model=MODEL, messages=user, system="Be brief.").input_tokens
+    with_tools = client.messages.count_tokens(model=MODEL, messages=user, system="Be brief.", tools=[WEATHER],
+                                              tool_choice={"type": "auto"}).input_tokens
+    assert with_system == 13 and with_tools > with_system
+    longer = client.messages.count_tokens(model=MODEL, messages=[*user, {"role": "assistant", "content": "x" * 400},
+                                                                 {"role": "user", "content": "and?"}])
+    assert longer.input_tokens > 100 and not double.requests
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"model": MODEL}, "messages: missing"),
+    ({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}, "model: unknown model"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_k": 3}, "top_k"),
+])
+def test_count_tokens_refuses_what_a_message_would_be_refused_for(router, body, field):
+    status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages/count_tokens")
+    assert status == 400 and reply["type"] == "error" and reply["error"]["type"] == "invalid_request_error"
+    assert reply["error"]["message"].startswith(field)
 
 
 def test_thinking_given_back_is_left_out_and_system_blocks_are_joined():
@@ -247,11 +277,11 @@ BODIES = st.fixed_dictionaries({"model": st.sampled_from(["tierwise", MODEL, "x"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=BODIES)
-def test_fuzzed_bodies_never_get_a_500(router, body):
+@given(body=BODIES, path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]))
+def test_fuzzed_bodies_never_get_a_500(router, body, path):
     conn = http.client.HTTPConnection(http_address(router), timeout=20)
     try:
-        conn.request("POST", "/v1/messages", json.dumps(body), {"content-type": "application/json"})
+        conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
         response = conn.getresponse()
         status, data = response.status, response.read()  # a stream's events, or one JSON object
     finally:

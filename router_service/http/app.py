@@ -1,5 +1,6 @@
 """The HTTP API as a Starlette app over the router's core: OpenAI's /v1/chat/completions, /v1/responses and
-/v1/models, and Anthropic's /v1/messages. Anything else gets OpenAI's error shape too (404, 405)."""
+/v1/models, and Anthropic's /v1/messages and /v1/messages/count_tokens. Anything else gets OpenAI's error shape too
+(404, 405)."""
 from __future__ import annotations
 
 import time
@@ -15,8 +16,9 @@ from tierwise.serving import Rejected
 from ..auth import KeyGate, api_key
 from ..core import RouterCore
 from .chat import ROUTE, ChatApi
-from .endpoint import Endpoint, peer
-from .messages import MessagesApi
+from .endpoint import Endpoint, body_limit, peer, read_body
+from .messages import COUNT_TOKENS, MessagesApi
+from .messages_request import parse_count
 from .responses import ResponsesApi
 from .errors import as_json, bad_request, error_body, error_headers, status_of
 from .request import strategy_of
@@ -30,8 +32,8 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
         return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
 
     def admitted(request: Request) -> None:
-        # Listing models costs nothing: the key (a bearer token, or x-api-key as Anthropic's SDKs send it) is
-        # checked, not counted against its limits.
+        # Listing models and counting tokens cost nothing: the key (a bearer token, or x-api-key as Anthropic's SDKs
+        # send it) is checked, not counted against its limits.
         if gate is not None:
             gate.admit(api_key(request.headers.items()), peer(request.scope), limited=False)
 
@@ -51,16 +53,25 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
             return _error(err)
         return _json(model(name))
 
+    async def count_tokens(request: Request) -> Response:
+        try:
+            admitted(request)
+            tokens = core.count_tokens(parse_count(await read_body(request, body_limit(core)), names))
+        except Rejected as err:
+            return _json(MessagesApi().error(err), status_of(err), error_headers(err))
+        return _json({"input_tokens": tokens})
+
     async def not_found(request: Request, exc: HTTPException) -> Response:
         what = "method not allowed" if exc.status_code == 405 else "no such endpoint"
         body = error_body(bad_request(f"{what}: {request.method} {request.url.path}; the API serves POST {ROUTE}, "
-                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} and GET /v1/models"))
+                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} (and {COUNT_TOKENS}) and GET /v1/models"))
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
     routes = [Route(ROUTE, Endpoint(core, gate, ChatApi(), names), methods=["POST"]),
               Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi(), names), methods=["POST"]),
               Route(MessagesApi.route, Endpoint(core, gate, MessagesApi(), names), methods=["POST"]),
+              Route(COUNT_TOKENS, count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -75,8 +75,7 @@ class Endpoint:
 
     def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames):
         self.core, self.gate, self.api, self.names = core, gate, api, names
-        # JSON's escapes take up to 6 bytes for a byte of text (\u0001); past this a body is refused unread.
-        self.max_body = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+        self.max_body = body_limit(core)
 
     async def __call__(self, scope, receive, send) -> None:
         request = Request(scope, receive)
@@ -85,7 +84,7 @@ class Endpoint:
             exchange.request_id = request_id(span)
             try:
                 key = self.gate.admit(self.api.key(request.headers.items()), peer(scope)) if self.gate else None
-                chat = self.api.parse(await _body(request, self.max_body), self.names)
+                chat = self.api.parse(await read_body(request, self.max_body), self.names)
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
                 if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):
@@ -192,7 +191,13 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v.encode()) for k, v in headers.items()]
 
 
-async def _body(request: Request, limit: int) -> bytes:
+def body_limit(core: RouterCore) -> int:
+    """The most bytes a request body may hold: JSON's escapes take up to 6 bytes for a byte of text (\\u0001), and
+    past this a body is refused unread."""
+    return 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise bad_request(f"body: {declared} bytes exceed the limit of {limit} bytes")

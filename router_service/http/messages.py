@@ -17,6 +17,7 @@ from .errors import as_json, status_of
 from .request import ChatRequest
 
 ROUTE = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"  # an estimate of the prompt's tokens: RouterCore.count_tokens
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error"}
