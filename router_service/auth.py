@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 
-from tierwise.serving import Rejected
+from tierwise.serving import Rejected, rewrapped
 from tierwise.watching import every_or_sighup, file_signature
 from tierwise.v1 import router_pb2 as pb
 
@@ -182,11 +182,6 @@ def _cost(message) -> float:
     return message.cost_usd if isinstance(message, pb.CompleteResponse) else 0.0
 
 
-_HANDLERS = {"unary_unary": grpc.unary_unary_rpc_method_handler, "unary_stream": grpc.unary_stream_rpc_method_handler,
-             "stream_unary": grpc.stream_unary_rpc_method_handler,
-             "stream_stream": grpc.stream_stream_rpc_method_handler}
-
-
 class KeyRefused(Rejected):
     """A call refused at the front door: UNAUTHENTICATED, or RESOURCE_EXHAUSTED with the limit's `kind`
     (rate_limited | spend_limited) and the seconds until a retry can succeed."""
@@ -242,13 +237,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(self.prefix):
             return handler  # health, reflection, unknown methods: open
         method = details.method.rsplit("/", 1)[-1]
-        for kind, make in _HANDLERS.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                guarded = (self._streaming if handler.response_streaming else self._unary)(behavior, method)
-                return make(guarded, request_deserializer=handler.request_deserializer,
-                            response_serializer=handler.response_serializer)
-        return handler
+        return rewrapped(handler, lambda behavior, streaming: (self._streaming if streaming else self._unary)(
+            behavior, method))
 
     def _unary(self, behavior, method: str):
         async def call(request, context):

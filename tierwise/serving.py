@@ -213,6 +213,23 @@ def server_options(*extra: tuple[str, int]) -> list[tuple[str, int]]:
             ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS), *extra]
 
 
+_HANDLER_KINDS = {"unary_unary": grpc.unary_unary_rpc_method_handler,
+                  "unary_stream": grpc.unary_stream_rpc_method_handler,
+                  "stream_unary": grpc.stream_unary_rpc_method_handler,
+                  "stream_stream": grpc.stream_stream_rpc_method_handler}
+
+
+def rewrapped(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
+    """`handler` with its behavior replaced by `wrap(behavior, response_streaming)`: what a server interceptor
+    returns to run its code around a method."""
+    for kind, make in _HANDLER_KINDS.items():
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return make(wrap(behavior, handler.response_streaming), request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+    return handler
+
+
 def add_servicer(add_to_server: Callable, servicer, server: grpc.aio.Server) -> None:
     """Register `servicer` as its generated `add_*Servicer_to_server` does, with every method's request
     deserializer made total: bytes that are no valid request (a corrupt message, a string that is not UTF-8)

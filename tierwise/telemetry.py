@@ -97,6 +97,13 @@ def context_from_grpc(context) -> object:
     return propagate.extract({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
 
 
+def final_code(context, kind: type | None) -> str:
+    """The name of the code a gRPC call is ending with: an aborted call (a refusal, or INTERNAL) has its code on the
+    context by now; one that raised CancelledError was cancelled; else it was answered."""
+    code = context.code()
+    return code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK"
+
+
 class CallCounts:
     """A service's calls by method and final gRPC code, as the observable counter `name`: counted in a plain dict on
     the event loop thread (where every call ends) and read only when metrics are collected, so a call pays no
@@ -114,10 +121,8 @@ class CallCounts:
         return _Counted(self, method, context)
 
     def ended(self, method: str, context, kind: type | None) -> None:
-        """Count a gRPC call that is ending: an aborted call (a refusal, or INTERNAL) has its code on the context by
-        now; one that raised CancelledError was cancelled; else it was answered."""
-        code = context.code()
-        self.add(method, code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK")
+        """Count a gRPC call that is ending with an exception of type `kind` (None: none)."""
+        self.add(method, final_code(context, kind))
 
     # Collection runs on another thread (the HTTP server's, the OTLP exporter's): dict.copy is one step under the
     # GIL, so it never sees a dict changing size.
