@@ -282,6 +282,8 @@ class CacheConfig:
 @schema
 class TelemetryConfig:
     record_content: Flag = doc("record prompt and answer text in spans (never, unless true)", False)
+    access_log: Flag = doc("log a line for each gRPC and HTTP API call: method, code, latency, key id, strategy, tier, "
+                           "model, tokens and cost; never prompt text or a key (logger tierwise.router.access)", False)
 
 
 @schema

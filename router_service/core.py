@@ -17,6 +17,7 @@ from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
+from . import access_log
 from .answer_cache import AnswerCache, served
 from .auth import current_key_id
 from .config import RouterConfig
@@ -50,13 +51,14 @@ class RouterCore:
 
     async def route(self, request: pb.RouteRequest, deadline: float | None, span) -> pb.RouteResponse:
         """The decision alone (Route)."""
-        _tag_key(span)
+        entry = _begun(span)
         with self.admission.admit():
             started = time.perf_counter()
             check_text(request.query, "query", self.cfg.limits.max_message_bytes)
             decision, _ = await self._decide(request.query, request.strategy, request.head, deadline, span)
             self._count("Route", decision)
             route = self._route_response(decision, request.query, started)
+            entry.decided(route)
             self.metrics.latency.record(route.decision_ms, {"method": "Route"})
             return route
 
@@ -64,13 +66,15 @@ class RouterCore:
                      stream: bool) -> AsyncIterator[pb.CompleteStreamResponse]:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
         whose summary is Complete's response. `method` labels the metrics."""
-        _tag_key(span)
+        entry = _begun(span)
         with self.admission.admit():
             started = time.perf_counter()
             messages, query = self._messages(request)
             asked = answer_options(request)
             key = self.cache.key(request, current_key_id())
             if (kept := self._kept(key, method, span, started)) is not None:
+                entry.decided(kept.decision)
+                entry.answered(kept)
                 yield pb.CompleteStreamResponse(decision=kept.decision)
                 if stream and kept.content:
                     yield pb.CompleteStreamResponse(delta=kept.content)
@@ -79,6 +83,7 @@ class RouterCore:
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], span)
             route = self._route_response(decision, query, started)
+            entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
             options = {"deadline": deadline, **asked, "on_attempt": self._on_attempt,
                        "on_escalate": self._on_escalate}
@@ -95,6 +100,7 @@ class RouterCore:
                     else:
                         yield pb.CompleteStreamResponse(delta=event)
             summary = self._finish(method, span, decision, route, result, started, messages, asked)
+            entry.answered(summary)
             self.cache.put(key, summary)
             yield pb.CompleteStreamResponse(summary=summary)
 
@@ -289,6 +295,10 @@ def _token(t: TokenLogprob) -> pb.TokenLogprob:
     return pb.TokenLogprob(token=t.token, logprob=t.logprob, bytes=t.raw, top_logprobs=[_token(a) for a in t.top])
 
 
-def _tag_key(span) -> None:
+def _begun(span) -> access_log.Entry:
+    """This call's access log entry, with its trace; its span tagged with the key's id."""
     if current_key_id():
         span.set_attribute("tierwise.key_id", current_key_id())
+    entry = access_log.current()
+    entry.traced(span)
+    return entry

@@ -15,6 +15,7 @@ from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 
+from .access_log import AccessLogInterceptor
 from .auth import front_door, watch
 from .chains import build_chains, check_health, close_chains
 from .classifier_client import ClassifierClient
@@ -80,8 +81,10 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
     # gRPC's own 4 MiB cap on a request stays unless the conversation limit needs more.
     largest = max(4 << 20, cfg.limits.max_total_bytes + (1 << 20))
+    # The access log first, so it sees the front door's refusals too.
+    interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length", largest)),
-                             interceptors=[guard] if guard else None)
+                             interceptors=[*interceptors, *([guard] if guard else [])] or None)
     shadow = Shadow(cfg, chains, metrics, ledger=ledger)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
+from .. import access_log
 from ..auth import KeyGate
 from ..core import RouterCore
 from ..events import final
@@ -76,12 +77,14 @@ class Endpoint:
     def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames):
         self.core, self.gate, self.api, self.names = core, gate, api, names
         self.max_body = body_limit(core)
+        self.logged = core.cfg.telemetry.access_log
 
     async def __call__(self, scope, receive, send) -> None:
         request = Request(scope, receive)
         exchange = _Exchange(scope, receive, send, self.api)
         with http_span(self.core.tracer, request, self.api.route) as span:
             exchange.request_id = request_id(span)
+            entry = access_log.begin(self.api.method, peer(scope), exchange.request_id) if self.logged else None
             try:
                 key = self.gate.admit(self.api.key(request.headers.items()), peer(scope)) if self.gate else None
                 chat = self.api.parse(await read_body(request, self.max_body), self.names)
@@ -99,6 +102,9 @@ class Endpoint:
                 await exchange.fail(internal_error(), span)
             finally:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
+                if entry is not None:
+                    entry.fields["method"] = exchange.method
+                    entry.end(exchange.code, exchange.status)
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
         method = exchange.method = self.api.method + ("Stream" if chat.stream else "")
@@ -142,11 +148,12 @@ class _Exchange:
         self.scope, self.receive, self.send, self.api = scope, receive, send, api
         self.started = self.done = False
         self.method, self.code = api.method, "OK"  # what the router's call count records for it
+        self.status = 0  # the HTTP status sent (0: none, the client went away first)
         self.request_id = ""
         self.shape: Events | None = None  # once a stream began
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
+        self.started, self.status = True, status
         await self.send({"type": "http.response.start", "status": status,
                          "headers": headers + [(b"x-request-id", self.request_id.encode())]})
 
@@ -156,6 +163,7 @@ class _Exchange:
 
     async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
         self.started = self.done = True
+        self.status = status
         await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
                        media_type="application/json")(
             self.scope, self.receive, self.send)

@@ -1,0 +1,136 @@
+"""The access log (`telemetry.access_log`): one line in the service log for each call to the router's front doors,
+gRPC's RouterService methods and the HTTP APIs' POSTs, answered or refused. It says where a call came from, what was
+decided, which model answered, what it cost and how it ended, so one request can be found without a tracing
+backend. It never holds a prompt, an answer or a key: the key's id only.
+
+A call's entry lives in a context variable from the front door to the end of the call, so the core fills it in as it
+decides and answers without being handed it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import grpc
+
+from tierwise.serving import rewrapped
+from tierwise.telemetry import final_code
+from tierwise.v1 import router_pb2 as pb
+
+from .auth import current_key_id
+
+log = logging.getLogger("tierwise.router.access")
+
+
+class Entry:
+    """One call's line, filled in as the call goes."""
+    __slots__ = ("fields", "started")
+
+    def __init__(self, method: str, peer: str, request_id: str = ""):
+        self.started = time.perf_counter()
+        self.fields: dict = {"method": method, "peer": peer}
+        if request_id:
+            self.fields["request_id"] = request_id
+
+    def traced(self, span) -> None:
+        """The call's trace id, by which its spans are found, unless the front door gave it a request id already."""
+        context = span.get_span_context()
+        if context.is_valid:
+            self.fields.setdefault("request_id", f"{context.trace_id:032x}")
+
+    def decided(self, route: pb.RouteResponse) -> None:
+        self.fields.update(strategy=route.strategy, decided_tier=route.tier, tier=route.tier, model=route.model,
+                           degraded=route.degraded, head_version=route.head_version)
+
+    def answered(self, summary: pb.CompleteResponse) -> None:
+        self.fields.update(tier=summary.tier, model=summary.model, provider=summary.provider,
+                           escalations=summary.escalations, cache_hit=summary.cache_hit,
+                           input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
+                           cost_usd=summary.cost_usd)
+
+    def end(self, code: str, status: int | None = None) -> None:
+        """Write the line: the call ended with gRPC code `code` (and, over HTTP, `status`)."""
+        fields = self.fields
+        fields.update(code=code, ms=round((time.perf_counter() - self.started) * 1000, 3))
+        if status is not None:
+            fields["status"] = status
+        if key_id := current_key_id():
+            fields["key_id"] = key_id
+        log.info("call", extra={"fields": fields})
+
+
+class _Unlogged(Entry):
+    """The entry of a call the access log does not record (it is off): every step does nothing."""
+
+    def __init__(self):
+        pass
+
+    def traced(self, span) -> None:
+        pass
+
+    def decided(self, route: pb.RouteResponse) -> None:
+        pass
+
+    def answered(self, summary: pb.CompleteResponse) -> None:
+        pass
+
+    def end(self, code: str, status: int | None = None) -> None:
+        pass
+
+
+_CURRENT: ContextVar[Entry] = ContextVar("tierwise_access_entry", default=_Unlogged())
+
+
+def begin(method: str, peer: str, request_id: str = "") -> Entry:
+    """A new entry, the current one for the rest of this call."""
+    entry = Entry(method, peer, request_id)
+    _CURRENT.set(entry)
+    return entry
+
+
+def current() -> Entry:
+    """This call's entry (one that records nothing when the access log is off)."""
+    return _CURRENT.get()
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """Records `service`'s gRPC calls. Put first among the interceptors, it sees the front door's refusals too."""
+
+    def __init__(self, service: str):
+        self.prefix = f"/{service}/"
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler  # health and reflection are not the router's calls
+        method = details.method.rsplit("/", 1)[-1]
+        return rewrapped(handler, lambda behavior, streaming: (_streaming if streaming else _unary)(behavior, method))
+
+
+def _unary(behavior, method: str):
+    async def call(request, context):
+        with _logged(method, context):
+            return await behavior(request, context)
+    return call
+
+
+def _streaming(behavior, method: str):
+    async def call(request, context):
+        with _logged(method, context):
+            async for message in behavior(request, context):
+                yield message
+    return call
+
+
+@contextmanager
+def _logged(method: str, context):
+    entry, kind = begin(method, context.peer()), None
+    try:
+        yield
+    except BaseException as err:
+        kind = type(err)
+        raise
+    finally:
+        entry.end(final_code(context, kind))
