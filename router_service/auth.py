@@ -4,12 +4,12 @@ reflection stay open), and the same check in front of the OpenAI-compatible HTTP
 The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then optional settings:
 
     # comment; blank lines are ignored
-    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50
+    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50 max_tier=2
     sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae  id=web
 
 `id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
 sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_minute` and `auth.monthly_usd`;
-0 = none). Only the keys' sha256 digests are kept in memory, and a presented key's digest is compared with
+0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier). Only the keys' sha256 digests are kept in memory, and a presented key's digest is compared with
 every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
 SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 
 from tierwise.serving import Rejected, rewrapped
+from tierwise.tiers import FRONTIER, TIERS, tier_list
 from tierwise.watching import every_or_sighup, file_signature
 from tierwise.v1 import router_pb2 as pb
 
@@ -37,10 +38,10 @@ from .ledger import SpendLedger
 from .limits import Limits
 
 log = logging.getLogger("tierwise.router.auth")
-KEY_ID: ContextVar[str] = ContextVar("tierwise_key_id", default="")
+KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
 HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-SETTINGS = ("id", "rpm", "monthly_usd")
+SETTINGS = ("id", "rpm", "monthly_usd", "max_tier")
 
 
 class KeysFileError(ValueError):
@@ -53,6 +54,7 @@ class ApiKey:
     digest: bytes
     rpm: int
     monthly_usd: float
+    max_tier: int = FRONTIER
 
 
 def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -> list[ApiKey]:
@@ -68,7 +70,8 @@ def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -
         digest = bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(secret.encode()).digest()
         key = ApiKey(id=settings.get("id", digest.hex()[:8]), digest=digest,
                      rpm=_whole(settings.get("rpm"), rpm, f"{at}: rpm"),
-                     monthly_usd=_amount(settings.get("monthly_usd"), monthly_usd, f"{at}: monthly_usd"))
+                     monthly_usd=_amount(settings.get("monthly_usd"), monthly_usd, f"{at}: monthly_usd"),
+                     max_tier=_tier(settings.get("max_tier"), f"{at}: max_tier"))
         if not ID.fullmatch(key.id):
             raise KeysFileError(f"{at}: id must be 1 to 64 letters, digits, '.', '_' or '-'")
         for other in keys:
@@ -85,7 +88,8 @@ def _settings(tokens: list[str], at: str) -> dict[str, str]:
         name, sep, value = token.partition("=")
         if not sep or name not in SETTINGS or name in found:
             # The token is not echoed: a key pasted in the wrong place must not reach the log.
-            raise KeysFileError(f"{at}: word {i + 1} is not one of id=, rpm=, monthly_usd= (each at most once)")
+            raise KeysFileError(f"{at}: word {i + 1} is not one of id=, rpm=, monthly_usd=, max_tier= (each at most "
+                                "once)")
         found[name] = value
     return found
 
@@ -95,6 +99,14 @@ def _whole(value: str | None, default: int, at: str) -> int:
         return default
     if not value.isdigit():
         raise KeysFileError(f"{at}: must be a whole number of requests a minute, 0 = no limit")
+    return int(value)
+
+
+def _tier(value: str | None, at: str) -> int:
+    if value is None:
+        return FRONTIER
+    if value not in map(str, TIERS):
+        raise KeysFileError(f"{at}: must be {tier_list()}")
     return int(value)
 
 
@@ -172,7 +184,14 @@ def api_key(headers) -> str:
 
 def current_key_id() -> str:
     """The id of the key the current call was admitted with ("" without keys)."""
-    return KEY_ID.get()
+    key = KEY.get()
+    return key.id if key is not None else ""
+
+
+def current_max_tier() -> int:
+    """The highest tier the current call's key may be answered at (the frontier without keys)."""
+    key = KEY.get()
+    return key.max_tier if key is not None else FRONTIER
 
 
 def _cost(message) -> float:
@@ -215,7 +234,7 @@ class KeyGate:
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
             raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s, refusal.kind)
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
-        KEY_ID.set(key.id)  # each call runs in its own task, so this is the call's alone
+        KEY.set(key)  # each call runs in its own task, so this is the call's alone
         return key
 
     def charge(self, key: ApiKey, usd: float) -> None:

@@ -43,36 +43,52 @@ def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
 
 def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, str]],
                            chains: Mapping[int, TierChain], max_tokens: int | None = None,
-                           sampling: Sampling = DEFAULT_SAMPLING) -> Decision:
-    """`decision` raised to the conversation's floor, then to the first tier whose providers can hold the request;
-    the reason says what moved it. NoTierFits when none can."""
+                           sampling: Sampling = DEFAULT_SAMPLING, ceiling: int = FRONTIER) -> Decision:
+    """`decision` raised to the conversation's floor, then to the first tier whose providers can hold the request,
+    never above `ceiling` (an API key's `max_tier`); the reason says what moved it. NoTierFits when none can."""
     tier, reasons = decision.tier, []
     lowest, why = floor(messages)
     if lowest > tier:
         tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
+    if tier > ceiling:
+        tier = ceiling
+        reasons.append(_held(ceiling))
     needs = needs_of(messages, max_tokens, sampling)
     refused = chains[tier].refusals(needs)  # the tiers above are looked at only when this one cannot take it
-    fitting = tier if not refused else next((t for t in range(tier + 1, FRONTIER + 1) if not chains[t].refusals(needs)),
+    fitting = tier if not refused else next((t for t in range(tier + 1, ceiling + 1) if not chains[t].refusals(needs)),
                                             None)
     if fitting is None:
-        field, _, none_can = _lacking(refused, needs, tier)
+        field, _, none_can = _lacking(refused, needs, tier, ceiling)
         raise NoTierFits(f"{field}: {none_can}")
     if fitting > tier:
-        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot {_lacking(refused, needs, tier)[1]}")
+        reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot "
+                       f"{_lacking(refused, needs, tier, ceiling)[1]}")
         tier = fitting
     if not reasons:
         return decision
     return replace(decision, tier=tier, reason=f"{decision.reason}; {'; '.join(reasons)}")
 
 
-def _lacking(refused: list[Outcome], needs: Needs, tier: int) -> tuple[str, str, str]:
+def held(decision: Decision, ceiling: int) -> Decision:
+    """`decision`, no higher than `ceiling` (an API key's `max_tier`): Route's decision, made on the query alone."""
+    if decision.tier <= ceiling:
+        return decision
+    return replace(decision, tier=ceiling, reason=f"{decision.reason}; {_held(ceiling)}")
+
+
+def _held(ceiling: int) -> str:
+    return f"held at tier {ceiling}: the API key's max_tier"
+
+
+def _lacking(refused: list[Outcome], needs: Needs, tier: int, ceiling: int) -> tuple[str, str, str]:
     """Why tier `tier`'s providers refused the request: (the request field to name, what they cannot do, the error
-    when no tier above can either)."""
+    when no tier above, up to `ceiling`, can either)."""
+    tiers = (f"tier {tier} or above" if ceiling == FRONTIER else
+             f"tier {tier}" + (f" to {ceiling}" if ceiling > tier else "") + " (the API key's max_tier)")
     if Outcome.SKIPPED_CONTEXT_WINDOW in refused:
         return ("messages", f"hold about {needs.tokens} tokens",
                 f"the request needs about {needs.tokens} tokens (every message, the tools and max_tokens); no provider "
-                f"of tier {tier} or above holds that many")
+                f"of {tiers} holds that many")
     if Outcome.SKIPPED_NO_VISION in refused:
-        return ("messages", "read images",
-                f"the request carries images; no provider of tier {tier} or above reads them (vision)")
-    return "tools", "call tools", f"the request offers tools; no provider of tier {tier} or above calls them (tools)"
+        return ("messages", "read images", f"the request carries images; no provider of {tiers} reads them (vision)")
+    return "tools", "call tools", f"the request offers tools; no provider of {tiers} calls them (tools)"

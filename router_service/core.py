@@ -19,9 +19,9 @@ from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
 from .answer_cache import AnswerCache, served
-from .auth import current_key_id
+from .auth import current_key_id, current_max_tier
 from .config import RouterConfig
-from .conversation import NoTierFits, decide_on_conversation
+from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
 from .images import check_image
 from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
@@ -56,6 +56,7 @@ class RouterCore:
             started = time.perf_counter()
             check_text(request.query, "query", self.cfg.limits.max_message_bytes)
             decision, _ = await self._decide(request.query, request.strategy, request.head, deadline, span)
+            decision = held(decision, current_max_tier())
             self._count("Route", decision)
             route = self._route_response(decision, request.query, started)
             entry.decided(route)
@@ -81,11 +82,12 @@ class RouterCore:
                 yield pb.CompleteStreamResponse(summary=kept)
                 return
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
-            decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], span)
+            ceiling = current_max_tier()
+            decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
             route = self._route_response(decision, query, started)
             entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
-            options = {"deadline": deadline, **asked, "on_attempt": self._on_attempt,
+            options = {"deadline": deadline, "ceiling": ceiling, **asked, "on_attempt": self._on_attempt,
                        "on_escalate": self._on_escalate}
             with self._dispatch_errors():
                 if stream and strategy.gate is None:
@@ -233,10 +235,12 @@ class RouterCore:
             self.metrics.answered(result, self.cfg.tiers[FRONTIER])
 
     def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], max_tokens: int,
-                         sampling: Sampling, span) -> Decision:
-        """The strategy's decision, moved by the whole conversation and what the providers can take."""
+                         sampling: Sampling, ceiling: int, span) -> Decision:
+        """The strategy's decision, moved by the whole conversation and what the providers can take, no higher than
+        `ceiling`."""
         try:
-            moved = decide_on_conversation(decision, messages, self.dispatcher.chains, max_tokens or None, sampling)
+            moved = decide_on_conversation(decision, messages, self.dispatcher.chains, max_tokens or None, sampling,
+                                           ceiling)
         except NoTierFits as err:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         if moved is not decision:

@@ -70,34 +70,38 @@ class Dispatcher:
         self.chains = chains
 
     async def complete(self, messages: Messages, start_tier: int, *, gate: QualityGate | None = None,
-                       max_tier: int = FRONTIER, max_tokens: int | None = None, temperature: float | None = None,
-                       sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
-                       on_attempt: OnAttempt | None = None, on_escalate: OnEscalate | None = None) -> Result:
+                       max_tier: int = FRONTIER, ceiling: int = FRONTIER, max_tokens: int | None = None,
+                       temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
+                       deadline: float | None = None, on_attempt: OnAttempt | None = None,
+                       on_escalate: OnEscalate | None = None) -> Result:
+        """The answer from `start_tier`, escalating when a chain is exhausted or the gate rejects (the gate up to
+        `max_tier`), never above `ceiling` (an API key's `max_tier`)."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
                                          deadline=deadline, on_attempt=hook))
-        return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=max_tier, deadline=deadline,
-                                          on_attempt=on_attempt, on_escalate=on_escalate))
+        return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=min(max_tier, ceiling),
+                                          ceiling=ceiling, deadline=deadline, on_attempt=on_attempt,
+                                          on_escalate=on_escalate))
 
-    def stream(self, messages: Messages, start_tier: int, *, max_tokens: int | None = None,
+    def stream(self, messages: Messages, start_tier: int, *, ceiling: int = FRONTIER, max_tokens: int | None = None,
                temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
                on_attempt: OnAttempt | None = None,
                on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
-        """Text deltas, then the `Result`. A chain fails over (and a tier escalates) only before its
+        """Text deltas, then the `Result`. A chain fails over (and a tier escalates, up to `ceiling`) only before its
         first delta; a break after that raises `StreamInterrupted` from providers."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
                                 deadline=deadline, on_attempt=hook)
-        return self._escalate(ask, messages, start_tier, gate=None, max_tier=FRONTIER, deadline=deadline,
-                              on_attempt=on_attempt, on_escalate=on_escalate)
+        return self._escalate(ask, messages, start_tier, gate=None, max_tier=ceiling, ceiling=ceiling,
+                              deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate)
 
     async def _escalate(self, ask: Ask, messages: Messages, start_tier: int, *, gate: QualityGate | None,
-                        max_tier: int, deadline: float | None, on_attempt: OnAttempt | None,
+                        max_tier: int, ceiling: int, deadline: float | None, on_attempt: OnAttempt | None,
                         on_escalate: OnEscalate | None) -> AsyncIterator[str | Result]:
-        """Each tier's answer from `start_tier` up until one is returned (its gate, if any, passing it):
+        """Each tier's answer from `start_tier` up to `ceiling` until one is returned (its gate, if any, passing it):
         the deltas of the tiers asked, then the `Result`."""
-        progress = _Progress()
-        for tier in range(start_tier, FRONTIER + 1):
+        progress = _Progress(ceiling)
+        for tier in range(start_tier, ceiling + 1):
             events = ask(self.chains[tier], _bind(on_attempt, tier))
             try:
                 async for event in events:
@@ -138,7 +142,8 @@ class Dispatcher:
 class _Progress:
     """What a dispatch has done so far: attempts, money spent, escalations."""
 
-    def __init__(self):
+    def __init__(self, ceiling: int):
+        self.ceiling = ceiling
         self.attempts: list[TierAttempt] = []
         self.cost = 0.0
         self.escalations = 0
@@ -154,7 +159,7 @@ class _Progress:
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:
-        if tier < FRONTIER:
+        if tier < self.ceiling:
             self.escalations += 1
             if on_escalate is not None:
                 on_escalate(tier, tier + 1, why)

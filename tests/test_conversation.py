@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router_service.conversation import NoTierFits, decide_on_conversation, floor
+from router_service.conversation import NoTierFits, decide_on_conversation, floor, held
 from router_service.providers import ChainExhausted, Provider, ProviderConfig, TierChain
 from router_service.strategies import Decision
 
@@ -88,6 +88,26 @@ def test_the_decision_is_raised_to_the_floor_and_past_tiers_that_cannot_hold_it_
     with pytest.raises(NoTierFits, match="messages: the request needs about 554 tokens"):
         decide_on_conversation(plain, user("z" * 2000), chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 100}),
                                max_tokens=50)
+
+
+def test_an_api_keys_max_tier_holds_every_move_of_the_decision():
+    """A key's ceiling caps the strategy's tier, the conversation's floor and the skip past providers that cannot
+    hold the request; what no tier under it can hold is refused, and the message says the key is why."""
+    hard = Decision(tier=3, strategy="heuristic", reason="score 5: proof")
+    by_tier = chains("http://127.0.0.1:9", {1: 0, 2: 0, 3: 0})
+    capped = decide_on_conversation(hard, user("hi"), by_tier, ceiling=2)
+    assert capped.tier == 2 and capped.reason.endswith("held at tier 2: the API key's max_tier")
+    assert held(hard, 1).tier == 1 and held(hard, 3) is hard
+    plain = Decision(tier=1, strategy="heuristic", reason="score 0: short plain question")
+    coded = [{"role": "assistant", "content": "SELECT a FROM b"}, *user("why?")]
+    assert decide_on_conversation(plain, coded, by_tier, ceiling=1).tier == 1
+    small = chains("http://127.0.0.1:9", {1: 100, 2: 0, 3: 0})
+    assert decide_on_conversation(plain, user("z" * 2000), small, max_tokens=50, ceiling=2).tier == 2
+    with pytest.raises(NoTierFits, match=r"no provider of tier 1 \(the API key's max_tier\) holds that many"):
+        decide_on_conversation(plain, user("z" * 2000), small, max_tokens=50, ceiling=1)
+    with pytest.raises(NoTierFits, match=r"no provider of tier 1 to 2 \(the API key's max_tier\)"):
+        decide_on_conversation(plain, user("z" * 2000), chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 0}),
+                               max_tokens=50, ceiling=2)
 
 
 def test_the_router_decides_on_the_whole_conversation_and_refuses_what_no_tier_holds(tmp_path):

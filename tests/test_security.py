@@ -268,10 +268,10 @@ def test_mtls_between_router_and_classifier(tmp_path):
 
 def test_keys_file_format(tmp_path):
     text = (f"# a comment\n\n  {KEY}   id=main rpm=60  # trailing comment\n"
-            f"sha256:{'ab' * 32} monthly_usd=2.5\n{LATE_KEY}\n")
+            f"sha256:{'ab' * 32} monthly_usd=2.5 max_tier=2\n{LATE_KEY}\n")
     keys = parse_keys(text, "keys", rpm=10, monthly_usd=0.0)
-    assert [(k.id, k.rpm, k.monthly_usd) for k in keys] == [("main", 60, 0.0), ("abababab", 10, 2.5),
-                                                          (keys[2].digest.hex()[:8], 10, 0.0)]
+    assert [(k.id, k.rpm, k.monthly_usd, k.max_tier) for k in keys] == [
+        ("main", 60, 0.0, 3), ("abababab", 10, 2.5, 2), (keys[2].digest.hex()[:8], 10, 0.0, 3)]
     path = tmp_path / "keys"
     path.write_text(text)
     store = ApiKeys(path)
@@ -292,6 +292,8 @@ def test_keys_file_format(tmp_path):
     (f"{KEY} id=no/slashes\n", "keys:1: id must be"),
     (f"{KEY} rpm=-1\n", "keys:1: rpm: must be a whole number"),
     (f"{KEY} monthly_usd=nan\n", "keys:1: monthly_usd: must be an amount"),
+    (f"{KEY} max_tier=4\n", "keys:1: max_tier: must be 1, 2 or 3"),
+    (f"{KEY} max_tier=\n", "keys:1: max_tier: must be 1, 2 or 3"),
 ])
 def test_keys_file_errors_name_the_line_and_never_the_key(text, error):
     with pytest.raises(KeysFileError) as err:
