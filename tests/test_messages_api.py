@@ -181,6 +181,14 @@ def test_the_key_comes_as_x_api_key(tmp_path, double):
     assert counted.input_tokens > 0, "counting tokens takes the key"
 
 
+def test_anthropics_sdk_reads_the_models_list(client):
+    page = client.models.list()
+    assert [m.id for m in page.data][:2] == ["tierwise", "tierwise/cascade"] and not page.has_more
+    assert {(m.type, m.display_name == m.id, m.created_at.year > 2000) for m in page.data} == {("model", True, True)}
+    assert page.first_id == "tierwise" and page.last_id == page.data[-1].id
+    assert client.models.retrieve("tierwise/heuristic").type == "model"
+
+
 def test_count_tokens_estimates_the_prompt_without_asking_a_provider(client, double):
     """About four characters a token and four for each message's framing: "hi there" is 2 + 4, "Be brief." 3 + 4;
     the tools offered count too. No provider is asked and nothing is charged."""

@@ -26,10 +26,13 @@ from .request import strategy_of
 
 def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
     created = int(time.time())
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     names = core.cfg.http.model_names()
 
     def model(name: str) -> dict:
-        return {"id": name, "object": "model", "created": created, "owned_by": "tierwise"}
+        # OpenAI's fields, and Anthropic's (type, display_name, created_at), so that either SDK reads the list.
+        return {"id": name, "object": "model", "created": created, "owned_by": "tierwise", "type": "model",
+                "display_name": name, "created_at": created_at}
 
     def admitted(request: Request) -> None:
         # Listing models and counting tokens cost nothing: the key (a bearer token, or x-api-key as Anthropic's SDKs
@@ -42,7 +45,9 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
             admitted(request)
         except Rejected as err:
             return _error(err)
-        return _json({"object": "list", "data": [model(name) for name in names.listed()]})
+        listed = names.listed()
+        return _json({"object": "list", "data": [model(name) for name in listed], "has_more": False,
+                      "first_id": listed[0], "last_id": listed[-1]})
 
     async def one_model(request: Request) -> Response:
         name = request.path_params["name"]
