@@ -2,6 +2,7 @@
 built once a session (tests/conftest.py's `stack`) for the dashboard's and the alerts' tests."""
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections import defaultdict
 from typing import NamedTuple
@@ -34,6 +35,13 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return sum(s["__value"] for s in samples.get(name, []) if labels.items() <= s.items())
 
 
+def wait_until(check, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()
+
+
 def ask(text: str, strategy: str) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[router_pb2.Message(role="user", content=text)], strategy=strategy)
 
@@ -46,14 +54,17 @@ class Stack(NamedTuple):
 
 def exporting_stack(tmp_path_factory) -> Stack:
     """What a classifier and a router export, on /metrics and over OTLP, after the calls that make each dashboard
-    series exist: answers at two tiers (one escalated past failing tier-1 providers), one answered again from the
-    answer cache, a provider's health checks, classifier calls OK and refused, then a decision degraded because the
-    classifier has gone."""
+    series exist: answers at two tiers (one escalated past failing tier-1 providers), shadowed and judged, one
+    answered again from the answer cache, a provider's health checks, classifier calls OK and refused, then a decision
+    degraded because the classifier has gone."""
     with ProviderDouble() as double, OtlpReceiver() as receiver:
         env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "60000"}
         classifier = start_classifier("--metrics-listen", "127.0.0.1:0", env=env)
         try:
-            doc = router_config(double.base_url, strategy="embedding", cache={"max_entries": 16})
+            # Every answer below tier 3 is shadowed, and tier 2's model, the shadow's judge, finds it worse.
+            doc = router_config(double.base_url, strategy="embedding", cache={"max_entries": 16},
+                                shadow={"share": 1.0, "judge_tier": 2})
+            double.set_reply("t2-a", '{"agree": false}')
             doc["tiers"][2]["providers"][0]["health_check_s"] = 1.0
             with running_router(doc, classifier.address,
                                 tmp_path_factory.mktemp("router"), "--metrics-listen", "127.0.0.1:0", env=env,
@@ -79,6 +90,8 @@ def exporting_stack(tmp_path_factory) -> Stack:
                     classifier.stop()
                     degraded = stub.Route(router_pb2.RouteRequest(query="What time does the store close?"), timeout=10)
                     assert degraded.degraded, "with the classifier gone the decision must be the fallback's"
+                    judged = lambda: value(scrape(router), "tierwise_router_shadow_total", outcome="disagree") >= 1
+                    assert wait_until(judged), "the shadows' verdicts are counted"
                 from_router = scrape(router)
         finally:
             classifier.stop()

@@ -22,10 +22,9 @@ from tierwise.v1 import router_pb2, router_pb2_grpc
 
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, router_config, running_router
-from .exported_metrics import ask, scrape, value
+from .exported_metrics import ask, scrape, value, wait_until
 from .test_dashboard import ROOT, selectors
 from .test_http_api import http_address
-from .test_learn import wait_until
 
 RULES = ROOT / "deploy" / "helm" / "tierwise" / "files" / "prometheus-rules.yaml"
 KEY = "tw-alerts-5d1e8a2c97b3f046"

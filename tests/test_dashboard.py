@@ -96,7 +96,8 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
                    "tierwise_router_duration_milliseconds_bucket", "tierwise_classifier_duration_milliseconds_bucket",
                    "tierwise_router_degraded_total", "tierwise_classifier_batch_size", "tierwise_classifier_queue_depth",
                    "tierwise_classifier_decisions_total", "tierwise_classifier_cache_lookups_total",
-                   "tierwise_router_answer_cache_total", "tierwise_router_health_checks_total"):
+                   "tierwise_router_answer_cache_total", "tierwise_router_health_checks_total",
+                   "tierwise_router_shadow_total"):
         assert needed in queries, f"no panel reads {needed}"
     dashboard = json.loads(DASHBOARD.read_text())
     (variable,) = dashboard["templating"]["list"]
@@ -112,7 +113,8 @@ def test_savings_compare_the_answers_cost_with_their_tokens_at_tier_3_prices(sta
     frontier = sum(a.usage.input_tokens * tier3["input"] + a.usage.output_tokens * tier3["output"]
                    for a in answers) / 1e6
     assert value(exported, "tierwise_router_frontier_cost_USD_total") == pytest.approx(frontier)
-    spent = value(exported, "tierwise_router_cost_USD_total")
+    spent = value(exported, "tierwise_router_cost_USD_total") - value(exported, "tierwise_router_cost_USD_total",
+                                                                       purpose="shadow")
     assert spent == pytest.approx(sum(a.cost_usd for a in answers))
     assert 0 < spent < frontier, "an answer at tier 2 costs less than at tier 3"
 

@@ -4,7 +4,6 @@ router, naming no head, routes with it. Bad label files and refused candidates l
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 import grpc
@@ -18,6 +17,7 @@ from tierwise_tools.calibration import ALWAYS_TIER_3
 from tierwise_tools.cli import main
 
 from .provider_double import ProviderDouble, unused_port
+from .exported_metrics import wait_until
 from .servers import KEY_ENV, router_config, running_router, start_classifier
 from .test_promote import LINEUP, lineup_head, write
 from .test_router_complete import ask, metric
@@ -34,13 +34,6 @@ def heads_dir(tmp_path):
 
 def contents(directory) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def wait_until(check, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return check()
 
 
 def test_live_labels_become_the_head_a_router_naming_none_routes_with(tmp_path, capsys):
