@@ -144,7 +144,8 @@ def test_every_alert_says_how_bad_and_what_to_do():
         assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s")), rule["alert"]
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, rule["alert"]
     assert {"TierwiseRouterCallsFailing", "TierwiseDecisionsDegraded", "TierwiseProviderBreakerOpen",
-            "TierwiseClassifierCallsFailing", "TierwiseClassifierOverloaded", "TierwiseShadowBudgetSpent"} <= seen
+            "TierwiseClassifierCallsFailing", "TierwiseClassifierOverloaded", "TierwiseShadowBudgetSpent",
+            "TierwiseQualityBelowTarget"} <= seen
 
 
 def test_a_misspelt_metric_or_code_is_caught(exported):
