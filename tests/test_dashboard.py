@@ -119,6 +119,21 @@ def test_savings_compare_the_answers_cost_with_their_tokens_at_tier_3_prices(sta
     assert 0 < spent < frontier, "an answer at tier 2 costs less than at tier 3"
 
 
+def test_the_quality_estimate_reads_requests_and_verdicts_by_the_same_tiers(stack):
+    """The panel's arithmetic on what the router exported: every answer below tier 3 (one from the cache) was judged
+    worse than tier 3's, so the estimate is the share of answers given at tier 3."""
+    exported = stack.exported
+    answered = {t: value(exported, "tierwise_router_requests_total", tier=t) - value(
+        exported, "tierwise_router_requests_total", tier=t, method="Route") for t in ("1", "2", "3")}
+    verdicts = {t: (value(exported, "tierwise_router_shadow_total", tier=t, outcome="agree"),
+                    value(exported, "tierwise_router_shadow_total", tier=t, outcome="disagree")) for t in ("1", "2")}
+    worse = sum(answered[t] * d / (a + d) for t, (a, d) in verdicts.items() if a + d)
+    assert all(a + d for a, d in verdicts.values()), "both tiers below 3 were judged"
+    assert 1 - worse / sum(answered.values()) == pytest.approx(answered["3"] / sum(answered.values()))
+    below = sum(a.tier < 3 for a in stack.answers) + 1  # and the cache's answer, at tier 1
+    assert (answered["1"] + answered["2"], answered["3"]) == (below, sum(a.tier == 3 for a in stack.answers))
+
+
 # How an OpenTelemetry Collector's prometheus exporter (add_metric_suffixes: true, deploy/otel-collector.yaml) names
 # an OTLP metric: characters outside [a-zA-Z0-9_:] become _, the unit is appended as a word (annotations in braces
 # dropped), a monotonic sum gets _total, a histogram is served as _bucket, _sum and _count.
