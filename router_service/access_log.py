@@ -48,7 +48,7 @@ class Entry:
         self.fields.update(tier=summary.tier, model=summary.model, provider=summary.provider,
                            escalations=summary.escalations, cache_hit=summary.cache_hit,
                            input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
-                           cost_usd=summary.cost_usd)
+                           cached_input_tokens=summary.usage.cached_input_tokens, cost_usd=summary.cost_usd)
 
     def end(self, code: str, status: int | None = None) -> None:
         """Write the line: the call ended with gRPC code `code` (and, over HTTP, `status`)."""

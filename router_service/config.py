@@ -22,7 +22,7 @@ from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, T
                          refuse, schema)
 from .gates import GATES
 from .model_names import MODEL, ModelNames, reserved
-from .providers import ProviderConfig
+from .providers import Completion, ProviderConfig
 from .providers.balance import BALANCES
 from .providers.types import Price
 from .strategies import known, registered
@@ -67,9 +67,13 @@ class TierConfig:
         chosen = next((p for p in self.providers if p.name == provider), self.providers[0])
         return chosen.price_per_mtok or self.price_per_mtok
 
-    def cost(self, input_tokens: int, output_tokens: int, provider: str | None = None) -> float:
+    def cost(self, input_tokens: int, output_tokens: int, provider: str | None = None, cached_tokens: int = 0) -> float:
         """USD for an answer from `provider` (by name); None = the first provider, as estimates assume."""
-        return self.price(provider).cost(input_tokens, output_tokens)
+        return self.price(provider).cost(input_tokens, output_tokens, cached_tokens)
+
+    def answer_cost(self, c: Completion) -> float:
+        """USD for answer `c`, at the price of the provider that gave it."""
+        return self.cost(c.input_tokens, c.output_tokens, c.provider, c.cached_input_tokens)
 
 
 class Tiers(dict[int, TierConfig]):

@@ -216,7 +216,8 @@ class RouterCore:
         self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
         return pb.CompleteResponse(
             content=c.content, tier=result.tier, model=c.model, provider=c.provider,
-            usage=pb.Usage(input_tokens=c.input_tokens, output_tokens=c.output_tokens), cost_usd=result.cost_usd,
+            usage=pb.Usage(input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+                           cached_input_tokens=c.cached_input_tokens), cost_usd=result.cost_usd,
             strategy=decision.strategy, degraded=decision.degraded, escalations=result.escalations,
             attempts=[pb.Attempt(tier=a.tier, provider=a.attempt.provider, model=a.attempt.model,
                                  outcome=str(a.attempt.outcome), error=a.attempt.error,

@@ -155,7 +155,7 @@ class _Progress:
 
     def answered(self, tier: int, completion: Completion, cfg: RouterConfig) -> None:
         self.attempts.extend(TierAttempt(tier, a) for a in completion.attempts)
-        self.cost += cfg.tiers[tier].cost(completion.input_tokens, completion.output_tokens, completion.provider)
+        self.cost += cfg.tiers[tier].answer_cost(completion)
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:

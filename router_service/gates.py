@@ -139,7 +139,7 @@ class VerifierGate(SurfaceGate):
         except ProviderError as err:
             return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True,
                            error=str(err)[:300])
-        cost = self.tiers[by].cost(reply.input_tokens, reply.output_tokens, reply.provider)
+        cost = self.tiers[by].answer_cost(reply)
         try:
             acceptable = parse_verdict(reply.content, "acceptable", bool)
         except ValueError:

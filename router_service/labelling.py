@@ -64,7 +64,7 @@ class Labeler:
         return {"id": record_id, "source": source, "task": task, "query": query,
                 "lineup": list(self.cfg.lineup()),
                 "outcomes": [{"tier": t, "model": a.model, "score": s,
-                              "cost_usd": self.cfg.tiers[t].cost(a.input_tokens, a.output_tokens, a.provider),
+                              "cost_usd": self.cfg.tiers[t].answer_cost(a),
                               "cost_estimated": a.usage_estimated, "response": a.content}
                              for t, a, s in zip(TIERS, answers, scores)],
                 "judge_cost_usd": sum(cost for _, cost in verdicts)}
@@ -75,5 +75,4 @@ class Labeler:
                                  prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
                                  temperature=0.0)
         score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
-        return score, self.cfg.tiers[self.judge_tier].cost(verdict.input_tokens, verdict.output_tokens,
-                                                           verdict.provider)
+        return score, self.cfg.tiers[self.judge_tier].answer_cost(verdict)

@@ -107,14 +107,12 @@ class Shadow:
 
     async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
         reference = await self.chains[self.cfg.tier].complete(messages, deadline=self._deadline(), **options)
-        record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].cost(
-            reference.input_tokens, reference.output_tokens, reference.provider))
+        record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].answer_cost(reference))
         verdict = await self.chains[self.cfg.judge_tier].complete(
             prompt(COMPARE, user_message=last_user_text(messages), answer_a=result.completion.content,
                    answer_b=reference.content),
             max_tokens=16, temperature=0.0, deadline=self._deadline())
-        record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].cost(verdict.input_tokens, verdict.output_tokens,
-                                                                           verdict.provider),
+        record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].answer_cost(verdict),
                       agree=parse_verdict(verdict.content, "agree", bool))
 
     async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:

@@ -49,7 +49,7 @@ class RouterMetrics:
         """An answer's cost, and what its tokens would have cost at the `frontier` tier's price."""
         c = result.completion
         self.cost.add(result.cost_usd, {"tier": result.tier})
-        self.frontier_cost.add(frontier.cost(c.input_tokens, c.output_tokens))
+        self.frontier_cost.add(frontier.cost(c.input_tokens, c.output_tokens, cached_tokens=c.cached_input_tokens))
 
     def track_breakers(self, providers: list[str]) -> None:
         for name in providers:

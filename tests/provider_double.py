@@ -126,6 +126,7 @@ class _Script:
     queued: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     persistent: dict[str, Fault] = field(default_factory=dict)
     replies: dict[str, str] = field(default_factory=dict)
+    cached: dict[str, int] = field(default_factory=dict)
     alternatives: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=lambda: defaultdict(list))
 
     def next_fault(self, model: str) -> Fault | None:
@@ -171,6 +172,16 @@ class ProviderDouble:
                 self._script.replies.pop(model, None)
             else:
                 self._script.replies[model] = content
+
+    def set_cached_tokens(self, model: str, tokens: int) -> None:
+        """Report up to `tokens` of each of `model`'s prompts as read from its prompt cache, as OpenAI's usage does
+        (prompt_tokens_details.cached_tokens)."""
+        with self._lock:
+            self._script.cached[model] = tokens
+
+    def cached_tokens(self, model: str) -> int:
+        with self._lock:
+            return self._script.cached.get(model, 0)
 
     def set_alternatives(self, model: str, logprobs: dict[str, float], when: str = "") -> None:
         """With `logprobs: true`, a generated token found in `logprobs` gets these alternatives, likeliest
@@ -307,7 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_stream(body, answer, fault, finish_reason)
         else:
             alternatives = self.double._alternatives(body["model"], body["messages"]) if body.get("logprobs") else None
-            self._send_json(200, _completion(body, answer, finish_reason, alternatives))
+            self._send_json(200, _completion(body, answer, finish_reason, alternatives,
+                                             self.double.cached_tokens(body["model"])))
 
     def _apply_fault_before_answer(self, fault: Fault) -> bool:
         """Play the fault; True if a normal answer should follow."""
@@ -340,7 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_event(chunk)
         self._send_event(_chunk(model, {}, finish_reason=finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
-            self._send_event({**_chunk(model, {}), "choices": [], "usage": _usage(body, answer)})
+            self._send_event({**_chunk(model, {}), "choices": [],
+                              "usage": _usage(body, answer, self.double.cached_tokens(model))})
         self._end_events()
 
     def _send_calls(self, body: dict[str, Any], calls: list[dict[str, Any]]) -> None:
@@ -349,7 +362,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream"):
             message = {"role": "assistant", "content": None, "tool_calls": calls}
             return self._send_json(200, {"id": "chatcmpl-double", "object": "chat.completion", "created": 0,
-                                         "model": model, "usage": _usage(body, json.dumps(calls)),
+                                         "model": model,
+                                         "usage": _usage(body, json.dumps(calls), self.double.cached_tokens(model)),
                                          "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}]})
         self._start_events()
         for delta in [{"role": "assistant", "content": None}, *call_chunks(calls)]:
@@ -410,10 +424,11 @@ def _pieces(answer: str) -> list[str]:
     return [w + " " for w in words[:-1]] + [words[-1]]
 
 
-def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
+def _usage(body: dict[str, Any], answer: str, cached: int = 0) -> dict[str, Any]:
     prompt = estimate_tokens("".join(str(m.get("content", "")) for m in body["messages"]))
     completion = estimate_tokens(answer)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": min(cached, prompt)}}
 
 
 def _within_max_tokens(answer: str, body: dict[str, Any]) -> tuple[str, str]:
@@ -426,12 +441,12 @@ def _within_max_tokens(answer: str, body: dict[str, Any]) -> tuple[str, str]:
 
 
 def _completion(body: dict[str, Any], answer: str, finish_reason: str = "stop",
-                alternatives: dict[str, float] | None = None) -> dict[str, Any]:
+                alternatives: dict[str, float] | None = None, cached: int = 0) -> dict[str, Any]:
     choice = {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": answer}}
     if alternatives is not None:
         choice["logprobs"] = _logprobs(answer, alternatives, body)
     return {"id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [choice], "usage": _usage(body, answer)}
+            "choices": [choice], "usage": _usage(body, answer, cached)}
 
 
 def _logprobs(text: str, alternatives: dict[str, float], body: dict[str, Any]) -> dict[str, Any]:

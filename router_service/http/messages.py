@@ -125,5 +125,7 @@ def _input(arguments: str) -> dict:
 
 
 def _usage(summary: pb.CompleteResponse) -> dict:
-    return {"input_tokens": summary.usage.input_tokens, "output_tokens": summary.usage.output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    """Anthropic counts the tokens read from the prompt cache apart from `input_tokens`; OpenAI within them."""
+    u = summary.usage
+    return {"input_tokens": u.input_tokens - u.cached_input_tokens, "output_tokens": u.output_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": u.cached_input_tokens}

@@ -133,7 +133,8 @@ def _response(chat: ChatRequest, rid: str, created: int, model: str, status: str
         "tools": echo.get("tools") or [], "metadata": echo.get("metadata") or {}, "usage": None}
     if summary is not None:
         u = summary.usage
-        response["usage"] = {"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+        response["usage"] = {"input_tokens": u.input_tokens,
+                             "input_tokens_details": {"cached_tokens": u.cached_input_tokens},
                              "output_tokens": u.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                              "total_tokens": u.input_tokens + u.output_tokens}
         response["tierwise"] = sse.extension(summary)

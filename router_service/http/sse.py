@@ -19,7 +19,8 @@ def completion_id() -> str:
 def usage(summary: pb.CompleteResponse) -> dict:
     u = summary.usage
     return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens}
+            "total_tokens": u.input_tokens + u.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens}}
 
 
 def extension(summary: pb.CompleteResponse) -> dict:

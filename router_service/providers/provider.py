@@ -322,7 +322,9 @@ def completion_of(config: ProviderConfig, messages: Messages, content: str, usag
         return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
                           estimate_tokens(written), usage_estimated=True, finish_reason=finish_reason,
                           tool_calls=tool_calls)
+    details = usage.prompt_tokens_details
     return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
+                      cached_input_tokens=(details.cached_tokens or 0) if details is not None else 0,
                       finish_reason=finish_reason, tool_calls=tool_calls)
 
 

@@ -124,6 +124,8 @@ class Completion:
     input_tokens: int
     output_tokens: int
     attempts: list[Attempt] = field(default_factory=list)
+    # Of the input tokens, those the provider read from its prompt cache (billed at `cached_input`).
+    cached_input_tokens: int = 0
     # True when the provider reported no usage and the token counts are len(text) / 4 estimates.
     usage_estimated: bool = False
     # Why the provider stopped: "stop", "length" when the answer was cut off at max_tokens, "tool_calls".
@@ -141,9 +143,15 @@ class Completion:
 class Price:
     input: Dollars = doc("USD per million input tokens")
     output: Dollars = doc("USD per million output tokens")
+    cached_input: Dollars | None = doc("USD per million input tokens the provider read from its prompt cache, as its "
+                                       "usage reports them (prompt_tokens_details.cached_tokens); null = the input "
+                                       "price", None)
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input + output_tokens * self.output) / 1e6
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for an answer whose prompt held `input_tokens`, `cached_tokens` of them read from the prompt cache."""
+        cached = min(cached_tokens, input_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return ((input_tokens - cached) * self.input + cached * cached_price + output_tokens * self.output) / 1e6
 
 
 Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://")),
