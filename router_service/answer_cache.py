@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from typing import Callable
 
 from tierwise.v1 import router_pb2 as pb
 
 from .config import CacheConfig
+from .expiring import Expiring
 
 
 class AnswerCache:
     def __init__(self, cfg: CacheConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
-        self.clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, pb.CompleteResponse]] = OrderedDict()
+        self._entries: Expiring[pb.CompleteResponse] = Expiring(cfg.max_entries, cfg.ttl_s, clock)
 
     def key(self, request: pb.CompleteRequest, key_id: str) -> bytes | None:
         """The cache key of `request` from API key `key_id`; None when it is not to be cached (the cache is off,
@@ -32,22 +31,11 @@ class AnswerCache:
         return digest.digest()
 
     def get(self, key: bytes | None) -> pb.CompleteResponse | None:
-        if key is None or (entry := self._entries.get(key)) is None:
-            return None
-        stored_at, answer = entry
-        if self.clock() - stored_at > self.cfg.ttl_s:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return answer
+        return None if key is None else self._entries.get(key)
 
     def put(self, key: bytes | None, answer: pb.CompleteResponse) -> None:
-        if key is None:
-            return
-        self._entries[key] = (self.clock(), answer)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.cfg.max_entries:
-            self._entries.popitem(last=False)
+        if key is not None:
+            self._entries.put(key, answer)
 
     def __len__(self) -> int:
         return len(self._entries)
