@@ -284,6 +284,15 @@ class CacheConfig:
 
 
 @schema
+class AffinityConfig:
+    ttl_s: OffOrMore = doc(
+        "for this long after a conversation's last turn, its later turns are answered at no lower tier than its "
+        "earlier ones, by the provider that answered them when it can: a conversation that changes model loses its "
+        "prompt cache (0 = off)", 0.0)
+    max_entries: AtLeastOne = doc("conversations remembered, least recently used out first", 100_000)
+
+
+@schema
 class TelemetryConfig:
     record_content: Flag = doc("record prompt and answer text in spans (never, unless true)", False)
     access_log: Flag = doc("log a line for each gRPC and HTTP API call: method, code, latency, key id, strategy, tier, "
@@ -303,6 +312,7 @@ class RouterConfig:
     expected_output_tokens: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 or more")] = doc(
         "output tokens assumed by Route's cost estimate", 300)
     cache: CacheConfig = doc("the answer cache", factory=CacheConfig, nested=CacheConfig)
+    affinity: AffinityConfig = doc("conversation affinity", factory=AffinityConfig, nested=AffinityConfig)
     telemetry: TelemetryConfig = doc("spans", factory=TelemetryConfig, nested=TelemetryConfig)
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)
     auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)

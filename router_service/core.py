@@ -18,6 +18,7 @@ from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
+from .affinity import Affinity, raised_to
 from .answer_cache import AnswerCache, served
 from .auth import current_key_id, current_max_tier
 from .config import RouterConfig
@@ -48,6 +49,7 @@ class RouterCore:
         self.admission = InFlight(cfg.limits.max_in_flight, "calls", log)
         self.degraded_log = ThrottledLog(log)
         self.cache = AnswerCache(cfg.cache)
+        self.affinity = Affinity(cfg.affinity)
 
     async def route(self, request: pb.RouteRequest, deadline: float | None, span) -> pb.RouteResponse:
         """The decision alone (Route)."""
@@ -82,13 +84,16 @@ class RouterCore:
                 yield pb.CompleteStreamResponse(summary=kept)
                 return
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
+            conversation = self.affinity.key(messages, current_key_id())
+            earlier = self.affinity.earlier(conversation, messages)
+            decision = raised_to(earlier, decision)
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
             route = self._route_response(decision, query, started)
             entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
             options = {"deadline": deadline, "ceiling": ceiling, **asked, "on_attempt": self._on_attempt,
-                       "on_escalate": self._on_escalate}
+                       "on_escalate": self._on_escalate, "prefer": earlier.provider if earlier else ""}
             with self._dispatch_errors():
                 if stream and strategy.gate is None:
                     events = self.dispatcher.stream(messages, decision.tier, **options)
@@ -103,6 +108,7 @@ class RouterCore:
                         yield pb.CompleteStreamResponse(delta=event)
             summary = self._finish(method, span, decision, route, result, started, messages, asked)
             entry.answered(summary)
+            self.affinity.answered(conversation, result.tier, result.completion.provider)
             self.cache.put(key, summary)
             yield pb.CompleteStreamResponse(summary=summary)
 

@@ -73,25 +73,25 @@ class Dispatcher:
                        max_tier: int = FRONTIER, ceiling: int = FRONTIER, max_tokens: int | None = None,
                        temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
-                       on_escalate: OnEscalate | None = None) -> Result:
+                       on_escalate: OnEscalate | None = None, prefer: str = "") -> Result:
         """The answer from `start_tier`, escalating when a chain is exhausted or the gate rejects (the gate up to
-        `max_tier`), never above `ceiling` (an API key's `max_tier`)."""
+        `max_tier`), never above `ceiling` (an API key's `max_tier`); the provider called `prefer` asked first."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
-                                         deadline=deadline, on_attempt=hook))
+                                         deadline=deadline, on_attempt=hook, prefer=prefer))
         return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=min(max_tier, ceiling),
                                           ceiling=ceiling, deadline=deadline, on_attempt=on_attempt,
                                           on_escalate=on_escalate))
 
     def stream(self, messages: Messages, start_tier: int, *, ceiling: int = FRONTIER, max_tokens: int | None = None,
                temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
-               on_attempt: OnAttempt | None = None,
-               on_escalate: OnEscalate | None = None) -> AsyncIterator[str | Result]:
+               on_attempt: OnAttempt | None = None, on_escalate: OnEscalate | None = None,
+               prefer: str = "") -> AsyncIterator[str | Result]:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates, up to `ceiling`) only before its
         first delta; a break after that raises `StreamInterrupted` from providers."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
-                                deadline=deadline, on_attempt=hook)
+                                deadline=deadline, on_attempt=hook, prefer=prefer)
         return self._escalate(ask, messages, start_tier, gate=None, max_tier=ceiling, ceiling=ceiling,
                               deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate)
 

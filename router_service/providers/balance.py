@@ -110,6 +110,13 @@ def open_last(providers: list[Provider]) -> list[Provider]:
     return sorted(providers, key=lambda p: p.breaker.state is BreakerState.OPEN)
 
 
+def preferred_first(providers: list[Provider], name: str) -> list[Provider]:
+    """`providers` with the one called `name` first (the provider a conversation's earlier turns were answered by),
+    unless its breaker is open and cooling down; the rest keep their order."""
+    chosen = next((p for p in providers if p.config.name == name and p.breaker.state is not BreakerState.OPEN), None)
+    return providers if chosen is None else [chosen, *(p for p in providers if p is not chosen)]
+
+
 async def watched(provider: Provider, events: Events, busy: dict[Provider, int] | None = None,
                   first_token: Callable[[Provider, float], None] | None = None,
                   clock: Callable[[], float] = time.monotonic) -> Events:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..events import final, single
-from .balance import Balance, InOrder
+from .balance import Balance, InOrder, preferred_first
 from .errors import (ChainExhausted, DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured,
                      StreamInterrupted)
 from .provider import Provider
@@ -36,18 +36,20 @@ class TierChain:
     async def complete(self, messages: Messages, *, max_tokens: int | None = None,
                        temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
-                       top_logprobs: int | None = None) -> Completion:
+                       top_logprobs: int | None = None, prefer: str = "") -> Completion:
+        """The first answer of the tier's providers in their order, the one called `prefer` (if any) first."""
         return await final(self._failover(lambda provider: single(provider.complete(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt, top_logprobs=top_logprobs)), needs_of(messages, max_tokens, sampling), on_attempt))
+            on_attempt=on_attempt, top_logprobs=top_logprobs)), needs_of(messages, max_tokens, sampling), on_attempt,
+            prefer))
 
     def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
                sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
-               on_attempt: OnAttempt | None = None) -> Events:
+               on_attempt: OnAttempt | None = None, prefer: str = "") -> Events:
         """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
         return self._failover(lambda provider: provider.stream(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt), needs_of(messages, max_tokens, sampling), on_attempt)
+            on_attempt=on_attempt), needs_of(messages, max_tokens, sampling), on_attempt, prefer)
 
     def refusals(self, needs: Needs) -> list[Outcome]:
         """Why each of the tier's providers cannot take such a request; [] when one of them can."""
@@ -55,7 +57,7 @@ class TierChain:
         return [] if None in found else [outcome for outcome, _ in found]
 
     async def _failover(self, call: Callable[[Provider], Events], needs: Needs,
-                        on_attempt: OnAttempt | None) -> Events:
+                        on_attempt: OnAttempt | None, prefer: str = "") -> Events:
         """`call`'s events from each provider in turn, until one gives its Completion (with every attempt). A
         provider that cannot take the request (its context window, or images it does not read) is skipped, and
         the attempt says so."""
@@ -67,7 +69,7 @@ class TierChain:
                 fitting.append(provider)
                 continue
             _noted(attempts, on_attempt, Attempt(provider.config.name, provider.config.model, *refusal))
-        fitting = self.balance.order(fitting)
+        fitting = preferred_first(self.balance.order(fitting), prefer) if prefer else self.balance.order(fitting)
         watched = lambda provider: self.balance.watch(provider, call(provider))  # noqa: E731
         if self.hedge_after_s and len(fitting) > 1:
             async for event in self._hedged(watched, fitting, attempts, on_attempt):

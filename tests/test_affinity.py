@@ -1,0 +1,93 @@
+"""Conversation affinity (`affinity.ttl_s`): a conversation's later turns go no lower than its earlier ones, to the
+provider that answered them while it can, each conversation known by its key and opening. A real router on
+127.0.0.1; the provider double the only stand-in."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from router_service.affinity import Affinity, Earlier
+from router_service.config import AffinityConfig
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .provider_double import Fault
+from .servers import KEY_ENV, router_config, running_router
+
+UNUSED_CLASSIFIER = "127.0.0.1:1"  # no strategy used here calls it
+SYSTEM = {"role": "system", "content": "You are terse."}
+
+
+def turns(opening: str, *later: str) -> list[dict]:
+    """A conversation: the system prompt, the opening question, then an answer and a question for each of `later`."""
+    messages = [SYSTEM, {"role": "user", "content": opening}]
+    for question in later:
+        messages += [{"role": "assistant", "content": "an earlier answer"}, {"role": "user", "content": question}]
+    return messages
+
+
+def test_a_conversation_is_its_key_and_opening_and_only_continuations_look_back():
+    clock = [0.0]
+    affinity = Affinity(AffinityConfig(ttl_s=60, max_entries=2), clock=lambda: clock[0])
+    key = affinity.key(turns("plan a trip"), "team-a")
+    assert affinity.key(turns("plan a trip", "and the hotel?", "and food?"), "team-a") == key
+    assert affinity.key(turns("plan a trip"), "team-b") != key and affinity.key(turns("plan a holiday"), "team-a") != key
+    affinity.answered(key, 3, "t3-a")
+    assert affinity.earlier(key, turns("plan a trip")) is None, "a first turn asked again is a new conversation"
+    assert affinity.earlier(key, turns("plan a trip", "and the hotel?")) == Earlier(3, "t3-a")
+    clock[0] = 61
+    assert affinity.earlier(key, turns("plan a trip", "and the hotel?")) is None, "past ttl_s it is forgotten"
+    assert Affinity(AffinityConfig()).key(turns("plan a trip"), "") is None, "off by default"
+
+
+@pytest.fixture(scope="module")
+def stub(double, tmp_path_factory):
+    doc = router_config(double.base_url, affinity={"ttl_s": 60.0})
+    doc["tiers"][0]["balance"] = "round_robin"
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path_factory.mktemp("affinity"),
+                        env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+def complete(stub, messages: list[dict], strategy: str) -> pb.CompleteResponse:
+    return stub.Complete(pb.CompleteRequest(messages=[pb.Message(**m) for m in messages], strategy=strategy),
+                         timeout=20)
+
+
+def test_later_turns_stay_at_the_tier_the_conversation_reached(stub, double):
+    double.reset()
+    first = complete(stub, turns("prove it"), "tier3")
+    later = complete(stub, turns("prove it", "thanks, and briefly?"), "cheapest")
+    assert (first.tier, later.tier, later.model) == (3, 3, "t3-a")
+    assert later.decision.reason.endswith("kept at tier 3: the conversation's earlier turns were answered there")
+    higher = complete(stub, turns("hello"), "cheapest")
+    assert higher.tier == 1 and complete(stub, turns("hello", "now prove it"), "tier2").tier == 2, \
+        "a conversation may still move up"
+    assert complete(stub, turns("hello", "now prove it", "ok"), "cheapest").tier == 2
+    assert complete(stub, turns("another opening", "ok"), "cheapest").tier == 1, "no earlier turn seen: no floor"
+
+
+def test_each_conversation_keeps_its_provider_while_the_tier_spreads_them(stub, double):
+    double.reset()
+    providers = {}
+    for n in range(4):
+        opening = f"conversation {n}"
+        replies = [complete(stub, turns(opening, *[f"turn {i}" for i in range(k)]), "cheapest") for k in range(3)]
+        assert len({r.provider for r in replies}) == 1, f"{opening} changed provider: {[r.provider for r in replies]}"
+        providers[opening] = replies[0].provider
+    assert set(providers.values()) == {"t1-a", "t1-b"}, "round robin still spreads new conversations"
+
+
+def test_a_failing_provider_does_not_hold_its_conversations(stub, double):
+    double.reset()
+    opening = "a conversation whose provider goes down"
+    first = complete(stub, turns(opening), "cheapest")
+    other = {"t1-a": "t1-b", "t1-b": "t1-a"}[first.provider]
+    double.set_persistent(first.provider, Fault.http_error(503))
+    try:
+        moved = complete(stub, turns(opening, "still there?"), "cheapest")
+    finally:
+        double.set_persistent(first.provider, None)
+    assert (moved.tier, moved.provider) == (1, other)
+    assert complete(stub, turns(opening, "still there?", "and now?"), "cheapest").provider == other, \
+        "the conversation follows the provider that answered it last"
