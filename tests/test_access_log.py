@@ -84,6 +84,7 @@ def test_every_call_gets_a_line_and_no_line_holds_the_prompt_or_the_key(router, 
     everything = "".join(router.output)
     assert "zebra-marker-7f3a" not in everything and KEY not in everything
     assert "answer from" not in everything  # the double's answers
+    assert "HTTP Request:" not in everything, "the HTTP client's own line per provider call stays out of the log"
 
 
 def test_a_streamed_http_answer_is_logged_under_its_stream_method(router):

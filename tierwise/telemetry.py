@@ -31,12 +31,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# HTTP client libraries that log every request they send at INFO: one line per provider call, which the access log
+# and the spans already account for. They speak up only at WARNING, unless the service logs at DEBUG.
+CHATTY = ("httpx", "httpx2", "httpcore")
+
+
 def configure_logging(level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("TIERWISE_LOG_LEVEL", "INFO")).upper())
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)
 
 
 def setup_tracing(service_name: str, version: str) -> TracerProvider | None:
