@@ -86,7 +86,10 @@ class RouterCore:
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             conversation = self.affinity.key(messages, current_key_id())
             earlier = self.affinity.earlier(conversation, messages)
-            decision = raised_to(earlier, decision)
+            if earlier is not None:
+                raised = raised_to(earlier, decision)
+                self.metrics.affinity.add(1, {"result": "raised" if raised is not decision else "held"})
+                decision = raised
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
             route = self._route_response(decision, query, started)

@@ -34,6 +34,8 @@ class RouterMetrics:
         self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
         self.answer_cache = meter.create_counter("tierwise.router.answer_cache",
                                                  description="answer cache lookups by result: hit, miss")
+        self.affinity = meter.create_counter("tierwise.router.affinity", description="turns continuing a conversation "
+                                             "affinity knew, by result: raised (to the earlier tier), held")
         self.auth = meter.create_counter("tierwise.router.auth", description="calls by API key id and outcome: ok, "
                                          "unauthenticated, rate_limited, spend_limited")
         self.key_cost = meter.create_counter("tierwise.router.key.cost", unit="USD", description="provider cost by API key id")

@@ -11,6 +11,7 @@ from router_service.config import AffinityConfig
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .exported_metrics import scrape, value
 from .provider_double import Fault
 from .servers import KEY_ENV, router_config, running_router
 
@@ -41,11 +42,17 @@ def test_a_conversation_is_its_key_and_opening_and_only_continuations_look_back(
 
 
 @pytest.fixture(scope="module")
-def stub(double, tmp_path_factory):
+def router(double, tmp_path_factory):
     doc = router_config(double.base_url, affinity={"ttl_s": 60.0})
     doc["tiers"][0]["balance"] = "round_robin"
-    with running_router(doc, UNUSED_CLASSIFIER, tmp_path_factory.mktemp("affinity"),
-                        env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path_factory.mktemp("affinity"), "--metrics-listen",
+                        "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
+        yield router
+
+
+@pytest.fixture(scope="module")
+def stub(router):
+    with grpc.insecure_channel(router.address) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
@@ -54,8 +61,9 @@ def complete(stub, messages: list[dict], strategy: str) -> pb.CompleteResponse:
                          timeout=20)
 
 
-def test_later_turns_stay_at_the_tier_the_conversation_reached(stub, double):
+def test_later_turns_stay_at_the_tier_the_conversation_reached(router, stub, double):
     double.reset()
+    before = {r: value(scrape(router), "tierwise_router_affinity_total", result=r) for r in ("raised", "held")}
     first = complete(stub, turns("prove it"), "tier3")
     later = complete(stub, turns("prove it", "thanks, and briefly?"), "cheapest")
     assert (first.tier, later.tier, later.model) == (3, 3, "t3-a")
@@ -65,6 +73,8 @@ def test_later_turns_stay_at_the_tier_the_conversation_reached(stub, double):
         "a conversation may still move up"
     assert complete(stub, turns("hello", "now prove it", "ok"), "cheapest").tier == 2
     assert complete(stub, turns("another opening", "ok"), "cheapest").tier == 1, "no earlier turn seen: no floor"
+    after = {r: value(scrape(router), "tierwise_router_affinity_total", result=r) for r in ("raised", "held")}
+    assert (after["raised"] - before["raised"], after["held"] - before["held"]) == (2, 1)
 
 
 def test_each_conversation_keeps_its_provider_while_the_tier_spreads_them(stub, double):
