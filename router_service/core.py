@@ -18,7 +18,7 @@ from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
-from .affinity import Affinity, raised_to
+from .affinity import Affinity, Earlier, raised_to
 from .answer_cache import AnswerCache, served
 from .auth import current_key_id, current_max_tier
 from .config import RouterConfig
@@ -85,11 +85,7 @@ class RouterCore:
                 return
             decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
             conversation = self.affinity.key(messages, current_key_id())
-            earlier = self.affinity.earlier(conversation, messages)
-            if earlier is not None:
-                raised = raised_to(earlier, decision)
-                self.metrics.affinity.add(1, {"result": "raised" if raised is not decision else "held"})
-                decision = raised
+            decision, earlier = self._affine(decision, conversation, messages)
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
             route = self._route_response(decision, query, started)
@@ -121,6 +117,17 @@ class RouterCore:
         no model is chosen yet to count with its own tokenizer."""
         messages, _ = self._messages(request)
         return conversation_tokens(messages) + answer_options(request)["sampling"].tool_tokens
+
+    def _affine(self, decision: Decision, conversation: bytes | None,
+                messages: list[dict[str, str]]) -> tuple[Decision, Earlier | None]:
+        """`decision` raised to the tier where the conversation `messages` continue was last answered, and that
+        earlier turn; (`decision`, None) when affinity knows no such turn."""
+        earlier = self.affinity.earlier(conversation, messages)
+        if earlier is None:
+            return decision, None
+        raised = raised_to(earlier, decision)
+        self.metrics.affinity.add(1, {"result": "raised" if raised is not decision else "held"})
+        return raised, earlier
 
     def _kept(self, key: bytes | None, method: str, span, started: float) -> pb.CompleteResponse | None:
         """The answer the cache holds for `key`, as a hit serves it (counted and traced as one), or None."""
