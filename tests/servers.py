@@ -95,6 +95,7 @@ def start_router(config: Path | str, classifier_address: str, *args: str,
 
 
 KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
+UNUSED_CLASSIFIER = "127.0.0.1:1"  # no classifier listens here: for routers whose strategies never call one
 
 
 def router_config(base_url: str, **overrides) -> dict:

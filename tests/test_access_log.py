@@ -13,9 +13,8 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import KEY_ENV, http_address, post, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the heuristic strategy never calls it
 KEY = "tw-access-key-0123456789"
 PROMPT = "Which colour is the zebra-marker-7f3a sky?"  # must never reach the log
 

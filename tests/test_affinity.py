@@ -13,9 +13,8 @@ from tierwise.v1 import router_pb2_grpc
 
 from .exported_metrics import scrape, value
 from .provider_double import Fault
-from .servers import KEY_ENV, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # no strategy used here calls it
 SYSTEM = {"role": "system", "content": "You are terse."}
 
 

@@ -12,10 +12,9 @@ from router_service.config import CacheConfig, ConfigError, parse
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import KEY_ENV, http_address, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
 from .test_router_complete import ask, stream
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
 KEYS = ("tw-cache-one-5b1f", "tw-cache-two-9c3e")
 
 

@@ -12,9 +12,8 @@ from router_service.providers.types import Price
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import KEY_ENV, http_address, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # tier-pinning strategies never call it
 PROMPT = "x" * 400  # 100 tokens, as the double counts them
 CACHED = 64
 PRICE = {"input": 2.0, "output": 8.0, "cached_input": 0.5}

@@ -15,11 +15,10 @@ from tierwise_client import AsyncRouterClient, ClientOptions, RouterClient
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver
 from .provider_double import Fault, unused_port
-from .servers import router_config, router_stack, running_router
+from .servers import UNUSED_CLASSIFIER, router_config, router_stack, running_router
 
 TRACE_ID = "7af92f3577b34da6a3ce929d0e0e4739"
 PARENT_SPAN_ID = "10f067aa0ba902b8"
-UNUSED_CLASSIFIER = "127.0.0.1:1"   # the heuristic strategy never calls it
 
 
 @pytest.fixture(scope="module")

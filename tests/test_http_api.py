@@ -21,7 +21,7 @@ from tierwise.v1 import router_pb2_grpc
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault
-from .servers import KEY_ENV, http_address, post, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router
 
 QUESTION = "What time does the store close?"
 PROMPT = "Summarise the secret plan codenamed GREY OWL in two sentences."
@@ -30,7 +30,6 @@ KEY = "tw-http-7c1e5a9d3b2f4068"
 RATED_KEY = "tw-http-rated-2d8f6a0c4e1b9375"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
-UNUSED_CLASSIFIER = "127.0.0.1:1"
 
 
 def sdk(address: str, key: str = "unused", **options) -> OpenAI:

@@ -19,12 +19,11 @@ from router_service.tokens import conversation_tokens
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import KEY_ENV, capability_config, http_address, post, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, capability_config, http_address, post, running_router
 
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
          "AAAABJRU5ErkJggg==")
 QUESTION = "What colour is this pixel?"
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the heuristic strategy never calls it
 
 
 def with_image(text: str = QUESTION, url: str = PIXEL, detail: str | None = "low") -> list[dict]:

@@ -11,9 +11,8 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault
-from .servers import KEY_ENV, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # no strategy used here calls it
 CHEAP_KEY, FULL_KEY = "tw-cheap-0123456789", "tw-full-0123456789"
 BREAKER_COOLDOWN_S = 1.2  # router_config's breaker_cooldown_s, and a little more
 

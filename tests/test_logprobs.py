@@ -11,9 +11,8 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
-from .servers import KEY_ENV, http_address, openai_client, post, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, openai_client, post, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
 USER = [{"role": "user", "content": "Say something short"}]
 ALTERNATIVES = {" from": -0.1, " to": -2.5, " by": -4.0}
 

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from router_service.http.messages_request import parse
 
 from .provider_double import Fault, refused_base_url
-from .servers import KEY_ENV, capability_config, http_address, post, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, capability_config, http_address, post, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
 MODEL = "tierwise/cheapest"
 WEATHER = {"name": "get_weather", "description": "the weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}

@@ -16,9 +16,8 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault
-from .servers import KEY_ENV, http_address, openai_client, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, openai_client, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # no strategy used here calls it
 MODELS = [{"name": "gpt-4o-mini", "strategy": "tier1"},
           {"name": "gpt-4o"},  # the configured strategy: heuristic
           {"name": "claude-*haiku*", "strategy": "tier1"},

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from openai import InternalServerError
 
 from .provider_double import Fault, refused_base_url
-from .servers import KEY_ENV, http_address, openai_client, post, router_config, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, openai_client, post, router_config, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the cheapest strategy never calls it
 WEATHER = {"type": "function", "name": "get_weather", "description": "the weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 

@@ -23,7 +23,7 @@ from tierwise.v1 import router_pb2_grpc
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import ProviderDouble
-from .servers import KEY_ENV, router_config, running_router, start, start_classifier
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, running_router, start, start_classifier
 
 # Keys that must never show up in a log line or a span.
 KEY = "tw-main-3f9c2a7d41b85e60"
@@ -31,7 +31,6 @@ LATE_KEY = "tw-late-8e1d0b6c92a47f35"
 RATED_KEY = "tw-rated-51a7c3e9d2f80b64"
 SPENDING_KEY = "tw-spend-c04f9b2e7a1d6853"
 SECRETS = (KEY, LATE_KEY, RATED_KEY, SPENDING_KEY)
-UNUSED_CLASSIFIER = "127.0.0.1:1"
 
 
 def keys_file(path, *lines: str):

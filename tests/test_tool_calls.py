@@ -20,9 +20,8 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 from tierwise_client import RouterClient
 
-from .servers import KEY_ENV, capability_config, http_address, openai_client, post, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, capability_config, http_address, openai_client, post, running_router
 
-UNUSED_CLASSIFIER = "127.0.0.1:1"  # the heuristic and cheapest strategies never call it
 QUESTION = "What is the weather in Paris today?"
 
 
