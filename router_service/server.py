@@ -24,7 +24,7 @@ from .core import RouterCore
 from .dispatch import Dispatcher
 from .events import final
 from .head_choice import LineupHead
-from .http import HttpServer, build_app
+from .http import Health, HttpServer, build_app
 from .ledger import SpendLedger
 from .shadow import Shadow
 from .strategies import Strategies
@@ -95,6 +95,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         return 2
 
     tasks: list[asyncio.Task] = []
+    http_health = Health()
 
     async def load() -> str:
         strategies.get(cfg.strategy)
@@ -111,7 +112,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             tasks.append(asyncio.create_task(check_health(chains, metrics)))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
         if http is not None:
-            await http.start(build_app(core, guard.gate if guard else None), tls)
+            await http.start(build_app(core, guard.gate if guard else None, http_health), tls)
         return (f"strategy={cfg.strategy} classifier={classifier_address} head={head}"
                 + (f" http={http.address}" if http else ""))
 
@@ -129,4 +130,4 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                 p.shutdown()
 
     return await serving.run("tierwise-router", listen, [SERVICE], server, load, close, tls=tls,
-                             health_listen=health_listen)
+                             health_listen=health_listen, draining=http_health.drain)

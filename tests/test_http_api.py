@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import ssl
 import threading
 
@@ -19,6 +20,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .certs import authority, issue, write_ca
+from .exported_metrics import wait_until
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router
@@ -516,3 +518,39 @@ def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, 
         assert client.chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
         with pytest.raises(openai.APIConnectionError):
             sdk(address).models.list()  # plain HTTP to the TLS port
+
+
+def get(address: str, path: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(address, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_health_needs_no_key_and_turns_503_while_the_router_drains(tmp_path, double):
+    """A load balancer's check: 200 with no key on a router that requires keys; once the router is told to stop,
+    503 while a call under way finishes, so no new ones are sent; the call still gets its answer."""
+    double.reset()
+    keys = tmp_path / "keys"
+    keys.write_text("tw-health-0123456789 id=main\n")
+    doc = router_config(double.base_url, strategy="cheapest")
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--api-keys-file",
+                        str(keys), env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        assert get(address, "/health") == (200, {"status": "serving"})
+        double.script("t1-a", Fault.delay(3.0))
+        answered = []
+        with grpc.insecure_channel(router.address) as channel:
+            slow = threading.Thread(target=lambda: answered.append(router_pb2_grpc.RouterServiceStub(channel).Complete(
+                pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]), timeout=20,
+                metadata=(("authorization", "Bearer tw-health-0123456789"),))))
+            slow.start()
+            assert wait_until(lambda: double.requests_for("t1-a"), 10), "the slow call reached its provider"
+            router.proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: get(address, "/health")[0] == 503, 3)
+            assert get(address, "/health") == (503, {"status": "draining"})
+            slow.join(20)
+    assert answered and answered[0].content, "the call under way was answered"

@@ -25,11 +25,13 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 async def run(name: str, listen: str, services: list[str], server: grpc.aio.Server,
               load: Callable[[], Awaitable[str]], close: Callable[[], Awaitable[None]],
-              tls: ServerTLS | None = None, health_listen: str = "") -> int:
+              tls: ServerTLS | None = None, health_listen: str = "",
+              draining: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM. `load` readies the service and returns a description for the ready line.
     With `tls` the port speaks TLS only (mTLS when it names a client CA), its certificate re-read when the files
     change; `health_listen` adds a plaintext port serving grpc.health.v1 alone, for probes that cannot speak TLS
-    (Kubernetes' native grpc probes)."""
+    (Kubernetes' native grpc probes). `draining` is called when health turns NOT_SERVING at shutdown, while calls
+    under way still finish, so other ports can tell their own load balancers."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, HEALTH, reflection.SERVICE_NAME], server)
@@ -80,6 +82,8 @@ async def run(name: str, listen: str, services: list[str], server: grpc.aio.Serv
     await stop.wait()
     log.info("shutting down", extra={"fields": {"service": name}})
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    if draining is not None:
+        draining()
     await server.stop(grace=5)
     for each in servers[1:]:
         await each.stop(0)

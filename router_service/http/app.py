@@ -24,7 +24,19 @@ from .errors import as_json, bad_request, error_body, error_headers, status_of
 from .request import strategy_of
 
 
-def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
+class Health:
+    """Whether the HTTP API takes new calls, as GET /health tells a load balancer: from the router's shutdown on,
+    while the calls under way finish, it answers 503 so that no new ones are sent here."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+
+
+def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = None) -> Starlette:
+    health = health or Health()
     created = int(time.time())
     created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     names = core.cfg.http.model_names()
@@ -66,10 +78,15 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
             return _json(MessagesApi().error(err), status_of(err), error_headers(err))
         return _json({"input_tokens": tokens})
 
+    async def healthy(request: Request) -> Response:
+        # No key: a load balancer's health check carries none.
+        return _json({"status": "draining"}, 503) if health.draining else _json({"status": "serving"})
+
     async def not_found(request: Request, exc: HTTPException) -> Response:
         what = "method not allowed" if exc.status_code == 405 else "no such endpoint"
         body = error_body(bad_request(f"{what}: {request.method} {request.url.path}; the API serves POST {ROUTE}, "
-                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} (and {COUNT_TOKENS}) and GET /v1/models"))
+                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} (and {COUNT_TOKENS}), GET /v1/models and "
+                                      "GET /health"))
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
@@ -78,6 +95,7 @@ def build_app(core: RouterCore, gate: KeyGate | None) -> Starlette:
               Route(MessagesApi.route, Endpoint(core, gate, MessagesApi(), names), methods=["POST"]),
               Route(COUNT_TOKENS, count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
+              Route("/health", healthy, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 
