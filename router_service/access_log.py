@@ -50,10 +50,13 @@ class Entry:
                            input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
                            cached_input_tokens=summary.usage.cached_input_tokens, cost_usd=summary.cost_usd)
 
-    def end(self, code: str, status: int | None = None) -> None:
-        """Write the line: the call ended with gRPC code `code` (and, over HTTP, `status`)."""
+    def end(self, code: str, status: int | None = None, method: str = "") -> None:
+        """Write the line: the call ended with gRPC code `code` (and, over HTTP, `status`, under `method` when it is
+        known only now: a stream's)."""
         fields = self.fields
         fields.update(code=code, ms=round((time.perf_counter() - self.started) * 1000, 3))
+        if method:
+            fields["method"] = method
         if status is not None:
             fields["status"] = status
         if key_id := current_key_id():
@@ -76,7 +79,7 @@ class _Unlogged(Entry):
     def answered(self, summary: pb.CompleteResponse) -> None:
         pass
 
-    def end(self, code: str, status: int | None = None) -> None:
+    def end(self, code: str, status: int | None = None, method: str = "") -> None:
         pass
 
 

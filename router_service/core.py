@@ -318,8 +318,8 @@ def _token(t: TokenLogprob) -> pb.TokenLogprob:
 
 def _begun(span) -> access_log.Entry:
     """This call's access log entry, with its trace; its span tagged with the key's id."""
-    if current_key_id():
-        span.set_attribute("tierwise.key_id", current_key_id())
+    if key_id := current_key_id():
+        span.set_attribute("tierwise.key_id", key_id)
     entry = access_log.current()
     entry.traced(span)
     return entry
