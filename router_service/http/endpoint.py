@@ -103,8 +103,7 @@ class Endpoint:
             finally:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
                 if entry is not None:
-                    entry.fields["method"] = exchange.method
-                    entry.end(exchange.code, exchange.status)
+                    entry.end(exchange.code, exchange.status, exchange.method)
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
         method = exchange.method = self.api.method + ("Stream" if chat.stream else "")
@@ -146,14 +145,14 @@ class _Exchange:
 
     def __init__(self, scope, receive, send, api: Api):
         self.scope, self.receive, self.send, self.api = scope, receive, send, api
-        self.started = self.done = False
+        self.done = False
         self.method, self.code = api.method, "OK"  # what the router's call count records for it
         self.status = 0  # the HTTP status sent (0: none, the client went away first)
         self.request_id = ""
         self.shape: Events | None = None  # once a stream began
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started, self.status = True, status
+        self.status = status
         await self.send({"type": "http.response.start", "status": status,
                          "headers": headers + [(b"x-request-id", self.request_id.encode())]})
 
@@ -162,8 +161,7 @@ class _Exchange:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
-        self.started = self.done = True
-        self.status = status
+        self.done, self.status = True, status
         await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
                        media_type="application/json")(
             self.scope, self.receive, self.send)
@@ -177,7 +175,7 @@ class _Exchange:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
         if self.done:
             return
-        if self.started:
+        if self.status:  # the status line went out: the error can only end the stream
             await self.body(self.shape.failure(self.api.error(err)), more=False)
         else:
             await self.json(status, self.api.error(err), error_headers(err))
