@@ -40,6 +40,7 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
     created = int(time.time())
     created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     names = core.cfg.http.model_names()
+    messages, max_body = MessagesApi(), body_limit(core)
 
     def model(name: str) -> dict:
         # OpenAI's fields, and Anthropic's (type, display_name, created_at), so that either SDK reads the list.
@@ -73,9 +74,9 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
     async def count_tokens(request: Request) -> Response:
         try:
             admitted(request)
-            tokens = core.count_tokens(parse_count(await read_body(request, body_limit(core)), names))
+            tokens = core.count_tokens(parse_count(await read_body(request, max_body), names))
         except Rejected as err:
-            return _json(MessagesApi().error(err), status_of(err), error_headers(err))
+            return _json(messages.error(err), status_of(err), error_headers(err))
         return _json({"input_tokens": tokens})
 
     async def healthy(request: Request) -> Response:
@@ -85,14 +86,14 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
     async def not_found(request: Request, exc: HTTPException) -> Response:
         what = "method not allowed" if exc.status_code == 405 else "no such endpoint"
         body = error_body(bad_request(f"{what}: {request.method} {request.url.path}; the API serves POST {ROUTE}, "
-                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} (and {COUNT_TOKENS}), GET /v1/models and "
-                                      "GET /health"))
+                                      f"POST {ResponsesApi.route}, POST {MessagesApi.route} (and {COUNT_TOKENS}), "
+                                      "GET /v1/models and GET /health"))
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
     routes = [Route(ROUTE, Endpoint(core, gate, ChatApi(), names), methods=["POST"]),
               Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi(), names), methods=["POST"]),
-              Route(MessagesApi.route, Endpoint(core, gate, MessagesApi(), names), methods=["POST"]),
+              Route(MessagesApi.route, Endpoint(core, gate, messages, names), methods=["POST"]),
               Route(COUNT_TOKENS, count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/health", healthy, methods=["GET"]),
