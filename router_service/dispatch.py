@@ -79,9 +79,8 @@ class Dispatcher:
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
                                          deadline=deadline, on_attempt=hook, prefer=prefer))
-        return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=min(max_tier, ceiling),
-                                          ceiling=ceiling, deadline=deadline, on_attempt=on_attempt,
-                                          on_escalate=on_escalate))
+        return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=max_tier, ceiling=ceiling,
+                                          deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate))
 
     def stream(self, messages: Messages, start_tier: int, *, ceiling: int = FRONTIER, max_tokens: int | None = None,
                temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
@@ -92,14 +91,15 @@ class Dispatcher:
         def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
             return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
                                 deadline=deadline, on_attempt=hook, prefer=prefer)
-        return self._escalate(ask, messages, start_tier, gate=None, max_tier=ceiling, ceiling=ceiling,
+        return self._escalate(ask, messages, start_tier, gate=None, max_tier=FRONTIER, ceiling=ceiling,
                               deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate)
 
     async def _escalate(self, ask: Ask, messages: Messages, start_tier: int, *, gate: QualityGate | None,
                         max_tier: int, ceiling: int, deadline: float | None, on_attempt: OnAttempt | None,
                         on_escalate: OnEscalate | None) -> AsyncIterator[str | Result]:
-        """Each tier's answer from `start_tier` up to `ceiling` until one is returned (its gate, if any, passing it):
-        the deltas of the tiers asked, then the `Result`."""
+        """Each tier's answer from `start_tier` up to `ceiling` until one is returned (its gate, if any, passing it;
+        the gate escalates up to `max_tier`): the deltas of the tiers asked, then the `Result`."""
+        gated_up_to = min(max_tier, ceiling)
         progress = _Progress(ceiling)
         for tier in range(start_tier, ceiling + 1):
             events = ask(self.chains[tier], _bind(on_attempt, tier))
@@ -123,7 +123,7 @@ class Dispatcher:
             progress.answered(tier, completion, self.cfg)
             # A gate reads answers; calls to the caller's tools are steps towards one, and the answer the model gives
             # once it has their results is gated in its own request.
-            if gate is not None and tier < max_tier and not completion.tool_calls:
+            if gate is not None and tier < gated_up_to and not completion.tool_calls:
                 verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)
