@@ -48,6 +48,12 @@ class CircuitBreaker:
         return self._locked(lambda: self._state)
 
     @property
+    def cooling(self) -> bool:
+        """Open and cooling down: a call would be refused at once. Once the cooldown has passed the breaker reads
+        half-open, and its probe may go out."""
+        return self.state is BreakerState.OPEN
+
+    @property
     def consecutive_failures(self) -> int:
         return self._consecutive_failures
 

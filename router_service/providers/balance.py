@@ -7,7 +7,6 @@ import itertools
 import time
 from typing import Callable, Protocol
 
-from ..breaker import BreakerState
 from .provider import Provider
 from .types import Events
 
@@ -105,15 +104,15 @@ def rotated(providers: list[Provider], turn: int) -> list[Provider]:
 
 
 def open_last(providers: list[Provider]) -> list[Provider]:
-    """Providers whose breaker is open and cooling down moved behind the rest (they would refuse at once); one
-    whose cooldown has passed keeps its place, so its probe goes out."""
-    return sorted(providers, key=lambda p: p.breaker.state is BreakerState.OPEN)
+    """Providers whose breaker is cooling down moved behind the rest (they would refuse at once); one whose cooldown
+    has passed keeps its place, so its probe goes out."""
+    return sorted(providers, key=lambda p: p.breaker.cooling)
 
 
 def preferred_first(providers: list[Provider], name: str) -> list[Provider]:
     """`providers` with the one called `name` first (the provider a conversation's earlier turns were answered by),
-    unless its breaker is open and cooling down; the rest keep their order."""
-    chosen = next((p for p in providers if p.config.name == name and p.breaker.state is not BreakerState.OPEN), None)
+    unless its breaker is cooling down; the rest keep their order. "" prefers none."""
+    chosen = next((p for p in providers if name and p.config.name == name and not p.breaker.cooling), None)
     return providers if chosen is None else [chosen, *(p for p in providers if p is not chosen)]
 
 
@@ -121,8 +120,8 @@ async def watched(provider: Provider, events: Events, busy: dict[Provider, int] 
                   first_token: Callable[[Provider, float], None] | None = None,
                   clock: Callable[[], float] = time.monotonic) -> Events:
     """`events`, counted in `busy` while under way, and the time to the first of them given to `first_token`. A call
-closed before its first event (a hedge that lost) gives the time it ran, which its first event would have taken
-at least; one that failed gives none, or failing fast would look fast."""
+    closed before its first event (a hedge that lost) gives the time it ran, which its first event would have taken
+    at least; one that failed gives none, or failing fast would look fast."""
     if busy is not None:
         busy[provider] = busy.get(provider, 0) + 1
     started = clock()

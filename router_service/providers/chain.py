@@ -69,7 +69,7 @@ class TierChain:
                 fitting.append(provider)
                 continue
             _noted(attempts, on_attempt, Attempt(provider.config.name, provider.config.model, *refusal))
-        fitting = preferred_first(self.balance.order(fitting), prefer) if prefer else self.balance.order(fitting)
+        fitting = preferred_first(self.balance.order(fitting), prefer)
         watched = lambda provider: self.balance.watch(provider, call(provider))  # noqa: E731
         if self.hedge_after_s and len(fitting) > 1:
             async for event in self._hedged(watched, fitting, attempts, on_attempt):
