@@ -53,9 +53,9 @@ class Affinity:
             self._turns.put(key, Earlier(tier, provider))
 
 
-def raised_to(earlier: Earlier | None, decision: Decision) -> Decision:
+def raised_to(earlier: Earlier, decision: Decision) -> Decision:
     """`decision`, raised to the tier the conversation's earlier turns were answered at."""
-    if earlier is None or earlier.tier <= decision.tier:
+    if earlier.tier <= decision.tier:
         return decision
     return replace(decision, tier=earlier.tier, reason=f"{decision.reason}; kept at tier {earlier.tier}: the "
                                                        "conversation's earlier turns were answered there")
