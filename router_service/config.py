@@ -230,9 +230,8 @@ def _model_name(name: str) -> str:
 
 
 def _distinct_names(models: tuple) -> tuple:
-    seen: set[str] = set()
-    refuse([((i, "name"), f"{m.name!r} is listed twice") for i, m in enumerate(models)
-            if m.name in seen or seen.add(m.name)])
+    names = [m.name for m in models]
+    refuse([((i, "name"), f"{name!r} is listed twice") for i, name in enumerate(names) if name in names[:i]])
     return models
 
 
