@@ -9,8 +9,8 @@ The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then
 
 `id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
 sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_minute` and `auth.monthly_usd`;
-0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier). Only the keys' sha256 digests are kept in memory, and a presented key's digest is compared with
-every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
+0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier). Only the keys' sha256
+digests are kept in memory, and a presented key's digest is compared with every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
 SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
 UNAUTHENTICATED (HTTP 401), a key over a limit RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing
