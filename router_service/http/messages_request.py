@@ -19,7 +19,7 @@ from tierwise.v1 import router_pb2 as pb
 from ..images import check_image
 from ..model_names import ModelNames
 from .errors import bad_request
-from .request import INT32_MAX, ChatRequest, document, options, refuse_unsupported, string
+from .request import INT32_MAX, ChatRequest, document, format_in, options, refuse_unsupported, string
 
 UNSUPPORTED = {"top_k": "top-k sampling (the providers take no top_k; set it in a provider's extra_body)",
                "mcp_servers": "MCP servers", "container": "containers"}
@@ -211,11 +211,7 @@ def _tool_choice(choice: object) -> tuple[object, bool | None]:
 
 def _format(config: object) -> dict | None:
     """`output_config.format` ({"type": "json_schema", "schema"}) as a chat response_format."""
-    if config is None:
-        return None
-    if not isinstance(config, dict):
-        raise bad_request('output_config: must be an object such as {"format": {"type": "json_schema", ...}}')
-    form = config.get("format")
+    form = format_in(config, "output_config", '{"format": {"type": "json_schema", ...}}')
     if form is None:
         return None
     if not (isinstance(form, dict) and form.get("type") == "json_schema" and isinstance(form.get("schema"), dict)):

@@ -204,6 +204,16 @@ def _content(content: object, field: str) -> tuple[str, list[pb.Image]]:
     return "\n".join(texts), images
 
 
+def format_in(container: object, field: str, example: str) -> object:
+    """The `format` member of `container`, the request's `field` (None when either is left out), or a 400 when
+    `field` is not an object such as `example`."""
+    if container is None:
+        return None
+    if not isinstance(container, dict):
+        raise bad_request(f"{field}: must be an object such as {example}")
+    return container.get("format")
+
+
 def string(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise bad_request(f"{field}: must be a string")

@@ -17,7 +17,7 @@ from ..images import check_image
 from ..model_names import ModelNames
 from ..sampling import TOOL_NAME
 from .errors import bad_request
-from .request import INT32_MAX, ChatRequest, document, options, refuse_unsupported, string
+from .request import INT32_MAX, ChatRequest, document, format_in, options, refuse_unsupported, string
 
 UNSUPPORTED = {
     "previous_response_id": "stored responses (the router keeps none: send the whole conversation in input)",
@@ -159,11 +159,7 @@ def _tool_choice(choice: object) -> object:
 
 def _format(text: object) -> dict | None:
     """`text.format` as a chat response_format: json_schema's fields go under `json_schema`."""
-    if text is None:
-        return None
-    if not isinstance(text, dict):
-        raise bad_request('text: must be an object such as {"format": {"type": "json_object"}}')
-    form = text.get("format")
+    form = format_in(text, "text", '{"format": {"type": "json_object"}}')
     if form is None:
         return None
     if not isinstance(form, dict):
