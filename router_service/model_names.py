@@ -8,7 +8,6 @@ exact name or a pattern in which `*` stands for any run of characters; the first
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .strategies import known, registered
 
@@ -25,13 +24,11 @@ def pattern(name: str) -> re.Pattern[str]:
     return re.compile(".*".join(map(re.escape, name.split("*"))), re.DOTALL)
 
 
-@dataclass(frozen=True)
 class ModelNames:
-    # (name or pattern, strategy: "" for the configured one), in the order they are tried.
-    aliases: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_patterns", tuple((pattern(name), strategy) for name, strategy in self.aliases))
+    def __init__(self, aliases: tuple[tuple[str, str], ...] = ()):
+        """`aliases`: (name or pattern, strategy: "" for the configured one), in the order they are tried."""
+        self.aliases = aliases
+        self._patterns = tuple((pattern(name), strategy) for name, strategy in aliases)
 
     def strategy_of(self, model: str) -> str | None:
         """The strategy `model` routes with ("" for the configured one), or None when the router has no such model."""
