@@ -95,6 +95,11 @@ def start_router(config: Path | str, classifier_address: str, *args: str,
 
 
 KEY_ENV = "TIERWISE_TEST_PROVIDER_KEY"
+# A classifier budget no real classifier meets for LONG_QUERY. gRPC enforces a deadline by a timer that a busy
+# machine runs late (a 10 us budget on a short query was once met by an answer 5 ms later), so the budget is 1 ms
+# against a long text's encode of tens of milliseconds: a wide margin.
+MISSED_BUDGET_MS = 1.0
+LONG_QUERY = " ".join(f"Is water wet in case {i}, and why or why not?" for i in range(30))
 UNUSED_CLASSIFIER = "127.0.0.1:1"  # no classifier listens here: for routers whose strategies never call one
 
 

@@ -15,7 +15,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault, unused_port
-from .servers import KEY_ENV, router_config, router_stack, running_router
+from .servers import KEY_ENV, LONG_QUERY, MISSED_BUDGET_MS, router_config, router_stack, running_router
 
 BURST = 2000
 
@@ -83,10 +83,10 @@ def test_past_max_in_flight_a_call_is_refused_at_once_and_logged(stack, tmp_path
 def test_a_late_classifier_degrades_the_decision_which_is_counted_and_logged(stack, tmp_path):
     double, classifier, _ = stack
     port = unused_port()
-    doc = router_config(double.base_url, strategy="embedding", classifier={"timeout_ms": 0.01})
+    doc = router_config(double.base_url, strategy="embedding", classifier={"timeout_ms": MISSED_BUDGET_MS})
     with running_router(doc, classifier.address, tmp_path, "--metrics-port", str(port),
                         env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="Is water wet?"), timeout=5)
+        reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query=LONG_QUERY), timeout=5)
         assert reply.degraded and "classifier deadline_exceeded" in reply.reason
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
             scraped = page.read().decode()
