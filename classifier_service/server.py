@@ -10,6 +10,7 @@ import numpy as np
 from opentelemetry import trace
 
 from tierwise import serving
+from tierwise.metrics import quality_target
 from tierwise.serving import InFlight, Rejected, check_text, rpc_span, shown
 from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.watching import every_or_sighup
@@ -66,7 +67,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                     rpc_span(self.tracer, SERVICE, "Classify", context, log) as span):
             head = self._head(request.head)
             check_text(request.text, "text", self.cfg.max_text_bytes)
-            result = (await self._classify([request.text], head, span, requested_tradeoff(request)))[0]
+            result = (await self._classify([request.text], head, span, requested_tradeoff(request, head)))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
             span.set_attribute("tierwise.outside_support", result.outside_support)
@@ -85,7 +86,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
                 check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
-            results = await self._classify(texts, head, span, requested_tradeoff(request))
+            results = await self._classify(texts, head, span, requested_tradeoff(request, head))
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
             span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
@@ -173,8 +174,16 @@ def replies(head: TierHead, encoder_version: str, cached: list[tuple], hits: lis
         for tier, hit, (probs, tokens, truncated, margin, outside) in zip(tiers, hits, cached)]
 
 
-def requested_tradeoff(request) -> float | None:
-    """The request's tradeoff, if it set one; INVALID_ARGUMENT unless it is finite and >= 0."""
+def requested_tradeoff(request, head: TierHead) -> float | None:
+    """The tradeoff the request asks for, itself or as the head's for a quality target; None for the head's own.
+    INVALID_ARGUMENT unless the tradeoff is finite and >= 0, or the head has a tradeoff calibrated for the target."""
+    if request.HasField("quality_target"):
+        if request.HasField("tradeoff"):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "quality_target: set it or tradeoff, not both")
+        try:
+            return head.tradeoff_for(quality_target(request.quality_target))
+        except (ValueError, KeyError) as err:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err.args[0]}") from None
     if not request.HasField("tradeoff"):
         return None
     if not (math.isfinite(request.tradeoff) and request.tradeoff >= 0):

@@ -168,7 +168,7 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
                     if head is None:
                         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"head: unknown head {shown(request.head)}")
                     check_text(request.text, "text", self.cfg.max_text_bytes)
-                    result = self._classify(request.text, head, span, requested_tradeoff(request))
+                    result = self._classify(request.text, head, span, requested_tradeoff(request, head))
                 except Rejected as err:
                     span.set_attribute("rpc.grpc.status_code", err.code.value[0])
                     context.abort(err.code, str(err))

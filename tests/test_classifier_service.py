@@ -94,6 +94,22 @@ def test_a_requested_tradeoff_decides_instead_of_the_heads_even_from_the_cache(s
     assert unlike.outside_support and unlike.tier == 3, "the support check still sends what the head never saw to tier 3"
 
 
+def test_a_quality_target_decides_at_the_heads_tradeoff_calibrated_for_it(stub):
+    """A caller holds one request to 0.99 of the frontier's quality and a batch job to 0.9: each gets the tradeoff the
+    head was calibrated at for that target, so the stricter target never picks a cheaper tier."""
+    heads = {h.name: h for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads}
+    calibration = heads[stub.ListHeads(pb.ListHeadsRequest(), timeout=10).default_head].calibration
+    assert {"0.9", "0.95", "0.99"} <= set(calibration)
+    for text in TEXTS:
+        own = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
+        at = {q: stub.Classify(pb.ClassifyRequest(text=text, quality_target=q), timeout=10) for q in (0.9, 0.95, 0.99)}
+        assert [at[q].tradeoff for q in at] == pytest.approx([calibration[f"{q:g}"] for q in at])
+        assert (at[0.95].tier, at[0.95].tradeoff) == (own.tier, own.tradeoff), "0.95 is the head's default target"
+        assert at[0.9].tier <= at[0.95].tier <= at[0.99].tier, text
+    [batched] = stub.ClassifyBatch(pb.ClassifyBatchRequest(texts=[TEXTS[1]], quality_target=0.99), timeout=10).results
+    assert batched.tradeoff == pytest.approx(calibration["0.99"])
+
+
 def test_long_text_is_truncated_by_tokens_not_rejected(stub):
     reply = stub.Classify(pb.ClassifyRequest(text="explain recursion " * 1000), timeout=20)
     assert reply.truncated and reply.input_tokens == 256
@@ -106,6 +122,11 @@ def test_long_text_is_truncated_by_tokens_not_rejected(stub):
     (pb.ClassifyRequest(text="fine", head="no-such-head"), "head"),
     (pb.ClassifyRequest(text="fine", tradeoff=-0.5), "tradeoff"),
     (pb.ClassifyRequest(text="fine", tradeoff=float("nan")), "tradeoff"),
+    (pb.ClassifyRequest(text="fine", quality_target=0.97), "quality_target"),  # no tradeoff calibrated for it
+    (pb.ClassifyRequest(text="fine", quality_target=0.0), "quality_target"),
+    (pb.ClassifyRequest(text="fine", quality_target=1.5), "quality_target"),
+    (pb.ClassifyRequest(text="fine", quality_target=float("nan")), "quality_target"),
+    (pb.ClassifyRequest(text="fine", quality_target=0.9, tradeoff=0.1), "quality_target"),
 ])
 def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -120,6 +141,7 @@ def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_,
     (pb.ClassifyBatchRequest(texts=["ok", "  "]), "texts[1]"),
     (pb.ClassifyBatchRequest(texts=["ok"], head="nope"), "head"),
     (pb.ClassifyBatchRequest(texts=["ok"], tradeoff=float("inf")), "tradeoff"),
+    (pb.ClassifyBatchRequest(texts=["ok"], quality_target=0.5), "quality_target"),
 ])
 def test_bad_batch_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:

@@ -5,6 +5,7 @@ cascade pays every tier it tried; a one-shot router pays the final tier only).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -13,6 +14,14 @@ from .data import Record, arrays
 from .tiers import TIERS
 
 QUALITY_TARGETS = (0.9, 0.95, 0.99)
+
+
+def quality_target(value: float) -> float:
+    """`value` as a quality vs frontier target, to 6 digits (a float32 field's 0.95 reads 0.949999988); ValueError
+    saying why unless it is in (0, 1]."""
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"must be above 0 and at most 1 (a share of tier 3's quality), not {value:g}")
+    return round(float(value), 6)
 
 
 def routing_metrics(records: list[Record], tiers: np.ndarray, paid: np.ndarray | None = None) -> dict:

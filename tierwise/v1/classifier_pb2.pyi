@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("text", "head", "tradeoff")
+    __slots__ = ("text", "head", "tradeoff", "quality_target")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     TRADEOFF_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     text: str
     head: str
     tradeoff: float
-    def __init__(self, text: _Optional[str] = ..., head: _Optional[str] = ..., tradeoff: _Optional[float] = ...) -> None: ...
+    quality_target: float
+    def __init__(self, text: _Optional[str] = ..., head: _Optional[str] = ..., tradeoff: _Optional[float] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost", "support_margin", "outside_support")
@@ -47,14 +49,16 @@ class ClassifyResponse(_message.Message):
     def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., support_margin: _Optional[float] = ..., outside_support: _Optional[bool] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("texts", "head", "tradeoff")
+    __slots__ = ("texts", "head", "tradeoff", "quality_target")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     TRADEOFF_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     head: str
     tradeoff: float
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., head: _Optional[str] = ..., tradeoff: _Optional[float] = ...) -> None: ...
+    quality_target: float
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., head: _Optional[str] = ..., tradeoff: _Optional[float] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("results",)
