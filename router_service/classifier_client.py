@@ -65,7 +65,7 @@ class ClassifierClient:
         log.info("classifier TLS files reloaded", extra={"fields": {"ca": str(self.tls.ca)}})
 
     async def classify(self, text: str, head: str = "", timeout_s: float | None = None,
-                       tradeoff: float | None = None) -> pb.ClassifyResponse:
+                       tradeoff: float | None = None, quality_target: float | None = None) -> pb.ClassifyResponse:
         with self._tracer.start_as_current_span(
             "tierwise.v1.ClassifierService/Classify", kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
@@ -75,7 +75,8 @@ class ClassifierClient:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             try:
-                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head, tradeoff=tradeoff),
+                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head, tradeoff=tradeoff,
+                                                                     quality_target=quality_target),
                                                  timeout=min(self.timeout_s, timeout_s or self.timeout_s),
                                                  metadata=tuple(carrier.items()))
             except grpc.aio.AioRpcError as err:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, Strict, TypeAdapter, ValidationError
 from pydantic_core import core_schema
 
+from tierwise.metrics import quality_target
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
 from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
@@ -229,6 +230,15 @@ def _model_name(name: str) -> str:
     return name
 
 
+def _quality_target(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return quality_target(value)
+    except ValueError as err:
+        refuse([((), str(err))])
+
+
 def _distinct_names(models: tuple) -> tuple:
     names = [m.name for m in models]
     refuse([((i, "name"), f"{name!r} is listed twice") for i, name in enumerate(names) if name in names[:i]])
@@ -243,6 +253,10 @@ class ModelName:
     strategy: Annotated[str, Strict(), AfterValidator(lambda v: v and _known_strategy(v))] = doc(
         "the strategy it routes with, as in `tierwise/<strategy>`: `tier1`..`tier3` pin a tier (\"\" = the "
         "configured one)", "")
+    quality_target: Annotated[float | None, Strict(), AfterValidator(_quality_target)] = doc(
+        "the quality vs frontier it is held to: the head's tradeoff calibrated for it, such as 0.9 for an app "
+        "that can give up more quality for cost (null = the head's default; a request's own `quality_target` "
+        "wins)", None)
 
 
 @schema
@@ -254,7 +268,7 @@ class HTTPConfig:
         "model names clients may send", (), nested=ModelName, many=True)
 
     def model_names(self) -> ModelNames:
-        return ModelNames(tuple((m.name, m.strategy) for m in self.models))
+        return ModelNames(tuple((m.name, m.strategy, m.quality_target) for m in self.models))
 
 
 @schema

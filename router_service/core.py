@@ -13,6 +13,7 @@ from typing import AsyncIterator, Awaitable
 import grpc
 from opentelemetry import trace
 
+from tierwise.metrics import quality_target
 from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check_text, shown
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
@@ -57,7 +58,7 @@ class RouterCore:
         with self.admission.admit():
             started = time.perf_counter()
             check_text(request.query, "query", self.cfg.limits.max_message_bytes)
-            decision, _ = await self._decide(request.query, request.strategy, request.head, deadline, span)
+            decision, _ = await self._decide(request.query, request, deadline, span)
             decision = held(decision, current_max_tier())
             self._count("Route", decision)
             route = self._route_response(decision, request.query, started)
@@ -83,7 +84,7 @@ class RouterCore:
                     yield pb.CompleteStreamResponse(delta=kept.content)
                 yield pb.CompleteStreamResponse(summary=kept)
                 return
-            decision, strategy = await self._decide(query, request.strategy, request.head, deadline, span)
+            decision, strategy = await self._decide(query, request, deadline, span)
             conversation = self.affinity.key(messages, current_key_id())
             decision, earlier = self._affine(decision, conversation, messages)
             ceiling = current_max_tier()
@@ -264,9 +265,10 @@ class RouterCore:
             span.set_attribute("tierwise.tier", moved.tier)
         return moved
 
-    async def _decide(self, query: str, strategy_name: str, head: str, deadline: float | None,
+    async def _decide(self, query: str, request: pb.RouteRequest | pb.CompleteRequest, deadline: float | None,
                       span) -> tuple[Decision, Strategy]:
-        name = strategy_name or self.cfg.strategy
+        """The decision on `query` by the strategy, head and quality target `request` names."""
+        name = request.strategy or self.cfg.strategy
         try:
             strategy = self.strategies.get(name)
         except KeyError:
@@ -276,7 +278,8 @@ class RouterCore:
         if self.cfg.record_content:
             span.set_attribute("tierwise.query", query)
         try:
-            decision = await strategy.decide(RouteInput(query=query, head=head, deadline=deadline))
+            decision = await strategy.decide(RouteInput(query=query, head=request.head, deadline=deadline,
+                                                        quality_target=_quality_target(request, span)))
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise Rejected(err.code(), err.details()) from None
@@ -323,3 +326,15 @@ def _begun(span) -> access_log.Entry:
     entry = access_log.current()
     entry.traced(span)
     return entry
+
+
+def _quality_target(request: pb.RouteRequest | pb.CompleteRequest, span) -> float | None:
+    """The quality target the request sets, if any; INVALID_ARGUMENT unless it is in (0, 1]."""
+    if not request.HasField("quality_target"):
+        return None
+    try:
+        target = quality_target(request.quality_target)
+    except ValueError as err:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err}") from None
+    span.set_attribute("tierwise.quality_target", target)
+    return target

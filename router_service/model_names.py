@@ -25,24 +25,31 @@ def pattern(name: str) -> re.Pattern[str]:
 
 
 class ModelNames:
-    def __init__(self, aliases: tuple[tuple[str, str], ...] = ()):
-        """`aliases`: (name or pattern, strategy: "" for the configured one), in the order they are tried."""
+    def __init__(self, aliases: tuple[tuple[str, str, float | None], ...] = ()):
+        """`aliases`: (name or pattern, strategy: "" for the configured one, quality target: None for the head's
+        default), in the order they are tried."""
         self.aliases = aliases
-        self._patterns = tuple((pattern(name), strategy) for name, strategy in aliases)
+        self._patterns = tuple((pattern(name), (strategy, target)) for name, strategy, target in aliases)
+
+    def route_of(self, model: str) -> tuple[str, float | None] | None:
+        """(strategy, quality target) `model` routes with ("" and None: the configured strategy, the head's default
+        target), or None when the router has no such model."""
+        if model == MODEL:
+            return "", None
+        if model.startswith(MODEL + "/"):
+            name = model[len(MODEL) + 1:]
+            return (name, None) if known(name) else None
+        return next((route for regex, route in self._patterns if regex.fullmatch(model)), None)
 
     def strategy_of(self, model: str) -> str | None:
         """The strategy `model` routes with ("" for the configured one), or None when the router has no such model."""
-        if model == MODEL:
-            return ""
-        if model.startswith(MODEL + "/"):
-            name = model[len(MODEL) + 1:]
-            return name if known(name) else None
-        return next((strategy for regex, strategy in self._patterns if regex.fullmatch(model)), None)
+        route = self.route_of(model)
+        return None if route is None else route[0]
 
     def listed(self) -> list[str]:
         """The names a models list shows: the router's own and every exact name configured (not the patterns)."""
         return [MODEL, *(f"{MODEL}/{name}" for name in registered()),
-                *(name for name, _ in self.aliases if "*" not in name)]
+                *(name for name, *_ in self.aliases if "*" not in name)]
 
     def hint(self) -> str:
         """What a caller may send instead, for an error message."""

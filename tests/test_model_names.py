@@ -28,7 +28,8 @@ LONG_CODE_QUESTION = ("Refactor this Python class to use dataclasses and add typ
 
 
 def test_names_resolve_exactly_by_pattern_and_in_order():
-    names = ModelNames((("gpt-4o", ""), ("claude-*haiku*", "tier1"), ("claude-*", "tier3"), ("a.b", "tier2")))
+    names = ModelNames((("gpt-4o", "", None), ("claude-*haiku*", "tier1", None), ("claude-*", "tier3", 0.99),
+                        ("a.b", "tier2", None)))
     assert names.strategy_of("tierwise") == "" and names.strategy_of("tierwise/tier2") == "tier2"
     assert names.strategy_of("tierwise/tier2+cascade") == "tier2+cascade"
     assert names.strategy_of("gpt-4o") == "" and names.strategy_of("gpt-4o-2024-08-06") is None
@@ -37,7 +38,8 @@ def test_names_resolve_exactly_by_pattern_and_in_order():
     assert names.strategy_of("a.b") == "tier2" and names.strategy_of("aXb") is None  # only `*` is special
     assert names.strategy_of("tierwise/nonesuch") is None and names.strategy_of("GPT-4O") is None
     assert names.listed() == ["tierwise", *(f"tierwise/{s}" for s in registered()), "gpt-4o", "a.b"]
-    assert ModelNames((("*", "tier3"),)).strategy_of("anything at all\n") == "tier3"
+    assert names.route_of("claude-sonnet-4-5") == ("tier3", 0.99) and names.route_of("tierwise") == ("", None)
+    assert ModelNames((("*", "tier3", None),)).strategy_of("anything at all\n") == "tier3"
 
 
 def test_the_configuration_refuses_names_it_could_not_serve(double):

@@ -21,7 +21,7 @@ from .messages import COUNT_TOKENS, MessagesApi
 from .messages_request import parse_count
 from .responses import ResponsesApi
 from .errors import as_json, bad_request, error_body, error_headers, status_of
-from .request import strategy_of
+from .request import route_of
 
 
 class Health:
@@ -66,7 +66,7 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
         name = request.path_params["name"]
         try:
             admitted(request)
-            strategy_of(name, names)
+            route_of(name, names)
         except Rejected as err:
             return _error(err)
         return _json(model(name))

@@ -29,8 +29,8 @@ SKIPPED = ("thinking", "redacted_thinking")  # an assistant's earlier thinking, 
 
 def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body, names)
-    request = _request(doc, strategy, answering=True)
+    doc, route = document(body, names)
+    request = _request(doc, route, answering=True)
     stream = doc.get("stream")
     if stream not in (None, True, False):
         raise bad_request("stream: must be true or false")
@@ -40,16 +40,16 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
 def parse_count(body: bytes, names: ModelNames = ModelNames()) -> pb.CompleteRequest:
     """A count_tokens body (POST /v1/messages/count_tokens): a message's fields without the answer's limit, or a 400
     naming the field that is wrong."""
-    doc, strategy = document(body, names)
-    return _request(doc, strategy, answering=False)
+    doc, route = document(body, names)
+    return _request(doc, route, answering=False)
 
 
-def _request(doc: dict, strategy: str, answering: bool) -> pb.CompleteRequest:
+def _request(doc: dict, route: dict, answering: bool) -> pb.CompleteRequest:
     refuse_unsupported(doc, UNSUPPORTED)
     messages = _system(doc.get("system"))
     messages += _messages(doc.get("messages"))
-    request = pb.CompleteRequest(messages=messages, strategy=strategy, head=string(doc.get("head") or "", "head"),
-                                 max_tokens=_max_tokens(doc.get("max_tokens")) if answering else 0)
+    request = pb.CompleteRequest(messages=messages, max_tokens=_max_tokens(doc.get("max_tokens")) if answering else 0,
+                                 **route)
     choice, parallel = _tool_choice(doc.get("tool_choice"))
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "stop": _stops(doc),
              "tools": _tools(doc.get("tools")), "tool_choice": choice, "parallel_tool_calls": parallel,

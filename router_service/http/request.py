@@ -33,18 +33,20 @@ class ChatRequest:
     echo: dict = dataclasses.field(default_factory=dict)
 
 
-def strategy_of(model: object, names: ModelNames) -> str:
-    """The strategy `model` names ("" for the configured one), when the router has such a model; else a 400."""
+def route_of(model: object, names: ModelNames) -> tuple[str, float | None]:
+    """The strategy and quality target `model` routes with ("" and None: the configured strategy, the head's
+    default target), when the router has such a model; else a 400."""
     if not isinstance(model, str):
         raise bad_request(f"model: must be a string; {names.hint()}")
-    strategy = names.strategy_of(model)
-    if strategy is None:
+    route = names.route_of(model)
+    if route is None:
         raise bad_request(f"model: unknown model {shown(model)}; {names.hint()}")
-    return strategy
+    return route
 
 
-def document(body: bytes, names: ModelNames) -> tuple[dict, str]:
-    """The JSON object in `body` and the strategy its `model` names, or a 400 naming what is wrong."""
+def document(body: bytes, names: ModelNames) -> tuple[dict, dict]:
+    """The JSON object in `body` and the CompleteRequest fields that say how to decide (`routing`), or a 400 naming
+    what is wrong."""
     try:
         doc = json.loads(body, parse_constant=_no_constant)
     except RecursionError:
@@ -55,7 +57,19 @@ def document(body: bytes, names: ModelNames) -> tuple[dict, str]:
         raise bad_request("body: must be a JSON object")
     if "model" not in doc:
         raise bad_request(f"model: missing; {names.hint()}")
-    return doc, strategy_of(doc["model"], names)
+    return doc, routing(doc, *route_of(doc["model"], names))
+
+
+def routing(doc: dict, strategy: str, target: float | None) -> dict:
+    """The strategy and quality target the model name routes with, and the head the body names; the body's own
+    `quality_target` (an extension, as `head` is) overrides the name's. Its range is the core's to check."""
+    fields: dict = {"strategy": strategy, "head": string(doc.get("head") or "", "head")}
+    asked = doc.get("quality_target", target)
+    if asked is not None:
+        if isinstance(asked, bool) or not isinstance(asked, (int, float)) or abs(asked) > 1e300:
+            raise bad_request("quality_target: must be a number, such as 0.99")
+        fields["quality_target"] = asked
+    return fields
 
 
 def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
@@ -67,12 +81,11 @@ def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
 
 def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body, names)
+    doc, route = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     if doc.get("n") not in (None, 1):
         raise bad_request("n: only 1 choice is supported")
-    request = pb.CompleteRequest(messages=_messages(doc.get("messages")), strategy=strategy,
-                                 max_tokens=_max_tokens(doc), head=string(doc.get("head") or "", "head"))
+    request = pb.CompleteRequest(messages=_messages(doc.get("messages")), max_tokens=_max_tokens(doc), **route)
     options(doc, request)
     stream = doc.get("stream")
     if stream not in (None, True, False):

@@ -32,15 +32,14 @@ ECHOED = ("instructions", "temperature", "top_p", "max_output_tokens", "tool_cho
 
 def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
-    doc, strategy = document(body, names)
+    doc, route = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     logprobs = _include(doc.get("include"))
     messages = []
     if doc.get("instructions") is not None:
         messages.append(pb.Message(role="system", content=string(doc["instructions"], "instructions")))
     messages += _input(doc.get("input"))
-    request = pb.CompleteRequest(messages=messages, strategy=strategy, max_tokens=_max_output_tokens(doc),
-                                 head=string(doc.get("head") or "", "head"))
+    request = pb.CompleteRequest(messages=messages, max_tokens=_max_output_tokens(doc), **route)
     tools = _tools(doc.get("tools"))
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "tools": tools,
              "tool_choice": _tool_choice(doc.get("tool_choice")), "parallel_tool_calls": doc.get("parallel_tool_calls"),

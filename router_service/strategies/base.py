@@ -33,6 +33,8 @@ class RouteInput:
     deadline: float | None = None
     # A head's decision at this tradeoff instead of its calibrated one (a cascade's start; None: the head's).
     tradeoff: float | None = None
+    # The quality vs frontier a head's decision is held to: its tradeoff calibrated for it (None: its default).
+    quality_target: float | None = None
 
 
 class Strategy(ABC):

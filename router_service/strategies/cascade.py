@@ -26,7 +26,9 @@ class CascadeStrategy(Strategy):
         self.label = f"{start}+cascade" if start else self.name
 
     async def decide(self, request: RouteInput) -> Decision:
-        first = await self.start.decide(replace(request, tradeoff=self.start_tradeoff))
+        # A caller's quality target outranks the configured start, which was calibrated for the default target.
+        start = self.start_tradeoff if request.quality_target is None else None
+        first = await self.start.decide(replace(request, tradeoff=start))
         return replace(first, tier=min(first.tier, self.max_tier), strategy=self.label,
                        reason=f"start at tier {first.tier} ({self.start_name}: {first.reason}); "
                               f"escalate while the {self.gate.name} gate rejects, up to tier {self.max_tier}")

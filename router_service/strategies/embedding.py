@@ -33,13 +33,15 @@ class EmbeddingStrategy(Strategy):
                 self.lineup_head.name = ""
                 reply = await self._classify(request, "")
         except grpc.aio.AioRpcError as err:
-            if _unknown_head(err):
+            if _unknown_head(err) or _refused(err, "quality_target"):
                 raise
             why = f"classifier {err.code().name.lower()}"
             return (await self.fallback.decide(request)).degrade(self.name, why)
         p = tuple(reply.probabilities)
         reason = ("P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p) + f" less {reply.tradeoff:.3g} x relative cost "
                   + "/".join(f"{c:.3g}" for c in reply.relative_cost))
+        if request.quality_target is not None:
+            reason += f", the tradeoff calibrated for quality {request.quality_target:g} of the frontier"
         if reply.outside_support:
             reason = (f"query unlike the head's training queries (support margin {reply.support_margin:.2f}), "
                       f"so tier {FRONTIER}; {reason}")
@@ -48,8 +50,13 @@ class EmbeddingStrategy(Strategy):
 
     async def _classify(self, request: RouteInput, head: str):
         left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
-        return await self.classifier.classify(request.query, head, left, request.tradeoff)
+        return await self.classifier.classify(request.query, head, left, request.tradeoff, request.quality_target)
 
 
 def _unknown_head(err: grpc.aio.AioRpcError) -> bool:
-    return err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith("head:")
+    return _refused(err, "head")
+
+
+def _refused(err: grpc.aio.AioRpcError, field: str) -> bool:
+    """Whether the classifier refused the request's `field`: the caller's to hear, not a reason to degrade."""
+    return err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith(field + ":")

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("query", "strategy", "head")
+    __slots__ = ("query", "strategy", "head", "quality_target")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     query: str
     strategy: str
     head: str
-    def __init__(self, query: _Optional[str] = ..., strategy: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
+    quality_target: float
+    def __init__(self, query: _Optional[str] = ..., strategy: _Optional[str] = ..., head: _Optional[str] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("tier", "model", "strategy", "probabilities", "estimated_cost_usd", "degraded", "reason", "head_version", "thresholds", "decision_ms")
@@ -73,7 +75,7 @@ class Image(_message.Message):
     def __init__(self, url: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("messages", "strategy", "max_tokens", "temperature", "head", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs")
+    __slots__ = ("messages", "strategy", "max_tokens", "temperature", "head", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "quality_target")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class CompleteRequest(_message.Message):
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     strategy: str
     max_tokens: int
@@ -106,7 +109,8 @@ class CompleteRequest(_message.Message):
     parallel_tool_calls: bool
     logprobs: bool
     top_logprobs: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., strategy: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., head: _Optional[str] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., response_format: _Optional[str] = ..., tools: _Optional[str] = ..., tool_choice: _Optional[str] = ..., parallel_tool_calls: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    quality_target: float
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., strategy: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., head: _Optional[str] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., response_format: _Optional[str] = ..., tools: _Optional[str] = ..., tool_choice: _Optional[str] = ..., parallel_tool_calls: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token", "logprob", "bytes", "top_logprobs")

@@ -10,7 +10,7 @@ from google.protobuf.json_format import MessageToDict
 
 from tierwise.client import ClientOptions, RouterClient
 
-from .common import at_least
+from .common import at_least, quality_target
 
 
 def register(sub) -> None:
@@ -29,6 +29,8 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("TIERWISE_ROUTER_ADDRESS", "127.0.0.1:50052"),
                    help="router host:port (env TIERWISE_ROUTER_ADDRESS)")
     p.add_argument("--strategy", default="", help="routing strategy (default: the router's)")
+    p.add_argument("--quality-target", type=quality_target, help="quality vs frontier the decision is held to, "
+                   "e.g. 0.99 (default: the head's)")
     p.add_argument("--timeout", type=at_least(float, 0, strict=True), default=60.0, help="deadline in seconds")
     p.add_argument("--tls", action="store_true", help="use TLS (API key from TIERWISE_API_KEY)")
 
@@ -40,14 +42,15 @@ def _client(args: argparse.Namespace) -> RouterClient:
 
 def route(args: argparse.Namespace) -> int:
     with _client(args) as tw:
-        reply = tw.route(args.query, strategy=args.strategy)
+        reply = tw.route(args.query, strategy=args.strategy, quality_target=args.quality_target)
     print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
     return 0
 
 
 def complete(args: argparse.Namespace) -> int:
     with _client(args) as tw:
-        for piece in tw.stream(args.prompt, strategy=args.strategy, max_tokens=args.max_tokens):
+        for piece in tw.stream(args.prompt, strategy=args.strategy, max_tokens=args.max_tokens,
+                               quality_target=args.quality_target):
             print(piece, end="", flush=True)
         s = tw.last_summary
     print()

@@ -59,8 +59,8 @@ def _request(messages: Messages, strategy: str, max_tokens: int, temperature: fl
              head: str, sampling: dict[str, Any]) -> pb.CompleteRequest:
     """`sampling`: top_p, stop (a string or a list), seed, presence_penalty, frequency_penalty, response_format (a
     dict, or its JSON text), tools (OpenAI's list, or its JSON text), tool_choice ("auto", "none", "required" or a
-    dict naming a function), parallel_tool_calls, logprobs and top_logprobs, passed to the provider that answers; None
-    leaves one unset."""
+    dict naming a function), parallel_tool_calls, logprobs and top_logprobs, passed to the provider that answers, and
+    quality_target (as `route`'s); None leaves one unset."""
     fields = {name: value for name, value in sampling.items() if value is not None}
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
@@ -72,6 +72,10 @@ def _request(messages: Messages, strategy: str, max_tokens: int, temperature: fl
     if temperature is not None:
         request.temperature = temperature
     return request
+
+
+def _route(query: str, strategy: str, head: str, quality_target: float | None) -> pb.RouteRequest:
+    return pb.RouteRequest(query=query, strategy=strategy, head=head, quality_target=quality_target)
 
 
 def _credentials(options: ClientOptions) -> grpc.ChannelCredentials | None:
@@ -133,9 +137,11 @@ class RouterClient(_ClientBase):
         super().__init__(address, options, grpc)
 
     def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None, *,
-              traceparent: str | None = None, tracestate: str | None = None) -> pb.RouteResponse:
-        """The router's decision for `query` (`.tier`, `.model`, `.strategy`, `.estimated_cost_usd`, ...)."""
-        return self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head), timeout_s,
+              traceparent: str | None = None, tracestate: str | None = None,
+              quality_target: float | None = None) -> pb.RouteResponse:
+        """The router's decision for `query` (`.tier`, `.model`, `.strategy`, `.estimated_cost_usd`, ...), held to
+        `quality_target` of the frontier's quality when given (e.g. 0.99; None: the head's default)."""
+        return self._unary(self._stub.Route, _route(query, strategy, head, quality_target), timeout_s,
                            _metadata(self.options, traceparent, tracestate))
 
     def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
@@ -197,8 +203,9 @@ class AsyncRouterClient(_ClientBase):
         super().__init__(address, options, grpc.aio)
 
     async def route(self, query: str, strategy: str = "", head: str = "", timeout_s: float | None = None, *,
-                    traceparent: str | None = None, tracestate: str | None = None) -> pb.RouteResponse:
-        return await self._unary(self._stub.Route, pb.RouteRequest(query=query, strategy=strategy, head=head),
+                    traceparent: str | None = None, tracestate: str | None = None,
+                    quality_target: float | None = None) -> pb.RouteResponse:
+        return await self._unary(self._stub.Route, _route(query, strategy, head, quality_target),
                                  timeout_s, _metadata(self.options, traceparent, tracestate))
 
     async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
