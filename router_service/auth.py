@@ -4,12 +4,13 @@ reflection stay open), and the same check in front of the OpenAI-compatible HTTP
 The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then optional settings:
 
     # comment; blank lines are ignored
-    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50 max_tier=2
+    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50 max_tier=2 quality_target=0.9
     sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae  id=web
 
 `id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
 sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_minute` and `auth.monthly_usd`;
-0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier). Only the keys' sha256
+0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier); `quality_target=` the
+quality vs frontier its calls are held to when they set none (default: the head's). Only the keys' sha256
 digests are kept in memory, and a presented key's digest is compared with every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
 SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from tierwise.metrics import quality_target
 from tierwise.serving import Rejected, rewrapped
 from tierwise.tiers import FRONTIER, TIERS, tier_list
 from tierwise.watching import every_or_sighup, file_signature
@@ -41,7 +43,7 @@ log = logging.getLogger("tierwise.router.auth")
 KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
 HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-SETTINGS = ("id", "rpm", "monthly_usd", "max_tier")
+SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
 
 
 class KeysFileError(ValueError):
@@ -55,6 +57,7 @@ class ApiKey:
     rpm: int
     monthly_usd: float
     max_tier: int = FRONTIER
+    quality_target: float | None = None  # what its calls that set none are held to (None: the head's default)
 
 
 def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -> list[ApiKey]:
@@ -71,7 +74,8 @@ def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -
         key = ApiKey(id=settings.get("id", digest.hex()[:8]), digest=digest,
                      rpm=_whole(settings.get("rpm"), rpm, f"{at}: rpm"),
                      monthly_usd=_amount(settings.get("monthly_usd"), monthly_usd, f"{at}: monthly_usd"),
-                     max_tier=_tier(settings.get("max_tier"), f"{at}: max_tier"))
+                     max_tier=_tier(settings.get("max_tier"), f"{at}: max_tier"),
+                     quality_target=_target(settings.get("quality_target"), f"{at}: quality_target"))
         if not ID.fullmatch(key.id):
             raise KeysFileError(f"{at}: id must be 1 to 64 letters, digits, '.', '_' or '-'")
         for other in keys:
@@ -88,8 +92,8 @@ def _settings(tokens: list[str], at: str) -> dict[str, str]:
         name, sep, value = token.partition("=")
         if not sep or name not in SETTINGS or name in found:
             # The token is not echoed: a key pasted in the wrong place must not reach the log.
-            raise KeysFileError(f"{at}: word {i + 1} is not one of id=, rpm=, monthly_usd=, max_tier= (each at most "
-                                "once)")
+            raise KeysFileError(f"{at}: word {i + 1} is not one of id=, rpm=, monthly_usd=, max_tier=, "
+                                "quality_target= (each at most once)")
         found[name] = value
     return found
 
@@ -108,6 +112,15 @@ def _tier(value: str | None, at: str) -> int:
     if value not in map(str, TIERS):
         raise KeysFileError(f"{at}: must be {tier_list()}")
     return int(value)
+
+
+def _target(value: str | None, at: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return quality_target(float(value))
+    except ValueError:
+        raise KeysFileError(f"{at}: must be a quality vs frontier above 0 and at most 1, such as 0.9") from None
 
 
 def _amount(value: str | None, default: float, at: str) -> float:
@@ -192,6 +205,12 @@ def current_max_tier() -> int:
     """The highest tier the current call's key may be answered at (the frontier without keys)."""
     key = KEY.get()
     return key.max_tier if key is not None else FRONTIER
+
+
+def current_quality_target() -> float | None:
+    """The quality target the current call's key holds calls to when they set none (None: the head's default)."""
+    key = KEY.get()
+    return key.quality_target if key is not None else None
 
 
 def _cost(message) -> float:

@@ -21,7 +21,7 @@ from tierwise.v1 import router_pb2 as pb
 from . import access_log
 from .affinity import Affinity, Earlier, raised_to
 from .answer_cache import AnswerCache, served
-from .auth import current_key_id, current_max_tier
+from .auth import current_key_id, current_max_tier, current_quality_target
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
@@ -329,12 +329,13 @@ def _begun(span) -> access_log.Entry:
 
 
 def _quality_target(request: pb.RouteRequest | pb.CompleteRequest, span) -> float | None:
-    """The quality target the request sets, if any; INVALID_ARGUMENT unless it is in (0, 1]."""
-    if not request.HasField("quality_target"):
+    """The quality target the request sets, else its key's, if any; INVALID_ARGUMENT unless it is in (0, 1]."""
+    if request.HasField("quality_target"):
+        try:
+            target = quality_target(request.quality_target)
+        except ValueError as err:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err}") from None
+    elif (target := current_quality_target()) is None:
         return None
-    try:
-        target = quality_target(request.quality_target)
-    except ValueError as err:
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err}") from None
     span.set_attribute("tierwise.quality_target", target)
     return target

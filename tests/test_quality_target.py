@@ -112,6 +112,22 @@ def test_http_model_names_carry_a_target_and_a_body_overrides_it(router, double)
     assert status == 400 and body["error"]["message"].startswith("quality_target: head default has no tradeoff")
 
 
+def test_an_api_key_holds_its_calls_to_its_target_unless_they_set_one(double, classifier, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("tw-critical-0123456789 id=critical quality_target=0.99\ntw-plain-0123456789 id=plain\n")
+    with running_router(router_config(double.base_url, strategy="embedding"), classifier.address, tmp_path,
+                        "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router, \
+            grpc.insecure_channel(router.address) as channel:
+        route = router_pb2_grpc.RouterServiceStub(channel).Route
+
+        def tier(key: str, **target) -> int:
+            return route(pb.RouteRequest(query=QUERY, **target), metadata=(("authorization", f"Bearer {key}"),),
+                         timeout=10).tier
+
+        assert tier("tw-critical-0123456789") == 3 and tier("tw-critical-0123456789", quality_target=0.9) == 1
+        assert tier("tw-plain-0123456789") == 1
+
+
 def test_the_configuration_refuses_a_target_out_of_range(double):
     for value, says in ((1.5, "must be above 0 and at most 1"), ("0.9", "expected a number")):
         with pytest.raises(ConfigError) as err:

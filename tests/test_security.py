@@ -267,10 +267,10 @@ def test_mtls_between_router_and_classifier(tmp_path):
 
 def test_keys_file_format(tmp_path):
     text = (f"# a comment\n\n  {KEY}   id=main rpm=60  # trailing comment\n"
-            f"sha256:{'ab' * 32} monthly_usd=2.5 max_tier=2\n{LATE_KEY}\n")
+            f"sha256:{'ab' * 32} monthly_usd=2.5 max_tier=2 quality_target=0.9\n{LATE_KEY}\n")
     keys = parse_keys(text, "keys", rpm=10, monthly_usd=0.0)
-    assert [(k.id, k.rpm, k.monthly_usd, k.max_tier) for k in keys] == [
-        ("main", 60, 0.0, 3), ("abababab", 10, 2.5, 2), (keys[2].digest.hex()[:8], 10, 0.0, 3)]
+    assert [(k.id, k.rpm, k.monthly_usd, k.max_tier, k.quality_target) for k in keys] == [
+        ("main", 60, 0.0, 3, None), ("abababab", 10, 2.5, 2, 0.9), (keys[2].digest.hex()[:8], 10, 0.0, 3, None)]
     path = tmp_path / "keys"
     path.write_text(text)
     store = ApiKeys(path)
@@ -293,6 +293,8 @@ def test_keys_file_format(tmp_path):
     (f"{KEY} monthly_usd=nan\n", "keys:1: monthly_usd: must be an amount"),
     (f"{KEY} max_tier=4\n", "keys:1: max_tier: must be 1, 2 or 3"),
     (f"{KEY} max_tier=\n", "keys:1: max_tier: must be 1, 2 or 3"),
+    (f"{KEY} quality_target=1.2\n", "keys:1: quality_target: must be a quality vs frontier above 0"),
+    (f"{KEY} quality_target=high\n", "keys:1: quality_target: must be a quality vs frontier above 0"),
 ])
 def test_keys_file_errors_name_the_line_and_never_the_key(text, error):
     with pytest.raises(KeysFileError) as err:
