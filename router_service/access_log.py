@@ -44,6 +44,11 @@ class Entry:
         self.fields.update(strategy=route.strategy, decided_tier=route.tier, tier=route.tier, model=route.model,
                            degraded=route.degraded, head_version=route.head_version)
 
+    def asked(self, quality_target: float) -> None:
+        """The quality target the call asked for, itself or by its key (a strategy with no calibrated head has no
+        use for it)."""
+        self.fields["quality_target"] = quality_target
+
     def answered(self, summary: pb.CompleteResponse) -> None:
         self.fields.update(tier=summary.tier, model=summary.model, provider=summary.provider,
                            escalations=summary.escalations, cache_hit=summary.cache_hit,
@@ -74,6 +79,9 @@ class _Unlogged(Entry):
         pass
 
     def decided(self, route: pb.RouteResponse) -> None:
+        pass
+
+    def asked(self, quality_target: float) -> None:
         pass
 
     def answered(self, summary: pb.CompleteResponse) -> None:

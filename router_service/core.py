@@ -338,4 +338,5 @@ def _quality_target(request: pb.RouteRequest | pb.CompleteRequest, span) -> floa
     elif (target := current_quality_target()) is None:
         return None
     span.set_attribute("tierwise.quality_target", target)
+    access_log.current().asked(target)
     return target

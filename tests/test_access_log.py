@@ -47,7 +47,7 @@ def test_every_call_gets_a_line_and_no_line_holds_the_prompt_or_the_key(router, 
         stub = router_pb2_grpc.RouterServiceStub(channel)
         answer = stub.Complete(pb.CompleteRequest(messages=[pb.Message(role="user", content=PROMPT)]), metadata=auth,
                                timeout=20)
-        stub.Route(pb.RouteRequest(query=PROMPT, strategy="tier2"), metadata=auth, timeout=20)
+        stub.Route(pb.RouteRequest(query=PROMPT, strategy="tier2", quality_target=0.9), metadata=auth, timeout=20)
         list(stub.CompleteStream(pb.CompleteRequest(messages=[pb.Message(role="user", content=PROMPT)],
                                                     strategy="tier3"), metadata=auth, timeout=20))
         with pytest.raises(grpc.RpcError) as refused:
@@ -73,7 +73,8 @@ def test_every_call_gets_a_line_and_no_line_holds_the_prompt_or_the_key(router, 
     assert complete["provider"] == answer.provider and complete["cost_usd"] == pytest.approx(answer.cost_usd)
     assert complete["input_tokens"] == answer.usage.input_tokens > 0 and complete["ms"] > 0
     assert (route["strategy"], route["decided_tier"], route["model"]) == ("tier2", 2, "t2-a")
-    assert "provider" not in route and "cost_usd" not in route
+    assert "provider" not in route and "cost_usd" not in route and route["quality_target"] == 0.9
+    assert "quality_target" not in complete
     assert (stream["tier"], stream["model"], stream["escalations"], stream["cache_hit"]) == (3, "t3-a", 0, False)
     assert "key_id" not in unknown_key and "strategy" not in unknown_key
     assert bad_route["key_id"] == "team-a" and "strategy" not in bad_route
