@@ -104,6 +104,16 @@ class TierHead:
                            "run `tierwise calibrate`")
         return self.tradeoff
 
+    def tradeoff_keeping(self, target: float) -> tuple[float, float]:
+        """(tradeoff, calibrated target) for the least target the head is calibrated for that is at least `target`:
+        its promise keeps `target` too. KeyError when every calibrated target is below it."""
+        calibrated = {float(k): v for k, v in self.calibration.items()} or {self.target_quality: self.tradeoff}
+        keeping = [t for t in calibrated if t >= target - 1e-9]
+        if not keeping:
+            raise KeyError(f"head {self.name} has no tradeoff calibrated for quality {target:g} or above (it has: "
+                           f"{', '.join(f'{t:g}' for t in sorted(calibrated))}); run `tierwise calibrate`")
+        return calibrated[min(keeping)], min(keeping)
+
     def to_json(self) -> dict:
         return {
             "format": FORMAT,

@@ -67,7 +67,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                     rpc_span(self.tracer, SERVICE, "Classify", context, log) as span):
             head = self._head(request.head)
             check_text(request.text, "text", self.cfg.max_text_bytes)
-            result = (await self._classify([request.text], head, span, requested_tradeoff(request, head)))[0]
+            result = (await self._classify([request.text], head, span, *requested_tradeoff(request, head)))[0]
             span.set_attribute("tierwise.tier", result.tier)
             span.set_attribute("tierwise.top_probability", result.confidence)
             span.set_attribute("tierwise.outside_support", result.outside_support)
@@ -86,7 +86,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
                 check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
-            results = await self._classify(texts, head, span, requested_tradeoff(request, head))
+            results = await self._classify(texts, head, span, *requested_tradeoff(request, head))
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
             span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
@@ -112,10 +112,10 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
     # -- the work -------------------------------------------------------------------------------
 
-    async def _classify(self, texts: list[str], head: TierHead, span,
-                        tradeoff: float | None = None) -> list[pb.ClassifyResponse]:
-        """Tiers decided at `tradeoff`, or the head's own. The cache holds what the encoder and head computed,
-        not a decision, so any tradeoff is answered from it."""
+    async def _classify(self, texts: list[str], head: TierHead, span, tradeoff: float | None = None,
+                        kept_target: float = 0.0) -> list[pb.ClassifyResponse]:
+        """Tiers decided at `tradeoff` (the one calibrated for `kept_target`, when that is set), or the head's own.
+        The cache holds what the encoder and head computed, not a decision, so any tradeoff is answered from it."""
         encoder = self._ready_encoder()
         version = f"{head.version}|{encoder.version}"
         keys = [self.cache.key(version, t) for t in texts]
@@ -134,7 +134,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
         miss_set = set(misses)
-        tiers, out = replies(head, encoder.version, cached, [i not in miss_set for i in range(len(texts))], tradeoff)
+        tiers, out = replies(head, encoder.version, cached, [i not in miss_set for i in range(len(texts))], tradeoff,
+                             kept_target)
         self.metrics.decided(head.name, tiers)
         return out
 
@@ -162,33 +163,36 @@ def cache_entries(head: TierHead, embedded: list[Embedded]) -> list[tuple]:
 
 
 def replies(head: TierHead, encoder_version: str, cached: list[tuple], hits: list[bool],
-            tradeoff: float | None) -> tuple[np.ndarray, list[pb.ClassifyResponse]]:
-    """(tiers, replies) for cache entries at `tradeoff`, or the head's own."""
+            tradeoff: float | None, kept_target: float = 0.0) -> tuple[np.ndarray, list[pb.ClassifyResponse]]:
+    """(tiers, replies) for cache entries at `tradeoff` (calibrated for `kept_target`, when set), or the head's
+    own."""
     tiers = head.decide(np.array([c[0] for c in cached]), tradeoff, np.array([c[4] for c in cached]))
     return tiers, [
         pb.ClassifyResponse(tier=int(tier), probabilities=probs, head=head.name, head_version=head.version,
                             encoder_version=encoder_version, confidence=probs[tier - 1],
                             tradeoff=head.tradeoff if tradeoff is None else tradeoff,
                             relative_cost=head.relative_cost, cache_hit=hit, input_tokens=tokens,
-                            truncated=truncated, support_margin=margin, outside_support=outside)
+                            truncated=truncated, support_margin=margin, outside_support=outside,
+                            quality_target=kept_target)
         for tier, hit, (probs, tokens, truncated, margin, outside) in zip(tiers, hits, cached)]
 
 
-def requested_tradeoff(request, head: TierHead) -> float | None:
-    """The tradeoff the request asks for, itself or as the head's for a quality target; None for the head's own.
-    INVALID_ARGUMENT unless the tradeoff is finite and >= 0, or the head has a tradeoff calibrated for the target."""
+def requested_tradeoff(request, head: TierHead) -> tuple[float | None, float]:
+    """(tradeoff, calibrated target): the tradeoff the request asks for, itself or as the head's for the least
+    calibrated target that keeps the request's quality target (that target, else 0); None for the head's own.
+    INVALID_ARGUMENT unless the tradeoff is finite and >= 0, or the head is calibrated for the target or above."""
     if request.HasField("quality_target"):
         if request.HasField("tradeoff"):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "quality_target: set it or tradeoff, not both")
         try:
-            return head.tradeoff_for(quality_target(request.quality_target))
+            return head.tradeoff_keeping(quality_target(request.quality_target))
         except (ValueError, KeyError) as err:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err.args[0]}") from None
     if not request.HasField("tradeoff"):
-        return None
+        return None, 0.0
     if not (math.isfinite(request.tradeoff) and request.tradeoff >= 0):
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"tradeoff: must be finite and >= 0, not {request.tradeoff}")
-    return request.tradeoff
+    return request.tradeoff, 0.0
 
 
 async def serve(cfg: Config, version: str = "0.1.0") -> int:

@@ -168,7 +168,7 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
                     if head is None:
                         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"head: unknown head {shown(request.head)}")
                     check_text(request.text, "text", self.cfg.max_text_bytes)
-                    result = self._classify(request.text, head, span, requested_tradeoff(request, head))
+                    result = self._classify(request.text, head, span, *requested_tradeoff(request, head))
                 except Rejected as err:
                     span.set_attribute("rpc.grpc.status_code", err.code.value[0])
                     context.abort(err.code, str(err))
@@ -181,7 +181,7 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
             self.base.metrics.latency.record(wall, {"method": "Classify"})
             self.handler_ms.append((wall, (time.thread_time() - cpu) * 1e3))
 
-    def _classify(self, text: str, head, span, tradeoff: float | None) -> pb.ClassifyResponse:
+    def _classify(self, text: str, head, span, tradeoff: float | None, kept: float = 0.0) -> pb.ClassifyResponse:
         encoder, cache = self.encoder, self.base.cache
         key = cache.key(f"{head.version}|{encoder.version}", text)
         with self._cache_lock:
@@ -195,7 +195,7 @@ class SyncClassifier(pb_grpc.ClassifierServiceServicer):
                 cache.put(key, cached)
         if tradeoff is not None:
             span.set_attribute("tierwise.tradeoff", tradeoff)
-        tiers, (reply,) = replies(head, encoder.version, [cached], [hit], tradeoff)
+        tiers, (reply,) = replies(head, encoder.version, [cached], [hit], tradeoff, kept)
         self.base.metrics.decided(head.name, tiers)
         return reply
 

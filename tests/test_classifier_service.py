@@ -104,8 +104,13 @@ def test_a_quality_target_decides_at_the_heads_tradeoff_calibrated_for_it(stub):
         own = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
         at = {q: stub.Classify(pb.ClassifyRequest(text=text, quality_target=q), timeout=10) for q in (0.9, 0.95, 0.99)}
         assert [at[q].tradeoff for q in at] == pytest.approx([calibration[f"{q:g}"] for q in at])
+        assert [at[q].quality_target for q in at] == pytest.approx(list(at)) and own.quality_target == 0
         assert (at[0.95].tier, at[0.95].tradeoff) == (own.tier, own.tradeoff), "0.95 is the head's default target"
         assert at[0.9].tier <= at[0.95].tier <= at[0.99].tier, text
+    # A target between calibrated ones decides at the least calibrated target above it, whose promise keeps it.
+    [between, low] = [stub.Classify(pb.ClassifyRequest(text=TEXTS[1], quality_target=q), timeout=10) for q in (0.97, 0.5)]
+    assert (between.tradeoff, between.quality_target) == pytest.approx((calibration["0.99"], 0.99))
+    assert (low.tradeoff, low.quality_target) == pytest.approx((calibration["0.9"], 0.9))
     [batched] = stub.ClassifyBatch(pb.ClassifyBatchRequest(texts=[TEXTS[1]], quality_target=0.99), timeout=10).results
     assert batched.tradeoff == pytest.approx(calibration["0.99"])
 
@@ -122,7 +127,7 @@ def test_long_text_is_truncated_by_tokens_not_rejected(stub):
     (pb.ClassifyRequest(text="fine", head="no-such-head"), "head"),
     (pb.ClassifyRequest(text="fine", tradeoff=-0.5), "tradeoff"),
     (pb.ClassifyRequest(text="fine", tradeoff=float("nan")), "tradeoff"),
-    (pb.ClassifyRequest(text="fine", quality_target=0.97), "quality_target"),  # no tradeoff calibrated for it
+    (pb.ClassifyRequest(text="fine", quality_target=0.995), "quality_target"),  # calibrated for none so high
     (pb.ClassifyRequest(text="fine", quality_target=0.0), "quality_target"),
     (pb.ClassifyRequest(text="fine", quality_target=1.5), "quality_target"),
     (pb.ClassifyRequest(text="fine", quality_target=float("nan")), "quality_target"),
@@ -141,7 +146,7 @@ def test_bad_classify_input_is_invalid_argument_naming_the_field(stub, request_,
     (pb.ClassifyBatchRequest(texts=["ok", "  "]), "texts[1]"),
     (pb.ClassifyBatchRequest(texts=["ok"], head="nope"), "head"),
     (pb.ClassifyBatchRequest(texts=["ok"], tradeoff=float("inf")), "tradeoff"),
-    (pb.ClassifyBatchRequest(texts=["ok"], quality_target=0.5), "quality_target"),
+    (pb.ClassifyBatchRequest(texts=["ok"], quality_target=1.01), "quality_target"),
 ])
 def test_bad_batch_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:

@@ -1,7 +1,7 @@
 """A caller's quality target: a request held to 0.99 of the frontier's quality, or a batch job to 0.9, decides at
 the head's tradeoff calibrated for that target. Over gRPC (Route, Complete), the HTTP APIs (a body field, or a model
-name the configuration maps to a target), and the cascade's start; a target the head has no calibration for, or out
-of range, is refused naming the field. A real classifier and router; the provider double the only stand-in."""
+name the configuration maps to a target), API keys and the cascade's start. A target between calibrated ones decides
+at the least calibrated target above it; one above them all, or out of range, is refused naming the field. A real classifier and router; the provider double the only stand-in."""
 from __future__ import annotations
 
 import grpc
@@ -48,8 +48,11 @@ def test_route_decides_at_the_tradeoff_calibrated_for_the_target(router_stub, ca
     assert [at[q].tier for q in at] == [1, 1, 3] and default.tier == 1
     assert [at[q].thresholds[0] for q in at] == pytest.approx([calibration[f"{q:g}"] for q in at])
     assert not any(r.degraded for r in at.values())
-    assert "calibrated for quality 0.99 of the frontier" in at[0.99].reason
+    assert at[0.99].reason.endswith("calibrated for quality 0.99 of the frontier")
     assert "calibrated for quality" not in default.reason
+    between = router_stub.Route(pb.RouteRequest(query=QUERY, quality_target=0.97), timeout=10)
+    assert (between.tier, between.thresholds[0]) == (3, pytest.approx(calibration["0.99"]))
+    assert between.reason.endswith("calibrated for quality 0.99 of the frontier (asked 0.97)")
 
 
 def test_a_strategy_without_a_calibrated_head_decides_as_it_always_does(router_stub):
@@ -66,7 +69,8 @@ def test_a_target_outranks_the_cascades_configured_start(router_stub, calibratio
 
 
 @pytest.mark.parametrize("target, says", [
-    (0.97, "quality_target: head default has no tradeoff calibrated for quality 0.97 (it has: 0.9, 0.95, 0.99)"),
+    (0.995, "quality_target: head default has no tradeoff calibrated for quality 0.995 or above (it has: 0.9, 0.95, "
+            "0.99)"),
     (1.5, "quality_target: must be above 0 and at most 1"),
     (0.0, "quality_target: must be above 0 and at most 1"),
     (float("nan"), "quality_target: must be above 0 and at most 1"),
@@ -107,7 +111,7 @@ def test_http_model_names_carry_a_target_and_a_body_overrides_it(router, double)
         with pytest.raises(openai.BadRequestError) as err:
             ask("tierwise", quality_target=bad)
         assert err.value.body["param"] == "quality_target" and err.value.body["message"].startswith(says)
-    status, _, body = post(http_address(router), b'{"model": "economy", "max_tokens": 20, "quality_target": 0.97, '
+    status, _, body = post(http_address(router), b'{"model": "economy", "max_tokens": 20, "quality_target": 0.995, '
                            b'"messages": [{"role": "user", "content": "hi"}]}', path="/v1/messages")
     assert status == 400 and body["error"]["message"].startswith("quality_target: head default has no tradeoff")
 

@@ -41,7 +41,9 @@ class EmbeddingStrategy(Strategy):
         reason = ("P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p) + f" less {reply.tradeoff:.3g} x relative cost "
                   + "/".join(f"{c:.3g}" for c in reply.relative_cost))
         if request.quality_target is not None:
-            reason += f", the tradeoff calibrated for quality {request.quality_target:g} of the frontier"
+            kept = round(reply.quality_target, 6)
+            reason += (f", the tradeoff calibrated for quality {kept:g} of the frontier"
+                       + ("" if kept == request.quality_target else f" (asked {request.quality_target:g})"))
         if reply.outside_support:
             reason = (f"query unlike the head's training queries (support margin {reply.support_margin:.2f}), "
                       f"so tier {FRONTIER}; {reason}")

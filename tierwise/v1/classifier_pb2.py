@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctierwise/v1/classifier.proto\x12\x0btierwise.v1\"\x81\x01\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x15\n\x08tradeoff\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0equality_target\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\t_tradeoffB\x11\n\x0f_quality_target\"\xb0\x02\n\x10\x43lassifyResponse\x12\x0c\n\x04tier\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x14\n\x0chead_version\x18\x04 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\t \x01(\x05\x12\x11\n\ttruncated\x18\n \x01(\x08\x12\x10\n\x08tradeoff\x18\x0b \x01(\x02\x12\x15\n\rrelative_cost\x18\x0c \x03(\x02\x12\x16\n\x0esupport_margin\x18\r \x01(\x02\x12\x17\n\x0foutside_support\x18\x0e \x01(\x08J\x04\x08\x07\x10\x08R\nthresholds\"\x87\x01\n\x14\x43lassifyBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x15\n\x08tradeoff\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0equality_target\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\t_tradeoffB\x11\n\x0f_quality_target\"G\n\x15\x43lassifyBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.tierwise.v1.ClassifyResponse\"\x12\n\x10ListHeadsRequest\"\x97\x03\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\r\n\x05tiers\x18\x04 \x03(\x05\x12\x16\n\x0etarget_quality\x18\x06 \x01(\x02\x12-\n\x04\x63\x61rd\x18\x07 \x03(\x0b\x32\x1f.tierwise.v1.HeadInfo.CardEntry\x12\x10\n\x08tradeoff\x18\x08 \x01(\x02\x12\x15\n\rrelative_cost\x18\t \x03(\x02\x12\x0e\n\x06models\x18\n \x03(\t\x12;\n\x0b\x63\x61libration\x18\x0b \x03(\x0b\x32&.tierwise.v1.HeadInfo.CalibrationEntry\x12\x19\n\x11support_centroids\x18\x0c \x01(\x05\x1a+\n\tCardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x43\x61librationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01J\x04\x08\x05\x10\x06R\nthresholds\"S\n\x0b\x45ncoderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\"\xa5\x01\n\x11ListHeadsResponse\x12$\n\x05heads\x18\x01 \x03(\x0b\x32\x15.tierwise.v1.HeadInfo\x12)\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x18.tierwise.v1.EncoderInfo\x12\x14\n\x0c\x64\x65\x66\x61ult_head\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\x05\x12\x16\n\x0emax_text_bytes\x18\x05 \x01(\x05\x32\x80\x02\n\x11\x43lassifierService\x12G\n\x08\x43lassify\x12\x1c.tierwise.v1.ClassifyRequest\x1a\x1d.tierwise.v1.ClassifyResponse\x12V\n\rClassifyBatch\x12!.tierwise.v1.ClassifyBatchRequest\x1a\".tierwise.v1.ClassifyBatchResponse\x12J\n\tListHeads\x12\x1d.tierwise.v1.ListHeadsRequest\x1a\x1e.tierwise.v1.ListHeadsResponseB;\n\x0f\x64\x65v.tierwise.v1P\x01Z&tierwise/gen/go/tierwise/v1;tierwisev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctierwise/v1/classifier.proto\x12\x0btierwise.v1\"\x81\x01\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x15\n\x08tradeoff\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0equality_target\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\t_tradeoffB\x11\n\x0f_quality_target\"\xc8\x02\n\x10\x43lassifyResponse\x12\x0c\n\x04tier\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x14\n\x0chead_version\x18\x04 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\t \x01(\x05\x12\x11\n\ttruncated\x18\n \x01(\x08\x12\x10\n\x08tradeoff\x18\x0b \x01(\x02\x12\x15\n\rrelative_cost\x18\x0c \x03(\x02\x12\x16\n\x0esupport_margin\x18\r \x01(\x02\x12\x17\n\x0foutside_support\x18\x0e \x01(\x08\x12\x16\n\x0equality_target\x18\x0f \x01(\x02J\x04\x08\x07\x10\x08R\nthresholds\"\x87\x01\n\x14\x43lassifyBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x15\n\x08tradeoff\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0equality_target\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\t_tradeoffB\x11\n\x0f_quality_target\"G\n\x15\x43lassifyBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.tierwise.v1.ClassifyResponse\"\x12\n\x10ListHeadsRequest\"\x97\x03\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\r\n\x05tiers\x18\x04 \x03(\x05\x12\x16\n\x0etarget_quality\x18\x06 \x01(\x02\x12-\n\x04\x63\x61rd\x18\x07 \x03(\x0b\x32\x1f.tierwise.v1.HeadInfo.CardEntry\x12\x10\n\x08tradeoff\x18\x08 \x01(\x02\x12\x15\n\rrelative_cost\x18\t \x03(\x02\x12\x0e\n\x06models\x18\n \x03(\t\x12;\n\x0b\x63\x61libration\x18\x0b \x03(\x0b\x32&.tierwise.v1.HeadInfo.CalibrationEntry\x12\x19\n\x11support_centroids\x18\x0c \x01(\x05\x1a+\n\tCardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x43\x61librationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01J\x04\x08\x05\x10\x06R\nthresholds\"S\n\x0b\x45ncoderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\"\xa5\x01\n\x11ListHeadsResponse\x12$\n\x05heads\x18\x01 \x03(\x0b\x32\x15.tierwise.v1.HeadInfo\x12)\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x18.tierwise.v1.EncoderInfo\x12\x14\n\x0c\x64\x65\x66\x61ult_head\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\x05\x12\x16\n\x0emax_text_bytes\x18\x05 \x01(\x05\x32\x80\x02\n\x11\x43lassifierService\x12G\n\x08\x43lassify\x12\x1c.tierwise.v1.ClassifyRequest\x1a\x1d.tierwise.v1.ClassifyResponse\x12V\n\rClassifyBatch\x12!.tierwise.v1.ClassifyBatchRequest\x1a\".tierwise.v1.ClassifyBatchResponse\x12J\n\tListHeads\x12\x1d.tierwise.v1.ListHeadsRequest\x1a\x1e.tierwise.v1.ListHeadsResponseB;\n\x0f\x64\x65v.tierwise.v1P\x01Z&tierwise/gen/go/tierwise/v1;tierwisev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFYREQUEST']._serialized_start=46
   _globals['_CLASSIFYREQUEST']._serialized_end=175
   _globals['_CLASSIFYRESPONSE']._serialized_start=178
-  _globals['_CLASSIFYRESPONSE']._serialized_end=482
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=485
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=620
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=622
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=693
-  _globals['_LISTHEADSREQUEST']._serialized_start=695
-  _globals['_LISTHEADSREQUEST']._serialized_end=713
-  _globals['_HEADINFO']._serialized_start=716
-  _globals['_HEADINFO']._serialized_end=1123
-  _globals['_HEADINFO_CARDENTRY']._serialized_start=1010
-  _globals['_HEADINFO_CARDENTRY']._serialized_end=1053
-  _globals['_HEADINFO_CALIBRATIONENTRY']._serialized_start=1055
-  _globals['_HEADINFO_CALIBRATIONENTRY']._serialized_end=1105
-  _globals['_ENCODERINFO']._serialized_start=1125
-  _globals['_ENCODERINFO']._serialized_end=1208
-  _globals['_LISTHEADSRESPONSE']._serialized_start=1211
-  _globals['_LISTHEADSRESPONSE']._serialized_end=1376
-  _globals['_CLASSIFIERSERVICE']._serialized_start=1379
-  _globals['_CLASSIFIERSERVICE']._serialized_end=1635
+  _globals['_CLASSIFYRESPONSE']._serialized_end=506
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=509
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=644
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=646
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=717
+  _globals['_LISTHEADSREQUEST']._serialized_start=719
+  _globals['_LISTHEADSREQUEST']._serialized_end=737
+  _globals['_HEADINFO']._serialized_start=740
+  _globals['_HEADINFO']._serialized_end=1147
+  _globals['_HEADINFO_CARDENTRY']._serialized_start=1034
+  _globals['_HEADINFO_CARDENTRY']._serialized_end=1077
+  _globals['_HEADINFO_CALIBRATIONENTRY']._serialized_start=1079
+  _globals['_HEADINFO_CALIBRATIONENTRY']._serialized_end=1129
+  _globals['_ENCODERINFO']._serialized_start=1149
+  _globals['_ENCODERINFO']._serialized_end=1232
+  _globals['_LISTHEADSRESPONSE']._serialized_start=1235
+  _globals['_LISTHEADSRESPONSE']._serialized_end=1400
+  _globals['_CLASSIFIERSERVICE']._serialized_start=1403
+  _globals['_CLASSIFIERSERVICE']._serialized_end=1659
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ class ClassifyRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., head: _Optional[str] = ..., tradeoff: _Optional[float] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost", "support_margin", "outside_support")
+    __slots__ = ("tier", "probabilities", "head", "head_version", "encoder_version", "confidence", "cache_hit", "input_tokens", "truncated", "tradeoff", "relative_cost", "support_margin", "outside_support", "quality_target")
     TIER_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class ClassifyResponse(_message.Message):
     RELATIVE_COST_FIELD_NUMBER: _ClassVar[int]
     SUPPORT_MARGIN_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_SUPPORT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     tier: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     head: str
@@ -46,7 +47,8 @@ class ClassifyResponse(_message.Message):
     relative_cost: _containers.RepeatedScalarFieldContainer[float]
     support_margin: float
     outside_support: bool
-    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., support_margin: _Optional[float] = ..., outside_support: _Optional[bool] = ...) -> None: ...
+    quality_target: float
+    def __init__(self, tier: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., head: _Optional[str] = ..., head_version: _Optional[str] = ..., encoder_version: _Optional[str] = ..., confidence: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., tradeoff: _Optional[float] = ..., relative_cost: _Optional[_Iterable[float]] = ..., support_margin: _Optional[float] = ..., outside_support: _Optional[bool] = ..., quality_target: _Optional[float] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("texts", "head", "tradeoff", "quality_target")
