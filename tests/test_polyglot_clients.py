@@ -117,6 +117,21 @@ def test_example_client_routes_and_streams(lang, builds, stack):
 
 
 @pytest.mark.parametrize("lang", LANGS)
+def test_example_client_asks_for_a_quality_target(lang, builds, stack):
+    """--quality-target reaches the router in Route and CompleteStream: the head's 0.99 tradeoff sends a query to
+    tier 3 that its default target answers at tier 1 (margins: tests/test_quality_target.py's QUERY)."""
+    run = built(builds, lang)
+    double, router = stack
+    double.reset()
+    query = "Who painted the Mona Lisa?"
+    plain = run_client(run, router.address, "--strategy", "embedding", query)
+    held = run_client(run, router.address, "--strategy", "embedding", "--quality-target", "0.99", query)
+    assert (plain["Route"]["tier"], plain["CompleteStream"]["decision"]["tier"]) == (1, 1)
+    assert (held["Route"]["tier"], held["CompleteStream"]["decision"]["tier"]) == (3, 3)
+    assert "calibrated for quality 0.99" in held["Route"]["reason"]
+
+
+@pytest.mark.parametrize("lang", LANGS)
 def test_example_client_reports_the_grpc_status(lang, builds, stack):
     run = built(builds, lang)
     _, router = stack

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // tierwise-example: the example CLI over RouterClient. Route, then CompleteStream, one JSON line per call on stdout.
 //
-//   tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--timeout SECONDS] QUERY...
+//   tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--quality-target Q] [--timeout SECONDS] QUERY...
 //
 // When TRACEPARENT holds a W3C trace context it is sent as `traceparent` metadata (and TRACESTATE as
 // `tracestate`), so the router's and classifier's spans join the caller's trace.
@@ -14,6 +14,7 @@ interface Args {
   address: string;
   strategy: string;
   head: string;
+  qualityTarget?: number;
   timeoutS: number;
   query: string;
 }
@@ -33,6 +34,7 @@ function parseArgs(argv: string[]): Args {
     if (flag === "--address") args.address = value();
     else if (flag === "--strategy") args.strategy = value();
     else if (flag === "--head") args.head = value();
+    else if (flag === "--quality-target") args.qualityTarget = Number(value());
     else if (flag === "--timeout") args.timeoutS = Number(value());
     else if (flag === "-h" || flag === "--help") usage("");
     else if (flag.startsWith("--")) usage(`unknown option ${flag}`);
@@ -40,11 +42,14 @@ function parseArgs(argv: string[]): Args {
   }
   args.query = words.join(" ") || "What is 2 + 2?";
   if (!(args.timeoutS > 0)) usage("--timeout must be a positive number of seconds");
+  if (args.qualityTarget !== undefined && !(args.qualityTarget > 0 && args.qualityTarget <= 1)) {
+    usage("--quality-target must be above 0 and at most 1");
+  }
   return args;
 }
 
 function usage(problem: string): never {
-  const text = "usage: tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--timeout SECONDS] QUERY...";
+  const text = "usage: tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--quality-target Q] [--timeout SECONDS] QUERY...";
   if (problem) {
     process.stderr.write(`error: ${problem}\n${text}\n`);
     process.exit(2);
@@ -75,7 +80,7 @@ async function main(): Promise<number> {
   }
   const traceparent = traceparentFromEnv();
   const call = {
-    strategy: args.strategy, head: args.head, timeoutS: args.timeoutS,
+    strategy: args.strategy, head: args.head, qualityTarget: args.qualityTarget, timeoutS: args.timeoutS,
     traceparent, tracestate: traceparent ? process.env.TRACESTATE : undefined,
   };
   const tw = new RouterClient(args.address);

@@ -21,6 +21,7 @@ import type { CompleteRequest } from "../gen/tierwise/v1/CompleteRequest";
 import type { CompleteResponse__Output } from "../gen/tierwise/v1/CompleteResponse";
 import type { CompleteStreamResponse__Output } from "../gen/tierwise/v1/CompleteStreamResponse";
 import type { Message } from "../gen/tierwise/v1/Message";
+import type { RouteRequest } from "../gen/tierwise/v1/RouteRequest";
 import type { RouteResponse__Output } from "../gen/tierwise/v1/RouteResponse";
 import type { RouterServiceClient } from "../gen/tierwise/v1/RouterService";
 
@@ -64,6 +65,8 @@ export interface ClientOptions {
 export interface CallOptions {
   strategy?: string;
   head?: string;
+  /** The quality vs frontier the decision is held to, e.g. 0.99 (unset: the head's default). */
+  qualityTarget?: number;
   timeoutS?: number;
   /** A W3C trace context: the router's spans become children of the caller's span. */
   traceparent?: string;
@@ -128,7 +131,8 @@ export class RouterClient {
 
   /** The router's decision for `query`: tier, model, strategy, estimated cost, ... */
   route(query: string, options: CallOptions = {}): Promise<RouteResponse> {
-    const request = { query, strategy: options.strategy ?? "", head: options.head ?? "" };
+    const request: RouteRequest = { query, strategy: options.strategy ?? "", head: options.head ?? "" };
+    if (options.qualityTarget !== undefined) request.quality_target = options.qualityTarget;
     return new Promise((resolve, reject) => {
       this.client.Route(request, this.metadata(options), this.callOptions(options),
         (err, reply) => (err || !reply ? reject(err) : resolve(reply)));
@@ -209,6 +213,7 @@ function completeRequest(messages: Messages, options: CompleteOptions): Complete
   if (options.parallelToolCalls !== undefined) request.parallel_tool_calls = options.parallelToolCalls;
   if (options.logprobs !== undefined) request.logprobs = options.logprobs;
   if (options.topLogprobs !== undefined) request.top_logprobs = options.topLogprobs;
+  if (options.qualityTarget !== undefined) request.quality_target = options.qualityTarget;
   return request;
 }
 

@@ -1,6 +1,6 @@
 // Command tierwise-example calls Tierwise's RouterService: Route, then CompleteStream, one JSON line per call on stdout.
 //
-//	tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--timeout SECONDS] QUERY...
+//	tierwise-example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--quality-target Q] [--timeout SECONDS] QUERY...
 //
 // It uses the module's stubs, package tierwisev1 (`clients/build.sh go-stubs` regenerates them from protos/).
 // `go build ./...` builds it in module mode; clients/build.sh builds it offline in GOPATH mode against Debian's
@@ -97,10 +97,19 @@ func run() error {
 	address := flag.String("address", defaultAddress, "router address HOST:PORT")
 	strategy := flag.String("strategy", "", "routing strategy (empty = the router's default)")
 	head := flag.String("head", "", "classifier head (empty = the classifier's default)")
+	qualityTarget := flag.Float64("quality-target", 0, "quality vs frontier the decision is held to, e.g. 0.99 (0 = the head's default)")
 	timeoutS := flag.Float64("timeout", 30, "deadline of each call, in seconds")
 	flag.Parse()
 	if *timeoutS <= 0 {
 		return fmt.Errorf("-timeout must be a positive number of seconds")
+	}
+	if *qualityTarget < 0 || *qualityTarget > 1 {
+		return fmt.Errorf("-quality-target must be above 0 and at most 1")
+	}
+	var target *float32 // unset: the head's default target
+	if *qualityTarget > 0 {
+		t := float32(*qualityTarget)
+		target = &t
 	}
 	timeout := time.Duration(*timeoutS * float64(time.Second))
 	query := strings.Join(flag.Args(), " ")
@@ -118,7 +127,7 @@ func run() error {
 
 	ctx, cancel := context.WithTimeout(withTrace(context.Background()), timeout)
 	defer cancel()
-	decision, err := client.Route(ctx, &pb.RouteRequest{Query: query, Strategy: *strategy, Head: *head})
+	decision, err := client.Route(ctx, &pb.RouteRequest{Query: query, Strategy: *strategy, Head: *head, QualityTarget: target})
 	if err != nil {
 		return err
 	}
@@ -130,7 +139,7 @@ func run() error {
 	ctx, cancel = context.WithTimeout(withTrace(context.Background()), timeout)
 	defer cancel()
 	stream, err := client.CompleteStream(ctx, &pb.CompleteRequest{
-		Messages: []*pb.Message{{Role: "user", Content: query}}, Strategy: *strategy, Head: *head})
+		Messages: []*pb.Message{{Role: "user", Content: query}}, Strategy: *strategy, Head: *head, QualityTarget: target})
 	if err != nil {
 		return err
 	}

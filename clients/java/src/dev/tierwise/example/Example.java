@@ -23,7 +23,7 @@ import java.util.regex.Pattern;
  * Calls Tierwise's RouterService: Route, then CompleteStream, one JSON line per call on stdout.
  *
  * <pre>java -cp ... dev.tierwise.example.Example [--address HOST:PORT] [--strategy NAME] [--head NAME]
- *     [--timeout SECONDS] QUERY...</pre>
+ *     [--quality-target Q] [--timeout SECONDS] QUERY...</pre>
  *
  * <p>The stubs (package dev.tierwise.v1) are generated from protos/ by ../build.sh with Debian's protoc and
  * grpc-java plugin, and compiled with plain javac against Debian's grpc-java and protobuf-java jars. When
@@ -40,6 +40,7 @@ public final class Example {
     String address = System.getenv().getOrDefault("TIERWISE_ADDRESS", "127.0.0.1:50052");
     String strategy = "";
     String head = "";
+    Float qualityTarget = null; // unset: the head's default target
     double timeoutS = 30;
     List<String> words = new ArrayList<>();
     for (int i = 0; i < argv.length; i++) {
@@ -49,6 +50,15 @@ public final class Example {
         case "--address": if (!hasValue) usage(flag + " needs a value"); address = argv[++i]; break;
         case "--strategy": if (!hasValue) usage(flag + " needs a value"); strategy = argv[++i]; break;
         case "--head": if (!hasValue) usage(flag + " needs a value"); head = argv[++i]; break;
+        case "--quality-target":
+          if (!hasValue) usage(flag + " needs a value");
+          try {
+            qualityTarget = Float.parseFloat(argv[++i]);
+          } catch (NumberFormatException e) {
+            qualityTarget = -1f;
+          }
+          if (!(qualityTarget > 0 && qualityTarget <= 1)) usage("--quality-target must be above 0 and at most 1");
+          break;
         case "--timeout":
           if (!hasValue) usage(flag + " needs a value");
           try {
@@ -74,13 +84,16 @@ public final class Example {
           RouterServiceGrpc.newBlockingStub(channel).withInterceptors(
               MetadataUtils.newAttachHeadersInterceptor(traceMetadata()));
 
-      RouteResponse decision = stub.withDeadlineAfter(timeoutMs, TimeUnit.MILLISECONDS).route(
-          RouteRequest.newBuilder().setQuery(query).setStrategy(strategy).setHead(head).build());
+      RouteRequest.Builder asked = RouteRequest.newBuilder().setQuery(query).setStrategy(strategy).setHead(head);
+      if (qualityTarget != null) asked.setQualityTarget(qualityTarget);
+      RouteResponse decision = stub.withDeadlineAfter(timeoutMs, TimeUnit.MILLISECONDS).route(asked.build());
       System.out.println("{\"call\":\"Route\"," + routeFields(decision) + "}");
 
-      CompleteRequest request = CompleteRequest.newBuilder()
+      CompleteRequest.Builder completing = CompleteRequest.newBuilder()
           .addMessages(Message.newBuilder().setRole("user").setContent(query))
-          .setStrategy(strategy).setHead(head).build();
+          .setStrategy(strategy).setHead(head);
+      if (qualityTarget != null) completing.setQualityTarget(qualityTarget);
+      CompleteRequest request = completing.build();
       RouteResponse first = null;
       List<String> deltas = new ArrayList<>();
       CompleteResponse summary = null;
@@ -180,7 +193,7 @@ public final class Example {
   }
 
   private static void usage(String problem) {
-    String text = "usage: Example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--timeout SECONDS] QUERY...";
+    String text = "usage: Example [--address HOST:PORT] [--strategy NAME] [--head NAME] [--quality-target Q] [--timeout SECONDS] QUERY...";
     if (problem != null) {
       System.err.println("error: " + problem + "\n" + text);
       System.exit(2);
