@@ -52,20 +52,13 @@ public final class Example {
         case "--head": if (!hasValue) usage(flag + " needs a value"); head = argv[++i]; break;
         case "--quality-target":
           if (!hasValue) usage(flag + " needs a value");
-          try {
-            qualityTarget = Float.parseFloat(argv[++i]);
-          } catch (NumberFormatException e) {
-            qualityTarget = -1f;
-          }
-          if (!(qualityTarget > 0 && qualityTarget <= 1)) usage("--quality-target must be above 0 and at most 1");
+          double target = number(argv[++i]);
+          if (!(target > 0 && target <= 1)) usage("--quality-target must be above 0 and at most 1");
+          qualityTarget = (float) target;
           break;
         case "--timeout":
           if (!hasValue) usage(flag + " needs a value");
-          try {
-            timeoutS = Double.parseDouble(argv[++i]);
-          } catch (NumberFormatException e) {
-            timeoutS = -1;
-          }
+          timeoutS = number(argv[++i]);
           if (!(timeoutS > 0)) usage("--timeout must be a positive number of seconds");
           break;
         case "-h": case "--help": usage(null); break;
@@ -190,6 +183,15 @@ public final class Example {
       }
     }
     return out.append('"').toString();
+  }
+
+  /** The number {@code text} holds, or NaN when it holds none. */
+  private static double number(String text) {
+    try {
+      return Double.parseDouble(text);
+    } catch (NumberFormatException e) {
+      return Double.NaN;
+    }
   }
 
   private static void usage(String problem) {
