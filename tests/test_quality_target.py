@@ -104,6 +104,9 @@ def test_http_model_names_carry_a_target_and_a_body_overrides_it(router, double)
 
     assert (ask("economy"), ask("critical"), ask("tierwise")) == ("1", "3", "1")
     assert ask("economy", quality_target=0.99) == "3" and ask("tierwise", quality_target=0.99) == "3"
+    status, headers, _ = post(http_address(router), b'{"model": "critical", "quality_target": null, '
+                              b'"messages": [{"role": "user", "content": "Who painted the Mona Lisa?"}]}')
+    assert (status, headers["x-tierwise-tier"]) == (200, "3"), "a null target in the body leaves the name's"
     responses = sdk.responses.with_raw_response.create(model="critical", input=QUERY)
     assert responses.headers["x-tierwise-tier"] == "3"
     for bad, says in (("high", "quality_target: must be a number"), (True, "quality_target: must be a number"),

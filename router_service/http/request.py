@@ -62,9 +62,10 @@ def document(body: bytes, names: ModelNames) -> tuple[dict, dict]:
 
 def routing(doc: dict, strategy: str, target: float | None) -> dict:
     """The strategy and quality target the model name routes with, and the head the body names; the body's own
-    `quality_target` (an extension, as `head` is) overrides the name's. Its range is the core's to check."""
+    `quality_target` (an extension, as `head` is; null is unset) overrides the name's. Its range is the core's to
+    check."""
     fields: dict = {"strategy": strategy, "head": string(doc.get("head") or "", "head")}
-    asked = doc.get("quality_target", target)
+    asked = target if doc.get("quality_target") is None else doc["quality_target"]
     if asked is not None:
         if isinstance(asked, bool) or not isinstance(asked, (int, float)) or abs(asked) > 1e300:
             raise bad_request("quality_target: must be a number, such as 0.99")
