@@ -67,10 +67,15 @@ def routing(doc: dict, strategy: str, target: float | None) -> dict:
     fields: dict = {"strategy": strategy, "head": string(doc.get("head") or "", "head")}
     asked = target if doc.get("quality_target") is None else doc["quality_target"]
     if asked is not None:
-        if isinstance(asked, bool) or not isinstance(asked, (int, float)) or abs(asked) > 1e300:
-            raise bad_request("quality_target: must be a number, such as 0.99")
-        fields["quality_target"] = asked
+        fields["quality_target"] = number(asked, "quality_target", ", such as 0.99")
     return fields
+
+
+def number(value: object, field: str, example: str = "") -> float:
+    """`value` when it is a JSON number (not a boolean) a float can hold, else a 400 naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:
+        raise bad_request(f"{field}: must be a number{example}")  # the bound: an int too large for a float
+    return value
 
 
 def refuse_unsupported(doc: dict, unsupported: dict[str, str]) -> None:
@@ -103,9 +108,7 @@ def options(doc: dict, request: pb.CompleteRequest) -> None:
     for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = doc.get(field)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:
-                raise bad_request(f"{field}: must be a number")  # the bound: an int too large for a float
-            setattr(request, field, value)
+            setattr(request, field, number(value, field))
     stop = doc.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop
