@@ -8,6 +8,7 @@ from pathlib import Path
 
 from classifier_service.heads import HeadRegistry
 from tierwise.data import DataError, Record, load, shared_files, split
+from tierwise.metrics import quality_target as checked_target
 
 from ..live_gate import LiveGate
 
@@ -28,11 +29,12 @@ def at_least(kind: type, low: float, strict: bool = False):
 
 
 def quality_target(text: str) -> float:
-    """--target-quality: a share of always-tier-3 quality, in (0, 1]."""
+    """--target-quality: a share of always-tier-3 quality, in (0, 1], by the rule the services keep."""
     value = at_least(float, 0, strict=True)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be <= 1 (a share of tier 3's quality), got {value:g}")
-    return value
+    try:
+        return checked_target(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_data(p: argparse.ArgumentParser, what: str = "routing records") -> None:
