@@ -108,11 +108,11 @@ class TierHead:
         """(tradeoff, calibrated target) for the least target the head is calibrated for that is at least `target`:
         its promise keeps `target` too. KeyError when every calibrated target is below it."""
         calibrated = {float(k): v for k, v in self.calibration.items()} or {self.target_quality: self.tradeoff}
-        keeping = [t for t in calibrated if t >= target - 1e-9]
-        if not keeping:
+        least = min((t for t in calibrated if t >= target - 1e-9), default=None)
+        if least is None:
             raise KeyError(f"head {self.name} has no tradeoff calibrated for quality {target:g} or above (it has: "
                            f"{', '.join(f'{t:g}' for t in sorted(calibrated))}); run `tierwise calibrate`")
-        return calibrated[min(keeping)], min(keeping)
+        return calibrated[least], least
 
     def to_json(self) -> dict:
         return {
