@@ -4,13 +4,13 @@ The HTTP API reads OpenAI's fields into the same request, so both APIs refuse th
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 
 from tierwise.serving import invalid, shown
 from tierwise.v1 import router_pb2 as pb
 
+from . import json_values
 from .providers import Sampling
 
 MAX_STOP = 4  # OpenAI's own limit
@@ -71,9 +71,11 @@ def _json(text: str, field: str, limit: int):
     if len(text.encode()) > limit:
         raise invalid(f"{field}: larger than {limit} bytes")
     try:
-        return json.loads(text)
+        return json_values.loads(text)
+    except json_values.Unsendable as err:
+        raise invalid(err.message(field)) from None
     except (ValueError, RecursionError):
-        raise invalid(f"{field}: not valid JSON")
+        raise invalid(f"{field}: not valid JSON") from None
 
 
 def _response_format(text: str) -> dict | None:
@@ -126,7 +128,9 @@ def _tool_choice(text: str, tools: tuple[dict, ...]) -> str | dict | None:
     if text in TOOL_CHOICES:
         return text
     try:
-        doc = json.loads(text) if len(text) <= MAX_TOOLS_BYTES else None
+        doc = json_values.loads(text) if len(text) <= MAX_TOOLS_BYTES else None
+    except json_values.Unsendable as err:
+        raise invalid(err.message("tool_choice")) from None
     except (ValueError, RecursionError):
         doc = None
     if isinstance(doc, str) and doc in TOOL_CHOICES:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tierwise.serving import shown
 from tierwise.v1 import router_pb2 as pb
 
+from .. import json_values
 from ..images import check_image
 from ..model_names import ModelNames
 from .errors import bad_request
@@ -48,9 +49,11 @@ def document(body: bytes, names: ModelNames) -> tuple[dict, dict]:
     """The JSON object in `body` and the CompleteRequest fields that say how to decide (`routing`), or a 400 naming
     what is wrong."""
     try:
-        doc = json.loads(body, parse_constant=_no_constant)
+        doc = json_values.loads(body)
     except RecursionError:
         raise bad_request("body: JSON nested too deeply") from None
+    except json_values.Unsendable as err:
+        raise bad_request(err.message()) from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the constants refused below
         raise bad_request(f"body: not valid JSON: {_reason(err)}") from None
     if not isinstance(doc, dict):
@@ -251,10 +254,6 @@ def _max_tokens(doc: dict) -> int:
             raise bad_request(f"{field}: must be a whole number from 1 to {INT32_MAX}")
         return value
     return 0
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _reason(err: ValueError) -> str:
