@@ -25,6 +25,7 @@ UNSUPPORTED = {
     "background": "background responses", "prompt": "stored prompts",
     "max_tool_calls": "limits on built-in tool calls"}
 LOGPROBS = "message.output_text.logprobs"
+MAX_METADATA = 16
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 ECHOED = ("instructions", "temperature", "top_p", "max_output_tokens", "tool_choice", "parallel_tool_calls",
           "metadata")
@@ -48,8 +49,19 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     stream = doc.get("stream")
     if stream not in (None, True, False):
         raise bad_request("stream: must be true or false")
+    _metadata(doc.get("metadata"))
     echo = {name: doc.get(name) for name in ECHOED} | {"tools": doc.get("tools") or [], "text": doc.get("text")}
     return ChatRequest(request, bool(stream), False, echo)
+
+
+def _metadata(metadata: object) -> None:
+    """OpenAI's rule for what the response echoes back: up to 16 string values under keys of up to 64 characters."""
+    if metadata is None:
+        return
+    if not (isinstance(metadata, dict) and len(metadata) <= MAX_METADATA
+            and all(len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
+        raise bad_request(f"metadata: must be an object of at most {MAX_METADATA} strings of up to 512 characters, "
+                          "under keys of up to 64")
 
 
 def _include(include: object) -> bool:
