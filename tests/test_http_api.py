@@ -238,6 +238,12 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "response_format": {"type": "json_schema"}},
      "response_format.json_schema"),
     ({"model": "tierwise", "messages": user("x" * 300_000)}, "messages[0].content"),
+    ({"model": "tierwise", "messages": user(), "stream": 1}, "stream"),
+    ({"model": "tierwise", "messages": user(), "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+    ({"model": "tierwise", "messages": user(), "n": True}, "n"),
+    ({"model": "tierwise", "messages": user(), "n": 1.0}, "n"),
+    ({"model": "tierwise", "messages": user(), "head": 0}, "head"),
+    ({"model": "tierwise", "messages": user(), "max_completion_tokens": 5, "max_tokens": -7}, "max_tokens"),
 ])
 def test_bad_requests_are_400s_naming_the_field(api, body, param):
     status, _, reply = post(api[0], json.dumps(body).encode())

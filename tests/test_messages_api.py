@@ -251,6 +251,7 @@ USER = [{"role": "user", "content": "hi"}]
     ({"model": "tierwise", "max_tokens": 10, "messages": USER, "system": [{"type": "image"}]}, "system[0]"),
     ({"model": "tierwise", "max_tokens": 10, "messages": USER, "output_config": {"format": {"type": "yaml"}}},
      "output_config.format"),
+    ({"model": "tierwise", "max_tokens": 10, "messages": USER, "stream": 1}, "stream"),
 ])
 def test_bad_requests_are_400s_naming_the_field(router, body, field):
     status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages")

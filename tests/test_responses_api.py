@@ -171,6 +171,7 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
     ({"model": "tierwise", "input": "hi", "temperature": 3}, "temperature"),
     ({"model": "gpt-4o", "input": "hi"}, "model"),
     ({"model": "tierwise", "input": "hi", "metadata": "x"}, "metadata"),
+    ({"model": "tierwise", "input": "hi", "stream": 1.0}, "stream"),
     ({"model": "tierwise", "input": "hi", "metadata": {"k": 5}}, "metadata"),
 ])
 def test_bad_requests_are_400s_naming_the_field(router, body, param):

@@ -19,7 +19,8 @@ from tierwise.v1 import router_pb2 as pb
 from ..images import check_image
 from ..model_names import ModelNames
 from .errors import bad_request
-from .request import INT32_MAX, ChatRequest, document, format_in, options, refuse_unsupported, string
+from .request import (INT32_MAX, ChatRequest, document, flag, format_in, options, refuse_unsupported,
+                      string)
 
 UNSUPPORTED = {"top_k": "top-k sampling (the providers take no top_k; set it in a provider's extra_body)",
                "mcp_servers": "MCP servers", "container": "containers"}
@@ -31,10 +32,7 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, route = document(body, names)
     request = _request(doc, route, answering=True)
-    stream = doc.get("stream")
-    if stream not in (None, True, False):
-        raise bad_request("stream: must be true or false")
-    return ChatRequest(request, bool(stream), False)
+    return ChatRequest(request, flag(doc, "stream"), False)
 
 
 def parse_count(body: bytes, names: ModelNames = ModelNames()) -> pb.CompleteRequest:
@@ -203,8 +201,7 @@ def _tool_choice(choice: object) -> tuple[object, bool | None]:
         raise bad_request('tool_choice: must be {"type": "auto"}, {"type": "any"}, {"type": "none"} or '
                           '{"type": "tool", "name": ...}')
     serial = choice.get("disable_parallel_tool_use")
-    if serial not in (None, True, False):
-        raise bad_request("tool_choice.disable_parallel_tool_use: must be true or false")
+    flag(choice, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use")
     chosen = CHOICES.get(kind) or {"type": "function", "function": {"name": choice.get("name")}}
     return chosen, None if serial is None else not serial
 

@@ -67,7 +67,8 @@ def routing(doc: dict, strategy: str, target: float | None) -> dict:
     """The strategy and quality target the model name routes with, and the head the body names; the body's own
     `quality_target` (an extension, as `head` is; null is unset) overrides the name's. Its range is the core's to
     check."""
-    fields: dict = {"strategy": strategy, "head": string(doc.get("head") or "", "head")}
+    head = doc.get("head")
+    fields: dict = {"strategy": strategy, "head": "" if head is None else string(head, "head")}
     asked = target if doc.get("quality_target") is None else doc["quality_target"]
     if asked is not None:
         fields["quality_target"] = number(asked, "quality_target", ", such as 0.99")
@@ -92,18 +93,24 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, route = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
-    if doc.get("n") not in (None, 1):
+    n = doc.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise bad_request("n: only 1 choice is supported")
     request = pb.CompleteRequest(messages=_messages(doc.get("messages")), max_tokens=_max_tokens(doc), **route)
     options(doc, request)
-    stream = doc.get("stream")
-    if stream not in (None, True, False):
-        raise bad_request("stream: must be true or false")
     stream_options = doc.get("stream_options")
-    if stream_options is not None and not (isinstance(stream_options, dict)
-                                           and stream_options.get("include_usage") in (None, True, False)):
+    if stream_options is not None and not isinstance(stream_options, dict):
         raise bad_request("stream_options: must be an object such as {\"include_usage\": true}")
-    return ChatRequest(request, bool(stream), bool(stream_options and stream_options.get("include_usage")))
+    usage = flag(stream_options or {}, "include_usage", "stream_options.include_usage")
+    return ChatRequest(request, flag(doc, "stream"), usage)
+
+
+def flag(doc: dict, name: str, field: str = "") -> bool:
+    """`doc[name]`, a JSON boolean (left out or null: false), else a 400 naming `field` (`name` by default)."""
+    value = doc.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise bad_request(f"{field or name}: must be true or false")
+    return bool(value)
 
 
 def options(doc: dict, request: pb.CompleteRequest) -> None:
@@ -246,14 +253,11 @@ def string(value: object, field: str) -> str:
 
 def _max_tokens(doc: dict) -> int:
     """max_completion_tokens (OpenAI's current name) or max_tokens; 0 = the provider's default."""
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = doc.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= INT32_MAX:
+    limits = [doc.get(field) for field in ("max_completion_tokens", "max_tokens")]
+    for field, value in zip(("max_completion_tokens", "max_tokens"), limits):
+        if value is not None and (type(value) is not int or not 0 < value <= INT32_MAX):
             raise bad_request(f"{field}: must be a whole number from 1 to {INT32_MAX}")
-        return value
-    return 0
+    return next((value for value in limits if value is not None), 0)
 
 
 def _reason(err: ValueError) -> str:

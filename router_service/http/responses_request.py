@@ -17,7 +17,8 @@ from ..images import check_image
 from ..model_names import ModelNames
 from ..sampling import TOOL_NAME
 from .errors import bad_request
-from .request import INT32_MAX, ChatRequest, document, format_in, options, refuse_unsupported, string
+from .request import (INT32_MAX, ChatRequest, document, flag, format_in, options, refuse_unsupported,
+                      string)
 
 UNSUPPORTED = {
     "previous_response_id": "stored responses (the router keeps none: send the whole conversation in input)",
@@ -46,12 +47,9 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
              "tool_choice": _tool_choice(doc.get("tool_choice")), "parallel_tool_calls": doc.get("parallel_tool_calls"),
              "response_format": _format(doc.get("text")), "logprobs": logprobs or None,
              "top_logprobs": doc.get("top_logprobs")}, request)
-    stream = doc.get("stream")
-    if stream not in (None, True, False):
-        raise bad_request("stream: must be true or false")
     _metadata(doc.get("metadata"))
     echo = {name: doc.get(name) for name in ECHOED} | {"tools": doc.get("tools") or [], "text": doc.get("text")}
-    return ChatRequest(request, bool(stream), False, echo)
+    return ChatRequest(request, flag(doc, "stream"), False, echo)
 
 
 def _metadata(metadata: object) -> None:
