@@ -115,7 +115,10 @@ class RouterCore:
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the
         tools offered), or INVALID_ARGUMENT as `answer` would refuse it. The estimate the context-window check makes:
-        no model is chosen yet to count with its own tokenizer."""
+        no model is chosen yet to count with its own tokenizer. The strategy and quality target are checked as a
+        call's are, not the head: only the classifier knows its heads."""
+        self._strategy(request.strategy or self.cfg.strategy)
+        _asked_target(request)
         messages, _ = self._messages(request)
         return conversation_tokens(messages) + answer_options(request)["sampling"].tool_tokens
 
@@ -265,16 +268,18 @@ class RouterCore:
             span.set_attribute("tierwise.tier", moved.tier)
         return moved
 
-    async def _decide(self, query: str, request: pb.RouteRequest | pb.CompleteRequest, deadline: float | None,
-                      span) -> tuple[Decision, Strategy]:
-        """The decision on `query` by the strategy, head and quality target `request` names."""
-        name = request.strategy or self.cfg.strategy
+    def _strategy(self, name: str) -> Strategy:
         try:
-            strategy = self.strategies.get(name)
+            return self.strategies.get(name)
         except KeyError:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            f"strategy: unknown strategy {shown(name)}; available: {', '.join(registered())} "
                            "(compose as <start>+cascade)") from None
+
+    async def _decide(self, query: str, request: pb.RouteRequest | pb.CompleteRequest, deadline: float | None,
+                      span) -> tuple[Decision, Strategy]:
+        """The decision on `query` by the strategy, head and quality target `request` names."""
+        strategy = self._strategy(request.strategy or self.cfg.strategy)
         if self.cfg.record_content:
             span.set_attribute("tierwise.query", query)
         try:
@@ -328,14 +333,19 @@ def _begun(span) -> access_log.Entry:
     return entry
 
 
+def _asked_target(request: pb.RouteRequest | pb.CompleteRequest) -> float | None:
+    """The quality target the request sets, if any; INVALID_ARGUMENT unless it is in (0, 1]."""
+    if not request.HasField("quality_target"):
+        return None
+    try:
+        return quality_target(request.quality_target)
+    except ValueError as err:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err}") from None
+
+
 def _quality_target(request: pb.RouteRequest | pb.CompleteRequest, span) -> float | None:
     """The quality target the request sets, else its key's, if any; INVALID_ARGUMENT unless it is in (0, 1]."""
-    if request.HasField("quality_target"):
-        try:
-            target = quality_target(request.quality_target)
-        except ValueError as err:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"quality_target: {err}") from None
-    elif (target := current_quality_target()) is None:
+    if (target := _asked_target(request)) is None and (target := current_quality_target()) is None:
         return None
     span.set_attribute("tierwise.quality_target", target)
     access_log.current().asked(target)
