@@ -508,7 +508,15 @@ def test_every_response_names_its_request_whole_streamed_or_refused(api):
                                                                      stream=True) as streamed:
         ids.append(streamed.headers["x-request-id"])
     ids.append(post(api[0], b"{not json")[1]["x-request-id"])
-    assert all(len(i) == 32 and int(i, 16) for i in ids) and len(set(ids)) == 3, ids
+    ids.append(post(api[0], b'{"model": "tierwise"}', path="/v1/messages/count_tokens")[1]["x-request-id"])
+    for path in ("/v1/models", "/v1/models/nonesuch", "/health", "/v2/anything"):
+        conn = http.client.HTTPConnection(api[0], timeout=20)
+        try:
+            conn.request("GET", path)
+            ids.append(conn.getresponse().getheader("x-request-id"))
+        finally:
+            conn.close()
+    assert all(i and len(i) == 32 and int(i, 16) for i in ids) and len(set(ids)) == len(ids) == 8, ids
 
 
 def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, double):

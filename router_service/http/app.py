@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -102,7 +103,9 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
 
 
 def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(as_json(body), status, headers, media_type="application/json")
+    # These calls make no span, so their id is a random one.
+    return Response(as_json(body), status, (headers or {}) | {"x-request-id": uuid.uuid4().hex},
+                    media_type="application/json")
 
 
 def _error(err: Rejected) -> Response:
