@@ -118,7 +118,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
 
     async def close() -> None:
         if http is not None:
-            await http.stop()
+            await http.stop(idle=lambda: core.admission.count == 0)
         for task in tasks:
             task.cancel()
         await shadow.drain()

@@ -544,9 +544,11 @@ def get(address: str, path: str) -> tuple[int, dict]:
         conn.close()
 
 
-def test_health_needs_no_key_and_turns_503_while_the_router_drains(tmp_path, double):
+@pytest.mark.parametrize("over", ["grpc", "http"])
+def test_health_needs_no_key_and_turns_503_while_the_router_drains(tmp_path, double, over):
     """A load balancer's check: 200 with no key on a router that requires keys; once the router is told to stop,
-    503 while a call under way finishes, so no new ones are sent; the call still gets its answer."""
+    503 while a call under way (over either port) finishes, so no new ones are sent; the call still gets its
+    answer."""
     double.reset()
     keys = tmp_path / "keys"
     keys.write_text("tw-health-0123456789 id=main\n")
@@ -558,13 +560,23 @@ def test_health_needs_no_key_and_turns_503_while_the_router_drains(tmp_path, dou
         double.script("t1-a", Fault.delay(3.0))
         answered = []
         with grpc.insecure_channel(router.address) as channel:
-            slow = threading.Thread(target=lambda: answered.append(router_pb2_grpc.RouterServiceStub(channel).Complete(
-                pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]), timeout=20,
-                metadata=(("authorization", "Bearer tw-health-0123456789"),))))
+            def grpc_call():
+                reply = router_pb2_grpc.RouterServiceStub(channel).Complete(
+                    pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]), timeout=20,
+                    metadata=(("authorization", "Bearer tw-health-0123456789"),))
+                answered.append(reply.content)
+
+            def http_call():
+                status, _, reply = post(address, json.dumps({"model": "tierwise", "messages": user("hi")}).encode(),
+                                        {"authorization": "Bearer tw-health-0123456789"})
+                answered.append(status == 200 and reply["choices"][0]["message"]["content"])
+
+            slow = threading.Thread(target=grpc_call if over == "grpc" else http_call)
             slow.start()
             assert wait_until(lambda: double.requests_for("t1-a"), 10), "the slow call reached its provider"
             router.proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: get(address, "/health")[0] == 503, 3)
+            threading.Event().wait(1.0)  # the call under way has 1.5 s or more to go: the port stays up for it
             assert get(address, "/health") == (503, {"status": "draining"})
             slow.join(20)
-    assert answered and answered[0].content, "the call under way was answered"
+    assert answered and answered[0], "the call under way was answered"

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
+from typing import Callable
 
 import uvicorn
 
@@ -63,9 +65,14 @@ class HttpServer:
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
+    async def stop(self, idle: Callable[[], bool] = lambda: True) -> None:
+        """Stop, once `idle()` says no call is under way (at most STOP_GRACE_S): until then the port still takes
+        connections, so a load balancer reads /health's 503 instead of a refused connection."""
         if self.task is None:
             self.sock.close()
             return
+        give_up = time.monotonic() + STOP_GRACE_S
+        while not idle() and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
         self.server.should_exit = True
         await self.task
