@@ -411,11 +411,21 @@ def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, 
         "cost.jsonl": good.replace('"cost_usd": 1.0', '"cost_usd": -1.0', 1) + "\n",
         "routed.jsonl": good[:-1] + ', "routed_tier": 4}\n',
         "lineup.jsonl": good[:-1] + ', "lineup": ["m0", "m1"]}\n',
+        "source.jsonl": good[:-1] + ', "source": 7}\n',
+        "id.jsonl": good.replace(good[good.index('"id"'):good.index(",", good.index('"id"'))], '"id": null') + "\n",
+        "text-score.jsonl": good.replace('"score": 1', '"score": "1"', 1) + "\n",
+        "four-tiers.jsonl": good.replace('"outcomes": [', '"outcomes": [{"tier": 4, "score": 1, "cost_usd": 1}, ')
+        + "\n",
+        "deep.jsonl": "[" * 5000 + "]" * 5000 + "\n",
+        "flag-tier.jsonl": good[:-1] + ', "routed_tier": true}\n',
     }
     expected = {"missing.jsonl": "cannot read routing records", "not-json.jsonl": "not-json.jsonl:2: not a routing record",
                 "score.jsonl": "score.jsonl:2: outcomes[].score", "query.jsonl": "query.jsonl:1: query",
                 "cost.jsonl": "cost.jsonl:1: outcomes[].cost_usd", "routed.jsonl": "routed.jsonl:1: routed_tier",
-                "lineup.jsonl": "lineup.jsonl:1: lineup"}
+                "lineup.jsonl": "lineup.jsonl:1: lineup", "source.jsonl": "source.jsonl:1: source",
+                "id.jsonl": "id.jsonl:1: id", "text-score.jsonl": "text-score.jsonl:1: outcomes[].score",
+                "four-tiers.jsonl": "four-tiers.jsonl:1: outcomes", "deep.jsonl": "deep.jsonl:1: not a routing record",
+                "flag-tier.jsonl": "flag-tier.jsonl:1: routed_tier"}
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)

@@ -72,25 +72,46 @@ def load(paths: list[str | Path]) -> list[Record]:
 def _record(line: str, where: str) -> Record:
     try:
         raw = json.loads(line)
-        outcomes = {o["tier"]: o for o in raw["outcomes"]}
-        tiers = [outcomes[t] for t in TIERS]
-        scores = tuple(float(o["score"]) for o in tiers)
-        costs = tuple(float(o["cost_usd"]) for o in tiers)
-        record = Record(
-            id=str(raw["id"]), source=raw.get("source", ""), task=raw.get("task", ""), query=raw["query"],
-            scores=scores, costs=costs, responses=tuple(o.get("response") for o in tiers),
-            models=tuple(str(o.get("model", "")) for o in tiers),
-            routed_tier=raw.get("routed_tier"), paid_usd=None if raw.get("paid_usd") is None else float(raw["paid_usd"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise DataError(f"{where}: not a routing record ({err!r})") from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{where}: not a routing record ({type(err).__name__}: not valid JSON)") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: not a routing record (a JSON object is needed)")
+    listed = raw.get("outcomes")
+    if listed is None or "query" not in raw:
+        raise DataError(f"{where}: not a routing record (it needs a query and outcomes)")
+    tiers_given = [o.get("tier") if isinstance(o, dict) else None for o in listed] if isinstance(listed, list) else []
+    if sorted(tiers_given, key=repr) != sorted(TIERS, key=repr) or any(type(t) is not int for t in tiers_given):
+        raise DataError(f"{where}: outcomes: must be a list of one object per tier, with tiers "
+                        f"{', '.join(map(str, TIERS[:-1]))} and {TIERS[-1]} once each")
+    tiers = sorted(listed, key=lambda o: o["tier"])
+    for field, wanted in (("score", "a number in [0, 1]"), ("cost_usd", "a finite number >= 0")):
+        if not all(_number(o.get(field)) for o in tiers):
+            raise DataError(f"{where}: outcomes[].{field}: must be {wanted}, got {[o.get(field) for o in tiers]}")
+    for field in ("source", "task"):
+        if not isinstance(raw.get(field) or "", str):
+            raise DataError(f"{where}: {field}: must be a string")
+    if not all(isinstance(o.get("model") or "", str) for o in tiers):
+        raise DataError(f"{where}: outcomes[].model: must be a string")
+    if not (isinstance(raw.get("id"), str) and raw["id"] or _number(raw.get("id")) and isinstance(raw["id"], int)):
+        raise DataError(f"{where}: id: must be a non-empty string (or a whole number)")
+    paid = raw.get("paid_usd")
+    if paid is not None and not _number(paid):
+        raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {paid!r}")
+    scores = tuple(float(o["score"]) for o in tiers)
+    costs = tuple(float(o["cost_usd"]) for o in tiers)
+    record = Record(
+        id=str(raw["id"]), source=raw.get("source") or "", task=raw.get("task") or "", query=raw["query"],
+        scores=scores, costs=costs, responses=tuple(o.get("response") for o in tiers),
+        models=tuple(o.get("model") or "" for o in tiers),
+        routed_tier=raw.get("routed_tier"), paid_usd=None if paid is None else float(paid),
+    )
     if not isinstance(record.query, str) or not record.query.strip():
         raise DataError(f"{where}: query: must be a non-empty string")
     if not all(0.0 <= s <= 1.0 for s in scores):
         raise DataError(f"{where}: outcomes[].score: must lie in [0, 1], got {list(scores)}")
     if not all(c >= 0.0 and np.isfinite(c) for c in costs):
         raise DataError(f"{where}: outcomes[].cost_usd: must be a finite number >= 0, got {list(costs)}")
-    if record.routed_tier not in (None, *TIERS):
+    if record.routed_tier is not None and (type(record.routed_tier) is not int or record.routed_tier not in TIERS):
         raise DataError(f"{where}: routed_tier: must be {tier_list()}, got {record.routed_tier!r}")
     if record.paid_usd is not None and not (record.paid_usd >= 0.0 and np.isfinite(record.paid_usd)):
         raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {record.paid_usd}")
@@ -101,6 +122,11 @@ def _record(line: str, where: str) -> Record:
             raise DataError(f"{where}: lineup: must name the three tiers' models, got {lineup!r}")
         record = replace(record, models=tuple(lineup))
     return record
+
+
+def _number(value) -> bool:
+    """A JSON number (not a boolean) a float holds."""
+    return type(value) in (int, float) and bool(np.isfinite(float(value)) if abs(value) < 1e308 else False)
 
 
 def check_measurable(records: list[Record], what: str) -> None:
