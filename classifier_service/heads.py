@@ -90,19 +90,9 @@ class TierHead:
         return decide(probabilities, self.relative_cost, self.tradeoff if tradeoff is None else tradeoff, outside)
 
     def route(self, embeddings: np.ndarray, target: float) -> np.ndarray:
-        """The tier per row at the tradeoff calibrated for `target`, with the support check: how this head serves."""
-        return self.decide(self.probabilities(embeddings), self.tradeoff_for(target), self.outside(embeddings))
-
-    def tradeoff_for(self, target: float) -> float:
-        """The tradeoff calibrated for `target` quality vs frontier; KeyError if none was."""
-        key = f"{target:g}"
-        if key in self.calibration:
-            return self.calibration[key]
-        if self.calibration or target != self.target_quality:
-            raise KeyError(f"head {self.name} has no tradeoff calibrated for quality {key} "
-                           f"(it has: {', '.join(sorted(self.calibration)) or self.target_quality}); "
-                           "run `tierwise calibrate`")
-        return self.tradeoff
+        """The tier per row with the support check, at the tradeoff that keeps `target` as a request asking for it is
+        served: the least calibrated target at or above it; KeyError when none is."""
+        return self.decide(self.probabilities(embeddings), self.tradeoff_keeping(target)[0], self.outside(embeddings))
 
     def tradeoff_keeping(self, target: float) -> tuple[float, float]:
         """(tradeoff, calibrated target) for the least target the head is calibrated for that is at least `target`:

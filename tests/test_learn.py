@@ -109,7 +109,21 @@ def test_labels_that_cannot_check_a_head_leave_no_head_behind(tmp_path, capsys):
     lines = held.read_text().replace('"score": 1.0, "cost_usd": 0.1', '"score": 0.0, "cost_usd": 0.1')
     held.write_text(lines)
     assert main(["learn", "--labels", str(data), str(held), "--heads-dir", str(heads)]) == 2
-    assert "tier 3 answered none of the 5 records acceptably" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "tier 3 answered none of the 5 records acceptably" in captured.err
+    assert "35 labels (5 held out to check on), head learned-" in captured.out
+    assert contents(heads) == served
+
+
+def test_a_target_the_serving_head_cannot_keep_is_bad_input_naming_it(tmp_path, capsys):
+    heads = heads_dir(tmp_path)
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
+    served = contents(heads)
+    data = write(write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False), [1.0] * 10, held_out=True)
+    assert main(["learn", "--labels", str(data), "--heads-dir", str(heads), "--target-quality", "0.995"]) == 2
+    captured = capsys.readouterr()
+    assert "40 labels (10 held out to check on), head lineup-a" in captured.out
+    assert "no tradeoff calibrated for quality 0.995 or above" in captured.err
     assert contents(heads) == served
 
 

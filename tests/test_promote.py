@@ -146,8 +146,8 @@ def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
     args = ["promote", "--candidate", str(candidate), "--heads-dir", str(tmp_path / "heads"), "--data"]
     assert main([*args, str(other)]) == 2
     assert "no records from the candidate's lineup t1-a / t2-a / t3-a" in capsys.readouterr().err
-    assert main([*args, str(tmp_path / "x.jsonl"), "--target-quality", "0.9"]) == 2
-    assert "no tradeoff calibrated for quality 0.9" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "x.jsonl"), "--target-quality", "0.99"]) == 2
+    assert "no tradeoff calibrated for quality 0.99 or above" in capsys.readouterr().err
     (candidate / "head.json").write_text('{"format": "tierwise.head/v2", "na')
     assert main([*args, str(tmp_path / "x.jsonl")]) == 2
     assert "--candidate: " in (err := capsys.readouterr().err) and "head.json: not valid JSON" in err

@@ -207,3 +207,15 @@ def test_the_report_marks_where_the_budget_was_spent(tmp_path):
     text = path.read_text()
     assert "budget spent at query 41" in text and "from query" in text
     assert (tmp_path / "report" / "simulation.png").stat().st_size > 0
+
+
+def test_a_target_between_calibrated_ones_is_held_at_the_next_and_one_above_all_is_bad_input(tmp_path, capsys):
+    data = tmp_path / "traffic.jsonl"
+    data.write_text("".join(json.dumps({"id": f"v/{i}", "query": f"question {i}", "outcomes": [
+        {"tier": t, "score": 1.0, "cost_usd": c} for t, c in zip((1, 2, 3), (0.001, 0.01, 0.1))]}) + "\n"
+        for i in range(30)))
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "0.1", "--target-quality", "0.97", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["n"] == 30
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "0.1", "--target-quality", "0.995"]) == 2
+    assert "--target-quality: head default has no tradeoff calibrated for quality 0.995 or above" in \
+        capsys.readouterr().err

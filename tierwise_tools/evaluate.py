@@ -158,7 +158,7 @@ def embedding(records: list[Record], target_quality: float, encoder_dir: Path, h
     for name, idx in groups.items():
         head, rows = heads[name], np.asarray(idx)
         outside = head.outside(x[rows])
-        routed.append((rows, head.probabilities(x[rows]), head.relative_cost, head.tradeoff_for(target_quality), outside))
+        routed.append((rows, head.probabilities(x[rows]), head.relative_cost, head.tradeoff_keeping(target_quality)[0], outside))
         used[name] = {"version": head.version, "records": len(idx), "outside_support": int(outside.sum())}
     return tradeoff_replay("embedding", records, routed, latency, detail={"heads": used}, operating=tradeoff)
 

@@ -154,11 +154,14 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
             raise DataError(f"--name {name}: the labels hold {len(lineups)} tier lineups and a name is for one head; "
                             "leave --name out to train one head per lineup")
         for lineup, labelled in sorted(lineups.items()):
+            head = name or head_name(lineup, heads_dir)
             try:
-                report.outcomes.append(_learn_lineup(lineup, labelled, work, heads_dir, target, priors,
-                                                     name or head_name(lineup, heads_dir), dry_run))
-            except DataError as err:
-                report.outcomes.append(Outcome(lineup, name or "", len(labelled), 0, "bad input", str(err)))
+                report.outcomes.append(_learn_lineup(lineup, labelled, work, heads_dir, target, priors, head,
+                                                     dry_run))
+            except (DataError, KeyError) as err:  # KeyError: the serving head has no tradeoff for the target
+                held = len(split([record for record, _ in labelled])[1])
+                report.outcomes.append(Outcome(lineup, head, len(labelled), held, "bad input",
+                                               err.args[0] if isinstance(err, KeyError) else str(err)))
     return report
 
 

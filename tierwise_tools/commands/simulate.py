@@ -50,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(offline_encoder(), records, EMBEDDINGS_DIR)
-    sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
-                   args.label_budget)
+    try:
+        sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
+                       args.label_budget)
+    except KeyError as err:  # the starting head has no tradeoff that keeps the target
+        print(f"tierwise simulate: --target-quality: {err.args[0]}", file=sys.stderr)
+        return 2
     if sim.renamed:
         models = sim.records[0].models
         print(f"tierwise simulate: {sim.renamed} of {len(records)} records name other tier models than the rest; "
