@@ -209,6 +209,23 @@ def test_the_report_marks_where_the_budget_was_spent(tmp_path):
     assert (tmp_path / "report" / "simulation.png").stat().st_size > 0
 
 
+def test_a_window_where_tier_3_solved_nothing_is_undefined_and_the_output_stays_json(tmp_path, capsys):
+    """Quality vs frontier is a ratio to tier 3's: null in a window where tier 3 solved nothing, never NaN, which
+    strict JSON parsers refuse."""
+    lines = [json.dumps({"id": f"u/{i}", "query": f"question {i}: what is the capital of country {i}?",
+                         "outcomes": [{"tier": t, "model": f"m{t}", "score": float(not 20 <= i < 40),
+                                       "cost_usd": c} for t, c in zip((1, 2, 3), (0.001, 0.01, 0.1))]})
+             for i in range(60)]
+    data = tmp_path / "traffic.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["simulate", "--data", str(data), "--shadow-rate", "0.2", "--window", "20", "--json",
+                 "--report", str(tmp_path / "report")]) == 0
+    windows = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))[
+        "windows"]
+    assert windows[1]["quality_vs_frontier"] is None and windows[0]["quality_vs_frontier"] is not None
+    assert "| undefined |" in (tmp_path / "report" / "REPORT.md").read_text()
+
+
 def test_a_target_between_calibrated_ones_is_held_at_the_next_and_one_above_all_is_bad_input(tmp_path, capsys):
     data = tmp_path / "traffic.jsonl"
     data.write_text("".join(json.dumps({"id": f"v/{i}", "query": f"question {i}", "outcomes": [

@@ -14,6 +14,7 @@ whether it replaces the serving head.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from classifier_service.heads import HeadRegistry, TierHead
 from router_service.config import RouterConfig
 from router_service.tokens import estimate_tokens
+from tierwise.atomic import write_atomic
 from tierwise.data import Record, arrays
 from tierwise.metrics import quality_bounds, routing_metrics
 from tierwise.tiers import N_TIERS
@@ -74,9 +76,9 @@ class Simulation:
         always_3 = arrays(records)[1][:, N_TIERS - 1].sum()
         paid = always_3 * (1 - m["cost_savings"])
         labelling = float(self.labelling_usd[rows].sum())
-        return {"n": len(records), "labels": int(self.shadowed[rows].sum()), "cost_savings": round(m["cost_savings"], 4),
-                "quality_vs_frontier": round(m["quality_vs_frontier"], 4),
-                "net_savings": round(1 - (paid + labelling) / always_3, 4),
+        return {"n": len(records), "labels": int(self.shadowed[rows].sum()), "cost_savings": _ratio(m["cost_savings"]),
+                "quality_vs_frontier": _ratio(m["quality_vs_frontier"]),
+                "net_savings": _ratio(1 - (paid + labelling) / always_3 if always_3 > 0 else float("nan")),
                 "tier_mix": [round(t, 4) for t in m["tier_mix"]], "labelling_cost_usd": round(labelling, 6)}
 
     def result(self, window: int) -> dict:
@@ -119,6 +121,11 @@ def one_deployment(records: list[Record]) -> tuple[list[Record], int]:
         return records, 0
     models = counts.most_common(1)[0][0]
     return [r if r.models == models else replace(r, models=models) for r in records], len(records) - counts[models]
+
+
+def _ratio(value: float) -> float | None:
+    """A window's ratio, rounded; None where it is undefined (tier 3 solved, or cost, nothing in the window)."""
+    return round(value, 4) if np.isfinite(value) else None
 
 
 def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: RouterConfig, rate: float,
@@ -214,7 +221,7 @@ def report(result: dict, window: int, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("cost_savings", "gross savings"), ("net_savings", "net of labelling"),
                        ("quality_vs_frontier", "quality vs frontier")):
-        ax.plot(ends, [w[key] for w in windows], marker="o", label=label)
+        ax.plot(ends, [np.nan if w[key] is None else w[key] for w in windows], marker="o", label=label)
     for p in result["promotions"]:
         if p["promoted"]:
             ax.axvline(p["at_query"], color="grey", linewidth=0.6, linestyle=":")
@@ -224,14 +231,21 @@ def report(result: dict, window: int, out: Path) -> Path:
     ax.set_xlabel(f"queries served (windows of {window}; dotted: a head promoted)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "simulation.png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    write_atomic(out / "simulation.png", png.getvalue())
     plt.close(fig)
     lines = ["# Tierwise deployment simulation", "", "![savings and quality over time](simulation.png)", "",
              "| queries | labels | gross savings | net savings | quality vs frontier | tier mix |", "|---|---|---|---|---|---|"]
-    lines += [f"| {end} | {w['labels']} | {w['cost_savings']:.1%} | {w['net_savings']:.1%} | "
-              f"{w['quality_vs_frontier']:.3f} | {' / '.join(f'{t:.2f}' for t in w['tier_mix'])} |"
+    lines += [f"| {end} | {w['labels']} | {shown(w['cost_savings'], '.1%')} | {shown(w['net_savings'], '.1%')} | "
+              f"{shown(w['quality_vs_frontier'], '.3f')} | {' / '.join(f'{t:.2f}' for t in w['tier_mix'])} |"
               for end, w in zip(ends, windows)]
     lines += ["", f"Total: {summary(result['total'])}."]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def shown(value: float | None, spec: str) -> str:
+    """A window's figure as the report and the command print it: "undefined" where it is (see `_ratio`)."""
+    return "undefined" if value is None else format(value, spec)

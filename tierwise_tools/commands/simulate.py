@@ -11,7 +11,7 @@ from tierwise.data import check_measurable, load
 
 from ..embeddings import embed_records, offline_encoder
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR, ROOT
-from ..simulate import report, simulate, summary
+from ..simulate import report, shown, simulate, summary
 from .common import at_least, complain, heads_in, quality_target
 
 
@@ -65,11 +65,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(f"wrote {report(result, args.window, args.report)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
         return 0
     for w in result["windows"]:
-        print(f"{w['n']:6d} queries, {w['labels']:5d} labels: gross savings {w['cost_savings']:7.1%}, net "
-              f"{w['net_savings']:7.1%}, quality vs frontier {w['quality_vs_frontier']:.3f}")
+        print(f"{w['n']:6d} queries, {w['labels']:5d} labels: gross savings {shown(w['cost_savings'], '7.1%')}, "
+              f"net {shown(w['net_savings'], '7.1%')}, quality vs frontier {shown(w['quality_vs_frontier'], '.3f')}")
     drift = sum(p["trigger"] == "drift" for p in result["promotions"])
     print(f"total: {summary(result['total'])}; "
           f"{sum(p['promoted'] for p in result['promotions'])} of {len(result['promotions'])} candidates promoted"
