@@ -62,7 +62,7 @@ class ApiKey:
 
 def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -> list[ApiKey]:
     keys: list[ApiKey] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
         tokens = raw.split()
         comment = next((i for i, t in enumerate(tokens) if t.startswith("#")), len(tokens))
         if not comment:
@@ -70,6 +70,8 @@ def parse_keys(text: str, source: str, rpm: int = 0, monthly_usd: float = 0.0) -
         at = f"{source}:{number}"
         secret, settings = tokens[0], _settings(tokens[1:comment], at)
         hashed = HASHED.fullmatch(secret)
+        if not hashed and secret.lower().startswith("sha256:"):
+            raise KeysFileError(f"{at}: a key given as sha256: must be 64 hex digits after it")
         digest = bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(secret.encode()).digest()
         key = ApiKey(id=settings.get("id", digest.hex()[:8]), digest=digest,
                      rpm=_whole(settings.get("rpm"), rpm, f"{at}: rpm"),
@@ -101,7 +103,7 @@ def _settings(tokens: list[str], at: str) -> dict[str, str]:
 def _whole(value: str | None, default: int, at: str) -> int:
     if value is None:
         return default
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", which int() refuses
         raise KeysFileError(f"{at}: must be a whole number of requests a minute, 0 = no limit")
     return int(value)
 
@@ -145,7 +147,11 @@ class ApiKeys:
         self.keys = self._read()  # OSError or KeysFileError at start-up are the caller's to report
 
     def _read(self) -> list[ApiKey]:
-        return parse_keys(self.path.read_text(), str(self.path), *self.defaults)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise KeysFileError(f"{self.path}: not UTF-8 text") from None
+        return parse_keys(text, str(self.path), *self.defaults)
 
     def poll(self) -> bool:
         """Re-read the file if it changed; True when new keys took over."""
@@ -155,7 +161,7 @@ class ApiKeys:
         self._seen = now
         try:
             keys = self._read()
-        except (OSError, UnicodeError, KeysFileError) as err:
+        except (OSError, ValueError) as err:  # KeysFileError is a ValueError
             log.error("API keys not reloaded, the previous ones stay: %s", err)
             return False
         log.info("API keys reloaded: %d keys", len(keys), extra={"fields": {"key_ids": [k.id for k in keys]}})

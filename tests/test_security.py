@@ -282,6 +282,40 @@ def test_keys_file_format(tmp_path):
     assert not store.poll()
     path.write_text(f"{KEY} rpm=lots\n")
     assert not store.poll() and store.find(LATE_KEY).id == "late"
+    for broken in (f"{KEY} rpm=\u00b2\n".encode(), b"\xff\xfe\n"):  # a digit int() refuses; not UTF-8
+        path.write_bytes(broken)
+        assert not store.poll() and store.find(LATE_KEY).id == "late"
+    path.write_text(f"\ufeff# keys, saved with a byte order mark\n{KEY} id=main\n")
+    assert store.poll() and store.find(KEY).id == "main" and store.find(LATE_KEY) is None, "a revocation still lands"
+
+
+def test_a_reload_check_that_fails_keeps_the_loop_and_its_sighup_handler():
+    import asyncio
+    import os
+    import signal
+
+    from tierwise.watching import every_or_sighup
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+
+        async def check() -> None:
+            seen.append("check")
+            if len(seen) == 1:
+                raise ValueError("a file no parser foresaw")
+
+        loop = asyncio.create_task(every_or_sighup(None, check))
+        await asyncio.sleep(0.05)
+        for sent in (1, 2):
+            os.kill(os.getpid(), signal.SIGHUP)  # the default action would end the test process
+            for _ in range(200):
+                if len(seen) == sent:
+                    break
+                await asyncio.sleep(0.01)
+        loop.cancel()
+        return seen
+
+    assert asyncio.run(scenario()) == ["check", "check"]
 
 
 @pytest.mark.parametrize("text, error", [
@@ -290,6 +324,8 @@ def test_keys_file_format(tmp_path):
     (f"{KEY} id=a\n{LATE_KEY} id=a\n", "keys:2: the same id"),
     (f"{KEY} id=no/slashes\n", "keys:1: id must be"),
     (f"{KEY} rpm=-1\n", "keys:1: rpm: must be a whole number"),
+    (f"{KEY} rpm=\u00b2\n", "keys:1: rpm: must be a whole number"),
+    ("sha256:abc id=short\n", "keys:1: a key given as sha256: must be 64 hex digits"),
     (f"{KEY} monthly_usd=nan\n", "keys:1: monthly_usd: must be an amount"),
     (f"{KEY} max_tier=4\n", "keys:1: max_tier: must be 1, 2 or 3"),
     (f"{KEY} max_tier=\n", "keys:1: max_tier: must be 1, 2 or 3"),

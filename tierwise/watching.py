@@ -3,10 +3,13 @@ every so often and at once on SIGHUP."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
 from typing import Awaitable, Callable
+
+log = logging.getLogger("tierwise.watching")
 
 
 def file_signature(*paths: Path | None) -> tuple:
@@ -38,6 +41,9 @@ async def every_or_sighup(every: float | None, check: Callable[[], Awaitable[Non
             except asyncio.TimeoutError:
                 pass
             now.clear()
-            await check()
+            try:
+                await check()
+            except Exception:  # a check that failed once must not end the loop (nor leave SIGHUP unhandled)
+                log.exception("a reload check failed; it runs again at the next")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
