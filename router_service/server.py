@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 
 import grpc
 
@@ -51,10 +52,16 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             return (await final(self.core.answer("Complete", request, _deadline(context), span, stream=False))).summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
-        async with self.core.metrics.calls.call("CompleteStream", context), \
-                rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log) as span:
-            async for event in self.core.answer("CompleteStream", request, _deadline(context), span, stream=True):
-                yield event
+        async def produce(send) -> None:
+            async with self.core.metrics.calls.call("CompleteStream", context), \
+                    rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log) as span, \
+                    aclosing(self.core.answer("CompleteStream", request, _deadline(context), span,
+                                              stream=True)) as events:
+                async for event in events:
+                    await send(event)
+
+        async for event in serving.in_own_task(produce):
+            yield event
 
 
 def _deadline(context) -> float | None:

@@ -3,13 +3,15 @@ request decoding and validation errors, admission control and the per-call serve
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import signal
 import time
 import unicodedata
 from contextlib import asynccontextmanager, contextmanager
-from typing import Awaitable, Callable
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -202,6 +204,40 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+
+async def in_own_task(produce: Callable[[Callable[[object], Awaitable[None]]], Awaitable[None]]
+                      ) -> AsyncIterator[object]:
+    """What `produce(send)` sends, yielded as it comes, while `produce` runs in a task of its own (with a copy of
+    this context). A streaming handler whose caller goes away is closed by grpc from another context; spans and
+    context variables opened across its yields could not be reset there. Opened in `produce`, they end in the task
+    that opened them, which is cancelled when this generator is closed."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+    done = object()
+
+    async def run() -> None:
+        try:
+            await produce(queue.put)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # the handler's error (an abort included) is the caller's to raise
+            await queue.put(_Raised(err))
+            return
+        await queue.put(done)
+
+    task = asyncio.create_task(run(), context=contextvars.copy_context())
+    try:
+        while (item := await queue.get()) is not done:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        task.cancel()
+
+
+@dataclass
+class _Raised:
+    error: BaseException
 
 
 # Calls the gRPC core has taken off the wire that the aio server has not yet picked up. Past grpc's defaults
