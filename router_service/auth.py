@@ -27,6 +27,7 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -41,6 +42,8 @@ from .limits import Limits
 
 log = logging.getLogger("tierwise.router.auth")
 KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
+# Charges the current call's key: what the core owes for a stream that ended without its summary.
+CHARGE: ContextVar["Callable[[float], None] | None"] = ContextVar("tierwise_charge", default=None)
 HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
@@ -219,6 +222,14 @@ def current_quality_target() -> float | None:
     return key.quality_target if key is not None else None
 
 
+def charge_current_key(usd: float) -> None:
+    """Charge the current call's key (if it has one) `usd` beyond what its summary says: for an answer the caller
+    got part of and no summary."""
+    charge = CHARGE.get()
+    if charge is not None:
+        charge(usd)
+
+
 def _cost(message) -> float:
     """USD the router charged for an answer, read from the response (Complete) or the summary event (streams)."""
     if isinstance(message, pb.CompleteStreamResponse):
@@ -260,6 +271,7 @@ class KeyGate:
             raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s, refusal.kind)
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
         KEY.set(key)  # each call runs in its own task, so this is the call's alone
+        CHARGE.set(lambda usd: self.charge(key, usd))
         return key
 
     def charge(self, key: ApiKey, usd: float) -> None:

@@ -21,7 +21,7 @@ from tierwise.v1 import router_pb2 as pb
 from . import access_log
 from .affinity import Affinity, Earlier, raised_to
 from .answer_cache import AnswerCache, served
-from .auth import current_key_id, current_max_tier, current_quality_target
+from .auth import charge_current_key, current_key_id, current_max_tier, current_quality_target
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
@@ -94,23 +94,31 @@ class RouterCore:
             yield pb.CompleteStreamResponse(decision=route)
             options = {"deadline": deadline, "ceiling": ceiling, **asked, "on_attempt": self._on_attempt,
                        "on_escalate": self._on_escalate, "prefer": earlier.provider if earlier else ""}
-            with self._dispatch_errors():
-                if stream and strategy.gate is None:
-                    events = self.dispatcher.stream(messages, decision.tier, **options)
-                else:
-                    # Complete's path; a stream's too when a gate must read the whole answer before any goes out.
-                    events = _whole(self.dispatcher.complete(messages, decision.tier, gate=strategy.gate,
-                                                             max_tier=strategy.max_tier, **options))
-                async for event in events:
-                    if isinstance(event, Result):
-                        result = event
+            streamed: list[str] = []  # what the caller got of an answer that may never be summed up
+            try:
+                with self._dispatch_errors():
+                    if stream and strategy.gate is None:
+                        events = self.dispatcher.stream(messages, decision.tier, **options)
                     else:
-                        yield pb.CompleteStreamResponse(delta=event)
-            summary = self._finish(method, span, decision, route, result, started, messages, asked)
-            entry.answered(summary)
-            self.affinity.answered(conversation, result.tier, result.completion.provider)
-            self.cache.put(key, summary)
-            yield pb.CompleteStreamResponse(summary=summary)
+                        # Complete's path; a stream's too when a gate must read the whole answer before any goes out.
+                        events = _whole(self.dispatcher.complete(messages, decision.tier, gate=strategy.gate,
+                                                                 max_tier=strategy.max_tier, **options))
+                    async for event in events:
+                        if isinstance(event, Result):
+                            result = event
+                        else:
+                            streamed.append(event)
+                            yield pb.CompleteStreamResponse(delta=event)
+                summary = self._finish(method, span, decision, route, result, started, messages, asked)
+                streamed = []  # the summary's cost_usd charges it all
+                entry.answered(summary)
+                self.affinity.answered(conversation, result.tier, result.completion.provider)
+                self.cache.put(key, summary)
+                yield pb.CompleteStreamResponse(summary=summary)
+            finally:
+                if streamed:  # cancelled, or cut by its provider: still charged, at the tier's price, estimated
+                    charge_current_key(self.cfg.tiers[decision.tier].cost(
+                        conversation_tokens(messages), estimate_tokens("".join(streamed))))
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

@@ -1,0 +1,83 @@
+"""A stream its caller drops before the summary: the key still pays for what it got (a monthly spend limit cannot be
+dodged by cancelling just before the end), and the router logs no error for an ordinary disconnect."""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import grpc
+import pytest
+
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
+
+KEY = "tw-stream-0123456789abcdef"
+LONG = " ".join(["word"] * 4000)
+ASK = [pb.Message(role="user", content="Write at length.")]
+
+
+@pytest.fixture
+def router(tmp_path, double):
+    double.reset()
+    double.set_reply("t1-a", LONG)
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY} id=streamer monthly_usd=0.000001\n")  # any charge at all puts it over
+    doc = router_config(double.base_url, strategy="tier1")
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--api-keys-file",
+                        str(keys), env={KEY_ENV: "k"}) as served:
+        yield served
+    double.reset()
+
+
+def over_its_limit(router) -> bool:
+    with grpc.insecure_channel(router.address) as channel:
+        try:
+            router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="hi"), timeout=20,
+                                                              metadata=(("authorization", f"Bearer {KEY}"),))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "monthly spend limit" in err.details()
+            return True
+    return False
+
+
+def test_a_grpc_stream_cancelled_before_its_summary_is_charged_and_logs_no_error(router):
+    before = len(router.output)
+    assert not over_its_limit(router)
+    with grpc.insecure_channel(router.address) as channel:
+        events = router_pb2_grpc.RouterServiceStub(channel).CompleteStream(
+            pb.CompleteRequest(messages=ASK), timeout=20, metadata=(("authorization", f"Bearer {KEY}"),))
+        deltas = 0
+        for event in events:
+            deltas += event.WhichOneof("event") == "delta"
+            if deltas == 100:
+                break
+        events.cancel()
+    assert deltas == 100
+    assert eventually_over(router), "what the stream delivered was charged to the key"
+    logged = router.output[before:]
+    assert not [line for line in logged if '"level": "error"' in line], logged
+
+
+def test_an_http_stream_the_client_drops_is_charged(router):
+    assert not over_its_limit(router)
+    conn = http.client.HTTPConnection(http_address(router), timeout=20)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "stream": True, "messages": [
+        {"role": "user", "content": "Write at length."}]}), {"authorization": f"Bearer {KEY}",
+                                                             "content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read(2000)  # part of the answer, then the client goes away
+    conn.close()
+    assert eventually_over(router), "the dropped HTTP stream was charged to the key"
+
+
+def eventually_over(router) -> bool:
+    """Whether the key is over its limit within 5 s: the router learns of a cancel, or a disconnect at its next
+    write, a moment after the client."""
+    for _ in range(100):
+        if over_its_limit(router):
+            return True
+        threading.Event().wait(0.05)
+    return False
