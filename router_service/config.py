@@ -332,6 +332,17 @@ class RouterConfig:
     spend: SpendConfig = doc("where the monthly spend limits are counted", factory=SpendConfig, nested=SpendConfig)
     http: HTTPConfig = doc("the OpenAI-compatible HTTP API", factory=HTTPConfig, nested=HTTPConfig)
 
+    def __post_init__(self) -> None:
+        # A loop would recurse without end the first time a call named either strategy.
+        uses = {"judge": (("judge", "fallback"), self.judge.fallback), "cascade": (("cascade", "start"), self.cascade.start)}
+        for name, (setting, step) in uses.items():
+            chain = [name]
+            while step and step not in chain:
+                chain.append(step)
+                step = step.rpartition("+")[0] or uses.get(step, (None, ""))[1]  # X+cascade starts from X
+            if step == name:
+                refuse([(setting, f"leads back to {name}: {' -> '.join([*chain, name])}")])
+
     @property
     def record_content(self) -> bool:
         return self.telemetry.record_content

@@ -4,6 +4,7 @@ walking; docs/decisions/0020)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import reprlib
 from dataclasses import MISSING, field, fields
@@ -54,9 +55,9 @@ Name = Annotated[str, Strict(), must(lambda v: v.strip(), "required, a non-empty
 Int = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]
 Flag = Annotated[bool, Strict()]
-Positive = Annotated[float, Strict(), must(lambda v: v > 0, "must be positive")]  # `>` also refuses nan
+Positive = Annotated[float, Strict(), must(lambda v: 0 < v < math.inf, "must be positive")]  # refuses nan and inf
 AtLeastZero = Annotated[float, Strict(), must(lambda v: v >= 0, "must be 0 or more")]
-Dollars = Annotated[float, Strict(), must(lambda v: v >= 0, "must not be negative")]
+Dollars = Annotated[float, Strict(), must(lambda v: 0 <= v < math.inf, "must not be negative")]  # nor inf
 AtLeastOne = Annotated[int, Strict(), must(lambda v: v >= 1, "must be at least 1")]
 Tier = Annotated[int, Strict(), must(lambda v: v in TIERS, f"must be {tier_list()}")]
 
