@@ -18,6 +18,7 @@ log = logging.getLogger("tierwise.router")
 RENEW_CHECK_S = 10.0  # how often the TLS files are stat'ed for a renewal
 CLOSE_GRACE_S = 30.0  # calls on a replaced channel have this long to finish
 WARM_CHECK_TIMEOUT_S = 1.0
+DEFAULT_MAX_TEXT_BYTES = 32 * 1024  # the classifier's own default (--max-text-bytes)
 
 
 class ClassifierClient:
@@ -30,6 +31,9 @@ class ClassifierClient:
         self._closing: set[asyncio.Task] = set()
         self._last_call = time.monotonic()
         self.warm_checks = 0
+        # The classifier's largest text (its default until ListHeads says): a longer query is sent cut to it. The
+        # encoder reads only its first few hundred tokens, so the cut changes nothing the head sees.
+        self.max_text_bytes = DEFAULT_MAX_TEXT_BYTES
         self._channel = self._connect(tls.credentials() if tls else None)
         self._tracer = trace.get_tracer("tierwise.router")
 
@@ -75,7 +79,8 @@ class ClassifierClient:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             try:
-                return await self._stub.Classify(pb.ClassifyRequest(text=text, head=head, tradeoff=tradeoff,
+                return await self._stub.Classify(pb.ClassifyRequest(text=_cut(text, self.max_text_bytes), head=head,
+                                                                     tradeoff=tradeoff,
                                                                      quality_target=quality_target),
                                                  timeout=min(self.timeout_s, timeout_s or self.timeout_s),
                                                  metadata=tuple(carrier.items()))
@@ -101,9 +106,19 @@ class ClassifierClient:
 
     async def list_heads(self, timeout_s: float) -> pb.ListHeadsResponse:
         self._renew()
-        return await self._stub.ListHeads(pb.ListHeadsRequest(), timeout=timeout_s)
+        reply = await self._stub.ListHeads(pb.ListHeadsRequest(), timeout=timeout_s)
+        self.max_text_bytes = reply.max_text_bytes or self.max_text_bytes
+        return reply
 
     async def close(self) -> None:
         for task in self._closing:
             task.cancel()
         await self._channel.close()
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text`, or its longest prefix of at most `max_bytes` UTF-8 bytes."""
+    if len(text) * 4 <= max_bytes:  # no character takes more than 4 bytes
+        return text
+    data = text.encode("utf-8")
+    return text if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", "ignore")

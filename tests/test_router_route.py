@@ -46,6 +46,15 @@ def test_embedding_route_uses_the_classifier_and_its_calibration(route):
     assert reply.estimated_cost_usd > 0 and reply.decision_ms > 0
 
 
+def test_a_query_longer_than_the_classifier_takes_is_classified_on_its_start(route):
+    """The router takes 256 KiB a message, the classifier 32 KiB a text: the head decides on the part the encoder
+    reads, the same as for the query's first few hundred tokens alone, instead of degrading to the heuristic."""
+    start = "Explain the difference between a process and a thread, with examples. "
+    long, short = (route(pb.RouteRequest(query=q), timeout=10) for q in (start + "é" * 40_000, start + "é" * 600))
+    assert not long.degraded and long.strategy == "embedding", long.reason
+    assert long.tier == short.tier and list(long.probabilities) == pytest.approx(list(short.probabilities), abs=1e-4)
+
+
 def test_a_router_beside_its_classifier_reaches_it_over_a_unix_socket(tmp_path):
     """gRPC's `unix:` addresses work on both ends; the ready line names the socket, as it names a port."""
     socket_path = tmp_path / "classifier.sock"
