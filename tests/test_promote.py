@@ -146,6 +146,10 @@ def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
     args = ["promote", "--candidate", str(candidate), "--heads-dir", str(tmp_path / "heads"), "--data"]
     assert main([*args, str(other)]) == 2
     assert "no records from the candidate's lineup t1-a / t2-a / t3-a" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "x.jsonl")]) == 2
+    assert "--heads-dir: " in (err := capsys.readouterr().err) and "heads is not a directory" in err
+    assert not (tmp_path / "heads").exists(), "a mistyped directory is not created"
+    (tmp_path / "heads").mkdir()
     assert main([*args, str(tmp_path / "x.jsonl"), "--target-quality", "0.99"]) == 2
     assert "no tradeoff calibrated for quality 0.99 or above" in capsys.readouterr().err
     (candidate / "head.json").write_text('{"format": "tierwise.head/v2", "na')
@@ -156,6 +160,21 @@ def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
     (tmp_path / "heads" / "lineup-a" / "head.json").write_text('{"format": "tierwise.head/v1"}')
     assert main([*args, str(tmp_path / "x.jsonl")]) == 2
     assert "--heads-dir: " in (err := capsys.readouterr().err) and "is not 'tierwise.head/v2'" in err
+
+
+def test_a_head_for_a_lineup_another_head_serves_is_refused_by_name(tmp_path, capsys):
+    """A lineup is served by one head: installed beside it under another name, the candidate would never be
+    looked up, while promote said routers use it."""
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    lineup_head("lineup-a-safe", 0.0).save(heads / "lineup-a" / "head.json")
+    served = (heads / "lineup-a" / "head.json").read_bytes()
+    dataclasses.replace(lineup_head("bold", 100.0), name="zz-mine").publish(candidate)
+    easy = write(tmp_path / "easy.jsonl", [1.0] * 20, held_out=True)
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(easy)]) == 2
+    err = capsys.readouterr().err
+    assert "head lineup-a already serves the lineup t1-a / t2-a / t3-a" in err and "--name lineup-a" in err
+    assert sorted(p.name for p in heads.iterdir()) == ["lineup-a"]
+    assert (heads / "lineup-a" / "head.json").read_bytes() == served
 
 
 def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_path, capsys):

@@ -143,10 +143,17 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
         raise DataError(f"--candidate: {err}") from None
     records = lineup_records(candidate, records)
     check_measurable(records, "records of the candidate's lineup")
+    if not heads_dir.is_dir():
+        raise DataError(f"--heads-dir: {heads_dir} is not a directory; name the one the classifier serves")
     try:
         current = serving_head(heads_dir, candidate)
     except ValueError as err:
         raise DataError(f"--heads-dir: {err}") from None
+    if current is not None and candidate.models and current.models == candidate.models \
+            and current.name != candidate.name:
+        raise DataError(f"--candidate: head {current.name} already serves the lineup {' / '.join(candidate.models)} "
+                        f"in {heads_dir}, and a lineup is served by one head: train the candidate with --name "
+                        f"{current.name} to replace it, or remove {current.name} first")
     encoder = offline_encoder(encoder_dir)
     for head in (candidate, current):
         if head is not None and head.dimension != encoder.dimension:
