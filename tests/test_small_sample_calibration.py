@@ -62,3 +62,23 @@ def test_a_fixed_sequence_stops_at_the_first_tradeoff_that_misses():
     candidates = [("safe", safe), ("missing", missing), ("lucky", lucky)]
     assert meeting(ok, cost, candidates, 0.95, "fallback", sequential=True)[0] == "safe"
     assert meeting(ok, cost, candidates, 0.95, "fallback")[0] == "lucky"
+
+
+def test_a_query_given_twice_counts_once_in_the_bound_and_the_folds():
+    """The same records twice (a file given twice, say) calibrate exactly as once: a repeated query is resampled as
+    one observation, so it cannot narrow the bound; and cross-validation keeps its copies in one fold, so no model
+    is scored on a row it was fitted on."""
+    from tierwise_tools.calibration import repeats
+    from tierwise_tools.fitting import out_of_fold
+
+    rng = np.random.default_rng(11)
+    ok = rng.random((N, 3)) < np.array([0.6, 0.75, 0.85])
+    p = rng.random((N, 3))
+    once, twice = records(ok), records(ok) * 2
+    assert repeats(once) is None and list(repeats(twice)) == list(range(N)) * 2
+    assert calibrate(twice, np.vstack([p, p]), RELATIVE_COST, 0.95) == calibrate(once, p, RELATIVE_COST, 0.95)
+    x = rng.standard_normal((N, 8)).astype(np.float32)
+    oof = out_of_fold(np.vstack([x, x]), np.vstack([ok, ok]).astype(float), 1.0, 0, same=repeats(twice))
+    assert np.array_equal(oof[:N], oof[N:]), "each copy predicted by the same model, one that saw neither"
+    apart = out_of_fold(np.vstack([x, x]), np.vstack([ok, ok]).astype(float), 1.0, 0)
+    assert not np.array_equal(apart[:N], apart[N:]), "(without it, copies fall in different folds)"

@@ -173,3 +173,4 @@ def test_a_bad_head_name_is_refused_before_any_work_and_the_version_is_printed(c
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("tierwise ")
+

@@ -45,19 +45,29 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     falls back to always tier 3. Calibrated without the support check: the check is a safety net on top,
     not quality headroom for the tradeoff to spend (decision 0008)."""
     check_measurable(records, "calibration records")
-    return calibrate_arrays(*arrays(records), probabilities, relative_cost, target, confidence, window, resamples, seed)
+    return calibrate_arrays(*arrays(records), probabilities, relative_cost, target, confidence, window, resamples, seed,
+                            repeats(records))
+
+
+def repeats(records: list[Record]) -> np.ndarray | None:
+    """Each record's query as a group number when some query appears more than once (the same file given twice,
+    or live traffic asking again), else None. A query's records are one observation: they are resampled, and
+    cross-validated, together."""
+    seen: dict[str, int] = {}
+    groups = np.array([seen.setdefault(r.query, len(seen)) for r in records], dtype=np.int64)
+    return groups if len(seen) < len(records) else None
 
 
 def calibrate_arrays(ok: np.ndarray, cost: np.ndarray, probabilities: np.ndarray, relative_cost, target: float,
                      confidence: float = CONFIDENCE, window: int = WINDOW, resamples: int = 300,
-                     seed: int = 0) -> tuple[float, dict]:
+                     seed: int = 0, groups: np.ndarray | None = None) -> tuple[float, dict]:
     """`calibrate` on the records' acceptable-answer (n, 3) and cost (n, 3) matrices (decision 0022 scores
     calibrations on cached matrices through this very code)."""
     # A tradeoff that sends every query to tier 3 anyway saves nothing: it is the fallback, and is said to be.
     candidates = ((float(t), tiers) for t in TRADEOFFS
                   for tiers in [decide(probabilities, relative_cost, t)] if (tiers != FRONTIER).any())
     tradeoff, facts = meeting(ok, cost, candidates, target, ALWAYS_TIER_3, confidence, window, resamples, seed,
-                              sequential=True)
+                              sequential=True, groups=groups)
     return tradeoff, facts if tradeoff != ALWAYS_TIER_3 else {"fallback": "no tradeoff met the bound: always tier 3"}
 
 
@@ -68,18 +78,22 @@ def cheapest_meeting(records: list[Record], candidates: Iterable[tuple], target:
     `target`; (`fallback`, why) when none does. A candidate is (setting, final tier per record), paying that
     tier's cost, or (setting, final tier, paid per record) for a cascade, which pays every tier it tried."""
     check_measurable(records, "calibration records")
-    return meeting(*arrays(records), candidates, target, fallback, confidence, window, resamples, seed)
+    return meeting(*arrays(records), candidates, target, fallback, confidence, window, resamples, seed,
+                   groups=repeats(records))
 
 
 def meeting(ok: np.ndarray, cost: np.ndarray, candidates: Iterable[tuple], target: float, fallback: Any,
             confidence: float = 0.95, window: int = WINDOW, resamples: int = 300, seed: int = 0,
-            sequential: bool = False) -> tuple[Any, dict]:
+            sequential: bool = False, groups: np.ndarray | None = None) -> tuple[Any, dict]:
     """`cheapest_meeting` on the acceptable-answer and cost matrices. `sequential`: the candidates come from
-    the most conservative to the cheapest, and the first whose bound misses the target ends the search."""
+    the most conservative to the cheapest, and the first whose bound misses the target ends the search. `groups`
+    (see `repeats`): rows resampled together, each group counting once towards the sample's size."""
     rows = np.arange(len(ok))
-    n = len(ok)
+    n = len(ok) if groups is None else int(groups.max()) + 1
     sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
     weights = poisson_weights(n, sample, resamples, seed)
+    if groups is not None:
+        weights = weights[:, groups]
     frontier = weights @ ok[:, 2]
     best, best_cost, best_facts = fallback, float("inf"), {}
     for setting, tiers, *paid in candidates:

@@ -18,7 +18,7 @@ from classifier_service.heads import Support, TierHead, decide, success, unit
 from tierwise.data import Record, arrays
 from tierwise.tiers import N_TIERS
 
-from .calibration import calibrate
+from .calibration import calibrate, repeats
 from .prior import Prior, joined_support, usable
 
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -48,12 +48,19 @@ def fit(x: np.ndarray, ok: np.ndarray, c: float, prior: Prior | None = None,
 
 
 def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.ndarray | None = None,
-                prior: Prior | None = None, scale: float = 1.0) -> np.ndarray:
+                prior: Prior | None = None, scale: float = 1.0, same: np.ndarray | None = None) -> np.ndarray:
     """Success probabilities of each row from a model fitted without it: 5 random folds, or with `groups`,
-    one fold per group (each group predicted by a model that never saw any of it)."""
+    one fold per group (each group predicted by a model that never saw any of it). Rows `same` numbers alike
+    (a repeated query: see calibration.repeats) fall in one fold, or a model would be scored on its own training
+    rows."""
     oof = np.zeros(ok.shape)
-    folds = (KFold(5, shuffle=True, random_state=seed).split(x) if groups is None else
-             ((np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups)))
+    kfold = KFold(5, shuffle=True, random_state=seed)
+    if same is not None and same.max() < 4:  # fewer than five different queries: nothing to keep apart
+        same = None
+    folds = (((np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups))
+             if groups is not None else kfold.split(x) if same is None else
+             ((np.flatnonzero(np.isin(same, tr)), np.flatnonzero(np.isin(same, va)))
+              for tr, va in kfold.split(np.arange(int(same.max()) + 1))))
     for tr, va in folds:
         oof[va] = success(x[va], *fit(x[tr], ok[tr], c, prior, scale))
     return oof
@@ -87,11 +94,12 @@ def settings(c: float | None, with_prior: bool) -> list[tuple[float, float, bool
     return grid
 
 
-def select(x: np.ndarray, ok: np.ndarray, seed: int, c: float | None = None, prior: Prior | None = None) -> Selected:
+def select(x: np.ndarray, ok: np.ndarray, seed: int, c: float | None = None, prior: Prior | None = None,
+           same: np.ndarray | None = None) -> Selected:
     """Choose C, and with a prior whether to use it and the embedding's scale beside it, by 5-fold out-of-fold log
     loss: a prior that does not predict the user's own labels better is left out."""
     grid = settings(c, prior is not None)
-    oofs = {key: out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1])
+    oofs = {key: out_of_fold(x, ok, key[0], seed, prior=prior if key[2] else None, scale=key[1], same=same)
             for key in tqdm(grid, desc="cross-validation", unit="setting")}
     losses = {key: log_loss(oof, ok) for key, oof in oofs.items()}
     best = min(grid, key=losses.get)
@@ -128,7 +136,7 @@ def fit_head(records: list[Record], x: np.ndarray, targets, c: float | None = No
     costs = relative_cost(records)
     models = lineup(records)
     prior = Prior.from_heads([] if pooled(records) else usable(list(priors), x.shape[1], models))
-    chosen = select(x, ok, seed, c, prior)
+    chosen = select(x, ok, seed, c, prior, repeats(records))
     calibration_oof, left_out = calibration_predictions(records, x, ok, chosen.c, seed, chosen.oof)
     calibration = {f"{t:g}": calibrate(records, calibration_oof, costs, t)[0]
                    for t in tqdm(sorted(set(targets)), desc="calibration", unit="target")}
@@ -186,7 +194,7 @@ def calibration_predictions(records: list[Record], x: np.ndarray, ok: np.ndarray
     lineups = np.array([" / ".join(r.models) for r in records])
     if by_lineup and len(set(lineups)) > 1:
         return out_of_fold(x, ok, c, seed, groups=lineups), True
-    return (out_of_fold(x, ok, c, seed) if oof is None else oof), False
+    return (out_of_fold(x, ok, c, seed, same=repeats(records)) if oof is None else oof), False
 
 
 def route_unseen(records: list[Record], x: np.ndarray, x_new: np.ndarray, target: float = 0.95, c: float = 0.5,
