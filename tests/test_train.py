@@ -71,6 +71,26 @@ def test_calibrate_stores_a_versioned_tradeoff_with_the_head(tmp_path, capsys):
     assert after.tradeoff == before.tradeoff, "the default target's tradeoff is untouched"
     assert "calibration_0.9" in after.card and "records" in after.card["calibration_0.9"]
     assert "quality 0.9 -> tradeoff" in capsys.readouterr().out
+    assert TierHead.load(heads / "default" / "head.json.previous").version == before.version, "rollback can undo it"
+
+
+def test_calibrate_refuses_a_handful_of_records_or_another_lineups(tmp_path, capsys):
+    import shutil
+
+    from classifier_service.config import Config
+
+    heads = tmp_path / "heads"
+    shutil.copytree(Config().heads_dir, heads)
+    served = {p: p.read_bytes() for p in heads.rglob("*") if p.is_file()}
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(data_slice(tmp_path).read_text().split("\n")[:10]) + "\n")
+    assert main(["calibrate", "--data", str(few), "--include-held-out", "--heads-dir", str(heads)]) == 2
+    assert "at least 25 different queries are needed" in capsys.readouterr().err
+    routerbench = next(p for p in shared_files() if p.name.startswith("routerbench"))
+    assert main(["calibrate", "--data", str(routerbench), "--head", "mistral7b-llama8b-nemotron51b",
+                 "--heads-dir", str(heads)]) == 2
+    assert "no records from head mistral7b-llama8b-nemotron51b's lineup" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in heads.rglob("*") if p.is_file()} == served, "no head was touched"
 
 
 def test_each_shared_lineup_has_a_head_that_holds_quality_on_its_held_out_part():

@@ -62,13 +62,13 @@ def verdict(candidate: dict, serving: dict | None, target: float) -> tuple[bool,
                   f"; the serving head: {serving['quality_vs_frontier']:.4f}, {serving['cost_savings']:.1%}"))
 
 
-def lineup_records(candidate, records: list[Record]) -> list[Record]:
+def lineup_records(candidate, records: list[Record], whose: str = "the candidate's") -> list[Record]:
     """The records produced by the candidate's tier lineup (all of them for a head trained on pooled lineups)."""
     if not candidate.models:
         return records
     mine = [r for r in records if r.models == candidate.models]
     if not mine:
-        raise DataError(f"--data: no records from the candidate's lineup {' / '.join(candidate.models)} "
+        raise DataError(f"--data: no records from {whose} lineup {' / '.join(candidate.models)} "
                         f"(found: {sorted({' / '.join(r.models) for r in records})})")
     return mine
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from router_service.config import ConfigError
-from tierwise.data import check_measurable
+from tierwise.data import DataError, check_measurable
 
 from .. import evaluate
 from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
 from ..embeddings import embed_records, offline_encoder
+from ..fitting import MIN_DEV_RECORDS
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR
+from ..promote import install, lineup_records
 from ..replays import cascade_options, replay, unreplayable_start
 from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
 
@@ -44,6 +47,10 @@ def calibrate_head(args: argparse.Namespace, records) -> int:
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
+    records = lineup_records(head, records, f"head {head.name}'s")
+    if len({r.query for r in records}) < MIN_DEV_RECORDS:
+        raise DataError(f"--data: {len(records)} records of the head's lineup; at least {MIN_DEV_RECORDS} different "
+                        "queries are needed to calibrate (label more with `tierwise label`)")
     encoder = offline_encoder()
     probs = head.probabilities(embed_records(encoder, records, EMBEDDINGS_DIR))
     tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
@@ -55,7 +62,9 @@ def calibrate_head(args: argparse.Namespace, records) -> int:
         head, calibration=calibration, card=card,
         tradeoff=tradeoff if args.target_quality == head.target_quality else head.tradeoff,
     ).versioned(time.strftime("%Y-%m-%d"))
-    updated.publish(args.heads_dir / head.name)
+    with tempfile.TemporaryDirectory() as scratch:  # installed as promote installs: atomically, the old kept
+        updated.publish(Path(scratch))
+        install(Path(scratch), args.heads_dir / head.name)
     print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); version {updated.version}")
     return 0
 
