@@ -97,7 +97,7 @@ CASES = [
     ("learn --labels {records} --dry-run --name 'Bad Name'", "--name"),
     ("learn --labels {records} --dry-run --prior-heads {bad}/broken-heads", "--prior-heads"),
     ("label --queries {bad}/missing.jsonl --config tierwise.example.yaml", "missing.jsonl"),
-    ("label --queries {bad}/binary.jsonl --config tierwise.example.yaml", "codec"),
+    ("label --queries {bad}/binary.jsonl --config tierwise.example.yaml", "binary.jsonl: not UTF-8 text"),
     ("label --queries {records} --config {bad}/bad.yaml", "not valid YAML"),
     ("label --queries {records} --config tierwise.example.yaml --judge-tier 7", "--judge-tier"),
     ("route hi --address 127.0.0.1:1 --timeout 1", "UNAVAILABLE"),

@@ -117,3 +117,35 @@ def test_resume_keeps_records_whose_answers_hold_unicode_line_separators(tmp_pat
     out.write_text(record + "\n" + record[:25], encoding="utf-8")
     assert resume(out) == {"label/1"}
     assert out.read_text(encoding="utf-8") == record + "\n"
+
+
+def test_queries_are_read_by_line_once_each_and_bad_input_costs_nothing(tmp_path, monkeypatch, capsys):
+    """U+2028 inside a query is part of it, a query given twice is paid for once, and a queries file or --out
+    that cannot be used is named before any provider is asked."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        double.set_reply("t1-a", '{"score": 1.0}')  # t1-a answers tier 1 and is also the judge
+        queries = tmp_path / "queries.txt"
+        queries.write_text("line one\u2028line two\nWhat is 2 + 2?\nWhat is 2 + 2?\n"
+                           + json.dumps({"query": "a\u2028b"}) + "\n", encoding="utf-8")
+        out = tmp_path / "labelled.jsonl"
+        args = ["label", "--queries", str(queries), "--config", str(config), "--rate", "200", "--out"]
+        assert main([*args, str(out)]) == 0
+        assert sorted(r.query for r in load([out])) == sorted(["line one\u2028line two", "What is 2 + 2?", "a\u2028b"])
+        assert len(double.requests) == 3 * (3 + 2)
+        capsys.readouterr()
+
+        double.reset()
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text('{"query": "fine"}\n{"query": \n')
+        assert main(["label", "--queries", str(broken), "--config", str(config), "--out", str(out)]) == 2
+        assert f"{broken}:2: not a JSON object" in capsys.readouterr().err
+        (tmp_path / "blocker").write_text("")
+        assert main([*args, str(tmp_path / "blocker" / "labelled.jsonl")]) == 1
+        assert "blocker" in capsys.readouterr().err
+        damaged = tmp_path / "damaged.jsonl"
+        damaged.write_text(out.read_text().replace("\n", "\nnot a record\n", 1))
+        assert main([*args, str(damaged)]) == 2
+        assert f"{damaged}:2: not a labelled record" in capsys.readouterr().err
+        assert not double.requests, "no provider was asked"

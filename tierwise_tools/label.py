@@ -23,17 +23,30 @@ from tierwise.atomic import append_line, write_atomic
 
 
 def read_queries(path: Path, source: str) -> list[dict]:
-    """JSON lines with "query" (and optionally "id", "task"), or plain text, one query per line."""
-    queries = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    """JSON lines with "query" (and optionally "id", "task"), or plain text, one query per line. A query given
+    twice is labelled (and paid for) once. ValueError naming the file and line for what is neither."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    queries: dict[str, dict] = {}
+    # Lines end at "\n" only: a query may hold U+2028, which str.splitlines would also split at.
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        item = json.loads(line) if line.lstrip().startswith("{") else {"query": line.strip()}
+        try:
+            item = json.loads(line) if line.lstrip().startswith("{") else {"query": line.strip()}
+        except (ValueError, RecursionError):
+            raise ValueError(f"{path}:{n}: not a JSON object with a \"query\" (nor a plain line)") from None
         if not isinstance(item.get("query"), str) or not item["query"].strip():
             raise ValueError(f"{path}:{n}: no non-empty \"query\"")
         item.setdefault("id", record_id(source, item["query"]))
-        queries.append(item)
-    return queries
+        if type(item["id"]) is int:
+            item["id"] = str(item["id"])
+        if not isinstance(item["id"], str) or not item["id"] or not isinstance(item.get("task", ""), str):
+            raise ValueError(f"{path}:{n}: \"id\" and \"task\" must be non-empty strings")
+        queries.setdefault(item["id"], item)
+    return list(queries.values())
 
 
 def resume(out: Path) -> set[str]:
@@ -42,7 +55,10 @@ def resume(out: Path) -> set[str]:
     replaced whole (tierwise/atomic.py): a kill during the repair leaves the old file or the repaired one."""
     if not out.exists():
         return set()
-    text = out.read_text(encoding="utf-8")
+    try:
+        text = out.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{out}: not UTF-8 text; not a file of labelled records") from None
     # Records end at "\n" only: an answer may hold U+2028 or U+0085, which str.splitlines would also split at.
     lines = text.split("\n")
     if lines[-1] == "":
@@ -50,8 +66,8 @@ def resume(out: Path) -> set[str]:
     ids = set()
     for n, line in enumerate(lines, start=1):
         try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+            ids.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError, RecursionError):
             if n < len(lines):
                 raise ValueError(f"{out}:{n}: not a labelled record; fix or remove it before resuming") from None
             write_atomic(out, "".join(f"{kept}\n" for kept in lines[:-1]))
@@ -84,6 +100,8 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     failures: list[str] = []
     spent = 0.0  # every tier's answer and both judgements, for the records written this run
     out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8"):  # OSError now, before the first paid call, if it cannot be written
+        pass
     async with open_chains(cfg, RouterMetrics()) as chains:
         labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
         with tqdm(total=len(todo), desc="labelling", unit="query") as bar:

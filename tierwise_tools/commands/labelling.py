@@ -33,7 +33,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError) as err:
         complain("label", err)
         return 2
-    summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate, args.concurrency))
+    try:
+        summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate,
+                                    args.concurrency))
+    except ValueError as err:  # --out holds something other than labelled records
+        complain("label", err, "--out: ")
+        return 2
     for failure in summary["failed"]:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{summary['labelled']} labelled, {summary['already_done']} already in {args.out}, "
