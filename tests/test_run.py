@@ -1,18 +1,20 @@
 """`make run`'s launcher: both real services come up on 127.0.0.1, the router with its HTTP API and the config it
-was given, and one SIGTERM stops both cleanly."""
+was given, and one SIGTERM (or a closed terminal's SIGHUP) stops both cleanly."""
 from __future__ import annotations
 
 import http.client
 import json
 import signal
 
+import pytest
 import yaml
 
 from .provider_double import unused_port
 from .servers import ROOT, start
 
 
-def test_launcher_serves_both_and_stops_both_on_sigterm(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_launcher_serves_both_and_stops_both_on_sigterm(tmp_path, stop):
     config = tmp_path / "mine.yaml"
     config.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "tierwise.example.yaml").read_text()),
                                       "strategy": "heuristic"}))
@@ -26,7 +28,7 @@ def test_launcher_serves_both_and_stops_both_on_sigterm(tmp_path):
         response = conn.getresponse()
         models = [m["id"] for m in json.loads(response.read())["data"]]
         conn.close()
-        run.proc.send_signal(signal.SIGTERM)
+        run.proc.send_signal(stop)
         assert run.proc.wait(60) == 0
     finally:
         run.stop()

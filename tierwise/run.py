@@ -46,13 +46,14 @@ def stop(proc: Child) -> None:
 
 
 class StopOnSignal:
-    """Records SIGINT/SIGTERM. The handler only sets a bool: a handler that takes a lock (Event.set) deadlocks
+    """Records SIGINT/SIGTERM, and SIGHUP: a closed terminal must stop the services too, which run in their own
+    sessions and would otherwise keep their ports. The handler only sets a bool: a handler that takes a lock (Event.set) deadlocks
     when Python runs it on the main thread while that thread holds the same lock, e.g. inside Event.wait,
     which is where it runs when the signal lands on another thread."""
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._request)
 
     def _request(self, *_) -> None:
