@@ -53,6 +53,8 @@ class Config:
         return self.max_batch * (self.max_text_bytes + 64) + 65_536
 
 
+MAX_GRPC_MESSAGE = 2**31 - 1  # gRPC's receive limit is a C int
+
 HELP = {
     "listen": "host:port to serve on (port 0 picks a free port), or unix:PATH for a socket on this machine",
     "encoder_dir": "directory with the exported ONNX encoder (manifest.json)",
@@ -108,6 +110,15 @@ def parse(argv: list[str] | None = None) -> Config:
     for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.max_inflight < cfg.max_batch:
+        problems.append(f"--max-inflight ({cfg.max_inflight}) must be at least --max-batch ({cfg.max_batch}): a full "
+                        "batch could never be admitted")
+    if cfg.max_message_bytes > MAX_GRPC_MESSAGE:
+        problems.append(f"--max-batch x --max-text-bytes must stay under 2 GiB, the most gRPC receives in one "
+                        f"message (now {cfg.max_message_bytes} bytes)")
+    for name in ("heads_dir", "encoder_dir"):
+        if not getattr(cfg, name).is_dir():
+            problems.append(f"--{name.replace('_', '-')}: {getattr(cfg, name)} is not a directory")
     if cfg.run_tokens < 0:
         problems.append("--run-tokens must be 0 (no cap) or more")
     if cfg.inline_max_tokens < 0:

@@ -203,7 +203,12 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         print(f"tierwise-classifier: {err}", flush=True)
         return 2
     loaded = signature(cfg.heads_dir)
-    servicer = ClassifierServicer(cfg, HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head))
+    try:
+        registry = HeadRegistry.from_dir(cfg.heads_dir, cfg.default_head)
+    except (OSError, ValueError) as err:  # no heads, a head that does not load, an unknown --default-head
+        print(f"tierwise-classifier: cannot serve the heads in {cfg.heads_dir}: {err}", flush=True)
+        return 2
+    servicer = ClassifierServicer(cfg, registry)
     server = grpc.aio.server(options=serving.server_options(
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         # Clients re-resolve DNS only when a connection ends: ageing connections out lets routers

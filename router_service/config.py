@@ -285,6 +285,8 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         if self.max_message_bytes > self.max_total_bytes:
             refuse([(("max_message_bytes",), f"must not exceed limits.max_total_bytes ({self.max_total_bytes})")])
+        if self.max_total_bytes > 2**31 - 2**21:  # plus framing, what gRPC receives in one message: a C int
+            refuse([(("max_total_bytes",), "must be under 2 GiB - 2 MiB, the most gRPC receives in one message")])
 
 
 @schema

@@ -195,7 +195,7 @@ def test_grpcurl_calls_classify_through_reflection(classifier):
 
 
 def test_overload_is_resource_exhausted_not_an_endless_queue():
-    service = start_classifier("--max-inflight", "4", "--workers", "1", "--cache-size", "0")
+    service = start_classifier("--max-inflight", "4", "--max-batch", "4", "--workers", "1", "--cache-size", "0")
     try:
         with grpc.insecure_channel(service.address) as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)

@@ -138,12 +138,14 @@ def test_the_installed_command_prints_no_traceback(line, bad):
 def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
     with pytest.raises(SystemExit) as err:
         classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1",
-                                 "--run-tokens", "-5", "--keep-warm-ms", "nan"])
+                                 "--run-tokens", "-5", "--keep-warm-ms", "nan", "--max-inflight", "8",
+                                 "--max-text-bytes", "9000000", "--heads-dir", "/nonexistent/heads"])
     stderr = capsys.readouterr().err
     assert err.value.code == 2 and "Traceback" not in stderr
     for problem in ("--precision must be int8 or fp32", "--workers must be at least 1",
                     "--heads-reload-seconds must be 0", "--run-tokens must be 0 (no cap) or more",
-                    "--keep-warm-ms must be 0 (off) or more"):
+                    "--keep-warm-ms must be 0 (off) or more", "--max-inflight (8) must be at least --max-batch",
+                    "must stay under 2 GiB", "--heads-dir: /nonexistent/heads is not a directory"):
         assert problem in stderr, stderr
 
 
@@ -155,3 +157,13 @@ def test_a_bad_classifier_environment_variable_is_a_clean_error(capsys, monkeypa
     assert err.value.code == 2 and "--workers" in stderr and "'many'" in stderr, stderr
     monkeypatch.setenv("TIERWISE_CLASSIFIER_WORKERS", "3")
     assert classifier_config.parse([]).workers == 3
+
+
+def test_a_default_head_the_directory_lacks_stops_the_classifier_with_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "classifier_service", "--listen", "127.0.0.1:0", "--default-head",
+                           "nope"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
+    assert "default head 'nope' is not loaded" in done.stdout, done.stdout

@@ -125,6 +125,7 @@ def test_every_documented_default_is_what_parse_applies():
     ({"max_total_bytes": "1MB"}, "limits.max_total_bytes: expected an integer"),
     ({"max_message_bytes": 2_000_000}, "limits.max_message_bytes: must not exceed limits.max_total_bytes (1048576)"),
     ({"max_requests": 5}, "limits.max_requests: unknown key"),
+    ({"max_total_bytes": 2**40}, "limits.max_total_bytes: must be under 2 GiB"),
 ])
 def test_invalid_limits_name_the_key(limits, message):
     with pytest.raises(ConfigError) as err:
