@@ -243,6 +243,8 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "n": True}, "n"),
     ({"model": "tierwise", "messages": user(), "n": 1.0}, "n"),
     ({"model": "tierwise", "messages": user(), "head": 0}, "head"),
+    ({"model": "tierwise", "messages": [{"role": "system", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}, *user()]}, "messages[0].content"),
     ({"model": "tierwise", "messages": user(), "max_completion_tokens": 5, "max_tokens": -7}, "max_tokens"),
 ])
 def test_bad_requests_are_400s_naming_the_field(api, body, param):

@@ -253,6 +253,13 @@ USER = [{"role": "user", "content": "hi"}]
     ({"model": "tierwise", "max_tokens": 10, "messages": USER, "output_config": {"format": {"type": "yaml"}}},
      "output_config.format"),
     ({"model": "tierwise", "max_tokens": 10, "messages": USER, "stream": 1}, "stream"),
+    # Checked by the core on the chat messages the request becomes, named as this request spells them.
+    ({"model": "tierwise", "max_tokens": 10, "system": "Be brief.", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": " "}]}, "messages[2].content"),
+    ({"model": "tierwise", "max_tokens": 10, "messages": USER, "stop_sequences": [5]}, "stop_sequences"),
+    ({"model": "tierwise", "max_tokens": 10, "messages": USER, "tools": [{"name": "a b", "input_schema": {}}]},
+     "tools[0].name"),
 ])
 def test_bad_requests_are_400s_naming_the_field(router, body, field):
     status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages")

@@ -172,6 +172,15 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
     ({"model": "gpt-4o", "input": "hi"}, "model"),
     ({"model": "tierwise", "input": "hi", "metadata": "x"}, "metadata"),
     ({"model": "tierwise", "input": "hi", "stream": 1.0}, "stream"),
+    # Checked by the core on the chat messages the request becomes, named as this request spells them.
+    ({"model": "tierwise", "instructions": "Be brief.", "input": [{"role": "user", "content": " "}]},
+     "input[0].content"),
+    ({"model": "tierwise", "input": []}, "input"),
+    ({"model": "tierwise", "input": "hi", "text": {"format": {"type": "weird"}}}, "text.format"),
+    ({"model": "tierwise", "input": "hi", "tools": [{"type": "function", "name": "f"},
+                                                   {"type": "function", "name": "f"}]}, "tools[1].name"),
+    ({"model": "tierwise", "input": "hi", "tools": [{"type": "function", "name": "f"}],
+      "tool_choice": {"type": "function", "name": "g"}}, "tool_choice.name"),
     ({"model": "tierwise", "input": "hi", "metadata": {"k": 5}}, "metadata"),
 ])
 def test_bad_requests_are_400s_naming_the_field(router, body, param):

@@ -117,7 +117,7 @@ class Endpoint:
                     return
                 await self._stream(chat, events, key, exchange)
         except Rejected as err:
-            await exchange.fail(err, span)
+            await exchange.fail(chat.refused(err), span)
 
     async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
         """The API's events as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no

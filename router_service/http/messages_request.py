@@ -19,40 +19,46 @@ from tierwise.v1 import router_pb2 as pb
 from ..images import check_image
 from ..model_names import ModelNames
 from .errors import bad_request
-from .request import (INT32_MAX, ChatRequest, document, flag, format_in, options, refuse_unsupported,
-                      string)
+from .request import (INT32_MAX, TOOL_FIELDS, ChatRequest, document, flag, format_in, options, origins,
+                      refuse_unsupported, string)
 
 UNSUPPORTED = {"top_k": "top-k sampling (the providers take no top_k; set it in a provider's extra_body)",
                "mcp_servers": "MCP servers", "container": "containers"}
 CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+FIELDS = (*TOOL_FIELDS, ("stop", "stop_sequences"), ("response_format", "output_config.format"))
 SKIPPED = ("thinking", "redacted_thinking")  # an assistant's earlier thinking, given back: nothing for the model
 
 
 def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, route = document(body, names)
-    request = _request(doc, route, answering=True)
-    return ChatRequest(request, flag(doc, "stream"), False)
+    request, named = _request(doc, route, answering=True)
+    return ChatRequest(request, flag(doc, "stream"), False, fields=origins(named) + FIELDS)
 
 
 def parse_count(body: bytes, names: ModelNames = ModelNames()) -> pb.CompleteRequest:
     """A count_tokens body (POST /v1/messages/count_tokens): a message's fields without the answer's limit, or a 400
     naming the field that is wrong."""
     doc, route = document(body, names)
-    return _request(doc, route, answering=False)
+    return _request(doc, route, answering=False)[0]
 
 
-def _request(doc: dict, route: dict, answering: bool) -> pb.CompleteRequest:
+def _request(doc: dict, route: dict, answering: bool) -> tuple[pb.CompleteRequest, list[tuple[str, str]]]:
+    """The request, and for each of its chat messages the message (or system prompt) it came from."""
     refuse_unsupported(doc, UNSUPPORTED)
     messages = _system(doc.get("system"))
-    messages += _messages(doc.get("messages"))
+    named = [("system", "system")] * len(messages)
+    for i, message in enumerate(_listed(doc.get("messages"))):
+        turn = _message(i, message)
+        messages += turn
+        named += [(f"messages[{i}]", f"messages[{i}].content")] * len(turn)
     request = pb.CompleteRequest(messages=messages, max_tokens=_max_tokens(doc.get("max_tokens")) if answering else 0,
                                  **route)
     choice, parallel = _tool_choice(doc.get("tool_choice"))
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "stop": _stops(doc),
              "tools": _tools(doc.get("tools")), "tool_choice": choice, "parallel_tool_calls": parallel,
-             "response_format": _format(doc.get("output_config"))}, request)
-    return request
+             "response_format": _format(doc.get("output_config"))}, request, FIELDS)
+    return request, named
 
 
 def _max_tokens(value: object) -> int:
@@ -74,21 +80,22 @@ def _system(system: object) -> list[pb.Message]:
     return [pb.Message(role="system", content="\n".join(texts))] if texts else []
 
 
-def _messages(messages: object) -> list[pb.Message]:
+def _listed(messages: object) -> list:
     if messages is None:
         raise bad_request('messages: missing; send a list of {"role", "content"} objects')
     if not isinstance(messages, list):
         raise bad_request('messages: must be a list of {"role", "content"} objects')
-    out: list[pb.Message] = []
-    for i, message in enumerate(messages):
-        field = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"{field}: must be an object with role and content")
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise bad_request(f"{field}.role: must be user or assistant (the system prompt goes in system)")
-        out += _turn(role, message.get("content"), f"{field}.content")
-    return out
+    return messages
+
+
+def _message(i: int, message: object) -> list[pb.Message]:
+    field = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise bad_request(f"{field}: must be an object with role and content")
+    role = message.get("role")
+    if role not in ("user", "assistant"):
+        raise bad_request(f"{field}.role: must be user or assistant (the system prompt goes in system)")
+    return _turn(role, message.get("content"), f"{field}.content")
 
 
 def _turn(role: str, content: object, field: str) -> list[pb.Message]:

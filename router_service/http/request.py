@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 
-from tierwise.serving import shown
+import grpc
+
+from tierwise.serving import Rejected, invalid, shown
 from tierwise.v1 import router_pb2 as pb
 
 from .. import json_values
 from ..images import check_image
 from ..model_names import ModelNames
-from .errors import bad_request
+from .errors import FIELD, bad_request
 
 INT32_MAX = 2**31 - 1
 UNSUPPORTED = {"functions": "the deprecated function calls (send tools)",
                "function_call": "the deprecated function calls (send tool_choice)",
                "audio": "audio output", "prediction": "predicted outputs", "logit_bias": "logit biases"}
+
+
+# The core names a refused field as in a chat completion: messages[3].content, tools[0].function.parameters.
+# Each API says how those read in its own request: (pattern of the core's name, the API's), the first match wins.
+CHAT_FIELDS = ((r"messages\[(\d+)\]\.images", r"messages[\1].content"),)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,36 @@ class ChatRequest:
     include_usage: bool
     # What the API's response repeats of the request, as the caller sent it (the Responses API's settings).
     echo: dict = dataclasses.field(default_factory=dict)
+    fields: tuple[tuple[str, str], ...] = CHAT_FIELDS
+
+    def refused(self, err: Rejected) -> Rejected:
+        """`err` naming the field as this API's request spells it, when the core refused one of its fields."""
+        return renamed(err, self.fields)
+
+
+def renamed(err: Rejected, fields: tuple[tuple[str, str], ...]) -> Rejected:
+    """`err` with the field it starts with spelled by the first of `fields` that matches it (see CHAT_FIELDS)."""
+    found = FIELD.match(str(err)) if err.code == grpc.StatusCode.INVALID_ARGUMENT else None
+    if found is None:
+        return err
+    name = found.group(1)
+    for pattern, spelled in fields:
+        if (match := re.match(pattern + r"(?=$|[.\[])", name)) is not None:
+            return invalid(match.expand(spelled) + name[match.end():] + str(err)[found.end(1):])
+    return err
+
+
+def origins(named: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Renames for the core's messages[k] that `named` spells in order: (the message as a whole, its content) in
+    the API's terms, one pair per chat message the request became."""
+    out: list[tuple[str, str]] = []
+    for k, (whole, content) in enumerate(named):
+        out += [(rf"messages\[{k}\]\.(?:content|images)", content), (rf"messages\[{k}\]", whole)]
+    return tuple(out)
+
+
+# The chat names the Responses and Messages APIs spell otherwise (beside `origins`).
+TOOL_FIELDS = ((r"tools\[(\d+)\]\.function", r"tools[\1]"), (r"tool_choice\.function", "tool_choice"))
 
 
 def route_of(model: object, names: ModelNames) -> tuple[str, float | None]:
@@ -113,8 +151,16 @@ def flag(doc: dict, name: str, field: str = "") -> bool:
     return bool(value)
 
 
-def options(doc: dict, request: pb.CompleteRequest) -> None:
-    """OpenAI's generation options onto `request`, by JSON type; their ranges are the core's to check."""
+def options(doc: dict, request: pb.CompleteRequest, fields: tuple[tuple[str, str], ...] = CHAT_FIELDS) -> None:
+    """OpenAI's generation options onto `request`, by JSON type; their ranges are the core's to check. An API that
+    spells them otherwise passes its `fields`, so that a refusal names its own."""
+    try:
+        _options(doc, request)
+    except Rejected as err:
+        raise renamed(err, fields) from None
+
+
+def _options(doc: dict, request: pb.CompleteRequest) -> None:
     for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = doc.get(field)
         if value is not None:

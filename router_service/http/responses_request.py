@@ -17,8 +17,8 @@ from ..images import check_image
 from ..model_names import ModelNames
 from ..sampling import TOOL_NAME
 from .errors import bad_request
-from .request import (INT32_MAX, ChatRequest, document, flag, format_in, options, refuse_unsupported,
-                      string)
+from .request import (INT32_MAX, TOOL_FIELDS, ChatRequest, document, flag, format_in, options, origins,
+                      refuse_unsupported, string)
 
 UNSUPPORTED = {
     "previous_response_id": "stored responses (the router keeps none: send the whole conversation in input)",
@@ -27,6 +27,8 @@ UNSUPPORTED = {
     "max_tool_calls": "limits on built-in tool calls"}
 LOGPROBS = "message.output_text.logprobs"
 MAX_METADATA = 16
+FIELDS = (*TOOL_FIELDS, (r"messages(?!\[)", "input"), ("response_format", "text.format"),
+          ("max_tokens", "max_output_tokens"))
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 ECHOED = ("instructions", "temperature", "top_p", "max_output_tokens", "tool_choice", "parallel_tool_calls",
           "metadata")
@@ -37,19 +39,22 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     doc, route = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
     logprobs = _include(doc.get("include"))
-    messages = []
+    messages, named = [], []
     if doc.get("instructions") is not None:
         messages.append(pb.Message(role="system", content=string(doc["instructions"], "instructions")))
-    messages += _input(doc.get("input"))
+        named.append(("instructions", "instructions"))
+    items, item_names = _input(doc.get("input"))
+    messages += items
+    named += item_names
     request = pb.CompleteRequest(messages=messages, max_tokens=_max_output_tokens(doc), **route)
     tools = _tools(doc.get("tools"))
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "tools": tools,
              "tool_choice": _tool_choice(doc.get("tool_choice")), "parallel_tool_calls": doc.get("parallel_tool_calls"),
              "response_format": _format(doc.get("text")), "logprobs": logprobs or None,
-             "top_logprobs": doc.get("top_logprobs")}, request)
+             "top_logprobs": doc.get("top_logprobs")}, request, FIELDS)
     _metadata(doc.get("metadata"))
     echo = {name: doc.get(name) for name in ECHOED} | {"tools": doc.get("tools") or [], "text": doc.get("text")}
-    return ChatRequest(request, flag(doc, "stream"), False, echo)
+    return ChatRequest(request, flag(doc, "stream"), False, echo, origins(named) + FIELDS)
 
 
 def _metadata(metadata: object) -> None:
@@ -72,14 +77,16 @@ def _include(include: object) -> bool:
     return LOGPROBS in include
 
 
-def _input(items: object) -> list[pb.Message]:
+def _input(items: object) -> tuple[list[pb.Message], list[tuple[str, str]]]:
+    """The chat messages `input` stands for, and for each the item it came from and that item's content field."""
     if items is None:
         raise bad_request('input: missing; send a string or a list of {"role", "content"} items')
     if isinstance(items, str):
-        return [pb.Message(role="user", content=string(items, "input"))]
+        return [pb.Message(role="user", content=string(items, "input"))], [("input", "input")]
     if not isinstance(items, list):
         raise bad_request('input: must be a string or a list of {"role", "content"} items')
     out: list[pb.Message] = []
+    named: list[tuple[str, str]] = []
     for i, item in enumerate(items):
         field = f"input[{i}]"
         kind = item.get("type", "message") if isinstance(item, dict) else None
@@ -89,6 +96,7 @@ def _input(items: object) -> list[pb.Message]:
                 raise bad_request(f"{field}.role: must be user, assistant, system or developer")
             text, images = _content(item.get("content"), f"{field}.content")
             out.append(pb.Message(role=ROLES[role], content=text, images=images))
+            named.append((field, f"{field}.content"))
         elif kind == "function_call":
             call = pb.ToolCall(id=string(item.get("call_id"), f"{field}.call_id"),
                                name=string(item.get("name"), f"{field}.name"),
@@ -97,15 +105,17 @@ def _input(items: object) -> list[pb.Message]:
                 out[-1].tool_calls.append(call)
             else:
                 out.append(pb.Message(role="assistant", tool_calls=[call]))
+                named.append((field, field))
         elif kind == "function_call_output":
             text, images = _content(item.get("output"), f"{field}.output")
             if images:
                 raise bad_request(f"{field}.output: only text is supported in a function's output")
             out.append(pb.Message(role="tool", tool_call_id=string(item.get("call_id"), f"{field}.call_id"),
                                   content=string(text, f"{field}.output")))
+            named.append((field, f"{field}.output"))
         else:
             raise bad_request(f"{field}: only message, function_call and function_call_output items are supported")
-    return out
+    return out, named
 
 
 def _content(content: object, field: str) -> tuple[str, list[pb.Image]]:
