@@ -43,6 +43,9 @@ def bad(tmp_path_factory) -> Path:
     (d / "bad-config.yaml").write_text("tiers: []\nsurprise: 1\n")
     (d / "list.json").write_text("[1, 2]\n")
     (d / "odd-eval.json").write_text('{"operating_point": 5, "strategy": "x"}\n')
+    (d / "two-tier-eval.json").write_text('{"operating_point": {"tier_mix": [0.5, 0.5]}, "strategy": "x"}\n')
+    (d / "text-mix-eval.json").write_text('{"operating_point": {"tier_mix": ["a", "b", "c"]}, "strategy": "x"}\n')
+    (d / "unreplayed-eval.json").write_text('{"operating_point": null, "strategy": "cascade"}\n')
     (d / "broken-heads" / "x").mkdir(parents=True)
     (d / "broken-heads" / "x" / "head.json").write_text('{"format": "nope"')
     (d / "candidate").mkdir()
@@ -83,7 +86,11 @@ CASES = [
     ("costs --queries-per-month 10 --mix a/b/c", "--mix"),
     ("costs --queries-per-month 10 --from-eval {bad}/list.json", "--from-eval"),
     ("costs --queries-per-month 10 --from-eval {bad}/odd-eval.json", "--from-eval"),
-    ("costs --queries-per-month 10 --from-eval {bad}/binary.jsonl", "codec"),
+    ("costs --queries-per-month 10 --from-eval {bad}/binary.jsonl", "binary.jsonl: not JSON"),
+    ("costs --queries-per-month 10 --from-eval {bad}/two-tier-eval.json", "tier_mix must be three shares"),
+    ("costs --queries-per-month 10 --from-eval {bad}/text-mix-eval.json", "tier_mix must be three shares"),
+    ("costs --queries-per-month 10 --from-eval {bad}/unreplayed-eval.json", "could not replay cascade"),
+    ("costs --queries-per-month 10 --mix nan/50/50", "--mix"),
     ("costs --queries-per-month 10 --config {bad}/a-dir", "a-dir"),
     ("costs --queries-per-month 10 --config {bad}/bad-config.yaml", "surprise"),
     ("simulate --data {bad}/missing.jsonl --shadow-rate 0.1", "missing.jsonl"),

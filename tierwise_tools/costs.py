@@ -3,6 +3,7 @@ each routing mix given), the seed's way of showing what routing saves."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from router_service.config import RouterConfig
@@ -19,15 +20,29 @@ def parse_mix(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split("/")]
     except ValueError:
         raise ValueError(f"--mix: {text!r} is not three numbers like 60/25/15") from None
-    if len(parts) != N_TIERS or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6:
+    if not _shares(parts, 100):
         raise ValueError(f"--mix: {text!r} must be three non-negative shares adding up to 100")
     return tuple(p / 100 for p in parts)
 
 
+def _shares(parts, total: float) -> bool:
+    """Whether `parts` are one finite, non-negative share per tier adding up to `total`."""
+    return (len(parts) == N_TIERS and all(type(p) in (int, float) and math.isfinite(p) and p >= 0 for p in parts)
+            and abs(sum(parts) - total) <= 1e-6 * total)
+
+
 def from_eval(path: Path) -> tuple[str, tuple[float, float, float], float | None]:
     """(label, tier mix, cost fraction of always-tier-3 if the strategy pays for several tiers)."""
-    result = json.loads(Path(path).read_text())
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"--from-eval {path}: not JSON ({type(err).__name__})") from None
     op = result["operating_point"]
+    if op is None:
+        raise ValueError(f"--from-eval {path}: eval could not replay {result['strategy']} on its records, so there "
+                         "is no tier mix to cost")
+    if not _shares(op["tier_mix"], 1.0):
+        raise ValueError(f"--from-eval {path}: operating_point.tier_mix must be three shares adding up to 1")
     # A cascade pays for every tier it tried: its tier mix alone would understate the bill.
     fraction = 1 - op["cost_savings"] if result["strategy"].endswith("cascade") else None
     return f"{result['strategy']} (eval: {Path(path).name})", tuple(op["tier_mix"]), fraction
