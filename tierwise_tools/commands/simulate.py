@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         complain("simulate", err, "--config: ")
         return 2
     registry = heads_in(args.heads_dir, "--heads-dir")
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)  # an unusable --report fails now, not after the replay
     records = load([args.data])
     check_measurable(records, str(args.data))
     x = embed_records(offline_encoder(), records, EMBEDDINGS_DIR)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from classifier_service.heads import TierHead, check_name
-from tierwise.data import shared_files
+from tierwise.data import DataError, shared_files
 
 from ..calibration import ALWAYS_TIER_3
 from ..paths import HEADS_DIR
@@ -38,7 +38,10 @@ def head_name(text: str) -> str:
 
 
 def prior_heads(directory: Path) -> list[TierHead]:
-    """The heads under `directory`; none where there are none. A broken head file is bad input."""
+    """The heads under `directory`; none where there are none. A broken head file, or no such directory (a
+    mistyped path would quietly train without priors), is bad input."""
+    if not directory.is_dir():
+        raise DataError(f"--prior-heads: {directory} is not a directory (--no-prior fits on the records alone)")
     return list(heads_in(directory, "--prior-heads")) if any(directory.glob("*/head.json")) else []
 
 
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
         return 2
     priors = [] if args.no_prior else prior_heads(args.prior_heads)
+    (args.out / args.name).mkdir(parents=True, exist_ok=True)  # an --out it cannot write fails now, not after fitting
     head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c, priors=priors)
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out")):
