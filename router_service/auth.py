@@ -154,6 +154,8 @@ class ApiKeys:
             text = self.path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise KeysFileError(f"{self.path}: not UTF-8 text") from None
+        except OSError as err:
+            raise KeysFileError(f"the API keys file {self.path}: {err.strerror or err}") from None
         return parse_keys(text, str(self.path), *self.defaults)
 
     def poll(self) -> bool:

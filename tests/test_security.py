@@ -389,7 +389,7 @@ def test_a_router_with_an_unusable_keys_file_or_certificate_does_not_start(tmp_p
     (tmp_path / "keys").write_text(f"{KEY} id=bad/id\n")
     (tmp_path / "empty.crt").write_text("")
     for args, says in ((("--api-keys-file", str(tmp_path / "keys")), "keys:1: id must be"),
-                       (("--api-keys-file", str(tmp_path / "missing")), "No such file"),
+                       (("--api-keys-file", str(tmp_path / "missing")), f"the API keys file {tmp_path / 'missing'}: No such"),
                        (("--tls-cert", str(tmp_path / "empty.crt")), "--tls-key: required with --tls-cert"),
                        (("--tls-cert", str(tmp_path / "empty.crt"), "--tls-key", str(tmp_path / "empty.crt")),
                         "cannot serve TLS")):
