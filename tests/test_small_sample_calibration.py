@@ -64,8 +64,8 @@ def test_a_fixed_sequence_stops_at_the_first_tradeoff_that_misses():
     assert meeting(ok, cost, candidates, 0.95, "fallback")[0] == "lucky"
 
 
-def test_a_query_given_twice_counts_once_in_the_bound_and_the_folds():
-    """The same records twice (a file given twice, say) calibrate exactly as once: a repeated query is resampled as
+def test_a_record_given_twice_counts_once_in_the_bound_and_the_folds():
+    """The same records twice (a file given twice, say) calibrate exactly as once: a repeated id is resampled as
     one observation, so it cannot narrow the bound; and cross-validation keeps its copies in one fold, so no model
     is scored on a row it was fitted on."""
     from tierwise_tools.calibration import repeats

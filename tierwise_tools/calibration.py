@@ -50,11 +50,11 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
 
 
 def repeats(records: list[Record]) -> np.ndarray | None:
-    """Each record's query as a group number when some query appears more than once (the same file given twice,
-    or live traffic asking again), else None. A query's records are one observation: they are resampled, and
-    cross-validated, together."""
+    """Each record's id as a group number when some id appears more than once (the same file given twice, or a
+    query the shadow labelled again: its ids hash the query), else None. One id's records are one observation:
+    they are resampled, and cross-validated, together."""
     seen: dict[str, int] = {}
-    groups = np.array([seen.setdefault(r.query, len(seen)) for r in records], dtype=np.int64)
+    groups = np.array([seen.setdefault(r.id, len(seen)) for r in records], dtype=np.int64)
     return groups if len(seen) < len(records) else None
 
 

@@ -51,11 +51,11 @@ def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.n
                 prior: Prior | None = None, scale: float = 1.0, same: np.ndarray | None = None) -> np.ndarray:
     """Success probabilities of each row from a model fitted without it: 5 random folds, or with `groups`,
     one fold per group (each group predicted by a model that never saw any of it). Rows `same` numbers alike
-    (a repeated query: see calibration.repeats) fall in one fold, or a model would be scored on its own training
-    rows."""
+    (a repeated record id: see calibration.repeats) fall in one fold, or a model would be scored on its own
+    training rows."""
     oof = np.zeros(ok.shape)
     kfold = KFold(5, shuffle=True, random_state=seed)
-    if same is not None and same.max() < 4:  # fewer than five different queries: nothing to keep apart
+    if same is not None and same.max() < 4:  # fewer than five different ids: nothing to keep apart
         same = None
     folds = (((np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups))
              if groups is not None else kfold.split(x) if same is None else
