@@ -103,27 +103,30 @@ def test_a_candidate_worse_than_the_serving_head_on_unseen_labels_is_refused(tmp
 
 def test_labels_that_cannot_check_a_head_leave_no_head_behind(tmp_path, capsys):
     heads = heads_dir(tmp_path)
-    served = contents(heads)
     data = write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False)
     held = write(tmp_path / "held.jsonl", [1.0] * 5, held_out=True)
     lines = held.read_text().replace('"score": 1.0, "cost_usd": 0.1', '"score": 0.0, "cost_usd": 0.1')
     held.write_text(lines)
-    assert main(["learn", "--labels", str(data), str(held), "--heads-dir", str(heads)]) == 2
-    captured = capsys.readouterr()
-    assert "tier 3 answered none of the 5 records acceptably" in captured.err
-    assert "35 labels (5 held out to check on), head learned-" in captured.out
-    assert contents(heads) == served
+    refused_as_bad_input(heads, capsys, ["--labels", str(data), str(held)],
+                         "35 labels (5 held out to check on), head learned-",
+                         "tier 3 answered none of the 5 records acceptably")
 
 
 def test_a_target_the_serving_head_cannot_keep_is_bad_input_naming_it(tmp_path, capsys):
     heads = heads_dir(tmp_path)
     lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
-    served = contents(heads)
     data = write(write(tmp_path / "live.jsonl", [1.0] * 30, held_out=False), [1.0] * 10, held_out=True)
-    assert main(["learn", "--labels", str(data), "--heads-dir", str(heads), "--target-quality", "0.995"]) == 2
+    refused_as_bad_input(heads, capsys, ["--labels", str(data), "--target-quality", "0.995"],
+                         "40 labels (10 held out to check on), head lineup-a",
+                         "no tradeoff calibrated for quality 0.995 or above")
+
+
+def refused_as_bad_input(heads, capsys, argv: list[str], says: str, because: str) -> None:
+    """`learn argv` ends as bad input (exit 2), its outcome line `says`, the error `because`; no head changes."""
+    served = contents(heads)
+    assert main(["learn", *argv, "--heads-dir", str(heads)]) == 2
     captured = capsys.readouterr()
-    assert "40 labels (10 held out to check on), head lineup-a" in captured.out
-    assert "no tradeoff calibrated for quality 0.995 or above" in captured.err
+    assert says in captured.out and because in captured.err, captured
     assert contents(heads) == served
 
 
