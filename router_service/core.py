@@ -248,7 +248,7 @@ class RouterCore:
                            cached_input_tokens=c.cached_input_tokens), cost_usd=result.cost_usd,
             strategy=decision.strategy, degraded=decision.degraded, escalations=result.escalations,
             attempts=[pb.Attempt(tier=a.tier, provider=a.attempt.provider, model=a.attempt.model,
-                                 outcome=str(a.attempt.outcome), error=a.attempt.error,
+                                 outcome=str(a.attempt.outcome), error=a.attempt.public_error,
                                  latency_ms=a.attempt.latency_ms) for a in result.attempts]
                      + [pb.Attempt(tier=tier, outcome="gate_rejected", error=why) for tier, why in result.gate_rejections],
             decision=route, finish_reason=c.finish_reason,

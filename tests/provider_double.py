@@ -49,14 +49,16 @@ class Fault:
     status: int = 0
     retry_after: str | None = None
     after_chunks: int = 0
+    message: str = ""  # an HTTP error's own message (default: "injected HTTP <status>")
 
     @classmethod
     def delay(cls, delay_s: float) -> Fault:
         return cls(FaultKind.DELAY, delay_s=delay_s)
 
     @classmethod
-    def http_error(cls, status: int = 500, retry_after: float | str | None = None) -> Fault:
-        return cls(FaultKind.HTTP_ERROR, status=status, retry_after=None if retry_after is None else str(retry_after))
+    def http_error(cls, status: int = 500, retry_after: float | str | None = None, message: str = "") -> Fault:
+        return cls(FaultKind.HTTP_ERROR, status=status, retry_after=None if retry_after is None else str(retry_after),
+                   message=message)
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = None) -> Fault:
@@ -330,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
         elif fault.kind is FaultKind.HTTP_ERROR:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            self._send_error(fault.status, f"injected HTTP {fault.status}", "injected_fault", headers)
+            self._send_error(fault.status, fault.message or f"injected HTTP {fault.status}", "injected_fault", headers)
         elif fault.kind is FaultKind.MALFORMED_JSON:
             self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
         elif fault.kind is FaultKind.DROP_CONNECTION:

@@ -20,7 +20,7 @@ from ..tokens import estimate_tokens
 from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
-                    Sampling, TokenLogprob, ToolCall)
+                    Sampling, TokenLogprob, ToolCall, status_only)
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -46,7 +46,8 @@ class _AttemptLog:
         if attempt.outcome is not Outcome.OK:
             log.warning("provider attempt did not succeed", extra={"fields": {
                 "provider": attempt.provider, "model": attempt.model, "outcome": str(attempt.outcome),
-                "status_code": attempt.status_code, "error": attempt.error}})
+                # No provider's own words: they can quote the prompt, or part of a key.
+                "status_code": attempt.status_code, "error": status_only(attempt.error)}})
         if self._on_attempt is not None:
             try:
                 self._on_attempt(attempt)
@@ -195,7 +196,7 @@ class Provider:
         try:
             return await self.retrier.run(one_attempt, deadline=deadline, may_retry=self.breaker.allow)
         except AttemptFailed:
-            raise ProviderFailed(f"provider {self.name!r} failed: {attempts.attempts[-1].error}",
+            raise ProviderFailed(f"provider {self.name!r} failed: {status_only(attempts.attempts[-1].error)}",
                                  attempts.attempts) from None
 
     def _succeeded(self, completion: Completion, started: float, attempts: _AttemptLog) -> Completion:

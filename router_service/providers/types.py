@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -11,7 +12,10 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import Strict
 
 from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, Text, doc, must, schema
+from ..retry import REQUEST_FAULT_STATUSES
 from ..tokens import tools_tokens
+
+PROVIDER_SAID = re.compile(r"^(HTTP \d{3}): .*", re.DOTALL)  # how retry.classify words a provider's refusal
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -40,7 +44,19 @@ class Attempt:
 
     def describe(self) -> str:
         text = f"{self.provider}/{self.model}: {self.outcome}"
-        return f"{text} ({self.error})" if self.error else text
+        return f"{text} ({self.public_error})" if self.error else text
+
+    @property
+    def public_error(self) -> str:
+        """The error as callers and spans see it. A provider's own words are kept when it refused the request itself
+        (400, 413, 422: they tell the caller what to fix); otherwise its status alone, since what a provider says
+        about the operator's account can quote part of a key ("Incorrect API key provided: sk-...abcd")."""
+        return self.error if self.status_code in REQUEST_FAULT_STATUSES else status_only(self.error)
+
+
+def status_only(error: str) -> str:
+    """`error` without the provider's message, when it carries one (as retry.classify words a refusal)."""
+    return PROVIDER_SAID.sub(r"\1 (the provider's message is not passed on)", error)
 
 
 OnAttempt = Callable[[Attempt], None]
