@@ -14,6 +14,10 @@ from .dispatch import Result
 from .providers import Attempt
 
 BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+# Route decisions take milliseconds (the slow-route alert reads 50), answers from a frontier model up to minutes:
+# the SDK's default buckets end at 10 s, where every long answer's latency would be clipped.
+LATENCY_MS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10_000, 20_000, 30_000,
+              60_000, 120_000)
 
 
 class RouterMetrics:
@@ -30,7 +34,8 @@ class RouterMetrics:
         self.frontier_cost = meter.create_counter(
             "tierwise.router.frontier_cost", unit="USD",
             description="what the answered requests would have cost at tier 3's price: the always-frontier baseline")
-        self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency")
+        self.latency = meter.create_histogram("tierwise.router.duration", unit="ms", description="request latency",
+                                              explicit_bucket_boundaries_advisory=LATENCY_MS)
         self.shadow = meter.create_counter("tierwise.router.shadow", description="shadow comparisons by outcome")
         self.answer_cache = meter.create_counter("tierwise.router.answer_cache",
                                                  description="answer cache lookups by result: hit, miss")

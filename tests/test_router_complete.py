@@ -497,6 +497,7 @@ def test_prometheus_metrics_show_requests_cost_escalations_and_breaker_state(dou
     assert metric(text, "tierwise_router_breaker_state", provider="t2-a") == 0
     assert metric(text, "tierwise_router_cost_USD_total", tier="2") > 0
     assert "tierwise_router_duration_milliseconds_bucket" in text
+    assert 'le="120000"' in text, "a frontier model's long answer is measured, not clipped at 10 s"
 
 
 def metric(text: str, name: str, **labels: str) -> float:
