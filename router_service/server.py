@@ -58,7 +58,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                     aclosing(self.core.answer("CompleteStream", request, _deadline(context), span,
                                               stream=True)) as events:
                 async for event in events:
-                    await send(event)
+                    send(event)
 
         async for event in serving.in_own_task(produce):
             yield event
