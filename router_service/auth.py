@@ -35,14 +35,13 @@ from tierwise.metrics import quality_target
 from tierwise.serving import Rejected, rewrapped
 from tierwise.tiers import FRONTIER, TIERS, tier_list
 from tierwise.watching import every_or_sighup, file_signature
-from tierwise.v1 import router_pb2 as pb
 
 from .ledger import SpendLedger
 from .limits import Limits
 
 log = logging.getLogger("tierwise.router.auth")
 KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
-# Charges the current call's key: what the core owes for a stream that ended without its summary.
+# Charges the current call's key, which the front door admitted: the core charges what each answer cost.
 CHARGE: ContextVar["Callable[[float], None] | None"] = ContextVar("tierwise_charge", default=None)
 HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -225,18 +224,11 @@ def current_quality_target() -> float | None:
 
 
 def charge_current_key(usd: float) -> None:
-    """Charge the current call's key (if it has one) `usd` beyond what its summary says: for an answer the caller
-    got part of and no summary."""
+    """Charge the current call's key (if it has one) `usd` of provider cost: an answer's, or for a stream that
+    ended without one, what it delivered."""
     charge = CHARGE.get()
     if charge is not None:
         charge(usd)
-
-
-def _cost(message) -> float:
-    """USD the router charged for an answer, read from the response (Complete) or the summary event (streams)."""
-    if isinstance(message, pb.CompleteStreamResponse):
-        return message.summary.cost_usd if message.WhichOneof("event") == "summary" else 0.0
-    return message.cost_usd if isinstance(message, pb.CompleteResponse) else 0.0
 
 
 class KeyRefused(Rejected):
@@ -298,19 +290,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return rewrapped(handler, lambda behavior, streaming: (self._streaming if streaming else self._unary)(
             behavior, method))
 
+    # The core charges the key what each answer cost (charge_current_key), as it learns it.
     def _unary(self, behavior, method: str):
         async def call(request, context):
-            key = await self._admit(context, method)
-            response = await behavior(request, context)
-            self.gate.charge(key, _cost(response))
-            return response
+            await self._admit(context, method)
+            return await behavior(request, context)
         return call
 
     def _streaming(self, behavior, method: str):
         async def call(request, context):
-            key = await self._admit(context, method)
+            await self._admit(context, method)
             async for message in behavior(request, context):
-                self.gate.charge(key, _cost(message))
                 yield message
         return call
 

@@ -110,7 +110,8 @@ class RouterCore:
                             streamed.append(event)
                             yield pb.CompleteStreamResponse(delta=event)
                 summary = self._finish(method, span, decision, route, result, started, messages, asked)
-                streamed = []  # the summary's cost_usd charges it all
+                charge_current_key(summary.cost_usd)  # what the providers billed, whether or not it is all delivered
+                streamed = []
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
                 self.cache.put(key, summary)

@@ -86,11 +86,12 @@ class Endpoint:
             exchange.request_id = request_id(span)
             entry = access_log.begin(self.api.method, peer(scope), exchange.request_id) if self.logged else None
             try:
-                key = self.gate.admit(self.api.key(request.headers.items()), peer(scope)) if self.gate else None
+                if self.gate is not None:  # the core charges the key it admits (auth.charge_current_key)
+                    self.gate.admit(self.api.key(request.headers.items()), peer(scope))
                 chat = self.api.parse(await read_body(request, self.max_body), self.names)
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
-                if await _unless_disconnected(receive, self._answer(chat, deadline, key, span, exchange)):
+                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange)):
                     exchange.code = "CANCELLED"
             except Rejected as err:
                 await exchange.fail(err, span)
@@ -105,21 +106,20 @@ class Endpoint:
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
 
-    async def _answer(self, chat: ChatRequest, deadline: float | None, key, span, exchange: "_Exchange") -> None:
+    async def _answer(self, chat: ChatRequest, deadline: float | None, span, exchange: "_Exchange") -> None:
         method = exchange.method = self.api.method + ("Stream" if chat.stream else "")
         events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream)
         try:
             async with aclosing(events):
                 if not chat.stream:
                     summary = (await final(events)).summary
-                    self._charge(key, summary)
                     await exchange.json(200, self.api.whole(chat, summary), _headers(summary.decision, summary))
                     return
-                await self._stream(chat, events, key, exchange)
+                await self._stream(chat, events, exchange)
         except Rejected as err:
             await exchange.fail(chat.refused(err), span)
 
-    async def _stream(self, chat: ChatRequest, events, key, exchange: "_Exchange") -> None:
+    async def _stream(self, chat: ChatRequest, events, exchange: "_Exchange") -> None:
         """The API's events as the deltas come. Nothing is sent before the first delta, so a refusal up to then (no
         provider, deadline) still gets its HTTP status; after it, the API's error event ends the stream."""
         route: pb.RouteResponse = (await anext(events)).decision
@@ -129,15 +129,10 @@ class Endpoint:
         await exchange.body(shape.opening())
         while True:
             if event.WhichOneof("event") == "summary":
-                self._charge(key, event.summary)
                 await exchange.body(shape.end(event.summary), more=False)
                 return
             await exchange.body(shape.text(event.delta))
             event = await anext(events)
-
-    def _charge(self, key, summary: pb.CompleteResponse) -> None:
-        if key is not None:
-            self.gate.charge(key, summary.cost_usd)
 
 
 class _Exchange:
