@@ -208,6 +208,10 @@ def test_count_tokens_estimates_the_prompt_without_asking_a_provider(client, dou
     ({"model": MODEL, "messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_k": 3}, "top_k"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "quality_target": 2}, "quality_target"),
+    ({"model": MODEL, "system": "Be brief.", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
+      "content": "hello"}, {"role": "user", "content": " "}]}, "messages[2].content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "a b", "input_schema": {}}]},
+     "tools[0].name"),
 ])
 def test_count_tokens_refuses_what_a_message_would_be_refused_for(router, body, field):
     status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages/count_tokens")

@@ -75,7 +75,11 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
     async def count_tokens(request: Request) -> Response:
         try:
             admitted(request)
-            tokens = core.count_tokens(parse_count(await read_body(request, max_body), names))
+            counted = parse_count(await read_body(request, max_body), names)
+            try:
+                tokens = core.count_tokens(counted.request)
+            except Rejected as err:
+                raise counted.refused(err) from None
         except Rejected as err:
             return _json(messages.error(err), status_of(err), error_headers(err))
         return _json({"input_tokens": tokens})

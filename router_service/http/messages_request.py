@@ -36,11 +36,12 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     return ChatRequest(request, flag(doc, "stream"), False, fields=origins(named) + FIELDS)
 
 
-def parse_count(body: bytes, names: ModelNames = ModelNames()) -> pb.CompleteRequest:
+def parse_count(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """A count_tokens body (POST /v1/messages/count_tokens): a message's fields without the answer's limit, or a 400
     naming the field that is wrong."""
     doc, route = document(body, names)
-    return _request(doc, route, answering=False)[0]
+    request, named = _request(doc, route, answering=False)
+    return ChatRequest(request, False, False, fields=origins(named) + FIELDS)
 
 
 def _request(doc: dict, route: dict, answering: bool) -> tuple[pb.CompleteRequest, list[tuple[str, str]]]:
