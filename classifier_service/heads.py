@@ -39,6 +39,10 @@ def check_name(name: str) -> str:
     return name
 
 
+class Uncalibrated(KeyError):
+    """A head asked for a quality target above every one it is calibrated for."""
+
+
 @dataclass(frozen=True)
 class TierHead:
     name: str
@@ -96,11 +100,11 @@ class TierHead:
 
     def tradeoff_keeping(self, target: float) -> tuple[float, float]:
         """(tradeoff, calibrated target) for the least target the head is calibrated for that is at least `target`:
-        its promise keeps `target` too. KeyError when every calibrated target is below it."""
+        its promise keeps `target` too. Uncalibrated (a KeyError) when every calibrated target is below it."""
         calibrated = {float(k): v for k, v in self.calibration.items()} or {self.target_quality: self.tradeoff}
         least = min((t for t in calibrated if t >= target - 1e-9), default=None)
         if least is None:
-            raise KeyError(f"head {self.name} has no tradeoff calibrated for quality {target:g} or above (it has: "
+            raise Uncalibrated(f"head {self.name} has no tradeoff calibrated for quality {target:g} or above (it has: "
                            f"{', '.join(f'{t:g}' for t in sorted(calibrated))}); run `tierwise calibrate`")
         return calibrated[least], least
 

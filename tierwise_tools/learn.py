@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from classifier_service.heads import HeadRegistry, TierHead
+from classifier_service.heads import HeadRegistry, TierHead, Uncalibrated
 from router_service.replicas import every_replica
 from tierwise.data import DataError, Record, load, split
 
@@ -158,10 +158,10 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
             try:
                 report.outcomes.append(_learn_lineup(lineup, labelled, work, heads_dir, target, priors, head,
                                                      dry_run))
-            except (DataError, KeyError) as err:  # KeyError: the serving head has no tradeoff for the target
+            except (DataError, Uncalibrated) as err:  # the serving head has no tradeoff that keeps the target
                 held = len(split([record for record, _ in labelled])[1])
                 report.outcomes.append(Outcome(lineup, head, len(labelled), held, "bad input",
-                                               err.args[0] if isinstance(err, KeyError) else str(err)))
+                                               err.args[0] if isinstance(err, Uncalibrated) else str(err)))
     return report
 
 

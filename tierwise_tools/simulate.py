@@ -136,7 +136,7 @@ def simulate(records: list[Record], x: np.ndarray, registry: HeadRegistry, cfg: 
     records, renamed = one_deployment(records)
     priors = list(registry)
     serving: TierHead = registry.for_lineup(lineup(records))
-    serving.tradeoff_keeping(target)  # KeyError, before any work, for a target above every calibrated one
+    serving.tradeoff_keeping(target)  # Uncalibrated, before any work, for a target above every calibrated one
     judge_tier = cfg.shadow.judge_tier
     retrain_now = retraining_points(every)
     tiers = np.zeros(len(records), dtype=int)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from classifier_service.heads import Uncalibrated
 from router_service.config import ConfigError, load as load_config
 from tierwise.data import check_measurable, load
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
                        args.label_budget)
-    except KeyError as err:  # the starting head has no tradeoff that keeps the target
+    except Uncalibrated as err:  # the starting head has no tradeoff that keeps the target
         print(f"tierwise simulate: --target-quality: {err.args[0]}", file=sys.stderr)
         return 2
     if sim.renamed:
