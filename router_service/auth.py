@@ -43,7 +43,7 @@ log = logging.getLogger("tierwise.router.auth")
 KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
 # Charges the current call's key, which the front door admitted: the core charges what each answer cost.
 CHARGE: ContextVar["Callable[[float], None] | None"] = ContextVar("tierwise_charge", default=None)
-HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
+HASHED = re.compile(r"(?i:sha256):([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
 

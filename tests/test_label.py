@@ -141,6 +141,9 @@ def test_queries_are_read_by_line_once_each_and_bad_input_costs_nothing(tmp_path
         broken.write_text('{"query": "fine"}\n{"query": \n')
         assert main(["label", "--queries", str(broken), "--config", str(config), "--out", str(out)]) == 2
         assert f"{broken}:2: not a JSON object" in capsys.readouterr().err
+        broken.write_text('{"query": "one", "id": "q1"}\n{"query": "two", "id": "q1"}\n')
+        assert main(["label", "--queries", str(broken), "--config", str(config), "--out", str(out)]) == 2
+        assert f"{broken}:2: id 'q1' already names another query, on line 1" in capsys.readouterr().err
         (tmp_path / "blocker").write_text("")
         assert main([*args, str(tmp_path / "blocker" / "labelled.jsonl")]) == 1
         assert "blocker" in capsys.readouterr().err

@@ -36,3 +36,19 @@ def test_launcher_serves_both_and_stops_both_on_sigterm(tmp_path, stop):
     assert response.status == 200 and "tierwise" in models, out
     assert f"http={http_listen}" in out and "strategy=heuristic" in out and f"(config {config})" in out, out
     assert "tierwise-router stopped" in out and "tierwise-classifier stopped" in out, out
+
+
+def test_a_launcher_started_under_nohup_keeps_serving_through_a_hangup(tmp_path):
+    """nohup asks the launcher to outlive its terminal: SIGHUP, ignored when it starts, stays ignored."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from tierwise.run import StopOnSignal\n"
+            "stop = StopOnSignal()\n"
+            "os.kill(os.getpid(), signal.SIGHUP)\n"
+            "time.sleep(0.2)\n"
+            "print('stopped' if stop.requested else 'serving')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "serving", done.stderr

@@ -267,7 +267,7 @@ def test_mtls_between_router_and_classifier(tmp_path):
 
 def test_keys_file_format(tmp_path):
     text = (f"# a comment\n\n  {KEY}   id=main rpm=60  # trailing comment\n"
-            f"sha256:{'ab' * 32} monthly_usd=2.5 max_tier=2 quality_target=0.9\n{LATE_KEY}\n")
+            f"SHA256:{'ab' * 32} monthly_usd=2.5 max_tier=2 quality_target=0.9\n{LATE_KEY}\n")
     keys = parse_keys(text, "keys", rpm=10, monthly_usd=0.0)
     assert [(k.id, k.rpm, k.monthly_usd, k.max_tier, k.quality_target) for k in keys] == [
         ("main", 60, 0.0, 3, None), ("abababab", 10, 2.5, 2, 0.9), (keys[2].digest.hex()[:8], 10, 0.0, 3, None)]

@@ -54,6 +54,8 @@ class StopOnSignal:
     def __init__(self) -> None:
         self.requested = False
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if sig is signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # started under nohup: asked to outlive the terminal
             signal.signal(sig, self._request)
 
     def _request(self, *_) -> None:

@@ -43,9 +43,14 @@ def read_queries(path: Path, source: str) -> list[dict]:
         item.setdefault("id", record_id(source, item["query"]))
         if type(item["id"]) is int:
             item["id"] = str(item["id"])
-        if not isinstance(item["id"], str) or not item["id"] or not isinstance(item.get("task", ""), str):
+        if not isinstance(item["id"], str) or not item["id"] or not isinstance(item.get("task", "-"), str) \
+                or not item.get("task", "-"):
             raise ValueError(f"{path}:{n}: \"id\" and \"task\" must be non-empty strings")
-        queries.setdefault(item["id"], item)
+        earlier = queries.setdefault(item["id"], {**item, "line": n})
+        if earlier["query"] != item["query"]:
+            raise ValueError(f"{path}:{n}: id {item['id']!r} already names another query, on line {earlier['line']}")
+    for item in queries.values():
+        del item["line"]
     return list(queries.values())
 
 

@@ -48,9 +48,9 @@ def calibrate_head(args: argparse.Namespace, records) -> int:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
     records = lineup_records(head, records, f"head {head.name}'s")
-    if len({r.query for r in records}) < MIN_DEV_RECORDS:
-        raise DataError(f"--data: {len(records)} records of the head's lineup; at least {MIN_DEV_RECORDS} different "
-                        "queries are needed to calibrate (label more with `tierwise label`)")
+    if (queries := len({r.query for r in records})) < MIN_DEV_RECORDS:
+        raise DataError(f"--data: {queries} different queries among the head's lineup's records; at least "
+                        f"{MIN_DEV_RECORDS} are needed to calibrate (label more with `tierwise label`)")
     encoder = offline_encoder()
     probs = head.probabilities(embed_records(encoder, records, EMBEDDINGS_DIR))
     tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
