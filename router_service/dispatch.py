@@ -44,8 +44,10 @@ class Unavailable(Exception):
     def __init__(self, attempts: list[TierAttempt], not_configured: bool):
         self.attempts = attempts
         self.not_configured = not_configured
-        # Every provider asked answered that the request itself was at fault (400, 413, 422).
-        self.refused = bool(attempts) and all(a.attempt.status_code in REQUEST_FAULT_STATUSES for a in attempts)
+        # Every provider asked answered that the request itself was at fault (400, 413, 422). Those skipped (an
+        # open breaker, no vision, ...) were not asked: they say nothing of the request.
+        asked = [a for a in attempts if a.attempt.outcome is Outcome.ERROR]
+        self.refused = bool(asked) and all(a.attempt.status_code in REQUEST_FAULT_STATUSES for a in asked)
         tried = "; ".join(f"tier {a.tier} {a.attempt.describe()}" for a in attempts)
         super().__init__(f"no provider could answer ({len(attempts)} attempts): {tried}")
 

@@ -618,3 +618,18 @@ def test_shadow_drain_cancels_labelling_that_outlives_shutdown_and_logs_it(doubl
     shadow = asyncio.run(main())
     assert not shadow.tasks and not labels.exists()
     assert "1 still running after 0.3 s at shutdown were cancelled" in caplog.text
+
+
+def test_a_request_the_asked_providers_all_refused_is_refused_whatever_was_skipped():
+    """A provider skipped (its breaker open) was not asked: it says nothing of the request. Those asked all said it
+    was invalid, so retrying it elsewhere is futile: refused, not unavailable. A provider that failed otherwise
+    (down, timed out) leaves it unavailable."""
+    from router_service.dispatch import TierAttempt, Unavailable
+
+    skipped = TierAttempt(1, Attempt("t1-a", "m1", Outcome.SKIPPED_BREAKER_OPEN, error="circuit breaker open"))
+    refused = [TierAttempt(t, Attempt(f"t{t}-a", f"m{t}", Outcome.ERROR, error="HTTP 400: bad", status_code=400))
+               for t in (2, 3)]
+    down = TierAttempt(2, Attempt("t2-b", "m2", Outcome.ERROR, error="connection error: refused"))
+    assert Unavailable([skipped, *refused], False).refused
+    assert not Unavailable([skipped, down, *refused], False).refused
+    assert not Unavailable([skipped], False).refused, "nobody was asked"
