@@ -51,7 +51,8 @@ def _sampling(request: pb.CompleteRequest) -> Sampling:
     if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
         raise invalid(f"top_logprobs: must be a whole number from 0 to {MAX_TOP_LOGPROBS}")
     if request.top_logprobs and not logprobs:
-        raise invalid("top_logprobs: needs logprobs: true")
+        raise invalid("top_logprobs: needs the answer's log probabilities asked for (logprobs: true; in the Responses "
+                      "API, include: [\"message.output_text.logprobs\"])")
     return Sampling(top_p=top_p, stop=tuple(request.stop), seed=request.seed if request.HasField("seed") else None,
                     presence_penalty=presence, frequency_penalty=frequency,
                     response_format=_response_format(request.response_format), tools=tools, tool_choice=choice,
