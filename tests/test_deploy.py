@@ -1109,6 +1109,7 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert learn["image"] == container(docs, CLASSIFIER)["image"]
     assert learn["command"] == ["python", "-m", "tierwise_tools.cli", "learn"]
+    assert "--scheduled" in learn["args"], "the serving head kept, or too few labels yet, is no failed Job"
     text = learn_help()
     assert all(f"{arg} " in text for arg in learn["args"] if arg.startswith("--"))
     volumes = {v["name"]: v for v in pod["volumes"]}

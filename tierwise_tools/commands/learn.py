@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..learn import learn
+from ..learn import NOTHING_TO_DO, REFUSED, learn
 from ..paths import HEADS_DIR
 from .common import quality_target
 from .promotion import show
@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--no-prior", action="store_true", help="fit on the labels alone")
     p.add_argument("--dry-run", action="store_true", help="train and check; install nothing")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--scheduled", action="store_true",
+                   help="exit 0 when the serving head is kept (3) or labels are still too few (4), as a scheduler "
+                        "that alerts on failed runs needs; bad input still fails")
     p.set_defaults(run=run)
 
 
@@ -36,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
     report = learn(args.labels, args.heads_dir, args.target_quality, priors, args.name, args.dry_run)
     for warning in report.warnings:
         print(f"tierwise learn: {warning}", file=sys.stderr)
+    code = 0 if args.scheduled and report.exit_code in (REFUSED, NOTHING_TO_DO) else report.exit_code
     if args.json:
         print(json.dumps(report.to_json()))
-        return report.exit_code
+        return code
     for o in report.outcomes:
         print(f"lineup {' / '.join(o.lineup)}: {o.labels} labels ({o.held_out} held out to check on), head {o.head}")
         if o.check is not None:
@@ -47,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{o.status}: {o.why}", file=sys.stderr if o.status == "bad input" else sys.stdout)
     if not report.outcomes:
         print("tierwise learn: nothing to do", file=sys.stderr)
-    return report.exit_code
+    return code
