@@ -797,7 +797,8 @@ def test_full_render_wires_otlp_secrets_and_digests(renders):
         assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
     router_env = env_of(container(docs, ROUTER))
     for var, key in full["router"]["providerKeys"]["keys"].items():
-        assert router_env[var]["valueFrom"]["secretKeyRef"] == {"name": "tierwise-provider-keys", "key": key}
+        assert router_env[var]["valueFrom"]["secretKeyRef"] == {"name": "tierwise-provider-keys", "key": key,
+                                                            "optional": True}
     assert router_env["TIERWISE_EXTRA"]["value"] == "1"
     assert not any("valueFrom" in e for e in env_of(container(docs, CLASSIFIER)).values()), "keys leaked to classifier"
     assert flag(container(docs, ROUTER)["args"], "--classifier") == f"dns:///{HEADLESS}.prod.svc.cluster.local:50051"
@@ -993,6 +994,29 @@ def test_tls_without_its_secret_is_refused_naming_the_value(helm_env):
         proc = run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env,
                    check=False)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+def test_a_router_service_facing_outside_the_cluster_carries_only_the_api_ports(helm_env):
+    """LoadBalancer or NodePort: the plaintext health port and the unauthenticated metrics port go on an internal
+    ClusterIP Service (which the ServiceMonitor and `helm test` use); a provider key the Secret lacks is optional."""
+    sets = ["router.service.type=LoadBalancer", "router.service.loadBalancerSourceRanges[0]=10.0.0.0/8",
+            "router.tls.enabled=true", "router.tls.secretName=x", "metrics.serviceMonitor.enabled=true",
+            "router.providerKeys.existingSecret=keys"]
+    proc = run(HELM, "template", RELEASE, CHART, "--namespace", NAMESPACE, *[a for s in sets for a in ("--set", s)],
+               env=helm_env)
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    services = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
+    exposed = next(spec for spec in services.values() if spec.get("type") == "LoadBalancer")
+    assert {p["name"] for p in exposed["ports"]} == {"grpc", "http"}
+    assert exposed["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    (internal,) = [name for name in services if name.endswith("-router-internal")]
+    assert {p["name"] for p in services[internal]["ports"]} == {"health", "metrics"}
+    assert services[internal]["type"] == "ClusterIP"
+    (probe,) = [d for d in docs if d["kind"] == "Pod"]
+    assert f"{internal}:" in probe["spec"]["containers"][0]["args"][0], "helm test checks the internal health port"
+    env = container(docs, ROUTER)["env"]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
+    assert refs and all(ref["optional"] is True for ref in refs)
 
 
 def test_compose_tls_override_mounts_certificates_and_keys_as_secrets(compose):

@@ -24,6 +24,25 @@
 {{- define "tierwise.router.fullname" -}}
 {{- printf "%s-router" (include "tierwise.fullname" .) | trunc 54 | trimSuffix "-" }}
 {{- end }}
+{{/* The router's Service faces clients beyond the cluster (LoadBalancer, NodePort): its plaintext health port and
+     metrics port then go on an internal ClusterIP Service of their own instead (tierwise.router.internal). */}}
+{{- define "tierwise.router.exposed" -}}
+{{- if and (not .Values.router.service.headless) (ne .Values.router.service.type "ClusterIP") }}true{{ end }}
+{{- end }}
+{{- define "tierwise.router.internalPorts" -}}
+{{- if .Values.router.tls.enabled }}
+# Plaintext grpc.health.v1 only (for `helm test` and probes; the kubelet's grpc probes cannot speak TLS).
+- name: health
+  port: {{ .Values.router.tls.healthPort }}
+  targetPort: health
+  protocol: TCP
+  appProtocol: kubernetes.io/h2c
+{{- end }}
+{{ include "tierwise.metricsServicePort" . }}
+{{- end }}
+{{- define "tierwise.router.internal" -}}
+{{- printf "%s-internal" (include "tierwise.router.fullname" .) }}
+{{- end }}
 {{- define "tierwise.classifier.headless" -}}
 {{- printf "%s-headless" (include "tierwise.classifier.fullname" .) }}
 {{- end }}
