@@ -83,6 +83,11 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         print(f"tierwise-router: {err}", flush=True)
         return 2
     chains = build_chains(cfg, metrics)
+    try:
+        shadow = Shadow(cfg, chains, metrics, ledger=ledger)
+    except ValueError as err:  # a shadow file it cannot write
+        print(f"tierwise-router: {err}", flush=True)
+        return 2
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
@@ -92,7 +97,6 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length", largest)),
                              interceptors=[*interceptors, *([guard] if guard else [])] or None)
-    shadow = Shadow(cfg, chains, metrics, ledger=ledger)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)
     try:

@@ -62,6 +62,14 @@ class Shadow:
                         if self.labels_path else None)
         self.spending = ledger or SpendLedger()
         self.budget_said = ""  # the month whose budget was reported spent
+        for setting, path in (("shadow.log", self.log_path), ("shadow.labels", self.labels_path)):
+            try:  # now, not at the first paid-for label (a read-only path, a volume not mounted)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "a", encoding="utf-8"):
+                        pass
+            except OSError as err:
+                raise ValueError(f"{setting}: cannot write {path}: {err.strerror or err}") from None
 
     def maybe_start(self, messages: Sequence[Mapping[str, str]], strategy: str, result: Result,
                     options: Mapping[str, object]) -> bool:
@@ -98,12 +106,15 @@ class Shadow:
                 self.spending.charge(SPENDING, cost)
                 self.metrics.shadow.add(1, {"outcome": _outcome(record), "tier": result.tier})
                 self.metrics.cost.add(cost, {"purpose": "shadow"})
-            except (ProviderError, ValueError) as err:
+            except (ProviderError, ValueError, OSError) as err:  # OSError: a labels file no longer writable
                 record["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
                 self.metrics.shadow.add(1, {"outcome": "failed"})
                 log.warning("shadow failed: %s", record["error"])
-            _append(self.log_path, record)
+            try:
+                _append(self.log_path, record)
+            except OSError as err:
+                log.error("shadow: cannot write %s: %s", self.log_path, err.strerror or err)
 
     async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
         reference = await self.chains[self.cfg.tier].complete(messages, deadline=self._deadline(), **options)

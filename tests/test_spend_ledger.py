@@ -178,3 +178,20 @@ def test_files_of_replicas_gone_before_this_month_are_not_read(tmp_path):
     old = datetime(2026, 10, 3, tzinfo=timezone.utc).timestamp()
     os.utime(gone, (old, old))  # claims December, but nobody has written it since October
     assert ledger(tmp_path, "a").spent("key:main") == 0.0
+
+
+@pytest.mark.parametrize("setting", ["labels", "log"])
+def test_a_shadow_file_it_cannot_write_stops_the_start_not_the_first_paid_label(tmp_path, setting):
+    """A shadow path on a read-only filesystem, or under a volume not mounted: labels paid for would be lost."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "tierwise.yaml"
+    config.write_text(yaml.safe_dump(router_config("http://127.0.0.1:9/v1", shadow={
+        "share": 1.0, setting: str(blocker / "live-{host}.jsonl")})))
+    router = start("router_service", "--listen", "127.0.0.1:0", "--config", str(config),
+                   "--classifier", f"127.0.0.1:{unused_port()}", env={KEY_ENV: "k"})
+    assert router.proc.wait(30) == 2
+    deadline = time.monotonic() + 5
+    while f"shadow.{setting}: cannot write" not in "".join(router.output) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last lines may still be on their way from the pipe
+    assert f"shadow.{setting}: cannot write" in "".join(router.output) and "Traceback" not in "".join(router.output)
