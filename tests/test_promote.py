@@ -175,6 +175,10 @@ def test_a_head_for_a_lineup_another_head_serves_is_refused_by_name(tmp_path, ca
     assert "head lineup-a already serves the lineup t1-a / t2-a / t3-a" in err and "--name lineup-a" in err
     assert sorted(p.name for p in heads.iterdir()) == ["lineup-a"]
     assert (heads / "lineup-a" / "head.json").read_bytes() == served
+    # Its own directory there already (two heads of one lineup, say from an older promote): still refused.
+    dataclasses.replace(lineup_head("old", 0.0), name="zz-mine").save(heads / "zz-mine" / "head.json")
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(easy)]) == 2
+    assert "head lineup-a already serves" in capsys.readouterr().err
 
 
 def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_path, capsys):

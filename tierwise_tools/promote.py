@@ -149,11 +149,14 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
         current = serving_head(heads_dir, candidate)
     except ValueError as err:
         raise DataError(f"--heads-dir: {err}") from None
-    if current is not None and candidate.models and current.models == candidate.models \
-            and current.name != candidate.name:
-        raise DataError(f"--candidate: head {current.name} already serves the lineup {' / '.join(candidate.models)} "
+    try:  # what a router naming no head finds for this lineup (the first such head by name)
+        found = HeadRegistry.from_dir(heads_dir).for_lineup(candidate.models) if current is not None else None
+    except ValueError as err:
+        raise DataError(f"--heads-dir: {err}") from None
+    if found is not None and candidate.models and found.models == candidate.models and found.name != candidate.name:
+        raise DataError(f"--candidate: head {found.name} already serves the lineup {' / '.join(candidate.models)} "
                         f"in {heads_dir}, and a lineup is served by one head: train the candidate with --name "
-                        f"{current.name} to replace it, or remove {current.name} first")
+                        f"{found.name} to replace it, or remove {found.name} first")
     encoder = offline_encoder(encoder_dir)
     for head in (candidate, current):
         if head is not None and head.dimension != encoder.dimension:
