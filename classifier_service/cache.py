@@ -1,16 +1,17 @@
-"""Exact-match decision cache, keyed by head version and normalised text."""
+"""Exact-match decision cache, keyed by head version and a digest of the text.
+
+Exact: a key folding case or whitespace in Python's way is not the tokenizer's (it deletes some control characters
+Python splits on, and lowercases a final sigma otherwise), so one text could be answered with another's decision,
+and anyone could set a common query's tier for every caller. A 16-byte digest keeps an entry small whatever the
+text's length: entries are bounded by count, and a text may be 32 KiB.
+"""
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
-
-
-def normalise(text: str) -> str:
-    # The encoder's tokenizer is uncased BERT and splits on whitespace, so case and runs of
-    # whitespace never change the embedding: folding them widens hits without changing answers.
-    return " ".join(text.split()).lower()
 
 
 class DecisionCache(Generic[V]):
@@ -18,15 +19,15 @@ class DecisionCache(Generic[V]):
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str], V] = OrderedDict()
+        self._items: OrderedDict[tuple[str, bytes], V] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     @staticmethod
-    def key(head_version: str, text: str) -> tuple[str, str]:
-        return head_version, normalise(text)
+    def key(head_version: str, text: str) -> tuple[str, bytes]:
+        return head_version, hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
-    def get(self, key: tuple[str, str]) -> V | None:
+    def get(self, key: tuple[str, bytes]) -> V | None:
         value = self._items.get(key)
         if value is None:
             self.misses += 1
@@ -35,7 +36,7 @@ class DecisionCache(Generic[V]):
         self.hits += 1
         return value
 
-    def put(self, key: tuple[str, str], value: V) -> None:
+    def put(self, key: tuple[str, bytes], value: V) -> None:
         if self.capacity <= 0:
             return
         self._items[key] = value

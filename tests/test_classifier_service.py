@@ -71,9 +71,19 @@ def test_classify_and_classify_batch_agree(stub):
 def test_repeat_is_a_cache_hit_with_the_same_answer(stub):
     text = "Name three sorting algorithms that run in O(n log n) time. #cache-test"
     first = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
-    again = stub.Classify(pb.ClassifyRequest(text="  NAME three sorting algorithms that run in O(n log n) time. #CACHE-TEST "), timeout=10)
+    again = stub.Classify(pb.ClassifyRequest(text=text), timeout=10)
     assert not first.cache_hit and again.cache_hit
     assert again.tier == first.tier and list(again.probabilities) == list(first.probabilities)
+
+
+def test_a_text_the_tokenizer_reads_otherwise_is_never_answered_from_anothers_entry(stub):
+    """Python splits on \x1c where the tokenizer deletes it ("is\x1cthe" is one word to the model), and lowercases
+    a final sigma where the tokenizer does not: only the exact text hits, so no caller can set another's decision."""
+    for planted, asked in (("what is\x1cthe\x1ccapital of france #exact", "what is the capital of france #exact"),
+                           ("ΤΙ ΚΑΝΕΙΣ ΣΗΜΕΡΑ ΦΙΛΟΣ #exact", "τι κανεις σημερα φιλος #exact"),
+                           ("Name a prime. #Exact", "name a prime. #exact")):
+        stub.Classify(pb.ClassifyRequest(text=planted), timeout=10)
+        assert not stub.Classify(pb.ClassifyRequest(text=asked), timeout=10).cache_hit, planted
 
 
 def test_a_requested_tradeoff_decides_instead_of_the_heads_even_from_the_cache(stub):

