@@ -365,3 +365,35 @@ def test_changed_heads_are_swapped_in_without_a_restart_and_broken_ones_are_refu
             assert stub.Classify(pb.ClassifyRequest(text=text), timeout=10).tier == 1, "still serving"
     finally:
         assert service.stop() == 0
+
+
+def test_calls_whose_deadline_passed_are_counted_as_deadline_exceeded():
+    """A deadline that passes in the server ends the call with a CancelledError; the calls metric must say
+    DEADLINE_EXCEEDED, as the caller saw, or an alert on deadline misses never fires."""
+    import urllib.request
+
+    from .exported_metrics import wait_until
+    from .provider_double import unused_port
+    from .servers import LONG_QUERY
+
+    port = unused_port()
+    service = start_classifier("--metrics-listen", f"127.0.0.1:{port}", "--cache-size", "0")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            missed = 0
+            for i in range(5):
+                try:
+                    stub.ClassifyBatch(pb.ClassifyBatchRequest(texts=[f"{LONG_QUERY} {i} {j}" for j in range(64)]),
+                                       timeout=0.05)
+                except grpc.RpcError as err:
+                    missed += err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert missed, "the fixture: no call outran its deadline"
+
+        def counted() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        assert wait_until(lambda: 'code="DEADLINE_EXCEEDED",method="ClassifyBatch"' in counted(), 10), counted()
+        assert 'code="CANCELLED",method="ClassifyBatch"' not in counted()
+    finally:
+        service.stop()

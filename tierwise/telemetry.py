@@ -104,11 +104,21 @@ def context_from_grpc(context) -> object:
     return propagate.extract({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
 
 
+DEADLINE_SLACK_S = 0.25
+
+
 def final_code(context, kind: type | None) -> str:
     """The name of the code a gRPC call is ending with: an aborted call (a refusal, or INTERNAL) has its code on the
-    context by now; one that raised CancelledError was cancelled; else it was answered."""
+    context by now; one that raised CancelledError had its deadline pass, or was cancelled; else it was answered."""
     code = context.code()
-    return code.name if code is not None else "CANCELLED" if kind is asyncio.CancelledError else "OK"
+    if code is not None:
+        return code.name
+    if kind is not asyncio.CancelledError:
+        return "OK"
+    # A caller cancels at its own deadline, which this side, having counted from the request's arrival, sees a
+    # moment later: a cancellation that close to the deadline is the deadline's.
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
 
 
 class CallCounts:
