@@ -54,11 +54,11 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         for _ in range(self.cfg.warmup_rounds):
             for t in tokens:
                 encoder.embed_tokens([t])
-        self.encoder = encoder
         self.batcher = MicroBatcher(encoder, self.cfg.workers, self.cfg.micro_batch,
                                     on_batch=self.metrics.batch_size.record,
                                     inline_max_tokens=self.cfg.inline_max_tokens,
                                     run_tokens=self.cfg.run_cap, keep_warm_s=self.cfg.keep_warm_ms / 1000)
+        self.encoder = encoder  # last: a call that finds the encoder set finds the batcher too
 
     # -- RPCs -----------------------------------------------------------------------------------
 
