@@ -34,6 +34,7 @@ from .telemetry import RouterMetrics, attempt_span
 from .tool_calls import tool_fields
 from .tokens import conversation_tokens, estimate_tokens
 
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 log = logging.getLogger("tierwise.router")
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -217,7 +218,9 @@ class RouterCore:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"every provider asked refused the request as invalid; {err}") from None
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
-            raise Rejected(code, str(err)) from None
+            # Every provider was asked already: a client retrying it at once would bill them all again for the
+            # same refusal. A negative pushback tells gRPC's retry policies (and Tierwise's clients) not to.
+            raise Rejected(code, str(err), trailing=NO_RETRY) from None
         except DeadlinePassed as err:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None
         except StreamInterrupted as err:

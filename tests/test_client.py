@@ -93,6 +93,35 @@ def test_client_does_not_retry_a_stream_that_already_sent_text(stack):
     assert len(double.requests_for("t1-a")) == 1
 
 
+def test_clients_do_not_ask_every_provider_again_after_the_router_asked_them_all(stack):
+    """The router's "no provider could answer" comes after every provider was asked: it says not to retry
+    (grpc-retry-pushback-ms -1), so neither the sync nor the async client sends the call again, which would bill
+    every provider once more. A router that cannot be reached is still retried (above)."""
+    double, router = stack
+    double.reset()
+    for model in ("t1-a", "t1-b", "t2-a", "t3-a"):
+        double.set_persistent(model, Fault.http_error(400 if model == "t3-a" else 503))  # one refuses, none answer
+    try:
+        with RouterClient(router.address, ClientOptions(retries=3, backoff_s=0.01)) as tw:
+            with pytest.raises(grpc.RpcError) as err:
+                tw.complete("hi there")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ("grpc-retry-pushback-ms", "-1") in tuple(err.value.trailing_metadata())
+        once = len(double.requests)
+        assert once <= 2 * 4, "one pass: four providers, each asked at most twice (its own retry)"
+
+        async def run() -> None:
+            async with AsyncRouterClient(router.address, ClientOptions(retries=3, backoff_s=0.01)) as tw:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await tw.complete("hi there")
+
+        asyncio.run(run())
+        # (Fewer the second time: the first call's failures opened some breakers. Retried, it would be 4x.)
+        assert 0 < len(double.requests) - once <= once, "each client sent the call once"
+    finally:
+        double.reset()
+
+
 def test_cli_route_and_complete(stack):
     _, router = stack
     cli = [sys.executable, "-m", "tierwise_tools.cli"]

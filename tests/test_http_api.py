@@ -337,9 +337,10 @@ def test_no_provider_available_is_a_503(fragile, double):
         with pytest.raises(openai.InternalServerError) as err:
             sdk(fragile).chat.completions.create(model="tierwise", messages=user())
         assert err.value.status_code == 503
-        status, _, reply = post(fragile, json.dumps({"model": "tierwise", "messages": user(),
-                                                     "stream": True}).encode())
+        status, headers, reply = post(fragile, json.dumps({"model": "tierwise", "messages": user(),
+                                                           "stream": True}).encode())
         assert status == 503 and reply["error"]["code"] == "no_provider_available", "a stream that never began"
+        assert headers.get("x-should-retry") == "false", "every provider was asked: the SDKs must not ask again"
     finally:
         double.reset()
         served_again(fragile)

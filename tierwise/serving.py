@@ -108,11 +108,13 @@ def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.Ser
 
 
 class Rejected(Exception):
-    """A call refused with a gRPC status; the message names the field or the condition."""
+    """A call refused with a gRPC status; the message names the field or the condition. `trailing`: metadata the
+    refusal carries (grpc-retry-pushback-ms, say)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
         self.code = code
+        self.trailing = trailing
 
 
 def invalid(message: str) -> Rejected:
@@ -199,7 +201,7 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             span.set_attribute("rpc.grpc.status_code", err.code.value[0])
             if err.code != grpc.StatusCode.INVALID_ARGUMENT:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
-            await context.abort(err.code, str(err))
+            await context.abort(err.code, str(err), trailing_metadata=err.trailing)
         except Exception:
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))

@@ -57,7 +57,10 @@ def error_body(err: Rejected) -> dict:
 
 
 def error_headers(err: Rejected) -> dict[str, str]:
-    """Retry-After on a 429: the key's wait, or a second when the router was full."""
+    """Retry-After on a 429: the key's wait, or a second when the router was full; x-should-retry: false (which the
+    OpenAI and Anthropic SDKs heed) on a refusal gRPC's would tell not to retry (a negative retry pushback)."""
+    if any(k == "grpc-retry-pushback-ms" and v.startswith("-") for k, v in err.trailing):
+        return {"x-should-retry": "false"}
     if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return {}
     wait = err.retry_after_s if isinstance(err, KeyRefused) and err.retry_after_s is not None else 1

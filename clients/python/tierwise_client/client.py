@@ -95,10 +95,13 @@ def _metadata(options: ClientOptions, traceparent: str | None, tracestate: str |
 
 def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline: float,
              streamed: bool = False) -> float | None:
-    """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, and never once
-    text was streamed (the caller would see the answer twice)."""
+    """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, never once text was
+    streamed (the caller would see the answer twice), and never when the router says not to (a negative
+    grpc-retry-pushback-ms: every provider was already asked, and would be billed again)."""
     left = deadline - time.monotonic()
     if streamed or err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= options.retries or left <= 0:
+        return None
+    if any(k == "grpc-retry-pushback-ms" and str(v).startswith("-") for k, v in (err.trailing_metadata() or ())):
         return None
     return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
 
