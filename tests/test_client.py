@@ -15,7 +15,7 @@ from tierwise_client import AsyncRouterClient, ClientOptions, RouterClient
 from .certs import authority, issue, write_ca
 from .otlp_receiver import OtlpReceiver
 from .provider_double import Fault, unused_port
-from .servers import UNUSED_CLASSIFIER, router_config, router_stack, running_router
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, router_stack, running_router
 
 TRACE_ID = "7af92f3577b34da6a3ce929d0e0e4739"
 PARENT_SPAN_ID = "10f067aa0ba902b8"
@@ -120,6 +120,36 @@ def test_clients_do_not_ask_every_provider_again_after_the_router_asked_them_all
         assert 0 < len(double.requests) - once <= once, "each client sent the call once"
     finally:
         double.reset()
+
+
+def test_an_async_stream_the_caller_leaves_ends_at_once_and_frees_its_place(tmp_path, double):
+    """Leaving an async stream early cancels its call: a router admitting one call at a time admits the next one
+    at once, instead of after the abandoned call's deadline. The next stream's summary is its own."""
+    double.reset()
+    double.set_reply("t1-a", " ".join(["word"] * 20000))
+    doc = router_config(double.base_url, strategy="cheapest", limits={"max_in_flight": 1})
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router:
+        async def run() -> None:
+            async with AsyncRouterClient(router.address, ClientOptions(timeout_s=30, retries=0)) as tw:
+                streamed = tw.stream("Write at length.")
+                async for _ in streamed:
+                    break
+                await streamed.aclose()
+                assert tw.last_summary is None
+                double.set_reply("t1-a", None)
+                for _ in range(50):  # the router hears of the cancel a moment later
+                    try:
+                        assert (await tw.complete("hi there")).content
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the abandoned stream still held the router's only place")
+                assert [p async for p in tw.stream("hi there")] and tw.last_summary.content.startswith("answer")
+
+        asyncio.run(run())
+    double.reset()
 
 
 def test_cli_route_and_complete(stack):

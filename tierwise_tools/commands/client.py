@@ -32,7 +32,8 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-target", type=quality_target, help="quality vs frontier the decision is held to, "
                    "e.g. 0.99 (default: the head's)")
     p.add_argument("--timeout", type=at_least(float, 0, strict=True), default=60.0, help="deadline in seconds")
-    p.add_argument("--tls", action="store_true", help="use TLS (API key from TIERWISE_API_KEY)")
+    p.add_argument("--tls", action="store_true", help="use TLS; the API key (env TIERWISE_API_KEY) goes out in clear "
+                   "without it")
 
 
 def _client(args: argparse.Namespace) -> RouterClient:

@@ -108,6 +108,9 @@ export function defaultProtosDir(): string {
   return process.env.TIERWISE_PROTOS || path.resolve(__dirname, "..", "..", "proto");
 }
 
+const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+const MAX_TIMEOUT_S = 7 * 24 * 3600;
+
 export class RouterClient {
   private readonly client: RouterServiceClient;
   private readonly options: ClientOptions;
@@ -117,7 +120,9 @@ export class RouterClient {
       throw new Error("certChain and privateKey: give both or neither");
     }
     if (options.certChain !== undefined && !options.tls) throw new Error("certChain: a client certificate needs tls");
-    if (options.timeoutS !== undefined && !(options.timeoutS > 0)) throw new Error("timeoutS must be positive");
+    if (options.timeoutS !== undefined && !(options.timeoutS > 0 && options.timeoutS <= MAX_TIMEOUT_S)) {
+      throw new Error(`timeoutS must be positive and at most ${MAX_TIMEOUT_S}`);
+    }
     this.options = options;
     const definition = protoLoader.loadSync("tierwise/v1/router.proto",
       { ...LOADER_OPTIONS, includeDirs: [options.protosDir || defaultProtosDir()] });
@@ -125,8 +130,9 @@ export class RouterClient {
     const credentials = options.tls
       ? grpc.credentials.createSsl(options.rootCerts ?? null, options.privateKey ?? null, options.certChain ?? null)
       : grpc.credentials.createInsecure();
+    // An answer with log probabilities can pass gRPC's default 4 MiB per message.
     this.client = new proto.tierwise.v1.RouterService(address, credentials,
-      { "grpc.service_config": SERVICE_CONFIG });
+      { "grpc.service_config": SERVICE_CONFIG, "grpc.max_receive_message_length": MAX_MESSAGE_BYTES });
   }
 
   /** The router's decision for `query`: tier, model, strategy, estimated cost, ... */
@@ -190,6 +196,8 @@ export class RouterClient {
 
   private callOptions(options: CallOptions): grpc.CallOptions {
     const timeoutS = options.timeoutS ?? this.options.timeoutS ?? 60;
+    // Checked as the constructor checks it: grpc-js throws, uncaught, on a deadline too far away.
+    if (!(timeoutS > 0 && timeoutS <= MAX_TIMEOUT_S)) throw new Error(`timeoutS must be positive and at most ${MAX_TIMEOUT_S}`);
     return { deadline: new Date(Date.now() + timeoutS * 1000) };
   }
 }

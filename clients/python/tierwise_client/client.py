@@ -11,6 +11,8 @@ import json
 import random
 import re
 import time
+import warnings
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -39,14 +41,19 @@ class ClientOptions:
     private_key: bytes | None = None
     # Sent with every call, after the API key: (lowercase name, value) pairs.
     metadata: tuple[tuple[str, str], ...] = ()
+    # The largest reply taken: an answer with log probabilities can pass gRPC's default 4 MiB.
+    max_message_bytes: int = 64 << 20
 
     def __post_init__(self):
         if (self.certificate_chain is None) != (self.private_key is None):
             raise ValueError("certificate_chain and private_key: give both or neither")
         if self.certificate_chain is not None and not self.tls:
             raise ValueError("certificate_chain: a client certificate needs tls=True")
-        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
-            raise ValueError("timeout_s must be positive; retries and backoff_s not negative")
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.max_message_bytes <= 0:
+            raise ValueError("timeout_s and max_message_bytes must be positive; retries and backoff_s not negative")
+        if self.api_key and not self.tls:
+            warnings.warn("api_key goes out in clear text without tls=True: only over a network you trust",
+                          stacklevel=3)
 
 
 def _messages(messages: Messages) -> list[pb.Message]:
@@ -118,8 +125,10 @@ class _ClientBase:
         # Totals of the last stream, once its summary event arrived.
         self.last_summary: pb.CompleteResponse | None = None
         creds = _credentials(self.options)
-        self._channel = (grpc_module.secure_channel(address, creds) if creds
-                         else grpc_module.insecure_channel(address))
+        # An answer with log probabilities can pass gRPC's default 4 MiB per message.
+        channel_options = [("grpc.max_receive_message_length", self.options.max_message_bytes)]
+        self._channel = (grpc_module.secure_channel(address, creds, channel_options) if creds
+                         else grpc_module.insecure_channel(address, channel_options))
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     def _piece(self, event: pb.CompleteStreamResponse) -> str | None:
@@ -166,6 +175,7 @@ class RouterClient(_ClientBase):
                 piece = self._piece(event)
                 if piece is not None:
                     yield piece
+        self.last_summary = None
         yield from self._retrying(pieces, timeout_s)
 
     def _unary(self, method: Callable[..., T], request, timeout_s: float | None, metadata) -> T:
@@ -227,12 +237,18 @@ class AsyncRouterClient(_ClientBase):
         metadata = _metadata(self.options, traceparent, tracestate)
 
         async def pieces(timeout: float) -> AsyncIterator[str]:
-            async for event in self._stub.CompleteStream(request, timeout=timeout, metadata=metadata):
-                piece = self._piece(event)
-                if piece is not None:
-                    yield piece
-        async for piece in self._retrying(pieces, timeout_s):
-            yield piece
+            call = self._stub.CompleteStream(request, timeout=timeout, metadata=metadata)
+            try:
+                async for event in call:
+                    piece = self._piece(event)
+                    if piece is not None:
+                        yield piece
+            finally:
+                call.cancel()  # a caller that stopped reading ends the call now, not at its deadline
+        self.last_summary = None
+        async with aclosing(self._retrying(pieces, timeout_s)) as streamed:
+            async for piece in streamed:
+                yield piece
 
     async def _unary(self, method: Callable[..., Awaitable[T]], request, timeout_s: float | None, metadata) -> T:
         async def once(timeout: float) -> AsyncIterator[T]:
@@ -246,9 +262,10 @@ class AsyncRouterClient(_ClientBase):
         for attempt in range(self.options.retries + 1):
             yielded = False
             try:
-                async for item in call(_left(deadline)):
-                    yielded = True
-                    yield item
+                async with aclosing(call(_left(deadline))) as items:  # closed with this one, so with the caller
+                    async for item in items:
+                        yielded = True
+                        yield item
                 return
             except grpc.aio.AioRpcError as err:
                 wait = _backoff(err, attempt, self.options, deadline, streamed=yielded)
