@@ -152,6 +152,15 @@ def test_an_async_stream_the_caller_leaves_ends_at_once_and_frees_its_place(tmp_
     double.reset()
 
 
+def test_messages_as_dicts_and_a_bad_per_call_timeout(stack):
+    double, router = stack
+    with RouterClient(router.address, ClientOptions(retries=0)) as tw:
+        assert tw.complete([{"role": "user", "content": "hi there"}]).content
+        for bad in (0, -1.0):
+            with pytest.raises(ValueError, match="timeout_s must be positive"):
+                tw.route("hi", timeout_s=bad)
+
+
 def test_cli_route_and_complete(stack):
     _, router = stack
     cli = [sys.executable, "-m", "tierwise_tools.cli"]

@@ -182,7 +182,6 @@ export class RouterClient {
 
   private metadata(options: CallOptions): grpc.Metadata {
     const metadata = new grpc.Metadata();
-    if (this.options.apiKey) metadata.set("authorization", `Bearer ${this.options.apiKey}`);
     if (options.traceparent !== undefined) {
       if (!TRACEPARENT.test(options.traceparent)) {
         throw new Error(`traceparent: not a W3C trace context: ${JSON.stringify(options.traceparent)}`);
@@ -191,6 +190,8 @@ export class RouterClient {
       if (options.tracestate) metadata.set("tracestate", options.tracestate);
     }
     for (const [key, value] of Object.entries(this.options.metadata ?? {})) metadata.set(key, value);
+    // Last, so that the key given as apiKey is the one sent, whatever `metadata` holds (as in the Python client).
+    if (this.options.apiKey) metadata.set("authorization", `Bearer ${this.options.apiKey}`);
     return metadata;
   }
 

@@ -23,7 +23,7 @@ from tierwise_client.v1 import router_pb2 as pb
 from tierwise_client.v1 import router_pb2_grpc
 
 T = TypeVar("T")
-Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
+Messages = str | Sequence[tuple[str, str]] | Sequence[dict] | Sequence[pb.Message]  # dicts: {"role", "content"}
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
@@ -59,7 +59,8 @@ class ClientOptions:
 def _messages(messages: Messages) -> list[pb.Message]:
     if isinstance(messages, str):
         return [pb.Message(role="user", content=messages)]
-    return [m if isinstance(m, pb.Message) else pb.Message(role=m[0], content=m[1]) for m in messages]
+    return [m if isinstance(m, pb.Message) else pb.Message(role=m["role"], content=m["content"])
+            if isinstance(m, dict) else pb.Message(role=m[0], content=m[1]) for m in messages]
 
 
 def _request(messages: Messages, strategy: str, max_tokens: int, temperature: float | None,
@@ -139,6 +140,8 @@ class _ClientBase:
         return event.delta if kind == "delta" else None
 
     def _deadline(self, timeout_s: float | None) -> float:
+        if timeout_s is not None and not timeout_s > 0:  # 0 is no deadline to keep, not the default one
+            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         return time.monotonic() + (timeout_s or self.options.timeout_s)
 
 
