@@ -100,14 +100,16 @@ func run() error {
 	qualityTarget := flag.Float64("quality-target", 0, "quality vs frontier the decision is held to, e.g. 0.99 (0 = the head's default)")
 	timeoutS := flag.Float64("timeout", 30, "deadline of each call, in seconds")
 	flag.Parse()
-	if *timeoutS <= 0 {
-		return fmt.Errorf("-timeout must be a positive number of seconds")
+	if !(*timeoutS > 0) { // NaN too
+		return usageError("-timeout must be a positive number of seconds")
 	}
-	if *qualityTarget < 0 || *qualityTarget > 1 {
-		return fmt.Errorf("-quality-target must be above 0 and at most 1")
+	targetGiven := false
+	flag.Visit(func(f *flag.Flag) { targetGiven = targetGiven || f.Name == "quality-target" })
+	if targetGiven && !(*qualityTarget > 0 && *qualityTarget <= 1) {
+		return usageError("-quality-target must be above 0 and at most 1")
 	}
 	var target *float32 // unset: the head's default target
-	if *qualityTarget > 0 {
+	if targetGiven {
 		t := float32(*qualityTarget)
 		target = &t
 	}
@@ -176,8 +178,17 @@ func run() error {
 	return nil
 }
 
+// usageError is a bad argument: exit status 2, as the Node and Java examples give.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
 func main() {
 	if err := run(); err != nil {
+		if problem, ok := err.(usageError); ok {
+			fmt.Fprintf(os.Stderr, "error: %s\n", problem)
+			os.Exit(2)
+		}
 		if s, ok := status.FromError(err); ok {
 			fmt.Fprintf(os.Stderr, "error: %s: %s\n", strings.ToUpper(codeName(s.Code().String())), s.Message())
 		} else {
