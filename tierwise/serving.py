@@ -10,7 +10,6 @@ import signal
 import time
 import unicodedata
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -224,7 +223,7 @@ async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[No
         try:
             await produce(queue.put_nowait)
         except BaseException as err:  # the handler's error (an abort, a cancellation) is the caller's to raise
-            queue.put_nowait(_Raised(err))
+            queue.put_nowait(err)
             if isinstance(err, asyncio.CancelledError):
                 raise
             return
@@ -233,16 +232,11 @@ async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[No
     task = asyncio.create_task(run(), context=contextvars.copy_context())
     try:
         while (item := await queue.get()) is not done:
-            if isinstance(item, _Raised):
-                raise item.error
+            if isinstance(item, BaseException):  # events are messages, never exceptions
+                raise item
             yield item
     finally:
         task.cancel()
-
-
-@dataclass
-class _Raised:
-    error: BaseException
 
 
 # Calls the gRPC core has taken off the wire that the aio server has not yet picked up. Past grpc's defaults
