@@ -14,7 +14,7 @@ import grpc
 from opentelemetry import trace
 
 from tierwise.metrics import quality_target
-from tierwise.serving import InFlight, Rejected, ThrottledLog, check_size, check_text, shown
+from tierwise.serving import NO_RETRY, InFlight, Rejected, ThrottledLog, check_size, check_text, shown
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
@@ -34,7 +34,6 @@ from .telemetry import RouterMetrics, attempt_span
 from .tool_calls import tool_fields
 from .tokens import conversation_tokens, estimate_tokens
 
-NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 log = logging.getLogger("tierwise.router")
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -219,7 +218,7 @@ class RouterCore:
                                f"every provider asked refused the request as invalid; {err}") from None
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
             # Every provider was asked already: a client retrying it at once would bill them all again for the
-            # same refusal. A negative pushback tells gRPC's retry policies (and Tierwise's clients) not to.
+            # same refusal.
             raise Rejected(code, str(err), trailing=NO_RETRY) from None
         except DeadlinePassed as err:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None

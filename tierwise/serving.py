@@ -106,6 +106,10 @@ def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.Ser
     return listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
+# Trailing metadata telling gRPC's retry policies (and Tierwise's clients) not to retry: a negative pushback.
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
+
 class Rejected(Exception):
     """A call refused with a gRPC status; the message names the field or the condition. `trailing`: metadata the
     refusal carries (grpc-retry-pushback-ms, say)."""

@@ -7,7 +7,7 @@ import re
 
 import grpc
 
-from tierwise.serving import Rejected, invalid
+from tierwise.serving import NO_RETRY, Rejected, invalid
 
 from ..auth import KeyRefused, bearer
 
@@ -59,7 +59,7 @@ def error_body(err: Rejected) -> dict:
 def error_headers(err: Rejected) -> dict[str, str]:
     """Retry-After on a 429: the key's wait, or a second when the router was full; x-should-retry: false (which the
     OpenAI and Anthropic SDKs heed) on a refusal gRPC's would tell not to retry (a negative retry pushback)."""
-    if any(k == "grpc-retry-pushback-ms" and v.startswith("-") for k, v in err.trailing):
+    if NO_RETRY[0] in err.trailing:
         return {"x-should-retry": "false"}
     if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return {}
