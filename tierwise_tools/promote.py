@@ -73,15 +73,15 @@ def lineup_records(candidate, records: list[Record], whose: str = "the candidate
     return mine
 
 
-def serving_head(heads_dir: Path, candidate):
-    """What serves the candidate's lineup today: the head of the same name, else the head a lookup by lineup
-    picks (the default head for a lineup without its own); None for an empty directory."""
-    same = heads_dir / candidate.name / "head.json"
-    if same.exists():
-        return TierHead.load(same)
+def serving_heads(heads_dir: Path, candidate) -> tuple[TierHead | None, TierHead | None]:
+    """(what serves the candidate's lineup today: the head of the same name, else the head a lookup by lineup
+    picks, the default head for a lineup without its own; what that lookup picks); (None, None) for an empty
+    directory. The directory is read once."""
     if not any(heads_dir.glob("*/head.json")):
-        return None
-    return HeadRegistry.from_dir(heads_dir).for_lineup(candidate.models)
+        return None, None
+    registry = HeadRegistry.from_dir(heads_dir)
+    found = registry.for_lineup(candidate.models)
+    return registry.get(candidate.name) or found, found
 
 
 def install(candidate_dir: Path, target_dir: Path) -> None:
@@ -145,12 +145,8 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
     check_measurable(records, "records of the candidate's lineup")
     if not heads_dir.is_dir():
         raise DataError(f"--heads-dir: {heads_dir} is not a directory; name the one the classifier serves")
-    try:
-        current = serving_head(heads_dir, candidate)
-    except ValueError as err:
-        raise DataError(f"--heads-dir: {err}") from None
-    try:  # what a router naming no head finds for this lineup (the first such head by name)
-        found = HeadRegistry.from_dir(heads_dir).for_lineup(candidate.models) if current is not None else None
+    try:  # found: what a router naming no head finds for this lineup (the first such head by name)
+        current, found = serving_heads(heads_dir, candidate)
     except ValueError as err:
         raise DataError(f"--heads-dir: {err}") from None
     if found is not None and candidate.models and found.models == candidate.models and found.name != candidate.name:
