@@ -42,6 +42,9 @@ def check_name(name: str) -> str:
 class Uncalibrated(KeyError):
     """A head asked for a quality target above every one it is calibrated for."""
 
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr of it
+        return str(self.args[0])
+
 
 @dataclass(frozen=True)
 class TierHead:

@@ -160,8 +160,7 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
                                                      dry_run))
             except (DataError, Uncalibrated) as err:  # the serving head has no tradeoff that keeps the target
                 held = len(split([record for record, _ in labelled])[1])
-                report.outcomes.append(Outcome(lineup, head, len(labelled), held, "bad input",
-                                               err.args[0] if isinstance(err, Uncalibrated) else str(err)))
+                report.outcomes.append(Outcome(lineup, head, len(labelled), held, "bad input", str(err)))
     return report
 
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
                        args.label_budget)
     except Uncalibrated as err:  # the starting head has no tradeoff that keeps the target
-        print(f"tierwise simulate: --target-quality: {err.args[0]}", file=sys.stderr)
+        print(f"tierwise simulate: --target-quality: {err}", file=sys.stderr)
         return 2
     if sim.renamed:
         models = sim.records[0].models
