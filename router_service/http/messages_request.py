@@ -12,6 +12,7 @@ What the router cannot give (server tools, documents, top_k, MCP servers, contai
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from tierwise.v1 import router_pb2 as pb
@@ -32,20 +33,18 @@ SKIPPED = ("thinking", "redacted_thinking")  # an assistant's earlier thinking, 
 def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, route = document(body, names)
-    request, named = _request(doc, route, answering=True)
-    return ChatRequest(request, flag(doc, "stream"), False, fields=origins(named) + FIELDS)
+    return dataclasses.replace(_request(doc, route, answering=True), stream=flag(doc, "stream"))
 
 
 def parse_count(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """A count_tokens body (POST /v1/messages/count_tokens): a message's fields without the answer's limit, or a 400
     naming the field that is wrong."""
-    doc, route = document(body, names)
-    request, named = _request(doc, route, answering=False)
-    return ChatRequest(request, False, False, fields=origins(named) + FIELDS)
+    return _request(*document(body, names), answering=False)
 
 
-def _request(doc: dict, route: dict, answering: bool) -> tuple[pb.CompleteRequest, list[tuple[str, str]]]:
-    """The request, and for each of its chat messages the message (or system prompt) it came from."""
+def _request(doc: dict, route: dict, answering: bool) -> ChatRequest:
+    """The request, with the renames that name its fields as this API does: each chat message by the message (or
+    system prompt) it came from."""
     refuse_unsupported(doc, UNSUPPORTED)
     messages = _system(doc.get("system"))
     named = [("system", "system")] * len(messages)
@@ -59,7 +58,7 @@ def _request(doc: dict, route: dict, answering: bool) -> tuple[pb.CompleteReques
     options({"temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "stop": _stops(doc),
              "tools": _tools(doc.get("tools")), "tool_choice": choice, "parallel_tool_calls": parallel,
              "response_format": _format(doc.get("output_config"))}, request, FIELDS)
-    return request, named
+    return ChatRequest(request, False, False, fields=origins(named) + FIELDS)
 
 
 def _max_tokens(value: object) -> int:
