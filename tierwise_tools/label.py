@@ -30,6 +30,7 @@ def read_queries(path: Path, source: str) -> list[dict]:
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
     queries: dict[str, dict] = {}
+    lines: dict[str, int] = {}  # where each id was first given
     # Lines end at "\n" only: a query may hold U+2028, which str.splitlines would also split at.
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -46,11 +47,10 @@ def read_queries(path: Path, source: str) -> list[dict]:
         if not isinstance(item["id"], str) or not item["id"] or not isinstance(item.get("task", "-"), str) \
                 or not item.get("task", "-"):
             raise ValueError(f"{path}:{n}: \"id\" and \"task\" must be non-empty strings")
-        earlier = queries.setdefault(item["id"], {**item, "line": n})
+        earlier = queries.setdefault(item["id"], item)
+        first = lines.setdefault(item["id"], n)
         if earlier["query"] != item["query"]:
-            raise ValueError(f"{path}:{n}: id {item['id']!r} already names another query, on line {earlier['line']}")
-    for item in queries.values():
-        del item["line"]
+            raise ValueError(f"{path}:{n}: id {item['id']!r} already names another query, on line {first}")
     return list(queries.values())
 
 
