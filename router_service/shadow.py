@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from opentelemetry import trace
 
-from tierwise.atomic import append_line
+from tierwise.atomic import append_line, appendable
 from tierwise.data import ACCEPTABLE
 
 from .config import RouterConfig
@@ -65,9 +65,7 @@ class Shadow:
         for setting, path in (("shadow.log", self.log_path), ("shadow.labels", self.labels_path)):
             try:  # now, not at the first paid-for label (a read-only path, a volume not mounted)
                 if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "a", encoding="utf-8"):
-                        pass
+                    appendable(path)
             except OSError as err:
                 raise ValueError(f"{setting}: cannot write {path}: {err.strerror or err}") from None
 

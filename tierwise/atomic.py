@@ -40,6 +40,14 @@ def write_atomic(path: Path | str, data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
+def appendable(path: Path | str) -> None:
+    """Make `path` ready for append_line (its directory, and the file if missing), so that a path it could not
+    append to fails now with OSError, not at the first paid-for line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+
+
 def append_line(path: Path | str, line: str) -> None:
     """Append `line` and a newline to `path` (created if missing) in one write: the line is in the file, whole,
     once this returns, and a process killed any time before leaves at most that line cut short. A line never

@@ -19,7 +19,7 @@ from router_service.config import RouterConfig
 from router_service.labelling import Labeler, record_id
 from router_service.providers import ProviderError
 from router_service.telemetry import RouterMetrics
-from tierwise.atomic import append_line, write_atomic
+from tierwise.atomic import append_line, appendable, write_atomic
 
 
 def read_queries(path: Path, source: str) -> list[dict]:
@@ -104,9 +104,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     slots = asyncio.Semaphore(concurrency)
     failures: list[str] = []
     spent = 0.0  # every tier's answer and both judgements, for the records written this run
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", encoding="utf-8"):  # OSError now, before the first paid call, if it cannot be written
-        pass
+    appendable(out)  # OSError now, before the first paid call, if it cannot be written
     async with open_chains(cfg, RouterMetrics()) as chains:
         labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
         with tqdm(total=len(todo), desc="labelling", unit="query") as bar:
