@@ -26,7 +26,7 @@ from .model_names import MODEL, ModelNames, reserved
 from .providers import Completion, ProviderConfig
 from .providers.balance import BALANCES
 from .providers.types import Price
-from .strategies import known, registered
+from .strategies import known, loop_through, registered
 
 
 class ConfigError(ValueError):
@@ -336,14 +336,10 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         # A loop would recurse without end the first time a call named either strategy.
-        uses = {"judge": (("judge", "fallback"), self.judge.fallback), "cascade": (("cascade", "start"), self.cascade.start)}
-        for name, (setting, step) in uses.items():
-            chain = [name]
-            while step and step not in chain:
-                chain.append(step)
-                step = step.rpartition("+")[0] or uses.get(step, (None, ""))[1]  # X+cascade starts from X
-            if step == name:
-                refuse([(setting, f"leads back to {name}: {' -> '.join([*chain, name])}")])
+        starts = {"judge": self.judge.fallback, "cascade": self.cascade.start}
+        for name, setting in (("judge", ("judge", "fallback")), ("cascade", ("cascade", "start"))):
+            if loop := loop_through(name, starts):
+                refuse([(setting, f"leads back to {name}: {' -> '.join(loop)}")])
 
     @property
     def record_content(self) -> bool:

@@ -78,6 +78,16 @@ def known(name: str) -> bool:
     return make is not None and (not start or (factory(start) is not None and getattr(make, "composable", False)))
 
 
+def loop_through(name: str, starts: dict[str, str]) -> list[str]:
+    """The strategies `name` builds on, `starts` giving what each builds on (the judge's fallback, the cascade's
+    start; X+cascade starts from X), when they lead back to `name` ([] when they end)."""
+    chain, step = [name], starts.get(name, "")
+    while step and step not in chain:
+        chain.append(step)
+        step = step.rpartition("+")[0] or starts.get(step, "")
+    return [*chain, name] if step == name else []
+
+
 @dataclass
 class Strategies:
     """Builds each named strategy once, on first use, from the shared dependencies."""
