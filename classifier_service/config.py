@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tierwise.serving import GRPC_MAX_MESSAGE
 from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
 
@@ -52,8 +53,6 @@ class Config:
         # Room for a full batch of maximal texts plus framing, so oversize texts get our own clear error.
         return self.max_batch * (self.max_text_bytes + 64) + 65_536
 
-
-MAX_GRPC_MESSAGE = 2**31 - 1  # gRPC's receive limit is a C int
 
 HELP = {
     "listen": "host:port to serve on (port 0 picks a free port), or unix:PATH for a socket on this machine",
@@ -113,7 +112,7 @@ def parse(argv: list[str] | None = None) -> Config:
     if cfg.max_inflight < cfg.max_batch:
         problems.append(f"--max-inflight ({cfg.max_inflight}) must be at least --max-batch ({cfg.max_batch}): a full "
                         "batch could never be admitted")
-    if cfg.max_message_bytes > MAX_GRPC_MESSAGE:
+    if cfg.max_message_bytes > GRPC_MAX_MESSAGE:
         problems.append(f"--max-batch x --max-text-bytes must stay under 2 GiB, the most gRPC receives in one "
                         f"message (now {cfg.max_message_bytes} bytes)")
     for name in ("heads_dir", "encoder_dir"):

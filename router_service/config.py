@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Strict, TypeAdapter, ValidationError
 from pydantic_core import core_schema
 
 from tierwise.metrics import quality_target
+from tierwise.serving import GRPC_MAX_MESSAGE
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
 from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
@@ -285,8 +286,12 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         if self.max_message_bytes > self.max_total_bytes:
             refuse([(("max_message_bytes",), f"must not exceed limits.max_total_bytes ({self.max_total_bytes})")])
-        if self.max_total_bytes > 2**31 - 2**21:  # plus framing, what gRPC receives in one message: a C int
-            refuse([(("max_total_bytes",), "must be under 2 GiB - 2 MiB, the most gRPC receives in one message")])
+        if self.receive_bytes > GRPC_MAX_MESSAGE:
+            refuse([(("max_total_bytes",), "must be under 2 GiB - 1 MiB, the most gRPC receives in one message")])
+
+    @property
+    def receive_bytes(self) -> int:  # gRPC's own 4 MiB cap stays unless the conversation limit (and framing) needs more
+        return max(4 << 20, self.max_total_bytes + (1 << 20))
 
 
 @schema

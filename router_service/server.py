@@ -91,11 +91,10 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
-    # gRPC's own 4 MiB cap on a request stays unless the conversation limit needs more.
-    largest = max(4 << 20, cfg.limits.max_total_bytes + (1 << 20))
     # The access log first, so it sees the front door's refusals too.
     interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
-    server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length", largest)),
+    server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length",
+                                                              cfg.limits.receive_bytes)),
                              interceptors=[*interceptors, *([guard] if guard else [])] or None)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)

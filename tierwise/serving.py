@@ -106,6 +106,8 @@ def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.Ser
     return listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
+GRPC_MAX_MESSAGE = 2**31 - 1  # the most gRPC receives in one message: its length is a C int
+
 # Trailing metadata telling gRPC's retry policies (and Tierwise's clients) not to retry: a negative pushback.
 NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 
