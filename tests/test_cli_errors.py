@@ -145,6 +145,16 @@ def test_the_installed_command_prints_no_traceback(line, bad):
     assert len([x for x in done.stderr.splitlines() if x.startswith("tierwise")]) == 1, done.stderr
 
 
+def test_a_failed_train_leaves_no_head_directory(bad, tmp_path, capsys):
+    """promote and the classifier's reload read every directory under --out; an empty one left by a failed run
+    would be a head that is not there."""
+    out = tmp_path / "heads"
+    assert main(["train", "--data", str(bad / "not-a-record.jsonl"), "--no-prior", "--out", str(out),
+                 "--name", "mine"]) != 0
+    assert "not-a-record.jsonl" in capsys.readouterr().err
+    assert out.is_dir() and not (out / "mine").exists()
+
+
 def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
     with pytest.raises(SystemExit) as err:
         classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1",

@@ -51,8 +51,15 @@ def run(args: argparse.Namespace) -> int:
         print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
         return 2
     priors = [] if args.no_prior else prior_heads(args.prior_heads)
-    (args.out / args.name).mkdir(parents=True, exist_ok=True)  # an --out it cannot write fails now, not after fitting
-    head = train([Path(p) for p in data], args.out / args.name, args.name, args.target_quality, args.c, priors=priors)
+    directory = args.out / args.name
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)  # an --out it cannot write fails now, not after fitting
+    try:
+        head = train([Path(p) for p in data], directory, args.name, args.target_quality, args.c, priors=priors)
+    except BaseException:
+        if made and not any(directory.iterdir()):
+            directory.rmdir()  # a failed run leaves no empty head directory for promote or the classifier to trip on
+        raise
     print(f"wrote {args.out / args.name / 'head.json'} version={head.version} tradeoff={head.tradeoff:g}")
     for key in sorted(k for k in head.card if k.startswith("held_out")):
         print(f"  {key}: {head.card[key]}")
