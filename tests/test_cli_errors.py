@@ -155,6 +155,12 @@ def test_a_failed_train_leaves_no_head_directory(bad, tmp_path, capsys):
     assert out.is_dir() and not (out / "mine").exists()
 
 
+def test_the_cli_reads_the_router_address_the_other_clients_read(monkeypatch, capsys):
+    monkeypatch.setenv("TIERWISE_ADDRESS", "127.0.0.1:9")
+    assert main(["route", "hi", "--timeout", "1"]) != 0
+    assert "127.0.0.1:9" in capsys.readouterr().err
+
+
 def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
     with pytest.raises(SystemExit) as err:
         classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1",

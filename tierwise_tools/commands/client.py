@@ -26,8 +26,9 @@ def register(sub) -> None:
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=os.environ.get("TIERWISE_ROUTER_ADDRESS", "127.0.0.1:50052"),
-                   help="router host:port (env TIERWISE_ROUTER_ADDRESS)")
+    # TIERWISE_ADDRESS is the name the Node, Go and Java examples read; the older TIERWISE_ROUTER_ADDRESS still works
+    address = os.environ.get("TIERWISE_ADDRESS") or os.environ.get("TIERWISE_ROUTER_ADDRESS") or "127.0.0.1:50052"
+    p.add_argument("--address", default=address, help="router host:port (env TIERWISE_ADDRESS)")
     p.add_argument("--strategy", default="", help="routing strategy (default: the router's)")
     p.add_argument("--quality-target", type=quality_target, help="quality vs frontier the decision is held to, "
                    "e.g. 0.99 (default: the head's)")
