@@ -155,6 +155,15 @@ def test_compose_healthchecks_and_startup_order(compose):
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
 
+def test_compose_caps_memory_as_the_chart_does(compose):
+    values = load_yaml(CHART / "values.yaml")
+    learn = load_yaml(DEPLOY / "compose.learn.yaml")["services"]["learn"]
+    for service, limit in ((compose["services"]["classifier"], values["classifier"]["resources"]["limits"]["memory"]),
+                           (compose["services"]["router"], values["router"]["resources"]["limits"]["memory"]),
+                           (learn, values["learning"]["cronJob"]["resources"]["limits"]["memory"])):
+        assert service["mem_limit"] == limit.replace("Gi", "g").replace("Mi", "m")
+
+
 def test_compose_builds_from_the_repo_root_and_runs_hardened(compose):
     for name in ("classifier", "router"):
         service = compose["services"][name]
