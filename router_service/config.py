@@ -147,7 +147,8 @@ class JudgeConfig:
     tier: Tier = doc("tier whose chain answers the judge prompt", CHEAPEST)
     timeout_ms: Positive = doc("judge budget; past it the fallback strategy decides", 3000.0)
     fallback: StrategyName = doc("strategy used when the judge fails or times out", "heuristic")
-    bias: Int = doc(f"tiers added to the judge's verdict (capped at {FRONTIER}), toward quality", 0)
+    bias: Int = doc(f"tiers added to the judge's verdict, kept within {CHEAPEST} to {FRONTIER}: above 0 toward "
+                    "quality, below 0 toward cost", 0)
 
 
 @schema

@@ -34,6 +34,22 @@ def test_judge_bias_moves_toward_the_higher_tier(monkeypatch, bias, expected):
     assert decision.tier == expected and not decision.degraded
 
 
+def test_a_negative_judge_bias_moves_toward_cost_and_stops_at_tier_1(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with ProviderDouble() as double:
+        judge = strategies_for(router_config(double.base_url, judge={"tier": 1, "bias": -1})).get("judge")
+
+        async def rated(verdict: int):
+            double.set_reply("t1-a", f'{{"tier": {verdict}}}')
+            return await judge.decide(RouteInput("hi"))
+
+        async def both():  # one event loop: the chain's HTTP client belongs to it
+            return await rated(3), await rated(1)
+
+        high, low = asyncio.run(both())
+    assert high.tier == 2 and low.tier == 1 and low.reason.endswith("rated tier 1 - bias 1")
+
+
 @pytest.mark.parametrize("reply, tier", [('{"tier": 1}', 1), (' {"tier":3}\n', 3), ('```json\n{"tier": 2}\n```', 2)])
 def test_parse_tier_accepts_json_verdicts(reply, tier):
     assert parse_tier(reply) == tier

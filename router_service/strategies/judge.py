@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from tierwise.tiers import FRONTIER, TIERS
+from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
 from ..providers import ProviderError
 from ..replies import parse_verdict, prompt
@@ -46,6 +46,6 @@ class JudgeStrategy(Strategy):
         except (ProviderError, ValueError) as err:
             why = f"judge failed ({type(err).__name__})"
             return (await self.fallback.decide(request)).degrade(self.name, why)
-        tier = min(FRONTIER, verdict + self.bias)
-        bias = f" + bias {self.bias}" if self.bias else ""
+        tier = min(FRONTIER, max(CHEAPEST, verdict + self.bias))
+        bias = f" {'+' if self.bias > 0 else '-'} bias {abs(self.bias)}" if self.bias else ""
         return Decision(tier=tier, strategy=self.name, reason=f"{reply.model} rated tier {verdict}{bias}")
