@@ -110,7 +110,7 @@ class RouterCore:
                             streamed.append(event)
                             yield pb.CompleteStreamResponse(delta=event)
                 summary = self._finish(method, span, decision, route, result, started, messages, asked)
-                charge_current_key(summary.cost_usd)  # what the providers billed, whether or not it is all delivered
+                charge_current_key(result.cost_usd)  # what the providers billed, whether or not it is all delivered
                 streamed = []
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
@@ -240,7 +240,8 @@ class RouterCore:
         span.set_attribute("tierwise.tool_calls", len(c.tool_calls))  # how many, never their arguments
         span.set_attribute("tierwise.final_tier", result.tier)
         span.set_attribute("tierwise.escalations", result.escalations)
-        span.set_attribute("tierwise.cost_usd", result.cost_usd)
+        cost = result.cost_usd + decision.cost_usd  # the answer's and the decision's (a judge's call)
+        span.set_attribute("tierwise.cost_usd", cost)
         if self.cfg.record_content:
             span.set_attribute("tierwise.answer", c.content)
         self._count(method, decision, result)
@@ -248,7 +249,7 @@ class RouterCore:
         return pb.CompleteResponse(
             content=c.content, tier=result.tier, model=c.model, provider=c.provider,
             usage=pb.Usage(input_tokens=c.input_tokens, output_tokens=c.output_tokens,
-                           cached_input_tokens=c.cached_input_tokens), cost_usd=result.cost_usd,
+                           cached_input_tokens=c.cached_input_tokens), cost_usd=cost,
             strategy=decision.strategy, degraded=decision.degraded, escalations=result.escalations,
             attempts=[pb.Attempt(tier=a.tier, provider=a.attempt.provider, model=a.attempt.model,
                                  outcome=str(a.attempt.outcome), error=a.attempt.public_error,
@@ -295,11 +296,16 @@ class RouterCore:
             span.set_attribute("tierwise.query", query)
         try:
             decision = await strategy.decide(RouteInput(query=query, head=request.head, deadline=deadline,
-                                                        quality_target=_quality_target(request, span)))
+                                                        quality_target=_quality_target(request, span),
+                                                        on_attempt=self._on_attempt))
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise Rejected(err.code(), err.details()) from None
             raise
+        if decision.cost_usd:  # a judge's call: paid whether or not an answer follows
+            charge_current_key(decision.cost_usd)
+            self.metrics.cost.add(decision.cost_usd, {"tier": decision.cost_tier})
+            span.set_attribute("tierwise.decision_cost_usd", decision.cost_usd)
         span.set_attribute("tierwise.strategy", decision.strategy)
         span.set_attribute("tierwise.tier", decision.tier)
         span.set_attribute("tierwise.degraded", decision.degraded)

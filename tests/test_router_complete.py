@@ -102,6 +102,14 @@ def test_judge_verdict_picks_the_tier(stub, double):
     assert reply.tier == 3 and "rated tier 3" in reply.reason
 
 
+def test_an_answer_decided_by_the_judge_costs_the_judges_call_too(stub, double):
+    double.set_reply("t1-a", '{"tier": 1}')
+    judged = stub.Complete(ask("hi", "judge"), timeout=10)
+    fixed = stub.Complete(ask("hi", "tier1"), timeout=10)
+    assert (judged.tier, judged.model) == (fixed.tier, fixed.model) == (1, "t1-a")
+    assert judged.cost_usd > fixed.cost_usd > 0
+
+
 def test_judge_parse_failure_falls_back_to_heuristic(stub, double):
     double.set_reply("t1-a", "I think this is a medium one.")
     double.set_reply("t1-b", "no json here either")

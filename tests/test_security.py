@@ -30,7 +30,8 @@ KEY = "tw-main-3f9c2a7d41b85e60"
 LATE_KEY = "tw-late-8e1d0b6c92a47f35"
 RATED_KEY = "tw-rated-51a7c3e9d2f80b64"
 SPENDING_KEY = "tw-spend-c04f9b2e7a1d6853"
-SECRETS = (KEY, LATE_KEY, RATED_KEY, SPENDING_KEY)
+JUDGED_KEY = "tw-judged-7b2e90d4c1a6f358"
+SECRETS = (KEY, LATE_KEY, RATED_KEY, SPENDING_KEY, JUDGED_KEY)
 
 
 def keys_file(path, *lines: str):
@@ -63,7 +64,7 @@ def secured(tmp_path_factory, pki):
     health port, exporting spans to a real OTLP receiver and answering from the provider double."""
     workdir = tmp_path_factory.mktemp("secured")
     keys = keys_file(workdir / "keys", f"{KEY} id=main", f"{RATED_KEY} id=rated rpm=2",
-                     f"{SPENDING_KEY} id=spender monthly_usd=0.000001")
+                     f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{JUDGED_KEY} id=judged monthly_usd=0.000001")
     with OtlpReceiver() as receiver, ProviderDouble() as double:
         env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         doc = router_config(double.base_url, strategy="heuristic", auth={"reload_s": 3600})
@@ -148,7 +149,8 @@ def test_a_key_added_to_the_file_works_after_sighup_without_restart(secured, pki
             tw.route("hi")
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         keys_file(secured["keys"], f"{KEY} id=main", f"{RATED_KEY} id=rated rpm=2",
-                  f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{LATE_KEY} id=late")
+                  f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{JUDGED_KEY} id=judged monthly_usd=0.000001",
+                  f"{LATE_KEY} id=late")
         secured["router"].proc.send_signal(signal.SIGHUP)
         secured["router"].wait_for("API keys reloaded", timeout=10)
         assert tw.route("hi").tier in (1, 2, 3)
@@ -180,6 +182,14 @@ def test_a_key_over_its_monthly_spend_gets_resource_exhausted_until_next_month(s
     assert 0 < retry_after <= 31 * 86400
     assert "monthly spend limit" in err.value.details() and "spender" in err.value.details()
     assert "-01T00:00:00Z" in err.value.details(), "says when the month turns"
+
+
+def test_a_route_the_judge_decides_is_charged_for_the_judges_call(secured, pki):
+    with client(secured, pki, JUDGED_KEY) as tw:
+        assert tw.route("Route decided by a model", strategy="judge").tier  # the double's reply is no verdict
+        with pytest.raises(grpc.RpcError) as err:
+            tw.route("Route decided by a model", strategy="judge")
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "judged" in err.value.details()
 
 
 def test_key_ids_reach_spans_and_logs_and_keys_never_do(secured, pki):

@@ -50,6 +50,26 @@ def test_a_negative_judge_bias_moves_toward_cost_and_stops_at_tier_1(monkeypatch
     assert high.tier == 2 and low.tier == 1 and low.reason.endswith("rated tier 1 - bias 1")
 
 
+def test_the_judges_call_is_part_of_the_decisions_cost_even_without_a_verdict(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with ProviderDouble() as double:
+        judge = strategies_for(router_config(double.base_url, judge={"tier": 1})).get("judge")
+
+        async def three():  # one event loop: the chain's HTTP client belongs to it
+            double.set_reply("t1-a", '{"tier": 2}')
+            rated = await judge.decide(RouteInput("hi"))
+            double.set_reply("t1-a", "a medium one, I think")
+            fallen = await judge.decide(RouteInput("hi"))
+            for model in ("t1-a", "t1-b"):
+                double.set_persistent(model, Fault.http_error(500))
+            return rated, fallen, await judge.decide(RouteInput("hi"))
+
+        rated, fallen, failed = asyncio.run(three())
+    assert rated.cost_usd > 0 and rated.cost_tier == 1 and not rated.degraded
+    assert fallen.degraded and fallen.cost_usd > 0 and fallen.cost_tier == 1, "a reply without a verdict is billed"
+    assert failed.degraded and failed.cost_usd == 0, "no reply, nothing billed"
+
+
 @pytest.mark.parametrize("reply, tier", [('{"tier": 1}', 1), (' {"tier":3}\n', 3), ('```json\n{"tier": 2}\n```', 2)])
 def test_parse_tier_accepts_json_verdicts(reply, tier):
     assert parse_tier(reply) == tier

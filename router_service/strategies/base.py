@@ -19,6 +19,9 @@ class Decision:
     degraded: bool = False
     head_version: str = ""
     thresholds: tuple[float, ...] = ()
+    # What reaching the decision cost (a judge model's call), at the prices of tier `cost_tier`.
+    cost_usd: float = 0.0
+    cost_tier: int = 0
 
     def degrade(self, strategy: str, why: str) -> "Decision":
         """This decision, reported as the fallback that stood in for `strategy`."""
@@ -35,6 +38,8 @@ class RouteInput:
     tradeoff: float | None = None
     # The quality vs frontier a head's decision is held to: its tradeoff calibrated for it (None: its default).
     quality_target: float | None = None
+    # Told of each provider attempt a strategy makes to decide, as on_attempt(tier, attempt, purpose).
+    on_attempt: Callable[..., None] | None = None
 
 
 class Strategy(ABC):

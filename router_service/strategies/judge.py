@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
@@ -30,6 +31,8 @@ class JudgeStrategy(Strategy):
 
     def __init__(self, strategies):
         cfg = strategies.deps["config"].judge
+        self.tier = cfg.tier
+        self.prices = strategies.deps["config"].tiers[cfg.tier]
         self.chain = strategies.deps["chains"][cfg.tier]
         self.timeout_s = cfg.timeout_ms / 1000
         self.bias = cfg.bias
@@ -39,13 +42,19 @@ class JudgeStrategy(Strategy):
         deadline = time.monotonic() + self.timeout_s
         if request.deadline is not None:
             deadline = min(deadline, request.deadline)
+        on_attempt = request.on_attempt
+        cost = 0.0
         try:
-            reply = await self.chain.complete(prompt(PROMPT, user_message=request.query), max_tokens=16,
-                                              temperature=0.0, deadline=deadline)
+            reply = await self.chain.complete(
+                prompt(PROMPT, user_message=request.query), max_tokens=16, temperature=0.0, deadline=deadline,
+                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(self.tier, attempt, "judge")))
+            cost = self.prices.answer_cost(reply)  # billed whether or not the reply holds a verdict
             verdict = parse_tier(reply.content)
         except (ProviderError, ValueError) as err:
             why = f"judge failed ({type(err).__name__})"
-            return (await self.fallback.decide(request)).degrade(self.name, why)
+            fallen = (await self.fallback.decide(request)).degrade(self.name, why)
+            return replace(fallen, cost_usd=fallen.cost_usd + cost, cost_tier=self.tier) if cost else fallen
         tier = min(FRONTIER, max(CHEAPEST, verdict + self.bias))
         bias = f" {'+' if self.bias > 0 else '-'} bias {abs(self.bias)}" if self.bias else ""
-        return Decision(tier=tier, strategy=self.name, reason=f"{reply.model} rated tier {verdict}{bias}")
+        return Decision(tier=tier, strategy=self.name, reason=f"{reply.model} rated tier {verdict}{bias}",
+                        cost_usd=cost, cost_tier=self.tier)
