@@ -219,7 +219,7 @@ class RouterCore:
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
             # Every provider was asked already: a client retrying it at once would bill them all again for the
             # same refusal.
-            raise Rejected(code, str(err), trailing=NO_RETRY) from None
+            raise Rejected(code, str(err), trailing=NO_RETRY, traced=err.traced) from None
         except DeadlinePassed as err:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None
         except StreamInterrupted as err:

@@ -48,8 +48,12 @@ class Unavailable(Exception):
         # open breaker, no vision, ...) were not asked: they say nothing of the request.
         asked = [a for a in attempts if a.attempt.outcome is Outcome.ERROR]
         self.refused = bool(asked) and all(a.attempt.status_code in REQUEST_FAULT_STATUSES for a in asked)
-        tried = "; ".join(f"tier {a.tier} {a.attempt.describe()}" for a in attempts)
-        super().__init__(f"no provider could answer ({len(attempts)} attempts): {tried}")
+        super().__init__(self._said(words=True))
+        self.traced = self._said(words=False)  # for spans: without the providers' words, which can quote the prompt
+
+    def _said(self, words: bool) -> str:
+        tried = "; ".join(f"tier {a.tier} {a.attempt.describe(words)}" for a in self.attempts)
+        return f"no provider could answer ({len(self.attempts)} attempts): {tried}"
 
 
 class DeadlinePassed(Exception):

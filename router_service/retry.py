@@ -72,7 +72,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         return Failure(FailureKind.CONNECTION, f"connection error: {cause or exc}" if cause else str(exc))
-    return Failure(FailureKind.BAD_RESPONSE, f"unreadable response: {type(exc).__name__}: {exc}")
+    # Its type alone: the text of an error event a provider streamed, or of a parse error, can quote the prompt or
+    # the answer.
+    return Failure(FailureKind.BAD_RESPONSE, f"unreadable response: {type(exc).__name__}")
 
 
 def _from_status(status: int, headers: Mapping[str, str], message: str) -> Failure:

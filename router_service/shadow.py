@@ -105,7 +105,8 @@ class Shadow:
                 self.metrics.shadow.add(1, {"outcome": _outcome(record), "tier": result.tier})
                 self.metrics.cost.add(cost, {"purpose": "shadow"})
             except (ProviderError, ValueError, OSError) as err:  # OSError: a labels file no longer writable
-                record["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                # No provider's words: a refusal can quote the prompt, and this goes to the log and the shadow file.
+                record["error"] = err.quiet() if isinstance(err, ProviderError) else f"{type(err).__name__}: {err}"[:200]
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
                 self.metrics.shadow.add(1, {"outcome": "failed"})
                 log.warning("shadow failed: %s", record["error"])

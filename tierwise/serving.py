@@ -116,10 +116,12 @@ class Rejected(Exception):
     """A call refused with a gRPC status; the message names the field or the condition. `trailing`: metadata the
     refusal carries (grpc-retry-pushback-ms, say)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = (),
+                 traced: str | None = None):
         super().__init__(message)
         self.code = code
         self.trailing = trailing
+        self.traced = message if traced is None else traced  # what a span's status may say: no caller's content
 
 
 def invalid(message: str) -> Rejected:
@@ -205,7 +207,7 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
         except Rejected as err:
             span.set_attribute("rpc.grpc.status_code", err.code.value[0])
             if err.code != grpc.StatusCode.INVALID_ARGUMENT:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
+                span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
             await context.abort(err.code, str(err), trailing_metadata=err.trailing)
         except Exception:
             logger.exception("unexpected error in %s", method)

@@ -167,7 +167,7 @@ class _Exchange:
         span.set_attribute("http.response.status_code", status)
         span.set_attribute("error.type", str(status))
         if status >= 500:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)))
+            span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
         if self.done:
             return
         if self.status:  # the status line went out: the error can only end the stream

@@ -13,6 +13,10 @@ class ProviderError(Exception):
         super().__init__(message)
         self.attempts = list(attempts)
 
+    def quiet(self) -> str:
+        """The error without any provider's words, for logs and spans."""
+        return f"{type(self).__name__}: {_describe(self.attempts, words=False)}"
+
 
 class ProviderNotConfigured(ProviderError):
     """No API key in the environment: a deployment problem (the router answers FAILED_PRECONDITION)."""
@@ -39,10 +43,10 @@ class ChainExhausted(ProviderError):
         super().__init__(f"every provider failed: {_describe(attempts)}", attempts)
 
 
-def _describe(attempts: Sequence[Attempt]) -> str:
+def _describe(attempts: Sequence[Attempt], words: bool = True) -> str:
     if not attempts:
         return "no attempt"
-    return f"{len(attempts)} attempts: " + "; ".join(a.describe() for a in attempts)
+    return f"{len(attempts)} attempts: " + "; ".join(a.describe(words) for a in attempts)
 
 
 class StreamInterrupted(ProviderError):

@@ -42,9 +42,13 @@ class Attempt:
     latency_ms: float = 0.0  # for a stream: until its end
     retry_after: float | None = None
 
-    def describe(self) -> str:
+    def describe(self, words: bool = True) -> str:
+        """The attempt in a line: with the provider's words where callers may see them (`public_error`), or
+        without any (`words=False`, for logs and spans: a refusal can quote the prompt)."""
         text = f"{self.provider}/{self.model}: {self.outcome}"
-        return f"{text} ({self.public_error})" if self.error else text
+        if not self.error:
+            return text
+        return f"{text} ({self.public_error if words else status_only(self.error)})"
 
     @property
     def public_error(self) -> str:
