@@ -40,6 +40,7 @@ class FaultKind(Enum):
     MALFORMED_JSON = "malformed_json"
     DROP_CONNECTION = "drop_connection"  # close the socket without answering
     DISCONNECT_MID_STREAM = "disconnect_mid_stream"  # stream after_chunks text chunks, then close
+    ODD_BODY = "odd_body"            # 200 with `body` as it is, of `content_type` (an HTML page, a null message, ...)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Fault:
     retry_after: str | None = None
     after_chunks: int = 0
     message: str = ""  # an HTTP error's own message (default: "injected HTTP <status>")
+    body: str = ""
+    content_type: str = ""
 
     @classmethod
     def delay(cls, delay_s: float) -> Fault:
@@ -71,6 +74,11 @@ class Fault:
     @classmethod
     def malformed_json(cls) -> Fault:
         return cls(FaultKind.MALFORMED_JSON)
+
+    @classmethod
+    def odd_body(cls, body: str, content_type: str = "application/json") -> Fault:
+        """A 200 whose body the API does not promise; for a stream, `body` is the events' text."""
+        return cls(FaultKind.ODD_BODY, body=body, content_type=content_type)
 
     @classmethod
     def drop_connection(cls) -> Fault:
@@ -335,6 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(fault.status, fault.message or f"injected HTTP {fault.status}", "injected_fault", headers)
         elif fault.kind is FaultKind.MALFORMED_JSON:
             self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
+        elif fault.kind is FaultKind.ODD_BODY:
+            self._send_raw(200, fault.body.encode(), fault.content_type)
         elif fault.kind is FaultKind.DROP_CONNECTION:
             self._drop()
         return fault.kind is FaultKind.DISCONNECT_MID_STREAM

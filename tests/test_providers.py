@@ -6,6 +6,7 @@ Only time is injected: retry sleeps are recorded instead of slept, breaker coold
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
@@ -286,6 +287,61 @@ def test_malformed_json_fails_over_without_retrying(double, sleeps):
     assert outcomes(completion.attempts) == [("a", "error"), ("b", "ok")]
     assert "unreadable response" in completion.attempts[0].error
     assert len(double.requests_for("model-a")) == 1 and sleeps == []
+
+
+def _completion(message: object = None, usage: object = None, choices: object = None) -> str:
+    choice = {"index": 0, "finish_reason": "stop", "message": message}
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "usage": usage,
+                       "choices": [choice] if choices is None else choices})
+
+
+def _events(*chunks: object) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+ODD_ANSWERS = {
+    "an HTML page": Fault.odd_body("<html><body>502 Bad Gateway</body></html>", "text/html"),
+    "a null message": Fault.odd_body(_completion()),
+    "a null choice": Fault.odd_body(_completion(choices=[None])),
+    "text that is not a string": Fault.odd_body(_completion({"role": "assistant", "content": {"text": "hi"}})),
+}
+ODD_STREAMS = {
+    "a chunk without its delta": Fault.odd_body(_events({"choices": [{"index": 0, "delta": None}]}),
+                                                "text/event-stream"),
+    "a chunk that is a string": Fault.odd_body(_events("hello"), "text/event-stream"),
+}
+
+
+@pytest.mark.parametrize("fault", ODD_ANSWERS.values(), ids=ODD_ANSWERS.keys())
+def test_a_200_without_the_apis_shape_fails_over_and_counts_against_the_breaker(double, sleeps, fault):
+    double.set_persistent("model-a", fault)
+    breaker = CircuitBreaker("a", failure_threshold=2, cooldown_s=60)
+    chain = TierChain([make_provider(double.base_url, "a", sleeps, breaker=breaker),
+                       make_provider(double.base_url, "b", sleeps)])
+
+    async def twice():
+        return [await chain.complete(MESSAGES) for _ in range(2)]
+    completions = run(twice(), chain)
+    assert [c.provider for c in completions] == ["b", "b"]
+    assert "unreadable response: MisshapenResponse" in completions[0].attempts[0].error
+    assert breaker.state is BreakerState.OPEN
+
+
+@pytest.mark.parametrize("fault", ODD_STREAMS.values(), ids=ODD_STREAMS.keys())
+def test_a_stream_without_the_apis_shape_fails_over_before_its_first_text(double, sleeps, fault):
+    double.set_persistent("model-a", fault)
+    chain = TierChain([make_provider(double.base_url, "a", sleeps), make_provider(double.base_url, "b", sleeps)])
+    deltas, completion = run(collect(chain.stream(MESSAGES)), chain)
+    assert completion.provider == "b" and "".join(deltas) == completion.content
+    assert outcomes(completion.attempts)[0] == ("a", "error")
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+                                   {"prompt_tokens": -1000000, "completion_tokens": -1000000, "total_tokens": 0}])
+def test_usage_that_cannot_be_billed_is_estimated(double, sleeps, usage):
+    double.set_persistent("model-a", Fault.odd_body(_completion({"role": "assistant", "content": "four"}, usage)))
+    completion = run(make_provider(double.base_url, "a", sleeps).complete(MESSAGES))
+    assert completion.usage_estimated and completion.input_tokens > 0 and completion.output_tokens > 0
 
 
 def test_connection_refused_is_retried_then_fails_over(double, sleeps):

@@ -1,7 +1,8 @@
 """How a provider call fails; each error carries the attempts made, in order."""
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from .types import Attempt, ProviderConfig
 
@@ -63,3 +64,17 @@ class StreamInterrupted(ProviderError):
 
 class IncompleteStream(ValueError):
     """The stream ended without a finish_reason: the provider cut it short."""
+
+
+class MisshapenResponse(ValueError):
+    """A provider's 200 whose body is not what the API promises (an HTML page, a null message, a chunk without its
+    delta): a bad response, failed over and counted against the provider's breaker like any other."""
+
+
+@contextmanager
+def shaped(what: str) -> Iterator[None]:
+    """Reading a `what` the SDK built without checking it: an attribute or type it lacks is MisshapenResponse."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError) as err:
+        raise MisshapenResponse(f"{what} does not have the API's shape ({type(err).__name__})") from err

@@ -17,7 +17,8 @@ from openai.types.chat.chat_completion import ChoiceLogprobs
 from ..breaker import BreakerState, CircuitBreaker, StateListener
 from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
 from ..tokens import estimate_tokens
-from .errors import DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted
+from .errors import (DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted,
+                     shaped)
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
                     Sampling, TokenLogprob, ToolCall, status_only)
@@ -237,17 +238,20 @@ class Provider:
         # The router's own calls (the verifier) weigh a verdict by its tokens' alternatives.
         own = {"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}
         response = await self._create(client, messages, max_tokens, temperature, sampling, timeout, **own)
-        if not response.choices:
-            raise ValueError("response has no choices")
-        choice = response.choices[0]
-        calls = tuple(ToolCall(c.id or "", c.function.name or "", c.function.arguments or "")
-                      for c in choice.message.tool_calls or () if c.type == "function")
-        completion = completion_of(self.config, messages, choice.message.content or "", response.usage,
-                                 choice.finish_reason, calls)
-        if top_logprobs:
-            completion = replace(completion, tokens=_tokens(choice.logprobs))
-        if sampling.logprobs:
-            completion = replace(completion, logprobs=_logprobs(choice.logprobs.content if choice.logprobs else ()))
+        with shaped("the response"):
+            if not response.choices:
+                raise ValueError("response has no choices")
+            choice = response.choices[0]
+            calls = tuple(ToolCall(c.id or "", c.function.name or "", c.function.arguments or "")
+                          for c in choice.message.tool_calls or () if c.type == "function")
+            content = choice.message.content or ""
+            if not isinstance(content, str):
+                raise TypeError("content")
+            completion = completion_of(self.config, messages, content, response.usage, choice.finish_reason, calls)
+            if top_logprobs:
+                completion = replace(completion, tokens=_tokens(choice.logprobs))
+            if sampling.logprobs:
+                completion = replace(completion, logprobs=_logprobs(choice.logprobs.content if choice.logprobs else ()))
         return completion
 
     def _create(self, client: openai.AsyncOpenAI, messages: Messages, max_tokens: int | None,
@@ -318,15 +322,21 @@ def completion_of(config: ProviderConfig, messages: Messages, content: str, usag
     finish_reason = finish_reason or ("tool_calls" if tool_calls else "stop")
     # Some OpenAI-compatible servers send calls without ids; the caller's tool message must name one.
     tool_calls = tuple(replace(c, id=c.id or f"call_{secrets.token_hex(12)}") for c in tool_calls)
-    if usage is None:
+    if usage is None or not (_count(usage.prompt_tokens) and _count(usage.completion_tokens)):
         written = content + "".join(call.name + call.arguments for call in tool_calls)
         return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
                           estimate_tokens(written), usage_estimated=True, finish_reason=finish_reason,
                           tool_calls=tool_calls)
     details = usage.prompt_tokens_details
+    cached = details.cached_tokens if details is not None else 0
     return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
-                      cached_input_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                      cached_input_tokens=cached if _count(cached) else 0,
                       finish_reason=finish_reason, tool_calls=tool_calls)
+
+
+def _count(value: Any) -> bool:
+    """Whether a provider's token count can be billed: null or negative usage is estimated instead."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:

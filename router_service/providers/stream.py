@@ -8,7 +8,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob
 
-from .errors import IncompleteStream
+from .errors import IncompleteStream, shaped
 from .types import ToolCall
 
 
@@ -34,21 +34,30 @@ class LiveStream:
                 if self._finish_reason is None:
                     raise IncompleteStream("stream ended without a finish_reason") from None
                 return None
-            if chunk.usage is not None:
-                self._usage = chunk.usage
-            for choice in chunk.choices[:1]:
-                self._finish_reason = choice.finish_reason or self._finish_reason
-                if choice.logprobs is not None:
-                    self._logprobs += choice.logprobs.content or ()
-                for piece in choice.delta.tool_calls or ():
-                    call = self._calls.setdefault(piece.index, ["", "", ""])
-                    function = piece.function
-                    call[0] = piece.id or call[0]
-                    call[1] = (function and function.name) or call[1]
-                    call[2] += (function and function.arguments) or ""
-                if choice.delta.content:
-                    self._parts.append(choice.delta.content)
-                    return choice.delta.content
+            with shaped("a stream chunk"):
+                if (text := self._read(chunk)) is not None:
+                    return text
+
+    def _read(self, chunk: ChatCompletionChunk) -> str | None:
+        """What `chunk` adds; its text, if it holds any."""
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        for choice in chunk.choices[:1]:
+            self._finish_reason = choice.finish_reason or self._finish_reason
+            if choice.logprobs is not None:
+                self._logprobs += choice.logprobs.content or ()
+            for piece in choice.delta.tool_calls or ():
+                call = self._calls.setdefault(piece.index, ["", "", ""])
+                function = piece.function
+                call[0] = piece.id or call[0]
+                call[1] = (function and function.name) or call[1]
+                call[2] += (function and function.arguments) or ""
+            if text := choice.delta.content:
+                if not isinstance(text, str):
+                    raise TypeError("content")
+                self._parts.append(text)
+                return text
+        return None
 
     async def aclose(self) -> None:
         await self._sdk_stream.close()
