@@ -25,6 +25,17 @@ JUDGE = (
 )
 
 
+class Tab:
+    """What the provider calls made for one record cost so far, paid whether or not the record is finished."""
+
+    def __init__(self) -> None:
+        self.usd = 0.0
+
+    def add(self, usd: float) -> float:
+        self.usd += usd
+        return usd
+
+
 def record_id(source: str, query: str) -> str:
     return f"{source}/{hashlib.sha256(query.encode()).hexdigest()[:16]}"
 
@@ -40,24 +51,29 @@ class Labeler:
         self.timeout_s = timeout_s
         self.before_call = before_call
 
-    async def ask(self, chain: TierChain, messages: Messages, **options) -> Completion:
+    async def ask(self, tier: int, messages: Messages, tab: Tab, **options) -> Completion:
+        """Tier `tier`'s answer, its cost added to `tab`."""
         if self.before_call is not None:
             await self.before_call()
-        return await chain.complete(messages, deadline=time.monotonic() + self.timeout_s, **options)
+        answer = await self.chains[tier].complete(messages, deadline=time.monotonic() + self.timeout_s, **options)
+        tab.add(self.cfg.tiers[tier].answer_cost(answer))
+        return answer
 
     async def record(self, query: str, *, record_id: str, source: str, task: str, messages: Messages | None = None,
-                     known: Mapping[int, Completion] | None = None, **options) -> dict:
+                     known: Mapping[int, Completion] | None = None, tab: Tab | None = None, **options) -> dict:
         """`messages` defaults to the query as one user message; `known` holds answers already paid for,
-        which are reused rather than asked again."""
+        which are reused rather than asked again. `tab` adds up what this record's calls cost as they return, so
+        that a record that fails part way is still paid for."""
         messages = messages or [{"role": "user", "content": query}]
         known = known or {}
+        tab = tab if tab is not None else Tab()
 
         async def answer(tier: int) -> Completion:
-            return known[tier] if tier in known else await self.ask(self.chains[tier], messages, **options)
+            return known[tier] if tier in known else await self.ask(tier, messages, tab, **options)
 
         answers = await asyncio.gather(*(answer(t) for t in TIERS))
         reference = answers[-1].content
-        verdicts = [await self.grade(query, a.content, reference) for a in answers[:-1]]
+        verdicts = [await self.grade(query, a.content, reference, tab) for a in answers[:-1]]
         scores = [score for score, _ in verdicts] + [1.0]
         # The lineup is the tiers' first models, even when a fallback answered: a head trained on these records
         # learns what each tier's chain delivers, and the router finds it by that lineup (docs/decisions/0015).
@@ -69,10 +85,11 @@ class Labeler:
                              for t, a, s in zip(TIERS, answers, scores)],
                 "judge_cost_usd": sum(cost for _, cost in verdicts)}
 
-    async def grade(self, query: str, answer: str, reference: str) -> tuple[float, float]:
+    async def grade(self, query: str, answer: str, reference: str, tab: Tab) -> tuple[float, float]:
         """(score in [0, 1], what the judge's call cost)."""
-        verdict = await self.ask(self.chains[self.judge_tier],
+        before = tab.usd
+        verdict = await self.ask(self.judge_tier,
                                  prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
-                                 temperature=0.0)
+                                 tab, temperature=0.0)
         score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
-        return score, self.cfg.tiers[self.judge_tier].answer_cost(verdict)
+        return score, tab.usd - before

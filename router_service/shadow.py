@@ -29,7 +29,7 @@ from tierwise.data import ACCEPTABLE
 
 from .config import RouterConfig
 from .dispatch import Result, last_user_text
-from .labelling import Labeler, record_id
+from .labelling import Labeler, Tab, record_id
 from .ledger import SpendLedger, month
 from .providers import DEFAULT_SAMPLING, ProviderError, TierChain
 from .replicas import own_file
@@ -96,39 +96,47 @@ class Shadow:
                 "tierwise.shadow_labels": self.labeler is not None}) as span:
             record = {"ts": time.time(), "strategy": strategy, "tier": result.tier, "model": result.completion.model,
                       "cost_usd": result.cost_usd, "shadow_tier": self.cfg.tier}
+            tab = Tab()
             try:
-                await run(messages, result, options, record)
+                await run(messages, result, options, record, tab)
                 if "agree" in record:
                     span.set_attribute("tierwise.shadow_agree", record["agree"])
-                cost = record["shadow_cost_usd"] + record["judge_cost_usd"]
-                self.spending.charge(SPENDING, cost)
                 self.metrics.shadow.add(1, {"outcome": _outcome(record), "tier": result.tier})
-                self.metrics.cost.add(cost, {"purpose": "shadow"})
             except (ProviderError, ValueError, OSError) as err:  # OSError: a labels file no longer writable
                 # No provider's words: a refusal can quote the prompt, and this goes to the log and the shadow file.
                 record["error"] = err.quiet() if isinstance(err, ProviderError) else f"{type(err).__name__}: {err}"[:200]
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
                 self.metrics.shadow.add(1, {"outcome": "failed"})
                 log.warning("shadow failed: %s", record["error"])
+            finally:
+                # Every call that returned was paid for, whether the shadow finished, failed or was cancelled: the
+                # budget must see it all, or a judge that answers out of format would label without limit.
+                self.spending.charge(SPENDING, tab.usd)
+                self.metrics.cost.add(tab.usd, {"purpose": "shadow"})
+                record["spent_usd"] = tab.usd
             try:
                 _append(self.log_path, record)
             except OSError as err:
                 log.error("shadow: cannot write %s: %s", self.log_path, err.strerror or err)
 
-    async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
+    async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict,
+                       tab: Tab) -> None:
         reference = await self.chains[self.cfg.tier].complete(messages, deadline=self._deadline(), **options)
-        record.update(shadow_model=reference.model, shadow_cost_usd=self.prices[self.cfg.tier].answer_cost(reference))
+        record.update(shadow_model=reference.model,
+                      shadow_cost_usd=tab.add(self.prices[self.cfg.tier].answer_cost(reference)))
         verdict = await self.chains[self.cfg.judge_tier].complete(
             prompt(COMPARE, user_message=last_user_text(messages), answer_a=result.completion.content,
                    answer_b=reference.content),
             max_tokens=16, temperature=0.0, deadline=self._deadline())
-        record.update(judge_cost_usd=self.prices[self.cfg.judge_tier].answer_cost(verdict),
-                      agree=parse_verdict(verdict.content, "agree", bool))
+        record.update(judge_cost_usd=tab.add(self.prices[self.cfg.judge_tier].answer_cost(verdict)))
+        record.update(agree=parse_verdict(verdict.content, "agree", bool))
 
-    async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict) -> None:
+    async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict,
+                     tab: Tab) -> None:
         query = last_user_text(messages)
         labelled = await self.labeler.record(query, record_id=record_id(LIVE, query), source=LIVE, task=LIVE,
-                                             messages=messages, known={result.tier: result.completion}, **options)
+                                             messages=messages, known={result.tier: result.completion}, tab=tab,
+                                             **options)
         outcomes = labelled["outcomes"]
         labelled.update(routed_tier=result.tier, paid_usd=result.cost_usd, strategy=record["strategy"], ts=record["ts"])
         record.update(labelled=True, shadow_model=outcomes[self.cfg.tier - 1]["model"],

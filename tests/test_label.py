@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
@@ -47,10 +48,10 @@ def test_label_writes_shared_format_records_and_resumes(tmp_path, monkeypatch, c
         last = json.loads(out.read_text().splitlines()[-1])
         cost = sum(o["cost_usd"] for o in last["outcomes"]) + last["judge_cost_usd"]
         assert last["judge_cost_usd"] > 0 and f"1 labelled, 3 already in {out}, 0 failed" in (text := capsys.readouterr().out)
-        assert f"this run's labels cost ${cost:.4f}" in text
+        assert f"this run's provider calls cost ${cost:.4f}" in text
 
 
-def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch):
+def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(KEY_ENV, "k")
     out = tmp_path / "labelled.jsonl"
     with ProviderDouble() as double:
@@ -62,6 +63,8 @@ def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch):
         assert main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out),
                      "--rate", "200"]) == 1
         assert not out.exists() or out.read_text() == ""
+    spent = float(re.search(r"provider calls cost \$([0-9.]+)", capsys.readouterr().out).group(1))
+    assert spent > 0, "every tier answered and the judge replied: paid for, though no record was written"
 
 
 def test_labelled_records_train_a_head_for_the_deployment_lineup(tmp_path, monkeypatch, capsys):

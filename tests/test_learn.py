@@ -185,10 +185,15 @@ def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
     assert "the labels hold 2 tier lineups" in capsys.readouterr().err
 
 
-def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path):
+@pytest.mark.parametrize("verdict", ['{"score": 1.0}', "a good answer, I would say"],
+                         ids=["labelled", "no verdict"])
+def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path, verdict):
+    """A shadow whose judge gives no verdict writes no label but paid every tier and the judge: it counts the
+    same, or a judge that answers out of format would label without limit."""
     labels, log, port, env = tmp_path / "live.jsonl", tmp_path / "shadow.jsonl", unused_port(), {KEY_ENV: "k"}
     with ProviderDouble() as double:
-        double.set_reply("t1-a", '{"score": 1.0}')
+        double.set_reply("t1-a", verdict)
+        double.set_reply("t1-b", verdict)
         # The first label costs more than this budget; the heuristic strategy needs no classifier.
         doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels), "log": str(log),
                                                      "monthly_budget_usd": 1e-6})
@@ -201,8 +206,9 @@ def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path):
             for query in QUERIES[1:4]:
                 stub.Complete(ask(query, "heuristic"), timeout=10)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert len(labels.read_text().splitlines()) == 1 and len(double.requests_for("t3-a")) == 1
+    assert len(labels.read_text().splitlines()) == (verdict.startswith("{")) and len(double.requests_for("t3-a")) == 1
     assert metric(text, "tierwise_router_shadow_total", outcome="over_budget") == 3
+    assert json.loads(log.read_text().splitlines()[0])["spent_usd"] > 1e-6
     said = [line for line in router.output if "no more shadows this month" in line]
     assert len(said) == 1 and "monthly budget of $1e-06" in said[0], "counted each time, said once"
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from router_service.chains import open_chains
 from router_service.config import RouterConfig
-from router_service.labelling import Labeler, record_id
+from router_service.labelling import Labeler, Tab, record_id
 from router_service.providers import ProviderError
 from router_service.telemetry import RouterMetrics
 from tierwise.atomic import append_line, appendable, write_atomic
@@ -103,7 +103,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     todo = [q for q in queries if q["id"] not in done]
     slots = asyncio.Semaphore(concurrency)
     failures: list[str] = []
-    spent = 0.0  # every tier's answer and both judgements, for the records written this run
+    spent = 0.0  # every call this run paid for: the records written and those that failed part way
     appendable(out)  # OSError now, before the first paid call, if it cannot be written
     async with open_chains(cfg, RouterMetrics()) as chains:
         labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
@@ -111,14 +111,16 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
             async def one(item: dict) -> None:
                 nonlocal spent
                 async with slots:
+                    tab = Tab()
                     try:
                         rec = await labeler.record(item["query"], record_id=item["id"], source=source,
-                                                   task=item.get("task", source))
+                                                   task=item.get("task", source), tab=tab)
                     except (ProviderError, ValueError) as err:
                         failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
                     else:
                         append_line(out, json.dumps(rec, ensure_ascii=False))
-                        spent += sum(o["cost_usd"] for o in rec["outcomes"]) + rec["judge_cost_usd"]
+                    finally:
+                        spent += tab.usd
                     bar.update()
 
             await asyncio.gather(*(one(q) for q in todo))

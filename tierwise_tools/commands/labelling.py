@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     for failure in summary["failed"]:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{summary['labelled']} labelled, {summary['already_done']} already in {args.out}, "
-          f"{len(summary['failed'])} failed (re-run to retry them); this run's labels cost ${summary['cost_usd']:.4f}")
+          f"{len(summary['failed'])} failed (re-run to retry them); this run's provider calls cost ${summary['cost_usd']:.4f}")
     return 1 if summary["failed"] else 0
