@@ -24,7 +24,7 @@ from .answer_cache import AnswerCache, served
 from .auth import charge_current_key, current_key_id, current_max_tier, current_quality_target
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
-from .dispatch import DeadlinePassed, Dispatcher, Result, Unavailable
+from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
 from .images import check_image
 from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
 from .sampling import answer_options
@@ -92,8 +92,10 @@ class RouterCore:
             route = self._route_response(decision, query, started)
             entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
+            meter = Meter(self.cfg, charge_current_key)  # the key pays each answer as it comes
             options = {"deadline": deadline, "ceiling": ceiling, **asked, "on_attempt": self._on_attempt,
-                       "on_escalate": self._on_escalate, "prefer": earlier.provider if earlier else ""}
+                       "on_escalate": self._on_escalate, "prefer": earlier.provider if earlier else "",
+                       "meter": meter}
             streamed: list[str] = []  # what the caller got of an answer that may never be summed up
             try:
                 with self._dispatch_errors():
@@ -110,16 +112,14 @@ class RouterCore:
                             streamed.append(event)
                             yield pb.CompleteStreamResponse(delta=event)
                 summary = self._finish(method, span, decision, route, result, started, messages, asked)
-                charge_current_key(result.cost_usd)  # what the providers billed, whether or not it is all delivered
                 streamed = []
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
                 self.cache.put(key, summary)
                 yield pb.CompleteStreamResponse(summary=summary)
             finally:
-                if streamed:  # cancelled, or cut by its provider: still charged, at the tier's price, estimated
-                    charge_current_key(self.cfg.tiers[decision.tier].cost(
-                        conversation_tokens(messages), estimate_tokens("".join(streamed))))
+                if streamed:  # cancelled, or cut by its provider: what went out is paid for, estimated
+                    meter.cut(conversation_tokens(messages), estimate_tokens("".join(streamed)))
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

@@ -28,6 +28,33 @@ class TierAttempt:
     attempt: Attempt
 
 
+class Meter:
+    """What one call's providers are paid, charged (to the caller's API key) as each payment is known: every answer
+    and gate verdict when it comes, so that a call that then times out or is cancelled still pays for them; and a
+    stream cut short, for the text it delivered, at the price of the tier and provider that sent it."""
+
+    def __init__(self, cfg: RouterConfig, charge: Callable[[float], None]):
+        self.cfg = cfg
+        self.charge = charge
+        self.streaming: tuple[int, str] | None = None  # (tier, provider) whose text is going out
+
+    def paid(self, usd: float) -> float:
+        if usd:
+            self.charge(usd)
+        return usd
+
+    def answered(self, usd: float) -> float:
+        """A whole answer, paid for: a stream that sent it is no longer one cut short."""
+        self.streaming = None
+        return self.paid(usd)
+
+    def cut(self, input_tokens: int, output_tokens: int) -> None:
+        """The stream going out stopped before its answer was summed up; `output_tokens` of it were delivered."""
+        if self.streaming is not None:
+            tier, provider = self.streaming
+            self.paid(self.cfg.tiers[tier].cost(input_tokens, output_tokens, provider))
+
+
 @dataclass
 class Result:
     completion: Completion
@@ -66,8 +93,9 @@ class DeadlinePassed(Exception):
 OnEscalate = Callable[[int, int, str], None]
 # (tier, attempt, purpose): "answer", or "verify" for a verify gate's call.
 OnAttempt = Callable[[int, Attempt, str], None]
-# How a tier's chain is asked for its answer: (chain, the attempt hook bound to its tier) -> its events.
-Ask = Callable[[TierChain, ChainOnAttempt | None], Events]
+# How a tier's chain is asked for its answer: (chain, the attempt hook bound to its tier, told the name of the
+# provider whose text starts to go out) -> its events.
+Ask = Callable[[TierChain, ChainOnAttempt | None, Callable[[str], None]], Events]
 
 
 class Dispatcher:
@@ -79,36 +107,42 @@ class Dispatcher:
                        max_tier: int = FRONTIER, ceiling: int = FRONTIER, max_tokens: int | None = None,
                        temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
-                       on_escalate: OnEscalate | None = None, prefer: str = "") -> Result:
+                       on_escalate: OnEscalate | None = None, prefer: str = "", meter: Meter | None = None) -> Result:
         """The answer from `start_tier`, escalating when a chain is exhausted or the gate rejects (the gate up to
-        `max_tier`), never above `ceiling` (an API key's `max_tier`); the provider called `prefer` asked first."""
-        def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
+        `max_tier`), never above `ceiling` (an API key's `max_tier`); the provider called `prefer` asked first.
+        `meter` is charged for each answer and verdict as it comes."""
+        def ask(chain: TierChain, hook: ChainOnAttempt | None, streaming: Callable[[str], None]) -> Events:
             return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
                                          deadline=deadline, on_attempt=hook, prefer=prefer))
         return await final(self._escalate(ask, messages, start_tier, gate=gate, max_tier=max_tier, ceiling=ceiling,
-                                          deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate))
+                                          deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate,
+                                          meter=meter))
 
     def stream(self, messages: Messages, start_tier: int, *, ceiling: int = FRONTIER, max_tokens: int | None = None,
                temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
                on_attempt: OnAttempt | None = None, on_escalate: OnEscalate | None = None,
-               prefer: str = "") -> AsyncIterator[str | Result]:
+               prefer: str = "", meter: Meter | None = None) -> AsyncIterator[str | Result]:
         """Text deltas, then the `Result`. A chain fails over (and a tier escalates, up to `ceiling`) only before its
-        first delta; a break after that raises `StreamInterrupted` from providers."""
-        def ask(chain: TierChain, hook: ChainOnAttempt | None) -> Events:
+        first delta; a break after that raises `StreamInterrupted` from providers. `meter` learns which tier and
+        provider stream, and is charged for the answer once it is whole."""
+        def ask(chain: TierChain, hook: ChainOnAttempt | None, streaming: Callable[[str], None]) -> Events:
             return chain.stream(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
-                                deadline=deadline, on_attempt=hook, prefer=prefer)
+                                deadline=deadline, on_attempt=hook, prefer=prefer, on_streaming=streaming)
         return self._escalate(ask, messages, start_tier, gate=None, max_tier=FRONTIER, ceiling=ceiling,
-                              deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate)
+                              deadline=deadline, on_attempt=on_attempt, on_escalate=on_escalate, meter=meter)
 
     async def _escalate(self, ask: Ask, messages: Messages, start_tier: int, *, gate: QualityGate | None,
                         max_tier: int, ceiling: int, deadline: float | None, on_attempt: OnAttempt | None,
-                        on_escalate: OnEscalate | None) -> AsyncIterator[str | Result]:
+                        on_escalate: OnEscalate | None, meter: Meter | None) -> AsyncIterator[str | Result]:
         """Each tier's answer from `start_tier` up to `ceiling` until one is returned (its gate, if any, passing it;
         the gate escalates up to `max_tier`): the deltas of the tiers asked, then the `Result`."""
         gated_up_to = min(max_tier, ceiling)
-        progress = _Progress(ceiling)
+        meter = meter or Meter(self.cfg, lambda usd: None)
+        progress = _Progress(ceiling, meter)
         for tier in range(start_tier, ceiling + 1):
-            events = ask(self.chains[tier], _bind(on_attempt, tier))
+            def streaming(provider: str, tier: int = tier) -> None:
+                meter.streaming = (tier, provider)
+            events = ask(self.chains[tier], _bind(on_attempt, tier), streaming)
             try:
                 async for event in events:
                     if isinstance(event, Completion):
@@ -133,7 +167,7 @@ class Dispatcher:
                 verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)
-                progress.cost += verdict.cost_usd
+                progress.cost += meter.paid(verdict.cost_usd)
                 if not verdict.accept:
                     progress.gate_rejections.append((tier, verdict.reason))
                     progress.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)
@@ -148,8 +182,9 @@ class Dispatcher:
 class _Progress:
     """What a dispatch has done so far: attempts, money spent, escalations."""
 
-    def __init__(self, ceiling: int):
+    def __init__(self, ceiling: int, meter: Meter):
         self.ceiling = ceiling
+        self.meter = meter
         self.attempts: list[TierAttempt] = []
         self.cost = 0.0
         self.escalations = 0
@@ -161,7 +196,7 @@ class _Progress:
 
     def answered(self, tier: int, completion: Completion, cfg: RouterConfig) -> None:
         self.attempts.extend(TierAttempt(tier, a) for a in completion.attempts)
-        self.cost += cfg.tiers[tier].answer_cost(completion)
+        self.cost += self.meter.answered(cfg.tiers[tier].answer_cost(completion))
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:

@@ -45,11 +45,13 @@ class TierChain:
 
     def stream(self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None,
                sampling: Sampling = DEFAULT_SAMPLING, deadline: float | None = None,
-               on_attempt: OnAttempt | None = None, prefer: str = "") -> Events:
-        """Like `Provider.stream`, failing over to the next provider only while no delta was yielded."""
+               on_attempt: OnAttempt | None = None, prefer: str = "",
+               on_streaming: Callable[[str], None] | None = None) -> Events:
+        """Like `Provider.stream`, failing over to the next provider only while no delta was yielded;
+        `on_streaming` is told the name of the provider whose text goes out, before its first delta."""
         return self._failover(lambda provider: provider.stream(
             messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling, deadline=deadline,
-            on_attempt=on_attempt), needs_of(messages, max_tokens, sampling), on_attempt, prefer)
+            on_attempt=on_attempt), needs_of(messages, max_tokens, sampling), on_attempt, prefer, on_streaming)
 
     def refusals(self, needs: Needs) -> list[Outcome]:
         """Why each of the tier's providers cannot take such a request; [] when one of them can."""
@@ -57,7 +59,8 @@ class TierChain:
         return [] if None in found else [outcome for outcome, _ in found]
 
     async def _failover(self, call: Callable[[Provider], Events], needs: Needs,
-                        on_attempt: OnAttempt | None, prefer: str = "") -> Events:
+                        on_attempt: OnAttempt | None, prefer: str = "",
+                        on_streaming: Callable[[str], None] | None = None) -> Events:
         """`call`'s events from each provider in turn, until one gives its Completion (with every attempt). A
         provider that cannot take the request (its context window, or images it does not read) is skipped, and
         the attempt says so."""
@@ -72,13 +75,13 @@ class TierChain:
         fitting = preferred_first(self.balance.order(fitting), prefer)
         watched = lambda provider: self.balance.watch(provider, call(provider))  # noqa: E731
         if self.hedge_after_s and len(fitting) > 1:
-            async for event in self._hedged(watched, fitting, attempts, on_attempt):
+            async for event in self._hedged(watched, fitting, attempts, on_attempt, on_streaming):
                 yield event
             return
         for provider in fitting:
             events = watched(provider)
             try:
-                async with aclosing(_answer_of(events, attempts)) as answer:
+                async with aclosing(_answer_of(events, attempts, provider, on_streaming)) as answer:
                     async for event in answer:
                         yield event
                 return
@@ -89,7 +92,7 @@ class TierChain:
         raise self._exhausted(attempts)
 
     async def _hedged(self, call: Callable[[Provider], Events], providers: list[Provider], attempts: list[Attempt],
-                      on_attempt: OnAttempt | None) -> Events:
+                      on_attempt: OnAttempt | None, on_streaming: Callable[[str], None] | None) -> Events:
         """`_failover` with hedging: while no provider has sent its first event (a delta, or a whole answer), the
         next one is started each `hedge_after_s`, and at once when every running one has failed. The first to send
         one answers; the others are cancelled and their attempts say so."""
@@ -122,7 +125,7 @@ class TierChain:
                     await self._cancel(running, provider, attempts, on_attempt)
                     resumed = _resumed(first, events)
                     try:
-                        async with aclosing(_answer_of(resumed, attempts)) as answer:
+                        async with aclosing(_answer_of(resumed, attempts, provider, on_streaming)) as answer:
                             async for event in answer:
                                 yield event
                     finally:  # the winner's stream, closed now rather than when collected
@@ -155,13 +158,19 @@ class TierChain:
         return ChainExhausted(attempts)
 
 
-async def _answer_of(events: Events, attempts: list[Attempt]) -> Events:
-    """One provider's events, its Completion carrying the chain's attempts so far; its errors likewise."""
+async def _answer_of(events: Events, attempts: list[Attempt], provider: Provider,
+                     on_streaming: Callable[[str], None] | None = None) -> Events:
+    """One provider's events, its Completion carrying the chain's attempts so far; its errors likewise.
+    `on_streaming` is told the provider's name before its first delta goes out."""
+    told = on_streaming is None
     try:
         async for event in events:
             if isinstance(event, Completion):
                 yield replace(event, attempts=attempts + event.attempts)
                 return
+            if not told:
+                on_streaming(provider.config.name)
+                told = True
             yield event
     except StreamInterrupted as exc:
         raise StreamInterrupted(exc.provider, exc.tokens_sent, exc.cause, attempts + exc.attempts) from exc.cause
