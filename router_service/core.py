@@ -115,7 +115,8 @@ class RouterCore:
                 streamed = []
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
-                self.cache.put(key, summary)
+                if all(tier != result.tier for tier, _ in result.gate_rejections):
+                    self.cache.put(key, summary)  # not an answer the gate rejected, returned for want of a better
                 yield pb.CompleteStreamResponse(summary=summary)
             finally:
                 if streamed:  # cancelled, or cut by its provider: what went out is paid for, estimated

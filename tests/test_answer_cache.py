@@ -12,6 +12,7 @@ from router_service.config import CacheConfig, ConfigError, parse
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
 from .test_router_complete import ask, stream
 
@@ -48,6 +49,16 @@ def test_a_deterministic_request_asked_again_is_answered_from_the_cache_for_noth
     assert (again.content, again.tier, again.model, again.usage) == (first.content, first.tier, first.model,
                                                                     first.usage)
     assert len(double.requests_for("t1-a")) == 1, "the provider was asked once"
+
+
+def test_an_answer_the_gate_rejected_is_returned_for_want_of_a_better_but_not_kept(stub, double):
+    double.set_reply("t1-a", "I cannot help with that.")  # the surface gate rejects it
+    for model in ("t2-a", "t3-a"):
+        double.script(model, Fault.http_error(400))  # once: the tiers above cannot answer this time
+    rejected = complete(stub, ask("what is nine squared", "tier1+cascade", temperature=0.0))
+    assert rejected.tier == 1 and "gate_rejected" in [a.outcome for a in rejected.attempts]
+    again = complete(stub, ask("what is nine squared", "tier1+cascade", temperature=0.0))
+    assert not again.cache_hit and again.tier == 2 and again.content.startswith("answer from t2-a")
 
 
 def test_a_seed_makes_a_request_deterministic_too(stub, double):
