@@ -143,7 +143,8 @@ class RetryPolicy:
         if not failure.retryable or attempts_made >= self.max_attempts:
             return None
         if failure.retry_after_s is not None:
-            return min(failure.retry_after_s, self.max_retry_after_s)
+            # Asked to wait longer than a call can: fail over now rather than ask again too soon.
+            return failure.retry_after_s if failure.retry_after_s <= self.max_retry_after_s else None
         return random_fraction() * min(self.max_delay_s, self.base_delay_s * 2 ** (attempts_made - 1))
 
 

@@ -190,16 +190,24 @@ def test_backoff_grows_exponentially_with_full_jitter_until_attempts_run_out(dou
     assert sleeps == [pytest.approx(x * JITTER) for x in (0.2, 0.4, 0.8)]
 
 
-@pytest.mark.parametrize("retry_after, expected_wait", [("0.3", 0.3), ("60", 0.5)], ids=["honoured", "capped"])
-def test_rate_limit_waits_for_retry_after(double, sleeps, retry_after, expected_wait):
-    double.script("model-a", Fault.rate_limited(retry_after))
+def test_rate_limit_waits_for_retry_after(double, sleeps):
+    double.script("model-a", Fault.rate_limited("0.3"))
     provider = make_provider(double.base_url, "a", sleeps)
     completion = run(provider.complete(MESSAGES), provider)
 
-    assert sleeps == [pytest.approx(expected_wait)]
+    assert sleeps == [pytest.approx(0.3)]
     rate_limited, ok = completion.attempts
-    assert (rate_limited.status_code, rate_limited.retry_after) == (429, float(retry_after))
+    assert (rate_limited.status_code, rate_limited.retry_after) == (429, 0.3)
     assert ok.outcome is Outcome.OK and len(double.requests_for("model-a")) == 2
+
+
+@pytest.mark.parametrize("retry_after", ["60", "Wed, 01 Jan 2125 00:00:00 GMT"], ids=["seconds", "date"])
+def test_a_retry_after_longer_than_a_retry_may_wait_fails_over_at_once(double, sleeps, retry_after):
+    double.set_persistent("model-a", Fault.rate_limited(retry_after))
+    chain = TierChain([make_provider(double.base_url, "a", sleeps), make_provider(double.base_url, "b", sleeps)])
+    completion = run(chain.complete(MESSAGES), chain)
+    assert completion.provider == "b" and sleeps == []
+    assert len(double.requests_for("model-a")) == 1, "not asked again before it said it could answer"
 
 
 def test_real_retry_after_wait_is_slept(double):
@@ -569,7 +577,8 @@ def test_policy_retries_only_retryable_failures():
     assert policy.delay_before_retry(failure(FailureKind.SERVER_ERROR, 500), 1, full) == 1.0
     assert policy.delay_before_retry(failure(FailureKind.TIMEOUT), 2, full) == 2.0
     assert policy.delay_before_retry(failure(FailureKind.CONNECTION), 3, full) is None  # attempts used up
-    assert policy.delay_before_retry(failure(FailureKind.RATE_LIMITED, 429, 9.0), 1, full) == 5.0
+    assert policy.delay_before_retry(failure(FailureKind.RATE_LIMITED, 429, 4.0), 1, full) == 4.0
+    assert policy.delay_before_retry(failure(FailureKind.RATE_LIMITED, 429, 9.0), 1, full) is None  # fail over
     assert policy.delay_before_retry(failure(FailureKind.CLIENT_ERROR, 400), 1, full) is None
     assert policy.delay_before_retry(failure(FailureKind.BAD_RESPONSE), 1, full) is None
     assert RetryPolicy(max_attempts=9, base_delay_s=1.0, max_delay_s=3.0).delay_before_retry(
