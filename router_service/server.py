@@ -10,6 +10,7 @@ from contextlib import aclosing
 import grpc
 
 from tierwise import serving
+from tierwise.own_task import in_own_task
 from tierwise.serving import rpc_span
 from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
@@ -60,7 +61,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 async for event in events:
                     send(event)
 
-        async for event in serving.in_own_task(produce):
+        async for event in in_own_task(produce):
             yield event
 
 

@@ -1,4 +1,4 @@
-"""serving.in_own_task, which runs a streaming handler's body in a task of its own: it hands over every event and
+"""own_task.in_own_task, which runs a streaming handler's body in a task of its own: it hands over every event and
 however the body ends, and neither side can be left waiting on the other."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextvars
 
 import pytest
 
-from tierwise.serving import in_own_task
+from tierwise.own_task import in_own_task
 
 SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
 

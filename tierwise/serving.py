@@ -3,14 +3,13 @@ request decoding and validation errors, admission control and the per-call serve
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import gc
 import logging
 import signal
 import time
 import unicodedata
 from contextlib import asynccontextmanager, contextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -213,38 +212,6 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
-
-
-async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[None]]) -> AsyncIterator[object]:
-    """What `produce(send)` sends, yielded as it comes, while `produce` runs in a task of its own (with a copy of
-    this context). A streaming handler whose caller goes away is closed by grpc from another context; spans and
-    context variables opened across its yields could not be reset there. Opened in `produce`, they end in the task
-    that opened them, which is cancelled when this generator is closed.
-
-    The queue is unbounded, so that neither side can wait on the other for ever: however `produce` ends (its
-    error, a cancellation it did not ask for, or after this generator is gone), it hands over how without
-    waiting. A stream's text is bounded by its answer's max_tokens."""
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def run() -> None:
-        try:
-            await produce(queue.put_nowait)
-        except BaseException as err:  # the handler's error (an abort, a cancellation) is the caller's to raise
-            queue.put_nowait(err)
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            return
-        queue.put_nowait(done)
-
-    task = asyncio.create_task(run(), context=contextvars.copy_context())
-    try:
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):  # events are messages, never exceptions
-                raise item
-            yield item
-    finally:
-        task.cancel()
 
 
 # Calls the gRPC core has taken off the wire that the aio server has not yet picked up. Past grpc's defaults
