@@ -10,7 +10,7 @@ from contextlib import aclosing
 import grpc
 
 from tierwise import serving
-from tierwise.own_task import in_own_task
+from tierwise.own_task import Sender, in_own_task
 from tierwise.serving import rpc_span
 from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
@@ -53,9 +53,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             return (await final(self.core.answer("Complete", request, _deadline(context), span, stream=False))).summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
-        async def produce(send) -> None:
+        async def produce(send: Sender) -> None:
+            # Ending the call with an error drops the deltas not yet written: they go out first.
             async with self.core.metrics.calls.call("CompleteStream", context), \
-                    rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log) as span, \
+                    rpc_span(self.core.tracer, SERVICE, "CompleteStream", context, log, send.flushed) as span, \
                     aclosing(self.core.answer("CompleteStream", request, _deadline(context), span,
                                               stream=True)) as events:
                 async for event in events:

@@ -69,3 +69,21 @@ def test_a_caller_that_goes_away_cancels_the_body_and_leaves_no_task_waiting():
         return len([t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").startswith("in_own_task")])
 
     assert run(consume()) == 0 and ended == ["cleaned up"]
+
+
+def test_flushed_returns_once_the_caller_has_taken_every_event():
+    taken: list[str] = []
+
+    async def produce(send) -> None:
+        for i in range(3):
+            send(str(i))
+        await send.flushed()
+        send(f"after {len(taken)}")
+
+    async def consume() -> None:
+        async for event in in_own_task(produce):
+            await asyncio.sleep(0.01)  # a slow caller
+            taken.append(event)
+
+    run(consume())
+    assert taken == ["0", "1", "2", "after 3"]

@@ -330,6 +330,17 @@ def test_mid_stream_disconnect_ends_with_a_clear_error_and_no_mixed_answer(fresh
     assert not double.requests_for("t1-b"), "after tokens were sent no other provider may answer"
 
 
+def test_every_delta_the_router_had_reaches_the_caller_before_the_stream_is_aborted(stub, double):
+    double.set_reply("t1-a", " ".join(["word"] * 400))
+    double.script("t1-a", Fault.disconnect_mid_stream(after_chunks=150))
+    pieces = []
+    with pytest.raises(grpc.RpcError) as err:
+        for event in stub.CompleteStream(ask("hello there", "tier1"), timeout=20):
+            pieces += [event.delta] if event.WhichOneof("event") == "delta" else []
+    assert err.value.code() == grpc.StatusCode.ABORTED and "after 150 chunks" in err.value.details()
+    assert len(pieces) == 150, "the deltas read before the break, every one"
+
+
 def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
     double.reset()
     doc = router_config(double.base_url)

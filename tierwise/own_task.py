@@ -6,7 +6,22 @@ import contextvars
 from typing import AsyncIterator, Awaitable, Callable
 
 
-async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[None]]) -> AsyncIterator[object]:
+class Sender:
+    """How `in_own_task`'s producer hands over events: `send(event)`, and `await send.flushed()` until every event
+    sent so far has been taken up by the caller's stream (before ending the call with an error, say, which would
+    otherwise drop them)."""
+
+    def __init__(self, queue: asyncio.Queue):
+        self._queue = queue
+
+    def __call__(self, event: object) -> None:
+        self._queue.put_nowait(event)
+
+    async def flushed(self) -> None:
+        await self._queue.join()
+
+
+async def in_own_task(produce: Callable[[Sender], Awaitable[None]]) -> AsyncIterator[object]:
     """What `produce(send)` sends, yielded as it comes, while `produce` runs in a task of its own (with a copy of
     this context). A streaming handler whose caller goes away is closed by grpc from another context; spans and
     context variables opened across its yields could not be reset there. Opened in `produce`, they end in the task
@@ -20,7 +35,7 @@ async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[No
 
     async def run() -> None:
         try:
-            await produce(queue.put_nowait)
+            await produce(Sender(queue))
         except BaseException as err:  # the handler's error (an abort, a cancellation) is the caller's to raise
             queue.put_nowait(err)
             if isinstance(err, asyncio.CancelledError):
@@ -34,5 +49,6 @@ async def in_own_task(produce: Callable[[Callable[[object], None]], Awaitable[No
             if isinstance(item, BaseException):  # events are messages, never exceptions
                 raise item
             yield item
+            queue.task_done()  # once the caller's stream asks for the next: this one is on its way
     finally:
         task.cancel()

@@ -193,9 +193,11 @@ class InFlight:
 
 
 @asynccontextmanager
-async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, logger: logging.Logger):
+async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, logger: logging.Logger,
+                   before_abort: Callable[[], Awaitable[object]] | None = None):
     """A server span per call, parented by the caller's trace context; maps errors to gRPC statuses:
-    `Rejected` to its code, anything unexpected to INTERNAL (logged, never leaked to the caller)."""
+    `Rejected` to its code, anything unexpected to INTERNAL (logged, never leaked to the caller).
+    `before_abort` is awaited before a call is ended with an error: a stream's messages still on their way out."""
     with tracer.start_as_current_span(
         f"{service}/{method}", context=context_from_grpc(context), kind=trace.SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
@@ -207,10 +209,14 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             span.set_attribute("rpc.grpc.status_code", err.code.value[0])
             if err.code != grpc.StatusCode.INVALID_ARGUMENT:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
+            if before_abort is not None:
+                await before_abort()
             await context.abort(err.code, str(err), trailing_metadata=err.trailing)
         except Exception:
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+            if before_abort is not None:
+                await before_abort()
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
 
 
