@@ -360,6 +360,7 @@ def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
             assert stub.Complete(ask("hello there", "heuristic"), timeout=10).provider == "t1-a"  # the probe
     log = "".join(router.output)
     assert re.search(r"t1-a: closed -> open", log) and re.search(r"t1-a: (open|half_open) -> closed", log)
+    assert "skipped_breaker_open" not in log, "a provider skipped is not logged per request: its breaker's change is"
 
 
 @pytest.mark.parametrize("request_, field", [

@@ -45,7 +45,10 @@ class _AttemptLog:
     def add(self, attempt: Attempt) -> Attempt:
         self.attempts.append(attempt)
         if attempt.outcome is not Outcome.OK:
-            log.warning("provider attempt did not succeed", extra={"fields": {
+            # A provider skipped (its breaker open, the request too big for it, ...) was not asked: a line a request
+            # for it would flood an outage's log, and the breaker's changes are logged as they happen.
+            level = logging.WARNING if attempt.outcome in (Outcome.ERROR, Outcome.NOT_CONFIGURED) else logging.DEBUG
+            log.log(level, "provider attempt did not succeed", extra={"fields": {
                 "provider": attempt.provider, "model": attempt.model, "outcome": str(attempt.outcome),
                 # No provider's own words: they can quote the prompt, or part of a key.
                 "status_code": attempt.status_code, "error": status_only(attempt.error)}})
