@@ -73,6 +73,21 @@ def test_an_http_stream_the_client_drops_is_charged(router):
     assert eventually_over(router), "the dropped HTTP stream was charged to the key"
 
 
+def test_a_client_gone_while_sending_its_body_is_a_cancelled_call_not_an_error(router):
+    before = len(router.output)
+    for _ in range(3):
+        conn = http.client.HTTPConnection(http_address(router), timeout=20)
+        conn.putrequest("POST", "/v1/chat/completions")
+        for name, value in (("authorization", f"Bearer {KEY}"), ("content-type", "application/json"),
+                            ("content-length", "200")):
+            conn.putheader(name, value)
+        conn.endheaders(b'{"model": "tierwise", "messages": [')  # 100 bytes short of what it promised
+        conn.close()
+    assert not over_its_limit(router), "the router is up and nothing was charged"
+    logged = router.output[before:]
+    assert not [line for line in logged if '"level": "error"' in line or "Traceback" in line], logged
+
+
 def eventually_over(router) -> bool:
     """Whether the key is over its limit within 5 s: the router learns of a cancel, or a disconnect at its next
     write, a moment after the client."""

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Protocol
 
 from opentelemetry import trace
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tierwise.serving import Rejected
@@ -98,6 +98,8 @@ class Endpoint:
             except asyncio.CancelledError:
                 exchange.code = "CANCELLED"
                 raise
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                exchange.code = "CANCELLED"
             except Exception:
                 log.exception("unexpected error in %s (request %s)", self.api.route, exchange.request_id)
                 await exchange.fail(internal_error(), span)
