@@ -73,7 +73,8 @@ class ClassifierClient:
         with self._tracer.start_as_current_span(
             "tierwise.v1.ClassifierService/Classify", kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tierwise.v1.ClassifierService",
-                        "rpc.method": "Classify", "server.address": self.address}) as span:
+                        "rpc.method": "Classify", "server.address": self.address},
+            record_exception=False, set_status_on_exception=False) as span:  # its code alone: the error can quote a head
             self._renew()
             self._last_call = time.monotonic()
             carrier: dict[str, str] = {}

@@ -61,3 +61,18 @@ def test_one_trace_across_router_and_classifier_without_prompt_text(tmp_path):
         for _, s in receiver.spans():
             text = str(attributes(s)) + s.name + str([str(e) for e in s.events])
             assert "BLUE HERON" not in text and "answer from" not in text
+
+
+def test_a_classify_call_that_fails_is_traced_by_its_code_alone(tmp_path):
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with router_stack(tmp_path, "embedding", env) as (_, _, router):
+            with grpc.insecure_channel(router.address) as channel:
+                try:
+                    router_pb2_grpc.RouterServiceStub(channel).Route(
+                        pb.RouteRequest(query="hi", head="no-such-head-HERON"), timeout=20)
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            (_, client), *_ = receiver.wait_for_spans(
+                lambda r, s: s.name.endswith("ClassifierService/Classify") and r["service.name"] == "tierwise-router")
+    assert client.status.message == "INVALID_ARGUMENT" and not client.events, (client.status, client.events)
