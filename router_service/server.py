@@ -16,6 +16,7 @@ from tierwise.telemetry import setup_metrics, setup_tracing
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
+from tierwise.watching import every_or_sighup
 
 from .access_log import AccessLogInterceptor
 from .auth import front_door, watch
@@ -66,6 +67,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             yield event
 
 
+async def _nothing_to_reload() -> None:
+    log.info("SIGHUP: nothing to reload (no API keys file)")
+
+
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -113,6 +118,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         strategies.get(cfg.strategy)
         if guard is not None:
             tasks.append(asyncio.create_task(watch(guard.keys, cfg.auth.reload_s)))
+        else:  # SIGHUP's default would end the router at once, undrained, its spend unsaved
+            tasks.append(asyncio.create_task(every_or_sighup(None, _nothing_to_reload)))
         if lineup is not None:
             await lineup.refresh()
             tasks.append(asyncio.create_task(lineup.run()))

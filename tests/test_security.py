@@ -410,3 +410,12 @@ def test_a_router_with_an_unusable_keys_file_or_certificate_does_not_start(tmp_p
             time.sleep(0.05)  # the last lines may still be on their way from the pipe
         output = "".join(router.output)
         assert says in output and KEY not in output, output
+
+
+def test_a_router_without_a_keys_file_takes_sighup_without_stopping(tmp_path, double):
+    with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, tmp_path,
+                        env={KEY_ENV: "k"}) as router:
+        router.proc.send_signal(signal.SIGHUP)
+        router.wait_for("nothing to reload", timeout=10)
+        with grpc.insecure_channel(router.address) as channel:
+            assert router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="hi"), timeout=10).tier == 1
