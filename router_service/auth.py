@@ -43,6 +43,8 @@ log = logging.getLogger("tierwise.router.auth")
 KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
 # Charges the current call's key, which the front door admitted: the core charges what each answer cost.
 CHARGE: ContextVar["Callable[[float], None] | None"] = ContextVar("tierwise_charge", default=None)
+# Gives the current call's request back to its key's rate limit: the core refused it before any work.
+REFUND: ContextVar["Callable[[], None] | None"] = ContextVar("tierwise_refund", default=None)
 HASHED = re.compile(r"(?i:sha256):([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
@@ -223,6 +225,14 @@ def current_quality_target() -> float | None:
     return key.quality_target if key is not None else None
 
 
+def refund_current_key() -> None:
+    """Give the current call's request back to its key's rate limit (if it has a key): the router refused it as
+    overloaded, which is no use of the key's quota (and the SDKs retry a 429 on their own)."""
+    refund = REFUND.get()
+    if refund is not None:
+        refund()
+
+
 def charge_current_key(usd: float) -> None:
     """Charge the current call's key (if it has one) `usd` of provider cost: an answer's, or for a stream that
     ended without one, what it delivered."""
@@ -266,6 +276,7 @@ class KeyGate:
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
         KEY.set(key)  # each call runs in its own task, so this is the call's alone
         CHARGE.set(lambda usd: self.charge(key, usd))
+        REFUND.set(lambda: self.limits.refund(key.id, key.rpm) if limited else None)
         return key
 
     def charge(self, key: ApiKey, usd: float) -> None:

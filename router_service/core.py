@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import AsyncIterator, Awaitable
 
 import grpc
@@ -21,7 +21,8 @@ from tierwise.v1 import router_pb2 as pb
 from . import access_log
 from .affinity import Affinity, Earlier, raised_to
 from .answer_cache import AnswerCache, served
-from .auth import charge_current_key, current_key_id, current_max_tier, current_quality_target
+from .auth import (charge_current_key, current_key_id, current_max_tier, current_quality_target,
+                   refund_current_key)
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
@@ -52,10 +53,21 @@ class RouterCore:
         self.cache = AnswerCache(cfg.cache)
         self.affinity = Affinity(cfg.affinity)
 
+    @contextmanager
+    def _admitted(self):
+        """A place among the calls in flight, or RESOURCE_EXHAUSTED with the call given back to its key's rate."""
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.admission.admit())
+            except Rejected:
+                refund_current_key()
+                raise
+            yield
+
     async def route(self, request: pb.RouteRequest, deadline: float | None, span) -> pb.RouteResponse:
         """The decision alone (Route)."""
         entry = _begun(span)
-        with self.admission.admit():
+        with self._admitted():
             started = time.perf_counter()
             check_text(request.query, "query", self.cfg.limits.max_message_bytes)
             decision, _ = await self._decide(request.query, request, deadline, span)
@@ -71,7 +83,7 @@ class RouterCore:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
         whose summary is Complete's response. `method` labels the metrics."""
         entry = _begun(span)
-        with self.admission.admit():
+        with self._admitted():
             started = time.perf_counter()
             messages, query = self._messages(request)
             asked = answer_options(request)

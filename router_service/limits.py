@@ -43,6 +43,12 @@ class Limits:
         """None, and one request counted, when the key is within its limits (0 = no limit); else why not."""
         return self._over_spend(key_id, monthly_usd) or self._over_rate(key_id, rpm)
 
+    def refund(self, key_id: str, rpm: int) -> None:
+        """One request counted by `admit` given back."""
+        bucket = self._buckets.get(key_id)
+        if rpm and bucket is not None and bucket.rpm == rpm:
+            bucket.tokens = min(float(rpm), bucket.tokens + 1)
+
     def charge(self, key_id: str, usd: float) -> None:
         self.ledger.charge(_account(key_id), usd)
 
@@ -54,8 +60,10 @@ class Limits:
             return None
         now = self._clock()
         bucket = self._buckets.get(key_id)
-        if bucket is None or bucket.rpm != rpm:  # new key, or its limit changed in the keys file
+        if bucket is None:
             bucket = self._buckets[key_id] = _Bucket(rpm, float(rpm), now)
+        elif bucket.rpm != rpm:  # its limit changed in the keys file: a lower one is no fresh start
+            bucket.tokens, bucket.rpm = min(bucket.tokens, float(rpm)), rpm
         bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.at) * rpm / 60)
         bucket.at = now
         if bucket.tokens >= 1:

@@ -58,23 +58,29 @@ def test_past_max_in_flight_a_call_is_refused_at_once_and_logged(stack, tmp_path
     double.reset()
     double.set_persistent("t1-a", Fault.delay(1.5))
     doc = router_config(double.base_url, strategy="heuristic", limits={"max_in_flight": 2})
+    keys = tmp_path / "keys"
+    keys.write_text("tw-main-7e5d1c0b9a8f2634 id=main\ntw-rated-1a2b3c4d5e6f7081 id=rated rpm=2\n")
+    main = (("authorization", "Bearer tw-main-7e5d1c0b9a8f2634"),)
+    rated = (("authorization", "Bearer tw-rated-1a2b3c4d5e6f7081"),)
     try:
-        with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as router, \
-                grpc.insecure_channel(router.address) as channel:
+        with running_router(doc, classifier.address, tmp_path, "--api-keys-file", str(keys),
+                            env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             slow = [stub.Complete.future(pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]),
-                                         timeout=20) for _ in range(2)]
+                                         timeout=20, metadata=main) for _ in range(2)]
             deadline = time.monotonic() + 10
             while len(double.requests_for("t1-a")) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             asked = time.monotonic()
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Route(pb.RouteRequest(query="hi"), timeout=10)
+            for _ in range(3):  # more than the key's rpm: refusals for overload are not its requests
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Route(pb.RouteRequest(query="hi"), timeout=10, metadata=rated)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert refused.value.details() == "overloaded: 2 calls in flight, limit 2; retry with backoff"
             assert time.monotonic() - asked < 1.0, "refused at once, not queued behind the slow calls"
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert refused.value.details() == "overloaded: 2 calls in flight, limit 2; retry with backoff"
             assert all(call.result().content for call in slow)
-            assert stub.Route(pb.RouteRequest(query="hi"), timeout=10).tier == 1, "slots are given back"
+            assert stub.Route(pb.RouteRequest(query="hi"), timeout=10, metadata=rated).tier == 1, \
+                "slots are given back, and the key's minute is untouched"
     finally:
         double.reset()
     assert any("overloaded: calls refused with RESOURCE_EXHAUSTED" in line for line in router.output)

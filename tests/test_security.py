@@ -368,6 +368,16 @@ def test_rate_limit_refills_a_minutes_worth_evenly():
     assert limits.admit("other", 3, 0) is None and limits.admit("k", 0, 0) is None
 
 
+def test_a_lower_rpm_is_no_fresh_bucket_and_a_refund_gives_one_back():
+    clock = [0.0]
+    limits = Limits(clock=lambda: clock[0])
+    assert all(limits.admit("k", 100, 0.0) is None for _ in range(98))
+    assert [limits.admit("k", 5, 0.0) is None for _ in range(3)] == [True, True, False], \
+        "two left of a hundred: a new limit of 5 does not refill it"
+    limits.refund("k", 5)
+    assert limits.admit("k", 5, 0.0) is None and limits.admit("k", 5, 0.0) is not None
+
+
 def test_monthly_spend_resets_when_the_month_turns():
     wall = [1_706_745_599.0]  # 2024-01-31T23:59:59Z
     limits = Limits(wall=lambda: wall[0])
