@@ -85,6 +85,12 @@ def test_a_target_the_head_cannot_keep_is_refused_not_degraded(router_stub, targ
         assert err.value.details().startswith(says), err.value.details()
 
 
+def test_a_target_too_small_for_six_digits_is_decided_at_the_lowest_calibrated_one(router_stub):
+    tiny = router_stub.Route(pb.RouteRequest(query=QUERY, quality_target=1e-9), timeout=10)
+    lowest = router_stub.Route(pb.RouteRequest(query=QUERY, quality_target=0.9), timeout=10)
+    assert tiny.tier == lowest.tier and tiny.thresholds == lowest.thresholds
+
+
 def test_complete_answers_at_the_targets_tier(router_stub, double):
     double.reset()
     messages = [pb.Message(role="user", content=QUERY)]

@@ -21,7 +21,7 @@ def quality_target(value: float) -> float:
     saying why unless it is in (0, 1]."""
     if not (math.isfinite(value) and 0 < value <= 1):
         raise ValueError(f"must be above 0 and at most 1 (a share of tier 3's quality), not {value:g}")
-    return round(float(value), 6)
+    return max(round(float(value), 6), 1e-6)  # a target too small for 6 digits is the smallest they hold
 
 
 def routing_metrics(records: list[Record], tiers: np.ndarray, paid: np.ndarray | None = None) -> dict:
