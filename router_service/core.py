@@ -73,7 +73,7 @@ class RouterCore:
             decision, _ = await self._decide(request.query, request, deadline, span)
             decision = held(decision, current_max_tier())
             self._count("Route", decision)
-            route = self._route_response(decision, request.query, started)
+            route = self._route_response(decision, estimate_tokens(request.query), started)
             entry.decided(route)
             self.metrics.latency.record(route.decision_ms, {"method": "Route"})
             return route
@@ -101,7 +101,9 @@ class RouterCore:
             decision, earlier = self._affine(decision, conversation, messages)
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
-            route = self._route_response(decision, query, started)
+            # The estimate prices the request as a provider is sent it: every message and the tools offered.
+            prompt = conversation_tokens(messages) + asked["sampling"].tool_tokens
+            route = self._route_response(decision, prompt, started)
             entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
             meter = Meter(self.cfg, charge_current_key)  # the key pays each answer as it comes
@@ -331,12 +333,12 @@ class RouterCore:
             span.set_attribute("tierwise.head_version", decision.head_version)
         return decision, strategy
 
-    def _route_response(self, decision: Decision, query: str, started: float) -> pb.RouteResponse:
+    def _route_response(self, decision: Decision, prompt_tokens: int, started: float) -> pb.RouteResponse:
         tier = self.cfg.tiers[decision.tier]
         return pb.RouteResponse(
             tier=decision.tier, model=self.cfg.model_for(decision.tier), strategy=decision.strategy,
             probabilities=decision.probabilities, degraded=decision.degraded, reason=decision.reason,
-            estimated_cost_usd=tier.cost(estimate_tokens(query), self.cfg.expected_output_tokens),
+            estimated_cost_usd=tier.cost(prompt_tokens, self.cfg.expected_output_tokens),
             head_version=decision.head_version, thresholds=decision.thresholds,
             decision_ms=(time.perf_counter() - started) * 1e3)
 

@@ -96,6 +96,15 @@ def test_every_strategy_completes_and_streams(stub, double, strategy):
     assert decision.strategy == strategy and text == summary.content and summary.tier == reply.tier
 
 
+def test_the_decisions_estimate_prices_the_whole_conversation(stub):
+    short = stub.Complete(ask("Name a colour.", "tier1"), timeout=10)
+    long = stub.Complete(pb.CompleteRequest(messages=[pb.Message(role="system", content="Be careful. " * 2000),
+                                                      pb.Message(role="user", content="Name a colour.")],
+                                            strategy="tier1"), timeout=10)
+    assert long.decision.estimated_cost_usd > 10 * short.decision.estimated_cost_usd
+    assert long.decision.estimated_cost_usd == pytest.approx(long.cost_usd, rel=0.5), "about what it cost"
+
+
 def test_judge_verdict_picks_the_tier(stub, double):
     double.set_reply("t1-a", '{"tier": 3}')
     reply = stub.Route(pb.RouteRequest(query="hi", strategy="judge"), timeout=10)
