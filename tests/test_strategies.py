@@ -131,3 +131,12 @@ def test_the_verify_gates_provider_attempts_are_reported_for_spans_and_metrics(m
             on_attempt=lambda tier, attempt, purpose: seen.append((tier, attempt.provider, str(attempt.outcome), purpose))))
     assert result.tier == 1 and result.completion.provider == "t1-a"
     assert seen == [(1, "t1-a", "ok", "answer"), (2, "t2-a", "error", "verify"), (2, "t2-a", "ok", "verify")]
+
+
+def test_cascade_max_tier_holds_the_start_too_and_says_so(monkeypatch):
+    with ProviderDouble() as double:
+        strategies = strategies_for(router_config(double.base_url, cascade={"start": "heuristic", "gate": "surface",
+                                                                            "max_tier": 2}))
+        decision = asyncio.run(strategies.get("tier3+cascade").decide(RouteInput("hi")))
+    assert decision.tier == 2 and "start at tier 3" in decision.reason
+    assert "held at tier 2 by cascade.max_tier" in decision.reason

@@ -29,6 +29,7 @@ class CascadeStrategy(Strategy):
         # A caller's quality target outranks the configured start, which was calibrated for the default target.
         start = self.start_tradeoff if request.quality_target is None else None
         first = await self.start.decide(replace(request, tradeoff=start))
+        held = f", held at tier {self.max_tier} by cascade.max_tier" if first.tier > self.max_tier else ""
         return replace(first, tier=min(first.tier, self.max_tier), strategy=self.label,
-                       reason=f"start at tier {first.tier} ({self.start_name}: {first.reason}); "
+                       reason=f"start at tier {first.tier} ({self.start_name}: {first.reason}){held}; "
                               f"escalate while the {self.gate.name} gate rejects, up to tier {self.max_tier}")
