@@ -116,6 +116,18 @@ def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
         classifier.stop()
 
 
+def test_a_configured_head_the_classifier_lacks_degrades_the_decision_not_the_callers_request(services, tmp_path):
+    doc = example_config()
+    doc["classifier"] = {**doc.get("classifier", {}), "head": "not-served-here"}
+    with running_router(doc, services[0].address, tmp_path) as router, grpc.insecure_channel(router.address) as channel:
+        route = router_pb2_grpc.RouterServiceStub(channel).Route
+        reply = route(pb.RouteRequest(query="Is water wet?"), timeout=5)
+        assert reply.degraded and "serves no head 'not-served-here' (classifier.head)" in reply.reason
+        with pytest.raises(grpc.RpcError) as err:  # a head the caller names is still the caller's to fix
+            route(pb.RouteRequest(query="Is water wet?", head="nor-this-one"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("head:")
+
+
 def test_a_cascade_with_a_start_tradeoff_starts_where_the_head_decides_at_it(services, tmp_path):
     """cascade.start_tradeoff reaches the classifier: at a high price of cost the embedding start picks tier 1,
     while the plain embedding strategy keeps the head's calibrated tradeoff."""

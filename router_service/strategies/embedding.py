@@ -33,9 +33,12 @@ class EmbeddingStrategy(Strategy):
                 self.lineup_head.name = ""
                 reply = await self._classify(request, "")
         except grpc.aio.AioRpcError as err:
-            if _unknown_head(err) or _refused(err, "quality_target"):
-                raise
-            why = f"classifier {err.code().name.lower()}"
+            if (_unknown_head(err) and request.head) or _refused(err, "quality_target"):
+                raise  # the caller's own head or target: theirs to fix
+            # A head the config names and the classifier does not serve is the deployment's to fix: every caller
+            # refused for it would retry in vain.
+            why = (f"the classifier serves no head {named!r} (classifier.head)" if _unknown_head(err)
+                   else f"classifier {err.code().name.lower()}")
             return (await self.fallback.decide(request)).degrade(self.name, why)
         p = tuple(reply.probabilities)
         reason = ("P(acceptable) by tier " + "/".join(f"{v:.2f}" for v in p) + f" less {reply.tradeoff:.3g} x relative cost "
