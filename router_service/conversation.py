@@ -2,12 +2,14 @@
 providers cannot hold the request is skipped upwards. Applied to every strategy's decision, so each decides from
 the conversation, not only its last user message.
 
-The two conversation rules are the seed's surface kind, stated once: code earlier in the conversation asks for at
-least tier 2 (the answer must read and keep to it); a long context asks for tier 2 from LONG_CONTEXT_TOKENS and for
-tier 3 from VERY_LONG_CONTEXT_TOKENS (small models lose track of long contexts first).
+The two conversation rules are of the seed's surface kind, stated once: code earlier in the conversation (code for
+certain, not the heuristic's looser cues) asks for at least tier 2 (the answer must read and keep to it); a long
+context asks for tier 2 from LONG_CONTEXT_TOKENS and for tier 3 from VERY_LONG_CONTEXT_TOKENS (small models lose
+track of long contexts first).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Mapping, Sequence
 
@@ -16,11 +18,26 @@ from tierwise.tiers import FRONTIER
 from .providers import DEFAULT_SAMPLING, Needs, Outcome, Sampling, TierChain
 from .providers.chain import needs_of
 from .strategies import Decision
-from .strategies.heuristic import CODE
 from .tokens import conversation_tokens
 
 LONG_CONTEXT_TOKENS = 2_000
 VERY_LONG_CONTEXT_TOKENS = 8_000
+
+# Code for certain: a fence, a definition or an include on a line of its own, a SQL query. Stricter than the
+# heuristic's cues ("function", "class", "=>", a line ending in ";"), which plain English system prompts are full
+# of, and which would raise every turn of such a conversation to tier 2.
+SURE_CODE = re.compile(
+    r"```|^\s*#include\s*[<\"]|^\s*(?:async\s+)?def\s+\w+\s*\(.*\)\s*(?:->.*)?:\s*$|^\s*class\s+\w+\s*(?:\(.*\))?\s*:\s*$"
+    r"|^\s*(?:function\s+\w+|(?:public|private|protected)\s+(?:static\s+)?[\w<>\[\]]+\s+\w+)\s*\(.*\)\s*\{?\s*$"
+    r"|\bSELECT\s+\S.*?\s+FROM\s+\w+|\bselect\s+\S.*?\s+from\s+\w+\s+where\b", re.M)
+# Lines that read as code: a call or assignment ending in a semicolon, a brace, or an import, return or block
+# header of their own ("- be kind;" in a list of rules is none).
+CODE_LINE = re.compile(r"^[^\n]*[(=][^\n]*;\s*$|[{}]\s*$"
+                       r"|^\s*(?:import\s+[\w.]+|from\s+[\w.]+\s+import\b.*|return\b.*|(?:if|for|while)\b.*:)\s*$", re.M)
+
+
+def looks_like_code(text: str) -> bool:
+    return bool(SURE_CODE.search(text)) or len(CODE_LINE.findall(text)) >= 3
 
 
 class NoTierFits(ValueError):
@@ -36,7 +53,7 @@ def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
         return FRONTIER, f"a long conversation (about {tokens} tokens)"
     if tokens >= LONG_CONTEXT_TOKENS:
         return 2, f"a long conversation (about {tokens} tokens)"
-    if any(CODE.search(m.get("content", "")) for m in earlier):
+    if any(looks_like_code(m.get("content", "")) for m in earlier):
         return 2, "code earlier in the conversation"
     return 1, ""
 

@@ -71,6 +71,22 @@ def test_earlier_turns_and_the_system_prompt_set_a_floor():
     assert floor([{"role": "system", "content": "w" * 40_000}, *user("hi")])[0] == 3
 
 
+@pytest.mark.parametrize("system", [
+    "Your function is to answer billing questions.", "Select the most relevant answer from the FAQ below.",
+    "You help lawyers with class action questions.", "Be brief; be polite;", "If the user is happy => thank them.",
+    "Rules:\n- be kind;\n- be short;\n- be precise;", "Class: 3B\nTeacher: Ms Smith\nTopic: fractions"])
+def test_a_plain_english_system_prompt_is_no_code(system):
+    assert floor([{"role": "system", "content": system}, *user("What is the capital of France?")]) == (1, "")
+
+
+@pytest.mark.parametrize("code", [
+    "```js\nlet x = 1\n```", "def f(x):\n    return x", "SELECT name FROM users", "#include <stdio.h>",
+    "function add(a, b) {\n  return a + b;\n}", "const x = 1;\nlet y = f(x);\nconsole.log(y);",
+    "import os\nimport sys\nfrom x import y", "public static void main(String[] args) {"])
+def test_code_in_an_earlier_turn_is_found(code):
+    assert floor([{"role": "assistant", "content": code}, *user("and now?")])[0] == 2
+
+
 def chains(base_url: str, windows: dict[int, int]) -> dict[int, TierChain]:
     return {tier: TierChain([provider(base_url, f"t{tier}", window)]) for tier, window in windows.items()}
 
