@@ -403,6 +403,17 @@ def test_tls_settings_must_be_complete():
         ClientTLS.from_settings("ca", "c", None, flag="--classifier-tls-")
 
 
+def test_a_ca_file_cut_short_or_garbled_is_refused_not_taken_up(tmp_path, pki):
+    """A CA the client would take up and then fail every handshake with: the reload keeps the previous channel."""
+    whole = pki["ca_path"].read_bytes()
+    assert ClientTLS(pki["ca_path"]).credentials() is not None
+    for name, text in (("cut", whole[: len(whole) // 2]),
+                       ("garbled", whole.replace(whole.splitlines()[2], b"!" * len(whole.splitlines()[2])))):
+        (tmp_path / name).write_bytes(text)
+        with pytest.raises(ValueError, match="does not parse"):
+            ClientTLS(tmp_path / name).credentials()
+
+
 def test_a_router_with_an_unusable_keys_file_or_certificate_does_not_start(tmp_path):
     config = tmp_path / "tierwise.yaml"
     config.write_text(yaml.safe_dump(router_config("http://127.0.0.1:9", strategy="heuristic")))

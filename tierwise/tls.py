@@ -101,10 +101,15 @@ def _check_pair(cert: Path, key: Path) -> None:
 
 
 def _certificates(path: Path) -> bytes:
-    """The PEM certificates in `path`; ValueError when it holds none."""
+    """The PEM certificates in `path`; ValueError when it holds none, or one that does not parse (a file cut short
+    by a copy that is not atomic): grpc would take it, and fail every handshake."""
     pem = path.read_bytes()
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise ValueError(f"{path}: holds no PEM certificate")
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: holds a certificate that does not parse ({err})") from None
     return pem
 
 
