@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import fcntl
 import glob
 import json
 import logging
@@ -53,6 +54,7 @@ class SpendLedger:
         self._others_total: dict[str, dict[str, float]] = {}  # month -> account -> their spend added up
         self._dirty = False
         if self.path is not None:
+            _hold(self.path)
             self._restore()
             try:
                 self._write({"month": self._month, "usd": dict(self._own)})
@@ -144,6 +146,31 @@ class SpendLedger:
                 total[account] = total.get(account, 0.0) + amount
         with self._lock:
             self._others, self._others_total = others, totals
+
+
+_HELD: dict[Path, int] = {}  # this process's own files, each locked for as long as it runs
+
+
+def _hold(path: Path) -> None:
+    """Lock `path` for this process (through `.<name>.lock` beside it), or LedgerError when another process on this
+    host holds it: two routers rewriting one file would each overwrite the other's spend."""
+    path = path.resolve()
+    if path in _HELD:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise LedgerError(f"spend.ledger: cannot write {path} ({err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LedgerError(f"spend.ledger: {path} is kept by another router process on this host; {{host}} stands "
+                          "for the host's name, so give each process on one host a path of its own") from None
+    except OSError as err:  # a volume without locks: nothing to check with, and nothing to refuse for
+        log.warning("spend ledger: cannot lock %s (%s); make sure no other process on this host keeps it", path, err)
+    _HELD[path] = fd
 
 
 def month(wall: float) -> str:

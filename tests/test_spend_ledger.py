@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import logging
 import time
 import urllib.request
@@ -18,7 +20,7 @@ from router_service.limits import Limits
 from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import ProviderDouble, unused_port
-from .servers import KEY_ENV, router_config, running_router, start
+from .servers import KEY_ENV, ROOT, router_config, running_router, start, watch
 from .test_learn import QUERIES, wait_until
 from .test_router_complete import ask, metric
 
@@ -36,7 +38,8 @@ def test_a_restart_resumes_the_months_spend(tmp_path):
     first.flush()
     again = ledger(tmp_path, "a")
     assert again.spent("key:main") == 1.25 and again.spent("shadow") == 0.5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spend-a.json"], "written atomically: no temporary file left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".spend-a.json.lock", "spend-a.json"], \
+        "written atomically: no temporary file left"
 
 
 def test_replicas_sharing_a_directory_add_up_each_others_spend(tmp_path):
@@ -167,6 +170,24 @@ def test_an_unwritable_ledger_path_fails_at_start_not_at_the_first_charge(tmp_pa
     blocker.write_text("")
     with pytest.raises(LedgerError, match=r"spend\.ledger: cannot write .*not-a-directory/spend-a\.json"):
         SpendLedger(str(blocker / "spend-{host}.json"), host="a")
+
+
+def test_a_second_process_on_the_host_may_not_keep_the_same_file(tmp_path):
+    """{host} names a host, not a process: two routers on one host given one path would overwrite each other."""
+    path = str(tmp_path / "spend-{host}.json")
+    code = "from router_service.ledger import SpendLedger; import sys; SpendLedger(sys.argv[1], host='a'); print('ok')"
+    first = watch(subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(30)", path], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+    first.wait_for("ok")
+    try:
+        second = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60,
+                                cwd=ROOT)
+    finally:
+        first.stop()
+    assert second.returncode != 0 and "kept by another router process on this host" in second.stderr
+    again = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert again.stdout.strip() == "ok", "given back when its process ends"
 
 
 def test_files_of_replicas_gone_before_this_month_are_not_read(tmp_path):
