@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tierwise.atomic import append_line, write_atomic
+from tierwise.atomic import append_line, changing, write_atomic
 from tierwise.data import load
 
 from .provider_double import ProviderDouble
@@ -152,3 +152,16 @@ def test_a_torn_embedding_cache_is_recomputed_not_loaded(tmp_path):
     assert np.array_equal(embed_records(encoder, records, tmp_path), first)
     assert np.array_equal(np.load(cache), first), "the torn file was replaced by a whole one"
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]
+
+
+def test_a_change_to_a_directory_waits_for_another_processs_change_to_end(tmp_path):
+    """Two promotions into one heads directory, one after the other: each checks the head it replaces."""
+    code = ("import sys, time; from tierwise.atomic import changing\n"
+            "with changing(sys.argv[1]):\n    print('in', flush=True)")
+    with changing(tmp_path):
+        other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                                 text=True)
+        time.sleep(1.0)
+        assert other.poll() is None, "it waits while this change holds the directory"
+    assert other.communicate(timeout=30)[0] == "in\n" and other.returncode == 0
+    assert list(tmp_path.iterdir()) == [], "nothing is left in the directory"

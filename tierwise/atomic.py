@@ -13,9 +13,12 @@ or drop (`tierwise label` drops it and labels that query again).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def write_atomic(path: Path | str, data: bytes | str) -> None:
@@ -80,3 +83,16 @@ def _write_all(fd: int, payload: bytes) -> None:
     view = memoryview(payload)
     while view:
         view = view[os.write(fd, view):]
+
+
+@contextmanager
+def changing(directory: Path | str) -> Iterator[None]:
+    """Hold `directory` for a change that reads it, then writes it (a promotion checks the head it replaces): a
+    second such change, from another process on any host sharing a volume with locks, waits for this one to end."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # the directory itself: nothing is left in it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+

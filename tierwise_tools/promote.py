@@ -15,10 +15,11 @@ in within `--heads-reload-seconds`. Why: docs/decisions/0015 and 0024.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from classifier_service.heads import HeadRegistry, TierHead
-from tierwise.atomic import write_atomic
+from tierwise.atomic import changing, write_atomic
 from tierwise.data import DataError, Record, check_measurable
 from tierwise.metrics import quality_bounds, routing_metrics
 
@@ -103,6 +104,11 @@ def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
     classifier serves the previous head again and a second rollback undoes the first: (now serving, set aside).
     The previous head is loaded first (a damaged one is a DataError, and nothing changes); the head goes in
     last of the files it needs, and a kill part-way leaves the serving head whole, old or previous."""
+    with changing(head_dir.parent):
+        return _roll_back(head_dir)
+
+
+def _roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
     head, card = head_dir / "head.json", head_dir / "MODEL_CARD.md"
     if not previous(head).exists():
         raise DataError(f"{head_dir}: nothing to roll back to (no head.json.previous: no promotion replaced a head "
@@ -145,6 +151,13 @@ def promote(candidate_dir: Path, records: list[Record], heads_dir: Path, target:
     check_measurable(records, "records of the candidate's lineup")
     if not heads_dir.is_dir():
         raise DataError(f"--heads-dir: {heads_dir} is not a directory; name the one the classifier serves")
+    # Another promotion (a second learn, a promote by hand) waits: each checks against the head it replaces.
+    with nullcontext() if dry_run else changing(heads_dir):
+        return _promote(candidate_dir, candidate, records, heads_dir, target, encoder_dir, cache_dir, dry_run)
+
+
+def _promote(candidate_dir: Path, candidate: TierHead, records: list[Record], heads_dir: Path, target: float,
+             encoder_dir: Path, cache_dir: Path, dry_run: bool) -> dict:
     try:  # found: what a router naming no head finds for this lineup (the first such head by name)
         current, found = serving_heads(heads_dir, candidate)
     except ValueError as err:
