@@ -5,12 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import ssl
 import threading
 
 import grpc
 import openai
 import pytest
+from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import APIError, OpenAI
@@ -535,6 +537,33 @@ def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, 
         assert client.chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
         with pytest.raises(openai.APIConnectionError):
             sdk(address).models.list()  # plain HTTP to the TLS port
+
+
+def served_serial(address: str, ca_path) -> int:
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca_path))
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def test_a_renewed_certificate_is_served_over_https_without_a_restart(tmp_path, double):
+    ca = authority()
+    first = issue(ca, "router")
+    cert, key = first.write(tmp_path, "router")
+    ca_path = write_ca(ca, tmp_path / "ca.crt")
+    doc = router_config(double.base_url, strategy="heuristic")
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--tls-cert", str(cert),
+                        "--tls-key", str(key), env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        assert served_serial(address, ca_path) == first.cert.serial_number
+        cert.write_text("not a certificate")  # a broken pair keeps the one serving
+        router.wait_for("HTTPS certificate not reloaded", timeout=30)
+        assert served_serial(address, ca_path) == first.cert.serial_number
+        renewed = issue(ca, "router")
+        renewed.write(tmp_path, "router")
+        router.wait_for("HTTPS certificate reloaded", timeout=30)
+        assert served_serial(address, ca_path) == renewed.cert.serial_number
 
 
 def get(address: str, path: str) -> tuple[int, dict]:

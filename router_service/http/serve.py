@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -15,6 +16,8 @@ from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
 
 STOP_GRACE_S = 5
+RENEW_CHECK_S = 10.0  # how often the HTTPS certificate's files are looked at
+log = logging.getLogger("tierwise.router.http")
 
 
 class _InLoop(uvicorn.Server):
@@ -31,6 +34,7 @@ class HttpServer:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.server: _InLoop | None = None
         self.task: asyncio.Task | None = None
+        self.renewing: asyncio.Task | None = None
 
     @classmethod
     def bind(cls, listen: str) -> "HttpServer":
@@ -50,7 +54,8 @@ class HttpServer:
         return cls(sock)
 
     async def start(self, app, tls: ServerTLS | None = None) -> None:
-        """Serve `app`; with `tls`, HTTPS with the gRPC port's certificate (and its client CA: mTLS), read once."""
+        """Serve `app`; with `tls`, HTTPS with the gRPC port's certificate (and its client CA: mTLS), a renewed
+        certificate taken up within RENEW_CHECK_S."""
         secure = {} if tls is None else {
             "ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key),
             "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
@@ -64,6 +69,8 @@ class HttpServer:
                 await self.task  # its error, if it failed to start
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
+        if tls is not None:
+            self.renewing = asyncio.create_task(_renew(config.ssl, tls))
 
     async def stop(self, idle: Callable[[], bool] = lambda: True) -> None:
         """Stop, once `idle()` says no call is under way (at most STOP_GRACE_S): until then the port still takes
@@ -74,5 +81,29 @@ class HttpServer:
         give_up = time.monotonic() + STOP_GRACE_S
         while not idle() and time.monotonic() < give_up:
             await asyncio.sleep(0.02)
+        if self.renewing is not None:
+            self.renewing.cancel()
         self.server.should_exit = True
         await self.task
+
+
+async def _renew(context: ssl.SSLContext, tls: ServerTLS) -> None:
+    """Until cancelled: a changed certificate and key, once the key fits the certificate, go into `context`, which
+    every new connection's handshake reads (open connections keep theirs). A broken pair is logged and the current
+    one keeps serving, as on the gRPC port. The client CA is read at start only: an SSL context can add CAs but
+    never drop one."""
+    seen = tls.signature()
+    while True:
+        await asyncio.sleep(RENEW_CHECK_S)
+        if (now := tls.signature()) == seen:
+            continue
+        seen = now
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key)  # a failure changes nothing
+            context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ValueError) as err:
+            log.error("HTTPS certificate not reloaded, still serving the previous one: %s", err,
+                      extra={"fields": {"cert": str(tls.cert)}})
+            continue
+        log.info("HTTPS certificate reloaded", extra={"fields": {"cert": str(tls.cert)}})
+
