@@ -6,6 +6,7 @@ and the call's server span; its refusals are `Rejected` with a gRPC status that 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import ExitStack, contextmanager
 from typing import AsyncIterator, Awaitable
@@ -233,8 +234,10 @@ class RouterCore:
                                f"every provider asked refused the request as invalid; {err}") from None
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
             # Every provider was asked already: a client retrying it at once would bill them all again for the
-            # same refusal.
-            raise Rejected(code, str(err), trailing=NO_RETRY, traced=err.traced) from None
+            # same refusal, unless every one of them said when to come back.
+            when = NO_RETRY if err.retry_after is None else (
+                ("grpc-retry-pushback-ms", str(max(1, math.ceil(err.retry_after * 1000)))),)
+            raise Rejected(code, str(err), trailing=when, traced=err.traced) from None
         except DeadlinePassed as err:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None
         except StreamInterrupted as err:

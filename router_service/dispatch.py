@@ -77,6 +77,10 @@ class Unavailable(Exception):
         self.refused = bool(asked) and all(a.attempt.status_code in REQUEST_FAULT_STATUSES for a in asked)
         super().__init__(self._said(words=True))
         self.traced = self._said(words=False)  # for spans: without the providers' words, which can quote the prompt
+        # Every provider asked said when it could answer again (429 or 503 with Retry-After): the soonest of those,
+        # when a retry is worth it; None when one of them failed otherwise.
+        waits = [a.attempt.retry_after for a in asked]
+        self.retry_after = min(waits) if asked and None not in waits else None
 
     def _said(self, words: bool) -> str:
         tried = "; ".join(f"tier {a.tier} {a.attempt.describe(words)}" for a in self.attempts)

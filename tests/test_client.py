@@ -3,6 +3,7 @@ TLS with a client certificate, and the caller's trace context at a real OTLP rec
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import subprocess
 import sys
@@ -118,6 +119,29 @@ def test_clients_do_not_ask_every_provider_again_after_the_router_asked_them_all
         asyncio.run(run())
         # (Fewer the second time: the first call's failures opened some breakers. Retried, it would be 4x.)
         assert 0 < len(double.requests) - once <= once, "each client sent the call once"
+    finally:
+        double.reset()
+
+
+def test_when_every_provider_said_when_to_come_back_the_router_and_the_client_wait_that_long(stack):
+    """Every provider asked answered 429 with a Retry-After: not a reason to give up, but to wait. The router
+    passes on the soonest wait (grpc-retry-pushback-ms, Retry-After over HTTP); the client waits it out and asks
+    once more, which the providers, recovered, answer."""
+    double, router = stack
+    double.reset()
+    double.script("t3-a", Fault.rate_limited(11))  # past the providers' own retry cap: they fail over at once
+    try:
+        with RouterClient(router.address, ClientOptions(retries=0)) as tw:
+            with pytest.raises(grpc.RpcError) as err:
+                tw.complete("hi there", strategy="tier3")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ("grpc-retry-pushback-ms", "11000") in tuple(err.value.trailing_metadata())
+        double.script("t3-a", Fault.rate_limited(1))
+        double.script("t3-a", Fault.rate_limited(1))  # its own retry, then the router's answer says 1 s
+        started = time.monotonic()
+        with RouterClient(router.address, ClientOptions(retries=1, timeout_s=30)) as tw:
+            assert tw.complete("hi there", strategy="tier3").content
+        assert time.monotonic() - started >= 2.0, "the provider's second wait, then the client's"
     finally:
         double.reset()
 

@@ -332,6 +332,18 @@ def served_again(address: str) -> None:
     raise AssertionError("the router did not answer again within 5 s")
 
 
+def test_providers_that_all_said_when_to_come_back_give_a_503_with_retry_after(fragile, double):
+    for model in PROVIDERS:
+        double.set_persistent(model, Fault.rate_limited(11 + PROVIDERS.index(model)))
+    try:
+        status, headers, reply = post(fragile, json.dumps({"model": "tierwise", "messages": user()}).encode())
+        assert status == 503 and reply["error"]["code"] == "no_provider_available"
+        assert headers.get("retry-after") == "11" and "x-should-retry" not in headers, headers
+    finally:
+        double.reset()
+        served_again(fragile)
+
+
 def test_no_provider_available_is_a_503(fragile, double):
     for model in PROVIDERS:
         double.set_persistent(model, Fault.http_error(500))

@@ -3,6 +3,7 @@ matches the gRPC status the core refused with."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import grpc
@@ -61,6 +62,8 @@ def error_headers(err: Rejected) -> dict[str, str]:
     OpenAI and Anthropic SDKs heed) on a refusal gRPC's would tell not to retry (a negative retry pushback)."""
     if NO_RETRY[0] in err.trailing:
         return {"x-should-retry": "false"}
+    if pushback := [int(v) for k, v in err.trailing if k == "grpc-retry-pushback-ms"]:  # when the providers said
+        return {"retry-after": str(math.ceil(pushback[0] / 1000))}
     if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return {}
     wait = err.retry_after_s if isinstance(err, KeyRefused) and err.retry_after_s is not None else 1

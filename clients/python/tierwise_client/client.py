@@ -105,12 +105,17 @@ def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline:
              streamed: bool = False) -> float | None:
     """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, never once text was
     streamed (the caller would see the answer twice), and never when the router says not to (a negative
-    grpc-retry-pushback-ms: every provider was already asked, and would be billed again)."""
+    grpc-retry-pushback-ms: every provider was already asked, and would be billed again). A positive one is the
+    wait the providers asked for: retried after it, if the deadline allows."""
     left = deadline - time.monotonic()
     if streamed or err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= options.retries or left <= 0:
         return None
-    if any(k == "grpc-retry-pushback-ms" and str(v).startswith("-") for k, v in (err.trailing_metadata() or ())):
+    pushback = [str(v) for k, v in (err.trailing_metadata() or ()) if k == "grpc-retry-pushback-ms"]
+    if pushback and pushback[0].startswith("-"):
         return None
+    if pushback and pushback[0].isdigit():  # every provider said when it could answer again
+        wait = int(pushback[0]) / 1000
+        return wait if wait < left else None
     return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
 
 
