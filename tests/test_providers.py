@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import openai
@@ -422,6 +423,24 @@ def test_on_attempt_sees_every_attempt_as_it_happens_and_cannot_break_the_call(d
 
 
 # -- circuit breaker --
+
+def test_a_probe_that_streams_closes_the_breaker_at_its_first_text(double, sleeps):
+    """A long stream as the probe: other calls need not wait out the whole stream to use the provider again."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("a", failure_threshold=1, cooldown_s=10, clock=clock)
+    provider = make_provider(double.base_url, "a", sleeps, retries=0, breaker=breaker)
+    double.script("model-a", Fault.http_error(500))
+
+    async def scenario() -> BreakerState:
+        with pytest.raises(ProviderFailed):
+            await provider.complete(MESSAGES)
+        clock.now += 10
+        async with aclosing(provider.stream(MESSAGES)) as events:
+            await anext(events)  # the probe's first text; the rest still to come
+            return breaker.state
+
+    assert run(scenario(), provider) is BreakerState.CLOSED
+
 
 def test_breaker_opens_rejects_half_opens_with_one_probe_and_closes(double, sleeps):
     clock = FakeClock()

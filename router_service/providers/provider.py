@@ -106,6 +106,10 @@ class Provider:
             (live, delta), started = await self._with_retries(
                 lambda timeout: self._open_stream(client, messages, max_tokens, temperature, sampling, timeout),
                 deadline, attempts)
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                # A probe that streams is answered: closing now lets other calls in, rather than holding the
+                # provider out (and them at a dearer tier) for as long as the stream runs.
+                self.breaker.record_success()
             tokens_sent = 0
             try:
                 while delta is not None:
