@@ -87,6 +87,14 @@ def test_a_failure_starts_the_next_provider_at_once_and_all_failing_exhausts_the
     assert outcomes(err.value.attempts) == [("a", "error"), ("b", "error"), ("c", "error")]
 
 
+def test_a_hedge_that_fails_starts_the_next_at_once_while_the_first_still_runs(double, sleeps):
+    double.set_persistent("model-a", Fault.delay(SLOW_S))
+    double.set_persistent("model-b", Fault.http_error(500))
+    tier = chain(double, sleeps, hedge_after_s=1.0, names=("a", "b", "c"))
+    completion, took = timed(tier.complete(MESSAGES), tier)
+    assert completion.provider == "c" and took < 1.0 + 0.7, "c asked when b failed, not a second delay later"
+
+
 def test_hedging_goes_down_the_chain_one_provider_per_delay(double, sleeps):
     for name in ("a", "b"):
         double.set_persistent(f"model-{name}", Fault.delay(SLOW_S))

@@ -94,7 +94,7 @@ class TierChain:
     async def _hedged(self, call: Callable[[Provider], Events], providers: list[Provider], attempts: list[Attempt],
                       on_attempt: OnAttempt | None, on_streaming: Callable[[str], None] | None) -> Events:
         """`_failover` with hedging: while no provider has sent its first event (a delta, or a whole answer), the
-        next one is started each `hedge_after_s`, and at once when every running one has failed. The first to send
+        next one is started each `hedge_after_s`, and at once whenever a running one fails. The first to send
         one answers; the others are cancelled and their attempts say so."""
         running: dict[asyncio.Task, tuple[Provider, Events, float]] = {}
         waiting = list(providers)
@@ -119,6 +119,8 @@ class TierChain:
                     except (ProviderNotConfigured, ProviderFailed) as exc:
                         attempts.extend(exc.attempts)
                         await events.aclose()
+                        if waiting:  # a failure starts the next one at once, as without hedging
+                            start()
                         continue
                     except DeadlineExceeded:
                         raise DeadlineExceeded(attempts) from None
@@ -132,8 +134,6 @@ class TierChain:
                         await resumed.aclose()
                         await events.aclose()
                     return
-                if not running and waiting:
-                    start()
             raise self._exhausted(attempts)
         finally:
             await self._cancel(running, None, attempts, on_attempt)
