@@ -75,8 +75,7 @@ def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, s
     fitting = tier if not refused else next((t for t in range(tier + 1, ceiling + 1) if not chains[t].refusals(needs)),
                                             None)
     if fitting is None:
-        field, _, none_can = _lacking(refused, needs, tier, ceiling)
-        raise NoTierFits(f"{field}: {none_can}")
+        raise NoTierFits(_none_fit(chains, needs, tier, ceiling, max_tokens))
     if fitting > tier:
         reasons.append(f"skipped to tier {fitting}: tier {tier}'s providers cannot "
                        f"{_lacking(refused, needs, tier, ceiling)[1]}")
@@ -95,6 +94,23 @@ def held(decision: Decision, ceiling: int) -> Decision:
 
 def _held(ceiling: int) -> str:
     return f"held at tier {ceiling}: the API key's max_tier"
+
+
+def _none_fit(chains: Mapping[int, TierChain], needs: Needs, tier: int, ceiling: int, max_tokens: int | None) -> str:
+    """Why no tier from `tier` to `ceiling` can take the request, naming the field to change: each tier's reason
+    when they differ (one cannot read the images, the next cannot hold them), and max_tokens when it alone is what
+    no tier has room for."""
+    why = {t: _lacking(chains[t].refusals(needs), needs, t, ceiling) for t in range(tier, ceiling + 1)}
+    field, _, none_can = why[tier]
+    if len({cannot for _, cannot, _ in why.values()}) > 1:
+        field = "messages" if any(f == "messages" for f, _, _ in why.values()) else field
+        none_can = "no tier can take the request: " + "; ".join(f"tier {t}'s providers cannot {cannot}"
+                                                                for t, (_, cannot, _) in why.items())
+    roomy = replace(needs, tokens=needs.tokens - (max_tokens or 0))
+    if max_tokens and all(Outcome.SKIPPED_CONTEXT_WINDOW in chains[t].refusals(needs) for t in why) and any(
+            not chains[t].refusals(roomy) for t in why):
+        field, none_can = "max_tokens", f"{max_tokens} leaves no room for the answer: {none_can}"
+    return f"{field}: {none_can}"
 
 
 def _lacking(refused: list[Outcome], needs: Needs, tier: int, ceiling: int) -> tuple[str, str, str]:

@@ -91,6 +91,21 @@ def chains(base_url: str, windows: dict[int, int]) -> dict[int, TierChain]:
     return {tier: TierChain([provider(base_url, f"t{tier}", window)]) for tier, window in windows.items()}
 
 
+def test_a_request_no_tier_takes_is_refused_naming_each_tiers_reason_and_the_field_to_change():
+    plain = Decision(tier=1, strategy="heuristic", reason="plain")
+    by_tier = {1: TierChain([Provider(ProviderConfig(name="t1", base_url="http://127.0.0.1:9", model="m1",
+                                                     api_key_env=KEY_ENV, vision=False))]),
+               **{t: TierChain([provider("http://127.0.0.1:9", f"t{t}", window=300)]) for t in (2, 3)}}
+    pictured = [{"role": "user", "content": "w" * 2000, "images": [{"url": "data:image/png;base64,AA", "detail": ""}]}]
+    with pytest.raises(NoTierFits) as err:
+        decide_on_conversation(plain, pictured, by_tier)
+    assert str(err.value).startswith("messages: no tier can take the request: tier 1's providers cannot read images; "
+                                     "tier 2's providers cannot hold about"), str(err.value)
+    small = chains("http://127.0.0.1:9", {1: 100, 2: 100, 3: 100})
+    with pytest.raises(NoTierFits, match=r"^max_tokens: 500 leaves no room for the answer: the request needs"):
+        decide_on_conversation(plain, user("hi"), small, max_tokens=500)
+
+
 def test_the_decision_is_raised_to_the_floor_and_past_tiers_that_cannot_hold_it_and_says_why():
     plain = Decision(tier=1, strategy="heuristic", reason="score 0: short plain question")
     by_tier = chains("http://127.0.0.1:9", {1: 0, 2: 0, 3: 0})
