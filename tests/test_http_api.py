@@ -518,6 +518,26 @@ def test_a_refused_request_is_a_span_with_its_status_and_its_id(keyed):
     assert found and attributes(found[0][1])["http.response.status_code"] == 401
 
 
+def test_a_stream_cut_after_its_200_is_traced_with_the_200_it_sent(keyed, double):
+    trace_id = "6" * 32
+    double.script("t1-a", Fault.disconnect_mid_stream(2))
+    conn = http.client.HTTPConnection(keyed["address"], timeout=20)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": user(),
+                                                                 "stream": True}),
+                     {"authorization": f"Bearer {KEY}", "traceparent": f"00-{trace_id}-{PARENT}-01",
+                      "content-type": "application/json"})
+        response = conn.getresponse()
+        status, events = response.status, response.read().decode()
+    finally:
+        conn.close()
+    (_, span), *_ = keyed["receiver"].wait_for_spans(lambda r, s: s.trace_id.hex() == trace_id and
+                                                     s.name.startswith("POST "))
+    attrs = attributes(span)
+    assert status == 200 and '"error"' in events, "the error can only end the stream it interrupts"
+    assert attrs["http.response.status_code"] == 200 and attrs["error.type"] not in ("", "200"), attrs
+
+
 def test_every_response_names_its_request_whole_streamed_or_refused(api):
     ids = [sdk(api[0]).chat.completions.with_raw_response.create(model="tierwise", messages=user()).headers[
         "x-request-id"]]

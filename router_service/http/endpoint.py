@@ -104,6 +104,8 @@ class Endpoint:
                 log.exception("unexpected error in %s (request %s)", self.api.route, exchange.request_id)
                 await exchange.fail(internal_error(), span)
             finally:
+                if exchange.status:  # the status the client got; none when it left before one went out
+                    span.set_attribute("http.response.status_code", exchange.status)
                 self.core.metrics.calls.add(exchange.method, exchange.code)
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
@@ -166,7 +168,6 @@ class _Exchange:
     async def fail(self, err: Rejected, span) -> None:
         self.code = err.code.name
         status = status_of(err)
-        span.set_attribute("http.response.status_code", status)
         span.set_attribute("error.type", str(status))
         if status >= 500:
             span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))

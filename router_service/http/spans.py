@@ -18,5 +18,4 @@ def http_span(tracer: trace.Tracer, request: Request, route: str):
                     "url.scheme": request.url.scheme},
         record_exception=False, set_status_on_exception=False,
     ) as span:
-        span.set_attribute("http.response.status_code", 200)  # replaced when the request is refused
-        yield span
+        yield span  # the caller sets http.response.status_code to the status it sent, if it sent one
