@@ -45,7 +45,7 @@ def rules() -> list[dict]:
 def keyed(tmp_path_factory) -> dict[str, list[dict]]:
     """A router with API keys, a shadow comparing every cheap answer, and the HTTP API, after: Route and Complete
     answered, a Complete without a key, one invalid, one whose every provider fails, and an HTTP completion
-    answered and one refused: its /metrics."""
+    answered and two refused (one asking for a stream): its /metrics."""
     workdir = tmp_path_factory.mktemp("keyed")
     keys = workdir / "keys"
     keys.write_text(f"{KEY} id=alerts\n")
@@ -75,7 +75,9 @@ def keyed(tmp_path_factory) -> dict[str, list[dict]]:
                     double.set_persistent(model, None)
             url = f"http://{http_address(router)}/v1/chat/completions"
             for body, status in (({"model": "tierwise/cheapest", "messages": [{"role": "user", "content": "hi"}]}, 200),
-                                 ({"model": "tierwise", "messages": []}, 400)):
+                                 ({"model": "tierwise", "messages": []}, 400),
+                                 ({"model": "tierwise", "messages": [{"role": "user", "content": "hi"}],
+                                   "stream": True, "temperature": "hot"}, 400)):  # refused as the body is read
                 request = urllib.request.Request(url, json.dumps(body).encode(),
                                                  {"authorization": f"Bearer {KEY}",
                                                   "content-type": "application/json"})
@@ -110,7 +112,8 @@ def test_router_calls_are_counted_by_final_code_over_grpc_and_http(keyed):
     assert value(keyed, calls, method="Complete", code="UNAVAILABLE") == 1, "every provider failed"
     assert value(keyed, calls, method="ChatCompletions", code="OK") == 1
     assert value(keyed, calls, method="ChatCompletions", code="INVALID_ARGUMENT") == 1
-    assert value(keyed, calls) == 7
+    assert value(keyed, calls, method="ChatCompletionsStream", code="INVALID_ARGUMENT") == 1, "refused as it asked"
+    assert value(keyed, calls) == 8
     assert value(keyed, "tierwise_router_duration_milliseconds_count", method="Route") == 1, "Route's latency too"
 
 

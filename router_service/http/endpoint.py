@@ -5,6 +5,7 @@ does, cancels the work as gRPC does for a cancelled call."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -88,7 +89,12 @@ class Endpoint:
             try:
                 if self.gate is not None:  # the core charges the key it admits (auth.charge_current_key)
                     self.gate.admit(self.api.key(request.headers.items()), peer(scope))
-                chat = self.api.parse(await read_body(request, self.max_body), self.names)
+                body = await read_body(request, self.max_body)
+                try:
+                    chat = self.api.parse(body, self.names)
+                except Rejected:
+                    exchange.method += "Stream" if _asks_to_stream(body) else ""  # counted as what it asked
+                    raise
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
                 if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange)):
@@ -137,6 +143,15 @@ class Endpoint:
                 return
             await exchange.body(shape.text(event.delta))
             event = await anext(events)
+
+
+def _asks_to_stream(body: bytes) -> bool:
+    """Whether a body that was refused asked for a stream (read again only on that path)."""
+    try:
+        asked = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(asked, dict) and asked.get("stream") is True
 
 
 class _Exchange:
