@@ -16,7 +16,7 @@ from tierwise.v1 import router_pb2_grpc
 from tierwise_tools.calibration import ALWAYS_TIER_3
 from tierwise_tools.cli import main
 
-from .provider_double import ProviderDouble, unused_port
+from .provider_double import Fault, ProviderDouble, unused_port
 from .exported_metrics import wait_until
 from .servers import KEY_ENV, router_config, running_router, start_classifier
 from .test_promote import LINEUP, lineup_head, write
@@ -183,6 +183,26 @@ def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
     assert outcomes[0]["head"] != outcomes[1]["head"] and all(o["head"].startswith("learned-") for o in outcomes)
     assert main(["learn", "--labels", str(mixed), "--heads-dir", str(heads), "--name", "mine"]) == 2
     assert "the labels hold 2 tier lineups" in capsys.readouterr().err
+
+
+def test_a_burst_of_shadows_counts_what_they_will_cost_before_they_finish(tmp_path):
+    """Shadows run in the background: a burst all started before the first was charged would spend the budget
+    many times over. What the running ones are expected to cost counts against it from their start."""
+    labels, port, env = tmp_path / "live.jsonl", unused_port(), {KEY_ENV: "k"}
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"score": 1.0}')
+        double.set_persistent("t3-a", Fault.delay(1.0))  # the frontier's labels take a while
+        doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels),
+                                                     "monthly_budget_usd": 1e-6, "max_in_flight": 16})
+        with running_router(doc, f"127.0.0.1:{unused_port()}", tmp_path, "--metrics-port", str(port),
+                            env=env) as router, grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            calls = [stub.Complete.future(ask(f"{query} ({i})", "heuristic"), timeout=20)
+                     for i, query in enumerate(QUERIES * 2)]
+            assert all(call.result().content for call in calls)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    started = len(QUERIES * 2) - metric(text, "tierwise_router_shadow_total", outcome="over_budget")
+    assert started == 1, f"{started} shadows started against a budget one of them spends"
 
 
 @pytest.mark.parametrize("verdict", ['{"score": 1.0}', "a good answer, I would say"],
