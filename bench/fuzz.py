@@ -247,7 +247,7 @@ def main() -> int:
           + f"  ({summary['requests']} requests in {summary['seconds']} s)")
     for name, s in summary["servers"].items():
         print(f"{name}: alive={s['alive']} answers={s['answers']} "
-              f"rss={s.get('vmrss_mb', 0):.0f} MiB peak={s.get('vmhwm_mb', 0):.0f} MiB")
+              f"rss={s.get('vmrss_mb', 0):.0f} MB peak={s.get('vmhwm_mb', 0):.0f} MB")
     for code, example in summary["examples"].items():
         print(f"first {code}: {example[:300]}")
     print("fuzz: " + ("passed" if summary["passed"] else "FAILED"))

@@ -32,7 +32,7 @@ def targets(tw: dict, seed: dict, local: dict) -> list[dict]:
                  "in-process ceiling, mixed-length", f"{run['qps']:.0f} / {ceiling:.0f} q/s = {share:.0%}",
                  share >= CEILING_SHARE))
     peak = tw["memory_after_load"]["vmhwm_mb"]
-    rows.append((f"server RSS <= {RSS_MB:g} MB (peak VmHWM after load)", f"{peak:.0f} MiB", peak <= RSS_MB))
+    rows.append((f"server RSS <= {RSS_MB:g} MB (peak VmHWM after load)", f"{peak:.0f} MB", peak <= RSS_MB))
     return [{"target": t, "measured": m, "pass": bool(ok)} for t, m, ok in rows]
 
 
@@ -93,7 +93,7 @@ def _comparison(tw: dict, seed: dict, floor: dict) -> list[list[str]]:
     batched = seed["batched_mixed"]
     rows.append([f"mixed-length throughput (q/s): seed batched encode (batch {batched['batch_size']}, n={batched['n']})",
                  f"{tw['load_mixed']['qps']:.0f}", f"{batched['qps']:.0f}", _ratio(batched["qps"], tw["load_mixed"]["qps"])])
-    for key, label in (("vmrss_mb", "VmRSS after load (MiB)"), ("vmhwm_mb", "VmHWM peak (MiB)")):
+    for key, label in (("vmrss_mb", "VmRSS after load (MB)"), ("vmhwm_mb", "VmHWM peak (MB)")):
         rows.append([label, f"{tw['memory_after_load'][key]:.0f}", f"{seed['memory'][key]:.0f}",
                      _ratio(seed["memory"][key], tw["memory_after_load"][key])])
     return rows
@@ -203,8 +203,8 @@ def render(result: dict) -> str:
         *_contention_warning(accounts, machine["nproc"]),
         f"- Cache hits during the unique-text latency runs: short {tw['short']['cache_hits']}, mixed {tw['mixed']['cache_hits']}.",
         *_load_notes(tw),
-        f"- Server memory when ready, before any query: VmRSS {tw['memory_ready']['vmrss_mb']:.0f} MiB, "
-        f"VmHWM {tw['memory_ready']['vmhwm_mb']:.0f} MiB. Seed model load (after imports): {seed['load_seconds']:.1f} s.",
+        f"- Server memory when ready, before any query: VmRSS {tw['memory_ready']['vmrss_mb']:.0f} MB, "
+        f"VmHWM {tw['memory_ready']['vmhwm_mb']:.0f} MB. Seed model load (after imports): {seed['load_seconds']:.1f} s.",
         f"- Load average (1 min): {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end.",
         "",
         f"CPU seconds per step (the machine has {machine['nproc']} cores; the bench client shares them with the "

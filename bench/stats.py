@@ -32,13 +32,13 @@ def distribution(values: Sequence[int]) -> dict[str, float]:
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (resident now) and VmHWM (peak resident) of a live process, in MiB."""
+    """VmRSS (resident now) and VmHWM (peak resident) of a live process, in MB (10^6 bytes, the issue's unit)."""
     out: dict[str, float] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
-                out[key.lower() + "_mb"] = int(value.split()[0]) / 1024  # reported in kB
+                out[key.lower() + "_mb"] = int(value.split()[0]) * 1024 / 1e6  # reported in kB, that is KiB
     return out
 
 
