@@ -20,7 +20,7 @@ from classifier_service.config import parse as parse_server_config
 
 from . import grpc_load, local, queries, report
 from .server import ClassifierServer
-from .stats import cpu_account, cpu_seconds, memory_mb
+from .stats import cpu_account, cpu_seconds, memory_mb, own_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ROOT / "models" / "heads" / "default" / "head.json"
@@ -35,8 +35,9 @@ def machine() -> dict:
             "kernel": platform.release(), "loadavg_start": os.getloadavg()}
 
 
-def run_tierwise(cfg: Config, sets: queries.QuerySets, sizes: queries.Sizes, log_path: Path) -> dict:
-    with ClassifierServer(ROOT, log_path) as server:
+def run_tierwise(cfg: Config, sets: queries.QuerySets, sizes: queries.Sizes, log_path: Path,
+                 env: dict[str, str]) -> dict:
+    with ClassifierServer(ROOT, log_path, env=env) as server:
         print(f"bench: {server.ready_line}", file=sys.stderr)
         result = {"server_config": dataclasses.asdict(cfg), "memory_ready": memory_mb(server.pid)}
         steps = [
@@ -76,16 +77,29 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     sizes = queries.QUICK if args.quick else queries.FULL
-    # The server reads the same TIERWISE_CLASSIFIER_* variables, so this is the configuration it runs with.
+    # The server reads the same TIERWISE_CLASSIFIER_* variables, so this is the configuration it runs with; it
+    # runs as deployed, while the in-process figures here keep to one core a thread (bench/local.py).
     cfg = parse_server_config(["--listen", "127.0.0.1:0"])
+    server_env = dict(os.environ)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     sets = queries.build(sizes, cfg.max_text_bytes)
-    print("bench: encoder in-process (single queries, then batched: one thread, two threads) ...", file=sys.stderr)
-    in_process = local.measure(cfg, sets, sizes.ceiling_seconds)
+    print("bench: encoder in-process (single queries) ...", file=sys.stderr)
+    encoder = local.encoder_for(cfg)
+    with cpu_account(own_cpu_seconds, None) as single_cpu:
+        in_process = local.measure(encoder, sets)
     result: dict = {"mode": "quick" if args.quick else "full",
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "machine": machine(), "sizes": dataclasses.asdict(sizes),
                     "queries": {"source": sets.source, "tokens": in_process.pop("tokens")}, "in_process": in_process}
-    result["tierwise"] = run_tierwise(cfg, sets, sizes, args.out / "server.log")
+    in_process["single_cpu"] = single_cpu
+    result["tierwise"] = run_tierwise(cfg, sets, sizes, args.out / "server.log", server_env)
+    print("bench: encoder in-process, batched on the texts the load runs sent (one thread, two threads) ...",
+          file=sys.stderr)
+    sent = {name: getattr(sets, name)[: result["tierwise"][name]["completed"] + result["tierwise"][name]["errors"]]
+            for name in local.CEILING_SETS}
+    with cpu_account(own_cpu_seconds, None) as ceiling_cpu:
+        in_process["batched"] = local.ceiling(encoder, sent, sets.warmup, cfg, sizes.ceiling_seconds)
+    in_process["batched_cpu"] = ceiling_cpu
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-") as tmp:
         result["seed"] = run_seed(args.seed_python, sets, Path(tmp))
     result["machine"]["loadavg_end"] = os.getloadavg()

@@ -4,7 +4,11 @@ The ceiling is what the model alone reaches on this machine, with no gRPC and no
 time (tokenise + one ONNX run), and batched the way a busy server's worker runs what queued (length-bucketed,
 at most `run_tokens` padded tokens a run: classifier_service.batching.embed_bucketed), taken 32 at a time or the
 server's `micro_batch` if larger: larger takes bucket better, so the ceiling does not fall when the server takes
-fewer (decision 0028). Every gRPC figure is reported as a ratio to it, measured in the same run.
+fewer (decision 0028). Every gRPC figure is reported as a ratio to it, measured in the same run: the batched
+ceiling on exactly the texts the gRPC load run sent (it runs after it), so the two divide like for like.
+
+One thread here is one core: the tokenizer's own thread pool is off (TOKENIZERS_PARALLELISM=false, set by the
+bench for this process alone), or a "one thread" figure would take the second core's time for tokenising.
 """
 from __future__ import annotations
 
@@ -96,23 +100,28 @@ def ceiling_rate(encoder: Encoder, texts: list[str], cfg: Config, threads: int, 
     return batched_rate(encoder, texts, max(CEILING_TAKE, cfg.micro_batch), threads, max_seconds, cfg.run_cap)
 
 
-def ceiling(encoder: Encoder, sets: QuerySets, cfg: Config, max_seconds: float) -> dict[str, dict]:
-    """Per load set: one thread's batched rate (one core), two threads' rate, and the two-core ceiling."""
-    encoder.embed_tokens(encoder.tokenize(sets.warmup))
+def ceiling(encoder: Encoder, sent: dict[str, list[str]], warmup: list[str], cfg: Config,
+            max_seconds: float) -> dict[str, dict]:
+    """Per load set, on the texts the gRPC run `sent`: one thread's batched rate (one core), two threads' rate,
+    and the two-core ceiling; `same_texts` says whether each covered all of them within `max_seconds`."""
+    encoder.embed_tokens(encoder.tokenize(warmup))
     out = {}
-    for name in CEILING_SETS:
-        texts = getattr(sets, name)
+    for name, texts in sent.items():
         one = ceiling_rate(encoder, texts, cfg, 1, max_seconds)
         two = ceiling_rate(encoder, texts, cfg, CORES, max_seconds)
         out[name] = {"batch": one["batch"], "max_pad_ratio": MAX_PAD_RATIO,
                      "run_tokens": cfg.run_cap, "one_thread": one, "two_threads": two,
-                     "ceiling_qps": CORES * one["qps"]}
+                     "ceiling_qps": CORES * one["qps"], "texts": len(texts),
+                     "same_texts": one["n"] == two["n"] == len(texts)}
     return out
 
 
-def measure(cfg: Config, sets: QuerySets, ceiling_seconds: float) -> dict:
-    """Token-length distributions, single-query latencies and the batched ceiling, with the server's precision,
-    ORT threads, micro-batch size and tokens per run."""
-    encoder = Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
-    return {"tokens": token_lengths(encoder, sets), "single": encoder_floor(encoder, sets),
-            "batched": ceiling(encoder, sets, cfg, ceiling_seconds)}
+def encoder_for(cfg: Config) -> Encoder:
+    """The service's encoder, with its precision and ORT threads."""
+    return Encoder(cfg.encoder_dir, cfg.precision, cfg.ort_threads)
+
+
+def measure(encoder: Encoder, sets: QuerySets) -> dict:
+    """Token-length distributions and single-query latencies (the batched ceiling comes after the gRPC load run,
+    on the texts it sent: `ceiling`)."""
+    return {"tokens": token_lengths(encoder, sets), "single": encoder_floor(encoder, sets)}

@@ -86,12 +86,16 @@ def _comparison(tw: dict, seed: dict, floor: dict) -> list[list[str]]:
         rows.append([f"{label}: Tierwise encoder in-process (tokenise + ONNX run, no gRPC) p50 (ms)",
                      f"{floor[name]['p50_ms']:.2f}", "—", _ratio(seed[name]["p50_ms"], floor[name]["p50_ms"])])
     rows.append(["cache-hit p50 (ms, same text repeated)", f"{tw['cache_hit']['p50_ms']:.2f}", "— (no cache)", "—"])
+    # The seed's rates are on the single-query sets, Tierwise's on the load sets (longer texts on average: the
+    # token table above), so the rows say which texts each side ran.
     for name, label in SETS:
         run = tw[f"load_{name}"]
-        rows.append([f"{label} throughput (q/s): Tierwise {run['clients']} clients vs seed sequential",
+        rows.append([f"{label} throughput (q/s): Tierwise {run['clients']} clients on load_{name} vs seed "
+                     f"sequential on {name}",
                      f"{run['qps']:.0f}", f"{seed[name]['qps']:.0f}", _ratio(seed[name]["qps"], run["qps"])])
     batched = seed["batched_mixed"]
-    rows.append([f"mixed-length throughput (q/s): seed batched encode (batch {batched['batch_size']}, n={batched['n']})",
+    rows.append([f"mixed-length throughput (q/s): seed batched encode on mixed (batch {batched['batch_size']}, "
+                 f"n={batched['n']})",
                  f"{tw['load_mixed']['qps']:.0f}", f"{batched['qps']:.0f}", _ratio(batched["qps"], tw["load_mixed"]["qps"])])
     for key, label in (("vmrss_mb", "VmRSS after load (MB)"), ("vmhwm_mb", "VmHWM peak (MB)")):
         rows.append([label, f"{tw['memory_after_load'][key]:.0f}", f"{seed['memory'][key]:.0f}",
@@ -116,10 +120,27 @@ def _load_notes(tw: dict) -> list[str]:
     return notes
 
 
-def _cpu_accounts(tw: dict, seed: dict) -> dict[str, dict]:
-    accounts = {f"tierwise {name}": tw[name]["cpu"] for name in ("short", "mixed", "cache_hit", "load_mixed", "load_short")}
+def _cpu_accounts(tw: dict, seed: dict, in_process: dict) -> dict[str, dict]:
+    accounts = {f"in-process {name}": in_process[f"{name}_cpu"] for name in ("single", "batched")
+                if f"{name}_cpu" in in_process}  # bench.json files written before they were measured have none
+    accounts.update({f"tierwise {name}": tw[name]["cpu"]
+                     for name in ("short", "mixed", "cache_hit", "load_mixed", "load_short")})
     accounts.update({f"seed {name}": seed[name]["cpu"] for name in ("short", "mixed", "batched_mixed")})
     return accounts
+
+
+def _ceiling_notes(in_process: dict) -> list[str]:
+    short = [name for name, b in in_process["batched"].items() if "same_texts" in b and not b["same_texts"]]
+    if not short:
+        return []
+    return [f"- **The in-process ceiling of {', '.join(short)} stopped at its time cap** before it had embedded "
+            "every text the gRPC load run sent: its ceiling is of the first texts alone."]
+
+
+def _seed_notes(seed: dict) -> list[str]:
+    capped = [name for name in ("short", "mixed") if seed[name].get("hit_time_cap")]
+    return [f"- **The seed's {' and '.join(capped)} run stopped at its time cap:** its figures are of the first "
+            "texts alone."] if capped else []
 
 
 def _cpu_rows(accounts: dict[str, dict]) -> list[list[str]]:
@@ -142,7 +163,7 @@ def _contention_warning(accounts: dict[str, dict], nproc: int) -> list[str]:
 def render(result: dict) -> str:
     machine, tw, seed, queries = result["machine"], result["tierwise"], result["seed"], result["queries"]
     cfg = tw["server_config"]
-    accounts = _cpu_accounts(tw, seed)
+    accounts = _cpu_accounts(tw, seed, result["in_process"])
     lines = [
         f"# Tierwise classifier benchmark ({result['mode']} run, {result['started_at']})",
         "",
@@ -183,8 +204,8 @@ def render(result: dict) -> str:
         "no gRPC, no server: single queries as the sequential gRPC runs send them, and batched as a busy server's "
         "worker runs them (tokenised, length-bucketed, at most the server's `--run-tokens` padded tokens a run: "
         "`embed_bucketed`; taken in batches of the size the rows name, never fewer than the server's micro-batch, "
-        "since larger takes bucket better), on the "
-        "texts the gRPC load runs send. The two-core ceiling is twice one thread's wall-clock rate, measured under "
+        "since larger takes bucket better), after the gRPC load runs, on exactly the "
+        "texts they sent, with one core a thread (the tokenizer's own threads off). The two-core ceiling is twice one thread's wall-clock rate, measured under "
         "whatever else ran at the time as the gRPC runs are; two threads at once, and one thread's rate per CPU-second "
         "it got (what an uncontended core does), are shown too. The after-idle row sends each short text "
         f"{PAUSE_S * 1000:.0f} ms after the last reply (in-process, {PAUSE_S * 1000:.0f} ms after the last run), as "
@@ -201,6 +222,8 @@ def render(result: dict) -> str:
         "## Notes",
         "",
         *_contention_warning(accounts, machine["nproc"]),
+        *_ceiling_notes(result["in_process"]),
+        *_seed_notes(seed),
         f"- Cache hits during the unique-text latency runs: short {tw['short']['cache_hits']}, mixed {tw['mixed']['cache_hits']}.",
         *_load_notes(tw),
         f"- Server memory when ready, before any query: VmRSS {tw['memory_ready']['vmrss_mb']:.0f} MB, "

@@ -15,8 +15,10 @@ READY = re.compile(r"tierwise-classifier ready on (\S+:\d+)")
 
 
 class ClassifierServer:
-    def __init__(self, root: Path, log_path: Path, args: list[str] | None = None, start_timeout: float = 120.0):
+    def __init__(self, root: Path, log_path: Path, args: list[str] | None = None, start_timeout: float = 120.0,
+                 env: dict[str, str] | None = None):
         self.root = root
+        self.env = env  # None: this process's
         self.log_path = log_path
         self.args = args or []
         self.start_timeout = start_timeout
@@ -35,7 +37,7 @@ class ClassifierServer:
         with open(self.log_path, "w") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "classifier_service", "--listen", "127.0.0.1:0", *self.args],
-                cwd=self.root, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+                cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
         # A reader thread keeps the stdout pipe drained and lets the ready wait time out.
         threading.Thread(target=self._read_stdout, daemon=True).start()
         try:
