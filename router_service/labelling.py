@@ -71,7 +71,12 @@ class Labeler:
         async def answer(tier: int) -> Completion:
             return known[tier] if tier in known else await self.ask(tier, messages, tab, **options)
 
-        answers = await asyncio.gather(*(answer(t) for t in TIERS))
+        # Every tier's call runs to its end before a failure is raised: one that fails fast (an open breaker) must
+        # not leave the others to be billed after the tab was charged.
+        answered = await asyncio.gather(*(answer(t) for t in TIERS), return_exceptions=True)
+        if failed := next((a for a in answered if isinstance(a, BaseException)), None):
+            raise failed
+        answers = list(answered)
         reference = answers[-1].content
         verdicts = [await self.grade(query, a.content, reference, tab) for a in answers[:-1]]
         scores = [score for score, _ in verdicts] + [1.0]

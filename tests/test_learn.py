@@ -185,6 +185,22 @@ def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
     assert "the labels hold 2 tier lineups" in capsys.readouterr().err
 
 
+def test_a_label_whose_frontier_fails_first_still_pays_the_tiers_that_answered_after(tmp_path):
+    """The frontier refuses at once (an open breaker does too); tier 2 answers later: paid, and counted."""
+    labels, log, env = tmp_path / "live.jsonl", tmp_path / "shadow.jsonl", {KEY_ENV: "k"}
+    with ProviderDouble() as double:
+        double.set_persistent("t3-a", Fault.http_error(400))
+        double.set_persistent("t2-a", Fault.delay(0.5))
+        doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(labels), "log": str(log)})
+        with running_router(doc, f"127.0.0.1:{unused_port()}", tmp_path, env=env) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            router_pb2_grpc.RouterServiceStub(channel).Complete(ask(QUERIES[0], "tier1"), timeout=10)
+            assert wait_until(lambda: log.exists() and log.read_text().strip()), "the shadow ran"
+            asked_tier_2 = len(double.requests_for("t2-a"))
+    record = json.loads(log.read_text().splitlines()[0])
+    assert "error" in record and asked_tier_2 == 1 and record["spent_usd"] > 0, record
+
+
 def test_a_burst_of_shadows_counts_what_they_will_cost_before_they_finish(tmp_path):
     """Shadows run in the background: a burst all started before the first was charged would spend the budget
     many times over. What the running ones are expected to cost counts against it from their start."""
