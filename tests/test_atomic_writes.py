@@ -165,3 +165,17 @@ def test_a_change_to_a_directory_waits_for_another_processs_change_to_end(tmp_pa
         assert other.poll() is None, "it waits while this change holds the directory"
     assert other.communicate(timeout=30)[0] == "in\n" and other.returncode == 0
     assert list(tmp_path.iterdir()) == [], "nothing is left in the directory"
+
+
+def test_a_volume_without_directory_locks_still_promotes_with_a_warning(tmp_path, monkeypatch, caplog):
+    """NFS takes no flock on a directory, which cannot be opened for writing: go on, and say so."""
+    import errno
+    import fcntl
+
+    def refuse(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with changing(tmp_path):
+        (tmp_path / "head.json").write_text("{}")
+    assert (tmp_path / "head.json").exists() and "cannot lock" in caplog.text

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger("tierwise.atomic")
 
 
 def write_atomic(path: Path | str, data: bytes | str) -> None:
@@ -91,7 +94,10 @@ def changing(directory: Path | str) -> Iterator[None]:
     second such change, from another process on any host sharing a volume with locks, waits for this one to end."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # the directory itself: nothing is left in it
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # NFS takes no lock on a directory (it needs a file open for writing): go on
+            log.warning("cannot lock %s (%s); make sure no other promotion runs at the same time", directory, err)
         yield
     finally:
         os.close(fd)  # and the lock with it
