@@ -30,9 +30,10 @@ SURE_CODE = re.compile(
     r"```|^\s*#include\s*[<\"]|^\s*(?:async\s+)?def\s+\w+\s*\(.*\)\s*(?:->.*)?:\s*$|^\s*class\s+\w+\s*(?:\(.*\))?\s*:\s*$"
     r"|^\s*(?:function\s+\w+|(?:public|private|protected)\s+(?:static\s+)?[\w<>\[\]]+\s+\w+)\s*\(.*\)\s*\{?\s*$"
     r"|\bSELECT\s+\S.*?\s+FROM\s+\w+|\bselect\s+\S.*?\s+from\s+\w+\s+where\b", re.M)
-# Lines that read as code: a call or assignment ending in a semicolon, a brace, or an import, return or block
-# header of their own ("- be kind;" in a list of rules is none).
-CODE_LINE = re.compile(r"^[^\n]*[(=][^\n]*;\s*$|[{}]\s*$"
+# Lines that read as code: a call or assignment ending in a semicolon, a block opened after a call, an arrow or
+# a keyword, or an import, return or block header of their own. Neither "- be kind;" in a list of rules nor the
+# braces of a JSON template a system prompt asks replies to keep to is one.
+CODE_LINE = re.compile(r"^[^\n]*[(=][^\n]*;\s*$|(?:\)|=>|\belse|\btry|\bdo)\s*\{\s*$"
                        r"|^\s*(?:import\s+[\w.]+|from\s+[\w.]+\s+import\b.*|return\b.*|(?:if|for|while)\b.*:)\s*$", re.M)
 
 

@@ -74,7 +74,9 @@ def test_earlier_turns_and_the_system_prompt_set_a_floor():
 @pytest.mark.parametrize("system", [
     "Your function is to answer billing questions.", "Select the most relevant answer from the FAQ below.",
     "You help lawyers with class action questions.", "Be brief; be polite;", "If the user is happy => thank them.",
-    "Rules:\n- be kind;\n- be short;\n- be precise;", "Class: 3B\nTeacher: Ms Smith\nTopic: fractions"])
+    "Rules:\n- be kind;\n- be short;\n- be precise;", "Class: 3B\nTeacher: Ms Smith\nTopic: fractions",
+    'Reply with JSON only, in this shape:\n{\n  "answer": {\n    "text": "...",\n    "sources": []\n  },\n'
+    '  "confidence": 0.9\n}'])
 def test_a_plain_english_system_prompt_is_no_code(system):
     assert floor([{"role": "system", "content": system}, *user("What is the capital of France?")]) == (1, "")
 
