@@ -345,6 +345,31 @@ def test_a_stream_without_the_apis_shape_fails_over_before_its_first_text(double
     assert outcomes(completion.attempts)[0] == ("a", "error")
 
 
+@pytest.mark.parametrize("usage", ["x", {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": "x"}],
+                         ids=["usage a string", "details a string"])
+def test_a_streams_misshapen_usage_at_its_end_is_estimated_not_an_error(double, sleeps, usage):
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    fault = Fault.odd_body(_events({**chunk, "choices": [{"index": 0, "delta": {"content": "four"}}]},
+                                   {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                                   {**chunk, "choices": [], "usage": usage}), "text/event-stream")
+    double.set_persistent("model-a", fault)
+    provider = make_provider(double.base_url, "a", sleeps)
+    deltas, completion = run(collect(provider.stream(MESSAGES)), provider)
+    assert deltas == ["four"] and completion.content == "four" and completion.output_tokens > 0
+
+
+def test_a_finish_reason_that_is_no_string_breaks_the_stream_it_ends(double, sleeps):
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    double.set_persistent("model-a", Fault.odd_body(_events(
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "four"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": 7}]}), "text/event-stream"))
+    provider = make_provider(double.base_url, "a", sleeps)
+    deltas: list[str] = []
+    with pytest.raises(StreamInterrupted):
+        run(collect_until_error(provider.stream(MESSAGES), deltas), provider)
+    assert deltas == ["four"]
+
+
 @pytest.mark.parametrize("usage", [{"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
                                    {"prompt_tokens": -1000000, "completion_tokens": -1000000, "total_tokens": 0}])
 def test_usage_that_cannot_be_billed_is_estimated(double, sleeps, usage):

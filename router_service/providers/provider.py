@@ -17,8 +17,8 @@ from openai.types.chat.chat_completion import ChoiceLogprobs
 from ..breaker import BreakerState, CircuitBreaker, StateListener
 from ..retry import AttemptFailed, Failure, FailureKind, Retrier, RetryPolicy, classify
 from ..tokens import estimate_tokens
-from .errors import (DeadlineExceeded, ProviderError, ProviderFailed, ProviderNotConfigured, StreamInterrupted,
-                     shaped)
+from .errors import (DeadlineExceeded, MisshapenResponse, ProviderError, ProviderFailed, ProviderNotConfigured,
+                     StreamInterrupted, shaped)
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
                     Sampling, TokenLogprob, ToolCall, status_only)
@@ -123,10 +123,15 @@ class Provider:
                         raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             finally:
                 await live.aclose()
-            completion = completion_of(self.config, messages, live.content, live.usage, live.finish_reason,
-                                     live.tool_calls)
-            if sampling.logprobs:
-                completion = replace(completion, logprobs=_logprobs(live.logprobs))
+            try:
+                with shaped("the stream's end"):
+                    completion = completion_of(self.config, messages, live.content, live.usage, live.finish_reason,
+                                               live.tool_calls)
+                    if sampling.logprobs:
+                        completion = replace(completion, logprobs=_logprobs(live.logprobs))
+            except MisshapenResponse as exc:  # its text went out: a break, as one mid-stream is
+                self._record_failure(exc, self._timeout_for(deadline), started, attempts)
+                raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
             yield self._succeeded(completion, started, attempts)
 
     async def check_health(self) -> bool | None:
@@ -327,16 +332,20 @@ def completion_of(config: ProviderConfig, messages: Messages, content: str, usag
                   finish_reason: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completion:
     """What a provider answered, as the router keeps it: usage estimated where it sent none."""
     finish_reason = finish_reason or ("tool_calls" if tool_calls else "stop")
+    if not isinstance(finish_reason, str):
+        raise TypeError("finish_reason")  # read inside `shaped`: a bad response
     # Some OpenAI-compatible servers send calls without ids; the caller's tool message must name one.
     tool_calls = tuple(replace(c, id=c.id or f"call_{secrets.token_hex(12)}") for c in tool_calls)
-    if usage is None or not (_count(usage.prompt_tokens) and _count(usage.completion_tokens)):
-        written = content + "".join(call.name + call.arguments for call in tool_calls)
+    # The SDK builds usage without checking it: counts that are missing, null, negative or not numbers at all
+    # are estimated instead.
+    prompt, written = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+    if not (_count(prompt) and _count(written)):
+        text = content + "".join(call.name + call.arguments for call in tool_calls)
         return Completion(content, config.name, config.model, estimate_tokens(_prompt_text(messages)),
-                          estimate_tokens(written), usage_estimated=True, finish_reason=finish_reason,
+                          estimate_tokens(text), usage_estimated=True, finish_reason=finish_reason,
                           tool_calls=tool_calls)
-    details = usage.prompt_tokens_details
-    cached = details.cached_tokens if details is not None else 0
-    return Completion(content, config.name, config.model, usage.prompt_tokens, usage.completion_tokens,
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0)
+    return Completion(content, config.name, config.model, prompt, written,
                       cached_input_tokens=cached if _count(cached) else 0,
                       finish_reason=finish_reason, tool_calls=tool_calls)
 
