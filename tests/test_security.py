@@ -412,6 +412,9 @@ def test_a_ca_file_cut_short_or_garbled_is_refused_not_taken_up(tmp_path, pki):
         (tmp_path / name).write_bytes(text)
         with pytest.raises(ValueError, match="does not parse"):
             ClientTLS(tmp_path / name).credentials()
+    bundle = tmp_path / "bundle.pem"  # Mozilla's bundles name each issuer in a comment, in UTF-8
+    bundle.write_bytes("# Issuer: CN=Főtanúsítvány\n".encode() + whole + "# Ünnepi CA\n".encode() + whole)
+    assert ClientTLS(bundle).credentials() is not None
 
 
 def test_a_router_with_an_unusable_keys_file_or_certificate_does_not_start(tmp_path):

@@ -11,6 +11,7 @@ the certificate they were made with.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +101,22 @@ def _check_pair(cert: Path, key: Path) -> None:
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
 
 
+PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def _certificates(path: Path) -> bytes:
     """The PEM certificates in `path`; ValueError when it holds none, or one that does not parse (a file cut short
     by a copy that is not atomic): grpc would take it, and fail every handshake."""
     pem = path.read_bytes()
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
+    begun = pem.count(b"-----BEGIN CERTIFICATE-----")
+    if not begun:
         raise ValueError(f"{path}: holds no PEM certificate")
+    # Each certificate alone: a bundle's comments between them may be any text (Mozilla's name issuers in UTF-8).
+    blocks = PEM_CERTIFICATE.findall(pem)
     try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
+        if len(blocks) != begun:
+            raise ValueError(f"{begun - len(blocks)} of its {begun} certificates have no END line")
+        ssl.create_default_context(cadata=b"\n".join(blocks).decode("ascii"))
     except (ssl.SSLError, UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{path}: holds a certificate that does not parse ({err})") from None
     return pem
