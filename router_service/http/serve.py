@@ -14,6 +14,7 @@ import uvicorn
 
 from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
+from tierwise.watching import file_signature
 
 STOP_GRACE_S = 5
 RENEW_CHECK_S = 10.0  # how often the HTTPS certificate's files are looked at
@@ -92,10 +93,11 @@ async def _renew(context: ssl.SSLContext, tls: ServerTLS) -> None:
     every new connection's handshake reads (open connections keep theirs). A broken pair is logged and the current
     one keeps serving, as on the gRPC port. The client CA is read at start only: an SSL context can add CAs but
     never drop one."""
-    seen = tls.signature()
+    pair = lambda: file_signature(tls.cert, tls.key)  # noqa: E731 - the client CA is not taken up here
+    seen = pair()
     while True:
         await asyncio.sleep(RENEW_CHECK_S)
-        if (now := tls.signature()) == seen:
+        if (now := pair()) == seen:
             continue
         seen = now
         try:
