@@ -135,7 +135,7 @@ class RouterCore:
                 yield pb.CompleteStreamResponse(summary=summary)
             finally:
                 if streamed:  # cancelled, or cut by its provider: what went out is paid for, estimated
-                    meter.cut(conversation_tokens(messages), estimate_tokens("".join(streamed)))
+                    meter.cut(prompt, estimate_tokens("".join(streamed)))
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the
