@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from router_service.config import ConfigError
-from tierwise.data import DataError, check_measurable
+from tierwise.data import DataError, Record, check_measurable, load, shared_files, split
 
 from .. import evaluate
 from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
@@ -38,19 +39,38 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    records = read_records(data_paths(args.data, "calibrate"), "all" if args.include_held_out else "dev")
-    return calibrate_cascade(args, records) if args.config else calibrate_head(args, records)
+    paths = data_paths(args.data, "calibrate")
+    records = read_records(paths, "all" if args.include_held_out else "dev")
+    return calibrate_cascade(args, records) if args.config else calibrate_head(args, paths, records)
 
 
-def calibrate_head(args: argparse.Namespace, records) -> int:
+def never_fitted(head, paths: list[Path], records: list[Record]) -> tuple[list[Record], int]:
+    """The `records` (read from `paths`) that head never fitted, and how many it did. Its card names the files it was fitted on; their development part, wherever those records
+    are found again (the shared files, or a slice of them), is left out. A tradeoff chosen on a head's own
+    training records promises a quality it does not keep on new ones (0.956 in-sample, 0.935 held out, for the
+    default head)."""
+    trained = {name.strip() for name in re.findall(r"([^,()]+?) \(\d+ records\)", head.card.get("data", ""))}
+    sources = {path.name: path for path in [*shared_files(), *paths]}
+    fitted = {r.id for name in trained if name in sources for r in split(load([sources[name]]))[0]}
+    kept = [r for r in records if r.id not in fitted]
+    return kept, len(records) - len(kept)
+
+
+def calibrate_head(args: argparse.Namespace, paths: list[Path], records: list[Record]) -> int:
     head = heads_in(args.heads_dir, "--heads-dir").get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
+    records, left_out = never_fitted(head, paths, records)
+    if left_out:
+        print(f"tierwise calibrate: left out {left_out} records head {head.name} was fitted on", file=sys.stderr)
     records = lineup_records(head, records, f"head {head.name}'s")
     if (queries := len({r.query for r in records})) < MIN_DEV_RECORDS:
-        raise DataError(f"--data: {queries} different queries among the head's lineup's records; at least "
-                        f"{MIN_DEV_RECORDS} are needed to calibrate (label more with `tierwise label`)")
+        fitted = (f"; the other {left_out} are records it was fitted on: give it labels it never saw, or add "
+                  "--include-held-out for the held-out fifth" if left_out else "")
+        raise DataError(f"--data: {queries} different queries among the head's lineup's records it was never fitted "
+                        f"on; at least {MIN_DEV_RECORDS} are needed to calibrate (label more with `tierwise label`)"
+                        f"{fitted}")
     encoder = offline_encoder()
     probs = head.probabilities(embed_records(encoder, records, EMBEDDINGS_DIR))
     tradeoff, facts = calibrate(records, probs, head.relative_cost, args.target_quality)
