@@ -137,7 +137,12 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
         extra = set() if strategy in ("heuristic", "oracle") else {"heads"}  # cascade starts at embedding
         assert set(out) == {"strategy", "n", "target_quality", "not_replayable", "operating_point", "curve", *extra}
         assert set(out["operating_point"]) == {"accuracy", "cost_savings", "quality_preserved", "answer_quality",
-                                               "quality_vs_frontier", "tier_mix", "avg_latency_overhead_ms"}
+                                               "quality_vs_frontier", "tier_mix", "avg_latency_overhead_ms",
+                                               "paid_mix"}
+        op = out["operating_point"]
+        # the tiers paid for: each query's final one, and a cascade's every tier below it that it tried
+        assert all(paid >= share - 1e-4 for paid, share in zip(op["paid_mix"], op["tier_mix"]))
+        assert abs(sum(op["paid_mix"]) - 1) < 1e-3 if not strategy.endswith("cascade") else sum(op["paid_mix"]) >= 1
         assert set(out["curve"]) == {"savings_at_quality", "aiq"}
         assert set(out["curve"]["savings_at_quality"]) == {"0.9", "0.95", "0.99"}
         assert out["strategy"] == strategy and out["target_quality"] == 0.95
@@ -397,7 +402,18 @@ def test_costs_table_prices_each_mix(tmp_path, capsys):
     assert "| always tier 1 | 100% / 0% / 0% | $0.001500 | $1,500.00 | 98.3% |" in out
     assert "| always tier 3 | 0% / 0% / 100% | $0.090000 | $90,000.00 | 0.0% |" in out
     mix = 0.6 * 0.0015 + 0.25 * 0.018 + 0.15 * 0.09
-    assert f"${mix:.6f}" in out and "$36,000.00" in out  # the cascade pays 40% of always tier 3
+    assert f"${mix:.6f}" in out and "$36,000.00" in out  # an older eval's cascade: 40% of always tier 3
+    assert "at the records' own prices" in out
+    eval_json.write_text(json.dumps({"strategy": "cascade", "operating_point": {
+        "tier_mix": [0.5, 0.3, 0.2], "paid_mix": [1.0, 0.5, 0.2], "cost_savings": 0.6}}))
+    assert main(["costs", "--queries-per-month", "1000000", "--from-eval", str(eval_json),
+                 "--input-tokens", "1000", "--output-tokens", "1000"]) == 0
+    # every query paid tier 1, half of them tier 2 too, a fifth tier 3 as well: at the configured prices
+    assert "| $0.028500 | $28,500.00 | 68.3% |" in capsys.readouterr().out
+    assert main(["costs", "--queries-per-month", "10", "--input-tokens", "1000", "--output-tokens", "0"]) == 0
+    assert "| always tier 3 | 0% / 0% / 100% | $0.015000 |" in capsys.readouterr().out, "0 output tokens is 0"
+    assert main(["costs", "--queries-per-month", "10", "--input-tokens", "0", "--output-tokens", "0"]) == 0
+    assert "undefined" in capsys.readouterr().out
     assert main(["costs", "--queries-per-month", "10", "--mix", "50/50"]) == 2
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from router_service.config import RouterConfig
 from tierwise.tiers import N_TIERS, TIERS
 
+from .evaluate import AS_ROUTED
+
 
 def per_query(cfg: RouterConfig, mix: tuple[float, float, float], input_tokens: int, output_tokens: int) -> float:
     return sum(share * cfg.tiers[tier].cost(input_tokens, output_tokens) for tier, share in zip(TIERS, mix))
@@ -31,8 +33,14 @@ def _shares(parts, total: float) -> bool:
             and abs(sum(parts) - total) <= 1e-6 * total)
 
 
-def from_eval(path: Path) -> tuple[str, tuple[float, float, float], float | None]:
-    """(label, tier mix, cost fraction of always-tier-3 if the strategy pays for several tiers)."""
+Priced = tuple[str, tuple[float, float, float], "tuple[float, ...] | float | None"]
+
+
+def from_eval(path: Path) -> Priced:
+    """(label, final tier mix, what is paid for): the share of queries that paid each tier, priced at the configured
+    prices, where a strategy pays for more than its final tier (a cascade); the share of always tier 3's cost it
+    paid at the records' own prices where eval knows only that (the router's recorded decisions); else None, and
+    the final tier mix is priced."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
@@ -43,19 +51,30 @@ def from_eval(path: Path) -> tuple[str, tuple[float, float, float], float | None
                          "is no tier mix to cost")
     if not _shares(op["tier_mix"], 1.0):
         raise ValueError(f"--from-eval {path}: operating_point.tier_mix must be three shares adding up to 1")
-    # A cascade pays for every tier it tried: its tier mix alone would understate the bill.
-    fraction = 1 - op["cost_savings"] if result["strategy"].endswith("cascade") else None
-    return f"{result['strategy']} (eval: {Path(path).name})", tuple(op["tier_mix"]), fraction
+    label = f"{result['strategy']} (eval: {Path(path).name})"
+    if (paid := op.get("paid_mix")) is not None:  # a cascade pays every tier it tried: its final mix would understate
+        if not (len(paid) == N_TIERS and all(type(p) in (int, float) and 0 <= p <= 1 for p in paid)):
+            raise ValueError(f"--from-eval {path}: operating_point.paid_mix must be three shares from 0 to 1")
+        return label, tuple(op["tier_mix"]), tuple(paid)
+    if result["strategy"] == AS_ROUTED or result["strategy"].endswith("cascade"):
+        # What each query paid is known, not which tiers (the router's records, or an eval from before paid_mix):
+        # the share of always tier 3 it paid, at the records' own prices.
+        return f"{label}, at the records' own prices", tuple(op["tier_mix"]), 1 - op["cost_savings"]
+    return label, tuple(op["tier_mix"]), None
 
 
-def table(cfg: RouterConfig, queries_per_month: int, rows: list[tuple[str, tuple[float, float, float], float | None]],
-          input_tokens: int, output_tokens: int) -> str:
+def table(cfg: RouterConfig, queries_per_month: int, rows: list[Priced], input_tokens: int,
+          output_tokens: int) -> str:
     frontier = per_query(cfg, (0, 0, 1), input_tokens, output_tokens)
     lines = [f"Monthly cost for {queries_per_month:,} queries ({input_tokens} input + {output_tokens} output "
              "tokens each, configured prices)", "",
              "| routing | tier mix (1/2/3) | per query | per month | saved vs always tier 3 |", "|---|---|---|---|---|"]
-    for label, mix, fraction in [("always tier 1", (1, 0, 0), None), ("always tier 3", (0, 0, 1), None), *rows]:
-        cost = frontier * fraction if fraction is not None else per_query(cfg, mix, input_tokens, output_tokens)
+    for label, mix, paid in [("always tier 1", (1, 0, 0), None), ("always tier 3", (0, 0, 1), None), *rows]:
+        if isinstance(paid, tuple):
+            cost = per_query(cfg, paid, input_tokens, output_tokens)
+        else:
+            cost = frontier * paid if paid is not None else per_query(cfg, mix, input_tokens, output_tokens)
+        saved = f"{1 - cost / frontier:.1%}" if frontier else "undefined (tier 3 costs nothing at these sizes)"
         lines.append(f"| {label} | {' / '.join(f'{m:.0%}' for m in mix)} | ${cost:.6f} | "
-                     f"${cost * queries_per_month:,.2f} | {1 - cost / frontier:.1%} |")
+                     f"${cost * queries_per_month:,.2f} | {saved} |")
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from router_service.strategies.heuristic import HeuristicStrategy, heuristic_sco
 from tierwise.atomic import write_atomic
 from tierwise.data import Record, arrays
 from tierwise.metrics import QUALITY_TARGETS, aiq, quality_bounds, routing_metrics, savings_at_quality
-from tierwise.tiers import CHEAPEST, FRONTIER
+from tierwise.tiers import CHEAPEST, FRONTIER, N_TIERS
 
 from .calibration import TRADEOFFS
 from .embeddings import embed_records, offline_encoder
@@ -41,9 +41,17 @@ CASCADE_STARTS = ("heuristic", "embedding", "cheapest")  # what a replayed casca
 
 @dataclass
 class Outcome:
-    """Final tier and money paid per record, for one setting of a strategy."""
+    """Final tier and money paid per record, for one setting of a strategy; `tried` (records x tiers) marks every
+    tier each record paid for, where more than its final one (a cascade), None where unknown (as-routed)."""
     tiers: np.ndarray
     paid: np.ndarray
+    tried: np.ndarray | None = None
+
+    def paid_mix(self) -> list[float] | None:
+        """The share of records that paid each tier (they add up to more than 1 where a cascade climbed)."""
+        if self.tried is None:
+            return None
+        return [round(float(v), 4) for v in self.tried.mean(axis=0)]
 
 
 @dataclass
@@ -69,6 +77,8 @@ class Replay:
             return {**head, "operating_point": None, "curve": None}
         op = routing_metrics(self.records, self.operating_point.tiers, self.operating_point.paid)
         op["avg_latency_overhead_ms"] = self.latency_ms
+        if (paid_mix := self.operating_point.paid_mix()) is not None:
+            op["paid_mix"] = paid_mix  # what `tierwise costs` prices at the configured prices
         points = [self._point(o) for o in self.sweep]
         return {
             **head,
@@ -89,7 +99,7 @@ class Replay:
 def _one_shot(records: list[Record], tiers: np.ndarray) -> Outcome:
     cost = arrays(records)[1]
     tiers = np.asarray(tiers, dtype=int)
-    return Outcome(tiers, cost[np.arange(len(records)), tiers - 1])
+    return Outcome(tiers, cost[np.arange(len(records)), tiers - 1], np.eye(N_TIERS, dtype=bool)[tiers - 1])
 
 
 def baseline(name: str, records: list[Record], seed: int = 0) -> Replay:
@@ -117,7 +127,7 @@ def as_routed(records: list[Record]) -> Replay:
     tiers = np.array([r.routed_tier for r in routed], dtype=int)
     paid = np.array([tier_cost if r.paid_usd is None else r.paid_usd
                      for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
-    outcome = Outcome(tiers, paid)
+    outcome = Outcome(tiers, paid)  # which tiers a live cascade tried is not recorded, only what it paid
     # On a sample of live traffic the point estimate alone proves little: say how low it may really be.
     lower = {"quality_vs_frontier_lower_bound": round(quality_bounds(routed, tiers)[0], 5)}
     return Replay(AS_ROUTED, routed, outcome, [outcome], 0.0, not_replayable=len(records) - len(routed), detail=lower)
@@ -202,6 +212,7 @@ class Gated:
         rows = np.arange(len(self.records))
         tiers = np.asarray(first, dtype=int).copy()
         paid = cost[rows, tiers - 1].copy()
+        tried = np.eye(N_TIERS, dtype=bool)[tiers - 1]
         judged = tiers < FRONTIER  # the gate runs on every answer below tier 3 the cascade gets
         for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
             answer = np.minimum(tiers, 2) - 1
@@ -209,8 +220,9 @@ class Gated:
             climb = judged & ~accepted[rows, answer]
             tiers += climb
             paid += np.where(climb, cost[rows, tiers - 1], 0.0)
+            tried[rows, tiers - 1] |= climb
             judged = climb & (tiers < FRONTIER)
-        return Outcome(tiers, paid)
+        return Outcome(tiers, paid, tried)
 
 
 def gated(records: list[Record], gate_name: str, live: LiveGate | None = None) -> Gated | str:

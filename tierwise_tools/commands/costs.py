@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--from-eval", nargs="+", type=Path, help="JSON written by `tierwise eval --json`")
     p.add_argument("--config", default=str(ROOT / "tierwise.example.yaml"))
     p.add_argument("--input-tokens", type=at_least(int, 0), default=400)
-    p.add_argument("--output-tokens", type=at_least(int, 0), default=0, help="default: the config's expected_output_tokens")
+    p.add_argument("--output-tokens", type=at_least(int, 0), help="default: the config's expected_output_tokens")
     p.set_defaults(run=run)
 
 
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError) as err:
         complain("costs", err)
         return 2
-    print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens,
-                      args.output_tokens or cfg.expected_output_tokens), end="")
+    output = cfg.expected_output_tokens if args.output_tokens is None else args.output_tokens  # 0 is an answer
+    print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens, output), end="")
     return 0
 
 
