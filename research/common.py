@@ -29,7 +29,7 @@ class Shared:
     x: np.ndarray
     ok: np.ndarray
     source: np.ndarray
-    held: np.ndarray  # the held-out fifth (sha256(id) % 5 == 0)
+    held: np.ndarray  # the held-out fifth (int(sha256(id)[:8 hex digits], 16) % 5 == 0: tierwise/data.py)
 
     @property
     def dev(self) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Reproduce the head comparison of docs/decisions/0007 on each dev file's held-out fifth.
 
-Heads are fitted on the development part only (sha256(id) % 5 != 0) from the int8 embeddings cached by
-`tierwise train` (run `make train` first), then swept over the held-out part:
+Heads are fitted on the development part only (int(sha256(id)[:8 hex digits], 16) % 5 != 0) from the int8
+embeddings cached by `tierwise train` (run `make train` first), then swept over the held-out part:
   - multiclass: the previous kind of head, softmax over the oracle tier, ordinal thresholds (t2, t3);
   - success (pooled): one logistic model per tier, fitted on all lineups, argmax_t P_t - tradeoff*cost_t;
   - success (per lineup): the same, fitted on the evaluated file's lineup only;

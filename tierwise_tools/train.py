@@ -70,7 +70,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
         "lineup": (" / ".join(models) if models else
                    POOLED + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
                    "one lineup; the records do not name its models"),
-        "split": "sha256(id) % 5 == 0 held out; fit, select and calibrate on the rest",
+        "split": "int(sha256(id)[:8 hex digits], 16) % 5 == 0 held out (tierwise/data.py); fit, select and calibrate on the rest",
         "trained": when,
         "encoder": encoder.version,
         "model": chosen.describe(),
