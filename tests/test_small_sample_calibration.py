@@ -7,6 +7,7 @@ import numpy as np
 
 from classifier_service.heads import decide
 from tierwise.data import Record, arrays
+from tierwise.metrics import quality_bounds
 from tierwise_tools.calibration import calibrate, calibrate_arrays, meeting
 
 COSTS = (1.0, 10.0, 100.0)
@@ -68,7 +69,7 @@ def test_a_record_given_twice_counts_once_in_the_bound_and_the_folds():
     """The same records twice (a file given twice, say) calibrate exactly as once: a repeated id is resampled as
     one observation, so it cannot narrow the bound; and cross-validation keeps its copies in one fold, so no model
     is scored on a row it was fitted on."""
-    from tierwise_tools.calibration import repeats
+    from tierwise.data import repeats
     from tierwise_tools.fitting import out_of_fold
 
     rng = np.random.default_rng(11)
@@ -82,3 +83,6 @@ def test_a_record_given_twice_counts_once_in_the_bound_and_the_folds():
     assert np.array_equal(oof[:N], oof[N:]), "each copy predicted by the same model, one that saw neither"
     apart = out_of_fold(np.vstack([x, x]), np.vstack([ok, ok]).astype(float), 1.0, 0)
     assert not np.array_equal(apart[:N], apart[N:]), "(without it, copies fall in different folds)"
+    tiers = rng.integers(1, 4, N)
+    assert quality_bounds(twice, np.concatenate([tiers, tiers])) == quality_bounds(once, tiers), \
+        "promote's, eval's and simulate's bounds too"

@@ -142,6 +142,15 @@ def check_measurable(records: list[Record], what: str) -> None:
         raise DataError(f"{what}: tier 3 cost nothing on all {len(records)} records, so cost savings are undefined")
 
 
+def repeats(records: list[Record]) -> np.ndarray | None:
+    """Each record's id as a group number when some id appears more than once (the same file given twice, or a
+    query the shadow labelled again: its ids hash the query), else None. One id's records are one observation:
+    they are resampled, and cross-validated, together."""
+    seen: dict[str, int] = {}
+    groups = np.array([seen.setdefault(r.id, len(seen)) for r in records], dtype=np.int64)
+    return groups if len(seen) < len(records) else None
+
+
 def split(records: list[Record]) -> tuple[list[Record], list[Record]]:
     """(development part, held-out part)."""
     return [r for r in records if not r.held_out], [r for r in records if r.held_out]

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import Record, arrays
+from .data import Record, arrays, repeats
 from .tiers import TIERS
 
 QUALITY_TARGETS = (0.9, 0.95, 0.99)
@@ -59,10 +59,15 @@ def resampled_quality_vs_frontier(weights: np.ndarray, chosen_ok: np.ndarray, fr
 def quality_bounds(records: list[Record], tiers: np.ndarray, resamples: int = 1000,
                    level: float = 0.95) -> tuple[float, float]:
     """One-sided `level` bootstrap bounds (lower, upper) of quality vs frontier when `records` are routed to `tiers`:
-    how low, and how high, the quality of the traffic they sample may really be."""
+    how low, and how high, the quality of the traffic they sample may really be. Records sharing an id are one
+    observation (data.repeats): the same labels given twice are no more evidence than once."""
     ok = arrays(records)[0].astype(np.float64)
     tiers = np.asarray(tiers, dtype=int)
-    weights = poisson_weights(len(records), len(records), resamples)
+    groups = repeats(records)
+    n = len(records) if groups is None else int(groups.max()) + 1
+    weights = poisson_weights(n, n, resamples)
+    if groups is not None:
+        weights = weights[:, groups]
     quality = resampled_quality_vs_frontier(weights, ok[np.arange(len(records)), tiers - 1], weights @ ok[:, 2])
     low, high = np.quantile(quality, [1 - level, level])
     return float(low), float(high)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from classifier_service.heads import decide
-from tierwise.data import Record, arrays, check_measurable
+from tierwise.data import Record, arrays, check_measurable, repeats
 from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier
 from tierwise.tiers import FRONTIER
 
@@ -47,15 +47,6 @@ def calibrate(records: list[Record], probabilities: np.ndarray, relative_cost, t
     check_measurable(records, "calibration records")
     return calibrate_arrays(*arrays(records), probabilities, relative_cost, target, confidence, window, resamples, seed,
                             repeats(records))
-
-
-def repeats(records: list[Record]) -> np.ndarray | None:
-    """Each record's id as a group number when some id appears more than once (the same file given twice, or a
-    query the shadow labelled again: its ids hash the query), else None. One id's records are one observation:
-    they are resampled, and cross-validated, together."""
-    seen: dict[str, int] = {}
-    groups = np.array([seen.setdefault(r.id, len(seen)) for r in records], dtype=np.int64)
-    return groups if len(seen) < len(records) else None
 
 
 def calibrate_arrays(ok: np.ndarray, cost: np.ndarray, probabilities: np.ndarray, relative_cost, target: float,

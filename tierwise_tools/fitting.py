@@ -15,10 +15,10 @@ from sklearn.model_selection import KFold
 from tqdm import tqdm
 
 from classifier_service.heads import Support, TierHead, decide, success, unit
-from tierwise.data import Record, arrays
+from tierwise.data import Record, arrays, repeats
 from tierwise.tiers import N_TIERS
 
-from .calibration import calibrate, repeats
+from .calibration import calibrate
 from .prior import Prior, joined_support, usable
 
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -51,7 +51,7 @@ def out_of_fold(x: np.ndarray, ok: np.ndarray, c: float, seed: int, groups: np.n
                 prior: Prior | None = None, scale: float = 1.0, same: np.ndarray | None = None) -> np.ndarray:
     """Success probabilities of each row from a model fitted without it: 5 random folds, or with `groups`,
     one fold per group (each group predicted by a model that never saw any of it). Rows `same` numbers alike
-    (a repeated record id: see calibration.repeats) fall in one fold, or a model would be scored on its own
+    (a repeated record id: see data.repeats) fall in one fold, or a model would be scored on its own
     training rows."""
     oof = np.zeros(ok.shape)
     kfold = KFold(5, shuffle=True, random_state=seed)
