@@ -116,6 +116,30 @@ def test_classifier_down_degrades_to_heuristic_and_still_answers(tmp_path):
         classifier.stop()
 
 
+def test_decisions_are_the_classifiers_again_within_seconds_of_its_return(tmp_path):
+    """gRPC's default reconnect backoff grows to minutes: after a ten-second outage the router would decide with
+    the heuristic for several seconds more (5-14 s in the soak test). Its channel tries again every second."""
+    classifier = start_classifier()
+    address = classifier.address
+    try:
+        with running_router(example_config(), address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            route = router_pb2_grpc.RouterServiceStub(channel).Route
+            assert not route(pb.RouteRequest(query="Is water wet?"), timeout=5).degraded
+            classifier.stop()
+            outage_ends = time.monotonic() + 10
+            while time.monotonic() < outage_ends:  # calls keep the channel trying, as traffic would
+                assert route(pb.RouteRequest(query="Is water wet?"), timeout=5).degraded
+                time.sleep(0.5)
+            classifier = start_classifier("--listen", address)
+            back = time.monotonic()
+            while route(pb.RouteRequest(query="Is water wet?"), timeout=5).degraded and time.monotonic() - back < 10:
+                time.sleep(0.1)
+            assert time.monotonic() - back < 3.0, f"degraded for {time.monotonic() - back:.1f} s after its return"
+    finally:
+        classifier.stop()
+
+
 def test_a_configured_head_the_classifier_lacks_degrades_the_decision_not_the_callers_request(services, tmp_path):
     doc = example_config()
     doc["classifier"] = {**doc.get("classifier", {}), "head": "not-served-here"}
