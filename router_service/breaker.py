@@ -47,6 +47,14 @@ class CircuitBreaker:
         """The current state; an open breaker whose cooldown has elapsed reads as half-open."""
         return self._locked(lambda: self._state)
 
+    def reading(self) -> BreakerState:
+        """The state as `state` reads it, without taking the step from open to half-open (and telling the listener
+        of it): for a reader on another thread, such as the metrics collector."""
+        with self._lock:
+            if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+                return BreakerState.HALF_OPEN
+            return self._state
+
     @property
     def cooling(self) -> bool:
         """Open and cooling down: a call would be refused at once. Once the cooldown has passed the breaker reads

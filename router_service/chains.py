@@ -14,10 +14,11 @@ log = logging.getLogger("tierwise.router")
 
 
 def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierChain]:
-    metrics.track_breakers([p.name for t in cfg.tiers.values() for p in t.providers])
-    return {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers],
-                            hedge_after_s=t.hedge_after_ms / 1000, balance=balance(t.balance))
-            for tier, t in cfg.tiers.items()}
+    chains = {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers],
+                              hedge_after_s=t.hedge_after_ms / 1000, balance=balance(t.balance))
+              for tier, t in cfg.tiers.items()}
+    metrics.track_breakers({p.name: p.breaker for chain in chains.values() for p in chain.providers})
+    return chains
 
 
 async def close_chains(chains: dict[int, TierChain]) -> None:

@@ -3,12 +3,13 @@ and span helpers."""
 from __future__ import annotations
 
 import time
+from typing import Mapping
 
 from opentelemetry import metrics, trace
 
 from tierwise.telemetry import CallCounts
 
-from .breaker import BreakerState
+from .breaker import BreakerState, CircuitBreaker
 from .config import TierConfig
 from .dispatch import Result
 from .providers import Attempt
@@ -48,7 +49,7 @@ class RouterMetrics:
                                                   description="provider health checks by provider and result")
         self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
                                                         description="circuit breaker state changes")
-        self._breakers: dict[str, BreakerState] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
         meter.create_observable_gauge("tierwise.router.breaker.state", callbacks=[self._observe_breakers],
                                       description="0 closed, 1 half-open, 2 open")
 
@@ -58,16 +59,17 @@ class RouterMetrics:
         self.cost.add(result.cost_usd, {"tier": result.tier})
         self.frontier_cost.add(frontier.cost(c.input_tokens, c.output_tokens, cached_tokens=c.cached_input_tokens))
 
-    def track_breakers(self, providers: list[str]) -> None:
-        for name in providers:
-            self._breakers.setdefault(name, BreakerState.CLOSED)
+    def track_breakers(self, breakers: Mapping[str, CircuitBreaker]) -> None:
+        self._breakers.update(breakers)
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
-        self._breakers[provider] = new
         self.breaker_transitions.add(1, {"provider": provider, "to": str(new)})
 
     def _observe_breakers(self, options):
-        return [metrics.Observation(BREAKER_VALUE[state], {"provider": name}) for name, state in self._breakers.items()]
+        # Each breaker's state as it reads now: an open one whose cooldown passed is half-open, though no call has
+        # asked it since (a quiet provider, or a fallback), and must not read open for ever to an alert.
+        return [metrics.Observation(BREAKER_VALUE[breaker.reading()], {"provider": name})
+                for name, breaker in self._breakers.items()]
 
 
 def attempt_span(tracer: trace.Tracer, tier: int, attempt: Attempt, purpose: str = "answer") -> None:

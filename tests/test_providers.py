@@ -467,6 +467,22 @@ def test_a_probe_that_streams_closes_the_breaker_at_its_first_text(double, sleep
     assert run(scenario(), provider) is BreakerState.CLOSED
 
 
+def test_the_breaker_gauge_reads_half_open_once_the_cooldown_passed_though_no_call_came():
+    """A quiet provider's breaker, or a fallback's, takes its step to half-open only when next asked; the gauge
+    must not read open until then (the breaker-open alert would fire for a provider that is ready to probe)."""
+    from router_service.telemetry import BREAKER_VALUE, RouterMetrics
+
+    clock = FakeClock()
+    breaker = CircuitBreaker("a", failure_threshold=1, cooldown_s=10, clock=clock)
+    metrics = RouterMetrics()
+    metrics.track_breakers({"a": breaker})
+    breaker.record_failure()
+    assert [o.value for o in metrics._observe_breakers(None)] == [BREAKER_VALUE[BreakerState.OPEN]]
+    clock.now += 10
+    assert [o.value for o in metrics._observe_breakers(None)] == [BREAKER_VALUE[BreakerState.HALF_OPEN]]
+    assert breaker.allow(), "reading it took no step of its own: the probe is still to go out"
+
+
 def test_breaker_opens_rejects_half_opens_with_one_probe_and_closes(double, sleeps):
     clock = FakeClock()
     changes: list[tuple[str, BreakerState, BreakerState]] = []
