@@ -97,6 +97,25 @@ def test_a_streamed_http_answer_is_logged_under_its_stream_method(router):
                                                                                     200, 1)
 
 
+def test_a_grpc_stream_its_caller_cancels_is_logged_cancelled(router, double):
+    """grpc closes such a stream's handler while it waits at a yield: it ends with GeneratorExit, no CancelledError."""
+    double.set_reply("t1-a", " ".join(["word"] * 400))
+    start = len(access_lines(router, 0, timeout=0))
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            for _ in range(10):
+                events = router_pb2_grpc.RouterServiceStub(channel).CompleteStream(
+                    pb.CompleteRequest(messages=[pb.Message(role="user", content="Write at length.")], strategy="tier1"),
+                    timeout=20, metadata=(("authorization", f"Bearer {KEY}"),))
+                for _, _ in zip(range(3), events):
+                    pass
+                events.cancel()
+    finally:
+        double.reset()
+    lines = access_lines(router, start + 10)[start:]
+    assert len(lines) == 10 and {line["code"] for line in lines} == {"CANCELLED"}, [line["code"] for line in lines]
+
+
 def test_the_access_log_is_off_by_default(double, tmp_path):
     with running_router(router_config(double.base_url), UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router:
         with grpc.insecure_channel(router.address) as channel:

@@ -109,11 +109,13 @@ DEADLINE_SLACK_S = 0.25
 
 def final_code(context, kind: type | None) -> str:
     """The name of the code a gRPC call is ending with: an aborted call (a refusal, or INTERNAL) has its code on the
-    context by now; one that raised CancelledError had its deadline pass, or was cancelled; else it was answered."""
+    context by now; one that raised CancelledError (or, a stream, GeneratorExit) had its deadline pass, or was
+    cancelled; else it was answered."""
     code = context.code()
     if code is not None:
         return code.name
-    if kind is not asyncio.CancelledError:
+    # A stream closed by grpc while paused at a yield (its caller went) ends with GeneratorExit.
+    if kind not in (asyncio.CancelledError, GeneratorExit):
         return "OK"
     # A caller cancels at its own deadline, which this side, having counted from the request's arrival, sees a
     # moment later: a cancellation that close to the deadline is the deadline's.
