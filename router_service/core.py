@@ -112,6 +112,7 @@ class RouterCore:
                        "on_escalate": self._on_escalate, "prefer": earlier.provider if earlier else "",
                        "meter": meter}
             streamed: list[str] = []  # what the caller got of an answer that may never be summed up
+            summed = False
             try:
                 with self._dispatch_errors():
                     if stream and strategy.gate is None:
@@ -127,7 +128,7 @@ class RouterCore:
                             streamed.append(event)
                             yield pb.CompleteStreamResponse(delta=event)
                 summary = self._finish(method, span, decision, route, result, started, messages, asked)
-                streamed = []
+                streamed, summed = [], True
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
                 if all(tier != result.tier for tier, _ in result.gate_rejections):
@@ -136,6 +137,8 @@ class RouterCore:
             finally:
                 if streamed:  # cancelled, or cut by its provider: what went out is paid for, estimated
                     meter.cut(prompt, estimate_tokens("".join(streamed)))
+                if not summed and meter.total:  # paid, though the call ended without an answer: in the cost too
+                    self.metrics.cost.add(meter.total, {"tier": meter.tier or decision.tier})
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

@@ -37,22 +37,26 @@ class Meter:
         self.cfg = cfg
         self.charge = charge
         self.streaming: tuple[int, str] | None = None  # (tier, provider) whose text is going out
+        self.total = 0.0  # charged so far
+        self.tier = 0  # the last tier paid
 
-    def paid(self, usd: float) -> float:
+    def paid(self, usd: float, tier: int = 0) -> float:
         if usd:
             self.charge(usd)
+            self.total += usd
+            self.tier = tier or self.tier
         return usd
 
-    def answered(self, usd: float) -> float:
-        """A whole answer, paid for: a stream that sent it is no longer one cut short."""
+    def answered(self, usd: float, tier: int) -> float:
+        """A whole answer from `tier`, paid for: a stream that sent it is no longer one cut short."""
         self.streaming = None
-        return self.paid(usd)
+        return self.paid(usd, tier)
 
     def cut(self, input_tokens: int, output_tokens: int) -> None:
         """The stream going out stopped before its answer was summed up; `output_tokens` of it were delivered."""
         if self.streaming is not None:
             tier, provider = self.streaming
-            self.paid(self.cfg.tiers[tier].cost(input_tokens, output_tokens, provider))
+            self.paid(self.cfg.tiers[tier].cost(input_tokens, output_tokens, provider), tier)
 
 
 @dataclass
@@ -171,7 +175,7 @@ class Dispatcher:
                 verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)
-                progress.cost += meter.paid(verdict.cost_usd)
+                progress.cost += meter.paid(verdict.cost_usd, tier)
                 if not verdict.accept:
                     progress.gate_rejections.append((tier, verdict.reason))
                     progress.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)
@@ -200,7 +204,7 @@ class _Progress:
 
     def answered(self, tier: int, completion: Completion, cfg: RouterConfig) -> None:
         self.attempts.extend(TierAttempt(tier, a) for a in completion.attempts)
-        self.cost += self.meter.answered(cfg.tiers[tier].answer_cost(completion))
+        self.cost += self.meter.answered(cfg.tiers[tier].answer_cost(completion), tier)
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:

@@ -42,6 +42,13 @@ def paid(port: int) -> float:
         return 0.0
 
 
+def counted(port: int) -> float:
+    """The router's provider cost metric, every tier added up: what the spend and savings panels read."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tierwise_router_cost_USD_total{") and 'purpose="shadow"' not in line)
+
+
 def test_a_rejected_answer_is_paid_though_the_call_then_runs_out_of_time(router, double):
     stub, port = router
     double.set_reply("t1-a", "I cannot help with that.")  # the surface gate rejects it
@@ -51,6 +58,7 @@ def test_a_rejected_answer_is_paid_though_the_call_then_runs_out_of_time(router,
                                          strategy="tier1+cascade"), timeout=1.5, metadata=AS_KEY)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(double.requests_for("t1-a")) == 1 and paid(port) > 0, "tier 1 answered and was paid"
+    assert counted(port) == pytest.approx(paid(port)), "and counted in the cost metric"
 
 
 def test_a_stream_cut_after_escalating_is_paid_at_the_tier_that_streamed(router, double):
@@ -67,3 +75,4 @@ def test_a_stream_cut_after_escalating_is_paid_at_the_tier_that_streamed(router,
     assert err.value.code() == grpc.StatusCode.ABORTED
     whole_at_tier_1 = (10 * TIER_PRICES[1][0] + estimate_tokens(reply) * TIER_PRICES[1][1]) / 1e6
     assert paid(port) > 2 * whole_at_tier_1, "a quarter of the reply at tier 2's price is three times all of it at tier 1's"
+    assert counted(port) == pytest.approx(paid(port)), "and counted in the cost metric"
