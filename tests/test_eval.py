@@ -13,7 +13,7 @@ from tierwise_tools.calibration import calibrate, cheapest_meeting
 from classifier_service.heads import decide
 from tierwise_tools import evaluate
 from tierwise_tools.cli import main
-from tierwise.data import DataError, Record
+from tierwise.data import DataError, Record, shared_files
 from tierwise.metrics import aiq, routing_metrics
 
 COSTS = (1.0, 10.0, 100.0)
@@ -304,6 +304,19 @@ def test_calibrate_with_a_router_config_finds_the_cheapest_verifier_bar_that_mee
     assert "quality_vs_frontier=1.0000" in out and "'auc': 1.0" in out and "verify gate: 200 verifier calls" in err
     assert main(["calibrate", "--config", str(write_config(gate="surface")), "--data", str(data)]) == 2
     assert "cascade.gate 'surface' has no bar to calibrate" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not shared_files(), reason="../shared/data/routing is absent: the shipped heads' records")
+def test_an_embedding_start_is_not_calibrated_on_the_heads_own_records_nor_paid_for(scored_by_tier_1, tmp_path,
+                                                                                     capsys):
+    """The start's tradeoff would be chosen on the shipped heads' own decisions: refused before any verifier runs."""
+    _, write_config, double = scored_by_tier_1
+    fitted = tmp_path / "fitted.jsonl"
+    with open(shared_files()[0]) as f:
+        fitted.write_text("".join(line for _, line in zip(range(60), f)))
+    assert main(["calibrate", "--config", str(write_config(start="embedding")), "--data", str(fitted)]) == 2
+    assert "records a head there was fitted on" in (err := capsys.readouterr().err) and "no records" in err
+    assert not double.requests_for("t1-a"), "nothing was paid for"
 
 
 def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_replays_them(scored_by_tier_1, capsys):

@@ -41,15 +41,16 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     paths = data_paths(args.data, "calibrate")
     records = read_records(paths, "all" if args.include_held_out else "dev")
-    return calibrate_cascade(args, records) if args.config else calibrate_head(args, paths, records)
+    return calibrate_cascade(args, paths, records) if args.config else calibrate_head(args, paths, records)
 
 
-def never_fitted(head, paths: list[Path], records: list[Record]) -> tuple[list[Record], int]:
-    """The `records` (read from `paths`) that head never fitted, and how many it did. Its card names the files it was fitted on; their development part, wherever those records
-    are found again (the shared files, or a slice of them), is left out. A tradeoff chosen on a head's own
-    training records promises a quality it does not keep on new ones (0.956 in-sample, 0.935 held out, for the
-    default head)."""
-    trained = {name.strip() for name in re.findall(r"([^,()]+?) \(\d+ records\)", head.card.get("data", ""))}
+def never_fitted(heads, paths: list[Path], records: list[Record]) -> tuple[list[Record], int]:
+    """The `records` (read from `paths`) that none of `heads` was fitted on, and how many one was. A card names the
+    files its head was fitted on; their development part, wherever those records are found again (the shared
+    files, or a slice of them), is left out. A tradeoff chosen on a head's own training records promises a quality
+    it does not keep on new ones (0.956 in-sample, 0.935 held out, for the default head)."""
+    trained = {name.strip() for head in heads
+               for name in re.findall(r"([^,()]+?) \(\d+ records\)", head.card.get("data", ""))}
     sources = {path.name: path for path in [*shared_files(), *paths]}
     fitted = {r.id for name in trained if name in sources for r in split(load([sources[name]]))[0]}
     kept = [r for r in records if r.id not in fitted]
@@ -61,7 +62,7 @@ def calibrate_head(args: argparse.Namespace, paths: list[Path], records: list[Re
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
-    records, left_out = never_fitted(head, paths, records)
+    records, left_out = never_fitted([head], paths, records)
     if left_out:
         print(f"tierwise calibrate: left out {left_out} records head {head.name} was fitted on", file=sys.stderr)
     records = lineup_records(head, records, f"head {head.name}'s")
@@ -89,7 +90,7 @@ def calibrate_head(args: argparse.Namespace, paths: list[Path], records: list[Re
     return 0
 
 
-def calibrate_cascade(args: argparse.Namespace, records) -> int:
+def calibrate_cascade(args: argparse.Namespace, paths: list[Path], records: list[Record]) -> int:
     """The cheapest verifier bar, and for an embedding start the tradeoff it starts at, with which the config's
     cascade meets the target under the same confidence bound as a head's tradeoff (docs/decisions/0017)."""
     check_measurable(records, "calibration records")
@@ -107,6 +108,13 @@ def calibrate_cascade(args: argparse.Namespace, records) -> int:
     if cascade.start not in evaluate.CASCADE_STARTS:
         print(f"tierwise calibrate: --config: {unreplayable_start(cascade.start)}", file=sys.stderr)
         return 2
+    if cascade.start == "embedding":  # its start tradeoff is chosen on the heads' decisions: none on their own records
+        heads = heads_in(args.heads_dir, "--heads-dir")
+        records, left_out = never_fitted([heads.get(name) for name in heads.names], paths, records)
+        if left_out:
+            print(f"tierwise calibrate: left out {left_out} records a head there was fitted on", file=sys.stderr)
+        check_measurable(records, "calibration records the heads were never fitted on (your own labels, or "
+                                  "--include-held-out for the held-out fifth)")
     answers = evaluate.gated(records, live.gate_name, live)
     spent(live)
     if isinstance(answers, str):
