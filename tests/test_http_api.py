@@ -258,6 +258,8 @@ def test_bad_requests_are_400s_naming_the_field(api, body, param):
 def test_bad_json_a_huge_body_and_unknown_paths_get_openai_errors(api):
     status, _, reply = post(api[0], b"{not json")
     assert status == 400 and "not valid JSON" in reply["error"]["message"] and reply["error"]["param"] is None
+    status, _, reply = post(api[0], b"[" * 5000 + b"]" * 5000)
+    assert status == 400 and "nested too deeply" in reply["error"]["message"]
     conn = http.client.HTTPConnection(api[0], timeout=20)
     for method, path, code in (("GET", "/v2/anything", 404), ("GET", "/v1/chat/completions", 405)):
         conn.request(method, path)

@@ -149,7 +149,7 @@ def _asks_to_stream(body: bytes) -> bool:
     """Whether a body that was refused asked for a stream (read again only on that path)."""
     try:
         asked = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # what the parse refused it for: not JSON, or nested too deeply
         return False
     return isinstance(asked, dict) and asked.get("stream") is True
 
