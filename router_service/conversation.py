@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from itertools import islice
 from typing import Mapping, Sequence
 
 from tierwise.tiers import FRONTIER
@@ -33,12 +34,12 @@ SURE_CODE = re.compile(
 # Lines that read as code: a call or assignment ending in a semicolon, a block opened after a call, an arrow or
 # a keyword, or an import, return or block header of their own. Neither "- be kind;" in a list of rules nor the
 # braces of a JSON template a system prompt asks replies to keep to is one.
-CODE_LINE = re.compile(r"^[^\n]*[(=][^\n]*;\s*$|(?:\)|=>|\belse|\btry|\bdo)\s*\{\s*$"
+CODE_LINE = re.compile(r"^[^(=\n]*[(=][^\n]*;\s*$|(?:\)|=>|\belse|\btry|\bdo)\s*\{\s*$"
                        r"|^\s*(?:import\s+[\w.]+|from\s+[\w.]+\s+import\b.*|return\b.*|(?:if|for|while)\b.*:)\s*$", re.M)
 
 
 def looks_like_code(text: str) -> bool:
-    return bool(SURE_CODE.search(text)) or len(CODE_LINE.findall(text)) >= 3
+    return bool(SURE_CODE.search(text)) or sum(1 for _ in islice(CODE_LINE.finditer(text), 3)) == 3
 
 
 class NoTierFits(ValueError):
