@@ -128,17 +128,18 @@ class RouterCore:
                             streamed.append(event)
                             yield pb.CompleteStreamResponse(delta=event)
                 summary = self._finish(method, span, decision, route, result, started, messages, asked)
-                streamed, summed = [], True
+                summed = True
                 entry.answered(summary)
                 self.affinity.answered(conversation, result.tier, result.completion.provider)
                 if all(tier != result.tier for tier, _ in result.gate_rejections):
                     self.cache.put(key, summary)  # not an answer the gate rejected, returned for want of a better
                 yield pb.CompleteStreamResponse(summary=summary)
             finally:
-                if streamed:  # cancelled, or cut by its provider: what went out is paid for, estimated
-                    meter.cut(prompt, estimate_tokens("".join(streamed)))
-                if not summed and meter.total:  # paid, though the call ended without an answer: in the cost too
-                    self.metrics.cost.add(meter.total, {"tier": meter.tier or decision.tier})
+                if not summed:  # cancelled, cut by its provider, or failed: what was paid for, in the cost too
+                    if streamed:  # what went out, estimated
+                        meter.cut(prompt, estimate_tokens("".join(streamed)))
+                    if meter.total:
+                        self.metrics.cost.add(meter.total, {"tier": meter.tier})
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

@@ -40,17 +40,16 @@ class Meter:
         self.total = 0.0  # charged so far
         self.tier = 0  # the last tier paid
 
-    def paid(self, usd: float, tier: int = 0) -> float:
+    def paid(self, usd: float, tier: int) -> None:
         if usd:
             self.charge(usd)
             self.total += usd
-            self.tier = tier or self.tier
-        return usd
+            self.tier = tier
 
-    def answered(self, usd: float, tier: int) -> float:
+    def answered(self, usd: float, tier: int) -> None:
         """A whole answer from `tier`, paid for: a stream that sent it is no longer one cut short."""
         self.streaming = None
-        return self.paid(usd, tier)
+        self.paid(usd, tier)
 
     def cut(self, input_tokens: int, output_tokens: int) -> None:
         """The stream going out stopped before its answer was summed up; `output_tokens` of it were delivered."""
@@ -175,7 +174,7 @@ class Dispatcher:
                 verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)
-                progress.cost += meter.paid(verdict.cost_usd, tier)
+                meter.paid(verdict.cost_usd, tier)
                 if not verdict.accept:
                     progress.gate_rejections.append((tier, verdict.reason))
                     progress.escalate(tier, f"{gate.name} gate: {verdict.reason}", on_escalate)
@@ -194,7 +193,6 @@ class _Progress:
         self.ceiling = ceiling
         self.meter = meter
         self.attempts: list[TierAttempt] = []
-        self.cost = 0.0
         self.escalations = 0
         self.gate_rejections: list[tuple[int, str]] = []
         self.last: tuple[int, Completion] | None = None
@@ -204,7 +202,7 @@ class _Progress:
 
     def answered(self, tier: int, completion: Completion, cfg: RouterConfig) -> None:
         self.attempts.extend(TierAttempt(tier, a) for a in completion.attempts)
-        self.cost += self.meter.answered(cfg.tiers[tier].answer_cost(completion), tier)
+        self.meter.answered(cfg.tiers[tier].answer_cost(completion), tier)
         self.last = (tier, completion)
 
     def escalate(self, tier: int, why: str, on_escalate: OnEscalate | None) -> None:
@@ -215,7 +213,8 @@ class _Progress:
 
     def done(self) -> Result:
         tier, completion = self.last
-        return Result(completion, tier, self.escalations, self.cost, self.attempts, self.gate_rejections)
+        # The meter is the call's own: what it charged is what every tier tried and every verdict cost.
+        return Result(completion, tier, self.escalations, self.meter.total, self.attempts, self.gate_rejections)
 
     def unavailable(self) -> Unavailable:
         not_configured = bool(self.attempts) and all(a.attempt.outcome is Outcome.NOT_CONFIGURED for a in self.attempts)
