@@ -6,7 +6,6 @@ and the call's server span; its refusals are `Rejected` with a gRPC status that 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import ExitStack, contextmanager
 from typing import AsyncIterator, Awaitable
@@ -15,7 +14,8 @@ import grpc
 from opentelemetry import trace
 
 from tierwise.metrics import quality_target
-from tierwise.serving import NO_RETRY, InFlight, Rejected, ThrottledLog, check_size, check_text, shown
+from tierwise.serving import (NO_RETRY, InFlight, Rejected, ThrottledLog, check_size, check_text, retry_after,
+                              shown)
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
@@ -239,8 +239,7 @@ class RouterCore:
             code = grpc.StatusCode.FAILED_PRECONDITION if err.not_configured else grpc.StatusCode.UNAVAILABLE
             # Every provider was asked already: a client retrying it at once would bill them all again for the
             # same refusal, unless every one of them said when to come back.
-            when = NO_RETRY if err.retry_after is None else (
-                ("grpc-retry-pushback-ms", str(max(1, math.ceil(err.retry_after * 1000)))),)
+            when = NO_RETRY if err.retry_after is None else retry_after(err.retry_after)
             raise Rejected(code, str(err), trailing=when, traced=err.traced) from None
         except DeadlinePassed as err:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, str(err)) from None

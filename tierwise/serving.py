@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import time
 import unicodedata
@@ -107,8 +108,19 @@ def _bind(name: str, server: grpc.aio.Server, listen: str, credentials: grpc.Ser
 
 GRPC_MAX_MESSAGE = 2**31 - 1  # the most gRPC receives in one message: its length is a C int
 
-# Trailing metadata telling gRPC's retry policies (and Tierwise's clients) not to retry: a negative pushback.
-NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+# Trailing metadata telling gRPC's retry policies (and Tierwise's clients) when to retry: in ms, or never if negative.
+PUSHBACK = "grpc-retry-pushback-ms"
+NO_RETRY = ((PUSHBACK, "-1"),)
+
+
+def retry_after(seconds: float) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that asks for a retry no sooner than `seconds` from now (at least a millisecond)."""
+    return ((PUSHBACK, str(max(1, math.ceil(seconds * 1000)))),)
+
+
+def pushback_ms(trailing: tuple[tuple[str, str], ...]) -> int | None:
+    """The pushback `trailing` carries, in ms (negative: do not retry), or None."""
+    return next((int(value) for key, value in trailing if key == PUSHBACK), None)
 
 
 class Rejected(Exception):

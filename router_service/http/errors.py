@@ -8,7 +8,7 @@ import re
 
 import grpc
 
-from tierwise.serving import NO_RETRY, Rejected, invalid
+from tierwise.serving import Rejected, invalid, pushback_ms
 
 from ..auth import KeyRefused, bearer
 
@@ -60,10 +60,9 @@ def error_body(err: Rejected) -> dict:
 def error_headers(err: Rejected) -> dict[str, str]:
     """Retry-After on a 429: the key's wait, or a second when the router was full; x-should-retry: false (which the
     OpenAI and Anthropic SDKs heed) on a refusal gRPC's would tell not to retry (a negative retry pushback)."""
-    if NO_RETRY[0] in err.trailing:
-        return {"x-should-retry": "false"}
-    if pushback := [int(v) for k, v in err.trailing if k == "grpc-retry-pushback-ms"]:  # when the providers said
-        return {"retry-after": str(math.ceil(pushback[0] / 1000))}
+    if (pushback := pushback_ms(err.trailing)) is not None:
+        # never, or when the providers said they could answer again
+        return {"x-should-retry": "false"} if pushback < 0 else {"retry-after": str(math.ceil(pushback / 1000))}
     if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return {}
     wait = err.retry_after_s if isinstance(err, KeyRefused) and err.retry_after_s is not None else 1
