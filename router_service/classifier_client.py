@@ -10,12 +10,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
-from tierwise.tls import ClientTLS
+from tierwise.tls import RENEW_CHECK_S, ClientTLS
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
 
 log = logging.getLogger("tierwise.router")
-RENEW_CHECK_S = 10.0  # how often the TLS files are stat'ed for a renewal
 CLOSE_GRACE_S = 30.0  # calls on a replaced channel have this long to finish
 RECONNECT_MS = 1000  # a channel whose classifier went away tries again this often
 WARM_CHECK_TIMEOUT_S = 1.0

@@ -21,6 +21,7 @@ import grpc
 from .watching import file_signature
 
 log = logging.getLogger("tierwise.tls")
+RENEW_CHECK_S = 10.0  # how often a client, or the HTTPS port, looks at its TLS files for a renewal
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -54,6 +55,10 @@ class ServerTLS:
     def signature(self) -> tuple:
         return file_signature(self.cert, self.key, self.client_ca)
 
+    def pair_signature(self) -> tuple:
+        """The certificate's and key's alone (a server that takes up no new client CA watches these)."""
+        return file_signature(self.cert, self.key)
+
 
 @dataclass(frozen=True)
 class ClientTLS:
@@ -82,7 +87,7 @@ class ClientTLS:
     def credentials(self) -> grpc.ChannelCredentials:
         """Channel credentials from the files as they are now; OSError or ssl.SSLError when they are unusable."""
         if self.cert is not None:
-            _check_pair(self.cert, self.key)
+            check_pair(self.cert, self.key)
         return grpc.ssl_channel_credentials(
             root_certificates=_certificates(self.ca),
             private_key=self.key.read_bytes() if self.key else None,
@@ -96,7 +101,7 @@ def _check_both(cert: Path | None, key: Path | None, flag: str) -> None:
                          f"{flag}{'cert' if key is None else 'key'}")
 
 
-def _check_pair(cert: Path, key: Path) -> None:
+def check_pair(cert: Path, key: Path) -> None:
     """ssl.SSLError (or OSError) unless `key` is the private key of the certificate in `cert`."""
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
 
@@ -123,7 +128,7 @@ def _certificates(path: Path) -> bytes:
 
 
 def _configuration(tls: ServerTLS) -> grpc.ServerCertificateConfiguration:
-    _check_pair(tls.cert, tls.key)
+    check_pair(tls.cert, tls.key)
     ca = None
     if tls.client_ca is not None:
         ca = _certificates(tls.client_ca)

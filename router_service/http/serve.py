@@ -13,11 +13,9 @@ from typing import Callable
 import uvicorn
 
 from tierwise.telemetry import split_listen
-from tierwise.tls import ServerTLS
-from tierwise.watching import file_signature
+from tierwise.tls import RENEW_CHECK_S, ServerTLS, check_pair
 
 STOP_GRACE_S = 5
-RENEW_CHECK_S = 10.0  # how often the HTTPS certificate's files are looked at
 log = logging.getLogger("tierwise.router.http")
 
 
@@ -93,15 +91,14 @@ async def _renew(context: ssl.SSLContext, tls: ServerTLS) -> None:
     every new connection's handshake reads (open connections keep theirs). A broken pair is logged and the current
     one keeps serving, as on the gRPC port. The client CA is read at start only: an SSL context can add CAs but
     never drop one."""
-    pair = lambda: file_signature(tls.cert, tls.key)  # noqa: E731 - the client CA is not taken up here
-    seen = pair()
+    seen = tls.pair_signature()
     while True:
         await asyncio.sleep(RENEW_CHECK_S)
-        if (now := pair()) == seen:
+        if (now := tls.pair_signature()) == seen:
             continue
         seen = now
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key)  # a failure changes nothing
+            check_pair(tls.cert, tls.key)  # on a scratch context: a failure changes nothing
             context.load_cert_chain(tls.cert, tls.key)
         except (OSError, ValueError) as err:
             log.error("HTTPS certificate not reloaded, still serving the previous one: %s", err,
