@@ -55,13 +55,13 @@ class Shadow:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.tracer = trace.get_tracer("tierwise.router")
-        self.tasks: set[asyncio.Task] = set()
+        # The shadows running, each with what it is expected to cost: counted against the budget from its start.
+        self.tasks: dict[asyncio.Task, float] = {}
         self.log_path = own_file(self.cfg.log)
         self.labels_path = own_file(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
                         if self.labels_path else None)
         self.spending = ledger or SpendLedger()
-        self.reserved = 0.0  # what the shadows running are expected to cost, counted against the budget already
         self.budget_said = ""  # the month whose budget was reported spent
         for setting, path in (("shadow.log", self.log_path), ("shadow.labels", self.labels_path)):
             try:  # now, not at the first paid-for label (a read-only path, a volume not mounted)
@@ -85,12 +85,9 @@ class Shadow:
             self.metrics.shadow.add(1, {"outcome": "dropped_busy"})
             return False
         run = self._label if self.labeler is not None else self._compare
-        expected = self._expected_cost(result)
-        self.reserved += expected
         task = asyncio.get_running_loop().create_task(self._run(run, list(messages), strategy, result, dict(options)))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _: setattr(self, "reserved", max(0.0, self.reserved - expected)))
+        self.tasks[task] = self._expected_cost(result)
+        task.add_done_callback(lambda done: self.tasks.pop(done, None))
         return True
 
     def _expected_cost(self, result: Result) -> float:
@@ -98,8 +95,10 @@ class Shadow:
         comparison) at the answer's size, and the judge reading the answers. A burst of shadows started before any
         has finished counts against the budget from the start."""
         c = result.completion
-        asked = [t for t in self.prices if t != result.tier] if self.labeler is not None else [self.cfg.tier]
-        judged = len(self.prices) - 1 if self.labeler is not None else 1
+        if self.labeler is not None:  # every other tier answers, and the judge grades each below the frontier
+            asked, judged = [t for t in self.prices if t != result.tier], len(self.prices) - 1
+        else:
+            asked, judged = [self.cfg.tier], 1
         return (sum(self.prices[t].cost(c.input_tokens, c.output_tokens) for t in asked)
                 + judged * self.prices[self.cfg.judge_tier].cost(c.input_tokens + 2 * c.output_tokens, 16))
 
@@ -164,7 +163,7 @@ class Shadow:
         """Whether this month's budget is spent, or will be by the shadows running; if so the shadow not started is
         counted, and a spent budget logged once a month."""
         budget, spent = self.cfg.monthly_budget_usd, self.spending.spent(SPENDING)
-        if not budget or spent + self.reserved < budget:
+        if not budget or spent + sum(self.tasks.values()) < budget:
             return False
         self.metrics.shadow.add(1, {"outcome": "over_budget"})
         if spent < budget:
