@@ -276,7 +276,7 @@ class KeyGate:
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
         KEY.set(key)  # each call runs in its own task, so this is the call's alone
         CHARGE.set(lambda usd: self.charge(key, usd))
-        REFUND.set(lambda: self.limits.refund(key.id, key.rpm) if limited else None)
+        REFUND.set((lambda: self.limits.refund(key.id, key.rpm)) if limited else None)
         return key
 
     def charge(self, key: ApiKey, usd: float) -> None:

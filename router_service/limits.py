@@ -46,7 +46,7 @@ class Limits:
     def refund(self, key_id: str, rpm: int) -> None:
         """One request counted by `admit` given back."""
         bucket = self._buckets.get(key_id)
-        if rpm and bucket is not None and bucket.rpm == rpm:
+        if bucket is not None and bucket.rpm == rpm:  # a bucket is made for a limit only: never rpm 0
             bucket.tokens = min(float(rpm), bucket.tokens + 1)
 
     def charge(self, key_id: str, usd: float) -> None:
@@ -62,8 +62,8 @@ class Limits:
         bucket = self._buckets.get(key_id)
         if bucket is None:
             bucket = self._buckets[key_id] = _Bucket(rpm, float(rpm), now)
-        elif bucket.rpm != rpm:  # its limit changed in the keys file: a lower one is no fresh start
-            bucket.tokens, bucket.rpm = min(bucket.tokens, float(rpm)), rpm
+        else:  # its limit may have changed in the keys file: a lower one is no fresh start (the cap below)
+            bucket.rpm = rpm
         bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.at) * rpm / 60)
         bucket.at = now
         if bucket.tokens >= 1:
