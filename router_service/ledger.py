@@ -148,7 +148,8 @@ class SpendLedger:
             self._others, self._others_total = others, totals
 
 
-_HELD: dict[Path, int] = {}  # this process's own files, each locked for as long as it runs
+# This process's own files, each locked (its descriptor left open, never read again) for as long as it runs.
+_HELD: set[Path] = set()
 
 
 def _hold(path: Path) -> None:
@@ -170,7 +171,7 @@ def _hold(path: Path) -> None:
                           "for the host's name, so give each process on one host a path of its own") from None
     except OSError as err:  # a volume without locks: nothing to check with, and nothing to refuse for
         log.warning("spend ledger: cannot lock %s (%s); make sure no other process on this host keeps it", path, err)
-    _HELD[path] = fd
+    _HELD.add(path)
 
 
 def month(wall: float) -> str:
