@@ -73,10 +73,9 @@ class Labeler:
 
         # Every tier's call runs to its end before a failure is raised: one that fails fast (an open breaker) must
         # not leave the others to be billed after the tab was charged.
-        answered = await asyncio.gather(*(answer(t) for t in TIERS), return_exceptions=True)
-        if failed := next((a for a in answered if isinstance(a, BaseException)), None):
+        answers = await asyncio.gather(*(answer(t) for t in TIERS), return_exceptions=True)
+        if failed := next((a for a in answers if isinstance(a, BaseException)), None):
             raise failed
-        answers = list(answered)
         reference = answers[-1].content
         verdicts = [await self.grade(query, a.content, reference, tab) for a in answers[:-1]]
         scores = [score for score, _ in verdicts] + [1.0]
@@ -92,9 +91,8 @@ class Labeler:
 
     async def grade(self, query: str, answer: str, reference: str, tab: Tab) -> tuple[float, float]:
         """(score in [0, 1], what the judge's call cost)."""
-        before = tab.usd
         verdict = await self.ask(self.judge_tier,
                                  prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
                                  tab, temperature=0.0)
         score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
-        return score, tab.usd - before
+        return score, self.cfg.tiers[self.judge_tier].answer_cost(verdict)
