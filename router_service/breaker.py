@@ -51,9 +51,7 @@ class CircuitBreaker:
         """The state as `state` reads it, without taking the step from open to half-open (and telling the listener
         of it): for a reader on another thread, such as the metrics collector."""
         with self._lock:
-            if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
-                return BreakerState.HALF_OPEN
-            return self._state
+            return BreakerState.HALF_OPEN if self._cooled() else self._state
 
     @property
     def cooling(self) -> bool:
@@ -112,7 +110,7 @@ class CircuitBreaker:
         """Run `operation` under the lock, then tell the listener about state changes, outside the lock
         so that a listener may read the breaker."""
         with self._lock:
-            if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+            if self._cooled():
                 self._move_to(BreakerState.HALF_OPEN)
             result = operation()
             transitions, self._transitions = self._transitions, []
@@ -120,6 +118,10 @@ class CircuitBreaker:
             for old, new in transitions:
                 self._on_state_change(self.name, old, new)
         return result
+
+    def _cooled(self) -> bool:
+        """Open, and its cooldown has passed: half-open, once asked (the lock held)."""
+        return self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s
 
     def _move_to(self, new: BreakerState) -> None:
         if new is not self._state:
