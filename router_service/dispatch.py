@@ -16,7 +16,7 @@ from .events import final, single
 from .gates import QualityGate
 from .providers import Attempt, Completion, DeadlineExceeded, Events
 from .providers import OnAttempt as ChainOnAttempt
-from .providers import DEFAULT_SAMPLING, Outcome, ProviderError, Sampling, StreamInterrupted, TierChain
+from .providers import DEFAULT_SAMPLING, Outcome, ProviderError, Sampling, StreamInterrupted, TierChain, bound
 from .retry import REQUEST_FAULT_STATUSES
 
 Messages = Sequence[Mapping[str, str]]
@@ -149,7 +149,7 @@ class Dispatcher:
         for tier in range(start_tier, ceiling + 1):
             def streaming(provider: str, tier: int = tier) -> None:
                 meter.streaming = (tier, provider)
-            events = ask(self.chains[tier], _bind(on_attempt, tier), streaming)
+            events = ask(self.chains[tier], bound(on_attempt, tier, "answer"), streaming)
             try:
                 async for event in events:
                     if isinstance(event, Completion):
@@ -219,11 +219,6 @@ class _Progress:
     def unavailable(self) -> Unavailable:
         not_configured = bool(self.attempts) and all(a.attempt.outcome is Outcome.NOT_CONFIGURED for a in self.attempts)
         return Unavailable(self.attempts, not_configured)
-
-
-def _bind(on_attempt: OnAttempt | None, tier: int):
-    """`on_attempt` as a provider chain calls it, with the attempt alone, for an answer at `tier`."""
-    return None if on_attempt is None else (lambda attempt: on_attempt(tier, attempt, "answer"))
 
 
 def last_user_text(messages: Messages) -> str:

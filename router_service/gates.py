@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 from tierwise.tiers import FRONTIER
 
-from .providers import ProviderError
+from .providers import ProviderError, bound
 from .replies import parse_verdict, prompt, true_probability
 
 
@@ -134,7 +134,7 @@ class VerifierGate(SurfaceGate):
             reply = await self.chains[by].complete(
                 prompt(VERIFY, user_message=query, proposed_answer=answer),
                 max_tokens=16, temperature=0.0, deadline=budget if deadline is None else min(budget, deadline),
-                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(by, attempt, "verify")),
+                on_attempt=bound(on_attempt, by, "verify"),
                 top_logprobs=self.top_logprobs or None)
         except ProviderError as err:
             return Verdict(False, f"tier {by} verifier failed ({type(err).__name__})", asked_model=True,

@@ -13,9 +13,9 @@ from .errors import (ChainExhausted, DeadlineExceeded, IncompleteStream, Provide
                      ProviderNotConfigured, StreamInterrupted)
 from .provider import NO_KEY_NEEDED, PROVIDER_ERRORS, Provider
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, Needs, OnAttempt, Outcome,
-                    ProviderConfig, Sampling, TokenLogprob, ToolCall)
+                    ProviderConfig, Sampling, TokenLogprob, ToolCall, bound)
 
 __all__ = ["DEFAULT_SAMPLING", "NO_KEY_NEEDED", "PROVIDER_ERRORS", "Attempt", "ChainExhausted", "Completion",
            "DeadlineExceeded", "Events", "IncompleteStream", "Messages", "Needs", "OnAttempt", "Outcome", "Provider",
-           "ProviderError", "ProviderFailed", "ProviderConfig", "ProviderNotConfigured", "Sampling",
+           "ProviderError", "ProviderFailed", "ProviderConfig", "ProviderNotConfigured", "Sampling", "bound",
            "StreamInterrupted", "TierChain", "TokenLogprob", "ToolCall"]

@@ -66,6 +66,12 @@ def status_only(error: str) -> str:
 OnAttempt = Callable[[Attempt], None]
 
 
+def bound(on_attempt: Callable[[int, Attempt, str], None] | None, tier: int, purpose: str) -> OnAttempt | None:
+    """A caller's `on_attempt(tier, attempt, purpose)` as a provider chain calls it, with the attempt alone: for an
+    answer, a verdict or a judge's rating at `tier`."""
+    return None if on_attempt is None else (lambda attempt: on_attempt(tier, attempt, purpose))
+
+
 @dataclass(frozen=True)
 class Needs:
     """What a provider must take to answer a request: its size in tokens (every message, the tools offered and the

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
-from ..providers import ProviderError
+from ..providers import ProviderError, bound
 from ..replies import parse_verdict, prompt
 from .base import Decision, RouteInput, Strategy, register
 
@@ -42,12 +42,11 @@ class JudgeStrategy(Strategy):
         deadline = time.monotonic() + self.timeout_s
         if request.deadline is not None:
             deadline = min(deadline, request.deadline)
-        on_attempt = request.on_attempt
         cost = 0.0
         try:
             reply = await self.chain.complete(
                 prompt(PROMPT, user_message=request.query), max_tokens=16, temperature=0.0, deadline=deadline,
-                on_attempt=None if on_attempt is None else (lambda attempt: on_attempt(self.tier, attempt, "judge")))
+                on_attempt=bound(request.on_attempt, self.tier, "judge"))
             cost = self.prices.answer_cost(reply)  # billed whether or not the reply holds a verdict
             verdict = parse_tier(reply.content)
         except (ProviderError, ValueError) as err:
