@@ -34,7 +34,8 @@ from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
 from .tool_calls import tool_fields
-from .tokens import conversation_tokens, estimate_tokens
+from .providers.chain import prompt_tokens
+from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
 ROLES = ("system", "user", "assistant", "tool")
@@ -103,7 +104,7 @@ class RouterCore:
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
             # The estimate prices the request as a provider is sent it: every message and the tools offered.
-            prompt = conversation_tokens(messages) + asked["sampling"].tool_tokens
+            prompt = prompt_tokens(messages, asked["sampling"])
             route = self._route_response(decision, prompt, started)
             entry.decided(route)
             yield pb.CompleteStreamResponse(decision=route)
@@ -149,7 +150,7 @@ class RouterCore:
         self._strategy(request.strategy or self.cfg.strategy)
         _asked_target(request)
         messages, _ = self._messages(request)
-        return conversation_tokens(messages) + answer_options(request)["sampling"].tool_tokens
+        return prompt_tokens(messages, answer_options(request)["sampling"])
 
     def _affine(self, decision: Decision, conversation: bytes | None,
                 messages: list[dict[str, str]]) -> tuple[Decision, Earlier | None]:

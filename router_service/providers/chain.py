@@ -191,8 +191,13 @@ def _noted(attempts: list[Attempt], on_attempt: OnAttempt | None, attempt: Attem
         on_attempt(attempt)
 
 
+def prompt_tokens(messages: Messages, sampling: Sampling = DEFAULT_SAMPLING) -> int:
+    """About how many tokens a provider reads as the prompt: every message, and the tools offered."""
+    return conversation_tokens(messages) + sampling.tool_tokens
+
+
 def needs_of(messages: Messages, max_tokens: int | None, sampling: Sampling = DEFAULT_SAMPLING) -> Needs:
     """What a provider must take for this request: every message, the tools offered and the answer's budget in its
     context window; the images it carries; whether it offers tools."""
-    return Needs(conversation_tokens(messages) + sampling.tool_tokens + (max_tokens or 0),
+    return Needs(prompt_tokens(messages, sampling) + (max_tokens or 0),
                  any(m.get("images") for m in messages), bool(sampling.tools))
