@@ -119,8 +119,7 @@ class Provider:
                     try:
                         delta = await live.next_delta(timeout)
                     except PROVIDER_ERRORS as exc:
-                        self._record_failure(exc, timeout, started, attempts)
-                        raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
+                        raise self._broken(exc, timeout, started, attempts, tokens_sent) from exc
             finally:
                 await live.aclose()
             try:
@@ -130,8 +129,7 @@ class Provider:
                     if sampling.logprobs:
                         completion = replace(completion, logprobs=_logprobs(live.logprobs))
             except MisshapenResponse as exc:  # its text went out: a break, as one mid-stream is
-                self._record_failure(exc, self._timeout_for(deadline), started, attempts)
-                raise StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts) from exc
+                raise self._broken(exc, self._timeout_for(deadline), started, attempts, tokens_sent) from exc
             yield self._succeeded(completion, started, attempts)
 
     async def check_health(self) -> bool | None:
@@ -217,6 +215,12 @@ class Provider:
         self.breaker.record_success()
         attempts.add(self._attempt(Outcome.OK, started))
         return replace(completion, attempts=attempts.attempts)
+
+    def _broken(self, exc: BaseException, timeout: float, started: float, attempts: _AttemptLog,
+                tokens_sent: int) -> StreamInterrupted:
+        """A stream that failed after `tokens_sent` deltas went out: the failure recorded, and the error to raise."""
+        self._record_failure(exc, timeout, started, attempts)
+        return StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts)
 
     def _timeout_for(self, deadline: float | None) -> float:
         if deadline is None:
