@@ -49,6 +49,17 @@ def poisson_weights(n: int, sample: float, resamples: int, seed: int = 0) -> np.
     return np.random.default_rng(seed).poisson(sample / n, size=(resamples, n)).astype(np.float64)
 
 
+def grouped_weights(rows: int, groups: np.ndarray | None, resamples: int, seed: int = 0,
+                    window: int = 0) -> np.ndarray:
+    """(resamples, rows) bootstrap weights in which the rows of one group (data.repeats: one id's records) are one
+    observation, drawn together; each group counts once towards the sample's size, which a `window` of that many
+    new queries widens (1 / (1/n + 1/window): the gap between the labels' estimate and the window's own quality)."""
+    n = rows if groups is None else int(groups.max()) + 1
+    sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
+    weights = poisson_weights(n, sample, resamples, seed)
+    return weights if groups is None else weights[:, groups]
+
+
 def resampled_quality_vs_frontier(weights: np.ndarray, chosen_ok: np.ndarray, frontier_solved: np.ndarray) -> np.ndarray:
     """Quality vs frontier in each resample; `frontier_solved` is `weights @ (tier 3 acceptable)`, computed once
     per set of weights. A resample in which tier 3 solved nothing says nothing about the ratio: it counts as
@@ -63,11 +74,7 @@ def quality_bounds(records: list[Record], tiers: np.ndarray, resamples: int = 10
     observation (data.repeats): the same labels given twice are no more evidence than once."""
     ok = arrays(records)[0].astype(np.float64)
     tiers = np.asarray(tiers, dtype=int)
-    groups = repeats(records)
-    n = len(records) if groups is None else int(groups.max()) + 1
-    weights = poisson_weights(n, n, resamples)
-    if groups is not None:
-        weights = weights[:, groups]
+    weights = grouped_weights(len(records), repeats(records), resamples)
     quality = resampled_quality_vs_frontier(weights, ok[np.arange(len(records)), tiers - 1], weights @ ok[:, 2])
     low, high = np.quantile(quality, [1 - level, level])
     return float(low), float(high)

@@ -22,7 +22,7 @@ import numpy as np
 
 from classifier_service.heads import decide
 from tierwise.data import Record, arrays, check_measurable, repeats
-from tierwise.metrics import poisson_weights, resampled_quality_vs_frontier
+from tierwise.metrics import grouped_weights, resampled_quality_vs_frontier
 from tierwise.tiers import FRONTIER
 
 # 0 routes to the likeliest tier; past ~1/min(cost gap) every query goes to tier 1. A negative tradeoff pays
@@ -80,11 +80,7 @@ def meeting(ok: np.ndarray, cost: np.ndarray, candidates: Iterable[tuple], targe
     the most conservative to the cheapest, and the first whose bound misses the target ends the search. `groups`
     (see `repeats`): rows resampled together, each group counting once towards the sample's size."""
     rows = np.arange(len(ok))
-    n = len(ok) if groups is None else int(groups.max()) + 1
-    sample = 1.0 / (1.0 / n + 1.0 / window) if window else n
-    weights = poisson_weights(n, sample, resamples, seed)
-    if groups is not None:
-        weights = weights[:, groups]
+    weights = grouped_weights(len(ok), groups, resamples, seed, window)
     frontier = weights @ ok[:, 2]
     best, best_cost, best_facts = fallback, float("inf"), {}
     for setting, tiers, *paid in candidates:
