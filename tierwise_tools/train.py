@@ -9,6 +9,7 @@ fitted on the dev part too. The tradeoff is calibrated without the check, which 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -66,7 +67,7 @@ def train(data: list[Path], out: Path, name: str, target_quality: float, c: floa
 
     when = time.strftime("%Y-%m-%d")
     card = {
-        "data": ", ".join(f"{path.name} ({len(part)} records)" for path, part in zip(data, files)),
+        "data": data_line(data, files),
         "lineup": (" / ".join(models) if models else
                    POOLED + "; ".join(sorted({" / ".join(r.models) for r in records})) if pooled else
                    "one lineup; the records do not name its models"),
@@ -100,3 +101,14 @@ def _fmt(v) -> str:
     if v is None:
         return "none"
     return json.dumps([round(x, 4) for x in v]) if isinstance(v, list) else f"{v:.4f}"
+
+
+def data_line(paths: list[Path], files: list[list]) -> str:
+    """The card's `data`: each file whose development part the head was fitted on, and how many records it holds."""
+    return ", ".join(f"{path.name} ({len(part)} records)" for path, part in zip(paths, files))
+
+
+def fitted_files(card: dict) -> set[str]:
+    """The names of the files a head's card says it was fitted on (`data_line`, read back)."""
+    return {name.strip() for name in re.findall(r"([^,()]+?) \(\d+ records\)", card.get("data", ""))}
+

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import tempfile
 import time
@@ -19,7 +18,8 @@ from ..fitting import MIN_DEV_RECORDS
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR
 from ..promote import install, lineup_records
 from ..replays import cascade_options, replay, unreplayable_start
-from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
+from ..train import fitted_files
+from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, spent
 
 
 def register(sub) -> None:
@@ -39,30 +39,31 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = data_paths(args.data, "calibrate")
-    records = read_records(paths, "all" if args.include_held_out else "dev")
-    return calibrate_cascade(args, paths, records) if args.config else calibrate_head(args, paths, records)
+    files = [(path, load([path])) for path in data_paths(args.data, "calibrate")]  # read once: never_fitted too
+    records = [r for _, read in files for r in (read if args.include_held_out else split(read)[0])]
+    return calibrate_cascade(args, files, records) if args.config else calibrate_head(args, files, records)
 
 
-def never_fitted(heads, paths: list[Path], records: list[Record]) -> tuple[list[Record], int]:
-    """The `records` (read from `paths`) that none of `heads` was fitted on, and how many one was. A card names the
+def never_fitted(heads, files: list[tuple[Path, list[Record]]], records: list[Record]) -> tuple[list[Record], int]:
+    """The `records` (read from `files`) that none of `heads` was fitted on, and how many one was. A card names the
     files its head was fitted on; their development part, wherever those records are found again (the shared
     files, or a slice of them), is left out. A tradeoff chosen on a head's own training records promises a quality
     it does not keep on new ones (0.956 in-sample, 0.935 held out, for the default head)."""
-    trained = {name.strip() for head in heads
-               for name in re.findall(r"([^,()]+?) \(\d+ records\)", head.card.get("data", ""))}
-    sources = {path.name: path for path in [*shared_files(), *paths]}
-    fitted = {r.id for name in trained if name in sources for r in split(load([sources[name]]))[0]}
+    read = {path.name: part for path, part in files}
+    shared = {path.name: path for path in shared_files()}
+    fitted = {r.id for name in set().union(*(fitted_files(head.card) for head in heads))
+              if name in read or name in shared
+              for r in split(read[name] if name in read else load([shared[name]]))[0]}
     kept = [r for r in records if r.id not in fitted]
     return kept, len(records) - len(kept)
 
 
-def calibrate_head(args: argparse.Namespace, paths: list[Path], records: list[Record]) -> int:
+def calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Record]]], records: list[Record]) -> int:
     head = heads_in(args.heads_dir, "--heads-dir").get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
-    records, left_out = never_fitted([head], paths, records)
+    records, left_out = never_fitted([head], files, records)
     if left_out:
         print(f"tierwise calibrate: left out {left_out} records head {head.name} was fitted on", file=sys.stderr)
     records = lineup_records(head, records, f"head {head.name}'s")
@@ -90,7 +91,7 @@ def calibrate_head(args: argparse.Namespace, paths: list[Path], records: list[Re
     return 0
 
 
-def calibrate_cascade(args: argparse.Namespace, paths: list[Path], records: list[Record]) -> int:
+def calibrate_cascade(args: argparse.Namespace, files: list[tuple[Path, list[Record]]], records: list[Record]) -> int:
     """The cheapest verifier bar, and for an embedding start the tradeoff it starts at, with which the config's
     cascade meets the target under the same confidence bound as a head's tradeoff (docs/decisions/0017)."""
     check_measurable(records, "calibration records")
@@ -110,7 +111,7 @@ def calibrate_cascade(args: argparse.Namespace, paths: list[Path], records: list
         return 2
     if cascade.start == "embedding":  # its start tradeoff is chosen on the heads' decisions: none on their own records
         heads = heads_in(args.heads_dir, "--heads-dir")
-        records, left_out = never_fitted([heads.get(name) for name in heads.names], paths, records)
+        records, left_out = never_fitted(list(heads), files, records)
         if left_out:
             print(f"tierwise calibrate: left out {left_out} records a head there was fitted on", file=sys.stderr)
         check_measurable(records, "calibration records the heads were never fitted on (your own labels, or "
