@@ -27,7 +27,7 @@ from router_service.strategies.heuristic import HeuristicStrategy, heuristic_sco
 from tierwise.atomic import write_atomic
 from tierwise.data import Record, arrays
 from tierwise.metrics import QUALITY_TARGETS, aiq, quality_bounds, routing_metrics, savings_at_quality
-from tierwise.tiers import CHEAPEST, FRONTIER, N_TIERS
+from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
 from .calibration import TRADEOFFS
 from .embeddings import embed_records, offline_encoder
@@ -41,17 +41,17 @@ CASCADE_STARTS = ("heuristic", "embedding", "cheapest")  # what a replayed casca
 
 @dataclass
 class Outcome:
-    """Final tier and money paid per record, for one setting of a strategy; `tried` (records x tiers) marks every
-    tier each record paid for, where more than its final one (a cascade), None where unknown (as-routed)."""
+    """Final tier and money paid per record, for one setting of a strategy; `first` the tier each record started
+    at (a cascade climbs a tier at a time from it, paying each), None where unknown (as-routed)."""
     tiers: np.ndarray
     paid: np.ndarray
-    tried: np.ndarray | None = None
+    first: np.ndarray | None = None
 
     def paid_mix(self) -> list[float] | None:
         """The share of records that paid each tier (they add up to more than 1 where a cascade climbed)."""
-        if self.tried is None:
+        if self.first is None:
             return None
-        return [round(float(v), 4) for v in self.tried.mean(axis=0)]
+        return [round(float(((self.first <= t) & (t <= self.tiers)).mean()), 4) for t in TIERS]
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Replay:
 def _one_shot(records: list[Record], tiers: np.ndarray) -> Outcome:
     cost = arrays(records)[1]
     tiers = np.asarray(tiers, dtype=int)
-    return Outcome(tiers, cost[np.arange(len(records)), tiers - 1], np.eye(N_TIERS, dtype=bool)[tiers - 1])
+    return Outcome(tiers, cost[np.arange(len(records)), tiers - 1], tiers)
 
 
 def baseline(name: str, records: list[Record], seed: int = 0) -> Replay:
@@ -212,7 +212,6 @@ class Gated:
         rows = np.arange(len(self.records))
         tiers = np.asarray(first, dtype=int).copy()
         paid = cost[rows, tiers - 1].copy()
-        tried = np.eye(N_TIERS, dtype=bool)[tiers - 1]
         judged = tiers < FRONTIER  # the gate runs on every answer below tier 3 the cascade gets
         for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
             answer = np.minimum(tiers, 2) - 1
@@ -220,9 +219,8 @@ class Gated:
             climb = judged & ~accepted[rows, answer]
             tiers += climb
             paid += np.where(climb, cost[rows, tiers - 1], 0.0)
-            tried[rows, tiers - 1] |= climb
             judged = climb & (tiers < FRONTIER)
-        return Outcome(tiers, paid, tried)
+        return Outcome(tiers, paid, np.asarray(first, dtype=int))
 
 
 def gated(records: list[Record], gate_name: str, live: LiveGate | None = None) -> Gated | str:
