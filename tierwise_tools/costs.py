@@ -29,18 +29,21 @@ def parse_mix(text: str) -> tuple[float, float, float]:
 
 def _shares(parts, total: float) -> bool:
     """Whether `parts` are one finite, non-negative share per tier adding up to `total`."""
-    return (len(parts) == N_TIERS and all(type(p) in (int, float) and math.isfinite(p) and p >= 0 for p in parts)
-            and abs(sum(parts) - total) <= 1e-6 * total)
+    return len(parts) == N_TIERS and all(_share(p) for p in parts) and abs(sum(parts) - total) <= 1e-6 * total
 
 
-Priced = tuple[str, tuple[float, float, float], "tuple[float, ...] | float | None"]
+def _share(part) -> bool:
+    return type(part) in (int, float) and math.isfinite(part) and part >= 0
+
+
+# (label, final tier mix, what is paid for: each tier's share of queries paying it, or a share of always tier 3)
+Priced = tuple[str, tuple[float, float, float], "tuple[float, ...] | float"]
 
 
 def from_eval(path: Path) -> Priced:
     """(label, final tier mix, what is paid for): the share of queries that paid each tier, priced at the configured
-    prices, where a strategy pays for more than its final tier (a cascade); the share of always tier 3's cost it
-    paid at the records' own prices where eval knows only that (the router's recorded decisions); else None, and
-    the final tier mix is priced."""
+    prices (beyond the final tier for a cascade); the share of always tier 3's cost it paid at the records' own
+    prices where eval knows only that (the router's recorded decisions); else the final tier mix."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
@@ -53,14 +56,14 @@ def from_eval(path: Path) -> Priced:
         raise ValueError(f"--from-eval {path}: operating_point.tier_mix must be three shares adding up to 1")
     label = f"{result['strategy']} (eval: {Path(path).name})"
     if (paid := op.get("paid_mix")) is not None:  # a cascade pays every tier it tried: its final mix would understate
-        if not (len(paid) == N_TIERS and all(type(p) in (int, float) and 0 <= p <= 1 for p in paid)):
+        if not (len(paid) == N_TIERS and all(_share(p) and p <= 1 for p in paid)):
             raise ValueError(f"--from-eval {path}: operating_point.paid_mix must be three shares from 0 to 1")
         return label, tuple(op["tier_mix"]), tuple(paid)
     if result["strategy"] == AS_ROUTED or result["strategy"].endswith("cascade"):
         # What each query paid is known, not which tiers (the router's records, or an eval from before paid_mix):
         # the share of always tier 3 it paid, at the records' own prices.
         return f"{label}, at the records' own prices", tuple(op["tier_mix"]), 1 - op["cost_savings"]
-    return label, tuple(op["tier_mix"]), None
+    return label, tuple(op["tier_mix"]), tuple(op["tier_mix"])
 
 
 def table(cfg: RouterConfig, queries_per_month: int, rows: list[Priced], input_tokens: int,
@@ -69,11 +72,8 @@ def table(cfg: RouterConfig, queries_per_month: int, rows: list[Priced], input_t
     lines = [f"Monthly cost for {queries_per_month:,} queries ({input_tokens} input + {output_tokens} output "
              "tokens each, configured prices)", "",
              "| routing | tier mix (1/2/3) | per query | per month | saved vs always tier 3 |", "|---|---|---|---|---|"]
-    for label, mix, paid in [("always tier 1", (1, 0, 0), None), ("always tier 3", (0, 0, 1), None), *rows]:
-        if isinstance(paid, tuple):
-            cost = per_query(cfg, paid, input_tokens, output_tokens)
-        else:
-            cost = frontier * paid if paid is not None else per_query(cfg, mix, input_tokens, output_tokens)
+    for label, mix, paid in [("always tier 1", (1, 0, 0), (1, 0, 0)), ("always tier 3", (0, 0, 1), (0, 0, 1)), *rows]:
+        cost = per_query(cfg, paid, input_tokens, output_tokens) if isinstance(paid, tuple) else frontier * paid
         saved = f"{1 - cost / frontier:.1%}" if frontier else "undefined (tier 3 costs nothing at these sizes)"
         lines.append(f"| {label} | {' / '.join(f'{m:.0%}' for m in mix)} | ${cost:.6f} | "
                      f"${cost * queries_per_month:,.2f} | {saved} |")

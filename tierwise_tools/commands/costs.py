@@ -25,7 +25,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load(args.config)
-        rows = [(f"mix {args.mix}", costs.parse_mix(args.mix), None)] if args.mix else []
+        mix = costs.parse_mix(args.mix) if args.mix else None
+        rows = [(f"mix {args.mix}", mix, mix)] if mix else []
         rows += [_from_eval(p) for p in args.from_eval or ()]
     except (ConfigError, ValueError, OSError) as err:
         complain("costs", err)
