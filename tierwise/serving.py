@@ -221,15 +221,18 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
             span.set_attribute("rpc.grpc.status_code", err.code.value[0])
             if err.code != grpc.StatusCode.INVALID_ARGUMENT:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
-            if before_abort is not None:
-                await before_abort()
-            await context.abort(err.code, str(err), trailing_metadata=err.trailing)
+            await _abort(context, before_abort, err.code, str(err), err.trailing)
         except Exception:
             logger.exception("unexpected error in %s", method)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
-            if before_abort is not None:
-                await before_abort()
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+            await _abort(context, before_abort, grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+
+async def _abort(context, before_abort: Callable[[], Awaitable[object]] | None, code: grpc.StatusCode, details: str,
+                 trailing: tuple[tuple[str, str], ...] = ()) -> None:
+    if before_abort is not None:
+        await before_abort()
+    await context.abort(code, details, trailing_metadata=trailing)
 
 
 # Calls the gRPC core has taken off the wire that the aio server has not yet picked up. Past grpc's defaults
