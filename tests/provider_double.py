@@ -37,7 +37,6 @@ class FaultKind(Enum):
     DELAY = "delay"                  # answer normally after delay_s
     HTTP_ERROR = "http_error"        # status with an OpenAI-style error body
     HANG = "hang"                    # send nothing for delay_s (longer than the client's timeout)
-    MALFORMED_JSON = "malformed_json"
     DROP_CONNECTION = "drop_connection"  # close the socket without answering
     DISCONNECT_MID_STREAM = "disconnect_mid_stream"  # stream after_chunks text chunks, then close
     ODD_BODY = "odd_body"            # 200 with `body` as it is, of `content_type` (an HTML page, a null message, ...)
@@ -73,7 +72,7 @@ class Fault:
 
     @classmethod
     def malformed_json(cls) -> Fault:
-        return cls(FaultKind.MALFORMED_JSON)
+        return cls.odd_body('{"id": "chatcmpl-broken", "choices": [')
 
     @classmethod
     def odd_body(cls, body: str, content_type: str = "application/json") -> Fault:
@@ -341,8 +340,6 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind is FaultKind.HTTP_ERROR:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             self._send_error(fault.status, fault.message or f"injected HTTP {fault.status}", "injected_fault", headers)
-        elif fault.kind is FaultKind.MALFORMED_JSON:
-            self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
         elif fault.kind is FaultKind.ODD_BODY:
             self._send_raw(200, fault.body.encode(), fault.content_type)
         elif fault.kind is FaultKind.DROP_CONNECTION:
