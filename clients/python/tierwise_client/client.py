@@ -110,11 +110,11 @@ def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline:
     left = deadline - time.monotonic()
     if streamed or err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= options.retries or left <= 0:
         return None
-    pushback = [str(v) for k, v in (err.trailing_metadata() or ()) if k == "grpc-retry-pushback-ms"]
-    if pushback and pushback[0].startswith("-"):
+    pushback = next((str(v) for k, v in (err.trailing_metadata() or ()) if k == "grpc-retry-pushback-ms"), "")
+    if pushback.startswith("-"):
         return None
-    if pushback and pushback[0].isdigit():  # every provider said when it could answer again
-        wait = int(pushback[0]) / 1000
+    if pushback.isdigit():  # every provider said when it could answer again
+        wait = int(pushback) / 1000
         return wait if wait < left else None
     return min(random.uniform(0, options.backoff_s * 2 ** attempt), left)
 
