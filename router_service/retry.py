@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -75,6 +76,14 @@ def classify(exc: BaseException) -> Failure:
     # Its type alone: the text of an error event a provider streamed, or of a parse error, can quote the prompt or
     # the answer.
     return Failure(FailureKind.BAD_RESPONSE, f"unreadable response: {type(exc).__name__}")
+
+
+PROVIDER_SAID = re.compile(r"^(HTTP \d{3}): .*", re.DOTALL)  # a refusal as _from_status words it
+
+
+def status_only(error: str) -> str:
+    """`error` without the provider's message, when it carries one (as _from_status words a refusal)."""
+    return PROVIDER_SAID.sub(r"\1 (the provider's message is not passed on)", error)
 
 
 def _from_status(status: int, headers: Mapping[str, str], message: str) -> Failure:

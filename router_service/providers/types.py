@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -12,10 +11,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import Strict
 
 from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, Text, doc, must, schema
-from ..retry import REQUEST_FAULT_STATUSES
+from ..retry import REQUEST_FAULT_STATUSES, status_only
 from ..tokens import tools_tokens
-
-PROVIDER_SAID = re.compile(r"^(HTTP \d{3}): .*", re.DOTALL)  # how retry.classify words a provider's refusal
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
@@ -56,11 +53,6 @@ class Attempt:
         (400, 413, 422: they tell the caller what to fix); otherwise its status alone, since what a provider says
         about the operator's account can quote part of a key ("Incorrect API key provided: sk-...abcd")."""
         return self.error if self.status_code in REQUEST_FAULT_STATUSES else status_only(self.error)
-
-
-def status_only(error: str) -> str:
-    """`error` without the provider's message, when it carries one (as retry.classify words a refusal)."""
-    return PROVIDER_SAID.sub(r"\1 (the provider's message is not passed on)", error)
 
 
 OnAttempt = Callable[[Attempt], None]
