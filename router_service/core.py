@@ -14,8 +14,7 @@ import grpc
 from opentelemetry import trace
 
 from tierwise.metrics import quality_target
-from tierwise.serving import (NO_RETRY, InFlight, Rejected, ThrottledLog, check_size, check_text, retry_after,
-                              shown)
+from tierwise.serving import NO_RETRY, InFlight, Rejected, ThrottledLog, check_text, retry_after, shown
 from tierwise.tiers import FRONTIER
 from tierwise.v1 import router_pb2 as pb
 
@@ -27,18 +26,16 @@ from .auth import (charge_current_key, current_key_id, current_max_tier, current
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
-from .images import check_image
+from .messages import checked_messages
 from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
 from .sampling import answer_options
 from .shadow import Shadow
 from .strategies import Decision, RouteInput, Strategies, Strategy, registered
 from .telemetry import RouterMetrics, attempt_span
-from .tool_calls import tool_fields
 from .providers.chain import prompt_tokens
 from .tokens import estimate_tokens
 
 log = logging.getLogger("tierwise.router")
-ROLES = ("system", "user", "assistant", "tool")
 
 
 class RouterCore:
@@ -87,7 +84,7 @@ class RouterCore:
         entry = _begun(span)
         with self._admitted():
             started = time.perf_counter()
-            messages, query = self._messages(request)
+            messages, query = checked_messages(request, self.cfg.limits)
             asked = answer_options(request)
             key = self.cache.key(request, current_key_id())
             if (kept := self._kept(key, method, span, started)) is not None:
@@ -149,7 +146,7 @@ class RouterCore:
         call's are, not the head: only the classifier knows its heads."""
         self._strategy(request.strategy or self.cfg.strategy)
         _asked_target(request)
-        messages, _ = self._messages(request)
+        messages, _ = checked_messages(request, self.cfg.limits)
         return prompt_tokens(messages, answer_options(request)["sampling"])
 
     def _affine(self, decision: Decision, conversation: bytes | None,
@@ -179,45 +176,6 @@ class RouterCore:
         self.metrics.requests.add(1, {"method": method, "tier": hit.tier, "strategy": hit.strategy})
         self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
         return hit
-
-    def _messages(self, request: pb.CompleteRequest) -> tuple[list[dict[str, str]], str]:
-        """The conversation as the providers take it, and its last user message (the query): every message and
-        the whole conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
-        limits = self.cfg.limits
-        if not request.messages:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message")
-        if len(request.messages) > limits.max_messages:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"messages: {len(request.messages)} messages exceed the limit of {limits.max_messages}")
-        messages, total, images = [], 0, 0
-        for i, m in enumerate(request.messages):
-            role, content = m.role, m.content
-            if role not in ROLES:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"messages[{i}].role: {shown(role)} is not one of {', '.join(ROLES)}")
-            total += check_size(content, f"messages[{i}].content", limits.max_message_bytes)
-            messages.append({"role": role, "content": content})
-            total += tool_fields(m, messages[-1], f"messages[{i}]")
-            if m.images:
-                if role != "user":
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"messages[{i}].images: only user messages carry "
-                                                                     "images")
-                for j, image in enumerate(m.images):
-                    check_image(image.url, image.detail, f"messages[{i}].images[{j}]")
-                    total += len(image.url.encode())
-                messages[-1]["images"] = [{"url": image.url, "detail": image.detail} for image in m.images]
-                images += len(m.images)
-        if images > limits.max_images:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"messages: {images} images exceed the limit of {limits.max_images}")
-        if total > limits.max_total_bytes:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"messages: {total} bytes in all exceed the limit of {limits.max_total_bytes} bytes")
-        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-        if not users:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
-        check_text(messages[users[-1]]["content"], f"messages[{users[-1]}].content", limits.max_message_bytes)
-        return messages, messages[users[-1]]["content"]
 
     def _on_attempt(self, tier: int, attempt: Attempt, purpose: str) -> None:
         attempt_span(self.tracer, tier, attempt, purpose)
