@@ -305,6 +305,14 @@ class CacheConfig:
 
 
 @schema
+class IdempotencyConfig:
+    max_entries: AtLeastOne = doc(
+        "Complete calls remembered by their idempotency key, least recently used out first: a retry with the same "
+        "key and request gets the first call's answer, or waits for it, and pays nothing again", 10_000)
+    ttl_s: Positive = doc("how long after it began a call's key is remembered", 900.0)
+
+
+@schema
 class AffinityConfig:
     ttl_s: OffOrMore = doc(
         "for this long after a conversation's last turn, its later turns are answered at no lower tier than its "
@@ -333,6 +341,8 @@ class RouterConfig:
     expected_output_tokens: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 or more")] = doc(
         "output tokens assumed by Route's cost estimate", 300)
     cache: CacheConfig = doc("the answer cache", factory=CacheConfig, nested=CacheConfig)
+    idempotency: IdempotencyConfig = doc("retries that pay once", factory=IdempotencyConfig,
+                                         nested=IdempotencyConfig)
     affinity: AffinityConfig = doc("conversation affinity", factory=AffinityConfig, nested=AffinityConfig)
     telemetry: TelemetryConfig = doc("spans", factory=TelemetryConfig, nested=TelemetryConfig)
     tls: TLSConfig = doc("the router's own listener", factory=TLSConfig, nested=TLSConfig)

@@ -26,6 +26,8 @@ from .auth import (charge_current_key, current_key_id, current_max_tier, current
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
+from .events import final
+from .idempotency import Once
 from .messages import checked_messages
 from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
 from .sampling import answer_options
@@ -51,6 +53,7 @@ class RouterCore:
         self.degraded_log = ThrottledLog(log)
         self.cache = AnswerCache(cfg.cache)
         self.affinity = Affinity(cfg.affinity)
+        self.once = Once(cfg.idempotency.max_entries, cfg.idempotency.ttl_s, self.tracer)
 
     @contextmanager
     def _admitted(self):
@@ -138,6 +141,14 @@ class RouterCore:
                         meter.cut(prompt, estimate_tokens("".join(streamed)))
                     if meter.total:
                         self.metrics.cost.add(meter.total, {"tier": meter.tier})
+
+    async def complete(self, method: str, request: pb.CompleteRequest, deadline: float | None, span,
+                       key: str = "") -> tuple[pb.CompleteResponse, bool]:
+        """The answer, not streamed, and whether an earlier call with the same idempotency `key` got it first."""
+        async def work(carried) -> pb.CompleteResponse:
+            return (await final(self.answer(method, request, deadline, carried, stream=False))).summary
+
+        return await self.once.run(current_key_id(), key, request, span, work)
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

@@ -31,5 +31,8 @@ class Expiring(Generic[V]):
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def pop(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._entries)

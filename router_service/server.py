@@ -18,6 +18,7 @@ from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
 from tierwise.watching import every_or_sighup
 
+from . import idempotency
 from .access_log import AccessLogInterceptor
 from .auth import front_door, watch
 from .chains import build_chains, check_health, close_chains
@@ -25,7 +26,6 @@ from .classifier_client import ClassifierClient
 from .config import RouterConfig
 from .core import RouterCore
 from .dispatch import Dispatcher
-from .events import final
 from .head_choice import LineupHead
 from .http import Health, HttpServer, build_app
 from .ledger import SpendLedger
@@ -51,7 +51,11 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
         async with self.core.metrics.calls.call("Complete", context), \
                 rpc_span(self.core.tracer, SERVICE, "Complete", context, log) as span:
-            return (await final(self.core.answer("Complete", request, _deadline(context), span, stream=False))).summary
+            key = idempotency.checked(dict(context.invocation_metadata() or ()).get(idempotency.HEADER))
+            summary, replayed = await self.core.complete("Complete", request, _deadline(context), span, key)
+            if replayed:
+                context.set_trailing_metadata(((idempotency.REPLAYED, "true"),))
+            return summary
 
     async def CompleteStream(self, request: pb.CompleteRequest, context):
         async def produce(send: Sender) -> None:
@@ -140,6 +144,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             await http.stop(idle=lambda: core.admission.count == 0)
         for task in tasks:
             task.cancel()
+        await core.once.close()
         await shadow.drain()
         ledger.flush()  # after the shadows' last charges
         await classifier.close()

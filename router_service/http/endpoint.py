@@ -20,10 +20,9 @@ from starlette.responses import Response
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
-from .. import access_log
+from .. import access_log, idempotency
 from ..auth import KeyGate
 from ..core import RouterCore
-from ..events import final
 from ..model_names import ModelNames
 from .errors import as_json, bad_request, error_headers, internal_error, status_of
 from .request import ChatRequest
@@ -96,8 +95,9 @@ class Endpoint:
                     exchange.method += "Stream" if _asks_to_stream(body) else ""  # counted as what it asked
                     raise
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
+                key = idempotency.checked(request.headers.get(idempotency.HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
-                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange)):
+                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key)):
                     exchange.code = "CANCELLED"
             except Rejected as err:
                 await exchange.fail(err, span)
@@ -116,15 +116,17 @@ class Endpoint:
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
 
-    async def _answer(self, chat: ChatRequest, deadline: float | None, span, exchange: "_Exchange") -> None:
+    async def _answer(self, chat: ChatRequest, deadline: float | None, span, exchange: "_Exchange",
+                      key: str) -> None:
+        """The answer; a streamed one is never kept, so its idempotency `key` goes unused."""
         method = exchange.method = self.api.method + ("Stream" if chat.stream else "")
-        events = self.core.answer(method, chat.request, deadline, span, stream=chat.stream)
         try:
-            async with aclosing(events):
-                if not chat.stream:
-                    summary = (await final(events)).summary
-                    await exchange.json(200, self.api.whole(chat, summary), _headers(summary.decision, summary))
-                    return
+            if not chat.stream:
+                summary, replayed = await self.core.complete(method, chat.request, deadline, span, key)
+                headers = _headers(summary.decision, summary) | ({idempotency.REPLAYED: "true"} if replayed else {})
+                await exchange.json(200, self.api.whole(chat, summary), headers)
+                return
+            async with aclosing(self.core.answer(method, chat.request, deadline, span, stream=True)) as events:
                 await self._stream(chat, events, exchange)
         except Rejected as err:
             await exchange.fail(chat.refused(err), span)

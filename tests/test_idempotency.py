@@ -1,0 +1,217 @@
+"""Idempotency keys (`idempotency-key` over gRPC and HTTP): a Complete whose caller went away mid-call goes on, and
+its retry with the same key gets its answer without asking a provider again; the same key with another request,
+from another API key, or after the first call failed behaves as the docs say. Real routers on 127.0.0.1 with the
+provider double as the only stand-in; the store's bounds with an injected clock."""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+
+import grpc
+import pytest
+from opentelemetry import trace
+
+from router_service.config import ConfigError, parse
+from router_service.idempotency import Once, checked
+from tierwise.serving import Rejected
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .otlp_receiver import OtlpReceiver, attributes
+from .provider_double import Fault, ProviderDouble
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
+from .test_router_complete import ask
+
+KEYS = ("tw-once-one-4d2a", "tw-once-two-8e1b")
+MODELS = ("t1-a", "t1-b", "t2-a", "t3-a")
+SLOW_S = 1.0  # the provider's answer to a call its caller leaves; well under the providers' 2 s timeout
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory, double):
+    workdir = tmp_path_factory.mktemp("once")
+    keys = workdir / "keys"
+    keys.write_text("".join(f"{key} id=k{i}\n" for i, key in enumerate(KEYS)))
+    with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, workdir,
+                        "--http-listen", "127.0.0.1:0", "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router:
+        yield router
+
+
+@pytest.fixture()
+def stub(router, double):
+    double.reset()
+    with grpc.insecure_channel(router.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+    double.reset()
+
+
+def metadata(once: str, key: str = KEYS[0]) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}"), ("idempotency-key", once)]
+
+
+def asked(double, n: int, within_s: float = 10.0) -> bool:
+    """Whether the provider has been asked `n` times, waiting a bounded while for it."""
+    give_up = time.monotonic() + within_s
+    while len(double.requests_for("t1-a")) < n and time.monotonic() < give_up:
+        time.sleep(0.01)
+    return len(double.requests_for("t1-a")) >= n
+
+
+def replayed(call) -> bool:
+    return ("idempotent-replayed", "true") in tuple(call.trailing_metadata() or ())
+
+
+def test_a_retry_of_a_call_whose_caller_left_gets_its_answer_and_pays_nothing_again(stub, double, router):
+    double.script("t1-a", Fault.delay(SLOW_S))
+    before = len(router.output)
+    request = ask("What is the boiling point of water?", "cheapest")
+    first = stub.Complete.future(request, timeout=10, metadata=metadata("dropped-1"))
+    assert asked(double, 1)
+    first.cancel()  # the connection is gone; the provider is answering all the same
+    answer, call = stub.Complete.with_call(request, timeout=10, metadata=metadata("dropped-1"))
+    assert answer.content.startswith("answer from t1-a") and answer.cost_usd > 0
+    assert replayed(call)
+    assert len(double.requests_for("t1-a")) == 1, "the provider was asked once"
+    logged = router.output[before:]
+    assert not [line for line in logged if '"level": "error"' in line or "ended span" in line], logged
+
+
+def test_calls_with_the_same_key_at_once_share_one_answer(stub, double):
+    double.script("t1-a", Fault.delay(SLOW_S))
+    request = ask("Name three rivers.", "cheapest")
+    calls = [stub.Complete.future(request, timeout=10, metadata=metadata("together-1")) for _ in range(3)]
+    answers = [call.result() for call in calls]
+    assert len({a.SerializeToString(deterministic=True) for a in answers}) == 1
+    assert sorted(replayed(call) for call in calls) == [False, True, True]
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_without_a_key_or_with_another_each_call_pays(stub, double):
+    request = ask("What is the capital of Peru?", "cheapest")
+    stub.Complete(request, timeout=10, metadata=[("authorization", f"Bearer {KEYS[0]}")])
+    stub.Complete(request, timeout=10, metadata=[("authorization", f"Bearer {KEYS[0]}")])
+    stub.Complete(request, timeout=10, metadata=metadata("mine-1"))
+    stub.Complete(request, timeout=10, metadata=metadata("mine-1", KEYS[1]))  # another API key's namesake
+    stub.Complete(request, timeout=10, metadata=metadata("mine-2"))
+    assert len(double.requests_for("t1-a")) == 5
+
+
+def test_a_key_sent_again_with_another_request_is_refused_naming_it(stub, double):
+    stub.Complete(ask("What is 2 + 2?", "cheapest"), timeout=10, metadata=metadata("reused-1"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(ask("What is 3 + 3?", "cheapest"), timeout=10, metadata=metadata("reused-1"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency-key" in err.value.details()
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_a_call_that_failed_is_asked_again_by_its_retry(stub, double):
+    request = ask("Spell 'router' backwards.", "cheapest")
+    for model in MODELS:
+        double.set_persistent(model, Fault.http_error(400))  # this time every provider refuses it
+    with pytest.raises(grpc.RpcError):
+        stub.Complete(request, timeout=10, metadata=metadata("failed-1"))
+    for model in MODELS:
+        double.set_persistent(model, None)
+    asked_before = len(double.requests_for("t1-a"))
+    answer, call = stub.Complete.with_call(request, timeout=10, metadata=metadata("failed-1"))
+    assert answer.content and not replayed(call)
+    assert len(double.requests_for("t1-a")) == asked_before + 1
+
+
+def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
+    with OtlpReceiver() as receiver, ProviderDouble() as double:
+        env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, tmp_path,
+                            env=env) as router, grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            double.script("t1-a", Fault.delay(SLOW_S))
+            request = ask("What is the tallest mountain?", "cheapest")
+            first = stub.Complete.future(request, timeout=10, metadata=[("idempotency-key", "traced-1")])
+            assert asked(double, 1)
+            first.cancel()
+            answer = stub.Complete(request, timeout=10, metadata=[("idempotency-key", "traced-1")])
+            (_, unattended), = receiver.wait_for_spans(lambda r, s: s.name == "tierwise.complete.unattended")
+        calls = {s.span_id: s for _, s in receiver.spans() if s.name.endswith("/Complete")}
+        assert unattended.parent_span_id in calls, "a child of the call its caller left"
+        attrs = attributes(unattended)
+        assert attrs["tierwise.final_tier"] == answer.tier and attrs["tierwise.cost_usd"] == answer.cost_usd
+        assert not [line for line in router.output if "ended span" in line], router.output
+
+
+@pytest.mark.parametrize("once", ["", "has space", "x" * 256])
+def test_a_malformed_key_is_invalid_argument_naming_it(stub, once):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(ask("hi", "cheapest"), timeout=10, metadata=metadata(once))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency-key" in err.value.details()
+
+
+def post(router, once: str | None, content: str, *, leave: bool = False) -> tuple[int, dict, dict]:
+    conn = http.client.HTTPConnection(http_address(router), timeout=10)
+    headers = {"authorization": f"Bearer {KEYS[0]}", "content-type": "application/json"}
+    if once is not None:
+        headers["idempotency-key"] = once
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": [
+        {"role": "user", "content": content}]}), headers)
+    if leave:
+        conn.close()
+        return 0, {}, {}
+    try:
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_an_http_retry_after_a_dropped_connection_gets_the_answer_once_paid(stub, double, router):
+    double.script("t1-a", Fault.delay(SLOW_S))
+    post(router, "http-dropped-1", "Why is the sky blue?", leave=True)
+    assert asked(double, 1)
+    status, headers, body = post(router, "http-dropped-1", "Why is the sky blue?")
+    assert status == 200 and headers.get("idempotent-replayed") == "true", body
+    assert body["choices"][0]["message"]["content"].startswith("answer from t1-a")
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_an_http_key_reused_or_malformed_is_a_400_in_openais_shape(stub, router):
+    assert post(router, "http-reused-1", "What is 2 + 2?")[0] == 200
+    for once, content in (("http-reused-1", "What is 3 + 3?"), ("bad key", "hi")):
+        status, _, body = post(router, once, content)
+        assert status == 400 and body["error"]["type"] == "invalid_request_error", body
+        assert "idempotency-key" in body["error"]["message"]
+
+
+def test_the_store_forgets_a_key_after_its_ttl_and_keeps_at_most_max_entries():
+    now = [0.0]
+    once = Once(max_entries=2, ttl_s=10.0, tracer=trace.get_tracer("test"), clock=lambda: now[0])
+    paid: list[str] = []
+
+    async def ask_(key: str, text: str = "q") -> bool:
+        async def work(span) -> pb.CompleteResponse:
+            paid.append(key)
+            return pb.CompleteResponse(content=key)
+        return (await once.run("k", key, ask("x" + text), None, work))[1]
+
+    async def scenario() -> list[bool]:
+        seen = [await ask_("a"), await ask_("a")]
+        now[0] = 11.0
+        seen.append(await ask_("a"))  # expired: asked again
+        await ask_("b")
+        await ask_("c")  # "a" is the least recently used of three: out
+        seen.append(await ask_("a"))
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, False, False]
+    assert paid == ["a", "a", "b", "c", "a"]
+
+
+def test_the_key_is_checked_and_the_settings_validated():
+    assert checked(None) == "" and checked("a-b_c.1:2") == "a-b_c.1:2"
+    with pytest.raises(Rejected):
+        checked("")
+    doc = router_config("http://127.0.0.1:1/v1")
+    assert parse({**doc, "idempotency": {"max_entries": 5, "ttl_s": 60}}).idempotency.max_entries == 5
+    for bad in ({"max_entries": 0}, {"ttl_s": 0}):
+        with pytest.raises(ConfigError, match="idempotency"):
+            parse({**doc, "idempotency": bad})
