@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import threading
 import time
 
 import grpc
@@ -16,12 +17,14 @@ from opentelemetry import trace
 from router_service.config import ConfigError, parse
 from router_service.idempotency import Once, checked
 from tierwise.serving import Rejected
+from tierwise_client import ClientOptions, RouterClient
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
+from .tcp_proxy import TcpProxy
 from .test_router_complete import ask
 
 KEYS = ("tw-once-one-4d2a", "tw-once-two-8e1b")
@@ -76,6 +79,26 @@ def test_a_retry_of_a_call_whose_caller_left_gets_its_answer_and_pays_nothing_ag
     assert len(double.requests_for("t1-a")) == 1, "the provider was asked once"
     logged = router.output[before:]
     assert not [line for line in logged if '"level": "error"' in line or "ended span" in line], logged
+
+
+def test_the_python_client_retries_a_dropped_complete_with_its_key_and_it_is_paid_once(stub, double, router):
+    double.script("t1-a", Fault.delay(SLOW_S))
+    options = ClientOptions(backoff_s=0.05, metadata=(("authorization", f"Bearer {KEYS[0]}"),))
+    with TcpProxy(router.address) as proxy, RouterClient(proxy.address, options) as tw:
+        cutter = threading.Thread(target=lambda: asked(double, 1) and proxy.cut())
+        cutter.start()
+        answer = tw.complete("What is the speed of light?", strategy="cheapest")
+        cutter.join()
+    assert answer.content.startswith("answer from t1-a")
+    assert len(double.requests_for("t1-a")) == 1, "the retry got the first attempt's answer"
+    answers = {tw_answer.content for tw_answer in twice_without_a_key(router)}
+    assert len(double.requests_for("t1-a")) == 3 and len(answers) == 1, "each call its own key"
+
+
+def twice_without_a_key(router) -> list[pb.CompleteResponse]:
+    options = ClientOptions(metadata=(("authorization", f"Bearer {KEYS[0]}"),))
+    with RouterClient(router.address, options) as tw:
+        return [tw.complete("What is the speed of sound?", strategy="cheapest") for _ in range(2)]
 
 
 def test_calls_with_the_same_key_at_once_share_one_answer(stub, double):

@@ -1,7 +1,7 @@
 """The Tierwise router client, blocking and asyncio, over the stubs in tierwise_client.v1.
 
 Deadlines on every call; `UNAVAILABLE` (a restarting router, a dropped connection) is retried with exponential
-backoff before anything was streamed; TLS (with a client certificate for mTLS) and an API key (sent as
+backoff before anything was streamed, a Complete with the same idempotency key (answered and paid once); TLS (with a client certificate for mTLS) and an API key (sent as
 `authorization: Bearer <key>` metadata) when configured; a W3C `traceparent` per call joins the caller's trace.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import random
 import re
 import time
+import uuid
 import warnings
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -101,6 +102,16 @@ def _metadata(options: ClientOptions, traceparent: str | None, tracestate: str |
     return pairs + options.metadata
 
 
+def _once(metadata: tuple[tuple[str, str], ...], key: str | None) -> tuple[tuple[str, str], ...]:
+    """`metadata` with the call's idempotency key, which every retry of the call sends: `key`, one the caller put
+    in ClientOptions.metadata, or a random one."""
+    if key is None:
+        if any(name == "idempotency-key" for name, _ in metadata):
+            return metadata
+        key = uuid.uuid4().hex
+    return tuple(pair for pair in metadata if pair[0] != "idempotency-key") + (("idempotency-key", key),)
+
+
 def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline: float,
              streamed: bool = False) -> float | None:
     """Seconds to wait before retrying, or None to give up. Only UNAVAILABLE is retried, never once text was
@@ -166,10 +177,12 @@ class RouterClient(_ClientBase):
 
     def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                  temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
-                 traceparent: str | None = None, tracestate: str | None = None,
+                 traceparent: str | None = None, tracestate: str | None = None, idempotency_key: str | None = None,
                  **sampling: Any) -> pb.CompleteResponse:
+        """The answer. Its retries send the same `idempotency_key` (a random one by default), so a call whose
+        connection dropped is answered once and paid once."""
         return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head, sampling),
-                           timeout_s, _metadata(self.options, traceparent, tracestate))
+                           timeout_s, _once(_metadata(self.options, traceparent, tracestate), idempotency_key))
 
     def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0, temperature: float | None = None,
                head: str = "", timeout_s: float | None = None, *, traceparent: str | None = None,
@@ -232,10 +245,10 @@ class AsyncRouterClient(_ClientBase):
     async def complete(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                        temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
                        traceparent: str | None = None, tracestate: str | None = None,
-                       **sampling: Any) -> pb.CompleteResponse:
+                       idempotency_key: str | None = None, **sampling: Any) -> pb.CompleteResponse:
         return await self._unary(self._stub.Complete,
                                  _request(messages, strategy, max_tokens, temperature, head, sampling), timeout_s,
-                                 _metadata(self.options, traceparent, tracestate))
+                                 _once(_metadata(self.options, traceparent, tracestate), idempotency_key))
 
     async def stream(self, messages: Messages, strategy: str = "", max_tokens: int = 0,
                      temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
