@@ -189,6 +189,28 @@ def test_node_library_sends_the_generation_options(builds, stack):
         "frequency_penalty": -0.5, "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 2}
 
 
+NODE_ONCE = """
+const { RouterClient } = require(process.argv[1]);
+const tw = new RouterClient(process.argv[2], { timeoutS: 20 });
+const ask = (options) => tw.complete("hi there", { strategy: "heuristic", ...options });
+(async () => {
+  const kept = [await ask({ idempotencyKey: "node-once-1" }), await ask({ idempotencyKey: "node-once-1" })];
+  const fresh = [await ask({}), await ask({})];
+  console.log(JSON.stringify({ kept: kept.map((r) => r.content), fresh: fresh.map((r) => r.content) }));
+  tw.close();
+})().catch((err) => { console.error(err.message); process.exit(1); });
+"""
+
+
+def test_node_library_sends_one_idempotency_key_per_complete(builds, stack):
+    """A key given is sent (the router answers its second use from the first); without one, each call has its
+    own, which every retry of that call sends (grpc-js resends a call's metadata)."""
+    double = stack[0]
+    out = node_library(builds, stack, NODE_ONCE)
+    assert out["kept"][0] == out["kept"][1] and out["fresh"][0] == out["fresh"][1]
+    assert len(double.requests_for("t1-a")) == 3, "the kept answer's second call asked no provider"
+
+
 NODE_TOOLS = """
 const { RouterClient } = require(process.argv[1]);
 const tw = new RouterClient(process.argv[2], { timeoutS: 20 });

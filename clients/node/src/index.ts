@@ -11,6 +11,7 @@
 //
 // router.proto ships in the package (proto/) and is loaded at run time; the types in gen/ are generated from it
 // with the same loader options (package.json "gen"), so they describe exactly the objects received.
+import { randomUUID } from "node:crypto";
 import * as path from "node:path";
 
 import * as grpc from "@grpc/grpc-js";
@@ -74,6 +75,9 @@ export interface CallOptions {
 }
 
 export interface CompleteOptions extends CallOptions {
+  /** Sent with the call and each of its retries, so one whose connection dropped is answered and paid once
+   * (complete only; a random one by default). */
+  idempotencyKey?: string;
   maxTokens?: number;
   temperature?: number;
   /** The other generation options, passed to the provider that answers as given; unset ones are not sent. */
@@ -148,7 +152,10 @@ export class RouterClient {
   /** Decide, dispatch, and return the whole answer. */
   complete(messages: Messages, options: CompleteOptions = {}): Promise<CompleteResponse> {
     return new Promise((resolve, reject) => {
-      this.client.Complete(completeRequest(messages, options), this.metadata(options), this.callOptions(options),
+      const metadata = this.metadata(options);
+      if (options.idempotencyKey) metadata.set("idempotency-key", options.idempotencyKey);
+      else if (!metadata.get("idempotency-key").length) metadata.set("idempotency-key", randomUUID());
+      this.client.Complete(completeRequest(messages, options), metadata, this.callOptions(options),
         (err, reply) => (err || !reply ? reject(err) : resolve(reply)));
     });
   }
