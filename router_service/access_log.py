@@ -55,6 +55,18 @@ class Entry:
                            input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
                            cached_input_tokens=summary.usage.cached_input_tokens, cost_usd=summary.cost_usd)
 
+    def replayed(self, summary: pb.CompleteResponse) -> None:
+        """The call got the answer of an earlier call with its idempotency key, which paid for it."""
+        self.decided(summary.decision)
+        self.answered(summary)
+        self.fields.update(cost_usd=0.0, replayed=True)
+
+    def unattended(self, code: str) -> None:
+        """A second line for a call whose caller left while its work went on (idempotency.py): how that work
+        ended, and what it cost."""
+        self.fields["unattended"] = True
+        self.end(code)
+
     def end(self, code: str, status: int | None = None, method: str = "") -> None:
         """Write the line: the call ended with gRPC code `code` (and, over HTTP, `status`, under `method` when it is
         known only now: a stream's)."""
@@ -85,6 +97,12 @@ class _Unlogged(Entry):
         pass
 
     def answered(self, summary: pb.CompleteResponse) -> None:
+        pass
+
+    def replayed(self, summary: pb.CompleteResponse) -> None:
+        pass
+
+    def unattended(self, code: str) -> None:
         pass
 
     def end(self, code: str, status: int | None = None, method: str = "") -> None:

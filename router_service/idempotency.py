@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from typing import Awaitable, Callable
 
@@ -20,7 +21,10 @@ from opentelemetry import trace
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
+from . import access_log
 from .expiring import Expiring
+
+log = logging.getLogger("tierwise.router")
 
 HEADER = "idempotency-key"  # gRPC metadata key and HTTP header (case-insensitive there)
 REPLAYED = "idempotent-replayed"  # set to "true" on an answer a call with the same key already got
@@ -44,17 +48,19 @@ class Carried:
 
     def __init__(self, span, tracer: trace.Tracer):
         self._span, self._tracer, self._own = span, tracer, None
+        self.unattended = False
 
     def left(self) -> None:
         if self._own is None:
+            self.unattended = True
             self._own = self._tracer.start_span("tierwise.complete.unattended",
                                                 context=trace.set_span_in_context(self._span))
             self._span = self._own
 
-    def ended(self, error: BaseException | None) -> None:
+    def ended(self, code: str) -> None:
         if self._own is not None:
-            if error is not None:
-                self._own.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+            if code != "OK":
+                self._own.set_status(trace.Status(trace.StatusCode.ERROR, code))
             self._own.end()
 
     def __getattr__(self, name: str):
@@ -64,6 +70,7 @@ class Carried:
 class _Call:
     def __init__(self, fingerprint: bytes, task: asyncio.Task, carried: Carried):
         self.fingerprint, self.task, self.carried = fingerprint, task, carried
+        self.entry = access_log.current()  # the first caller's line; a second one if the work outlives it
 
 
 class Once:
@@ -86,7 +93,9 @@ class Once:
             if earlier.fingerprint != fingerprint:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"{HEADER}: already used with a different request; a retry must send the same one")
-            return await asyncio.shield(earlier.task), True
+            answer = await asyncio.shield(earlier.task)
+            access_log.current().replayed(answer)
+            return answer, True
         carried = Carried(span, self._tracer)
         call = _Call(fingerprint, asyncio.create_task(work(carried)), carried)
         self._calls.put(name, call)
@@ -102,7 +111,12 @@ class Once:
     def _ended(self, name: tuple[str, str], call: _Call) -> None:
         self._running.discard(call.task)
         error = None if call.task.cancelled() else call.task.exception()
-        call.carried.ended(error)
+        code = _code(call.task, error)
+        call.carried.ended(code)
+        if call.carried.unattended:  # nobody is there to hear how it ended
+            call.entry.unattended(code)
+            if error is not None and not isinstance(error, Rejected):
+                log.error("unexpected error in Complete work its caller left", exc_info=error)
         if (call.task.cancelled() or error is not None) and self._calls.get(name) is call:
             self._calls.pop(name)  # nothing was answered: a retry asks again
 
@@ -115,3 +129,11 @@ class Once:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+
+def _code(task: asyncio.Task, error: BaseException | None) -> str:
+    if task.cancelled():
+        return "CANCELLED"
+    if error is None:
+        return "OK"
+    return error.code.name if isinstance(error, Rejected) else "INTERNAL"

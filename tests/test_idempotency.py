@@ -25,6 +25,7 @@ from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
 from .tcp_proxy import TcpProxy
+from .test_access_log import access_lines
 from .test_router_complete import ask
 
 KEYS = ("tw-once-one-4d2a", "tw-once-two-8e1b")
@@ -146,8 +147,9 @@ def test_a_call_that_failed_is_asked_again_by_its_retry(stub, double):
 def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
     with OtlpReceiver() as receiver, ProviderDouble() as double:
         env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
-        with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, tmp_path,
-                            env=env) as router, grpc.insecure_channel(router.address) as channel:
+        doc = router_config(double.base_url, strategy="cheapest", telemetry={"access_log": True})
+        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env=env) as router, \
+                grpc.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             double.script("t1-a", Fault.delay(SLOW_S))
             request = ask("What is the tallest mountain?", "cheapest")
@@ -161,6 +163,15 @@ def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
         attrs = attributes(unattended)
         assert attrs["tierwise.final_tier"] == answer.tier and attrs["tierwise.cost_usd"] == answer.cost_usd
         assert not [line for line in router.output if "ended span" in line], router.output
+    # Three lines: the call its caller left, the work that went on (what it paid), the retry (which paid nothing).
+    lines = access_lines(router, 3)
+    [left] = [line for line in lines if line["code"] == "CANCELLED"]
+    [unattended_line] = [line for line in lines if line.get("unattended")]
+    [retry] = [line for line in lines if line.get("replayed")]
+    assert left["code"] == "CANCELLED" and "cost_usd" not in left
+    assert unattended_line["unattended"] and unattended_line["code"] == "OK"
+    assert unattended_line["cost_usd"] == answer.cost_usd > 0
+    assert retry["replayed"] and retry["code"] == "OK" and retry["cost_usd"] == 0 and retry["tier"] == answer.tier
 
 
 @pytest.mark.parametrize("once", ["", "has space", "x" * 256])
