@@ -78,6 +78,46 @@ def test_calibrate_stores_a_versioned_tradeoff_with_the_head(tmp_path, capsys):
     assert TierHead.load(heads / "default" / "head.json.previous").version == before.version, "rollback can undo it"
 
 
+def held(directory) -> bool:
+    """Whether some change holds `directory` (tierwise.atomic.changing): a lock this cannot take without waiting."""
+    import fcntl
+    import os
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_calibrate_holds_the_heads_directory_from_reading_the_head_to_installing_it(tmp_path, monkeypatch):
+    """As promote and learn do: a promotion installed between calibrate's read and its install would be lost."""
+    import shutil
+
+    from classifier_service.config import Config
+    from tierwise_tools.commands import calibration
+
+    heads = tmp_path / "heads"
+    shutil.copytree(Config().heads_dir / "default", heads / "default")
+    seen = []
+
+    def probed(real, step):
+        def call(*args, **kwargs):
+            seen.append((step, held(heads)))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(calibration, "heads_in", probed(calibration.heads_in, "read"))
+    monkeypatch.setattr(calibration, "install", probed(calibration.install, "install"))
+    assert main(["calibrate", "--data", str(data_slice(tmp_path)), "--target-quality", "0.9", "--heads-dir",
+                 str(heads), "--include-held-out"]) == 0
+    assert seen == [("read", True), ("install", True)], "a promotion or learn waits for calibrate, and it for them"
+    assert not held(heads), "and lets go when done"
+
+
 def test_calibrate_refuses_a_handful_of_records_or_another_lineups(tmp_path, capsys):
     import shutil
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from router_service.config import ConfigError
+from tierwise.atomic import changing
 from tierwise.data import DataError, Record, check_measurable, load, shared_files, split
 
 from .. import evaluate
@@ -59,6 +60,13 @@ def never_fitted(heads, files: list[tuple[Path, list[Record]]], records: list[Re
 
 
 def calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Record]]], records: list[Record]) -> int:
+    # Held from reading the head to installing it, as promote, learn and rollback hold it: a promotion at the same
+    # time waits (or this does), so neither installs over a head it never read and loses the other's change.
+    with changing(args.heads_dir):
+        return _calibrate_head(args, files, records)
+
+
+def _calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Record]]], records: list[Record]) -> int:
     head = heads_in(args.heads_dir, "--heads-dir").get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
