@@ -3,10 +3,31 @@ from __future__ import annotations
 
 import json
 
+# Counted in quarter tokens, from the text's UTF-8 bytes. Latin text (accents, punctuation and symbols too) at four
+# characters a token. A Chinese, Japanese or Korean character is about a token of its own in BPE tokenizers (often
+# more), so it counts one whole. Any other character counts its bytes, as byte-level tokenizers start from: two
+# quarters for Cyrillic, Greek, Hebrew or Arabic, three for Devanagari or Thai, four for an emoji. A character's
+# first byte says which it is (a continuation byte is never one of these), and bytes.translate and bytes.count
+# read the bytes in C.
+_LATIN_2 = bytes(range(0xC2, 0xCE))  # U+0080-U+037F: Latin-1, Latin Extended A and B, IPA, diacritics (2 bytes)
+_LATIN_3 = b"\xe1\xba", b"\xe1\xbb", b"\xe2"  # U+1E80-U+1EFF Vietnamese; U+2000-U+2FFF punctuation, symbols (3 bytes)
+_CJK = bytes([*range(0xE3, 0xEE), 0xEF])  # U+3000-U+DFFF kana, ideographs, Hangul; U+F000-U+FFFF fullwidth forms
+
 
 def estimate_tokens(text: str) -> int:
-    """About four characters a token, rounded up: 0 for no text, at least 1 for any."""
-    return (len(text) + 3) // 4
+    """About four characters a token for Latin text, one a token for Chinese, Japanese and Korean, four UTF-8 bytes
+    a token otherwise; rounded up: 0 for no text, at least 1 for any. Linear in the text's length."""
+    if text.isascii():
+        return (len(text) + 3) // 4
+    utf8 = text.encode("utf-8", "surrogatepass")
+    quarters = (len(utf8) - _count(utf8, _LATIN_2) - 2 * sum(map(utf8.count, _LATIN_3))  # one quarter each
+                + _count(utf8, _CJK))  # four each
+    return (quarters + 3) // 4
+
+
+def _count(utf8: bytes, first: bytes) -> int:
+    """How many bytes of `utf8` are one of `first`'s."""
+    return len(utf8) - len(utf8.translate(None, first))
 
 
 MESSAGE_OVERHEAD = 4  # tokens a chat format adds around each message (role, separators)

@@ -200,6 +200,9 @@ def test_count_tokens_estimates_the_prompt_without_asking_a_provider(client, dou
     longer = client.messages.count_tokens(model=MODEL, messages=[*user, {"role": "assistant", "content": "x" * 400},
                                                                  {"role": "user", "content": "and?"}])
     assert longer.input_tokens > 100 and not double.requests
+    chinese = "请用三句话解释一下量子计算机的基本原理和它的主要用途。"  # about a token a character, not four a token
+    counted = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": chinese}])
+    assert counted.input_tokens >= len(chinese) / 1.5 and not double.requests
 
 
 @pytest.mark.parametrize("body, field", [
