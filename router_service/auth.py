@@ -15,7 +15,8 @@ digests are kept in memory, and a presented key's digest is compared with every 
 SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
 UNAUTHENTICATED (HTTP 401), a key over a limit RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing
-metadata (HTTP 429 with a Retry-After header).
+metadata (HTTP 429 with a Retry-After header). A key past its monthly spend may still make a call that pays no
+provider: a Route whose strategy asks no model to decide (the interceptor's `free`).
 """
 from __future__ import annotations
 
@@ -259,16 +260,17 @@ class KeyGate:
         self.limits = limits
         self.metrics = metrics
 
-    def admit(self, presented: str, peer: str, *, limited: bool = True) -> ApiKey:
+    def admit(self, presented: str, peer: str, *, limited: bool = True, paid: bool = True) -> ApiKey:
         """The key `presented` (a bearer token, "" for none) names, counted against its limits unless not `limited`
-        (a call that costs nothing, such as listing models); else KeyRefused."""
+        (a call that uses nothing, such as listing models); else KeyRefused. A call that is not `paid` for (no
+        provider is asked) counts against the key's rate, but not its monthly spend."""
         key = self.keys.find(presented) if presented else None
         if key is None:
             self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
             log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
             raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
                              "missing or unknown API key: send `authorization: Bearer <key>`")
-        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd) if limited else None
+        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=paid) if limited else None
         if refusal is not None:
             self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
@@ -292,6 +294,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.prefix = f"/{service}/"
         self.gate = gate
         self.keys = gate.keys
+        # free(method, request): the call pays no provider, so a key past its monthly spend may make it (None: all pay)
+        self.free: Callable[[str, object], bool] | None = None
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -304,20 +308,21 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     # The core charges the key what each answer cost (charge_current_key), as it learns it.
     def _unary(self, behavior, method: str):
         async def call(request, context):
-            await self._admit(context, method)
+            await self._admit(context, method, request)
             return await behavior(request, context)
         return call
 
     def _streaming(self, behavior, method: str):
         async def call(request, context):
-            await self._admit(context, method)
+            await self._admit(context, method, request)
             async for message in behavior(request, context):
                 yield message
         return call
 
-    async def _admit(self, context, method: str) -> ApiKey:
+    async def _admit(self, context, method: str, request) -> ApiKey:
+        paid = self.free is None or not self.free(method, request)
         try:
-            return self.gate.admit(bearer(context.invocation_metadata()), context.peer())
+            return self.gate.admit(bearer(context.invocation_metadata()), context.peer(), paid=paid)
         except KeyRefused as err:
             self.gate.metrics.calls.add(method, err.code.name)
             retry = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s is not None else ()

@@ -4,7 +4,8 @@ Rates live in this process's memory, so N replicas admit up to N times a key's r
 Spend is kept in the router's spend ledger (router_service/ledger.py): in memory by default, or with `spend.ledger`
 in files that outlive a restart and that replicas sharing a volume add up. It is what the router's own cost
 accounting charged for the answers it delivered (`cost_usd`, escalations and verifier calls included); it is known
-only once an answer is done, so the call that crosses a monthly limit finishes and the next ones are refused.
+only once an answer is done, so the call that crosses a monthly limit finishes and the next ones are refused. A call
+that pays no provider (a Route whose strategy asks no model to decide) is not refused for spend: only for its rate.
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ class Limits:
         self._buckets: dict[str, _Bucket] = {}
         self.ledger = ledger or SpendLedger(wall=wall)
 
-    def admit(self, key_id: str, rpm: int, monthly_usd: float) -> Refusal | None:
-        """None, and one request counted, when the key is within its limits (0 = no limit); else why not."""
-        return self._over_spend(key_id, monthly_usd) or self._over_rate(key_id, rpm)
+    def admit(self, key_id: str, rpm: int, monthly_usd: float, *, paid: bool = True) -> Refusal | None:
+        """None, and one request counted, when the key is within its limits (0 = no limit); else why not. A call
+        that is not `paid` for costs the key nothing, so its monthly spend does not refuse it."""
+        return (self._over_spend(key_id, monthly_usd) if paid else None) or self._over_rate(key_id, rpm)
 
     def refund(self, key_id: str, rpm: int) -> None:
         """One request counted by `admit` given back."""

@@ -102,6 +102,9 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
+    if guard is not None:  # Route pays no provider unless its strategy asks a model (the judge): a spent key may route
+        guard.free = lambda method, request: method == "Route" and not strategies.pays_to_decide(
+            getattr(request, "strategy", "") or cfg.strategy)  # a request that does not parse has none
     # The access log first, so it sees the front door's refusals too.
     interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length",

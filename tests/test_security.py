@@ -31,7 +31,8 @@ LATE_KEY = "tw-late-8e1d0b6c92a47f35"
 RATED_KEY = "tw-rated-51a7c3e9d2f80b64"
 SPENDING_KEY = "tw-spend-c04f9b2e7a1d6853"
 JUDGED_KEY = "tw-judged-7b2e90d4c1a6f358"
-SECRETS = (KEY, LATE_KEY, RATED_KEY, SPENDING_KEY, JUDGED_KEY)
+SPENT_KEY = "tw-spent-9d4a2c7e16b05f83"
+SECRETS = (KEY, LATE_KEY, RATED_KEY, SPENDING_KEY, JUDGED_KEY, SPENT_KEY)
 
 
 def keys_file(path, *lines: str):
@@ -64,14 +65,15 @@ def secured(tmp_path_factory, pki):
     health port, exporting spans to a real OTLP receiver and answering from the provider double."""
     workdir = tmp_path_factory.mktemp("secured")
     keys = keys_file(workdir / "keys", f"{KEY} id=main", f"{RATED_KEY} id=rated rpm=2",
-                     f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{JUDGED_KEY} id=judged monthly_usd=0.000001")
+                     f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{JUDGED_KEY} id=judged monthly_usd=0.000001",
+                     f"{SPENT_KEY} id=spent monthly_usd=0.000001")
     with OtlpReceiver() as receiver, ProviderDouble() as double:
         env = {KEY_ENV: "k", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         doc = router_config(double.base_url, strategy="heuristic", auth={"reload_s": 3600})
         with running_router(doc, UNUSED_CLASSIFIER, workdir, "--tls-cert", str(pki["cert"]), "--tls-key",
                             str(pki["key"]), "--api-keys-file", str(keys), "--health-listen", "127.0.0.1:0",
                             env=env) as router:
-            yield {"router": router, "keys": keys, "receiver": receiver}
+            yield {"router": router, "keys": keys, "receiver": receiver, "double": double}
 
 
 def client(secured, pki, key: str | None) -> RouterClient:
@@ -150,7 +152,7 @@ def test_a_key_added_to_the_file_works_after_sighup_without_restart(secured, pki
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         keys_file(secured["keys"], f"{KEY} id=main", f"{RATED_KEY} id=rated rpm=2",
                   f"{SPENDING_KEY} id=spender monthly_usd=0.000001", f"{JUDGED_KEY} id=judged monthly_usd=0.000001",
-                  f"{LATE_KEY} id=late")
+                  f"{SPENT_KEY} id=spent monthly_usd=0.000001", f"{LATE_KEY} id=late")
         secured["router"].proc.send_signal(signal.SIGHUP)
         secured["router"].wait_for("API keys reloaded", timeout=10)
         assert tw.route("hi").tier in (1, 2, 3)
@@ -190,6 +192,28 @@ def test_a_route_the_judge_decides_is_charged_for_the_judges_call(secured, pki):
         with pytest.raises(grpc.RpcError) as err:
             tw.route("Route decided by a model", strategy="judge")
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "judged" in err.value.details()
+
+
+def test_a_key_past_its_monthly_spend_may_route_unless_a_model_decides(secured, pki):
+    """Route pays no provider, so spending nothing more it is not refused; a judge's decision is a paid call, so it
+    is refused as Complete is, before the judge is asked."""
+    double = secured["double"]
+    with client(secured, pki, SPENT_KEY) as tw:
+        assert tw.complete("Say hi").cost_usd > 0.000001
+        with pytest.raises(grpc.RpcError) as err:
+            tw.complete("Say hi again")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        asked = len(double.requests)
+        assert tw.route("Still free to route").strategy == "heuristic"  # the router's strategy
+        for strategy in ("tier2", "heuristic+cascade"):
+            assert tw.route("Still free to route", strategy=strategy).strategy == strategy
+        for strategy in ("judge", "judge+cascade"):
+            with pytest.raises(grpc.RpcError) as err:
+                tw.route("Decided by a paid model", strategy=strategy)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, strategy
+            assert "monthly spend limit" in err.value.details() and "spent" in err.value.details()
+            assert int(dict(err.value.trailing_metadata())["retry-after"]) > 0
+        assert len(double.requests) == asked, "no provider was asked, nor paid"
 
 
 def test_key_ids_reach_spans_and_logs_and_keys_never_do(secured, pki):

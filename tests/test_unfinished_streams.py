@@ -33,14 +33,18 @@ def router(tmp_path, double):
 
 
 def over_its_limit(router) -> bool:
+    """Asked with a Complete that holds no message, which costs nothing: refused at the front door when the key is
+    over its limit, else refused as invalid after it (a Route would not tell: it is free, so never refused)."""
     with grpc.insecure_channel(router.address) as channel:
         try:
-            router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="hi"), timeout=20,
-                                                              metadata=(("authorization", f"Bearer {KEY}"),))
+            router_pb2_grpc.RouterServiceStub(channel).Complete(pb.CompleteRequest(), timeout=20,
+                                                                 metadata=(("authorization", f"Bearer {KEY}"),))
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return False
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "monthly spend limit" in err.details()
             return True
-    return False
+    raise AssertionError("a Complete without messages was answered")
 
 
 def test_a_grpc_stream_cancelled_before_its_summary_is_charged_and_logs_no_error(router):

@@ -52,6 +52,8 @@ class Strategy(ABC):
     # returned). A cascade sets both.
     gate: QualityGate | None = None
     max_tier: int = FRONTIER
+    # A provider is asked (and paid) for the decision itself, as the judge's model is: Route costs the key then too.
+    pays_to_decide: bool = False
 
     @abstractmethod
     async def decide(self, request: RouteInput) -> Decision: ...
@@ -108,3 +110,11 @@ class Strategies:
             make = factory(outer)
             self._built[name] = make(self, start=start) if start else make(self)
         return self._built[name]
+
+    def pays_to_decide(self, name: str) -> bool:
+        """Whether strategy `name` pays a provider for its decision (False for no strategy: the call is refused for
+        its name)."""
+        try:
+            return self.get(name).pays_to_decide
+        except KeyError:
+            return False

@@ -20,6 +20,7 @@ class CascadeStrategy(Strategy):
         cfg = strategies.deps["config"].cascade
         self.start_name = start or cfg.start
         self.start = strategies.get(self.start_name)
+        self.pays_to_decide = self.start.pays_to_decide  # Route returns the start's decision
         self.gate = gate(cfg.gate, strategies.deps)
         self.max_tier = cfg.max_tier
         self.start_tradeoff = cfg.start_tradeoff

@@ -28,6 +28,7 @@ def parse_tier(content: str) -> int:
 @register("judge")
 class JudgeStrategy(Strategy):
     name = "judge"
+    pays_to_decide = True  # its model's call, whether or not the reply holds a verdict
 
     def __init__(self, strategies):
         cfg = strategies.deps["config"].judge
