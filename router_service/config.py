@@ -17,11 +17,11 @@ from pydantic import AfterValidator, Strict, TypeAdapter, ValidationError
 from pydantic_core import core_schema
 
 from tierwise.metrics import quality_target
-from tierwise.serving import GRPC_MAX_MESSAGE
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
 from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
                          refuse, schema)
+from .config_serving import LimitsConfig, ShutdownConfig, TLSConfig
 from .gates import GATES
 from .model_names import MODEL, ModelNames, reserved
 from .providers import Completion, ProviderConfig
@@ -197,14 +197,6 @@ class ShadowConfig:
 
 
 @schema
-class TLSConfig:
-    cert: Text = doc("PEM certificate the router serves TLS with (\"\" = plaintext; --tls-cert); re-read when it "
-                     "changes", "")
-    key: Text = doc("PEM private key of `cert` (--tls-key)", "")
-    client_ca: Text = doc("PEM CA bundle: clients must present a certificate it signed (mTLS; --tls-client-ca)", "")
-
-
-@schema
 class AuthConfig:
     api_keys_file: Text = doc("file of accepted API keys, one a line (see API keys, below the table); \"\" = every call "
                               "is accepted (--api-keys-file)", "")
@@ -274,28 +266,6 @@ class HTTPConfig:
 
 
 @schema
-class LimitsConfig:
-    max_in_flight: AtLeastOne = doc("Route, Complete and CompleteStream calls served at once; past it a call gets "
-                                    "RESOURCE_EXHAUSTED at once", 1024)
-    max_messages: AtLeastOne = doc("messages in one Complete or CompleteStream request", 256)
-    max_message_bytes: AtLeastOne = doc("UTF-8 bytes of one message's content, and of Route's query", 256 * 1024)
-    max_total_bytes: AtLeastOne = doc("UTF-8 bytes of all of a request's messages together, their image URLs "
-                                      "included (a data: URL holds the whole image)", 1024 * 1024)
-    max_images: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (none) or more")] = doc(
-        "images in one request, on its user messages", 16)
-
-    def __post_init__(self) -> None:
-        if self.max_message_bytes > self.max_total_bytes:
-            refuse([(("max_message_bytes",), f"must not exceed limits.max_total_bytes ({self.max_total_bytes})")])
-        if self.receive_bytes > GRPC_MAX_MESSAGE:
-            refuse([(("max_total_bytes",), "must be under 2 GiB - 1 MiB, the most gRPC receives in one message")])
-
-    @property
-    def receive_bytes(self) -> int:  # gRPC's own 4 MiB cap stays unless the conversation limit (and framing) needs more
-        return max(4 << 20, self.max_total_bytes + (1 << 20))
-
-
-@schema
 class CacheConfig:
     max_entries: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (off) or more")] = doc(
         "answers kept for requests asked again (same conversation, options, strategy and API key), least recently "
@@ -349,6 +319,7 @@ class RouterConfig:
     auth: AuthConfig = doc("API keys and per-key limits", factory=AuthConfig, nested=AuthConfig)
     spend: SpendConfig = doc("where the monthly spend limits are counted", factory=SpendConfig, nested=SpendConfig)
     http: HTTPConfig = doc("the OpenAI-compatible HTTP API", factory=HTTPConfig, nested=HTTPConfig)
+    shutdown: ShutdownConfig = doc("stopping on SIGTERM", factory=ShutdownConfig, nested=ShutdownConfig)
 
     def __post_init__(self) -> None:
         # A loop would recurse without end the first time a call named either strategy.

@@ -120,6 +120,12 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
 
     tasks: list[asyncio.Task] = []
     http_health = Health()
+    stop_by = time.monotonic()  # set at SIGTERM: when the calls under way (and the shadows they start) must be done
+
+    def draining(deadline: float) -> None:
+        nonlocal stop_by
+        stop_by = deadline
+        http_health.drain()
 
     async def load() -> str:
         strategies.get(cfg.strategy)
@@ -144,11 +150,11 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
 
     async def close() -> None:
         if http is not None:
-            await http.stop(idle=lambda: core.admission.count == 0)
+            await http.stop(stop_by, idle=lambda: core.admission.count == 0)
         for task in tasks:
             task.cancel()
         await core.once.close()
-        await shadow.drain()
+        await shadow.drain(timeout=max(0.0, stop_by - time.monotonic()))
         ledger.flush()  # after the shadows' last charges
         await classifier.close()
         await close_chains(chains)
@@ -157,4 +163,4 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                 p.shutdown()
 
     return await serving.run("tierwise-router", listen, [SERVICE], server, load, close, tls=tls,
-                             health_listen=health_listen, draining=http_health.drain)
+                             health_listen=health_listen, draining=draining, grace=cfg.shutdown.grace_s)

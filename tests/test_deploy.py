@@ -155,6 +155,14 @@ def test_compose_healthchecks_and_startup_order(compose):
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
 
+def test_compose_waits_out_the_routers_shutdown_grace_before_killing_it(compose):
+    """Compose's default stop_grace_period (10 s) would kill a router still letting its calls finish."""
+    from router_service.config_serving import ShutdownConfig
+
+    period = re.fullmatch(r"(\d+)s", compose["services"]["router"]["stop_grace_period"])
+    assert period and int(period[1]) > ShutdownConfig().grace_s
+
+
 def test_compose_caps_memory_as_the_chart_does(compose):
     values = load_yaml(CHART / "values.yaml")
     learn = load_yaml(DEPLOY / "compose.learn.yaml")["services"]["learn"]
@@ -989,6 +997,25 @@ def test_every_flag_the_chart_passes_is_one_the_services_take(renders):
             for arg in container(docs, name)["args"]:
                 if arg.startswith("--"):
                     assert f"{arg} " in text, f"{case}: {name} does not take {arg}"
+
+
+def test_the_router_pod_outlives_its_preStop_sleep_and_shutdown_grace(renders, helm_env):
+    """Kubernetes kills a pod terminationGracePeriodSeconds after deleting it, preStop sleep included: the router's
+    calls under way must have all of shutdown.grace_s (the router's default unless router.config sets it) first."""
+    from router_service.config_serving import ShutdownConfig
+
+    for case in ("default", "full", "learn"):
+        _, docs = renders[case]
+        spec = one(docs, "Deployment", ROUTER)["spec"]["template"]["spec"]
+        sleep = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert spec["terminationGracePeriodSeconds"] > sleep + ShutdownConfig().grace_s, case
+    for sets in (["router.terminationGracePeriodSeconds=30"],
+                 ["router.config.shutdown.grace_s=60", "router.terminationGracePeriodSeconds=60"]):
+        proc = run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env,
+                   check=False)
+        assert proc.returncode != 0 and "router.terminationGracePeriodSeconds" in proc.stderr, proc.stderr
+    run(HELM, "template", RELEASE, CHART, "--set", "router.config.shutdown.grace_s=60", "--set",
+        "router.terminationGracePeriodSeconds=70", env=helm_env)
 
 
 def test_tls_without_its_secret_is_refused_naming_the_value(helm_env):

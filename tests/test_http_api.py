@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 
 import grpc
 import openai
@@ -648,3 +649,60 @@ def test_health_needs_no_key_and_turns_503_while_the_router_drains(tmp_path, dou
             assert get(address, "/health") == (503, {"status": "draining"})
             slow.join(20)
     assert answered and answered[0], "the call under way was answered"
+
+
+@pytest.mark.parametrize("delay_s, answered", [(1.5, True), (4.5, False)], ids=["within", "past"])
+def test_calls_under_way_at_sigterm_get_the_configured_grace_over_both_ports_together(tmp_path, double, delay_s,
+                                                                                       answered):
+    """shutdown.grace_s, not a fixed 5 s, is how long the calls under way at SIGTERM have: one over gRPC and one
+    over HTTP, each waiting `delay_s` on its provider, are answered within the grace, and past it both are cut and
+    the router exits once the one grace is over (not a grace for each port in turn)."""
+    double.reset()
+    grace_s = 2.5
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": grace_s})
+    for tier in doc["tiers"]:
+        for provider in tier["providers"]:
+            provider["timeout_s"] = 20.0  # the provider call outlasts the grace; only the shutdown can cut it
+    double.script("t1-a", Fault.delay(delay_s), Fault.delay(delay_s))
+    outcome: dict[str, object] = {}
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        with grpc.insecure_channel(router.address) as channel:
+            def grpc_call():
+                try:
+                    outcome["grpc"] = router_pb2_grpc.RouterServiceStub(channel).Complete(
+                        pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")]), timeout=20).content
+                except grpc.RpcError as err:
+                    outcome["grpc"] = err.code()
+
+            def http_call():
+                conn = http.client.HTTPConnection(address, timeout=20)
+                try:
+                    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise",
+                                                                             "messages": user("hi")}))
+                    response = conn.getresponse()
+                    body = response.read()
+                    outcome["http"] = (json.loads(body)["choices"][0]["message"]["content"] if response.status == 200
+                                       else (response.status, body))
+                except (OSError, http.client.HTTPException) as err:  # the connection closed under it
+                    outcome["http"] = err
+                finally:
+                    conn.close()
+
+            calls = [threading.Thread(target=grpc_call), threading.Thread(target=http_call)]
+            for call in calls:
+                call.start()
+            assert wait_until(lambda: len(double.requests_for("t1-a")) == 2, 10), "both calls reached the provider"
+            sent = time.monotonic()
+            router.proc.send_signal(signal.SIGTERM)
+            assert router.proc.wait(20) == 0
+            took = time.monotonic() - sent
+            for call in calls:
+                call.join(20)
+    if answered:
+        assert all(isinstance(outcome[port], str) and outcome[port] for port in ("grpc", "http")), outcome
+    else:
+        assert not any(isinstance(outcome[port], str) for port in ("grpc", "http")), outcome
+        assert grace_s - 0.5 < took < grace_s + 1.5, f"stopped {took:.2f} s after SIGTERM; output:\n" + "".join(
+            router.output)

@@ -75,6 +75,7 @@ def broken(path: str, value) -> dict:
     ("cascade.start_tradeoff", -0.1, "cascade.start_tradeoff: must be null or a finite number >= 0"),
     ("cascade.start_tradeoff", float("inf"), "cascade.start_tradeoff: must be null or a finite number >= 0"),
     ("telemetry.record_content", "yes", "telemetry.record_content: expected true or false"),
+    ("shutdown", {"grace_s": 0}, "shutdown.grace_s: must be positive"),
     ("surprise", 1, "surprise: unknown key"),
 ])
 def test_invalid_config_names_the_key(path, value, message):

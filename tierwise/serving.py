@@ -27,12 +27,13 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 async def run(name: str, listen: str, services: list[str], server: grpc.aio.Server,
               load: Callable[[], Awaitable[str]], close: Callable[[], Awaitable[None]],
               tls: ServerTLS | None = None, health_listen: str = "",
-              draining: Callable[[], None] | None = None) -> int:
+              draining: Callable[[float], None] | None = None, grace: float = 5.0) -> int:
     """Serve until SIGINT/SIGTERM. `load` readies the service and returns a description for the ready line.
     With `tls` the port speaks TLS only (mTLS when it names a client CA), its certificate re-read when the files
     change; `health_listen` adds a plaintext port serving grpc.health.v1 alone, for probes that cannot speak TLS
-    (Kubernetes' native grpc probes). `draining` is called when health turns NOT_SERVING at shutdown, while calls
-    under way still finish, so other ports can tell their own load balancers."""
+    (Kubernetes' native grpc probes). At shutdown, calls under way get `grace` seconds from the signal to finish,
+    then are cancelled. `draining` is called when health turns NOT_SERVING, with the monotonic time that grace ends,
+    so other ports can tell their own load balancers and have their calls (and `close`) done by then."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, HEALTH, reflection.SERVICE_NAME], server)
@@ -81,11 +82,12 @@ async def run(name: str, listen: str, services: list[str], server: grpc.aio.Serv
     log.info("serving", extra={"fields": {"service": name, "listen": address, "tls": tls.mode if tls else "off"}})
 
     await stop.wait()
-    log.info("shutting down", extra={"fields": {"service": name}})
+    stop_by = time.monotonic() + grace
+    log.info("shutting down", extra={"fields": {"service": name, "grace_s": grace}})
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     if draining is not None:
-        draining()
-    await server.stop(grace=5)
+        draining(stop_by)
+    await server.stop(grace=max(0.0, stop_by - time.monotonic()))
     for each in servers[1:]:
         await each.stop(0)
     await close()

@@ -15,7 +15,10 @@ import uvicorn
 from tierwise.telemetry import split_listen
 from tierwise.tls import RENEW_CHECK_S, ServerTLS, check_pair
 
-STOP_GRACE_S = 5
+# Once no call is under way, what uvicorn has left at shutdown is writing out answers already made and closing its
+# connections. It waits for every connection to close, and a TLS connection waits for its client's close_notify,
+# which an idle pooled client never sends: so this is short, however long the calls' grace.
+FLUSH_S = 2.0
 log = logging.getLogger("tierwise.router.http")
 
 
@@ -60,7 +63,7 @@ class HttpServer:
             "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE}
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                                ws="none", timeout_graceful_shutdown=STOP_GRACE_S, **secure)
+                                ws="none", **secure)
         self.server = _InLoop(config)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
@@ -71,17 +74,18 @@ class HttpServer:
         if tls is not None:
             self.renewing = asyncio.create_task(_renew(config.ssl, tls))
 
-    async def stop(self, idle: Callable[[], bool] = lambda: True) -> None:
-        """Stop, once `idle()` says no call is under way (at most STOP_GRACE_S): until then the port still takes
-        connections, so a load balancer reads /health's 503 instead of a refused connection."""
+    async def stop(self, until: float, idle: Callable[[], bool] = lambda: True) -> None:
+        """Stop once `idle()` says no call is under way, or at `until` (monotonic time), when the calls still under
+        way are cut: until then the port still takes connections, so a load balancer reads /health's 503 instead
+        of a refused connection. What is written then goes out within FLUSH_S, never past `until`."""
         if self.task is None:
             self.sock.close()
             return
-        give_up = time.monotonic() + STOP_GRACE_S
-        while not idle() and time.monotonic() < give_up:
+        while not idle() and time.monotonic() < until:
             await asyncio.sleep(0.02)
         if self.renewing is not None:
             self.renewing.cancel()
+        self.server.config.timeout_graceful_shutdown = max(0.0, min(until - time.monotonic(), FLUSH_S))
         self.server.should_exit = True
         await self.task
 
