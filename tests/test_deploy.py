@@ -288,6 +288,15 @@ def test_prometheus_scrapes_only_compose_services_and_grafana_is_provisioned(com
     assert home == f'{provider["options"]["path"]}/tierwise.json' and (GRAFANA / "dashboards" / "tierwise.json").is_file()
 
 
+def test_compose_ships_no_known_grafana_password(compose):
+    """Grafana's admin password comes from the host, required (${VAR:?}): a default would be one anyone can read
+    here. The file the docs have it put in, deploy/.env, is never committed."""
+    password = compose_env(compose["services"]["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    assert not any(k.startswith("GF_SECURITY_ADMIN_PASSWORD__") for k in compose_env(compose["services"]["grafana"]))
+    assert run("git", "check-ignore", "-q", "deploy/.env", check=False).returncode == 0, "deploy/.env is not ignored"
+
+
 def test_compose_config_with_docker_compose_where_available(tmp_path):
     """`docker compose config` (the real parser) where the plugin is installed; the schema check covers the rest."""
     docker = shutil.which("docker")
@@ -295,7 +304,7 @@ def test_compose_config_with_docker_compose_where_available(tmp_path):
         pytest.skip("docker compose is not installed here; test_compose_passes_the_compose_spec_schema checks the file")
     for files in ([COMPOSE], [COMPOSE, COMPOSE_TLS], [COMPOSE, DEPLOY / "compose.learn.yaml"]):
         run(docker, "compose", *[a for f in files for a in ("-f", f)], "config", "--quiet",
-            env={"OPENAI_API_KEY": ""})
+            env={"OPENAI_API_KEY": "", "GRAFANA_ADMIN_PASSWORD": "not-a-default"})
 
 
 # ----------------------------------------------------------------------------------------------------- Dockerfiles
