@@ -5,7 +5,8 @@
 #
 # A head that `tierwise learn` or `tierwise promote` replaced on the volume (its directory keeps head.json.previous) is
 # left alone, and heads of other names (learned-...) are never touched. A head.json is written only when it differs,
-# and atomically (copy, then rename): classifiers serving the volume reload nothing half-written, nor needlessly.
+# and atomically (copy to a temporary file of this run's own, then rename): classifiers serving the volume reload
+# nothing half-written, nor needlessly, and pods seeding a shared volume at once never write into each other's copy.
 #
 #   deploy/seed-heads.sh SRC DST [COMMAND ...]
 set -eu
@@ -13,6 +14,18 @@ set -eu
 src=$1
 dst=$2
 shift 2
+tmp=""
+trap 'rm -f "$tmp"' EXIT
+
+# Atomically replace FILE (in DIR) with a copy of SRC_FILE: `put SRC_FILE DIR FILE`.
+put() {
+    tmp=$(mktemp "$2/.$3.XXXXXX")  # unique, in the same directory (and filesystem) as what it replaces
+    cp "$1" "$tmp"
+    chmod 644 "$tmp"  # mktemp's 0600 would hide the head from a classifier or `tierwise learn` of another uid
+    mv -f "$tmp" "$2/$3"
+    tmp=""
+}
+
 for dir in "$src"/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
@@ -26,11 +39,10 @@ for dir in "$src"/*/; do
         continue
     fi
     mkdir -p "$target"
-    cp "$dir/head.json" "$target/.head.json.seeding"
     if [ -f "$dir/MODEL_CARD.md" ]; then
-        cp "$dir/MODEL_CARD.md" "$target/MODEL_CARD.md"
+        put "$dir/MODEL_CARD.md" "$target" MODEL_CARD.md
     fi
-    mv -f "$target/.head.json.seeding" "$target/head.json"
+    put "$dir/head.json" "$target" head.json
     echo "seed-heads: $target/head.json from $dir"
 done
 if [ $# -gt 0 ]; then

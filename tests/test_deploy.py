@@ -1143,7 +1143,31 @@ def test_seed_heads_copies_the_shipped_heads_but_never_over_a_promoted_one(tmp_p
     assert (heads / "learned-0123" / "head.json").read_text() == "learned"
     now = (heads / "default" / "head.json").stat()
     assert (now.st_ino, now.st_mtime_ns) == (unchanged.st_ino, unchanged.st_mtime_ns), "unchanged heads not rewritten"
-    assert not list(heads.rglob(".head.json.*"))
+    assert not list(heads.rglob(".*"))
+
+
+def test_seed_heads_run_by_pods_starting_together_never_collide(tmp_path):
+    """Classifier pods starting together seed one shared heads volume at once: each run copies into a temporary file
+    of its own, so none fails finding its copy renamed away by another, nor renames another's half-written copy into
+    place, and none is left behind."""
+    shipped, heads = tmp_path / "shipped", tmp_path / "heads"
+    for i in range(30):
+        (shipped / f"head-{i:02d}").mkdir(parents=True)
+        (shipped / f"head-{i:02d}" / "head.json").write_text(json.dumps({"head": i, "weights": [i] * 20_000}))
+        (shipped / f"head-{i:02d}" / "MODEL_CARD.md").write_text(f"head {i}\n")
+    for _ in range(3):  # the runs go through the heads in step: each round collides many times over without the fix
+        shutil.rmtree(heads, ignore_errors=True)
+        runs = [subprocess.Popen(["sh", str(SEED_HEADS), str(shipped), str(heads)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for each in runs:
+            _, err = each.communicate(timeout=60)
+            assert each.returncode == 0, err
+        for head in shipped.iterdir():
+            for name in ("head.json", "MODEL_CARD.md"):
+                seeded = heads / head.name / name
+                assert seeded.read_bytes() == (head / name).read_bytes(), seeded
+                assert seeded.stat().st_mode & 0o444 == 0o444, f"{seeded} is not readable by every classifier"
+        assert not list(heads.rglob(".*")), "a temporary file was left behind"
 
 
 def test_compose_learn_override_runs_learn_on_the_routers_labels_and_the_classifiers_heads(compose):
