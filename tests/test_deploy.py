@@ -1268,6 +1268,36 @@ def test_learn_render_runs_learn_on_the_routers_labels_and_promotes_into_the_cla
     assert "initContainers" not in one(renders["default"][1], "Deployment", CLASSIFIER)["spec"]["template"]["spec"]
 
 
+def test_a_head_mounted_into_the_images_heads_is_refused_beside_a_heads_volume(helm_env):
+    """The README's ConfigMap head, mounted under the image's heads directory, is served while the classifiers serve
+    that directory; with learning.heads.existingClaim they serve the volume alone, and the head would silently not
+    be: the render fails, naming both values."""
+    shipped = image_env("classifier")["TIERWISE_CLASSIFIER_HEADS_DIR"]
+
+    def render(*sets: str) -> subprocess.CompletedProcess:
+        return run(HELM, "template", RELEASE, CHART, "--namespace", NAMESPACE, "--show-only",
+                   "templates/classifier-deployment.yaml", *[a for s in sets for a in ("--set", s)], env=helm_env,
+                   check=False)
+
+    def mounting(path: str) -> list[str]:
+        return ["classifier.extraVolumes[0].name=head-mine", "classifier.extraVolumes[0].configMap.name=head-mine",
+                "classifier.extraVolumeMounts[0].name=head-mine", f"classifier.extraVolumeMounts[0].mountPath={path}"]
+
+    alone = render(*mounting(f"{shipped}/mine"))
+    assert alone.returncode == 0, alone.stderr
+    classifier = next(c for d in yaml.safe_load_all(alone.stdout) if d
+                      for c in d["spec"]["template"]["spec"]["containers"])
+    assert mount_of(classifier["volumeMounts"], f"{shipped}/mine/head.json")["name"] == "head-mine"
+    assert "TIERWISE_CLASSIFIER_HEADS_DIR" not in env_of(classifier), "the image's heads directory is served"
+    for path in (f"{shipped}/mine", f"{shipped}/", shipped):
+        proc = render("learning.heads.existingClaim=tierwise-heads", *mounting(path))
+        assert proc.returncode != 0, path
+        assert "classifier.extraVolumeMounts[0]" in proc.stderr and "learning.heads.existingClaim" in proc.stderr, \
+            proc.stderr
+    beside = render("learning.heads.existingClaim=tierwise-heads", *mounting("/etc/elsewhere"))
+    assert beside.returncode == 0, beside.stderr
+
+
 def test_learning_without_its_volumes_or_the_shadows_labels_is_refused_naming_the_value(helm_env):
     on = ["learning.labels.enabled=true", "learning.labels.existingClaim=l", "learning.heads.existingClaim=h",
           "router.config.shadow.labels=/var/lib/tierwise/labels/live.jsonl"]
