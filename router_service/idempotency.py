@@ -77,7 +77,7 @@ class Once:
     def __init__(self, max_entries: int, ttl_s: float, tracer: trace.Tracer,
                  clock: Callable[[], float] = time.monotonic):
         self._calls: Expiring[_Call] = Expiring(max_entries, ttl_s, clock)
-        self._running: set[asyncio.Task] = set()  # held here too: a task nobody awaits any more may be collected
+        self._running: set[_Call] = set()  # held here too: a task nobody awaits any more may be collected
         self._tracer = tracer
 
     async def run(self, key_id: str, key: str, request: pb.CompleteRequest, span,
@@ -99,7 +99,7 @@ class Once:
         carried = Carried(span, self._tracer)
         call = _Call(fingerprint, asyncio.create_task(work(carried)), carried)
         self._calls.put(name, call)
-        self._running.add(call.task)
+        self._running.add(call)
         call.task.add_done_callback(lambda task: self._ended(name, call))
         try:
             return await asyncio.shield(call.task), False
@@ -109,7 +109,7 @@ class Once:
             raise
 
     def _ended(self, name: tuple[str, str], call: _Call) -> None:
-        self._running.discard(call.task)
+        self._running.discard(call)
         error = None if call.task.cancelled() else call.task.exception()
         code = _code(call.task, error)
         call.carried.ended(code)
@@ -121,11 +121,12 @@ class Once:
             self._calls.pop(name)  # nothing was answered: a retry asks again
 
     async def close(self) -> None:
-        """Cancels the work whose callers left: at shutdown no retry can reach what this process keeps."""
-        running = set(self._running)
-        for task in running:
+        """Cancels the work whose callers left: at shutdown no retry can reach what this process keeps, and the
+        drain need not wait for it."""
+        left = [call.task for call in self._running if call.carried.unattended]
+        for task in left:
             task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await asyncio.gather(*left, return_exceptions=True)
 
     def __len__(self) -> int:
         return len(self._calls)

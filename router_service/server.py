@@ -149,11 +149,12 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                 + (f" http={http.address}" if http else ""))
 
     async def close() -> None:
+        await core.once.close()  # the gRPC calls are over: what their callers left, no retry can collect here
         if http is not None:
             await http.stop(stop_by, idle=lambda: core.admission.count == 0)
+            await core.once.close()
         for task in tasks:
             task.cancel()
-        await core.once.close()
         await shadow.drain(timeout=max(0.0, stop_by - time.monotonic()))
         ledger.flush()  # after the shadows' last charges
         await classifier.close()

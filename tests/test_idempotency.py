@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import signal
 import threading
 import time
 
@@ -172,6 +173,29 @@ def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
     assert unattended_line["unattended"] and unattended_line["code"] == "OK"
     assert unattended_line["cost_usd"] == answer.cost_usd > 0
     assert retry["replayed"] and retry["code"] == "OK" and retry["cost_usd"] == 0 and retry["tier"] == answer.tier
+
+
+def test_shutdown_does_not_wait_for_work_whose_caller_left(tmp_path, double):
+    """No retry can reach what a stopping router keeps, so its drain cuts the work a caller left at once, and
+    spends its grace on the calls still waited for."""
+    double.reset()
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0})
+    for tier in doc["tiers"]:
+        for provider in tier["providers"]:
+            provider["timeout_s"] = 20.0
+    double.script("t1-a", Fault.delay(4.0))
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
+        left = router_pb2_grpc.RouterServiceStub(channel).Complete.future(
+            ask("Describe the sea.", "cheapest"), timeout=20, metadata=[("idempotency-key", "left-at-shutdown")])
+        assert asked(double, 1)
+        left.cancel()
+        sent = time.monotonic()
+        router.proc.send_signal(signal.SIGTERM)
+        assert router.proc.wait(20) == 0
+        took = time.monotonic() - sent
+    assert took < 2.5, f"stopped {took:.2f} s after SIGTERM, waiting for work nobody can collect"
+    double.reset()
 
 
 @pytest.mark.parametrize("once", ["", "has space", "x" * 256])
