@@ -41,11 +41,9 @@ from .ledger import SpendLedger
 from .limits import Limits
 
 log = logging.getLogger("tierwise.router.auth")
-KEY: ContextVar["ApiKey | None"] = ContextVar("tierwise_key", default=None)
-# Charges the current call's key, which the front door admitted: the core charges what each answer cost.
-CHARGE: ContextVar["Callable[[float], None] | None"] = ContextVar("tierwise_charge", default=None)
-# Gives the current call's request back to its key's rate limit: the core refused it before any work.
-REFUND: ContextVar["Callable[[], None] | None"] = ContextVar("tierwise_refund", default=None)
+# The key the current call was admitted with, and the gate that admitted it: the core charges the key what each
+# answer cost, and gives a call it refused before any work back to the key's rate.
+ADMITTED: ContextVar["Admitted | None"] = ContextVar("tierwise_admitted", default=None)
 HASHED = re.compile(r"(?i:sha256):([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
@@ -208,38 +206,45 @@ def api_key(headers) -> str:
     return given.strip() or bearer(headers)
 
 
+@dataclass(frozen=True)
+class Admitted:
+    key: ApiKey
+    gate: "KeyGate"
+    limited: bool  # counted against the key's rate (a call that uses nothing, such as listing models, is not)
+
+
 def current_key_id() -> str:
     """The id of the key the current call was admitted with ("" without keys)."""
-    key = KEY.get()
-    return key.id if key is not None else ""
+    admitted = ADMITTED.get()
+    return admitted.key.id if admitted is not None else ""
 
 
 def current_max_tier() -> int:
     """The highest tier the current call's key may be answered at (the frontier without keys)."""
-    key = KEY.get()
-    return key.max_tier if key is not None else FRONTIER
+    admitted = ADMITTED.get()
+    return admitted.key.max_tier if admitted is not None else FRONTIER
 
 
 def current_quality_target() -> float | None:
     """The quality target the current call's key holds calls to when they set none (None: the head's default)."""
-    key = KEY.get()
-    return key.quality_target if key is not None else None
+    admitted = ADMITTED.get()
+    return admitted.key.quality_target if admitted is not None else None
 
 
 def refund_current_key() -> None:
     """Give the current call's request back to its key's rate limit (if it has a key): the router refused it as
     overloaded, which is no use of the key's quota (and the SDKs retry a 429 on their own)."""
-    refund = REFUND.get()
-    if refund is not None:
-        refund()
+    admitted = ADMITTED.get()
+    if admitted is not None and admitted.limited:
+        admitted.gate.limits.refund(admitted.key.id, admitted.key.rpm)
 
 
 def charge_current_key(usd: float) -> None:
     """Charge the current call's key (if it has one) `usd` of provider cost: an answer's, or for a stream that
     ended without one, what it delivered."""
-    charge = CHARGE.get()
-    if charge is not None:
-        charge(usd)
+    admitted = ADMITTED.get()
+    if admitted is not None:
+        admitted.gate.charge(admitted.key, usd)
 
 
 class KeyRefused(Rejected):
@@ -276,9 +281,7 @@ class KeyGate:
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
             raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s, refusal.kind)
         self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
-        KEY.set(key)  # each call runs in its own task, so this is the call's alone
-        CHARGE.set(lambda usd: self.charge(key, usd))
-        REFUND.set((lambda: self.limits.refund(key.id, key.rpm)) if limited else None)
+        ADMITTED.set(Admitted(key, self, limited))  # each call runs in its own task, so this is the call's alone
         return key
 
     def charge(self, key: ApiKey, usd: float) -> None:
