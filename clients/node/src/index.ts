@@ -76,7 +76,7 @@ export interface CallOptions {
 
 export interface CompleteOptions extends CallOptions {
   /** Sent with the call and each of its retries, so one whose connection dropped is answered and paid once
-   * (complete only; a random one by default). */
+   * (complete only; a random one by default; "" for none, so that a call given up stops at the router at once). */
   idempotencyKey?: string;
   maxTokens?: number;
   temperature?: number;
@@ -153,7 +153,8 @@ export class RouterClient {
   complete(messages: Messages, options: CompleteOptions = {}): Promise<CompleteResponse> {
     return new Promise((resolve, reject) => {
       const metadata = this.metadata(options);
-      if (options.idempotencyKey) metadata.set("idempotency-key", options.idempotencyKey);
+      if (options.idempotencyKey === "") metadata.remove("idempotency-key");
+      else if (options.idempotencyKey) metadata.set("idempotency-key", options.idempotencyKey);
       else if (!metadata.get("idempotency-key").length) metadata.set("idempotency-key", randomUUID());
       this.client.Complete(completeRequest(messages, options), metadata, this.callOptions(options),
         (err, reply) => (err || !reply ? reject(err) : resolve(reply)));

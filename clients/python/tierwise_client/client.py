@@ -104,12 +104,14 @@ def _metadata(options: ClientOptions, traceparent: str | None, tracestate: str |
 
 def _once(metadata: tuple[tuple[str, str], ...], key: str | None) -> tuple[tuple[str, str], ...]:
     """`metadata` with the call's idempotency key, which every retry of the call sends: `key`, one the caller put
-    in ClientOptions.metadata, or a random one."""
+    in ClientOptions.metadata, or a random one; none for `key` "" (the router then stops a call the caller
+    cancels at once, where with a key it goes on a while for a retry)."""
     if key is None:
         if any(name == "idempotency-key" for name, _ in metadata):
             return metadata
         key = uuid.uuid4().hex
-    return tuple(pair for pair in metadata if pair[0] != "idempotency-key") + (("idempotency-key", key),)
+    return tuple(pair for pair in metadata if pair[0] != "idempotency-key") + ((("idempotency-key", key),) if key
+                                                                               else ())
 
 
 def _backoff(err: grpc.RpcError, attempt: int, options: ClientOptions, deadline: float,
@@ -179,8 +181,8 @@ class RouterClient(_ClientBase):
                  temperature: float | None = None, head: str = "", timeout_s: float | None = None, *,
                  traceparent: str | None = None, tracestate: str | None = None, idempotency_key: str | None = None,
                  **sampling: Any) -> pb.CompleteResponse:
-        """The answer. Its retries send the same `idempotency_key` (a random one by default), so a call whose
-        connection dropped is answered once and paid once."""
+        """The answer. Its retries send the same `idempotency_key` (a random one by default; "" for none), so a
+        call whose connection dropped is answered once and paid once."""
         return self._unary(self._stub.Complete, _request(messages, strategy, max_tokens, temperature, head, sampling),
                            timeout_s, _once(_metadata(self.options, traceparent, tracestate), idempotency_key))
 
