@@ -211,6 +211,7 @@ class Admitted:
     key: ApiKey
     gate: "KeyGate"
     limited: bool  # counted against the key's rate (a call that uses nothing, such as listing models, is not)
+    spend_checked: bool  # its monthly spend, by the front door; else check_current_spend before it pays
 
 
 def current_key_id() -> str:
@@ -229,6 +230,14 @@ def current_quality_target() -> float | None:
     """The quality target the current call's key holds calls to when they set none (None: the head's default)."""
     admitted = ADMITTED.get()
     return admitted.key.quality_target if admitted is not None else None
+
+
+def check_current_spend() -> None:
+    """KeyRefused when the current call's key has spent its month and the front door left that to be checked
+    before the call pays (a Complete whose retry may be answered for nothing, idempotency.py)."""
+    admitted = ADMITTED.get()
+    if admitted is not None and not admitted.spend_checked:
+        admitted.gate.check_spend(admitted.key)
 
 
 def refund_current_key() -> None:
@@ -252,7 +261,7 @@ class KeyRefused(Rejected):
     (rate_limited | spend_limited) and the seconds until a retry can succeed."""
 
     def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: int | None = None, kind: str = ""):
-        super().__init__(code, message)
+        super().__init__(code, message, (("retry-after", str(retry_after_s)),) if retry_after_s is not None else ())
         self.retry_after_s = retry_after_s
         self.kind = kind
 
@@ -267,22 +276,30 @@ class KeyGate:
 
     def admit(self, presented: str, peer: str, *, limited: bool = True, paid: bool = True) -> ApiKey:
         """The key `presented` (a bearer token, "" for none) names, counted against its limits unless not `limited`
-        (a call that uses nothing, such as listing models); else KeyRefused. A call that is not `paid` for (no
-        provider is asked) counts against the key's rate, but not its monthly spend."""
+        (a call that uses nothing, such as listing models); else KeyRefused. A call not known here to be `paid` for
+        counts against the key's rate only: one that pays no provider, or whose spend the core checks before it
+        pays (check_current_spend)."""
         key = self.keys.find(presented) if presented else None
         if key is None:
             self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
             log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
             raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
                              "missing or unknown API key: send `authorization: Bearer <key>`")
-        refusal = self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=paid) if limited else None
+        self._refuse(key, self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=paid) if limited else None)
+        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
+        # Each call runs in its own task, so this is the call's alone.
+        ADMITTED.set(Admitted(key, self, limited, spend_checked=paid or not limited))
+        return key
+
+    def check_spend(self, key: ApiKey) -> None:
+        """KeyRefused when `key` has spent its month."""
+        self._refuse(key, self.limits.over_spend(key.id, key.monthly_usd))
+
+    def _refuse(self, key: ApiKey, refusal) -> None:
         if refusal is not None:
             self.metrics.auth.add(1, {"outcome": refusal.kind, "key_id": key.id})
             log.info("call refused: %s", refusal.message, extra={"fields": {"key_id": key.id}})
             raise KeyRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.retry_after_s, refusal.kind)
-        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
-        ADMITTED.set(Admitted(key, self, limited))  # each call runs in its own task, so this is the call's alone
-        return key
 
     def charge(self, key: ApiKey, usd: float) -> None:
         if usd:
@@ -297,8 +314,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.prefix = f"/{service}/"
         self.gate = gate
         self.keys = gate.keys
-        # free(method, request): the call pays no provider, so a key past its monthly spend may make it (None: all pay)
-        self.free: Callable[[str, object], bool] | None = None
+        # unpaid(method, request, metadata): whether the front door leaves the key's monthly spend alone: the call
+        # pays no provider, or the core checks the spend before it pays (None: the front door checks every call's)
+        self.unpaid: Callable[[str, object, dict[str, str]], bool] | None = None
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -323,13 +341,13 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     async def _admit(self, context, method: str, request) -> ApiKey:
-        paid = self.free is None or not self.free(method, request)
+        metadata = context.invocation_metadata() or ()
+        paid = self.unpaid is None or not self.unpaid(method, request, dict(metadata))
         try:
-            return self.gate.admit(bearer(context.invocation_metadata()), context.peer(), paid=paid)
+            return self.gate.admit(bearer(metadata), context.peer(), paid=paid)
         except KeyRefused as err:
             self.gate.metrics.calls.add(method, err.code.name)
-            retry = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s is not None else ()
-            await context.abort(err.code, str(err), trailing_metadata=retry)
+            await context.abort(err.code, str(err), trailing_metadata=err.trailing)
 
 
 def front_door(settings, service: str, metrics, ledger: SpendLedger | None = None) -> ApiKeyInterceptor | None:

@@ -21,8 +21,8 @@ from tierwise.v1 import router_pb2 as pb
 from . import access_log
 from .affinity import Affinity, Earlier, raised_to
 from .answer_cache import AnswerCache, served
-from .auth import (charge_current_key, current_key_id, current_max_tier, current_quality_target,
-                   refund_current_key)
+from .auth import (charge_current_key, check_current_spend, current_key_id, current_max_tier,
+                   current_quality_target, refund_current_key)
 from .config import RouterConfig
 from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
@@ -85,6 +85,7 @@ class RouterCore:
         """The decision, the answer's text (as it comes, when streamed) and the summary: CompleteStream's events,
         whose summary is Complete's response. `method` labels the metrics."""
         entry = _begun(span)
+        check_current_spend()  # a call whose key's spend the front door left to this point: it may now pay
         with self._admitted():
             started = time.perf_counter()
             messages, query = checked_messages(request, self.cfg.limits)

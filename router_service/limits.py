@@ -43,7 +43,7 @@ class Limits:
     def admit(self, key_id: str, rpm: int, monthly_usd: float, *, paid: bool = True) -> Refusal | None:
         """None, and one request counted, when the key is within its limits (0 = no limit); else why not. A call
         that is not `paid` for costs the key nothing, so its monthly spend does not refuse it."""
-        return (self._over_spend(key_id, monthly_usd) if paid else None) or self._over_rate(key_id, rpm)
+        return (self.over_spend(key_id, monthly_usd) if paid else None) or self._over_rate(key_id, rpm)
 
     def refund(self, key_id: str, rpm: int) -> None:
         """One request counted by `admit` given back."""
@@ -75,7 +75,7 @@ class Limits:
         return Refusal("rate_limited", wait, f"rate limit: key {key_id} may make {rpm} requests a minute; retry "
                                              f"after {wait} s (at {_utc(self._wall() + wait)})")
 
-    def _over_spend(self, key_id: str, monthly_usd: float) -> Refusal | None:
+    def over_spend(self, key_id: str, monthly_usd: float) -> Refusal | None:
         if not monthly_usd:
             return None
         spent = self.spent(key_id)

@@ -75,6 +75,16 @@ async def _nothing_to_reload() -> None:
     log.info("SIGHUP: nothing to reload (no API keys file)")
 
 
+def _unpaid(method: str, request, metadata: dict[str, str], strategies: Strategies, default: str) -> bool:
+    """Whether the front door leaves a call's monthly spend alone: a Route pays no provider unless its strategy asks
+    a model (the judge); a Complete with an idempotency key may be a retry answered for nothing, and the core checks
+    the spend before it pays."""
+    if method == "Complete":
+        return idempotency.HEADER in metadata
+    # A request that does not parse has no strategy.
+    return method == "Route" and not strategies.pays_to_decide(getattr(request, "strategy", "") or default)
+
+
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -102,9 +112,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     lineup = None if cfg.classifier.head else LineupHead(
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
-    if guard is not None:  # Route pays no provider unless its strategy asks a model (the judge): a spent key may route
-        guard.free = lambda method, request: method == "Route" and not strategies.pays_to_decide(
-            getattr(request, "strategy", "") or cfg.strategy)  # a request that does not parse has none
+    if guard is not None:
+        guard.unpaid = lambda method, request, metadata: _unpaid(method, request, metadata, strategies, cfg.strategy)
     # The access log first, so it sees the front door's refusals too.
     interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length",

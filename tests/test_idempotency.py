@@ -29,7 +29,7 @@ from .tcp_proxy import TcpProxy
 from .test_access_log import access_lines
 from .test_router_complete import ask
 
-KEYS = ("tw-once-one-4d2a", "tw-once-two-8e1b")
+KEYS = ("tw-once-one-4d2a", "tw-once-two-8e1b", "tw-once-spent-7f3c")
 MODELS = ("t1-a", "t1-b", "t2-a", "t3-a")
 SLOW_S = 1.0  # the provider's answer to a call its caller leaves; well under the providers' 2 s timeout
 
@@ -38,7 +38,8 @@ SLOW_S = 1.0  # the provider's answer to a call its caller leaves; well under th
 def router(tmp_path_factory, double):
     workdir = tmp_path_factory.mktemp("once")
     keys = workdir / "keys"
-    keys.write_text("".join(f"{key} id=k{i}\n" for i, key in enumerate(KEYS)))
+    keys.write_text("".join(f"{key} id=k{i}\n" for i, key in enumerate(KEYS[:2]))
+                    + f"{KEYS[2]} id=spent monthly_usd=0.000001\n")  # any charge at all puts it over
     with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, workdir,
                         "--http-listen", "127.0.0.1:0", "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router:
         yield router
@@ -205,11 +206,14 @@ def test_a_malformed_key_is_invalid_argument_naming_it(stub, once):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency-key" in err.value.details()
 
 
-def post(router, once: str | None, content: str, *, leave: bool = False) -> tuple[int, dict, dict]:
-    conn = http.client.HTTPConnection(http_address(router), timeout=10)
-    headers = {"authorization": f"Bearer {KEYS[0]}", "content-type": "application/json"}
+def post(router, once: str | None, content: str, *, leave: bool = False, timeout_ms: int | None = None,
+         key: str = KEYS[0]) -> tuple[int, dict, dict]:
+    conn = http.client.HTTPConnection(http_address(router), timeout=30)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     if once is not None:
         headers["idempotency-key"] = once
+    if timeout_ms is not None:
+        headers["x-tierwise-timeout-ms"] = str(timeout_ms)
     conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": [
         {"role": "user", "content": content}]}), headers)
     if leave:
@@ -238,6 +242,25 @@ def test_an_http_key_reused_or_malformed_is_a_400_in_openais_shape(stub, router)
         status, _, body = post(router, once, content)
         assert status == 400 and body["error"]["type"] == "invalid_request_error", body
         assert "idempotency-key" in body["error"]["message"]
+
+
+def test_a_retry_of_the_call_that_spent_the_keys_month_still_gets_its_answer(stub, double, router):
+    """The call that crosses a monthly limit finishes; its caller left, so its answer is paid for and kept. The
+    retry pays nothing and is answered; a new call is refused, over gRPC and HTTP, before any provider is asked."""
+    double.script("t1-a", Fault.delay(SLOW_S))
+    request = ask("What is the largest ocean?", "cheapest")
+    first = stub.Complete.future(request, timeout=10, metadata=metadata("spent-1", KEYS[2]))
+    assert asked(double, 1)
+    first.cancel()
+    answer, call = stub.Complete.with_call(request, timeout=10, metadata=metadata("spent-1", KEYS[2]))
+    assert answer.content and replayed(call)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(ask("And the smallest?", "cheapest"), timeout=10, metadata=metadata("spent-2", KEYS[2]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "monthly spend limit" in err.value.details()
+    assert [k for k, _ in err.value.trailing_metadata() if k == "retry-after"]
+    status, headers, body = post(router, "spent-3", "And the deepest?", key=KEYS[2])
+    assert status == 429 and body["error"]["code"] == "spend_limit_exceeded" and "retry-after" in headers
+    assert len(double.requests_for("t1-a")) == 1
 
 
 def test_the_store_forgets_a_key_after_its_ttl_and_keeps_at_most_max_entries():

@@ -87,7 +87,10 @@ class Endpoint:
             entry = access_log.begin(self.api.method, peer(scope), exchange.request_id) if self.logged else None
             try:
                 if self.gate is not None:  # the core charges the key it admits (auth.charge_current_key)
-                    self.gate.admit(self.api.key(request.headers.items()), peer(scope))
+                    # A request with an idempotency key may be a retry answered for nothing: the core checks the
+                    # key's spend before it pays.
+                    self.gate.admit(self.api.key(request.headers.items()), peer(scope),
+                                    paid=idempotency.HEADER not in request.headers)
                 body = await read_body(request, self.max_body)
                 try:
                     chat = self.api.parse(body, self.names)
