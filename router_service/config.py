@@ -276,10 +276,14 @@ class CacheConfig:
 
 @schema
 class IdempotencyConfig:
-    max_entries: AtLeastOne = doc(
-        "Complete calls remembered by their idempotency key, least recently used out first: a retry with the same "
-        "key and request gets the first call's answer, or waits for it, and pays nothing again", 10_000)
-    ttl_s: Positive = doc("how long after it began a call's key is remembered", 900.0)
+    max_mb: Positive = doc(
+        "answers kept for retries of Complete calls that carried an idempotency key (a retry with the same key and "
+        "request gets the answer, or waits for the work under way, and pays nothing again), in MB as serialized, "
+        "least recently used out first; work under way is never pushed out", 64.0)
+    ttl_s: Positive = doc("how long an answer is kept for a retry", 600.0)
+    retry_window_s: Positive = doc(
+        "how long work goes on after its caller left, unless a retry comes for it (a caller that cancelled sends "
+        "none); never past the call's deadline", 10.0)
 
 
 @schema

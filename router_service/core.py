@@ -53,7 +53,7 @@ class RouterCore:
         self.degraded_log = ThrottledLog(log)
         self.cache = AnswerCache(cfg.cache)
         self.affinity = Affinity(cfg.affinity)
-        self.once = Once(cfg.idempotency.max_entries, cfg.idempotency.ttl_s, self.tracer)
+        self.once = Once(cfg.idempotency.max_mb, cfg.idempotency.ttl_s, cfg.idempotency.retry_window_s, self.tracer)
 
     @contextmanager
     def _admitted(self):
@@ -149,7 +149,12 @@ class RouterCore:
         async def work(carried) -> pb.CompleteResponse:
             return (await final(self.answer(method, request, deadline, carried, stream=False))).summary
 
-        return await self.once.run(current_key_id(), key, request, span, work)
+        answer, replayed = await self.once.run(current_key_id(), key, request, deadline, span, work)
+        if replayed:
+            _begun(span).replayed(answer)
+            span.set_attribute("tierwise.idempotent_replayed", True)
+            span.set_attribute("tierwise.final_tier", answer.tier)
+        return answer, replayed
 
     def count_tokens(self, request: pb.CompleteRequest) -> int:
         """About how many tokens the request's prompt holds (every message with its images and tool calls, and the

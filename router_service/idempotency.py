@@ -1,11 +1,13 @@
 """Complete calls named by the caller's idempotency key: a retry of a call whose connection dropped gets that
 call's answer instead of paying the providers again.
 
-The first call with a key runs its work in a task of its own, which goes on when its caller goes away (until the
-call's deadline, as it would have). A call with the same key and the same request, while that work runs or for
-`idempotency.ttl_s` after it ended well, waits for it and gets its answer. The same key with another request is
-refused. A call that failed is forgotten when it ends, so its retry runs afresh. Keys are kept per API key, in this
-process's memory: a retry that reaches another replica runs again.
+The first call with a key runs its work in a task of its own. When its caller goes away the work goes on, for
+`idempotency.retry_window_s` unless a retry joins it, and to the first call's deadline at most. A call with the
+same key and request waits for the work, within its own deadline, or gets the answer it left, kept for
+`idempotency.ttl_s` within `idempotency.max_mb`. The same key with another request is refused. Work that failed
+is forgotten, so its retry asks again; so is work cut by its first caller's deadline or by shutdown, which a
+waiting retry then asks again itself. Keys are kept per API key in this process's memory: a retry that reaches
+another replica runs again.
 """
 from __future__ import annotations
 
@@ -13,23 +15,26 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
-from .expiring import Expiring
+from .unattended import Carried
 
 log = logging.getLogger("tierwise.router")
-
 HEADER = "idempotency-key"  # gRPC metadata key and HTTP header (case-insensitive there)
 REPLAYED = "idempotent-replayed"  # set to "true" on an answer a call with the same key already got
 MAX_LENGTH = 255
-Work = Callable[["Carried"], Awaitable[pb.CompleteResponse]]
+Work = Callable[[Carried], Awaitable[pb.CompleteResponse]]
+Name = tuple[str, str]  # (API key id, idempotency key)
 
 
 def checked(value: str | None) -> str:
@@ -38,78 +43,102 @@ def checked(value: str | None) -> str:
         return ""
     if not 0 < len(value) <= MAX_LENGTH or not all(" " < c <= "~" for c in value):
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{HEADER}: must be 1 to {MAX_LENGTH} printable ASCII characters without spaces")
+                       f"{HEADER}: must be 1 to {MAX_LENGTH} printable ASCII characters, no spaces")
     return value
 
 
-class Carried:
-    """The span a call's work records on: its call's while the caller waits, then, once the caller is gone, a
-    child span of the work that went on (an ended span takes no attributes)."""
-
-    def __init__(self, span, tracer: trace.Tracer):
-        self._span, self._tracer, self._own = span, tracer, None
-        self.unattended = False
-
-    def left(self) -> None:
-        if self._own is None:
-            self.unattended = True
-            self._own = self._tracer.start_span("tierwise.complete.unattended",
-                                                context=trace.set_span_in_context(self._span))
-            self._span = self._own
-
-    def ended(self, code: str) -> None:
-        if self._own is not None:
-            if code != "OK":
-                self._own.set_status(trace.Status(trace.StatusCode.ERROR, code))
-            self._own.end()
-
-    def __getattr__(self, name: str):
-        return getattr(self._span, name)
-
-
 class _Call:
-    def __init__(self, fingerprint: bytes, task: asyncio.Task, carried: Carried):
-        self.fingerprint, self.task, self.carried = fingerprint, task, carried
+    """Work under way for a key."""
+
+    def __init__(self, fingerprint: bytes, carried: Carried, work: Work):
+        self.fingerprint, self.carried = fingerprint, carried
         self.entry = access_log.current()  # the first caller's line; a second one if the work outlives it
+        self.task = asyncio.create_task(_under(carried, work))
+        self.waiting = 0  # retries waiting for it
+        self.abandon: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Kept:
+    fingerprint: bytes
+    answer: pb.CompleteResponse
+    at: float
+    size: int
 
 
 class Once:
-    def __init__(self, max_entries: int, ttl_s: float, tracer: trace.Tracer,
+    def __init__(self, max_mb: float, ttl_s: float, retry_window_s: float, tracer: trace.Tracer,
                  clock: Callable[[], float] = time.monotonic):
-        self._calls: Expiring[_Call] = Expiring(max_entries, ttl_s, clock)
-        self._running: set[_Call] = set()  # held here too: a task nobody awaits any more may be collected
-        self._tracer = tracer
+        self.max_bytes, self.ttl_s, self.retry_window_s = int(max_mb * 1e6), ttl_s, retry_window_s
+        self._tracer, self._clock = tracer, clock
+        self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
+        self._kept: OrderedDict[Name, _Kept] = OrderedDict()  # least recently used first
+        self._bytes = 0
 
-    async def run(self, key_id: str, key: str, request: pb.CompleteRequest, span,
+    async def run(self, key_id: str, key: str, request: pb.CompleteRequest, deadline: float | None, span,
                   work: Work) -> tuple[pb.CompleteResponse, bool]:
         """`work`'s answer for the call named `key` by API key `key_id`, and whether an earlier call with that key
-        got it first; `work(span)` runs now only when `key` is "" or names no call that ran or runs."""
+        got it first; `work(span)` runs only when `key` is "" or when no call with it ran well or runs."""
         if not key:
             return await work(span), False
         name = (key_id, key)
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-        earlier = self._calls.get(name)
-        if earlier is not None:
-            if earlier.fingerprint != fingerprint:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{HEADER}: already used with a different request; a retry must send the same one")
-            answer = await asyncio.shield(earlier.task)
-            access_log.current().replayed(answer)
-            return answer, True
-        carried = Carried(span, self._tracer)
-        call = _Call(fingerprint, asyncio.create_task(work(carried)), carried)
-        self._calls.put(name, call)
-        self._running.add(call)
-        call.task.add_done_callback(lambda task: self._ended(name, call))
+        if (kept := self._get(name)) is not None:
+            _same(kept.fingerprint, fingerprint)
+            return kept.answer, True
+        if (running := self._running.get(name)) is not None:
+            _same(running.fingerprint, fingerprint)
+            if (answer := await self._join(running, deadline)) is not None:
+                return answer, True
+        return await self._start(name, fingerprint, span, work), False
+
+    async def _start(self, name: Name, fingerprint: bytes, span, work: Work) -> pb.CompleteResponse:
+        call = _Call(fingerprint, Carried(span, self._tracer), work)
+        self._running[name] = call
+        call.task.add_done_callback(lambda _: self._ended(name, call))
         try:
-            return await asyncio.shield(call.task), False
+            return await asyncio.shield(call.task)
         except asyncio.CancelledError:
             if not call.task.done():  # the caller is gone; its work goes on for a retry to collect
-                carried.left()
+                call.carried.left()
+                self._unless_joined(call)
             raise
 
-    def _ended(self, name: tuple[str, str], call: _Call) -> None:
-        self._running.discard(call)
+    async def _join(self, call: _Call, deadline: float | None) -> pb.CompleteResponse | None:
+        """The answer of `call`, waited for within `deadline`; None when its work was cut short by what was not
+        this caller's to decide (the first caller's deadline, shutdown): this call then asks again."""
+        call.waiting += 1
+        if call.abandon is not None:
+            call.abandon.cancel()
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(call.task), left)
+        except TimeoutError:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "deadline passed while waiting for the earlier call with this idempotency-key") from None
+        except asyncio.CancelledError:
+            if call.task.cancelled() and not asyncio.current_task().cancelling():
+                return None
+            raise
+        except Rejected as err:
+            if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
+            raise
+        finally:
+            call.waiting -= 1
+            self._unless_joined(call)
+
+    def _unless_joined(self, call: _Call) -> None:
+        """Cancels `call`'s work in retry_window_s unless a retry comes for it: a caller that left on purpose (a
+        cancelled call, a hedge that lost) sends none."""
+        if call.carried.unattended and not call.waiting and not call.task.done():
+            call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, call.task.cancel)
+
+    def _ended(self, name: Name, call: _Call) -> None:
+        if self._running.get(name) is call:
+            del self._running[name]
+        if call.abandon is not None:
+            call.abandon.cancel()
         error = None if call.task.cancelled() else call.task.exception()
         code = _code(call.task, error)
         call.carried.ended(code)
@@ -117,19 +146,61 @@ class Once:
             call.entry.unattended(code)
             if error is not None and not isinstance(error, Rejected):
                 log.error("unexpected error in Complete work its caller left", exc_info=error)
-        if (call.task.cancelled() or error is not None) and self._calls.get(name) is call:
-            self._calls.pop(name)  # nothing was answered: a retry asks again
+        if code == "OK":
+            self._keep(name, _Kept(call.fingerprint, call.task.result(), self._clock(), call.task.result().ByteSize()))
+
+    def _keep(self, name: Name, kept: _Kept) -> None:
+        self._drop(name)
+        self._kept[name] = kept
+        self._bytes += kept.size
+        while self._kept and (self._bytes > self.max_bytes or self._expired(next(iter(self._kept.values())))):
+            self._drop(next(iter(self._kept)))
+
+    def _get(self, name: Name) -> _Kept | None:
+        kept = self._kept.get(name)
+        if kept is None or self._expired(kept):
+            self._drop(name)
+            return None
+        self._kept.move_to_end(name)
+        return kept
+
+    def _drop(self, name: Name) -> None:
+        if (kept := self._kept.pop(name, None)) is not None:
+            self._bytes -= kept.size
+
+    def _expired(self, kept: _Kept) -> bool:
+        return self._clock() - kept.at > self.ttl_s
 
     async def close(self) -> None:
-        """Cancels the work whose callers left: at shutdown no retry can reach what this process keeps, and the
-        drain need not wait for it."""
-        left = [call.task for call in self._running if call.carried.unattended]
+        """Cancels the work whose callers left and that no retry waits for: at shutdown no retry can reach what this
+        process keeps, and the drain need not wait for it."""
+        left = [c.task for c in self._running.values() if c.carried.unattended and not c.waiting]
         for task in left:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
 
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
+
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._running) + len(self._kept)
+
+
+async def _under(carried: Carried, work: Work) -> pb.CompleteResponse:
+    """`work` with `carried` as the current span, so the spans it starts (provider attempts) are children of the
+    unattended span once its caller has left."""
+    token = otel_context.attach(trace.set_span_in_context(carried))
+    try:
+        return await work(carried)
+    finally:
+        otel_context.detach(token)
+
+
+def _same(earlier: bytes, fingerprint: bytes) -> None:
+    if earlier != fingerprint:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{HEADER}: already used with a different request; a retry must send the same one")
 
 
 def _code(task: asyncio.Task, error: BaseException | None) -> str:

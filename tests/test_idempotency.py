@@ -13,11 +13,7 @@ import time
 
 import grpc
 import pytest
-from opentelemetry import trace
 
-from router_service.config import ConfigError, parse
-from router_service.idempotency import Once, checked
-from tierwise.serving import Rejected
 from tierwise_client import ClientOptions, RouterClient
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
@@ -160,10 +156,15 @@ def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
             first.cancel()
             answer = stub.Complete(request, timeout=10, metadata=[("idempotency-key", "traced-1")])
             (_, unattended), = receiver.wait_for_spans(lambda r, s: s.name == "tierwise.complete.unattended")
+        receiver.wait_for_spans(lambda r, s: attributes(s).get("tierwise.idempotent_replayed"))
         calls = {s.span_id: s for _, s in receiver.spans() if s.name.endswith("/Complete")}
         assert unattended.parent_span_id in calls, "a child of the call its caller left"
         attrs = attributes(unattended)
         assert attrs["tierwise.final_tier"] == answer.tier and attrs["tierwise.cost_usd"] == answer.cost_usd
+        [attempt] = [s for _, s in receiver.spans() if s.name == "chat t1-a"]
+        assert attempt.parent_span_id == unattended.span_id, "the provider answered after the caller left"
+        [replay] = [s for s in calls.values() if attributes(s).get("tierwise.idempotent_replayed")]
+        assert attributes(replay)["tierwise.final_tier"] == answer.tier
         assert not [line for line in router.output if "ended span" in line], router.output
     # Three lines: the call its caller left, the work that went on (what it paid), the retry (which paid nothing).
     lines = access_lines(router, 3)
@@ -174,6 +175,7 @@ def test_the_work_a_caller_left_is_traced_in_a_span_of_its_own(tmp_path):
     assert unattended_line["unattended"] and unattended_line["code"] == "OK"
     assert unattended_line["cost_usd"] == answer.cost_usd > 0
     assert retry["replayed"] and retry["code"] == "OK" and retry["cost_usd"] == 0 and retry["tier"] == answer.tier
+    assert retry["request_id"] == f"{replay.trace_id.hex()}", "the retry's line names its own trace"
 
 
 def test_shutdown_does_not_wait_for_work_whose_caller_left(tmp_path, double):
@@ -263,36 +265,45 @@ def test_a_retry_of_the_call_that_spent_the_keys_month_still_gets_its_answer(stu
     assert len(double.requests_for("t1-a")) == 1
 
 
-def test_the_store_forgets_a_key_after_its_ttl_and_keeps_at_most_max_entries():
-    now = [0.0]
-    once = Once(max_entries=2, ttl_s=10.0, tracer=trace.get_tracer("test"), clock=lambda: now[0])
-    paid: list[str] = []
-
-    async def ask_(key: str, text: str = "q") -> bool:
-        async def work(span) -> pb.CompleteResponse:
-            paid.append(key)
-            return pb.CompleteResponse(content=key)
-        return (await once.run("k", key, ask("x" + text), None, work))[1]
-
-    async def scenario() -> list[bool]:
-        seen = [await ask_("a"), await ask_("a")]
-        now[0] = 11.0
-        seen.append(await ask_("a"))  # expired: asked again
-        await ask_("b")
-        await ask_("c")  # "a" is the least recently used of three: out
-        seen.append(await ask_("a"))
-        return seen
-
-    assert asyncio.run(scenario()) == [False, True, False, False]
-    assert paid == ["a", "a", "b", "c", "a"]
+def test_an_http_retry_waits_no_longer_than_its_own_timeout(stub, double, router):
+    double.script("t1-a", Fault.delay(SLOW_S))
+    post(router, "http-own-deadline", "Why do cats purr?", leave=True)
+    assert asked(double, 1)
+    started = time.monotonic()
+    status, _, body = post(router, "http-own-deadline", "Why do cats purr?", timeout_ms=300)
+    assert status == 504 and time.monotonic() - started < SLOW_S - 0.2, body
+    status, headers, _ = post(router, "http-own-deadline", "Why do cats purr?")  # the work went on meanwhile
+    assert status == 200 and headers.get("idempotent-replayed") == "true"
+    assert len(double.requests_for("t1-a")) == 1
 
 
-def test_the_key_is_checked_and_the_settings_validated():
-    assert checked(None) == "" and checked("a-b_c.1:2") == "a-b_c.1:2"
-    with pytest.raises(Rejected):
-        checked("")
-    doc = router_config("http://127.0.0.1:1/v1")
-    assert parse({**doc, "idempotency": {"max_entries": 5, "ttl_s": 60}}).idempotency.max_entries == 5
-    for bad in ({"max_entries": 0}, {"ttl_s": 0}):
-        with pytest.raises(ConfigError, match="idempotency"):
-            parse({**doc, "idempotency": bad})
+def test_a_retry_with_more_time_asks_again_when_the_first_calls_deadline_cut_the_work(stub, double, router):
+    double.script("t1-a", Fault.delay(1.5))
+    post(router, "http-short-first", "Name a prime number.", leave=True, timeout_ms=700)
+    assert asked(double, 1)
+    status, headers, body = post(router, "http-short-first", "Name a prime number.", timeout_ms=20000)
+    assert status == 200 and "idempotent-replayed" not in headers, body
+    assert len(double.requests_for("t1-a")) == 2
+
+
+def test_a_retry_waiting_at_sigterm_is_answered_within_the_grace(tmp_path, double):
+    double.reset()
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0})
+    double.script("t1-a", Fault.delay(1.5))
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router:
+        conn = http.client.HTTPConnection(http_address(router), timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": [
+            {"role": "user", "content": "Count to three."}]}), {"idempotency-key": "at-sigterm"})
+        conn.close()
+        assert asked(double, 1)
+        outcome: list = []
+        retry = threading.Thread(target=lambda: outcome.append(post(router, "at-sigterm", "Count to three.")))
+        retry.start()
+        time.sleep(0.3)  # the retry is waiting for the work
+        router.proc.send_signal(signal.SIGTERM)
+        retry.join(20)
+        assert router.proc.wait(20) == 0
+    [(status, headers, _)] = outcome
+    assert status == 200 and headers.get("idempotent-replayed") == "true", outcome
+    double.reset()

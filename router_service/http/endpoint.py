@@ -98,7 +98,7 @@ class Endpoint:
                     exchange.method += "Stream" if _asks_to_stream(body) else ""  # counted as what it asked
                     raise
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
-                key = idempotency.checked(request.headers.get(idempotency.HEADER))
+                key = "" if chat.stream else idempotency.checked(request.headers.get(idempotency.HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
                 if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key)):
                     exchange.code = "CANCELLED"
