@@ -16,6 +16,11 @@ dst=$2
 shift 2
 tmp=""
 trap 'rm -f "$tmp"' EXIT
+# A signal ends the shell without the EXIT trap: exit instead, which runs it (a killed init container would leave a
+# temporary copy of a head on the shared volume at every restart).
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Atomically replace FILE (in DIR) with a copy of SRC_FILE: `put SRC_FILE DIR FILE`.
 put() {

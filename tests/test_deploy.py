@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -1168,6 +1169,26 @@ def test_seed_heads_run_by_pods_starting_together_never_collide(tmp_path):
                 assert seeded.read_bytes() == (head / name).read_bytes(), seeded
                 assert seeded.stat().st_mode & 0o444 == 0o444, f"{seeded} is not readable by every classifier"
         assert not list(heads.rglob(".*")), "a temporary file was left behind"
+
+
+def test_seed_heads_killed_mid_copy_leaves_no_temporary_file(tmp_path):
+    """An init container killed while it copies (a rollout, a node drain) must not leave its temporary copy of a
+    head on the shared volume, where each restart would add another."""
+    shipped, heads, slow = tmp_path / "shipped", tmp_path / "heads", tmp_path / "bin"
+    (shipped / "big").mkdir(parents=True)
+    (shipped / "big" / "head.json").write_text("{}")
+    slow.mkdir()
+    (slow / "cp").write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('cp')} \"$@\"\n")  # a large head's copy
+    (slow / "cp").chmod(0o755)
+    env = {**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["sh", str(SEED_HEADS), str(shipped), str(heads)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    give_up = time.monotonic() + 30
+    while not list((heads / "big").glob(".head.json.*")) and proc.poll() is None and time.monotonic() < give_up:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert not list(heads.rglob(".*")), "a temporary file was left behind"
 
 
 def test_compose_learn_override_runs_learn_on_the_routers_labels_and_the_classifiers_heads(compose):
