@@ -31,6 +31,13 @@ put() {
     tmp=""
 }
 
+mkdir -p "$dst"
+# The lock `tierwise promote`, `learn` and `calibrate` hold while they check and replace a head here
+# (tierwise/atomic.py): a promotion between this run's check for head.json.previous and its copy would be lost.
+if command -v flock >/dev/null 2>&1; then
+    exec 9<"$dst"
+    flock 9
+fi
 for dir in "$src"/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
@@ -50,6 +57,7 @@ for dir in "$src"/*/; do
     put "$dir/head.json" "$target" head.json
     echo "seed-heads: $target/head.json from $dir"
 done
+exec 9<&-  # the lock, which the command run next must not inherit
 if [ $# -gt 0 ]; then
     exec "$@"
 fi

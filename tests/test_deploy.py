@@ -25,6 +25,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tierwise.atomic import changing
 from tierwise_tools.paths import EMBEDDINGS_DIR
 from tierwise_tools.paths import ROOT as PATHS_ROOT
 
@@ -1189,6 +1190,21 @@ def test_seed_heads_killed_mid_copy_leaves_no_temporary_file(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143
     assert not list(heads.rglob(".*")), "a temporary file was left behind"
+
+
+def test_seed_heads_waits_for_a_promotion_under_way(tmp_path):
+    """`tierwise promote` and `learn` hold the heads directory while they check and replace a head: seeding between
+    their check and their install would put the shipped head back over the promoted one."""
+    shipped, heads = ROOT / "models" / "heads", tmp_path / "heads"
+    heads.mkdir()
+    with changing(heads):
+        proc = subprocess.Popen(["sh", str(SEED_HEADS), str(shipped), str(heads)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert proc.poll() is None and not list(heads.glob("*/head.json")), "it waited for the lock"
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert list(heads.glob("*/head.json"))
 
 
 def test_compose_learn_override_runs_learn_on_the_routers_labels_and_the_classifiers_heads(compose):
