@@ -83,14 +83,16 @@ class Once:
             return await work(span), False
         name = (key_id, key)
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-        if (kept := self._get(name)) is not None:
-            _same(kept.fingerprint, fingerprint)
-            return kept.answer, True
-        if (running := self._running.get(name)) is not None:
+        while True:
+            if (kept := self._get(name)) is not None:
+                _same(kept.fingerprint, fingerprint)
+                return kept.answer, True
+            if (running := self._running.get(name)) is None:
+                return await self._start(name, fingerprint, span, work), False
             _same(running.fingerprint, fingerprint)
             if (answer := await self._join(running, deadline)) is not None:
                 return answer, True
-        return await self._start(name, fingerprint, span, work), False
+            # Its work was cut short for its first caller: look again, as another retry may have asked again.
 
     async def _start(self, name: Name, fingerprint: bytes, span, work: Work) -> pb.CompleteResponse:
         call = _Call(fingerprint, Carried(span, self._tracer), work)

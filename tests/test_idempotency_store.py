@@ -210,3 +210,25 @@ def test_the_key_is_checked_the_client_can_send_none_and_the_settings_are_valida
     for bad in ({"max_mb": 0}, {"ttl_s": 0}, {"retry_window_s": -1}):
         with pytest.raises(ConfigError, match="idempotency"):
             parse({**doc, "idempotency": bad})
+
+
+def test_two_retries_of_work_cut_short_ask_again_once_between_them():
+    once = store()
+    cut = Provider(fail=Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed"))
+    cut.gate.clear()
+    again = Provider()
+    again.gate.clear()
+
+    async def scenario() -> list[bool]:
+        first = asyncio.create_task(ask(once, "a", cut))
+        await asyncio.sleep(0)
+        retries = [asyncio.create_task(ask(once, "a", again)) for _ in range(2)]
+        await asyncio.sleep(0)
+        cut.gate.set()
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        again.gate.set()
+        return sorted(await asyncio.gather(*retries))
+
+    assert asyncio.run(scenario()) == [False, True]
+    assert again.runs == 1
