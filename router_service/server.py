@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from contextlib import aclosing
+from typing import Callable
 
 import grpc
 
@@ -35,6 +36,7 @@ from .telemetry import RouterMetrics
 
 log = logging.getLogger("tierwise.router")
 SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+SETTLE_S = 1.0  # for calls cut at the end of the grace to unwind (each charges its key what it got)
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -73,6 +75,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
 async def _nothing_to_reload() -> None:
     log.info("SIGHUP: nothing to reload (no API keys file)")
+
+
+async def _settled(done: Callable[[], bool], within_s: float) -> None:
+    give_up = time.monotonic() + within_s
+    while not done() and time.monotonic() < give_up:
+        await asyncio.sleep(0.01)
 
 
 def _unpaid(method: str, request, metadata: dict[str, str], strategies: Strategies, default: str) -> bool:
@@ -162,6 +170,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         if http is not None:
             await http.stop(stop_by, idle=lambda: core.admission.count == 0)
             await core.once.close()
+        # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
+        await _settled(lambda: core.admission.count == 0, SETTLE_S)
         for task in tasks:
             task.cancel()
         await shadow.drain(timeout=max(0.0, stop_by - time.monotonic()))

@@ -39,6 +39,7 @@ class FaultKind(Enum):
     HANG = "hang"                    # send nothing for delay_s (longer than the client's timeout)
     DROP_CONNECTION = "drop_connection"  # close the socket without answering
     DISCONNECT_MID_STREAM = "disconnect_mid_stream"  # stream after_chunks text chunks, then close
+    STALL_MID_STREAM = "stall_mid_stream"  # stream after_chunks text chunks, send nothing for delay_s, then the rest
     ODD_BODY = "odd_body"            # 200 with `body` as it is, of `content_type` (an HTML page, a null message, ...)
 
 
@@ -86,6 +87,10 @@ class Fault:
     @classmethod
     def disconnect_mid_stream(cls, after_chunks: int) -> Fault:
         return cls(FaultKind.DISCONNECT_MID_STREAM, after_chunks=after_chunks)
+
+    @classmethod
+    def stall_mid_stream(cls, after_chunks: int, delay_s: float = MAX_WAIT_S) -> Fault:
+        return cls(FaultKind.STALL_MID_STREAM, after_chunks=after_chunks, delay_s=delay_s)
 
 
 @dataclass(frozen=True)
@@ -344,16 +349,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, fault.body.encode(), fault.content_type)
         elif fault.kind is FaultKind.DROP_CONNECTION:
             self._drop()
-        return fault.kind is FaultKind.DISCONNECT_MID_STREAM
+        return fault.kind in (FaultKind.DISCONNECT_MID_STREAM, FaultKind.STALL_MID_STREAM)
 
     def _send_stream(self, body: dict[str, Any], answer: str, fault: Fault | None, finish_reason: str) -> None:
         self._start_events()
         disconnect_after = fault.after_chunks if fault and fault.kind is FaultKind.DISCONNECT_MID_STREAM else None
+        stall_after = fault.after_chunks if fault and fault.kind is FaultKind.STALL_MID_STREAM else None
         model = body["model"]
         alternatives = self.double._alternatives(model, body["messages"]) if body.get("logprobs") else None
         self._send_event(_chunk(model, {"role": "assistant", "content": ""}))
         for sent, piece in enumerate(_pieces(answer)):
             if sent == disconnect_after:
+                return self._drop()
+            if sent == stall_after and not self.double._wait(fault.delay_s):
                 return self._drop()
             chunk = _chunk(model, {"content": piece})
             if alternatives is not None:  # each chunk's own tokens, as OpenAI streams them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import threading
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
 
 KEY = "tw-stream-0123456789abcdef"
@@ -100,3 +102,30 @@ def eventually_over(router) -> bool:
             return True
         threading.Event().wait(0.05)
     return False
+
+
+def test_an_http_stream_cut_at_the_end_of_the_grace_is_in_the_ledger_it_leaves(tmp_path, double):
+    """At SIGTERM a stream still going when shutdown.grace_s ends is cut; what it delivered is charged as it unwinds,
+    which must happen before the router writes its spend ledger for the last time."""
+    double.reset()
+    double.set_reply("t1-a", LONG)
+    double.script("t1-a", Fault.stall_mid_stream(after_chunks=200, delay_s=10))
+    keys, ledger = tmp_path / "keys", tmp_path / "ledger.json"
+    keys.write_text(f"{KEY} id=streamer\n")
+    doc = router_config(double.base_url, strategy="tier1", shutdown={"grace_s": 1.0}, spend={"ledger": str(ledger)})
+    for tier in doc["tiers"]:
+        for provider in tier["providers"]:
+            provider["timeout_s"] = 20.0
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--api-keys-file",
+                        str(keys), env={KEY_ENV: "k"}) as router:
+        conn = http.client.HTTPConnection(http_address(router), timeout=20)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "stream": True, "messages": [
+            {"role": "user", "content": "Write at length."}]}), {"authorization": f"Bearer {KEY}",
+                                                                 "content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and response.read(2000)
+        router.proc.send_signal(signal.SIGTERM)
+        assert router.proc.wait(20) == 0
+        conn.close()
+    assert json.loads(ledger.read_text())["usd"].get("key:streamer", 0) > 0, ledger.read_text()
+    double.reset()
