@@ -174,12 +174,17 @@ class Once:
         return self._clock() - kept.at > self.ttl_s
 
     async def close(self) -> None:
-        """Cancels the work whose callers left and that no retry waits for: at shutdown no retry can reach what this
-        process keeps, and the drain need not wait for it."""
+        """Cancels the work whose callers left and that no retry waits for: once the router takes no more calls, no
+        retry can reach what this process keeps."""
         left = [c.task for c in self._running.values() if c.carried.unattended and not c.waiting]
         for task in left:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
+
+    @property
+    def unattended(self) -> int:
+        """How many calls' work goes on with no caller waiting for it."""
+        return sum(1 for c in self._running.values() if c.carried.unattended and not c.waiting)
 
     @property
     def kept_bytes(self) -> int:

@@ -166,10 +166,9 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                 + (f" http={http.address}" if http else ""))
 
     async def close() -> None:
-        await core.once.close()  # the gRPC calls are over: what their callers left, no retry can collect here
-        if http is not None:
-            await http.stop(stop_by, idle=lambda: core.admission.count == 0)
-            await core.once.close()
+        if http is not None:  # still serving while it drains: a retry may yet collect the work its caller left
+            await http.stop(stop_by, idle=lambda: core.admission.count <= core.once.unattended)
+        await core.once.close()  # now no retry can reach what this process keeps
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
         await _settled(lambda: core.admission.count == 0, SETTLE_S)
         for task in tasks:

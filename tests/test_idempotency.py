@@ -307,3 +307,48 @@ def test_a_retry_waiting_at_sigterm_is_answered_within_the_grace(tmp_path, doubl
     [(status, headers, _)] = outcome
     assert status == 200 and headers.get("idempotent-replayed") == "true", outcome
     double.reset()
+
+
+def draining_router(tmp_path, double):
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0})
+    for tier in doc["tiers"]:
+        for provider in tier["providers"]:
+            provider["timeout_s"] = 20.0
+    return running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"})
+
+
+def test_while_the_http_port_drains_a_retry_still_collects_the_work_its_caller_left(tmp_path, double):
+    double.reset()
+    double.script("t1-a", Fault.delay(1.5), Fault.delay(3.0))
+    with draining_router(tmp_path, double) as router:
+        post(router, "drain-retry", "Name a planet.", leave=True)
+        assert asked(double, 1)
+        busy = threading.Thread(target=lambda: post(router, None, "Keep the port draining."))
+        busy.start()
+        assert asked(double, 2)
+        router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, headers, _ = post(router, "drain-retry", "Name a planet.")
+        busy.join(20)
+        assert router.proc.wait(20) == 0
+    assert status == 200 and headers.get("idempotent-replayed") == "true"
+    assert len(double.requests_for("t1-a")) == 2
+    double.reset()
+
+
+def test_a_caller_leaving_while_the_http_port_drains_does_not_hold_up_the_shutdown(tmp_path, double):
+    double.reset()
+    double.script("t1-a", Fault.delay(4.0))
+    with draining_router(tmp_path, double) as router:
+        conn = http.client.HTTPConnection(http_address(router), timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "tierwise", "messages": [
+            {"role": "user", "content": "Describe a forest."}]}), {"idempotency-key": "left-while-draining"})
+        assert asked(double, 1)
+        sent = time.monotonic()
+        router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        conn.close()
+        assert router.proc.wait(20) == 0
+        took = time.monotonic() - sent
+    assert took < 2.5, f"stopped {took:.2f} s after SIGTERM, waiting for work its caller left"
+    double.reset()
