@@ -47,6 +47,7 @@ ADMITTED: ContextVar["Admitted | None"] = ContextVar("tierwise_admitted", defaul
 HASHED = re.compile(r"(?i:sha256):([0-9a-fA-F]{64})")
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SETTINGS = ("id", "rpm", "monthly_usd", "max_tier", "quality_target")
+NOW, NEVER, LATER = "now", "never", "later"  # when a call's monthly spend is checked (KeyGate.admit)
 
 
 class KeysFileError(ValueError):
@@ -206,12 +207,13 @@ def api_key(headers) -> str:
     return given.strip() or bearer(headers)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Admitted:
     key: ApiKey
     gate: "KeyGate"
     limited: bool  # counted against the key's rate (a call that uses nothing, such as listing models, is not)
-    spend_checked: bool  # its monthly spend, by the front door; else check_current_spend before it pays
+    # Its monthly spend is to be checked before it pays (check_current_spend), and its admission counted then.
+    pending: bool = False
 
 
 def current_key_id() -> str:
@@ -234,10 +236,25 @@ def current_quality_target() -> float | None:
 
 def check_current_spend() -> None:
     """KeyRefused when the current call's key has spent its month and the front door left that to be checked
-    before the call pays (a Complete whose retry may be answered for nothing, idempotency.py)."""
+    before the call pays (a Complete whose retry may be answered for nothing, idempotency.py): the call is then
+    given back to the key's rate, as the front door would not have counted it."""
     admitted = ADMITTED.get()
-    if admitted is not None and not admitted.spend_checked:
-        admitted.gate.check_spend(admitted.key)
+    if admitted is not None and admitted.pending:
+        admitted.pending = False
+        try:
+            admitted.gate.check_spend(admitted.key)
+        except KeyRefused:
+            refund_current_key()
+            raise
+
+
+def settle_current_admission() -> None:
+    """Counts the current call as admitted if its spend, left for later, was never checked (it paid nothing: a
+    replayed answer, or a refusal of its own)."""
+    admitted = ADMITTED.get()
+    if admitted is not None and admitted.pending:
+        admitted.pending = False
+        admitted.gate.metrics.auth.add(1, {"outcome": "ok", "key_id": admitted.key.id})
 
 
 def refund_current_key() -> None:
@@ -274,21 +291,23 @@ class KeyGate:
         self.limits = limits
         self.metrics = metrics
 
-    def admit(self, presented: str, peer: str, *, limited: bool = True, paid: bool = True) -> ApiKey:
+    def admit(self, presented: str, peer: str, *, limited: bool = True, spend: str = NOW) -> ApiKey:
         """The key `presented` (a bearer token, "" for none) names, counted against its limits unless not `limited`
-        (a call that uses nothing, such as listing models); else KeyRefused. A call not known here to be `paid` for
-        counts against the key's rate only: one that pays no provider, or whose spend the core checks before it
-        pays (check_current_spend)."""
+        (a call that uses nothing, such as listing models); else KeyRefused. The key's monthly spend is checked
+        `spend`: NOW; NEVER for a call that pays no provider; LATER for one whose spend the core checks before it
+        pays (check_current_spend), which is counted admitted then."""
         key = self.keys.find(presented) if presented else None
         if key is None:
             self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
             log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
             raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
                              "missing or unknown API key: send `authorization: Bearer <key>`")
-        self._refuse(key, self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=paid) if limited else None)
-        self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
-        # Each call runs in its own task, so this is the call's alone.
-        ADMITTED.set(Admitted(key, self, limited, spend_checked=paid or not limited))
+        now = spend == NOW
+        self._refuse(key, self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=now) if limited else None)
+        later = limited and spend == LATER
+        if not later:
+            self.metrics.auth.add(1, {"outcome": "ok", "key_id": key.id})
+        ADMITTED.set(Admitted(key, self, limited, later))  # each call runs in its own task: this is the call's alone
         return key
 
     def check_spend(self, key: ApiKey) -> None:
@@ -314,9 +333,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.prefix = f"/{service}/"
         self.gate = gate
         self.keys = gate.keys
-        # unpaid(method, request, metadata): whether the front door leaves the key's monthly spend alone: the call
-        # pays no provider, or the core checks the spend before it pays (None: the front door checks every call's)
-        self.unpaid: Callable[[str, object, dict[str, str]], bool] | None = None
+        # spend(method, request, metadata): when a call's monthly spend is checked (NOW, NEVER, LATER; KeyGate.admit);
+        # None: NOW for every call
+        self.spend: Callable[[str, object, dict[str, str]], str] | None = None
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -330,21 +349,27 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, behavior, method: str):
         async def call(request, context):
             await self._admit(context, method, request)
-            return await behavior(request, context)
+            try:
+                return await behavior(request, context)
+            finally:
+                settle_current_admission()
         return call
 
     def _streaming(self, behavior, method: str):
         async def call(request, context):
             await self._admit(context, method, request)
-            async for message in behavior(request, context):
-                yield message
+            try:
+                async for message in behavior(request, context):
+                    yield message
+            finally:
+                settle_current_admission()
         return call
 
     async def _admit(self, context, method: str, request) -> ApiKey:
         metadata = context.invocation_metadata() or ()
-        paid = self.unpaid is None or not self.unpaid(method, request, dict(metadata))
+        spend = NOW if self.spend is None else self.spend(method, request, dict(metadata))
         try:
-            return self.gate.admit(bearer(metadata), context.peer(), paid=paid)
+            return self.gate.admit(bearer(metadata), context.peer(), spend=spend)
         except KeyRefused as err:
             self.gate.metrics.calls.add(method, err.code.name)
             await context.abort(err.code, str(err), trailing_metadata=err.trailing)

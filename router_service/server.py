@@ -21,7 +21,7 @@ from tierwise.watching import every_or_sighup
 
 from . import idempotency
 from .access_log import AccessLogInterceptor
-from .auth import front_door, watch
+from .auth import LATER, NEVER, NOW, front_door, watch
 from .chains import build_chains, check_health, close_chains
 from .classifier_client import ClassifierClient
 from .config import RouterConfig
@@ -83,14 +83,14 @@ async def _settled(done: Callable[[], bool], within_s: float) -> None:
         await asyncio.sleep(0.01)
 
 
-def _unpaid(method: str, request, metadata: dict[str, str], strategies: Strategies, default: str) -> bool:
-    """Whether the front door leaves a call's monthly spend alone: a Route pays no provider unless its strategy asks
-    a model (the judge); a Complete with an idempotency key may be a retry answered for nothing, and the core checks
-    the spend before it pays."""
-    if method == "Complete":
-        return idempotency.HEADER in metadata
+def _spend(method: str, request, metadata: dict[str, str], strategies: Strategies, default: str) -> str:
+    """When a call's monthly spend is checked: never for a Route whose strategy asks no model (the judge); later, by
+    the core before it pays, for a Complete with an idempotency key, which may be a retry answered for nothing."""
+    if method == "Complete" and idempotency.HEADER in metadata:
+        return LATER
     # A request that does not parse has no strategy.
-    return method == "Route" and not strategies.pays_to_decide(getattr(request, "strategy", "") or default)
+    free = method == "Route" and not strategies.pays_to_decide(getattr(request, "strategy", "") or default)
+    return NEVER if free else NOW
 
 
 def _deadline(context) -> float | None:
@@ -121,7 +121,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         classifier, cfg.lineup(), cfg.classifier.head_refresh_s)
     strategies = Strategies(deps={"config": cfg, "classifier": classifier, "chains": chains, "lineup_head": lineup})
     if guard is not None:
-        guard.unpaid = lambda method, request, metadata: _unpaid(method, request, metadata, strategies, cfg.strategy)
+        guard.spend = lambda method, request, metadata: _spend(method, request, metadata, strategies, cfg.strategy)
     # The access log first, so it sees the front door's refusals too.
     interceptors = [AccessLogInterceptor(SERVICE)] if cfg.telemetry.access_log else []
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length",

@@ -35,7 +35,7 @@ def router(tmp_path_factory, double):
     workdir = tmp_path_factory.mktemp("once")
     keys = workdir / "keys"
     keys.write_text("".join(f"{key} id=k{i}\n" for i, key in enumerate(KEYS[:2]))
-                    + f"{KEYS[2]} id=spent monthly_usd=0.000001\n")  # any charge at all puts it over
+                    + f"{KEYS[2]} id=spent monthly_usd=0.000001 rpm=3\n")  # any charge at all puts it over
     with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, workdir,
                         "--http-listen", "127.0.0.1:0", "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router:
         yield router
@@ -263,6 +263,9 @@ def test_a_retry_of_the_call_that_spent_the_keys_month_still_gets_its_answer(stu
     status, headers, body = post(router, "spent-3", "And the deepest?", key=KEYS[2])
     assert status == 429 and body["error"]["code"] == "spend_limit_exceeded" and "retry-after" in headers
     assert len(double.requests_for("t1-a")) == 1
+    # The refusals used none of its 3 requests a minute (the first call and its retry used two): Route, free, passes.
+    assert stub.Route(pb.RouteRequest(query="hi", strategy="cheapest"), timeout=10,
+                      metadata=[("authorization", f"Bearer {KEYS[2]}")]).tier == 1
 
 
 def test_an_http_retry_waits_no_longer_than_its_own_timeout(stub, double, router):

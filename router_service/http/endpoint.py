@@ -21,7 +21,7 @@ from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
 from .. import access_log, idempotency
-from ..auth import KeyGate
+from ..auth import LATER, NOW, KeyGate, settle_current_admission
 from ..core import RouterCore
 from ..model_names import ModelNames
 from .errors import as_json, bad_request, error_headers, internal_error, status_of
@@ -90,7 +90,7 @@ class Endpoint:
                     # A request with an idempotency key may be a retry answered for nothing: the core checks the
                     # key's spend before it pays.
                     self.gate.admit(self.api.key(request.headers.items()), peer(scope),
-                                    paid=idempotency.HEADER not in request.headers)
+                                    spend=LATER if idempotency.HEADER in request.headers else NOW)
                 body = await read_body(request, self.max_body)
                 try:
                     chat = self.api.parse(body, self.names)
@@ -115,6 +115,7 @@ class Endpoint:
             finally:
                 if exchange.status:  # the status the client got; none when it left before one went out
                     span.set_attribute("http.response.status_code", exchange.status)
+                settle_current_admission()
                 self.core.metrics.calls.add(exchange.method, exchange.code)
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
