@@ -153,9 +153,9 @@ export class RouterClient {
   complete(messages: Messages, options: CompleteOptions = {}): Promise<CompleteResponse> {
     return new Promise((resolve, reject) => {
       const metadata = this.metadata(options);
+      // One per call, whatever the client's metadata holds: a key there would name every call alike.
       if (options.idempotencyKey === "") metadata.remove("idempotency-key");
-      else if (options.idempotencyKey) metadata.set("idempotency-key", options.idempotencyKey);
-      else if (!metadata.get("idempotency-key").length) metadata.set("idempotency-key", randomUUID());
+      else metadata.set("idempotency-key", options.idempotencyKey || randomUUID());
       this.client.Complete(completeRequest(messages, options), metadata, this.callOptions(options),
         (err, reply) => (err || !reply ? reject(err) : resolve(reply)));
     });

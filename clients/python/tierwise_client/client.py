@@ -103,12 +103,10 @@ def _metadata(options: ClientOptions, traceparent: str | None, tracestate: str |
 
 
 def _once(metadata: tuple[tuple[str, str], ...], key: str | None) -> tuple[tuple[str, str], ...]:
-    """`metadata` with the call's idempotency key, which every retry of the call sends: `key`, one the caller put
-    in ClientOptions.metadata, or a random one; none for `key` "" (the router then stops a call the caller
-    cancels at once, where with a key it goes on a while for a retry)."""
+    """`metadata` with the call's idempotency key, which every retry of the call sends: `key`, else a random one;
+    none for `key` "" (the router then stops a call the caller cancels at once, where with a key it goes on a while
+    for a retry). A key in ClientOptions.metadata would name every call alike: this call's replaces it."""
     if key is None:
-        if any(name == "idempotency-key" for name, _ in metadata):
-            return metadata
         key = uuid.uuid4().hex
     return tuple(pair for pair in metadata if pair[0] != "idempotency-key") + ((("idempotency-key", key),) if key
                                                                                else ())
