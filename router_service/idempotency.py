@@ -143,7 +143,7 @@ class Once:
             call.abandon.cancel()
         error = None if call.task.cancelled() else call.task.exception()
         code = _code(call.task, error)
-        call.carried.ended(code)
+        call.carried.ended(error)
         if call.carried.unattended:  # nobody is there to hear how it ended
             call.entry.unattended(code)
             if error is not None and not isinstance(error, Rejected):
@@ -153,6 +153,8 @@ class Once:
 
     def _keep(self, name: Name, kept: _Kept) -> None:
         self._drop(name)
+        if kept.size > self.max_bytes:  # it would push out every other answer, then itself
+            return
         self._kept[name] = kept
         self._bytes += kept.size
         while self._kept and (self._bytes > self.max_bytes or self._expired(next(iter(self._kept.values())))):

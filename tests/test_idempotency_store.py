@@ -78,6 +78,19 @@ def test_what_is_kept_stays_within_max_mb_least_recently_used_out_first():
     assert once.kept_bytes <= 2500
 
 
+def test_an_answer_larger_than_max_mb_is_not_kept_and_pushes_nothing_out():
+    once = store(max_mb=0.0015)
+    small, huge = Provider(size=500), Provider(size=5000)
+
+    async def scenario() -> list[bool]:
+        await ask(once, "small", small)
+        await ask(once, "huge", huge)
+        return [await ask(once, "small", small), await ask(once, "huge", huge)]
+
+    assert asyncio.run(scenario()) == [True, False]
+    assert (small.runs, huge.runs) == (1, 2)
+
+
 def test_work_under_way_is_never_pushed_out_by_what_is_kept():
     once = store(max_mb=0.0015)
     slow, quick = Provider(size=1000), Provider(size=1000)
@@ -205,6 +218,9 @@ def test_the_key_is_checked_the_client_can_send_none_and_the_settings_are_valida
     assert ("idempotency-key", "mine") in _once((), "mine")
     assert not [k for k, _ in _once((("a", "b"),), "") if k == "idempotency-key"], "'' sends no key"
     assert [k for k, _ in _once((), None)] == ["idempotency-key"]
+    fixed = (("idempotency-key", "in-the-options"),)  # would name every call alike
+    keys = {dict(_once(fixed, None))["idempotency-key"] for _ in range(2)}
+    assert len(keys) == 2 and "in-the-options" not in keys
     doc = router_config("http://127.0.0.1:1/v1")
     assert parse({**doc, "idempotency": {"max_mb": 5, "ttl_s": 60}}).idempotency.max_mb == 5
     for bad in ({"max_mb": 0}, {"ttl_s": 0}, {"retry_window_s": -1}):
