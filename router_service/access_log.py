@@ -65,6 +65,7 @@ class Entry:
         """A second line for a call whose caller left while its work went on (idempotency.py): how that work
         ended, and what it cost."""
         self.fields["unattended"] = True
+        self.fields.pop("status", None)  # the HTTP status its caller got, or did not
         self.end(code)
 
     def end(self, code: str, status: int | None = None, method: str = "") -> None:

@@ -1,7 +1,10 @@
 """The span that work outliving its caller records on (idempotency.py)."""
 from __future__ import annotations
 
+import grpc
 from opentelemetry import trace
+
+from tierwise.serving import Rejected
 
 
 class Carried(trace.Span):
@@ -20,12 +23,18 @@ class Carried(trace.Span):
                                                 context=trace.set_span_in_context(self._span))
             self._span = self._own
 
-    def ended(self, code: str) -> None:
-        """The work ended with gRPC code `code`: the unattended span, if any, ends with it."""
-        if self._own is not None:
-            if code != "OK":
-                self._own.set_status(trace.Status(trace.StatusCode.ERROR, code))
-            self._own.end()
+    def ended(self, error: BaseException | None) -> None:
+        """The work ended, with `error` if it failed: the unattended span, if any, ends with it, its status set as
+        a call's span's would be (tierwise.serving.rpc_span)."""
+        if self._own is None:
+            return
+        if isinstance(error, Rejected):
+            self._own.set_attribute("rpc.grpc.status_code", error.code.value[0])
+            if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+                self._own.set_status(trace.Status(trace.StatusCode.ERROR, error.traced))
+        elif error is not None:
+            self._own.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+        self._own.end()
 
     # The span of the moment stands in for this one. `end` is the call's or ended(), never the work's.
     def end(self, end_time=None) -> None:
