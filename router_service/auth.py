@@ -16,7 +16,8 @@ SIGHUP; a file that does not parse is logged (line number, never its text) and t
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
 UNAUTHENTICATED (HTTP 401), a key over a limit RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing
 metadata (HTTP 429 with a Retry-After header). A key past its monthly spend may still make a call that pays no
-provider: a Route whose strategy asks no model to decide (the interceptor's `free`).
+provider: a Route whose strategy asks no model to decide, or a retried Complete answered from the call with its
+idempotency key (admission's `spend`: NEVER and LATER).
 """
 from __future__ import annotations
 
