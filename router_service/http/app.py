@@ -18,22 +18,12 @@ from ..auth import KeyGate, api_key
 from ..core import RouterCore
 from .chat import ROUTE, ChatApi
 from .endpoint import Endpoint, body_limit, peer, read_body
+from .health import Health
 from .messages import COUNT_TOKENS, MessagesApi
 from .messages_request import parse_count
 from .responses import ResponsesApi
 from .errors import as_json, bad_request, error_body, error_headers, status_of
 from .request import route_of
-
-
-class Health:
-    """Whether the HTTP API takes new calls, as GET /health tells a load balancer: from the router's shutdown on,
-    while the calls under way finish, it answers 503 so that no new ones are sent here."""
-
-    def __init__(self) -> None:
-        self.draining = False
-
-    def drain(self) -> None:
-        self.draining = True
 
 
 def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = None) -> Starlette:
@@ -96,9 +86,9 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
         body["error"]["code"] = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return _json(body, exc.status_code)
 
-    routes = [Route(ROUTE, Endpoint(core, gate, ChatApi(), names), methods=["POST"]),
-              Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi(), names), methods=["POST"]),
-              Route(MessagesApi.route, Endpoint(core, gate, messages, names), methods=["POST"]),
+    routes = [Route(ROUTE, Endpoint(core, gate, ChatApi(), names, health), methods=["POST"]),
+              Route(ResponsesApi.route, Endpoint(core, gate, ResponsesApi(), names, health), methods=["POST"]),
+              Route(MessagesApi.route, Endpoint(core, gate, messages, names, health), methods=["POST"]),
               Route(COUNT_TOKENS, count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/health", healthy, methods=["GET"]),

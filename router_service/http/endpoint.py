@@ -24,7 +24,8 @@ from .. import access_log, idempotency
 from ..auth import LATER, NOW, KeyGate, settle_current_admission
 from ..core import RouterCore
 from ..model_names import ModelNames
-from .errors import as_json, bad_request, error_headers, internal_error, status_of
+from .errors import ShuttingDown, as_json, bad_request, error_headers, internal_error, status_of
+from .health import Health
 from .request import ChatRequest
 from .spans import http_span
 
@@ -74,8 +75,8 @@ class Api(Protocol):
 class Endpoint:
     """An API's endpoint, an ASGI app of its own."""
 
-    def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames):
-        self.core, self.gate, self.api, self.names = core, gate, api, names
+    def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames, health: Health):
+        self.core, self.gate, self.api, self.names, self.health = core, gate, api, names, health
         self.max_body = body_limit(core)
         self.logged = core.cfg.telemetry.access_log
 
@@ -100,7 +101,7 @@ class Endpoint:
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 key = "" if chat.stream else idempotency.checked(request.headers.get(idempotency.HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
-                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key)):
+                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key), self.health):
                     exchange.code = "CANCELLED"
             except Rejected as err:
                 await exchange.fail(err, span)
@@ -248,9 +249,10 @@ def _deadline(value: str | None) -> float | None:
     return time.monotonic() + ms / 1e3
 
 
-async def _unless_disconnected(receive, work) -> bool:
-    """Runs `work`, cancelled if the client disconnects first; whether it did. (A plain task, not an anyio task
-    group: this runs for every request, and a task group costs about ten times as much.)"""
+async def _unless_disconnected(receive, work, health: Health) -> bool:
+    """Runs `work`, cancelled if the client disconnects first; whether it did. Cut at the end of shutdown's grace,
+    UNAVAILABLE. (A plain task, not an anyio task group: this runs for every request, and a task group costs about
+    ten times as much.)"""
     task, gone = asyncio.current_task(), []
 
     async def watch() -> None:
@@ -260,13 +262,19 @@ async def _unless_disconnected(receive, work) -> bool:
         task.cancel()
 
     watcher = asyncio.create_task(watch())
+    health.calls.add(task)
     try:
         await work
     except asyncio.CancelledError:
-        if not gone:
+        if gone:
+            task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
+        elif health.cutting:
+            task.uncancel()
+            raise ShuttingDown() from None
+        else:
             raise
-        task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
     finally:
+        health.calls.discard(task)
         watcher.cancel()
     return bool(gone)
 

@@ -74,10 +74,11 @@ class HttpServer:
         if tls is not None:
             self.renewing = asyncio.create_task(_renew(config.ssl, tls))
 
-    async def stop(self, until: float, idle: Callable[[], bool] = lambda: True) -> None:
-        """Stop once `idle()` says no call is under way, or at `until` (monotonic time), when the calls still under
-        way are cut: until then the port still takes connections, so a load balancer reads /health's 503 instead
-        of a refused connection. What is written then goes out within FLUSH_S, never past `until`."""
+    async def stop(self, until: float, idle: Callable[[], bool] = lambda: True, cut: Callable[[], None] = lambda: None
+                   ) -> None:
+        """Stop once `idle()` says no call is under way, or at `until` (monotonic time), when `cut()` ends the calls
+        still under way: until then the port still takes connections, so a load balancer reads /health's 503 instead
+        of a refused connection. What is written then (the cut calls' 503s too) goes out within FLUSH_S."""
         if self.task is None:
             self.sock.close()
             return
@@ -85,7 +86,9 @@ class HttpServer:
             await asyncio.sleep(0.02)
         if self.renewing is not None:
             self.renewing.cancel()
-        self.server.config.timeout_graceful_shutdown = max(0.0, min(until - time.monotonic(), FLUSH_S))
+        if not idle():
+            cut()
+        self.server.config.timeout_graceful_shutdown = FLUSH_S
         self.server.should_exit = True
         await self.task
 
