@@ -184,11 +184,6 @@ class Once:
         await asyncio.gather(*left, return_exceptions=True)
 
     @property
-    def unattended(self) -> int:
-        """How many calls' work goes on with no caller waiting for it."""
-        return sum(1 for c in self._running.values() if c.carried.unattended and not c.waiting)
-
-    @property
     def kept_bytes(self) -> int:
         return self._bytes
 

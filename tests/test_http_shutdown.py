@@ -7,6 +7,7 @@ import http.client
 import json
 import signal
 import threading
+import time
 
 from .exported_metrics import wait_until
 from .provider_double import Fault
@@ -51,6 +52,38 @@ def test_calls_cut_at_the_end_of_the_grace_are_answered_503_and_log_no_error(tmp
     assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", outcome
     status, body = outcome["streamed"]
     assert status == 200 and body.count("word") > 50 and "shutting_down" in body, outcome
+    logged = "".join(router.output)
+    assert "Exception in ASGI application" not in logged and '"level": "error"' not in logged, logged
+    double.reset()
+
+
+def test_a_call_still_sending_its_body_at_sigterm_gets_the_grace_then_a_503(tmp_path, double):
+    double.reset()
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 1.5})
+    body = json.dumps({"model": "tierwise", "messages": [{"role": "user", "content": "Say hello."}]}).encode()
+    outcome: dict[str, object] = {}
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
+                        env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        conns = {name: http.client.HTTPConnection(address, timeout=20) for name in ("finishes", "stalls")}
+        for conn in conns.values():
+            conn.putrequest("POST", "/v1/chat/completions")
+            conn.putheader("content-type", "application/json")
+            conn.putheader("content-length", str(len(body)))
+            conn.endheaders()
+            conn.send(body[:10])
+        time.sleep(0.3)  # both bodies begun
+        router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conns["finishes"].send(body[10:])
+        for name, conn in conns.items():
+            response = conn.getresponse()
+            outcome[name] = (response.status, response.read().decode())
+            conn.close()
+        assert router.proc.wait(20) == 0
+    assert outcome["finishes"][0] == 200, outcome
+    status, text = outcome["stalls"]
+    assert status == 503 and json.loads(text)["error"]["code"] == "shutting_down", outcome
     logged = "".join(router.output)
     assert "Exception in ASGI application" not in logged and '"level": "error"' not in logged, logged
     double.reset()

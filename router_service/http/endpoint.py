@@ -81,6 +81,14 @@ class Endpoint:
         self.logged = core.cfg.telemetry.access_log
 
     async def __call__(self, scope, receive, send) -> None:
+        calls = self.health.calls
+        calls.add(task := asyncio.current_task())  # under way until it ends: shutdown drains, then cuts, these
+        try:
+            await self._exchange(scope, receive, send)
+        finally:
+            calls.discard(task)
+
+    async def _exchange(self, scope, receive, send) -> None:
         request = Request(scope, receive)
         exchange = _Exchange(scope, receive, send, self.api)
         with http_span(self.core.tracer, request, self.api.route) as span:
@@ -92,7 +100,7 @@ class Endpoint:
                     # key's spend before it pays.
                     self.gate.admit(self.api.key(request.headers.items()), peer(scope),
                                     spend=LATER if idempotency.HEADER in request.headers else NOW)
-                body = await read_body(request, self.max_body)
+                body = await self._unless_cut(read_body(request, self.max_body))
                 try:
                     chat = self.api.parse(body, self.names)
                 except Rejected:
@@ -104,7 +112,7 @@ class Endpoint:
                 if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key), self.health):
                     exchange.code = "CANCELLED"
             except Rejected as err:
-                await exchange.fail(err, span)
+                await self._unless_cut(exchange.fail(err, span), quiet=True)
             except asyncio.CancelledError:
                 exchange.code = "CANCELLED"
                 raise
@@ -120,6 +128,18 @@ class Endpoint:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
+
+    async def _unless_cut(self, work, quiet: bool = False):
+        """`work`'s result; cut at the end of shutdown's grace, ShuttingDown (a 503), or, `quiet`, nothing (writing
+        out a refusal to a client too slow to read it)."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self.health.cutting:
+                raise
+            asyncio.current_task().uncancel()
+            if not quiet:
+                raise ShuttingDown() from None
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, span, exchange: "_Exchange",
                       key: str) -> None:
@@ -262,7 +282,6 @@ async def _unless_disconnected(receive, work, health: Health) -> bool:
         task.cancel()
 
     watcher = asyncio.create_task(watch())
-    health.calls.add(task)
     try:
         await work
     except asyncio.CancelledError:
@@ -274,7 +293,6 @@ async def _unless_disconnected(receive, work, health: Health) -> bool:
         else:
             raise
     finally:
-        health.calls.discard(task)
         watcher.cancel()
     return bool(gone)
 
