@@ -574,6 +574,8 @@ def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, 
         assert client.chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
         with pytest.raises(openai.APIConnectionError):
             sdk(address).models.list()  # plain HTTP to the TLS port
+    # The SDK's pooled connection was still open, idle, when the router stopped: expected, no error.
+    assert not [line for line in router.output if '"level": "error"' in line], router.output
 
 
 def served_serial(address: str, ca_path) -> int:

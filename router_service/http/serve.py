@@ -22,6 +22,17 @@ FLUSH_S = 2.0
 log = logging.getLogger("tierwise.router.http")
 
 
+def _expected_at_shutdown(record: logging.LogRecord) -> bool:
+    """uvicorn logs an ERROR when its shutdown ends connections still open after FLUSH_S: an idle TLS client that
+    never sends close_notify, a client too slow to read the 503 it was sent. Both are expected: INFO."""
+    if isinstance(record.msg, str) and record.msg.startswith("Cancel %s running task(s)"):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_expected_at_shutdown)
+
+
 class _InLoop(uvicorn.Server):
     """uvicorn without its own signal handling: the router's (tierwise.serving.run) stops it."""
 
