@@ -247,6 +247,7 @@ def check_current_spend() -> None:
         except KeyRefused:
             refund_current_key()
             raise
+        admitted.gate.metrics.auth.add(1, {"outcome": "ok", "key_id": admitted.key.id})
 
 
 def settle_current_admission() -> None:

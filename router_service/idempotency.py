@@ -5,9 +5,9 @@ The first call with a key runs its work in a task of its own. When its caller go
 `idempotency.retry_window_s` unless a retry joins it, and to the first call's deadline at most. A call with the
 same key and request waits for the work, within its own deadline, or gets the answer it left, kept for
 `idempotency.ttl_s` within `idempotency.max_mb`. The same key with another request is refused. Work that failed
-is forgotten, so its retry asks again; so is work cut by its first caller's deadline or by shutdown, which a
-waiting retry then asks again itself. Keys are kept per API key in this process's memory: a retry that reaches
-another replica runs again.
+is forgotten, so a later retry asks again, and a waiting one gets the failure; but work cut by its first caller's
+deadline, or refused before any work for that caller's key or a full router, a waiting retry asks again itself.
+Keys are kept per API key in this process's memory: a retry that reaches another replica runs again.
 """
 from __future__ import annotations
 
@@ -107,8 +107,9 @@ class Once:
             raise
 
     async def _join(self, call: _Call, deadline: float | None) -> pb.CompleteResponse | None:
-        """The answer of `call`, waited for within `deadline`; None when its work was cut short by what was not
-        this caller's to decide (the first caller's deadline, shutdown): this call then asks again."""
+        """The answer of `call`, waited for within `deadline`; None when its work ended for what was the first
+        caller's alone (its deadline; its key's spend or rate, or a full router, refused it before any work): this
+        call then asks again, and is refused, counted and given back to its key's rate as its own."""
         call.waiting += 1
         if call.abandon is not None:
             call.abandon.cancel()
@@ -123,7 +124,7 @@ class Once:
                 return None
             raise
         except Rejected as err:
-            if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if err.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 return None
             raise
         finally:

@@ -18,6 +18,7 @@ from tierwise_client import ClientOptions, RouterClient
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .exported_metrics import scrape, value, wait_until
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault, ProviderDouble
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, router_config, running_router
@@ -37,7 +38,8 @@ def router(tmp_path_factory, double):
     keys.write_text("".join(f"{key} id=k{i}\n" for i, key in enumerate(KEYS[:2]))
                     + f"{KEYS[2]} id=spent monthly_usd=0.000001 rpm=3\n")  # any charge at all puts it over
     with running_router(router_config(double.base_url, strategy="cheapest"), UNUSED_CLASSIFIER, workdir,
-                        "--http-listen", "127.0.0.1:0", "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router:
+                        "--http-listen", "127.0.0.1:0", "--api-keys-file", str(keys), "--metrics-listen",
+                        "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
         yield router
 
 
@@ -262,10 +264,17 @@ def test_a_retry_of_the_call_that_spent_the_keys_month_still_gets_its_answer(stu
     assert [k for k, _ in err.value.trailing_metadata() if k == "retry-after"]
     status, headers, body = post(router, "spent-3", "And the deepest?", key=KEYS[2])
     assert status == 429 and body["error"]["code"] == "spend_limit_exceeded" and "retry-after" in headers
+    together = [stub.Complete.future(ask("And the warmest?", "cheapest"), timeout=10,
+                                     metadata=metadata("spent-4", KEYS[2])) for _ in range(2)]
+    assert all(call.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED for call in together)
     assert len(double.requests_for("t1-a")) == 1
     # The refusals used none of its 3 requests a minute (the first call and its retry used two): Route, free, passes.
     assert stub.Route(pb.RouteRequest(query="hi", strategy="cheapest"), timeout=10,
                       metadata=[("authorization", f"Bearer {KEYS[2]}")]).tier == 1
+    # Each call is counted once: the first, its retry and the Route admitted, the four refusals refused.
+    assert wait_until(lambda: value(scrape(router), "tierwise_router_auth_total", key_id="spent",
+                                    outcome="spend_limited") == 4)
+    assert value(scrape(router), "tierwise_router_auth_total", key_id="spent", outcome="ok") == 3
 
 
 def test_an_http_retry_waits_no_longer_than_its_own_timeout(stub, double, router):
