@@ -74,6 +74,7 @@ class Once:
         self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
         self._kept: OrderedDict[Name, _Kept] = OrderedDict()  # least recently used first
         self._bytes = 0
+        self._stopping = False
 
     async def run(self, key_id: str, key: str, request: pb.CompleteRequest, deadline: float | None, span,
                   work: Work) -> tuple[pb.CompleteResponse, bool]:
@@ -133,9 +134,12 @@ class Once:
 
     def _unless_joined(self, call: _Call) -> None:
         """Cancels `call`'s work in retry_window_s unless a retry comes for it: a caller that left on purpose (a
-        cancelled call, a hedge that lost) sends none."""
+        cancelled call, a hedge that lost) sends none. Once the router is stopping, at once."""
         if call.carried.unattended and not call.waiting and not call.task.done():
-            call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, call.task.cancel)
+            if self._stopping:
+                call.task.cancel()
+            else:
+                call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, call.task.cancel)
 
     def _ended(self, name: Name, call: _Call) -> None:
         if self._running.get(name) is call:
@@ -175,6 +179,13 @@ class Once:
 
     def _expired(self, kept: _Kept) -> bool:
         return self._clock() - kept.at > self.ttl_s
+
+    def stop(self) -> None:
+        """The router is cutting its calls: work their callers leave now is cut with them (they are told to retry
+        elsewhere), as is the work left earlier."""
+        self._stopping = True
+        for call in list(self._running.values()):
+            self._unless_joined(call)
 
     async def close(self) -> None:
         """Cancels the work whose callers left and that no retry waits for: once the router takes no more calls, no

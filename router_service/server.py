@@ -168,7 +168,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     async def close() -> None:
         if http is not None:  # still serving while it drains: a retry may yet collect the work its caller left
             # Work its caller left is no call under way: only calls someone waits for hold the drain.
-            await http.stop(stop_by, idle=lambda: not http_health.calls, cut=http_health.cut)
+            await http.stop(stop_by, idle=lambda: not http_health.calls,
+                            cut=lambda: (core.once.stop(), http_health.cut()))  # keyed calls' work is cut too
         await core.once.close()  # now no retry can reach what this process keeps
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
         await _settled(lambda: core.admission.count == 0, SETTLE_S)

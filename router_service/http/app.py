@@ -63,16 +63,17 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
         return _json(model(name))
 
     async def count_tokens(request: Request) -> Response:
-        try:
-            admitted(request)
-            counted = parse_count(await read_body(request, max_body), names)
+        with health.under_way():
             try:
-                tokens = core.count_tokens(counted.request)
+                admitted(request)
+                counted = parse_count(await health.unless_cut(read_body(request, max_body)), names)
+                try:
+                    tokens = core.count_tokens(counted.request)
+                except Rejected as err:
+                    raise counted.refused(err) from None
             except Rejected as err:
-                raise counted.refused(err) from None
-        except Rejected as err:
-            return _json(messages.error(err), status_of(err), error_headers(err))
-        return _json({"input_tokens": tokens})
+                return _json(messages.error(err), status_of(err), error_headers(err))
+            return _json({"input_tokens": tokens})
 
     async def healthy(request: Request) -> Response:
         # No key: a load balancer's health check carries none.

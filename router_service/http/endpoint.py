@@ -81,12 +81,8 @@ class Endpoint:
         self.logged = core.cfg.telemetry.access_log
 
     async def __call__(self, scope, receive, send) -> None:
-        calls = self.health.calls
-        calls.add(task := asyncio.current_task())  # under way until it ends: shutdown drains, then cuts, these
-        try:
+        with self.health.under_way():
             await self._exchange(scope, receive, send)
-        finally:
-            calls.discard(task)
 
     async def _exchange(self, scope, receive, send) -> None:
         request = Request(scope, receive)
@@ -100,7 +96,7 @@ class Endpoint:
                     # key's spend before it pays.
                     self.gate.admit(self.api.key(request.headers.items()), peer(scope),
                                     spend=LATER if idempotency.HEADER in request.headers else NOW)
-                body = await self._unless_cut(read_body(request, self.max_body))
+                body = await self.health.unless_cut(read_body(request, self.max_body))
                 try:
                     chat = self.api.parse(body, self.names)
                 except Rejected:
@@ -112,7 +108,7 @@ class Endpoint:
                 if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key), self.health):
                     exchange.code = "CANCELLED"
             except Rejected as err:
-                await self._unless_cut(exchange.fail(err, span), quiet=True)
+                await self.health.unless_cut(exchange.fail(err, span), quiet=True)
             except asyncio.CancelledError:
                 exchange.code = "CANCELLED"
                 raise
@@ -128,18 +124,6 @@ class Endpoint:
                 self.core.metrics.calls.add(exchange.method, exchange.code)
                 if entry is not None:
                     entry.end(exchange.code, exchange.status, exchange.method)
-
-    async def _unless_cut(self, work, quiet: bool = False):
-        """`work`'s result; cut at the end of shutdown's grace, ShuttingDown (a 503), or, `quiet`, nothing (writing
-        out a refusal to a client too slow to read it)."""
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if not self.health.cutting:
-                raise
-            asyncio.current_task().uncancel()
-            if not quiet:
-                raise ShuttingDown() from None
 
     async def _answer(self, chat: ChatRequest, deadline: float | None, span, exchange: "_Exchange",
                       key: str) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
+
+from .errors import ShuttingDown
 
 
 class Health:
@@ -21,3 +24,24 @@ class Health:
         self.cutting = True
         for call in self.calls:
             call.cancel()
+
+    @contextmanager
+    def under_way(self):
+        """The current task is a call under way, which the drain waits for and the cut ends, until this exits."""
+        self.calls.add(task := asyncio.current_task())
+        try:
+            yield
+        finally:
+            self.calls.discard(task)
+
+    async def unless_cut(self, work, quiet: bool = False):
+        """`work`'s result; cut at the end of shutdown's grace, ShuttingDown (a 503), or, `quiet`, nothing (writing
+        out a refusal to a client too slow to read it)."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self.cutting:
+                raise
+            asyncio.current_task().uncancel()
+            if not quiet:
+                raise ShuttingDown() from None
