@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -27,6 +26,7 @@ from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
+from .expiring import Expiring
 from .unattended import Carried
 
 log = logging.getLogger("tierwise.router")
@@ -62,18 +62,15 @@ class _Call:
 class _Kept:
     fingerprint: bytes
     answer: pb.CompleteResponse
-    at: float
-    size: int
 
 
 class Once:
     def __init__(self, max_mb: float, ttl_s: float, retry_window_s: float, tracer: trace.Tracer,
                  clock: Callable[[], float] = time.monotonic):
-        self.max_bytes, self.ttl_s, self.retry_window_s = int(max_mb * 1e6), ttl_s, retry_window_s
-        self._tracer, self._clock = tracer, clock
+        self.retry_window_s, self._tracer = retry_window_s, tracer
         self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
-        self._kept: OrderedDict[Name, _Kept] = OrderedDict()  # least recently used first
-        self._bytes = 0
+        self._kept: Expiring[_Kept] = Expiring(None, ttl_s, clock, max_bytes=int(max_mb * 1e6),
+                                               size=lambda kept: kept.answer.ByteSize())
         self._stopping = False
 
     async def run(self, key_id: str, key: str, request: pb.CompleteRequest, deadline: float | None, span,
@@ -85,7 +82,7 @@ class Once:
         name = (key_id, key)
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
         while True:
-            if (kept := self._get(name)) is not None:
+            if (kept := self._kept.get(name)) is not None:
                 _same(kept.fingerprint, fingerprint)
                 return kept.answer, True
             if (running := self._running.get(name)) is None:
@@ -154,31 +151,7 @@ class Once:
             if error is not None and not isinstance(error, Rejected):
                 log.error("unexpected error in Complete work its caller left", exc_info=error)
         if code == "OK":
-            self._keep(name, _Kept(call.fingerprint, call.task.result(), self._clock(), call.task.result().ByteSize()))
-
-    def _keep(self, name: Name, kept: _Kept) -> None:
-        self._drop(name)
-        if kept.size > self.max_bytes:  # it would push out every other answer, then itself
-            return
-        self._kept[name] = kept
-        self._bytes += kept.size
-        while self._kept and (self._bytes > self.max_bytes or self._expired(next(iter(self._kept.values())))):
-            self._drop(next(iter(self._kept)))
-
-    def _get(self, name: Name) -> _Kept | None:
-        kept = self._kept.get(name)
-        if kept is None or self._expired(kept):
-            self._drop(name)
-            return None
-        self._kept.move_to_end(name)
-        return kept
-
-    def _drop(self, name: Name) -> None:
-        if (kept := self._kept.pop(name, None)) is not None:
-            self._bytes -= kept.size
-
-    def _expired(self, kept: _Kept) -> bool:
-        return self._clock() - kept.at > self.ttl_s
+            self._kept.put(name, _Kept(call.fingerprint, call.task.result()))
 
     def stop(self) -> None:
         """The router is cutting its calls: work their callers leave now is cut with them (they are told to retry
@@ -197,7 +170,7 @@ class Once:
 
     @property
     def kept_bytes(self) -> int:
-        return self._bytes
+        return self._kept.bytes
 
     def __len__(self) -> int:
         return len(self._running) + len(self._kept)
