@@ -24,7 +24,7 @@ from .. import access_log, idempotency
 from ..auth import LATER, NOW, KeyGate, settle_current_admission
 from ..core import RouterCore
 from ..model_names import ModelNames
-from .errors import ShuttingDown, as_json, bad_request, error_headers, internal_error, status_of
+from .errors import as_json, bad_request, error_headers, internal_error, status_of
 from .health import Health
 from .request import ChatRequest
 from .spans import http_span
@@ -105,7 +105,8 @@ class Endpoint:
                 deadline = _deadline(request.headers.get(TIMEOUT_HEADER))
                 key = "" if chat.stream else idempotency.checked(request.headers.get(idempotency.HEADER))
                 span.set_attribute("tierwise.stream", chat.stream)
-                if await _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key), self.health):
+                answered = _unless_disconnected(receive, self._answer(chat, deadline, span, exchange, key))
+                if await self.health.unless_cut(answered):
                     exchange.code = "CANCELLED"
             except Rejected as err:
                 await self.health.unless_cut(exchange.fail(err, span), quiet=True)
@@ -253,10 +254,9 @@ def _deadline(value: str | None) -> float | None:
     return time.monotonic() + ms / 1e3
 
 
-async def _unless_disconnected(receive, work, health: Health) -> bool:
-    """Runs `work`, cancelled if the client disconnects first; whether it did. Cut at the end of shutdown's grace,
-    UNAVAILABLE. (A plain task, not an anyio task group: this runs for every request, and a task group costs about
-    ten times as much.)"""
+async def _unless_disconnected(receive, work) -> bool:
+    """Runs `work`, cancelled if the client disconnects first; whether it did. (A plain task, not an anyio task
+    group: this runs for every request, and a task group costs about ten times as much.)"""
     task, gone = asyncio.current_task(), []
 
     async def watch() -> None:
@@ -269,13 +269,9 @@ async def _unless_disconnected(receive, work, health: Health) -> bool:
     try:
         await work
     except asyncio.CancelledError:
-        if gone:
-            task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
-        elif health.cutting:
-            task.uncancel()
-            raise ShuttingDown() from None
-        else:
+        if not gone:
             raise
+        task.uncancel()  # our own cancellation, for a client that is gone: nothing is left to answer
     finally:
         watcher.cancel()
     return bool(gone)
