@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from contextlib import aclosing
-from typing import Callable
 
 import grpc
 
@@ -75,12 +74,6 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
 async def _nothing_to_reload() -> None:
     log.info("SIGHUP: nothing to reload (no API keys file)")
-
-
-async def _settled(done: Callable[[], bool], within_s: float) -> None:
-    give_up = time.monotonic() + within_s
-    while not done() and time.monotonic() < give_up:
-        await asyncio.sleep(0.01)
 
 
 def _spend(method: str, request, metadata: dict[str, str], strategies: Strategies, default: str) -> str:
@@ -172,7 +165,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                             cut=lambda: (core.once.stop(), http_health.cut()))  # keyed calls' work is cut too
         await core.once.close()  # now no retry can reach what this process keeps
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
-        await _settled(lambda: core.admission.count == 0, SETTLE_S)
+        await serving.waited(lambda: core.admission.count == 0, time.monotonic() + SETTLE_S)
         for task in tasks:
             task.cancel()
         await shadow.drain(timeout=max(0.0, stop_by - time.monotonic()))

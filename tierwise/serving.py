@@ -115,6 +115,12 @@ PUSHBACK = "grpc-retry-pushback-ms"
 NO_RETRY = ((PUSHBACK, "-1"),)
 
 
+async def waited(done: Callable[[], bool], by: float) -> None:
+    """Returns once `done()` holds, or at monotonic time `by`."""
+    while not done() and time.monotonic() < by:
+        await asyncio.sleep(0.01)
+
+
 def retry_after(seconds: float) -> tuple[tuple[str, str], ...]:
     """The trailing metadata that asks for a retry no sooner than `seconds` from now (at least a millisecond)."""
     return ((PUSHBACK, str(max(1, math.ceil(seconds * 1000)))),)

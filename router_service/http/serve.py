@@ -7,11 +7,11 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from typing import Callable
 
 import uvicorn
 
+from tierwise.serving import waited
 from tierwise.telemetry import split_listen
 from tierwise.tls import RENEW_CHECK_S, ServerTLS, check_pair
 
@@ -76,7 +76,7 @@ class HttpServer:
             "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE}
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                                ws="none", **secure)
+                                ws="none", timeout_graceful_shutdown=FLUSH_S, **secure)
         self.server = _InLoop(config)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
@@ -87,21 +87,18 @@ class HttpServer:
         if tls is not None:
             self.renewing = asyncio.create_task(_renew(config.ssl, tls))
 
-    async def stop(self, until: float, idle: Callable[[], bool] = lambda: True, cut: Callable[[], None] = lambda: None
-                   ) -> None:
+    async def stop(self, until: float, idle: Callable[[], bool], cut: Callable[[], None]) -> None:
         """Stop once `idle()` says no call is under way, or at `until` (monotonic time), when `cut()` ends the calls
         still under way: until then the port still takes connections, so a load balancer reads /health's 503 instead
         of a refused connection. What is written then (the cut calls' 503s too) goes out within FLUSH_S."""
         if self.task is None:
             self.sock.close()
             return
-        while not idle() and time.monotonic() < until:
-            await asyncio.sleep(0.02)
+        await waited(idle, until)
         if self.renewing is not None:
             self.renewing.cancel()
         if not idle():
             cut()
-        self.server.config.timeout_graceful_shutdown = FLUSH_S
         self.server.should_exit = True
         await self.task
 
