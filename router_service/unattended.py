@@ -1,10 +1,9 @@
 """The span that work outliving its caller records on (idempotency.py)."""
 from __future__ import annotations
 
-import grpc
 from opentelemetry import trace
 
-from tierwise.serving import Rejected
+from tierwise.serving import record_error
 
 
 class Carried(trace.Span):
@@ -14,11 +13,13 @@ class Carried(trace.Span):
 
     def __init__(self, span: trace.Span, tracer: trace.Tracer):
         self._span, self._tracer, self._own = span, tracer, None
-        self.unattended = False
+
+    @property
+    def unattended(self) -> bool:
+        return self._own is not None
 
     def left(self) -> None:
         if self._own is None:
-            self.unattended = True
             self._own = self._tracer.start_span("tierwise.complete.unattended",
                                                 context=trace.set_span_in_context(self._span))
             self._span = self._own
@@ -28,12 +29,8 @@ class Carried(trace.Span):
         a call's span's would be (tierwise.serving.rpc_span)."""
         if self._own is None:
             return
-        if isinstance(error, Rejected):
-            self._own.set_attribute("rpc.grpc.status_code", error.code.value[0])
-            if error.code != grpc.StatusCode.INVALID_ARGUMENT:
-                self._own.set_status(trace.Status(trace.StatusCode.ERROR, error.traced))
-        elif error is not None:
-            self._own.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+        if error is not None:
+            record_error(self._own, error)
         self._own.end()
 
     # The span of the moment stands in for this one. `end` is the call's or ended(), never the work's.

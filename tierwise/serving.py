@@ -212,6 +212,17 @@ class InFlight:
             self.count -= n
 
 
+def record_error(span: trace.Span, err: BaseException) -> None:
+    """`span` ended by `err`: a refusal's code and (but for INVALID_ARGUMENT, the caller's doing) its traced words as
+    an error status; anything else an internal error."""
+    if isinstance(err, Rejected):
+        span.set_attribute("rpc.grpc.status_code", err.code.value[0])
+        if err.code != grpc.StatusCode.INVALID_ARGUMENT:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
+    else:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+
+
 @asynccontextmanager
 async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, logger: logging.Logger,
                    before_abort: Callable[[], Awaitable[object]] | None = None):
@@ -226,13 +237,11 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
         try:
             yield span
         except Rejected as err:
-            span.set_attribute("rpc.grpc.status_code", err.code.value[0])
-            if err.code != grpc.StatusCode.INVALID_ARGUMENT:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, err.traced))
+            record_error(span, err)
             await _abort(context, before_abort, err.code, str(err), err.trailing)
-        except Exception:
+        except Exception as err:
             logger.exception("unexpected error in %s", method)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "internal error"))
+            record_error(span, err)
             await _abort(context, before_abort, grpc.StatusCode.INTERNAL, "internal error; see the service log")
 
 
