@@ -241,13 +241,13 @@ def check_current_spend() -> None:
     given back to the key's rate, as the front door would not have counted it."""
     admitted = ADMITTED.get()
     if admitted is not None and admitted.pending:
-        admitted.pending = False
         try:
             admitted.gate.check_spend(admitted.key)
         except KeyRefused:
+            admitted.pending = False  # counted as refused
             refund_current_key()
             raise
-        admitted.gate.metrics.auth.add(1, {"outcome": "ok", "key_id": admitted.key.id})
+        settle_current_admission()
 
 
 def settle_current_admission() -> None:
@@ -335,9 +335,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.prefix = f"/{service}/"
         self.gate = gate
         self.keys = gate.keys
-        # spend(method, request, metadata): when a call's monthly spend is checked (NOW, NEVER, LATER; KeyGate.admit);
-        # None: NOW for every call
-        self.spend: Callable[[str, object, dict[str, str]], str] | None = None
+        # spend(method, request, metadata): when a call's monthly spend is checked (NOW, NEVER, LATER; KeyGate.admit)
+        self.spend: Callable[[str, object, dict[str, str]], str] = lambda *_: NOW
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -369,7 +368,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, context, method: str, request) -> ApiKey:
         metadata = context.invocation_metadata() or ()
-        spend = NOW if self.spend is None else self.spend(method, request, dict(metadata))
+        spend = self.spend(method, request, dict(metadata))
         try:
             return self.gate.admit(bearer(metadata), context.peer(), spend=spend)
         except KeyRefused as err:

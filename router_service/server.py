@@ -52,7 +52,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:
         async with self.core.metrics.calls.call("Complete", context), \
                 rpc_span(self.core.tracer, SERVICE, "Complete", context, log) as span:
-            key = idempotency.checked(dict(context.invocation_metadata() or ()).get(idempotency.HEADER))
+            key = idempotency.checked(next((value for name, value in context.invocation_metadata() or ()
+                                            if name == idempotency.HEADER), None))
             summary, replayed = await self.core.complete("Complete", request, _deadline(context), span, key)
             if replayed:
                 context.set_trailing_metadata(((idempotency.REPLAYED, "true"),))
