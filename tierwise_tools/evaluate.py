@@ -210,7 +210,8 @@ class Gated:
         cost = self._cost
         accepted = self.accepted(bar)
         rows = np.arange(len(self.records))
-        tiers = np.asarray(first, dtype=int).copy()
+        start = np.asarray(first, dtype=int)
+        tiers = start.copy()
         paid = cost[rows, tiers - 1].copy()
         judged = tiers < FRONTIER  # the gate runs on every answer below tier 3 the cascade gets
         for _ in range(2):  # at most two escalations: 1 -> 2 -> 3
@@ -220,7 +221,7 @@ class Gated:
             tiers += climb
             paid += np.where(climb, cost[rows, tiers - 1], 0.0)
             judged = climb & (tiers < FRONTIER)
-        return Outcome(tiers, paid, np.asarray(first, dtype=int))
+        return Outcome(tiers, paid, start)
 
 
 def gated(records: list[Record], gate_name: str, live: LiveGate | None = None) -> Gated | str:
