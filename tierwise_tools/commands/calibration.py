@@ -10,7 +10,7 @@ from pathlib import Path
 
 from router_service.config import ConfigError
 from tierwise.atomic import changing
-from tierwise.data import DataError, Record, check_measurable, load, shared_files, split
+from tierwise.data import DataError, Record, check_measurable, load, shared_files
 
 from .. import evaluate
 from ..calibration import TRADEOFFS, calibrate, cheapest_meeting
@@ -20,7 +20,7 @@ from ..paths import EMBEDDINGS_DIR, HEADS_DIR
 from ..promote import install, lineup_records
 from ..replays import cascade_options, replay, unreplayable_start
 from ..train import fitted_files
-from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, spent
+from .common import add_data, add_live_gate, complain, data_paths, heads_in, part_of, quality_target, spent
 
 
 def register(sub) -> None:
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     files = [(path, load([path])) for path in data_paths(args.data, "calibrate")]  # read once: never_fitted too
-    records = [r for _, read in files for r in (read if args.include_held_out else split(read)[0])]
+    records = [r for _, read in files for r in part_of(read, "all" if args.include_held_out else "dev")]
     return calibrate_cascade(args, files, records) if args.config else calibrate_head(args, files, records)
 
 
@@ -54,7 +54,7 @@ def never_fitted(heads, files: list[tuple[Path, list[Record]]], records: list[Re
     shared = {path.name: path for path in shared_files()}
     fitted = {r.id for name in set().union(*(fitted_files(head.card) for head in heads))
               if name in read or name in shared
-              for r in split(read[name] if name in read else load([shared[name]]))[0]}
+              for r in part_of(read[name] if name in read else load([shared[name]]), "dev")}
     kept = [r for r in records if r.id not in fitted]
     return kept, len(records) - len(kept)
 

@@ -50,7 +50,11 @@ def data_paths(data: list[str] | None, command: str) -> list[Path]:
 
 def read_records(paths: list[Path], part: str) -> list[Record]:
     """`part` of the records: all, dev, or held-out (the fifth by id hash that training never sees)."""
-    records = load(paths)
+    return part_of(load(paths), part)
+
+
+def part_of(records: list[Record], part: str) -> list[Record]:
+    """`part` of `records`: all, dev, or held-out."""
     return records if part == "all" else split(records)[part == "held-out"]
 
 
