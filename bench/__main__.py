@@ -95,8 +95,7 @@ def main() -> int:
     result["tierwise"] = run_tierwise(cfg, sets, sizes, args.out / "server.log", server_env)
     print("bench: encoder in-process, batched on the texts the load runs sent (one thread, two threads) ...",
           file=sys.stderr)
-    sent = {name: getattr(sets, name)[: result["tierwise"][name]["completed"] + result["tierwise"][name]["errors"]]
-            for name in local.CEILING_SETS}
+    sent = {name: getattr(sets, name)[: result["tierwise"][name]["sent"]] for name in local.CEILING_SETS}
     with cpu_account(own_cpu_seconds, None) as ceiling_cpu:
         in_process["batched"] = local.ceiling(encoder, sent, sets.warmup, cfg, sizes.ceiling_seconds)
     in_process["batched_cpu"] = ceiling_cpu

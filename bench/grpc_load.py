@@ -75,9 +75,10 @@ async def _concurrent(target: str, texts: list[str], clients: int, max_seconds: 
         await asyncio.gather(*(c.close() for c in channels))
     if not latencies:
         raise RuntimeError(f"all {counts['errors']} concurrent calls failed")
+    sent = len(latencies) + counts["errors"]
     return {
-        "clients": clients, "completed": len(latencies), **counts, "seconds": elapsed,
-        "qps": len(latencies) / elapsed, "hit_time_cap": len(latencies) + counts["errors"] < len(texts),
+        "clients": clients, "completed": len(latencies), **counts, "sent": sent, "seconds": elapsed,
+        "qps": len(latencies) / elapsed, "hit_time_cap": sent < len(texts),
         "latency_under_load": latency_summary(latencies),
     }
 
