@@ -123,6 +123,19 @@ def test_a_rewrite_that_fails_leaves_the_old_file_and_no_litter(tmp_path, monkey
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["head.json"]
 
 
+def test_a_cache_written_with_its_own_mode_and_no_fsync_is_still_whole(tmp_path, monkeypatch):
+    path = tmp_path / "answer"
+    path.write_text("old")
+    path.chmod(0o644)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    write_atomic(path, b"new", mode=0o600, durable=False)
+    assert path.read_bytes() == b"new" and (path.stat().st_mode & 0o777) == 0o600, "the mode asked, not the old one"
+    assert not synced and sorted(p.name for p in tmp_path.iterdir()) == ["answer"], "no fsync, no litter"
+    write_atomic(path, b"kept")
+    assert synced, "durable by default"
+
+
 def test_append_line_adds_one_whole_line_never_glued_to_a_torn_one(tmp_path):
     path = tmp_path / "log.jsonl"
     append_line(path, '{"a": 1}')

@@ -24,26 +24,32 @@ from typing import Iterator
 log = logging.getLogger("tierwise.atomic")
 
 
-def write_atomic(path: Path | str, data: bytes | str) -> None:
+def write_atomic(path: Path | str, data: bytes | str, mode: int | None = None, durable: bool = True) -> None:
     """Replace `path` with `data` (str is written as UTF-8): afterwards `path` holds all of `data`, and until
-    then it holds what it held before. The directory must exist. An existing file keeps its permissions."""
+    then it holds what it held before. The directory must exist. An existing file keeps its permissions, unless
+    `mode` is given: then the file has that mode, from its first byte. `durable=False` skips the fsyncs: readers
+    still never see a torn file, but a machine that crashes may lose the write (for a file that is only a cache)."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
     try:
         try:
-            if path.exists():
+            if mode is not None:
+                os.fchmod(fd, mode)
+            elif path.exists():
                 os.fchmod(fd, path.stat().st_mode & 0o7777)
             _write_all(fd, payload)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def appendable(path: Path | str) -> None:
