@@ -284,6 +284,10 @@ class IdempotencyConfig:
     retry_window_s: Positive = doc(
         "how long work goes on after its caller left, unless a retry comes for it (a caller that cancelled sends "
         "none); never past the call's deadline", 10.0)
+    shared_dir: Text = doc(
+        "a directory every router replica mounts (the labels or ledger volume): the keys and answers are kept there "
+        "too, so a retry that reaches another replica waits for the work or gets its answer instead of paying again; "
+        "the answers' files hold their text, mode 0600 (\"\" = each replica keeps its own)", "")
 
 
 @schema

@@ -28,6 +28,7 @@ from .conversation import NoTierFits, decide_on_conversation, held
 from .dispatch import DeadlinePassed, Dispatcher, Meter, Result, Unavailable
 from .events import final
 from .idempotency import Once
+from .shared_answers import SharedAnswers
 from .messages import checked_messages
 from .providers import Attempt, Outcome, Sampling, StreamInterrupted, TokenLogprob
 from .sampling import answer_options
@@ -42,7 +43,7 @@ log = logging.getLogger("tierwise.router")
 
 class RouterCore:
     def __init__(self, cfg: RouterConfig, strategies: Strategies, dispatcher: Dispatcher, metrics: RouterMetrics,
-                 shadow: Shadow):
+                 shadow: Shadow, shared: SharedAnswers | None = None):
         self.cfg = cfg
         self.strategies = strategies
         self.dispatcher = dispatcher
@@ -53,7 +54,8 @@ class RouterCore:
         self.degraded_log = ThrottledLog(log)
         self.cache = AnswerCache(cfg.cache)
         self.affinity = Affinity(cfg.affinity)
-        self.once = Once(cfg.idempotency.max_mb, cfg.idempotency.ttl_s, cfg.idempotency.retry_window_s, self.tracer)
+        self.once = Once(cfg.idempotency.max_mb, cfg.idempotency.ttl_s, cfg.idempotency.retry_window_s, self.tracer,
+                         shared=shared)
 
     @contextmanager
     def _admitted(self):

@@ -7,7 +7,9 @@ same key and request waits for the work, within its own deadline, or gets the an
 `idempotency.ttl_s` within `idempotency.max_mb`. The same key with another request is refused. Work that failed
 is forgotten, so a later retry asks again, and a waiting one gets the failure; but work cut by its first caller's
 deadline, or refused before any work for that caller's key or a full router, a waiting retry asks again itself.
-Keys are kept per API key in this process's memory: a retry that reaches another replica runs again.
+Keys are kept per API key in this process's memory. With `idempotency.shared_dir` they are also kept in files every
+replica reads (shared_answers.py), so a retry that reaches another replica waits for the work, or gets its answer,
+there too; without it, such a retry runs again.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
 from .expiring import Expiring
+from .shared_answers import CLAIMED, POLL_S, SharedAnswers
 from .unattended import Carried
 
 log = logging.getLogger("tierwise.router")
@@ -50,8 +53,8 @@ def checked(value: str | None) -> str:
 class _Call:
     """Work under way for a key."""
 
-    def __init__(self, fingerprint: bytes, carried: Carried, work: Work):
-        self.fingerprint, self.carried = fingerprint, carried
+    def __init__(self, fingerprint: bytes, carried: Carried, work: Work, shared_name: str = ""):
+        self.fingerprint, self.carried, self.shared_name = fingerprint, carried, shared_name
         self.entry = access_log.current()  # the first caller's line; a second one if the work outlives it
         self.task = asyncio.create_task(_under(carried, work))
         self.waiting = 0  # retries waiting for it
@@ -66,8 +69,9 @@ class _Kept:
 
 class Once:
     def __init__(self, max_mb: float, ttl_s: float, retry_window_s: float, tracer: trace.Tracer,
-                 clock: Callable[[], float] = time.monotonic):
-        self.retry_window_s, self._tracer = retry_window_s, tracer
+                 clock: Callable[[], float] = time.monotonic, shared: SharedAnswers | None = None):
+        self.retry_window_s, self._tracer, self._shared = retry_window_s, tracer, shared
+        self._chores: set[asyncio.Task] = set()  # answers being left for other replicas, abandonments being checked
         self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
         self._kept: Expiring[_Kept] = Expiring(None, ttl_s, clock, max_bytes=int(max_mb * 1e6),
                                                size=lambda kept: kept.answer.ByteSize())
@@ -85,15 +89,48 @@ class Once:
             if (kept := self._kept.get(name)) is not None:
                 _same(kept.fingerprint, fingerprint)
                 return kept.answer, True
-            if (running := self._running.get(name)) is None:
+            if (running := self._running.get(name)) is not None:
+                _same(running.fingerprint, fingerprint)
+                if (answer := await self._join(running, deadline)) is not None:
+                    return answer, True
+                continue  # its work was cut short for its first caller: look again, another retry may have asked
+            if self._shared is None:
                 return await self._start(name, fingerprint, span, work), False
-            _same(running.fingerprint, fingerprint)
-            if (answer := await self._join(running, deadline)) is not None:
-                return answer, True
-            # Its work was cut short for its first caller: look again, as another retry may have asked again.
+            found = await self._elsewhere(name, fingerprint, deadline)
+            if isinstance(found, str):
+                return await self._start(name, fingerprint, span, work, found), False
+            if found is not None:
+                return found, True
+            # another replica's work goes on, or a call here started meanwhile: look again
 
-    async def _start(self, name: Name, fingerprint: bytes, span, work: Work) -> pb.CompleteResponse:
-        call = _Call(fingerprint, Carried(span, self._tracer), work)
+    async def _elsewhere(self, name: Name, fingerprint: bytes, deadline: float | None
+                         ) -> pb.CompleteResponse | str | None:
+        """What the other replicas know of `name`: the answer one of them left; or its shared name, when this
+        replica has claimed the work; or None, to look again (after a short wait, when another replica runs it)."""
+        shared_name = SharedAnswers.name(*name)
+        try:
+            step = await self._shared.step(shared_name, fingerprint)
+        except ValueError:
+            raise _mismatch() from None
+        if name in self._running or self._kept.get(name) is not None:  # a call here got there first meanwhile
+            if step == CLAIMED:
+                await self._shared.release(shared_name, fingerprint, None)
+            return None
+        if isinstance(step, pb.CompleteResponse):
+            self._kept.put(name, _Kept(fingerprint, step))
+            return step
+        if step == CLAIMED:
+            return shared_name
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise _waited_too_long()
+        await self._shared.waiting(shared_name)
+        await asyncio.sleep(POLL_S if left is None else min(POLL_S, left))
+        return None
+
+    async def _start(self, name: Name, fingerprint: bytes, span, work: Work,
+                     shared_name: str = "") -> pb.CompleteResponse:
+        call = _Call(fingerprint, Carried(span, self._tracer), work, shared_name)
         self._running[name] = call
         call.task.add_done_callback(lambda _: self._ended(name, call))
         try:
@@ -115,8 +152,7 @@ class Once:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             return await asyncio.wait_for(asyncio.shield(call.task), left)
         except TimeoutError:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           "deadline passed while waiting for the earlier call with this idempotency-key") from None
+            raise _waited_too_long() from None
         except asyncio.CancelledError:
             if call.task.cancelled() and not asyncio.current_task().cancelling():
                 return None
@@ -136,7 +172,27 @@ class Once:
             if self._stopping:
                 call.task.cancel()
             else:
-                call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, call.task.cancel)
+                call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, self._abandon, call)
+
+    def _abandon(self, call: _Call) -> None:
+        """Cancels the work nobody here came back for, unless a retry on another replica waits for it."""
+        if not call.shared_name or self._stopping:
+            call.task.cancel()
+            return
+
+        async def unless_wanted() -> None:
+            if call.task.done() or not call.carried.unattended or call.waiting:
+                return
+            if await asyncio.to_thread(self._shared.wanted, call.shared_name) and not self._stopping:
+                call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, self._abandon, call)
+            else:
+                call.task.cancel()
+        self._chore(unless_wanted())
+
+    def _chore(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def _ended(self, name: Name, call: _Call) -> None:
         if self._running.get(name) is call:
@@ -152,6 +208,14 @@ class Once:
                 log.error("unexpected error in Complete work its caller left", exc_info=error)
         if code == "OK":
             self._kept.put(name, _Kept(call.fingerprint, call.task.result()))
+        if call.shared_name:
+            self._chore(self._leave(call, call.task.result() if code == "OK" else None))
+
+    async def _leave(self, call: _Call, answer: pb.CompleteResponse | None) -> None:
+        try:
+            await self._shared.release(call.shared_name, call.fingerprint, answer)
+        except OSError as err:  # this replica still has it; a retry reaching another one pays again
+            log.warning("could not leave a Complete's answer for the other replicas: %s", err)
 
     def stop(self) -> None:
         """The router is cutting its calls: work their callers leave now is cut with them (they are told to retry
@@ -167,6 +231,7 @@ class Once:
         for task in left:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
+        await asyncio.gather(*self._chores, return_exceptions=True)  # the claims given up, the answers left
 
     @property
     def kept_bytes(self) -> int:
@@ -188,8 +253,17 @@ async def _under(carried: Carried, work: Work) -> pb.CompleteResponse:
 
 def _same(earlier: bytes, fingerprint: bytes) -> None:
     if earlier != fingerprint:
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{HEADER}: already used with a different request; a retry must send the same one")
+        raise _mismatch()
+
+
+def _mismatch() -> Rejected:
+    return Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{HEADER}: already used with a different request; a retry must send the same one")
+
+
+def _waited_too_long() -> Rejected:
+    return Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline passed while waiting for the earlier call with this idempotency-key")
 
 
 def _code(task: asyncio.Task, error: BaseException | None) -> str:

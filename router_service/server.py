@@ -30,6 +30,7 @@ from .head_choice import LineupHead
 from .http import Health, HttpServer, build_app
 from .ledger import SpendLedger
 from .shadow import Shadow
+from .shared_answers import SharedAnswers
 from .strategies import Strategies
 from .telemetry import RouterMetrics
 
@@ -102,6 +103,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         ledger = SpendLedger(cfg.spend.ledger, cfg.spend.sync_s)
         guard = front_door(cfg.auth, SERVICE, metrics, ledger)
         classifier = ClassifierClient(classifier_address, cfg.classifier.timeout_ms, classifier_tls)
+        shared = SharedAnswers.at(cfg.idempotency.shared_dir, cfg.idempotency.ttl_s)
     except (OSError, ValueError) as err:  # ssl.SSLError is an OSError; KeysFileError and LedgerError ValueErrors
         print(f"tierwise-router: {err}", flush=True)
         return 2
@@ -121,7 +123,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
     server = grpc.aio.server(options=serving.server_options(("grpc.max_receive_message_length",
                                                               cfg.limits.receive_bytes)),
                              interceptors=[*interceptors, *([guard] if guard else [])] or None)
-    core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow)
+    core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow, shared)
     serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server)
     try:
         http = HttpServer.bind(cfg.http.listen) if cfg.http.listen else None
@@ -149,6 +151,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             tasks.append(asyncio.create_task(lineup.run()))
         if ledger.path is not None:
             tasks.append(asyncio.create_task(ledger.run()))
+        if shared is not None:
+            tasks.append(asyncio.create_task(shared.run()))
         if cfg.classifier.keep_warm_ms:
             tasks.append(asyncio.create_task(classifier.keep_warm(cfg.classifier.keep_warm_ms / 1000)))
         if any(p.config.health_check_s for chain in chains.values() for p in chain.providers):

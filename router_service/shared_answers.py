@@ -1,0 +1,195 @@
+"""Idempotency keys across router replicas: the work a keyed Complete claims, and the answer it got, kept as files in
+a directory every replica mounts (`idempotency.shared_dir`), so that a retry reaching another replica waits for
+that work, or gets its answer, instead of paying the providers again.
+
+Per API key id and idempotency key, named by a hash of both:
+- `<name>.claim`, created with O_EXCL by the replica that runs the work and removed when the work ends. Its replica
+  touches it every HEARTBEAT_S while the work runs; a claim untouched for STALE_S is a dead replica's, and is
+  taken over.
+- `<name>.answer`, written atomically when the work succeeds: the request's fingerprint, when it expires (wall
+  clock) and the serialized answer. Mode 0600, as it holds the answer's text.
+- `<name>.wait`, touched by a replica waiting for another's work, so that the work goes on past
+  `retry_window_s` when its own caller left.
+Files go through threads: a network volume may block, and the event loop must not.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import socket
+import struct
+import time
+from pathlib import Path
+
+from tierwise.atomic import write_atomic
+from tierwise.v1 import router_pb2 as pb
+
+MAGIC = b"TWA1"
+HEADER = struct.Struct(">4s32sd")  # magic, request fingerprint, expiry (wall clock)
+HEARTBEAT_S = 5.0
+STALE_S = 30.0  # a claim untouched this long is a dead replica's (allows for clock skew between nodes)
+POLL_S = 0.1  # how often a waiting retry looks again
+WAITING_S = 1.0  # how often it says it still waits; the work's replica counts it as waiting for 3x that
+CLAIMED, HELD = "claimed", "held"
+
+
+class SharedAnswers:
+    def __init__(self, directory: Path, ttl_s: float, wall=time.time):
+        self.directory, self.ttl_s, self._wall = directory, ttl_s, wall
+        self._owned: dict[str, bytes] = {}  # this replica's claims: file name -> the token written in it
+        self._said: dict[str, float] = {}  # name -> when this replica last touched its `.wait`
+
+    @classmethod
+    def at(cls, directory: str, ttl_s: float) -> "SharedAnswers | None":
+        """The store in `directory` ("" for none; made if its parent exists), or ValueError naming the setting when
+        this process cannot create files there: a retry would silently pay again."""
+        if not directory:
+            return None
+        path = Path(directory)
+        probe = path / f".probe.{socket.gethostname()}.{os.getpid()}"
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ValueError(f"idempotency.shared_dir: cannot create files in {path} ({err})") from None
+        return cls(path, ttl_s)
+
+    @staticmethod
+    def name(key_id: str, key: str) -> str:
+        return hashlib.sha256(f"{key_id}\0{key}".encode()).hexdigest()[:40]
+
+    async def step(self, name: str, fingerprint: bytes) -> pb.CompleteResponse | str:
+        """The answer another replica left for `name`, if it was for the same request (a different one is
+        ValueError); else CLAIMED when this replica now runs the work, or HELD when another one does."""
+        return await asyncio.to_thread(self._step, name, fingerprint)
+
+    async def waiting(self, name: str) -> None:
+        """Tells the replica running `name`'s work that a retry here waits for it."""
+        now = self._wall()
+        if now - self._said.get(name, 0.0) < WAITING_S:
+            return
+        if len(self._said) > 10_000:
+            self._said = {n: t for n, t in self._said.items() if now - t < 3 * WAITING_S}
+        self._said[name] = now
+        await asyncio.to_thread(self._path(name, "wait").touch)
+
+    def wanted(self, name: str) -> bool:
+        """Whether a retry on another replica has waited for `name`'s work in the last few seconds."""
+        try:
+            return self._wall() - self._path(name, "wait").stat().st_mtime < 3 * WAITING_S
+        except OSError:
+            return False
+
+    async def release(self, name: str, fingerprint: bytes, answer: pb.CompleteResponse | None) -> None:
+        """The work for `name` ended: its answer (None when it failed) left for other replicas, the claim given up."""
+        await asyncio.to_thread(self._release, name, fingerprint, answer)
+
+    async def run(self) -> None:
+        """Keep this replica's claims fresh; every so often remove what has expired."""
+        swept = 0.0
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.to_thread(self._heartbeat)
+            if self._wall() - swept > min(60.0, self.ttl_s / 4):
+                swept = self._wall()
+                await asyncio.to_thread(self._sweep)
+
+    def _path(self, name: str, kind: str) -> Path:
+        return self.directory / f"{name}.{kind}"
+
+    def _step(self, name: str, fingerprint: bytes) -> pb.CompleteResponse | str:
+        kept = self._read_answer(name)
+        if kept is not None:
+            earlier, answer = kept
+            if earlier != fingerprint:
+                raise ValueError("already used with a different request")
+            return answer
+        claim = self._path(name, "claim")
+        if self._create(claim):
+            return CLAIMED
+        try:
+            stale = self._wall() - claim.stat().st_mtime > STALE_S
+        except FileNotFoundError:  # released meanwhile: its answer, or nothing, is there on the next look
+            return HELD
+        if stale:
+            aside = claim.with_name(f"{claim.name}.{secrets.token_hex(4)}.stale")
+            try:
+                os.rename(claim, aside)  # one taker wins the rename; the others find the new claim held
+            except FileNotFoundError:
+                return HELD
+            aside.unlink(missing_ok=True)
+            if self._create(claim):
+                return CLAIMED
+        return HELD
+
+    def _create(self, claim: Path) -> bool:
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        token = f"{socket.gethostname()} {os.getpid()} {secrets.token_hex(8)}\n".encode()
+        try:
+            os.write(fd, token)
+        finally:
+            os.close(fd)
+        self._owned[claim.name] = token
+        return True
+
+    def _still_ours(self, claim: Path) -> bool:
+        """Whether `claim` is the one this replica wrote: another replica may have taken it over as stale."""
+        try:
+            return claim.read_bytes() == self._owned.get(claim.name)
+        except FileNotFoundError:
+            return False
+
+    def _read_answer(self, name: str) -> tuple[bytes, pb.CompleteResponse] | None:
+        try:
+            data = self._path(name, "answer").read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) < HEADER.size or data[:4] != MAGIC:
+            return None
+        _, fingerprint, expires = HEADER.unpack_from(data)
+        if expires < self._wall():
+            return None
+        return fingerprint, pb.CompleteResponse.FromString(data[HEADER.size:])
+
+    def _release(self, name: str, fingerprint: bytes, answer: pb.CompleteResponse | None) -> None:
+        claim = self._path(name, "claim")
+        try:
+            if answer is not None:
+                write_atomic(self._path(name, "answer"),
+                             HEADER.pack(MAGIC, fingerprint, self._wall() + self.ttl_s) + answer.SerializeToString(),
+                             mode=0o600, durable=False)  # a cache: a crash that loses it costs one paid retry
+        finally:  # a claim left behind would hold the other replicas' retries until it went stale
+            if self._still_ours(claim):
+                claim.unlink(missing_ok=True)
+                self._path(name, "wait").unlink(missing_ok=True)
+            self._owned.pop(claim.name, None)
+
+    def _heartbeat(self) -> None:
+        for name in list(self._owned):
+            claim = self.directory / name
+            if self._still_ours(claim):
+                os.utime(claim)
+            else:  # taken over as stale: whatever this replica's work gets is still left for the others
+                self._owned.pop(name, None)
+
+    def _sweep(self) -> None:
+        """Removes answers past their time, and claims and waits left by replicas that died."""
+        now = self._wall()
+        for path in self.directory.iterdir():
+            try:
+                if path.suffix == ".answer":
+                    with path.open("rb") as f:
+                        head = f.read(HEADER.size)
+                    if len(head) == HEADER.size and HEADER.unpack(head)[2] < now:
+                        path.unlink(missing_ok=True)
+                elif path.suffix in (".claim", ".wait", ".stale") and now - path.stat().st_mtime > self.ttl_s:
+                    path.unlink(missing_ok=True)
+            except (OSError, struct.error):
+                continue
+

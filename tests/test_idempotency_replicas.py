@@ -1,0 +1,217 @@
+"""Idempotency keys across replicas (`idempotency.shared_dir`): two real routers on 127.0.0.1 share a directory, as
+replicas share a volume; a retry that reaches the other one waits for the work or gets its answer, and the provider
+double is asked once."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+import grpc
+import pytest
+import yaml
+
+from router_service.shared_answers import CLAIMED, HELD, SharedAnswers
+from tierwise.v1 import router_pb2 as pb
+from tierwise.v1 import router_pb2_grpc
+
+from .provider_double import Fault
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router, start
+from .test_router_complete import ask
+
+SLOW_S = 1.5  # the provider's answer; past the routers' retry window below, under the providers' 2 s timeout
+RETRY_WINDOW_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, double):
+    shared = tmp_path_factory.mktemp("shared")
+    doc = router_config(double.base_url, strategy="cheapest",
+                        idempotency={"shared_dir": str(shared), "retry_window_s": RETRY_WINDOW_S})
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    http = ("--http-listen", "127.0.0.1:0")
+    with running_router(doc, UNUSED_CLASSIFIER, one, *http, env={KEY_ENV: "k"}) as a, \
+            running_router(doc, UNUSED_CLASSIFIER, two, *http, env={KEY_ENV: "k"}) as b:
+        with grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
+            yield shared, router_pb2_grpc.RouterServiceStub(ca), router_pb2_grpc.RouterServiceStub(cb), a, b
+
+
+@pytest.fixture(autouse=True)
+def clean(double):
+    double.reset()
+    yield
+    double.reset()
+
+
+def keyed(once: str) -> list[tuple[str, str]]:
+    return [("idempotency-key", once)]
+
+
+def replayed(call) -> bool:
+    return ("idempotent-replayed", "true") in tuple(call.trailing_metadata() or ())
+
+
+def asked(double, n: int, within_s: float = 10.0) -> bool:
+    give_up = time.monotonic() + within_s
+    while len(double.requests_for("t1-a")) < n and time.monotonic() < give_up:
+        time.sleep(0.01)
+    return len(double.requests_for("t1-a")) >= n
+
+
+def settled(shared, pattern: str, within_s: float = 5.0) -> list:
+    """The files matching `pattern` once none is left, or after a bounded wait: a replica gives up its claim just
+    after it answers."""
+    give_up = time.monotonic() + within_s
+    while (left := list(shared.glob(pattern))) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    return left
+
+
+def test_a_retry_on_another_replica_gets_the_answer_and_pays_nothing_again(replicas, double):
+    shared, a, b, *_ = replicas
+    request = ask("What is the tallest mountain?", "cheapest")
+    first = a.Complete(request, timeout=10, metadata=keyed("across-1"))
+    answer, call = b.Complete.with_call(request, timeout=10, metadata=keyed("across-1"))
+    assert answer == first and replayed(call)
+    assert len(double.requests_for("t1-a")) == 1, "the provider was asked once"
+    (kept,) = shared.glob("*.answer")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600, "the answer's text is for the router alone"
+    assert "across-1" not in kept.name, "named by a hash"
+    assert not settled(shared, "*.claim"), "the claim is given up"
+
+
+def test_a_retry_on_another_replica_waits_for_the_work_its_caller_left(replicas, double):
+    _, a, b, *_ = replicas
+    double.script("t1-a", Fault.delay(SLOW_S))
+    request = ask("Name a river in Africa.", "cheapest")
+    first = a.Complete.future(request, timeout=10, metadata=keyed("across-2"))
+    assert asked(double, 1)
+    first.cancel()  # the caller is gone; replica a would give up on the work after its retry window
+    answer, call = b.Complete.with_call(request, timeout=10, metadata=keyed("across-2"))
+    assert answer.content.startswith("answer from t1-a") and replayed(call)
+    assert len(double.requests_for("t1-a")) == 1, "the retry waiting on b kept a's work going past its window"
+
+
+def test_an_http_retry_on_another_replica_gets_the_answer(replicas, double):
+    *_, a, b = replicas
+    body = json.dumps({"model": "tierwise", "messages": [{"role": "user", "content": "Who wrote Hamlet?"}]}).encode()
+    status, _, first = post(http_address(a), body, {"Idempotency-Key": "across-http"})
+    assert status == 200, first
+    status, headers, again = post(http_address(b), body, {"Idempotency-Key": "across-http"})
+    assert status == 200 and {k.lower(): v for k, v in headers.items()}.get("idempotent-replayed") == "true", again
+    assert again["choices"] == first["choices"]
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_the_same_key_with_another_request_on_another_replica_is_refused(replicas, double):
+    _, a, b, *_ = replicas
+    a.Complete(ask("What is 3 + 4?", "cheapest"), timeout=10, metadata=keyed("across-3"))
+    with pytest.raises(grpc.RpcError) as err:
+        b.Complete(ask("What is 5 + 6?", "cheapest"), timeout=10, metadata=keyed("across-3"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "idempotency-key" in err.value.details()
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_a_retry_waits_only_within_its_own_deadline(replicas, double):
+    _, a, b, *_ = replicas
+    double.script("t1-a", Fault.delay(SLOW_S))
+    request = ask("Which planet is largest?", "cheapest")
+    first = a.Complete.future(request, timeout=10, metadata=keyed("across-4"))
+    assert asked(double, 1)
+    with pytest.raises(grpc.RpcError) as err:
+        b.Complete(request, timeout=0.3, metadata=keyed("across-4"))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert first.result().content.startswith("answer from t1-a")
+    assert len(double.requests_for("t1-a")) == 1
+
+
+def test_a_claim_a_dead_replica_left_is_taken_over(replicas, double):
+    shared, a, b, *_ = replicas
+    request = ask("What colour is the sky?", "cheapest")
+    claim = shared / f"{SharedAnswers.name('', 'across-5')}.claim"
+    claim.write_text("gone-host 1\n")
+    past = time.time() - 120
+    os.utime(claim, (past, past))
+    answer, call = b.Complete.with_call(request, timeout=10, metadata=keyed("across-5"))
+    assert answer.content.startswith("answer from t1-a") and not replayed(call)
+    assert not settled(shared, claim.name)
+
+
+def test_a_router_whose_shared_directory_it_cannot_write_does_not_start(tmp_path, double):
+    doc = router_config(double.base_url, strategy="cheapest",
+                        idempotency={"shared_dir": str(tmp_path / "missing" / "once")})
+    (tmp_path / "tierwise.yaml").write_text(yaml.safe_dump(doc))
+    router = start("router_service", "--listen", "127.0.0.1:0", "--config", str(tmp_path / "tierwise.yaml"),
+                   "--classifier", UNUSED_CLASSIFIER, env={KEY_ENV: "k"})
+    assert router.proc.wait(30) == 2
+    deadline = time.monotonic() + 5
+    while "idempotency.shared_dir" not in "".join(router.output) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last lines may still be on their way from the pipe
+    assert "idempotency.shared_dir: cannot create files in" in "".join(router.output)
+    assert "Traceback" not in "".join(router.output)
+
+
+
+class Wall:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store_at(directory) -> tuple[SharedAnswers, Wall]:
+    wall = Wall(1e9)
+    return SharedAnswers(directory, ttl_s=60.0, wall=wall), wall
+
+
+FINGERPRINT = b"f" * 32
+
+
+def test_an_answer_past_its_time_is_not_served_and_is_swept(tmp_path):
+    store, wall = store_at(tmp_path)
+    name, answer = SharedAnswers.name("k", "old"), pb.CompleteResponse(content="hi")
+    assert store._step(name, FINGERPRINT) == CLAIMED
+    assert store._step(name, FINGERPRINT) == HELD, "the claim holds a second look"
+    store._release(name, FINGERPRINT, answer)
+    assert store._step(name, FINGERPRINT) == answer
+    with pytest.raises(ValueError):
+        store._step(name, b"g" * 32)
+    wall.now += 61
+    assert store._step(name, FINGERPRINT) == CLAIMED, "an expired answer is no answer: the work runs again"
+    store._release(name, FINGERPRINT, None)
+    store._sweep()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_torn_or_foreign_answer_file_is_no_answer(tmp_path):
+    store, _ = store_at(tmp_path)
+    name = SharedAnswers.name("k", "torn")
+    for junk in (b"", b"TWA1", b"not an answer at all, but long enough to hold a header" * 2):
+        (tmp_path / f"{name}.answer").write_bytes(junk)
+        assert store._step(name, FINGERPRINT) == CLAIMED
+        store._release(name, FINGERPRINT, None)
+    store._sweep()  # nor does a file it cannot parse stop the sweep
+
+
+def test_a_claim_is_kept_fresh_while_its_work_runs_and_left_files_are_swept(tmp_path):
+    store, wall = store_at(tmp_path)
+    other, _ = store_at(tmp_path)
+    name = SharedAnswers.name("k", "long")
+    assert store._step(name, FINGERPRINT) == CLAIMED
+    claim = tmp_path / f"{name}.claim"
+    os.utime(claim, (wall.now - 20, wall.now - 20))
+    store._heartbeat()
+    other._wall = Wall(claim.stat().st_mtime + 20)
+    assert other._step(name, FINGERPRINT) == HELD, "touched by its replica, the claim is not stale"
+    other._wall = Wall(claim.stat().st_mtime + 31)
+    assert other._step(name, FINGERPRINT) == CLAIMED, "untouched for 30 s, it is a dead replica's: taken over"
+    store._release(name, FINGERPRINT, None)  # the first replica's work ends: the claim it lost is not its own
+    assert claim.exists() and claim.name not in store._owned
+    (tmp_path / f"{name}.wait").touch()
+    os.utime(tmp_path / f"{name}.wait", (wall.now - 120, wall.now - 120))
+    os.utime(claim, (wall.now - 120, wall.now - 120))
+    store._sweep()
+    assert not list(tmp_path.iterdir()), "claims and waits older than the answers' time are removed"
