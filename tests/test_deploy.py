@@ -1064,14 +1064,17 @@ def test_a_router_service_facing_outside_the_cluster_carries_only_the_api_ports(
 
 
 def test_a_file_the_router_writes_must_be_on_a_volume_it_can_write(helm_env):
-    """The root filesystem is read-only: a spend ledger or shadow file elsewhere than /tmp, the labels volume or a
-    writable extra mount is refused at render, not found by a router in a crash loop."""
+    """The root filesystem is read-only: a spend ledger, shadow file or idempotency directory elsewhere than /tmp, the
+    labels volume or a writable extra mount is refused at render, not found by a router in a crash loop."""
     for sets, says in ((["router.config.spend.ledger=/var/lib/tierwise/spend-{host}.json"], "router.config.spend.ledger"),
-                       (["router.config.shadow.log=/app/shadow.jsonl"], "router.config.shadow.log")):
+                       (["router.config.shadow.log=/app/shadow.jsonl"], "router.config.shadow.log"),
+                       (["router.config.idempotency.shared_dir=/var/lib/tierwise/once"],
+                        "router.config.idempotency.shared_dir")):
         proc = run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env,
                    check=False)
         assert proc.returncode != 0 and says in proc.stderr and "read-only filesystem" in proc.stderr, proc.stderr
     for sets in (["router.config.spend.ledger=/tmp/spend-{host}.json"],
+                 ["router.config.idempotency.shared_dir=/tmp/once"],
                  ["router.config.spend.ledger=/data/spend-{host}.json", "router.extraVolumeMounts[0].name=data",
                   "router.extraVolumeMounts[0].mountPath=/data", "router.extraVolumes[0].name=data",
                   "router.extraVolumes[0].emptyDir.medium="]):
