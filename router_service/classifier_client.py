@@ -29,7 +29,8 @@ class ClassifierClient:
         self._seen = tls.signature() if tls else ()
         self._checked = time.monotonic()
         self._closing: set[asyncio.Task] = set()
-        self._last_call = time.monotonic()
+        self._last_call = time.monotonic()  # when the last call went out or came back
+        self._calls = 0  # Classify calls under way
         self.warm_checks = 0
         # The classifier's largest text (its default until ListHeads says): a longer query is sent cut to it. The
         # encoder reads only its first few hundred tokens, so the cut changes nothing the head sees.
@@ -83,6 +84,7 @@ class ClassifierClient:
             self._last_call = time.monotonic()
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
+            self._calls += 1
             try:
                 return await self._stub.Classify(pb.ClassifyRequest(text=_cut(text, self.max_text_bytes), head=head,
                                                                      tradeoff=tradeoff,
@@ -93,14 +95,18 @@ class ClassifierClient:
                 span.set_attribute("rpc.grpc.status_code", err.code().value[0])
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code().name))
                 raise
+            finally:
+                self._calls -= 1
+                self._last_call = time.monotonic()
 
     async def keep_warm(self, every_s: float) -> None:
-        """Until cancelled: whenever no call has gone out for `every_s`, a health check (no span, no Classify
-        metric), so the next call does not find the channel, the classifier's server and their memory cold. An
-        unreachable classifier is the next real call's to report."""
+        """Until cancelled: whenever no call is under way and none went out or came back for `every_s`, a health
+        check (no span, no Classify metric), so the next call does not find the channel, the classifier's server and
+        their memory cold. An unreachable classifier is the next real call's to report."""
         while True:
-            await asyncio.sleep(max(0.0, self._last_call + every_s - time.monotonic()))
-            if time.monotonic() - self._last_call < every_s:
+            wait = self._last_call + every_s - time.monotonic()
+            await asyncio.sleep(wait if wait > 0 else every_s if self._calls else 0.0)
+            if self._calls or time.monotonic() - self._last_call < every_s:
                 continue
             self._last_call = time.monotonic()
             try:
