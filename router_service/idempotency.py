@@ -14,6 +14,7 @@ there too; without it, such a retry runs again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -24,7 +25,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from tierwise.serving import Rejected
+from tierwise.serving import Rejected, ThrottledLog
 from tierwise.v1 import router_pb2 as pb
 
 from . import access_log
@@ -72,6 +73,7 @@ class Once:
                  clock: Callable[[], float] = time.monotonic, shared: SharedAnswers | None = None):
         self.retry_window_s, self._tracer, self._shared = retry_window_s, tracer, shared
         self._chores: set[asyncio.Task] = set()  # answers being left for other replicas, abandonments being checked
+        self._unshared = ThrottledLog(log)
         self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
         self._kept: Expiring[_Kept] = Expiring(None, ttl_s, clock, max_bytes=int(max_mb * 1e6),
                                                size=lambda kept: kept.answer.ByteSize())
@@ -106,12 +108,17 @@ class Once:
     async def _elsewhere(self, name: Name, fingerprint: bytes, deadline: float | None
                          ) -> pb.CompleteResponse | str | None:
         """What the other replicas know of `name`: the answer one of them left; or its shared name, when this
-        replica has claimed the work; or None, to look again (after a short wait, when another replica runs it)."""
+        replica has claimed the work ("" when the directory failed: the work runs as if there were none); or None,
+        to look again (after a short wait, when another replica runs it)."""
         shared_name = SharedAnswers.name(*name)
         try:
             step = await self._shared.step(shared_name, fingerprint)
         except ValueError:
             raise _mismatch() from None
+        except (OSError, TimeoutError) as err:
+            self._unshared.note("idempotency.shared_dir failed; keyed calls run as if it were not set",
+                                error=str(err) or type(err).__name__)
+            return "" if name not in self._running and self._kept.get(name) is None else None
         if name in self._running or self._kept.get(name) is not None:  # a call here got there first meanwhile
             if step == CLAIMED:
                 await self._shared.release(shared_name, fingerprint, None)
@@ -124,7 +131,8 @@ class Once:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise _waited_too_long()
-        await self._shared.waiting(shared_name)
+        with contextlib.suppress(OSError, TimeoutError):  # the work's replica may then give up on it: the retry runs it
+            await self._shared.waiting(shared_name)
         await asyncio.sleep(POLL_S if left is None else min(POLL_S, left))
         return None
 
@@ -183,7 +191,7 @@ class Once:
         async def unless_wanted() -> None:
             if call.task.done() or not call.carried.unattended or call.waiting:
                 return
-            if await asyncio.to_thread(self._shared.wanted, call.shared_name) and not self._stopping:
+            if await self._shared.wanted(call.shared_name) and not self._stopping:
                 call.abandon = asyncio.get_running_loop().call_later(self.retry_window_s, self._abandon, call)
             else:
                 call.task.cancel()

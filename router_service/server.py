@@ -169,6 +169,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             await http.stop(stop_by, idle=lambda: not http_health.calls,
                             cut=lambda: (core.once.stop(), http_health.cut()))  # keyed calls' work is cut too
         await core.once.close()  # now no retry can reach what this process keeps
+        if shared is not None:
+            shared.close()
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
         await serving.waited(lambda: core.admission.count == 0, time.monotonic() + SETTLE_S)
         for task in tasks:

@@ -3,35 +3,45 @@ a directory every replica mounts (`idempotency.shared_dir`), so that a retry rea
 that work, or gets its answer, instead of paying the providers again.
 
 Per API key id and idempotency key, named by a hash of both:
-- `<name>.claim`, created with O_EXCL by the replica that runs the work and removed when the work ends. Its replica
-  touches it every HEARTBEAT_S while the work runs; a claim untouched for STALE_S is a dead replica's, and is
-  taken over.
+- `<name>.claim`, created with O_EXCL by the replica that runs the work and removed when the work ends. It holds
+  the request's fingerprint and a token of that replica's own. Its replica touches it every HEARTBEAT_S while the
+  work runs; a claim untouched for STALE_S is a dead replica's, and is taken over.
 - `<name>.answer`, written atomically when the work succeeds: the request's fingerprint, when it expires (wall
   clock) and the serialized answer. Mode 0600, as it holds the answer's text.
 - `<name>.wait`, touched by a replica waiting for another's work, so that the work goes on past
   `retry_window_s` when its own caller left.
-Files go through threads: a network volume may block, and the event loop must not.
+Files go through threads of their own: a network volume may block, and neither the event loop nor the threads
+other work needs (name lookups for the providers) may wait on it. A look that takes longer than LOOK_TIMEOUT_S, or
+fails, is the caller's to fall back from (Once runs the work as if there were no directory).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import socket
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from google.protobuf.message import DecodeError
 
 from tierwise.atomic import write_atomic
 from tierwise.v1 import router_pb2 as pb
 
+log = logging.getLogger("tierwise.router")
 MAGIC = b"TWA1"
 HEADER = struct.Struct(">4s32sd")  # magic, request fingerprint, expiry (wall clock)
 HEARTBEAT_S = 5.0
 STALE_S = 30.0  # a claim untouched this long is a dead replica's (allows for clock skew between nodes)
 POLL_S = 0.1  # how often a waiting retry looks again
-WAITING_S = 1.0  # how often it says it still waits; the work's replica counts it as waiting for 3x that
+WAITING_S = 1.0  # how often it says it still waits
+WANTED_S = 15.0  # how long the work's replica counts it as waiting since (the file's time is the volume's clock)
+LOOK_TIMEOUT_S = 2.0
 CLAIMED, HELD = "claimed", "held"
 
 
@@ -40,6 +50,7 @@ class SharedAnswers:
         self.directory, self.ttl_s, self._wall = directory, ttl_s, wall
         self._owned: dict[str, bytes] = {}  # this replica's claims: file name -> the token written in it
         self._said: dict[str, float] = {}  # name -> when this replica last touched its `.wait`
+        self._threads = ThreadPoolExecutor(4, thread_name_prefix="shared-answers")
 
     @classmethod
     def at(cls, directory: str, ttl_s: float) -> "SharedAnswers | None":
@@ -62,9 +73,13 @@ class SharedAnswers:
         return hashlib.sha256(f"{key_id}\0{key}".encode()).hexdigest()[:40]
 
     async def step(self, name: str, fingerprint: bytes) -> pb.CompleteResponse | str:
-        """The answer another replica left for `name`, if it was for the same request (a different one is
-        ValueError); else CLAIMED when this replica now runs the work, or HELD when another one does."""
-        return await asyncio.to_thread(self._step, name, fingerprint)
+        """The answer another replica left for `name`, if it was for the same request; else CLAIMED when this
+        replica now runs the work, or HELD when another one does. ValueError when the answer or the work under way
+        is for another request; OSError or TimeoutError when the directory fails or is slow."""
+        return await asyncio.wait_for(self._in_thread(self._step, name, fingerprint), LOOK_TIMEOUT_S)
+
+    def _in_thread(self, work, *args):
+        return asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
 
     async def waiting(self, name: str) -> None:
         """Tells the replica running `name`'s work that a retry here waits for it."""
@@ -74,28 +89,41 @@ class SharedAnswers:
         if len(self._said) > 10_000:
             self._said = {n: t for n, t in self._said.items() if now - t < 3 * WAITING_S}
         self._said[name] = now
-        await asyncio.to_thread(self._path(name, "wait").touch)
+        await asyncio.wait_for(self._in_thread(self._path(name, "wait").touch), LOOK_TIMEOUT_S)
 
-    def wanted(self, name: str) -> bool:
-        """Whether a retry on another replica has waited for `name`'s work in the last few seconds."""
+    async def wanted(self, name: str) -> bool:
+        """Whether a retry on another replica has waited for `name`'s work in the last WANTED_S."""
         try:
-            return self._wall() - self._path(name, "wait").stat().st_mtime < 3 * WAITING_S
-        except OSError:
+            return await asyncio.wait_for(self._in_thread(self._wanted, name), LOOK_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            return False
+
+    def _wanted(self, name: str) -> bool:
+        try:
+            return self._wall() - self._path(name, "wait").stat().st_mtime < WANTED_S
+        except FileNotFoundError:
             return False
 
     async def release(self, name: str, fingerprint: bytes, answer: pb.CompleteResponse | None) -> None:
         """The work for `name` ended: its answer (None when it failed) left for other replicas, the claim given up."""
-        await asyncio.to_thread(self._release, name, fingerprint, answer)
+        await self._in_thread(self._release, name, fingerprint, answer)
 
     async def run(self) -> None:
-        """Keep this replica's claims fresh; every so often remove what has expired."""
+        """Keep this replica's claims fresh; every so often remove what has expired. A failing directory is
+        logged, and tried again at the next turn."""
         swept = 0.0
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await asyncio.to_thread(self._heartbeat)
-            if self._wall() - swept > min(60.0, self.ttl_s / 4):
-                swept = self._wall()
-                await asyncio.to_thread(self._sweep)
+            try:
+                await self._in_thread(self._heartbeat)
+                if self._wall() - swept > min(60.0, self.ttl_s / 4):
+                    swept = self._wall()
+                    await self._in_thread(self._sweep)
+            except OSError as err:
+                log.warning("idempotency.shared_dir: %s", err)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def _path(self, name: str, kind: str) -> Path:
         return self.directory / f"{name}.{kind}"
@@ -108,12 +136,15 @@ class SharedAnswers:
                 raise ValueError("already used with a different request")
             return answer
         claim = self._path(name, "claim")
-        if self._create(claim):
+        if self._create(claim, fingerprint):
             return CLAIMED
         try:
             stale = self._wall() - claim.stat().st_mtime > STALE_S
+            held_for = claim.read_bytes()[:64]
         except FileNotFoundError:  # released meanwhile: its answer, or nothing, is there on the next look
             return HELD
+        if len(held_for) == 64 and held_for != fingerprint.hex().encode():
+            raise ValueError("already used with a different request")
         if stale:
             aside = claim.with_name(f"{claim.name}.{secrets.token_hex(4)}.stale")
             try:
@@ -121,20 +152,25 @@ class SharedAnswers:
             except FileNotFoundError:
                 return HELD
             aside.unlink(missing_ok=True)
-            if self._create(claim):
+            if self._create(claim, fingerprint):
                 return CLAIMED
         return HELD
 
-    def _create(self, claim: Path) -> bool:
+    def _create(self, claim: Path, fingerprint: bytes) -> bool:
         try:
             fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
-        token = f"{socket.gethostname()} {os.getpid()} {secrets.token_hex(8)}\n".encode()
+        token = fingerprint.hex().encode() + f" {socket.gethostname()} {os.getpid()} {secrets.token_hex(8)}\n".encode()
         try:
-            os.write(fd, token)
-        finally:
-            os.close(fd)
+            try:
+                if os.write(fd, token) != len(token):
+                    raise OSError(f"short write to {claim}")
+            finally:
+                os.close(fd)
+        except OSError:  # a full volume: an empty claim nobody touched would hold every replica's retries
+            claim.unlink(missing_ok=True)
+            raise
         self._owned[claim.name] = token
         return True
 
@@ -155,7 +191,10 @@ class SharedAnswers:
         _, fingerprint, expires = HEADER.unpack_from(data)
         if expires < self._wall():
             return None
-        return fingerprint, pb.CompleteResponse.FromString(data[HEADER.size:])
+        try:
+            return fingerprint, pb.CompleteResponse.FromString(data[HEADER.size:])
+        except DecodeError:  # cut short by a crash before it reached the disk: no answer
+            return None
 
     def _release(self, name: str, fingerprint: bytes, answer: pb.CompleteResponse | None) -> None:
         claim = self._path(name, "claim")
@@ -173,23 +212,23 @@ class SharedAnswers:
     def _heartbeat(self) -> None:
         for name in list(self._owned):
             claim = self.directory / name
-            if self._still_ours(claim):
-                os.utime(claim)
-            else:  # taken over as stale: whatever this replica's work gets is still left for the others
+            if not self._still_ours(claim):  # taken over as stale: whatever this replica's work gets is still left
                 self._owned.pop(name, None)
+                continue
+            with contextlib.suppress(FileNotFoundError):  # released by its work meanwhile
+                os.utime(claim)
 
     def _sweep(self) -> None:
-        """Removes answers past their time, and claims and waits left by replicas that died."""
+        """Removes answers past their time (an answer is written once, so its file's time says when), and what
+        replicas that died left: claims, waits and half-written answers."""
         now = self._wall()
+        left_for = max(self.ttl_s, 2 * STALE_S)  # never a claim whose replica still touches it
         for path in self.directory.iterdir():
             try:
-                if path.suffix == ".answer":
-                    with path.open("rb") as f:
-                        head = f.read(HEADER.size)
-                    if len(head) == HEADER.size and HEADER.unpack(head)[2] < now:
-                        path.unlink(missing_ok=True)
-                elif path.suffix in (".claim", ".wait", ".stale") and now - path.stat().st_mtime > self.ttl_s:
+                age = now - path.stat().st_mtime
+                if (path.suffix == ".answer" and age > self.ttl_s
+                        or path.suffix in (".claim", ".wait", ".stale", ".tmp") and age > left_for):
                     path.unlink(missing_ok=True)
-            except (OSError, struct.error):
+            except OSError:
                 continue
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 
@@ -114,6 +115,19 @@ def test_the_same_key_with_another_request_on_another_replica_is_refused(replica
     assert len(double.requests_for("t1-a")) == 1
 
 
+def test_another_request_with_a_key_whose_work_runs_elsewhere_is_refused_at_once(replicas, double):
+    _, a, b, *_ = replicas
+    double.script("t1-a", Fault.delay(SLOW_S))
+    first = a.Complete.future(ask("What is 7 + 8?", "cheapest"), timeout=10, metadata=keyed("across-6"))
+    assert asked(double, 1)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        b.Complete(ask("What is 9 + 10?", "cheapest"), timeout=10, metadata=keyed("across-6"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency-key" in err.value.details()
+    assert time.monotonic() - started < SLOW_S / 2, "refused before the other replica's work ends"
+    assert first.result().content.startswith("answer from t1-a")
+
+
 def test_a_retry_waits_only_within_its_own_deadline(replicas, double):
     _, a, b, *_ = replicas
     double.script("t1-a", Fault.delay(SLOW_S))
@@ -163,7 +177,7 @@ class Wall:
 
 
 def store_at(directory) -> tuple[SharedAnswers, Wall]:
-    wall = Wall(1e9)
+    wall = Wall(time.time())
     return SharedAnswers(directory, ttl_s=60.0, wall=wall), wall
 
 
@@ -215,3 +229,33 @@ def test_a_claim_is_kept_fresh_while_its_work_runs_and_left_files_are_swept(tmp_
     os.utime(claim, (wall.now - 120, wall.now - 120))
     store._sweep()
     assert not list(tmp_path.iterdir()), "claims and waits older than the answers' time are removed"
+
+
+def test_a_router_whose_shared_directory_fails_answers_keyed_calls_as_if_it_had_none(tmp_path, double):
+    shared = tmp_path / "shared"
+    doc = router_config(double.base_url, strategy="cheapest", idempotency={"shared_dir": str(shared)})
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"}) as router:
+        shutil.rmtree(shared)  # the volume went away
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            request = ask("Where is Lima?", "cheapest")
+            first = stub.Complete(request, timeout=10, metadata=keyed("no-dir"))
+            again, call = stub.Complete.with_call(request, timeout=10, metadata=keyed("no-dir"))
+        assert again == first and replayed(call), "this replica still knows the key"
+        body = json.dumps({"model": "tierwise", "messages": [{"role": "user", "content": "Where is Quito?"}]}).encode()
+        status, _, answer = post(http_address(router), body, {"Idempotency-Key": "no-dir-http"})
+        assert status == 200, answer
+        assert len(double.requests_for("t1-a")) == 2
+    assert any("idempotency.shared_dir failed" in line for line in router.output), "said once, not per call"
+
+
+def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    store, _ = store_at(tmp_path)
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        store._step(SharedAnswers.name("k", "full"), FINGERPRINT)
+    assert not list(tmp_path.iterdir()) and not store._owned
