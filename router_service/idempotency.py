@@ -232,13 +232,17 @@ class Once:
         for call in list(self._running.values()):
             self._unless_joined(call)
 
-    async def close(self) -> None:
+    async def close(self, until: float | None = None) -> None:
         """Cancels the work whose callers left and that no retry waits for: once the router takes no more calls, no
-        retry can reach what this process keeps."""
-        left = [c.task for c in self._running.values() if c.carried.unattended and not c.waiting]
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
+        retry can reach what this process keeps, except one on another replica, through the shared directory: work
+        such a retry waits for goes on until `until` (monotonic), for it to collect."""
+        left = [c for c in self._running.values() if c.carried.unattended and not c.waiting]
+        wanted = [c.task for c in left if c.shared_name and await self._shared.wanted(c.shared_name)]
+        if wanted and until is not None and until > time.monotonic():
+            await asyncio.wait(wanted, timeout=until - time.monotonic())
+        for call in left:
+            call.task.cancel()
+        await asyncio.gather(*(c.task for c in left), return_exceptions=True)
         await asyncio.gather(*self._chores, return_exceptions=True)  # the claims given up, the answers left
 
     @property

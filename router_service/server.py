@@ -168,7 +168,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             # Work its caller left is no call under way: only calls someone waits for hold the drain.
             await http.stop(stop_by, idle=lambda: not http_health.calls,
                             cut=lambda: (core.once.stop(), http_health.cut()))  # keyed calls' work is cut too
-        await core.once.close()  # now no retry can reach what this process keeps
+        await core.once.close(stop_by)  # no retry reaches this process now; one elsewhere may yet collect its work
         if shared is not None:
             shared.close()
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import time
 
@@ -247,6 +248,32 @@ def test_a_router_whose_shared_directory_fails_answers_keyed_calls_as_if_it_had_
         assert status == 200, answer
         assert len(double.requests_for("t1-a")) == 2
     assert any("idempotency.shared_dir failed" in line for line in router.output), "said once, not per call"
+
+
+def test_a_stopping_replica_finishes_work_a_retry_elsewhere_waits_for(tmp_path, double):
+    shared = tmp_path / "shared"
+    doc = router_config(double.base_url, strategy="cheapest",
+                        idempotency={"shared_dir": str(shared), "retry_window_s": RETRY_WINDOW_S})
+    double.script("t1-a", Fault.delay(SLOW_S))
+    request = ask("How many moons has Mars?", "cheapest")
+    for each in ("a", "b"):
+        (tmp_path / each).mkdir()
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path / "b", env={KEY_ENV: "k"}) as b:
+        with running_router(doc, UNUSED_CLASSIFIER, tmp_path / "a", env={KEY_ENV: "k"}) as a:
+            with grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
+                first = router_pb2_grpc.RouterServiceStub(ca).Complete.future(request, timeout=10,
+                                                                               metadata=keyed("rollout"))
+                assert asked(double, 1)
+                first.cancel()
+                retry = router_pb2_grpc.RouterServiceStub(cb).Complete.future(request, timeout=10,
+                                                                               metadata=keyed("rollout"))
+                time.sleep(0.3)  # the retry waits on b
+                a.proc.send_signal(signal.SIGTERM)  # a rollout stops a
+                answer = retry.result()
+                assert answer.content.startswith("answer from t1-a")
+                assert ("idempotent-replayed", "true") in tuple(retry.trailing_metadata() or ())
+                assert a.proc.wait(30) == 0, "a stopped cleanly once the work was done"
+    assert len(double.requests_for("t1-a")) == 1, "the stopping replica finished the work instead of cutting it"
 
 
 def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
