@@ -32,6 +32,7 @@ from tierwise_tools.calibration import TRADEOFFS, calibrate_arrays
 from .common import embed
 from .d0019_few_label_transfer import prior_heads
 from .d0022_small_sample_calibration import drawn, routed
+from .d0031_calibration_ceiling import draw_list
 
 DIMS = (2, 4, 8)
 C = 0.25
@@ -118,13 +119,6 @@ def summary(path: Path) -> str:
                          f"| {ds.mean() * 100:+.1f} ({(ds > 0.005).sum()}/{(ds < -0.005).sum()}) "
                          f"| {v[:, 1].min():.3f}; {(v[:, 1] >= 0.95).sum()}/{len(rs)} |")
     return "\n".join(lines)
-
-
-def draw_list(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = map(int, text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(d) for d in text.split(",")]
 
 
 def main() -> None:

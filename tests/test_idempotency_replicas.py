@@ -70,6 +70,14 @@ def settled(shared, pattern: str, within_s: float = 5.0) -> list:
     return left
 
 
+def slow_first(double, stub, request, once: str):
+    """The first call with key `once`, its provider answering after SLOW_S, once the provider has it."""
+    double.script("t1-a", Fault.delay(SLOW_S))
+    first = stub.Complete.future(request, timeout=10, metadata=keyed(once))
+    assert asked(double, 1)
+    return first
+
+
 def test_a_retry_on_another_replica_gets_the_answer_and_pays_nothing_again(replicas, double):
     shared, a, b, *_ = replicas
     request = ask("What is the tallest mountain?", "cheapest")
@@ -85,10 +93,8 @@ def test_a_retry_on_another_replica_gets_the_answer_and_pays_nothing_again(repli
 
 def test_a_retry_on_another_replica_waits_for_the_work_its_caller_left(replicas, double):
     _, a, b, *_ = replicas
-    double.script("t1-a", Fault.delay(SLOW_S))
     request = ask("Name a river in Africa.", "cheapest")
-    first = a.Complete.future(request, timeout=10, metadata=keyed("across-2"))
-    assert asked(double, 1)
+    first = slow_first(double, a, request, "across-2")
     first.cancel()  # the caller is gone; replica a would give up on the work after its retry window
     answer, call = b.Complete.with_call(request, timeout=10, metadata=keyed("across-2"))
     assert answer.content.startswith("answer from t1-a") and replayed(call)
@@ -118,9 +124,7 @@ def test_the_same_key_with_another_request_on_another_replica_is_refused(replica
 
 def test_another_request_with_a_key_whose_work_runs_elsewhere_is_refused_at_once(replicas, double):
     _, a, b, *_ = replicas
-    double.script("t1-a", Fault.delay(SLOW_S))
-    first = a.Complete.future(ask("What is 7 + 8?", "cheapest"), timeout=10, metadata=keyed("across-6"))
-    assert asked(double, 1)
+    first = slow_first(double, a, ask("What is 7 + 8?", "cheapest"), "across-6")
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
         b.Complete(ask("What is 9 + 10?", "cheapest"), timeout=10, metadata=keyed("across-6"))
@@ -131,10 +135,8 @@ def test_another_request_with_a_key_whose_work_runs_elsewhere_is_refused_at_once
 
 def test_a_retry_waits_only_within_its_own_deadline(replicas, double):
     _, a, b, *_ = replicas
-    double.script("t1-a", Fault.delay(SLOW_S))
     request = ask("Which planet is largest?", "cheapest")
-    first = a.Complete.future(request, timeout=10, metadata=keyed("across-4"))
-    assert asked(double, 1)
+    first = slow_first(double, a, request, "across-4")
     with pytest.raises(grpc.RpcError) as err:
         b.Complete(request, timeout=0.3, metadata=keyed("across-4"))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
