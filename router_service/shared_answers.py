@@ -76,7 +76,18 @@ class SharedAnswers:
         """The answer another replica left for `name`, if it was for the same request; else CLAIMED when this
         replica now runs the work, or HELD when another one does. ValueError when the answer or the work under way
         is for another request; OSError or TimeoutError when the directory fails or is slow."""
-        return await asyncio.wait_for(self._in_thread(self._step, name, fingerprint), LOOK_TIMEOUT_S)
+        look = self._threads.submit(self._step, name, fingerprint)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(look), LOOK_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            # Nobody will run the work for a claim this look may still make: give it up as soon as it is made.
+            look.add_done_callback(lambda done: self._unclaimed(done, name, fingerprint))
+            raise
+
+    def _unclaimed(self, look, name: str, fingerprint: bytes) -> None:
+        if not look.cancelled() and look.exception() is None and look.result() == CLAIMED:
+            with contextlib.suppress(OSError):
+                self._release(name, fingerprint, None)
 
     def _in_thread(self, work, *args):
         return asyncio.get_running_loop().run_in_executor(self._threads, work, *args)

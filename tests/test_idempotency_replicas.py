@@ -3,17 +3,20 @@ replicas share a volume; a retry that reaches the other one waits for the work o
 double is asked once."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import stat
+import threading
 import time
 
 import grpc
 import pytest
 import yaml
 
+from router_service import shared_answers
 from router_service.shared_answers import CLAIMED, HELD, SharedAnswers
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
@@ -288,3 +291,27 @@ def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch
     with pytest.raises(OSError):
         store._step(SharedAnswers.name("k", "full"), FINGERPRINT)
     assert not list(tmp_path.iterdir()) and not store._owned
+
+
+def test_a_claim_made_after_its_caller_gave_up_on_a_slow_volume_is_given_up(tmp_path, monkeypatch):
+    store, _ = store_at(tmp_path)
+    slow, look = threading.Event(), store._step
+
+    def slow_step(*args):
+        slow.wait(5)  # the volume answers only after the caller's time is up
+        return look(*args)
+
+    monkeypatch.setattr(store, "_step", slow_step)
+    monkeypatch.setattr(shared_answers, "LOOK_TIMEOUT_S", 0.05)
+
+    async def gives_up() -> None:
+        with pytest.raises(TimeoutError):
+            await store.step(SharedAnswers.name("k", "slow"), FINGERPRINT)
+
+    asyncio.run(gives_up())
+    slow.set()
+    give_up = time.monotonic() + 5
+    while (list(tmp_path.iterdir()) or store._owned) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert not list(tmp_path.iterdir()) and not store._owned, "no claim is left for nobody's work, nor kept fresh"
+    store.close()
