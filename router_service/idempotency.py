@@ -37,6 +37,7 @@ log = logging.getLogger("tierwise.router")
 HEADER = "idempotency-key"  # gRPC metadata key and HTTP header (case-insensitive there)
 REPLAYED = "idempotent-replayed"  # set to "true" on an answer a call with the same key already got
 MAX_LENGTH = 255
+SETTLE_S = 2.0  # at close, for work just cut to end and give up its claims
 Work = Callable[[Carried], Awaitable[pb.CompleteResponse]]
 Name = tuple[str, str]  # (API key id, idempotency key)
 
@@ -121,7 +122,8 @@ class Once:
             return "" if name not in self._running and self._kept.get(name) is None else None
         if name in self._running or self._kept.get(name) is not None:  # a call here got there first meanwhile
             if step == CLAIMED:
-                await self._shared.release(shared_name, fingerprint, None)
+                with contextlib.suppress(OSError, TimeoutError):  # then it goes stale, and is taken over
+                    await self._shared.release(shared_name, fingerprint, None)
             return None
         if isinstance(step, pb.CompleteResponse):
             self._kept.put(name, _Kept(fingerprint, step))
@@ -233,17 +235,23 @@ class Once:
             self._unless_joined(call)
 
     async def close(self, until: float | None = None) -> None:
-        """Cancels the work whose callers left and that no retry waits for: once the router takes no more calls, no
-        retry can reach what this process keeps, except one on another replica, through the shared directory: work
-        such a retry waits for goes on until `until` (monotonic), for it to collect."""
-        left = [c for c in self._running.values() if c.carried.unattended and not c.waiting]
-        wanted = [c.task for c in left if c.shared_name and await self._shared.wanted(c.shared_name)]
-        if wanted and until is not None and until > time.monotonic():
-            await asyncio.wait(wanted, timeout=until - time.monotonic())
-        for call in left:
-            call.task.cancel()
-        await asyncio.gather(*(c.task for c in left), return_exceptions=True)
-        await asyncio.gather(*self._chores, return_exceptions=True)  # the claims given up, the answers left
+        """Cuts the work whose callers left and that no retry here waits for: once the router takes no more calls,
+        no retry can reach what this process keeps, except one on another replica, through the shared directory.
+        Such work goes on until `until` (monotonic) as it would have: for `retry_window_s`, and for as long as a
+        retry elsewhere waits for it. Calls cut at the grace that unwind meanwhile are cut with it; it returns once
+        they have ended and their claims are given up, or SETTLE_S after."""
+        kept_for_others = [c.task for c in self._running.values() if c.shared_name and c.carried.unattended]
+        if kept_for_others and until is not None and until > time.monotonic():
+            await asyncio.wait(kept_for_others, timeout=until - time.monotonic())
+        self._stopping = True  # from now on, a call whose caller leaves is cut at once
+        give_up = time.monotonic() + SETTLE_S
+        while self._running or self._chores:
+            for call in list(self._running.values()):
+                if call.carried.unattended and not call.waiting:
+                    call.task.cancel()
+            if time.monotonic() >= give_up:
+                break
+            await asyncio.sleep(0.01)
 
     @property
     def kept_bytes(self) -> int:

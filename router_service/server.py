@@ -169,12 +169,12 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             await http.stop(stop_by, idle=lambda: not http_health.calls,
                             cut=lambda: (core.once.stop(), http_health.cut()))  # keyed calls' work is cut too
         await core.once.close(stop_by)  # no retry reaches this process now; one elsewhere may yet collect its work
-        if shared is not None:
-            shared.close()
         # Calls cut at the end of the grace pay for what they got as they unwind: before the ledger is flushed.
         await serving.waited(lambda: core.admission.count == 0, time.monotonic() + SETTLE_S)
         for task in tasks:
             task.cancel()
+        if shared is not None:  # after the claims are given up and the heartbeat has stopped
+            shared.close()
         await shadow.drain(timeout=max(0.0, stop_by - time.monotonic()))
         ledger.flush()  # after the shadows' last charges
         await classifier.close()

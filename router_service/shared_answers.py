@@ -51,6 +51,7 @@ class SharedAnswers:
         self._owned: dict[str, bytes] = {}  # this replica's claims: file name -> the token written in it
         self._said: dict[str, float] = {}  # name -> when this replica last touched its `.wait`
         self._threads = ThreadPoolExecutor(4, thread_name_prefix="shared-answers")
+        self._closed = False
 
     @classmethod
     def at(cls, directory: str, ttl_s: float) -> "SharedAnswers | None":
@@ -76,7 +77,7 @@ class SharedAnswers:
         """The answer another replica left for `name`, if it was for the same request; else CLAIMED when this
         replica now runs the work, or HELD when another one does. ValueError when the answer or the work under way
         is for another request; OSError or TimeoutError when the directory fails or is slow."""
-        look = self._threads.submit(self._step, name, fingerprint)
+        look = self._submit(self._step, name, fingerprint)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(look), LOOK_TIMEOUT_S)
         except (TimeoutError, asyncio.CancelledError):
@@ -90,7 +91,12 @@ class SharedAnswers:
                 self._release(name, fingerprint, None)
 
     def _in_thread(self, work, *args):
-        return asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+        return asyncio.wrap_future(self._submit(work, *args))
+
+    def _submit(self, work, *args):
+        if self._closed:
+            raise OSError("the shared directory's store is closed")  # the router is stopping: as a failed look
+        return self._threads.submit(work, *args)
 
     async def waiting(self, name: str) -> None:
         """Tells the replica running `name`'s work that a retry here waits for it."""
@@ -120,20 +126,22 @@ class SharedAnswers:
         await self._in_thread(self._release, name, fingerprint, answer)
 
     async def run(self) -> None:
-        """Keep this replica's claims fresh; every so often remove what has expired. A failing directory is
-        logged, and tried again at the next turn."""
-        swept = 0.0
+        """Keep this replica's claims fresh, and every min(60 s, ttl_s / 4) remove what has expired, each on its
+        own turn (a long sweep must not let a claim go stale). A failing directory is logged, and tried again at
+        the next turn."""
+        await asyncio.gather(self._every(HEARTBEAT_S, self._heartbeat), self._every(min(60.0, self.ttl_s / 4),
+                                                                                     self._sweep))
+
+    async def _every(self, seconds: float, work) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(seconds)
             try:
-                await self._in_thread(self._heartbeat)
-                if self._wall() - swept > min(60.0, self.ttl_s / 4):
-                    swept = self._wall()
-                    await self._in_thread(self._sweep)
+                await self._in_thread(work)
             except OSError as err:
                 log.warning("idempotency.shared_dir: %s", err)
 
     def close(self) -> None:
+        self._closed = True
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def _path(self, name: str, kind: str) -> Path:
@@ -154,7 +162,7 @@ class SharedAnswers:
             held_for = claim.read_bytes()[:64]
         except FileNotFoundError:  # released meanwhile: its answer, or nothing, is there on the next look
             return HELD
-        if len(held_for) == 64 and held_for != fingerprint.hex().encode():
+        if not stale and len(held_for) == 64 and held_for != fingerprint.hex().encode():
             raise ValueError("already used with a different request")
         if stale:
             aside = claim.with_name(f"{claim.name}.{secrets.token_hex(4)}.stale")
@@ -215,10 +223,12 @@ class SharedAnswers:
                              HEADER.pack(MAGIC, fingerprint, self._wall() + self.ttl_s) + answer.SerializeToString(),
                              mode=0o600, durable=False)  # a cache: a crash that loses it costs one paid retry
         finally:  # a claim left behind would hold the other replicas' retries until it went stale
-            if self._still_ours(claim):
-                claim.unlink(missing_ok=True)
-                self._path(name, "wait").unlink(missing_ok=True)
-            self._owned.pop(claim.name, None)
+            try:
+                if self._still_ours(claim):
+                    claim.unlink(missing_ok=True)
+                    self._path(name, "wait").unlink(missing_ok=True)
+            finally:  # never touched again, whatever failed: at worst it goes stale and is taken over
+                self._owned.pop(claim.name, None)
 
     def _heartbeat(self) -> None:
         for name in list(self._owned):

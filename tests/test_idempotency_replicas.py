@@ -255,30 +255,49 @@ def test_a_router_whose_shared_directory_fails_answers_keyed_calls_as_if_it_had_
     assert any("idempotency.shared_dir failed" in line for line in router.output), "said once, not per call"
 
 
-def test_a_stopping_replica_finishes_work_a_retry_elsewhere_waits_for(tmp_path, double):
+@pytest.mark.parametrize("retry_after_sigterm", [False, True])
+def test_a_stopping_replica_finishes_work_a_retry_elsewhere_waits_for(tmp_path, double, retry_after_sigterm):
+    """A rollout stops a while its caller's retry waits on b, or reaches b just after a's SIGTERM: a finishes the
+    work within its grace, b replays it, and a leaves no claim behind (a serves gRPC only: no HTTP drain)."""
     shared = tmp_path / "shared"
     doc = router_config(double.base_url, strategy="cheapest",
                         idempotency={"shared_dir": str(shared), "retry_window_s": RETRY_WINDOW_S})
-    double.script("t1-a", Fault.delay(SLOW_S))
     request = ask("How many moons has Mars?", "cheapest")
     for each in ("a", "b"):
         (tmp_path / each).mkdir()
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path / "b", env={KEY_ENV: "k"}) as b:
         with running_router(doc, UNUSED_CLASSIFIER, tmp_path / "a", env={KEY_ENV: "k"}) as a:
             with grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
-                first = router_pb2_grpc.RouterServiceStub(ca).Complete.future(request, timeout=10,
-                                                                               metadata=keyed("rollout"))
-                assert asked(double, 1)
+                first = slow_first(double, router_pb2_grpc.RouterServiceStub(ca), request, "rollout")
                 first.cancel()
+                if retry_after_sigterm:
+                    a.proc.send_signal(signal.SIGTERM)
+                    time.sleep(0.3)
                 retry = router_pb2_grpc.RouterServiceStub(cb).Complete.future(request, timeout=10,
                                                                                metadata=keyed("rollout"))
-                time.sleep(0.3)  # the retry waits on b
-                a.proc.send_signal(signal.SIGTERM)  # a rollout stops a
+                if not retry_after_sigterm:
+                    time.sleep(0.3)  # the retry waits on b
+                    a.proc.send_signal(signal.SIGTERM)
                 answer = retry.result()
                 assert answer.content.startswith("answer from t1-a")
                 assert ("idempotent-replayed", "true") in tuple(retry.trailing_metadata() or ())
                 assert a.proc.wait(30) == 0, "a stopped cleanly once the work was done"
     assert len(double.requests_for("t1-a")) == 1, "the stopping replica finished the work instead of cutting it"
+    assert not list(shared.glob("*.claim")), "no claim left to hold the key"
+
+
+def test_a_claim_whose_release_fails_is_not_kept_fresh(tmp_path, monkeypatch):
+    store, _ = store_at(tmp_path)
+    name = SharedAnswers.name("k", "eio")
+    assert store._step(name, FINGERPRINT) == CLAIMED
+
+    def eio(claim):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "_still_ours", eio)
+    with pytest.raises(OSError):
+        store._release(name, FINGERPRINT, None)
+    assert not store._owned, "the heartbeat no longer touches it: it goes stale and is taken over"
 
 
 def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
