@@ -99,21 +99,25 @@ class Once:
                 continue  # its work was cut short for its first caller: look again, another retry may have asked
             if self._shared is None:
                 return await self._start(name, fingerprint, span, work), False
-            found = await self._elsewhere(name, fingerprint, deadline)
+            found = await self._elsewhere(name, fingerprint, deadline, span, work)
             if isinstance(found, str):
                 return await self._start(name, fingerprint, span, work, found), False
             if found is not None:
                 return found, True
             # another replica's work goes on, or a call here started meanwhile: look again
 
-    async def _elsewhere(self, name: Name, fingerprint: bytes, deadline: float | None
+    async def _elsewhere(self, name: Name, fingerprint: bytes, deadline: float | None, span, work: Work
                          ) -> pb.CompleteResponse | str | None:
         """What the other replicas know of `name`: the answer one of them left; or its shared name, when this
         replica has claimed the work ("" when the directory failed: the work runs as if there were none); or None,
         to look again (after a short wait, when another replica runs it)."""
         shared_name = SharedAnswers.name(*name)
+        look = asyncio.ensure_future(self._shared.step(shared_name, fingerprint))
         try:
-            step = await self._shared.step(shared_name, fingerprint)
+            step = await asyncio.shield(look)
+        except asyncio.CancelledError:  # the work a claim won goes on for a retry, as when its caller leaves later
+            look.add_done_callback(lambda done: self._left_during_look(done, name, fingerprint, span, work))
+            raise
         except ValueError:
             raise _mismatch() from None
         except (OSError, TimeoutError) as err:
@@ -122,8 +126,7 @@ class Once:
             return "" if name not in self._running and self._kept.get(name) is None else None
         if name in self._running or self._kept.get(name) is not None:  # a call here got there first meanwhile
             if step == CLAIMED:
-                with contextlib.suppress(OSError, TimeoutError):  # then it goes stale, and is taken over
-                    await self._shared.release(shared_name, fingerprint, None)
+                await self._give_up(shared_name, fingerprint)
             return None
         if isinstance(step, pb.CompleteResponse):
             self._kept.put(name, _Kept(fingerprint, step))
@@ -138,11 +141,31 @@ class Once:
         await asyncio.sleep(POLL_S if left is None else min(POLL_S, left))
         return None
 
-    async def _start(self, name: Name, fingerprint: bytes, span, work: Work,
-                     shared_name: str = "") -> pb.CompleteResponse:
+    def _left_during_look(self, look: asyncio.Future, name: Name, fingerprint: bytes, span, work: Work) -> None:
+        if look.cancelled() or look.exception() is not None or look.result() != CLAIMED:
+            return
+        shared_name = SharedAnswers.name(*name)
+        if name in self._running or self._kept.get(name) is not None or self._stopping:
+            self._chore(self._give_up(shared_name, fingerprint))
+            return
+        call = self._begin(name, fingerprint, span, work, shared_name)
+        call.carried.left()
+        self._unless_joined(call)
+
+    async def _give_up(self, shared_name: str, fingerprint: bytes) -> None:
+        """A claim for work this replica will not run; if it cannot be given up, it goes stale and is taken over."""
+        with contextlib.suppress(OSError, TimeoutError):
+            await self._shared.release(shared_name, fingerprint, None)
+
+    def _begin(self, name: Name, fingerprint: bytes, span, work: Work, shared_name: str = "") -> _Call:
         call = _Call(fingerprint, Carried(span, self._tracer), work, shared_name)
         self._running[name] = call
         call.task.add_done_callback(lambda _: self._ended(name, call))
+        return call
+
+    async def _start(self, name: Name, fingerprint: bytes, span, work: Work,
+                     shared_name: str = "") -> pb.CompleteResponse:
+        call = self._begin(name, fingerprint, span, work, shared_name)
         try:
             return await asyncio.shield(call.task)
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ double is asked once."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from .test_router_complete import ask
 
 SLOW_S = 1.5  # the provider's answer; past the routers' retry window below, under the providers' 2 s timeout
 RETRY_WINDOW_S = 0.5
+LEFT = 8  # callers that hang up at once: most leave during their replica's look at the directory
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,25 @@ def test_an_http_retry_on_another_replica_gets_the_answer(replicas, double):
     assert status == 200 and {k.lower(): v for k, v in headers.items()}.get("idempotent-replayed") == "true", again
     assert again["choices"] == first["choices"]
     assert len(double.requests_for("t1-a")) == 1
+
+
+def test_the_work_of_a_caller_that_left_during_the_look_goes_on_for_its_retry(replicas, double):
+    """Callers that send and hang up at once leave while their replica looks at the directory: the work a claim won
+    still starts, and the retry on the other replica collects it."""
+    *_, a, b = replicas
+    double.script("t1-a", *[Fault.delay(0.3)] * LEFT)
+    bodies = [json.dumps({"model": "tierwise", "messages": [{"role": "user", "content": f"Left at once {i}?"}]}).encode()
+              for i in range(LEFT)]
+    for i, body in enumerate(bodies):
+        conn = http.client.HTTPConnection(http_address(a), timeout=10)
+        conn.request("POST", "/v1/chat/completions", body,
+                     {"content-type": "application/json", "Idempotency-Key": f"left-{i}"})
+        conn.close()
+    assert asked(double, LEFT), "every call's work started although its caller left"
+    for i, body in enumerate(bodies):
+        status, headers, answer = post(http_address(b), body, {"Idempotency-Key": f"left-{i}"})
+        assert status == 200 and {k.lower(): v for k, v in headers.items()}.get("idempotent-replayed") == "true"
+    assert len(double.requests_for("t1-a")) == LEFT
 
 
 def test_the_same_key_with_another_request_on_another_replica_is_refused(replicas, double):
