@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import yaml
 from pydantic import AfterValidator, Strict, TypeAdapter, ValidationError
@@ -349,6 +349,7 @@ class RouterConfig:
 
 
 _SCHEMA = TypeAdapter(RouterConfig)
+_SECTIONS = {f.name for f in fields(RouterConfig) if is_dataclass(get_type_hints(RouterConfig)[f.name])}
 
 
 def load(path: str | Path) -> RouterConfig:
@@ -364,7 +365,10 @@ def load(path: str | Path) -> RouterConfig:
 
 
 def parse(raw: Any) -> RouterConfig:
-    """The config in `raw` (the YAML file's content); ConfigError naming every problem, one a line."""
+    """The config in `raw` (the YAML file's content); ConfigError naming every problem, one a line. A section left
+    empty (`shutdown:` with its keys commented out, YAML's null) takes its defaults, as if it were absent."""
+    if isinstance(raw, dict):
+        raw = {key: value for key, value in raw.items() if value is not None or key not in _SECTIONS}
     try:
         return _SCHEMA.validate_python(raw)
     except ValidationError as err:

@@ -142,6 +142,15 @@ def test_limits_default_to_sane_bounds_and_can_be_raised():
     assert (raised.max_total_bytes, raised.max_message_bytes, raised.max_in_flight) == (8 << 20, 4 << 20, 1024)
 
 
+def test_a_section_left_empty_takes_its_defaults_and_an_empty_setting_is_still_refused():
+    text = yaml.safe_dump(EXAMPLE) + "shutdown:\n#  grace_s: 60\nidempotency:\n"
+    cfg = parse(yaml.safe_load(text))
+    defaults = parse(EXAMPLE)
+    assert (cfg.shutdown, cfg.idempotency) == (defaults.shutdown, defaults.idempotency)
+    with pytest.raises(ConfigError, match="strategy: expected a string"):
+        parse({**EXAMPLE, "strategy": None})
+
+
 def test_every_problem_of_a_file_is_reported_in_one_run(tmp_path):
     doc = broken("tiers.0.providers.0.base_url", "api.example.com")
     doc["tiers"][1]["price_per_mtok"]["output"] = "cheap"
