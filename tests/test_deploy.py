@@ -1063,6 +1063,14 @@ def test_a_router_service_facing_outside_the_cluster_carries_only_the_api_ports(
     assert refs and all(ref["optional"] is True for ref in refs)
 
 
+def test_router_config_sections_left_empty_render(helm_env):
+    """`shutdown:` with nothing under it is null in YAML: the chart reads it as the section's defaults (as the router
+    does) instead of failing with a template error."""
+    for section in ("shutdown", "spend", "shadow", "idempotency"):
+        rendered = run(HELM, "template", RELEASE, CHART, "--set", f"router.config.{section}=null", env=helm_env)
+        assert "kind: Deployment" in rendered.stdout
+
+
 def test_a_file_the_router_writes_must_be_on_a_volume_it_can_write(helm_env):
     """The root filesystem is read-only: a spend ledger, shadow file or idempotency directory elsewhere than /tmp, the
     labels volume or a writable extra mount is refused at render, not found by a router in a crash loop."""

@@ -221,3 +221,11 @@ prometheus.io/path: /metrics
   appProtocol: http
 {{- end }}
 {{- end }}
+
+{{- /* One setting of the router's config, `section.key`, or `default` when it is absent or the section is left empty
+     (`shutdown:` with nothing under it is null, which `dig` cannot read). Usage:
+     include "tierwise.routerSetting" (dict "config" .Values.router.config "section" "spend" "key" "ledger" "default" "") */ -}}
+{{- define "tierwise.routerSetting" -}}
+{{- $section := index (.config | default dict) .section | default dict -}}
+{{- index $section .key | default .default -}}
+{{- end }}
