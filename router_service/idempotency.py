@@ -116,15 +116,16 @@ class Once:
         try:
             step = await asyncio.shield(look)
         except asyncio.CancelledError:  # the work a claim won goes on for a retry, as when its caller leaves later
-            look.add_done_callback(lambda done: self._left_during_look(done, name, fingerprint, span, work))
+            look.add_done_callback(lambda done: self._left_during_look(done, name, shared_name, fingerprint, span,
+                                                                       work))
             raise
         except ValueError:
             raise _mismatch() from None
         except (OSError, TimeoutError) as err:
             self._unshared.note("idempotency.shared_dir failed; keyed calls run as if it were not set",
                                 error=str(err) or type(err).__name__)
-            return "" if name not in self._running and self._kept.get(name) is None else None
-        if name in self._running or self._kept.get(name) is not None:  # a call here got there first meanwhile
+            return None if self._known_here(name) else ""
+        if self._known_here(name):  # a call here got there first meanwhile
             if step == CLAIMED:
                 await self._give_up(shared_name, fingerprint)
             return None
@@ -141,16 +142,18 @@ class Once:
         await asyncio.sleep(POLL_S if left is None else min(POLL_S, left))
         return None
 
-    def _left_during_look(self, look: asyncio.Future, name: Name, fingerprint: bytes, span, work: Work) -> None:
+    def _known_here(self, name: Name) -> bool:
+        """Whether this replica runs work for `name`, or keeps its answer."""
+        return name in self._running or self._kept.get(name) is not None
+
+    def _left_during_look(self, look: asyncio.Future, name: Name, shared_name: str, fingerprint: bytes, span,
+                          work: Work) -> None:
         if look.cancelled() or look.exception() is not None or look.result() != CLAIMED:
             return
-        shared_name = SharedAnswers.name(*name)
-        if name in self._running or self._kept.get(name) is not None or self._stopping:
+        if self._known_here(name) or self._stopping:
             self._chore(self._give_up(shared_name, fingerprint))
             return
-        call = self._begin(name, fingerprint, span, work, shared_name)
-        call.carried.left()
-        self._unless_joined(call)
+        self._left(self._begin(name, fingerprint, span, work, shared_name))
 
     async def _give_up(self, shared_name: str, fingerprint: bytes) -> None:
         """A claim for work this replica will not run; if it cannot be given up, it goes stale and is taken over."""
@@ -169,10 +172,14 @@ class Once:
         try:
             return await asyncio.shield(call.task)
         except asyncio.CancelledError:
-            if not call.task.done():  # the caller is gone; its work goes on for a retry to collect
-                call.carried.left()
-                self._unless_joined(call)
+            if not call.task.done():
+                self._left(call)
             raise
+
+    def _left(self, call: _Call) -> None:
+        """Its caller is gone: the work goes on for a retry to collect."""
+        call.carried.left()
+        self._unless_joined(call)
 
     async def _join(self, call: _Call, deadline: float | None) -> pb.CompleteResponse | None:
         """The answer of `call`, waited for within `deadline`; None when its work ended for what was the first
