@@ -24,6 +24,7 @@ from tierwise.v1 import router_pb2_grpc
 
 from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router, start
+from .test_idempotency import asked, replayed
 from .test_router_complete import ask
 
 SLOW_S = 1.5  # the provider's answer; past the routers' retry window below, under the providers' 2 s timeout
@@ -53,17 +54,6 @@ def clean(double):
 
 def keyed(once: str) -> list[tuple[str, str]]:
     return [("idempotency-key", once)]
-
-
-def replayed(call) -> bool:
-    return ("idempotent-replayed", "true") in tuple(call.trailing_metadata() or ())
-
-
-def asked(double, n: int, within_s: float = 10.0) -> bool:
-    give_up = time.monotonic() + within_s
-    while len(double.requests_for("t1-a")) < n and time.monotonic() < give_up:
-        time.sleep(0.01)
-    return len(double.requests_for("t1-a")) >= n
 
 
 def settled(shared, pattern: str, within_s: float = 5.0) -> list:
@@ -187,9 +177,7 @@ def test_a_router_whose_shared_directory_it_cannot_write_does_not_start(tmp_path
     router = start("router_service", "--listen", "127.0.0.1:0", "--config", str(tmp_path / "tierwise.yaml"),
                    "--classifier", UNUSED_CLASSIFIER, env={KEY_ENV: "k"})
     assert router.proc.wait(30) == 2
-    deadline = time.monotonic() + 5
-    while "idempotency.shared_dir" not in "".join(router.output) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the last lines may still be on their way from the pipe
+    router.stop()  # it has exited: this only waits for its last lines to come through the pipe
     assert "idempotency.shared_dir: cannot create files in" in "".join(router.output)
     assert "Traceback" not in "".join(router.output)
 
