@@ -31,12 +31,11 @@ from tierwise_tools.calibration import TRADEOFFS, calibrate_arrays
 
 from .common import embed
 from .d0019_few_label_transfer import prior_heads
-from .d0022_small_sample_calibration import drawn, routed
+from .d0022_small_sample_calibration import FULL, TARGET, drawn, routed
 from .d0031_calibration_ceiling import draw_list
 
 DIMS = (2, 4, 8)
 C = 0.25
-FULL = {"llmrouter": 0.446, "routerbench": 0.547, "zeroeval": 0.557}  # 0019's "full" (the cards' held-out curves)
 METHODS = ("shipped", *(f"pca{d}" for d in DIMS), "by_oof_curve")
 
 
@@ -67,7 +66,7 @@ def out_of_fold(x: np.ndarray, ok: np.ndarray, dims: int, seed: int = 0) -> np.n
 
 
 def curve(c: dict) -> float:
-    return savings_at_quality([routed(c, t) for t in TRADEOFFS], 0.95) or 0.0
+    return savings_at_quality([routed(c, t) for t in TRADEOFFS], TARGET) or 0.0
 
 
 def run(draws: list[int], ks: list[int]) -> None:
@@ -79,19 +78,19 @@ def run(draws: list[int], ks: list[int]) -> None:
             for draw in draws:
                 rows, rest = drawn(records, k, draw)
                 xd, okd, costd = x[rows], ok_all[rows].astype(float), cost_all[rows]
-                fitted = fitting.fit_head([records[i] for i in rows], xd, [0.95], priors=priors)
+                fitted = fitting.fit_head([records[i] for i in rows], xd, [TARGET], priors=priors)
                 rc = np.array(fitted.relative_cost)
                 unseen = {"outside": fitted.support.outside(x[rest]), "ok": ok_all[rest], "cost": cost_all[rest],
                           "relative_cost": rc}
                 on_labels = {"outside": np.zeros(len(rows), bool), "ok": okd, "cost": costd, "relative_cost": rc}
                 p = success(x[rest], fitted.coef, fitted.intercept)
                 row = {"file": left, "k": k, "draw": draw,
-                       "shipped": (curve({**unseen, "p": p}), *routed({**unseen, "p": p}, fitted.calibration["0.95"]))}
+                       "shipped": (curve({**unseen, "p": p}), *routed({**unseen, "p": p}, fitted.calibration[f"{TARGET:g}"]))}
                 label_curves = {"shipped": curve({**on_labels, "p": fitted.chosen.oof})}
                 for dims in DIMS:
                     oof = out_of_fold(xd, okd, dims)
                     p = success(x[rest], *pca_fit(xd, okd, dims))
-                    tradeoff = calibrate_arrays(okd, costd, oof, tuple(rc), 0.95)[0]
+                    tradeoff = calibrate_arrays(okd, costd, oof, tuple(rc), TARGET)[0]
                     row[f"pca{dims}"] = (curve({**unseen, "p": p}), *routed({**unseen, "p": p}, tradeoff))
                     label_curves[f"pca{dims}"] = curve({**on_labels, "p": oof})
                 row["picked"] = max(label_curves, key=label_curves.get)
@@ -117,7 +116,7 @@ def summary(path: Path) -> str:
                          f"| {dc.mean() * 100:+.1f} ({(dc > 0.005).sum()}/{(dc < -0.005).sum()}) "
                          f"| {np.median(v[:, 2]):.1%} ({np.median(v[:, 2]) / FULL[f]:.0%}) "
                          f"| {ds.mean() * 100:+.1f} ({(ds > 0.005).sum()}/{(ds < -0.005).sum()}) "
-                         f"| {v[:, 1].min():.3f}; {(v[:, 1] >= 0.95).sum()}/{len(rs)} |")
+                         f"| {v[:, 1].min():.3f}; {(v[:, 1] >= TARGET).sum()}/{len(rs)} |")
     return "\n".join(lines)
 
 
