@@ -29,7 +29,7 @@ class ClassifierClient:
         self._seen = tls.signature() if tls else ()
         self._checked = time.monotonic()
         self._closing: set[asyncio.Task] = set()
-        self._last_call = time.monotonic()  # when the last call went out or came back
+        self._last_call = time.monotonic()  # when the last call came back, or the last warm check went out
         self._calls = 0  # Classify calls under way
         self.warm_checks = 0
         # The classifier's largest text (its default until ListHeads says): a longer query is sent cut to it. The
@@ -81,7 +81,6 @@ class ClassifierClient:
                         "rpc.method": "Classify", "server.address": self.address},
             record_exception=False, set_status_on_exception=False) as span:  # its code alone: the error can quote a head
             self._renew()
-            self._last_call = time.monotonic()
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             self._calls += 1
