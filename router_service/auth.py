@@ -284,6 +284,13 @@ class KeyRefused(Rejected):
         self.retry_after_s = retry_after_s
         self.kind = kind
 
+    @property
+    def error_code(self) -> str | None:
+        """The code the HTTP API's error body gives a limit's refusal (OpenAI's own words for it)."""
+        if self.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        return "spend_limit_exceeded" if self.kind == "spend_limited" else "rate_limit_exceeded"
+
 
 class KeyGate:
     """Admits calls by API key and the key's limits, and counts what each key spends, whatever the transport."""

@@ -50,6 +50,7 @@ def status_of(err: Rejected) -> int:
 
 class ShuttingDown(Rejected):
     """A call still under way when the router's shutdown grace ran out: a 503 a client may retry elsewhere."""
+    error_code = "shutting_down"
 
     def __init__(self) -> None:
         super().__init__(grpc.StatusCode.UNAVAILABLE, "the router is shutting down and cut this call at the end of "
@@ -58,10 +59,7 @@ class ShuttingDown(Rejected):
 
 def error_body(err: Rejected) -> dict:
     status, kind, code = STATUSES.get(err.code, INTERNAL)
-    if isinstance(err, KeyRefused) and status == 429:
-        code = "spend_limit_exceeded" if err.kind == "spend_limited" else "rate_limit_exceeded"
-    elif isinstance(err, ShuttingDown):
-        code = "shutting_down"
+    code = getattr(err, "error_code", None) or code  # a refusal that names itself more closely than its status
     field = FIELD.match(str(err))
     param = RENAMED.get(field.group(1), field.group(1)) if field and status == 400 else None
     return {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
