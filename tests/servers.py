@@ -103,10 +103,11 @@ LONG_QUERY = " ".join(f"Is water wet in case {i}, and why or why not?" for i in 
 UNUSED_CLASSIFIER = "127.0.0.1:1"  # no classifier listens here: for routers whose strategies never call one
 
 
-def router_config(base_url: str, **overrides) -> dict:
+def router_config(base_url: str, timeout_s: float = 2.0, **overrides) -> dict:
+    """Three tiers of providers on `base_url` (each waiting `timeout_s` for an answer), `overrides` over the rest."""
     def provider(name: str, **extra) -> dict:
         return {"name": name, "base_url": base_url, "model": name, "api_key_env": KEY_ENV,
-                "timeout_s": 2.0, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
+                "timeout_s": timeout_s, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown_s": 1.0, **extra}
     tiers = [{"tier": 1, "price_per_mtok": {"input": 0.25, "output": 1.25},
               "providers": [provider("t1-a"), provider("t1-b")]},
              {"tier": 2, "price_per_mtok": {"input": 3.0, "output": 15.0}, "providers": [provider("t2-a")]},

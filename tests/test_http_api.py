@@ -661,10 +661,8 @@ def test_calls_under_way_at_sigterm_get_the_configured_grace_over_both_ports_tog
     the router exits once the one grace is over (not a grace for each port in turn)."""
     double.reset()
     grace_s = 2.5
-    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": grace_s})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0  # the provider call outlasts the grace; only the shutdown can cut it
+    # the provider call outlasts the grace; only the shutdown can cut it
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": grace_s}, timeout_s=20.0)
     double.script("t1-a", Fault.delay(delay_s), Fault.delay(delay_s))
     outcome: dict[str, object] = {}
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",

@@ -21,10 +21,7 @@ def test_calls_cut_at_the_end_of_the_grace_are_answered_503_and_log_no_error(tmp
     double.reset()
     double.set_reply("t1-a", LONG)
     double.script("t1-a", Fault.delay(4.0), Fault.stall_mid_stream(after_chunks=100, delay_s=4.0))
-    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 1.0})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 1.0}, timeout_s=20.0)
     outcome: dict[str, object] = {}
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
                         env={KEY_ENV: "k"}) as router:
@@ -98,10 +95,7 @@ def test_a_keyed_call_and_a_token_count_cut_at_the_grace_are_503s_and_cost_nothi
     keys, ledger = tmp_path / "keys", tmp_path / "ledger.json"
     keys.write_text(f"{KEY} id=cut\n")
     doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 1.0},
-                        spend={"ledger": str(ledger)}, telemetry={"access_log": True})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0
+                        spend={"ledger": str(ledger)}, telemetry={"access_log": True}, timeout_s=20.0)
     headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--api-keys-file",
                         str(keys), env={KEY_ENV: "k"}) as router:

@@ -4,7 +4,6 @@ from another API key, or after the first call failed behaves as the docs say. Re
 provider double as the only stand-in; the store's bounds with an injected clock."""
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import signal
@@ -184,10 +183,7 @@ def test_shutdown_does_not_wait_for_work_whose_caller_left(tmp_path, double):
     """No retry can reach what a stopping router keeps, so its drain cuts the work a caller left at once, and
     spends its grace on the calls still waited for."""
     double.reset()
-    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0}, timeout_s=20.0)
     double.script("t1-a", Fault.delay(4.0))
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0",
                         env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
@@ -322,10 +318,7 @@ def test_a_retry_waiting_at_sigterm_is_answered_within_the_grace(tmp_path, doubl
 
 
 def draining_router(tmp_path, double):
-    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0
+    doc = router_config(double.base_url, strategy="cheapest", shutdown={"grace_s": 10.0}, timeout_s=20.0)
     return running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", env={KEY_ENV: "k"})
 
 

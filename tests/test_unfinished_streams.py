@@ -112,10 +112,8 @@ def test_an_http_stream_cut_at_the_end_of_the_grace_is_in_the_ledger_it_leaves(t
     double.script("t1-a", Fault.stall_mid_stream(after_chunks=200, delay_s=10))
     keys, ledger = tmp_path / "keys", tmp_path / "ledger.json"
     keys.write_text(f"{KEY} id=streamer\n")
-    doc = router_config(double.base_url, strategy="tier1", shutdown={"grace_s": 1.0}, spend={"ledger": str(ledger)})
-    for tier in doc["tiers"]:
-        for provider in tier["providers"]:
-            provider["timeout_s"] = 20.0
+    doc = router_config(double.base_url, strategy="tier1", shutdown={"grace_s": 1.0}, spend={"ledger": str(ledger)},
+                        timeout_s=20.0)
     with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--api-keys-file",
                         str(keys), env={KEY_ENV: "k"}) as router:
         conn = http.client.HTTPConnection(http_address(router), timeout=20)
