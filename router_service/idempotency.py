@@ -66,7 +66,7 @@ class _Call:
 @dataclass
 class _Kept:
     fingerprint: bytes
-    answer: pb.CompleteResponse
+    answer: bytes  # serialized: as a message, one with log probabilities takes four times its size in memory
 
 
 class Once:
@@ -77,7 +77,7 @@ class Once:
         self._unshared = ThrottledLog(log)
         self._running: dict[Name, _Call] = {}  # never evicted: a retry must find the work it would pay for again
         self._kept: Expiring[_Kept] = Expiring(None, ttl_s, clock, max_bytes=int(max_mb * 1e6),
-                                               size=lambda kept: kept.answer.ByteSize())
+                                               size=lambda kept: len(kept.answer))
         self._stopping = False
 
     async def run(self, key_id: str, key: str, request: pb.CompleteRequest, deadline: float | None, span,
@@ -91,7 +91,7 @@ class Once:
         while True:
             if (kept := self._kept.get(name)) is not None:
                 _same(kept.fingerprint, fingerprint)
-                return kept.answer, True
+                return pb.CompleteResponse.FromString(kept.answer), True
             if (running := self._running.get(name)) is not None:
                 _same(running.fingerprint, fingerprint)
                 if (answer := await self._join(running, deadline)) is not None:
@@ -130,7 +130,7 @@ class Once:
                 await self._give_up(shared_name, fingerprint)
             return None
         if isinstance(step, pb.CompleteResponse):
-            self._kept.put(name, _Kept(fingerprint, step))
+            self._keep(name, fingerprint, step)
             return step
         if step == CLAIMED:
             return shared_name
@@ -141,6 +141,9 @@ class Once:
             await self._shared.waiting(shared_name)
         await asyncio.sleep(POLL_S if left is None else min(POLL_S, left))
         return None
+
+    def _keep(self, name: Name, fingerprint: bytes, answer: pb.CompleteResponse) -> None:
+        self._kept.put(name, _Kept(fingerprint, answer.SerializeToString()))
 
     def _known_here(self, name: Name) -> bool:
         """Whether this replica runs work for `name`, or keeps its answer."""
@@ -247,7 +250,7 @@ class Once:
             if error is not None and not isinstance(error, Rejected):
                 log.error("unexpected error in Complete work its caller left", exc_info=error)
         if code == "OK":
-            self._kept.put(name, _Kept(call.fingerprint, call.task.result()))
+            self._keep(name, call.fingerprint, call.task.result())
         if call.shared_name:
             self._chore(self._leave(call, call.task.result() if code == "OK" else None))
 

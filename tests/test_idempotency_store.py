@@ -248,3 +248,27 @@ def test_two_retries_of_work_cut_short_ask_again_once_between_them():
 
     assert asyncio.run(scenario()) == [False, True]
     assert again.runs == 1
+
+
+def test_a_replay_with_log_probabilities_is_the_answer_as_given_whatever_a_caller_did_to_an_earlier_one():
+    once = store()
+    answer = pb.CompleteResponse(content="hi there", logprobs=[
+        pb.TokenLogprob(token=t, logprob=-0.5, bytes=t.encode(),
+                        top_logprobs=[pb.TokenLogprob(token=t, logprob=-0.5), pb.TokenLogprob(token="x", logprob=-2)])
+        for t in ("hi", " there")])
+
+    async def work(span) -> pb.CompleteResponse:
+        return pb.CompleteResponse.FromString(answer.SerializeToString())
+
+    async def scenario() -> list[pb.CompleteResponse]:
+        first, _ = await once.run("k", "a", request("q"), None, trace.INVALID_SPAN, work)
+        second, replayed = await once.run("k", "a", request("q"), None, trace.INVALID_SPAN, work)
+        assert replayed
+        second.logprobs[0].top_logprobs.pop()  # what a caller may do to its own copy
+        second.content = "changed"
+        third, _ = await once.run("k", "a", request("q"), None, trace.INVALID_SPAN, work)
+        return [first, third]
+
+    first, third = asyncio.run(scenario())
+    assert first == answer and third == answer
+    assert once.kept_bytes == answer.ByteSize()  # max_mb bounds what the memory holds: the answers as serialized
