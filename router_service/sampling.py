@@ -138,7 +138,7 @@ def _tool_choice(text: str, tools: tuple[dict, ...]) -> str | dict | None:
         return doc
     name = (doc["function"].get("name") if isinstance(doc, dict) and doc.get("type") == "function"
             and isinstance(doc.get("function"), dict) else None)
-    if name is None:
+    if not isinstance(name, str):
         raise invalid('tool_choice: must be auto, none, required or {"type": "function", "function": {"name": ...}}')
     if name not in {tool["function"]["name"] for tool in tools}:
         raise invalid(f"tool_choice.function.name: {shown(str(name))} is not one of the tools")

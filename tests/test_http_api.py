@@ -295,7 +295,9 @@ FIELDS = st.fixed_dictionaries({}, optional={
         "type": st.just("function") | JSON,
         "function": st.fixed_dictionaries({}, optional={"name": st.sampled_from(["f", "g h"]) | JSON,
                                                         "parameters": JSON})}), max_size=3) | JSON,
-    "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | JSON, "parallel_tool_calls": JSON,
+    "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | st.fixed_dictionaries(
+        {"type": st.just("function") | JSON}, optional={"function": st.fixed_dictionaries(
+            {}, optional={"name": st.just("f") | JSON}) | JSON}) | JSON, "parallel_tool_calls": JSON,
     "logprobs": JSON, "top_logprobs": st.integers(-1, 30) | JSON})
 BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
           | FIELDS.map(lambda v: json.dumps(v).encode()))

@@ -215,6 +215,8 @@ def test_count_tokens_estimates_the_prompt_without_asking_a_provider(client, dou
       "content": "hello"}, {"role": "user", "content": " "}]}, "messages[2].content"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "a b", "input_schema": {}}]},
      "tools[0].name"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "f", "input_schema": {}}],
+      "tool_choice": {"type": "tool", "name": ["f"]}}, "tool_choice"),
 ])
 def test_count_tokens_refuses_what_a_message_would_be_refused_for(router, body, field):
     status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages/count_tokens")
@@ -243,6 +245,8 @@ USER = [{"role": "user", "content": "hi"}]
     ({"model": "tierwise", "max_tokens": 0, "messages": USER}, "max_tokens"),
     ({"model": "tierwise", "max_tokens": 10}, "messages"),
     ({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": USER}, "model"),
+    ({"model": "tierwise", "max_tokens": 10, "messages": USER, "tools": [{"name": "f", "input_schema": {}}],
+      "tool_choice": {"type": "tool", "name": ["f"]}}, "tool_choice"),
     ({"model": "tierwise", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
     ({"model": "tierwise", "max_tokens": 10, "messages": [{"role": "user", "content": [
         {"type": "document", "source": {}}]}]}, "messages[0].content[0]"),

@@ -160,6 +160,8 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
     ({"model": "tierwise", "input": "hi", "conversation": "conv_1"}, "conversation"),
     ({"model": "tierwise", "input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
     ({"model": "tierwise", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"model": "tierwise", "input": [{"role": ["user"], "content": "x"}]}, "input[0].role"),
+    ({"model": "tierwise", "input": [{"type": "message", "role": {"user": 1}, "content": "x"}]}, "input[0].role"),
     ({"model": "tierwise", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
      "input[0].content[0]"),
     ({"model": "tierwise", "input": [{"role": "user", "content": [
@@ -181,6 +183,8 @@ def test_text_format_and_an_answer_cut_at_max_output_tokens(client, double):
                                                    {"type": "function", "name": "f"}]}, "tools[1].name"),
     ({"model": "tierwise", "input": "hi", "tools": [{"type": "function", "name": "f"}],
       "tool_choice": {"type": "function", "name": "g"}}, "tool_choice.name"),
+    ({"model": "tierwise", "input": "hi", "tools": [{"type": "function", "name": "f"}],
+      "tool_choice": {"type": "function", "name": ["f"]}}, "tool_choice"),
     ({"model": "tierwise", "input": "hi", "metadata": {"k": 5}}, "metadata"),
 ])
 def test_bad_requests_are_400s_naming_the_field(router, body, param):
@@ -208,7 +212,8 @@ BODIES = st.fixed_dictionaries({"model": st.sampled_from(["tierwise", "tierwise/
     "tools": st.lists(st.fixed_dictionaries({}, optional={"type": st.just("function") | JSON,
                                                            "name": st.sampled_from(["f", "g h"]) | JSON,
                                                            "parameters": JSON}), max_size=2) | JSON,
-    "tool_choice": st.sampled_from(["auto", "none", "required"]) | JSON,
+    "tool_choice": st.sampled_from(["auto", "none", "required"]) | st.fixed_dictionaries(
+        {"type": st.just("function") | JSON}, optional={"name": st.just("f") | JSON}) | JSON,
     "text": st.fixed_dictionaries({}, optional={"format": JSON | st.fixed_dictionaries(
         {"type": st.sampled_from(["text", "json_object", "json_schema", "yaml"])},
         optional={"name": JSON, "schema": JSON})}) | JSON,

@@ -179,6 +179,14 @@ def test_a_cascade_returns_a_tool_call_without_gating_it(api, double):
     assert not double.requests_for("t2-a") and not double.requests_for("t3-a")
 
 
+def test_over_grpc_a_tool_choice_naming_a_function_by_a_list_is_invalid_argument(api):
+    ask = pb.CompleteRequest(messages=[pb.Message(role="user", content=QUESTION)], tools=json.dumps([WEATHER]),
+                             tool_choice=json.dumps({"type": "function", "function": {"name": ["get_weather"]}}))
+    with grpc.insecure_channel(api.address) as channel, pytest.raises(grpc.RpcError) as err:
+        router_pb2_grpc.RouterServiceStub(channel).Complete(ask, timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("tool_choice: ")
+
+
 USER = {"role": "user", "content": QUESTION}
 CALL = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                              "function": {"name": "get_weather", "arguments": "{}"}}]}
@@ -196,6 +204,9 @@ CALL = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
     ({"tools": [WEATHER], "tool_choice": 3}, "tool_choice"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
      "tool_choice.function.name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": ["get_weather"]}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": {"get_weather": 1}}}},
+     "tool_choice"),
     ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"parallel_tool_calls": True}, "parallel_tool_calls"),
     ({"functions": [WEATHER["function"]]}, "functions"),

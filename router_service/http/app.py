@@ -3,6 +3,7 @@
 (404, 405)."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -22,8 +23,10 @@ from .health import Health
 from .messages import COUNT_TOKENS, MessagesApi
 from .messages_request import parse_count
 from .responses import ResponsesApi
-from .errors import as_json, bad_request, error_body, error_headers, status_of
+from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
 from .request import route_of
+
+log = logging.getLogger("tierwise.router.http")
 
 
 def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = None) -> Starlette:
@@ -73,6 +76,9 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
                     raise counted.refused(err) from None
             except Rejected as err:
                 return _json(messages.error(err), status_of(err), error_headers(err))
+            except Exception:
+                log.exception("unexpected error in %s", COUNT_TOKENS)
+                return _json(messages.error(internal_error()), 500)
             return _json({"input_tokens": tokens})
 
     async def healthy(request: Request) -> Response:

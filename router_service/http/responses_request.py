@@ -92,7 +92,7 @@ def _input(items: object) -> tuple[list[pb.Message], list[tuple[str, str]]]:
         kind = item.get("type", "message") if isinstance(item, dict) else None
         if kind == "message":
             role = item.get("role")
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(f"{field}.role: must be user, assistant, system or developer")
             text, images = _content(item.get("content"), f"{field}.content")
             out.append(pb.Message(role=ROLES[role], content=text, images=images))
