@@ -92,11 +92,12 @@ def test_an_apps_own_model_names_route_through_tierwise(sdk):
     assert (headers["x-tierwise-tier"], headers["x-tierwise-strategy"]) == ("2", "tier2+cascade")
 
 
-def test_an_unknown_model_is_a_400_naming_the_field_and_the_choices(sdk, double):
-    with pytest.raises(openai.BadRequestError) as err:
+def test_an_unknown_model_is_a_404_naming_the_field_and_the_choices(sdk, double):
+    with pytest.raises(openai.NotFoundError) as err:  # as OpenAI answers a model it does not serve
         ask(sdk, "gpt-4o-2024-08-06")
     body = err.value.body
-    assert body["param"] == "model" and body["message"].startswith("model: unknown model 'gpt-4o-2024-08-06'; use ")
+    assert (body["param"], body["code"]) == ("model", "model_not_found")
+    assert body["message"].startswith("model: unknown model 'gpt-4o-2024-08-06'; use ")
     assert "a name the router's configuration lists" in body["message"] and not double.requests
 
 
@@ -105,7 +106,7 @@ def test_the_models_list_shows_exact_names_and_retrieves_any_that_resolves(sdk):
     assert ids[-3:] == ["gpt-4o-mini", "gpt-4o", "mid.v1"] and "claude-*" not in ids
     assert {"tierwise/tier1", "tierwise/tier2", "tierwise/tier3"} <= set(ids)
     assert sdk.models.retrieve("claude-opus-4-1").id == "claude-opus-4-1"
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.NotFoundError):
         sdk.models.retrieve("llama-3")
 
 
@@ -117,7 +118,7 @@ def test_anthropics_sdk_sends_claude_names(router, double):
         raw = client.messages.with_raw_response.create(model=model, max_tokens=50,
                                                        messages=[{"role": "user", "content": "hi"}])
         assert (raw.headers["x-tierwise-tier"], raw.parse().model) == (tier, provider)
-    with pytest.raises(anthropic.BadRequestError) as err:
+    with pytest.raises(anthropic.NotFoundError) as err:
         client.messages.create(model="gpt-4o-2024-08-06", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     assert err.value.body["error"]["message"].startswith("model: unknown model")
 

@@ -16,6 +16,7 @@ from ..auth import KeyRefused, bearer
 STATUSES = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "overloaded"),
     grpc.StatusCode.FAILED_PRECONDITION: (503, "service_unavailable", "tier_not_configured"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", "no_provider_available"),
@@ -48,6 +49,11 @@ def status_of(err: Rejected) -> int:
     return STATUSES.get(err.code, INTERNAL)[0]
 
 
+def unknown_model(message: str) -> Rejected:
+    """A 404, as OpenAI and Anthropic answer a model they do not serve."""
+    return Rejected(grpc.StatusCode.NOT_FOUND, message)
+
+
 class ShuttingDown(Rejected):
     """A call still under way when the router's shutdown grace ran out: a 503 a client may retry elsewhere."""
     error_code = "shutting_down"
@@ -61,7 +67,7 @@ def error_body(err: Rejected) -> dict:
     status, kind, code = STATUSES.get(err.code, INTERNAL)
     code = getattr(err, "error_code", None) or code  # a refusal that names itself more closely than its status
     field = FIELD.match(str(err))
-    param = RENAMED.get(field.group(1), field.group(1)) if field and status == 400 else None
+    param = RENAMED.get(field.group(1), field.group(1)) if field and status in (400, 404) else None
     return {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
 
 

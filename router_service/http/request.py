@@ -20,7 +20,7 @@ from tierwise.v1 import router_pb2 as pb
 from .. import json_values
 from ..images import check_image
 from ..model_names import ModelNames
-from .errors import FIELD, bad_request
+from .errors import FIELD, bad_request, unknown_model
 
 INT32_MAX = 2**31 - 1
 UNSUPPORTED = {"functions": "the deprecated function calls (send tools)",
@@ -79,7 +79,7 @@ def route_of(model: object, names: ModelNames) -> tuple[str, float | None]:
         raise bad_request(f"model: must be a string; {names.hint()}")
     route = names.route_of(model)
     if route is None:
-        raise bad_request(f"model: unknown model {shown(model)}; {names.hint()}")
+        raise unknown_model(f"model: unknown model {shown(model)}; {names.hint()}")
     return route
 
 
