@@ -132,6 +132,14 @@ def test_function_calls_and_their_outputs_round_trip(client, double):
         {"role": "tool", "content": "18 degrees, clear", "tool_call_id": call.call_id}]
 
 
+def test_a_tool_sent_with_the_sdks_nulls_reaches_the_provider_without_them(client, double):
+    """The SDK's FunctionToolParam holds `parameters` and `strict` as required but nullable."""
+    response = client.responses.create(model="tierwise/cheapest", input="hi", tools=[
+        {"type": "function", "name": "ping", "parameters": None, "strict": None}])
+    assert response.status == "completed"
+    assert double.requests_for("t1-a")[0].body["tools"] == [{"type": "function", "function": {"name": "ping"}}]
+
+
 def test_an_unknown_model_is_a_404(router):
     status, _, reply = post(http_address(router), json.dumps({"model": "gpt-4o", "input": "hi"}).encode(),
                             path="/v1/responses")

@@ -165,7 +165,8 @@ def _tools(tools: object) -> list | None:
         name = tool.get("name")
         if not (isinstance(name, str) and TOOL_NAME.fullmatch(name)):
             raise bad_request(f"tools[{i}].name: must be 1 to 64 letters, digits, underscores or dashes")
-        out.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+        # The SDK sends `parameters` and `strict` as null when not given: the chat API reads them absent.
+        out.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type" and v is not None}})
     return out
 
 
