@@ -310,7 +310,8 @@ class KeyGate:
             self.metrics.auth.add(1, {"outcome": "unauthenticated", "key_id": ""})
             log.info("call refused: %s API key", "unknown" if presented else "no", extra={"fields": {"peer": peer}})
             raise KeyRefused(grpc.StatusCode.UNAUTHENTICATED,
-                             "missing or unknown API key: send `authorization: Bearer <key>`")
+                             "missing or unknown API key: send `authorization: Bearer <key>` (or, to the Messages "
+                             "API, `x-api-key: <key>`)")
         now = spend == NOW
         self._refuse(key, self.limits.admit(key.id, key.rpm, key.monthly_usd, paid=now) if limited else None)
         later = limited and spend == LATER
