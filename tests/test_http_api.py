@@ -273,6 +273,12 @@ def test_a_bad_timeout_header_is_a_400(api):
     assert status == 400 and reply["error"]["param"] == "x-tierwise-timeout-ms"
 
 
+def test_a_path_with_a_trailing_slash_is_a_404_in_openais_shape_not_a_redirect(api):
+    status, _, reply = post(api[0], json.dumps({"model": "tierwise", "messages": user()}).encode(),
+                            path="/v1/chat/completions/")
+    assert status == 404 and reply["error"]["code"] == "not_found"
+
+
 def test_an_unknown_model_is_a_404_the_sdk_raises_as_not_found(api, double):
     before = len(double.requests)
     for model in ("gpt-4o-2024-08-06", "tierwise/nonesuch"):

@@ -100,7 +100,9 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
               Route("/v1/models", models, methods=["GET"]),
               Route("/health", healthy, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app.router.redirect_slashes = False  # OpenAI answers /v1/chat/completions/ with a 404, not a redirect
+    return app
 
 
 def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
