@@ -35,6 +35,7 @@ KEY = "tw-http-7c1e5a9d3b2f4068"
 RATED_KEY = "tw-http-rated-2d8f6a0c4e1b9375"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
+BODY_TIMEOUT_S = 2.0
 
 
 def sdk(address: str, key: str = "unused", **options) -> OpenAI:
@@ -48,7 +49,7 @@ def user(text: str = QUESTION) -> list[dict]:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, classifier, double):
     """A router on the real classifier, HTTP on an ephemeral port: yields its HTTP address."""
-    doc = router_config(double.base_url, strategy="heuristic")
+    doc = router_config(double.base_url, strategy="heuristic", http={"body_timeout_s": BODY_TIMEOUT_S})
     with running_router(doc, classifier.address, tmp_path_factory.mktemp("http"), "--http-listen", "127.0.0.1:0",
                         env={KEY_ENV: "k"}) as router:
         yield http_address(router), router
@@ -288,6 +289,21 @@ def test_an_unknown_model_is_a_404_the_sdk_raises_as_not_found(api, double):
     with pytest.raises(openai.NotFoundError):
         sdk(api[0]).models.retrieve("gpt-4o-2024-08-06")
     assert len(double.requests) == before
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_the_router_serves_on(api):
+    host, port = api[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100\r\n\r\n{\"model\": ")
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := conn.recv(4096)):
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert BODY_TIMEOUT_S - 0.2 <= waited < BODY_TIMEOUT_S + 10
+    assert sdk(api[0]).chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

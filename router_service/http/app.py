@@ -18,7 +18,7 @@ from tierwise.serving import Rejected
 from ..auth import KeyGate, api_key
 from ..core import RouterCore
 from .chat import ROUTE, ChatApi
-from .endpoint import Endpoint, body_limit, peer, read_body
+from .endpoint import Bodies, Endpoint, peer
 from .health import Health
 from .messages import COUNT_TOKENS, MessagesApi
 from .messages_request import parse_count
@@ -34,7 +34,7 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
     created = int(time.time())
     created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     names = core.cfg.http.model_names()
-    messages, max_body = MessagesApi(), body_limit(core)
+    messages, bodies = MessagesApi(), Bodies(core)
 
     def model(name: str) -> dict:
         # OpenAI's fields, and Anthropic's (type, display_name, created_at), so that either SDK reads the list.
@@ -69,7 +69,7 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
         with health.under_way():
             try:
                 admitted(request)
-                counted = parse_count(await health.unless_cut(read_body(request, max_body)), names)
+                counted = parse_count(await health.unless_cut(bodies.read(request)), names)
                 try:
                     tokens = core.count_tokens(counted.request)
                 except Rejected as err:

@@ -24,7 +24,7 @@ from .. import access_log, idempotency
 from ..auth import LATER, NOW, KeyGate, settle_current_admission
 from ..core import RouterCore
 from ..model_names import ModelNames
-from .errors import as_json, bad_request, error_headers, internal_error, status_of
+from .errors import BodyStalled, as_json, bad_request, error_headers, internal_error, status_of
 from .health import Health
 from .request import ChatRequest
 from .spans import http_span
@@ -77,7 +77,7 @@ class Endpoint:
 
     def __init__(self, core: RouterCore, gate: KeyGate | None, api: Api, names: ModelNames, health: Health):
         self.core, self.gate, self.api, self.names, self.health = core, gate, api, names, health
-        self.max_body = body_limit(core)
+        self.bodies = Bodies(core)
         self.logged = core.cfg.telemetry.access_log
 
     async def __call__(self, scope, receive, send) -> None:
@@ -96,7 +96,7 @@ class Endpoint:
                     # key's spend before it pays.
                     self.gate.admit(self.api.key(request.headers.items()), peer(scope),
                                     spend=LATER if idempotency.HEADER in request.headers else NOW)
-                body = await self.health.unless_cut(read_body(request, self.max_body))
+                body = await self.health.unless_cut(self.bodies.read(request))
                 try:
                     chat = self.api.parse(body, self.names)
                 except Rejected:
@@ -222,23 +222,32 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v.encode()) for k, v in headers.items()]
 
 
-def body_limit(core: RouterCore) -> int:
-    """The most bytes a request body may hold: JSON's escapes take up to 6 bytes for a byte of text (\\u0001), and
-    past this a body is refused unread."""
-    return 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+class Bodies:
+    """How request bodies are read: at most `limit` bytes (JSON's escapes take up to 6 bytes for a byte of text,
+    \\u0001, and past this a body is refused unread), each piece within `stall_s` of the one before."""
 
+    def __init__(self, core: RouterCore):
+        self.limit = 6 * core.cfg.limits.max_total_bytes + (64 << 10)
+        self.stall_s = core.cfg.http.body_timeout_s
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise bad_request(f"body: {declared} bytes exceed the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise bad_request(f"body: more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    async def read(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            raise bad_request(f"body: {declared} bytes exceed the limit of {self.limit} bytes")
+        chunks, size = [], 0
+        pieces = aiter(request.stream())
+        while True:
+            try:
+                async with asyncio.timeout(self.stall_s):
+                    chunk = await anext(pieces)
+            except StopAsyncIteration:
+                return b"".join(chunks)
+            except TimeoutError:
+                raise BodyStalled(self.stall_s) from None
+            size += len(chunk)
+            if size > self.limit:
+                raise bad_request(f"body: more than the limit of {self.limit} bytes")
+            chunks.append(chunk)
 
 
 def _deadline(value: str | None) -> float | None:

@@ -46,12 +46,20 @@ def bad_request(message: str) -> Rejected:
 
 
 def status_of(err: Rejected) -> int:
-    return STATUSES.get(err.code, INTERNAL)[0]
+    return getattr(err, "http_status", None) or STATUSES.get(err.code, INTERNAL)[0]
 
 
 def unknown_model(message: str) -> Rejected:
     """A 404, as OpenAI and Anthropic answer a model they do not serve."""
     return Rejected(grpc.StatusCode.NOT_FOUND, message)
+
+
+class BodyStalled(Rejected):
+    """A body that stopped arriving (http.body_timeout_s): a 408."""
+    error_code, http_status = "request_timeout", 408
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, f"body: nothing more of it arrived for {waited_s:g} s")
 
 
 class ShuttingDown(Rejected):
@@ -64,10 +72,10 @@ class ShuttingDown(Rejected):
 
 
 def error_body(err: Rejected) -> dict:
-    status, kind, code = STATUSES.get(err.code, INTERNAL)
+    _, kind, code = STATUSES.get(err.code, INTERNAL)
     code = getattr(err, "error_code", None) or code  # a refusal that names itself more closely than its status
     field = FIELD.match(str(err))
-    param = RENAMED.get(field.group(1), field.group(1)) if field and status in (400, 404) else None
+    param = RENAMED.get(field.group(1), field.group(1)) if field and status_of(err) in (400, 404) else None
     return {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
 
 

@@ -20,7 +20,7 @@ ROUTE = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"  # an estimate of the prompt's tokens: RouterCore.count_tokens
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error"}
+               404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error"}
 
 
 class MessagesApi:
