@@ -227,3 +227,21 @@ def test_a_candidate_just_under_the_target_is_refused_only_when_the_records_show
     assert result["promoted"] == promoted
     assert ("within these records' noise of 0.95" if promoted else "below the 0.95 target") in result["why"]
     assert TierHead.load(heads / "lineup-a" / "head.json").version == ("lineup-a-mid" if promoted else "lineup-a-safe")
+
+
+def test_promoting_the_serving_head_again_installs_nothing_and_keeps_the_head_a_rollback_restores(tmp_path, capsys):
+    """As when a nightly learn trains the same head on unchanged labels: the candidate passes (it is within noise
+    of the target), but writing it over itself would keep it as its own head.json.previous."""
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    lineup_head("lineup-a-safe", ALWAYS_TIER_3).save(heads / "lineup-a" / "head.json")
+    lineup_head("lineup-a-mid", 100.0, relative_cost=(1.0, 0.0, 1.0)).publish(candidate)  # always tier 2
+    data = write(tmp_path / "d.jsonl", [0.0] * 20, held_out=True, tier_2_scores=([0.0] + [1.0] * 9) * 2)
+    promote = ["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(data)]
+    assert main([*promote, "--json"]) == 0 and json.loads(capsys.readouterr().out)["promoted"]
+    kept = (heads / "lineup-a" / "head.json.previous").read_bytes()
+    assert main(promote) == 0
+    out = capsys.readouterr().out
+    assert "already serving" in out and "the candidate is the head serving already (version lineup-a-mid)" in out
+    assert (heads / "lineup-a" / "head.json.previous").read_bytes() == kept
+    assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 0
+    assert TierHead.load(heads / "lineup-a" / "head.json").version == "lineup-a-safe"

@@ -49,7 +49,7 @@ class Outcome:
     head: str
     labels: int
     held_out: int
-    status: str  # promoted | passed (dry run) | refused | too few | bad input
+    status: str  # promoted | passed (dry run) | already serving | refused | too few | bad input
     why: str
     check: dict | None = None  # promote's result
 
@@ -184,5 +184,6 @@ def _learn_lineup(lineup: tuple[str, ...], labelled: list[tuple[Record, dict]], 
     candidate = work / "candidates" / name
     train(files, candidate, name, target, priors=priors)
     check = promote(candidate, held_out, heads_dir, target, ENCODER_DIR, EMBEDDINGS_DIR, dry_run)
-    status = "refused" if not check["passed"] else "promoted" if check["promoted"] else "passed (dry run)"
+    status = ("refused" if not check["passed"] else "promoted" if check["promoted"] else
+              "already serving" if check["unchanged"] else "passed (dry run)")
     return Outcome(lineup, name, len(records), len(held_out), status, check["why"], check)

@@ -85,18 +85,23 @@ def serving_heads(heads_dir: Path, candidate) -> tuple[TierHead | None, TierHead
     return registry.get(candidate.name) or found, found
 
 
-def install(candidate_dir: Path, target_dir: Path) -> None:
+def install(candidate_dir: Path, target_dir: Path) -> bool:
     """Copy the candidate's head.json (and model card) into `target_dir`, keeping the old head as head.json.previous.
     Each file is replaced atomically, the head last: a reloading classifier never reads half a head, and a kill
-    at any point leaves the serving head, or the new one with the old one kept beside it."""
+    at any point leaves the serving head, or the new one with the old one kept beside it. False, writing nothing,
+    when the candidate is the head there already: keeping it as its own previous would lose the one a rollback
+    restores (a nightly `learn` on unchanged labels trains the same head again)."""
     target_dir.mkdir(parents=True, exist_ok=True)
     head, card = target_dir / "head.json", target_dir / "MODEL_CARD.md"
     new = (candidate_dir / "head.json").read_bytes()
+    if head.exists() and head.read_bytes() == new:
+        return False
     if head.exists():
         write_atomic(previous(head), head.read_bytes())
         _put(previous(card), _read(card))  # the previous head's card, or none if it had none
     _put(card, _read(candidate_dir / "MODEL_CARD.md"))
     write_atomic(head, new)
+    return True
 
 
 def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
@@ -174,7 +179,9 @@ def _promote(candidate_dir: Path, candidate: TierHead, records: list[Record], he
     mine = measure(candidate, records, x, target)
     theirs = None if current is None else measure(current, records, x, target)
     ok, why = verdict(mine, theirs, target)
-    if ok and not dry_run:
-        install(candidate_dir, heads_dir / candidate.name)
-    return {"promoted": ok and not dry_run, "passed": ok, "why": why, "n": len(records), "target_quality": target,
-            "candidate": mine, "serving": theirs, "installed_to": str(heads_dir / candidate.name) if ok and not dry_run else None}
+    installed = ok and not dry_run and install(candidate_dir, heads_dir / candidate.name)
+    unchanged = ok and not dry_run and not installed
+    if unchanged:
+        why = f"the candidate is the head serving already (version {candidate.version}): nothing to install"
+    return {"promoted": installed, "passed": ok, "unchanged": unchanged, "why": why, "n": len(records), "target_quality": target,
+            "candidate": mine, "serving": theirs, "installed_to": str(heads_dir / candidate.name) if installed else None}

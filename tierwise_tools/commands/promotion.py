@@ -66,7 +66,8 @@ def show(result: dict, split: str) -> None:
             print(f"{role:9} {m['version']}: quality vs frontier {m['quality_vs_frontier']:.4f} "
                   f"(95% bounds {m['quality_vs_frontier_lower_bound']:.4f}-{m['quality_vs_frontier_upper_bound']:.4f}), savings {m['cost_savings']:.1%}, "
                   f"tier mix {' / '.join(f'{t:.3f}' for t in m['tier_mix'])}")
-    outcome = "promoted" if result["promoted"] else "would promote (dry run)" if result["passed"] else "refused"
+    outcome = ("promoted" if result["promoted"] else "refused" if not result["passed"] else
+               "already serving" if result["unchanged"] else "would promote (dry run)")
     print(f"{outcome} on {result['n']} records ({split}): {result['why']}"
           + (f"; installed to {result['installed_to']}" if result["promoted"] else ""))
     serving, candidate = result["serving"], result["candidate"]
