@@ -11,6 +11,7 @@ import pytest
 
 from classifier_service.config import Config
 from classifier_service.heads import TierHead
+from tierwise.data import load
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 from tierwise_tools.calibration import ALWAYS_TIER_3
@@ -183,6 +184,25 @@ def test_labels_of_several_lineups_are_learned_one_head_each(tmp_path, capsys):
     assert outcomes[0]["head"] != outcomes[1]["head"] and all(o["head"].startswith("learned-") for o in outcomes)
     assert main(["learn", "--labels", str(mixed), "--heads-dir", str(heads), "--name", "mine"]) == 2
     assert "the labels hold 2 tier lineups" in capsys.readouterr().err
+
+
+def test_a_learned_heads_card_names_its_label_files_so_calibrate_leaves_their_records_out(tmp_path, capsys):
+    """Calibrating a head on the records it was fitted on promises a quality it does not keep on new ones."""
+    heads = heads_dir(tmp_path)
+    for replica in ("a", "b"):
+        (tmp_path / replica).mkdir()
+    first = write(write(tmp_path / "a" / "replica-1.jsonl", [1.0] * 30, held_out=False), [1.0] * 10, held_out=True)
+    second = write(tmp_path / "b" / "replica-2.jsonl", [1.0] * 5, held_out=False)
+    second.write_text(second.read_text().replace('"id": "live/', '"id": "replica-2/'))
+    assert main(["learn", "--labels", str(first), str(second), "--heads-dir", str(heads), "--json"]) == 0
+    (outcome,) = json.loads(capsys.readouterr().out)["outcomes"]
+    learned = TierHead.load(heads / outcome["head"] / "head.json")
+    assert learned.card["data"] == "replica-1.jsonl (40 records), replica-2.jsonl (5 records)"
+    assert main(["calibrate", "--data", str(first), str(second), "--head", outcome["head"],
+                 "--heads-dir", str(heads)]) == 2
+    fitted = sum(not record.held_out for record in load([first, second]))
+    err = capsys.readouterr().err
+    assert f"left out {fitted} records head" in err and f"the other {fitted} are records it was fitted on" in err
 
 
 def test_a_label_whose_frontier_fails_first_still_pays_the_tiers_that_answered_after(tmp_path):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -144,10 +143,10 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
     with tempfile.TemporaryDirectory(prefix="tierwise-learn-") as scratch:
         work = Path(scratch)
         (work / "read").mkdir()
-        lineups: dict[tuple[str, ...], list[tuple[Record, dict]]] = defaultdict(list)
+        lineups: dict[tuple[str, ...], list[tuple[Record, dict, str]]] = defaultdict(list)
         for i, path in enumerate(paths):
             for record, raw in read_labels(path, work / "read" / f"{i}.jsonl", report.warnings):
-                lineups[record.models].append((record, raw))
+                lineups[record.models].append((record, raw, path.name))
         if unknown := sum(len(lineups.pop(lineup)) for lineup in [k for k in lineups if not all(k)]):
             report.warnings.append(f"{unknown} records name no model for some tier: skipped")
         if name and len(lineups) > 1:
@@ -159,14 +158,14 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
                 report.outcomes.append(_learn_lineup(lineup, labelled, work, heads_dir, target, priors, head,
                                                      dry_run))
             except (DataError, Uncalibrated) as err:  # the serving head has no tradeoff that keeps the target
-                held = len(split([record for record, _ in labelled])[1])
+                held = len(split([record for record, *_ in labelled])[1])
                 report.outcomes.append(Outcome(lineup, head, len(labelled), held, "bad input", str(err)))
     return report
 
 
-def _learn_lineup(lineup: tuple[str, ...], labelled: list[tuple[Record, dict]], work: Path, heads_dir: Path,
+def _learn_lineup(lineup: tuple[str, ...], labelled: list[tuple[Record, dict, str]], work: Path, heads_dir: Path,
                   target: float, priors: Sequence[TierHead], name: str, dry_run: bool) -> Outcome:
-    records = [record for record, _ in labelled]
+    records = [record for record, *_ in labelled]
     dev, held_out = split(records)
     if len(dev) < MIN_DEV_RECORDS or not held_out:
         return Outcome(lineup, name, len(records), len(held_out), "too few",
@@ -174,12 +173,14 @@ def _learn_lineup(lineup: tuple[str, ...], labelled: list[tuple[Record, dict]], 
                        f"{MIN_DEV_RECORDS} and the check at least one (one label in five is kept for the check)")
     data = work / "data" / name
     data.mkdir(parents=True)
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    for record, raw in labelled:
-        by_source[re.sub(r"[^a-z0-9_-]+", "-", record.source.lower()).strip("-") or "labels"].append(raw)
+    # One file per label file, of its name: the model card names them, and `calibrate` given those label files
+    # leaves out the records the head was fitted on (files of one name in two directories count as one).
+    by_file: dict[str, list[dict]] = defaultdict(list)
+    for _, raw, file_name in labelled:
+        by_file[file_name].append(raw)
     files = []
-    for source, raws in sorted(by_source.items()):
-        files.append(data / f"{source}.jsonl")  # train's model card names the file by its records' source
+    for file_name, raws in sorted(by_file.items()):
+        files.append(data / file_name)
         files[-1].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in raws), encoding="utf-8")
     candidate = work / "candidates" / name
     train(files, candidate, name, target, priors=priors)

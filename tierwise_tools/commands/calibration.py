@@ -71,10 +71,9 @@ def _calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Recor
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2
-    records, left_out = never_fitted([head], files, records)
+    records, left_out = never_fitted([head], files, lineup_records(head, records, f"head {head.name}'s"))
     if left_out:
         print(f"tierwise calibrate: left out {left_out} records head {head.name} was fitted on", file=sys.stderr)
-    records = lineup_records(head, records, f"head {head.name}'s")
     if (queries := len({r.query for r in records})) < MIN_DEV_RECORDS:
         fitted = (f"; the other {left_out} are records it was fitted on: give it labels it never saw, or add "
                   "--include-held-out for the held-out fifth" if left_out else "")
