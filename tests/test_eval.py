@@ -447,6 +447,9 @@ def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, 
         + "\n",
         "deep.jsonl": "[" * 5000 + "]" * 5000 + "\n",
         "flag-tier.jsonl": good[:-1] + ', "routed_tier": true}\n',
+        "huge-cost.jsonl": good.replace('"cost_usd": 1.0', '"cost_usd": 9e307', 1) + "\n",
+        "response.jsonl": good.replace('"response": "Four."', '"response": 5') + "\n",
+        "paid.jsonl": good[:-1] + ', "paid_usd": 2e6}\n',
     }
     expected = {"missing.jsonl": "cannot read routing records", "not-json.jsonl": "not-json.jsonl:2: not a routing record",
                 "score.jsonl": "score.jsonl:2: outcomes[].score", "query.jsonl": "query.jsonl:1: query",
@@ -454,7 +457,10 @@ def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, 
                 "lineup.jsonl": "lineup.jsonl:1: lineup", "source.jsonl": "source.jsonl:1: source",
                 "id.jsonl": "id.jsonl:1: id", "text-score.jsonl": "text-score.jsonl:1: outcomes[].score",
                 "four-tiers.jsonl": "four-tiers.jsonl:1: outcomes", "deep.jsonl": "deep.jsonl:1: not a routing record",
-                "flag-tier.jsonl": "flag-tier.jsonl:1: routed_tier"}
+                "flag-tier.jsonl": "flag-tier.jsonl:1: routed_tier",
+                "huge-cost.jsonl": "huge-cost.jsonl:1: outcomes[].cost_usd: must be a number in [0, 1e+06] (USD)",
+                "response.jsonl": "response.jsonl:1: outcomes[].response: must be a string or null",
+                "paid.jsonl": "paid.jsonl:1: paid_usd"}
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)

@@ -13,6 +13,9 @@ from .tiers import N_TIERS, TIERS, tier_list
 ACCEPTABLE = 0.5
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 TEST_SHARE = 5  # one record in five (by id hash) is held out: never trained, calibrated or selected on
+# No query costs a million dollars; past that a cost is a unit mistake, and sums of such costs overflow to inf.
+MAX_COST_USD = 1e6
+COST_RANGE = f"a number in [0, {MAX_COST_USD:g}] (USD)"
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _record(line: str, where: str) -> Record:
         raise DataError(f"{where}: outcomes: must be a list of one object per tier, with tiers "
                         f"{', '.join(map(str, TIERS[:-1]))} and {TIERS[-1]} once each")
     tiers = sorted(listed, key=lambda o: o["tier"])
-    for field, wanted in (("score", "a number in [0, 1]"), ("cost_usd", "a finite number >= 0")):
+    for field, wanted in (("score", "a number in [0, 1]"), ("cost_usd", COST_RANGE)):
         if not all(_number(o.get(field)) for o in tiers):
             raise DataError(f"{where}: outcomes[].{field}: must be {wanted}, got {[o.get(field) for o in tiers]}")
     for field in ("source", "task"):
@@ -92,11 +95,13 @@ def _record(line: str, where: str) -> Record:
             raise DataError(f"{where}: {field}: must be a string")
     if not all(isinstance(o.get("model") or "", str) for o in tiers):
         raise DataError(f"{where}: outcomes[].model: must be a string")
+    if not all(isinstance(o.get("response"), (str, type(None))) for o in tiers):
+        raise DataError(f"{where}: outcomes[].response: must be a string or null")
     if not (isinstance(raw.get("id"), str) and raw["id"] or _number(raw.get("id")) and isinstance(raw["id"], int)):
         raise DataError(f"{where}: id: must be a non-empty string (or a whole number)")
     paid = raw.get("paid_usd")
     if paid is not None and not _number(paid):
-        raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {paid!r}")
+        raise DataError(f"{where}: paid_usd: must be {COST_RANGE}, got {paid!r}")
     scores = tuple(float(o["score"]) for o in tiers)
     costs = tuple(float(o["cost_usd"]) for o in tiers)
     record = Record(
@@ -109,12 +114,12 @@ def _record(line: str, where: str) -> Record:
         raise DataError(f"{where}: query: must be a non-empty string")
     if not all(0.0 <= s <= 1.0 for s in scores):
         raise DataError(f"{where}: outcomes[].score: must lie in [0, 1], got {list(scores)}")
-    if not all(c >= 0.0 and np.isfinite(c) for c in costs):
-        raise DataError(f"{where}: outcomes[].cost_usd: must be a finite number >= 0, got {list(costs)}")
+    if not all(0.0 <= c <= MAX_COST_USD for c in costs):
+        raise DataError(f"{where}: outcomes[].cost_usd: must be {COST_RANGE}, got {list(costs)}")
     if record.routed_tier is not None and (type(record.routed_tier) is not int or record.routed_tier not in TIERS):
         raise DataError(f"{where}: routed_tier: must be {tier_list()}, got {record.routed_tier!r}")
-    if record.paid_usd is not None and not (record.paid_usd >= 0.0 and np.isfinite(record.paid_usd)):
-        raise DataError(f"{where}: paid_usd: must be a finite number >= 0, got {record.paid_usd}")
+    if record.paid_usd is not None and not 0.0 <= record.paid_usd <= MAX_COST_USD:
+        raise DataError(f"{where}: paid_usd: must be {COST_RANGE}, got {record.paid_usd}")
     if "lineup" in raw:
         # The router's tiers, written by the label tool and the shadow: the lineup even where a fallback answered.
         lineup = raw["lineup"]
