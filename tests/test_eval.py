@@ -402,6 +402,13 @@ def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_pa
     assert out["n"] == 1 and out["not_replayable"] == 2 and out["operating_point"]["tier_mix"] == [1.0, 0.0, 0.0]
     assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r")]) == 0
     assert "| as-routed | 1 |" in (tmp_path / "r" / "REPORT.md").read_text()
+    # Where tier 3 failed every routed record, quality vs frontier is undefined on what as-routed scores, though
+    # not on the file: refused, not NaN.
+    unanswered = [replace(r, routed_tier=1, scores=(1.0, 1.0, 0.0)) for r in base[:2]] + base[2:]
+    data.write_text("\n".join(shared_format(r)[:-1] + (f', "routed_tier": {r.routed_tier}}}' if r.routed_tier else "}")
+                              for r in unanswered) + "\n")
+    assert main(["eval", "--data", str(data), "--strategy", "as-routed", "--json"]) == 2
+    assert "the 2 records with a recorded routing decision: tier 3 answered none" in capsys.readouterr().err
 
 
 def test_costs_table_prices_each_mix(tmp_path, capsys):

@@ -25,7 +25,7 @@ from classifier_service.heads import HeadRegistry, decide
 from router_service.gates import GATES, gate
 from router_service.strategies.heuristic import HeuristicStrategy, heuristic_score
 from tierwise.atomic import write_atomic
-from tierwise.data import Record, arrays
+from tierwise.data import Record, arrays, check_measurable
 from tierwise.metrics import QUALITY_TARGETS, aiq, quality_bounds, routing_metrics, savings_at_quality
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS
 
@@ -124,6 +124,7 @@ def as_routed(records: list[Record]) -> Replay:
     routed = [r for r in records if r.routed_tier is not None]
     if not routed:
         return Replay.nothing(AS_ROUTED, len(records), "no recorded routing decisions")
+    check_measurable(routed, f"the {len(routed)} records with a recorded routing decision")  # the ones scored
     tiers = np.array([r.routed_tier for r in routed], dtype=int)
     paid = np.array([tier_cost if r.paid_usd is None else r.paid_usd
                      for r, tier_cost in zip(routed, _one_shot(routed, tiers).paid)])
