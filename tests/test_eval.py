@@ -437,6 +437,23 @@ def test_costs_table_prices_each_mix(tmp_path, capsys):
     assert main(["costs", "--queries-per-month", "10", "--mix", "50/50"]) == 2
 
 
+@pytest.mark.parametrize("text, says", [
+    ('{"strategy": "as-routed", "operating_point": {"tier_mix": [0.5, 0.5, 0], "cost_savings": NaN}}',
+     "operating_point.cost_savings must be a number no more than 1"),
+    ('{"strategy": "cascade", "operating_point": {"tier_mix": [0.5, 0.5, 0]}}', "operating_point.cost_savings"),
+    ('[1, 2]', "not what `tierwise eval --json` prints"),
+    ('{"strategy": "heuristic"}', "not what `tierwise eval --json` prints"),
+    ('{"strategy": "heuristic", "operating_point": {"tier_mix": "1/0/0"}}', "operating_point.tier_mix"),
+    ('{"strategy": "cascade", "operating_point": {"tier_mix": [1, 0, 0], "paid_mix": 1}}', "operating_point.paid_mix"),
+])
+def test_costs_refuses_an_eval_result_it_cannot_price(tmp_path, capsys, text, says):
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(text)
+    assert main(["costs", "--queries-per-month", "1000", "--from-eval", str(eval_json)]) == 2
+    captured = capsys.readouterr()
+    assert says in captured.err and "$" not in captured.out
+
+
 def test_bad_records_get_a_clear_error_naming_the_file_line_and_field(tmp_path, capsys):
     good = shared_format(fixture_records()[0])
     cases = {

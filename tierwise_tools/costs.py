@@ -48,21 +48,27 @@ def from_eval(path: Path) -> Priced:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"--from-eval {path}: not JSON ({type(err).__name__})") from None
+    if not (isinstance(result, dict) and isinstance(result.get("strategy"), str) and "operating_point" in result):
+        raise ValueError(f"--from-eval {path}: not what `tierwise eval --json` prints (a strategy and an "
+                         "operating_point)")
     op = result["operating_point"]
     if op is None:
         raise ValueError(f"--from-eval {path}: eval could not replay {result['strategy']} on its records, so there "
                          "is no tier mix to cost")
-    if not _shares(op["tier_mix"], 1.0):
+    if not (isinstance(op, dict) and isinstance(op.get("tier_mix"), list) and _shares(op["tier_mix"], 1.0)):
         raise ValueError(f"--from-eval {path}: operating_point.tier_mix must be three shares adding up to 1")
     label = f"{result['strategy']} (eval: {Path(path).name})"
     if (paid := op.get("paid_mix")) is not None:  # a cascade pays every tier it tried: its final mix would understate
-        if not (len(paid) == N_TIERS and all(_share(p) and p <= 1 for p in paid)):
+        if not (isinstance(paid, list) and len(paid) == N_TIERS and all(_share(p) and p <= 1 for p in paid)):
             raise ValueError(f"--from-eval {path}: operating_point.paid_mix must be three shares from 0 to 1")
         return label, tuple(op["tier_mix"]), tuple(paid)
     if result["strategy"] == AS_ROUTED or result["strategy"].endswith("cascade"):
         # What each query paid is known, not which tiers (the router's records, or an eval from before paid_mix):
         # the share of always tier 3 it paid, at the records' own prices.
-        return f"{label}, at the records' own prices", tuple(op["tier_mix"]), 1 - op["cost_savings"]
+        saved = op.get("cost_savings")
+        if not (type(saved) in (int, float) and math.isfinite(saved) and saved <= 1):
+            raise ValueError(f"--from-eval {path}: operating_point.cost_savings must be a number no more than 1")
+        return f"{label}, at the records' own prices", tuple(op["tier_mix"]), 1 - saved
     return label, tuple(op["tier_mix"]), tuple(op["tier_mix"])
 
 
