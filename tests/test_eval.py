@@ -350,6 +350,10 @@ def test_calibrate_chooses_an_embedding_starts_tradeoff_with_the_bar_and_eval_re
     assert len(double.requests) == asked, "every verdict was kept by calibrate: eval asks no model"
     assert "verify gate: 0 verifier calls, $0.000000" in err and "200 verdicts kept in" in err
     assert "skipped 1 line(s) of" in err
+    kept.write_bytes(b"\xff\xfe\n")
+    assert main(["eval", "--config", str(config), "--data", str(data), "--strategy", "cascade", "--json",
+                 "--verdicts", str(kept)]) == 2
+    assert "--verdicts" in capsys.readouterr().err and len(double.requests) == asked
 
 
 def test_kept_verdicts_are_reused_only_for_the_same_gate_and_verifier_model_and_rescored_at_the_bar(tmp_path):

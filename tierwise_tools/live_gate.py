@@ -22,7 +22,7 @@ from router_service.gates import Verdict, gate, verifier_tier_for
 from router_service.telemetry import RouterMetrics
 
 from tierwise.atomic import append_line
-from tierwise.data import Record
+from tierwise.data import DataError, Record
 
 Key = tuple[int, str, str]  # (tier, query, answer)
 
@@ -61,7 +61,11 @@ class LiveGate:
 
     def _read_store(self) -> None:
         bar = self.cfg.cascade.verifier_bar
-        for line in self.store.read_text().splitlines():
+        try:
+            lines = self.store.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"--verdicts {self.store}: not a file of verdicts ({err})") from None
+        for line in lines:
             try:
                 row = json.loads(line)
                 key = (int(row["tier"]), str(row["query"]), str(row["answer"]))
