@@ -527,7 +527,9 @@ def test_train_refuses_too_few_records_and_says_when_its_head_cannot_save(tmp_pa
     (["costs", "--queries-per-month", "-5"], "--queries-per-month"),
     (["label", "--queries", "q", "--config", "c", "--rate", "0"], "--rate"),
     (["label", "--queries", "q", "--config", "c", "--concurrency", "0"], "--concurrency"),
-    (["route", "hi", "--timeout", "0"], "--timeout")])
+    (["route", "hi", "--timeout", "0"], "--timeout"),
+    (["simulate", "--data", "d", "--shadow-rate", "0.5", "--seed", "-1"], "--seed"),
+    (["simulate", "--data", "d", "--shadow-rate", "0.5", "--seed", str(2 ** 32)], "--seed")])
 def test_numeric_flags_refuse_out_of_range_values_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)

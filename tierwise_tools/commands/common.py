@@ -28,6 +28,14 @@ def at_least(kind: type, low: float, strict: bool = False):
     return parse
 
 
+def seed(text: str) -> int:
+    """An argparse type: a random seed numpy takes, 0 to 2**32 - 1."""
+    value = at_least(int, 0)(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
 def quality_target(text: str) -> float:
     """--target-quality: a share of always-tier-3 quality, in (0, 1], by the rule the services keep."""
     value = at_least(float, 0, strict=True)(text)

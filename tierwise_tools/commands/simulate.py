@@ -13,7 +13,7 @@ from tierwise.data import check_measurable, load
 from ..embeddings import embed_records, offline_encoder
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR, ROOT
 from ..simulate import report, shown, simulate, summary
-from .common import at_least, complain, heads_in, quality_target
+from .common import at_least, complain, heads_in, quality_target, seed
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--label-budget", type=at_least(float, 0), default=0.0, metavar="USD",
                    help="stop labelling once it has cost this much over the replay (0 = no limit), as the router's "
                         "shadow.monthly_budget_usd does within a month")
-    p.add_argument("--seed", type=int, default=0, help="which queries the shadow draws")
+    p.add_argument("--seed", type=seed, default=0, help="which queries the shadow draws")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--report", type=Path, help="write a Markdown report and a PNG of savings and quality over time")
     p.set_defaults(run=run)
