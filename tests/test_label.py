@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 
 from tierwise_tools.cli import main
@@ -120,6 +121,19 @@ def test_resume_keeps_records_whose_answers_hold_unicode_line_separators(tmp_pat
     out.write_text(record + "\n" + record[:25], encoding="utf-8")
     assert resume(out) == {"label/1"}
     assert out.read_text(encoding="utf-8") == record + "\n"
+
+
+@pytest.mark.parametrize("last", ["only line\n", '{"note": "keep me"}\n'])
+def test_resume_refuses_a_whole_last_line_that_is_no_record_and_changes_nothing(tmp_path, last):
+    """Only a line without its newline can be a record cut short; a whole one is someone's, and is not dropped."""
+    from tierwise_tools.label import resume
+
+    out = tmp_path / "labelled.jsonl"
+    text = json.dumps({"id": "label/1", "query": "q", "outcomes": []}) + "\n" + last
+    out.write_text(text)
+    with pytest.raises(ValueError, match=r"labelled.jsonl:2: not a labelled record"):
+        resume(out)
+    assert out.read_text() == text
 
 
 def test_queries_are_read_by_line_once_each_and_bad_input_costs_nothing(tmp_path, monkeypatch, capsys):

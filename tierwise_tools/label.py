@@ -55,9 +55,10 @@ def read_queries(path: Path, source: str) -> list[dict]:
 
 
 def resume(out: Path) -> set[str]:
-    """Ids already labelled in `out`. A last line cut short by an interruption is removed (its query is
-    labelled again); a broken line anywhere else is an error, never silently dropped. The file is only ever
-    replaced whole (tierwise/atomic.py): a kill during the repair leaves the old file or the repaired one."""
+    """Ids already labelled in `out`. A last line cut short by an interruption (one without its newline: a record
+    is appended with its newline in one write) is removed, and its query labelled again; any other line that
+    is not a record is an error, never silently dropped. The file is only ever replaced whole (tierwise/atomic.py):
+    a kill during the repair leaves the old file or the repaired one."""
     if not out.exists():
         return set()
     try:
@@ -66,14 +67,15 @@ def resume(out: Path) -> set[str]:
         raise ValueError(f"{out}: not UTF-8 text; not a file of labelled records") from None
     # Records end at "\n" only: an answer may hold U+2028 or U+0085, which str.splitlines would also split at.
     lines = text.split("\n")
-    if lines[-1] == "":
+    torn = lines[-1] != ""  # text after the last newline: a record cut short, or whole but for its newline
+    if not torn:
         lines.pop()
     ids = set()
     for n, line in enumerate(lines, start=1):
         try:
             ids.add(str(json.loads(line)["id"]))
         except (ValueError, KeyError, TypeError, RecursionError):
-            if n < len(lines):
+            if n < len(lines) or not torn:
                 raise ValueError(f"{out}:{n}: not a labelled record; fix or remove it before resuming") from None
             write_atomic(out, "".join(f"{kept}\n" for kept in lines[:-1]))
             return ids
