@@ -151,6 +151,13 @@ def test_eval_json_shape_is_stable(tmp_path, capsys):
     report = (tmp_path / "r" / "REPORT.md").read_text()
     assert "| oracle |" in report and "| cascade |" in report and "| embedding+cascade |" in report and (tmp_path / "r" / "fixture.png").stat().st_size > 0
     assert "as-routed" not in report, "benchmark records carry no routing decisions to score"
+    twin = tmp_path / "elsewhere" / "fixture.jsonl"  # another file of the same name: a chart of its own
+    twin.parent.mkdir()
+    twin.write_text(data.read_text())
+    assert main(["eval", "--data", str(data), str(twin), "--strategy", "heuristic", "--report", str(tmp_path / "r2")]) == 0
+    report = (tmp_path / "r2" / "REPORT.md").read_text()
+    assert "![cost-quality curve](fixture.png)" in report and "![cost-quality curve](fixture1.png)" in report
+    assert (tmp_path / "r2" / "fixture1.png").stat().st_size > 0
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Record], np.ndarray]:

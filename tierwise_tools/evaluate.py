@@ -309,8 +309,13 @@ def report(results: dict[str, dict[str, dict]], out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Tierwise routing evaluation", ""]
+    charts: dict[str, str] = {}  # file -> its PNG's name, apart from another directory's file of the same name
+    for file in results:
+        stem = Path(file).stem
+        charts[file] = next(f"{stem}{n or ''}.png" for n in range(len(results) + 1)
+                            if f"{stem}{n or ''}.png" not in charts.values())
     for file, by_strategy in results.items():
-        lines += [f"## {file}", "", f"![cost-quality curve]({Path(file).stem}.png)", "",
+        lines += [f"## {file}", "", f"![cost-quality curve]({charts[file]})", "",
                   "| strategy | n | accuracy | cost savings | quality preserved | quality vs frontier | "
                   "savings@95%Q (curve) | AIQ | latency overhead ms | not replayable |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -336,7 +341,7 @@ def report(results: dict[str, dict[str, dict]], out: Path) -> Path:
         fig.tight_layout()
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=110)
-        write_atomic(out / f"{Path(file).stem}.png", png.getvalue())
+        write_atomic(out / charts[file], png.getvalue())
         plt.close(fig)
         lines.append("")
     path = out / "REPORT.md"
