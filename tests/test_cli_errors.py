@@ -145,6 +145,24 @@ def test_the_installed_command_prints_no_traceback(line, bad):
     assert len([x for x in done.stderr.splitlines() if x.startswith("tierwise")]) == 1, done.stderr
 
 
+@pytest.mark.parametrize("line, named", [
+    ("learn --labels {bad}/missing.jsonl --heads-dir {bad}", "missing.jsonl"),
+    ("eval --data {bad}/not-a-record.jsonl", "not-a-record.jsonl"),
+    ("eval --data {records} --strategy nope", "nope"),
+    ("eval --data {records} --config {bad}/missing.yaml --strategy cascade", "--config: "),
+    ("promote --candidate {bad} --data {bad}/binary.jsonl", "binary.jsonl"),
+    ("simulate --data {records} --shadow-rate 1.5", "--shadow-rate"),
+])
+def test_json_prints_its_one_object_on_bad_input_too(line, named, bad, capsys, monkeypatch):
+    """For a script or a scheduler that reads stdout: the object the help promises, with the exit code and why."""
+    monkeypatch.chdir(ROOT)
+    code = main([*argv(line, bad), "--json"])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert code != 0 and printed == {"exit_code": code, "error": printed["error"]} and named in printed["error"]
+    assert named in captured.err
+
+
 def test_a_failed_train_leaves_no_head_directory(bad, tmp_path, capsys):
     """promote and the classifier's reload read every directory under --out; an empty one left by a failed run
     would be a head that is not there."""

@@ -268,9 +268,3 @@ def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path, verdict):
     said = [line for line in router.output if "no more shadows this month" in line]
     assert len(said) == 1 and "monthly budget of $1e-06" in said[0], "counted each time, said once"
 
-
-
-def test_learn_json_prints_its_one_object_on_bad_input_too(tmp_path, capsys):
-    code = main(["learn", "--labels", str(tmp_path / "missing.jsonl"), "--heads-dir", str(tmp_path), "--json"])
-    printed = json.loads(capsys.readouterr().out)
-    assert code == 2 and printed["exit_code"] == 2 and "missing.jsonl" in printed["error"]

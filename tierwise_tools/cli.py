@@ -6,6 +6,7 @@ from tierwise.blas import one_thread
 one_thread()  # before numpy loads
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 from importlib import metadata  # noqa: E402
 
@@ -37,14 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except DataError as err:
-        print(f"tierwise {args.command}: {err}", file=sys.stderr)
-        return 2
+        return _failed(args, str(err), 2)
     except OSError as err:  # a path that cannot be read or written: say which, not a traceback
-        print(f"tierwise {args.command}: {err}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as err:  # print its status, not a traceback
-        print(f"tierwise {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
-        return 1
+        return _failed(args, str(err), 1)
+    except grpc.RpcError as err:  # its status, not a traceback
+        return _failed(args, f"{err.code().name}: {err.details()}", 1)
+
+
+def _failed(args: argparse.Namespace, error: str, code: int) -> int:
+    """`error` on stderr, a `tierwise COMMAND:` line for each of its lines; with --json also the one object
+    promised on stdout, for a script or scheduler that reads it."""
+    for line in error.splitlines() or [""]:
+        print(f"tierwise {args.command}: {line}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"exit_code": code, "error": error}))
+    return code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from classifier_service.heads import HeadRegistry
+from router_service.config import ConfigError
 from tierwise.data import DataError, Record, load, shared_files, split
 from tierwise.metrics import quality_target as checked_target
 
@@ -73,6 +74,11 @@ def heads_in(directory: Path, flag: str) -> HeadRegistry:
         return HeadRegistry.from_dir(directory)
     except ValueError as err:
         raise DataError(f"{flag}: {err}") from None
+
+
+def config_error(err: ConfigError) -> DataError:
+    """A config file's problems, one a line, each named as --config's."""
+    return DataError("\n".join(f"--config: {line}" for line in str(err).splitlines()))
 
 
 def complain(command: str, err: Exception, flag: str = "") -> None:

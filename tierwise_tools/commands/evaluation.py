@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from router_service.config import ConfigError
-from tierwise.data import check_measurable
+from tierwise.data import DataError, check_measurable
 
 from .. import evaluate
 from ..paths import HEADS_DIR
 from ..replays import LISTED, cascade_options, check, replay
-from .common import add_data, add_live_gate, complain, data_paths, heads_in, quality_target, read_records, spent
+from .common import add_data, add_live_gate, config_error, data_paths, heads_in, quality_target, read_records, spent
 
 
 def register(sub) -> None:
@@ -49,11 +49,9 @@ def run(args: argparse.Namespace) -> int:
                                   target_quality=args.target_quality, heads_dir=args.heads_dir, head=args.head)
         result = replay(args.strategy, records, options).result(args.target_quality)
     except KeyError as err:
-        print(f"tierwise eval: {err.args[0]}", file=sys.stderr)
-        return 2
+        raise DataError(err.args[0]) from None
     except ConfigError as err:
-        complain("eval", err, "--config: ")
-        return 2
+        raise config_error(err) from None
     if args.report:
         per_file = {}
         for p, part in by_file.items():

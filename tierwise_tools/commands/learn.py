@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tierwise.data import DataError
-
-from ..learn import BAD_INPUT, NOTHING_TO_DO, REFUSED, learn
+from ..learn import NOTHING_TO_DO, REFUSED, learn
 from ..paths import HEADS_DIR
 from .common import quality_target
 from .promotion import show
@@ -37,13 +35,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        priors = [] if args.no_prior else prior_heads(args.prior_heads)
-        report = learn(args.labels, args.heads_dir, args.target_quality, priors, args.name, args.dry_run)
-    except (DataError, OSError) as err:
-        if args.json:  # its one object, for a scheduler that reads it; the error goes to stderr as well
-            print(json.dumps({"exit_code": BAD_INPUT if isinstance(err, DataError) else 1, "error": str(err)}))
-        raise
+    priors = [] if args.no_prior else prior_heads(args.prior_heads)
+    report = learn(args.labels, args.heads_dir, args.target_quality, priors, args.name, args.dry_run)
     for warning in report.warnings:
         print(f"tierwise learn: {warning}", file=sys.stderr)
     code = 0 if args.scheduled and report.exit_code in (REFUSED, NOTHING_TO_DO) else report.exit_code

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from classifier_service.heads import check_name
@@ -39,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
         result = promote(args.candidate, records, args.heads_dir, args.target_quality, ENCODER_DIR, EMBEDDINGS_DIR,
                          args.dry_run)
     except KeyError as err:  # the candidate has no tradeoff for this target
-        print(f"tierwise promote: {err.args[0]}", file=sys.stderr)
-        return 2
+        raise DataError(err.args[0]) from None
     if args.json:
         print(json.dumps(result))
     else:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from classifier_service.heads import Uncalibrated
 from router_service.config import ConfigError, load as load_config
-from tierwise.data import check_measurable, load
+from tierwise.data import DataError, check_measurable, load
 
 from ..embeddings import embed_records, offline_encoder
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR, ROOT
 from ..simulate import report, shown, simulate, summary
-from .common import at_least, complain, heads_in, quality_target, seed
+from .common import at_least, config_error, heads_in, quality_target, seed
 
 
 def register(sub) -> None:
@@ -40,13 +40,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.shadow_rate > 1:
-        print("tierwise simulate: --shadow-rate: must be between 0 and 1", file=sys.stderr)
-        return 2
+        raise DataError("--shadow-rate: must be between 0 and 1")
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        complain("simulate", err, "--config: ")
-        return 2
+        raise config_error(err) from None
     registry = heads_in(args.heads_dir, "--heads-dir")
     if args.report:
         args.report.mkdir(parents=True, exist_ok=True)  # an unusable --report fails now, not after the replay
@@ -57,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         sim = simulate(records, x, registry, cfg, args.shadow_rate, args.target_quality, args.retrain_every, args.seed,
                        args.label_budget)
     except Uncalibrated as err:  # the starting head has no tradeoff that keeps the target
-        print(f"tierwise simulate: --target-quality: {err}", file=sys.stderr)
-        return 2
+        raise DataError(f"--target-quality: {err}") from None
     if sim.renamed:
         models = sim.records[0].models
         print(f"tierwise simulate: {sim.renamed} of {len(records)} records name other tier models than the rest; "
