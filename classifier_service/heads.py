@@ -143,9 +143,11 @@ class TierHead:
         return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
 
     def publish(self, directory: Path) -> None:
-        """Write head.json and its MODEL_CARD.md into `directory`, each atomically."""
-        self.save(Path(directory) / "head.json")
+        """Write head.json and its MODEL_CARD.md into `directory`, each atomically, the head last (as promote
+        installs): a failure part-way never leaves a new head beside the card of the one before it."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(directory) / "MODEL_CARD.md", self.model_card())
+        self.save(Path(directory) / "head.json")
 
     def model_card(self) -> str:
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.card.items())

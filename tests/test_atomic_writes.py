@@ -192,3 +192,15 @@ def test_a_volume_without_directory_locks_still_promotes_with_a_warning(tmp_path
     with changing(tmp_path):
         (tmp_path / "head.json").write_text("{}")
     assert (tmp_path / "head.json").exists() and "cannot lock" in caplog.text
+
+
+def test_a_head_whose_card_cannot_be_written_is_not_published(tmp_path):
+    """The head goes in last: a classifier reloading the directory never serves a head beside another's card."""
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    head = TierHead.load(Config().heads_dir / "default" / "head.json")
+    (tmp_path / "mine" / "MODEL_CARD.md").mkdir(parents=True)  # not a file: the card's write fails
+    with pytest.raises(OSError):
+        head.publish(tmp_path / "mine")
+    assert not (tmp_path / "mine" / "head.json").exists()
