@@ -106,6 +106,7 @@ CASES = [
     ("learn --labels {bad}/binary.jsonl --dry-run", "binary.jsonl"),
     ("learn --labels {records} --dry-run --name 'Bad Name'", "--name"),
     ("learn --labels {records} --dry-run --prior-heads {bad}/broken-heads", "--prior-heads"),
+    ("learn --labels {records} --heads-dir {records}", "--heads-dir"),
     ("label --queries {bad}/missing.jsonl --config tierwise.example.yaml", "missing.jsonl"),
     ("label --queries {bad}/binary.jsonl --config tierwise.example.yaml", "binary.jsonl: not UTF-8 text"),
     ("label --queries {records} --config {bad}/bad.yaml", "not valid YAML"),

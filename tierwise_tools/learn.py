@@ -135,6 +135,8 @@ def head_name(lineup: tuple[str, ...], heads_dir: Path) -> str:
 def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Sequence[TierHead] = (),
           name: str | None = None, dry_run: bool = False) -> Report:
     report = Report()
+    if not heads_dir.is_dir():  # found now, not after the training it would waste
+        raise DataError(f"--heads-dir: {heads_dir} is not a directory; name the one the classifier serves")
     paths = label_files(patterns)
     report.files = [str(p) for p in paths]
     if not paths:
