@@ -14,8 +14,9 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 def checked_messages(request: pb.CompleteRequest, limits: LimitsConfig) -> tuple[list[dict[str, str]], str]:
-    """The conversation as the providers take it, and its last user message (the query): every message and
-    the whole conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
+    """The conversation as the providers take it, and its last user message (the query; without one, as OpenAI
+    takes a conversation of instructions alone, its last system message): every message and the whole
+    conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
     if not request.messages:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message")
     if len(request.messages) > limits.max_messages:
@@ -45,8 +46,9 @@ def checked_messages(request: pb.CompleteRequest, limits: LimitsConfig) -> tuple
     if total > limits.max_total_bytes:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                        f"messages: {total} bytes in all exceed the limit of {limits.max_total_bytes} bytes")
-    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    if not users:
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need at least one user message")
-    check_text(messages[users[-1]]["content"], f"messages[{users[-1]}].content", limits.max_message_bytes)
-    return messages, messages[users[-1]]["content"]
+    asked = [i for i, m in enumerate(messages) if m["role"] == "user"] or \
+        [i for i, m in enumerate(messages) if m["role"] == "system"]
+    if not asked:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need a user message (or a system message)")
+    check_text(messages[asked[-1]]["content"], f"messages[{asked[-1]}].content", limits.max_message_bytes)
+    return messages, messages[asked[-1]]["content"]

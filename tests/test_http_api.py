@@ -274,6 +274,20 @@ def test_a_bad_timeout_header_is_a_400(api):
     assert status == 400 and reply["error"]["param"] == "x-tierwise-timeout-ms"
 
 
+def test_instructions_alone_are_answered_as_openai_answers_them(api, double):
+    """A conversation of system (or developer) messages only is a request OpenAI serves; the router decides on
+    the last of them. One with neither a user nor a system message has nothing to decide on."""
+    double.reset()
+    reply = sdk(api[0]).chat.completions.create(model="tierwise", messages=[
+        {"role": "developer", "content": "Write a haiku about autumn."}])
+    assert reply.choices[0].message.content
+    [sent] = [r.body for r in double.requests]
+    assert sent["messages"] == [{"role": "system", "content": "Write a haiku about autumn."}]
+    status, _, body = post(api[0], json.dumps({"model": "tierwise", "messages": [
+        {"role": "assistant", "content": "Hello."}]}).encode())
+    assert status == 400 and body["error"]["param"] == "messages", body
+
+
 def test_a_path_with_a_trailing_slash_is_a_404_in_openais_shape_not_a_redirect(api):
     status, _, reply = post(api[0], json.dumps({"model": "tierwise", "messages": user()}).encode(),
                             path="/v1/chat/completions/")

@@ -375,7 +375,7 @@ def test_breaker_opens_half_opens_and_closes(double, classifier, tmp_path):
 @pytest.mark.parametrize("request_, field", [
     (pb.CompleteRequest(), "messages"),
     (pb.CompleteRequest(messages=[pb.Message(role="robot", content="hi")]), "messages[0].role"),
-    (pb.CompleteRequest(messages=[pb.Message(role="system", content="be nice")]), "messages"),
+    (pb.CompleteRequest(messages=[pb.Message(role="assistant", content="hello")]), "messages"),
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="  ")]), "messages[0].content"),
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], max_tokens=-1), "max_tokens"),
     (pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], temperature=7), "temperature"),
