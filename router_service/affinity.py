@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 from .config import AffinityConfig
 from .expiring import Expiring
+from .messages import asked
 from .strategies import Decision
 
 
@@ -44,8 +45,7 @@ class Affinity:
         """Where this conversation's last turn was answered, when `messages` continue it."""
         if key is None:
             return None
-        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        continues = any(m["role"] == "assistant" for m in messages[:last_user])
+        continues = any(m["role"] == "assistant" for m in messages[:asked(messages)])
         return self._turns.get(key) if continues else None
 
     def answered(self, key: bytes | None, tier: int, provider: str) -> None:

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 from tierwise.tiers import FRONTIER
 
 from .providers import DEFAULT_SAMPLING, Needs, Outcome, Sampling, TierChain
+from .messages import asked
 from .providers.chain import needs_of
 from .strategies import Decision
 from .tokens import conversation_tokens
@@ -48,8 +49,8 @@ class NoTierFits(ValueError):
 
 def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
     """(the lowest tier the conversation allows, why); (1, "") when only the last user message matters."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
-    earlier = [m for i, m in enumerate(messages) if i != last_user]
+    query = asked(messages)
+    earlier = [m for i, m in enumerate(messages) if i != query]
     tokens = conversation_tokens(messages)
     if tokens >= VERY_LONG_CONTEXT_TOKENS:
         return FRONTIER, f"a long conversation (about {tokens} tokens)"

@@ -13,10 +13,18 @@ from .tool_calls import tool_fields
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def asked(messages) -> int | None:
+    """The index of the message the tier is decided on: the last user message, or without one (as OpenAI takes a
+    conversation of instructions alone) the last system message; None when there is neither."""
+    for role in ("user", "system"):
+        if found := [i for i, m in enumerate(messages) if m["role"] == role]:
+            return found[-1]
+    return None
+
+
 def checked_messages(request: pb.CompleteRequest, limits: LimitsConfig) -> tuple[list[dict[str, str]], str]:
-    """The conversation as the providers take it, and its last user message (the query; without one, as OpenAI
-    takes a conversation of instructions alone, its last system message): every message and the whole
-    conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
+    """The conversation as the providers take it, and the text of its `asked` message (the query): every message
+    and the whole conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""
     if not request.messages:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message")
     if len(request.messages) > limits.max_messages:
@@ -46,9 +54,7 @@ def checked_messages(request: pb.CompleteRequest, limits: LimitsConfig) -> tuple
     if total > limits.max_total_bytes:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                        f"messages: {total} bytes in all exceed the limit of {limits.max_total_bytes} bytes")
-    asked = [i for i, m in enumerate(messages) if m["role"] == "user"] or \
-        [i for i, m in enumerate(messages) if m["role"] == "system"]
-    if not asked:
+    if (query := asked(messages)) is None:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "messages: need a user message (or a system message)")
-    check_text(messages[asked[-1]]["content"], f"messages[{asked[-1]}].content", limits.max_message_bytes)
-    return messages, messages[asked[-1]]["content"]
+    check_text(messages[query]["content"], f"messages[{query}].content", limits.max_message_bytes)
+    return messages, messages[query]["content"]

@@ -38,6 +38,8 @@ def test_a_conversation_is_its_key_and_opening_and_only_continuations_look_back(
     clock[0] = 61
     assert affinity.earlier(key, turns("plan a trip", "and the hotel?")) is None, "past ttl_s it is forgotten"
     assert Affinity(AffinityConfig()).key(turns("plan a trip"), "") is None, "off by default"
+    instructions = [{"role": "system", "content": "Write a haiku."}]  # no user message: a first turn too
+    assert affinity.earlier(affinity.key(instructions, "team-a"), instructions) is None
 
 
 @pytest.fixture(scope="module")
