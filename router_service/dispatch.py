@@ -14,6 +14,7 @@ from tierwise.tiers import FRONTIER
 from .config import RouterConfig
 from .events import final, single
 from .gates import QualityGate
+from .messages import query_of
 from .providers import Attempt, Completion, DeadlineExceeded, Events
 from .providers import OnAttempt as ChainOnAttempt
 from .providers import DEFAULT_SAMPLING, Outcome, ProviderError, Sampling, StreamInterrupted, TierChain, bound
@@ -171,7 +172,7 @@ class Dispatcher:
             # A gate reads answers; calls to the caller's tools are steps towards one, and the answer the model gives
             # once it has their results is gated in its own request.
             if gate is not None and tier < gated_up_to and not completion.tool_calls:
-                verdict = await gate.judge(last_user_text(messages), completion.content, tier=tier,
+                verdict = await gate.judge(query_of(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
                                            on_attempt=on_attempt)
                 meter.paid(verdict.cost_usd, tier)
@@ -220,9 +221,3 @@ class _Progress:
         not_configured = bool(self.attempts) and all(a.attempt.outcome is Outcome.NOT_CONFIGURED for a in self.attempts)
         return Unavailable(self.attempts, not_configured)
 
-
-def last_user_text(messages: Messages) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message.get("content", "")
-    return ""

@@ -22,6 +22,11 @@ def asked(messages) -> int | None:
     return None
 
 
+def query_of(messages) -> str:
+    """The text of the `asked` message: what the decision, the gates and the labels read; "" without one."""
+    return "" if (i := asked(messages)) is None else messages[i].get("content", "")
+
+
 def checked_messages(request: pb.CompleteRequest, limits: LimitsConfig) -> tuple[list[dict[str, str]], str]:
     """The conversation as the providers take it, and the text of its `asked` message (the query): every message
     and the whole conversation within the limits, or INVALID_ARGUMENT naming the message or `messages`."""

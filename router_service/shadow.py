@@ -28,7 +28,8 @@ from tierwise.atomic import append_line, appendable
 from tierwise.data import ACCEPTABLE
 
 from .config import RouterConfig
-from .dispatch import Result, last_user_text
+from .dispatch import Result
+from .messages import query_of
 from .labelling import Labeler, Tab, record_id
 from .ledger import SpendLedger, month
 from .providers import DEFAULT_SAMPLING, ProviderError, TierChain
@@ -138,7 +139,7 @@ class Shadow:
         record.update(shadow_model=reference.model,
                       shadow_cost_usd=tab.add(self.prices[self.cfg.tier].answer_cost(reference)))
         verdict = await self.chains[self.cfg.judge_tier].complete(
-            prompt(COMPARE, user_message=last_user_text(messages), answer_a=result.completion.content,
+            prompt(COMPARE, user_message=query_of(messages), answer_a=result.completion.content,
                    answer_b=reference.content),
             max_tokens=16, temperature=0.0, deadline=self._deadline())
         record.update(judge_cost_usd=tab.add(self.prices[self.cfg.judge_tier].answer_cost(verdict)))
@@ -146,7 +147,7 @@ class Shadow:
 
     async def _label(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict,
                      tab: Tab) -> None:
-        query = last_user_text(messages)
+        query = query_of(messages)
         labelled = await self.labeler.record(query, record_id=record_id(LIVE, query), source=LIVE, task=LIVE,
                                              messages=messages, known={result.tier: result.completion}, tab=tab,
                                              **options)

@@ -456,6 +456,27 @@ def test_shadow_ab_compares_in_the_background_without_delaying_the_reply(double,
         assert len(double.requests_for("t3-a")) == 1
 
 
+def test_a_request_of_instructions_alone_is_labelled_on_them(double, classifier, tmp_path):
+    """The query a label holds is the message the tier was decided on, so `learn` can read every label."""
+    from tierwise.data import load
+
+    double.reset()
+    labels = tmp_path / f"live-{socket.gethostname()}.jsonl"
+    doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(tmp_path / "live-{host}.jsonl")})
+    instructions = "Write a haiku about autumn."
+    with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
+        double.set_reply("t1-a", '{"score": 1.0}')
+        with grpc.insecure_channel(service.address) as channel:
+            request = pb.CompleteRequest(messages=[pb.Message(role="system", content=instructions)],
+                                         strategy="heuristic")
+            router_pb2_grpc.RouterServiceStub(channel).Complete(request, timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (labels.exists() and labels.read_text().endswith("\n")):
+            time.sleep(0.05)
+    [record] = load([labels])
+    assert record.query == instructions
+
+
 def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, classifier, tmp_path, capsys):
     """Label mode: every sampled request (any tier) is answered by every tier and judged against tier 3; the
     records are what `tierwise train` reads, and the answer already sent is reused, not asked again.
