@@ -102,8 +102,8 @@ def test_promote_refuses_a_head_that_misses_the_target_and_installs_a_better_one
             reply = stub.Classify(pb.ClassifyRequest(text="Explain prime numbers briefly.", head="lineup-a"), timeout=10)
             assert reply.tier == 1 and reply.head_version == "lineup-a-bold"
 
-            assert main([*promote, "--data", str(easy)]) == 3, "the same head again: the serving one is as good"
-            assert "already meets 0.95 here and saves as much" in capsys.readouterr().out
+            assert main([*promote, "--data", str(easy)]) == 0, "the same head again: nothing to install"
+            assert "already serving on" in capsys.readouterr().out
 
             promoted_card = (heads / "lineup-a" / "MODEL_CARD.md").read_bytes()
             assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 0

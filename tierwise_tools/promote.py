@@ -91,17 +91,23 @@ def install(candidate_dir: Path, target_dir: Path) -> bool:
     at any point leaves the serving head, or the new one with the old one kept beside it. False, writing nothing,
     when the candidate is the head there already: keeping it as its own previous would lose the one a rollback
     restores (a nightly `learn` on unchanged labels trains the same head again)."""
+    if serving_already(candidate_dir, target_dir):
+        return False
     target_dir.mkdir(parents=True, exist_ok=True)
     head, card = target_dir / "head.json", target_dir / "MODEL_CARD.md"
     new = (candidate_dir / "head.json").read_bytes()
-    if head.exists() and head.read_bytes() == new:
-        return False
     if head.exists():
         write_atomic(previous(head), head.read_bytes())
         _put(previous(card), _read(card))  # the previous head's card, or none if it had none
     _put(card, _read(candidate_dir / "MODEL_CARD.md"))
     write_atomic(head, new)
     return True
+
+
+def serving_already(candidate_dir: Path, target_dir: Path) -> bool:
+    """Whether the candidate's head.json is, byte for byte, the one installed in `target_dir`."""
+    head = target_dir / "head.json"
+    return head.exists() and head.read_bytes() == (candidate_dir / "head.json").read_bytes()
 
 
 def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
@@ -178,10 +184,11 @@ def _promote(candidate_dir: Path, candidate: TierHead, records: list[Record], he
     x = embed_records(encoder, records, cache_dir)
     mine = measure(candidate, records, x, target)
     theirs = None if current is None else measure(current, records, x, target)
-    ok, why = verdict(mine, theirs, target)
-    installed = ok and not dry_run and install(candidate_dir, heads_dir / candidate.name)
-    unchanged = ok and not dry_run and not installed
-    if unchanged:
-        why = f"the candidate is the head serving already (version {candidate.version}): nothing to install"
+    # Unchanged labels train the same head again: weighing it against itself would refuse or reinstall it.
+    if unchanged := serving_already(candidate_dir, heads_dir / candidate.name):
+        ok, why = True, f"the candidate is the head serving already (version {candidate.version}): nothing to install"
+    else:
+        ok, why = verdict(mine, theirs, target)
+    installed = ok and not dry_run and not unchanged and install(candidate_dir, heads_dir / candidate.name)
     return {"promoted": installed, "passed": ok, "unchanged": unchanged, "why": why, "n": len(records), "target_quality": target,
             "candidate": mine, "serving": theirs, "installed_to": str(heads_dir / candidate.name) if installed else None}
