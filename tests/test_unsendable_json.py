@@ -92,3 +92,24 @@ def test_over_grpc_it_is_invalid_argument_naming_its_path(router, double, field,
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(f"{named}: "), err.value.details()
     assert not double.requests
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_a_provider_answers_with_reaches_the_caller_as_a_replacement_character(router, double,
+                                                                                               stream):
+    """Its JSON may escape one ("\\ud800"); passed on as it is, it would fail the call after it was paid for (no
+    UTF-8 encoder, protobuf's included, writes one), and fail a judge's or a retry's call as the provider's fault."""
+    double.reset()
+    double.set_reply("t3-a", "fine \ud800 answer")
+    request = pb.CompleteRequest(messages=[pb.Message(role="user", content="hi")], strategy="tier3")
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            if stream:
+                events = list(stub.CompleteStream(request, timeout=20))
+                content = "".join(e.delta for e in events if e.WhichOneof("event") == "delta")
+            else:
+                content = stub.Complete(request, timeout=20).content
+    finally:
+        double.set_reply("t3-a", None)
+    assert content.replace(" ", "") == "fine\ufffdanswer"

@@ -21,7 +21,7 @@ from .errors import (DeadlineExceeded, MisshapenResponse, ProviderError, Provide
                      StreamInterrupted, shaped)
 from .stream import LiveStream
 from .types import (DEFAULT_SAMPLING, Attempt, Completion, Events, Messages, OnAttempt, Outcome, ProviderConfig,
-                    Sampling, TokenLogprob, ToolCall, status_only)
+                    Sampling, TokenLogprob, ToolCall, status_only, valid_text)
 
 log = logging.getLogger("tierwise.router.providers")
 
@@ -258,11 +258,12 @@ class Provider:
             if not response.choices:
                 raise ValueError("response has no choices")
             choice = response.choices[0]
-            calls = tuple(ToolCall(c.id or "", c.function.name or "", c.function.arguments or "")
+            calls = tuple(ToolCall(*map(valid_text, (c.id or "", c.function.name or "", c.function.arguments or "")))
                           for c in choice.message.tool_calls or () if c.type == "function")
             content = choice.message.content or ""
             if not isinstance(content, str):
                 raise TypeError("content")
+            content = valid_text(content)
             completion = completion_of(self.config, messages, content, response.usage, choice.finish_reason, calls)
             if top_logprobs:
                 completion = replace(completion, tokens=_tokens(choice.logprobs))
@@ -370,7 +371,7 @@ def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str
 def _logprobs(tokens) -> tuple[TokenLogprob, ...]:
     """The answer's tokens as the caller asked for them (`logprobs`), from the SDK's; () when the provider sent none."""
     def token(t, top=()) -> TokenLogprob:
-        return TokenLogprob(t.token, t.logprob, bytes(t.bytes or ()), top)
+        return TokenLogprob(valid_text(t.token), t.logprob, bytes(t.bytes or ()), top)
     return tuple(token(t, tuple(token(a) for a in t.top_logprobs or ())) for t in tokens or ())
 
 

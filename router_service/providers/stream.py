@@ -9,7 +9,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob
 
 from .errors import IncompleteStream, shaped
-from .types import ToolCall
+from .types import ToolCall, valid_text
 
 
 class LiveStream:
@@ -55,6 +55,7 @@ class LiveStream:
             if text := choice.delta.content:
                 if not isinstance(text, str):
                     raise TypeError("content")
+                text = valid_text(text)  # a surrogate pair split across two deltas ends as two U+FFFD
                 self._parts.append(text)
                 return text
         return None
@@ -68,7 +69,7 @@ class LiveStream:
 
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
-        return tuple(ToolCall(*self._calls[index]) for index in sorted(self._calls))
+        return tuple(ToolCall(*map(valid_text, self._calls[index])) for index in sorted(self._calls))
 
     @property
     def logprobs(self) -> list[ChatCompletionTokenLogprob]:

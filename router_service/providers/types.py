@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -16,6 +17,18 @@ from ..tokens import tools_tokens
 
 Messages = Sequence[ChatCompletionMessageParam]
 Events = AsyncGenerator["str | Completion", None]
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate, which a provider's JSON can hold as an escape ("\\ud800"), as U+FFFD: no UTF-8
+    encoder writes one, protobuf's and the next provider's included, so it would fail the call after it was paid
+    for, or a judge's call as if that provider had failed."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
 
 
 class Outcome(StrEnum):
