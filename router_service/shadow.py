@@ -87,21 +87,23 @@ class Shadow:
             return False
         run = self._label if self.labeler is not None else self._compare
         task = asyncio.get_running_loop().create_task(self._run(run, list(messages), strategy, result, dict(options)))
-        self.tasks[task] = self._expected_cost(result)
+        self.tasks[task] = self._expected_cost(result, options.get("max_tokens"))
         task.add_done_callback(lambda done: self.tasks.pop(done, None))
         return True
 
-    def _expected_cost(self, result: Result) -> float:
+    def _expected_cost(self, result: Result, max_tokens: int | None) -> float:
         """About what a shadow of `result` will cost: the other tiers' answers (the frontier's alone for a
-        comparison) at the answer's size, and the judge reading the answers. A burst of shadows started before any
-        has finished counts against the budget from the start."""
+        comparison), each as long as the request lets it be (`max_tokens`; without one, as long as the answer sent),
+        and the judge reading them. A burst of shadows started before any has finished counts against the budget
+        from the start, and an answer another tier makes longer cannot take it past the budget many times over."""
         c = result.completion
+        answer = max(c.output_tokens, max_tokens or 0)
         if self.labeler is not None:  # every other tier answers, and the judge grades each below the frontier
             asked, judged = [t for t in self.prices if t != result.tier], len(self.prices) - 1
         else:
             asked, judged = [self.cfg.tier], 1
-        return (sum(self.prices[t].cost(c.input_tokens, c.output_tokens) for t in asked)
-                + judged * self.prices[self.cfg.judge_tier].cost(c.input_tokens + 2 * c.output_tokens, 16))
+        return (sum(self.prices[t].cost(c.input_tokens, answer) for t in asked)
+                + judged * self.prices[self.cfg.judge_tier].cost(c.input_tokens + 2 * answer, 16))
 
     async def _run(self, run, messages: list[Mapping[str, str]], strategy: str, result: Result,
                    options: dict) -> None:

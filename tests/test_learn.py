@@ -241,6 +241,26 @@ def test_a_burst_of_shadows_counts_what_they_will_cost_before_they_finish(tmp_pa
     assert started == 1, f"{started} shadows started against a budget one of them spends"
 
 
+def test_a_burst_counts_the_answers_other_tiers_may_give_not_only_the_one_sent(tmp_path):
+    """Tier 1's answer was a few words, but the request lets every tier write 2,000 tokens: at the test prices the
+    frontier's alone may cost $0.15, so a $0.50 budget has room for about three such shadows, not sixteen."""
+    port, env = unused_port(), {KEY_ENV: "k"}
+    with ProviderDouble() as double:
+        double.set_reply("t1-a", '{"score": 1.0}')
+        double.set_persistent("t3-a", Fault.delay(1.0))
+        doc = router_config(double.base_url, shadow={"share": 1.0, "labels": str(tmp_path / "live.jsonl"),
+                                                     "monthly_budget_usd": 0.5, "max_in_flight": 16})
+        with running_router(doc, f"127.0.0.1:{unused_port()}", tmp_path, "--metrics-port", str(port),
+                            env=env) as router, grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            calls = [stub.Complete.future(ask(f"{query} ({i})", "heuristic", max_tokens=2000), timeout=20)
+                     for i, query in enumerate(QUERIES[:16])]
+            assert all(call.result().tier == 1 for call in calls)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    started = 16 - metric(text, "tierwise_router_shadow_total", outcome="over_budget")
+    assert 2 <= started <= 4, f"{started} shadows started"
+
+
 @pytest.mark.parametrize("verdict", ['{"score": 1.0}', "a good answer, I would say"],
                          ids=["labelled", "no verdict"])
 def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path, verdict):
