@@ -18,15 +18,17 @@ class AnswerCache:
         self.cfg = cfg
         self._entries: Expiring[pb.CompleteResponse] = Expiring(cfg.max_entries, cfg.ttl_s, clock)
 
-    def key(self, request: pb.CompleteRequest, key_id: str) -> bytes | None:
-        """The cache key of `request` from API key `key_id`; None when it is not to be cached (the cache is off,
-        or the request asks for a sampled answer)."""
+    def key(self, request: pb.CompleteRequest, key_id: str, max_tier: int, quality_target: float | None
+            ) -> bytes | None:
+        """The cache key of `request` from API key `key_id`, held by that key's settings now (`max_tier`, its
+        `quality_target`): an answer given under others is not this key's to serve once they change. None when it
+        is not to be cached (the cache is off, or the request asks for a sampled answer)."""
         if not self.cfg.max_entries:
             return None
         deterministic = (request.HasField("temperature") and request.temperature == 0) or request.HasField("seed")
         if not deterministic:
             return None
-        digest = hashlib.sha256(key_id.encode() + b"\0")
+        digest = hashlib.sha256(f"{key_id}\0{max_tier}\0{quality_target!r}\0".encode())
         digest.update(request.SerializeToString(deterministic=True))
         return digest.digest()
 

@@ -92,7 +92,7 @@ class RouterCore:
             started = time.perf_counter()
             messages, query = checked_messages(request, self.cfg.limits)
             asked = answer_options(request)
-            key = self.cache.key(request, current_key_id())
+            key = self.cache.key(request, current_key_id(), current_max_tier(), current_quality_target())
             if (kept := self._kept(key, method, span, started)) is not None:
                 entry.decided(kept.decision)
                 entry.answered(kept)

@@ -3,6 +3,8 @@ nothing, over gRPC and HTTP; sampled requests, other keys and expired answers ar
 with the provider double as the only stand-in; the cache's own bounds with an injected clock."""
 from __future__ import annotations
 
+import signal
+
 import grpc
 import pytest
 from openai import OpenAI
@@ -100,10 +102,29 @@ def test_the_http_api_says_a_hit_in_its_tierwise_object(router, double):
     assert len(double.requests_for("t1-a")) == 1
 
 
+def test_a_key_held_to_a_lower_tier_since_is_not_served_what_it_was_given_above_it(tmp_path, double):
+    """The keys file changes (SIGHUP here, or polled): answers kept under the key's old settings are not its now."""
+    double.reset()
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[0]} id=k0\n")
+    doc = router_config(double.base_url, strategy="cheapest", cache={"max_entries": 64, "ttl_s": 60.0})
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--api-keys-file", str(keys), env={KEY_ENV: "k"}) as router, \
+            grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        assert complete(stub, ask("prove it", "tier3", temperature=0.0)).tier == 3
+        keys.write_text(f"{KEYS[0]} id=k0 max_tier=1\n")
+        router.proc.send_signal(signal.SIGHUP)
+        router.wait_for("API keys reloaded", timeout=10)
+        held = complete(stub, ask("prove it", "tier3", temperature=0.0))
+        assert (held.tier, held.cache_hit) == (1, False)
+        assert complete(stub, ask("prove it", "tier3", temperature=0.0)).cache_hit, "kept again, for its settings now"
+
+
 def test_kept_answers_expire_and_the_least_recently_used_goes_first():
     now = [0.0]
     cache = AnswerCache(CacheConfig(max_entries=2, ttl_s=10.0), clock=lambda: now[0])
-    keys = [cache.key(pb.CompleteRequest(messages=[pb.Message(role="user", content=f"q{i}")], temperature=0.0), "k")
+    keys = [cache.key(pb.CompleteRequest(messages=[pb.Message(role="user", content=f"q{i}")], temperature=0.0), "k",
+                      3, None)
             for i in range(3)]
     for i, key in enumerate(keys[:2]):
         cache.put(key, pb.CompleteResponse(content=f"a{i}"))
@@ -116,7 +137,8 @@ def test_kept_answers_expire_and_the_least_recently_used_goes_first():
 
 def test_the_cache_is_off_unless_configured():
     cache = AnswerCache(parse(router_config("http://127.0.0.1:9/v1")).cache)
-    assert cache.key(pb.CompleteRequest(messages=[pb.Message(role="user", content="q")], temperature=0.0), "") is None
+    assert cache.key(pb.CompleteRequest(messages=[pb.Message(role="user", content="q")], temperature=0.0), "", 3,
+                     None) is None
 
 
 @pytest.mark.parametrize("key, value", [("max_entries", -1), ("max_entries", 1.5), ("ttl_s", 0), ("ttl_s", "x")])
