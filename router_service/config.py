@@ -128,7 +128,8 @@ Share = Annotated[float, Strict(), must(lambda v: 0 <= v <= 1, "must be between 
 class ClassifierConfig:
     address: Name = doc("classifier service host:port, or unix:PATH on the same machine (--classifier overrides)",
                         "127.0.0.1:50051")
-    timeout_ms: Positive = doc("budget for the classifier hop; past it the router degrades to heuristic", 50.0)
+    timeout_ms: Positive = doc("budget for the classifier hop; past it the router degrades to heuristic (within a "
+                               "caller's deadline, past 90 % of the time it has left less 2 ms)", 50.0)
     head: Text = doc("classifier head (\"\" = the head trained on this router's lineup, each tier's first model, "
                      "if the classifier serves one, else the classifier's default)", "")
     head_refresh_s: Positive = doc("how often the router asks the classifier for the head trained on its lineup, "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import time
 from contextlib import contextmanager
 
@@ -185,6 +186,26 @@ def test_classifier_slower_than_its_budget_degrades(tmp_path):
         with running_router(config, classifier.address, tmp_path) as router:
             with grpc.insecure_channel(router.address) as channel:
                 reply = router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query=LONG_QUERY), timeout=5)
+            assert reply.degraded and "classifier deadline_exceeded" in reply.reason
+    finally:
+        classifier.stop()
+
+
+def test_a_caller_deadline_inside_the_classifier_budget_still_gets_a_degraded_decision(tmp_path):
+    """A stalled classifier (stopped, its socket open) is given only part of the caller's time: the rest answers."""
+    classifier = start_classifier()
+    config = example_config()
+    config["classifier"]["timeout_ms"] = 2000
+    try:
+        with running_router(config, classifier.address, tmp_path) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            assert not stub.Route(pb.RouteRequest(query=LONG_QUERY), timeout=10).degraded
+            classifier.proc.send_signal(signal.SIGSTOP)
+            try:
+                reply = stub.Route(pb.RouteRequest(query="Is water wet?"), timeout=0.5)
+            finally:
+                classifier.proc.send_signal(signal.SIGCONT)
             assert reply.degraded and "classifier deadline_exceeded" in reply.reason
     finally:
         classifier.stop()

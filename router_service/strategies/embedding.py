@@ -54,7 +54,9 @@ class EmbeddingStrategy(Strategy):
                         thresholds=(reply.tradeoff,), reason=reason)
 
     async def _classify(self, request: RouteInput, head: str):
-        left = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
+        # A tenth of the caller's time (2 ms at least) is kept for falling back, or a classifier slower than the
+        # caller's deadline fails the call that classifier.timeout_ms says should degrade.
+        left = None if request.deadline is None else max(0.9 * (request.deadline - time.monotonic()) - 0.002, 0.001)
         return await self.classifier.classify(request.query, head, left, request.tradeoff, request.quality_target)
 
 
