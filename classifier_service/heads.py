@@ -72,6 +72,14 @@ class TierHead:
             raise ValueError(f"head {self.name}: models must name one model per tier, or none")
         if self.support is not None and self.support.centroids.shape[1] != self.coef.shape[1]:
             raise ValueError(f"head {self.name}: support centroids must be {self.coef.shape[1]}-d")
+        # A fit that diverged writes NaN (json.dumps allows it): such a head sends every row to tier 1.
+        numbers = [("coef", self.coef), ("intercept", self.intercept), ("relative_cost", self.relative_cost),
+                   ("tradeoff", self.tradeoff), ("calibration", list(self.calibration.values()))]
+        if self.support is not None:
+            numbers += [("support", self.support.centroids), ("support", self.support.bars)]
+        for what, values in numbers:
+            if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+                raise ValueError(f"head {self.name}: {what} must hold finite numbers only")
 
     @property
     def dimension(self) -> int:

@@ -360,6 +360,14 @@ def test_changed_heads_are_swapped_in_without_a_restart_and_broken_ones_are_refu
             wide.save(tmp_path / "wide" / "head.json")
             service.proc.send_signal(signal.SIGHUP)
             assert "768-d" in service.wait_for("heads not reloaded")
+            (tmp_path / "wide" / "head.json").unlink()
+            # A fit that diverged: its NaN weights would send every query to tier 1.
+            diverged = json.loads((tmp_path / "default" / "head.json").read_text())
+            diverged.update(name="diverged", version="diverged-1", coef=[[float("nan")] * default.dimension] * 3)
+            (tmp_path / "diverged").mkdir()
+            (tmp_path / "diverged" / "head.json").write_text(json.dumps(diverged))
+            service.proc.send_signal(signal.SIGHUP)
+            assert "coef must hold finite numbers only" in service.wait_for("heads not reloaded")
             heads = {h.name: h.version for h in stub.ListHeads(pb.ListHeadsRequest(), timeout=10).heads}
             assert heads == {"default": "default-cheap"}
             assert stub.Classify(pb.ClassifyRequest(text=text), timeout=10).tier == 1, "still serving"
