@@ -180,9 +180,12 @@ def test_messages_as_dicts_and_a_bad_per_call_timeout(stack):
     double, router = stack
     with RouterClient(router.address, ClientOptions(retries=0)) as tw:
         assert tw.complete([{"role": "user", "content": "hi there"}]).content
-        for bad in (0, -1.0):
+        for bad in (0, -1.0, float("inf"), float("nan")):  # gRPC would take the last two as a deadline passed
             with pytest.raises(ValueError, match="timeout_s must be positive"):
                 tw.route("hi", timeout_s=bad)
+    for options in ({"timeout_s": float("inf")}, {"timeout_s": float("nan")}, {"backoff_s": float("nan")}):
+        with pytest.raises(ValueError, match="timeout_s and max_message_bytes must be positive"):
+            ClientOptions(**options)
 
 
 def test_cli_route_and_complete(stack):

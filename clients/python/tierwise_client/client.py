@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import re
 import time
@@ -50,8 +51,11 @@ class ClientOptions:
             raise ValueError("certificate_chain and private_key: give both or neither")
         if self.certificate_chain is not None and not self.tls:
             raise ValueError("certificate_chain: a client certificate needs tls=True")
-        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.max_message_bytes <= 0:
-            raise ValueError("timeout_s and max_message_bytes must be positive; retries and backoff_s not negative")
+        # Comparisons NaN passes: gRPC takes NaN or an infinite timeout as one already past.
+        if not (0 < self.timeout_s < math.inf and 0 <= self.backoff_s < math.inf) or self.retries < 0 \
+                or self.max_message_bytes <= 0:
+            raise ValueError("timeout_s and max_message_bytes must be positive and timeout_s and backoff_s finite; "
+                             "retries and backoff_s not negative")
         if self.api_key and not self.tls:
             warnings.warn("api_key goes out in clear text without tls=True: only over a network you trust",
                           stacklevel=3)
@@ -156,8 +160,8 @@ class _ClientBase:
         return event.delta if kind == "delta" else None
 
     def _deadline(self, timeout_s: float | None) -> float:
-        if timeout_s is not None and not timeout_s > 0:  # 0 is no deadline to keep, not the default one
-            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
+        if timeout_s is not None and not 0 < timeout_s < math.inf:  # 0 is no deadline to keep, not the default one
+            raise ValueError(f"timeout_s must be positive and finite, not {timeout_s}")
         return time.monotonic() + (timeout_s or self.options.timeout_s)
 
 
