@@ -117,7 +117,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         """Tiers decided at `tradeoff` (the one calibrated for `kept_target`, when that is set), or the head's own.
         The cache holds what the encoder and head computed, not a decision, so any tradeoff is answered from it."""
         encoder = self._ready_encoder()
-        version = f"{head.version}|{encoder.version}"
+        version = f"{head.name}|{head.version}|{encoder.version}"  # a version string is only its author's to keep unique
         keys = [self.cache.key(version, t) for t in texts]
         cached = [self.cache.get(k) for k in keys]
         misses = [i for i, c in enumerate(cached) if c is None]

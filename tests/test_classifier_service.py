@@ -405,3 +405,27 @@ def test_calls_whose_deadline_passed_are_counted_as_deadline_exceeded():
         assert 'code="CANCELLED",method="ClassifyBatch"' not in counted()
     finally:
         service.stop()
+
+
+def test_two_heads_that_share_a_version_string_share_no_cached_answers(tmp_path):
+    """A version is its author's to keep unique; one copied by hand must not serve one head's cached probabilities
+    for another."""
+    import dataclasses
+
+    from classifier_service.config import Config
+    from classifier_service.heads import TierHead
+
+    default = TierHead.load(Config().heads_dir / "default" / "head.json")
+    default.save(tmp_path / "default" / "head.json")
+    dataclasses.replace(default, name="twin", coef=-default.coef).save(tmp_path / "twin" / "head.json")
+    service = start_classifier("--heads-dir", str(tmp_path), "--heads-reload-seconds", "0")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            text = "Write a function to find the longest common subsequence of two strings."
+            first = stub.Classify(pb.ClassifyRequest(text=text, head="default"), timeout=10)
+            twin = stub.Classify(pb.ClassifyRequest(text=text, head="twin"), timeout=10)
+            assert twin.head_version == first.head_version and not twin.cache_hit
+            assert list(twin.probabilities) != pytest.approx(list(first.probabilities), abs=1e-3)
+    finally:
+        assert service.stop() == 0
