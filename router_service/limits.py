@@ -86,7 +86,7 @@ class Limits:
         following = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=timezone.utc)
         wait = max(1, math.ceil(following.timestamp() - wall))
         return Refusal("spend_limited", wait,
-                       f"monthly spend limit: key {key_id} spent ${spent:.4f} of its ${monthly_usd:.2f} in "
+                       f"monthly spend limit: key {key_id} spent ${spent:.6g} of its ${monthly_usd:g} in "
                        f"{month(wall)} (UTC); retry after {wait} s (at {_utc(following.timestamp())})")
 
 

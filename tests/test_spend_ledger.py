@@ -63,8 +63,10 @@ def test_a_key_at_its_limit_on_one_replica_is_refused_on_another(tmp_path):
     a.ledger.sync()
     b.ledger.sync()
     refusal = b.admit("spender", 0, 1.0)
-    assert refusal is not None and refusal.kind == "spend_limited" and "spent $1.0000 of its $1.00" in refusal.message
+    assert refusal is not None and refusal.kind == "spend_limited" and "spent $1 of its $1 in" in refusal.message
     assert b.ledger.spent("shadow") == 0.0, "a key's spend is not the shadow's"
+    a.charge("tiny", 1.5e-6)  # a limit of a few millionths reads as itself, not "$0.0000 of its $0.00"
+    assert "spent $1.5e-06 of its $1e-06 in" in a.admit("tiny", 0, 1e-6).message
 
 
 def test_a_new_month_starts_from_zero(tmp_path):
