@@ -124,16 +124,20 @@ class Shadow:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
                 self.metrics.shadow.add(1, {"outcome": "failed"})
                 log.warning("shadow failed: %s", record["error"])
+            except asyncio.CancelledError:
+                record["error"] = "cancelled at shutdown"  # counted by drain
+                raise
             finally:
                 # Every call that returned was paid for, whether the shadow finished, failed or was cancelled: the
-                # budget must see it all, or a judge that answers out of format would label without limit.
+                # budget must see it all, or a judge that answers out of format would label without limit. The log
+                # line says so too, so that its spent_usd adds up to what the ledger counted.
                 self.spending.charge(SPENDING, tab.usd)
                 self.metrics.cost.add(tab.usd, {"purpose": "shadow"})
                 record["spent_usd"] = tab.usd
-            try:
-                _append(self.log_path, record)
-            except OSError as err:
-                log.error("shadow: cannot write %s: %s", self.log_path, err.strerror or err)
+                try:
+                    _append(self.log_path, record)
+                except OSError as err:
+                    log.error("shadow: cannot write %s: %s", self.log_path, err.strerror or err)
 
     async def _compare(self, messages: list[Mapping[str, str]], result: Result, options: dict, record: dict,
                        tab: Tab) -> None:

@@ -477,6 +477,29 @@ def test_a_request_of_instructions_alone_is_labelled_on_them(double, classifier,
     assert record.query == instructions
 
 
+def test_a_shadow_cut_at_shutdown_is_logged_with_what_it_spent(double, classifier, tmp_path):
+    """The shadow log's spent_usd is to add up to what the spend counted: a shadow cancelled at the end of the
+    grace has its line too."""
+    double.reset()
+    log = tmp_path / "shadow.jsonl"
+    double.set_persistent("t3-a", Fault.delay(30.0))  # the frontier's shadow answer never comes in time
+    doc = router_config(double.base_url, timeout_s=60.0, shadow={"share": 1.0, "log": str(log)},
+                        shutdown={"grace_s": 0.5})
+    try:
+        with running_router(doc, classifier.address, tmp_path, env={KEY_ENV: "k"}) as service:
+            with grpc.insecure_channel(service.address) as channel:
+                assert router_pb2_grpc.RouterServiceStub(channel).Complete(ask("hi there", "cheapest"),
+                                                                           timeout=10).tier == 1
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not double.requests_for("t3-a"):
+                time.sleep(0.05)
+            assert service.stop() == 0
+    finally:
+        double.set_persistent("t3-a", None)
+    [line] = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["error"] == "cancelled at shutdown" and line["spent_usd"] == 0.0 and line["tier"] == 1
+
+
 def test_shadow_labels_sampled_traffic_in_the_routing_format_for_train(double, classifier, tmp_path, capsys):
     """Label mode: every sampled request (any tier) is answered by every tier and judged against tier 3; the
     records are what `tierwise train` reads, and the answer already sent is reused, not asked again.
