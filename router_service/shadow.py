@@ -80,10 +80,10 @@ class Shadow:
         tools = options.get("sampling", DEFAULT_SAMPLING).tools
         text_only = not tools and not any(m.get("images") or m["role"] == "tool" for m in messages)
         eligible = (self.labeler is not None or result.tier < self.cfg.tier) and text_only
-        if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget():
+        if self.cfg.share <= 0 or not eligible or self.rng.random() >= self.cfg.share or self._over_budget(result.tier):
             return False
         if len(self.tasks) >= self.cfg.max_in_flight:
-            self.metrics.shadow.add(1, {"outcome": "dropped_busy"})
+            self.metrics.shadow.add(1, {"outcome": "dropped_busy", "tier": result.tier})
             return False
         run = self._label if self.labeler is not None else self._compare
         task = asyncio.get_running_loop().create_task(self._run(run, list(messages), strategy, result, dict(options)))
@@ -122,7 +122,7 @@ class Shadow:
                 # No provider's words: a refusal can quote the prompt, and this goes to the log and the shadow file.
                 record["error"] = err.quiet() if isinstance(err, ProviderError) else f"{type(err).__name__}: {err}"[:200]
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
-                self.metrics.shadow.add(1, {"outcome": "failed"})
+                self.metrics.shadow.add(1, {"outcome": "failed", "tier": result.tier})
                 log.warning("shadow failed: %s", record["error"])
             except asyncio.CancelledError:
                 record["error"] = "cancelled at shutdown"  # counted by drain
@@ -166,13 +166,13 @@ class Shadow:
             record["agree"] = outcomes[result.tier - 1]["score"] >= ACCEPTABLE
         _append(self.labels_path, labelled)
 
-    def _over_budget(self) -> bool:
+    def _over_budget(self, tier: int) -> bool:
         """Whether this month's budget is spent, or will be by the shadows running; if so the shadow not started is
         counted, and a spent budget logged once a month."""
         budget, spent = self.cfg.monthly_budget_usd, self.spending.spent(SPENDING)
         if not budget or spent + sum(self.tasks.values()) < budget:
             return False
-        self.metrics.shadow.add(1, {"outcome": "over_budget"})
+        self.metrics.shadow.add(1, {"outcome": "over_budget", "tier": tier})
         if spent < budget:
             return True  # the shadows running may spend the rest: this month is not over yet
         now = month(time.time())
