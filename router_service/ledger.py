@@ -167,8 +167,9 @@ def _hold(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise LedgerError(f"spend.ledger: {path} is kept by another router process on this host; {{host}} stands "
-                          "for the host's name, so give each process on one host a path of its own") from None
+        raise LedgerError(f"spend.ledger: {path} is kept by another router process (on this host, or one sharing "
+                          "its volume); {host} stands for the host's name, so give each process a path of its own"
+                          ) from None
     except OSError as err:  # a volume without locks: nothing to check with, and nothing to refuse for
         log.warning("spend ledger: cannot lock %s (%s); make sure no other process on this host keeps it", path, err)
     _HELD.add(path)

@@ -1089,6 +1089,16 @@ def test_a_file_the_router_writes_must_be_on_a_volume_it_can_write(helm_env):
         run(HELM, "template", RELEASE, CHART, *[a for s in sets for a in ("--set", s)], env=helm_env)
 
 
+def test_a_spend_ledger_the_pods_share_must_name_each_pods_file(helm_env):
+    """Each pod rewrites its ledger whole: on a shared volume one file for all would lose the others' spend."""
+    shared = ["router.extraVolumeMounts[0].name=data", "router.extraVolumeMounts[0].mountPath=/data",
+              "router.extraVolumes[0].name=data", "router.extraVolumes[0].emptyDir.medium="]
+    proc = run(HELM, "template", RELEASE, CHART, "--set", "router.config.spend.ledger=/data/spend.json",
+               *[a for s in shared for a in ("--set", s)], env=helm_env, check=False)
+    assert proc.returncode != 0 and "put {host} in it (e.g. /data/spend-{host}.json)" in proc.stderr, proc.stderr
+    run(HELM, "template", RELEASE, CHART, "--set", "router.config.spend.ledger=/tmp/spend.json", env=helm_env)
+
+
 def test_compose_tls_override_mounts_certificates_and_keys_as_secrets(compose):
     override = load_yaml(COMPOSE_TLS)
     assert set(override["services"]) == {"classifier", "router"}

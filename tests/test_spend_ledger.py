@@ -187,7 +187,7 @@ def test_a_second_process_on_the_host_may_not_keep_the_same_file(tmp_path):
                                 cwd=ROOT)
     finally:
         first.stop()
-    assert second.returncode != 0 and "kept by another router process on this host" in second.stderr
+    assert second.returncode != 0 and "kept by another router process (on this host" in second.stderr
     again = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert again.stdout.strip() == "ok", "given back when its process ends"
 
