@@ -222,6 +222,8 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "max_tokens": -1}, "max_tokens"),
     ({"model": "tierwise", "messages": user(), "stream": "yes"}, "stream"),
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
+    ({"model": "tierwise", "messages": user(), "modalities": ["text", "audio"]}, "modalities"),
+    ({"model": "tierwise", "messages": user(), "modalities": "text"}, "modalities"),
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools[0]"),
     ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),

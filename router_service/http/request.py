@@ -134,6 +134,9 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     n = doc.get("n")
     if n is not None and (type(n) is not int or n != 1):
         raise bad_request("n: only 1 choice is supported")
+    modalities = doc.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or set(modalities) - {"text"}):
+        raise bad_request('modalities: only ["text"] is supported by the Tierwise router (no audio output)')
     request = pb.CompleteRequest(messages=_messages(doc.get("messages")), max_tokens=_max_tokens(doc), **route)
     options(doc, request)
     stream_options = doc.get("stream_options")
