@@ -34,9 +34,10 @@ put() {
 mkdir -p "$dst"
 # The lock `tierwise promote`, `learn` and `calibrate` hold while they check and replace a head here
 # (tierwise/atomic.py): a promotion between this run's check for head.json.previous and its copy would be lost.
+# NFS takes no lock on a directory (it needs a file open for writing): as atomic.py does, say so and go on.
 if command -v flock >/dev/null 2>&1; then
     exec 9<"$dst"
-    flock 9
+    flock 9 || echo "seed-heads: cannot lock $dst; make sure no promotion runs while the classifier starts" >&2
 fi
 for dir in "$src"/*/; do
     dir=${dir%/}

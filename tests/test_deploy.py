@@ -1169,6 +1169,20 @@ def test_seed_heads_copies_the_shipped_heads_but_never_over_a_promoted_one(tmp_p
     assert not list(heads.rglob(".*"))
 
 
+def test_seed_heads_on_a_volume_that_takes_no_directory_lock_still_seeds(tmp_path):
+    """NFS refuses flock on a directory opened read-only ("Bad file descriptor"): the heads are still seeded and the
+    classifier started, with a warning, as tierwise/atomic.py does."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "flock").write_text('#!/bin/sh\necho "flock: $1: Bad file descriptor" >&2\nexit 1\n')
+    (fake / "flock").chmod(0o755)
+    heads = tmp_path / "heads"
+    proc = run("sh", SEED_HEADS, ROOT / "models" / "heads", heads, sys.executable, "-c", "print('then the classifier')",
+               env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert proc.stdout.strip().endswith("then the classifier") and "cannot lock" in proc.stderr
+    assert (heads / "default" / "head.json").exists()
+
+
 def test_seed_heads_run_by_pods_starting_together_never_collide(tmp_path):
     """Classifier pods starting together seed one shared heads volume at once: each run copies into a temporary file
     of its own, so none fails finding its copy renamed away by another, nor renames another's half-written copy into
