@@ -921,6 +921,15 @@ def test_full_render_service_monitor_scrapes_both_services_metrics_ports(renders
         assert [r["from"] for r in rules] == [full["metrics"]["from"]]
 
 
+def test_an_empty_metrics_from_is_refused_not_rendered_open_to_all(helm_env, tmp_path):
+    """In a NetworkPolicy an empty `from` admits every source, in and out of the cluster."""
+    values = tmp_path / "values.yaml"
+    values.write_text("metrics:\n  from: []\nnetworkPolicy:\n  enabled: true\n")
+    proc = run(HELM, "template", RELEASE, CHART, "-f", values, env=helm_env, check=False)
+    assert proc.returncode != 0 and "metrics.from: an empty list would let every source" in proc.stderr, proc.stderr
+    run(HELM, "template", RELEASE, CHART, "-f", values, "--set", "metrics.enabled=false", env=helm_env)
+
+
 def test_full_render_prometheus_rule_holds_the_alerts_compose_loads(renders):
     """One rule file for both: the chart's PrometheusRule renders files/prometheus-rules.yaml as it is, and Compose's
     Prometheus mounts that same file where its rule_files look."""
