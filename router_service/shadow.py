@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -57,7 +58,7 @@ class Shadow:
         self.rng = rng or random.Random()
         self.tracer = trace.get_tracer("tierwise.router")
         # The shadows running, each with what it is expected to cost: counted against the budget from its start.
-        self.tasks: dict[asyncio.Task, float] = {}
+        self.tasks: dict[asyncio.Task, tuple[float, int]] = {}  # -> (what it is expected to cost, the tier answered)
         self.log_path = own_file(self.cfg.log)
         self.labels_path = own_file(self.cfg.labels)
         self.labeler = (Labeler(cfg, chains, self.cfg.judge_tier, self.cfg.timeout_s)
@@ -87,7 +88,7 @@ class Shadow:
             return False
         run = self._label if self.labeler is not None else self._compare
         task = asyncio.get_running_loop().create_task(self._run(run, list(messages), strategy, result, dict(options)))
-        self.tasks[task] = self._expected_cost(result, options.get("max_tokens"))
+        self.tasks[task] = self._expected_cost(result, options.get("max_tokens")), result.tier
         task.add_done_callback(lambda done: self.tasks.pop(done, None))
         return True
 
@@ -170,7 +171,7 @@ class Shadow:
         """Whether this month's budget is spent, or will be by the shadows running; if so the shadow not started is
         counted, and a spent budget logged once a month."""
         budget, spent = self.cfg.monthly_budget_usd, self.spending.spent(SPENDING)
-        if not budget or spent + sum(self.tasks.values()) < budget:
+        if not budget or spent + sum(cost for cost, _ in self.tasks.values()) < budget:
             return False
         self.metrics.shadow.add(1, {"outcome": "over_budget", "tier": tier})
         if spent < budget:
@@ -190,11 +191,13 @@ class Shadow:
         if not self.tasks:
             return
         _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
+        cut = Counter(self.tasks[task][1] for task in pending)  # by tier, read before the tasks leave on cancelling
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-            self.metrics.shadow.add(len(pending), {"outcome": "cancelled_shutdown"})
+            for tier, count in cut.items():
+                self.metrics.shadow.add(count, {"outcome": "cancelled_shutdown", "tier": tier})
             log.warning("shadow: %d still running after %.1f s at shutdown were cancelled", len(pending), timeout)
 
 
