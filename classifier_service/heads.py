@@ -145,10 +145,19 @@ class TierHead:
 
     def versioned(self, when: str) -> "TierHead":
         """This head under a version derived from its content, so any change of weights or tradeoffs shows."""
+        return replace(self, version=f"{self.name}-{when}-{self._digest()[:8]}")
+
+    def same_answers(self, other: "TierHead") -> bool:
+        """Whether `other` answers every query as this head does: the same name, lineup, encoder, weights, costs,
+        tradeoffs and support, whatever the dates in their versions and cards (a retraining on the same labels)."""
+        return ((self.name, self.models, self.encoder, self.target_quality, self._digest())
+                == (other.name, other.models, other.encoder, other.target_quality, other._digest()))
+
+    def _digest(self) -> str:
         content = self.coef.tobytes() + self.intercept.tobytes() + json.dumps(
             [self.tradeoff, list(self.relative_cost), sorted(self.calibration.items()),
              self.support and self.support.to_json()]).encode()
-        return replace(self, version=f"{self.name}-{when}-{hashlib.sha256(content).hexdigest()[:8]}")
+        return hashlib.sha256(content).hexdigest()
 
     def publish(self, directory: Path) -> None:
         """Write head.json and its MODEL_CARD.md into `directory`, each atomically, the head last (as promote

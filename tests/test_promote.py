@@ -239,9 +239,12 @@ def test_promoting_the_serving_head_again_installs_nothing_and_keeps_the_head_a_
     promote = ["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(data)]
     assert main([*promote, "--json"]) == 0 and json.loads(capsys.readouterr().out)["promoted"]
     kept = (heads / "lineup-a" / "head.json.previous").read_bytes()
+    # Trained again the next night: the same weights, another date in its version and card.
+    again = TierHead.load(candidate / "head.json")
+    dataclasses.replace(again, card={**again.card, "trained": "2099-01-01"}).versioned("2099-01-01").publish(candidate)
     assert main(promote) == 0
     out = capsys.readouterr().out
-    assert "already serving" in out and "the candidate is the head serving already (version lineup-a-mid)" in out
+    assert "already serving" in out and "answers as the head serving already does (version lineup-a-mid)" in out
     assert (heads / "lineup-a" / "head.json.previous").read_bytes() == kept
     assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(heads)]) == 0
     assert TierHead.load(heads / "lineup-a" / "head.json").version == "lineup-a-safe"

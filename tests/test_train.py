@@ -66,16 +66,21 @@ def test_calibrate_stores_a_versioned_tradeoff_with_the_head(tmp_path, capsys):
     before = TierHead.load(heads / "default" / "head.json")
     subset = data_slice(tmp_path)
     # Its development part is what the default head was fitted on: calibrating on it would grade its own work.
-    assert main(["calibrate", "--data", str(subset), "--target-quality", "0.9", "--heads-dir", str(heads)]) == 2
+    assert main(["calibrate", "--data", str(subset), "--target-quality", "0.92", "--heads-dir", str(heads)]) == 2
     assert "0 different queries" in (err := capsys.readouterr().err) and "are records it was fitted on" in err
-    assert main(["calibrate", "--data", str(subset), "--target-quality", "0.9", "--heads-dir", str(heads),
-                 "--include-held-out"]) == 0
+    assert "0.92" not in before.calibration
+    calibrate = ["calibrate", "--data", str(subset), "--target-quality", "0.92", "--heads-dir", str(heads),
+                 "--include-held-out"]
+    assert main(calibrate) == 0
     after = TierHead.load(heads / "default" / "head.json")
-    assert after.version != before.version and "0.9" in after.calibration
+    assert after.version != before.version and "0.92" in after.calibration
     assert after.tradeoff == before.tradeoff, "the default target's tradeoff is untouched"
-    assert "calibration_0.9" in after.card and "records" in after.card["calibration_0.9"]
-    assert "quality 0.9 -> tradeoff" in capsys.readouterr().out
+    assert "calibration_0.92" in after.card and "records" in after.card["calibration_0.92"]
+    assert "quality 0.92 -> tradeoff" in capsys.readouterr().out
     assert TierHead.load(heads / "default" / "head.json.previous").version == before.version, "rollback can undo it"
+    assert main(calibrate) == 0, "the same tradeoff again: nothing to install, the head a rollback restores kept"
+    assert f"the tradeoff it had: {after.version} unchanged" in capsys.readouterr().out
+    assert TierHead.load(heads / "default" / "head.json.previous").version == before.version
 
 
 def held(directory) -> bool:

@@ -105,9 +105,15 @@ def install(candidate_dir: Path, target_dir: Path) -> bool:
 
 
 def serving_already(candidate_dir: Path, target_dir: Path) -> bool:
-    """Whether the candidate's head.json is, byte for byte, the one installed in `target_dir`."""
+    """Whether the head installed in `target_dir` answers as the candidate does (a nightly retraining on unchanged
+    labels differs from it only in the dates of its version and card)."""
     head = target_dir / "head.json"
-    return head.exists() and head.read_bytes() == (candidate_dir / "head.json").read_bytes()
+    if not head.exists():
+        return False
+    try:
+        return TierHead.load(head).same_answers(TierHead.load(candidate_dir / "head.json"))
+    except ValueError:  # a damaged head there: the candidate replaces it
+        return False
 
 
 def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
@@ -186,7 +192,8 @@ def _promote(candidate_dir: Path, candidate: TierHead, records: list[Record], he
     theirs = None if current is None else measure(current, records, x, target)
     # Unchanged labels train the same head again: weighing it against itself would refuse or reinstall it.
     if unchanged := serving_already(candidate_dir, heads_dir / candidate.name):
-        ok, why = True, f"the candidate is the head serving already (version {candidate.version}): nothing to install"
+        ok, why = True, (f"the candidate answers as the head serving already does (version "
+                         f"{current.version if current else candidate.version}): nothing to install")
     else:
         ok, why = verdict(mine, theirs, target)
     installed = ok and not dry_run and not unchanged and install(candidate_dir, heads_dir / candidate.name)

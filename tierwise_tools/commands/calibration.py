@@ -93,8 +93,9 @@ def _calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Recor
     ).versioned(time.strftime("%Y-%m-%d"))
     with tempfile.TemporaryDirectory() as scratch:  # installed as promote installs: atomically, the old kept
         updated.publish(Path(scratch))
-        install(Path(scratch), args.heads_dir / head.name)
-    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); version {updated.version}")
+        installed = install(Path(scratch), args.heads_dir / head.name)
+    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); "
+          + (f"version {updated.version}" if installed else f"the tradeoff it had: {head.version} unchanged"))
     return 0
 
 
