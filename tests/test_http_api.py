@@ -224,6 +224,7 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "n": 2}, "n"),
     ({"model": "tierwise", "messages": user(), "modalities": ["text", "audio"]}, "modalities"),
     ({"model": "tierwise", "messages": user(), "modalities": "text"}, "modalities"),
+    ({"model": "tierwise", "messages": user(), "modalities": [["text"]]}, "modalities"),
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools[0]"),
     ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
@@ -345,7 +346,8 @@ FIELDS = st.fixed_dictionaries({}, optional={
     "tool_choice": st.sampled_from(["auto", "none", "required", "any"]) | st.fixed_dictionaries(
         {"type": st.just("function") | JSON}, optional={"function": st.fixed_dictionaries(
             {}, optional={"name": st.just("f") | JSON}) | JSON}) | JSON, "parallel_tool_calls": JSON,
-    "logprobs": JSON, "top_logprobs": st.integers(-1, 30) | JSON})
+    "logprobs": JSON, "top_logprobs": st.integers(-1, 30) | JSON,
+    "modalities": st.lists(st.sampled_from(["text", "audio"]) | JSON, max_size=2) | JSON})
 BODIES = (st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
           | FIELDS.map(lambda v: json.dumps(v).encode()))
 

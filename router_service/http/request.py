@@ -74,7 +74,7 @@ TOOL_FIELDS = ((r"tools\[(\d+)\]\.function", r"tools[\1]"), (r"tool_choice\.func
 
 def route_of(model: object, names: ModelNames) -> tuple[str, float | None]:
     """The strategy and quality target `model` routes with ("" and None: the configured strategy, the head's
-    default target), when the router has such a model; else a 400."""
+    default target), when the router has such a model; else a 400 (not a string) or a 404 (no such model)."""
     if not isinstance(model, str):
         raise bad_request(f"model: must be a string; {names.hint()}")
     route = names.route_of(model)
@@ -135,7 +135,7 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     if n is not None and (type(n) is not int or n != 1):
         raise bad_request("n: only 1 choice is supported")
     modalities = doc.get("modalities")
-    if modalities is not None and (not isinstance(modalities, list) or set(modalities) - {"text"}):
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
         raise bad_request('modalities: only ["text"] is supported by the Tierwise router (no audio output)')
     request = pb.CompleteRequest(messages=_messages(doc.get("messages")), max_tokens=_max_tokens(doc), **route)
     options(doc, request)
