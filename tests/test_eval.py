@@ -420,6 +420,11 @@ def test_as_routed_scores_the_routers_recorded_decisions_and_what_it_paid(tmp_pa
                               for r in unanswered) + "\n")
     assert main(["eval", "--data", str(data), "--strategy", "as-routed", "--json"]) == 2
     assert "the 2 records with a recorded routing decision: tier 3 answered none" in capsys.readouterr().err
+    # The report scores every strategy: the one that cannot be scored says why in its row, the rest are there.
+    assert main(["eval", "--data", str(data), "--strategy", "heuristic", "--report", str(tmp_path / "r3")]) == 0
+    report = (tmp_path / "r3" / "REPORT.md").read_text()
+    assert "| as-routed | 0 | not replayable: the 2 records with a recorded routing decision" in report
+    assert "| heuristic | 4 |" in report
 
 
 def test_costs_table_prices_each_mix(tmp_path, capsys):

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         for p, part in by_file.items():
             check_measurable(part, f"{p} ({args.split})")
             live = any(r.routed_tier is not None for r in part)
-            per_file[str(p)] = {name: replay(name, part, options).result(args.target_quality)
+            per_file[str(p)] = {name: _row(name, part, options, args.target_quality)
                                 for name in LISTED if live or name != evaluate.AS_ROUTED}
         print(f"wrote {evaluate.report(per_file, args.report)}", file=sys.stderr)
     if options.live_gate is not None:
@@ -69,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         show(result)
     return 0
+
+
+def _row(name: str, records, options, target: float) -> dict:
+    """A strategy's result for the report; one that cannot be scored on these records (as-routed, where tier 3
+    answered none of the routed ones) says why in its row instead of failing the whole report."""
+    try:
+        return replay(name, records, options).result(target)
+    except DataError as err:
+        return evaluate.Replay.nothing(name, len(records), str(err)).result(target)
 
 
 def show(result: dict) -> None:
