@@ -194,13 +194,20 @@ def test_a_learned_heads_card_names_its_label_files_so_calibrate_leaves_their_re
     first = write(write(tmp_path / "a" / "replica-1.jsonl", [1.0] * 30, held_out=False), [1.0] * 10, held_out=True)
     second = write(tmp_path / "b" / "replica-2.jsonl", [1.0] * 5, held_out=False)
     second.write_text(second.read_text().replace('"id": "live/', '"id": "replica-2/'))
-    assert main(["learn", "--labels", str(first), str(second), "--heads-dir", str(heads), "--json"]) == 0
+    # Two files of one name (in two directories), with the brackets a card's data line is read back by.
+    third = tmp_path / "b" / "replica-1.jsonl"
+    third.write_text(second.read_text().replace('"id": "replica-2/', '"id": "third/'))
+    odd = tmp_path / "a" / "labels (1), old.jsonl"
+    odd.write_text(second.read_text().replace('"id": "replica-2/', '"id": "odd/'))
+    files = [first, second, third, odd]
+    assert main(["learn", "--labels", *map(str, files), "--heads-dir", str(heads), "--json"]) == 0
     (outcome,) = json.loads(capsys.readouterr().out)["outcomes"]
     learned = TierHead.load(heads / outcome["head"] / "head.json")
-    assert learned.card["data"] == "replica-1.jsonl (40 records), replica-2.jsonl (5 records)"
-    assert main(["calibrate", "--data", str(first), str(second), "--head", outcome["head"],
+    assert learned.card["data"] == ("labels _1__ old.jsonl (5 records), replica-1.jsonl (45 records), "
+                                    "replica-2.jsonl (5 records)")
+    assert main(["calibrate", "--data", *map(str, files), "--head", outcome["head"],
                  "--heads-dir", str(heads)]) == 2
-    fitted = sum(not record.held_out for record in load([first, second]))
+    fitted = sum(not record.held_out for record in load(files))
     err = capsys.readouterr().err
     assert f"left out {fitted} records head" in err and f"the other {fitted} are records it was fitted on" in err
 

@@ -105,7 +105,12 @@ def _fmt(v) -> str:
 
 def data_line(paths: list[Path], files: list[list]) -> str:
     """The card's `data`: each file whose development part the head was fitted on, and how many records it holds."""
-    return ", ".join(f"{path.name} ({len(part)} records)" for path, part in zip(paths, files))
+    return ", ".join(f"{card_name(path)} ({len(part)} records)" for path, part in zip(paths, files))
+
+
+def card_name(path: Path) -> str:
+    """How a card names a file: its name, with the commas and brackets the `data` line is read back by as "_"."""
+    return re.sub(r"[,()]", "_", path.name)
 
 
 def fitted_files(card: dict) -> set[str]:

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from router_service.config import ConfigError
@@ -19,7 +20,7 @@ from ..fitting import MIN_DEV_RECORDS
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR
 from ..promote import install, lineup_records
 from ..replays import cascade_options, replay, unreplayable_start
-from ..train import fitted_files
+from ..train import card_name, fitted_files
 from .common import add_data, add_live_gate, complain, data_paths, heads_in, part_of, quality_target, spent
 
 
@@ -50,8 +51,10 @@ def never_fitted(heads, files: list[tuple[Path, list[Record]]], records: list[Re
     files its head was fitted on; their development part, wherever those records are found again (the shared
     files, or a slice of them), is left out. A tradeoff chosen on a head's own training records promises a quality
     it does not keep on new ones (0.956 in-sample, 0.935 held out, for the default head)."""
-    read = {path.name: part for path, part in files}
-    shared = {path.name: path for path in shared_files()}
+    read: dict[str, list[Record]] = defaultdict(list)  # files of one name in two directories count as one
+    for path, part in files:
+        read[card_name(path)] += part
+    shared = {card_name(path): path for path in shared_files()}
     fitted = {r.id for name in set().union(*(fitted_files(head.card) for head in heads))
               if name in read or name in shared
               for r in part_of(read[name] if name in read else load([shared[name]]), "dev")}
