@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
+import time
 
 import anthropic
 import pytest
@@ -221,6 +223,19 @@ def test_count_tokens_refuses_what_a_message_would_be_refused_for(router, body, 
     status, _, reply = post(http_address(router), json.dumps(body).encode(), path="/v1/messages/count_tokens")
     assert status == 400 and reply["type"] == "error" and reply["error"]["type"] == "invalid_request_error"
     assert reply["error"]["message"].startswith(field)
+
+
+def test_a_client_gone_mid_body_is_no_error_of_the_routers(router):
+    """count_tokens reads the body as the other endpoints do: a client that leaves while sending it is not logged
+    as an unexpected error, and the router serves on."""
+    host, port = http_address(router).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /v1/messages/count_tokens HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100\r\n\r\n{\"model\": ")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert post(http_address(router), json.dumps(body).encode(), path="/v1/messages/count_tokens")[0] == 200
+    time.sleep(0.2)
+    assert not [line for line in router.output if "unexpected error" in line]
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])

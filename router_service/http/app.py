@@ -9,7 +9,7 @@ import uuid
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -76,6 +76,8 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
                     raise counted.refused(err) from None
             except Rejected as err:
                 return _json(messages.error(err), status_of(err), error_headers(err))
+            except ClientDisconnect:  # gone while sending its body: nobody to answer, nothing gone wrong here
+                return Response(status_code=400)
             except Exception:
                 log.exception("unexpected error in %s", COUNT_TOKENS)
                 return _json(messages.error(internal_error()), 500)
