@@ -186,6 +186,9 @@ def test_messages_as_dicts_and_a_bad_per_call_timeout(stack):
     for options in ({"timeout_s": float("inf")}, {"timeout_s": float("nan")}, {"backoff_s": float("nan")}):
         with pytest.raises(ValueError, match="timeout_s and max_message_bytes must be positive"):
             ClientOptions(**options)
+    for name, value in (("root_certificates", b"not a certificate"), ("root_certificates", "-----BEGIN CERT")):
+        with pytest.raises(ValueError, match=f"{name}: must be PEM bytes"):
+            ClientOptions(tls=True, **{name: value})
 
 
 def test_cli_route_and_complete(stack):

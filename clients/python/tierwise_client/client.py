@@ -51,6 +51,11 @@ class ClientOptions:
             raise ValueError("certificate_chain and private_key: give both or neither")
         if self.certificate_chain is not None and not self.tls:
             raise ValueError("certificate_chain: a client certificate needs tls=True")
+        # gRPC reads these only at the handshake, whose failure looks like a router down and is retried as one.
+        for name in ("root_certificates", "certificate_chain", "private_key"):
+            pem = getattr(self, name)
+            if pem is not None and (not isinstance(pem, bytes) or b"-----BEGIN " not in pem):
+                raise ValueError(f"{name}: must be PEM bytes (-----BEGIN ...), as read from the file in binary mode")
         # Comparisons NaN passes: gRPC takes NaN or an infinite timeout as one already past.
         if not (0 < self.timeout_s < math.inf and 0 <= self.backoff_s < math.inf) or self.retries < 0 \
                 or self.max_message_bytes <= 0:
