@@ -21,7 +21,7 @@ from ..paths import EMBEDDINGS_DIR, HEADS_DIR
 from ..promote import install, lineup_records
 from ..replays import cascade_options, replay, unreplayable_start
 from ..train import card_name, fitted_files
-from .common import add_data, add_live_gate, complain, data_paths, heads_in, part_of, quality_target, spent
+from .common import add_data, add_live_gate, data_paths, heads_in, part_of, quality_target, refusal, spent
 
 
 def register(sub) -> None:
@@ -110,8 +110,7 @@ def calibrate_cascade(args: argparse.Namespace, files: list[tuple[Path, list[Rec
         options = cascade_options(args.config, "", args.concurrency, args.verdicts,
                                   target_quality=args.target_quality, heads_dir=args.heads_dir)
     except ConfigError as err:
-        complain("calibrate", err, "--config: ")
-        return 2
+        raise refusal(err, "--config: ") from None
     cascade, live = options.cascade, options.live_gate
     if live is None:
         print(f"tierwise calibrate: --config: cascade.gate {cascade.gate!r} has no bar to calibrate; the verify "

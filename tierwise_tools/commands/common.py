@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from classifier_service.heads import HeadRegistry
-from router_service.config import ConfigError
 from tierwise.data import DataError, Record, load, shared_files, split
 from tierwise.metrics import quality_target as checked_target
 
@@ -76,15 +75,10 @@ def heads_in(directory: Path, flag: str) -> HeadRegistry:
         raise DataError(f"{flag}: {err}") from None
 
 
-def config_error(err: ConfigError) -> DataError:
-    """A config file's problems, one a line, each named as --config's."""
-    return DataError("\n".join(f"--config: {line}" for line in str(err).splitlines()))
-
-
-def complain(command: str, err: Exception, flag: str = "") -> None:
-    """`err` on stderr, each of its lines (a config file's problems, one a line) as a `tierwise COMMAND:` line."""
-    for line in str(err).splitlines():
-        print(f"tierwise {command}: {flag}{line}", file=sys.stderr)
+def refusal(err: Exception, flag: str = "") -> DataError:
+    """`err` as bad input for the CLI's entry point to report (exit 2), each of its lines (a config file's
+    problems, one a line) named as `flag`'s."""
+    return DataError("\n".join(f"{flag}{line}" for line in str(err).splitlines()))
 
 
 def add_live_gate(p: argparse.ArgumentParser) -> None:

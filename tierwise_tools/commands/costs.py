@@ -8,7 +8,7 @@ from router_service.config import ConfigError, load
 
 from .. import costs
 from ..paths import ROOT
-from .common import at_least, complain
+from .common import at_least, refusal
 
 
 def register(sub) -> None:
@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [(f"mix {args.mix}", mix, mix)] if mix else []
         rows += [_from_eval(p) for p in args.from_eval or ()]
     except (ConfigError, ValueError, OSError) as err:
-        complain("costs", err)
-        return 2
+        raise refusal(err) from None
     output = cfg.expected_output_tokens if args.output_tokens is None else args.output_tokens  # 0 is an answer
     print(costs.table(cfg, args.queries_per_month, rows, args.input_tokens, output), end="")
     return 0

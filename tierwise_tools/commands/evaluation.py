@@ -12,7 +12,7 @@ from tierwise.data import DataError, check_measurable
 from .. import evaluate
 from ..paths import HEADS_DIR
 from ..replays import LISTED, cascade_options, check, replay
-from .common import add_data, add_live_gate, config_error, data_paths, heads_in, quality_target, read_records, spent
+from .common import add_data, add_live_gate, data_paths, heads_in, quality_target, read_records, refusal, spent
 
 
 def register(sub) -> None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         raise DataError(err.args[0]) from None
     except ConfigError as err:
-        raise config_error(err) from None
+        raise refusal(err, "--config: ") from None
     if args.report:
         per_file = {}
         for p, part in by_file.items():

@@ -10,7 +10,7 @@ from router_service.config import ConfigError, load
 from tierwise.tiers import TIERS
 
 from ..label import label, read_queries
-from .common import at_least, complain
+from .common import at_least, refusal
 
 
 def register(sub) -> None:
@@ -31,14 +31,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = load(args.config)
         queries = read_queries(args.queries, args.source)
     except (ConfigError, ValueError, OSError) as err:
-        complain("label", err)
-        return 2
+        raise refusal(err) from None
     try:
         summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate,
                                     args.concurrency))
     except ValueError as err:  # --out holds something other than labelled records
-        complain("label", err, "--out: ")
-        return 2
+        raise refusal(err, "--out: ") from None
     for failure in summary["failed"]:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{summary['labelled']} labelled, {summary['already_done']} already in {args.out}, "

@@ -13,7 +13,7 @@ from tierwise.data import DataError, check_measurable, load
 from ..embeddings import embed_records, offline_encoder
 from ..paths import EMBEDDINGS_DIR, HEADS_DIR, ROOT
 from ..simulate import report, shown, simulate, summary
-from .common import at_least, config_error, heads_in, quality_target, seed
+from .common import at_least, heads_in, quality_target, refusal, seed
 
 
 def register(sub) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        raise config_error(err) from None
+        raise refusal(err, "--config: ") from None
     registry = heads_in(args.heads_dir, "--heads-dir")
     if args.report:
         args.report.mkdir(parents=True, exist_ok=True)  # an unusable --report fails now, not after the replay
