@@ -85,14 +85,11 @@ def serving_heads(heads_dir: Path, candidate) -> tuple[TierHead | None, TierHead
     return registry.get(candidate.name) or found, found
 
 
-def install(candidate_dir: Path, target_dir: Path) -> bool:
+def install(candidate_dir: Path, target_dir: Path) -> None:
     """Copy the candidate's head.json (and model card) into `target_dir`, keeping the old head as head.json.previous.
     Each file is replaced atomically, the head last: a reloading classifier never reads half a head, and a kill
-    at any point leaves the serving head, or the new one with the old one kept beside it. False, writing nothing,
-    when the candidate is the head there already: keeping it as its own previous would lose the one a rollback
-    restores (a nightly `learn` on unchanged labels trains the same head again)."""
-    if serving_already(candidate_dir, target_dir):
-        return False
+    at any point leaves the serving head, or the new one with the old one kept beside it. Callers install no head
+    that `same_answers` as the one there: keeping it as its own previous would lose the one a rollback restores."""
     target_dir.mkdir(parents=True, exist_ok=True)
     head, card = target_dir / "head.json", target_dir / "MODEL_CARD.md"
     new = (candidate_dir / "head.json").read_bytes()
@@ -101,19 +98,6 @@ def install(candidate_dir: Path, target_dir: Path) -> bool:
         _put(previous(card), _read(card))  # the previous head's card, or none if it had none
     _put(card, _read(candidate_dir / "MODEL_CARD.md"))
     write_atomic(head, new)
-    return True
-
-
-def serving_already(candidate_dir: Path, target_dir: Path) -> bool:
-    """Whether the head installed in `target_dir` answers as the candidate does (a nightly retraining on unchanged
-    labels differs from it only in the dates of its version and card)."""
-    head = target_dir / "head.json"
-    if not head.exists():
-        return False
-    try:
-        return TierHead.load(head).same_answers(TierHead.load(candidate_dir / "head.json"))
-    except ValueError:  # a damaged head there: the candidate replaces it
-        return False
 
 
 def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
@@ -190,12 +174,14 @@ def _promote(candidate_dir: Path, candidate: TierHead, records: list[Record], he
     x = embed_records(encoder, records, cache_dir)
     mine = measure(candidate, records, x, target)
     theirs = None if current is None else measure(current, records, x, target)
-    # Unchanged labels train the same head again: weighing it against itself would refuse or reinstall it.
-    if unchanged := serving_already(candidate_dir, heads_dir / candidate.name):
-        ok, why = True, (f"the candidate answers as the head serving already does (version "
-                         f"{current.version if current else candidate.version}): nothing to install")
+    # Unchanged labels train the same head again, dates aside: weighing it against itself would refuse or reinstall it.
+    if unchanged := current is not None and current.same_answers(candidate):
+        ok, why = True, (f"the candidate answers as the head serving already does (version {current.version}): "
+                         "nothing to install")
     else:
         ok, why = verdict(mine, theirs, target)
-    installed = ok and not dry_run and not unchanged and install(candidate_dir, heads_dir / candidate.name)
+    installed = ok and not dry_run and not unchanged
+    if installed:
+        install(candidate_dir, heads_dir / candidate.name)
     return {"promoted": installed, "passed": ok, "unchanged": unchanged, "why": why, "n": len(records), "target_quality": target,
             "candidate": mine, "serving": theirs, "installed_to": str(heads_dir / candidate.name) if installed else None}

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from classifier_service.heads import TierHead
 from router_service.config import ConfigError
 from tierwise.atomic import changing
 from tierwise.data import DataError, Record, check_measurable, load, shared_files
@@ -96,9 +97,13 @@ def _calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Recor
     ).versioned(time.strftime("%Y-%m-%d"))
     with tempfile.TemporaryDirectory() as scratch:  # installed as promote installs: atomically, the old kept
         updated.publish(Path(scratch))
-        installed = install(Path(scratch), args.heads_dir / head.name)
-    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); "
-          + (f"version {updated.version}" if installed else f"the tradeoff it had: {head.version} unchanged"))
+        # Read back as written, its numbers rounded as the serving head's were: the tradeoff it had is not installed
+        # again, which would lose the head a rollback restores.
+        unchanged = TierHead.load(Path(scratch) / "head.json").same_answers(head)
+        if not unchanged:
+            install(Path(scratch), args.heads_dir / head.name)
+    outcome = f"the tradeoff it had: {head.version} unchanged" if unchanged else f"version {updated.version}"
+    print(f"{head.name}: quality {key} -> tradeoff {tradeoff:g} ({facts}); {outcome}")
     return 0
 
 
