@@ -6,11 +6,13 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +166,16 @@ def http_address(router: ServiceProcess) -> str:
     """The HTTP API's host:port, from the router's ready line (`... http=HOST:PORT`)."""
     ready = next(line for line in router.output if " ready on " in line)
     return ready.split(" http=")[1].split()[0]
+
+
+@contextmanager
+def part_of_a_body(address: str, path: str, timeout: float = 20) -> Iterator[socket.socket]:
+    """A connection to `address` that has sent a POST to `path` declaring a 100-byte JSON body, and 10 bytes of it."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n".encode()
+                     + b'content-length: 100\r\n\r\n{"model": ')
+        yield conn
 
 
 def post(address: str, body: bytes, headers: dict[str, str] | None = None,

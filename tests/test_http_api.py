@@ -26,7 +26,8 @@ from .certs import authority, issue, write_ca
 from .exported_metrics import wait_until
 from .otlp_receiver import OtlpReceiver, attributes
 from .provider_double import Fault
-from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router
+from .servers import (KEY_ENV, UNUSED_CLASSIFIER, http_address, part_of_a_body, post, router_config,
+                      running_router)
 
 QUESTION = "What time does the store close?"
 PROMPT = "Summarise the secret plan codenamed GREY OWL in two sentences."
@@ -309,10 +310,7 @@ def test_an_unknown_model_is_a_404_the_sdk_raises_as_not_found(api, double):
 
 
 def test_a_body_that_stops_arriving_is_a_408_and_the_router_serves_on(api):
-    host, port = api[0].rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=20) as conn:
-        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: 100\r\n\r\n{\"model\": ")
+    with part_of_a_body(api[0], "/v1/chat/completions") as conn:
         started = time.monotonic()
         answer = b""
         while b"\r\n\r\n" not in answer and (chunk := conn.recv(4096)):
