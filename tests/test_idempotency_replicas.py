@@ -22,6 +22,7 @@ from router_service.shared_answers import CLAIMED, HELD, SharedAnswers
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .exported_metrics import scrape, value, wait_until
 from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router, start
 from .test_idempotency import asked, replayed
@@ -29,7 +30,7 @@ from .test_router_complete import ask
 
 SLOW_S = 1.5  # the provider's answer; past the routers' retry window below, under the providers' 2 s timeout
 RETRY_WINDOW_S = 0.5
-LEFT = 8  # callers that hang up at once: most leave during their replica's look at the directory
+LEFT = 3  # callers that hang up during their replica's look at the directory
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def replicas(tmp_path_factory, double):
     doc = router_config(double.base_url, strategy="cheapest",
                         idempotency={"shared_dir": str(shared), "retry_window_s": RETRY_WINDOW_S})
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    http = ("--http-listen", "127.0.0.1:0")
+    http = ("--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
     with running_router(doc, UNUSED_CLASSIFIER, one, *http, env={KEY_ENV: "k"}) as a, \
             running_router(doc, UNUSED_CLASSIFIER, two, *http, env={KEY_ENV: "k"}) as b:
         with grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
@@ -107,18 +108,42 @@ def test_an_http_retry_on_another_replica_gets_the_answer(replicas, double):
     assert len(double.requests_for("t1-a")) == 1
 
 
+def held_look(path) -> int:
+    """A writer's end of a FIFO made at `path`, where a replica will look for an answer: its look blocks reading it
+    until the end is closed, then finds nothing there, as on a slow volume. The end opens once the look has begun."""
+    os.mkfifo(path, 0o600)
+    give_up = time.monotonic() + 10
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody reads it yet
+            assert time.monotonic() < give_up, "the replica never looked for the answer"
+            time.sleep(0.005)
+
+
 def test_the_work_of_a_caller_that_left_during_the_look_goes_on_for_its_retry(replicas, double):
-    """Callers that send and hang up at once leave while their replica looks at the directory: the work a claim won
-    still starts, and the retry on the other replica collects it."""
-    *_, a, b = replicas
+    """Callers that hang up while their replica looks at the directory: the work a claim won still starts, and the
+    retry on the other replica collects it. Each look is held open on a FIFO until its caller's call has ended."""
+    shared, *_, a, b = replicas
     double.script("t1-a", *[Fault.delay(0.3)] * LEFT)
     bodies = [json.dumps({"model": "tierwise", "messages": [{"role": "user", "content": f"Left at once {i}?"}]}).encode()
               for i in range(LEFT)]
+    cancelled = lambda: value(scrape(a), "tierwise_router_calls_total", code="CANCELLED")
     for i, body in enumerate(bodies):
+        before = cancelled()
         conn = http.client.HTTPConnection(http_address(a), timeout=10)
         conn.request("POST", "/v1/chat/completions", body,
                      {"content-type": "application/json", "Idempotency-Key": f"left-{i}"})
-        conn.close()
+        fifo = shared / f"{SharedAnswers.name('', f'left-{i}')}.answer"
+        end = held_look(fifo)
+        try:
+            conn.close()
+            # within the look's own 2 s limit: a look past it fails, and its claim is given up
+            left = wait_until(lambda: cancelled() > before, seconds=1.5)
+        finally:
+            os.close(end)
+            fifo.unlink()  # the look that opened it reads on to its end; later looks find no answer yet
+        assert left, "the router saw its caller leave during the look"
     assert asked(double, LEFT), "every call's work started although its caller left"
     for i, body in enumerate(bodies):
         status, headers, answer = post(http_address(b), body, {"Idempotency-Key": f"left-{i}"})
