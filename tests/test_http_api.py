@@ -246,6 +246,8 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user("x" * 300_000)}, "messages[0].content"),
     ({"model": "tierwise", "messages": user(), "stream": 1}, "stream"),
     ({"model": "tierwise", "messages": user(), "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+    ({"model": "tierwise", "messages": user(), "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"model": "tierwise", "messages": user(), "stream": False, "stream_options": {}}, "stream_options"),
     ({"model": "tierwise", "messages": user(), "n": True}, "n"),
     ({"model": "tierwise", "messages": user(), "n": 1.0}, "n"),
     ({"model": "tierwise", "messages": user(), "head": 0}, "head"),

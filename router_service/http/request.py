@@ -143,7 +143,10 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     if stream_options is not None and not isinstance(stream_options, dict):
         raise bad_request("stream_options: must be an object such as {\"include_usage\": true}")
     usage = flag(stream_options or {}, "include_usage", "stream_options.include_usage")
-    return ChatRequest(request, flag(doc, "stream"), usage)
+    stream = flag(doc, "stream")
+    if stream_options is not None and not stream:
+        raise bad_request("stream_options: only allowed when stream is true (as OpenAI answers)")
+    return ChatRequest(request, stream, usage)
 
 
 def flag(doc: dict, name: str, field: str = "") -> bool:
