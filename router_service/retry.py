@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import re
 import time
@@ -128,7 +129,7 @@ def _non_negative_float(value: str | None) -> float | None:
         number = float(value) if value is not None else None
     except ValueError:
         return None
-    return number if number is not None and number >= 0 else None
+    return number if number is not None and 0 <= number < math.inf else None
 
 
 @dataclass(frozen=True)

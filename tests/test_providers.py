@@ -652,6 +652,7 @@ def test_retry_after_header_forms():
     assert retry_after_seconds({"retry-after": "Tue, 14 Nov 2023 22:13:30 GMT"}, now) == pytest.approx(10.0)
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "-1"}) is None
+    assert retry_after_seconds({"retry-after": "inf"}) is None and retry_after_seconds({"retry-after-ms": "1e400"}) is None
     assert retry_after_seconds({}) is None
 
 
