@@ -44,7 +44,7 @@ def parse_verdict(content: str, key: str, kind: type | tuple[type, ...], valid=l
     try:
         verdict = json.loads(fenced.group(1) if fenced else text, object_pairs_hook=_unique,
                              parse_constant=_no_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # a model's reply nested past the parser's depth is no verdict either
         verdict = None
     value = verdict.get(key) if isinstance(verdict, dict) and list(verdict) == [key] else None
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and valid(value):

@@ -78,6 +78,19 @@ def test_raw_stream_events_come_in_anthropics_order(client):
     assert events[-2].delta.stop_reason == "end_turn"
 
 
+def test_tool_arguments_nested_past_the_parser_are_kept_whole(client, double):
+    deep = "[" * 100_000
+    call = {"id": "call_deep", "type": "function", "function": {"name": "get_weather", "arguments": deep}}
+    double.script("t1-a", Fault.odd_body(json.dumps({
+        "id": "chatcmpl-deep", "object": "chat.completion", "created": 0, "model": "t1-a",
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]})))
+    reply = client.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER],
+                                   messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    [use] = reply.content
+    assert (use.type, use.input) == ("tool_use", {"arguments": deep}), "a model's mistake is kept, not a 500"
+
+
 def test_tool_use_and_its_result_round_trip(client, double):
     first = client.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER],
                                    tool_choice={"type": "tool", "name": "get_weather"},

@@ -83,7 +83,8 @@ def test_a_verdict_alone_is_taken(reply):
 
 
 @pytest.mark.parametrize("reply", [*not_alone("acceptable", "true", "false"), '{"acceptable": "true"}',
-                                   '{"acceptable": 1}', '"{\\"acceptable\\": true}"', '{"score": NaN}', ""])
+                                   '{"acceptable": 1}', '"{\\"acceptable\\": true}"', '{"score": NaN}', "",
+                                   "[" * 100_000, '{"acceptable": ' + "[" * 100_000 + "]" * 100_000 + "}"])
 def test_anything_else_is_no_verdict(reply):
     with pytest.raises(ValueError):
         parse_verdict(reply, "acceptable", bool)

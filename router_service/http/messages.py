@@ -119,7 +119,7 @@ def _input(arguments: str) -> dict:
     mistake) are kept whole under `arguments` rather than lost."""
     try:
         value = json.loads(arguments) if arguments else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     return value if isinstance(value, dict) else {"arguments": arguments}
 
