@@ -243,9 +243,7 @@ class RouterCore:
         span.set_attribute("tierwise.cost_usd", cost)
         if self.cfg.record_content:
             span.set_attribute("tierwise.answer", c.content)
-        self._count(method, decision, result)
-        self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
-        return pb.CompleteResponse(
+        summary = pb.CompleteResponse(
             content=c.content, tier=result.tier, model=c.model, provider=c.provider,
             usage=pb.Usage(input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                            cached_input_tokens=c.cached_input_tokens), cost_usd=cost,
@@ -257,6 +255,9 @@ class RouterCore:
             decision=route, finish_reason=c.finish_reason,
             tool_calls=[pb.ToolCall(id=t.id, name=t.name, arguments=t.arguments) for t in c.tool_calls],
             logprobs=[_token(t) for t in c.logprobs])
+        self._count(method, decision, result)  # once the answer is built: one that fails is counted where it fails
+        self.metrics.latency.record((time.perf_counter() - started) * 1e3, {"method": method})
+        return summary
 
     def _count(self, method: str, decision: Decision, result: Result | None = None) -> None:
         tier = result.tier if result else decision.tier

@@ -371,11 +371,19 @@ def test_a_finish_reason_that_is_no_string_breaks_the_stream_it_ends(double, sle
 
 
 @pytest.mark.parametrize("usage", [{"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
-                                   {"prompt_tokens": -1000000, "completion_tokens": -1000000, "total_tokens": 0}])
+                                   {"prompt_tokens": -1000000, "completion_tokens": -1000000, "total_tokens": 0},
+                                   {"prompt_tokens": 10, "completion_tokens": 3_000_000_000, "total_tokens": 0}])
 def test_usage_that_cannot_be_billed_is_estimated(double, sleeps, usage):
     double.set_persistent("model-a", Fault.odd_body(_completion({"role": "assistant", "content": "four"}, usage)))
     completion = run(make_provider(double.base_url, "a", sleeps).complete(MESSAGES))
-    assert completion.usage_estimated and completion.input_tokens > 0 and completion.output_tokens > 0
+    assert completion.usage_estimated and completion.input_tokens > 0 and 0 < completion.output_tokens < 100
+
+
+def test_more_cached_tokens_than_the_prompt_held_are_read_as_the_whole_prompt(double, sleeps):
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 500}}
+    double.set_persistent("model-a", Fault.odd_body(_completion({"role": "assistant", "content": "four"}, usage)))
+    completion = run(make_provider(double.base_url, "a", sleeps).complete(MESSAGES))
+    assert (completion.input_tokens, completion.cached_input_tokens) == (10, 10), "the usage told is the usage billed"
 
 
 def test_connection_refused_is_retried_then_fails_over(double, sleeps):

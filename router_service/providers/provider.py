@@ -351,13 +351,17 @@ def completion_of(config: ProviderConfig, messages: Messages, content: str, usag
                           tool_calls=tool_calls)
     cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0)
     return Completion(content, config.name, config.model, prompt, written,
-                      cached_input_tokens=cached if _count(cached) else 0,
+                      cached_input_tokens=min(cached, prompt) if _count(cached) else 0,
                       finish_reason=finish_reason, tool_calls=tool_calls)
 
 
+MAX_COUNT = 2**31 - 1  # the contract's usage fields are int32; a count past them is no count a model produced
+
+
 def _count(value: Any) -> bool:
-    """Whether a provider's token count can be billed: null or negative usage is estimated instead."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """Whether a provider's token count can be billed: null, negative or impossibly large usage is estimated
+    instead."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _tokens(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
