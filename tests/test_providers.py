@@ -370,6 +370,18 @@ def test_a_finish_reason_that_is_no_string_breaks_the_stream_it_ends(double, sle
     assert deltas == ["four"]
 
 
+def test_a_stream_that_breaks_at_its_end_before_any_text_fails_over(double, sleeps):
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    double.set_persistent("model-a", Fault.odd_body(_events(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": 7}]}), "text/event-stream"))
+    chain = TierChain([make_provider(double.base_url, "a", sleeps), make_provider(double.base_url, "b", sleeps)])
+    deltas, completion = run(collect(chain.stream(MESSAGES)), chain)
+    assert completion.provider == "b" and "".join(deltas) == completion.content, "nothing had gone out from a"
+    assert outcomes(completion.attempts)[0] == ("a", "error")
+
+
 @pytest.mark.parametrize("usage", [{"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
                                    {"prompt_tokens": -1000000, "completion_tokens": -1000000, "total_tokens": 0},
                                    {"prompt_tokens": 10, "completion_tokens": 3_000_000_000, "total_tokens": 0}])

@@ -129,7 +129,10 @@ class Provider:
                     if sampling.logprobs:
                         completion = replace(completion, logprobs=_logprobs(live.logprobs))
             except MisshapenResponse as exc:  # its text went out: a break, as one mid-stream is
-                raise self._broken(exc, self._timeout_for(deadline), started, attempts, tokens_sent) from exc
+                broken = self._broken(exc, self._timeout_for(deadline), started, attempts, tokens_sent)
+                if not tokens_sent:  # none did (tool calls only): a failure before the first text, failed over
+                    raise self._gave_up(attempts) from exc
+                raise broken from exc
             yield self._succeeded(completion, started, attempts)
 
     async def check_health(self) -> bool | None:
@@ -207,8 +210,11 @@ class Provider:
         try:
             return await self.retrier.run(one_attempt, deadline=deadline, may_retry=self.breaker.allow)
         except AttemptFailed:
-            raise ProviderFailed(f"provider {self.name!r} failed: {status_only(attempts.attempts[-1].error)}",
-                                 attempts.attempts) from None
+            raise self._gave_up(attempts) from None
+
+    def _gave_up(self, attempts: _AttemptLog) -> ProviderFailed:
+        return ProviderFailed(f"provider {self.name!r} failed: {status_only(attempts.attempts[-1].error)}",
+                              attempts.attempts)
 
     def _succeeded(self, completion: Completion, started: float, attempts: _AttemptLog) -> Completion:
         """Settle the breaker and log the attempt that answered: the completion with every attempt made."""
