@@ -348,11 +348,15 @@ def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch
 
 def test_a_claim_made_after_its_caller_gave_up_on_a_slow_volume_is_given_up(tmp_path, monkeypatch):
     store, _ = store_at(tmp_path)
-    slow, look = threading.Event(), store._step
+    slow, began, looked, look = threading.Event(), threading.Event(), threading.Event(), store._step
 
     def slow_step(*args):
+        began.set()
         slow.wait(5)  # the volume answers only after the caller's time is up
-        return look(*args)
+        try:
+            return look(*args)
+        finally:
+            looked.set()
 
     monkeypatch.setattr(store, "_step", slow_step)
     monkeypatch.setattr(shared_answers, "LOOK_TIMEOUT_S", 0.05)
@@ -363,6 +367,9 @@ def test_a_claim_made_after_its_caller_gave_up_on_a_slow_volume_is_given_up(tmp_
 
     asyncio.run(gives_up())
     slow.set()
+    # Until the look ends the directory is empty because no claim is made yet; a look cancelled before it began
+    # (its thread slower than the caller's 50 ms) makes none.
+    assert looked.wait(5) or not began.is_set(), "the slow look ended"
     give_up = time.monotonic() + 5
     while (list(tmp_path.iterdir()) or store._owned) and time.monotonic() < give_up:
         time.sleep(0.01)
