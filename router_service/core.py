@@ -297,7 +297,7 @@ class RouterCore:
         try:
             decision = await strategy.decide(RouteInput(query=query, head=request.head, deadline=deadline,
                                                         quality_target=_quality_target(request, span),
-                                                        on_attempt=self._on_attempt))
+                                                        on_attempt=self._on_attempt, max_tier=current_max_tier()))
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise Rejected(err.code(), err.details()) from None

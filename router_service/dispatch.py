@@ -174,7 +174,7 @@ class Dispatcher:
             if gate is not None and tier < gated_up_to and not completion.tool_calls:
                 verdict = await gate.judge(query_of(messages), completion.content, tier=tier,
                                            finish_reason=completion.finish_reason, deadline=deadline,
-                                           on_attempt=on_attempt)
+                                           on_attempt=on_attempt, ceiling=ceiling)
                 meter.paid(verdict.cost_usd, tier)
                 if not verdict.accept:
                     progress.gate_rejections.append((tier, verdict.reason))

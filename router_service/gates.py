@@ -40,9 +40,11 @@ class QualityGate(ABC):
         """The verdict from the texts alone."""
 
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
-                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
+                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None,
+                    ceiling: int = FRONTIER) -> Verdict:
         """The verdict on tier `tier`'s answer, as the router's cascade asks for it. A gate that calls a model
-        reports each provider attempt to `on_attempt(tier, attempt, "verify")`, for spans and metrics."""
+        reports each provider attempt to `on_attempt(tier, attempt, "verify")`, for spans and metrics, and asks
+        none above `ceiling` (the API key's max_tier)."""
         return self.check(query, answer, finish_reason)
 
 
@@ -124,11 +126,14 @@ class VerifierGate(SurfaceGate):
                    c.verifier_logprobs)
 
     async def judge(self, query: str, answer: str, *, tier: int, finish_reason: str = "stop",
-                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None) -> Verdict:
+                    deadline: float | None = None, on_attempt: Callable[..., None] | None = None,
+                    ceiling: int = FRONTIER) -> Verdict:
         surface = self.check(query, answer, finish_reason)
         if not surface.accept:
             return surface  # no need to pay a verifier for an empty, cut-off or refusing answer
         by = verifier_tier_for(self.verifier_tier, tier)
+        if by > ceiling:  # unverified, as when the verifier fails: the answer of a tier the key may pay for follows
+            return Verdict(False, f"tier {by} verifier not asked: above the API key's max_tier {ceiling}")
         budget = time.monotonic() + self.timeout_s
         try:
             reply = await self.chains[by].complete(

@@ -91,3 +91,22 @@ def test_a_request_no_provider_under_the_cap_can_take_is_refused_naming_the_key(
                 metadata=as_key(CHEAP_KEY), timeout=20)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no provider of tier 1 to 2 (the API key's max_tier) holds that many" in refused.value.details()
+
+
+def test_a_capped_key_pays_no_judge_or_verifier_above_its_max_tier(double, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"{CHEAP_KEY} id=cheap max_tier=2\n")
+    doc = router_config(double.base_url, judge={"tier": 3}, cascade={"gate": "verify", "verifier_tier": 3})
+    double.reset()
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--api-keys-file", str(keys),
+                        env={KEY_ENV: "k"}) as router, grpc.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        judged = stub.Complete(ask("judge"), metadata=as_key(CHEAP_KEY), timeout=20)
+        routed = stub.Route(pb.RouteRequest(query="hi", strategy="judge"), metadata=as_key(CHEAP_KEY), timeout=20)
+        cascaded = stub.Complete(ask("cheapest+cascade"), metadata=as_key(CHEAP_KEY), timeout=20)
+    assert not double.requests_for("t3-a"), "the frontier was never asked, to decide or to verify"
+    for decision in (judged.decision, routed):
+        assert decision.degraded and "judge not asked: its tier 3 is above the API key's max_tier 2" in decision.reason
+    assert judged.tier <= 2
+    assert (cascaded.tier, cascaded.escalations) == (2, 1), "the unverified tier-1 answer gave way to tier 2's"
+    assert any(a.outcome == "gate_rejected" and "verifier not asked" in a.error for a in cascaded.attempts)

@@ -40,6 +40,8 @@ class RouteInput:
     quality_target: float | None = None
     # Told of each provider attempt a strategy makes to decide, as on_attempt(tier, attempt, purpose).
     on_attempt: Callable[..., None] | None = None
+    # The highest tier the caller's API key may pay for, a model asked to decide included.
+    max_tier: int = FRONTIER
 
 
 class Strategy(ABC):

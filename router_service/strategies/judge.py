@@ -44,6 +44,9 @@ class JudgeStrategy(Strategy):
         if request.deadline is not None:
             deadline = min(deadline, request.deadline)
         cost = 0.0
+        if self.tier > request.max_tier:  # a key that must never pay for this tier does not pay for its verdict
+            why = f"judge not asked: its tier {self.tier} is above the API key's max_tier {request.max_tier}"
+            return (await self.fallback.decide(request)).degrade(self.name, why)
         try:
             reply = await self.chain.complete(
                 prompt(PROMPT, user_message=request.query), max_tokens=16, temperature=0.0, deadline=deadline,
