@@ -286,12 +286,22 @@ class HeadRegistry:
             raise ValueError(f"default head {self.default!r} is not loaded (loaded: {self.names})")
 
     @classmethod
-    def from_dir(cls, directory: Path, default: str | None = None) -> "HeadRegistry":
-        """Load every <name>/head.json below `directory`; "default" is the default head when present."""
+    def from_dir(cls, directory: Path, default: str | None = None, installing: bool = False) -> "HeadRegistry":
+        """Load every <name>/head.json below `directory`; "default" is the default head when present. `installing`:
+        for a tool about to install a head by its name, every head must be in the directory its name names."""
         paths = sorted(Path(directory).glob("*/head.json"))
         if not paths:
             raise FileNotFoundError(f"no */head.json under {directory}")
         heads = [TierHead.load(p) for p in paths]
+        homes: dict[str, Path] = {}
+        for path, head in zip(paths, heads):
+            if head.name in homes:
+                raise ValueError(f"{homes[head.name]} and {path} both hold head {head.name!r}: head names must be "
+                                 "unique (a head's directory carries its name)")
+            homes[head.name] = path
+            if installing and path.parent.name != head.name:
+                raise ValueError(f"{path} holds head {head.name!r}: a head's directory carries its name, and a "
+                                 f"head installed by name would land beside it; rename the directory to {head.name}")
         if default is None and any(h.name == "default" for h in heads):
             default = "default"
         return cls(heads, default)

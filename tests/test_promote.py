@@ -11,7 +11,7 @@ import pytest
 
 from tierwise_tools.calibration import ALWAYS_TIER_3
 from classifier_service.config import Config
-from classifier_service.heads import TierHead
+from classifier_service.heads import HeadRegistry, TierHead
 from tierwise_tools.cli import main
 from tierwise.data import is_held_out
 from tierwise.v1 import classifier_pb2 as pb
@@ -179,6 +179,22 @@ def test_a_head_for_a_lineup_another_head_serves_is_refused_by_name(tmp_path, ca
     dataclasses.replace(lineup_head("old", 0.0), name="zz-mine").save(heads / "zz-mine" / "head.json")
     assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(easy)]) == 2
     assert "head lineup-a already serves" in capsys.readouterr().err
+
+
+def test_a_head_in_a_directory_of_another_name_is_refused_before_anything_is_installed(tmp_path, capsys):
+    """Installed by name beside a copy named otherwise, a head would make two of one name: the classifier would
+    refuse every reload (and its next start), while promote said routers use it."""
+    heads, candidate = tmp_path / "heads", tmp_path / "candidate"
+    lineup_head("lineup-a-safe", 0.0).save(heads / "prod-lineup" / "head.json")
+    lineup_head("bold", 100.0).publish(candidate)
+    easy = write(tmp_path / "easy.jsonl", [1.0] * 20, held_out=True)
+    assert main(["promote", "--candidate", str(candidate), "--heads-dir", str(heads), "--data", str(easy)]) == 2
+    err = capsys.readouterr().err
+    assert "prod-lineup/head.json holds head 'lineup-a'" in err and "rename the directory to lineup-a" in err, err
+    assert sorted(p.name for p in heads.iterdir()) == ["prod-lineup"], "nothing installed"
+    lineup_head("lineup-a-safe", 0.0).save(heads / "lineup-a" / "head.json")
+    with pytest.raises(ValueError, match=r"prod-lineup/head.json both hold head 'lineup-a'"):
+        HeadRegistry.from_dir(heads)
 
 
 def test_a_new_head_is_weighed_against_the_head_serving_its_lineup_today(tmp_path, capsys):

@@ -124,7 +124,7 @@ def head_name(lineup: tuple[str, ...], heads_dir: Path) -> str:
     derived from the lineup: stable, and valid for a head."""
     if any(heads_dir.glob("*/head.json")):
         try:
-            serving = HeadRegistry.from_dir(heads_dir).for_lineup(lineup)
+            serving = HeadRegistry.from_dir(heads_dir, installing=True).for_lineup(lineup)
         except ValueError as err:
             raise DataError(f"--heads-dir: {err}") from None
         if serving.models == lineup:

@@ -80,7 +80,7 @@ def serving_heads(heads_dir: Path, candidate) -> tuple[TierHead | None, TierHead
     directory. The directory is read once."""
     if not any(heads_dir.glob("*/head.json")):
         return None, None
-    registry = HeadRegistry.from_dir(heads_dir)
+    registry = HeadRegistry.from_dir(heads_dir, installing=True)
     found = registry.for_lineup(candidate.models)
     return registry.get(candidate.name) or found, found
 

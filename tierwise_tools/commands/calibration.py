@@ -71,7 +71,7 @@ def calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Record
 
 
 def _calibrate_head(args: argparse.Namespace, files: list[tuple[Path, list[Record]]], records: list[Record]) -> int:
-    head = heads_in(args.heads_dir, "--heads-dir").get(args.head)
+    head = heads_in(args.heads_dir, "--heads-dir", installing=True).get(args.head)
     if head is None:
         print(f"tierwise calibrate: head: unknown head {args.head!r}", file=sys.stderr)
         return 2

@@ -66,11 +66,11 @@ def part_of(records: list[Record], part: str) -> list[Record]:
     return records if part == "all" else split(records)[part == "held-out"]
 
 
-def heads_in(directory: Path, flag: str) -> HeadRegistry:
-    """The heads under `directory`. A head file that cannot be loaded is bad input naming `flag`, not a
-    traceback; none at all is FileNotFoundError, which the CLI reports."""
+def heads_in(directory: Path, flag: str, installing: bool = False) -> HeadRegistry:
+    """The heads under `directory` (`installing`: see HeadRegistry.from_dir). A head file that cannot be loaded is
+    bad input naming `flag`, not a traceback; none at all is FileNotFoundError, which the CLI reports."""
     try:
-        return HeadRegistry.from_dir(directory)
+        return HeadRegistry.from_dir(directory, installing=installing)
     except ValueError as err:
         raise DataError(f"{flag}: {err}") from None
 
