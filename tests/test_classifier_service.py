@@ -429,3 +429,18 @@ def test_two_heads_that_share_a_version_string_share_no_cached_answers(tmp_path)
             assert list(twin.probabilities) != pytest.approx(list(first.probabilities), abs=1e-3)
     finally:
         assert service.stop() == 0
+
+
+def test_a_sighup_before_the_service_is_loaded_does_not_end_it():
+    """`learn && kill -HUP` from cron may reach a classifier that is still loading: SIGHUP's default action would
+    end it there, before the reloader took the signal over."""
+    service = start_classifier(wait_ready=False)  # back from the "listening on" line: the load has begun
+    try:
+        service.proc.send_signal(signal.SIGHUP)
+        service.wait_for("ready on")
+        assert service.proc.poll() is None
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            assert stub.Classify(pb.ClassifyRequest(text="What is 2 + 2?"), timeout=10).tier in (1, 2, 3)
+    finally:
+        assert service.stop() == 0

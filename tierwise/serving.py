@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from .telemetry import context_from_grpc
 from .tls import ServerTLS, server_credentials
+from .watching import hold_sighup
 
 log = logging.getLogger("tierwise.serving")
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -34,6 +35,7 @@ async def run(name: str, listen: str, services: list[str], server: grpc.aio.Serv
     (Kubernetes' native grpc probes). At shutdown, calls under way get `grace` seconds from the signal to finish,
     then are cancelled. `draining` is called when health turns NOT_SERVING, with the monotonic time that grace ends,
     so other ports can tell their own load balancers and have their calls (and `close`) done by then."""
+    hold_sighup()  # before the port is announced: a SIGHUP sent on seeing it must find the handler
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, HEALTH, reflection.SERVICE_NAME], server)

@@ -28,12 +28,24 @@ def file_signature(*paths: Path | None) -> tuple:
     return tuple(found)
 
 
+_held: list[bool] = []  # a SIGHUP that came while no reload loop ran: the next loop checks at once
+
+
+def hold_sighup() -> None:
+    """From now on SIGHUP is remembered for the reload loop, not fatal: its default action ends the process at once,
+    undrained. For a service starting up (before its loop runs) and stopping (after it ended)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _held.append, True)
+
+
 async def every_or_sighup(every: float | None, check: Callable[[], Awaitable[None]]) -> None:
     """Await `check()` every `every` seconds (None: never by time) and at once on SIGHUP, until cancelled. One such
     loop per process: SIGHUP has one handler."""
     loop = asyncio.get_running_loop()
     now = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, now.set)
+    if _held:
+        _held.clear()
+        now.set()
     try:
         while True:
             try:
@@ -46,4 +58,4 @@ async def every_or_sighup(every: float | None, check: Callable[[], Awaitable[Non
             except Exception:  # a check that failed once must not end the loop (nor leave SIGHUP unhandled)
                 log.exception("a reload check failed; it runs again at the next")
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+        hold_sighup()
