@@ -11,11 +11,12 @@ import pytest
 
 from classifier_service.config import Config
 from classifier_service.heads import TierHead
-from tierwise.data import load
+from tierwise.data import DataError, load
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 from tierwise_tools.calibration import ALWAYS_TIER_3
 from tierwise_tools.cli import main
+from tierwise_tools.learn import read_labels
 
 from .provider_double import Fault, ProviderDouble, unused_port
 from .exported_metrics import wait_until
@@ -295,3 +296,23 @@ def test_the_shadow_stops_labelling_past_its_monthly_budget(tmp_path, verdict):
     said = [line for line in router.output if "no more shadows this month" in line]
     assert len(said) == 1 and "monthly budget of $1e-06" in said[0], "counted each time, said once"
 
+
+
+def test_every_start_of_a_record_is_cut_short_and_any_other_bad_line_is_refused(tmp_path):
+    """A torn line is the start of a record; a line bad before its end (a foreign file, a corrupted record) is
+    named, and nothing is trained, where skipping it would train on a file that is not what it seems."""
+    good = write(tmp_path / "good.jsonl", [1.0] * 2, held_out=False).read_text().splitlines()
+    doc = {**json.loads(good[0]), "t": True, "f": False, "n": None, "x": -1.5e-3, "note": "caf\u00e9 \u2014 \\u"}
+    torn = tmp_path / "torn.jsonl"
+    for ascii_only in (False, True):  # UTF-8 cut mid-character; \u escapes cut mid-escape
+        data = json.dumps(doc, ensure_ascii=ascii_only).encode()
+        torn.write_bytes(b"\n".join([good[1].encode(), *(data[:i] for i in range(1, len(data)))]) + b"\n")
+        warnings: list[str] = []
+        assert len(read_labels(torn, tmp_path / "copy", warnings)) == 1
+        assert len(warnings) == len(data) - 1 and all("a record cut short" in w for w in warnings)
+    record = json.dumps(doc)
+    for bad in ["{'id': 'a', 'query': 'dict repr'}", record.replace('"query"', '"qu\u0000ery', 1),
+                record.replace('", "', '" "', 1), record + " trailing", "{" * 100_000, '{"n": ' + "9" * 5000 + "}"]:
+        torn.write_text(good[1] + "\n" + bad + "\n" + good[0] + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=f"{torn}:2: not a routing record"):
+            read_labels(torn, tmp_path / "copy", [])

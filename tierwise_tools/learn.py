@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,22 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+# What is left of a JSON text at the point a parser stops in one cut short there: a number's or a literal's first
+# characters, or a \u escape and up to its four digits.
+_TORN_TAIL = re.compile(r"[-+.eE0-9]+|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|u[0-9a-fA-F]{0,4}")
+
+
+def _cut_short(err: BaseException, size: int) -> bool:
+    """Whether a line that failed to read is the start of a record (a writer killed, or still appending): its
+    parser ran out of text, or it ends in the middle of a character. A line bad before its end is no record."""
+    if isinstance(err, UnicodeDecodeError):
+        return err.end == size and "unexpected end of data" in err.reason
+    if not isinstance(err, json.JSONDecodeError):
+        return False  # nested past the parser's depth: no record is
+    rest = err.doc[err.pos:]
+    return not rest or err.msg.startswith("Unterminated string") or bool(_TORN_TAIL.fullmatch(rest))
+
+
 def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Record, dict]]:
     """The routing records of `path` with their JSON (answers dropped: training reads none), as the file is now.
     A record cut short (a line that opens a JSON object and does not close it) is what a writer killed or still
@@ -102,9 +119,9 @@ def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Recor
             line = raw.decode("utf-8")
             if opens_a_record:
                 raws.append(json.loads(line))  # a last line complete but for its newline is a record too
-        except ValueError as err:  # a UnicodeDecodeError too: a character cut in two
-            if not opens_a_record:
-                raise DataError(f"{path}:{n}: not a routing record ({err})") from None
+        except (ValueError, RecursionError) as err:  # a UnicodeDecodeError too
+            if not (opens_a_record and _cut_short(err, len(raw))):
+                raise DataError(f"{path}:{n}: not a routing record ({str(err)[:200]})") from None
             line = ""
             warnings.append(f"{path}:{n}: a record cut short (its writer killed, or still appending), skipped")
         lines.append(line)
