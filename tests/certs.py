@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -58,9 +58,10 @@ def authority(common_name: str = "tierwise test CA") -> Issued:
     return Issued(cert, key)
 
 
-def issue(ca: Issued, common_name: str, *, client: bool = False) -> Issued:
-    """A leaf for localhost / 127.0.0.1, usable by a server, or by a client with `client=True`."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def issue(ca: Issued, common_name: str, *, client: bool = False, rsa_key: bool = False) -> Issued:
+    """A leaf for localhost / 127.0.0.1, usable by a server, or by a client with `client=True`; its key an EC one,
+    or RSA with `rsa_key=True`."""
+    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca.cert.subject)

@@ -75,8 +75,15 @@ class HttpServer:
             "ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key),
             "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE}
+        builders: list[Callable[[], ssl.SSLContext]] = []
+
+        def kept(config, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            builders.append(build)  # builds a context from the files as they are now, with uvicorn's settings
+            return build()
+
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                                ws="none", timeout_graceful_shutdown=FLUSH_S, **secure)
+                                ws="none", timeout_graceful_shutdown=FLUSH_S, ssl_context_factory=kept if tls else None,
+                                **secure)
         self.server = _InLoop(config)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
@@ -85,7 +92,7 @@ class HttpServer:
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         if tls is not None:
-            self.renewing = asyncio.create_task(_renew(config.ssl, tls))
+            self.renewing = asyncio.create_task(_renew(config.ssl, tls, builders[0]))
 
     async def stop(self, until: float, idle: Callable[[], bool], cut: Callable[[], None]) -> None:
         """Stop once `idle()` says no call is under way, or at `until` (monotonic time), when `cut()` ends the calls
@@ -103,11 +110,13 @@ class HttpServer:
         await self.task
 
 
-async def _renew(context: ssl.SSLContext, tls: ServerTLS) -> None:
-    """Until cancelled: a changed certificate and key, once the key fits the certificate, go into `context`, which
-    every new connection's handshake reads (open connections keep theirs). A broken pair is logged and the current
-    one keeps serving, as on the gRPC port. The client CA is read at start only: an SSL context can add CAs but
-    never drop one."""
+async def _renew(context: ssl.SSLContext, tls: ServerTLS, build: Callable[[], ssl.SSLContext]) -> None:
+    """Until cancelled: a changed certificate and key, once the key fits the certificate, serve every new
+    connection (open ones keep theirs). Each pair gets a context of its own (`build`, which reads the client CA
+    again too), which `context`'s handshakes switch to as they begin: loaded into `context` itself, a pair of
+    another key type would join the old one, not replace it (OpenSSL keeps a certificate per key type), and
+    clients would still be shown the old one. A broken pair is logged and the current one keeps serving, as on
+    the gRPC port."""
     seen = tls.pair_signature()
     while True:
         await asyncio.sleep(RENEW_CHECK_S)
@@ -116,7 +125,8 @@ async def _renew(context: ssl.SSLContext, tls: ServerTLS) -> None:
         seen = now
         try:
             check_pair(tls.cert, tls.key)  # on a scratch context: a failure changes nothing
-            context.load_cert_chain(tls.cert, tls.key)
+            renewed = build()
+            context.sni_callback = lambda conn, server_name, _: setattr(conn, "context", renewed)
         except (OSError, ValueError) as err:
             log.error("HTTPS certificate not reloaded, still serving the previous one: %s", err,
                       extra={"fields": {"cert": str(tls.cert)}})
