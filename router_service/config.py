@@ -261,8 +261,8 @@ class HTTPConfig:
                        "served beside gRPC by the same process (\"\" = off; --http-listen)", "")
     models: Annotated[tuple[ModelName, ...], AfterValidator(_distinct_names)] = doc(
         "model names clients may send", (), nested=ModelName, many=True)
-    body_timeout_s: Positive = doc("longest wait for the next piece of a request's body; past it the request gets "
-                                   "a 408 rather than holding its connection, and a drain at shutdown, open", 30.0)
+    body_timeout_s: Positive = doc("longest wait for the next piece of a request's body (past it a 408), and for "
+                                   "its headers whole (past it the connection is closed): none holds one open", 30.0)
 
     def model_names(self) -> ModelNames:
         return ModelNames(tuple((m.name, m.strategy, m.quality_target) for m in self.models))

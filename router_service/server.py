@@ -159,7 +159,8 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
             tasks.append(asyncio.create_task(check_health(chains, metrics)))
         head = cfg.classifier.head or (f"{lineup.name} (this lineup's)" if lineup.name else "the classifier's default")
         if http is not None:
-            await http.start(build_app(core, guard.gate if guard else None, http_health), tls)
+            await http.start(build_app(core, guard.gate if guard else None, http_health), tls,
+                             headers_within_s=cfg.http.body_timeout_s)
         return (f"strategy={cfg.strategy} classifier={classifier_address} head={head}"
                 + (f" http={http.address}" if http else ""))
 

@@ -323,6 +323,35 @@ def test_a_body_that_stops_arriving_is_a_408_and_the_router_serves_on(api):
     assert sdk(api[0]).chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
 
 
+def closed_after(conn: socket.socket, drip: bytes = b"") -> float:
+    """Seconds until the router closes `conn`, sending `drip` a byte at a time every 0.2 s meanwhile."""
+    started = time.monotonic()
+    conn.settimeout(0.2)
+    while time.monotonic() - started < BODY_TIMEOUT_S + 10:
+        try:
+            if drip:
+                conn.sendall(drip[:1])
+                drip = drip[1:]
+            if conn.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionError:  # reset, or a write after the router closed its end
+            return time.monotonic() - started
+    raise AssertionError("the router held the connection open")
+
+
+def test_a_connection_whose_headers_never_come_whole_is_closed(api):
+    """No key is checked before a request's headers: an open connection is otherwise free to hold."""
+    host, port = api[0].rsplit(":", 1)
+    headers = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" * 5
+    with socket.create_connection((host, int(port)), timeout=5) as idle:
+        assert BODY_TIMEOUT_S - 0.2 <= closed_after(idle) < BODY_TIMEOUT_S + 5, "nothing sent"
+    with socket.create_connection((host, int(port)), timeout=5) as slow:
+        assert closed_after(slow, drip=headers) < BODY_TIMEOUT_S + 5, "a byte every 0.2 s does not keep it open"
+    assert sdk(api[0]).chat.completions.create(model="tierwise", messages=user()).choices[0].message.content
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)

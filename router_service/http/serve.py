@@ -10,6 +10,7 @@ import ssl
 from typing import Callable
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from tierwise.serving import waited
 from tierwise.telemetry import split_listen
@@ -42,6 +43,43 @@ class _InLoop(uvicorn.Server):
         return contextlib.nullcontext()
 
 
+class _HeadersInTime(AutoHTTPProtocol):
+    """uvicorn's HTTP protocol, closing a connection whose request has not shown all its headers `within_s` after
+    the connection opened or its first bytes came: uvicorn would hold it open for ever (its keep-alive timer runs
+    only after an answer), and so a file descriptor, before any key is checked. A slow sender does not reset it."""
+    within_s: float = 30.0
+
+    def connection_made(self, transport) -> None:
+        self._headers_due = None
+        super().connection_made(transport)
+        self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._await_headers()
+
+    def connection_lost(self, exc) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _await_headers(self) -> None:
+        if not self._between_requests():
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+                self._headers_due = None
+        elif self._headers_due is None:
+            self._headers_due = self.loop.call_later(self.within_s, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._headers_due = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
+
+
 class HttpServer:
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -68,9 +106,10 @@ class HttpServer:
             raise
         return cls(sock)
 
-    async def start(self, app, tls: ServerTLS | None = None) -> None:
+    async def start(self, app, tls: ServerTLS | None = None, headers_within_s: float = 30.0) -> None:
         """Serve `app`; with `tls`, HTTPS with the gRPC port's certificate (and its client CA: mTLS), a renewed
-        certificate taken up within RENEW_CHECK_S."""
+        certificate taken up within RENEW_CHECK_S. A connection whose request's headers take longer than
+        `headers_within_s` is closed."""
         secure = {} if tls is None else {
             "ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key),
             "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
@@ -83,6 +122,7 @@ class HttpServer:
 
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
                                 ws="none", timeout_graceful_shutdown=FLUSH_S, ssl_context_factory=kept if tls else None,
+                                http=type("HeadersInTime", (_HeadersInTime,), {"within_s": headers_within_s}),
                                 **secure)
         self.server = _InLoop(config)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
