@@ -14,7 +14,7 @@ from dataclasses import replace
 from itertools import islice
 from typing import Mapping, Sequence
 
-from tierwise.tiers import FRONTIER
+from tierwise.tiers import CHEAPEST, FRONTIER
 
 from .providers import DEFAULT_SAMPLING, Needs, Outcome, Sampling, TierChain
 from .messages import asked
@@ -63,11 +63,13 @@ def floor(messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
 
 def decide_on_conversation(decision: Decision, messages: Sequence[Mapping[str, str]],
                            chains: Mapping[int, TierChain], max_tokens: int | None = None,
-                           sampling: Sampling = DEFAULT_SAMPLING, ceiling: int = FRONTIER) -> Decision:
-    """`decision` raised to the conversation's floor, then to the first tier whose providers can hold the request,
-    never above `ceiling` (an API key's `max_tier`); the reason says what moved it. NoTierFits when none can."""
+                           sampling: Sampling = DEFAULT_SAMPLING, ceiling: int = FRONTIER,
+                           pinned: bool = False) -> Decision:
+    """`decision` raised to the conversation's floor (unless its tier is `pinned`), then to the first tier whose
+    providers can hold the request, never above `ceiling` (an API key's `max_tier`); the reason says what moved
+    it. NoTierFits when none can."""
     tier, reasons = decision.tier, []
-    lowest, why = floor(messages)
+    lowest, why = (CHEAPEST, "") if pinned else floor(messages)
     if lowest > tier:
         tier, reasons = lowest, [f"raised to tier {lowest}: {why}"]
     if tier > ceiling:

@@ -105,7 +105,8 @@ class RouterCore:
             conversation = self.affinity.key(messages, current_key_id())
             decision, earlier = self._affine(decision, conversation, messages)
             ceiling = current_max_tier()
-            decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span)
+            decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span,
+                                             strategy.pinned)
             # The estimate prices the request as a provider is sent it: every message and the tools offered.
             prompt = prompt_tokens(messages, asked["sampling"])
             route = self._route_response(decision, prompt, started)
@@ -268,12 +269,12 @@ class RouterCore:
             self.metrics.answered(result, self.cfg.tiers[FRONTIER])
 
     def _on_conversation(self, decision: Decision, messages: list[dict[str, str]], max_tokens: int,
-                         sampling: Sampling, ceiling: int, span) -> Decision:
-        """The strategy's decision, moved by the whole conversation and what the providers can take, no higher than
-        `ceiling`."""
+                         sampling: Sampling, ceiling: int, span, pinned: bool) -> Decision:
+        """The strategy's decision, moved by the whole conversation (its floor, unless the tier is `pinned`) and what
+        the providers can take, no higher than `ceiling`."""
         try:
             moved = decide_on_conversation(decision, messages, self.dispatcher.chains, max_tokens or None, sampling,
-                                           ceiling)
+                                           ceiling, pinned)
         except NoTierFits as err:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         if moved is not decision:

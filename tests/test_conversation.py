@@ -123,6 +123,20 @@ def test_the_decision_is_raised_to_the_floor_and_past_tiers_that_cannot_hold_it_
                                max_tokens=50)
 
 
+def test_a_pinned_tier_keeps_its_tier_where_the_conversation_would_raise_it_but_not_past_what_fits():
+    """tier1..tier3 and cheapest name a tier outright: the floor does not move them; a tier whose providers cannot
+    take the request still gives way."""
+    pinned = Decision(tier=1, strategy="tier1", reason="always tier 1")
+    by_tier = chains("http://127.0.0.1:9", {1: 0, 2: 0, 3: 0})
+    coded = [{"role": "system", "content": "```python\nprint(1)\n```"}, *user("why?")]
+    long = [{"role": "system", "content": "context " * 3000}, *user("why?")]
+    for conversation in (coded, long):
+        assert decide_on_conversation(pinned, conversation, by_tier, pinned=True) is pinned
+        assert decide_on_conversation(pinned, conversation, by_tier).tier > 1, "a strategy's tier is raised"
+    small = chains("http://127.0.0.1:9", {1: 100, 2: 0, 3: 0})
+    assert decide_on_conversation(pinned, user("z" * 2000), small, max_tokens=50, pinned=True).tier == 2
+
+
 def test_an_api_keys_max_tier_holds_every_move_of_the_decision():
     """A key's ceiling caps the strategy's tier, the conversation's floor and the skip past providers that cannot
     hold the request; what no tier under it can hold is refused, and the message says the key is why."""

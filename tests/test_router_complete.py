@@ -101,7 +101,8 @@ def test_the_decisions_estimate_prices_the_whole_conversation(stub):
     long = stub.Complete(pb.CompleteRequest(messages=[pb.Message(role="system", content="Be careful. " * 2000),
                                                       pb.Message(role="user", content="Name a colour.")],
                                             strategy="tier1"), timeout=10)
-    assert long.decision.estimated_cost_usd > 10 * short.decision.estimated_cost_usd
+    more = (long.usage.input_tokens - short.usage.input_tokens) * 0.25e-6  # tier 1's input price, pinned
+    assert long.decision.estimated_cost_usd - short.decision.estimated_cost_usd == pytest.approx(more, rel=0.2)
     assert long.decision.estimated_cost_usd == pytest.approx(long.cost_usd, rel=0.5), "about what it cost"
 
 

@@ -56,6 +56,9 @@ class Strategy(ABC):
     max_tier: int = FRONTIER
     # A provider is asked (and paid) for the decision itself, as the judge's model is: Route costs the key then too.
     pays_to_decide: bool = False
+    # The tier is the caller's to name (tier1..tier3, cheapest): the conversation's floor does not raise it; a tier
+    # whose providers cannot take the request is still skipped.
+    pinned: ClassVar[bool] = False
 
     @abstractmethod
     async def decide(self, request: RouteInput) -> Decision: ...

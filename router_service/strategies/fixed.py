@@ -11,6 +11,7 @@ from .base import Decision, RouteInput, Strategy, register
 class FixedTier(Strategy):
     tier: int
     reason: str
+    pinned = True
 
     def __init__(self, strategies=None):
         pass
