@@ -158,7 +158,8 @@ class CascadeConfig:
     gate: Annotated[str, Strict(), AfterValidator(_known_gate)] = doc(
         "quality gate run on each answer: surface, the seed's heuristic, or verify (surface, then a model judges the "
         "answer)", "surface")
-    max_tier: Tier = doc("highest tier a cascade answers at: it starts no higher and escalates no further", FRONTIER)
+    max_tier: Tier = doc("highest tier a cascade answers at: it starts no higher (unless the conversation needs "
+                         "it) and neither its gate nor its failover goes further", FRONTIER)
     verifier_tier: Annotated[int, Strict(), must(lambda v: v in (0, *TIERS), "must be 0 (the tier above the answer's), "
                                                  f"{tier_list()}")] = doc(
         "tier whose chain judges answers for the verify gate (0 = the tier above the answer's)", CHEAPEST)

@@ -110,3 +110,19 @@ def test_a_capped_key_pays_no_judge_or_verifier_above_its_max_tier(double, tmp_p
     assert judged.tier <= 2
     assert (cascaded.tier, cascaded.escalations) == (2, 1), "the unverified tier-1 answer gave way to tier 2's"
     assert any(a.outcome == "gate_rejected" and "verifier not asked" in a.error for a in cascaded.attempts)
+
+
+def test_a_cascades_max_tier_holds_its_failover_too(double, tmp_path):
+    doc = router_config(double.base_url, cascade={"start": "cheapest", "gate": "surface", "max_tier": 2})
+    double.reset()
+    double.set_persistent("t2-a", Fault.http_error(503))
+    double.set_reply("t1-a", "")  # the surface gate rejects an empty answer: escalate to tier 2, which fails
+    try:
+        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("cascade"), timeout=20)
+        asked_above = len(double.requests_for("t3-a"))
+    finally:
+        double.reset()
+    assert asked_above == 0, "cascade.max_tier 2: no frontier answer, not even on failover"
+    assert reply.tier == 1, "the rejected answer, for want of a better one under the cascade's max_tier"
