@@ -216,7 +216,7 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         ("grpc.max_connection_age_ms", 60_000),
         ("grpc.max_connection_age_grace_ms", 10_000),
     ))
-    serving.add_servicer(pb_grpc.add_ClassifierServiceServicer_to_server, servicer, server)
+    serving.add_servicer(pb_grpc.add_ClassifierServiceServicer_to_server, servicer, server, servicer.metrics.calls)
 
     tasks: list[asyncio.Task] = []
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from tierwise.v1 import classifier_pb2 as cpb
 from tierwise.v1 import router_pb2 as pb
 
-from .servers import router_stack
+from .exported_metrics import scrape, value
+from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, router_stack, running_router, start_classifier
 
 ROUTER = "/tierwise.v1.RouterService/"
 CLASSIFIER = "/tierwise.v1.ClassifierService/"
@@ -164,3 +165,25 @@ def test_random_requests_never_fail_inside_the_servers(stack, request_):
 def test_random_bytes_never_fail_inside_the_servers(stack, method, payload):
     code, details = call(stack, method, payload)
     assert code not in SERVER_FAULTS, (method, payload, code, details)
+
+
+def test_a_request_refused_before_its_handler_is_counted_as_every_call_is(tmp_path):
+    """Bytes no request decodes from never reach the servicer that counts calls: the guard counts them, so the
+    calls metric (and an alert on INVALID_ARGUMENT) sees them too."""
+    classifier = start_classifier("--metrics-listen", "127.0.0.1:0")
+    try:
+        with running_router(router_config("http://127.0.0.1:9/v1"), UNUSED_CLASSIFIER, tmp_path, "--metrics-listen",
+                            "127.0.0.1:0", env={KEY_ENV: "k"}) as router, \
+                grpc.insecure_channel(router.address) as to_router, \
+                grpc.insecure_channel(classifier.address) as to_classifier:
+            channels = {ROUTER: to_router, CLASSIFIER: to_classifier}
+            for method, payload in ((CLASSIFIER + "Classify", GARBAGE[0]),
+                                    (CLASSIFIER + "Classify", invalid_utf8(cpb.ClassifyRequest(text="hello there"),
+                                                                           "hello there")),
+                                    (ROUTER + "Route", GARBAGE[0])):
+                assert call((channels,), method, payload)[0] == grpc.StatusCode.INVALID_ARGUMENT
+            counted = lambda service, name, method: value(scrape(service), name, method=method, code="INVALID_ARGUMENT")
+            assert counted(classifier, "tierwise_classifier_requests_total", "Classify") == 2
+            assert counted(router, "tierwise_router_calls_total", "Route") == 1
+    finally:
+        classifier.stop()

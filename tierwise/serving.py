@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from .telemetry import context_from_grpc
+from .telemetry import CallCounts, context_from_grpc
 from .tls import ServerTLS, server_credentials
 from .watching import hold_sighup
 
@@ -284,13 +284,14 @@ def rewrapped(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], C
     return handler
 
 
-def add_servicer(add_to_server: Callable, servicer, server: grpc.aio.Server) -> None:
+def add_servicer(add_to_server: Callable, servicer, server: grpc.aio.Server, counts: CallCounts | None = None) -> None:
     """Register `servicer` as its generated `add_*Servicer_to_server` does, with every method's request
     deserializer made total: bytes that are no valid request (a corrupt message, a string that is not UTF-8)
-    reach no handler, and the call ends INVALID_ARGUMENT naming the field where there is one."""
+    reach no handler, and the call ends INVALID_ARGUMENT naming the field where there is one (counted in
+    `counts`, as the servicer counts the calls it takes)."""
     collected = _Collected()
     add_to_server(servicer, collected)
-    handlers = {name: _guarded(handler) for name, handler in collected.handlers.items()}
+    handlers = {name: _guarded(handler, name, counts) for name, handler in collected.handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(collected.service, handlers),))
     server.add_registered_method_handlers(collected.service, handlers)
 
@@ -312,7 +313,7 @@ class _Undecodable:
         self.message = message
 
 
-def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _guarded(handler: grpc.RpcMethodHandler, method: str, counts: CallCounts | None) -> grpc.RpcMethodHandler:
     if handler.request_streaming:
         raise ValueError("request streams are not guarded: each of their messages would need the check")
     parse = handler.request_deserializer
@@ -331,6 +332,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def unary_stream(request, context):
             if isinstance(request, _Undecodable):
+                _refused(method, counts)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             async for reply in answer(request, context):
                 yield reply
@@ -340,10 +342,16 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     async def unary_unary(request, context):
         if isinstance(request, _Undecodable):
+            _refused(method, counts)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         return await reply(request, context)
 
     return handler._replace(request_deserializer=deserialize, unary_unary=unary_unary)
+
+
+def _refused(method: str, counts: CallCounts | None) -> None:
+    if counts is not None:
+        counts.add(method, grpc.StatusCode.INVALID_ARGUMENT.name)
 
 
 def _bad_utf8(data: bytes, descriptor, prefix: str = "", depth: int = 0) -> str | None:
