@@ -10,6 +10,7 @@ import numpy as np
 from opentelemetry import trace
 
 from tierwise import serving
+from tierwise.handlers import add_servicer
 from tierwise.metrics import quality_target
 from tierwise.serving import InFlight, Rejected, check_text, rpc_span, shown
 from tierwise.telemetry import setup_metrics, setup_tracing
@@ -216,7 +217,7 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         ("grpc.max_connection_age_ms", 60_000),
         ("grpc.max_connection_age_grace_ms", 10_000),
     ))
-    serving.add_servicer(pb_grpc.add_ClassifierServiceServicer_to_server, servicer, server, servicer.metrics.calls)
+    add_servicer(pb_grpc.add_ClassifierServiceServicer_to_server, servicer, server, servicer.metrics.calls)
 
     tasks: list[asyncio.Task] = []
 

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 
 import grpc
 
-from tierwise.serving import rewrapped
+from tierwise.handlers import rewrapped
 from tierwise.telemetry import final_code
 from tierwise.v1 import router_pb2 as pb
 

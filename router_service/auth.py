@@ -33,8 +33,9 @@ from typing import Callable
 
 import grpc
 
+from tierwise.handlers import rewrapped
 from tierwise.metrics import quality_target
-from tierwise.serving import Rejected, rewrapped
+from tierwise.serving import Rejected
 from tierwise.tiers import FRONTIER, TIERS, tier_list
 from tierwise.watching import every_or_sighup, file_signature
 

@@ -10,6 +10,7 @@ from contextlib import aclosing
 import grpc
 
 from tierwise import serving
+from tierwise.handlers import add_servicer
 from tierwise.own_task import Sender, in_own_task
 from tierwise.serving import rpc_span
 from tierwise.telemetry import setup_metrics, setup_tracing
@@ -124,7 +125,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
                                                               cfg.limits.receive_bytes)),
                              interceptors=[*interceptors, *([guard] if guard else [])] or None)
     core = RouterCore(cfg, strategies, Dispatcher(cfg, chains), metrics, shadow, shared)
-    serving.add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server, metrics.calls)
+    add_servicer(pb_grpc.add_RouterServiceServicer_to_server, RouterServicer(core), server, metrics.calls)
     try:
         http = HttpServer.bind(cfg.http.listen) if cfg.http.listen else None
     except (OSError, ValueError) as err:
