@@ -204,3 +204,23 @@ def test_a_head_whose_card_cannot_be_written_is_not_published(tmp_path):
     with pytest.raises(OSError):
         head.publish(tmp_path / "mine")
     assert not (tmp_path / "mine" / "head.json").exists()
+
+
+def test_a_write_the_disk_refuses_names_its_file(tmp_path):
+    """A full disk or a file too large fails a write() that names no file; the error a tool prints must say which
+    file it was (RLIMIT_FSIZE stands in for a full volume: a real error, from the kernel)."""
+    script = (
+        "import resource, signal, sys\n"
+        "from tierwise.atomic import append_line, write_atomic\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "for write in (lambda: write_atomic(sys.argv[1], b'x' * 5000), lambda: append_line(sys.argv[2], 'y' * 5000)):\n"
+        "    try:\n"
+        "        write()\n"
+        "    except OSError as err:\n"
+        "        print(err)\n")
+    head, labels = tmp_path / "head.json", tmp_path / "labels.jsonl"
+    out = subprocess.run([sys.executable, "-c", script, str(head), str(labels)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.splitlines()
+    assert len(out) == 2 and "File too large" in out[0] and str(head) in out[0] and str(labels) in out[1], out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.jsonl"], "no litter; the labels file made at open"

@@ -45,8 +45,9 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int | None = None, d
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        _named(err, path)
         raise
     if durable:
         fsync_dir(path.parent)
@@ -71,6 +72,9 @@ def append_line(path: Path | str, line: str) -> None:
         size = os.fstat(fd).st_size
         torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         _write_all(fd, ("\n" if torn else "").encode() + (line + "\n").encode("utf-8"))
+    except OSError as err:
+        _named(err, path)
+        raise
     finally:
         os.close(fd)
 
@@ -85,6 +89,12 @@ def fsync_dir(directory: Path | str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _named(err: BaseException, path: Path | str) -> None:
+    """A write's error names no file (a full disk, a file too large): it names `path`, for whoever reports it."""
+    if isinstance(err, OSError) and err.filename is None and err.strerror is not None:
+        err.filename = str(path)
 
 
 def _write_all(fd: int, payload: bytes) -> None:
