@@ -107,8 +107,6 @@ class RouterCore:
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span,
                                              strategy.pinned)
-            # A cascade's own max_tier holds its failover too, from wherever the conversation made it start.
-            ceiling = max(decision.tier, min(ceiling, strategy.max_tier))
             # The estimate prices the request as a provider is sent it: every message and the tools offered.
             prompt = prompt_tokens(messages, asked["sampling"])
             route = self._route_response(decision, prompt, started)

@@ -116,8 +116,8 @@ class Dispatcher:
                        temperature: float | None = None, sampling: Sampling = DEFAULT_SAMPLING,
                        deadline: float | None = None, on_attempt: OnAttempt | None = None,
                        on_escalate: OnEscalate | None = None, prefer: str = "", meter: Meter | None = None) -> Result:
-        """The answer from `start_tier`, escalating when a chain is exhausted or the gate rejects (the gate up to
-        `max_tier`), never above `ceiling` (an API key's `max_tier`); the provider called `prefer` asked first.
+        """The answer from `start_tier`, escalating when a chain is exhausted or the gate rejects, up to `max_tier`
+        (a cascade's) and never above `ceiling` (an API key's `max_tier`); the provider called `prefer` asked first.
         `meter` is charged for each answer and verdict as it comes."""
         def ask(chain: TierChain, hook: ChainOnAttempt | None, streaming: Callable[[str], None]) -> Events:
             return single(chain.complete(messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling,
@@ -142,12 +142,14 @@ class Dispatcher:
     async def _escalate(self, ask: Ask, messages: Messages, start_tier: int, *, gate: QualityGate | None,
                         max_tier: int, ceiling: int, deadline: float | None, on_attempt: OnAttempt | None,
                         on_escalate: OnEscalate | None, meter: Meter | None) -> AsyncIterator[str | Result]:
-        """Each tier's answer from `start_tier` up to `ceiling` until one is returned (its gate, if any, passing it;
-        the gate escalates up to `max_tier`): the deltas of the tiers asked, then the `Result`."""
+        """Each tier's answer from `start_tier` up to `ceiling` (and `max_tier`, a cascade's, unless it started
+        above it) until one is returned (its gate, if any, passing it): the deltas of the tiers asked, then the
+        `Result`. A verifier above `ceiling`, the API key's, is not asked."""
         gated_up_to = min(max_tier, ceiling)
+        last = max(start_tier, gated_up_to)
         meter = meter or Meter(self.cfg, lambda usd: None)
-        progress = _Progress(ceiling, meter)
-        for tier in range(start_tier, ceiling + 1):
+        progress = _Progress(last, meter)
+        for tier in range(start_tier, last + 1):
             def streaming(provider: str, tier: int = tier) -> None:
                 meter.streaming = (tier, provider)
             events = ask(self.chains[tier], bound(on_attempt, tier, "answer"), streaming)

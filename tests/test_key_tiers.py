@@ -126,3 +126,19 @@ def test_a_cascades_max_tier_holds_its_failover_too(double, tmp_path):
         double.reset()
     assert asked_above == 0, "cascade.max_tier 2: no frontier answer, not even on failover"
     assert reply.tier == 1, "the rejected answer, for want of a better one under the cascade's max_tier"
+
+
+def test_a_cascades_max_tier_leaves_its_verifier_to_the_keys_cap_alone(double, tmp_path):
+    """A frontier verifier checking answers capped at tier 2: cascade.max_tier caps the answers, not the verifier."""
+    doc = router_config(double.base_url, cascade={"start": "cheapest", "gate": "verify", "verifier_tier": 3,
+                                                  "max_tier": 2})
+    double.reset()
+    double.set_reply("t3-a", '{"acceptable": true}')
+    try:
+        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("cascade"), timeout=20)
+        verified = len(double.requests_for("t3-a"))
+    finally:
+        double.reset()
+    assert (reply.tier, reply.escalations, verified) == (1, 0, 1), "the tier-3 verifier passed the tier-1 answer"
