@@ -670,9 +670,11 @@ def test_with_tls_the_http_api_speaks_https_with_the_grpc_certificate(tmp_path, 
     assert not [line for line in router.output if '"level": "error"' in line], router.output
 
 
-def served_serial(address: str, ca_path) -> int:
+def served_serial(address: str, ca_path, client: tuple | None = None) -> int:
     host, port = address.rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(ca_path))
+    if client is not None:
+        context.load_cert_chain(*client)
     with socket.create_connection((host, int(port)), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
@@ -695,6 +697,29 @@ def test_a_renewed_certificate_is_served_over_https_without_a_restart(tmp_path, 
         renewed.write(tmp_path, "router")
         router.wait_for("HTTPS certificate reloaded", timeout=30)
         assert served_serial(address, ca_path) == renewed.cert.serial_number
+
+
+def test_a_pair_renewed_while_the_client_ca_could_not_be_read_is_taken_up_with_the_ca(tmp_path, double):
+    """mTLS: the pair is renewed while the client CA file is mid-update (empty): that renewal fails, and is taken up
+    once the CA file is whole again, with the CA it now holds."""
+    ca, apps_a, apps_b = authority(), authority("apps A"), authority("apps B")
+    first = issue(ca, "router")
+    cert, key = first.write(tmp_path, "router")
+    ca_path, client_ca = write_ca(ca, tmp_path / "ca.crt"), write_ca(apps_a, tmp_path / "clients.crt")
+    app_a = issue(apps_a, "app", client=True).write(tmp_path, "app-a")
+    app_b = issue(apps_b, "app", client=True).write(tmp_path, "app-b")
+    doc = router_config(double.base_url, strategy="heuristic")
+    with running_router(doc, UNUSED_CLASSIFIER, tmp_path, "--http-listen", "127.0.0.1:0", "--tls-cert", str(cert),
+                        "--tls-key", str(key), "--tls-client-ca", str(client_ca), env={KEY_ENV: "k"}) as router:
+        address = http_address(router)
+        assert served_serial(address, ca_path, app_a) == first.cert.serial_number
+        client_ca.write_text("")
+        renewed = issue(ca, "router")
+        renewed.write(tmp_path, "router")
+        router.wait_for("HTTPS certificate not reloaded", timeout=30)
+        write_ca(apps_b, client_ca)
+        router.wait_for("HTTPS certificate reloaded", timeout=30)
+        assert served_serial(address, ca_path, app_b) == renewed.cert.serial_number
 
 
 def get(address: str, path: str) -> tuple[int, dict]:

@@ -55,10 +55,6 @@ class ServerTLS:
     def signature(self) -> tuple:
         return file_signature(self.cert, self.key, self.client_ca)
 
-    def pair_signature(self) -> tuple:
-        """The certificate's and key's alone (a server that takes up no new client CA watches these)."""
-        return file_signature(self.cert, self.key)
-
 
 @dataclass(frozen=True)
 class ClientTLS:

@@ -151,16 +151,16 @@ class HttpServer:
 
 
 async def _renew(context: ssl.SSLContext, tls: ServerTLS, build: Callable[[], ssl.SSLContext]) -> None:
-    """Until cancelled: a changed certificate and key, once the key fits the certificate, serve every new
-    connection (open ones keep theirs). Each pair gets a context of its own (`build`, which reads the client CA
-    again too), which `context`'s handshakes switch to as they begin: loaded into `context` itself, a pair of
-    another key type would join the old one, not replace it (OpenSSL keeps a certificate per key type), and
-    clients would still be shown the old one. A broken pair is logged and the current one keeps serving, as on
-    the gRPC port."""
-    seen = tls.pair_signature()
+    """Until cancelled: a changed certificate, key or client CA, once the key fits the certificate, serves every
+    new connection (open ones keep theirs). Each change gets a context of its own (`build`), which `context`'s
+    handshakes switch to as they begin: loaded into `context` itself, a pair of another key type would join the
+    old one, not replace it (OpenSSL keeps a certificate per key type), and clients would still be shown the old
+    one. Files that do not load are logged and the current ones keep serving, as on the gRPC port, until they
+    change again."""
+    seen = tls.signature()
     while True:
         await asyncio.sleep(RENEW_CHECK_S)
-        if (now := tls.pair_signature()) == seen:
+        if (now := tls.signature()) == seen:
             continue
         seen = now
         try:
