@@ -107,8 +107,17 @@ def _provider_message(exc: openai.APIStatusError) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
 
 
+MAX_RETRY_AFTER_S = 86_400.0  # a longer wait is read as this: past any retry, and a number a caller can hold
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
-    """Retry-After as seconds: `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    """Retry-After as seconds, at most MAX_RETRY_AFTER_S: `retry-after-ms`, or `retry-after` in seconds or as an
+    HTTP date; None for none."""
+    seconds = _asked_wait(headers, now)
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
+
+
+def _asked_wait(headers: Mapping[str, str], now: Callable[[], float]) -> float | None:
     millis = _non_negative_float(headers.get("retry-after-ms"))
     if millis is not None:
         return millis / 1000
@@ -120,7 +129,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = t
         return seconds
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -673,6 +673,8 @@ def test_retry_after_header_forms():
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "-1"}) is None
     assert retry_after_seconds({"retry-after": "inf"}) is None and retry_after_seconds({"retry-after-ms": "1e400"}) is None
+    for past_a_day in ("1e306", "86401", "Fri, 31 Dec 9999 23:59:59 GMT"):
+        assert retry_after_seconds({"retry-after": past_a_day}) == 86_400.0
     assert retry_after_seconds({}) is None
 
 
