@@ -336,6 +336,17 @@ def test_a_200_without_the_apis_shape_fails_over_and_counts_against_the_breaker(
     assert breaker.state is BreakerState.OPEN
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_json_nested_past_the_parser_fails_over_like_any_other_bad_answer(double, sleeps, stream):
+    deep = "[" * 100_000
+    double.set_persistent("model-a", Fault.odd_body(f"data: {deep}\n\n" if stream else deep,
+                                                    "text/event-stream" if stream else "application/json"))
+    chain = TierChain([make_provider(double.base_url, "a", sleeps), make_provider(double.base_url, "b", sleeps)])
+    completion = run(collect(chain.stream(MESSAGES)), chain)[1] if stream else run(chain.complete(MESSAGES), chain)
+    assert completion.provider == "b" and outcomes(completion.attempts)[0] == ("a", "error")
+    assert "unreadable response: RecursionError" in completion.attempts[0].error
+
+
 @pytest.mark.parametrize("fault", ODD_STREAMS.values(), ids=ODD_STREAMS.keys())
 def test_a_stream_without_the_apis_shape_fails_over_before_its_first_text(double, sleeps, fault):
     double.set_persistent("model-a", fault)

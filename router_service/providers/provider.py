@@ -31,7 +31,7 @@ T = TypeVar("T")
 NO_KEY_NEEDED = "no-key-needed"
 
 # What a failing provider call can raise. ValueError: a body that is not JSON or does not fit the schema.
-PROVIDER_ERRORS = (openai.OpenAIError, TimeoutError, ValueError)
+PROVIDER_ERRORS = (openai.OpenAIError, TimeoutError, ValueError, RecursionError)  # the last: JSON nested too deep
 HEALTH_TIMEOUT_S = 10.0
 
 
