@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from classifier_service.config import Config
 from classifier_service.heads import TierHead
 from tierwise_tools.cli import main
 from tierwise.data import is_held_out, load, shared_files, split
@@ -58,8 +59,6 @@ def test_train_writes_a_servable_head_with_a_model_card(tmp_path, capsys):
 
 def test_calibrate_stores_a_versioned_tradeoff_with_the_head(tmp_path, capsys):
     import shutil
-
-    from classifier_service.config import Config
 
     heads = tmp_path / "heads"
     shutil.copytree(Config().heads_dir / "default", heads / "default")
@@ -126,8 +125,6 @@ def test_calibrate_holds_the_heads_directory_from_reading_the_head_to_installing
 
 def test_calibrate_refuses_a_handful_of_records_or_another_lineups(tmp_path, capsys):
     import shutil
-
-    from classifier_service.config import Config
 
     heads = tmp_path / "heads"
     shutil.copytree(Config().heads_dir, heads)
@@ -244,3 +241,15 @@ def test_a_bad_head_name_is_refused_before_any_work_and_the_version_is_printed(c
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("tierwise ")
 
+
+
+def test_train_refuses_an_out_where_a_head_sits_in_a_directory_of_another_name(tmp_path, capsys):
+    """Written beside `prod/` holding head `default`, a new `default/` would make two heads of one name, which the
+    classifier serving that directory refuses at its next start: refused before any fitting."""
+    heads = tmp_path / "heads"
+    TierHead.load(Config().heads_dir / "default" / "head.json").save(heads / "prod" / "head.json")
+    records = tmp_path / "records.jsonl"
+    records.write_text("")
+    assert main(["train", "--data", str(records), "--out", str(heads), "--name", "default", "--no-prior"]) == 2
+    assert "prod/head.json holds head 'default'" in capsys.readouterr().err
+    assert sorted(p.name for p in heads.iterdir()) == ["prod"]

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print("tierwise train: no --data given and ../shared/data/routing is absent", file=sys.stderr)
         return 2
     priors = [] if args.no_prior else prior_heads(args.prior_heads)
+    if any(args.out.glob("*/head.json")):  # a head of this name elsewhere there would make two of one name
+        heads_in(args.out, "--out", installing=True)
     directory = args.out / args.name
     made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)  # an --out it cannot write fails now, not after fitting
