@@ -103,7 +103,7 @@ class RouterCore:
                 return
             decision, strategy = await self._decide(query, request, deadline, span)
             conversation = self.affinity.key(messages, current_key_id())
-            decision, earlier = self._affine(decision, conversation, messages)
+            decision, earlier = self._affine(decision, conversation, messages, strategy.pinned)
             ceiling = current_max_tier()
             decision = self._on_conversation(decision, messages, request.max_tokens, asked["sampling"], ceiling, span,
                                              strategy.pinned)
@@ -169,14 +169,14 @@ class RouterCore:
         messages, _ = checked_messages(request, self.cfg.limits)
         return prompt_tokens(messages, answer_options(request)["sampling"])
 
-    def _affine(self, decision: Decision, conversation: bytes | None,
-                messages: list[dict[str, str]]) -> tuple[Decision, Earlier | None]:
-        """`decision` raised to the tier where the conversation `messages` continue was last answered, and that
-        earlier turn; (`decision`, None) when affinity knows no such turn."""
+    def _affine(self, decision: Decision, conversation: bytes | None, messages: list[dict[str, str]],
+                pinned: bool) -> tuple[Decision, Earlier | None]:
+        """`decision` raised to the tier where the conversation `messages` continue was last answered (unless the
+        caller `pinned` its tier), and that earlier turn; (`decision`, None) when affinity knows no such turn."""
         earlier = self.affinity.earlier(conversation, messages)
         if earlier is None:
             return decision, None
-        raised = raised_to(earlier, decision)
+        raised = decision if pinned else raised_to(earlier, decision)
         self.metrics.affinity.add(1, {"result": "raised" if raised is not decision else "held"})
         return raised, earlier
 

@@ -18,6 +18,9 @@ from .servers import KEY_ENV, UNUSED_CLASSIFIER, router_config, running_router
 SYSTEM = {"role": "system", "content": "You are terse."}
 
 
+EASY = "heuristic"  # decides tier 1 for every later turn below: short, plain questions
+
+
 def turns(opening: str, *later: str) -> list[dict]:
     """A conversation: the system prompt, the opening question, then an answer and a question for each of `later`."""
     messages = [SYSTEM, {"role": "user", "content": opening}]
@@ -66,16 +69,18 @@ def test_later_turns_stay_at_the_tier_the_conversation_reached(router, stub, dou
     double.reset()
     before = {r: value(scrape(router), "tierwise_router_affinity_total", result=r) for r in ("raised", "held")}
     first = complete(stub, turns("prove it"), "tier3")
-    later = complete(stub, turns("prove it", "thanks, and briefly?"), "cheapest")
+    later = complete(stub, turns("prove it", "thanks, and briefly?"), EASY)
     assert (first.tier, later.tier, later.model) == (3, 3, "t3-a")
     assert later.decision.reason.endswith("kept at tier 3: the conversation's earlier turns were answered there")
-    higher = complete(stub, turns("hello"), "cheapest")
+    higher = complete(stub, turns("hello"), EASY)
     assert higher.tier == 1 and complete(stub, turns("hello", "now prove it"), "tier2").tier == 2, \
         "a conversation may still move up"
-    assert complete(stub, turns("hello", "now prove it", "ok"), "cheapest").tier == 2
-    assert complete(stub, turns("another opening", "ok"), "cheapest").tier == 1, "no earlier turn seen: no floor"
+    assert complete(stub, turns("hello", "now prove it", "ok"), EASY).tier == 2
+    assert complete(stub, turns("another opening", "ok"), EASY).tier == 1, "no earlier turn seen: no floor"
     after = {r: value(scrape(router), "tierwise_router_affinity_total", result=r) for r in ("raised", "held")}
     assert (after["raised"] - before["raised"], after["held"] - before["held"]) == (2, 1)
+    pinned = complete(stub, turns("prove it", "thanks, and briefly?", "and a list?"), "tier1")
+    assert (pinned.tier, pinned.decision.reason) == (1, "always tier 1"), "a tier the caller named is not raised"
 
 
 def test_each_conversation_keeps_its_provider_while_the_tier_spreads_them(stub, double):
@@ -83,7 +88,7 @@ def test_each_conversation_keeps_its_provider_while_the_tier_spreads_them(stub, 
     providers = {}
     for n in range(4):
         opening = f"conversation {n}"
-        replies = [complete(stub, turns(opening, *[f"turn {i}" for i in range(k)]), "cheapest") for k in range(3)]
+        replies = [complete(stub, turns(opening, *[f"turn {i}" for i in range(k)]), EASY) for k in range(3)]
         assert len({r.provider for r in replies}) == 1, f"{opening} changed provider: {[r.provider for r in replies]}"
         providers[opening] = replies[0].provider
     assert set(providers.values()) == {"t1-a", "t1-b"}, "round robin still spreads new conversations"
@@ -92,13 +97,13 @@ def test_each_conversation_keeps_its_provider_while_the_tier_spreads_them(stub, 
 def test_a_failing_provider_does_not_hold_its_conversations(stub, double):
     double.reset()
     opening = "a conversation whose provider goes down"
-    first = complete(stub, turns(opening), "cheapest")
+    first = complete(stub, turns(opening), EASY)
     other = {"t1-a": "t1-b", "t1-b": "t1-a"}[first.provider]
     double.set_persistent(first.provider, Fault.http_error(503))
     try:
-        moved = complete(stub, turns(opening, "still there?"), "cheapest")
+        moved = complete(stub, turns(opening, "still there?"), EASY)
     finally:
         double.set_persistent(first.provider, None)
     assert (moved.tier, moved.provider) == (1, other)
-    assert complete(stub, turns(opening, "still there?", "and now?"), "cheapest").provider == other, \
+    assert complete(stub, turns(opening, "still there?", "and now?"), EASY).provider == other, \
         "the conversation follows the provider that answered it last"
