@@ -112,18 +112,24 @@ def test_a_capped_key_pays_no_judge_or_verifier_above_its_max_tier(double, tmp_p
     assert any(a.outcome == "gate_rejected" and "verifier not asked" in a.error for a in cascaded.attempts)
 
 
+def cascade_once(doc: dict, tmp_path, double) -> tuple[pb.CompleteResponse, int]:
+    """One Complete by `cascade` on a router of `doc`, and how often tier 3's provider was asked; the double is
+    reset after."""
+    try:
+        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router, \
+                grpc.insecure_channel(router.address) as channel:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("cascade"), timeout=20)
+        return reply, len(double.requests_for("t3-a"))
+    finally:
+        double.reset()
+
+
 def test_a_cascades_max_tier_holds_its_failover_too(double, tmp_path):
     doc = router_config(double.base_url, cascade={"start": "cheapest", "gate": "surface", "max_tier": 2})
     double.reset()
     double.set_persistent("t2-a", Fault.http_error(503))
     double.set_reply("t1-a", "")  # the surface gate rejects an empty answer: escalate to tier 2, which fails
-    try:
-        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router, \
-                grpc.insecure_channel(router.address) as channel:
-            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("cascade"), timeout=20)
-        asked_above = len(double.requests_for("t3-a"))
-    finally:
-        double.reset()
+    reply, asked_above = cascade_once(doc, tmp_path, double)
     assert asked_above == 0, "cascade.max_tier 2: no frontier answer, not even on failover"
     assert reply.tier == 1, "the rejected answer, for want of a better one under the cascade's max_tier"
 
@@ -134,11 +140,5 @@ def test_a_cascades_max_tier_leaves_its_verifier_to_the_keys_cap_alone(double, t
                                                   "max_tier": 2})
     double.reset()
     double.set_reply("t3-a", '{"acceptable": true}')
-    try:
-        with running_router(doc, UNUSED_CLASSIFIER, tmp_path, env={KEY_ENV: "k"}) as router, \
-                grpc.insecure_channel(router.address) as channel:
-            reply = router_pb2_grpc.RouterServiceStub(channel).Complete(ask("cascade"), timeout=20)
-        verified = len(double.requests_for("t3-a"))
-    finally:
-        double.reset()
+    reply, verified = cascade_once(doc, tmp_path, double)
     assert (reply.tier, reply.escalations, verified) == (1, 0, 1), "the tier-3 verifier passed the tier-1 answer"
