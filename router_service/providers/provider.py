@@ -128,11 +128,8 @@ class Provider:
                                                live.tool_calls)
                     if sampling.logprobs:
                         completion = replace(completion, logprobs=_logprobs(live.logprobs))
-            except MisshapenResponse as exc:  # its text went out: a break, as one mid-stream is
-                broken = self._broken(exc, self._timeout_for(deadline), started, attempts, tokens_sent)
-                if not tokens_sent:  # none did (tool calls only): a failure before the first text, failed over
-                    raise self._gave_up(attempts) from exc
-                raise broken from exc
+            except MisshapenResponse as exc:  # a break, as one mid-stream is (if its text went out)
+                raise self._broken(exc, self._timeout_for(deadline), started, attempts, tokens_sent) from exc
             yield self._succeeded(completion, started, attempts)
 
     async def check_health(self) -> bool | None:
@@ -223,9 +220,12 @@ class Provider:
         return replace(completion, attempts=attempts.attempts)
 
     def _broken(self, exc: BaseException, timeout: float, started: float, attempts: _AttemptLog,
-                tokens_sent: int) -> StreamInterrupted:
-        """A stream that failed after `tokens_sent` deltas went out: the failure recorded, and the error to raise."""
+                tokens_sent: int) -> StreamInterrupted | ProviderFailed:
+        """A stream that failed after `tokens_sent` deltas went out: the failure recorded, and the error to raise.
+        With none out (an answer of tool calls only), a failure before the first text: failed over."""
         self._record_failure(exc, timeout, started, attempts)
+        if not tokens_sent:
+            return self._gave_up(attempts)
         return StreamInterrupted(self.name, tokens_sent, exc, attempts.attempts)
 
     def _timeout_for(self, deadline: float | None) -> float:
