@@ -6,7 +6,10 @@ and back; off by default, because a busy service cannot always tell it is busy (
 Busy service: requests queue while every worker runs; a worker back from a run takes everything queued (up
 to `max_batch`) itself, tokenises it, sorts it by length and runs it as buckets of similar length, so padding
 stays small, each run holding at most `run_tokens` padded tokens (decision 0027). Requests whose caller
-already gave up (deadline, cancel) are dropped before any work.
+already gave up (deadline, cancel) are dropped before any work. Bulk texts (a ClassifyBatch's) wait behind
+single calls: a worker takes them when no single call is queued, and one take in BULK_EVERY + 1 while both wait
+(so bulk work is slowed by steady calls, never stopped); a big batch holds a router's call up for at most the runs
+already going, not for the whole batch.
 Quiet service: with `keep_warm_s` set, the first worker runs a one-word text whenever it has waited that long
 for work, so the model's weights stay in the caches between sparse calls (decision 0032).
 """
@@ -24,6 +27,7 @@ import numpy as np
 from .encoder import Encoder, Tokens
 
 MAX_PAD_RATIO = 1.25  # the server's bucketing: padded tokens within this ratio of real ones
+BULK_EVERY = 8  # takes of single calls' texts in a row, while bulk texts wait, before one take of theirs
 
 
 @dataclass
@@ -94,6 +98,8 @@ class MicroBatcher:
         self._on_batch = on_batch or (lambda size: None)  # told how many texts each take holds
         self._ready = threading.Condition()
         self._queue: deque[_Pending] = deque()  # guarded by _ready
+        self._bulk: deque[_Pending] = deque()  # guarded by _ready; see _pop
+        self._bulk_passed_over = 0  # takes of _queue in a row while _bulk waited
         self._busy = 0  # workers running a take
         self._closed = False
         self._deciding = 0  # calls between their two looks in _alone
@@ -102,20 +108,24 @@ class MicroBatcher:
         for t in self._threads:
             t.start()
 
-    async def embed(self, texts: list[str]) -> list[Embedded]:
-        if len(texts) == 1 and self.inline_max_tokens and await self._alone():
+    async def embed(self, texts: list[str], bulk: bool = False) -> list[Embedded]:
+        """The texts' embeddings; `bulk` texts are taken only when no other text is queued."""
+        if len(texts) == 1 and not bulk and self.inline_max_tokens and await self._alone():
             tokens = self.encoder.tokenize(texts)
             if len(tokens[0]) <= self.inline_max_tokens:
                 self._on_batch(1)
                 return [Embedded(self.encoder.embed_tokens(tokens)[0], len(tokens[0]), tokens[0].truncated)]
         loop = asyncio.get_running_loop()
         pending = [_Pending(t, loop.create_future()) for t in texts]
-        self._submit(pending)
+        self._submit(pending, bulk)
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         except asyncio.CancelledError:
             for p in pending:
                 p.future.cancel()
+            if bulk:  # out of the queue now, not when a worker next looks at it: steady single calls may defer that
+                with self._ready:
+                    self._bulk = deque(p for p in self._bulk if not p.future.done())
             raise
 
     async def _alone(self) -> bool:
@@ -124,20 +134,20 @@ class MicroBatcher:
         if one does, neither runs here and the workers batch them. Calls that are still inside gRPC when the
         loop looks are not seen: under many callers a share of calls runs here, holding up the rest (decision
         0021), which is why this is off unless configured."""
-        if self._busy or self._queue:
+        if self._busy or self.queued:
             return False
         self._deciding += 1
         try:
             await asyncio.sleep(0)
         finally:
             self._deciding -= 1
-        return self._deciding == 0 and not self._busy and not self._queue
+        return self._deciding == 0 and not self._busy and not self.queued
 
-    def _submit(self, pending: list[_Pending]) -> None:
+    def _submit(self, pending: list[_Pending], bulk: bool = False) -> None:
         with self._ready:
             if self._closed:
                 raise RuntimeError("the encoder workers are closed")
-            self._queue.extend(pending)
+            (self._bulk if bulk else self._queue).extend(pending)
             self._ready.notify(len(pending))  # a ClassifyBatch's texts wake every waiting worker
 
     def _take(self, keeps_warm: bool = False) -> list[_Pending] | None:
@@ -154,12 +164,20 @@ class MicroBatcher:
                     return []
 
     def _pop(self) -> list[_Pending]:
-        """Up to `max_batch` queued texts, skipping any whose caller gave up; the caller holds `_ready`."""
+        """Up to `max_batch` queued texts, skipping any whose caller gave up: single calls' if any are queued (but
+        for one take in BULK_EVERY + 1 while bulk texts wait too), else bulk ones; never both, so a single call does
+        not wait for bulk texts in its own run. The caller holds `_ready`."""
         take: list[_Pending] = []
-        while self._queue and len(take) < self.max_batch:
-            p = self._queue.popleft()
-            if not p.future.done():
-                take.append(p)
+        order = (self._bulk, self._queue) if self._bulk_passed_over >= BULK_EVERY else (self._queue, self._bulk)
+        for queue in order:
+            while queue and len(take) < self.max_batch:
+                p = queue.popleft()
+                if not p.future.done():
+                    take.append(p)
+            if take:
+                passed_over = queue is self._queue and bool(self._bulk)
+                self._bulk_passed_over = self._bulk_passed_over + 1 if passed_over else 0
+                break
         return take
 
     def _work(self, keeps_warm: bool = False) -> None:
@@ -188,14 +206,15 @@ class MicroBatcher:
     @property
     def queued(self) -> int:
         """Texts waiting for a worker (a call cancelled meanwhile counts until a worker skips it)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._bulk)
 
     def close(self) -> None:
         """Stop the workers once their current runs end; texts still queued are cancelled."""
         with self._ready:
             self._closed = True
-            left = list(self._queue)
+            left = [*self._queue, *self._bulk]
             self._queue.clear()
+            self._bulk.clear()
             self._ready.notify_all()
         for p in left:
             with contextlib.suppress(RuntimeError):

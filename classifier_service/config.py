@@ -29,6 +29,7 @@ class Config:
     max_batch: int = 256
     max_text_bytes: int = 32 * 1024
     max_inflight: int = 256
+    max_batch_inflight: int = 512
     cache_size: int = 20_000
     warmup_rounds: int = 8
     heads_reload_seconds: float = 30.0
@@ -75,7 +76,11 @@ HELP = {
                     "(0: off; decision 0032)",
     "max_batch": "most texts in one ClassifyBatch call",
     "max_text_bytes": "largest text accepted, in UTF-8 bytes",
-    "max_inflight": "texts queued or running before calls get RESOURCE_EXHAUSTED",
+    "max_inflight": "texts of Classify calls queued or running before such calls get RESOURCE_EXHAUSTED",
+    "max_batch_inflight": "texts of ClassifyBatch calls queued or running before such calls get RESOURCE_EXHAUSTED; "
+                          "a budget apart from --max-inflight, and their texts wait behind Classify calls' texts (but "
+                          "for one worker take in nine while both wait), so bulk scoring does not hold up or refuse "
+                          "a router's calls, and steady calls slow it without stopping it",
     "cache_size": "decision cache entries (0 disables)",
     "warmup_rounds": "encoder runs at start-up before reporting SERVING",
     "heads_reload_seconds": "how often the heads directory is checked for changed heads, swapped in without a "
@@ -106,12 +111,13 @@ def parse(argv: list[str] | None = None) -> Config:
     problems = []  # every one, so one run shows them all
     if cfg.precision not in ("int8", "fp32"):
         problems.append("--precision must be int8 or fp32")
-    for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight"):
+    for name in ("workers", "ort_threads", "micro_batch", "max_batch", "max_text_bytes", "max_inflight",
+                 "max_batch_inflight"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_inflight < cfg.max_batch:
-        problems.append(f"--max-inflight ({cfg.max_inflight}) must be at least --max-batch ({cfg.max_batch}): a full "
-                        "batch could never be admitted")
+    if cfg.max_batch_inflight < cfg.max_batch:
+        problems.append(f"--max-batch-inflight ({cfg.max_batch_inflight}) must be at least --max-batch "
+                        f"({cfg.max_batch}): a full batch could never be admitted")
     if cfg.max_message_bytes > GRPC_MAX_MESSAGE:
         problems.append(f"--max-batch x --max-text-bytes must stay under 2 GiB, the most gRPC receives in one "
                         f"message (now {cfg.max_message_bytes} bytes)")

@@ -40,9 +40,11 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         self.batcher: MicroBatcher | None = None
         self.cache: DecisionCache[tuple] = DecisionCache(cfg.cache_size)
         self.admission = InFlight(cfg.max_inflight, "texts", log)
+        # A budget of their own, so a big batch never leaves a router's single calls refused.
+        self.bulk_admission = InFlight(cfg.max_batch_inflight, "texts of ClassifyBatch calls", log)
         self.tracer = trace.get_tracer("tierwise.classifier")
         self.metrics = ClassifierMetrics(queued=lambda: self.batcher.queued if self.batcher else 0,
-                                         in_flight=lambda: self.admission.count,
+                                         in_flight=lambda: self.admission.count + self.bulk_admission.count,
                                          cache=lambda: (self.cache.hits, self.cache.misses))
 
     def load(self) -> None:
@@ -87,7 +89,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
                                f"texts: {len(texts)} texts exceed the batch limit of {self.cfg.max_batch}")
             for i, text in enumerate(texts):
                 check_text(text, f"texts[{i}]", self.cfg.max_text_bytes)
-            results = await self._classify(texts, head, span, *requested_tradeoff(request, head))
+            results = await self._classify(texts, head, span, *requested_tradeoff(request, head), bulk=True)
             span.set_attribute("tierwise.tiers", [r.tier for r in results])
             span.set_attribute("tierwise.top_probabilities", [r.confidence for r in results])
             span.set_attribute("tierwise.cache_hits", sum(r.cache_hit for r in results))
@@ -114,9 +116,10 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
     # -- the work -------------------------------------------------------------------------------
 
     async def _classify(self, texts: list[str], head: TierHead, span, tradeoff: float | None = None,
-                        kept_target: float = 0.0) -> list[pb.ClassifyResponse]:
+                        kept_target: float = 0.0, bulk: bool = False) -> list[pb.ClassifyResponse]:
         """Tiers decided at `tradeoff` (the one calibrated for `kept_target`, when that is set), or the head's own.
-        The cache holds what the encoder and head computed, not a decision, so any tradeoff is answered from it."""
+        The cache holds what the encoder and head computed, not a decision, so any tradeoff is answered from it.
+        `bulk` texts are admitted on their own budget and wait behind single calls' texts."""
         encoder = self._ready_encoder()
         version = f"{head.name}|{head.version}|{encoder.version}"  # a version string is only its author's to keep unique
         keys = [self.cache.key(version, t) for t in texts]
@@ -127,8 +130,8 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         span.set_attribute("tierwise.encoder_version", encoder.version)
         span.set_attribute("tierwise.batch_size", len(texts))
         if misses:
-            with self.admission.admit(len(misses)):
-                embedded = await self.batcher.embed([texts[i] for i in misses])
+            with (self.bulk_admission if bulk else self.admission).admit(len(misses)):
+                embedded = await self.batcher.embed([texts[i] for i in misses], bulk)
             for i, entry in zip(misses, cache_entries(head, embedded)):
                 cached[i] = entry
                 self.cache.put(keys[i], entry)

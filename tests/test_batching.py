@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from classifier_service.batching import MicroBatcher
+from classifier_service.batching import BULK_EVERY, MicroBatcher
 from classifier_service.config import Config
 from classifier_service.encoder import Encoder
 
@@ -196,6 +196,57 @@ def test_a_text_whose_caller_gave_up_is_not_embedded():
         batcher.close()
     assert out[0].tokens > 0
     assert encoder.embedded == [1]
+
+
+def test_a_cancelled_batchs_texts_leave_the_queue_at_once():
+    """While single calls keep a worker from looking at bulk texts, those of a batch whose caller gave up must not
+    pile up past the budget they were admitted on."""
+    encoder, batcher = gated()
+
+    async def scenario():
+        held = asyncio.create_task(batcher.embed(["hold the worker"]))
+        assert await asyncio.to_thread(encoder.holding.wait, 30)
+        single = asyncio.create_task(batcher.embed(["a router's call"]))
+        bulk = asyncio.create_task(batcher.embed([f"bulk text {i}" for i in range(5)], bulk=True))
+        await asyncio.sleep(0)
+        assert batcher.queued == 6
+        bulk.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bulk
+        assert batcher.queued == 1
+        encoder.gate.set()
+        await held
+        await single
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert encoder.embedded == [1, 1]
+
+
+def test_bulk_texts_wait_behind_single_calls_but_get_a_take_while_they_keep_coming():
+    encoder, batcher = gated()
+    finished: list[str] = []
+
+    async def scenario():
+        held = asyncio.create_task(batcher.embed(["hold the worker"]))
+        assert await asyncio.to_thread(encoder.holding.wait, 30)
+        bulk = asyncio.create_task(batcher.embed(["bulk text"], bulk=True))
+        bulk.add_done_callback(lambda _: finished.append("bulk"))
+        singles = [asyncio.create_task(batcher.embed([f"call {i}"])) for i in range(3 * BULK_EVERY)]
+        for task in singles:
+            task.add_done_callback(lambda _: finished.append("single"))
+        await asyncio.sleep(0)
+        encoder.gate.set()
+        await asyncio.gather(held, bulk, *singles)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    at = finished.index("bulk")
+    assert BULK_EVERY <= at < len(finished) - 1, finished
 
 
 def test_close_cancels_what_is_still_queued_and_stops_the_workers():

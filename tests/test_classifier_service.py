@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
 
+from .exported_metrics import scrape, value, wait_until
 from .servers import start_classifier
 
 SERVICE = "tierwise.v1.ClassifierService"
@@ -225,6 +226,29 @@ def test_overload_is_resource_exhausted_not_an_endless_queue():
             assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
             # Admitted work finished and the slots were released: the server answers again.
             assert stub.Classify(pb.ClassifyRequest(text="after the storm"), timeout=10).tier in (1, 2, 3)
+    finally:
+        assert service.stop() == 0
+
+
+def test_a_full_batch_neither_refuses_nor_holds_up_single_calls():
+    """Bulk scoring beside a router: a ClassifyBatch at the batch limit has a budget of its own, and its texts wait
+    behind single calls' texts, so a Classify sent while the batch is queued is admitted and answered before it."""
+    service = start_classifier("--workers", "1", "--cache-size", "0", "--metrics-listen", "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            done: dict[str, float] = {}
+            batch = stub.ClassifyBatch.future(pb.ClassifyBatchRequest(
+                texts=[f"bulk text {i}: " + "words to encode " * 60 for i in range(256)]), timeout=120)
+            batch.add_done_callback(lambda _: done.setdefault("batch", time.monotonic()))
+            assert wait_until(lambda: value(scrape(service), "tierwise_classifier_queue_depth") >= 128)
+            singles = [stub.Classify.future(pb.ClassifyRequest(text=f"a router's call {i}"), timeout=60)
+                       for i in range(4)]
+            for call in singles:
+                assert call.result().tier in (1, 2, 3)
+            done["singles"] = time.monotonic()
+            assert len(batch.result().results) == 256 and wait_until(lambda: "batch" in done)
+            assert done["singles"] < done["batch"], "single calls waited for the whole batch"
     finally:
         assert service.stop() == 0
 
