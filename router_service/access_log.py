@@ -55,6 +55,14 @@ class Entry:
                            input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
                            cached_input_tokens=summary.usage.cached_input_tokens, cost_usd=summary.cost_usd)
 
+    def unsummed(self, cost_usd: float, streaming: tuple[int, str] | None, output_tokens: int) -> None:
+        """The call ended before its answer was summed up (cancelled, cut, failed): what its key was charged and,
+        for a stream cut short, the tier and provider of what went out and its tokens, estimated."""
+        if cost_usd:
+            self.fields["cost_usd"] = cost_usd
+        if streaming is not None:
+            self.fields.update(tier=streaming[0], provider=streaming[1], output_tokens=output_tokens)
+
     def replayed(self, summary: pb.CompleteResponse) -> None:
         """The call got the answer of an earlier call with its idempotency key, which paid for it."""
         self.decided(summary.decision)
@@ -98,6 +106,9 @@ class _Unlogged(Entry):
         pass
 
     def answered(self, summary: pb.CompleteResponse) -> None:
+        pass
+
+    def unsummed(self, cost_usd: float, streaming: tuple[int, str] | None, output_tokens: int) -> None:
         pass
 
     def replayed(self, summary: pb.CompleteResponse) -> None:

@@ -141,10 +141,12 @@ class RouterCore:
                 yield pb.CompleteStreamResponse(summary=summary)
             finally:
                 if not summed:  # cancelled, cut by its provider, or failed: what was paid for, in the cost too
-                    if streamed:  # what went out, estimated
-                        meter.cut(prompt, estimate_tokens("".join(streamed)))
+                    delivered = estimate_tokens("".join(streamed)) if streamed else 0  # what went out, estimated
+                    if streamed:
+                        meter.cut(prompt, delivered)
                     if meter.total:
                         self.metrics.cost.add(meter.total, {"tier": meter.tier})
+                    entry.unsummed(meter.total, meter.streaming, delivered)
 
     async def complete(self, method: str, request: pb.CompleteRequest, deadline: float | None, span,
                        key: str = "") -> tuple[pb.CompleteResponse, bool]:

@@ -3,6 +3,7 @@ was decided and what it cost, and never the prompt, the answer or the key. A rea
 the provider double the only stand-in."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc
 
+from .provider_double import Fault
 from .servers import KEY_ENV, UNUSED_CLASSIFIER, http_address, post, router_config, running_router
 
 KEY = "tw-access-key-0123456789"
@@ -114,6 +116,38 @@ def test_a_grpc_stream_its_caller_cancels_is_logged_cancelled(router, double):
         double.reset()
     lines = access_lines(router, start + 10)[start:]
     assert len(lines) == 10 and {line["code"] for line in lines} == {"CANCELLED"}, [line["code"] for line in lines]
+
+
+@pytest.mark.parametrize("ending", ["caller leaves", "provider cuts", "gRPC caller leaves"])
+def test_a_stream_ended_before_its_summary_logs_what_its_key_paid(router, double, ending):
+    """The key pays for the text that went out (dispatch.Meter.cut): the line says so too, so the access log adds up
+    to what the keys were charged."""
+    double.script("t1-a", Fault.disconnect_mid_stream(3) if ending == "provider cuts" else
+                  Fault.stall_mid_stream(3, 5.0))
+    start = len(access_lines(router, 0, timeout=0))
+    client = openai.OpenAI(base_url=f"http://{http_address(router)}/v1", api_key=KEY, max_retries=0, timeout=20)
+    try:
+        if ending == "gRPC caller leaves":
+            with grpc.insecure_channel(router.address) as channel:
+                events = router_pb2_grpc.RouterServiceStub(channel).CompleteStream(
+                    pb.CompleteRequest(messages=[pb.Message(role="user", content="Write at length.")],
+                                       strategy="tier1"), timeout=20, metadata=(("authorization", f"Bearer {KEY}"),))
+                for _, _ in zip(range(3), events):  # the decision and two pieces of text
+                    pass
+                events.cancel()
+        else:
+            stream = client.chat.completions.create(model="tierwise/tier1", stream=True,
+                                                    messages=[{"role": "user", "content": "Write at length."}])
+            with contextlib.suppress(openai.APIError):
+                for _, _ in zip(range(4), stream):
+                    pass
+            stream.close()
+        [line] = access_lines(router, start + 1)[start:]
+    finally:
+        double.reset()
+    # A cut stream ends ABORTED, unless its caller, having read the error event, hangs up before the stream's end.
+    assert line["code"] in ({"ABORTED", "CANCELLED"} if ending == "provider cuts" else {"CANCELLED"})
+    assert line["cost_usd"] > 0 and line["output_tokens"] > 0 and (line["tier"], line["provider"]) == (1, "t1-a")
 
 
 def test_the_access_log_is_off_by_default(double, tmp_path):

@@ -5,6 +5,8 @@ import asyncio
 import contextvars
 from typing import AsyncIterator, Awaitable, Callable
 
+ENDING_S = 1.0  # the most a closed stream waits for its producer's cancellation to run its course
+
 
 class Sender:
     """How `in_own_task`'s producer hands over events: `send(event)`, and `await send.flushed()` until every event
@@ -52,3 +54,5 @@ async def in_own_task(produce: Callable[[Sender], Awaitable[None]]) -> AsyncIter
             queue.task_done()  # once the caller's stream asks for the next: this one is on its way
     finally:
         task.cancel()
+        # Its ending (what it paid, written to the call's access-log entry, say) is over before the call's is.
+        await asyncio.wait({task}, timeout=ENDING_S)
