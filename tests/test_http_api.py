@@ -649,7 +649,9 @@ def test_every_response_names_its_request_whole_streamed_or_refused(api):
         conn = http.client.HTTPConnection(api[0], timeout=20)
         try:
             conn.request("GET", path)
-            ids.append(conn.getresponse().getheader("x-request-id"))
+            response = conn.getresponse()
+            ids.append(response.getheader("x-request-id"))
+            assert response.getheader("request-id") == ids[-1], "Anthropic's SDKs read the id as request-id"
         finally:
             conn.close()
     assert all(i and len(i) == 32 and int(i, 16) for i in ids) and len(set(ids)) == len(ids) == 8, ids

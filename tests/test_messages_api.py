@@ -54,6 +54,7 @@ def test_a_message_answers_in_anthropics_shape(client, double):
     assert (message.role, message.stop_reason, message.model) == ("assistant", "end_turn", "t1-a")
     assert message.id.startswith("msg_") and message.usage.input_tokens > 0 and message.usage.output_tokens > 0
     assert raw.headers["x-tierwise-tier"] == "1" and raw.headers["x-request-id"]
+    assert message._request_id == raw.headers["x-request-id"], "the Anthropic SDK reads the id as request-id"
     [sent] = [r.body for r in double.requests_for("t1-a")]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
     assert (sent["max_tokens"], sent["temperature"]) == (100, 0.5) and "metadata" not in sent

@@ -23,7 +23,7 @@ from .health import Health
 from .messages import COUNT_TOKENS, MessagesApi
 from .messages_request import parse_count
 from .responses import ResponsesApi
-from .errors import as_json, bad_request, error_body, error_headers, internal_error, status_of
+from .errors import as_json, bad_request, error_body, error_headers, id_headers, internal_error, status_of
 from .request import route_of
 
 log = logging.getLogger("tierwise.router.http")
@@ -109,7 +109,7 @@ def build_app(core: RouterCore, gate: KeyGate | None, health: Health | None = No
 
 def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # These calls make no span, so their id is a random one.
-    return Response(as_json(body), status, (headers or {}) | {"x-request-id": uuid.uuid4().hex},
+    return Response(as_json(body), status, (headers or {}) | id_headers(uuid.uuid4().hex),
                     media_type="application/json")
 
 

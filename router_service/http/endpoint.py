@@ -24,7 +24,7 @@ from .. import access_log, idempotency
 from ..auth import LATER, NOW, KeyGate, settle_current_admission
 from ..core import RouterCore
 from ..model_names import ModelNames
-from .errors import BodyStalled, as_json, bad_request, error_headers, internal_error, status_of
+from .errors import BodyStalled, as_json, bad_request, error_headers, id_headers, internal_error, status_of
 from .health import Health
 from .request import ChatRequest
 from .spans import http_span
@@ -179,8 +179,8 @@ class _Exchange:
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": headers + [(b"x-request-id", self.request_id.encode())]})
+        ids = [(k.encode(), v.encode()) for k, v in id_headers(self.request_id).items()]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers + ids})
 
     async def body(self, data: bytes, more: bool = True) -> None:
         self.done = not more
@@ -188,7 +188,7 @@ class _Exchange:
 
     async def json(self, status: int, body: dict, headers: dict[str, str]) -> None:
         self.done, self.status = True, status
-        await Response(as_json(body), status, headers | {"x-request-id": self.request_id},
+        await Response(as_json(body), status, headers | id_headers(self.request_id),
                        media_type="application/json")(
             self.scope, self.receive, self.send)
 

@@ -91,6 +91,11 @@ def error_headers(err: Rejected) -> dict[str, str]:
     return {"retry-after": str(wait)}
 
 
+def id_headers(request_id: str) -> dict[str, str]:
+    """The request's id under both names SDKs read it by: OpenAI's `x-request-id` and Anthropic's `request-id`."""
+    return {"x-request-id": request_id, "request-id": request_id}
+
+
 def internal_error() -> Rejected:
     return Rejected(grpc.StatusCode.INTERNAL, "internal error; see the router's log")
 
