@@ -229,6 +229,7 @@ def test_a_request_without_messages_is_a_400_naming_messages(api):
     ({"model": "tierwise", "messages": user(), "tools": [{"type": "function"}]}, "tools[0]"),
     ({"model": "tierwise", "messages": user(), "top_logprobs": 3}, "top_logprobs"),
     ({"model": "tierwise", "messages": user(), "logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"model": "tierwise", "messages": user(), "web_search_options": {}}, "web_search_options"),
     ({"model": "tierwise", "messages": user(), "top_p": 1.5}, "top_p"),
     ({"model": "tierwise", "messages": user(), "top_p": "high"}, "top_p"),
     ({"model": "tierwise", "messages": user(), "top_p": 10**400}, "top_p"),

@@ -3,7 +3,7 @@
 The generation options (max_tokens, temperature, top_p, stop, seed, the penalties, response_format, logprobs) and
 the tools (tools, tool_choice, parallel_tool_calls) go to the provider that answers; the core checks their values.
 What only describes the caller (user, metadata, ...) is accepted and left out; what Tierwise cannot give (several
-choices, logit biases, the deprecated functions) is refused by name when asked for, never silently dropped.
+choices, logit biases, the deprecated functions, web search) is refused by name when asked for, never silently dropped.
 """
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ def parse(body: bytes, names: ModelNames = ModelNames()) -> ChatRequest:
     """The request in `body`, or a 400 naming the field that is wrong."""
     doc, route = document(body, names)
     refuse_unsupported(doc, UNSUPPORTED)
+    if doc.get("web_search_options") is not None:  # even {} asks a search model to search, with its defaults
+        raise bad_request("web_search_options: web search is not supported by the Tierwise router")
     n = doc.get("n")
     if n is not None and (type(n) is not int or n != 1):
         raise bad_request("n: only 1 choice is supported")
