@@ -2,6 +2,7 @@
 as the client, the real classifier where a strategy needs it, and the provider double as the only stand-in."""
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import signal
@@ -273,6 +274,15 @@ def test_bad_json_a_huge_body_and_unknown_paths_get_openai_errors(api):
         response = conn.getresponse()
         assert response.status == code and json.loads(response.read())["error"]["message"]
     conn.close()
+
+
+def test_a_compressed_body_is_a_400_naming_its_encoding(api):
+    body = json.dumps({"model": "tierwise", "messages": user()}).encode()
+    status, _, reply = post(api[0], gzip.compress(body), {"content-encoding": "gzip"})
+    assert status == 400 and reply["error"]["param"] == "content-encoding" and "gzip" in reply["error"]["message"]
+    status, _, reply = post(api[0], gzip.compress(body), {"content-encoding": "gzip"}, path="/v1/messages")
+    assert status == 400 and reply["error"]["message"].startswith("content-encoding: "), reply  # Anthropic's shape
+    assert post(api[0], body, {"content-encoding": "identity"})[0] == 200
 
 
 def test_a_bad_timeout_header_is_a_400(api):

@@ -17,7 +17,7 @@ from opentelemetry import trace
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from tierwise.serving import Rejected
+from tierwise.serving import Rejected, shown
 from tierwise.v1 import router_pb2 as pb
 
 from .. import access_log, idempotency
@@ -231,6 +231,10 @@ class Bodies:
         self.stall_s = core.cfg.http.body_timeout_s
 
     async def read(self, request: Request) -> bytes:
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):  # a compressed body would otherwise read as text that is not JSON
+            raise bad_request(f"content-encoding: {shown(encoding)} bodies are not supported; send the body "
+                              "uncompressed")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
             raise bad_request(f"body: {declared} bytes exceed the limit of {self.limit} bytes")
