@@ -8,7 +8,7 @@
 import type { ServiceError } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 
-import { CompleteResponse, RouteResponse, RouterClient, traceparentFromEnv } from "./index";
+import { CompleteResponse, MAX_TIMEOUT_S, RouteResponse, RouterClient, traceparentFromEnv } from "./index";
 
 interface Args {
   address: string;
@@ -41,7 +41,9 @@ function parseArgs(argv: string[]): Args {
     else words.push(flag);
   }
   args.query = words.join(" ") || "What is 2 + 2?";
-  if (!(args.timeoutS > 0)) usage("--timeout must be a positive number of seconds");
+  if (!(args.timeoutS > 0 && args.timeoutS <= MAX_TIMEOUT_S)) {
+    usage(`--timeout must be a positive number of seconds, at most ${MAX_TIMEOUT_S} (7 days)`);
+  }
   if (args.qualityTarget !== undefined && !(args.qualityTarget > 0 && args.qualityTarget <= 1)) {
     usage("--quality-target must be above 0 and at most 1");
   }

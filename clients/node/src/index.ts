@@ -113,7 +113,7 @@ export function defaultProtosDir(): string {
 }
 
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
-const MAX_TIMEOUT_S = 7 * 24 * 3600;
+export const MAX_TIMEOUT_S = 7 * 24 * 3600;
 
 export class RouterClient {
   private readonly client: RouterServiceClient;

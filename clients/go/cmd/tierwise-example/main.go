@@ -27,6 +27,9 @@ import (
 	pb "github.com/tierwise/tierwise/clients/go/tierwisev1"
 )
 
+// maxTimeoutS is the longest deadline every example accepts (the Node library's limit).
+const maxTimeoutS = 7 * 24 * 3600
+
 var traceparentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
 
 type routeJSON struct {
@@ -100,8 +103,8 @@ func run() error {
 	qualityTarget := flag.Float64("quality-target", 0, "quality vs frontier the decision is held to, e.g. 0.99 (0 = the head's default)")
 	timeoutS := flag.Float64("timeout", 30, "deadline of each call, in seconds")
 	flag.Parse()
-	if !(*timeoutS > 0) { // NaN too
-		return usageError("-timeout must be a positive number of seconds")
+	if !(*timeoutS > 0 && *timeoutS <= maxTimeoutS) { // NaN too; past an int64 of nanoseconds a deadline wraps
+		return usageError("-timeout must be a positive number of seconds, at most 604800 (7 days)")
 	}
 	targetGiven := false
 	flag.Visit(func(f *flag.Flag) { targetGiven = targetGiven || f.Name == "quality-target" })

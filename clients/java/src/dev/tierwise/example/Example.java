@@ -31,6 +31,8 @@ import java.util.regex.Pattern;
  * {@code tracestate}), so the router's and the classifier's spans join the caller's trace.
  */
 public final class Example {
+  /** The longest deadline every example accepts (the Node library's limit). */
+  private static final double MAX_TIMEOUT_S = 7 * 24 * 3600;
   private static final Pattern TRACEPARENT =
       Pattern.compile("^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$");
 
@@ -59,7 +61,9 @@ public final class Example {
         case "--timeout":
           if (!hasValue) usage(flag + " needs a value");
           timeoutS = number(argv[++i]);
-          if (!(timeoutS > 0)) usage("--timeout must be a positive number of seconds");
+          if (!(timeoutS > 0 && timeoutS <= MAX_TIMEOUT_S)) {
+            usage("--timeout must be a positive number of seconds, at most 604800 (7 days)");
+          }
           break;
         case "-h": case "--help": usage(null); break;
         default:
