@@ -710,6 +710,21 @@ def container(docs, name) -> dict:
     return c
 
 
+def test_every_port_binds_to_listen_host(renders, helm_env):
+    """0.0.0.0 by default; "[::]" for an IPv6 or dual-stack cluster, on every port: gRPC, HTTP, health, metrics."""
+    def listens(docs) -> list[str]:
+        out = []
+        for name in (CLASSIFIER, ROUTER):
+            args = container(docs, name)["args"]
+            out += [args[i + 1] for i, a in enumerate(args) if a.startswith("--") and a.endswith("listen")]
+        return out
+
+    assert {a.rsplit(":", 1)[0] for a in listens(renders["full"][1])} == {"0.0.0.0"}
+    text = helm(helm_env, "template", RELEASE, str(CHART), *render_args("full"), "--set", "listenHost=[::]")
+    v6 = listens([d for d in yaml.safe_load_all(text) if d])
+    assert len(v6) == 7 and {a.rsplit(":", 1)[0] for a in v6} == {"[::]"}, v6
+
+
 def test_default_render_wires_router_to_the_headless_classifier_service(renders, values):
     _, docs = renders["default"]
     router = container(docs, ROUTER)

@@ -140,7 +140,7 @@ checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 {{/* TLS of a component's own port: a kubernetes.io/tls Secret mounted as a directory (never subPath, which never
      sees updates) at /etc/tierwise-tls, re-read by the server when it changes, and a plaintext health-only port for
      the kubelet's grpc probes, which cannot speak TLS. Call with (dict "name" "classifier"|"router" "values"
-     .Values.<component>). */}}
+     .Values.<component> "host" .Values.listenHost). */}}
 {{- define "tierwise.tlsArgs" -}}
 {{- if .values.tls.enabled }}
 - --tls-cert
@@ -152,7 +152,7 @@ checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 - /etc/tierwise-tls/ca.crt
 {{- end }}
 - --health-listen
-- "0.0.0.0:{{ .values.tls.healthPort }}"
+- "{{ .host }}:{{ .values.tls.healthPort }}"
 {{- end }}
 {{- end }}
 
@@ -192,7 +192,7 @@ checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 {{- define "tierwise.metricsArgs" -}}
 {{- if .Values.metrics.enabled }}
 - --metrics-listen
-- "0.0.0.0:{{ .Values.metrics.port }}"
+- "{{ .Values.listenHost }}:{{ .Values.metrics.port }}"
 {{- end }}
 {{- end }}
 
