@@ -60,16 +60,20 @@ class Labeler:
         return answer
 
     async def record(self, query: str, *, record_id: str, source: str, task: str, messages: Messages | None = None,
-                     known: Mapping[int, Completion] | None = None, tab: Tab | None = None, **options) -> dict:
+                     known: dict[int, Completion] | None = None, tab: Tab | None = None, **options) -> dict:
         """`messages` defaults to the query as one user message; `known` holds answers already paid for,
-        which are reused rather than asked again. `tab` adds up what this record's calls cost as they return, so
-        that a record that fails part way is still paid for."""
+        which are reused rather than asked again, and gets each answer paid for here, so that a retry of a record
+        that failed part way pays only for what is missing. `tab` adds up what this record's calls cost as they
+        return, so that a record that fails part way is still paid for. ValueError when tier 3 gave no text to
+        grade against (refused, filtered, or cut before any)."""
         messages = messages or [{"role": "user", "content": query}]
-        known = known or {}
+        known = known if known is not None else {}
         tab = tab if tab is not None else Tab()
 
         async def answer(tier: int) -> Completion:
-            return known[tier] if tier in known else await self.ask(tier, messages, tab, **options)
+            if tier not in known:
+                known[tier] = await self.ask(tier, messages, tab, **options)
+            return known[tier]
 
         # Every tier's call runs to its end before a failure is raised: one that fails fast (an open breaker) must
         # not leave the others to be billed after the tab was charged.
@@ -77,7 +81,11 @@ class Labeler:
         if failed := next((a for a in answers if isinstance(a, BaseException)), None):
             raise failed
         reference = answers[-1].content
-        verdicts = [await self.grade(query, a.content, reference, tab) for a in answers[:-1]]
+        if not reference.strip():
+            raise ValueError(f"tier 3's answer has no text (finish_reason {answers[-1].finish_reason!r}): nothing "
+                             "to grade the other tiers against")
+        verdicts = [await self.grade(query, a.content, reference, tab) if a.content.strip() else (0.0, 0.0)
+                    for a in answers[:-1]]
         scores = [score for score, _ in verdicts] + [1.0]
         # The lineup is the tiers' first models, even when a fallback answered: a head trained on these records
         # learns what each tier's chain delivers, and the router finds it by that lineup (docs/decisions/0015).
@@ -90,9 +98,16 @@ class Labeler:
                 "judge_cost_usd": sum(cost for _, cost in verdicts)}
 
     async def grade(self, query: str, answer: str, reference: str, tab: Tab) -> tuple[float, float]:
-        """(score in [0, 1], what the judge's call cost)."""
-        verdict = await self.ask(self.judge_tier,
-                                 prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
-                                 tab, temperature=0.0)
-        score = float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1))
-        return score, self.cfg.tiers[self.judge_tier].answer_cost(verdict)
+        """(score in [0, 1], what the judge's calls cost). A reply that is no verdict is asked once more before
+        it fails the record: the answers graded are paid for, and dearer than a judge's call."""
+        cost = 0.0
+        for attempt in (1, 2):
+            verdict = await self.ask(self.judge_tier,
+                                     prompt(JUDGE, user_message=query, reference_answer=reference, answer=answer),
+                                     tab, temperature=0.0)
+            cost += self.cfg.tiers[self.judge_tier].answer_cost(verdict)
+            try:
+                return float(parse_verdict(verdict.content, "score", (int, float), lambda v: 0 <= v <= 1)), cost
+            except ValueError:
+                if attempt == 2:
+                    raise

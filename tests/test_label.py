@@ -68,6 +68,64 @@ def test_label_reports_failures_and_keeps_going(tmp_path, monkeypatch, capsys):
     assert spent > 0, "every tier answered and the judge replied: paid for, though no record was written"
 
 
+def no_verdict() -> Fault:
+    """A well-formed chat completion whose text is no verdict."""
+    return Fault.odd_body(json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "t1-a",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Both look fine to me."},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}))
+
+
+def label_one(tmp_path, config, out) -> int:
+    queries = tmp_path / "one.jsonl"
+    queries.write_text(json.dumps({"query": "What is 2 + 2?"}) + "\n")
+    return main(["label", "--queries", str(queries), "--config", str(config), "--out", str(out), "--rate", "200",
+                 "--concurrency", "1"])
+
+
+def test_a_judge_that_twice_gives_no_verdict_costs_no_answer_twice(tmp_path, monkeypatch):
+    """The tiers' answers are paid for: a judge's bad reply is asked again, and a record that still fails is
+    retried with the answers it already has, asking only for what is missing."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        double.set_reply("t1-a", '{"score": 0.5}')  # t1-a answers tier 1 and is also the judge
+        double.script("t1-a", Fault.delay(0), no_verdict(), no_verdict())  # tier 1's answer, then two bad verdicts
+        assert label_one(tmp_path, config, out) == 0
+        [record] = load([out])
+        assert record.scores == (0.5, 0.5, 1.0)
+        asked = {m: len(double.requests_for(m)) for m in ("t1-a", "t2-a", "t3-a")}
+    assert asked == {"t1-a": 1 + 4, "t2-a": 1, "t3-a": 1}, "each tier answered once; the judge five times in all"
+
+
+def test_a_tier_3_answer_with_no_text_fails_its_record_unjudged(tmp_path, monkeypatch, capsys):
+    """An empty reference (refused, filtered, or cut before any text) is no reference: the record would say tier 3
+    was right and grade the others against nothing."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        double.set_reply("t3-a", "")
+        assert label_one(tmp_path, config, out) == 1
+        assert {m: len(double.requests_for(m)) for m in ("t1-a", "t2-a", "t3-a")} == {"t1-a": 1, "t2-a": 1, "t3-a": 1}
+    assert not out.exists() or out.read_text() == ""
+    assert "tier 3's answer has no text" in capsys.readouterr().err
+
+
+def test_an_empty_lower_tier_answer_scores_0_without_a_judge(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        double.set_reply("t2-a", "")
+        double.set_reply("t1-a", '{"score": 1.0}')
+        assert label_one(tmp_path, config, out) == 0
+        assert len(double.requests_for("t1-a")) == 1 + 1, "tier 1's answer and its judgement only"
+    assert load([out])[0].scores == (1.0, 0.0, 1.0)
+
+
 def test_labelled_records_train_a_head_for_the_deployment_lineup(tmp_path, monkeypatch, capsys):
     """The cold-start loop end to end: label your queries, train a head on them, load it as the classifier would."""
     from classifier_service.heads import HeadRegistry

@@ -104,7 +104,8 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
     done = resume(out)
     todo = [q for q in queries if q["id"] not in done]
     slots = asyncio.Semaphore(concurrency)
-    failures: list[str] = []
+    failures: dict[str, str] = {}
+    kept: dict[str, dict] = {}  # each query's answers paid for so far: a retry pays only for the rest
     spent = 0.0  # every call this run paid for: the records written and those that failed part way
     appendable(out)  # OSError now, before the first paid call, if it cannot be written
     async with open_chains(cfg, RouterMetrics()) as chains:
@@ -116,15 +117,22 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
                     tab = Tab()
                     try:
                         rec = await labeler.record(item["query"], record_id=item["id"], source=source,
-                                                   task=item.get("task", source), tab=tab)
+                                                   task=item.get("task", source),
+                                                   known=kept.setdefault(item["id"], {}), tab=tab)
                     except (ProviderError, ValueError) as err:
-                        failures.append(f"{item['id']}: {type(err).__name__}: {str(err)[:200]}")
+                        failures[item["id"]] = f"{item['id']}: {type(err).__name__}: {str(err)[:200]}"
                     else:
+                        failures.pop(item["id"], None)
                         append_line(out, json.dumps(rec, ensure_ascii=False))
                     finally:
                         spent += tab.usd
                     bar.update()
 
             await asyncio.gather(*(one(q) for q in todo))
+            # Once more for a query that failed after some of its answers were paid for, which a re-run would pay
+            # for again: the retry asks only for what is missing.
+            again = [q for q in todo if q["id"] in failures and kept[q["id"]]]
+            bar.total += len(again)
+            await asyncio.gather(*(one(q) for q in again))
     return {"queries": len(queries), "already_done": len(queries) - len(todo),
-            "labelled": len(todo) - len(failures), "failed": failures, "cost_usd": spent}
+            "labelled": len(todo) - len(failures), "failed": list(failures.values()), "cost_usd": spent}
