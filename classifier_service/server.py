@@ -13,7 +13,7 @@ from tierwise import serving
 from tierwise.handlers import add_servicer
 from tierwise.metrics import quality_target
 from tierwise.serving import InFlight, Rejected, check_text, rpc_span, shown
-from tierwise.telemetry import setup_metrics, setup_tracing
+from tierwise.telemetry import setup_metrics, setup_tracing, shut_down
 from tierwise.watching import every_or_sighup
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc as pb_grpc
@@ -235,9 +235,7 @@ async def serve(cfg: Config, version: str = "0.1.0") -> int:
         for task in tasks:
             task.cancel()
         servicer.batcher.close()
-        for each in (provider, meter_provider):
-            if each is not None:
-                each.shutdown()
+        shut_down(provider, meter_provider)
 
     return await serving.run("tierwise-classifier", cfg.listen, [SERVICE], server, load, close, tls=cfg.tls,
                              health_listen=cfg.health_listen)

@@ -46,7 +46,8 @@ class ShutdownConfig:
     grace_s: Positive = doc(
         "on SIGTERM (or SIGINT) health turns NOT_SERVING and /health 503, and the calls under way over gRPC and HTTP "
         "get this long, together, to finish before they are cut (an HTTP call cut then answers 503 shutting_down); "
-        "shadows they started get what is left of it. The process exits up to about 4 s later, the cut calls' "
+        "shadows they started get what is left of it. The process exits up to about 4 s later (5 s while an OTLP "
+        "collector does not answer, whose last spans are then dropped), the cut calls' "
         "answers written out and their charges saved: keep this at least 5 s below the time its orchestrator waits "
         "before killing it (Kubernetes' terminationGracePeriodSeconds, less any preStop sleep; compose's "
         "stop_grace_period)", 25.0)

@@ -13,7 +13,7 @@ from tierwise import serving
 from tierwise.handlers import add_servicer
 from tierwise.own_task import Sender, in_own_task
 from tierwise.serving import rpc_span
-from tierwise.telemetry import setup_metrics, setup_tracing
+from tierwise.telemetry import setup_metrics, setup_tracing, shut_down
 from tierwise.tls import ClientTLS, ServerTLS
 from tierwise.v1 import router_pb2 as pb
 from tierwise.v1 import router_pb2_grpc as pb_grpc
@@ -181,9 +181,7 @@ async def serve(cfg: RouterConfig, listen: str, classifier_address: str, metrics
         ledger.flush()  # after the shadows' last charges
         await classifier.close()
         await close_chains(chains)
-        for p in (provider, meter_provider):
-            if p is not None:
-                p.shutdown()
+        shut_down(provider, meter_provider)
 
     return await serving.run("tierwise-router", listen, [SERVICE], server, load, close, tls=tls,
                              health_listen=health_listen, draining=draining, grace=cfg.shutdown.grace_s)

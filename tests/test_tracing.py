@@ -1,8 +1,12 @@
 """A classifier span, parented by the caller's trace context, reaches a real OTLP receiver."""
 from __future__ import annotations
 
+import socket
+import time
+
 import grpc
 
+from tierwise.telemetry import SHUTDOWN_S
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
 
@@ -41,3 +45,19 @@ def test_span_reaches_otlp_receiver_with_attributes_and_no_text():
         assert batch_attrs["tierwise.batch_size"] == 2 and batch_attrs["tierwise.cache_hits"] == 1
         for _, s in receiver.spans():
             assert SECRET not in str(attributes(s)) and SECRET not in s.name
+
+
+def test_a_collector_that_never_answers_does_not_hold_the_exit():
+    """Its exporters would retry for 20-40 s at shutdown, past the stop grace Kubernetes gives: the last flush is
+    bounded (telemetry.SHUTDOWN_S)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        silent.listen(16)
+        service = start_classifier(env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                        "OTEL_BSP_SCHEDULE_DELAY": "200"})
+        with grpc.insecure_channel(service.address) as channel:
+            classifier_pb2_grpc.ClassifierServiceStub(channel).Classify(pb.ClassifyRequest(text="hi"), timeout=10)
+        started = time.monotonic()
+        assert service.stop(timeout=60) == 0
+        took = time.monotonic() - started
+    assert took < SHUTDOWN_S + 8, f"exit took {took:.1f} s"
+    assert "telemetry not flushed" in "".join(service.output)
