@@ -308,11 +308,17 @@ def test_every_start_of_a_record_is_cut_short_and_any_other_bad_line_is_refused(
         data = json.dumps(doc, ensure_ascii=ascii_only).encode()
         torn.write_bytes(b"\n".join([good[1].encode(), *(data[:i] for i in range(1, len(data)))]) + b"\n")
         warnings: list[str] = []
-        assert len(read_labels(torn, tmp_path / "copy", warnings)) == 1
+        assert len(read_labels(torn, warnings)) == 1
         assert len(warnings) == len(data) - 1 and all("a record cut short" in w for w in warnings)
+        warnings.clear()  # train, eval and calibrate read the shadow's files with the same loader
+        assert len(load([torn], warnings)) == 1 and len(warnings) == len(data) - 1
+        torn.write_bytes(torn.read_bytes().replace(b"\n", b"\r\n"))  # saved with CRLF line endings
+        assert len(read_labels(torn, [])) == 1
     record = json.dumps(doc)
     for bad in ["{'id': 'a', 'query': 'dict repr'}", record.replace('"query"', '"qu\u0000ery', 1),
                 record.replace('", "', '" "', 1), record + " trailing", "{" * 100_000, '{"n": ' + "9" * 5000 + "}"]:
         torn.write_text(good[1] + "\n" + bad + "\n" + good[0] + "\n", encoding="utf-8")
         with pytest.raises(DataError, match=f"{torn}:2: not a routing record"):
-            read_labels(torn, tmp_path / "copy", [])
+            read_labels(torn, [])
+        with pytest.raises(DataError, match=f"{torn}:2: not a routing record"):
+            load([torn])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,25 +60,56 @@ class DataError(ValueError):
     """Records that are malformed, or cannot support the measurement asked of them."""
 
 
-def load(paths: list[str | Path]) -> list[Record]:
-    records: list[Record] = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = list(f)
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: cannot read routing records ({err})") from None
-        for n, line in enumerate(lines, start=1):
-            if line.strip():
-                records.append(_record(line, f"{path}:{n}"))
-    return records
+def load(paths: list[str | Path], warnings: list[str] | None = None) -> list[Record]:
+    """The records of `paths`; DataError naming the file and line of the first that is not one. A record cut short
+    is skipped (`json_lines`), its warning added to `warnings` (None: logged)."""
+    return [to_record(raw, f"{path}:{n}") for path in paths for n, raw in json_lines(Path(path), warnings)]
 
 
-def _record(line: str, where: str) -> Record:
+# What is left of a JSON text at the point a parser stops in one cut short there: a number's or a literal's first
+# characters, or a \u escape and up to its four digits.
+_TORN_TAIL = re.compile(r"[-+.eE0-9]+|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|u[0-9a-fA-F]{0,4}")
+
+
+def json_lines(path: Path, warnings: list[str] | None = None) -> list[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line of `path`. A line that opens a JSON object and is cut
+    short, which is what a writer killed or still appending leaves (at most one per write: tierwise/atomic.py), is
+    skipped with a warning; any other line that is not JSON is a DataError naming it."""
     try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError) as err:
-        raise DataError(f"{where}: not a routing record ({type(err).__name__}: not valid JSON)") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read routing records ({err})") from None
+    out = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")  # a file saved with CRLF endings
+        try:
+            line = raw.decode("utf-8")
+            if line.strip():
+                out.append((n, json.loads(line)))
+        except (ValueError, RecursionError) as err:  # a UnicodeDecodeError too
+            if not (raw.lstrip().startswith(b"{") and _cut_short(err, len(raw))):
+                raise DataError(f"{path}:{n}: not a routing record ({type(err).__name__}: not valid JSON)") from None
+            said = f"{path}:{n}: a record cut short (its writer killed, or still appending), skipped"
+            if warnings is None:
+                logging.getLogger("tierwise.data").warning(said)
+            else:
+                warnings.append(said)
+    return out
+
+
+def _cut_short(err: BaseException, size: int) -> bool:
+    """Whether a line that failed to read is the start of a record: its parser ran out of text, or it ends in the
+    middle of a character. A line bad before its end is no record."""
+    if isinstance(err, UnicodeDecodeError):
+        return err.end == size and "unexpected end of data" in err.reason
+    if not isinstance(err, json.JSONDecodeError):
+        return False  # nested past the parser's depth: no record is
+    rest = err.doc[err.pos:]
+    return not rest or err.msg.startswith("Unterminated string") or bool(_TORN_TAIL.fullmatch(rest))
+
+
+def to_record(raw: object, where: str) -> Record:
+    """The record a line's JSON holds; DataError naming `where` when it holds none."""
     if not isinstance(raw, dict):
         raise DataError(f"{where}: not a routing record (a JSON object is needed)")
     listed = raw.get("outcomes")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from typing import Sequence
 
 from classifier_service.heads import HeadRegistry, TierHead, Uncalibrated
 from router_service.replicas import every_replica
-from tierwise.data import DataError, Record, load, split
+from tierwise.data import DataError, Record, json_lines, split, to_record
 
 from .fitting import MIN_DEV_RECORDS
 from .paths import EMBEDDINGS_DIR, ENCODER_DIR
@@ -87,53 +86,16 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-# What is left of a JSON text at the point a parser stops in one cut short there: a number's or a literal's first
-# characters, or a \u escape and up to its four digits.
-_TORN_TAIL = re.compile(r"[-+.eE0-9]+|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|u[0-9a-fA-F]{0,4}")
-
-
-def _cut_short(err: BaseException, size: int) -> bool:
-    """Whether a line that failed to read is the start of a record (a writer killed, or still appending): its
-    parser ran out of text, or it ends in the middle of a character. A line bad before its end is no record."""
-    if isinstance(err, UnicodeDecodeError):
-        return err.end == size and "unexpected end of data" in err.reason
-    if not isinstance(err, json.JSONDecodeError):
-        return False  # nested past the parser's depth: no record is
-    rest = err.doc[err.pos:]
-    return not rest or err.msg.startswith("Unterminated string") or bool(_TORN_TAIL.fullmatch(rest))
-
-
-def read_labels(path: Path, copy: Path, warnings: list[str]) -> list[tuple[Record, dict]]:
+def read_labels(path: Path, warnings: list[str]) -> list[tuple[Record, dict]]:
     """The routing records of `path` with their JSON (answers dropped: training reads none), as the file is now.
-    A record cut short (a line that opens a JSON object and does not close it) is what a writer killed or still
-    appending leaves, at most one per write (tierwise/atomic.py): it is skipped, with a warning. The shared loader
-    checks the rest in `copy`, a copy of what was read, and its errors name `path`'s lines."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read routing records ({err})") from None
-    lines, raws = [], []
-    for n, raw in enumerate(data.split(b"\n"), start=1):
-        opens_a_record = raw.lstrip().startswith(b"{")
-        try:
-            line = raw.decode("utf-8")
-            if opens_a_record:
-                raws.append(json.loads(line))  # a last line complete but for its newline is a record too
-        except (ValueError, RecursionError) as err:  # a UnicodeDecodeError too
-            if not (opens_a_record and _cut_short(err, len(raw))):
-                raise DataError(f"{path}:{n}: not a routing record ({str(err)[:200]})") from None
-            line = ""
-            warnings.append(f"{path}:{n}: a record cut short (its writer killed, or still appending), skipped")
-        lines.append(line)
-    copy.write_text("\n".join(lines), encoding="utf-8")
-    try:
-        records = load([copy])
-    except DataError as err:
-        raise DataError(str(err).replace(str(copy), str(path), 1)) from None
-    for raw in raws:  # the loader accepted every line: each non-blank one opened a record, parsed above
+    A record cut short is skipped with a warning (tierwise.data.json_lines)."""
+    out = []
+    for n, raw in json_lines(path, warnings):
+        labelled = to_record(raw, f"{path}:{n}")
         for outcome in raw["outcomes"]:
             outcome.pop("response", None)
-    return list(zip(records, raws))
+        out.append((labelled, raw))
+    return out
 
 
 def head_name(lineup: tuple[str, ...], heads_dir: Path) -> str:
@@ -161,11 +123,10 @@ def learn(patterns: Sequence[str], heads_dir: Path, target: float, priors: Seque
         return report
     with tempfile.TemporaryDirectory(prefix="tierwise-learn-") as scratch:
         work = Path(scratch)
-        (work / "read").mkdir()
         lineups: dict[tuple[str, ...], list[tuple[Record, dict, str]]] = defaultdict(list)
-        for i, path in enumerate(paths):
-            for record, raw in read_labels(path, work / "read" / f"{i}.jsonl", report.warnings):
-                lineups[record.models].append((record, raw, path.name))
+        for path in paths:
+            for labelled, raw in read_labels(path, report.warnings):
+                lineups[labelled.models].append((labelled, raw, path.name))
         if unknown := sum(len(lineups.pop(lineup)) for lineup in [k for k in lineups if not all(k)]):
             report.warnings.append(f"{unknown} records name no model for some tier: skipped")
         if name and len(lineups) > 1:
