@@ -1,9 +1,11 @@
 """The classifier service, end to end: a real server process on a real 127.0.0.1 socket."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from tierwise.scrape import IDLE_S, MAX_CONNECTIONS
 from tierwise.v1 import classifier_pb2 as pb
 from tierwise.v1 import classifier_pb2_grpc
 
@@ -466,5 +469,34 @@ def test_a_sighup_before_the_service_is_loaded_does_not_end_it():
         with grpc.insecure_channel(service.address) as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
             assert stub.Classify(pb.ClassifyRequest(text="What is 2 + 2?"), timeout=10).tier in (1, 2, 3)
+    finally:
+        assert service.stop() == 0
+
+
+def test_idle_connections_to_the_metrics_port_cost_a_bounded_number_of_descriptors():
+    """Any pod may reach the metrics port: connections that send nothing are closed after scrape.IDLE_S, and past
+    scrape.MAX_CONNECTIONS at once a new one is closed unanswered, so they cannot use up the service's descriptors."""
+    service = start_classifier("--metrics-listen", "127.0.0.1:0")
+    try:
+        fds = Path(f"/proc/{service.proc.pid}/fd")
+        before = len(list(fds.iterdir()))
+        port = int(next(line for line in service.output if " metrics on " in line).rsplit(":", 1)[1].split("/")[0])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=IDLE_S + 10) for _ in range(3 * MAX_CONNECTIONS)]
+        try:
+            time.sleep(0.5)
+            assert len(list(fds.iterdir())) <= before + 2 * MAX_CONNECTIONS + 2  # a thread's timer each
+            # The first held a slot: a byte every half second keeps it only until the request is due.
+            opened = time.monotonic()
+            with contextlib.suppress(OSError):
+                while time.monotonic() - opened < 3 * IDLE_S:
+                    idle[0].sendall(b"G")
+                    time.sleep(0.5)
+            assert time.monotonic() - opened < IDLE_S + 4, "a trickling connection is cut off when its request is due"
+            assert all(conn.recv(1) == b"" for conn in idle[1:]), "every idle connection is closed by the server"
+        finally:
+            for conn in idle:
+                conn.close()
+        assert "tierwise_classifier_in_flight" in scrape(service), "the port still answers a scrape"
+        assert "Traceback" not in "".join(service.output), "callers that go quiet are no error of the service's"
     finally:
         assert service.stop() == 0

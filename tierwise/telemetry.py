@@ -72,10 +72,11 @@ def setup_metrics(service_name: str, version: str, listen: str = "") -> MeterPro
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     if listen:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
+
+        from .scrape import serve_metrics
         host, port = split_listen(listen)
         try:
-            server, _ = start_http_server(port, addr=host)
+            server = serve_metrics(host, port)
         except OSError as err:
             raise ValueError(f"cannot serve metrics on {listen}: {err.strerror or err}") from None
         print(f"{service_name} metrics on http://{listen.rsplit(':', 1)[0]}:{server.server_port}/metrics", flush=True)
