@@ -276,6 +276,21 @@ def test_bad_json_a_huge_body_and_unknown_paths_get_openai_errors(api):
     conn.close()
 
 
+def test_malformed_requests_get_400s_and_a_counted_line_not_one_each(api):
+    """Any caller can send them, before a key is checked: the log counts them at most every 10 s."""
+    address, router = api
+    host, port = address.rsplit(":", 1)
+    start = len(router.output)
+    for i in range(40):
+        with socket.create_connection((host, int(port)), timeout=20) as conn:
+            conn.sendall(b"G\x01T / HTTP/1.1\r\n\r\n" if i % 2 else
+                         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 400")
+    lines = "".join(list(router.output)[start:])
+    assert "Invalid HTTP request received" not in lines.replace("the latest: Invalid HTTP", "")
+    assert lines.count("malformed or unsupported") <= 2, lines
+
+
 def test_a_compressed_body_is_a_400_naming_its_encoding(api):
     body = json.dumps({"model": "tierwise", "messages": user()}).encode()
     status, _, reply = post(api[0], gzip.compress(body), {"content-encoding": "gzip"})

@@ -12,7 +12,7 @@ from typing import Callable
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from tierwise.serving import waited
+from tierwise.serving import ThrottledLog, waited
 from tierwise.telemetry import split_listen
 from tierwise.tls import RENEW_CHECK_S, ServerTLS, check_pair
 
@@ -33,7 +33,21 @@ def _expected_at_shutdown(record: logging.LogRecord) -> bool:
     return True
 
 
+# Warnings any caller can have uvicorn log, one per request, before a key is checked: counted in a line at most every
+# 10 s instead.
+_CALLERS_DOING = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+_callers_doing = ThrottledLog(log)
+
+
+def _throttled(record: logging.LogRecord) -> bool:
+    if isinstance(record.msg, str) and record.msg.startswith(_CALLERS_DOING):
+        _callers_doing.note(f"requests uvicorn refused as malformed or unsupported; the latest: {record.msg}")
+        return False
+    return True
+
+
 logging.getLogger("uvicorn.error").addFilter(_expected_at_shutdown)
+logging.getLogger("uvicorn.error").addFilter(_throttled)
 
 
 class _InLoop(uvicorn.Server):
