@@ -164,6 +164,21 @@ def test_json_prints_its_one_object_on_bad_input_too(line, named, bad, capsys, m
     assert named in captured.err
 
 
+@pytest.mark.parametrize("line, named", [
+    ("learn --labels {bad}/missing.jsonl --heads-dir {bad} --target-quality 1.5", "--target-quality"),
+    ("simulate --data {records} --window 0", "--window"),
+    ("eval --data {records} --nonesuch", "--nonesuch"),
+])
+def test_json_prints_its_one_object_on_a_usage_error_too(line, named, bad, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as ended:
+        main([*argv(line, bad), "--json"])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert ended.value.code == 2 and printed == {"exit_code": 2, "error": printed["error"]}
+    assert named in printed["error"] and named in captured.err
+
+
 def test_a_failed_train_leaves_no_head_directory(bad, tmp_path, capsys):
     """promote and the classifier's reload read every directory under --out; an empty one left by a failed run
     would be a head that is not there."""

@@ -24,8 +24,19 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's, whose usage errors (exit 2) also print the one object --json promises on stdout."""
+    json_wanted = False  # set by main for the command line it parses
+
+    def error(self, message: str):
+        if _Parser.json_wanted:
+            print(json.dumps({"exit_code": 2, "error": f"{self.prog}: {message}"}))
+        super().error(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    _Parser.json_wanted = "--json" in (sys.argv[1:] if argv is None else argv)
+    ap = _Parser(
         prog="tierwise", description="Ask a running router for a decision or an answer (route, complete), and "
         "label, train, check and install the heads it routes with (the rest).",
         epilog="Guides: docs/api.md (route, complete); docs/training.md (label, train, calibrate, eval, promote, "
