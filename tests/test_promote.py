@@ -138,6 +138,40 @@ def test_rollback_names_what_it_cannot_do_and_changes_nothing(tmp_path, capsys):
     assert (heads / "lineup-a" / "head.json").read_bytes() == before, "a damaged previous head changes nothing"
 
 
+@pytest.mark.parametrize("cards", [True, False])
+def test_a_rollback_killed_part_way_loses_neither_head(tmp_path, monkeypatch, cards):
+    """Killed once the head is replaced but before the one it replaced is set aside (here: that step fails), the
+    next rollback first finishes the swap, then undoes it: the head served before the first rollback serves again,
+    and nothing was lost on the way."""
+    import os
+
+    head_dir = tmp_path / "heads" / "lineup-a"
+    lineup_head("lineup-a-old", ALWAYS_TIER_3).save(head_dir / "head.json.previous")
+    lineup_head("lineup-a-new", 100.0).save(head_dir / "head.json")
+    if cards:
+        (head_dir / "MODEL_CARD.md.previous").write_text("old card")
+        (head_dir / "MODEL_CARD.md").write_text("new card")
+    serving, kept = (head_dir / "head.json").read_bytes(), (head_dir / "head.json.previous").read_bytes()
+    replace, killed = os.replace, []
+
+    def kill_on_setting_aside(src, dst, *args, **kwargs):
+        if str(dst).endswith("head.json.previous") and not killed:
+            killed.append(dst)
+            raise KeyboardInterrupt("killed")
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", kill_on_setting_aside)
+    with pytest.raises(KeyboardInterrupt):
+        main(["rollback", "--name", "lineup-a", "--heads-dir", str(tmp_path / "heads")])
+    assert killed and (head_dir / "head.json").read_bytes() == kept, "killed after the head was replaced"
+    assert main(["rollback", "--name", "lineup-a", "--heads-dir", str(tmp_path / "heads")]) == 0
+    assert (head_dir / "head.json").read_bytes() == serving and (head_dir / "head.json.previous").read_bytes() == kept
+    if cards:
+        assert (head_dir / "MODEL_CARD.md").read_text() == "new card"
+        assert (head_dir / "MODEL_CARD.md.previous").read_text() == "old card"
+    assert sorted(p.name for p in head_dir.iterdir() if ".swap" in p.name) == []
+
+
 def test_promote_names_what_is_wrong_with_its_input(tmp_path, capsys):
     candidate = tmp_path / "candidate"
     lineup_head("lineup-a-bold", 100.0).publish(candidate)

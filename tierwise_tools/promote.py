@@ -91,6 +91,7 @@ def install(candidate_dir: Path, target_dir: Path) -> None:
     at any point leaves the serving head, or the new one with the old one kept beside it. Callers install no head
     that `same_answers` as the one there: keeping it as its own previous would lose the one a rollback restores."""
     target_dir.mkdir(parents=True, exist_ok=True)
+    settle(target_dir)
     head, card = target_dir / "head.json", target_dir / "MODEL_CARD.md"
     new = (candidate_dir / "head.json").read_bytes()
     if head.exists():
@@ -103,13 +104,15 @@ def install(candidate_dir: Path, target_dir: Path) -> None:
 def roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
     """Swap `head_dir`'s head.json with the head.json.previous a promotion kept (and their model cards), so the
     classifier serves the previous head again and a second rollback undoes the first: (now serving, set aside).
-    The previous head is loaded first (a damaged one is a DataError, and nothing changes); the head goes in
-    last of the files it needs, and a kill part-way leaves the serving head whole, old or previous."""
+    The previous head is loaded first (a damaged one is a DataError, and nothing changes). The heads being swapped
+    are first written aside as `.swap` files: a kill part-way leaves the serving head whole, old or previous, and
+    the next rollback or promotion finishes or undoes the swap (`settle`), so neither head is lost."""
     with changing(head_dir.parent):
         return _roll_back(head_dir)
 
 
 def _roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
+    settle(head_dir)
     head, card = head_dir / "head.json", head_dir / "MODEL_CARD.md"
     if not previous(head).exists():
         raise DataError(f"{head_dir}: nothing to roll back to (no head.json.previous: no promotion replaced a head "
@@ -118,16 +121,45 @@ def _roll_back(head_dir: Path) -> tuple[TierHead, TierHead]:
         restored, current = TierHead.load(previous(head)), TierHead.load(head)
     except ValueError as err:
         raise DataError(str(err)) from None
-    old_head, old_card, new_card = head.read_bytes(), _read(card), _read(previous(card))
-    _put(card, new_card)
+    write_atomic(swap(card), _read(card) or NO_CARD)
+    write_atomic(swap(head), head.read_bytes())  # last of the two: once it is there, both are
+    _put(card, _read(previous(card)))
     write_atomic(head, previous(head).read_bytes())
-    write_atomic(previous(head), old_head)
-    _put(previous(card), old_card)
+    settle(head_dir)
     return restored, current
+
+
+def settle(head_dir: Path) -> None:
+    """End a rollback that left `.swap` files (the heads it was swapping, written aside first): finish it when the
+    head was already replaced (it then equals the previous one), else undo it (only the swap files were written)."""
+    head, card = head_dir / "head.json", head_dir / "MODEL_CARD.md"
+    if not swap(head).exists():
+        swap(card).unlink(missing_ok=True)
+        return
+    # The card set aside goes where its head goes: the previous one's place, or back to being served. Its swap file
+    # is gone when an earlier settle moved it; the head's swap file goes last.
+    kept = previous(card) if _read(head) == _read(previous(head)) else card
+    if (aside := _read(swap(card))) is not None:
+        if aside == NO_CARD:
+            kept.unlink(missing_ok=True)
+            swap(card).unlink()
+        else:
+            swap(card).replace(kept)
+    if kept == card:
+        swap(head).unlink()
+    else:
+        swap(head).replace(previous(head))
+
+
+NO_CARD = b"\0no model card\0"  # a swap file's content for a head that had no card (a card is text, never this)
 
 
 def previous(path: Path) -> Path:
     return path.with_name(path.name + ".previous")
+
+
+def swap(path: Path) -> Path:
+    return path.with_name(path.name + ".swap")
 
 
 def _read(path: Path) -> bytes | None:
