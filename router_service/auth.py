@@ -169,6 +169,9 @@ class ApiKeys:
         self._seen = now
         try:
             keys = self._read()
+            if not keys and self.keys:  # an editor or `cat >` rewriting it in place empties it first
+                raise KeysFileError(f"{self.path} holds no key now (part-way through a rewrite?); to refuse every "
+                                    "caller, leave one key that no caller holds")
         except (OSError, ValueError) as err:  # KeysFileError is a ValueError
             log.error("API keys not reloaded, the previous ones stay: %s", err)
             return False

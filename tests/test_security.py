@@ -321,6 +321,11 @@ def test_keys_file_format(tmp_path):
         assert not store.poll() and store.find(LATE_KEY).id == "late"
     path.write_text(f"\ufeff# keys, saved with a byte order mark\n{KEY} id=main\n")
     assert store.poll() and store.find(KEY).id == "main" and store.find(LATE_KEY) is None, "a revocation still lands"
+    for emptied in ("", "# being rewritten\n"):  # a file rewritten in place, caught part-way
+        path.write_text(emptied)
+        assert not store.poll() and store.find(KEY).id == "main", "no key at all is a file part-way, not a revocation"
+    path.write_text(f"{LATE_KEY} id=late\n")
+    assert store.poll() and store.find(KEY) is None and store.find(LATE_KEY).id == "late"
 
 
 def test_a_reload_check_that_fails_keeps_the_loop_and_its_sighup_handler():
