@@ -282,8 +282,9 @@ class CacheConfig:
 class IdempotencyConfig:
     max_mb: Positive = doc(
         "answers kept for retries of Complete calls that carried an idempotency key (a retry with the same key and "
-        "request gets the answer, or waits for the work under way, and pays nothing again), in MB as serialized, "
-        "least recently used out first; work under way is never pushed out", 64.0)
+        "request gets the answer, or waits for the work under way, and pays nothing again), in MB held: each answer "
+        "as serialized, its key and about 400 bytes besides; least recently used out first; work under way is never "
+        "pushed out", 64.0)
     ttl_s: Positive = doc("how long an answer is kept for a retry", 600.0)
     retry_window_s: Positive = doc(
         "how long work goes on after its caller left, unless a retry comes for it (a caller that cancelled sends "

@@ -10,7 +10,7 @@ import pytest
 from opentelemetry import trace
 
 from router_service.config import ConfigError, parse
-from router_service.idempotency import Once, checked
+from router_service.idempotency import ENTRY_BYTES, Once, checked
 from tierwise.serving import Rejected
 from tierwise.v1 import router_pb2 as pb
 from tierwise_client.client import _once
@@ -64,7 +64,7 @@ def test_an_answer_is_kept_for_its_ttl_and_expired_ones_go_without_being_asked_f
 
 
 def test_what_is_kept_stays_within_max_mb_least_recently_used_out_first():
-    once = store(max_mb=0.0025)  # 2,500 bytes: two answers of 1,000 (and a little framing)
+    once = store(max_mb=0.0035)  # 3,500 bytes: two answers of 1,000 (framing, key and bookkeeping: about 1,420 each)
     work = Provider(size=1000)
 
     async def scenario() -> list[bool]:
@@ -75,7 +75,21 @@ def test_what_is_kept_stays_within_max_mb_least_recently_used_out_first():
         return [hit, await ask(once, "a", work), await ask(once, "b", work)]
 
     assert asyncio.run(scenario()) == [True, True, False]
-    assert once.kept_bytes <= 2500
+    assert once.kept_bytes <= 3500
+
+
+def test_the_callers_keys_count_against_max_mb_too():
+    """A key is up to 255 characters of the caller's choosing: with short answers, keys and bookkeeping are most of
+    what is held."""
+    once = store(max_mb=0.01)
+    work = Provider(size=10)
+
+    async def scenario() -> None:
+        for i in range(100):
+            await ask(once, f"{i:03d}" + "k" * 252, work)
+
+    asyncio.run(scenario())
+    assert once.kept_bytes <= 10_000 and len(once) <= 10_000 // (255 + ENTRY_BYTES)
 
 
 def test_an_answer_larger_than_max_mb_is_not_kept_and_pushes_nothing_out():
@@ -271,4 +285,5 @@ def test_a_replay_with_log_probabilities_is_the_answer_as_given_whatever_a_calle
 
     first, third = asyncio.run(scenario())
     assert first == answer and third == answer
-    assert once.kept_bytes == answer.ByteSize()  # max_mb bounds what the memory holds: the answers as serialized
+    # max_mb bounds what the memory holds: the answers as serialized, with their keys and bookkeeping
+    assert once.kept_bytes == answer.ByteSize() + len("k") + len("a") + ENTRY_BYTES
