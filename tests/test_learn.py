@@ -322,3 +322,32 @@ def test_every_start_of_a_record_is_cut_short_and_any_other_bad_line_is_refused(
             read_labels(torn, [])
         with pytest.raises(DataError, match=f"{torn}:2: not a routing record"):
             load([torn])
+
+
+def test_sigterm_leaves_no_copy_of_the_labels_behind(tmp_path, monkeypatch):
+    """learn trains from files under a temporary directory holding the labels' queries: a CronJob's deadline or a
+    stopped timer (SIGTERM) must not leave them in /tmp."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    from tierwise_tools import learn as learning
+
+    heads = heads_dir(tmp_path)
+    data = write(tmp_path / "labels.jsonl", [1.0] * 60, held_out=False)
+    write(data, [1.0] * 15, held_out=True)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def terminated(*args, **kwargs):
+        assert list(scratch.iterdir()), "the labels are being trained on from the temporary directory"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal's handler ends this
+
+    monkeypatch.setattr(learning, "_learn_lineup", terminated)
+    with pytest.raises(SystemExit) as ended:
+        main(["learn", "--labels", str(data), "--heads-dir", str(heads)])
+    assert ended.value.code == 128 + signal.SIGTERM and list(scratch.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler is the command's only"

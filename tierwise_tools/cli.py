@@ -7,7 +7,10 @@ one_thread()  # before numpy loads
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from importlib import metadata  # noqa: E402
 
 import grpc  # noqa: E402
@@ -46,6 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     for command in COMMANDS:
         command.register(sub)
     args = ap.parse_args(argv)
+    with _sigterm_exits():
+        return _run(args)
+
+
+@contextmanager
+def _sigterm_exits():
+    """SIGTERM (a CronJob's deadline, a timer stopped) ends the command as an exception does, exit status 143, so
+    its `with` blocks and `finally`s run: temporary files holding queries are removed, a spend is reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except DataError as err:
