@@ -227,3 +227,37 @@ def test_queries_are_read_by_line_once_each_and_bad_input_costs_nothing(tmp_path
         assert main([*args, str(damaged)]) == 2
         assert f"{damaged}:2: not a labelled record" in capsys.readouterr().err
         assert not double.requests, "no provider was asked"
+
+
+def test_sigterm_reports_what_the_run_spent(tmp_path, monkeypatch):
+    """A CronJob's deadline or a stopped timer sends SIGTERM: the run says what its calls cost before it exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .exported_metrics import wait_until
+    from .servers import ROOT
+
+    out = tmp_path / "labelled.jsonl"
+    with ProviderDouble() as double:
+        config, _ = setup(tmp_path, double)
+        queries = tmp_path / "many.txt"
+        queries.write_text("".join(f"Question {i}?\n" for i in range(20)))
+        double.set_reply("t1-a", '{"score": 0.5}')
+        for model in ("t1-a", "t2-a", "t3-a"):
+            double.set_persistent(model, Fault.delay(0.2))
+        proc = subprocess.Popen([sys.executable, "-m", "tierwise_tools.cli", "label", "--queries", str(queries),
+                                 "--config", str(config), "--out", str(out), "--rate", "200", "--concurrency", "1"],
+                                cwd=ROOT, env={**os.environ, KEY_ENV: "k"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_until(lambda: out.exists() and out.read_text().count("\n") >= 1, 60)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    spent = float(re.search(r"interrupted: this run's provider calls cost \$([0-9.]+)", stderr).group(1))
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr and spent > 0
+    assert 1 <= len(load([out])) < 20

@@ -100,19 +100,20 @@ class RateLimiter:
 
 
 async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, judge_tier: int, rate: float,
-                concurrency: int) -> dict:
+                concurrency: int, spent: Tab | None = None) -> dict:
+    """Label `queries` into `out`: a summary. `spent` adds up every call this run pays for, the records written and
+    those that failed or were cut short by an interruption, as each call returns."""
     done = resume(out)
     todo = [q for q in queries if q["id"] not in done]
     slots = asyncio.Semaphore(concurrency)
     failures: dict[str, str] = {}
     kept: dict[str, dict] = {}  # each query's answers paid for so far: a retry pays only for the rest
-    spent = 0.0  # every call this run paid for: the records written and those that failed part way
+    spent = spent if spent is not None else Tab()
     appendable(out)  # OSError now, before the first paid call, if it cannot be written
     async with open_chains(cfg, RouterMetrics()) as chains:
         labeler = Labeler(cfg, chains, judge_tier, timeout_s=300.0, before_call=RateLimiter(rate).wait)
         with tqdm(total=len(todo), desc="labelling", unit="query") as bar:
             async def one(item: dict) -> None:
-                nonlocal spent
                 async with slots:
                     tab = Tab()
                     try:
@@ -125,7 +126,7 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
                         failures.pop(item["id"], None)
                         append_line(out, json.dumps(rec, ensure_ascii=False))
                     finally:
-                        spent += tab.usd
+                        spent.add(tab.usd)
                     bar.update()
 
             await asyncio.gather(*(one(q) for q in todo))
@@ -135,4 +136,4 @@ async def label(cfg: RouterConfig, queries: list[dict], out: Path, source: str, 
             bar.total += len(again)
             await asyncio.gather(*(one(q) for q in again))
     return {"queries": len(queries), "already_done": len(queries) - len(todo),
-            "labelled": len(todo) - len(failures), "failed": list(failures.values()), "cost_usd": spent}
+            "labelled": len(todo) - len(failures), "failed": list(failures.values()), "cost_usd": spent.usd}

@@ -9,6 +9,8 @@ from pathlib import Path
 from router_service.config import ConfigError, load
 from tierwise.tiers import TIERS
 
+from router_service.labelling import Tab
+
 from ..label import label, read_queries
 from .common import at_least, refusal
 
@@ -32,11 +34,16 @@ def run(args: argparse.Namespace) -> int:
         queries = read_queries(args.queries, args.source)
     except (ConfigError, ValueError, OSError) as err:
         raise refusal(err) from None
+    spent = Tab()
     try:
         summary = asyncio.run(label(cfg, queries, args.out, args.source, args.judge_tier, args.rate,
-                                    args.concurrency))
+                                    args.concurrency, spent))
     except ValueError as err:  # --out holds something other than labelled records
         raise refusal(err, "--out: ") from None
+    except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT, or SIGTERM (cli.main)
+        print(f"interrupted: this run's provider calls cost ${spent.usd:.4f}; the queries that were in flight are "
+              f"paid for and not written (re-run to resume)", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
     for failure in summary["failed"]:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{summary['labelled']} labelled, {summary['already_done']} already in {args.out}, "
