@@ -1,18 +1,14 @@
 """API keys at the router's front door: a grpc.aio server interceptor on every RouterService method (health and
 reflection stay open), and the same check in front of the OpenAI-compatible HTTP API (router_service/http).
 
-The keys file holds one key a line, in clear or as `sha256:<64 hex>` of it, then optional settings:
-
-    # comment; blank lines are ignored
-    tw-7d0c1f2e9a8b4c3d5e6f    id=batch-jobs rpm=120 monthly_usd=50 max_tier=2 quality_target=0.9
-    sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae  id=web
-
-`id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
+The keys file (docs/configuration.md has an example) holds one key a line, in clear or as `sha256:<64 hex>` of it,
+then optional settings. `id=` names the key in logs, spans (`tierwise.key_id`) and metrics (default: the first 8 hex digits of the key's
 sha256); `rpm=` and `monthly_usd=` are its limits (default: `auth.requests_per_minute` and `auth.monthly_usd`;
 0 = none); `max_tier=` the highest tier its calls are answered at (default: every tier); `quality_target=` the
 quality vs frontier its calls are held to when they set none (default: the head's). Only the keys' sha256
 digests are kept in memory, and a presented key's digest is compared with every one of them in constant time. The file is re-read when it changes (polled every `auth.reload_s`) or on
-SIGHUP; a file that does not parse is logged (line number, never its text) and the previous keys stay.
+SIGHUP; a file that does not parse, or holds no key where it held some, is logged (line number, never its text)
+and the previous keys stay.
 Callers send `authorization: Bearer <key>` (gRPC metadata or HTTP header); no key or a wrong one gets
 UNAUTHENTICATED (HTTP 401), a key over a limit RESOURCE_EXHAUSTED with `retry-after` (seconds) in the trailing
 metadata (HTTP 429 with a Retry-After header). A key past its monthly spend may still make a call that pays no
@@ -26,6 +22,7 @@ import hmac
 import logging
 import math
 import re
+from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,9 +368,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def _streaming(self, behavior, method: str):
         async def call(request, context):
             await self._admit(context, method, request)
-            try:
-                async for message in behavior(request, context):
-                    yield message
+            try:  # closed here, so the call's work has ended (its cost charged) before its admission is settled
+                async with aclosing(behavior(request, context)) as messages:
+                    async for message in messages:
+                        yield message
             finally:
                 settle_current_admission()
         return call

@@ -71,8 +71,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 async for event in events:
                     send(event)
 
-        async for event in in_own_task(produce):
-            yield event
+        async with aclosing(in_own_task(produce)) as events:  # closed with the call, not when collected
+            async for event in events:
+                yield event
 
 
 async def _nothing_to_reload() -> None:

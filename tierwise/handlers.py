@@ -2,6 +2,7 @@
 request decodes from reach no handler."""
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Callable
 
 import grpc
@@ -76,8 +77,9 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, counts: CallCounts | N
             if isinstance(request, _Undecodable):
                 _refused(method, counts)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            async for reply in answer(request, context):
-                yield reply
+            async with aclosing(answer(request, context)) as replies:  # closed with the call, not when collected
+                async for reply in replies:
+                    yield reply
 
         return handler._replace(request_deserializer=deserialize, unary_stream=unary_stream)
     reply = handler.unary_unary
