@@ -55,11 +55,16 @@ class Entry:
                            input_tokens=summary.usage.input_tokens, output_tokens=summary.usage.output_tokens,
                            cached_input_tokens=summary.usage.cached_input_tokens, cost_usd=summary.cost_usd)
 
+    def charged(self, cost_usd: float) -> None:
+        """The key paid `cost_usd` before any answer (a judge deciding the tier): a Route's whole cost, and part of
+        what a call that then fails paid. An answer's own cost_usd includes it."""
+        self.fields["cost_usd"] = self.fields.get("cost_usd", 0.0) + cost_usd
+
     def unsummed(self, cost_usd: float, streaming: tuple[int, str] | None, output_tokens: int) -> None:
         """The call ended before its answer was summed up (cancelled, cut, failed): what its key was charged and,
         for a stream cut short, the tier and provider of what went out and its tokens, estimated."""
         if cost_usd:
-            self.fields["cost_usd"] = cost_usd
+            self.charged(cost_usd)
         if streaming is not None:
             self.fields.update(tier=streaming[0], provider=streaming[1], output_tokens=output_tokens)
 
@@ -106,6 +111,9 @@ class _Unlogged(Entry):
         pass
 
     def answered(self, summary: pb.CompleteResponse) -> None:
+        pass
+
+    def charged(self, cost_usd: float) -> None:
         pass
 
     def unsummed(self, cost_usd: float, streaming: tuple[int, str] | None, output_tokens: int) -> None:

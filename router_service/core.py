@@ -308,6 +308,7 @@ class RouterCore:
         if decision.cost_usd:  # a judge's call: paid whether or not an answer follows
             charge_current_key(decision.cost_usd)
             self.metrics.cost.add(decision.cost_usd, {"tier": decision.cost_tier})
+            access_log.current().charged(decision.cost_usd)
             span.set_attribute("tierwise.decision_cost_usd", decision.cost_usd)
         span.set_attribute("tierwise.strategy", decision.strategy)
         span.set_attribute("tierwise.tier", decision.tier)

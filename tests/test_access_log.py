@@ -156,3 +156,23 @@ def test_the_access_log_is_off_by_default(double, tmp_path):
             router_pb2_grpc.RouterServiceStub(channel).Route(pb.RouteRequest(query="hi"), timeout=20)
         time.sleep(0.2)
         assert not access_lines(router, 0, timeout=0)
+
+
+def test_what_a_judge_was_paid_is_on_the_line_of_a_route_and_of_a_call_that_then_fails(router, double):
+    """The key pays for the judge's call whether or not an answer follows: the access log says so too."""
+    double.set_reply("t1-a", '{"tier": 3}')
+    double.set_persistent("t3-a", Fault.http_error(503))  # tier 3's only provider
+    start = len(access_lines(router, 0, timeout=0))
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            auth = (("authorization", f"Bearer {KEY}"),)
+            route = stub.Route(pb.RouteRequest(query="Which tier?", strategy="judge"), metadata=auth, timeout=20)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Complete(pb.CompleteRequest(messages=[pb.Message(role="user", content="Which tier?")],
+                                                 strategy="judge"), metadata=auth, timeout=20)
+        routed, completed = access_lines(router, start + 2)[start:]
+    finally:
+        double.reset()
+    assert route.tier == 3 and failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert routed["cost_usd"] > 0 and completed["cost_usd"] == pytest.approx(routed["cost_usd"])
