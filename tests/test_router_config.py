@@ -45,7 +45,11 @@ def broken(path: str, value) -> dict:
     ("tiers.0.price_per_mtok.input", -1, "tiers[0].price_per_mtok.input: must not be negative"),
     ("tiers.0.price_per_mtok.output", "cheap", "tiers[0].price_per_mtok.output: expected a number"),
     ("tiers.0.providers", [], "tiers[0].providers: required"),
-    ("tiers.2.providers.0.base_url", "api.example.com", "tiers[2].providers[0].base_url: must start with http"),
+    ("tiers.2.providers.0.base_url", "api.example.com", "tiers[2].providers[0].base_url: must be an http:// or"),
+    ("tiers.2.providers.0.base_url", "https://", "tiers[2].providers[0].base_url: must be an http:// or https:// URL "
+                                                 "with a host"),
+    ("tiers.2.providers.0.base_url", "http://api.example.com:port/v1", "tiers[2].providers[0].base_url: must be"),
+    ("tiers.0.providers.0.api_key_env", "sk-proj-0123456789", "tiers[0].providers[0].api_key_env: must be the NAME"),
     ("tiers.2.providers.0.model", KeyError, "tiers[2].providers[0].model: required"),
     ("tiers.0.providers.0.api_key", "sk-123", "tiers[0].providers[0].api_key: secrets do not belong"),
     ("tiers.0.providers.0.timeout_s", 0, "tiers[0].providers[0].timeout_s: must be positive"),
@@ -82,6 +86,8 @@ def test_invalid_config_names_the_key(path, value, message):
     with pytest.raises(ConfigError) as err:
         parse(broken(path, value))
     assert str(err.value).startswith(message), str(err.value)
+    if path.endswith("api_key_env"):
+        assert value not in str(err.value), "a key pasted in by mistake is not shown"
 
 
 def test_missing_tier_and_unreadable_file(tmp_path):

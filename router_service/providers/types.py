@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, AsyncGenerator, Callable, Sequence
+from urllib.parse import urlsplit
 
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import Strict
+from pydantic import AfterValidator, Strict
 
-from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, Text, doc, must, schema
+from ..config_doc import AtLeastOne, AtLeastZero, Dollars, Flag, Name, Positive, doc, must, refuse, schema
 from ..retry import REQUEST_FAULT_STATUSES, status_only
 from ..tokens import tools_tokens
 
@@ -185,8 +186,30 @@ class Price:
         return ((input_tokens - cached) * self.input + cached * cached_price + output_tokens * self.output) / 1e6
 
 
-Url = Annotated[str, Strict(), must(lambda v: v.startswith(("http://", "https://")),
-                                     "must start with http:// or https://")]
+def _http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - ValueError for a port that is no number
+        return value.startswith(("http://", "https://")) and bool(parts.hostname) and \
+            not any(c.isspace() for c in value)
+    except ValueError:  # a port that is no number or out of range, a bad IPv6 literal
+        return False
+
+
+Url = Annotated[str, Strict(), must(_http_url, "must be an http:// or https:// URL with a host")]
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    """An environment variable's name, or "". What else is set here is most likely a key pasted in by mistake: it is
+    refused without being shown, as every error naming the variable would show it to callers and logs."""
+    if value and not ENV_NAME.fullmatch(value):
+        refuse([((), "must be the NAME of an environment variable (letters, digits and _, not starting with a "
+                     "digit) that holds the key, never the key itself; the value given is not shown")])
+    return value
+
+
+EnvName = Annotated[str, Strict(), AfterValidator(_env_name)]
 
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -216,7 +239,7 @@ class ProviderConfig:
     name: Name = doc("provider name, shown in attempts, metrics and logs")
     base_url: Url = doc("OpenAI-compatible base URL (http:// or https://)")
     model: Name = doc("model name sent to the provider")
-    api_key_env: Text = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
+    api_key_env: EnvName = doc("NAME of the environment variable holding the key (\"\" = no key needed)", "")
     timeout_s: Positive = doc("per-call timeout, capped by the caller's deadline", 30.0)
     max_retries: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 or more")] = doc(
         "retries on retryable errors (429, 408, 5xx, timeouts, connection errors)", 2)
