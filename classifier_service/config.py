@@ -11,6 +11,7 @@ from tierwise.telemetry import split_listen
 from tierwise.tls import ServerTLS
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_KEEP_WARM_MS = 60_000.0  # past a minute it keeps nothing warm; far past, the workers' timed waits overflow
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,18 @@ def parse(argv: list[str] | None = None) -> Config:
     for name in ("heads_dir", "encoder_dir"):
         if not getattr(cfg, name).is_dir():
             problems.append(f"--{name.replace('_', '-')}: {getattr(cfg, name)} is not a directory")
+    if cfg.encoder_dir.is_dir() and not (cfg.encoder_dir / "manifest.json").is_file():
+        problems.append(f"--encoder-dir: {cfg.encoder_dir} holds no exported encoder (manifest.json); `make setup` "
+                        "exports it")
+    for name in ("cache_size", "warmup_rounds"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be 0 or more")
     if cfg.run_tokens < 0:
         problems.append("--run-tokens must be 0 (no cap) or more")
     if cfg.inline_max_tokens < 0:
         problems.append("--inline-max-tokens must be 0 (always a worker) or more")
-    if not 0 <= cfg.keep_warm_ms < float("inf"):  # also refuses nan
-        problems.append("--keep-warm-ms must be 0 (off) or more")
+    if not 0 <= cfg.keep_warm_ms <= MAX_KEEP_WARM_MS:  # also refuses nan
+        problems.append(f"--keep-warm-ms must be 0 (off) to {MAX_KEEP_WARM_MS:.0f} (a minute)")
     if not cfg.heads_reload_seconds >= 0:  # also refuses nan
         problems.append("--heads-reload-seconds must be 0 (only on SIGHUP) or more")
     try:

@@ -195,16 +195,19 @@ def test_the_cli_reads_the_router_address_the_other_clients_read(monkeypatch, ca
     assert "127.0.0.1:9" in capsys.readouterr().err
 
 
-def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch):
+def test_classifier_flags_report_every_problem_at_once(capsys, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as err:
         classifier_config.parse(["--workers", "0", "--precision", "fp16", "--heads-reload-seconds", "-1",
                                  "--run-tokens", "-5", "--keep-warm-ms", "nan", "--max-batch-inflight", "8",
-                                 "--max-text-bytes", "9000000", "--heads-dir", "/nonexistent/heads"])
+                                 "--max-text-bytes", "9000000", "--heads-dir", "/nonexistent/heads",
+                                 "--cache-size", "-1", "--warmup-rounds", "-3", "--encoder-dir", str(tmp_path)])
     stderr = capsys.readouterr().err
     assert err.value.code == 2 and "Traceback" not in stderr
     for problem in ("--precision must be int8 or fp32", "--workers must be at least 1",
                     "--heads-reload-seconds must be 0", "--run-tokens must be 0 (no cap) or more",
-                    "--keep-warm-ms must be 0 (off) or more", "--max-batch-inflight (8) must be at least --max-batch",
+                    "--keep-warm-ms must be 0 (off) to 60000", "--max-batch-inflight (8) must be at least --max-batch",
+                    "--cache-size must be 0 or more", "--warmup-rounds must be 0 or more",
+                    f"--encoder-dir: {tmp_path} holds no exported encoder",
                     "must stay under 2 GiB", "--heads-dir: /nonexistent/heads is not a directory"):
         assert problem in stderr, stderr
 
