@@ -710,6 +710,18 @@ def container(docs, name) -> dict:
     return c
 
 
+def test_a_large_classifier_setting_reaches_the_flag_as_written(helm_env, tmp_path):
+    """A values file's numbers are floats to helm; toString would give 2e+06, which the classifier's integer flag
+    refuses: pods that crash-loop."""
+    big = tmp_path / "big-values.yaml"
+    big.write_text("classifier:\n  settings:\n    cacheSize: 2000000\n    maxTextBytes: 1048576\n")
+    text = helm(helm_env, "template", RELEASE, str(CHART), *render_args("default"), "-f", str(big))
+    env = env_of(container([d for d in yaml.safe_load_all(text) if d], CLASSIFIER))
+    assert env["TIERWISE_CLASSIFIER_CACHE_SIZE"]["value"] == "2000000"
+    assert env["TIERWISE_CLASSIFIER_MAX_TEXT_BYTES"]["value"] == "1048576"
+    assert env["TIERWISE_CLASSIFIER_PRECISION"]["value"] == "int8"
+
+
 def test_every_port_binds_to_listen_host(renders, helm_env):
     """0.0.0.0 by default; "[::]" for an IPv6 or dual-stack cluster, on every port: gRPC, HTTP, health, metrics."""
     def listens(docs) -> list[str]:
