@@ -19,8 +19,8 @@ from pydantic_core import core_schema
 from tierwise.metrics import quality_target
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
-from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, doc, error_lines, must, reference,
-                         refuse, schema)
+from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, UniqueKeys, doc, error_lines,
+                         must, reference, refuse, schema)
 from .config_serving import LimitsConfig, ShutdownConfig, TLSConfig
 from .gates import GATES
 from .model_names import MODEL, ModelNames, reserved
@@ -359,7 +359,7 @@ _SECTIONS = {f.name for f in fields(RouterConfig) if is_dataclass(get_type_hints
 
 def load(path: str | Path) -> RouterConfig:
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=UniqueKeys)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -10,6 +10,7 @@ import reprlib
 from dataclasses import MISSING, field, fields
 from typing import Annotated, Any, Callable, Sequence
 
+import yaml
 from pydantic import AfterValidator, ConfigDict, Strict, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
@@ -125,3 +126,20 @@ def _unknown(root: type, loc: tuple) -> str:
         if isinstance(part, str):
             section = {f.name: f for f in fields(section)}[part].metadata["nested"]
     return f"unknown key; expected one of {sorted(f.name for f in fields(section))}"
+
+
+class UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice: the last would silently win (a second
+    `strategy:` further down a file), and with it a setting the operator thinks is in force."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: keys after it may override its own
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)

@@ -103,6 +103,20 @@ def test_missing_tier_and_unreadable_file(tmp_path):
         load(bad)
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_a_merge_key_may_be_overridden(tmp_path):
+    """The last of two `strategy:` would win silently, sending everything where the operator did not mean to."""
+    example = (ROOT / "tierwise.example.yaml").read_text()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(example + "\nstrategy: tier3\n")
+    with pytest.raises(ConfigError, match="the key 'strategy' is given twice"):
+        load(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(example + "\nx-defaults: &limits {max_in_flight: 64}\nlimits:\n  <<: *limits\n  "
+                                "max_in_flight: 32\n")
+    with pytest.raises(ConfigError, match="x-defaults"):  # a key it does not know, but no duplicate
+        load(merged)
+
+
 def test_readme_configuration_reference_is_generated_from_the_schema():
     from router_service.config import RouterConfig
     from router_service.config_doc import reference
