@@ -37,7 +37,7 @@ from tierwise.tiers import FRONTIER, TIERS, tier_list
 from tierwise.watching import every_or_sighup, file_signature
 
 from .ledger import SpendLedger
-from .limits import Limits
+from .limits import MAX_RPM, Limits
 
 log = logging.getLogger("tierwise.router.auth")
 # The key the current call was admitted with, and the gate that admitted it: the core charges the key what each
@@ -106,8 +106,8 @@ def _settings(tokens: list[str], at: str) -> dict[str, str]:
 def _whole(value: str | None, default: int, at: str) -> int:
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", which int() refuses
-        raise KeysFileError(f"{at}: must be a whole number of requests a minute, 0 = no limit")
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_RPM:  # isdigit takes "²"
+        raise KeysFileError(f"{at}: must be a whole number of requests a minute up to {MAX_RPM}, 0 = no limit")
     return int(value)
 
 

@@ -19,10 +19,11 @@ from pydantic_core import core_schema
 from tierwise.metrics import quality_target
 from tierwise.tiers import CHEAPEST, FRONTIER, TIERS, tier_list
 
-from .config_doc import (AtLeastOne, Flag, Int, Name, Positive, Problem, Text, Tier, UniqueKeys, doc, error_lines,
-                         must, reference, refuse, schema)
+from .config_doc import (AtLeastOne, Flag, Int, Megabytes, Name, Positive, Problem, Text, Tier, UniqueKeys, doc,
+                         error_lines, must, reference, refuse, schema)
 from .config_serving import LimitsConfig, ShutdownConfig, TLSConfig
 from .gates import GATES
+from .limits import MAX_RPM
 from .model_names import MODEL, ModelNames, reserved
 from .providers import Completion, ProviderConfig
 from .providers.balance import BALANCES
@@ -204,7 +205,8 @@ class AuthConfig:
                               "is accepted (--api-keys-file)", "")
     reload_s: Positive = doc("how often the keys file is checked for changes, taken up without a restart (SIGHUP "
                              "checks at once)", 10.0)
-    requests_per_minute: Annotated[int, Strict(), must(lambda v: v >= 0, "must be 0 (no limit) or more")] = doc(
+    requests_per_minute: Annotated[int, Strict(), must(lambda v: 0 <= v <= MAX_RPM,
+                                                       f"must be 0 (no limit) to {MAX_RPM}")] = doc(
         "each key's rate limit, unless its line sets `rpm=` (0 = none)", 0)
     monthly_usd: NoLimit = doc("each key's spend limit per calendar month (UTC), in USD of provider cost, unless its "
                                "line sets `monthly_usd=` (0 = none); kept in the spend ledger (`spend.ledger`)", 0.0)
@@ -280,7 +282,7 @@ class CacheConfig:
 
 @schema
 class IdempotencyConfig:
-    max_mb: Positive = doc(
+    max_mb: Megabytes = doc(
         "answers kept for retries of Complete calls that carried an idempotency key (a retry with the same key and "
         "request gets the answer, or waits for the work under way, and pays nothing again), in MB held: each answer "
         "as serialized, its key and about 400 bytes besides; least recently used out first; work under way is never "

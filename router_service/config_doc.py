@@ -57,6 +57,7 @@ Int = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]
 Flag = Annotated[bool, Strict()]
 Positive = Annotated[float, Strict(), must(lambda v: 0 < v < math.inf, "must be positive")]  # refuses nan and inf
+Megabytes = Annotated[float, Strict(), must(lambda v: 0 < v <= 1e6, "must be positive, at most 1e6 (a terabyte)")]
 AtLeastZero = Annotated[float, Strict(), must(lambda v: v >= 0, "must be 0 or more")]
 Dollars = Annotated[float, Strict(), must(lambda v: 0 <= v < math.inf, "must not be negative")]  # nor inf
 AtLeastOne = Annotated[int, Strict(), must(lambda v: v >= 1, "must be at least 1")]

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 
 from .ledger import SpendLedger, month
 
+MAX_RPM = 10**9  # a limit past any traffic; far past, a bucket's arithmetic overflows a float
+
 
 @dataclass(frozen=True)
 class Refusal:

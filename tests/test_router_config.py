@@ -103,6 +103,17 @@ def test_missing_tier_and_unreadable_file(tmp_path):
         load(bad)
 
 
+@pytest.mark.parametrize("section, key, value, message", [
+    ("auth", "requests_per_minute", 10**400, "auth.requests_per_minute: must be 0 (no limit) to 1000000000"),
+    ("idempotency", "max_mb", 1e303, "idempotency.max_mb: must be positive, at most 1e6"),
+])
+def test_numbers_past_what_the_router_can_count_are_refused_at_start(section, key, value, message):
+    """Finite, so no 'must be positive' check caught them; they overflowed a float on the first call."""
+    with pytest.raises(ConfigError) as err:
+        parse({**copy.deepcopy(EXAMPLE), section: {key: value}})
+    assert str(err.value).startswith(message), str(err.value)
+
+
 def test_a_key_given_twice_is_refused_naming_it_and_a_merge_key_may_be_overridden(tmp_path):
     """The last of two `strategy:` would win silently, sending everything where the operator did not mean to."""
     example = (ROOT / "tierwise.example.yaml").read_text()

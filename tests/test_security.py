@@ -363,6 +363,7 @@ def test_a_reload_check_that_fails_keeps_the_loop_and_its_sighup_handler():
     (f"{KEY} id=a\n{LATE_KEY} id=a\n", "keys:2: the same id"),
     (f"{KEY} id=no/slashes\n", "keys:1: id must be"),
     (f"{KEY} rpm=-1\n", "keys:1: rpm: must be a whole number"),
+    (f"{KEY} rpm={'9' * 400}\n", "keys:1: rpm: must be a whole number of requests a minute up to 1000000000"),
     (f"{KEY} rpm=\u00b2\n", "keys:1: rpm: must be a whole number"),
     ("sha256:abc id=short\n", "keys:1: a key given as sha256: must be 64 hex digits"),
     (f"{KEY} monthly_usd=nan\n", "keys:1: monthly_usd: must be an amount"),
