@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from .telemetry import context_from_grpc
+from .telemetry import context_from_grpc, final_code
 from .tls import ServerTLS, server_credentials
 from .watching import hold_sighup
 
@@ -238,6 +238,13 @@ async def rpc_span(tracer: trace.Tracer, service: str, method: str, context, log
     ) as span:
         try:
             yield span
+        except (asyncio.CancelledError, GeneratorExit) as err:
+            # gRPC ended the call (its deadline, its caller gone) before the handler's own timer could say so.
+            code = grpc.StatusCode[final_code(context, type(err))]
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "deadline exceeded"))
+            raise
         except Rejected as err:
             record_error(span, err)
             await _abort(context, before_abort, err.code, str(err), err.trailing)
