@@ -17,7 +17,7 @@ def build_chains(cfg: RouterConfig, metrics: RouterMetrics) -> dict[int, TierCha
     chains = {tier: TierChain([Provider(p, on_breaker_change=_log_breaker(metrics)) for p in t.providers],
                               hedge_after_s=t.hedge_after_ms / 1000, balance=balance(t.balance))
               for tier, t in cfg.tiers.items()}
-    metrics.track_breakers({p.name: p.breaker for chain in chains.values() for p in chain.providers})
+    metrics.track_breakers({(tier, p.name): p.breaker for tier, chain in chains.items() for p in chain.providers})
     return chains
 
 

@@ -49,7 +49,7 @@ class RouterMetrics:
                                                   description="provider health checks by provider and result")
         self.breaker_transitions = meter.create_counter("tierwise.router.breaker.transitions",
                                                         description="circuit breaker state changes")
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers: dict[tuple[int, str], CircuitBreaker] = {}  # by tier and provider: a name may serve two tiers
         meter.create_observable_gauge("tierwise.router.breaker.state", callbacks=[self._observe_breakers],
                                       description="0 closed, 1 half-open, 2 open")
 
@@ -59,7 +59,7 @@ class RouterMetrics:
         self.cost.add(result.cost_usd, {"tier": result.tier})
         self.frontier_cost.add(frontier.cost(c.input_tokens, c.output_tokens, cached_tokens=c.cached_input_tokens))
 
-    def track_breakers(self, breakers: Mapping[str, CircuitBreaker]) -> None:
+    def track_breakers(self, breakers: Mapping[tuple[int, str], CircuitBreaker]) -> None:
         self._breakers.update(breakers)
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
@@ -68,8 +68,8 @@ class RouterMetrics:
     def _observe_breakers(self, options):
         # Each breaker's state as it reads now: an open one whose cooldown passed is half-open, though no call has
         # asked it since (a quiet provider, or a fallback), and must not read open for ever to an alert.
-        return [metrics.Observation(BREAKER_VALUE[breaker.reading()], {"provider": name})
-                for name, breaker in self._breakers.items()]
+        return [metrics.Observation(BREAKER_VALUE[breaker.reading()], {"provider": name, "tier": tier})
+                for (tier, name), breaker in self._breakers.items()]
 
 
 def attempt_span(tracer: trace.Tracer, tier: int, attempt: Attempt, purpose: str = "answer") -> None:

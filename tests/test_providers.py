@@ -506,7 +506,7 @@ def test_the_breaker_gauge_reads_half_open_once_the_cooldown_passed_though_no_ca
     clock = FakeClock()
     breaker = CircuitBreaker("a", failure_threshold=1, cooldown_s=10, clock=clock)
     metrics = RouterMetrics()
-    metrics.track_breakers({"a": breaker})
+    metrics.track_breakers({(1, "a"): breaker})
     breaker.record_failure()
     assert [o.value for o in metrics._observe_breakers(None)] == [BREAKER_VALUE[BreakerState.OPEN]]
     clock.now += 10
@@ -792,3 +792,16 @@ def test_a_request_the_asked_providers_all_refused_is_refused_whatever_was_skipp
     assert Unavailable([skipped, *refused], False).refused
     assert not Unavailable([skipped, down, *refused], False).refused
     assert not Unavailable([skipped], False).refused, "nobody was asked"
+
+
+def test_a_provider_named_in_two_tiers_shows_each_tiers_breaker():
+    """One series per name would let the second tier's closed breaker hide the first's open one from the
+    breaker-open alert (max by provider)."""
+    from router_service.telemetry import BREAKER_VALUE, RouterMetrics
+
+    first, second = CircuitBreaker("shared", failure_threshold=1), CircuitBreaker("shared", failure_threshold=1)
+    metrics = RouterMetrics()
+    metrics.track_breakers({(1, "shared"): first, (2, "shared"): second})
+    first.record_failure()
+    seen = {(o.attributes["tier"], o.attributes["provider"]): o.value for o in metrics._observe_breakers(None)}
+    assert seen == {(1, "shared"): BREAKER_VALUE[BreakerState.OPEN], (2, "shared"): BREAKER_VALUE[BreakerState.CLOSED]}
