@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 
 import grpc
@@ -155,33 +154,19 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(self.prefix):
             return handler  # health and reflection are not the router's calls
         method = details.method.rsplit("/", 1)[-1]
-        return rewrapped(handler, lambda behavior, streaming: (_streaming if streaming else _unary)(behavior, method))
+        return rewrapped(handler, lambda request, context: _Logged(method, context))
 
 
-def _unary(behavior, method: str):
-    async def call(request, context):
-        with _logged(method, context):
-            return await behavior(request, context)
-    return call
+class _Logged:
+    """Around one gRPC call: its entry, begun as the call starts and written as it ends, with its final code."""
+    __slots__ = ("entry", "context")
 
+    def __init__(self, method: str, context):
+        self.entry, self.context = begin(method, context.peer()), context
 
-def _streaming(behavior, method: str):
-    async def call(request, context):
-        with _logged(method, context):
-            # Closed here, not when collected: what the call paid is on its entry before the line is written.
-            async with aclosing(behavior(request, context)) as messages:
-                async for message in messages:
-                    yield message
-    return call
+    async def __aenter__(self) -> None:
+        pass
 
-
-@contextmanager
-def _logged(method: str, context):
-    entry, kind = begin(method, context.peer()), None
-    try:
-        yield
-    except BaseException as err:
-        kind = type(err)
-        raise
-    finally:
-        entry.end(final_code(context, kind))
+    async def __aexit__(self, kind, err, traceback) -> bool:
+        self.entry.end(final_code(self.context, kind))
+        return False

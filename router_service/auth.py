@@ -22,7 +22,6 @@ import hmac
 import logging
 import math
 import re
-from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,29 +351,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(self.prefix):
             return handler  # health, reflection, unknown methods: open
         method = details.method.rsplit("/", 1)[-1]
-        return rewrapped(handler, lambda behavior, streaming: (self._streaming if streaming else self._unary)(
-            behavior, method))
-
-    # The core charges the key what each answer cost (charge_current_key), as it learns it.
-    def _unary(self, behavior, method: str):
-        async def call(request, context):
-            await self._admit(context, method, request)
-            try:
-                return await behavior(request, context)
-            finally:
-                settle_current_admission()
-        return call
-
-    def _streaming(self, behavior, method: str):
-        async def call(request, context):
-            await self._admit(context, method, request)
-            try:  # closed here, so the call's work has ended (its cost charged) before its admission is settled
-                async with aclosing(behavior(request, context)) as messages:
-                    async for message in messages:
-                        yield message
-            finally:
-                settle_current_admission()
-        return call
+        return rewrapped(handler, lambda request, context: _Admitted(self, method, request, context))
 
     async def _admit(self, context, method: str, request) -> ApiKey:
         metadata = context.invocation_metadata() or ()
@@ -384,6 +361,22 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         except KeyRefused as err:
             self.gate.metrics.calls.add(method, err.code.name)
             await context.abort(err.code, str(err), trailing_metadata=err.trailing)
+
+
+class _Admitted:
+    """Around one gRPC call: admitted by its key first (a refusal ends it there), its admission settled as it ends.
+    The core charges the key what each answer cost (charge_current_key), as it learns it."""
+    __slots__ = ("interceptor", "method", "request", "context")
+
+    def __init__(self, interceptor: ApiKeyInterceptor, method: str, request, context):
+        self.interceptor, self.method, self.request, self.context = interceptor, method, request, context
+
+    async def __aenter__(self) -> None:
+        await self.interceptor._admit(self.context, self.method, self.request)
+
+    async def __aexit__(self, *exc) -> bool:
+        settle_current_admission()
+        return False
 
 
 def front_door(settings, service: str, metrics, ledger: SpendLedger | None = None) -> ApiKeyInterceptor | None:

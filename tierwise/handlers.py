@@ -2,7 +2,7 @@
 request decodes from reach no handler."""
 from __future__ import annotations
 
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Callable
 
 import grpc
@@ -16,15 +16,35 @@ _HANDLER_KINDS = {"unary_unary": grpc.unary_unary_rpc_method_handler,
                   "stream_stream": grpc.stream_stream_rpc_method_handler}
 
 
-def rewrapped(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
-    """`handler` with its behavior replaced by `wrap(behavior, response_streaming)`: what a server interceptor
-    returns to run its code around a method."""
+Around = Callable[[object, object], AbstractAsyncContextManager]  # (request, context): what runs around a call
+
+
+def rewrapped(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """`handler` with each call run inside `around(request, context)`: what a server interceptor returns to run its
+    code around a method."""
     for kind, make in _HANDLER_KINDS.items():
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return make(wrap(behavior, handler.response_streaming), request_deserializer=handler.request_deserializer,
+            return make(_inside(behavior, handler.response_streaming, around),
+                        request_deserializer=handler.request_deserializer,
                         response_serializer=handler.response_serializer)
     return handler
+
+
+def _inside(behavior: Callable, streaming: bool, around: Around) -> Callable:
+    """`behavior` run inside `around`. A stream is closed before `around` ends, not when it is collected: what the
+    call did inside (paid, logged) is done by the time the code around it looks."""
+    if not streaming:
+        async def call(request, context):
+            async with around(request, context):
+                return await behavior(request, context)
+        return call
+
+    async def stream(request, context):
+        async with around(request, context), aclosing(behavior(request, context)) as messages:
+            async for message in messages:
+                yield message
+    return stream
 
 
 def add_servicer(add_to_server: Callable, servicer, server: grpc.aio.Server, counts: CallCounts | None = None) -> None:
@@ -70,27 +90,26 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, counts: CallCounts | N
             return _Undecodable(f"{field}: not valid UTF-8" if field
                                 else f"request: not a valid {descriptor.full_name} message")
 
-    if handler.response_streaming:
-        answer = handler.unary_stream
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    return handler._replace(request_deserializer=deserialize, **{kind: _inside(
+        getattr(handler, kind), handler.response_streaming, lambda request, context: _Checked(request, context,
+                                                                                             method, counts))})
 
-        async def unary_stream(request, context):
-            if isinstance(request, _Undecodable):
-                _refused(method, counts)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            async with aclosing(answer(request, context)) as replies:  # closed with the call, not when collected
-                async for reply in replies:
-                    yield reply
 
-        return handler._replace(request_deserializer=deserialize, unary_stream=unary_stream)
-    reply = handler.unary_unary
+class _Checked:
+    """Around a guarded call: one whose bytes decoded to no request ends INVALID_ARGUMENT before its handler."""
+    __slots__ = ("request", "context", "method", "counts")
 
-    async def unary_unary(request, context):
-        if isinstance(request, _Undecodable):
-            _refused(method, counts)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        return await reply(request, context)
+    def __init__(self, request, context, method: str, counts: CallCounts | None):
+        self.request, self.context, self.method, self.counts = request, context, method, counts
 
-    return handler._replace(request_deserializer=deserialize, unary_unary=unary_unary)
+    async def __aenter__(self) -> None:
+        if isinstance(self.request, _Undecodable):
+            _refused(self.method, self.counts)
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.request.message)
+
+    async def __aexit__(self, *exc) -> bool:
+        return False
 
 
 def _refused(method: str, counts: CallCounts | None) -> None:
